@@ -1,0 +1,560 @@
+//! The catalog: channels, brands and consent definitions, validated and
+//! compiled into the lookup tables the hot path reads.
+//!
+//! Invariants kept by [`Catalog::compile`]:
+//! - every id is well formed and unique, every parent exists, no cycles;
+//! - a child's effective scope lies inside its parent's;
+//! - a consent keeps its interned index across catalog versions (states in
+//!   the index refer to consents by that index), and indices are never reused;
+//! - `version` starts at 1 and grows by one whenever text or scope changes.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::ids::{ConsentId, FieldError, check_id};
+
+/// A consent interned to a small integer, stable for the life of the process.
+pub type ConsentIdx = u32;
+
+pub const MAX_CHANNELS: usize = 256;
+pub const MAX_BRANDS: usize = 10_000;
+pub const MAX_CONSENTS: usize = 10_000;
+pub const MAX_TITLE_LEN: usize = 512;
+pub const MAX_TEXT_LEN: usize = 64 * 1024;
+/// Upper bound on precomputed (purpose, channel, brand) cells.
+pub const MAX_COVER_CELLS: usize = 4_000_000;
+
+/// The catalog as declared: by `ApplyCatalog`, the TOML file, or the store.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CatalogSpec {
+    pub channels: Vec<String>,
+    pub brands: Vec<String>,
+    pub consents: Vec<ConsentSpec>,
+    pub default_purpose: Option<String>,
+}
+
+/// One consent definition as declared.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsentSpec {
+    pub id: String,
+    pub title: String,
+    /// The wording shown to the person.
+    pub text: String,
+    pub parent: Option<String>,
+    pub channels: Vec<String>,
+    pub brands: Vec<String>,
+    /// Assigned by the server; ignored on input.
+    pub version: u32,
+    pub retired: bool,
+}
+
+/// A compiled consent definition.
+#[derive(Debug, Clone)]
+pub struct Consent {
+    pub id: ConsentId,
+    pub idx: ConsentIdx,
+    /// Normalized spec (sorted scope lists, server-assigned version).
+    pub spec: ConsentSpec,
+    /// The id of the root of its tree (its purpose).
+    pub purpose: ConsentIdx,
+    pub depth: u16,
+    /// Effective scope as indices into the catalog's channels / brands.
+    pub channels: Vec<u32>,
+    pub brands: Vec<u32>,
+}
+
+/// The compiled catalog. Immutable; replaced whole on every apply.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    spec: CatalogSpec,
+    channels: HashMap<String, u32>,
+    brands: HashMap<String, u32>,
+    /// Root consent id → purpose ordinal.
+    purposes: HashMap<String, u32>,
+    /// Purpose ordinal → root consent.
+    roots: Vec<ConsentIdx>,
+    by_id: HashMap<String, ConsentIdx>,
+    /// Indexed by `ConsentIdx`; `None` for a consent deleted since interning.
+    consents: Vec<Option<Consent>>,
+    /// Covering sets per (purpose, channel, brand), most specific first.
+    covers: Vec<Box<[ConsentIdx]>>,
+    default_purpose: Option<u32>,
+    /// `--default-purpose`, used when the spec names none.
+    fallback_default: Option<String>,
+}
+
+/// Where a check names its purpose, channel and brand, compiled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cell {
+    pub purpose: u32,
+    pub channel: u32,
+    pub brand: u32,
+}
+
+impl Catalog {
+    /// An empty catalog; `fallback_default` is the configured default purpose.
+    pub fn empty(fallback_default: Option<String>) -> Self {
+        Self {
+            fallback_default,
+            ..Self::default()
+        }
+    }
+
+    /// The normalized spec, with versions, as `GetCatalog` answers it.
+    pub fn spec(&self) -> &CatalogSpec {
+        &self.spec
+    }
+
+    pub fn consent_idx(&self, id: &str) -> Option<ConsentIdx> {
+        self.by_id.get(id).copied()
+    }
+
+    pub fn consent(&self, idx: ConsentIdx) -> Option<&Consent> {
+        self.consents.get(idx as usize).and_then(Option::as_ref)
+    }
+
+    /// Every consent currently defined.
+    pub fn consents(&self) -> impl Iterator<Item = &Consent> {
+        self.consents.iter().flatten()
+    }
+
+    /// The consent id behind an index (for answers).
+    pub fn consent_id(&self, idx: ConsentIdx) -> &str {
+        self.consent(idx).map_or("", |c| c.id.as_str())
+    }
+
+    /// Compiles the (purpose, channel, brand) of a check; errors name the field.
+    pub fn cell(&self, purpose: &str, channel: &str, brand: &str) -> Result<Cell, FieldError> {
+        let channel = *self.channels.get(channel).ok_or_else(|| unknown("channel", channel))?;
+        let brand = *self.brands.get(brand).ok_or_else(|| unknown("brand", brand))?;
+        let purpose = self.purpose(purpose)?;
+        Ok(Cell {
+            purpose,
+            channel,
+            brand,
+        })
+    }
+
+    fn purpose(&self, purpose: &str) -> Result<u32, FieldError> {
+        if purpose.is_empty() {
+            if let Some(p) = self.default_purpose {
+                return Ok(p);
+            }
+            if self.roots.len() == 1 {
+                return Ok(0);
+            }
+            return Err(FieldError::new(
+                "purpose",
+                "is required: no default purpose is configured and the catalog has more than one",
+            ));
+        }
+        if let Some(&p) = self.purposes.get(purpose) {
+            return Ok(p);
+        }
+        if self.by_id.contains_key(purpose) {
+            return Err(FieldError::new(
+                "purpose",
+                format!("{purpose:?} is not a purpose (a root consent)"),
+            ));
+        }
+        Err(unknown("purpose", purpose))
+    }
+
+    /// The covering set of a cell, most specific first (DESIGN.md rule 3, 4).
+    pub fn covering(&self, cell: Cell) -> &[ConsentIdx] {
+        let i = (cell.purpose as usize * self.channels.len() + cell.channel as usize)
+            * self.brands.len()
+            + cell.brand as usize;
+        &self.covers[i]
+    }
+
+    /// Validates `spec` and compiles it as the successor of `self`.
+    ///
+    /// Returns the new catalog and the consents `spec` deletes; the caller
+    /// refuses the apply if any contact holds state for one of them.
+    pub fn compile(&self, spec: CatalogSpec) -> Result<(Catalog, Vec<ConsentIdx>), FieldError> {
+        let channels = declare("channels", &spec.channels, MAX_CHANNELS)?;
+        let brands = declare("brands", &spec.brands, MAX_BRANDS)?;
+        if spec.consents.len() > MAX_CONSENTS {
+            return Err(FieldError::new(
+                "consents",
+                format!("has {} entries, at most {MAX_CONSENTS} allowed", spec.consents.len()),
+            ));
+        }
+
+        // Ids, parents, texts.
+        let mut position: HashMap<&str, usize> = HashMap::new();
+        for (i, c) in spec.consents.iter().enumerate() {
+            let field = |f: &str| format!("consents[{i}].{f}");
+            check_id(&field("id"), &c.id)?;
+            if position.insert(&c.id, i).is_some() {
+                return Err(FieldError::new(field("id"), format!("{:?} is declared twice", c.id)));
+            }
+            check_text(&field("title"), &c.title, MAX_TITLE_LEN)?;
+            check_text(&field("text"), &c.text, MAX_TEXT_LEN)?;
+        }
+        let mut parent_of: Vec<Option<usize>> = Vec::with_capacity(spec.consents.len());
+        for (i, c) in spec.consents.iter().enumerate() {
+            parent_of.push(match c.parent.as_deref() {
+                None | Some("") => None,
+                Some(p) => Some(*position.get(p).ok_or_else(|| {
+                    FieldError::new(format!("consents[{i}].parent"), format!("unknown consent {p:?}"))
+                })?),
+            });
+        }
+
+        // Depth and root of each consent; a walk longer than the catalog is a cycle.
+        let n = spec.consents.len();
+        let mut depth = vec![0u16; n];
+        let mut root = vec![0usize; n];
+        for i in 0..n {
+            let (mut at, mut steps) = (i, 0usize);
+            while let Some(p) = parent_of[at] {
+                steps += 1;
+                if steps > n {
+                    return Err(FieldError::new(
+                        format!("consents[{i}].parent"),
+                        format!("{:?} is part of a parent cycle", spec.consents[i].id),
+                    ));
+                }
+                at = p;
+            }
+            depth[i] = steps as u16;
+            root[i] = at;
+        }
+
+        // Effective scopes, parents before children.
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by_key(|&i| depth[i]);
+        let mut eff_channels: Vec<Vec<u32>> = vec![Vec::new(); n];
+        let mut eff_brands: Vec<Vec<u32>> = vec![Vec::new(); n];
+        for &i in &order {
+            let c = &spec.consents[i];
+            let parent = parent_of[i];
+            eff_channels[i] = scope(
+                &format!("consents[{i}].channels"),
+                &c.channels,
+                &channels,
+                parent.map(|p| &eff_channels[p]),
+            )?;
+            eff_brands[i] = scope(
+                &format!("consents[{i}].brands"),
+                &c.brands,
+                &brands,
+                parent.map(|p| &eff_brands[p]),
+            )?;
+        }
+
+        // Roots become purposes, in declaration order.
+        let roots_pos: Vec<usize> = (0..n).filter(|&i| parent_of[i].is_none()).collect();
+        let purposes: HashMap<String, u32> = roots_pos
+            .iter()
+            .enumerate()
+            .map(|(ord, &i)| (spec.consents[i].id.clone(), ord as u32))
+            .collect();
+        let default_purpose = match spec.default_purpose.as_deref() {
+            None | Some("") => None,
+            Some(p) => Some(*purposes.get(p).ok_or_else(|| {
+                FieldError::new("default_purpose", format!("{p:?} is not a root consent of this catalog"))
+            })?),
+        }
+        .or_else(|| self.fallback_default.as_deref().and_then(|p| purposes.get(p).copied()));
+
+        let cells = roots_pos.len() * channels.len() * brands.len();
+        if cells > MAX_COVER_CELLS {
+            return Err(FieldError::new(
+                "consents",
+                format!("purposes x channels x brands = {cells}, at most {MAX_COVER_CELLS} allowed"),
+            ));
+        }
+
+        // Interned indices: kept for known ids, fresh (never reused) for new ones.
+        let mut consents: Vec<Option<Consent>> = vec![None; self.consents.len()];
+        let mut by_id = HashMap::with_capacity(n);
+        let mut idx_of = vec![0 as ConsentIdx; n];
+        let mut next = self.consents.len() as ConsentIdx;
+        for (i, c) in spec.consents.iter().enumerate() {
+            idx_of[i] = self.by_id.get(&c.id).copied().unwrap_or_else(|| {
+                next += 1;
+                next - 1
+            });
+            by_id.insert(c.id.clone(), idx_of[i]);
+        }
+        consents.resize(next as usize, None);
+
+        let mut normalized = Vec::with_capacity(n);
+        for (i, c) in spec.consents.iter().enumerate() {
+            let mut norm = ConsentSpec {
+                id: c.id.clone(),
+                title: c.title.clone(),
+                text: c.text.clone(),
+                parent: c.parent.clone().filter(|p| !p.is_empty()),
+                channels: sorted_unique(&c.channels),
+                brands: sorted_unique(&c.brands),
+                version: 1,
+                retired: c.retired,
+            };
+            if let Some(prev) = self.by_id.get(&c.id).and_then(|&x| self.consent(x)) {
+                let p = &prev.spec;
+                let same = p.text == norm.text
+                    && p.parent == norm.parent
+                    && p.channels == norm.channels
+                    && p.brands == norm.brands;
+                norm.version = if same { p.version } else { p.version + 1 };
+            }
+            consents[idx_of[i] as usize] = Some(Consent {
+                id: ConsentId::parse("id", &c.id)?,
+                idx: idx_of[i],
+                spec: norm.clone(),
+                purpose: idx_of[root[i]],
+                depth: depth[i],
+                channels: std::mem::take(&mut eff_channels[i]),
+                brands: std::mem::take(&mut eff_brands[i]),
+            });
+            normalized.push(norm);
+        }
+
+        // Covering sets, most specific first: deepest, then smallest id.
+        let (nc, nb) = (channels.len(), brands.len());
+        let mut covers: Vec<Vec<ConsentIdx>> = vec![Vec::new(); cells];
+        let purpose_of_root: HashMap<usize, usize> =
+            roots_pos.iter().enumerate().map(|(ord, &i)| (i, ord)).collect();
+        let mut by_specificity: Vec<usize> = (0..n).collect();
+        by_specificity.sort_by(|&a, &b| {
+            depth[b]
+                .cmp(&depth[a])
+                .then_with(|| spec.consents[a].id.cmp(&spec.consents[b].id))
+        });
+        for &i in &by_specificity {
+            let p = purpose_of_root[&root[i]];
+            let c = consents[idx_of[i] as usize]
+                .as_ref()
+                .expect("every declared consent was compiled above");
+            for &ch in &c.channels {
+                for &br in &c.brands {
+                    covers[(p * nc + ch as usize) * nb + br as usize].push(idx_of[i]);
+                }
+            }
+        }
+
+        let removed = self
+            .by_id
+            .iter()
+            .filter(|(id, _)| !by_id.contains_key(*id))
+            .map(|(_, &idx)| idx)
+            .collect();
+
+        let catalog = Catalog {
+            spec: CatalogSpec {
+                channels: spec.channels,
+                brands: spec.brands,
+                consents: normalized,
+                default_purpose: spec.default_purpose.filter(|p| !p.is_empty()),
+            },
+            channels,
+            brands,
+            purposes,
+            roots: roots_pos.iter().map(|&i| idx_of[i]).collect(),
+            by_id,
+            consents,
+            covers: covers.into_iter().map(Vec::into_boxed_slice).collect(),
+            default_purpose,
+            fallback_default: self.fallback_default.clone(),
+        };
+        Ok((catalog, removed))
+    }
+}
+
+fn unknown(field: &str, value: &str) -> FieldError {
+    FieldError::new(field, format!("unknown {field} {value:?}"))
+}
+
+fn check_text(field: &str, text: &str, max: usize) -> Result<(), FieldError> {
+    if text.trim().is_empty() {
+        return Err(FieldError::new(field, "must not be empty"));
+    }
+    if text.len() > max {
+        return Err(FieldError::new(field, format!("is {} bytes, at most {max} allowed", text.len())));
+    }
+    Ok(())
+}
+
+fn declare(field: &str, ids: &[String], max: usize) -> Result<HashMap<String, u32>, FieldError> {
+    if ids.len() > max {
+        return Err(FieldError::new(field, format!("has {} entries, at most {max} allowed", ids.len())));
+    }
+    let mut map = HashMap::with_capacity(ids.len());
+    for (i, id) in ids.iter().enumerate() {
+        check_id(&format!("{field}[{i}]"), id)?;
+        if map.insert(id.clone(), i as u32).is_some() {
+            return Err(FieldError::new(format!("{field}[{i}]"), format!("{id:?} is declared twice")));
+        }
+    }
+    Ok(map)
+}
+
+/// A consent's effective scope: its own list, or all (root) / the parent's
+/// (child) when empty. A child's own list must lie inside the parent's.
+fn scope(
+    field: &str,
+    listed: &[String],
+    declared: &HashMap<String, u32>,
+    parent: Option<&Vec<u32>>,
+) -> Result<Vec<u32>, FieldError> {
+    if listed.is_empty() {
+        return Ok(match parent {
+            Some(p) => p.clone(),
+            None => {
+                let mut all: Vec<u32> = declared.values().copied().collect();
+                all.sort_unstable();
+                all
+            }
+        });
+    }
+    let mut own = Vec::with_capacity(listed.len());
+    for id in listed {
+        let &i = declared.get(id).ok_or_else(|| {
+            FieldError::new(field, format!("{id:?} is not declared in the catalog"))
+        })?;
+        if let Some(p) = parent
+            && p.binary_search(&i).is_err()
+        {
+            return Err(FieldError::new(
+                field,
+                format!("{id:?} is outside the parent's scope"),
+            ));
+        }
+        own.push(i);
+    }
+    own.sort_unstable();
+    own.dedup();
+    Ok(own)
+}
+
+fn sorted_unique(v: &[String]) -> Vec<String> {
+    let set: HashSet<&String> = v.iter().collect();
+    let mut out: Vec<String> = set.into_iter().cloned().collect();
+    out.sort();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn consent(id: &str, parent: Option<&str>, channels: &[&str], brands: &[&str]) -> ConsentSpec {
+        ConsentSpec {
+            id: id.into(),
+            title: format!("{id} title"),
+            text: format!("I agree to {id}"),
+            parent: parent.map(Into::into),
+            channels: channels.iter().map(|s| s.to_string()).collect(),
+            brands: brands.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn spec() -> CatalogSpec {
+        CatalogSpec {
+            channels: vec!["email".into(), "sms".into()],
+            brands: vec!["a".into(), "b".into()],
+            consents: vec![
+                consent("marketing", None, &[], &[]),
+                consent("marketing.a", Some("marketing"), &[], &["a"]),
+                consent("marketing.a.email", Some("marketing.a"), &["email"], &[]),
+                consent("marketing.b", Some("marketing"), &[], &["b"]),
+                consent("surveys", None, &["email"], &[]),
+            ],
+            default_purpose: Some("marketing".into()),
+        }
+    }
+
+    fn ids(cat: &Catalog, cover: &[ConsentIdx]) -> Vec<String> {
+        cover.iter().map(|&i| cat.consent_id(i).to_owned()).collect()
+    }
+
+    #[test]
+    fn covering_sets_most_specific_first() {
+        let (cat, _) = Catalog::empty(None).compile(spec()).unwrap();
+        let cell = cat.cell("", "email", "a").unwrap();
+        assert_eq!(ids(&cat, cat.covering(cell)), ["marketing.a.email", "marketing.a", "marketing"]);
+        let cell = cat.cell("marketing", "sms", "a").unwrap();
+        assert_eq!(ids(&cat, cat.covering(cell)), ["marketing.a", "marketing"]);
+        let cell = cat.cell("marketing", "sms", "b").unwrap();
+        assert_eq!(ids(&cat, cat.covering(cell)), ["marketing.b", "marketing"]);
+        let cell = cat.cell("surveys", "sms", "b").unwrap();
+        assert!(cat.covering(cell).is_empty(), "surveys covers email only");
+    }
+
+    #[test]
+    fn purpose_resolution() {
+        let (cat, _) = Catalog::empty(None).compile(spec()).unwrap();
+        assert_eq!(cat.cell("", "email", "a").unwrap().purpose, 0);
+        assert_eq!(cat.cell("surveys", "email", "a").unwrap().purpose, 1);
+        assert_eq!(cat.cell("marketing.a", "email", "a").unwrap_err().field, "purpose");
+        assert_eq!(cat.cell("nope", "email", "a").unwrap_err().field, "purpose");
+        assert_eq!(cat.cell("", "fax", "a").unwrap_err().field, "channel");
+        assert_eq!(cat.cell("", "email", "zzz").unwrap_err().field, "brand");
+
+        let mut no_default = spec();
+        no_default.default_purpose = None;
+        let (cat, _) = Catalog::empty(None).compile(no_default.clone()).unwrap();
+        assert_eq!(cat.cell("", "email", "a").unwrap_err().field, "purpose");
+        let (cat, _) = Catalog::empty(Some("surveys".into())).compile(no_default.clone()).unwrap();
+        assert_eq!(cat.cell("", "email", "a").unwrap().purpose, 1, "configured default");
+        no_default.consents.pop();
+        let (cat, _) = Catalog::empty(None).compile(no_default).unwrap();
+        assert_eq!(cat.cell("", "email", "a").unwrap().purpose, 0, "the only root");
+    }
+
+    #[test]
+    fn invalid_catalogs_name_the_field() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut CatalogSpec)>)> = vec![
+            ("consents[1].parent", Box::new(|s| s.consents[1].parent = Some("ghost".into()))),
+            ("consents[0].parent", Box::new(|s| s.consents[0].parent = Some("marketing.b".into()))),
+            ("consents[2].channels", Box::new(|s| s.consents[2].channels = vec!["fax".into()])),
+            ("consents[2].brands", Box::new(|s| s.consents[2].brands = vec!["b".into()])),
+            ("consents[1].id", Box::new(|s| s.consents[1].id = "marketing".into())),
+            ("consents[1].id", Box::new(|s| s.consents[1].id = "Bad Id".into())),
+            ("consents[1].text", Box::new(|s| s.consents[1].text = " ".into())),
+            ("channels[1]", Box::new(|s| s.channels[1] = "email".into())),
+            ("brands[0]", Box::new(|s| s.brands[0] = "".into())),
+            ("default_purpose", Box::new(|s| s.default_purpose = Some("marketing.a".into()))),
+        ];
+        for (field, mutate) in cases {
+            let mut s = spec();
+            mutate(&mut s);
+            let err = Catalog::empty(None).compile(s).unwrap_err();
+            assert_eq!(err.field, field, "{err}");
+        }
+    }
+
+    #[test]
+    fn versions_and_stable_indices() {
+        let (v1, _) = Catalog::empty(None).compile(spec()).unwrap();
+        assert!(v1.spec().consents.iter().all(|c| c.version == 1));
+        let a_email = v1.consent_idx("marketing.a.email").unwrap();
+
+        let mut next = spec();
+        next.consents[0].title = "New title only".into(); // no bump
+        next.consents[1].text = "New wording".into(); // bump
+        next.consents[3].channels = vec!["sms".into()]; // scope: bump
+        next.consents.remove(4); // surveys deleted
+        next.consents.push(consent("newsletter", None, &[], &[]));
+        let (v2, removed) = v1.compile(next).unwrap();
+        let version = |id: &str| v2.spec().consents.iter().find(|c| c.id == id).unwrap().version;
+        assert_eq!(version("marketing"), 1);
+        assert_eq!(version("marketing.a"), 2);
+        assert_eq!(version("marketing.b"), 2);
+        assert_eq!(version("newsletter"), 1);
+        assert_eq!(removed, vec![v1.consent_idx("surveys").unwrap()]);
+        assert_eq!(v2.consent_idx("marketing.a.email"), Some(a_email));
+        assert!(v2.consent_idx("newsletter").unwrap() > v1.consent_idx("surveys").unwrap());
+
+        let (v3, _) = v2.compile(v2.spec().clone()).unwrap();
+        assert_eq!(v3.spec(), v2.spec(), "re-applying the same catalog changes nothing");
+    }
+}

@@ -1,0 +1,247 @@
+//! Events and states: what a person decided, and the per-(contact, consent)
+//! rule of DESIGN.md §2 rule 2 that picks the winning event.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::ids::{ConsentId, ContactId, FieldError, check_opaque};
+
+/// Nanoseconds since the Unix epoch, UTC.
+pub type UnixNanos = i64;
+
+/// How far in the future an `occurred_at` may lie before it is an error
+/// rather than clock skew (clamped to the receipt time).
+pub const MAX_CLOCK_SKEW_NANOS: i64 = 5 * 60 * 1_000_000_000;
+
+/// Evidence limits: enough for a form id, IP, user agent, operator and batch.
+pub const MAX_EVIDENCE_ENTRIES: usize = 32;
+pub const MAX_EVIDENCE_KEY_LEN: usize = 64;
+pub const MAX_EVIDENCE_VALUE_LEN: usize = 2048;
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[repr(u8)]
+pub enum Action {
+    Grant = 1,
+    Withdraw = 2,
+}
+
+impl Action {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::Grant),
+            2 => Some(Self::Withdraw),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[repr(u8)]
+pub enum Source {
+    #[default]
+    Unspecified = 0,
+    Form = 1,
+    Import = 2,
+    Operator = 3,
+    UnsubscribeLink = 4,
+    PreferenceCenter = 5,
+    Api = 6,
+}
+
+impl Source {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            0 => Self::Unspecified,
+            1 => Self::Form,
+            2 => Self::Import,
+            3 => Self::Operator,
+            4 => Self::UnsubscribeLink,
+            5 => Self::PreferenceCenter,
+            6 => Self::Api,
+            _ => return None,
+        })
+    }
+}
+
+/// Proof of a decision: form id, IP, user agent, operator, import batch...
+/// Sorted, so that the same evidence always encodes the same way.
+pub type Evidence = BTreeMap<String, String>;
+
+/// Checks evidence limits; the field name is `evidence` or `evidence[key]`.
+pub fn check_evidence(evidence: &Evidence) -> Result<(), FieldError> {
+    if evidence.len() > MAX_EVIDENCE_ENTRIES {
+        return Err(FieldError::new(
+            "evidence",
+            format!("has {} entries, at most {MAX_EVIDENCE_ENTRIES} allowed", evidence.len()),
+        ));
+    }
+    for (k, v) in evidence {
+        check_opaque("evidence key", k, MAX_EVIDENCE_KEY_LEN)?;
+        if v.len() > MAX_EVIDENCE_VALUE_LEN {
+            return Err(FieldError::new(
+                format!("evidence[{k}]"),
+                format!("is {} bytes, at most {MAX_EVIDENCE_VALUE_LEN} allowed", v.len()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A validated Grant or Withdraw, before the writer has recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub contact: ContactId,
+    pub consent: ConsentId,
+    pub action: Action,
+    /// As the client claimed it; `None` means "now" (the receipt time).
+    pub occurred_at: Option<UnixNanos>,
+    pub source: Source,
+    pub evidence: Evidence,
+    pub idempotency_key: Option<String>,
+}
+
+impl Change {
+    /// Rejects an `occurred_at` more than five minutes after `now`.
+    pub fn check_occurred_at(&self, now: UnixNanos) -> Result<(), FieldError> {
+        match self.occurred_at {
+            Some(t) if t > now.saturating_add(MAX_CLOCK_SKEW_NANOS) => Err(FieldError::new(
+                "occurred_at",
+                "is more than 5 minutes in the future",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// When the person decided, given the receipt time: never later than it.
+    pub fn effective_occurred_at(&self, recorded_at: UnixNanos) -> UnixNanos {
+        self.occurred_at.map_or(recorded_at, |t| t.min(recorded_at))
+    }
+}
+
+/// The decisive part of a state, as the in-memory index keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decisive {
+    pub occurred_at: UnixNanos,
+    pub action: Action,
+}
+
+impl Decisive {
+    /// DESIGN.md rule 2: does `self` replace `current` as the state?
+    /// Later `occurred_at` wins; on a tie WITHDRAW beats GRANT; on a tie of
+    /// the same action the event recorded first stays.
+    pub fn supersedes(self, current: Decisive) -> bool {
+        self.occurred_at > current.occurred_at
+            || (self.occurred_at == current.occurred_at
+                && self.action == Action::Withdraw
+                && current.action == Action::Grant)
+    }
+}
+
+/// The state of one (contact, consent): the winning event, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateRecord {
+    pub consent: ConsentId,
+    pub action: Action,
+    pub occurred_at: UnixNanos,
+    pub recorded_at: UnixNanos,
+    pub source: Source,
+    pub version: u32,
+    pub sequence: u64,
+}
+
+impl StateRecord {
+    pub fn decisive(&self) -> Decisive {
+        Decisive {
+            occurred_at: self.occurred_at,
+            action: self.action,
+        }
+    }
+}
+
+/// One recorded decision, kept in the history whether or not it won.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRecord {
+    pub contact: ContactId,
+    pub consent: ConsentId,
+    pub action: Action,
+    pub occurred_at: UnixNanos,
+    pub recorded_at: UnixNanos,
+    pub source: Source,
+    pub evidence: Evidence,
+    pub version: u32,
+    pub sequence: u64,
+    pub idempotency_key: Option<String>,
+    /// Whether the event became the state when it was recorded.
+    pub applied: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Action::*;
+
+    fn d(occurred_at: i64, action: Action) -> Decisive {
+        Decisive { occurred_at, action }
+    }
+
+    #[test]
+    fn supersedes_table() {
+        // (new, current, new wins?)
+        let table = [
+            (d(2, Grant), d(1, Withdraw), true),
+            (d(1, Grant), d(2, Withdraw), false),
+            (d(1, Withdraw), d(1, Grant), true),
+            (d(1, Grant), d(1, Withdraw), false),
+            (d(1, Grant), d(1, Grant), false),
+            (d(1, Withdraw), d(1, Withdraw), false),
+            (d(2, Withdraw), d(1, Grant), true),
+        ];
+        for (new, cur, wins) in table {
+            assert_eq!(new.supersedes(cur), wins, "{new:?} over {cur:?}");
+        }
+    }
+
+    #[test]
+    fn order_of_arrival_does_not_matter() {
+        let events = [d(5, Grant), d(3, Withdraw), d(5, Withdraw), d(9, Grant), d(9, Grant)];
+        let fold = |order: &[usize]| {
+            let mut state: Option<Decisive> = None;
+            for &i in order {
+                let e = events[i];
+                if state.is_none_or(|s| e.supersedes(s)) {
+                    state = Some(e);
+                }
+            }
+            state
+        };
+        let expected = fold(&[0, 1, 2, 3, 4]);
+        assert_eq!(expected, Some(d(9, Grant)));
+        for order in [[4, 3, 2, 1, 0], [2, 0, 4, 1, 3], [1, 3, 0, 4, 2]] {
+            assert_eq!(fold(&order), expected);
+        }
+    }
+
+    #[test]
+    fn occurred_at_clamp_and_skew() {
+        let now = 1_000 * 1_000_000_000;
+        let mut c = Change {
+            contact: ContactId::parse("contact_id", "c").unwrap(),
+            consent: ConsentId::parse("consent_id", "m").unwrap(),
+            action: Grant,
+            occurred_at: None,
+            source: Source::Api,
+            evidence: Evidence::new(),
+            idempotency_key: None,
+        };
+        assert_eq!(c.effective_occurred_at(now), now);
+        c.occurred_at = Some(now - 7);
+        assert_eq!(c.effective_occurred_at(now), now - 7);
+        c.occurred_at = Some(now + MAX_CLOCK_SKEW_NANOS);
+        assert!(c.check_occurred_at(now).is_ok());
+        assert_eq!(c.effective_occurred_at(now), now);
+        c.occurred_at = Some(now + MAX_CLOCK_SKEW_NANOS + 1);
+        assert_eq!(c.check_occurred_at(now).unwrap_err().field, "occurred_at");
+    }
+}

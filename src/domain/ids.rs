@@ -1,0 +1,145 @@
+//! Validated identifiers. Every id is checked once, at the edge; inside the
+//! crate a `ContactId` or `ConsentId` is known to be well formed.
+
+use std::fmt;
+
+use compact_str::CompactString;
+
+/// A request field that failed validation; the message names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct FieldError {
+    pub field: String,
+    pub problem: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Longest contact id, in bytes (DESIGN.md §1).
+pub const MAX_CONTACT_LEN: usize = 256;
+/// Longest catalog id (channel, brand, consent), in bytes.
+pub const MAX_ID_LEN: usize = 64;
+
+/// An opaque contact id from the customer's CRM: 1..=256 bytes of UTF-8 with
+/// no control characters. Stored inline up to 24 bytes, which keeps the
+/// index at a few dozen bytes per contact.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ContactId(CompactString);
+
+impl ContactId {
+    pub fn parse(field: &str, raw: &str) -> Result<Self, FieldError> {
+        check_contact(field, raw)?;
+        Ok(Self(CompactString::from(raw)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub(crate) fn into_inner(self) -> CompactString {
+        self.0
+    }
+}
+
+impl fmt::Display for ContactId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Validates a contact id without allocating (the CanSend hot path).
+pub fn check_contact(field: &str, raw: &str) -> Result<(), FieldError> {
+    check_opaque(field, raw, MAX_CONTACT_LEN)
+}
+
+/// An opaque free-form key (contact id, idempotency key): 1..=max bytes, no
+/// control characters.
+pub fn check_opaque(field: &str, raw: &str, max: usize) -> Result<(), FieldError> {
+    if raw.is_empty() {
+        return Err(FieldError::new(field, "must not be empty"));
+    }
+    if raw.len() > max {
+        return Err(FieldError::new(
+            field,
+            format!("is {} bytes, at most {max} allowed", raw.len()),
+        ));
+    }
+    if raw.chars().any(char::is_control) {
+        return Err(FieldError::new(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// Checks the syntax of every catalog id: `[a-z0-9][a-z0-9_.-]{0,63}`.
+pub fn check_id(field: &str, raw: &str) -> Result<(), FieldError> {
+    let bytes = raw.as_bytes();
+    let Some(first) = bytes.first() else {
+        return Err(FieldError::new(field, "must not be empty"));
+    };
+    let ok_first = first.is_ascii_lowercase() || first.is_ascii_digit();
+    let ok_rest = bytes[1..]
+        .iter()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-'));
+    if !ok_first || !ok_rest || bytes.len() > MAX_ID_LEN {
+        return Err(FieldError::new(
+            field,
+            format!("{raw:?} is not a valid id ([a-z0-9][a-z0-9_.-]{{0,63}})"),
+        ));
+    }
+    Ok(())
+}
+
+/// The id of a consent definition (a purpose is the id of a root consent).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConsentId(String);
+
+impl ConsentId {
+    pub fn parse(field: &str, raw: &str) -> Result<Self, FieldError> {
+        check_id(field, raw)?;
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ConsentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalog_ids() {
+        for ok in ["a", "email", "brand-x", "a.b_c-d", "0", &"a".repeat(64)] {
+            assert!(check_id("f", ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "A", "-a", ".a", "a b", "ä", "a/b", &"a".repeat(65)] {
+            let err = check_id("channel", bad).unwrap_err();
+            assert_eq!(err.field, "channel", "{bad}");
+        }
+    }
+
+    #[test]
+    fn contact_ids() {
+        assert!(ContactId::parse("contact_id", "jan.kowalski@example.pl").is_ok());
+        assert!(ContactId::parse("contact_id", "żółć 42").is_ok());
+        assert!(ContactId::parse("contact_id", &"x".repeat(256)).is_ok());
+        for bad in ["", "a\nb", "\u{7f}", &"x".repeat(257)] {
+            let err = ContactId::parse("contact_id", bad).unwrap_err();
+            assert_eq!(err.field, "contact_id");
+        }
+    }
+}

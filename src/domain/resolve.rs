@@ -1,0 +1,157 @@
+//! DESIGN.md rule 3: which of a contact's states decides a CanSend.
+//!
+//! Pure and allocation-free: the hot path calls [`decide`] with the states the
+//! index holds for the contact and the covering set the catalog precomputed.
+
+use super::catalog::ConsentIdx;
+use super::event::{Action, Decisive, UnixNanos};
+
+/// One state as the in-memory index holds it: 16 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeldState {
+    pub occurred_at: UnixNanos,
+    pub consent: ConsentIdx,
+    pub action: Action,
+}
+
+impl HeldState {
+    pub fn decisive(self) -> Decisive {
+        Decisive {
+            occurred_at: self.occurred_at,
+            action: self.action,
+        }
+    }
+}
+
+/// The answer to CanSend, before it is dressed for the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Granted { by: ConsentIdx, at: UnixNanos },
+    Withdrawn { by: ConsentIdx, at: UnixNanos },
+    NoConsent,
+    NotCovered,
+}
+
+impl Verdict {
+    pub fn allowed(self) -> bool {
+        matches!(self, Verdict::Granted { .. })
+    }
+}
+
+/// Decides from `states` over `cover`, which lists the covering consents most
+/// specific first (deepest, then smallest id), so a position in it is the
+/// specificity rank.
+///
+/// Among the covered states the latest `occurred_at` wins; on a tie a
+/// WITHDRAW beats a GRANT, then the more specific consent wins.
+pub fn decide(states: &[HeldState], cover: &[ConsentIdx]) -> Verdict {
+    if cover.is_empty() {
+        return Verdict::NotCovered;
+    }
+    // (state, rank): smaller rank = more specific.
+    let mut best: Option<(HeldState, usize)> = None;
+    for s in states {
+        let Some(rank) = cover.iter().position(|&c| c == s.consent) else {
+            continue;
+        };
+        let better = match best {
+            None => true,
+            Some((b, b_rank)) => {
+                (s.occurred_at, s.action == Action::Withdraw, std::cmp::Reverse(rank))
+                    > (b.occurred_at, b.action == Action::Withdraw, std::cmp::Reverse(b_rank))
+            }
+        };
+        if better {
+            best = Some((*s, rank));
+        }
+    }
+    match best {
+        None => Verdict::NoConsent,
+        Some((s, _)) => match s.action {
+            Action::Grant => Verdict::Granted {
+                by: s.consent,
+                at: s.occurred_at,
+            },
+            Action::Withdraw => Verdict::Withdrawn {
+                by: s.consent,
+                at: s.occurred_at,
+            },
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Action::*;
+
+    // Interned ids of a small tree: 0 = marketing (umbrella), 1 = marketing.a
+    // (brand a), 2 = marketing.a.email (brand a, email), 3 = marketing.b.
+    const UMB: u32 = 0;
+    const A: u32 = 1;
+    const A_EMAIL: u32 = 2;
+    const B: u32 = 3;
+    // Covering sets, most specific first.
+    const A_EMAIL_COVER: &[u32] = &[A_EMAIL, A, UMB];
+    const B_EMAIL_COVER: &[u32] = &[B, UMB];
+
+    fn s(consent: u32, action: Action, occurred_at: i64) -> HeldState {
+        HeldState {
+            occurred_at,
+            consent,
+            action,
+        }
+    }
+
+    #[test]
+    fn rule_3_table() {
+        let g = |by, at| Verdict::Granted { by, at };
+        let w = |by, at| Verdict::Withdrawn { by, at };
+        #[rustfmt::skip]
+        let table: &[(&str, &[HeldState], &[u32], Verdict)] = &[
+            ("no states: opt-in", &[], A_EMAIL_COVER, Verdict::NoConsent),
+            ("empty covering set", &[s(UMB, Grant, 1)], &[], Verdict::NotCovered),
+            ("state outside the cover", &[s(B, Grant, 1)], A_EMAIL_COVER, Verdict::NoConsent),
+            ("umbrella grant covers every brand (a)", &[s(UMB, Grant, 1)], A_EMAIL_COVER, g(UMB, 1)),
+            ("umbrella grant covers every brand (b)", &[s(UMB, Grant, 1)], B_EMAIL_COVER, g(UMB, 1)),
+            ("later brand withdrawal stops that brand",
+                &[s(UMB, Grant, 1), s(A, Withdraw, 2)], A_EMAIL_COVER, w(A, 2)),
+            ("... and leaves the others",
+                &[s(UMB, Grant, 1), s(A, Withdraw, 2)], B_EMAIL_COVER, g(UMB, 1)),
+            ("unsubscribe from all stops everything",
+                &[s(A_EMAIL, Grant, 1), s(B, Grant, 2), s(UMB, Withdraw, 3)], B_EMAIL_COVER, w(UMB, 3)),
+            ("... including the most specific grant",
+                &[s(A_EMAIL, Grant, 1), s(B, Grant, 2), s(UMB, Withdraw, 3)], A_EMAIL_COVER, w(UMB, 3)),
+            ("re-grant of the umbrella covers every brand again",
+                &[s(A, Withdraw, 2), s(UMB, Grant, 3)], A_EMAIL_COVER, g(UMB, 3)),
+            ("a grant after unsubscribe-from-all counts",
+                &[s(UMB, Withdraw, 2), s(A_EMAIL, Grant, 3)], A_EMAIL_COVER, g(A_EMAIL, 3)),
+            ("an older specific grant loses to a newer umbrella withdrawal",
+                &[s(A_EMAIL, Grant, 2), s(UMB, Withdraw, 3)], A_EMAIL_COVER, w(UMB, 3)),
+            ("tie: withdraw beats grant",
+                &[s(A_EMAIL, Grant, 5), s(UMB, Withdraw, 5)], A_EMAIL_COVER, w(UMB, 5)),
+            ("tie: withdraw beats grant, either order",
+                &[s(UMB, Withdraw, 5), s(A_EMAIL, Grant, 5)], A_EMAIL_COVER, w(UMB, 5)),
+            ("tie of grants: the most specific decides",
+                &[s(UMB, Grant, 5), s(A_EMAIL, Grant, 5), s(A, Grant, 5)], A_EMAIL_COVER, g(A_EMAIL, 5)),
+            ("tie of withdrawals: the most specific decides",
+                &[s(UMB, Withdraw, 5), s(A, Withdraw, 5)], A_EMAIL_COVER, w(A, 5)),
+        ];
+        for (name, states, cover, want) in table {
+            assert_eq!(decide(states, cover), *want, "{name}");
+            // The order the index holds states in never matters.
+            let mut rev = states.to_vec();
+            rev.reverse();
+            assert_eq!(decide(&rev, cover), *want, "{name} (reversed)");
+        }
+    }
+
+    #[test]
+    fn equal_depth_ties_break_by_id_through_the_cover_order() {
+        // Two siblings at the same depth cover the same cell; the catalog
+        // orders them by id, so the smaller id (earlier position) decides.
+        let cover = &[7, 9, UMB];
+        let states = [s(9, Grant, 4), s(7, Grant, 4)];
+        assert_eq!(decide(&states, cover), Verdict::Granted { by: 7, at: 4 });
+    }
+}

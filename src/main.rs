@@ -1,1 +1,15 @@
-fn main(){}
+//! `consentd`: parse the configuration, start tracing, run the server.
+
+use clap::Parser;
+use consentd::{config::Config, server};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let config = Config::parse();
+    server::run(config, server::shutdown_signal()).await
+}

@@ -42,10 +42,6 @@ impl ContactId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
-
-    pub(crate) fn into_inner(self) -> CompactString {
-        self.0
-    }
 }
 
 impl fmt::Display for ContactId {

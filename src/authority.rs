@@ -1,0 +1,182 @@
+//! The consent authority: the one set of operations that gRPC and HTTP both
+//! call. It owns the index, the catalog in force, the store and the writer.
+//!
+//! Reads (CanSend) go to the index and the catalog snapshot only; writes go
+//! through the single [`Writer`]. A cheap, cloneable handle (`Arc` inside).
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+
+use crate::domain::{
+    Catalog, CatalogSpec, Change, ContactId, EventRecord, FieldError, HeldState, StateRecord,
+    Verdict, ids::check_contact,
+};
+use crate::index::Index;
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+use crate::writer::{ChangeOutcome, WriteError, Writer};
+
+/// The answer to one CanSend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub verdict: Verdict,
+    /// The deciding consent's id; empty for NO_CONSENT and NOT_COVERED.
+    pub decided_by: String,
+}
+
+#[derive(Clone)]
+pub struct Authority {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    index: Arc<Index>,
+    catalog: Arc<ArcSwap<Catalog>>,
+    store: Arc<dyn Store>,
+    writer: Writer,
+    metrics: Arc<Metrics>,
+}
+
+/// Start-up figures, for the log and the benchmarks.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadReport {
+    pub states: u64,
+    pub contacts: usize,
+    pub seconds: f64,
+}
+
+impl Authority {
+    /// Rebuilds the index from the store and starts the writer thread. The
+    /// thread ends once every handle to the authority is dropped.
+    pub fn open(
+        store: Arc<dyn Store>,
+        default_purpose: Option<String>,
+    ) -> Result<(Authority, JoinHandle<()>, LoadReport), StoreError> {
+        let started = Instant::now();
+        let loaded = store.load_meta()?;
+        let empty = Catalog::empty(default_purpose);
+        let catalog = match loaded.catalog {
+            Some(spec) => empty.compile(spec).map_err(|e| StoreError::Corrupt {
+                table: "meta",
+                what: format!("stored catalog no longer validates: {e}"),
+            })?.0,
+            None => empty,
+        };
+        let index = Arc::new(Index::default());
+        let mut orphans = 0u64;
+        let states = store.load_states(&mut |contact, consent, d| {
+            match catalog.consent_idx(consent) {
+                Some(idx) => {
+                    index.put(
+                        contact,
+                        HeldState {
+                            occurred_at: d.occurred_at,
+                            consent: idx,
+                            action: d.action,
+                        },
+                    );
+                }
+                None => orphans += 1,
+            }
+        })?;
+        if orphans > 0 {
+            // Deletion of a held consent is refused, so this means a damaged file.
+            tracing::error!(orphans, "states name consents missing from the stored catalog; they are ignored");
+        }
+        let report = LoadReport {
+            states,
+            contacts: index.contacts(),
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        let catalog = Arc::new(ArcSwap::from_pointee(catalog));
+        let metrics = Arc::new(Metrics::default());
+        let (writer, thread) = Writer::start(
+            store.clone(),
+            index.clone(),
+            catalog.clone(),
+            loaded.next_sequence,
+            metrics.clone(),
+        );
+        let inner = Inner {
+            index,
+            catalog,
+            store,
+            writer,
+            metrics,
+        };
+        Ok((
+            Authority {
+                inner: Arc::new(inner),
+            },
+            thread,
+            report,
+        ))
+    }
+
+    /// CanSend (DESIGN.md rule 3). Never touches the disk; allocates only the
+    /// `decided_by` string of the answer.
+    pub fn can_send(
+        &self,
+        contact: &str,
+        channel: &str,
+        brand: &str,
+        purpose: &str,
+    ) -> Result<Answer, FieldError> {
+        let checked = check_contact("contact_id", contact).and_then(|()| {
+            let catalog = self.inner.catalog.load();
+            let cell = catalog.cell(purpose, channel, brand)?;
+            let verdict = self.inner.index.decide(contact, catalog.covering(cell));
+            let decided_by = match verdict {
+                Verdict::Granted { by, .. } | Verdict::Withdrawn { by, .. } => {
+                    catalog.consent_id(by).to_owned()
+                }
+                Verdict::NoConsent | Verdict::NotCovered => String::new(),
+            };
+            Ok(Answer {
+                verdict,
+                decided_by,
+            })
+        });
+        match &checked {
+            Ok(a) => self.inner.metrics.decision(a.verdict),
+            Err(_) => self.inner.metrics.invalid_check(),
+        }
+        checked
+    }
+
+    /// Grant or Withdraw; returns once durable and visible to CanSend.
+    pub async fn change(&self, change: Change) -> Result<ChangeOutcome, WriteError> {
+        self.inner.writer.change(change).await
+    }
+
+    /// Every current state of a contact (empty for an unknown contact).
+    pub fn contact_states(&self, contact: &ContactId) -> Result<Vec<StateRecord>, StoreError> {
+        self.inner.store.contact_states(contact.as_str())
+    }
+
+    /// Every event of a contact, in recording order.
+    pub fn history(&self, contact: &ContactId) -> Result<Vec<EventRecord>, StoreError> {
+        self.inner.store.history(contact.as_str())
+    }
+
+    pub async fn apply_catalog(&self, spec: CatalogSpec) -> Result<Arc<Catalog>, WriteError> {
+        self.inner.writer.apply_catalog(spec).await
+    }
+
+    /// The catalog in force.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.inner.catalog.load_full()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Contacts holding at least one state.
+    pub fn contacts(&self) -> usize {
+        self.inner.index.contacts()
+    }
+}

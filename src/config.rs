@@ -1,0 +1,49 @@
+//! Command-line and environment configuration. Every flag is also read from
+//! a `CONSENTD_*` variable; the defaults bind loopback only.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "consentd", version, about = "Consent authority for marketing communication")]
+pub struct Config {
+    /// gRPC listen address (Eligibility, Consents, Catalog, health, reflection).
+    #[arg(long, env = "CONSENTD_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    pub grpc_addr: SocketAddr,
+
+    /// HTTP listen address (unsubscribe pages, /metrics, /healthz).
+    #[arg(long, env = "CONSENTD_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+
+    /// Directory of the durable store; created if missing.
+    #[arg(long, env = "CONSENTD_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Catalog (TOML) applied at start, validated like ApplyCatalog.
+    #[arg(long, env = "CONSENTD_CATALOG")]
+    pub catalog: Option<PathBuf>,
+
+    /// Purpose used when a CanSend names none and the catalog sets no default.
+    #[arg(long, env = "CONSENTD_DEFAULT_PURPOSE")]
+    pub default_purpose: Option<String>,
+
+    /// Base of the absolute links the server mints (default: http:// + the HTTP address).
+    #[arg(long, env = "CONSENTD_PUBLIC_URL")]
+    pub public_url: Option<String>,
+}
+
+impl Config {
+    /// A configuration for tests and benchmarks: ephemeral loopback ports.
+    pub fn ephemeral(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: data_dir.into(),
+            catalog: None,
+            default_purpose: None,
+            public_url: None,
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! Small free functions between the wire types (`pb`) and the domain.
+//! Validation happens here, once: a request either becomes domain types or
+//! an error that names the field.
+
+use std::collections::HashMap;
+
+use prost_types::Timestamp;
+
+use crate::domain::{
+    Action, CatalogSpec, Change, ConsentId, ConsentSpec, ContactId, EventRecord, Evidence,
+    FieldError, Source, StateRecord, UnixNanos, event::check_evidence, event::MAX_IDEMPOTENCY_KEY_LEN,
+    ids::check_opaque,
+};
+use crate::pb;
+
+/// Nanoseconds since the epoch, within what an i64 holds (years 1678..2262).
+pub fn nanos_from(field: &str, ts: &Timestamp) -> Result<UnixNanos, FieldError> {
+    if !(0..1_000_000_000).contains(&ts.nanos) {
+        return Err(FieldError::new(field, "nanos must lie in 0..1e9"));
+    }
+    ts.seconds
+        .checked_mul(1_000_000_000)
+        .and_then(|s| s.checked_add(i64::from(ts.nanos)))
+        .ok_or_else(|| FieldError::new(field, "is out of range (years 1678 to 2262)"))
+}
+
+pub fn timestamp(nanos: UnixNanos) -> Timestamp {
+    Timestamp {
+        seconds: nanos.div_euclid(1_000_000_000),
+        nanos: nanos.rem_euclid(1_000_000_000) as i32,
+    }
+}
+
+pub fn action_to(a: Action) -> pb::Action {
+    match a {
+        Action::Grant => pb::Action::Grant,
+        Action::Withdraw => pb::Action::Withdraw,
+    }
+}
+
+pub fn source_from(raw: i32) -> Result<Source, FieldError> {
+    u8::try_from(raw)
+        .ok()
+        .and_then(Source::from_u8)
+        .ok_or_else(|| FieldError::new("source", format!("{raw} is not a known source")))
+}
+
+pub fn source_to(s: Source) -> pb::Source {
+    pb::Source::try_from(s as i32).unwrap_or(pb::Source::Unspecified)
+}
+
+/// Validates a Grant or Withdraw request against the receipt time `now`.
+pub fn change_from(action: Action, c: pb::ConsentChange, now: UnixNanos) -> Result<Change, FieldError> {
+    let contact = ContactId::parse("contact_id", &c.contact_id)?;
+    let consent = ConsentId::parse("consent_id", &c.consent_id)?;
+    let occurred_at = c.occurred_at.as_ref().map(|t| nanos_from("occurred_at", t)).transpose()?;
+    let source = source_from(c.source)?;
+    let evidence: Evidence = c.evidence.into_iter().collect();
+    check_evidence(&evidence)?;
+    let idempotency_key = match c.idempotency_key.as_str() {
+        "" => None,
+        k => {
+            check_opaque("idempotency_key", k, MAX_IDEMPOTENCY_KEY_LEN)?;
+            Some(c.idempotency_key)
+        }
+    };
+    let change = Change {
+        contact,
+        consent,
+        action,
+        occurred_at,
+        source,
+        evidence,
+        idempotency_key,
+    };
+    change.check_occurred_at(now)?;
+    Ok(change)
+}
+
+pub fn state_to(s: StateRecord) -> pb::ConsentState {
+    pb::ConsentState {
+        consent_id: s.consent.to_string(),
+        action: action_to(s.action) as i32,
+        occurred_at: Some(timestamp(s.occurred_at)),
+        source: source_to(s.source) as i32,
+        version: s.version,
+        recorded_at: Some(timestamp(s.recorded_at)),
+        sequence: s.sequence,
+    }
+}
+
+pub fn event_to(e: EventRecord) -> pb::ConsentEvent {
+    pb::ConsentEvent {
+        contact_id: e.contact.to_string(),
+        consent_id: e.consent.to_string(),
+        action: action_to(e.action) as i32,
+        occurred_at: Some(timestamp(e.occurred_at)),
+        recorded_at: Some(timestamp(e.recorded_at)),
+        source: source_to(e.source) as i32,
+        evidence: e.evidence.into_iter().collect::<HashMap<_, _>>(),
+        version: e.version,
+        sequence: e.sequence,
+        idempotency_key: e.idempotency_key.unwrap_or_default(),
+        applied: e.applied,
+    }
+}
+
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+pub fn catalog_from(c: pb::CatalogSpec) -> CatalogSpec {
+    CatalogSpec {
+        channels: c.channels,
+        brands: c.brands,
+        consents: c
+            .consents
+            .into_iter()
+            .map(|d| ConsentSpec {
+                id: d.id,
+                title: d.title,
+                text: d.text,
+                parent: non_empty(d.parent),
+                channels: d.channels,
+                brands: d.brands,
+                version: d.version,
+                retired: d.retired,
+            })
+            .collect(),
+        default_purpose: non_empty(c.default_purpose),
+    }
+}
+
+pub fn catalog_to(c: &CatalogSpec) -> pb::CatalogSpec {
+    pb::CatalogSpec {
+        channels: c.channels.clone(),
+        brands: c.brands.clone(),
+        consents: c
+            .consents
+            .iter()
+            .map(|d| pb::ConsentDefinition {
+                id: d.id.clone(),
+                title: d.title.clone(),
+                text: d.text.clone(),
+                parent: d.parent.clone().unwrap_or_default(),
+                channels: d.channels.clone(),
+                brands: d.brands.clone(),
+                version: d.version,
+                retired: d.retired,
+            })
+            .collect(),
+        default_purpose: c.default_purpose.clone().unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_round_trip() {
+        for n in [0i64, 1, -1, 1_700_000_000_123_456_789, -1_500_000_000_000_000_001] {
+            assert_eq!(nanos_from("t", &timestamp(n)).unwrap(), n);
+        }
+        let bad = Timestamp { seconds: 1, nanos: -1 };
+        assert_eq!(nanos_from("occurred_at", &bad).unwrap_err().field, "occurred_at");
+        let far = Timestamp { seconds: i64::MAX / 2, nanos: 0 };
+        assert!(nanos_from("occurred_at", &far).is_err());
+    }
+}

@@ -1,0 +1,203 @@
+//! The gRPC side: thin handlers over [`Authority`]. Each handler validates
+//! the request into domain types (or INVALID_ARGUMENT naming the field),
+//! calls the authority, and converts the answer with small free functions.
+
+mod convert;
+
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::authority::{Answer, Authority};
+use crate::domain::{Action, ContactId, FieldError, Verdict};
+use crate::pb;
+use crate::store::StoreError;
+use crate::writer::{WriteError, now_nanos};
+
+pub use convert::{catalog_from, catalog_to, timestamp};
+
+/// Most checks in one CanSendBatch (DESIGN.md §3).
+pub const MAX_BATCH_CHECKS: usize = 10_000;
+
+/// INVALID_ARGUMENT naming the field, with a BadRequest detail for clients
+/// that read rich errors.
+pub fn invalid(e: FieldError) -> Status {
+    Status::with_error_details(
+        Code::InvalidArgument,
+        e.to_string(),
+        ErrorDetails::with_bad_request_violation(e.field, e.problem),
+    )
+}
+
+fn storage(e: StoreError) -> Status {
+    // Storage details stay in the log; the client learns only that it failed.
+    tracing::error!(error = %e, "storage error");
+    Status::internal("storage error; nothing was changed")
+}
+
+fn write_error(e: WriteError) -> Status {
+    match e {
+        WriteError::Invalid(f) => invalid(f),
+        WriteError::UnknownConsent(id) => Status::not_found(format!("consent_id: consent {id:?} is not in the catalog")),
+        WriteError::FailedPrecondition(m) => Status::failed_precondition(m),
+        WriteError::Store(s) => storage(s),
+        WriteError::Closed => Status::unavailable("shutting down"),
+    }
+}
+
+fn reason(v: Verdict) -> pb::Reason {
+    match v {
+        Verdict::Granted { .. } => pb::Reason::Granted,
+        Verdict::Withdrawn { .. } => pb::Reason::Withdrawn,
+        Verdict::NoConsent => pb::Reason::NoConsent,
+        Verdict::NotCovered => pb::Reason::NotCovered,
+    }
+}
+
+fn answer_to(a: Answer) -> pb::CanSendResponse {
+    let decided_at = match a.verdict {
+        Verdict::Granted { at, .. } | Verdict::Withdrawn { at, .. } => Some(timestamp(at)),
+        Verdict::NoConsent | Verdict::NotCovered => None,
+    };
+    pb::CanSendResponse {
+        allowed: a.verdict.allowed(),
+        reason: reason(a.verdict) as i32,
+        decided_by: a.decided_by,
+        decided_at,
+        unsubscribe_url: String::new(),
+        error: String::new(),
+    }
+}
+
+// ---------------------------------------------------------------- Eligibility
+
+pub struct EligibilityService {
+    authority: Authority,
+}
+
+impl EligibilityService {
+    pub fn new(authority: Authority) -> Self {
+        Self { authority }
+    }
+
+    fn check(&self, r: &pb::CanSendRequest) -> Result<Answer, FieldError> {
+        self.authority
+            .can_send(&r.contact_id, &r.channel, &r.brand, &r.purpose)
+    }
+}
+
+#[tonic::async_trait]
+impl pb::eligibility_server::Eligibility for EligibilityService {
+    async fn can_send(
+        &self,
+        request: Request<pb::CanSendRequest>,
+    ) -> Result<Response<pb::CanSendResponse>, Status> {
+        let answer = self.check(request.get_ref()).map_err(invalid)?;
+        Ok(Response::new(answer_to(answer)))
+    }
+
+    async fn can_send_batch(
+        &self,
+        request: Request<pb::CanSendBatchRequest>,
+    ) -> Result<Response<pb::CanSendBatchResponse>, Status> {
+        let checks = &request.get_ref().checks;
+        if checks.len() > MAX_BATCH_CHECKS {
+            return Err(invalid(FieldError::new(
+                "checks",
+                format!("has {} items, at most {MAX_BATCH_CHECKS} allowed", checks.len()),
+            )));
+        }
+        let results = checks
+            .iter()
+            .map(|c| match self.check(c) {
+                Ok(a) => answer_to(a),
+                Err(e) => pb::CanSendResponse {
+                    reason: pb::Reason::Invalid as i32,
+                    error: e.to_string(),
+                    ..Default::default()
+                },
+            })
+            .collect();
+        Ok(Response::new(pb::CanSendBatchResponse { results }))
+    }
+}
+
+// ---------------------------------------------------------------- Consents
+
+pub struct ConsentsService {
+    authority: Authority,
+}
+
+impl ConsentsService {
+    pub fn new(authority: Authority) -> Self {
+        Self { authority }
+    }
+
+    async fn change(&self, action: Action, c: pb::ConsentChange) -> Result<Response<pb::ChangeResult>, Status> {
+        let change = convert::change_from(action, c, now_nanos()).map_err(invalid)?;
+        let out = self.authority.change(change).await.map_err(write_error)?;
+        Ok(Response::new(pb::ChangeResult {
+            applied: out.applied,
+            state: Some(convert::state_to(out.state)),
+            sequence: out.sequence,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::consents_server::Consents for ConsentsService {
+    async fn grant(&self, request: Request<pb::ConsentChange>) -> Result<Response<pb::ChangeResult>, Status> {
+        self.change(Action::Grant, request.into_inner()).await
+    }
+
+    async fn withdraw(&self, request: Request<pb::ConsentChange>) -> Result<Response<pb::ChangeResult>, Status> {
+        self.change(Action::Withdraw, request.into_inner()).await
+    }
+
+    async fn get_contact(
+        &self,
+        request: Request<pb::GetContactRequest>,
+    ) -> Result<Response<pb::ContactConsents>, Status> {
+        let contact = ContactId::parse("contact_id", &request.get_ref().contact_id).map_err(invalid)?;
+        let states = self.authority.contact_states(&contact).map_err(storage)?;
+        Ok(Response::new(pb::ContactConsents {
+            contact_id: contact.to_string(),
+            states: states.into_iter().map(convert::state_to).collect(),
+        }))
+    }
+
+    async fn get_history(
+        &self,
+        request: Request<pb::GetHistoryRequest>,
+    ) -> Result<Response<pb::History>, Status> {
+        let contact = ContactId::parse("contact_id", &request.get_ref().contact_id).map_err(invalid)?;
+        let events = self.authority.history(&contact).map_err(storage)?;
+        Ok(Response::new(pb::History {
+            events: events.into_iter().map(convert::event_to).collect(),
+        }))
+    }
+}
+
+// ---------------------------------------------------------------- Catalog
+
+pub struct CatalogService {
+    authority: Authority,
+}
+
+impl CatalogService {
+    pub fn new(authority: Authority) -> Self {
+        Self { authority }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::catalog_server::Catalog for CatalogService {
+    async fn apply_catalog(&self, request: Request<pb::CatalogSpec>) -> Result<Response<pb::CatalogSpec>, Status> {
+        let spec = catalog_from(request.into_inner());
+        let catalog = self.authority.apply_catalog(spec).await.map_err(write_error)?;
+        Ok(Response::new(catalog_to(catalog.spec())))
+    }
+
+    async fn get_catalog(&self, _: Request<pb::GetCatalogRequest>) -> Result<Response<pb::CatalogSpec>, Status> {
+        Ok(Response::new(catalog_to(self.authority.catalog().spec())))
+    }
+}

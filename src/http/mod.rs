@@ -1,0 +1,36 @@
+//! The HTTP side: `/healthz` and `/metrics` (the unsubscribe pages join it
+//! later). It calls the same [`Authority`] as gRPC, never logic of its own.
+
+use axum::{Router, extract::State, http::StatusCode, http::header, response::IntoResponse, routing::get};
+use tokio::sync::watch;
+
+use crate::authority::Authority;
+
+#[derive(Clone)]
+struct AppState {
+    authority: Authority,
+    /// False once shutdown has begun.
+    serving: watch::Receiver<bool>,
+}
+
+pub fn router(authority: Authority, serving: watch::Receiver<bool>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .with_state(AppState { authority, serving })
+}
+
+async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
+    if *s.serving.borrow() {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+    }
+}
+
+async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        s.authority.metrics().render(s.authority.contacts()),
+    )
+}

@@ -1,0 +1,81 @@
+//! Counters for `GET /metrics` (Prometheus text format).
+//!
+//! Plain relaxed atomics: the hot path counts, it never logs. A handful of
+//! fixed series does not justify a metrics framework and its per-call
+//! label lookups.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use crate::domain::Verdict;
+
+#[derive(Default)]
+pub struct Metrics {
+    granted: AtomicU64,
+    withdrawn: AtomicU64,
+    no_consent: AtomicU64,
+    not_covered: AtomicU64,
+    invalid: AtomicU64,
+    commits: AtomicU64,
+    committed_changes: AtomicU64,
+    commit_micros: AtomicU64,
+    commit_failures: AtomicU64,
+}
+
+impl Metrics {
+    pub fn decision(&self, v: Verdict) {
+        let c = match v {
+            Verdict::Granted { .. } => &self.granted,
+            Verdict::Withdrawn { .. } => &self.withdrawn,
+            Verdict::NoConsent => &self.no_consent,
+            Verdict::NotCovered => &self.not_covered,
+        };
+        c.fetch_add(1, Relaxed);
+    }
+
+    pub fn invalid_check(&self) {
+        self.invalid.fetch_add(1, Relaxed);
+    }
+
+    pub fn commit(&self, changes: usize, took: Duration) {
+        self.commits.fetch_add(1, Relaxed);
+        self.committed_changes.fetch_add(changes as u64, Relaxed);
+        self.commit_micros.fetch_add(took.as_micros() as u64, Relaxed);
+    }
+
+    pub fn commit_failed(&self) {
+        self.commit_failures.fetch_add(1, Relaxed);
+    }
+
+    /// Renders every series; `contacts` is read from the index at scrape time.
+    pub fn render(&self, contacts: usize) -> String {
+        let mut out = String::with_capacity(1024);
+        let get = |c: &AtomicU64| c.load(Relaxed);
+        out.push_str("# HELP consentd_decisions_total CanSend answers by reason.\n");
+        out.push_str("# TYPE consentd_decisions_total counter\n");
+        for (reason, c) in [
+            ("granted", &self.granted),
+            ("withdrawn", &self.withdrawn),
+            ("no_consent", &self.no_consent),
+            ("not_covered", &self.not_covered),
+            ("invalid", &self.invalid),
+        ] {
+            let _ = writeln!(out, "consentd_decisions_total{{reason=\"{reason}\"}} {}", get(c));
+        }
+        for (name, help, kind, value) in [
+            ("consentd_commits_total", "Durable write transactions (group commits).", "counter", get(&self.commits)),
+            ("consentd_committed_changes_total", "Grants and withdrawals made durable.", "counter", get(&self.committed_changes)),
+            ("consentd_commit_failures_total", "Write transactions that failed; none of their changes was acknowledged.", "counter", get(&self.commit_failures)),
+            ("consentd_contacts", "Contacts holding at least one state.", "gauge", contacts as u64),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP consentd_commit_seconds_total Time spent deciding and committing batches.\n# TYPE consentd_commit_seconds_total counter\nconsentd_commit_seconds_total {}",
+            get(&self.commit_micros) as f64 / 1e6
+        );
+        out
+    }
+}

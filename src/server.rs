@@ -1,0 +1,193 @@
+//! Wiring: open the store, rebuild the index, bind both listeners, serve
+//! gRPC (with health and reflection) and HTTP, and shut down gracefully.
+//!
+//! Health `""` turns SERVING only once the index is loaded and both
+//! listeners are bound; on shutdown it turns NOT_SERVING first, in-flight
+//! calls finish, then the writer drains its queue and the store closes.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+
+use crate::authority::Authority;
+use crate::config::Config;
+use crate::domain::CatalogSpec;
+use crate::grpc::{CatalogService, ConsentsService, EligibilityService};
+use crate::pb;
+use crate::store::RedbStore;
+
+/// Largest gRPC message accepted: a full 10,000-check batch fits with room.
+const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
+
+/// A server whose listeners are bound and whose index is loaded.
+pub struct Bound {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    authority: Authority,
+    writer: std::thread::JoinHandle<()>,
+    grpc: TcpListener,
+    http: TcpListener,
+}
+
+/// Reads a TOML catalog file (the same shape as `CatalogSpec`).
+pub fn read_catalog(path: &std::path::Path) -> anyhow::Result<CatalogSpec> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+impl Bound {
+    /// Opens the store, rebuilds the index, applies `--catalog`, binds.
+    pub async fn bind(config: &Config) -> anyhow::Result<Bound> {
+        let store = RedbStore::open(&config.data_dir)
+            .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+        let (authority, writer, report) = Authority::open(Arc::new(store), config.default_purpose.clone())?;
+        tracing::info!(
+            states = report.states,
+            contacts = report.contacts,
+            seconds = report.seconds,
+            "index rebuilt from the store"
+        );
+        if let Some(path) = &config.catalog {
+            let spec = read_catalog(path)?;
+            authority
+                .apply_catalog(spec)
+                .await
+                .with_context(|| format!("applying the catalog {}", path.display()))?;
+        }
+        let grpc = TcpListener::bind(config.grpc_addr)
+            .await
+            .with_context(|| format!("binding gRPC on {}", config.grpc_addr))?;
+        let http = TcpListener::bind(config.http_addr)
+            .await
+            .with_context(|| format!("binding HTTP on {}", config.http_addr))?;
+        Ok(Bound {
+            grpc_addr: grpc.local_addr()?,
+            http_addr: http.local_addr()?,
+            authority,
+            writer,
+            grpc,
+            http,
+        })
+    }
+
+    /// Serves until `shutdown` resolves, then drains and closes the store.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let Bound {
+            grpc_addr,
+            http_addr,
+            authority,
+            writer,
+            grpc,
+            http,
+        } = self;
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_service_status("", ServingStatus::NotServing).await;
+
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (serving_tx, serving_rx) = watch::channel(false);
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+
+        let grpc_server = tonic::transport::Server::builder()
+            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(
+                pb::eligibility_server::EligibilityServer::new(EligibilityService::new(authority.clone()))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(
+                pb::consents_server::ConsentsServer::new(ConsentsService::new(authority.clone()))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(
+                pb::catalog_server::CatalogServer::new(CatalogService::new(authority.clone()))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(grpc).with_nodelay(Some(true)),
+                stopped(stop_rx.clone()),
+            );
+        let grpc_task = tokio::spawn(grpc_server);
+
+        let app = crate::http::router(authority.clone(), serving_rx);
+        let http_task = tokio::spawn(
+            axum::serve(http, app.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(stopped(stop_rx.clone()))
+                .into_future(),
+        );
+        drop(authority);
+
+        health.set_service_status("", ServingStatus::Serving).await;
+        for name in ["consent.v1.Eligibility", "consent.v1.Consents", "consent.v1.Catalog"] {
+            health.set_service_status(name, ServingStatus::Serving).await;
+        }
+        let _ = serving_tx.send(true);
+        tracing::info!(%grpc_addr, %http_addr, "consentd serving");
+
+        shutdown.await;
+        tracing::info!("shutting down: health NOT_SERVING, draining in-flight calls");
+        let _ = serving_tx.send(false);
+        for name in ["", "consent.v1.Eligibility", "consent.v1.Consents", "consent.v1.Catalog"] {
+            health.set_service_status(name, ServingStatus::NotServing).await;
+        }
+        let _ = stop_tx.send(true);
+        grpc_task.await?.context("gRPC server")?;
+        http_task.await?.context("HTTP server")?;
+        // The servers held the last handles to the authority: the writer now
+        // finishes what is queued and stops, and the store closes with it.
+        tokio::task::spawn_blocking(move || writer.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?;
+        tracing::info!("store closed");
+        Ok(())
+    }
+}
+
+/// Binds and serves until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    Bound::bind(&config).await?.serve(shutdown).await
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the server");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

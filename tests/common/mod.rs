@@ -1,0 +1,137 @@
+//! Shared harness: a real server on ephemeral loopback ports over a temp
+//! data dir, and clients connected to it.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use consentd::pb::{
+    self, catalog_client::CatalogClient, consents_client::ConsentsClient,
+    eligibility_client::EligibilityClient,
+};
+use consentd::{Config, server::Bound};
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+pub struct TestServer {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub data_dir: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestServer {
+    /// A fresh server with the example catalog applied.
+    pub async fn start() -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Self::start_in(dir.path(), Some(example_catalog_path())).await;
+        s._dir = Some(dir);
+        s
+    }
+
+    /// A server over `data_dir` (kept: restart tests reopen it).
+    pub async fn start_in(data_dir: &Path, catalog: Option<PathBuf>) -> TestServer {
+        let mut config = Config::ephemeral(data_dir);
+        config.catalog = catalog;
+        let bound = Bound::bind(&config).await.unwrap();
+        let (grpc_addr, http_addr) = (bound.grpc_addr, bound.http_addr);
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(bound.serve(async {
+            let _ = rx.await;
+        }));
+        TestServer {
+            grpc_addr,
+            http_addr,
+            data_dir: data_dir.to_owned(),
+            stop: Some(tx),
+            task,
+            _dir: None,
+        }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.grpc_addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    pub async fn eligibility(&self) -> EligibilityClient<Channel> {
+        EligibilityClient::new(self.channel().await)
+    }
+
+    pub async fn consents(&self) -> ConsentsClient<Channel> {
+        ConsentsClient::new(self.channel().await)
+    }
+
+    pub async fn catalog(&self) -> CatalogClient<Channel> {
+        CatalogClient::new(self.channel().await)
+    }
+
+    /// Graceful stop; waits until the store is closed.
+    pub async fn stop(mut self) -> Option<tempfile::TempDir> {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap().unwrap();
+        self._dir.take()
+    }
+}
+
+pub fn example_catalog_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/catalog.toml")
+}
+
+pub fn example_catalog() -> pb::CatalogSpec {
+    let spec = consentd::server::read_catalog(&example_catalog_path()).unwrap();
+    consentd::grpc::catalog_to(&spec)
+}
+
+pub fn ts(seconds: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds, nanos: 0 }
+}
+
+/// Seconds since the epoch, now.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+pub fn change(contact: &str, consent: &str, occurred_at: Option<i64>) -> pb::ConsentChange {
+    pb::ConsentChange {
+        contact_id: contact.into(),
+        consent_id: consent.into(),
+        occurred_at: occurred_at.map(ts),
+        source: pb::Source::Form as i32,
+        evidence: [("form".to_string(), "signup-2026".to_string())].into(),
+        idempotency_key: String::new(),
+    }
+}
+
+pub fn check(contact: &str, channel: &str, brand: &str) -> pb::CanSendRequest {
+    pb::CanSendRequest {
+        contact_id: contact.into(),
+        channel: channel.into(),
+        brand: brand.into(),
+        purpose: String::new(),
+        include_unsubscribe: false,
+    }
+}
+
+/// (allowed, reason, decided_by) of one CanSend.
+pub async fn can_send(
+    client: &mut EligibilityClient<Channel>,
+    contact: &str,
+    channel: &str,
+    brand: &str,
+) -> (bool, pb::Reason, String) {
+    let r = client
+        .can_send(check(contact, channel, brand))
+        .await
+        .unwrap()
+        .into_inner();
+    (r.allowed, r.reason(), r.decided_by)
+}

@@ -1,0 +1,187 @@
+//! CanSend and CanSendBatch over a real socket: DESIGN.md rule 3 end to end.
+
+mod common;
+
+use common::*;
+use consentd::pb::{self, Reason};
+
+#[tokio::test]
+async fn umbrella_brand_withdrawal_unsubscribe_all_and_regrant() {
+    let server = TestServer::start().await;
+    let mut elig = server.eligibility().await;
+    let mut cons = server.consents().await;
+    let t = now() - 1000;
+    let who = "anna@example.com";
+
+    // Opt-in: nothing recorded, nothing allowed.
+    assert_eq!(can_send(&mut elig, who, "email", "acme").await, (false, Reason::NoConsent, String::new()));
+
+    // The umbrella grant covers every brand and channel.
+    cons.grant(change(who, "marketing", Some(t))).await.unwrap();
+    for brand in ["acme", "zenith", "orbit"] {
+        for channel in ["email", "sms", "push"] {
+            let got = can_send(&mut elig, who, channel, brand).await;
+            assert_eq!(got, (true, Reason::Granted, "marketing".into()), "{channel}/{brand}");
+        }
+    }
+
+    // Unsubscribing from Acme's e-mail stops exactly that.
+    cons.withdraw(change(who, "marketing.acme.email", Some(t + 10))).await.unwrap();
+    assert_eq!(
+        can_send(&mut elig, who, "email", "acme").await,
+        (false, Reason::Withdrawn, "marketing.acme.email".into())
+    );
+    assert!(can_send(&mut elig, who, "sms", "acme").await.0);
+    assert!(can_send(&mut elig, who, "email", "zenith").await.0);
+
+    // "Unsubscribe from all" stops everything in the tree.
+    cons.withdraw(change(who, "marketing", Some(t + 20))).await.unwrap();
+    for brand in ["acme", "zenith", "orbit"] {
+        let got = can_send(&mut elig, who, "sms", brand).await;
+        assert_eq!(got, (false, Reason::Withdrawn, "marketing".into()), "{brand}");
+    }
+
+    // A grant given after it counts; a re-grant of the umbrella covers all again.
+    cons.grant(change(who, "marketing.zenith.sms", Some(t + 30))).await.unwrap();
+    assert_eq!(
+        can_send(&mut elig, who, "sms", "zenith").await,
+        (true, Reason::Granted, "marketing.zenith.sms".into())
+    );
+    assert!(!can_send(&mut elig, who, "email", "zenith").await.0);
+    cons.grant(change(who, "marketing", Some(t + 40))).await.unwrap();
+    assert_eq!(
+        can_send(&mut elig, who, "email", "acme").await,
+        (true, Reason::Granted, "marketing".into())
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn purposes_not_covered_and_decided_at() {
+    let server = TestServer::start().await;
+    let mut elig = server.eligibility().await;
+    let mut cons = server.consents().await;
+    let t = now() - 500;
+    cons.grant(change("bob", "surveys", Some(t))).await.unwrap();
+
+    let mut req = check("bob", "email", "orbit");
+    req.purpose = "surveys".into();
+    let r = elig.can_send(req.clone()).await.unwrap().into_inner();
+    assert!(r.allowed);
+    assert_eq!(r.decided_by, "surveys");
+    assert_eq!(r.decided_at, Some(ts(t)));
+
+    // Surveys cover e-mail only: SMS is not covered by that purpose at all.
+    req.channel = "sms".into();
+    let r = elig.can_send(req).await.unwrap().into_inner();
+    assert_eq!((r.allowed, r.reason()), (false, Reason::NotCovered));
+
+    // The default purpose (marketing) is independent of surveys.
+    assert_eq!(can_send(&mut elig, "bob", "email", "orbit").await.1, Reason::NoConsent);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn batch_answers_in_order_with_invalid_items_in_their_slot() {
+    let server = TestServer::start().await;
+    let mut elig = server.eligibility().await;
+    let mut cons = server.consents().await;
+    cons.grant(change("c1", "marketing.acme", Some(now() - 60))).await.unwrap();
+
+    let checks = vec![
+        check("c1", "email", "acme"),
+        check("c1", "email", "zenith"),
+        check("c1", "fax", "acme"),
+        check("", "email", "acme"),
+        check("c2", "sms", "acme"),
+    ];
+    let results = elig
+        .can_send_batch(pb::CanSendBatchRequest { checks })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    let reasons: Vec<Reason> = results.iter().map(|r| r.reason()).collect();
+    assert_eq!(
+        reasons,
+        [Reason::Granted, Reason::NoConsent, Reason::Invalid, Reason::Invalid, Reason::NoConsent]
+    );
+    assert!(results[2].error.contains("channel"), "{}", results[2].error);
+    assert!(results[3].error.contains("contact_id"), "{}", results[3].error);
+    assert!(results[0].error.is_empty());
+
+    let too_many = pb::CanSendBatchRequest {
+        checks: vec![check("c1", "email", "acme"); 10_001],
+    };
+    let err = elig.can_send_batch(too_many).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("checks"), "{}", err.message());
+
+    let full = pb::CanSendBatchRequest {
+        checks: vec![check("c1", "email", "acme"); 10_000],
+    };
+    let r = elig.can_send_batch(full).await.unwrap().into_inner();
+    assert_eq!(r.results.len(), 10_000);
+    assert!(r.results.iter().all(|r| r.allowed));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn health_and_reflection_list_every_service() {
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+
+    let server = TestServer::start().await;
+    let mut health = HealthClient::new(server.channel().await);
+    let status = health
+        .check(HealthCheckRequest { service: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.status(), ServingStatus::Serving);
+
+    let mut reflection = ServerReflectionClient::new(server.channel().await);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = reflection
+        .server_reflection_info(tokio_stream::iter([req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let resp = stream.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        panic!("unexpected reflection answer");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for want in [
+        "consent.v1.Eligibility",
+        "consent.v1.Consents",
+        "consent.v1.Catalog",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
+    }
+
+    let body = reqwest_get(server.http_addr, "/healthz").await;
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    let metrics = reqwest_get(server.http_addr, "/metrics").await;
+    assert!(metrics.contains("consentd_decisions_total"), "{metrics}");
+    server.stop().await;
+}
+
+/// A minimal HTTP/1.1 GET over a raw socket (keeps the test dependencies small).
+async fn reqwest_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}

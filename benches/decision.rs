@@ -1,0 +1,115 @@
+//! The in-process decision path at 1M and 10M contacts: validate the check,
+//! resolve (purpose, channel, brand) to its covering set, look the contact up
+//! in the index and decide — exactly `authority::decide_check`, which every
+//! CanSend runs. Also prints the index's memory per contact.
+//!
+//! `cargo bench --bench decision`
+
+use std::hint::black_box;
+
+use consentd::authority::decide_check;
+use consentd::domain::{Action, Catalog, HeldState};
+use consentd::index::Index;
+use criterion::{Criterion, criterion_group, criterion_main};
+
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+fn catalog() -> Catalog {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/catalog.toml");
+    let spec = consentd::server::read_catalog(std::path::Path::new(path)).unwrap();
+    Catalog::empty(None).compile(spec).unwrap().0
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// A CRM-style id: 12 bytes, stored inline in the index key.
+fn contact(i: u64) -> String {
+    format!("crm-{i:08}")
+}
+
+fn build(cat: &Catalog, n: u64) -> Index {
+    let umbrella = cat.consent_idx("marketing").unwrap();
+    let before = rss_bytes();
+    let index = Index::with_capacity(0);
+    for i in 0..n {
+        index.put(
+            &contact(i),
+            HeldState {
+                occurred_at: 1_700_000_000_000_000_000 + i as i64,
+                consent: umbrella,
+                action: if i % 10 == 0 {
+                    Action::Withdraw
+                } else {
+                    Action::Grant
+                },
+            },
+        );
+    }
+    let after = rss_bytes();
+    eprintln!(
+        "index: {n} contacts with one state each: {:.1} bytes/contact (RSS delta)",
+        (after.saturating_sub(before)) as f64 / n as f64
+    );
+    index
+}
+
+fn bench(c: &mut Criterion) {
+    let cat = catalog();
+    for (label, n) in [("1M", 1_000_000u64), ("10M", 10_000_000)] {
+        let index = build(&cat, n);
+        // Random probes (a fixed LCG), most of them known contacts.
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let probes: Vec<String> = (0..1 << 16)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                contact((x >> 20) % (n + n / 10))
+            })
+            .collect();
+        let mut group = c.benchmark_group(format!("decide_check/{label}"));
+        let mut i = 0usize;
+        group.bench_function("email/acme", |b| {
+            b.iter(|| {
+                i = (i + 1) & ((1 << 16) - 1);
+                black_box(decide_check(&cat, &index, &probes[i], "email", "acme", "").unwrap())
+            })
+        });
+        if n == 1_000_000 {
+            let cell = cat.cell("", "email", "acme").unwrap();
+            let cover = cat.covering(cell);
+            group.bench_function("parts/cell", |b| {
+                b.iter(|| {
+                    black_box(
+                        cat.cell(black_box(""), black_box("email"), black_box("acme"))
+                            .unwrap(),
+                    )
+                })
+            });
+            group.bench_function("parts/index", |b| {
+                b.iter(|| {
+                    i = (i + 1) & ((1 << 16) - 1);
+                    black_box(index.decide(&probes[i], cover))
+                })
+            });
+        }
+        group.finish();
+        drop(index);
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(30).measurement_time(std::time::Duration::from_secs(4));
+    targets = bench
+}
+criterion_main!(benches);

@@ -24,7 +24,31 @@ use crate::writer::{ChangeOutcome, WriteError, Writer};
 pub struct Answer {
     pub verdict: Verdict,
     /// The deciding consent's id; empty for NO_CONSENT and NOT_COVERED.
-    pub decided_by: String,
+    pub decided_by: &'static str,
+}
+
+/// The whole CanSend decision over a catalog snapshot and the index: what
+/// the server runs per check, and what `benches/decision.rs` measures.
+/// Allocates nothing.
+pub fn decide_check(
+    catalog: &Catalog,
+    index: &Index,
+    contact: &str,
+    channel: &str,
+    brand: &str,
+    purpose: &str,
+) -> Result<Answer, FieldError> {
+    check_contact("contact_id", contact)?;
+    let cell = catalog.cell(purpose, channel, brand)?;
+    let verdict = index.decide(contact, catalog.covering(cell));
+    let decided_by = match verdict {
+        Verdict::Granted { by, .. } | Verdict::Withdrawn { by, .. } => catalog.consent_id(by),
+        Verdict::NoConsent | Verdict::NotCovered => "",
+    };
+    Ok(Answer {
+        verdict,
+        decided_by,
+    })
 }
 
 #[derive(Clone)]
@@ -59,32 +83,40 @@ impl Authority {
         let loaded = store.load_meta()?;
         let empty = Catalog::empty(default_purpose);
         let catalog = match loaded.catalog {
-            Some(spec) => empty.compile(spec).map_err(|e| StoreError::Corrupt {
-                table: "meta",
-                what: format!("stored catalog no longer validates: {e}"),
-            })?.0,
+            Some(spec) => {
+                empty
+                    .compile(spec)
+                    .map_err(|e| StoreError::Corrupt {
+                        table: "meta",
+                        what: format!("stored catalog no longer validates: {e}"),
+                    })?
+                    .0
+            }
             None => empty,
         };
         let index = Arc::new(Index::default());
         let mut orphans = 0u64;
-        let states = store.load_states(&mut |contact, consent, d| {
-            match catalog.consent_idx(consent) {
-                Some(idx) => {
-                    index.put(
-                        contact,
-                        HeldState {
-                            occurred_at: d.occurred_at,
-                            consent: idx,
-                            action: d.action,
-                        },
-                    );
-                }
-                None => orphans += 1,
+        let states = store.load_states(&mut |contact, consent, d| match catalog
+            .consent_idx(consent)
+        {
+            Some(idx) => {
+                index.put(
+                    contact,
+                    HeldState {
+                        occurred_at: d.occurred_at,
+                        consent: idx,
+                        action: d.action,
+                    },
+                );
             }
+            None => orphans += 1,
         })?;
         if orphans > 0 {
             // Deletion of a held consent is refused, so this means a damaged file.
-            tracing::error!(orphans, "states name consents missing from the stored catalog; they are ignored");
+            tracing::error!(
+                orphans,
+                "states name consents missing from the stored catalog; they are ignored"
+            );
         }
         let report = LoadReport {
             states,
@@ -116,8 +148,7 @@ impl Authority {
         ))
     }
 
-    /// CanSend (DESIGN.md rule 3). Never touches the disk; allocates only the
-    /// `decided_by` string of the answer.
+    /// CanSend (DESIGN.md rule 3). Never touches the disk, never allocates.
     pub fn can_send(
         &self,
         contact: &str,
@@ -125,21 +156,14 @@ impl Authority {
         brand: &str,
         purpose: &str,
     ) -> Result<Answer, FieldError> {
-        let checked = check_contact("contact_id", contact).and_then(|()| {
-            let catalog = self.inner.catalog.load();
-            let cell = catalog.cell(purpose, channel, brand)?;
-            let verdict = self.inner.index.decide(contact, catalog.covering(cell));
-            let decided_by = match verdict {
-                Verdict::Granted { by, .. } | Verdict::Withdrawn { by, .. } => {
-                    catalog.consent_id(by).to_owned()
-                }
-                Verdict::NoConsent | Verdict::NotCovered => String::new(),
-            };
-            Ok(Answer {
-                verdict,
-                decided_by,
-            })
-        });
+        let checked = decide_check(
+            &self.inner.catalog.load(),
+            &self.inner.index,
+            contact,
+            channel,
+            brand,
+            purpose,
+        );
         match &checked {
             Ok(a) => self.inner.metrics.decision(a.verdict),
             Err(_) => self.inner.metrics.invalid_check(),

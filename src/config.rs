@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use clap::Parser;
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "consentd", version, about = "Consent authority for marketing communication")]
+#[command(
+    name = "consentd",
+    version,
+    about = "Consent authority for marketing communication"
+)]
 pub struct Config {
     /// gRPC listen address (Eligibility, Consents, Catalog, health, reflection).
     #[arg(long, env = "CONSENTD_GRPC_ADDR", default_value = "127.0.0.1:50051")]

@@ -28,7 +28,10 @@ impl Default for Index {
 impl Index {
     pub fn with_capacity(contacts: usize) -> Self {
         Self {
-            map: DashMap::with_capacity_and_hasher(contacts, foldhash::fast::RandomState::default()),
+            map: DashMap::with_capacity_and_hasher(
+                contacts,
+                foldhash::fast::RandomState::default(),
+            ),
         }
     }
 
@@ -93,7 +96,10 @@ mod tests {
         assert_eq!(index.put("x", g(1, 2)), None);
         assert_eq!(index.put("x", g(0, 3)), Some(g(0, 1)));
         assert_eq!(index.get("x", 0), Some(g(0, 3)));
-        assert_eq!(index.decide("x", &[1, 0]), Verdict::Granted { by: 0, at: 3 });
+        assert_eq!(
+            index.decide("x", &[1, 0]),
+            Verdict::Granted { by: 0, at: 3 }
+        );
         assert_eq!(index.contacts(), 1);
         assert_eq!(std::mem::size_of::<HeldState>(), 16);
     }

@@ -31,7 +31,8 @@ pub mod pb {
     tonic::include_proto!("consent.v1");
 
     /// Encoded descriptors, served by gRPC reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("consent_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("consent_descriptor");
 }
 
 pub use authority::{Answer, Authority};

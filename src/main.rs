@@ -3,6 +3,10 @@
 use clap::Parser;
 use consentd::{config::Config, server};
 
+/// jemalloc: steadier than glibc malloc under many tokio worker threads.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()

@@ -41,7 +41,8 @@ impl Metrics {
     pub fn commit(&self, changes: usize, took: Duration) {
         self.commits.fetch_add(1, Relaxed);
         self.committed_changes.fetch_add(changes as u64, Relaxed);
-        self.commit_micros.fetch_add(took.as_micros() as u64, Relaxed);
+        self.commit_micros
+            .fetch_add(took.as_micros() as u64, Relaxed);
     }
 
     pub fn commit_failed(&self) {
@@ -61,15 +62,42 @@ impl Metrics {
             ("not_covered", &self.not_covered),
             ("invalid", &self.invalid),
         ] {
-            let _ = writeln!(out, "consentd_decisions_total{{reason=\"{reason}\"}} {}", get(c));
+            let _ = writeln!(
+                out,
+                "consentd_decisions_total{{reason=\"{reason}\"}} {}",
+                get(c)
+            );
         }
         for (name, help, kind, value) in [
-            ("consentd_commits_total", "Durable write transactions (group commits).", "counter", get(&self.commits)),
-            ("consentd_committed_changes_total", "Grants and withdrawals made durable.", "counter", get(&self.committed_changes)),
-            ("consentd_commit_failures_total", "Write transactions that failed; none of their changes was acknowledged.", "counter", get(&self.commit_failures)),
-            ("consentd_contacts", "Contacts holding at least one state.", "gauge", contacts as u64),
+            (
+                "consentd_commits_total",
+                "Durable write transactions (group commits).",
+                "counter",
+                get(&self.commits),
+            ),
+            (
+                "consentd_committed_changes_total",
+                "Grants and withdrawals made durable.",
+                "counter",
+                get(&self.committed_changes),
+            ),
+            (
+                "consentd_commit_failures_total",
+                "Write transactions that failed; none of their changes was acknowledged.",
+                "counter",
+                get(&self.commit_failures),
+            ),
+            (
+                "consentd_contacts",
+                "Contacts holding at least one state.",
+                "gauge",
+                contacts as u64,
+            ),
         ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
         }
         let _ = writeln!(
             out,

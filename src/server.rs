@@ -39,7 +39,8 @@ pub struct Bound {
 
 /// Reads a TOML catalog file (the same shape as `CatalogSpec`).
 pub fn read_catalog(path: &std::path::Path) -> anyhow::Result<CatalogSpec> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
@@ -48,7 +49,8 @@ impl Bound {
     pub async fn bind(config: &Config) -> anyhow::Result<Bound> {
         let store = RedbStore::open(&config.data_dir)
             .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
-        let (authority, writer, report) = Authority::open(Arc::new(store), config.default_purpose.clone())?;
+        let (authority, writer, report) =
+            Authority::open(Arc::new(store), config.default_purpose.clone())?;
         tracing::info!(
             states = report.states,
             contacts = report.contacts,
@@ -89,7 +91,9 @@ impl Bound {
             http,
         } = self;
         let (health, health_service) = tonic_health::server::health_reporter();
-        health.set_service_status("", ServingStatus::NotServing).await;
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
 
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -114,8 +118,10 @@ impl Bound {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(
-                pb::eligibility_server::EligibilityServer::new(EligibilityService::new(authority.clone()))
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
+                pb::eligibility_server::EligibilityServer::new(EligibilityService::new(
+                    authority.clone(),
+                ))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
             )
             .add_service(
                 pb::consents_server::ConsentsServer::new(ConsentsService::new(authority.clone()))
@@ -133,15 +139,24 @@ impl Bound {
 
         let app = crate::http::router(authority.clone(), serving_rx);
         let http_task = tokio::spawn(
-            axum::serve(http, app.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(stopped(stop_rx.clone()))
-                .into_future(),
+            axum::serve(
+                http,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(stopped(stop_rx.clone()))
+            .into_future(),
         );
         drop(authority);
 
         health.set_service_status("", ServingStatus::Serving).await;
-        for name in ["consent.v1.Eligibility", "consent.v1.Consents", "consent.v1.Catalog"] {
-            health.set_service_status(name, ServingStatus::Serving).await;
+        for name in [
+            "consent.v1.Eligibility",
+            "consent.v1.Consents",
+            "consent.v1.Catalog",
+        ] {
+            health
+                .set_service_status(name, ServingStatus::Serving)
+                .await;
         }
         let _ = serving_tx.send(true);
         tracing::info!(%grpc_addr, %http_addr, "consentd serving");
@@ -149,8 +164,15 @@ impl Bound {
         shutdown.await;
         tracing::info!("shutting down: health NOT_SERVING, draining in-flight calls");
         let _ = serving_tx.send(false);
-        for name in ["", "consent.v1.Eligibility", "consent.v1.Consents", "consent.v1.Catalog"] {
-            health.set_service_status(name, ServingStatus::NotServing).await;
+        for name in [
+            "",
+            "consent.v1.Eligibility",
+            "consent.v1.Consents",
+            "consent.v1.Catalog",
+        ] {
+            health
+                .set_service_status(name, ServingStatus::NotServing)
+                .await;
         }
         let _ = stop_tx.send(true);
         grpc_task.await?.context("gRPC server")?;
@@ -175,7 +197,9 @@ pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        let mut term = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the server");

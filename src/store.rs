@@ -140,10 +140,14 @@ impl Store for RedbStore {
         let txn = self.db.begin_read()?;
         let meta = txn.open_table(META)?;
         let catalog = match meta.get("catalog")? {
-            Some(v) => Some(serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
-                table: "meta",
-                what: format!("catalog: {e}"),
-            })?),
+            Some(v) => {
+                Some(
+                    serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
+                        table: "meta",
+                        what: format!("catalog: {e}"),
+                    })?,
+                )
+            }
             None => None,
         };
         let next_sequence = match meta.get("next_sequence")? {
@@ -164,7 +168,14 @@ impl Store for RedbStore {
             let (k, v) = row?;
             let (contact, consent) = k.value();
             let (action, occurred_at) = decode_decisive(v.value())?;
-            sink(contact, consent, Decisive { occurred_at, action });
+            sink(
+                contact,
+                consent,
+                Decisive {
+                    occurred_at,
+                    action,
+                },
+            );
             n += 1;
         }
         Ok(n)
@@ -173,7 +184,10 @@ impl Store for RedbStore {
     fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(IDEMPOTENCY)?;
-        table.get(key)?.map(|v| decode_idempotency(v.value())).transpose()
+        table
+            .get(key)?
+            .map(|v| decode_idempotency(v.value()))
+            .transpose()
     }
 
     fn state(&self, contact: &str, consent: &str) -> Result<Option<StateRecord>, StoreError> {
@@ -221,7 +235,10 @@ impl Store for RedbStore {
         let txn = self.db.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
-            meta.insert("next_sequence", batch.next_sequence.to_le_bytes().as_slice())?;
+            meta.insert(
+                "next_sequence",
+                batch.next_sequence.to_le_bytes().as_slice(),
+            )?;
             if let Some(catalog) = &batch.catalog {
                 let json = serde_json::to_vec(catalog).map_err(|e| StoreError::Corrupt {
                     table: "meta",
@@ -238,7 +255,10 @@ impl Store for RedbStore {
             }
             let mut states = txn.open_table(STATES)?;
             for (contact, s) in &batch.states {
-                states.insert((contact.as_str(), s.consent.as_str()), encode_state(s).as_slice())?;
+                states.insert(
+                    (contact.as_str(), s.consent.as_str()),
+                    encode_state(s).as_slice(),
+                )?;
             }
             let mut idem = txn.open_table(IDEMPOTENCY)?;
             for (key, r) in &batch.idempotency {
@@ -260,11 +280,15 @@ fn corrupt(table: &'static str, what: &str) -> StoreError {
 }
 
 fn u32_from(b: &[u8]) -> Result<u32, StoreError> {
-    Ok(u32::from_le_bytes(b.try_into().map_err(|_| corrupt("meta", "u32"))?))
+    Ok(u32::from_le_bytes(
+        b.try_into().map_err(|_| corrupt("meta", "u32"))?,
+    ))
 }
 
 fn u64_from(b: &[u8]) -> Result<u64, StoreError> {
-    Ok(u64::from_le_bytes(b.try_into().map_err(|_| corrupt("meta", "u64"))?))
+    Ok(u64::from_le_bytes(
+        b.try_into().map_err(|_| corrupt("meta", "u64"))?,
+    ))
 }
 
 const STATE_LEN: usize = 30;
@@ -293,7 +317,8 @@ fn decode_state(consent: &str, b: &[u8]) -> Result<StateRecord, StoreError> {
     let (action, occurred_at) = decode_decisive(b)?;
     let le8 = |r: std::ops::Range<usize>| -> [u8; 8] { b[r].try_into().expect("length checked") };
     Ok(StateRecord {
-        consent: ConsentId::parse("consent", consent).map_err(|e| corrupt("states", &e.to_string()))?,
+        consent: ConsentId::parse("consent", consent)
+            .map_err(|e| corrupt("states", &e.to_string()))?,
         action,
         occurred_at,
         source: Source::from_u8(b[1]).ok_or_else(|| corrupt("states", "source"))?,
@@ -367,7 +392,8 @@ fn decode_event(contact: ContactId, sequence: u64, b: &[u8]) -> Result<EventReco
     let s = StoredEvent::decode(b).map_err(|e| corrupt("events", &e.to_string()))?;
     Ok(EventRecord {
         contact,
-        consent: ConsentId::parse("consent", &s.consent).map_err(|e| corrupt("events", &e.to_string()))?,
+        consent: ConsentId::parse("consent", &s.consent)
+            .map_err(|e| corrupt("events", &e.to_string()))?,
         action: u8::try_from(s.action)
             .ok()
             .and_then(Action::from_u8)
@@ -451,8 +477,14 @@ mod tests {
         assert_eq!(seen[0].2.action, Action::Withdraw);
         assert_eq!(store.history("anna@example.com").unwrap(), vec![event]);
         assert!(store.history("anna").unwrap().is_empty(), "no prefix bleed");
-        assert_eq!(store.contact_states("anna@example.com").unwrap(), vec![state("marketing", 9)]);
-        assert_eq!(store.state("anna@example.com", "marketing").unwrap(), Some(state("marketing", 9)));
+        assert_eq!(
+            store.contact_states("anna@example.com").unwrap(),
+            vec![state("marketing", 9)]
+        );
+        assert_eq!(
+            store.state("anna@example.com", "marketing").unwrap(),
+            Some(state("marketing", 9))
+        );
         assert_eq!(store.idempotency("k1").unwrap(), Some(idem));
         assert_eq!(store.idempotency("k2").unwrap(), None);
     }

@@ -59,7 +59,10 @@ pub struct ChangeOutcome {
 
 enum Command {
     Change(Change, oneshot::Sender<Result<ChangeOutcome, WriteError>>),
-    Catalog(CatalogSpec, oneshot::Sender<Result<Arc<Catalog>, WriteError>>),
+    Catalog(
+        CatalogSpec,
+        oneshot::Sender<Result<Arc<Catalog>, WriteError>>,
+    ),
 }
 
 /// A cheap, cloneable handle to the writer thread.
@@ -187,7 +190,10 @@ impl Inner {
         self.last_recorded
     }
 
-    fn commit_changes(&mut self, changes: Vec<(Change, oneshot::Sender<Result<ChangeOutcome, WriteError>>)>) {
+    fn commit_changes(
+        &mut self,
+        changes: Vec<(Change, oneshot::Sender<Result<ChangeOutcome, WriteError>>)>,
+    ) {
         if changes.is_empty() {
             return;
         }
@@ -201,7 +207,14 @@ impl Inner {
         let mut new_usage: Vec<ConsentIdx> = Vec::new();
 
         for (change, reply) in changes {
-            match self.decide(&catalog, change, &mut batch, &mut states, &mut keys, &mut new_usage) {
+            match self.decide(
+                &catalog,
+                change,
+                &mut batch,
+                &mut states,
+                &mut keys,
+                &mut new_usage,
+            ) {
                 Ok((outcome, index_update)) => pending.push(Pending {
                     reply,
                     outcome,
@@ -262,18 +275,25 @@ impl Inner {
         let idx = catalog
             .consent_idx(change.consent.as_str())
             .ok_or_else(|| WriteError::UnknownConsent(change.consent.to_string()))?;
-        let def = catalog.consent(idx).expect("by_id only names compiled consents");
+        let def = catalog
+            .consent(idx)
+            .expect("by_id only names compiled consents");
         let contact = ContactKey::from(change.contact.as_str());
         let slot = (contact.clone(), idx);
 
-        let current_full = |states: &HashMap<_, StateRecord>, store: &dyn Store| -> Result<Option<StateRecord>, WriteError> {
+        let current_full = |states: &HashMap<_, StateRecord>,
+                            store: &dyn Store|
+         -> Result<Option<StateRecord>, WriteError> {
             if let Some(s) = states.get(&slot) {
                 return Ok(Some(s.clone()));
             }
             Ok(store.state(change.contact.as_str(), change.consent.as_str())?)
         };
 
-        let fingerprint = change.idempotency_key.as_ref().map(|_| fingerprint(&change));
+        let fingerprint = change
+            .idempotency_key
+            .as_ref()
+            .map(|_| fingerprint(&change));
         if let (Some(key), Some(fp)) = (&change.idempotency_key, fingerprint) {
             let seen = match keys.get(key) {
                 Some(r) => Some(*r),

@@ -19,13 +19,29 @@ async fn bad_checks_name_the_field() {
         ("channel", check("c", "fax", "acme")),
         ("channel", check("c", "", "acme")),
         ("brand", check("c", "email", "nope")),
-        ("purpose", pb::CanSendRequest { purpose: "marketing.acme".into(), ..check("c", "email", "acme") }),
-        ("purpose", pb::CanSendRequest { purpose: "ghost".into(), ..check("c", "email", "acme") }),
+        (
+            "purpose",
+            pb::CanSendRequest {
+                purpose: "marketing.acme".into(),
+                ..check("c", "email", "acme")
+            },
+        ),
+        (
+            "purpose",
+            pb::CanSendRequest {
+                purpose: "ghost".into(),
+                ..check("c", "email", "acme")
+            },
+        ),
     ];
     for (field, req) in cases {
         let err = elig.can_send(req).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{field}");
-        assert!(err.message().starts_with(field), "{field}: {}", err.message());
+        assert!(
+            err.message().starts_with(field),
+            "{field}: {}",
+            err.message()
+        );
     }
     server.stop().await;
 }
@@ -36,41 +52,141 @@ async fn bad_changes_name_the_field_and_write_nothing() {
     let mut cons = server.consents().await;
     let ok = || change("victim", "marketing", Some(now() - 10));
     let cases: Vec<(Code, &str, pb::ConsentChange)> = vec![
-        (Code::InvalidArgument, "contact_id", pb::ConsentChange { contact_id: String::new(), ..ok() }),
-        (Code::InvalidArgument, "contact_id", pb::ConsentChange { contact_id: "x".repeat(300), ..ok() }),
-        (Code::InvalidArgument, "contact_id", pb::ConsentChange { contact_id: "tab\there".into(), ..ok() }),
-        (Code::InvalidArgument, "consent_id", pb::ConsentChange { consent_id: String::new(), ..ok() }),
-        (Code::InvalidArgument, "consent_id", pb::ConsentChange { consent_id: "Marketing!".into(), ..ok() }),
-        (Code::InvalidArgument, "source", pb::ConsentChange { source: 99, ..ok() }),
-        (Code::InvalidArgument, "occurred_at", pb::ConsentChange {
-            occurred_at: Some(prost_types::Timestamp { seconds: 1, nanos: -5 }), ..ok() }),
-        (Code::InvalidArgument, "occurred_at", pb::ConsentChange { occurred_at: Some(ts(now() + 3600)), ..ok() }),
-        (Code::InvalidArgument, "idempotency_key", pb::ConsentChange { idempotency_key: "k".repeat(300), ..ok() }),
-        (Code::InvalidArgument, "evidence", pb::ConsentChange {
-            evidence: (0..40).map(|i| (format!("k{i}"), "v".into())).collect(), ..ok() }),
-        (Code::InvalidArgument, "evidence[ua]", pb::ConsentChange {
-            evidence: [("ua".to_string(), "x".repeat(5000))].into(), ..ok() }),
-        (Code::NotFound, "consent_id", pb::ConsentChange { consent_id: "ghost".into(), ..ok() }),
+        (
+            Code::InvalidArgument,
+            "contact_id",
+            pb::ConsentChange {
+                contact_id: String::new(),
+                ..ok()
+            },
+        ),
+        (
+            Code::InvalidArgument,
+            "contact_id",
+            pb::ConsentChange {
+                contact_id: "x".repeat(300),
+                ..ok()
+            },
+        ),
+        (
+            Code::InvalidArgument,
+            "contact_id",
+            pb::ConsentChange {
+                contact_id: "tab\there".into(),
+                ..ok()
+            },
+        ),
+        (
+            Code::InvalidArgument,
+            "consent_id",
+            pb::ConsentChange {
+                consent_id: String::new(),
+                ..ok()
+            },
+        ),
+        (
+            Code::InvalidArgument,
+            "consent_id",
+            pb::ConsentChange {
+                consent_id: "Marketing!".into(),
+                ..ok()
+            },
+        ),
+        (
+            Code::InvalidArgument,
+            "source",
+            pb::ConsentChange { source: 99, ..ok() },
+        ),
+        (
+            Code::InvalidArgument,
+            "occurred_at",
+            pb::ConsentChange {
+                occurred_at: Some(prost_types::Timestamp {
+                    seconds: 1,
+                    nanos: -5,
+                }),
+                ..ok()
+            },
+        ),
+        (
+            Code::InvalidArgument,
+            "occurred_at",
+            pb::ConsentChange {
+                occurred_at: Some(ts(now() + 3600)),
+                ..ok()
+            },
+        ),
+        (
+            Code::InvalidArgument,
+            "idempotency_key",
+            pb::ConsentChange {
+                idempotency_key: "k".repeat(300),
+                ..ok()
+            },
+        ),
+        (
+            Code::InvalidArgument,
+            "evidence",
+            pb::ConsentChange {
+                evidence: (0..40).map(|i| (format!("k{i}"), "v".into())).collect(),
+                ..ok()
+            },
+        ),
+        (
+            Code::InvalidArgument,
+            "evidence[ua]",
+            pb::ConsentChange {
+                evidence: [("ua".to_string(), "x".repeat(5000))].into(),
+                ..ok()
+            },
+        ),
+        (
+            Code::NotFound,
+            "consent_id",
+            pb::ConsentChange {
+                consent_id: "ghost".into(),
+                ..ok()
+            },
+        ),
     ];
     for (code, field, req) in cases {
         let err = cons.grant(req.clone()).await.unwrap_err();
         assert_eq!(err.code(), code, "{field}");
-        assert!(err.message().starts_with(field), "{field}: {}", err.message());
+        assert!(
+            err.message().starts_with(field),
+            "{field}: {}",
+            err.message()
+        );
         let err = cons.withdraw(req).await.unwrap_err();
         assert_eq!(err.code(), code, "{field} (withdraw)");
     }
     let history = cons
-        .get_history(pb::GetHistoryRequest { contact_id: "victim".into() })
+        .get_history(pb::GetHistoryRequest {
+            contact_id: "victim".into(),
+        })
         .await
         .unwrap()
         .into_inner();
     assert!(history.events.is_empty(), "nothing was recorded");
-    let err = cons.get_history(pb::GetHistoryRequest { contact_id: String::new() }).await.unwrap_err();
+    let err = cons
+        .get_history(pb::GetHistoryRequest {
+            contact_id: String::new(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    let err = cons.get_contact(pb::GetContactRequest { contact_id: "\n".into() }).await.unwrap_err();
+    let err = cons
+        .get_contact(pb::GetContactRequest {
+            contact_id: "\n".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 
     let mut elig = server.eligibility().await;
-    assert_eq!(can_send(&mut elig, "victim", "email", "acme").await.1, Reason::NoConsent);
+    assert_eq!(
+        can_send(&mut elig, "victim", "email", "acme").await.1,
+        Reason::NoConsent
+    );
     server.stop().await;
 }

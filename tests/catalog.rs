@@ -10,12 +10,18 @@ use tonic::Code;
 async fn versions_bump_on_text_or_scope_change_only() {
     let server = TestServer::start().await;
     let mut cat = server.catalog().await;
-    let v1 = cat.get_catalog(pb::GetCatalogRequest {}).await.unwrap().into_inner();
+    let v1 = cat
+        .get_catalog(pb::GetCatalogRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(v1.default_purpose, "marketing");
     assert!(v1.consents.iter().all(|c| c.version == 1));
 
     let mut spec = v1.clone();
-    let find = |s: &mut pb::CatalogSpec, id: &str| -> usize { s.consents.iter().position(|c| c.id == id).unwrap() };
+    let find = |s: &mut pb::CatalogSpec, id: &str| -> usize {
+        s.consents.iter().position(|c| c.id == id).unwrap()
+    };
     let i = find(&mut spec, "marketing.acme");
     spec.consents[i].text = "New wording shown on the form.".into();
     let j = find(&mut spec, "marketing.orbit");
@@ -23,7 +29,14 @@ async fn versions_bump_on_text_or_scope_change_only() {
     let k = find(&mut spec, "marketing.zenith.sms");
     spec.consents[k].channels = vec!["sms".into(), "push".into()];
     let applied = cat.apply_catalog(spec).await.unwrap().into_inner();
-    let version = |id: &str| applied.consents.iter().find(|c| c.id == id).unwrap().version;
+    let version = |id: &str| {
+        applied
+            .consents
+            .iter()
+            .find(|c| c.id == id)
+            .unwrap()
+            .version
+    };
     assert_eq!(version("marketing.acme"), 2);
     assert_eq!(version("marketing.orbit"), 1);
     assert_eq!(version("marketing.zenith.sms"), 2);
@@ -31,7 +44,11 @@ async fn versions_bump_on_text_or_scope_change_only() {
 
     // A grant records the version in force.
     let mut cons = server.consents().await;
-    let r = cons.grant(change("c", "marketing.acme", None)).await.unwrap().into_inner();
+    let r = cons
+        .grant(change("c", "marketing.acme", None))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(r.state.unwrap().version, 2);
     server.stop().await;
 }
@@ -40,16 +57,38 @@ async fn versions_bump_on_text_or_scope_change_only() {
 async fn an_invalid_catalog_changes_nothing() {
     let server = TestServer::start().await;
     let mut cat = server.catalog().await;
-    let before = cat.get_catalog(pb::GetCatalogRequest {}).await.unwrap().into_inner();
+    let before = cat
+        .get_catalog(pb::GetCatalogRequest {})
+        .await
+        .unwrap()
+        .into_inner();
 
     type Mutation = Box<dyn Fn(&mut pb::CatalogSpec)>;
     let cases: Vec<(&str, Mutation)> = vec![
-        ("parent", Box::new(|s| s.consents[1].parent = "ghost".into())),
-        ("cycle", Box::new(|s| s.consents[0].parent = "marketing.acme.email".into())),
-        ("outside the parent", Box::new(|s| s.consents[2].brands = vec!["zenith".into()])),
-        ("not declared", Box::new(|s| s.consents[0].channels = vec!["fax".into()])),
-        ("declared twice", Box::new(|s| s.consents[1].id = "marketing".into())),
-        ("default_purpose", Box::new(|s| s.default_purpose = "marketing.acme".into())),
+        (
+            "parent",
+            Box::new(|s| s.consents[1].parent = "ghost".into()),
+        ),
+        (
+            "cycle",
+            Box::new(|s| s.consents[0].parent = "marketing.acme.email".into()),
+        ),
+        (
+            "outside the parent",
+            Box::new(|s| s.consents[2].brands = vec!["zenith".into()]),
+        ),
+        (
+            "not declared",
+            Box::new(|s| s.consents[0].channels = vec!["fax".into()]),
+        ),
+        (
+            "declared twice",
+            Box::new(|s| s.consents[1].id = "marketing".into()),
+        ),
+        (
+            "default_purpose",
+            Box::new(|s| s.default_purpose = "marketing.acme".into()),
+        ),
         ("valid id", Box::new(|s| s.brands.push("Bad Brand".into()))),
     ];
     for (needle, mutate) in cases {
@@ -58,9 +97,17 @@ async fn an_invalid_catalog_changes_nothing() {
         mutate(&mut spec);
         let err = cat.apply_catalog(spec).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{needle}");
-        assert!(err.message().contains(needle), "{needle}: {}", err.message());
+        assert!(
+            err.message().contains(needle),
+            "{needle}: {}",
+            err.message()
+        );
     }
-    let after = cat.get_catalog(pb::GetCatalogRequest {}).await.unwrap().into_inner();
+    let after = cat
+        .get_catalog(pb::GetCatalogRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(after, before);
     server.stop().await;
 }
@@ -70,19 +117,33 @@ async fn deleting_a_held_consent_is_refused_retire_it_instead() {
     let server = TestServer::start().await;
     let mut cat = server.catalog().await;
     let mut cons = server.consents().await;
-    let spec = cat.get_catalog(pb::GetCatalogRequest {}).await.unwrap().into_inner();
-    cons.grant(change("c", "marketing.orbit", None)).await.unwrap();
+    let spec = cat
+        .get_catalog(pb::GetCatalogRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    cons.grant(change("c", "marketing.orbit", None))
+        .await
+        .unwrap();
 
     let mut without_orbit = spec.clone();
     without_orbit.consents.retain(|c| c.id != "marketing.orbit");
     let err = cat.apply_catalog(without_orbit).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
-    assert!(err.message().contains("marketing.orbit"), "{}", err.message());
+    assert!(
+        err.message().contains("marketing.orbit"),
+        "{}",
+        err.message()
+    );
 
     // A consent nobody holds can go.
     let mut without_surveys = spec.clone();
     without_surveys.consents.retain(|c| c.id != "surveys");
-    let applied = cat.apply_catalog(without_surveys).await.unwrap().into_inner();
+    let applied = cat
+        .apply_catalog(without_surveys)
+        .await
+        .unwrap()
+        .into_inner();
     assert!(applied.consents.iter().all(|c| c.id != "surveys"));
     let mut elig = server.eligibility().await;
     let mut req = check("c", "email", "acme");

@@ -24,7 +24,13 @@ struct Running {
 /// Starts the binary on ephemeral ports; returns once it logs "serving".
 fn start(data_dir: &std::path::Path) -> Running {
     let mut child = Command::new(env!("CARGO_BIN_EXE_consentd"))
-        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(data_dir)
         .arg("--catalog")
         .arg(example_catalog_path())
@@ -35,9 +41,18 @@ fn start(data_dir: &std::path::Path) -> Running {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let grpc = loop {
-        let line = lines.next().expect("consentd exited before serving").unwrap();
+        let line = lines
+            .next()
+            .expect("consentd exited before serving")
+            .unwrap();
         if line.contains("consentd serving") {
-            let addr = line.split("grpc_addr=").nth(1).unwrap().split_whitespace().next().unwrap();
+            let addr = line
+                .split("grpc_addr=")
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap();
             break addr.parse().unwrap();
         }
     };
@@ -47,7 +62,11 @@ fn start(data_dir: &std::path::Path) -> Running {
 }
 
 async fn connect(addr: SocketAddr) -> Channel {
-    Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap()
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,7 +88,10 @@ async fn every_acknowledged_write_survives_sigkill() {
                 let contact = format!("w{w}-{i}");
                 match client.grant(change(&contact, "marketing.acme", None)).await {
                     Ok(r) => {
-                        acked.lock().unwrap().push((contact, r.into_inner().sequence));
+                        acked
+                            .lock()
+                            .unwrap()
+                            .push((contact, r.into_inner().sequence));
                         let _ = tx.try_send(());
                     }
                     Err(_) => return,
@@ -80,7 +102,10 @@ async fn every_acknowledged_write_survives_sigkill() {
     drop(first_acks_tx);
     // Kill once a few hundred writes were acknowledged, with writers in flight.
     for _ in 0..300 {
-        first_acks.recv().await.expect("writers stopped before the kill");
+        first_acks
+            .recv()
+            .await
+            .expect("writers stopped before the kill");
     }
     server.child.kill().unwrap(); // SIGKILL
     server.child.wait().unwrap();
@@ -95,10 +120,16 @@ async fn every_acknowledged_write_survives_sigkill() {
     let mut elig = pb::eligibility_client::EligibilityClient::new(channel.clone());
     let mut cons = ConsentsClient::new(channel);
     for (contact, sequence) in &acked {
-        let r = elig.can_send(check(contact, "email", "acme")).await.unwrap().into_inner();
+        let r = elig
+            .can_send(check(contact, "email", "acme"))
+            .await
+            .unwrap()
+            .into_inner();
         assert!(r.allowed, "{contact} was acknowledged but is lost");
         let h = cons
-            .get_history(pb::GetHistoryRequest { contact_id: contact.clone() })
+            .get_history(pb::GetHistoryRequest {
+                contact_id: contact.clone(),
+            })
             .await
             .unwrap()
             .into_inner();

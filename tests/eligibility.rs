@@ -14,19 +14,28 @@ async fn umbrella_brand_withdrawal_unsubscribe_all_and_regrant() {
     let who = "anna@example.com";
 
     // Opt-in: nothing recorded, nothing allowed.
-    assert_eq!(can_send(&mut elig, who, "email", "acme").await, (false, Reason::NoConsent, String::new()));
+    assert_eq!(
+        can_send(&mut elig, who, "email", "acme").await,
+        (false, Reason::NoConsent, String::new())
+    );
 
     // The umbrella grant covers every brand and channel.
     cons.grant(change(who, "marketing", Some(t))).await.unwrap();
     for brand in ["acme", "zenith", "orbit"] {
         for channel in ["email", "sms", "push"] {
             let got = can_send(&mut elig, who, channel, brand).await;
-            assert_eq!(got, (true, Reason::Granted, "marketing".into()), "{channel}/{brand}");
+            assert_eq!(
+                got,
+                (true, Reason::Granted, "marketing".into()),
+                "{channel}/{brand}"
+            );
         }
     }
 
     // Unsubscribing from Acme's e-mail stops exactly that.
-    cons.withdraw(change(who, "marketing.acme.email", Some(t + 10))).await.unwrap();
+    cons.withdraw(change(who, "marketing.acme.email", Some(t + 10)))
+        .await
+        .unwrap();
     assert_eq!(
         can_send(&mut elig, who, "email", "acme").await,
         (false, Reason::Withdrawn, "marketing.acme.email".into())
@@ -35,20 +44,30 @@ async fn umbrella_brand_withdrawal_unsubscribe_all_and_regrant() {
     assert!(can_send(&mut elig, who, "email", "zenith").await.0);
 
     // "Unsubscribe from all" stops everything in the tree.
-    cons.withdraw(change(who, "marketing", Some(t + 20))).await.unwrap();
+    cons.withdraw(change(who, "marketing", Some(t + 20)))
+        .await
+        .unwrap();
     for brand in ["acme", "zenith", "orbit"] {
         let got = can_send(&mut elig, who, "sms", brand).await;
-        assert_eq!(got, (false, Reason::Withdrawn, "marketing".into()), "{brand}");
+        assert_eq!(
+            got,
+            (false, Reason::Withdrawn, "marketing".into()),
+            "{brand}"
+        );
     }
 
     // A grant given after it counts; a re-grant of the umbrella covers all again.
-    cons.grant(change(who, "marketing.zenith.sms", Some(t + 30))).await.unwrap();
+    cons.grant(change(who, "marketing.zenith.sms", Some(t + 30)))
+        .await
+        .unwrap();
     assert_eq!(
         can_send(&mut elig, who, "sms", "zenith").await,
         (true, Reason::Granted, "marketing.zenith.sms".into())
     );
     assert!(!can_send(&mut elig, who, "email", "zenith").await.0);
-    cons.grant(change(who, "marketing", Some(t + 40))).await.unwrap();
+    cons.grant(change(who, "marketing", Some(t + 40)))
+        .await
+        .unwrap();
     assert_eq!(
         can_send(&mut elig, who, "email", "acme").await,
         (true, Reason::Granted, "marketing".into())
@@ -77,7 +96,10 @@ async fn purposes_not_covered_and_decided_at() {
     assert_eq!((r.allowed, r.reason()), (false, Reason::NotCovered));
 
     // The default purpose (marketing) is independent of surveys.
-    assert_eq!(can_send(&mut elig, "bob", "email", "orbit").await.1, Reason::NoConsent);
+    assert_eq!(
+        can_send(&mut elig, "bob", "email", "orbit").await.1,
+        Reason::NoConsent
+    );
     server.stop().await;
 }
 
@@ -86,7 +108,9 @@ async fn batch_answers_in_order_with_invalid_items_in_their_slot() {
     let server = TestServer::start().await;
     let mut elig = server.eligibility().await;
     let mut cons = server.consents().await;
-    cons.grant(change("c1", "marketing.acme", Some(now() - 60))).await.unwrap();
+    cons.grant(change("c1", "marketing.acme", Some(now() - 60)))
+        .await
+        .unwrap();
 
     let checks = vec![
         check("c1", "email", "acme"),
@@ -104,10 +128,20 @@ async fn batch_answers_in_order_with_invalid_items_in_their_slot() {
     let reasons: Vec<Reason> = results.iter().map(|r| r.reason()).collect();
     assert_eq!(
         reasons,
-        [Reason::Granted, Reason::NoConsent, Reason::Invalid, Reason::Invalid, Reason::NoConsent]
+        [
+            Reason::Granted,
+            Reason::NoConsent,
+            Reason::Invalid,
+            Reason::Invalid,
+            Reason::NoConsent
+        ]
     );
     assert!(results[2].error.contains("channel"), "{}", results[2].error);
-    assert!(results[3].error.contains("contact_id"), "{}", results[3].error);
+    assert!(
+        results[3].error.contains("contact_id"),
+        "{}",
+        results[3].error
+    );
     assert!(results[0].error.is_empty());
 
     let too_many = pb::CanSendBatchRequest {
@@ -128,7 +162,9 @@ async fn batch_answers_in_order_with_invalid_items_in_their_slot() {
 
 #[tokio::test]
 async fn health_and_reflection_list_every_service() {
-    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
     use tonic_reflection::pb::v1::{
         ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
@@ -137,7 +173,9 @@ async fn health_and_reflection_list_every_service() {
     let server = TestServer::start().await;
     let mut health = HealthClient::new(server.channel().await);
     let status = health
-        .check(HealthCheckRequest { service: String::new() })
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -164,7 +202,10 @@ async fn health_and_reflection_list_every_service() {
         "consent.v1.Catalog",
         "grpc.health.v1.Health",
     ] {
-        assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from {names:?}"
+        );
     }
 
     let body = reqwest_get(server.http_addr, "/healthz").await;

@@ -15,46 +15,90 @@ async fn latest_decision_wins_whatever_the_arrival_order() {
 
     // A withdrawal at t+100 arrives first; an import of an older grant
     // (t+50) arrives later and must not undo it.
-    let w = cons.withdraw(change("c", "marketing", Some(t + 100))).await.unwrap().into_inner();
+    let w = cons
+        .withdraw(change("c", "marketing", Some(t + 100)))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(w.applied);
-    let g = cons.grant(change("c", "marketing", Some(t + 50))).await.unwrap().into_inner();
+    let g = cons
+        .grant(change("c", "marketing", Some(t + 50)))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!g.applied, "an older grant is superseded");
     assert_eq!(g.state.as_ref().unwrap().action(), Action::Withdraw);
     assert_eq!(g.state.unwrap().sequence, w.sequence);
     assert!(g.sequence > w.sequence);
-    assert_eq!(can_send(&mut elig, "c", "email", "acme").await.1, Reason::Withdrawn);
+    assert_eq!(
+        can_send(&mut elig, "c", "email", "acme").await.1,
+        Reason::Withdrawn
+    );
 
     // A tie: WITHDRAW beats GRANT, in either order.
     cons.grant(change("d", "marketing", Some(t))).await.unwrap();
-    let w = cons.withdraw(change("d", "marketing", Some(t))).await.unwrap().into_inner();
+    let w = cons
+        .withdraw(change("d", "marketing", Some(t)))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(w.applied);
-    cons.withdraw(change("e", "marketing", Some(t))).await.unwrap();
-    let g = cons.grant(change("e", "marketing", Some(t))).await.unwrap().into_inner();
+    cons.withdraw(change("e", "marketing", Some(t)))
+        .await
+        .unwrap();
+    let g = cons
+        .grant(change("e", "marketing", Some(t)))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!g.applied);
     for who in ["d", "e"] {
-        assert_eq!(can_send(&mut elig, who, "email", "acme").await.1, Reason::Withdrawn, "{who}");
+        assert_eq!(
+            can_send(&mut elig, who, "email", "acme").await.1,
+            Reason::Withdrawn,
+            "{who}"
+        );
     }
 
     // A tie of the same action: the event recorded first stays.
-    let first = cons.grant(change("f", "marketing", Some(t))).await.unwrap().into_inner();
-    let second = cons.grant(change("f", "marketing", Some(t))).await.unwrap().into_inner();
+    let first = cons
+        .grant(change("f", "marketing", Some(t)))
+        .await
+        .unwrap()
+        .into_inner();
+    let second = cons
+        .grant(change("f", "marketing", Some(t)))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!second.applied);
     assert_eq!(second.state.unwrap().sequence, first.sequence);
 
     // The history keeps what the system was told, in recording order,
     // including the superseded events.
     let history = cons
-        .get_history(pb::GetHistoryRequest { contact_id: "c".into() })
+        .get_history(pb::GetHistoryRequest {
+            contact_id: "c".into(),
+        })
         .await
         .unwrap()
         .into_inner()
         .events;
     assert_eq!(history.len(), 2);
-    assert_eq!((history[0].action(), history[0].applied), (Action::Withdraw, true));
-    assert_eq!((history[1].action(), history[1].applied), (Action::Grant, false));
+    assert_eq!(
+        (history[0].action(), history[0].applied),
+        (Action::Withdraw, true)
+    );
+    assert_eq!(
+        (history[1].action(), history[1].applied),
+        (Action::Grant, false)
+    );
     assert!(history[0].sequence < history[1].sequence);
     assert_eq!(history[1].occurred_at, Some(ts(t + 50)));
-    assert_eq!(history[1].evidence.get("form").map(String::as_str), Some("signup-2026"));
+    assert_eq!(
+        history[1].evidence.get("form").map(String::as_str),
+        Some("signup-2026")
+    );
     assert_eq!(history[1].version, 1);
     assert!(history[1].recorded_at.unwrap().seconds >= now() - 60);
     server.stop().await;
@@ -67,19 +111,41 @@ async fn occurred_at_defaults_clamps_and_rejects_the_far_future() {
     let mut cons = server.consents().await;
 
     // A granting tool whose clock runs 4 minutes ahead: clamped to receipt time.
-    let g = cons.grant(change("c", "marketing", Some(now() + 240))).await.unwrap().into_inner();
+    let g = cons
+        .grant(change("c", "marketing", Some(now() + 240)))
+        .await
+        .unwrap()
+        .into_inner();
     let state = g.state.unwrap();
-    assert_eq!(state.occurred_at, state.recorded_at, "clamped to the receipt time");
+    assert_eq!(
+        state.occurred_at, state.recorded_at,
+        "clamped to the receipt time"
+    );
     // So a later unsubscribe click (no occurred_at: now) beats it.
-    let w = cons.withdraw(change("c", "marketing", None)).await.unwrap().into_inner();
+    let w = cons
+        .withdraw(change("c", "marketing", None))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(w.applied);
-    assert_eq!(can_send(&mut elig, "c", "email", "acme").await.1, Reason::Withdrawn);
+    assert_eq!(
+        can_send(&mut elig, "c", "email", "acme").await.1,
+        Reason::Withdrawn
+    );
 
     // More than 5 minutes ahead is an error, and records nothing.
-    let err = cons.grant(change("x", "marketing", Some(now() + 400))).await.unwrap_err();
+    let err = cons
+        .grant(change("x", "marketing", Some(now() + 400)))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("occurred_at"), "{}", err.message());
-    let h = cons.get_history(pb::GetHistoryRequest { contact_id: "x".into() }).await.unwrap();
+    let h = cons
+        .get_history(pb::GetHistoryRequest {
+            contact_id: "x".into(),
+        })
+        .await
+        .unwrap();
     assert!(h.into_inner().events.is_empty());
     server.stop().await;
 }
@@ -105,8 +171,17 @@ async fn idempotency_keys() {
     let err = cons.withdraw(c.clone()).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
 
-    let h = cons.get_history(pb::GetHistoryRequest { contact_id: "c".into() }).await.unwrap();
-    assert_eq!(h.into_inner().events.len(), 1, "nothing recorded for repeats");
+    let h = cons
+        .get_history(pb::GetHistoryRequest {
+            contact_id: "c".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        h.into_inner().events.len(),
+        1,
+        "nothing recorded for repeats"
+    );
     server.stop().await;
 }
 
@@ -116,43 +191,78 @@ async fn get_contact_unknown_consent_and_retired_consents() {
     let mut cons = server.consents().await;
     let mut cat = server.catalog().await;
     let t = now() - 100;
-    cons.grant(change("c", "marketing.acme", Some(t))).await.unwrap();
-    cons.withdraw(change("c", "surveys", Some(t + 1))).await.unwrap();
+    cons.grant(change("c", "marketing.acme", Some(t)))
+        .await
+        .unwrap();
+    cons.withdraw(change("c", "surveys", Some(t + 1)))
+        .await
+        .unwrap();
 
     let got = cons
-        .get_contact(pb::GetContactRequest { contact_id: "c".into() })
+        .get_contact(pb::GetContactRequest {
+            contact_id: "c".into(),
+        })
         .await
         .unwrap()
         .into_inner();
-    let mut states: Vec<(String, Action)> =
-        got.states.iter().map(|s| (s.consent_id.clone(), s.action())).collect();
+    let mut states: Vec<(String, Action)> = got
+        .states
+        .iter()
+        .map(|s| (s.consent_id.clone(), s.action()))
+        .collect();
     states.sort();
     assert_eq!(
         states,
-        [("marketing.acme".to_string(), Action::Grant), ("surveys".to_string(), Action::Withdraw)]
+        [
+            ("marketing.acme".to_string(), Action::Grant),
+            ("surveys".to_string(), Action::Withdraw)
+        ]
     );
     assert_eq!(got.states[0].source(), pb::Source::Form);
     assert_eq!(got.states[0].version, 1);
-    let none = cons.get_contact(pb::GetContactRequest { contact_id: "nobody".into() }).await.unwrap();
-    assert!(none.into_inner().states.is_empty(), "an unknown contact is not an error");
+    let none = cons
+        .get_contact(pb::GetContactRequest {
+            contact_id: "nobody".into(),
+        })
+        .await
+        .unwrap();
+    assert!(
+        none.into_inner().states.is_empty(),
+        "an unknown contact is not an error"
+    );
 
-    let err = cons.grant(change("c", "no.such.consent", None)).await.unwrap_err();
+    let err = cons
+        .grant(change("c", "no.such.consent", None))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     assert!(err.message().contains("no.such.consent"));
 
     // Retire Acme: no new grants, withdrawals still accepted, state still decides.
     let mut spec = example_catalog();
-    spec.consents.iter_mut().find(|c| c.id == "marketing.acme").unwrap().retired = true;
+    spec.consents
+        .iter_mut()
+        .find(|c| c.id == "marketing.acme")
+        .unwrap()
+        .retired = true;
     cat.apply_catalog(spec).await.unwrap();
-    let err = cons.grant(change("d", "marketing.acme", None)).await.unwrap_err();
+    let err = cons
+        .grant(change("d", "marketing.acme", None))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     let mut elig = server.eligibility().await;
     assert_eq!(
         can_send(&mut elig, "c", "sms", "acme").await,
         (true, Reason::Granted, "marketing.acme".into())
     );
-    cons.withdraw(change("c", "marketing.acme", None)).await.unwrap();
-    assert_eq!(can_send(&mut elig, "c", "sms", "acme").await.1, Reason::Withdrawn);
+    cons.withdraw(change("c", "marketing.acme", None))
+        .await
+        .unwrap();
+    assert_eq!(
+        can_send(&mut elig, "c", "sms", "acme").await.1,
+        Reason::Withdrawn
+    );
     server.stop().await;
 }
 
@@ -189,7 +299,11 @@ async fn concurrent_writers_all_land_with_unique_sequences() {
     let mut elig = server.eligibility().await;
     for w in 0..32 {
         for i in 0..25 {
-            assert!(can_send(&mut elig, &format!("w{w}-c{i}"), "push", "orbit").await.0);
+            assert!(
+                can_send(&mut elig, &format!("w{w}-c{i}"), "push", "orbit")
+                    .await
+                    .0
+            );
         }
     }
     server.stop().await;

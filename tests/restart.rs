@@ -11,33 +11,73 @@ async fn states_history_keys_catalog_and_sequence_survive_a_restart() {
     let server = TestServer::start_in(dir.path(), Some(example_catalog_path())).await;
     let mut cons = server.consents().await;
     let t = now() - 100;
-    cons.grant(change("anna", "marketing", Some(t))).await.unwrap();
-    cons.withdraw(change("anna", "marketing.acme", Some(t + 1))).await.unwrap();
+    cons.grant(change("anna", "marketing", Some(t)))
+        .await
+        .unwrap();
+    cons.withdraw(change("anna", "marketing.acme", Some(t + 1)))
+        .await
+        .unwrap();
     let mut keyed = change("bob", "surveys", Some(t));
     keyed.idempotency_key = "import-7:row-1".into();
-    let keyed_seq = cons.grant(keyed.clone()).await.unwrap().into_inner().sequence;
+    let keyed_seq = cons
+        .grant(keyed.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .sequence;
     // A catalog change made over gRPC, not from the file.
     let mut cat = server.catalog().await;
-    let mut spec = cat.get_catalog(pb::GetCatalogRequest {}).await.unwrap().into_inner();
+    let mut spec = cat
+        .get_catalog(pb::GetCatalogRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     spec.brands.push("nova".into());
     cat.apply_catalog(spec).await.unwrap();
-    let last = cons.grant(change("carl", "marketing", None)).await.unwrap().into_inner().sequence;
+    let last = cons
+        .grant(change("carl", "marketing", None))
+        .await
+        .unwrap()
+        .into_inner()
+        .sequence;
     server.stop().await;
 
     // Restart without --catalog: the stored catalog is in force.
     let server = TestServer::start_in(dir.path(), None).await;
     let mut elig = server.eligibility().await;
     let mut cons = server.consents().await;
-    assert_eq!(can_send(&mut elig, "anna", "email", "acme").await.1, Reason::Withdrawn);
-    assert_eq!(can_send(&mut elig, "anna", "email", "zenith").await.1, Reason::Granted);
-    assert_eq!(can_send(&mut elig, "carl", "sms", "nova").await.1, Reason::Granted);
-    let h = cons.get_history(pb::GetHistoryRequest { contact_id: "anna".into() }).await.unwrap();
+    assert_eq!(
+        can_send(&mut elig, "anna", "email", "acme").await.1,
+        Reason::Withdrawn
+    );
+    assert_eq!(
+        can_send(&mut elig, "anna", "email", "zenith").await.1,
+        Reason::Granted
+    );
+    assert_eq!(
+        can_send(&mut elig, "carl", "sms", "nova").await.1,
+        Reason::Granted
+    );
+    let h = cons
+        .get_history(pb::GetHistoryRequest {
+            contact_id: "anna".into(),
+        })
+        .await
+        .unwrap();
     assert_eq!(h.into_inner().events.len(), 2);
 
     let again = cons.grant(keyed).await.unwrap().into_inner();
-    assert!(!again.applied, "the idempotency key is remembered across restarts");
+    assert!(
+        !again.applied,
+        "the idempotency key is remembered across restarts"
+    );
     assert_eq!(again.sequence, keyed_seq);
-    let next = cons.grant(change("dora", "marketing", None)).await.unwrap().into_inner().sequence;
+    let next = cons
+        .grant(change("dora", "marketing", None))
+        .await
+        .unwrap()
+        .into_inner()
+        .sequence;
     assert!(next > last, "sequences keep increasing across restarts");
     server.stop().await;
 }

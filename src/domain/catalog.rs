@@ -8,7 +8,10 @@
 //!   the index refer to consents by that index), and indices are never reused;
 //! - `version` starts at 1 and grows by one whenever text or scope changes.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+
+/// Lookup maps on the hot path hash short ids: foldhash, not SipHash.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 use serde::{Deserialize, Serialize};
 
@@ -79,6 +82,11 @@ pub struct Catalog {
     by_id: HashMap<String, ConsentIdx>,
     /// Indexed by `ConsentIdx`; `None` for a consent deleted since interning.
     consents: Vec<Option<Consent>>,
+    /// Interned ids by `ConsentIdx`, carried from catalog to catalog. Leaked
+    /// on purpose: one string per distinct consent id ever declared, so that
+    /// a CanSend answer can name its consent without allocating or counting
+    /// references.
+    names: Vec<&'static str>,
     /// Covering sets per (purpose, channel, brand), most specific first.
     covers: Vec<Box<[ConsentIdx]>>,
     default_purpose: Option<u32>,
@@ -122,14 +130,20 @@ impl Catalog {
     }
 
     /// The consent id behind an index (for answers).
-    pub fn consent_id(&self, idx: ConsentIdx) -> &str {
-        self.consent(idx).map_or("", |c| c.id.as_str())
+    pub fn consent_id(&self, idx: ConsentIdx) -> &'static str {
+        self.names.get(idx as usize).copied().unwrap_or("")
     }
 
     /// Compiles the (purpose, channel, brand) of a check; errors name the field.
     pub fn cell(&self, purpose: &str, channel: &str, brand: &str) -> Result<Cell, FieldError> {
-        let channel = *self.channels.get(channel).ok_or_else(|| unknown("channel", channel))?;
-        let brand = *self.brands.get(brand).ok_or_else(|| unknown("brand", brand))?;
+        let channel = *self
+            .channels
+            .get(channel)
+            .ok_or_else(|| unknown("channel", channel))?;
+        let brand = *self
+            .brands
+            .get(brand)
+            .ok_or_else(|| unknown("brand", brand))?;
         let purpose = self.purpose(purpose)?;
         Ok(Cell {
             purpose,
@@ -181,17 +195,23 @@ impl Catalog {
         if spec.consents.len() > MAX_CONSENTS {
             return Err(FieldError::new(
                 "consents",
-                format!("has {} entries, at most {MAX_CONSENTS} allowed", spec.consents.len()),
+                format!(
+                    "has {} entries, at most {MAX_CONSENTS} allowed",
+                    spec.consents.len()
+                ),
             ));
         }
 
         // Ids, parents, texts.
-        let mut position: HashMap<&str, usize> = HashMap::new();
+        let mut position: HashMap<&str, usize> = HashMap::default();
         for (i, c) in spec.consents.iter().enumerate() {
             let field = |f: &str| format!("consents[{i}].{f}");
             check_id(&field("id"), &c.id)?;
             if position.insert(&c.id, i).is_some() {
-                return Err(FieldError::new(field("id"), format!("{:?} is declared twice", c.id)));
+                return Err(FieldError::new(
+                    field("id"),
+                    format!("{:?} is declared twice", c.id),
+                ));
             }
             check_text(&field("title"), &c.title, MAX_TITLE_LEN)?;
             check_text(&field("text"), &c.text, MAX_TEXT_LEN)?;
@@ -201,7 +221,10 @@ impl Catalog {
             parent_of.push(match c.parent.as_deref() {
                 None | Some("") => None,
                 Some(p) => Some(*position.get(p).ok_or_else(|| {
-                    FieldError::new(format!("consents[{i}].parent"), format!("unknown consent {p:?}"))
+                    FieldError::new(
+                        format!("consents[{i}].parent"),
+                        format!("unknown consent {p:?}"),
+                    )
                 })?),
             });
         }
@@ -258,31 +281,41 @@ impl Catalog {
         let default_purpose = match spec.default_purpose.as_deref() {
             None | Some("") => None,
             Some(p) => Some(*purposes.get(p).ok_or_else(|| {
-                FieldError::new("default_purpose", format!("{p:?} is not a root consent of this catalog"))
+                FieldError::new(
+                    "default_purpose",
+                    format!("{p:?} is not a root consent of this catalog"),
+                )
             })?),
         }
-        .or_else(|| self.fallback_default.as_deref().and_then(|p| purposes.get(p).copied()));
+        .or_else(|| {
+            self.fallback_default
+                .as_deref()
+                .and_then(|p| purposes.get(p).copied())
+        });
 
         let cells = roots_pos.len() * channels.len() * brands.len();
         if cells > MAX_COVER_CELLS {
             return Err(FieldError::new(
                 "consents",
-                format!("purposes x channels x brands = {cells}, at most {MAX_COVER_CELLS} allowed"),
+                format!(
+                    "purposes x channels x brands = {cells}, at most {MAX_COVER_CELLS} allowed"
+                ),
             ));
         }
 
         // Interned indices: kept for known ids, fresh (never reused) for new ones.
         let mut consents: Vec<Option<Consent>> = vec![None; self.consents.len()];
-        let mut by_id = HashMap::with_capacity(n);
+        let mut by_id = HashMap::with_capacity_and_hasher(n, Default::default());
         let mut idx_of = vec![0 as ConsentIdx; n];
-        let mut next = self.consents.len() as ConsentIdx;
+        let mut names = self.names.clone();
         for (i, c) in spec.consents.iter().enumerate() {
             idx_of[i] = self.by_id.get(&c.id).copied().unwrap_or_else(|| {
-                next += 1;
-                next - 1
+                names.push(Box::leak(c.id.clone().into_boxed_str()));
+                (names.len() - 1) as ConsentIdx
             });
             by_id.insert(c.id.clone(), idx_of[i]);
         }
+        let next = names.len() as ConsentIdx;
         consents.resize(next as usize, None);
 
         let mut normalized = Vec::with_capacity(n);
@@ -320,8 +353,11 @@ impl Catalog {
         // Covering sets, most specific first: deepest, then smallest id.
         let (nc, nb) = (channels.len(), brands.len());
         let mut covers: Vec<Vec<ConsentIdx>> = vec![Vec::new(); cells];
-        let purpose_of_root: HashMap<usize, usize> =
-            roots_pos.iter().enumerate().map(|(ord, &i)| (i, ord)).collect();
+        let purpose_of_root: HashMap<usize, usize> = roots_pos
+            .iter()
+            .enumerate()
+            .map(|(ord, &i)| (i, ord))
+            .collect();
         let mut by_specificity: Vec<usize> = (0..n).collect();
         by_specificity.sort_by(|&a, &b| {
             depth[b]
@@ -360,6 +396,7 @@ impl Catalog {
             roots: roots_pos.iter().map(|&i| idx_of[i]).collect(),
             by_id,
             consents,
+            names,
             covers: covers.into_iter().map(Vec::into_boxed_slice).collect(),
             default_purpose,
             fallback_default: self.fallback_default.clone(),
@@ -377,20 +414,29 @@ fn check_text(field: &str, text: &str, max: usize) -> Result<(), FieldError> {
         return Err(FieldError::new(field, "must not be empty"));
     }
     if text.len() > max {
-        return Err(FieldError::new(field, format!("is {} bytes, at most {max} allowed", text.len())));
+        return Err(FieldError::new(
+            field,
+            format!("is {} bytes, at most {max} allowed", text.len()),
+        ));
     }
     Ok(())
 }
 
 fn declare(field: &str, ids: &[String], max: usize) -> Result<HashMap<String, u32>, FieldError> {
     if ids.len() > max {
-        return Err(FieldError::new(field, format!("has {} entries, at most {max} allowed", ids.len())));
+        return Err(FieldError::new(
+            field,
+            format!("has {} entries, at most {max} allowed", ids.len()),
+        ));
     }
-    let mut map = HashMap::with_capacity(ids.len());
+    let mut map = HashMap::with_capacity_and_hasher(ids.len(), Default::default());
     for (i, id) in ids.iter().enumerate() {
         check_id(&format!("{field}[{i}]"), id)?;
         if map.insert(id.clone(), i as u32).is_some() {
-            return Err(FieldError::new(format!("{field}[{i}]"), format!("{id:?} is declared twice")));
+            return Err(FieldError::new(
+                format!("{field}[{i}]"),
+                format!("{id:?} is declared twice"),
+            ));
         }
     }
     Ok(map)
@@ -445,7 +491,12 @@ fn sorted_unique(v: &[String]) -> Vec<String> {
 mod tests {
     use super::*;
 
-    pub(crate) fn consent(id: &str, parent: Option<&str>, channels: &[&str], brands: &[&str]) -> ConsentSpec {
+    pub(crate) fn consent(
+        id: &str,
+        parent: Option<&str>,
+        channels: &[&str],
+        brands: &[&str],
+    ) -> ConsentSpec {
         ConsentSpec {
             id: id.into(),
             title: format!("{id} title"),
@@ -473,14 +524,20 @@ mod tests {
     }
 
     fn ids(cat: &Catalog, cover: &[ConsentIdx]) -> Vec<String> {
-        cover.iter().map(|&i| cat.consent_id(i).to_owned()).collect()
+        cover
+            .iter()
+            .map(|&i| cat.consent_id(i).to_owned())
+            .collect()
     }
 
     #[test]
     fn covering_sets_most_specific_first() {
         let (cat, _) = Catalog::empty(None).compile(spec()).unwrap();
         let cell = cat.cell("", "email", "a").unwrap();
-        assert_eq!(ids(&cat, cat.covering(cell)), ["marketing.a.email", "marketing.a", "marketing"]);
+        assert_eq!(
+            ids(&cat, cat.covering(cell)),
+            ["marketing.a.email", "marketing.a", "marketing"]
+        );
         let cell = cat.cell("marketing", "sms", "a").unwrap();
         assert_eq!(ids(&cat, cat.covering(cell)), ["marketing.a", "marketing"]);
         let cell = cat.cell("marketing", "sms", "b").unwrap();
@@ -494,7 +551,10 @@ mod tests {
         let (cat, _) = Catalog::empty(None).compile(spec()).unwrap();
         assert_eq!(cat.cell("", "email", "a").unwrap().purpose, 0);
         assert_eq!(cat.cell("surveys", "email", "a").unwrap().purpose, 1);
-        assert_eq!(cat.cell("marketing.a", "email", "a").unwrap_err().field, "purpose");
+        assert_eq!(
+            cat.cell("marketing.a", "email", "a").unwrap_err().field,
+            "purpose"
+        );
         assert_eq!(cat.cell("nope", "email", "a").unwrap_err().field, "purpose");
         assert_eq!(cat.cell("", "fax", "a").unwrap_err().field, "channel");
         assert_eq!(cat.cell("", "email", "zzz").unwrap_err().field, "brand");
@@ -503,26 +563,61 @@ mod tests {
         no_default.default_purpose = None;
         let (cat, _) = Catalog::empty(None).compile(no_default.clone()).unwrap();
         assert_eq!(cat.cell("", "email", "a").unwrap_err().field, "purpose");
-        let (cat, _) = Catalog::empty(Some("surveys".into())).compile(no_default.clone()).unwrap();
-        assert_eq!(cat.cell("", "email", "a").unwrap().purpose, 1, "configured default");
+        let (cat, _) = Catalog::empty(Some("surveys".into()))
+            .compile(no_default.clone())
+            .unwrap();
+        assert_eq!(
+            cat.cell("", "email", "a").unwrap().purpose,
+            1,
+            "configured default"
+        );
         no_default.consents.pop();
         let (cat, _) = Catalog::empty(None).compile(no_default).unwrap();
-        assert_eq!(cat.cell("", "email", "a").unwrap().purpose, 0, "the only root");
+        assert_eq!(
+            cat.cell("", "email", "a").unwrap().purpose,
+            0,
+            "the only root"
+        );
     }
 
     #[test]
     fn invalid_catalogs_name_the_field() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut CatalogSpec)>)> = vec![
-            ("consents[1].parent", Box::new(|s| s.consents[1].parent = Some("ghost".into()))),
-            ("consents[0].parent", Box::new(|s| s.consents[0].parent = Some("marketing.b".into()))),
-            ("consents[2].channels", Box::new(|s| s.consents[2].channels = vec!["fax".into()])),
-            ("consents[2].brands", Box::new(|s| s.consents[2].brands = vec!["b".into()])),
-            ("consents[1].id", Box::new(|s| s.consents[1].id = "marketing".into())),
-            ("consents[1].id", Box::new(|s| s.consents[1].id = "Bad Id".into())),
-            ("consents[1].text", Box::new(|s| s.consents[1].text = " ".into())),
+        type Mutation = Box<dyn Fn(&mut CatalogSpec)>;
+        let cases: Vec<(&str, Mutation)> = vec![
+            (
+                "consents[1].parent",
+                Box::new(|s| s.consents[1].parent = Some("ghost".into())),
+            ),
+            (
+                "consents[0].parent",
+                Box::new(|s| s.consents[0].parent = Some("marketing.b".into())),
+            ),
+            (
+                "consents[2].channels",
+                Box::new(|s| s.consents[2].channels = vec!["fax".into()]),
+            ),
+            (
+                "consents[2].brands",
+                Box::new(|s| s.consents[2].brands = vec!["b".into()]),
+            ),
+            (
+                "consents[1].id",
+                Box::new(|s| s.consents[1].id = "marketing".into()),
+            ),
+            (
+                "consents[1].id",
+                Box::new(|s| s.consents[1].id = "Bad Id".into()),
+            ),
+            (
+                "consents[1].text",
+                Box::new(|s| s.consents[1].text = " ".into()),
+            ),
             ("channels[1]", Box::new(|s| s.channels[1] = "email".into())),
             ("brands[0]", Box::new(|s| s.brands[0] = "".into())),
-            ("default_purpose", Box::new(|s| s.default_purpose = Some("marketing.a".into()))),
+            (
+                "default_purpose",
+                Box::new(|s| s.default_purpose = Some("marketing.a".into())),
+            ),
         ];
         for (field, mutate) in cases {
             let mut s = spec();
@@ -545,7 +640,14 @@ mod tests {
         next.consents.remove(4); // surveys deleted
         next.consents.push(consent("newsletter", None, &[], &[]));
         let (v2, removed) = v1.compile(next).unwrap();
-        let version = |id: &str| v2.spec().consents.iter().find(|c| c.id == id).unwrap().version;
+        let version = |id: &str| {
+            v2.spec()
+                .consents
+                .iter()
+                .find(|c| c.id == id)
+                .unwrap()
+                .version
+        };
         assert_eq!(version("marketing"), 1);
         assert_eq!(version("marketing.a"), 2);
         assert_eq!(version("marketing.b"), 2);
@@ -555,6 +657,10 @@ mod tests {
         assert!(v2.consent_idx("newsletter").unwrap() > v1.consent_idx("surveys").unwrap());
 
         let (v3, _) = v2.compile(v2.spec().clone()).unwrap();
-        assert_eq!(v3.spec(), v2.spec(), "re-applying the same catalog changes nothing");
+        assert_eq!(
+            v3.spec(),
+            v2.spec(),
+            "re-applying the same catalog changes nothing"
+        );
     }
 }

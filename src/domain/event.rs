@@ -74,7 +74,10 @@ pub fn check_evidence(evidence: &Evidence) -> Result<(), FieldError> {
     if evidence.len() > MAX_EVIDENCE_ENTRIES {
         return Err(FieldError::new(
             "evidence",
-            format!("has {} entries, at most {MAX_EVIDENCE_ENTRIES} allowed", evidence.len()),
+            format!(
+                "has {} entries, at most {MAX_EVIDENCE_ENTRIES} allowed",
+                evidence.len()
+            ),
         ));
     }
     for (k, v) in evidence {
@@ -82,7 +85,10 @@ pub fn check_evidence(evidence: &Evidence) -> Result<(), FieldError> {
         if v.len() > MAX_EVIDENCE_VALUE_LEN {
             return Err(FieldError::new(
                 format!("evidence[{k}]"),
-                format!("is {} bytes, at most {MAX_EVIDENCE_VALUE_LEN} allowed", v.len()),
+                format!(
+                    "is {} bytes, at most {MAX_EVIDENCE_VALUE_LEN} allowed",
+                    v.len()
+                ),
             ));
         }
     }
@@ -183,7 +189,10 @@ mod tests {
     use Action::*;
 
     fn d(occurred_at: i64, action: Action) -> Decisive {
-        Decisive { occurred_at, action }
+        Decisive {
+            occurred_at,
+            action,
+        }
     }
 
     #[test]
@@ -205,7 +214,13 @@ mod tests {
 
     #[test]
     fn order_of_arrival_does_not_matter() {
-        let events = [d(5, Grant), d(3, Withdraw), d(5, Withdraw), d(9, Grant), d(9, Grant)];
+        let events = [
+            d(5, Grant),
+            d(3, Withdraw),
+            d(5, Withdraw),
+            d(9, Grant),
+            d(9, Grant),
+        ];
         let fold = |order: &[usize]| {
             let mut state: Option<Decisive> = None;
             for &i in order {

@@ -68,7 +68,10 @@ pub fn check_opaque(field: &str, raw: &str, max: usize) -> Result<(), FieldError
         ));
     }
     if raw.chars().any(char::is_control) {
-        return Err(FieldError::new(field, "must not contain control characters"));
+        return Err(FieldError::new(
+            field,
+            "must not contain control characters",
+        ));
     }
     Ok(())
 }

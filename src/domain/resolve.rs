@@ -57,8 +57,15 @@ pub fn decide(states: &[HeldState], cover: &[ConsentIdx]) -> Verdict {
         let better = match best {
             None => true,
             Some((b, b_rank)) => {
-                (s.occurred_at, s.action == Action::Withdraw, std::cmp::Reverse(rank))
-                    > (b.occurred_at, b.action == Action::Withdraw, std::cmp::Reverse(b_rank))
+                (
+                    s.occurred_at,
+                    s.action == Action::Withdraw,
+                    std::cmp::Reverse(rank),
+                ) > (
+                    b.occurred_at,
+                    b.action == Action::Withdraw,
+                    std::cmp::Reverse(b_rank),
+                )
             }
         };
         if better {

@@ -8,8 +8,8 @@ use prost_types::Timestamp;
 
 use crate::domain::{
     Action, CatalogSpec, Change, ConsentId, ConsentSpec, ContactId, EventRecord, Evidence,
-    FieldError, Source, StateRecord, UnixNanos, event::check_evidence, event::MAX_IDEMPOTENCY_KEY_LEN,
-    ids::check_opaque,
+    FieldError, Source, StateRecord, UnixNanos, event::MAX_IDEMPOTENCY_KEY_LEN,
+    event::check_evidence, ids::check_opaque,
 };
 use crate::pb;
 
@@ -50,10 +50,18 @@ pub fn source_to(s: Source) -> pb::Source {
 }
 
 /// Validates a Grant or Withdraw request against the receipt time `now`.
-pub fn change_from(action: Action, c: pb::ConsentChange, now: UnixNanos) -> Result<Change, FieldError> {
+pub fn change_from(
+    action: Action,
+    c: pb::ConsentChange,
+    now: UnixNanos,
+) -> Result<Change, FieldError> {
     let contact = ContactId::parse("contact_id", &c.contact_id)?;
     let consent = ConsentId::parse("consent_id", &c.consent_id)?;
-    let occurred_at = c.occurred_at.as_ref().map(|t| nanos_from("occurred_at", t)).transpose()?;
+    let occurred_at = c
+        .occurred_at
+        .as_ref()
+        .map(|t| nanos_from("occurred_at", t))
+        .transpose()?;
     let source = source_from(c.source)?;
     let evidence: Evidence = c.evidence.into_iter().collect();
     check_evidence(&evidence)?;
@@ -159,12 +167,27 @@ mod tests {
 
     #[test]
     fn timestamps_round_trip() {
-        for n in [0i64, 1, -1, 1_700_000_000_123_456_789, -1_500_000_000_000_000_001] {
+        for n in [
+            0i64,
+            1,
+            -1,
+            1_700_000_000_123_456_789,
+            -1_500_000_000_000_000_001,
+        ] {
             assert_eq!(nanos_from("t", &timestamp(n)).unwrap(), n);
         }
-        let bad = Timestamp { seconds: 1, nanos: -1 };
-        assert_eq!(nanos_from("occurred_at", &bad).unwrap_err().field, "occurred_at");
-        let far = Timestamp { seconds: i64::MAX / 2, nanos: 0 };
+        let bad = Timestamp {
+            seconds: 1,
+            nanos: -1,
+        };
+        assert_eq!(
+            nanos_from("occurred_at", &bad).unwrap_err().field,
+            "occurred_at"
+        );
+        let far = Timestamp {
+            seconds: i64::MAX / 2,
+            nanos: 0,
+        };
         assert!(nanos_from("occurred_at", &far).is_err());
     }
 }

@@ -37,7 +37,9 @@ fn storage(e: StoreError) -> Status {
 fn write_error(e: WriteError) -> Status {
     match e {
         WriteError::Invalid(f) => invalid(f),
-        WriteError::UnknownConsent(id) => Status::not_found(format!("consent_id: consent {id:?} is not in the catalog")),
+        WriteError::UnknownConsent(id) => {
+            Status::not_found(format!("consent_id: consent {id:?} is not in the catalog"))
+        }
         WriteError::FailedPrecondition(m) => Status::failed_precondition(m),
         WriteError::Store(s) => storage(s),
         WriteError::Closed => Status::unavailable("shutting down"),
@@ -61,7 +63,7 @@ fn answer_to(a: Answer) -> pb::CanSendResponse {
     pb::CanSendResponse {
         allowed: a.verdict.allowed(),
         reason: reason(a.verdict) as i32,
-        decided_by: a.decided_by,
+        decided_by: a.decided_by.to_owned(),
         decided_at,
         unsubscribe_url: String::new(),
         error: String::new(),
@@ -103,7 +105,10 @@ impl pb::eligibility_server::Eligibility for EligibilityService {
         if checks.len() > MAX_BATCH_CHECKS {
             return Err(invalid(FieldError::new(
                 "checks",
-                format!("has {} items, at most {MAX_BATCH_CHECKS} allowed", checks.len()),
+                format!(
+                    "has {} items, at most {MAX_BATCH_CHECKS} allowed",
+                    checks.len()
+                ),
             )));
         }
         let results = checks
@@ -132,7 +137,11 @@ impl ConsentsService {
         Self { authority }
     }
 
-    async fn change(&self, action: Action, c: pb::ConsentChange) -> Result<Response<pb::ChangeResult>, Status> {
+    async fn change(
+        &self,
+        action: Action,
+        c: pb::ConsentChange,
+    ) -> Result<Response<pb::ChangeResult>, Status> {
         let change = convert::change_from(action, c, now_nanos()).map_err(invalid)?;
         let out = self.authority.change(change).await.map_err(write_error)?;
         Ok(Response::new(pb::ChangeResult {
@@ -145,11 +154,17 @@ impl ConsentsService {
 
 #[tonic::async_trait]
 impl pb::consents_server::Consents for ConsentsService {
-    async fn grant(&self, request: Request<pb::ConsentChange>) -> Result<Response<pb::ChangeResult>, Status> {
+    async fn grant(
+        &self,
+        request: Request<pb::ConsentChange>,
+    ) -> Result<Response<pb::ChangeResult>, Status> {
         self.change(Action::Grant, request.into_inner()).await
     }
 
-    async fn withdraw(&self, request: Request<pb::ConsentChange>) -> Result<Response<pb::ChangeResult>, Status> {
+    async fn withdraw(
+        &self,
+        request: Request<pb::ConsentChange>,
+    ) -> Result<Response<pb::ChangeResult>, Status> {
         self.change(Action::Withdraw, request.into_inner()).await
     }
 
@@ -157,7 +172,8 @@ impl pb::consents_server::Consents for ConsentsService {
         &self,
         request: Request<pb::GetContactRequest>,
     ) -> Result<Response<pb::ContactConsents>, Status> {
-        let contact = ContactId::parse("contact_id", &request.get_ref().contact_id).map_err(invalid)?;
+        let contact =
+            ContactId::parse("contact_id", &request.get_ref().contact_id).map_err(invalid)?;
         let states = self.authority.contact_states(&contact).map_err(storage)?;
         Ok(Response::new(pb::ContactConsents {
             contact_id: contact.to_string(),
@@ -169,7 +185,8 @@ impl pb::consents_server::Consents for ConsentsService {
         &self,
         request: Request<pb::GetHistoryRequest>,
     ) -> Result<Response<pb::History>, Status> {
-        let contact = ContactId::parse("contact_id", &request.get_ref().contact_id).map_err(invalid)?;
+        let contact =
+            ContactId::parse("contact_id", &request.get_ref().contact_id).map_err(invalid)?;
         let events = self.authority.history(&contact).map_err(storage)?;
         Ok(Response::new(pb::History {
             events: events.into_iter().map(convert::event_to).collect(),
@@ -191,13 +208,23 @@ impl CatalogService {
 
 #[tonic::async_trait]
 impl pb::catalog_server::Catalog for CatalogService {
-    async fn apply_catalog(&self, request: Request<pb::CatalogSpec>) -> Result<Response<pb::CatalogSpec>, Status> {
+    async fn apply_catalog(
+        &self,
+        request: Request<pb::CatalogSpec>,
+    ) -> Result<Response<pb::CatalogSpec>, Status> {
         let spec = catalog_from(request.into_inner());
-        let catalog = self.authority.apply_catalog(spec).await.map_err(write_error)?;
+        let catalog = self
+            .authority
+            .apply_catalog(spec)
+            .await
+            .map_err(write_error)?;
         Ok(Response::new(catalog_to(catalog.spec())))
     }
 
-    async fn get_catalog(&self, _: Request<pb::GetCatalogRequest>) -> Result<Response<pb::CatalogSpec>, Status> {
+    async fn get_catalog(
+        &self,
+        _: Request<pb::GetCatalogRequest>,
+    ) -> Result<Response<pb::CatalogSpec>, Status> {
         Ok(Response::new(catalog_to(self.authority.catalog().spec())))
     }
 }

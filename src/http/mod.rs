@@ -1,7 +1,9 @@
 //! The HTTP side: `/healthz` and `/metrics` (the unsubscribe pages join it
 //! later). It calls the same [`Authority`] as gRPC, never logic of its own.
 
-use axum::{Router, extract::State, http::StatusCode, http::header, response::IntoResponse, routing::get};
+use axum::{
+    Router, extract::State, http::StatusCode, http::header, response::IntoResponse, routing::get,
+};
 use tokio::sync::watch;
 
 use crate::authority::Authority;
@@ -30,7 +32,10 @@ async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
 
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         s.authority.metrics().render(s.authority.contacts()),
     )
 }

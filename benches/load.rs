@@ -1,1 +1,307 @@
-fn main() {}
+//! Load generator for a running consentd, with a bare tonic baseline.
+//!
+//! ```text
+//! cargo bench --bench load                      # in-process server + baseline
+//! cargo bench --bench load -- --addr 127.0.0.1:50051 --seconds 20
+//! ```
+//!
+//! Without `--addr` it starts consentd (temp data dir, examples/catalog.toml)
+//! and a bare tonic server that answers CanSend from a DashMap, each on its
+//! own 2-thread runtime, so client and servers share the machine's cores as
+//! they would on one box. Reports, in order:
+//! 1. durable Grant/s with `--writers` concurrent writers, and latency;
+//! 2. unary CanSend requests/s and p50/p99/p999 at `--connections` and
+//!    `--inflight`, for consentd and for the baseline, and their ratio;
+//! 3. CanSendBatch decisions/s with 1000-check batches.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use consentd::pb::{
+    self, consents_client::ConsentsClient, eligibility_client::EligibilityClient,
+    eligibility_server::{Eligibility, EligibilityServer},
+};
+use dashmap::DashMap;
+use hdrhistogram::Histogram;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[derive(Parser, Debug, Clone)]
+struct Args {
+    /// A running consentd (with examples/catalog.toml applied); default: start one in-process.
+    #[arg(long)]
+    addr: Option<SocketAddr>,
+    /// Seconds per phase.
+    #[arg(long, default_value_t = 8)]
+    seconds: u64,
+    /// HTTP/2 connections the client opens (per target).
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Requests in flight at once, spread over the connections.
+    #[arg(long, default_value_t = 64)]
+    inflight: usize,
+    /// Concurrent writers in the Grant phase.
+    #[arg(long, default_value_t = 64)]
+    writers: usize,
+    /// Checks per CanSendBatch.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Batches in flight at once.
+    #[arg(long, default_value_t = 4)]
+    batch_inflight: usize,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+/// The baseline: the least a tonic server can do for a CanSend.
+struct Bare {
+    map: DashMap<String, bool>,
+}
+
+#[tonic::async_trait]
+impl Eligibility for Bare {
+    async fn can_send(&self, r: Request<pb::CanSendRequest>) -> Result<Response<pb::CanSendResponse>, Status> {
+        let allowed = self.map.get(&r.get_ref().contact_id).is_some_and(|v| *v);
+        Ok(Response::new(pb::CanSendResponse {
+            allowed,
+            reason: if allowed { pb::Reason::Granted } else { pb::Reason::NoConsent } as i32,
+            ..Default::default()
+        }))
+    }
+
+    async fn can_send_batch(
+        &self,
+        _: Request<pb::CanSendBatchRequest>,
+    ) -> Result<Response<pb::CanSendBatchResponse>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
+}
+
+fn contact(i: u64) -> String {
+    format!("load-{i:09}")
+}
+
+async fn channels(addr: SocketAddr, n: usize) -> Vec<Channel> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let ch = Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .expect("connect");
+        out.push(ch);
+    }
+    out
+}
+
+struct Report {
+    ops: u64,
+    errors: u64,
+    seconds: f64,
+    hist: Histogram<u64>,
+}
+
+impl Report {
+    fn line(&self, what: &str, unit: &str) -> String {
+        let us = |q: f64| self.hist.value_at_quantile(q) as f64 / 1000.0;
+        format!(
+            "{what:<34} {:>10.0} {unit}/s  p50 {:>7.1} µs  p99 {:>7.1} µs  p999 {:>7.1} µs  ({} ops, {} errors)",
+            self.ops as f64 / self.seconds,
+            us(0.50),
+            us(0.99),
+            us(0.999),
+            self.ops,
+            self.errors
+        )
+    }
+}
+
+/// Runs `tasks` closed loops for `seconds`; each call returns how many ops it did.
+async fn closed_loop<F, Fut>(tasks: usize, seconds: u64, make: F) -> Report
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<u64, Status>> + Send,
+{
+    let make = Arc::new(make);
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let make = make.clone();
+        let stop = stop.clone();
+        handles.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3).unwrap();
+            let (mut ops, mut errors, mut i) = (0u64, 0u64, 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                let t0 = Instant::now();
+                match make(t, i).await {
+                    Ok(n) => {
+                        ops += n;
+                        let _ = hist.record(t0.elapsed().as_nanos() as u64);
+                    }
+                    Err(_) => errors += 1,
+                }
+                i += 1;
+            }
+            (ops, errors, hist)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut report = Report {
+        ops: 0,
+        errors: 0,
+        seconds: 0.0,
+        hist: Histogram::new_with_bounds(1_000, 60_000_000_000, 3).unwrap(),
+    };
+    for h in handles {
+        let (ops, errors, hist) = h.await.unwrap();
+        report.ops += ops;
+        report.errors += errors;
+        report.hist.add(hist).unwrap();
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    report
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("server")
+        .enable_all()
+        .build()?;
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("client")
+        .enable_all()
+        .build()?;
+
+    // The servers.
+    let _dir = tempfile::tempdir()?;
+    let target = match args.addr {
+        Some(a) => a,
+        None => server_rt.block_on(async {
+            let mut config = consentd::Config::ephemeral(_dir.path());
+            config.catalog = Some(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/catalog.toml").into());
+            let bound = consentd::server::Bound::bind(&config).await?;
+            let addr = bound.grpc_addr;
+            tokio::spawn(bound.serve(std::future::pending()));
+            anyhow::Ok(addr)
+        })?,
+    };
+    let bare = Arc::new(Bare { map: DashMap::new() });
+    let baseline = server_rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let svc = EligibilityServer::from_arc(bare.clone());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))),
+        );
+        anyhow::Ok(addr)
+    })?;
+
+    println!(
+        "consentd load: target {target}, baseline {baseline}, {} s/phase, {} connections, {} in flight, {} writers, {} cores",
+        args.seconds,
+        args.connections,
+        args.inflight,
+        args.writers,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    client_rt.block_on(async move {
+        // 1. Durable grants.
+        let chans = channels(target, args.connections).await;
+        let next = Arc::new(AtomicU64::new(0));
+        let (c2, n2) = (chans.clone(), next.clone());
+        let grants = closed_loop(args.writers, args.seconds, move |t, _| {
+            let mut client = ConsentsClient::new(c2[t % c2.len()].clone());
+            let id = n2.fetch_add(1, Ordering::Relaxed);
+            async move {
+                let change = pb::ConsentChange {
+                    contact_id: contact(id),
+                    consent_id: "marketing".into(),
+                    source: pb::Source::Api as i32,
+                    ..Default::default()
+                };
+                client.grant(change).await?;
+                Ok(1)
+            }
+        })
+        .await;
+        println!("{}", grants.line("Grant (durable)", "grants"));
+        let seeded = next.load(Ordering::Relaxed).max(1);
+        for i in 0..seeded {
+            bare.map.insert(contact(i), true);
+        }
+
+        // 2. Unary CanSend: consentd, then the bare baseline.
+        let mut rates = Vec::new();
+        for (name, addr) in [("CanSend (consentd)", target), ("CanSend (bare tonic baseline)", baseline)] {
+            let chans = channels(addr, args.connections).await;
+            let report = closed_loop(args.inflight, args.seconds, move |t, i| {
+                let mut client = EligibilityClient::new(chans[t % chans.len()].clone());
+                let who = contact((i.wrapping_mul(2654435761) ^ t as u64) % seeded);
+                async move {
+                    let r = client
+                        .can_send(pb::CanSendRequest {
+                            contact_id: who,
+                            channel: "email".into(),
+                            brand: "acme".into(),
+                            ..Default::default()
+                        })
+                        .await?;
+                    if !r.get_ref().allowed {
+                        return Err(Status::internal("seeded contact not allowed"));
+                    }
+                    Ok(1)
+                }
+            })
+            .await;
+            println!("{}", report.line(name, "req"));
+            rates.push(report.ops as f64 / report.seconds);
+        }
+        println!("CanSend consentd / baseline: {:.1} %", 100.0 * rates[0] / rates[1]);
+
+        // 3. Batches.
+        let chans = channels(target, args.connections).await;
+        let batch = args.batch;
+        // Built once: the client's cost per batch is then a clone, not 1000 format!s.
+        let batches: Arc<Vec<pb::CanSendBatchRequest>> = Arc::new(
+            (0..16u64)
+                .map(|b| pb::CanSendBatchRequest {
+                    checks: (0..batch as u64)
+                        .map(|k| pb::CanSendRequest {
+                            contact_id: contact((b * batch as u64 + k).wrapping_mul(2654435761) % seeded),
+                            channel: "sms".into(),
+                            brand: "zenith".into(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                })
+                .collect(),
+        );
+        let report = closed_loop(args.batch_inflight, args.seconds, move |t, i| {
+            let mut client = EligibilityClient::new(chans[t % chans.len()].clone());
+            let request = batches[(i as usize + t) % batches.len()].clone();
+            async move {
+                let r = client.can_send_batch(request).await?;
+                Ok(r.get_ref().results.len() as u64)
+            }
+        })
+        .await;
+        println!("{}", report.line(&format!("CanSendBatch ({batch} checks)"), "decisions"));
+    });
+    Ok(())
+}

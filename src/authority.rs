@@ -15,7 +15,7 @@ use crate::domain::{
     Verdict, ids::check_contact,
 };
 use crate::index::Index;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Tally};
 use crate::store::{Store, StoreError};
 use crate::writer::{ChangeOutcome, WriteError, Writer};
 
@@ -156,7 +156,7 @@ impl Authority {
         brand: &str,
         purpose: &str,
     ) -> Result<Answer, FieldError> {
-        let checked = decide_check(
+        let answer = decide_check(
             &self.inner.catalog.load(),
             &self.inner.index,
             contact,
@@ -164,11 +164,32 @@ impl Authority {
             brand,
             purpose,
         );
-        match &checked {
-            Ok(a) => self.inner.metrics.decision(a.verdict),
-            Err(_) => self.inner.metrics.invalid_check(),
-        }
-        checked
+        let mut tally = Tally::default();
+        tally.count(&answer);
+        self.inner.metrics.decisions(&tally);
+        answer
+    }
+
+    /// Many CanSends over one catalog snapshot, answered in order; `fields`
+    /// gives (contact, channel, brand, purpose) of an item.
+    pub fn can_send_many<'a, T: 'a>(
+        &self,
+        items: &'a [T],
+        fields: impl Fn(&'a T) -> (&'a str, &'a str, &'a str, &'a str),
+    ) -> Vec<Result<Answer, FieldError>> {
+        let catalog = self.inner.catalog.load();
+        let mut tally = Tally::default();
+        let answers = items
+            .iter()
+            .map(|item| {
+                let (contact, channel, brand, purpose) = fields(item);
+                let answer = decide_check(&catalog, &self.inner.index, contact, channel, brand, purpose);
+                tally.count(&answer);
+                answer
+            })
+            .collect();
+        self.inner.metrics.decisions(&tally);
+        answers
     }
 
     /// Grant or Withdraw; returns once durable and visible to CanSend.

@@ -10,6 +10,32 @@ use std::time::Duration;
 
 use crate::domain::Verdict;
 
+/// CanSend answers counted locally (over a batch) before touching the
+/// shared counters.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tally {
+    granted: u64,
+    withdrawn: u64,
+    no_consent: u64,
+    not_covered: u64,
+    invalid: u64,
+}
+
+impl Tally {
+    pub fn count<T>(&mut self, answer: &Result<crate::authority::Answer, T>) {
+        let c = match answer {
+            Ok(a) => match a.verdict {
+                Verdict::Granted { .. } => &mut self.granted,
+                Verdict::Withdrawn { .. } => &mut self.withdrawn,
+                Verdict::NoConsent => &mut self.no_consent,
+                Verdict::NotCovered => &mut self.not_covered,
+            },
+            Err(_) => &mut self.invalid,
+        };
+        *c += 1;
+    }
+}
+
 #[derive(Default)]
 pub struct Metrics {
     granted: AtomicU64,
@@ -24,18 +50,19 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn decision(&self, v: Verdict) {
-        let c = match v {
-            Verdict::Granted { .. } => &self.granted,
-            Verdict::Withdrawn { .. } => &self.withdrawn,
-            Verdict::NoConsent => &self.no_consent,
-            Verdict::NotCovered => &self.not_covered,
-        };
-        c.fetch_add(1, Relaxed);
-    }
-
-    pub fn invalid_check(&self) {
-        self.invalid.fetch_add(1, Relaxed);
+    /// Adds a tally of answers: one atomic add per reason, not per check.
+    pub fn decisions(&self, t: &Tally) {
+        for (counter, n) in [
+            (&self.granted, t.granted),
+            (&self.withdrawn, t.withdrawn),
+            (&self.no_consent, t.no_consent),
+            (&self.not_covered, t.not_covered),
+            (&self.invalid, t.invalid),
+        ] {
+            if n > 0 {
+                counter.fetch_add(n, Relaxed);
+            }
+        }
     }
 
     pub fn commit(&self, changes: usize, took: Duration) {

@@ -356,7 +356,6 @@ impl Inner {
                 new_usage.push(idx);
             }
             states.insert(slot, record.clone());
-            batch.states.push((change.contact.clone(), record.clone()));
             let held = HeldState {
                 occurred_at,
                 consent: idx,

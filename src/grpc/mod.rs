@@ -81,10 +81,6 @@ impl EligibilityService {
         Self { authority }
     }
 
-    fn check(&self, r: &pb::CanSendRequest) -> Result<Answer, FieldError> {
-        self.authority
-            .can_send(&r.contact_id, &r.channel, &r.brand, &r.purpose)
-    }
 }
 
 #[tonic::async_trait]
@@ -93,7 +89,11 @@ impl pb::eligibility_server::Eligibility for EligibilityService {
         &self,
         request: Request<pb::CanSendRequest>,
     ) -> Result<Response<pb::CanSendResponse>, Status> {
-        let answer = self.check(request.get_ref()).map_err(invalid)?;
+        let r = request.get_ref();
+        let answer = self
+            .authority
+            .can_send(&r.contact_id, &r.channel, &r.brand, &r.purpose)
+            .map_err(invalid)?;
         Ok(Response::new(answer_to(answer)))
     }
 
@@ -111,9 +111,11 @@ impl pb::eligibility_server::Eligibility for EligibilityService {
                 ),
             )));
         }
-        let results = checks
-            .iter()
-            .map(|c| match self.check(c) {
+        let results = self
+            .authority
+            .can_send_many(checks, |c| (&c.contact_id, &c.channel, &c.brand, &c.purpose))
+            .into_iter()
+            .map(|answer| match answer {
                 Ok(a) => answer_to(a),
                 Err(e) => pb::CanSendResponse {
                     reason: pb::Reason::Invalid as i32,

@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use consentd::pb::{
-    self, consents_client::ConsentsClient, eligibility_client::EligibilityClient,
+    self,
+    consents_client::ConsentsClient,
+    eligibility_client::EligibilityClient,
     eligibility_server::{Eligibility, EligibilityServer},
 };
 use dashmap::DashMap;
@@ -67,11 +69,18 @@ struct Bare {
 
 #[tonic::async_trait]
 impl Eligibility for Bare {
-    async fn can_send(&self, r: Request<pb::CanSendRequest>) -> Result<Response<pb::CanSendResponse>, Status> {
+    async fn can_send(
+        &self,
+        r: Request<pb::CanSendRequest>,
+    ) -> Result<Response<pb::CanSendResponse>, Status> {
         let allowed = self.map.get(&r.get_ref().contact_id).is_some_and(|v| *v);
         Ok(Response::new(pb::CanSendResponse {
             allowed,
-            reason: if allowed { pb::Reason::Granted } else { pb::Reason::NoConsent } as i32,
+            reason: if allowed {
+                pb::Reason::Granted
+            } else {
+                pb::Reason::NoConsent
+            } as i32,
             ..Default::default()
         }))
     }
@@ -191,14 +200,17 @@ fn main() -> anyhow::Result<()> {
         Some(a) => a,
         None => server_rt.block_on(async {
             let mut config = consentd::Config::ephemeral(_dir.path());
-            config.catalog = Some(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/catalog.toml").into());
+            config.catalog =
+                Some(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/catalog.toml").into());
             let bound = consentd::server::Bound::bind(&config).await?;
             let addr = bound.grpc_addr;
             tokio::spawn(bound.serve(std::future::pending()));
             anyhow::Ok(addr)
         })?,
     };
-    let bare = Arc::new(Bare { map: DashMap::new() });
+    let bare = Arc::new(Bare {
+        map: DashMap::new(),
+    });
     let baseline = server_rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -206,7 +218,9 @@ fn main() -> anyhow::Result<()> {
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(svc)
-                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))),
+                .serve_with_incoming(
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                ),
         );
         anyhow::Ok(addr)
     })?;
@@ -248,7 +262,10 @@ fn main() -> anyhow::Result<()> {
 
         // 2. Unary CanSend: consentd, then the bare baseline.
         let mut rates = Vec::new();
-        for (name, addr) in [("CanSend (consentd)", target), ("CanSend (bare tonic baseline)", baseline)] {
+        for (name, addr) in [
+            ("CanSend (consentd)", target),
+            ("CanSend (bare tonic baseline)", baseline),
+        ] {
             let chans = channels(addr, args.connections).await;
             let report = closed_loop(args.inflight, args.seconds, move |t, i| {
                 let mut client = EligibilityClient::new(chans[t % chans.len()].clone());
@@ -272,7 +289,10 @@ fn main() -> anyhow::Result<()> {
             println!("{}", report.line(name, "req"));
             rates.push(report.ops as f64 / report.seconds);
         }
-        println!("CanSend consentd / baseline: {:.1} %", 100.0 * rates[0] / rates[1]);
+        println!(
+            "CanSend consentd / baseline: {:.1} %",
+            100.0 * rates[0] / rates[1]
+        );
 
         // 3. Batches.
         let chans = channels(target, args.connections).await;
@@ -283,7 +303,9 @@ fn main() -> anyhow::Result<()> {
                 .map(|b| pb::CanSendBatchRequest {
                     checks: (0..batch as u64)
                         .map(|k| pb::CanSendRequest {
-                            contact_id: contact((b * batch as u64 + k).wrapping_mul(2654435761) % seeded),
+                            contact_id: contact(
+                                (b * batch as u64 + k).wrapping_mul(2654435761) % seeded,
+                            ),
                             channel: "sms".into(),
                             brand: "zenith".into(),
                             ..Default::default()
@@ -301,7 +323,10 @@ fn main() -> anyhow::Result<()> {
             }
         })
         .await;
-        println!("{}", report.line(&format!("CanSendBatch ({batch} checks)"), "decisions"));
+        println!(
+            "{}",
+            report.line(&format!("CanSendBatch ({batch} checks)"), "decisions")
+        );
     });
     Ok(())
 }

@@ -94,7 +94,7 @@ impl Authority {
             }
             None => empty,
         };
-        let index = Arc::new(Index::default());
+        let index = Arc::new(Index::with_capacity(loaded.contacts as usize));
         let mut orphans = 0u64;
         let states = store.load_states(&mut |contact, consent, d| match catalog
             .consent_idx(consent)
@@ -183,7 +183,14 @@ impl Authority {
             .iter()
             .map(|item| {
                 let (contact, channel, brand, purpose) = fields(item);
-                let answer = decide_check(&catalog, &self.inner.index, contact, channel, brand, purpose);
+                let answer = decide_check(
+                    &catalog,
+                    &self.inner.index,
+                    contact,
+                    channel,
+                    brand,
+                    purpose,
+                );
                 tally.count(&answer);
                 answer
             })

@@ -21,7 +21,7 @@
 use std::path::Path;
 
 use prost::Message;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use crate::domain::{
     Action, CatalogSpec, ConsentId, ContactId, Decisive, EventRecord, Source, StateRecord,
@@ -80,6 +80,8 @@ pub struct IdempotencyRecord {
 pub struct Loaded {
     pub catalog: Option<CatalogSpec>,
     pub next_sequence: u64,
+    /// How many contacts hold state (sizes the index before loading).
+    pub contacts: u64,
 }
 
 /// One atomic, durable unit of writes, built by the single writer.
@@ -162,9 +164,11 @@ impl Store for RedbStore {
             Some(v) => u64_from(v.value())?,
             None => 1,
         };
+        let contacts = txn.open_table(CONTACTS)?.len()?;
         Ok(Loaded {
             catalog,
             next_sequence,
+            contacts,
         })
     }
 
@@ -175,10 +179,18 @@ impl Store for RedbStore {
         for row in contacts.range::<&str>(..)? {
             let (k, v) = row?;
             let contact = k.value();
-            let record = ContactRecord::decode(v.value()).map_err(|e| corrupt("contacts", &e.to_string()))?;
+            let record = ContactRecord::decode(v.value())
+                .map_err(|e| corrupt("contacts", &e.to_string()))?;
             for s in &record.states {
                 let action = action_from(s.action, "contacts")?;
-                sink(contact, &s.consent, Decisive { occurred_at: s.occurred_at, action });
+                sink(
+                    contact,
+                    &s.consent,
+                    Decisive {
+                        occurred_at: s.occurred_at,
+                        action,
+                    },
+                );
                 n += 1;
             }
         }
@@ -265,7 +277,11 @@ impl Store for RedbStore {
                 record.events.push(e.sequence);
                 if e.applied {
                     let state = state_to(e);
-                    match record.states.iter_mut().find(|s| s.consent == state.consent) {
+                    match record
+                        .states
+                        .iter_mut()
+                        .find(|s| s.consent == state.consent)
+                    {
                         Some(slot) => *slot = state,
                         None => record.states.push(state),
                     }
@@ -371,7 +387,8 @@ fn state_to(e: &EventRecord) -> StoredState {
 
 fn state_from(s: &StoredState) -> Result<StateRecord, StoreError> {
     Ok(StateRecord {
-        consent: ConsentId::parse("consent", &s.consent).map_err(|e| corrupt("contacts", &e.to_string()))?,
+        consent: ConsentId::parse("consent", &s.consent)
+            .map_err(|e| corrupt("contacts", &e.to_string()))?,
         action: action_from(s.action, "contacts")?,
         occurred_at: s.occurred_at,
         recorded_at: s.recorded_at,
@@ -445,7 +462,8 @@ fn encode_event(e: &EventRecord, buf: &mut Vec<u8>) {
 fn decode_event(sequence: u64, b: &[u8]) -> Result<EventRecord, StoreError> {
     let s = StoredEvent::decode(b).map_err(|e| corrupt("events", &e.to_string()))?;
     Ok(EventRecord {
-        contact: ContactId::parse("contact", &s.contact).map_err(|e| corrupt("events", &e.to_string()))?,
+        contact: ContactId::parse("contact", &s.contact)
+            .map_err(|e| corrupt("events", &e.to_string()))?,
         consent: ConsentId::parse("consent", &s.consent)
             .map_err(|e| corrupt("events", &e.to_string()))?,
         action: action_from(s.action, "events")?,

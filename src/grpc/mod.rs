@@ -80,7 +80,6 @@ impl EligibilityService {
     pub fn new(authority: Authority) -> Self {
         Self { authority }
     }
-
 }
 
 #[tonic::async_trait]
@@ -113,7 +112,9 @@ impl pb::eligibility_server::Eligibility for EligibilityService {
         }
         let results = self
             .authority
-            .can_send_many(checks, |c| (&c.contact_id, &c.channel, &c.brand, &c.purpose))
+            .can_send_many(checks, |c| {
+                (&c.contact_id, &c.channel, &c.brand, &c.purpose)
+            })
             .into_iter()
             .map(|answer| match answer {
                 Ok(a) => answer_to(a),

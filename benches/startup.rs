@@ -1,0 +1,85 @@
+//! Start-up: how fast the index is rebuilt from redb.
+//!
+//! `cargo bench --bench startup [-- --contacts N]` writes N contacts with one
+//! state each straight through the store (in 10,000-event transactions),
+//! then times `Authority::open`, which loads the catalog and rebuilds the
+//! index, and reports states/s.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use consentd::Authority;
+use consentd::domain::{Action, CatalogSpec, ConsentId, ContactId, EventRecord, Source};
+use consentd::store::{RedbStore, Store, WriteBatch};
+
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+fn main() -> anyhow::Result<()> {
+    let mut contacts: u64 = 1_000_000;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if a == "--contacts" {
+            contacts = args
+                .next()
+                .and_then(|n| n.parse().ok())
+                .expect("--contacts N");
+        }
+    }
+    let dir = tempfile::tempdir()?;
+    let store = RedbStore::open(dir.path())?;
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/catalog.toml");
+    let spec: CatalogSpec = consentd::server::read_catalog(std::path::Path::new(path))?;
+    let consent = ConsentId::parse("consent", "marketing.acme")?;
+
+    let written = Instant::now();
+    let mut seq = 1u64;
+    while seq <= contacts {
+        let end = (seq + 10_000).min(contacts + 1);
+        let events = (seq..end)
+            .map(|i| EventRecord {
+                contact: ContactId::parse("contact", &format!("crm-{i:08}")).expect("valid id"),
+                consent: consent.clone(),
+                action: if i % 10 == 0 {
+                    Action::Withdraw
+                } else {
+                    Action::Grant
+                },
+                occurred_at: 1_700_000_000_000_000_000 + i as i64,
+                recorded_at: 1_700_000_000_000_000_000 + i as i64,
+                source: Source::Import,
+                evidence: [("batch".to_string(), "2026-11".to_string())].into(),
+                version: 1,
+                sequence: i,
+                idempotency_key: None,
+                applied: true,
+            })
+            .collect();
+        store.commit(&WriteBatch {
+            events,
+            catalog: (seq == 1).then(|| spec.clone()),
+            next_sequence: end,
+            ..Default::default()
+        })?;
+        seq = end;
+    }
+    println!(
+        "wrote {contacts} contacts in {:.1} s; data file {} MB",
+        written.elapsed().as_secs_f64(),
+        std::fs::metadata(dir.path().join("consentd.redb"))?.len() / 1_000_000
+    );
+    drop(store);
+
+    let store = RedbStore::open(dir.path())?;
+    let (authority, writer, report) = Authority::open(Arc::new(store), None)?;
+    println!(
+        "start-up: {} states of {} contacts rebuilt in {:.2} s = {:.0} states/s",
+        report.states,
+        report.contacts,
+        report.seconds,
+        report.states as f64 / report.seconds
+    );
+    drop(authority);
+    writer.join().expect("writer thread");
+    Ok(())
+}

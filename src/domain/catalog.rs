@@ -409,10 +409,9 @@ fn unknown(field: &str, value: &str) -> FieldError {
     FieldError::new(field, format!("unknown {field} {value:?}"))
 }
 
+/// Title and text may be empty (a catalog can be sketched before its
+/// wording is final); only their size is limited.
 fn check_text(field: &str, text: &str, max: usize) -> Result<(), FieldError> {
-    if text.trim().is_empty() {
-        return Err(FieldError::new(field, "must not be empty"));
-    }
     if text.len() > max {
         return Err(FieldError::new(
             field,
@@ -610,7 +609,7 @@ mod tests {
             ),
             (
                 "consents[1].text",
-                Box::new(|s| s.consents[1].text = " ".into()),
+                Box::new(|s| s.consents[1].text = "x".repeat(MAX_TEXT_LEN + 1)),
             ),
             ("channels[1]", Box::new(|s| s.channels[1] = "email".into())),
             ("brands[0]", Box::new(|s| s.brands[0] = "".into())),

@@ -71,7 +71,8 @@ fn main() -> anyhow::Result<()> {
     drop(store);
 
     let store = RedbStore::open(dir.path())?;
-    let (authority, writer, report) = Authority::open(Arc::new(store), None)?;
+    let links = consentd::links::Links::open(dir.path(), &[], "http://127.0.0.1:8080")?;
+    let (authority, writer, report) = Authority::open(Arc::new(store), None, links)?;
     println!(
         "start-up: {} states of {} contacts rebuilt in {:.2} s = {:.0} states/s",
         report.states,

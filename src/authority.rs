@@ -11,13 +11,14 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 
 use crate::domain::{
-    Catalog, CatalogSpec, Change, ContactId, EventRecord, FieldError, HeldState, StateRecord,
-    Verdict, ids::check_contact,
+    Action, Catalog, CatalogSpec, Change, ConsentId, ConsentIdx, ContactId, EventRecord, Evidence,
+    FieldError, HeldState, Source, StateRecord, Verdict, ids::check_contact,
 };
 use crate::index::Index;
+use crate::links::{Claim, Links};
 use crate::metrics::{Metrics, Tally};
 use crate::store::{Store, StoreError};
-use crate::writer::{ChangeOutcome, WriteError, Writer};
+use crate::writer::{ChangeOutcome, WriteError, Writer, now_nanos};
 
 /// The answer to one CanSend.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +26,29 @@ pub struct Answer {
     pub verdict: Verdict,
     /// The deciding consent's id; empty for NO_CONSENT and NOT_COVERED.
     pub decided_by: &'static str,
+    /// The consent an unsubscribe link for this check withdraws: the most
+    /// specific of the covering set (DESIGN.md rule 4).
+    pub unsubscribe: Option<ConsentIdx>,
+}
+
+/// Why no unsubscribe link can be minted.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkRefusal {
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+    #[error("no consent of the purpose covers channel {channel:?} and brand {brand:?}")]
+    NotCovered { channel: String, brand: String },
+}
+
+/// What the page behind a link shows.
+#[derive(Debug, Clone)]
+pub struct LinkPage {
+    pub claim: Claim,
+    pub brand: String,
+    /// Title of the consent the link withdraws (its id if untitled).
+    pub consent_title: String,
+    /// Title of the purpose's root ("everything").
+    pub purpose_title: String,
 }
 
 /// The whole CanSend decision over a catalog snapshot and the index: what
@@ -40,7 +64,8 @@ pub fn decide_check(
 ) -> Result<Answer, FieldError> {
     check_contact("contact_id", contact)?;
     let cell = catalog.cell(purpose, channel, brand)?;
-    let verdict = index.decide(contact, catalog.covering(cell));
+    let cover = catalog.covering(cell);
+    let verdict = index.decide(contact, cover);
     let decided_by = match verdict {
         Verdict::Granted { by, .. } | Verdict::Withdrawn { by, .. } => catalog.consent_id(by),
         Verdict::NoConsent | Verdict::NotCovered => "",
@@ -48,6 +73,7 @@ pub fn decide_check(
     Ok(Answer {
         verdict,
         decided_by,
+        unsubscribe: cover.first().copied(),
     })
 }
 
@@ -62,6 +88,7 @@ struct Inner {
     store: Arc<dyn Store>,
     writer: Writer,
     metrics: Arc<Metrics>,
+    links: Links,
 }
 
 /// Start-up figures, for the log and the benchmarks.
@@ -78,6 +105,7 @@ impl Authority {
     pub fn open(
         store: Arc<dyn Store>,
         default_purpose: Option<String>,
+        links: Links,
     ) -> Result<(Authority, JoinHandle<()>, LoadReport), StoreError> {
         let started = Instant::now();
         let loaded = store.load_meta()?;
@@ -138,6 +166,7 @@ impl Authority {
             store,
             writer,
             metrics,
+            links,
         };
         Ok((
             Authority {
@@ -197,6 +226,110 @@ impl Authority {
             .collect();
         self.inner.metrics.decisions(&tally);
         answers
+    }
+
+    /// The one-click URL withdrawing `consent` for this contact, channel, brand.
+    pub fn unsubscribe_url(
+        &self,
+        contact: &str,
+        channel: &str,
+        brand: &str,
+        consent: ConsentIdx,
+    ) -> String {
+        let catalog = self.inner.catalog.load();
+        let claim = Claim {
+            contact: ContactId::parse("contact_id", contact)
+                .expect("validated by the check that chose this consent"),
+            consent: ConsentId::parse("consent_id", catalog.consent_id(consent))
+                .expect("catalog ids are valid"),
+            channel: channel.to_owned(),
+            brand: brand.to_owned(),
+            issued_at: now_nanos() / 1_000_000_000,
+        };
+        self.inner.links.url(&self.inner.links.mint(&claim))
+    }
+
+    /// IssueUnsubscribeLink: the URL and the consent it withdraws.
+    pub fn issue_link(
+        &self,
+        contact: &str,
+        channel: &str,
+        brand: &str,
+        purpose: &str,
+    ) -> Result<(String, &'static str), LinkRefusal> {
+        check_contact("contact_id", contact)?;
+        let catalog = self.inner.catalog.load();
+        let cell = catalog.cell(purpose, channel, brand)?;
+        let &target = catalog
+            .covering(cell)
+            .first()
+            .ok_or_else(|| LinkRefusal::NotCovered {
+                channel: channel.to_owned(),
+                brand: brand.to_owned(),
+            })?;
+        Ok((
+            self.unsubscribe_url(contact, channel, brand, target),
+            catalog.consent_id(target),
+        ))
+    }
+
+    /// Verifies a link token and gathers what its page shows; `None` for
+    /// any token that is not authentic.
+    pub fn link_page(&self, token: &str) -> Option<LinkPage> {
+        let claim = self.inner.links.verify(token)?;
+        let catalog = self.inner.catalog.load();
+        let title = |idx: Option<ConsentIdx>, fallback: &str| {
+            idx.and_then(|i| catalog.consent(i))
+                .map(|c| {
+                    if c.spec.title.is_empty() {
+                        c.id.to_string()
+                    } else {
+                        c.spec.title.clone()
+                    }
+                })
+                .unwrap_or_else(|| fallback.to_owned())
+        };
+        let idx = catalog.consent_idx(claim.consent.as_str());
+        let root = idx.and_then(|i| catalog.consent(i)).map(|c| c.purpose);
+        Some(LinkPage {
+            consent_title: title(idx, claim.consent.as_str()),
+            purpose_title: title(root, claim.consent.as_str()),
+            brand: claim.brand.clone(),
+            claim,
+        })
+    }
+
+    /// Withdraws what a verified link names: its consent, or with
+    /// `everything` the root of its purpose. Returns once durable. A consent
+    /// since deleted from the catalog was held by nobody: nothing to do.
+    pub async fn unsubscribe(
+        &self,
+        claim: &Claim,
+        everything: bool,
+        evidence: Evidence,
+    ) -> Result<Option<ChangeOutcome>, WriteError> {
+        let consent = {
+            let catalog = self.inner.catalog.load();
+            let Some(idx) = catalog.consent_idx(claim.consent.as_str()) else {
+                return Ok(None);
+            };
+            let target = match catalog.consent(idx) {
+                Some(c) if everything => c.purpose,
+                _ => idx,
+            };
+            ConsentId::parse("consent_id", catalog.consent_id(target))
+                .expect("catalog ids are valid")
+        };
+        let change = Change {
+            contact: claim.contact.clone(),
+            consent,
+            action: Action::Withdraw,
+            occurred_at: None,
+            source: Source::UnsubscribeLink,
+            evidence,
+            idempotency_key: None,
+        };
+        self.inner.writer.change(change).await.map(Some)
     }
 
     /// Grant or Withdraw; returns once durable and visible to CanSend.

@@ -36,6 +36,11 @@ pub struct Config {
     /// Base of the absolute links the server mints (default: http:// + the HTTP address).
     #[arg(long, env = "CONSENTD_PUBLIC_URL")]
     pub public_url: Option<String>,
+
+    /// Extra link signing keys, `ID=BASE64URL_SECRET` (32+ bytes), oldest
+    /// first; the last one signs, all verify, as does the data-dir key.
+    #[arg(long = "link-key", env = "CONSENTD_LINK_KEYS", value_delimiter = ',')]
+    pub link_keys: Vec<String>,
 }
 
 impl Config {
@@ -48,6 +53,7 @@ impl Config {
             catalog: None,
             default_purpose: None,
             public_url: None,
+            link_keys: Vec::new(),
         }
     }
 }

@@ -8,6 +8,7 @@
 //! - [`index`]: the in-memory concurrent index every CanSend reads.
 //! - [`store`]: the [`store::Store`] trait and its redb implementation.
 //! - [`writer`]: the single writer thread (group commit; commit, then index).
+//! - [`links`]: signed unsubscribe links and their key ring.
 //! - [`authority`]: the operations gRPC and HTTP share.
 //! - [`grpc`]: thin tonic handlers; [`http`]: health, metrics.
 //! - [`server`]: wiring, health, reflection, graceful shutdown.
@@ -20,6 +21,7 @@ pub mod domain;
 pub mod grpc;
 pub mod http;
 pub mod index;
+pub mod links;
 pub mod metrics;
 pub mod server;
 pub mod store;

@@ -20,6 +20,7 @@ use crate::authority::Authority;
 use crate::config::Config;
 use crate::domain::CatalogSpec;
 use crate::grpc::{CatalogService, ConsentsService, EligibilityService};
+use crate::links::Links;
 use crate::pb;
 use crate::store::RedbStore;
 
@@ -45,12 +46,25 @@ pub fn read_catalog(path: &std::path::Path) -> anyhow::Result<CatalogSpec> {
 }
 
 impl Bound {
-    /// Opens the store, rebuilds the index, applies `--catalog`, binds.
+    /// Binds both listeners, opens the store, rebuilds the index, applies
+    /// `--catalog`. Nothing is served until [`Bound::serve`].
     pub async fn bind(config: &Config) -> anyhow::Result<Bound> {
+        let grpc = TcpListener::bind(config.grpc_addr)
+            .await
+            .with_context(|| format!("binding gRPC on {}", config.grpc_addr))?;
+        let http = TcpListener::bind(config.http_addr)
+            .await
+            .with_context(|| format!("binding HTTP on {}", config.http_addr))?;
+        let http_addr = http.local_addr()?;
+        let public_url = config
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{http_addr}"));
         let store = RedbStore::open(&config.data_dir)
             .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+        let links = Links::open(&config.data_dir, &config.link_keys, &public_url)?;
         let (authority, writer, report) =
-            Authority::open(Arc::new(store), config.default_purpose.clone())?;
+            Authority::open(Arc::new(store), config.default_purpose.clone(), links)?;
         tracing::info!(
             states = report.states,
             contacts = report.contacts,
@@ -64,15 +78,19 @@ impl Bound {
                 .await
                 .with_context(|| format!("applying the catalog {}", path.display()))?;
         }
-        let grpc = TcpListener::bind(config.grpc_addr)
-            .await
-            .with_context(|| format!("binding gRPC on {}", config.grpc_addr))?;
-        let http = TcpListener::bind(config.http_addr)
-            .await
-            .with_context(|| format!("binding HTTP on {}", config.http_addr))?;
+        if let Some(p) = &config.default_purpose
+            && authority
+                .catalog()
+                .spec()
+                .consents
+                .iter()
+                .all(|c| &c.id != p || c.parent.is_some())
+        {
+            tracing::warn!(default_purpose = %p, "--default-purpose is not a root consent of the catalog in force; it is ignored until it is");
+        }
         Ok(Bound {
             grpc_addr: grpc.local_addr()?,
-            http_addr: http.local_addr()?,
+            http_addr,
             authority,
             writer,
             grpc,

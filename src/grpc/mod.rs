@@ -7,7 +7,7 @@ mod convert;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::authority::{Answer, Authority};
+use crate::authority::{Answer, Authority, LinkRefusal};
 use crate::domain::{Action, ContactId, FieldError, Verdict};
 use crate::pb;
 use crate::store::StoreError;
@@ -55,7 +55,7 @@ fn reason(v: Verdict) -> pb::Reason {
     }
 }
 
-fn answer_to(a: Answer) -> pb::CanSendResponse {
+fn answer_to(a: Answer, unsubscribe_url: String) -> pb::CanSendResponse {
     let decided_at = match a.verdict {
         Verdict::Granted { at, .. } | Verdict::Withdrawn { at, .. } => Some(timestamp(at)),
         Verdict::NoConsent | Verdict::NotCovered => None,
@@ -65,7 +65,7 @@ fn answer_to(a: Answer) -> pb::CanSendResponse {
         reason: reason(a.verdict) as i32,
         decided_by: a.decided_by.to_owned(),
         decided_at,
-        unsubscribe_url: String::new(),
+        unsubscribe_url,
         error: String::new(),
     }
 }
@@ -80,6 +80,16 @@ impl EligibilityService {
     pub fn new(authority: Authority) -> Self {
         Self { authority }
     }
+
+    /// The List-Unsubscribe URL, for an allowed answer that asked for it.
+    fn link_for(&self, r: &pb::CanSendRequest, a: &Answer) -> String {
+        match a.unsubscribe {
+            Some(target) if r.include_unsubscribe && a.verdict.allowed() => self
+                .authority
+                .unsubscribe_url(&r.contact_id, &r.channel, &r.brand, target),
+            _ => String::new(),
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -93,7 +103,8 @@ impl pb::eligibility_server::Eligibility for EligibilityService {
             .authority
             .can_send(&r.contact_id, &r.channel, &r.brand, &r.purpose)
             .map_err(invalid)?;
-        Ok(Response::new(answer_to(answer)))
+        let url = self.link_for(r, &answer);
+        Ok(Response::new(answer_to(answer, url)))
     }
 
     async fn can_send_batch(
@@ -116,8 +127,12 @@ impl pb::eligibility_server::Eligibility for EligibilityService {
                 (&c.contact_id, &c.channel, &c.brand, &c.purpose)
             })
             .into_iter()
-            .map(|answer| match answer {
-                Ok(a) => answer_to(a),
+            .zip(checks)
+            .map(|(answer, check)| match answer {
+                Ok(a) => {
+                    let url = self.link_for(check, &a);
+                    answer_to(a, url)
+                }
                 Err(e) => pb::CanSendResponse {
                     reason: pb::Reason::Invalid as i32,
                     error: e.to_string(),
@@ -181,6 +196,24 @@ impl pb::consents_server::Consents for ConsentsService {
         Ok(Response::new(pb::ContactConsents {
             contact_id: contact.to_string(),
             states: states.into_iter().map(convert::state_to).collect(),
+        }))
+    }
+
+    async fn issue_unsubscribe_link(
+        &self,
+        request: Request<pb::IssueUnsubscribeLinkRequest>,
+    ) -> Result<Response<pb::UnsubscribeLink>, Status> {
+        let r = request.get_ref();
+        let (url, consent) = self
+            .authority
+            .issue_link(&r.contact_id, &r.channel, &r.brand, &r.purpose)
+            .map_err(|e| match e {
+                LinkRefusal::Invalid(f) => invalid(f),
+                e @ LinkRefusal::NotCovered { .. } => Status::failed_precondition(e.to_string()),
+            })?;
+        Ok(Response::new(pb::UnsubscribeLink {
+            url,
+            consent_id: consent.to_owned(),
         }))
     }
 

@@ -1,6 +1,9 @@
-//! The HTTP side: `/healthz` and `/metrics` (the unsubscribe pages join it
-//! later). It calls the same [`Authority`] as gRPC, never logic of its own.
+//! The HTTP side: the unsubscribe pages (`/u/{token}`), `/healthz` and
+//! `/metrics`. It calls the same [`Authority`] as gRPC, never logic of its own.
 
+mod unsubscribe;
+
+use axum::extract::DefaultBodyLimit;
 use axum::{
     Router, extract::State, http::StatusCode, http::header, response::IntoResponse, routing::get,
 };
@@ -19,6 +22,11 @@ pub fn router(authority: Authority, serving: watch::Receiver<bool>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route(
+            "/u/{token}",
+            get(unsubscribe::show).post(unsubscribe::confirm),
+        )
+        .layer(DefaultBodyLimit::max(64 * 1024))
         .with_state(AppState { authority, serving })
 }
 

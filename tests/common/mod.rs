@@ -35,6 +35,13 @@ impl TestServer {
     pub async fn start_in(data_dir: &Path, catalog: Option<PathBuf>) -> TestServer {
         let mut config = Config::ephemeral(data_dir);
         config.catalog = catalog;
+        Self::start_with(config).await
+    }
+
+    /// A server with a configuration of the test's own.
+    pub async fn start_with(config: Config) -> TestServer {
+        let data_dir = config.data_dir.clone();
+        let data_dir = data_dir.as_path();
         let bound = Bound::bind(&config).await.unwrap();
         let (grpc_addr, http_addr) = (bound.grpc_addr, bound.http_addr);
         let (tx, rx) = oneshot::channel::<()>();
@@ -134,4 +141,38 @@ pub async fn can_send(
         .unwrap()
         .into_inner();
     (r.allowed, r.reason(), r.decided_by)
+}
+
+/// A minimal HTTP/1.1 exchange over a raw socket: (status, head, body).
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if method == "POST" {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head.to_owned(), body.to_owned())
+}
+
+/// The path of an absolute link, checking it points at this server.
+pub fn link_path(server: &TestServer, url: &str) -> String {
+    let prefix = format!("http://{}", server.http_addr);
+    assert!(url.starts_with(&prefix), "{url} is not under {prefix}");
+    url[prefix.len()..].to_owned()
 }

@@ -55,10 +55,10 @@ fn build(cat: &Catalog, n: u64) -> Index {
         );
     }
     let after = rss_bytes();
-    if let Ok(r) = std::fs::read_to_string("/proc/self/smaps_rollup") {
-        if let Some(l) = r.lines().find(|l| l.starts_with("AnonHugePages")) {
-            eprintln!("{l}");
-        }
+    if let Ok(r) = std::fs::read_to_string("/proc/self/smaps_rollup")
+        && let Some(l) = r.lines().find(|l| l.starts_with("AnonHugePages"))
+    {
+        eprintln!("{l}");
     }
     eprintln!(
         "index: {n} contacts with one state each: {:.1} bytes/contact (RSS delta)",

@@ -57,6 +57,9 @@ struct Args {
     /// Batches in flight at once.
     #[arg(long, default_value_t = 4)]
     batch_inflight: usize,
+    /// Rows in the import phase.
+    #[arg(long, default_value_t = 200_000)]
+    import_rows: u64,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -294,6 +297,30 @@ fn main() -> anyhow::Result<()> {
             100.0 * rates[0] / rates[1]
         );
 
+        // 2b. The same unary CanSend, asking for the List-Unsubscribe URL.
+        let chans = channels(target, args.connections).await;
+        let report = closed_loop(args.inflight, args.seconds, move |t, i| {
+            let mut client = EligibilityClient::new(chans[t % chans.len()].clone());
+            let who = contact((i.wrapping_mul(2654435761) ^ t as u64) % seeded);
+            async move {
+                let r = client
+                    .can_send(pb::CanSendRequest {
+                        contact_id: who,
+                        channel: "email".into(),
+                        brand: "acme".into(),
+                        include_unsubscribe: true,
+                        ..Default::default()
+                    })
+                    .await?;
+                if r.get_ref().unsubscribe_url.is_empty() {
+                    return Err(Status::internal("no unsubscribe URL"));
+                }
+                Ok(1)
+            }
+        })
+        .await;
+        println!("{}", report.line("CanSend + unsubscribe URL", "req"));
+
         // 3. Batches.
         let chans = channels(target, args.connections).await;
         let batch = args.batch;
@@ -327,6 +354,39 @@ fn main() -> anyhow::Result<()> {
             "{}",
             report.line(&format!("CanSendBatch ({batch} checks)"), "decisions")
         );
+
+        // 4. One streamed import of `--import-rows` rows, durable.
+        let rows = args.import_rows;
+        let mut client = ConsentsClient::new(channels(target, 1).await.remove(0));
+        let started = Instant::now();
+        let stream = tokio_stream::iter((0..rows).map(|i| pb::ImportRow {
+            action: pb::Action::Grant as i32,
+            change: Some(pb::ConsentChange {
+                contact_id: format!("import-{i:09}"),
+                consent_id: "marketing.zenith".into(),
+                occurred_at: Some(prost_types::Timestamp {
+                    seconds: 1_700_000_000 + i as i64,
+                    nanos: 0,
+                }),
+                source: pb::Source::Import as i32,
+                evidence: [("import_batch".to_string(), "load".to_string())].into(),
+                ..Default::default()
+            }),
+        }));
+        match client.import(stream).await {
+            Ok(s) => {
+                let s = s.into_inner();
+                println!(
+                    "{:<34} {:>10.0} rows/s  ({} rows, {} applied, {} rejected)",
+                    "Import (durable)",
+                    rows as f64 / started.elapsed().as_secs_f64(),
+                    s.received,
+                    s.applied,
+                    s.rejected
+                );
+            }
+            Err(e) => println!("Import failed: {e}"),
+        }
     });
     Ok(())
 }

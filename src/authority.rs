@@ -332,6 +332,14 @@ impl Authority {
         self.inner.writer.change(change).await.map(Some)
     }
 
+    /// Queues a change for the writer (imports pipeline many this way).
+    pub async fn submit(
+        &self,
+        change: Change,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<ChangeOutcome, WriteError>>, WriteError> {
+        self.inner.writer.submit(change).await
+    }
+
     /// Grant or Withdraw; returns once durable and visible to CanSend.
     pub async fn change(&self, change: Change) -> Result<ChangeOutcome, WriteError> {
         self.inner.writer.change(change).await

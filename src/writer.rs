@@ -116,6 +116,20 @@ impl Writer {
         rx.await.map_err(|_| WriteError::Closed)?
     }
 
+    /// Queues a change without waiting for it: the receiver answers once it
+    /// is durable. Waits only while the writer's queue is full.
+    pub async fn submit(
+        &self,
+        change: Change,
+    ) -> Result<oneshot::Receiver<Result<ChangeOutcome, WriteError>>, WriteError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Change(change, tx))
+            .await
+            .map_err(|_| WriteError::Closed)?;
+        Ok(rx)
+    }
+
     /// Validates and installs a new catalog, durably, or changes nothing.
     pub async fn apply_catalog(&self, spec: CatalogSpec) -> Result<Arc<Catalog>, WriteError> {
         let (tx, rx) = oneshot::channel();

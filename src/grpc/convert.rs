@@ -31,6 +31,36 @@ pub fn timestamp(nanos: UnixNanos) -> Timestamp {
     }
 }
 
+pub fn action_from(field: &str, raw: i32) -> Result<Action, FieldError> {
+    match pb::Action::try_from(raw) {
+        Ok(pb::Action::Grant) => Ok(Action::Grant),
+        Ok(pb::Action::Withdraw) => Ok(Action::Withdraw),
+        Ok(pb::Action::Unspecified) => {
+            Err(FieldError::new(field, "is required (GRANT or WITHDRAW)"))
+        }
+        Err(_) => Err(FieldError::new(
+            field,
+            format!("{raw} is not a known action"),
+        )),
+    }
+}
+
+/// Validates one import row: an action, a change, and the time the person
+/// decided (import time is not consent time).
+pub fn row_from(row: pb::ImportRow, now: UnixNanos) -> Result<Change, FieldError> {
+    let action = action_from("action", row.action)?;
+    let change = row
+        .change
+        .ok_or_else(|| FieldError::new("change", "is required"))?;
+    if change.occurred_at.is_none() {
+        return Err(FieldError::new(
+            "occurred_at",
+            "is required in an imported row: import time is not consent time",
+        ));
+    }
+    change_from(action, change, now)
+}
+
 pub fn action_to(a: Action) -> pb::Action {
     match a {
         Action::Grant => pb::Action::Grant,

@@ -11,7 +11,9 @@ use crate::authority::{Answer, Authority, LinkRefusal};
 use crate::domain::{Action, ContactId, FieldError, Verdict};
 use crate::pb;
 use crate::store::StoreError;
-use crate::writer::{WriteError, now_nanos};
+use crate::writer::{ChangeOutcome, WriteError, now_nanos};
+use std::collections::VecDeque;
+use tokio::sync::oneshot;
 
 pub use convert::{catalog_from, catalog_to, timestamp};
 
@@ -146,6 +148,18 @@ impl pb::eligibility_server::Eligibility for EligibilityService {
 
 // ---------------------------------------------------------------- Consents
 
+/// Import rows queued at the writer at once (two full group commits).
+const MAX_IMPORT_IN_FLIGHT: usize = 8192;
+/// Rejected rows listed in an import summary.
+const MAX_IMPORT_ERRORS: usize = 1000;
+
+fn reject(summary: &mut pb::ImportSummary, row: u64, reason: String) {
+    summary.rejected += 1;
+    if summary.errors.len() < MAX_IMPORT_ERRORS {
+        summary.errors.push(pb::RowError { row, reason });
+    }
+}
+
 pub struct ConsentsService {
     authority: Authority,
 }
@@ -215,6 +229,65 @@ impl pb::consents_server::Consents for ConsentsService {
             url,
             consent_id: consent.to_owned(),
         }))
+    }
+
+    async fn import(
+        &self,
+        request: Request<tonic::Streaming<pb::ImportRow>>,
+    ) -> Result<Response<pb::ImportSummary>, Status> {
+        let mut rows = request.into_inner();
+        let mut summary = pb::ImportSummary::default();
+        // Rows queued at the writer and not yet answered: bounded, so a
+        // million-row import never sits in memory at once.
+        let mut pending: VecDeque<(u64, oneshot::Receiver<Result<ChangeOutcome, WriteError>>)> =
+            VecDeque::new();
+        let tally = |summary: &mut pb::ImportSummary,
+                     row: u64,
+                     result: Result<ChangeOutcome, WriteError>|
+         -> Result<(), Status> {
+            match result {
+                Ok(out) if out.applied => summary.applied += 1,
+                Ok(_) => summary.superseded += 1,
+                Err(WriteError::Store(e)) => return Err(storage(e)),
+                Err(WriteError::Closed) => return Err(Status::unavailable("shutting down")),
+                Err(e) => reject(summary, row, e.to_string()),
+            }
+            Ok(())
+        };
+        while let Some(row) = rows.message().await? {
+            summary.received += 1;
+            let n = summary.received;
+            match convert::row_from(row, now_nanos()) {
+                Ok(change) => {
+                    let rx = self.authority.submit(change).await.map_err(write_error)?;
+                    pending.push_back((n, rx));
+                }
+                Err(e) => reject(&mut summary, n, e.to_string()),
+            }
+            while pending.len() >= MAX_IMPORT_IN_FLIGHT {
+                let (row, rx) = pending.pop_front().expect("not empty");
+                tally(
+                    &mut summary,
+                    row,
+                    rx.await.unwrap_or(Err(WriteError::Closed)),
+                )?;
+            }
+        }
+        for (row, rx) in pending {
+            tally(
+                &mut summary,
+                row,
+                rx.await.unwrap_or(Err(WriteError::Closed)),
+            )?;
+        }
+        tracing::info!(
+            received = summary.received,
+            applied = summary.applied,
+            superseded = summary.superseded,
+            rejected = summary.rejected,
+            "import done"
+        );
+        Ok(Response::new(summary))
     }
 
     async fn get_history(

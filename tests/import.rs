@@ -1,0 +1,132 @@
+//! Consents.Import: a streamed bulk import with bad rows in the middle.
+
+mod common;
+
+use common::*;
+use consentd::pb::{self, Action, Reason, consents_client::ConsentsClient};
+
+fn row(i: u64, action: Action, occurred_at: i64) -> pb::ImportRow {
+    let mut c = change(&format!("imp-{i}"), "marketing", Some(occurred_at));
+    c.source = pb::Source::Import as i32;
+    c.evidence = [("import_batch".to_string(), "crm-2026-11".to_string())].into();
+    pb::ImportRow {
+        action: action as i32,
+        change: Some(c),
+    }
+}
+
+#[tokio::test]
+async fn twenty_thousand_rows_with_two_bad_ones_in_the_middle() {
+    let server = TestServer::start().await;
+    let mut cons: ConsentsClient<_> = server.consents().await;
+    let t = now() - 86_400;
+
+    // A withdrawal newer than what the import will claim.
+    cons.withdraw(change("imp-7", "marketing", Some(t + 100)))
+        .await
+        .unwrap();
+
+    let rows = (1..=20_000u64).map(move |i| match i {
+        5_000 => pb::ImportRow {
+            action: Action::Grant as i32,
+            change: Some(change("imp-5000", "marketing", None)), // no occurred_at
+        },
+        12_345 => pb::ImportRow {
+            action: Action::Grant as i32,
+            change: Some(change("imp-12345", "no.such.consent", Some(t))),
+        },
+        _ => row(i, Action::Grant, t),
+    });
+    let summary = cons
+        .import(tokio_stream::iter(rows))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(summary.received, 20_000);
+    assert_eq!(summary.rejected, 2);
+    assert_eq!(
+        summary.superseded, 1,
+        "the old grant of imp-7 changed nothing"
+    );
+    assert_eq!(summary.applied, 19_997);
+    let bad: Vec<u64> = summary.errors.iter().map(|e| e.row).collect();
+    assert_eq!(bad, [5_000, 12_345]);
+    assert!(
+        summary.errors[0].reason.contains("occurred_at"),
+        "{}",
+        summary.errors[0].reason
+    );
+    assert!(
+        summary.errors[1].reason.contains("no.such.consent"),
+        "{}",
+        summary.errors[1].reason
+    );
+
+    let mut elig = server.eligibility().await;
+    assert_eq!(
+        can_send(&mut elig, "imp-1", "email", "acme").await.1,
+        Reason::Granted
+    );
+    assert_eq!(
+        can_send(&mut elig, "imp-19999", "sms", "orbit").await.1,
+        Reason::Granted
+    );
+    assert_eq!(
+        can_send(&mut elig, "imp-7", "email", "acme").await.1,
+        Reason::Withdrawn
+    );
+    assert_eq!(
+        can_send(&mut elig, "imp-5000", "email", "acme").await.1,
+        Reason::NoConsent
+    );
+
+    let h = cons
+        .get_history(pb::GetHistoryRequest {
+            contact_id: "imp-42".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(h.len(), 1);
+    assert_eq!(h[0].source(), pb::Source::Import);
+    assert_eq!(h[0].occurred_at, Some(ts(t)));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn rows_without_action_or_change_are_rejected_and_an_empty_import_is_fine() {
+    let server = TestServer::start().await;
+    let mut cons = server.consents().await;
+    let rows = vec![
+        pb::ImportRow {
+            action: 0,
+            change: Some(change("a", "marketing", Some(now() - 5))),
+        },
+        pb::ImportRow {
+            action: Action::Withdraw as i32,
+            change: None,
+        },
+        pb::ImportRow {
+            action: 9,
+            change: Some(change("a", "marketing", Some(now() - 5))),
+        },
+        row(1, Action::Withdraw, now() - 5),
+    ];
+    let s = cons
+        .import(tokio_stream::iter(rows))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((s.received, s.applied, s.rejected), (4, 1, 3));
+    assert!(s.errors[0].reason.starts_with("action"));
+    assert!(s.errors[1].reason.starts_with("change"));
+
+    let empty = cons
+        .import(tokio_stream::iter(Vec::<pb::ImportRow>::new()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(empty, pb::ImportSummary::default());
+    server.stop().await;
+}

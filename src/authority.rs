@@ -12,13 +12,13 @@ use arc_swap::ArcSwap;
 
 use crate::domain::{
     Action, Catalog, CatalogSpec, Change, ConsentId, ConsentIdx, ContactId, EventRecord, Evidence,
-    FieldError, HeldState, Source, StateRecord, Verdict, ids::check_contact,
+    FieldError, HeldState, Source, StateRecord, UnixNanos, Verdict, ids::check_contact,
 };
 use crate::index::Index;
 use crate::links::{Claim, Links};
 use crate::metrics::{Metrics, Tally};
 use crate::store::{Store, StoreError};
-use crate::writer::{ChangeOutcome, WriteError, Writer, now_nanos};
+use crate::writer::{ChangeOutcome, WriteError, Writer, WriterState, now_nanos};
 
 /// The answer to one CanSend.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,7 +157,11 @@ impl Authority {
             store.clone(),
             index.clone(),
             catalog.clone(),
-            loaded.next_sequence,
+            WriterState {
+                next_sequence: loaded.next_sequence,
+                erasure_key: loaded.erasure_key,
+                erasures: loaded.erasures,
+            },
             metrics.clone(),
         );
         let inner = Inner {
@@ -244,7 +248,7 @@ impl Authority {
                 .expect("catalog ids are valid"),
             channel: channel.to_owned(),
             brand: brand.to_owned(),
-            issued_at: now_nanos() / 1_000_000_000,
+            issued_at: now_nanos(),
         };
         self.inner.links.url(&self.inner.links.mint(&claim))
     }
@@ -328,8 +332,15 @@ impl Authority {
             source: Source::UnsubscribeLink,
             evidence,
             idempotency_key: None,
+            issued_at: Some(claim.issued_at),
         };
         self.inner.writer.change(change).await.map(Some)
+    }
+
+    /// EraseContact (DESIGN.md rule 5): forgets the contact, keeps a keyed
+    /// hash with the time and reason; returns the erasure time once durable.
+    pub async fn erase(&self, contact: ContactId, reason: String) -> Result<UnixNanos, WriteError> {
+        self.inner.writer.erase(contact, reason).await
     }
 
     /// Queues a change for the writer (imports pipeline many this way).

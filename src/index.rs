@@ -65,6 +65,13 @@ impl Index {
         None
     }
 
+    /// Forgets a contact, returning the states it held.
+    pub fn remove(&self, contact: &str) -> Option<Vec<HeldState>> {
+        self.map
+            .remove(contact)
+            .map(|(_, states)| states.into_vec())
+    }
+
     /// Number of contacts holding at least one state.
     pub fn contacts(&self) -> usize {
         self.map.len()

@@ -45,7 +45,7 @@ pub struct Claim {
     pub consent: ConsentId,
     pub channel: String,
     pub brand: String,
-    /// Seconds since the epoch.
+    /// Nanoseconds since the epoch.
     pub issued_at: i64,
 }
 
@@ -247,7 +247,7 @@ mod tests {
             consent: ConsentId::parse("c", "marketing.acme.email").unwrap(),
             channel: "email".into(),
             brand: "acme".into(),
-            issued_at: 1_790_000_000,
+            issued_at: 1_790_000_000_123_456_789,
         }
     }
 

@@ -12,7 +12,14 @@
 //!   events (protobuf). One random B-tree leaf per change;
 //! - `events`: sequence → the full event (protobuf). Append-only, so a
 //!   group commit dirties only the rightmost leaves;
-//! - `idempotency`: key → (sequence, recorded_at, fingerprint).
+//! - `idempotency`: key → (sequence, recorded_at, fingerprint);
+//! - `erasures`: keyed hash of an erased contact → (erased_at, reason).
+//!
+//! Erasure (DESIGN.md rule 5) deletes a contact's record, events and keys,
+//! but redb keeps freed pages, so their bytes could linger in the file. An
+//! erasure therefore marks the file, and the next open rewrites every live
+//! record into a fresh file that replaces the old one: after a restart no
+//! byte of an erased contact remains in the data dir.
 //!
 //! Keeping the per-contact data in one record, rather than a states table
 //! and a (contact, sequence) event table, halves the random pages a commit
@@ -32,6 +39,9 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const CONTACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("contacts");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const IDEMPOTENCY: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency");
+const ERASURES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("erasures");
+/// Meta key set by an erasure until the file has been rewritten.
+const REWRITE_PENDING: &str = "rewrite_pending";
 
 /// Bumped on any incompatible change of the layout above.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -82,6 +92,19 @@ pub struct Loaded {
     pub next_sequence: u64,
     /// How many contacts hold state (sizes the index before loading).
     pub contacts: u64,
+    /// Secret of the keyed hash that names erased contacts.
+    pub erasure_key: [u8; 32],
+    /// Every erasure: (keyed hash of the contact, erased_at).
+    pub erasures: Vec<([u8; 32], UnixNanos)>,
+}
+
+/// What stays of an erased contact.
+#[derive(Debug, Clone)]
+pub struct Tombstone {
+    /// HMAC-SHA256 of the contact id under [`Loaded::erasure_key`].
+    pub hash: [u8; 32],
+    pub erased_at: UnixNanos,
+    pub reason: String,
 }
 
 /// One atomic, durable unit of writes, built by the single writer.
@@ -110,6 +133,9 @@ pub trait Store: Send + Sync + 'static {
     fn history(&self, contact: &str) -> Result<Vec<EventRecord>, StoreError>;
     /// Writes the batch in one transaction and returns once it is durable.
     fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError>;
+    /// Deletes everything held for the contact, keeps only the tombstone,
+    /// durably. Returns whether anything was held.
+    fn erase(&self, contact: &str, tombstone: &Tombstone) -> Result<bool, StoreError>;
 }
 
 /// The embedded redb store: one file in the data dir.
@@ -118,10 +144,27 @@ pub struct RedbStore {
 }
 
 impl RedbStore {
-    /// Opens (creating if missing) the store in `data_dir`.
+    /// Opens (creating if missing) the store in `data_dir`; first rewrites
+    /// the file if an erasure happened since the last rewrite.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir)?;
-        let db = Database::create(data_dir.join(DB_FILE))?;
+        let path = data_dir.join(DB_FILE);
+        let db = Database::create(&path)?;
+        let pending = {
+            let txn = db.begin_read()?;
+            match txn.open_table(META) {
+                Ok(meta) => meta.get(REWRITE_PENDING)?.is_some(),
+                Err(redb::TableError::TableDoesNotExist(_)) => false,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let db = if pending {
+            drop(db);
+            rewrite(&path)?;
+            Database::create(&path)?
+        } else {
+            db
+        };
         let txn = db.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
@@ -139,6 +182,13 @@ impl RedbStore {
             txn.open_table(CONTACTS)?;
             txn.open_table(EVENTS)?;
             txn.open_table(IDEMPOTENCY)?;
+            txn.open_table(ERASURES)?;
+            if meta.get("erasure_key")?.is_none() {
+                let mut key = [0u8; 32];
+                getrandom::fill(&mut key)
+                    .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
+                meta.insert("erasure_key", key.as_slice())?;
+            }
         }
         txn.commit()?;
         Ok(Self { db })
@@ -165,10 +215,30 @@ impl Store for RedbStore {
             None => 1,
         };
         let contacts = txn.open_table(CONTACTS)?.len()?;
+        let erasure_key: [u8; 32] = meta
+            .get("erasure_key")?
+            .ok_or_else(|| corrupt("meta", "erasure_key is missing"))?
+            .value()
+            .try_into()
+            .map_err(|_| corrupt("meta", "erasure_key length"))?;
+        let mut erasures = Vec::new();
+        for row in txn.open_table(ERASURES)?.range::<&[u8; 32]>(..)? {
+            let (k, v) = row?;
+            let at = v
+                .value()
+                .get(..8)
+                .ok_or_else(|| corrupt("erasures", "record length"))?;
+            erasures.push((
+                *k.value(),
+                i64::from_le_bytes(at.try_into().expect("8 bytes")),
+            ));
+        }
         Ok(Loaded {
             catalog,
             next_sequence,
             contacts,
+            erasure_key,
+            erasures,
         })
     }
 
@@ -239,6 +309,10 @@ impl Store for RedbStore {
         Ok(out)
     }
 
+    fn erase(&self, contact: &str, tombstone: &Tombstone) -> Result<bool, StoreError> {
+        self.erase_in(contact, tombstone)
+    }
+
     fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError> {
         // Durability::Immediate is redb's default: commit() returns after fsync.
         let txn = self.db.begin_write()?;
@@ -298,6 +372,93 @@ impl Store for RedbStore {
         txn.commit()?;
         Ok(())
     }
+}
+
+impl RedbStore {
+    fn erase_in(&self, contact: &str, tombstone: &Tombstone) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write()?;
+        let held;
+        {
+            let mut contacts = txn.open_table(CONTACTS)?;
+            let record = read_contact(&contacts, contact)?;
+            held = record.is_some();
+            if let Some(record) = record {
+                let mut events = txn.open_table(EVENTS)?;
+                let mut idem = txn.open_table(IDEMPOTENCY)?;
+                for &sequence in &record.events {
+                    let key = match events.remove(sequence)? {
+                        Some(v) => {
+                            StoredEvent::decode(v.value())
+                                .map_err(|e| corrupt("events", &e.to_string()))?
+                                .idempotency_key
+                        }
+                        None => None,
+                    };
+                    if let Some(key) = key {
+                        idem.remove(key.as_str())?;
+                    }
+                }
+                contacts.remove(contact)?;
+            }
+            let mut value = tombstone.erased_at.to_le_bytes().to_vec();
+            value.extend_from_slice(tombstone.reason.as_bytes());
+            txn.open_table(ERASURES)?
+                .insert(&tombstone.hash, value.as_slice())?;
+            txn.open_table(META)?
+                .insert(REWRITE_PENDING, [1u8].as_slice())?;
+        }
+        txn.commit()?;
+        Ok(held)
+    }
+}
+
+/// Copies every live record of the file at `path` into a fresh file and
+/// swaps it in (fsync'd, atomic rename), so no freed page of the old file
+/// survives. Crash-safe: until the rename the old file is untouched.
+fn rewrite(path: &Path) -> Result<(), StoreError> {
+    let started = std::time::Instant::now();
+    let tmp = path.with_extension("rewrite");
+    let _ = std::fs::remove_file(&tmp);
+    {
+        let old = Database::create(path)?;
+        let new = Database::create(&tmp)?;
+        let src = old.begin_read()?;
+        let dst = new.begin_write()?;
+        copy_table(&src, &dst, META)?;
+        copy_table(&src, &dst, CONTACTS)?;
+        copy_table(&src, &dst, EVENTS)?;
+        copy_table(&src, &dst, IDEMPOTENCY)?;
+        copy_table(&src, &dst, ERASURES)?;
+        dst.open_table(META)?.remove(REWRITE_PENDING)?;
+        dst.commit()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    tracing::info!(
+        seconds = started.elapsed().as_secs_f64(),
+        "data file rewritten after erasures"
+    );
+    Ok(())
+}
+
+fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    src: &redb::ReadTransaction,
+    dst: &redb::WriteTransaction,
+    def: TableDefinition<K, V>,
+) -> Result<(), StoreError> {
+    let from = match src.open_table(def) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut to = dst.open_table(def)?;
+    for row in from.range::<K::SelfType<'_>>(..)? {
+        let (k, v) = row?;
+        to.insert(k.value(), v.value())?;
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------- encodings

@@ -16,16 +16,19 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
+use hmac::Mac;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::{
-    Action, Catalog, CatalogSpec, Change, ConsentIdx, Decisive, EventRecord, FieldError, HeldState,
-    StateRecord, UnixNanos,
+    Action, Catalog, CatalogSpec, Change, ConsentIdx, ContactId, Decisive, EventRecord, FieldError,
+    HeldState, StateRecord, UnixNanos,
 };
 use crate::index::Index;
 use crate::metrics::Metrics;
-use crate::store::{IdempotencyRecord, Store, StoreError, WriteBatch};
+use crate::store::{IdempotencyRecord, Store, StoreError, Tombstone, WriteBatch};
+
+type HmacSha256 = hmac::Hmac<Sha256>;
 
 /// Most commands folded into one transaction.
 const MAX_GROUP: usize = 4096;
@@ -52,8 +55,9 @@ pub enum WriteError {
 pub struct ChangeOutcome {
     /// False when a newer event already decides or the key was seen before.
     pub applied: bool,
-    /// The state of (contact, consent) after the change.
-    pub state: StateRecord,
+    /// The state of (contact, consent) after the change; `None` when the
+    /// contact holds none (a change refused because of an erasure).
+    pub state: Option<StateRecord>,
     pub sequence: u64,
 }
 
@@ -63,6 +67,18 @@ enum Command {
         CatalogSpec,
         oneshot::Sender<Result<Arc<Catalog>, WriteError>>,
     ),
+    Erase(
+        ContactId,
+        String,
+        oneshot::Sender<Result<UnixNanos, WriteError>>,
+    ),
+}
+
+/// What the writer takes over from the store at start.
+pub struct WriterState {
+    pub next_sequence: u64,
+    pub erasure_key: [u8; 32],
+    pub erasures: Vec<([u8; 32], UnixNanos)>,
 }
 
 /// A cheap, cloneable handle to the writer thread.
@@ -78,7 +94,7 @@ impl Writer {
         store: Arc<dyn Store>,
         index: Arc<Index>,
         catalog: Arc<ArcSwap<Catalog>>,
-        next_sequence: u64,
+        state: WriterState,
         metrics: Arc<Metrics>,
     ) -> (Writer, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -94,10 +110,13 @@ impl Writer {
             store,
             index,
             catalog,
-            next_sequence,
+            next_sequence: state.next_sequence,
             last_recorded: 0,
             usage,
             metrics,
+            erasure_mac: HmacSha256::new_from_slice(&state.erasure_key)
+                .expect("HMAC takes any key length"),
+            erased: state.erasures.into_iter().collect(),
         };
         let handle = std::thread::Builder::new()
             .name("consentd-writer".into())
@@ -130,6 +149,16 @@ impl Writer {
         Ok(rx)
     }
 
+    /// Erases a contact; returns the erasure time once durable.
+    pub async fn erase(&self, contact: ContactId, reason: String) -> Result<UnixNanos, WriteError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Erase(contact, reason, tx))
+            .await
+            .map_err(|_| WriteError::Closed)?;
+        rx.await.map_err(|_| WriteError::Closed)?
+    }
+
     /// Validates and installs a new catalog, durably, or changes nothing.
     pub async fn apply_catalog(&self, spec: CatalogSpec) -> Result<Arc<Catalog>, WriteError> {
         let (tx, rx) = oneshot::channel();
@@ -159,6 +188,9 @@ struct Inner {
     /// Contacts holding state, per interned consent (deletion guard).
     usage: Vec<u64>,
     metrics: Arc<Metrics>,
+    /// Keyed hash naming erased contacts, and when each was erased.
+    erasure_mac: HmacSha256,
+    erased: HashMap<[u8; 32], UnixNanos>,
 }
 
 /// A change decided but not yet committed.
@@ -190,6 +222,10 @@ impl Inner {
                         // Everything queued before the apply commits first.
                         self.commit_changes(std::mem::take(&mut changes));
                         let _ = reply.send(self.apply_catalog(spec));
+                    }
+                    Command::Erase(contact, reason, reply) => {
+                        self.commit_changes(std::mem::take(&mut changes));
+                        let _ = reply.send(self.erase(contact, reason));
                     }
                 }
             }
@@ -304,6 +340,26 @@ impl Inner {
             Ok(store.state(change.contact.as_str(), change.consent.as_str())?)
         };
 
+        // Rule 5: nothing from before an erasure brings the contact back.
+        if !self.erased.is_empty() {
+            let reference = change
+                .issued_at
+                .or(change.occurred_at)
+                .unwrap_or(UnixNanos::MAX);
+            if let Some(&erased_at) = self.erased.get(&self.contact_hash(change.contact.as_str()))
+                && reference <= erased_at
+            {
+                return Ok((
+                    ChangeOutcome {
+                        applied: false,
+                        state: current_full(states, &*self.store)?,
+                        sequence: 0,
+                    },
+                    None,
+                ));
+            }
+        }
+
         let fingerprint = change
             .idempotency_key
             .as_ref()
@@ -319,11 +375,7 @@ impl Inner {
                         "idempotency_key {key:?} was already used for a different change"
                     )));
                 }
-                let state = current_full(states, &*self.store)?.ok_or_else(|| {
-                    WriteError::FailedPrecondition(format!(
-                        "idempotency_key {key:?} was used, but its contact holds no state any more"
-                    ))
-                })?;
+                let state = current_full(states, &*self.store)?;
                 return Ok((
                     ChangeOutcome {
                         applied: false,
@@ -375,11 +427,9 @@ impl Inner {
                 consent: idx,
                 action: change.action,
             };
-            (record, Some((contact, held)))
+            (Some(record), Some((contact, held)))
         } else {
-            let state = current_full(states, &*self.store)?
-                .expect("a superseding state exists when the change is not applied");
-            (state, None)
+            (current_full(states, &*self.store)?, None)
         };
         if let (Some(key), Some(fp)) = (&change.idempotency_key, fingerprint) {
             let r = IdempotencyRecord {
@@ -411,6 +461,30 @@ impl Inner {
             },
             index_update,
         ))
+    }
+
+    fn contact_hash(&self, contact: &str) -> [u8; 32] {
+        let mut mac = self.erasure_mac.clone();
+        mac.update(contact.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
+    fn erase(&mut self, contact: ContactId, reason: String) -> Result<UnixNanos, WriteError> {
+        let erased_at = self.clock();
+        let tombstone = Tombstone {
+            hash: self.contact_hash(contact.as_str()),
+            erased_at,
+            reason,
+        };
+        self.store.erase(contact.as_str(), &tombstone)?;
+        for s in self.index.remove(contact.as_str()).unwrap_or_default() {
+            if let Some(n) = self.usage.get_mut(s.consent as usize) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        self.erased.insert(tombstone.hash, erased_at);
+        tracing::info!(erased_at, "contact erased");
+        Ok(erased_at)
     }
 
     fn apply_catalog(&mut self, spec: CatalogSpec) -> Result<Arc<Catalog>, WriteError> {

@@ -106,6 +106,10 @@ pub struct Change {
     pub source: Source,
     pub evidence: Evidence,
     pub idempotency_key: Option<String>,
+    /// For a change that arrives through something minted earlier (an
+    /// unsubscribe link): when it was minted. An erasure refuses changes
+    /// from before it.
+    pub issued_at: Option<UnixNanos>,
 }
 
 impl Change {
@@ -249,6 +253,7 @@ mod tests {
             source: Source::Api,
             evidence: Evidence::new(),
             idempotency_key: None,
+            issued_at: None,
         };
         assert_eq!(c.effective_occurred_at(now), now);
         c.occurred_at = Some(now - 7);

@@ -110,6 +110,7 @@ pub fn change_from(
         source,
         evidence,
         idempotency_key,
+        issued_at: None,
     };
     change.check_occurred_at(now)?;
     Ok(change)

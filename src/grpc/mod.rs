@@ -150,6 +150,8 @@ impl pb::eligibility_server::Eligibility for EligibilityService {
 
 /// Import rows queued at the writer at once (two full group commits).
 const MAX_IMPORT_IN_FLIGHT: usize = 8192;
+/// Longest erasure reason kept with a tombstone.
+const MAX_REASON_LEN: usize = 1024;
 /// Rejected rows listed in an import summary.
 const MAX_IMPORT_ERRORS: usize = 1000;
 
@@ -178,7 +180,7 @@ impl ConsentsService {
         let out = self.authority.change(change).await.map_err(write_error)?;
         Ok(Response::new(pb::ChangeResult {
             applied: out.applied,
-            state: Some(convert::state_to(out.state)),
+            state: out.state.map(convert::state_to),
             sequence: out.sequence,
         }))
     }
@@ -288,6 +290,28 @@ impl pb::consents_server::Consents for ConsentsService {
             "import done"
         );
         Ok(Response::new(summary))
+    }
+
+    async fn erase_contact(
+        &self,
+        request: Request<pb::EraseContactRequest>,
+    ) -> Result<Response<pb::EraseContactResponse>, Status> {
+        let r = request.into_inner();
+        let contact = ContactId::parse("contact_id", &r.contact_id).map_err(invalid)?;
+        if r.reason.len() > MAX_REASON_LEN || r.reason.chars().any(char::is_control) {
+            return Err(invalid(FieldError::new(
+                "reason",
+                format!("must be at most {MAX_REASON_LEN} bytes without control characters"),
+            )));
+        }
+        let erased_at = self
+            .authority
+            .erase(contact, r.reason)
+            .await
+            .map_err(write_error)?;
+        Ok(Response::new(pb::EraseContactResponse {
+            erased_at: Some(timestamp(erased_at)),
+        }))
     }
 
     async fn get_history(

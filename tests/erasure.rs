@@ -1,0 +1,183 @@
+//! EraseContact (DESIGN.md rule 5): the person is forgotten, stays
+//! forgotten across restarts, and no byte of them remains in the data files.
+
+mod common;
+
+use common::*;
+use consentd::pb::{self, Reason};
+
+const ANNA: &str = "anna-eraseme@example.com";
+const MARKER: &str = "198.51.100.77-ERASEME";
+
+fn files_contain(dir: &std::path::Path, needle: &str) -> bool {
+    std::fs::read_dir(dir).unwrap().any(|e| {
+        let bytes = std::fs::read(e.unwrap().path()).unwrap_or_default();
+        bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+    })
+}
+
+async fn history(server: &TestServer, contact: &str) -> Vec<pb::ConsentEvent> {
+    let mut cons = server.consents().await;
+    cons.get_history(pb::GetHistoryRequest {
+        contact_id: contact.into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .events
+}
+
+#[tokio::test]
+async fn erasure_forgets_refuses_stale_grants_and_leaves_no_plaintext() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(dir.path(), Some(example_catalog_path())).await;
+    let mut cons = server.consents().await;
+    let t = now() - 3600;
+    let mut grant = change(ANNA, "marketing", Some(t));
+    grant.evidence.insert("ip".into(), MARKER.into());
+    grant.idempotency_key = format!("signup:{ANNA}");
+    cons.grant(grant).await.unwrap();
+    cons.withdraw(change(ANNA, "marketing.acme", Some(t + 1)))
+        .await
+        .unwrap();
+    cons.grant(change("bob-keeps@example.com", "marketing", Some(t)))
+        .await
+        .unwrap();
+    let link = cons
+        .issue_unsubscribe_link(pb::IssueUnsubscribeLinkRequest {
+            contact_id: ANNA.into(),
+            channel: "sms".into(),
+            brand: "zenith".into(),
+            purpose: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    let erased = cons
+        .erase_contact(pb::EraseContactRequest {
+            contact_id: ANNA.into(),
+            reason: "GDPR art. 17 request, ticket 4711".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(erased.erased_at.unwrap().seconds >= now() - 60);
+
+    let mut elig = server.eligibility().await;
+    assert_eq!(
+        can_send(&mut elig, ANNA, "sms", "zenith").await.1,
+        Reason::NoConsent
+    );
+    assert!(history(&server, ANNA).await.is_empty());
+    let states = cons
+        .get_contact(pb::GetContactRequest {
+            contact_id: ANNA.into(),
+        })
+        .await
+        .unwrap();
+    assert!(states.into_inner().states.is_empty());
+
+    // A stale re-import of the old grant is refused and records nothing.
+    let stale = cons
+        .grant(change(ANNA, "marketing", Some(t + 5)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!stale.applied);
+    assert!(history(&server, ANNA).await.is_empty());
+
+    // A link minted before the erasure confirms and records nothing.
+    let path = link_path(&server, &link.url);
+    let form = [("Content-Type", "application/x-www-form-urlencoded")];
+    let (status, _, _) = http(
+        server.http_addr,
+        "POST",
+        &path,
+        &form,
+        "List-Unsubscribe=One-Click",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(history(&server, ANNA).await.is_empty());
+
+    // Everyone else is untouched.
+    assert_eq!(
+        can_send(&mut elig, "bob-keeps@example.com", "sms", "zenith")
+            .await
+            .1,
+        Reason::Granted
+    );
+    server.stop().await;
+
+    // After a restart no byte of Anna remains in the data files.
+    TestServer::start_in(dir.path(), None).await.stop().await;
+    assert!(
+        files_contain(dir.path(), "bob-keeps@example.com"),
+        "the scan sees live data"
+    );
+    assert!(
+        !files_contain(dir.path(), ANNA),
+        "contact id left in the data files"
+    );
+    assert!(
+        !files_contain(dir.path(), MARKER),
+        "evidence left in the data files"
+    );
+
+    // The tombstone survives: stale still refused, a fresh grant accepted.
+    let server = TestServer::start_in(dir.path(), None).await;
+    let mut cons = server.consents().await;
+    let stale = cons
+        .grant(change(ANNA, "marketing", Some(t + 10)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!stale.applied);
+    let fresh = cons
+        .grant(change(ANNA, "marketing.zenith", None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(fresh.applied);
+    let mut elig = server.eligibility().await;
+    assert_eq!(
+        can_send(&mut elig, ANNA, "sms", "zenith").await.1,
+        Reason::Granted
+    );
+    assert_eq!(
+        can_send(&mut elig, "bob-keeps@example.com", "email", "acme")
+            .await
+            .1,
+        Reason::Granted
+    );
+    assert_eq!(history(&server, ANNA).await.len(), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn erasing_an_unknown_contact_still_guards_against_stale_imports() {
+    let server = TestServer::start().await;
+    let mut cons = server.consents().await;
+    cons.erase_contact(pb::EraseContactRequest {
+        contact_id: "never-seen".into(),
+        reason: String::new(),
+    })
+    .await
+    .unwrap();
+    let stale = cons
+        .grant(change("never-seen", "marketing", Some(now() - 100)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!stale.applied);
+    let err = cons
+        .erase_contact(pb::EraseContactRequest {
+            contact_id: String::new(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    server.stop().await;
+}

@@ -41,6 +41,19 @@ pub struct Config {
     /// first; the last one signs, all verify, as does the data-dir key.
     #[arg(long = "link-key", env = "CONSENTD_LINK_KEYS", value_delimiter = ',')]
     pub link_keys: Vec<String>,
+
+    /// Bearer tokens, `ROLES:SECRET` with roles check, write, admin joined
+    /// by `+` (e.g. `check:s3cret-for-dispatch`). None: auth is off.
+    #[arg(long = "token", env = "CONSENTD_TOKENS", value_delimiter = ',')]
+    pub tokens: Vec<String>,
+
+    /// A TOML file of `[[tokens]]` with `name`, `token`, `roles`.
+    #[arg(long, env = "CONSENTD_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+
+    /// Allow binding a non-loopback address with auth off.
+    #[arg(long, env = "CONSENTD_ALLOW_UNAUTHENTICATED")]
+    pub allow_unauthenticated: bool,
 }
 
 impl Config {
@@ -54,6 +67,9 @@ impl Config {
             default_purpose: None,
             public_url: None,
             link_keys: Vec::new(),
+            tokens: Vec::new(),
+            tokens_file: None,
+            allow_unauthenticated: false,
         }
     }
 }

@@ -12,9 +12,11 @@
 //! - [`authority`]: the operations gRPC and HTTP share.
 //! - [`grpc`]: thin tonic handlers; [`http`]: health, metrics.
 //! - [`server`]: wiring, health, reflection, graceful shutdown.
+//! - [`auth`]: bearer-token roles.
 //! - [`config`]: flags and `CONSENTD_*` variables.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod authority;
 pub mod config;
 pub mod domain;

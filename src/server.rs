@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
+use crate::auth::Auth;
 use crate::authority::Authority;
 use crate::config::Config;
 use crate::domain::CatalogSpec;
@@ -30,6 +31,7 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
 /// A server whose listeners are bound and whose index is loaded.
 pub struct Bound {
+    auth: Auth,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     authority: Authority,
@@ -49,6 +51,22 @@ impl Bound {
     /// Binds both listeners, opens the store, rebuilds the index, applies
     /// `--catalog`. Nothing is served until [`Bound::serve`].
     pub async fn bind(config: &Config) -> anyhow::Result<Bound> {
+        let auth = Auth::from_config(&config.tokens, config.tokens_file.as_deref())?;
+        if !auth.enabled() {
+            let public = [config.grpc_addr, config.http_addr]
+                .into_iter()
+                .find(|a| !a.ip().is_loopback());
+            match public {
+                Some(addr) if !config.allow_unauthenticated => anyhow::bail!(
+                    "no bearer token is configured (--token / --tokens-file), so auth is off and \
+                     consentd binds loopback only; {addr} is not loopback (pass \
+                     --allow-unauthenticated to bind it anyway)"
+                ),
+                _ => tracing::warn!(
+                    "auth is off: no bearer token configured; every caller has every role"
+                ),
+            }
+        }
         let grpc = TcpListener::bind(config.grpc_addr)
             .await
             .with_context(|| format!("binding gRPC on {}", config.grpc_addr))?;
@@ -89,6 +107,7 @@ impl Bound {
             tracing::warn!(default_purpose = %p, "--default-purpose is not a root consent of the catalog in force; it is ignored until it is");
         }
         Ok(Bound {
+            auth,
             grpc_addr: grpc.local_addr()?,
             http_addr,
             authority,
@@ -101,6 +120,7 @@ impl Bound {
     /// Serves until `shutdown` resolves, then drains and closes the store.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let Bound {
+            auth,
             grpc_addr,
             http_addr,
             authority,
@@ -138,16 +158,23 @@ impl Bound {
             .add_service(
                 pb::eligibility_server::EligibilityServer::new(EligibilityService::new(
                     authority.clone(),
+                    auth.clone(),
                 ))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
             )
             .add_service(
-                pb::consents_server::ConsentsServer::new(ConsentsService::new(authority.clone()))
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
+                pb::consents_server::ConsentsServer::new(ConsentsService::new(
+                    authority.clone(),
+                    auth.clone(),
+                ))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
             )
             .add_service(
-                pb::catalog_server::CatalogServer::new(CatalogService::new(authority.clone()))
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
+                pb::catalog_server::CatalogServer::new(CatalogService::new(
+                    authority.clone(),
+                    auth,
+                ))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
             )
             .serve_with_incoming_shutdown(
                 TcpIncoming::from(grpc).with_nodelay(Some(true)),

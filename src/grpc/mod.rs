@@ -7,6 +7,7 @@ mod convert;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::auth::{Auth, Role};
 use crate::authority::{Answer, Authority, LinkRefusal};
 use crate::domain::{Action, ContactId, FieldError, Verdict};
 use crate::pb;
@@ -76,11 +77,12 @@ fn answer_to(a: Answer, unsubscribe_url: String) -> pb::CanSendResponse {
 
 pub struct EligibilityService {
     authority: Authority,
+    auth: Auth,
 }
 
 impl EligibilityService {
-    pub fn new(authority: Authority) -> Self {
-        Self { authority }
+    pub fn new(authority: Authority, auth: Auth) -> Self {
+        Self { authority, auth }
     }
 
     /// The List-Unsubscribe URL, for an allowed answer that asked for it.
@@ -100,6 +102,7 @@ impl pb::eligibility_server::Eligibility for EligibilityService {
         &self,
         request: Request<pb::CanSendRequest>,
     ) -> Result<Response<pb::CanSendResponse>, Status> {
+        self.auth.require(&request, Role::Check)?;
         let r = request.get_ref();
         let answer = self
             .authority
@@ -113,6 +116,7 @@ impl pb::eligibility_server::Eligibility for EligibilityService {
         &self,
         request: Request<pb::CanSendBatchRequest>,
     ) -> Result<Response<pb::CanSendBatchResponse>, Status> {
+        self.auth.require(&request, Role::Check)?;
         let checks = &request.get_ref().checks;
         if checks.len() > MAX_BATCH_CHECKS {
             return Err(invalid(FieldError::new(
@@ -164,11 +168,12 @@ fn reject(summary: &mut pb::ImportSummary, row: u64, reason: String) {
 
 pub struct ConsentsService {
     authority: Authority,
+    auth: Auth,
 }
 
 impl ConsentsService {
-    pub fn new(authority: Authority) -> Self {
-        Self { authority }
+    pub fn new(authority: Authority, auth: Auth) -> Self {
+        Self { authority, auth }
     }
 
     async fn change(
@@ -192,6 +197,7 @@ impl pb::consents_server::Consents for ConsentsService {
         &self,
         request: Request<pb::ConsentChange>,
     ) -> Result<Response<pb::ChangeResult>, Status> {
+        self.auth.require(&request, Role::Write)?;
         self.change(Action::Grant, request.into_inner()).await
     }
 
@@ -199,6 +205,7 @@ impl pb::consents_server::Consents for ConsentsService {
         &self,
         request: Request<pb::ConsentChange>,
     ) -> Result<Response<pb::ChangeResult>, Status> {
+        self.auth.require(&request, Role::Write)?;
         self.change(Action::Withdraw, request.into_inner()).await
     }
 
@@ -206,6 +213,7 @@ impl pb::consents_server::Consents for ConsentsService {
         &self,
         request: Request<pb::GetContactRequest>,
     ) -> Result<Response<pb::ContactConsents>, Status> {
+        self.auth.require(&request, Role::Write)?;
         let contact =
             ContactId::parse("contact_id", &request.get_ref().contact_id).map_err(invalid)?;
         let states = self.authority.contact_states(&contact).map_err(storage)?;
@@ -219,6 +227,7 @@ impl pb::consents_server::Consents for ConsentsService {
         &self,
         request: Request<pb::IssueUnsubscribeLinkRequest>,
     ) -> Result<Response<pb::UnsubscribeLink>, Status> {
+        self.auth.require(&request, Role::Write)?;
         let r = request.get_ref();
         let (url, consent) = self
             .authority
@@ -237,6 +246,7 @@ impl pb::consents_server::Consents for ConsentsService {
         &self,
         request: Request<tonic::Streaming<pb::ImportRow>>,
     ) -> Result<Response<pb::ImportSummary>, Status> {
+        self.auth.require(&request, Role::Write)?;
         let mut rows = request.into_inner();
         let mut summary = pb::ImportSummary::default();
         // Rows queued at the writer and not yet answered: bounded, so a
@@ -296,6 +306,7 @@ impl pb::consents_server::Consents for ConsentsService {
         &self,
         request: Request<pb::EraseContactRequest>,
     ) -> Result<Response<pb::EraseContactResponse>, Status> {
+        self.auth.require(&request, Role::Admin)?;
         let r = request.into_inner();
         let contact = ContactId::parse("contact_id", &r.contact_id).map_err(invalid)?;
         if r.reason.len() > MAX_REASON_LEN || r.reason.chars().any(char::is_control) {
@@ -318,6 +329,7 @@ impl pb::consents_server::Consents for ConsentsService {
         &self,
         request: Request<pb::GetHistoryRequest>,
     ) -> Result<Response<pb::History>, Status> {
+        self.auth.require(&request, Role::Write)?;
         let contact =
             ContactId::parse("contact_id", &request.get_ref().contact_id).map_err(invalid)?;
         let events = self.authority.history(&contact).map_err(storage)?;
@@ -331,11 +343,12 @@ impl pb::consents_server::Consents for ConsentsService {
 
 pub struct CatalogService {
     authority: Authority,
+    auth: Auth,
 }
 
 impl CatalogService {
-    pub fn new(authority: Authority) -> Self {
-        Self { authority }
+    pub fn new(authority: Authority, auth: Auth) -> Self {
+        Self { authority, auth }
     }
 }
 
@@ -345,6 +358,7 @@ impl pb::catalog_server::Catalog for CatalogService {
         &self,
         request: Request<pb::CatalogSpec>,
     ) -> Result<Response<pb::CatalogSpec>, Status> {
+        self.auth.require(&request, Role::Admin)?;
         let spec = catalog_from(request.into_inner());
         let catalog = self
             .authority
@@ -356,8 +370,9 @@ impl pb::catalog_server::Catalog for CatalogService {
 
     async fn get_catalog(
         &self,
-        _: Request<pb::GetCatalogRequest>,
+        request: Request<pb::GetCatalogRequest>,
     ) -> Result<Response<pb::CatalogSpec>, Status> {
+        self.auth.require(&request, Role::Admin)?;
         Ok(Response::new(catalog_to(self.authority.catalog().spec())))
     }
 }

@@ -1,0 +1,221 @@
+//! Bearer-token roles (DESIGN.md §5): `check` (Eligibility), `write`
+//! (Consents), `admin` (Catalog, erasure).
+//!
+//! Tokens come from configuration; only their SHA-256 is kept, and a
+//! presented token is looked up by its hash, so no secret is compared byte
+//! by byte. With no token configured, auth is off and the server binds only
+//! loopback addresses unless told otherwise.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tonic::{Request, Status};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Check,
+    Write,
+    Admin,
+}
+
+impl Role {
+    fn parse(s: &str) -> Option<Role> {
+        match s.trim() {
+            "check" => Some(Role::Check),
+            "write" => Some(Role::Write),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+
+    fn bit(self) -> u8 {
+        match self {
+            Role::Check => 1,
+            Role::Write => 2,
+            Role::Admin => 4,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("token {0:?}: {1}")]
+    Bad(String, String),
+    #[error("tokens file: {0}")]
+    File(String),
+}
+
+/// The configured tokens; empty means auth is off.
+#[derive(Debug, Clone, Default)]
+pub struct Auth {
+    /// SHA-256 of the token → (name, role bits).
+    tokens: HashMap<[u8; 32], (String, u8)>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokensFile {
+    tokens: Vec<TokenEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenEntry {
+    name: String,
+    token: String,
+    roles: Vec<Role>,
+}
+
+impl Auth {
+    /// Tokens from `--token ROLES:SECRET` flags (roles joined by `+`) and an
+    /// optional TOML file of `[[tokens]] name, token, roles`.
+    pub fn from_config(
+        flags: &[String],
+        file: Option<&std::path::Path>,
+    ) -> Result<Auth, AuthError> {
+        let mut auth = Auth::default();
+        for (i, spec) in flags.iter().enumerate() {
+            let name = format!("token#{}", i + 1);
+            let (roles, secret) = spec.split_once(':').ok_or_else(|| {
+                AuthError::Bad(
+                    name.clone(),
+                    "expected ROLES:SECRET, e.g. check+write:s3cret".into(),
+                )
+            })?;
+            let roles = roles
+                .split('+')
+                .map(|r| {
+                    Role::parse(r)
+                        .ok_or_else(|| AuthError::Bad(name.clone(), format!("unknown role {r:?}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            auth.add(&name, secret, &roles)?;
+        }
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| AuthError::File(format!("{}: {e}", path.display())))?;
+            let parsed: TokensFile = toml::from_str(&text)
+                .map_err(|e| AuthError::File(format!("{}: {e}", path.display())))?;
+            for t in parsed.tokens {
+                auth.add(&t.name, &t.token, &t.roles)?;
+            }
+        }
+        Ok(auth)
+    }
+
+    fn add(&mut self, name: &str, secret: &str, roles: &[Role]) -> Result<(), AuthError> {
+        if secret.len() < 16 {
+            return Err(AuthError::Bad(
+                name.into(),
+                "a token must be at least 16 characters".into(),
+            ));
+        }
+        if roles.is_empty() {
+            return Err(AuthError::Bad(
+                name.into(),
+                "a token needs at least one role".into(),
+            ));
+        }
+        let bits = roles.iter().fold(0u8, |b, r| b | r.bit());
+        self.tokens.insert(hash(secret), (name.to_owned(), bits));
+        Ok(())
+    }
+
+    /// Whether any token is configured.
+    pub fn enabled(&self) -> bool {
+        !self.tokens.is_empty()
+    }
+
+    /// UNAUTHENTICATED without a known bearer token, PERMISSION_DENIED
+    /// without the role; always Ok when auth is off.
+    pub fn require<T>(&self, request: &Request<T>, role: Role) -> Result<(), Status> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        let presented = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .ok_or_else(|| {
+                Status::unauthenticated("a bearer token is required (authorization: Bearer ...)")
+            })?;
+        let (name, bits) = self
+            .tokens
+            .get(&hash(presented.trim()))
+            .ok_or_else(|| Status::unauthenticated("unknown bearer token"))?;
+        if bits & role.bit() == 0 {
+            return Err(Status::permission_denied(format!(
+                "token {name:?} lacks the {role:?} role",
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn hash(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    fn req(token: Option<&str>) -> Request<()> {
+        let mut r = Request::new(());
+        if let Some(t) = token {
+            r.metadata_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        r
+    }
+
+    #[test]
+    fn roles_are_enforced() {
+        let auth = Auth::from_config(
+            &[
+                "check:dispatch-secret-0001".into(),
+                "write+admin:crm-secret-000001".into(),
+            ],
+            None,
+        )
+        .unwrap();
+        assert!(
+            auth.require(&req(Some("dispatch-secret-0001")), Role::Check)
+                .is_ok()
+        );
+        assert_eq!(
+            auth.require(&req(Some("dispatch-secret-0001")), Role::Write)
+                .unwrap_err()
+                .code(),
+            Code::PermissionDenied
+        );
+        assert!(
+            auth.require(&req(Some("crm-secret-000001")), Role::Admin)
+                .is_ok()
+        );
+        assert_eq!(
+            auth.require(&req(None), Role::Check).unwrap_err().code(),
+            Code::Unauthenticated
+        );
+        assert_eq!(
+            auth.require(&req(Some("nope-nope-nope-nope")), Role::Check)
+                .unwrap_err()
+                .code(),
+            Code::Unauthenticated
+        );
+        assert!(
+            Auth::default().require(&req(None), Role::Admin).is_ok(),
+            "auth off"
+        );
+        for bad in ["nocolon", "root:long-enough-secret-1", "check:short"] {
+            assert!(Auth::from_config(&[bad.into()], None).is_err(), "{bad}");
+        }
+    }
+}

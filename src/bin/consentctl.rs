@@ -457,6 +457,9 @@ async fn change(
     Ok(())
 }
 
+/// (CSV row, reason) of rows rejected.
+type RowErrors = Vec<(u64, String)>;
+
 async fn import(c: &mut Clients, file: &std::path::Path, json_mode: bool) -> anyhow::Result<()> {
     use tokio_stream::wrappers::ReceiverStream;
 
@@ -500,58 +503,57 @@ async fn import(c: &mut Clients, file: &std::path::Path, json_mode: bool) -> any
     let (tx, rx) = tokio::sync::mpsc::channel::<pb::ImportRow>(4096);
     let bar2 = bar.clone();
     // CSV rows the client could not even send, and the CSV row of each sent row.
-    let producer =
-        tokio::task::spawn_blocking(move || -> anyhow::Result<(Vec<(u64, String)>, Vec<u64>)> {
-            let mut local = Vec::new();
-            let mut sent = Vec::new();
-            for (i, record) in reader.records().enumerate() {
-                let row = i as u64 + 1;
-                bar2.inc(1);
-                let record = match record {
-                    Ok(r) => r,
-                    Err(e) => {
-                        local.push((row, format!("unreadable CSV row: {e}")));
-                        continue;
-                    }
-                };
-                let field = |i: usize| record.get(i).unwrap_or("").to_owned();
-                let occurred_at = match parse_time(&field(occurred)) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        local.push((row, format!("occurred_at: {e:#}")));
-                        continue;
-                    }
-                };
-                let src = match source.map(|s| parse_source(&field(s))).transpose() {
-                    Ok(s) => s.unwrap_or(pb::Source::Import),
-                    Err(e) => {
-                        local.push((row, format!("source: {e:#}")));
-                        continue;
-                    }
-                };
-                let ev: HashMap<String, String> = evidence
-                    .iter()
-                    .map(|(i, k)| (k.clone(), field(*i)))
-                    .filter(|(_, v)| !v.is_empty())
-                    .collect();
-                let msg = pb::ImportRow {
-                    action: parse_action(&field(action)) as i32,
-                    change: Some(pb::ConsentChange {
-                        contact_id: field(contact),
-                        consent_id: field(consent),
-                        occurred_at: Some(occurred_at),
-                        source: src as i32,
-                        evidence: ev,
-                        idempotency_key: String::new(),
-                    }),
-                };
-                sent.push(row);
-                if tx.blocking_send(msg).is_err() {
-                    break;
+    let producer = tokio::task::spawn_blocking(move || -> anyhow::Result<(RowErrors, Vec<u64>)> {
+        let mut local = Vec::new();
+        let mut sent = Vec::new();
+        for (i, record) in reader.records().enumerate() {
+            let row = i as u64 + 1;
+            bar2.inc(1);
+            let record = match record {
+                Ok(r) => r,
+                Err(e) => {
+                    local.push((row, format!("unreadable CSV row: {e}")));
+                    continue;
                 }
+            };
+            let field = |i: usize| record.get(i).unwrap_or("").to_owned();
+            let occurred_at = match parse_time(&field(occurred)) {
+                Ok(t) => t,
+                Err(e) => {
+                    local.push((row, format!("occurred_at: {e:#}")));
+                    continue;
+                }
+            };
+            let src = match source.map(|s| parse_source(&field(s))).transpose() {
+                Ok(s) => s.unwrap_or(pb::Source::Import),
+                Err(e) => {
+                    local.push((row, format!("source: {e:#}")));
+                    continue;
+                }
+            };
+            let ev: HashMap<String, String> = evidence
+                .iter()
+                .map(|(i, k)| (k.clone(), field(*i)))
+                .filter(|(_, v)| !v.is_empty())
+                .collect();
+            let msg = pb::ImportRow {
+                action: parse_action(&field(action)) as i32,
+                change: Some(pb::ConsentChange {
+                    contact_id: field(contact),
+                    consent_id: field(consent),
+                    occurred_at: Some(occurred_at),
+                    source: src as i32,
+                    evidence: ev,
+                    idempotency_key: String::new(),
+                }),
+            };
+            sent.push(row);
+            if tx.blocking_send(msg).is_err() {
+                break;
             }
-            Ok((local, sent))
-        });
+        }
+        Ok((local, sent))
+    });
     let summary = c.consents.import(ReceiverStream::new(rx)).await;
     let (local, sent) = producer.await??;
     bar.finish_and_clear();

@@ -51,6 +51,14 @@ pub struct Config {
     #[arg(long, env = "CONSENTD_TOKENS_FILE")]
     pub tokens_file: Option<PathBuf>,
 
+    /// PEM certificate chain: serve gRPC over TLS (with --tls-key).
+    #[arg(long, env = "CONSENTD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "CONSENTD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// Allow binding a non-loopback address with auth off.
     #[arg(long, env = "CONSENTD_ALLOW_UNAUTHENTICATED")]
     pub allow_unauthenticated: bool,
@@ -70,6 +78,8 @@ impl Config {
             tokens: Vec::new(),
             tokens_file: None,
             allow_unauthenticated: false,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }

@@ -32,6 +32,7 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 /// A server whose listeners are bound and whose index is loaded.
 pub struct Bound {
     auth: Auth,
+    tls: Option<tonic::transport::Identity>,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     authority: Authority,
@@ -52,6 +53,19 @@ impl Bound {
     /// `--catalog`. Nothing is served until [`Bound::serve`].
     pub async fn bind(config: &Config) -> anyhow::Result<Bound> {
         let auth = Auth::from_config(&config.tokens, config.tokens_file.as_deref())?;
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => {
+                let read = |p: &std::path::Path| {
+                    std::fs::read(p).with_context(|| format!("reading {}", p.display()))
+                };
+                Some(tonic::transport::Identity::from_pem(
+                    read(cert)?,
+                    read(key)?,
+                ))
+            }
+            (None, None) => None,
+            _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+        };
         if !auth.enabled() {
             let public = [config.grpc_addr, config.http_addr]
                 .into_iter()
@@ -108,6 +122,7 @@ impl Bound {
         }
         Ok(Bound {
             auth,
+            tls,
             grpc_addr: grpc.local_addr()?,
             http_addr,
             authority,
@@ -121,6 +136,7 @@ impl Bound {
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let Bound {
             auth,
+            tls,
             grpc_addr,
             http_addr,
             authority,
@@ -148,7 +164,13 @@ impl Bound {
             let _ = rx.wait_for(|stop| *stop).await;
         };
 
-        let grpc_server = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(identity) = tls {
+            builder = builder
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .context("configuring TLS")?;
+        }
+        let grpc_server = builder
             .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))

@@ -32,6 +32,9 @@ struct Cli {
     /// Bearer token (roles: check, write, admin).
     #[arg(long, env = "CONSENTD_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
+    /// PEM CA certificate to trust for an https:// address.
+    #[arg(long, env = "CONSENTD_CA", global = true)]
+    ca: Option<PathBuf>,
     /// Machine-readable output.
     #[arg(long, global = true)]
     json: bool,
@@ -183,8 +186,16 @@ async fn connect(cli: &Cli) -> anyhow::Result<Clients> {
     } else {
         format!("http://{}", cli.addr)
     };
-    let channel = Endpoint::from_shared(addr.clone())?
-        .connect_timeout(Duration::from_secs(5))
+    let mut endpoint = Endpoint::from_shared(addr.clone())?.connect_timeout(Duration::from_secs(5));
+    if addr.starts_with("https://") {
+        let mut tls = tonic::transport::ClientTlsConfig::new();
+        if let Some(ca) = &cli.ca {
+            let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+            tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+        }
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    let channel = endpoint
         .connect()
         .await
         .with_context(|| format!("connecting to {addr}"))?;

@@ -168,15 +168,6 @@ impl Writer {
             .map_err(|_| WriteError::Closed)?;
         rx.await.map_err(|_| WriteError::Closed)?
     }
-
-    /// Blocking form of [`Writer::apply_catalog`] for start-up, before the runtime serves.
-    pub fn apply_catalog_blocking(&self, spec: CatalogSpec) -> Result<Arc<Catalog>, WriteError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .blocking_send(Command::Catalog(spec, tx))
-            .map_err(|_| WriteError::Closed)?;
-        rx.blocking_recv().map_err(|_| WriteError::Closed)?
-    }
 }
 
 struct Inner {

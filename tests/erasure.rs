@@ -16,17 +16,6 @@ fn files_contain(dir: &std::path::Path, needle: &str) -> bool {
     })
 }
 
-async fn history(server: &TestServer, contact: &str) -> Vec<pb::ConsentEvent> {
-    let mut cons = server.consents().await;
-    cons.get_history(pb::GetHistoryRequest {
-        contact_id: contact.into(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .events
-}
-
 #[tokio::test]
 async fn erasure_forgets_refuses_stale_grants_and_leaves_no_plaintext() {
     let dir = tempfile::tempdir().unwrap();

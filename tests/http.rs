@@ -24,18 +24,6 @@ async fn issue(
     .into_inner()
 }
 
-async fn history_len(server: &TestServer, contact: &str) -> usize {
-    let mut cons = server.consents().await;
-    cons.get_history(pb::GetHistoryRequest {
-        contact_id: contact.into(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .events
-    .len()
-}
-
 #[tokio::test]
 async fn get_changes_nothing_one_click_post_withdraws_exactly_the_most_specific() {
     let server = TestServer::start().await;
@@ -67,7 +55,7 @@ async fn get_changes_nothing_one_click_post_withdraws_exactly_the_most_specific(
     )
     .await;
     assert!(pl.contains("lang=\"pl\"") && pl.contains("Wypisz"), "{pl}");
-    assert_eq!(history_len(&server, "anna").await, 1);
+    assert_eq!(history(&server, "anna").await.len(), 1);
     assert!(can_send(&mut elig, "anna", "email", "acme").await.0);
 
     // RFC 8058 exactly as Gmail sends it.
@@ -199,7 +187,7 @@ async fn forged_and_altered_tokens_all_get_one_identical_404() {
         1,
         "every refusal looks the same: {responses:?}"
     );
-    assert_eq!(history_len(&server, "bob").await, 1, "nothing changed");
+    assert_eq!(history(&server, "bob").await.len(), 1, "nothing changed");
     server.stop().await;
 }
 

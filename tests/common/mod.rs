@@ -176,3 +176,15 @@ pub fn link_path(server: &TestServer, url: &str) -> String {
     assert!(url.starts_with(&prefix), "{url} is not under {prefix}");
     url[prefix.len()..].to_owned()
 }
+
+/// Every event of a contact, oldest first.
+pub async fn history(server: &TestServer, contact: &str) -> Vec<pb::ConsentEvent> {
+    let mut cons = server.consents().await;
+    cons.get_history(pb::GetHistoryRequest {
+        contact_id: contact.into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .events
+}

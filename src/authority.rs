@@ -334,13 +334,17 @@ impl Authority {
             idempotency_key: None,
             issued_at: Some(claim.issued_at),
         };
-        self.inner.writer.change(change).await.map(Some)
+        let outcome = self.inner.writer.change(change).await?;
+        self.inner.metrics.unsubscribed();
+        Ok(Some(outcome))
     }
 
     /// EraseContact (DESIGN.md rule 5): forgets the contact, keeps a keyed
     /// hash with the time and reason; returns the erasure time once durable.
     pub async fn erase(&self, contact: ContactId, reason: String) -> Result<UnixNanos, WriteError> {
-        self.inner.writer.erase(contact, reason).await
+        let erased_at = self.inner.writer.erase(contact, reason).await?;
+        self.inner.metrics.erased();
+        Ok(erased_at)
     }
 
     /// Queues a change for the writer (imports pipeline many this way).

@@ -47,6 +47,9 @@ pub struct Metrics {
     committed_changes: AtomicU64,
     commit_micros: AtomicU64,
     commit_failures: AtomicU64,
+    unsubscribes: AtomicU64,
+    imported_rows: AtomicU64,
+    erasures: AtomicU64,
 }
 
 impl Metrics {
@@ -74,6 +77,19 @@ impl Metrics {
 
     pub fn commit_failed(&self) {
         self.commit_failures.fetch_add(1, Relaxed);
+    }
+
+    /// A confirmed unsubscribe click (page or RFC 8058 one-click POST).
+    pub fn unsubscribed(&self) {
+        self.unsubscribes.fetch_add(1, Relaxed);
+    }
+
+    pub fn imported(&self, rows: u64) {
+        self.imported_rows.fetch_add(rows, Relaxed);
+    }
+
+    pub fn erased(&self) {
+        self.erasures.fetch_add(1, Relaxed);
     }
 
     /// Renders every series; `contacts` is read from the index at scrape time.
@@ -113,6 +129,24 @@ impl Metrics {
                 "Write transactions that failed; none of their changes was acknowledged.",
                 "counter",
                 get(&self.commit_failures),
+            ),
+            (
+                "consentd_unsubscribes_total",
+                "Unsubscribe link POSTs confirmed.",
+                "counter",
+                get(&self.unsubscribes),
+            ),
+            (
+                "consentd_imported_rows_total",
+                "Rows received by Import, valid or not.",
+                "counter",
+                get(&self.imported_rows),
+            ),
+            (
+                "consentd_erasures_total",
+                "Contacts erased.",
+                "counter",
+                get(&self.erasures),
             ),
             (
                 "consentd_contacts",

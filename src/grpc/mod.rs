@@ -292,6 +292,7 @@ impl pb::consents_server::Consents for ConsentsService {
                 rx.await.unwrap_or(Err(WriteError::Closed)),
             )?;
         }
+        self.authority.metrics().imported(summary.received);
         tracing::info!(
             received = summary.received,
             applied = summary.applied,

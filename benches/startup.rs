@@ -72,7 +72,12 @@ fn main() -> anyhow::Result<()> {
 
     let store = RedbStore::open(dir.path())?;
     let links = consentd::links::Links::open(dir.path(), &[], "http://127.0.0.1:8080")?;
-    let (authority, writer, report) = Authority::open(Arc::new(store), None, links)?;
+    let (authority, writer, report) = Authority::open(
+        Arc::new(store),
+        None,
+        links,
+        std::time::Duration::from_secs(7 * 24 * 3600),
+    )?;
     println!(
         "start-up: {} states of {} contacts rebuilt in {:.2} s = {:.0} states/s",
         report.states,

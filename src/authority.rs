@@ -106,6 +106,7 @@ impl Authority {
         store: Arc<dyn Store>,
         default_purpose: Option<String>,
         links: Links,
+        idempotency_retention: std::time::Duration,
     ) -> Result<(Authority, JoinHandle<()>, LoadReport), StoreError> {
         let started = Instant::now();
         let loaded = store.load_meta()?;
@@ -159,6 +160,7 @@ impl Authority {
             catalog.clone(),
             WriterState {
                 next_sequence: loaded.next_sequence,
+                idempotency_retention,
                 erasure_key: loaded.erasure_key,
                 erasures: loaded.erasures,
             },

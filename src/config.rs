@@ -59,6 +59,11 @@ pub struct Config {
     #[arg(long, env = "CONSENTD_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
+    /// How long idempotency keys are remembered, in hours (at least 24).
+    #[arg(long, env = "CONSENTD_IDEMPOTENCY_RETENTION_HOURS", default_value_t = 168,
+          value_parser = clap::value_parser!(u64).range(24..))]
+    pub idempotency_retention_hours: u64,
+
     /// Allow binding a non-loopback address with auth off.
     #[arg(long, env = "CONSENTD_ALLOW_UNAUTHENTICATED")]
     pub allow_unauthenticated: bool,
@@ -78,6 +83,7 @@ impl Config {
             tokens: Vec::new(),
             tokens_file: None,
             allow_unauthenticated: false,
+            idempotency_retention_hours: 168,
             tls_cert: None,
             tls_key: None,
         }

@@ -95,8 +95,12 @@ impl Bound {
         let store = RedbStore::open(&config.data_dir)
             .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
         let links = Links::open(&config.data_dir, &config.link_keys, &public_url)?;
-        let (authority, writer, report) =
-            Authority::open(Arc::new(store), config.default_purpose.clone(), links)?;
+        let (authority, writer, report) = Authority::open(
+            Arc::new(store),
+            config.default_purpose.clone(),
+            links,
+            Duration::from_secs(config.idempotency_retention_hours * 3600),
+        )?;
         tracing::info!(
             states = report.states,
             contacts = report.contacts,

@@ -12,7 +12,8 @@
 //!   events (protobuf). One random B-tree leaf per change;
 //! - `events`: sequence → the full event (protobuf). Append-only, so a
 //!   group commit dirties only the rightmost leaves;
-//! - `idempotency`: key → (sequence, recorded_at, fingerprint);
+//! - `idempotency`: key → (sequence, recorded_at, fingerprint), and
+//!   `idempotency_by_time` (recorded_at, key) to prune keys past retention;
 //! - `erasures`: keyed hash of an erased contact → (erased_at, reason).
 //!
 //! Erasure (DESIGN.md rule 5) deletes a contact's record, events and keys,
@@ -40,6 +41,9 @@ const CONTACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("contacts");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const IDEMPOTENCY: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency");
 const ERASURES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("erasures");
+/// (recorded_at, key) of every idempotency key, oldest first: for pruning.
+const IDEMPOTENCY_BY_TIME: TableDefinition<(i64, &str), ()> =
+    TableDefinition::new("idempotency_by_time");
 /// Meta key set by an erasure until the file has been rewritten.
 const REWRITE_PENDING: &str = "rewrite_pending";
 
@@ -136,6 +140,9 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes everything held for the contact, keeps only the tombstone,
     /// durably. Returns whether anything was held.
     fn erase(&self, contact: &str, tombstone: &Tombstone) -> Result<bool, StoreError>;
+    /// Forgets up to `max` idempotency keys recorded before `before`,
+    /// durably; returns how many.
+    fn prune_idempotency(&self, before: UnixNanos, max: usize) -> Result<usize, StoreError>;
 }
 
 /// The embedded redb store: one file in the data dir.
@@ -182,6 +189,7 @@ impl RedbStore {
             txn.open_table(CONTACTS)?;
             txn.open_table(EVENTS)?;
             txn.open_table(IDEMPOTENCY)?;
+            txn.open_table(IDEMPOTENCY_BY_TIME)?;
             txn.open_table(ERASURES)?;
             if meta.get("erasure_key")?.is_none() {
                 let mut key = [0u8; 32];
@@ -313,6 +321,31 @@ impl Store for RedbStore {
         self.erase_in(contact, tombstone)
     }
 
+    fn prune_idempotency(&self, before: UnixNanos, max: usize) -> Result<usize, StoreError> {
+        let txn = self.db.begin_write()?;
+        let n;
+        {
+            let mut by_time = txn.open_table(IDEMPOTENCY_BY_TIME)?;
+            let mut idem = txn.open_table(IDEMPOTENCY)?;
+            let old: Vec<(i64, String)> = by_time
+                .range((i64::MIN, "")..(before, ""))?
+                .take(max)
+                .map(|row| row.map(|(k, _)| (k.value().0, k.value().1.to_owned())))
+                .collect::<Result<_, _>>()?;
+            n = old.len();
+            for (at, key) in &old {
+                by_time.remove((*at, key.as_str()))?;
+                idem.remove(key.as_str())?;
+            }
+        }
+        if n > 0 {
+            txn.commit()?;
+        } else {
+            txn.abort()?;
+        }
+        Ok(n)
+    }
+
     fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError> {
         // Durability::Immediate is redb's default: commit() returns after fsync.
         let txn = self.db.begin_write()?;
@@ -365,8 +398,10 @@ impl Store for RedbStore {
                 contacts.insert(c, r.encode_to_vec().as_slice())?;
             }
             let mut idem = txn.open_table(IDEMPOTENCY)?;
+            let mut by_time = txn.open_table(IDEMPOTENCY_BY_TIME)?;
             for (key, r) in &batch.idempotency {
                 idem.insert(key.as_str(), encode_idempotency(r).as_slice())?;
+                by_time.insert((r.recorded_at, key.as_str()), ())?;
             }
         }
         txn.commit()?;
@@ -395,7 +430,15 @@ impl RedbStore {
                         None => None,
                     };
                     if let Some(key) = key {
-                        idem.remove(key.as_str())?;
+                        let recorded_at = idem
+                            .remove(key.as_str())?
+                            .map(|v| decode_idempotency(v.value()))
+                            .transpose()?
+                            .map(|r| r.recorded_at);
+                        if let Some(at) = recorded_at {
+                            txn.open_table(IDEMPOTENCY_BY_TIME)?
+                                .remove((at, key.as_str()))?;
+                        }
                     }
                 }
                 contacts.remove(contact)?;
@@ -428,6 +471,7 @@ fn rewrite(path: &Path) -> Result<(), StoreError> {
         copy_table(&src, &dst, CONTACTS)?;
         copy_table(&src, &dst, EVENTS)?;
         copy_table(&src, &dst, IDEMPOTENCY)?;
+        copy_table(&src, &dst, IDEMPOTENCY_BY_TIME)?;
         copy_table(&src, &dst, ERASURES)?;
         dst.open_table(META)?.remove(REWRITE_PENDING)?;
         dst.commit()?;
@@ -714,5 +758,22 @@ mod tests {
         assert_eq!(store.state("anna@example.com", "surveys").unwrap(), None);
         assert_eq!(store.idempotency("k1").unwrap(), Some(idem));
         assert_eq!(store.idempotency("k2").unwrap(), None);
+
+        // Retention: keys recorded before the cutoff go, later ones stay.
+        let later = IdempotencyRecord {
+            recorded_at: 1_000,
+            ..idem
+        };
+        store
+            .commit(&WriteBatch {
+                idempotency: vec![("k3".into(), later)],
+                next_sequence: 11,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(store.prune_idempotency(500, 100).unwrap(), 1);
+        assert_eq!(store.idempotency("k1").unwrap(), None);
+        assert_eq!(store.idempotency("k3").unwrap(), Some(later));
+        assert_eq!(store.prune_idempotency(500, 100).unwrap(), 0);
     }
 }

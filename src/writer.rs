@@ -32,6 +32,9 @@ type HmacSha256 = hmac::Hmac<Sha256>;
 
 /// Most commands folded into one transaction.
 const MAX_GROUP: usize = 4096;
+/// How often, and how many, expired idempotency keys are pruned.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+const PRUNE_BATCH: usize = 10_000;
 /// Queue depth before callers wait (back-pressure).
 const QUEUE: usize = 16 * 1024;
 
@@ -77,6 +80,8 @@ enum Command {
 /// What the writer takes over from the store at start.
 pub struct WriterState {
     pub next_sequence: u64,
+    /// How long idempotency keys are remembered (at least 24 hours).
+    pub idempotency_retention: std::time::Duration,
     pub erasure_key: [u8; 32],
     pub erasures: Vec<([u8; 32], UnixNanos)>,
 }
@@ -117,6 +122,8 @@ impl Writer {
             erasure_mac: HmacSha256::new_from_slice(&state.erasure_key)
                 .expect("HMAC takes any key length"),
             erased: state.erasures.into_iter().collect(),
+            retention: state.idempotency_retention.as_nanos().min(i64::MAX as u128) as i64,
+            last_prune: None,
         };
         let handle = std::thread::Builder::new()
             .name("consentd-writer".into())
@@ -182,6 +189,8 @@ struct Inner {
     /// Keyed hash naming erased contacts, and when each was erased.
     erasure_mac: HmacSha256,
     erased: HashMap<[u8; 32], UnixNanos>,
+    retention: i64,
+    last_prune: Option<Instant>,
 }
 
 /// A change decided but not yet committed.
@@ -221,6 +230,7 @@ impl Inner {
                 }
             }
             self.commit_changes(changes);
+            self.prune_if_due();
         }
         tracing::info!("writer stopped: queue drained");
     }
@@ -452,6 +462,23 @@ impl Inner {
             },
             index_update,
         ))
+    }
+
+    /// Forgets idempotency keys past retention, a bounded slice at a time
+    /// and at most once a minute, between group commits.
+    fn prune_if_due(&mut self) {
+        if self.last_prune.is_some_and(|t| t.elapsed() < PRUNE_EVERY) {
+            return;
+        }
+        self.last_prune = Some(Instant::now());
+        match self
+            .store
+            .prune_idempotency(now_nanos().saturating_sub(self.retention), PRUNE_BATCH)
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(keys = n, "idempotency keys past retention forgotten"),
+            Err(e) => tracing::warn!(error = %e, "pruning idempotency keys failed; will retry"),
+        }
     }
 
     fn contact_hash(&self, contact: &str) -> [u8; 32] {

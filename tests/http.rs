@@ -127,7 +127,10 @@ async fn get_changes_nothing_one_click_post_withdraws_exactly_the_most_specific(
         (false, Reason::Withdrawn, "marketing".into())
     );
     let (_, _, metrics) = http(server.http_addr, "GET", "/metrics", &[], "").await;
-    assert!(metrics.contains("consentd_unsubscribes_total 3"), "{metrics}");
+    assert!(
+        metrics.contains("consentd_unsubscribes_total 3"),
+        "{metrics}"
+    );
     server.stop().await;
 }
 

@@ -160,6 +160,7 @@ impl Authority {
             catalog.clone(),
             WriterState {
                 next_sequence: loaded.next_sequence,
+                last_recorded_at: loaded.last_recorded_at,
                 idempotency_retention,
                 erasure_key: loaded.erasure_key,
                 erasures: loaded.erasures,

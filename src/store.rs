@@ -100,6 +100,9 @@ pub struct Loaded {
     pub erasure_key: [u8; 32],
     /// Every erasure: (keyed hash of the contact, erased_at).
     pub erasures: Vec<([u8; 32], UnixNanos)>,
+    /// The latest `recorded_at` (event or erasure) on file, so that the
+    /// writer's clock never runs behind what it already recorded.
+    pub last_recorded_at: UnixNanos,
 }
 
 /// What stays of an erased contact.
@@ -229,6 +232,10 @@ impl Store for RedbStore {
             .value()
             .try_into()
             .map_err(|_| corrupt("meta", "erasure_key length"))?;
+        let mut last_recorded_at = match txn.open_table(EVENTS)?.last()? {
+            Some((k, v)) => decode_event(k.value(), v.value())?.recorded_at,
+            None => 0,
+        };
         let mut erasures = Vec::new();
         for row in txn.open_table(ERASURES)?.range::<&[u8; 32]>(..)? {
             let (k, v) = row?;
@@ -236,10 +243,9 @@ impl Store for RedbStore {
                 .value()
                 .get(..8)
                 .ok_or_else(|| corrupt("erasures", "record length"))?;
-            erasures.push((
-                *k.value(),
-                i64::from_le_bytes(at.try_into().expect("8 bytes")),
-            ));
+            let at = i64::from_le_bytes(at.try_into().expect("8 bytes"));
+            last_recorded_at = last_recorded_at.max(at);
+            erasures.push((*k.value(), at));
         }
         Ok(Loaded {
             catalog,
@@ -247,6 +253,7 @@ impl Store for RedbStore {
             contacts,
             erasure_key,
             erasures,
+            last_recorded_at,
         })
     }
 
@@ -742,6 +749,7 @@ mod tests {
             .load_states(&mut |c, k, d| seen.push((c.to_owned(), k.to_owned(), d)))
             .unwrap();
         assert_eq!(loaded.next_sequence, 10);
+        assert_eq!(loaded.last_recorded_at, 2);
         assert_eq!(loaded.catalog.unwrap().channels, vec!["email"]);
         assert_eq!(seen.len(), 1);
         assert_eq!(seen[0].2.action, Action::Grant);

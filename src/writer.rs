@@ -80,6 +80,8 @@ enum Command {
 /// What the writer takes over from the store at start.
 pub struct WriterState {
     pub next_sequence: u64,
+    /// The latest receipt time already on file.
+    pub last_recorded_at: UnixNanos,
     /// How long idempotency keys are remembered (at least 24 hours).
     pub idempotency_retention: std::time::Duration,
     pub erasure_key: [u8; 32],
@@ -116,7 +118,7 @@ impl Writer {
             index,
             catalog,
             next_sequence: state.next_sequence,
-            last_recorded: 0,
+            last_recorded: state.last_recorded_at,
             usage,
             metrics,
             erasure_mac: HmacSha256::new_from_slice(&state.erasure_key)

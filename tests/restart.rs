@@ -39,7 +39,8 @@ async fn states_history_keys_catalog_and_sequence_survive_a_restart() {
         .await
         .unwrap()
         .into_inner()
-        .sequence;
+        .state
+        .unwrap();
     server.stop().await;
 
     // Restart without --catalog: the stored catalog is in force.
@@ -77,7 +78,13 @@ async fn states_history_keys_catalog_and_sequence_survive_a_restart() {
         .await
         .unwrap()
         .into_inner()
-        .sequence;
-    assert!(next > last, "sequences keep increasing across restarts");
+        .state
+        .unwrap();
+    assert!(
+        next.sequence > last.sequence,
+        "sequences keep increasing across restarts"
+    );
+    let at = |s: &pb::ConsentState| s.recorded_at.map(|t| (t.seconds, t.nanos));
+    assert!(at(&next) > at(&last), "so do receipt times");
     server.stop().await;
 }

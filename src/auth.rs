@@ -131,6 +131,11 @@ impl Auth {
     /// UNAUTHENTICATED without a known bearer token, PERMISSION_DENIED
     /// without the role; always Ok when auth is off.
     pub fn require<T>(&self, request: &Request<T>, role: Role) -> Result<(), Status> {
+        self.require_any(request, &[role])
+    }
+
+    /// As [`Auth::require`], for a call any of `roles` may make.
+    pub fn require_any<T>(&self, request: &Request<T>, roles: &[Role]) -> Result<(), Status> {
         if !self.enabled() {
             return Ok(());
         }
@@ -149,9 +154,9 @@ impl Auth {
             .tokens
             .get(&hash(presented.trim()))
             .ok_or_else(|| Status::unauthenticated("unknown bearer token"))?;
-        if bits & role.bit() == 0 {
+        if roles.iter().all(|r| bits & r.bit() == 0) {
             return Err(Status::permission_denied(format!(
-                "token {name:?} lacks the {role:?} role",
+                "token {name:?} lacks the role for this call ({roles:?})",
             )));
         }
         Ok(())

@@ -115,10 +115,23 @@ async fn each_role_allowed_and_refused() {
             write,
             "{token:?} GetHistory"
         );
+        // Reading the catalog: any known token.
+        let any_role = if check_code == Code::Unauthenticated {
+            check_code
+        } else {
+            Code::Ok
+        };
         assert_eq!(
             code(cat.get_catalog(with(token, pb::GetCatalogRequest {})).await),
-            admin,
+            any_role,
             "{token:?} GetCatalog"
+        );
+        // Changing it: admin only.
+        let spec = example_catalog();
+        assert_eq!(
+            code(cat.apply_catalog(with(token, spec)).await),
+            admin,
+            "{token:?} ApplyCatalog"
         );
         assert_eq!(
             code(

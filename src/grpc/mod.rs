@@ -373,7 +373,10 @@ impl pb::catalog_server::Catalog for CatalogService {
         &self,
         request: Request<pb::GetCatalogRequest>,
     ) -> Result<Response<pb::CatalogSpec>, Status> {
-        self.auth.require(&request, Role::Admin)?;
+        // Reading the catalog is open to every role: dispatchers and tools
+        // need its channels, brands and consents.
+        self.auth
+            .require_any(&request, &[Role::Check, Role::Write, Role::Admin])?;
         Ok(Response::new(catalog_to(self.authority.catalog().spec())))
     }
 }

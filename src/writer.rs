@@ -49,6 +49,10 @@ pub enum WriteError {
     FailedPrecondition(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The group commit holding the change failed (the error is shared by
+    /// every change of the batch, hence a message rather than the error).
+    #[error("commit failed: {0}")]
+    CommitFailed(String),
     #[error("the writer has stopped")]
     Closed,
 }
@@ -136,12 +140,10 @@ impl Writer {
 
     /// Records a Grant or Withdraw; returns once it is durable and visible.
     pub async fn change(&self, change: Change) -> Result<ChangeOutcome, WriteError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Change(change, tx))
+        self.submit(change)
+            .await?
             .await
-            .map_err(|_| WriteError::Closed)?;
-        rx.await.map_err(|_| WriteError::Closed)?
+            .map_err(|_| WriteError::Closed)?
     }
 
     /// Queues a change without waiting for it: the receiver answers once it
@@ -150,32 +152,32 @@ impl Writer {
         &self,
         change: Change,
     ) -> Result<oneshot::Receiver<Result<ChangeOutcome, WriteError>>, WriteError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Change(change, tx))
-            .await
-            .map_err(|_| WriteError::Closed)?;
-        Ok(rx)
+        self.send(|tx| Command::Change(change, tx)).await
     }
 
     /// Erases a contact; returns the erasure time once durable.
     pub async fn erase(&self, contact: ContactId, reason: String) -> Result<UnixNanos, WriteError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Erase(contact, reason, tx))
-            .await
-            .map_err(|_| WriteError::Closed)?;
+        let rx = self.send(|tx| Command::Erase(contact, reason, tx)).await?;
         rx.await.map_err(|_| WriteError::Closed)?
     }
 
     /// Validates and installs a new catalog, durably, or changes nothing.
     pub async fn apply_catalog(&self, spec: CatalogSpec) -> Result<Arc<Catalog>, WriteError> {
+        let rx = self.send(|tx| Command::Catalog(spec, tx)).await?;
+        rx.await.map_err(|_| WriteError::Closed)?
+    }
+
+    /// Queues a command carrying a reply channel; returns that channel.
+    async fn send<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<T, WriteError>>) -> Command,
+    ) -> Result<oneshot::Receiver<Result<T, WriteError>>, WriteError> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(Command::Catalog(spec, tx))
+            .send(command(tx))
             .await
             .map_err(|_| WriteError::Closed)?;
-        rx.await.map_err(|_| WriteError::Closed)?
+        Ok(rx)
     }
 }
 
@@ -304,10 +306,7 @@ impl Inner {
                 tracing::error!(error = %e, changes = n, "commit failed; nothing of this batch was acknowledged");
                 self.metrics.commit_failed();
                 for p in pending {
-                    let _ = p.reply.send(Err(WriteError::Store(StoreError::Corrupt {
-                        table: "commit",
-                        what: e.to_string(),
-                    })));
+                    let _ = p.reply.send(Err(WriteError::CommitFailed(e.to_string())));
                 }
             }
         }

@@ -45,6 +45,8 @@ fn write_error(e: WriteError) -> Status {
         }
         WriteError::FailedPrecondition(m) => Status::failed_precondition(m),
         WriteError::Store(s) => storage(s),
+        // Already logged by the writer, with the batch size.
+        WriteError::CommitFailed(_) => Status::internal("storage error; nothing was changed"),
         WriteError::Closed => Status::unavailable("shutting down"),
     }
 }
@@ -260,7 +262,9 @@ impl pb::consents_server::Consents for ConsentsService {
             match result {
                 Ok(out) if out.applied => summary.applied += 1,
                 Ok(_) => summary.superseded += 1,
-                Err(WriteError::Store(e)) => return Err(storage(e)),
+                Err(e @ (WriteError::Store(_) | WriteError::CommitFailed(_))) => {
+                    return Err(write_error(e));
+                }
                 Err(WriteError::Closed) => return Err(Status::unavailable("shutting down")),
                 Err(e) => reject(summary, row, e.to_string()),
             }

@@ -125,10 +125,21 @@ impl Authority {
         };
         let index = Arc::new(Index::with_capacity(loaded.contacts as usize));
         let mut orphans = 0u64;
+        // Contacts holding state, per interned consent: the writer's guard
+        // against deleting a held consent, counted in the same pass.
+        let mut usage = vec![
+            0u64;
+            catalog
+                .consents()
+                .map(|c| c.idx as usize + 1)
+                .max()
+                .unwrap_or(0)
+        ];
         let states = store.load_states(&mut |contact, consent, d| match catalog
             .consent_idx(consent)
         {
             Some(idx) => {
+                usage[idx as usize] += 1;
                 index.put(
                     contact,
                     HeldState {
@@ -161,6 +172,7 @@ impl Authority {
             WriterState {
                 next_sequence: loaded.next_sequence,
                 last_recorded_at: loaded.last_recorded_at,
+                usage,
                 idempotency_retention,
                 erasure_key: loaded.erasure_key,
                 erasures: loaded.erasures,

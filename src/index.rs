@@ -76,13 +76,6 @@ impl Index {
     pub fn contacts(&self) -> usize {
         self.map.len()
     }
-
-    /// Calls `f` for every state (for usage counts at start).
-    pub fn for_each_state(&self, mut f: impl FnMut(&HeldState)) {
-        for entry in self.map.iter() {
-            entry.value().iter().for_each(&mut f);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -86,6 +86,8 @@ pub struct WriterState {
     pub next_sequence: u64,
     /// The latest receipt time already on file.
     pub last_recorded_at: UnixNanos,
+    /// Contacts holding state, per interned consent, as loaded.
+    pub usage: Vec<u64>,
     /// How long idempotency keys are remembered (at least 24 hours).
     pub idempotency_retention: std::time::Duration,
     pub erasure_key: [u8; 32],
@@ -109,21 +111,13 @@ impl Writer {
         metrics: Arc<Metrics>,
     ) -> (Writer, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let mut usage = vec![0u64; 0];
-        index.for_each_state(|s| {
-            let i = s.consent as usize;
-            if usage.len() <= i {
-                usage.resize(i + 1, 0);
-            }
-            usage[i] += 1;
-        });
         let mut inner = Inner {
             store,
             index,
             catalog,
             next_sequence: state.next_sequence,
             last_recorded: state.last_recorded_at,
-            usage,
+            usage: state.usage,
             metrics,
             erasure_mac: HmacSha256::new_from_slice(&state.erasure_key)
                 .expect("HMAC takes any key length"),

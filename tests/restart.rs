@@ -86,5 +86,17 @@ async fn states_history_keys_catalog_and_sequence_survive_a_restart() {
     );
     let at = |s: &pb::ConsentState| s.recorded_at.map(|t| (t.seconds, t.nanos));
     assert!(at(&next) > at(&last), "so do receipt times");
+
+    // Held consents are still known to be held: deleting one is refused.
+    let mut cat = server.catalog().await;
+    let mut spec = cat
+        .get_catalog(pb::GetCatalogRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    spec.consents.retain(|c| c.id != "surveys");
+    let err = cat.apply_catalog(spec).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(err.message().contains("surveys"), "{}", err.message());
     server.stop().await;
 }

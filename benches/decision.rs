@@ -1,13 +1,13 @@
 //! The in-process decision path at 1M and 10M contacts: validate the check,
 //! resolve (purpose, channel, brand) to its covering set, look the contact up
-//! in the index and decide — exactly `authority::decide_check`, which every
+//! in the index and decide — exactly `authority::answer_check`, which every
 //! CanSend runs. Also prints the index's memory per contact.
 //!
 //! `cargo bench --bench decision`
 
 use std::hint::black_box;
 
-use consentd::authority::decide_check;
+use consentd::authority::answer_check;
 use consentd::domain::{Action, Catalog, HeldState};
 use consentd::index::Index;
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -81,12 +81,12 @@ fn bench(c: &mut Criterion) {
                 contact((x >> 20) % (n + n / 10))
             })
             .collect();
-        let mut group = c.benchmark_group(format!("decide_check/{label}"));
+        let mut group = c.benchmark_group(format!("answer_check/{label}"));
         let mut i = 0usize;
         group.bench_function("email/acme", |b| {
             b.iter(|| {
                 i = (i + 1) & ((1 << 16) - 1);
-                black_box(decide_check(&cat, &index, &probes[i], "email", "acme", "").unwrap())
+                black_box(answer_check(&cat, &index, &probes[i], "email", "acme", "").unwrap())
             })
         });
         if n == 1_000_000 {
@@ -103,7 +103,7 @@ fn bench(c: &mut Criterion) {
             group.bench_function("parts/index", |b| {
                 b.iter(|| {
                     i = (i + 1) & ((1 << 16) - 1);
-                    black_box(index.decide(&probes[i], cover))
+                    black_box(index.verdict(&probes[i], cover))
                 })
             });
         }

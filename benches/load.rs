@@ -205,7 +205,7 @@ fn main() -> anyhow::Result<()> {
             let mut config = consentd::Config::ephemeral(_dir.path());
             config.catalog =
                 Some(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/catalog.toml").into());
-            let bound = consentd::server::Bound::bind(&config).await?;
+            let bound = consentd::server::Server::bind(&config).await?;
             let addr = bound.grpc_addr;
             tokio::spawn(bound.serve(std::future::pending()));
             anyhow::Ok(addr)

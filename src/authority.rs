@@ -54,7 +54,7 @@ pub struct LinkPage {
 /// The whole CanSend decision over a catalog snapshot and the index: what
 /// the server runs per check, and what `benches/decision.rs` measures.
 /// Allocates nothing.
-pub fn decide_check(
+pub fn answer_check(
     catalog: &Catalog,
     index: &Index,
     contact: &str,
@@ -65,7 +65,7 @@ pub fn decide_check(
     check_contact("contact_id", contact)?;
     let cell = catalog.cell(purpose, channel, brand)?;
     let cover = catalog.covering(cell);
-    let verdict = index.decide(contact, cover);
+    let verdict = index.verdict(contact, cover);
     let decided_by = match verdict {
         Verdict::Granted { by, .. } | Verdict::Withdrawn { by, .. } => catalog.consent_id(by),
         Verdict::NoConsent | Verdict::NotCovered => "",
@@ -109,7 +109,7 @@ impl Authority {
         idempotency_retention: std::time::Duration,
     ) -> Result<(Authority, JoinHandle<()>, LoadReport), StoreError> {
         let started = Instant::now();
-        let loaded = store.load_meta()?;
+        let loaded = store.recover()?;
         let empty = Catalog::empty(default_purpose);
         let catalog = match loaded.catalog {
             Some(spec) => {
@@ -204,7 +204,7 @@ impl Authority {
         brand: &str,
         purpose: &str,
     ) -> Result<Answer, FieldError> {
-        let answer = decide_check(
+        let answer = answer_check(
             &self.inner.catalog.load(),
             &self.inner.index,
             contact,
@@ -231,7 +231,7 @@ impl Authority {
             .iter()
             .map(|item| {
                 let (contact, channel, brand, purpose) = fields(item);
-                let answer = decide_check(
+                let answer = answer_check(
                     &catalog,
                     &self.inner.index,
                     contact,

@@ -4,13 +4,13 @@
 //! Only the writer mutates it, and only after the store has committed, so a
 //! reader never sees a decision that could still be lost. Lookups are
 //! synchronous and hold a shard read lock only for the few nanoseconds of
-//! [`decide`]: no lock is ever held across an `.await`.
+//! [`verdict`]: no lock is ever held across an `.await`.
 
 use compact_str::CompactString;
 use dashmap::DashMap;
 use smallvec::SmallVec;
 
-use crate::domain::{ConsentIdx, HeldState, Verdict, decide};
+use crate::domain::{ConsentIdx, HeldState, Verdict, verdict};
 
 /// One inline state covers the common contact without a heap allocation.
 type States = SmallVec<[HeldState; 1]>;
@@ -36,10 +36,10 @@ impl Index {
     }
 
     /// Decides CanSend for `contact` over a precomputed covering set.
-    pub fn decide(&self, contact: &str, cover: &[ConsentIdx]) -> Verdict {
+    pub fn verdict(&self, contact: &str, cover: &[ConsentIdx]) -> Verdict {
         match self.map.get(contact) {
-            Some(states) => decide(&states, cover),
-            None => decide(&[], cover),
+            Some(states) => verdict(&states, cover),
+            None => verdict(&[], cover),
         }
     }
 
@@ -91,13 +91,13 @@ mod tests {
             consent,
             action: Action::Grant,
         };
-        assert_eq!(index.decide("x", &[0]), Verdict::NoConsent);
+        assert_eq!(index.verdict("x", &[0]), Verdict::NoConsent);
         assert_eq!(index.put("x", g(0, 1)), None);
         assert_eq!(index.put("x", g(1, 2)), None);
         assert_eq!(index.put("x", g(0, 3)), Some(g(0, 1)));
         assert_eq!(index.get("x", 0), Some(g(0, 3)));
         assert_eq!(
-            index.decide("x", &[1, 0]),
+            index.verdict("x", &[1, 0]),
             Verdict::Granted { by: 0, at: 3 }
         );
         assert_eq!(index.contacts(), 1);

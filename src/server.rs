@@ -30,7 +30,7 @@ const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
 /// A server whose listeners are bound and whose index is loaded.
-pub struct Bound {
+pub struct Server {
     auth: Auth,
     tls: Option<tonic::transport::Identity>,
     pub grpc_addr: SocketAddr,
@@ -48,10 +48,10 @@ pub fn read_catalog(path: &std::path::Path) -> anyhow::Result<CatalogSpec> {
     toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
-impl Bound {
+impl Server {
     /// Binds both listeners, opens the store, rebuilds the index, applies
-    /// `--catalog`. Nothing is served until [`Bound::serve`].
-    pub async fn bind(config: &Config) -> anyhow::Result<Bound> {
+    /// `--catalog`. Nothing is served until [`Server::serve`].
+    pub async fn bind(config: &Config) -> anyhow::Result<Server> {
         let auth = Auth::from_config(&config.tokens, config.tokens_file.as_deref())?;
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => {
@@ -124,7 +124,7 @@ impl Bound {
         {
             tracing::warn!(default_purpose = %p, "--default-purpose is not a root consent of the catalog in force; it is ignored until it is");
         }
-        Ok(Bound {
+        Ok(Server {
             auth,
             tls,
             grpc_addr: grpc.local_addr()?,
@@ -138,7 +138,7 @@ impl Bound {
 
     /// Serves until `shutdown` resolves, then drains and closes the store.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
-        let Bound {
+        let Server {
             auth,
             tls,
             grpc_addr,
@@ -260,7 +260,7 @@ impl Bound {
 
 /// Binds and serves until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
-    Bound::bind(&config).await?.serve(shutdown).await
+    Server::bind(&config).await?.serve(shutdown).await
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::{
-    Action, Catalog, CatalogSpec, Change, ConsentIdx, ContactId, Decisive, EventRecord, FieldError,
+    Action, Catalog, CatalogSpec, Change, ConsentIdx, ContactId, Decision, EventRecord, FieldError,
     HeldState, StateRecord, UnixNanos,
 };
 use crate::index::Index;
@@ -392,13 +392,13 @@ impl Inner {
 
         let recorded_at = self.clock();
         let occurred_at = change.effective_occurred_at(recorded_at);
-        let new = Decisive {
+        let new = Decision {
             occurred_at,
             action: change.action,
         };
-        let current: Option<Decisive> = match states.get(&slot) {
-            Some(s) => Some(s.decisive()),
-            None => self.index.get(&contact, idx).map(HeldState::decisive),
+        let current: Option<Decision> = match states.get(&slot) {
+            Some(s) => Some(s.decision()),
+            None => self.index.get(&contact, idx).map(HeldState::decision),
         };
         let applied = current.is_none_or(|c| new.supersedes(c));
         let sequence = self.next_sequence;

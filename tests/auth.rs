@@ -156,7 +156,7 @@ async fn without_tokens_a_public_address_is_refused_unless_allowed() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = consentd::Config::ephemeral(dir.path());
     config.grpc_addr = "0.0.0.0:0".parse().unwrap();
-    let err = consentd::server::Bound::bind(&config)
+    let err = consentd::server::Server::bind(&config)
         .await
         .err()
         .expect("refused");

@@ -132,16 +132,16 @@ impl Change {
 
 /// The decisive part of a state, as the in-memory index keeps it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Decisive {
+pub struct Decision {
     pub occurred_at: UnixNanos,
     pub action: Action,
 }
 
-impl Decisive {
+impl Decision {
     /// DESIGN.md rule 2: does `self` replace `current` as the state?
     /// Later `occurred_at` wins; on a tie WITHDRAW beats GRANT; on a tie of
     /// the same action the event recorded first stays.
-    pub fn supersedes(self, current: Decisive) -> bool {
+    pub fn supersedes(self, current: Decision) -> bool {
         self.occurred_at > current.occurred_at
             || (self.occurred_at == current.occurred_at
                 && self.action == Action::Withdraw
@@ -162,8 +162,8 @@ pub struct StateRecord {
 }
 
 impl StateRecord {
-    pub fn decisive(&self) -> Decisive {
-        Decisive {
+    pub fn decision(&self) -> Decision {
+        Decision {
             occurred_at: self.occurred_at,
             action: self.action,
         }
@@ -187,13 +187,28 @@ pub struct EventRecord {
     pub applied: bool,
 }
 
+impl EventRecord {
+    /// The state this event is when it wins.
+    pub fn state(&self) -> StateRecord {
+        StateRecord {
+            consent: self.consent.clone(),
+            action: self.action,
+            occurred_at: self.occurred_at,
+            recorded_at: self.recorded_at,
+            source: self.source,
+            version: self.version,
+            sequence: self.sequence,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use Action::*;
 
-    fn d(occurred_at: i64, action: Action) -> Decisive {
-        Decisive {
+    fn d(occurred_at: i64, action: Action) -> Decision {
+        Decision {
             occurred_at,
             action,
         }
@@ -226,7 +241,7 @@ mod tests {
             d(9, Grant),
         ];
         let fold = |order: &[usize]| {
-            let mut state: Option<Decisive> = None;
+            let mut state: Option<Decision> = None;
             for &i in order {
                 let e = events[i];
                 if state.is_none_or(|s| e.supersedes(s)) {

@@ -7,6 +7,6 @@ pub mod ids;
 pub mod resolve;
 
 pub use catalog::{Catalog, CatalogSpec, Cell, Consent, ConsentIdx, ConsentSpec};
-pub use event::{Action, Change, Decisive, EventRecord, Evidence, Source, StateRecord, UnixNanos};
+pub use event::{Action, Change, Decision, EventRecord, Evidence, Source, StateRecord, UnixNanos};
 pub use ids::{ConsentId, ContactId, FieldError};
-pub use resolve::{HeldState, Verdict, decide};
+pub use resolve::{HeldState, Verdict, verdict};

@@ -1,10 +1,10 @@
 //! DESIGN.md rule 3: which of a contact's states decides a CanSend.
 //!
-//! Pure and allocation-free: the hot path calls [`decide`] with the states the
+//! Pure and allocation-free: the hot path calls [`verdict`] with the states the
 //! index holds for the contact and the covering set the catalog precomputed.
 
 use super::catalog::ConsentIdx;
-use super::event::{Action, Decisive, UnixNanos};
+use super::event::{Action, Decision, UnixNanos};
 
 /// One state as the in-memory index holds it: 16 bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,8 +15,8 @@ pub struct HeldState {
 }
 
 impl HeldState {
-    pub fn decisive(self) -> Decisive {
-        Decisive {
+    pub fn decision(self) -> Decision {
+        Decision {
             occurred_at: self.occurred_at,
             action: self.action,
         }
@@ -44,7 +44,7 @@ impl Verdict {
 ///
 /// Among the covered states the latest `occurred_at` wins; on a tie a
 /// WITHDRAW beats a GRANT, then the more specific consent wins.
-pub fn decide(states: &[HeldState], cover: &[ConsentIdx]) -> Verdict {
+pub fn verdict(states: &[HeldState], cover: &[ConsentIdx]) -> Verdict {
     if cover.is_empty() {
         return Verdict::NotCovered;
     }
@@ -145,11 +145,11 @@ mod tests {
                 &[s(UMB, Withdraw, 5), s(A, Withdraw, 5)], A_EMAIL_COVER, w(A, 5)),
         ];
         for (name, states, cover, want) in table {
-            assert_eq!(decide(states, cover), *want, "{name}");
+            assert_eq!(verdict(states, cover), *want, "{name}");
             // The order the index holds states in never matters.
             let mut rev = states.to_vec();
             rev.reverse();
-            assert_eq!(decide(&rev, cover), *want, "{name} (reversed)");
+            assert_eq!(verdict(&rev, cover), *want, "{name} (reversed)");
         }
     }
 
@@ -159,6 +159,6 @@ mod tests {
         // orders them by id, so the smaller id (earlier position) decides.
         let cover = &[7, 9, UMB];
         let states = [s(9, Grant, 4), s(7, Grant, 4)];
-        assert_eq!(decide(&states, cover), Verdict::Granted { by: 7, at: 4 });
+        assert_eq!(verdict(&states, cover), Verdict::Granted { by: 7, at: 4 });
     }
 }

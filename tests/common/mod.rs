@@ -9,7 +9,7 @@ use consentd::pb::{
     self, catalog_client::CatalogClient, consents_client::ConsentsClient,
     eligibility_client::EligibilityClient,
 };
-use consentd::{Config, server::Bound};
+use consentd::{Config, server::Server};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
@@ -42,7 +42,7 @@ impl TestServer {
     pub async fn start_with(config: Config) -> TestServer {
         let data_dir = config.data_dir.clone();
         let data_dir = data_dir.as_path();
-        let bound = Bound::bind(&config).await.unwrap();
+        let bound = Server::bind(&config).await.unwrap();
         let (grpc_addr, http_addr) = (bound.grpc_addr, bound.http_addr);
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(bound.serve(async {

@@ -1,0 +1,251 @@
+//! Record encodings of the embedded store: protobuf messages (so fields can
+//! be added without a migration) and fixed little-endian layouts, with the
+//! conversions to and from domain records. A record that does not decode is
+//! [`StoreError::Corrupt`], naming its table.
+
+use prost::Message;
+
+use super::{IdempotencyRecord, StoreError};
+use crate::domain::{Action, ConsentId, ContactId, EventRecord, Source, StateRecord};
+
+/// Everything stored under one contact.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct ContactRecord {
+    #[prost(message, repeated, tag = "1")]
+    pub(super) states: Vec<StoredState>,
+    /// Sequences of every event of the contact, in recording order.
+    #[prost(uint64, repeated, tag = "2")]
+    pub(super) events: Vec<u64>,
+}
+
+/// A state as stored (the winning event without its evidence).
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct StoredState {
+    #[prost(string, tag = "1")]
+    pub(super) consent: String,
+    #[prost(uint32, tag = "2")]
+    pub(super) action: u32,
+    #[prost(sfixed64, tag = "3")]
+    pub(super) occurred_at: i64,
+    #[prost(sfixed64, tag = "4")]
+    recorded_at: i64,
+    #[prost(uint32, tag = "5")]
+    source: u32,
+    #[prost(uint32, tag = "6")]
+    version: u32,
+    #[prost(uint64, tag = "7")]
+    sequence: u64,
+}
+
+/// An event as stored; its sequence is the key.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct StoredEvent {
+    #[prost(string, tag = "10")]
+    contact: String,
+    #[prost(string, tag = "1")]
+    consent: String,
+    #[prost(uint32, tag = "2")]
+    action: u32,
+    #[prost(sfixed64, tag = "3")]
+    occurred_at: i64,
+    #[prost(sfixed64, tag = "4")]
+    recorded_at: i64,
+    #[prost(uint32, tag = "5")]
+    source: u32,
+    #[prost(btree_map = "string, string", tag = "6")]
+    evidence: std::collections::BTreeMap<String, String>,
+    #[prost(uint32, tag = "7")]
+    version: u32,
+    #[prost(string, optional, tag = "8")]
+    pub(super) idempotency_key: Option<String>,
+    #[prost(bool, tag = "9")]
+    applied: bool,
+}
+
+pub(super) fn decode_contact(b: &[u8]) -> Result<ContactRecord, StoreError> {
+    ContactRecord::decode(b).map_err(|e| StoreError::corrupt("contacts", e.to_string()))
+}
+
+pub(super) fn decode_stored_event(b: &[u8]) -> Result<StoredEvent, StoreError> {
+    StoredEvent::decode(b).map_err(|e| StoreError::corrupt("events", e.to_string()))
+}
+
+pub(super) fn u32_from(b: &[u8]) -> Result<u32, StoreError> {
+    Ok(u32::from_le_bytes(
+        b.try_into()
+            .map_err(|_| StoreError::corrupt("meta", "u32"))?,
+    ))
+}
+
+pub(super) fn u64_from(b: &[u8]) -> Result<u64, StoreError> {
+    Ok(u64::from_le_bytes(
+        b.try_into()
+            .map_err(|_| StoreError::corrupt("meta", "u64"))?,
+    ))
+}
+
+pub(super) fn action_from(raw: u32, table: &'static str) -> Result<Action, StoreError> {
+    u8::try_from(raw)
+        .ok()
+        .and_then(Action::from_u8)
+        .ok_or_else(|| StoreError::corrupt(table, "action"))
+}
+
+fn source_from(raw: u32, table: &'static str) -> Result<Source, StoreError> {
+    u8::try_from(raw)
+        .ok()
+        .and_then(Source::from_u8)
+        .ok_or_else(|| StoreError::corrupt(table, "source"))
+}
+
+/// The state an applied event becomes.
+pub(super) fn state_to(e: &EventRecord) -> StoredState {
+    StoredState {
+        consent: e.consent.as_str().to_owned(),
+        action: e.action as u32,
+        occurred_at: e.occurred_at,
+        recorded_at: e.recorded_at,
+        source: e.source as u32,
+        version: e.version,
+        sequence: e.sequence,
+    }
+}
+
+pub(super) fn state_from(s: &StoredState) -> Result<StateRecord, StoreError> {
+    Ok(StateRecord {
+        consent: ConsentId::parse("consent", &s.consent)
+            .map_err(|e| StoreError::corrupt("contacts", e.to_string()))?,
+        action: action_from(s.action, "contacts")?,
+        occurred_at: s.occurred_at,
+        recorded_at: s.recorded_at,
+        source: source_from(s.source, "contacts")?,
+        version: s.version,
+        sequence: s.sequence,
+    })
+}
+
+pub(super) fn encode_idempotency(r: &IdempotencyRecord) -> [u8; 48] {
+    let mut b = [0u8; 48];
+    b[0..8].copy_from_slice(&r.sequence.to_le_bytes());
+    b[8..16].copy_from_slice(&r.recorded_at.to_le_bytes());
+    b[16..48].copy_from_slice(&r.fingerprint);
+    b
+}
+
+pub(super) fn decode_idempotency(b: &[u8]) -> Result<IdempotencyRecord, StoreError> {
+    if b.len() != 48 {
+        return Err(StoreError::corrupt("idempotency", "record length"));
+    }
+    Ok(IdempotencyRecord {
+        sequence: u64::from_le_bytes(b[0..8].try_into().expect("length checked")),
+        recorded_at: i64::from_le_bytes(b[8..16].try_into().expect("length checked")),
+        fingerprint: b[16..48].try_into().expect("length checked"),
+    })
+}
+
+/// A tombstone's value: erased_at (8 bytes LE), then the reason's UTF-8.
+pub(super) fn encode_tombstone(erased_at: i64, reason: &str) -> Vec<u8> {
+    let mut value = erased_at.to_le_bytes().to_vec();
+    value.extend_from_slice(reason.as_bytes());
+    value
+}
+
+/// The erasure time of a tombstone's value.
+pub(super) fn tombstone_erased_at(b: &[u8]) -> Result<i64, StoreError> {
+    let at = b
+        .get(..8)
+        .ok_or_else(|| StoreError::corrupt("erasures", "record length"))?;
+    Ok(i64::from_le_bytes(at.try_into().expect("8 bytes")))
+}
+
+pub(super) fn encode_event(e: &EventRecord, buf: &mut Vec<u8>) {
+    StoredEvent {
+        contact: e.contact.as_str().to_owned(),
+        consent: e.consent.as_str().to_owned(),
+        action: e.action as u32,
+        occurred_at: e.occurred_at,
+        recorded_at: e.recorded_at,
+        source: e.source as u32,
+        evidence: e.evidence.clone(),
+        version: e.version,
+        idempotency_key: e.idempotency_key.clone(),
+        applied: e.applied,
+    }
+    .encode(buf)
+    .expect("a Vec grows as needed");
+}
+
+pub(super) fn decode_event(sequence: u64, b: &[u8]) -> Result<EventRecord, StoreError> {
+    let s = decode_stored_event(b)?;
+    let bad = |e: crate::domain::FieldError| StoreError::corrupt("events", e.to_string());
+    Ok(EventRecord {
+        contact: ContactId::parse("contact", &s.contact).map_err(bad)?,
+        consent: ConsentId::parse("consent", &s.consent).map_err(bad)?,
+        action: action_from(s.action, "events")?,
+        occurred_at: s.occurred_at,
+        recorded_at: s.recorded_at,
+        source: source_from(s.source, "events")?,
+        evidence: s.evidence,
+        version: s.version,
+        sequence,
+        idempotency_key: s.idempotency_key,
+        applied: s.applied,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_damage_names_the_table() {
+        let event = EventRecord {
+            contact: ContactId::parse("c", "anna@example.com").unwrap(),
+            consent: ConsentId::parse("c", "marketing").unwrap(),
+            action: Action::Withdraw,
+            occurred_at: -5,
+            recorded_at: 7,
+            source: Source::UnsubscribeLink,
+            evidence: [("ip".to_string(), "10.0.0.1".to_string())].into(),
+            version: 3,
+            sequence: 42,
+            idempotency_key: Some("k".into()),
+            applied: false,
+        };
+        let mut buf = Vec::new();
+        encode_event(&event, &mut buf);
+        assert_eq!(decode_event(42, &buf).unwrap(), event);
+        let state = state_from(&state_to(&event)).unwrap();
+        assert_eq!(
+            (state.consent, state.version, state.sequence),
+            (event.consent.clone(), 3, 42)
+        );
+
+        let r = IdempotencyRecord {
+            sequence: 9,
+            recorded_at: -2,
+            fingerprint: [3; 32],
+        };
+        assert_eq!(decode_idempotency(&encode_idempotency(&r)).unwrap(), r);
+        assert_eq!(
+            tombstone_erased_at(&encode_tombstone(-77, "asked")).unwrap(),
+            -77
+        );
+
+        for err in [
+            decode_idempotency(&[0; 47]).unwrap_err(),
+            tombstone_erased_at(&[1, 2]).unwrap_err(),
+            decode_event(1, &[0xff, 0xff]).unwrap_err(),
+        ] {
+            assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        }
+        let mut bad_action = state_to(&event);
+        bad_action.action = 9;
+        assert!(
+            state_from(&bad_action)
+                .unwrap_err()
+                .to_string()
+                .contains("contacts")
+        );
+    }
+}

@@ -1,0 +1,213 @@
+//! The in-memory store: the whole contract of [`Store`] in process memory,
+//! durable only as long as the process. For tests of the core (the writer's
+//! group commit, the authority) and for tools that need no data dir.
+//!
+//! One mutex guards everything: a commit is atomic because it is applied
+//! whole under the lock, and nothing in it can fail half-way.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Mutex, MutexGuard};
+
+use super::{IdempotencyRecord, Recovered, Store, StoreError, Tombstone, WriteBatch};
+use crate::domain::{CatalogSpec, Decision, EventRecord, StateRecord, UnixNanos};
+
+/// Everything the store keeps under its one lock.
+#[derive(Debug)]
+struct Contents {
+    catalog: Option<CatalogSpec>,
+    next_sequence: u64,
+    erasure_key: [u8; 32],
+    /// Contact → (its states in first-recorded order, its event sequences).
+    contacts: BTreeMap<String, (Vec<StateRecord>, Vec<u64>)>,
+    events: BTreeMap<u64, EventRecord>,
+    idempotency: HashMap<String, IdempotencyRecord>,
+    idempotency_by_time: BTreeSet<(UnixNanos, String)>,
+    erasures: BTreeMap<[u8; 32], (UnixNanos, String)>,
+}
+
+/// The in-memory store. Cheap to create; share it with `Arc`.
+#[derive(Debug)]
+pub struct MemoryStore {
+    contents: Mutex<Contents>,
+}
+
+impl MemoryStore {
+    /// An empty store with a fresh random erasure key.
+    pub fn new() -> Result<Self, StoreError> {
+        let mut erasure_key = [0u8; 32];
+        getrandom::fill(&mut erasure_key)
+            .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
+        Ok(Self {
+            contents: Mutex::new(Contents {
+                catalog: None,
+                next_sequence: 1,
+                erasure_key,
+                contacts: BTreeMap::new(),
+                events: BTreeMap::new(),
+                idempotency: HashMap::new(),
+                idempotency_by_time: BTreeSet::new(),
+                erasures: BTreeMap::new(),
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Contents> {
+        // A panic while holding the lock can only come from a bug in this
+        // file; the contents are still whole (every mutation is a single
+        // insert or remove), so carry on with them.
+        self.contents
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Store for MemoryStore {
+    fn recover(&self) -> Result<Recovered, StoreError> {
+        let c = self.lock();
+        let last_event = c.events.values().next_back().map_or(0, |e| e.recorded_at);
+        let last_erasure = c.erasures.values().map(|(at, _)| *at).max().unwrap_or(0);
+        Ok(Recovered {
+            catalog: c.catalog.clone(),
+            next_sequence: c.next_sequence,
+            contacts: c.contacts.len() as u64,
+            erasure_key: c.erasure_key,
+            erasures: c.erasures.iter().map(|(h, (at, _))| (*h, *at)).collect(),
+            last_recorded_at: last_event.max(last_erasure),
+        })
+    }
+
+    fn load_states(&self, sink: &mut dyn FnMut(&str, &str, Decision)) -> Result<u64, StoreError> {
+        let c = self.lock();
+        let mut n = 0;
+        for (contact, (states, _)) in &c.contacts {
+            for s in states {
+                sink(contact, s.consent.as_str(), s.decision());
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
+        Ok(self.lock().idempotency.get(key).copied())
+    }
+
+    fn state(&self, contact: &str, consent: &str) -> Result<Option<StateRecord>, StoreError> {
+        Ok(self.lock().contacts.get(contact).and_then(|(states, _)| {
+            states
+                .iter()
+                .find(|s| s.consent.as_str() == consent)
+                .cloned()
+        }))
+    }
+
+    fn contact_states(&self, contact: &str) -> Result<Vec<StateRecord>, StoreError> {
+        Ok(self
+            .lock()
+            .contacts
+            .get(contact)
+            .map(|(states, _)| states.clone())
+            .unwrap_or_default())
+    }
+
+    fn history(&self, contact: &str) -> Result<Vec<EventRecord>, StoreError> {
+        let c = self.lock();
+        let Some((_, sequences)) = c.contacts.get(contact) else {
+            return Ok(Vec::new());
+        };
+        sequences
+            .iter()
+            .map(|s| {
+                c.events.get(s).cloned().ok_or_else(|| {
+                    StoreError::corrupt("events", format!("sequence {s} is missing"))
+                })
+            })
+            .collect()
+    }
+
+    fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+        let mut c = self.lock();
+        c.next_sequence = batch.next_sequence;
+        if let Some(catalog) = &batch.catalog {
+            c.catalog = Some(catalog.clone());
+        }
+        for e in &batch.events {
+            let (states, sequences) = c.contacts.entry(e.contact.to_string()).or_default();
+            sequences.push(e.sequence);
+            if e.applied {
+                let state = e.state();
+                match states.iter_mut().find(|s| s.consent == e.consent) {
+                    Some(slot) => *slot = state,
+                    None => states.push(state),
+                }
+            }
+            c.events.insert(e.sequence, e.clone());
+        }
+        for (key, r) in &batch.idempotency {
+            c.idempotency.insert(key.clone(), *r);
+            c.idempotency_by_time.insert((r.recorded_at, key.clone()));
+        }
+        Ok(())
+    }
+
+    fn erase(&self, contact: &str, tombstone: &Tombstone) -> Result<bool, StoreError> {
+        let mut c = self.lock();
+        let held = c.contacts.remove(contact);
+        if let Some((_, sequences)) = &held {
+            for s in sequences {
+                let key = c.events.remove(s).and_then(|e| e.idempotency_key);
+                if let Some(r) = key.as_ref().and_then(|k| c.idempotency.remove(k)) {
+                    c.idempotency_by_time
+                        .remove(&(r.recorded_at, key.expect("removed by this key")));
+                }
+            }
+        }
+        c.erasures.insert(
+            tombstone.hash,
+            (tombstone.erased_at, tombstone.reason.clone()),
+        );
+        Ok(held.is_some())
+    }
+
+    fn prune_idempotency(&self, before: UnixNanos, max: usize) -> Result<usize, StoreError> {
+        let mut c = self.lock();
+        let old: Vec<(UnixNanos, String)> = c
+            .idempotency_by_time
+            .iter()
+            .take_while(|(at, _)| *at < before)
+            .take(max)
+            .cloned()
+            .collect();
+        for entry in &old {
+            c.idempotency_by_time.remove(entry);
+            c.idempotency.remove(&entry.1);
+        }
+        Ok(old.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::MemoryStore;
+    use crate::store::Store;
+    use crate::store::conformance::{Fixture, conformance_suite};
+
+    /// Reopen hands back the same store: the process never stopped.
+    struct Memory(Option<Arc<MemoryStore>>);
+
+    impl Fixture for Memory {
+        fn fresh(&mut self) -> Arc<dyn Store> {
+            let store = Arc::new(MemoryStore::new().unwrap());
+            self.0 = Some(store.clone());
+            store
+        }
+
+        fn reopen(&mut self) -> Arc<dyn Store> {
+            self.0.clone().expect("fresh first")
+        }
+    }
+
+    conformance_suite!(Memory(None));
+}

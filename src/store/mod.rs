@@ -1,0 +1,146 @@
+//! Durable storage behind one backend-neutral interface.
+//!
+//! [`Store`] is deliberately small: recover what the core needs at start,
+//! look up a few records, commit one batch atomically and durably, erase a
+//! contact, prune idempotency keys. Its errors ([`StoreError`]) name no
+//! backend. Each backend lives in its own module and passes the one shared
+//! conformance suite (`conformance.rs`), so a new backend is done when that
+//! suite passes:
+//!
+//! - [`RedbStore`]: the embedded default, one file in the data dir;
+//! - [`MemoryStore`]: everything in process memory, for tests and tools.
+//!
+//! Only the writer calls the mutating methods; reads may run on any thread,
+//! but they block, so async callers run them on the blocking pool.
+
+mod codec;
+#[cfg(test)]
+mod conformance;
+mod memory;
+mod redb;
+
+pub use self::memory::MemoryStore;
+pub use self::redb::RedbStore;
+
+use crate::domain::{CatalogSpec, Decision, EventRecord, StateRecord, UnixNanos};
+
+/// Why a store operation failed. Whatever the backend, the core sees one of
+/// these; the details stay in the message for the log.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The operating system refused a read, write or sync.
+    #[error("storage I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// The backend reported an error of its own.
+    #[error("storage backend: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The data was written by an incompatible layout.
+    #[error("data has schema version {found}, this build reads {supported}")]
+    Schema {
+        /// The version found on file.
+        found: u32,
+        /// The version this build reads and writes.
+        supported: u32,
+    },
+    /// A record does not decode.
+    #[error("corrupt record in {table}: {what}")]
+    Corrupt {
+        /// Where the record lives.
+        table: &'static str,
+        /// What is wrong with it.
+        what: String,
+    },
+}
+
+impl StoreError {
+    pub(crate) fn corrupt(table: &'static str, what: impl Into<String>) -> Self {
+        StoreError::Corrupt {
+            table,
+            what: what.into(),
+        }
+    }
+}
+
+/// What an idempotency key remembers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    /// The sequence of the event the key first recorded.
+    pub sequence: u64,
+    /// When that event was recorded (retention counts from here).
+    pub recorded_at: UnixNanos,
+    /// SHA-256 of the change the key was first used for.
+    pub fingerprint: [u8; 32],
+}
+
+/// What the core recovers from the store at start, besides the states.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// The catalog last applied, if any.
+    pub catalog: Option<CatalogSpec>,
+    /// The sequence the next event gets.
+    pub next_sequence: u64,
+    /// How many contacts hold state (sizes the index before loading).
+    pub contacts: u64,
+    /// Secret of the keyed hash that names erased contacts.
+    pub erasure_key: [u8; 32],
+    /// Every erasure: (keyed hash of the contact, erased_at).
+    pub erasures: Vec<([u8; 32], UnixNanos)>,
+    /// The latest `recorded_at` (event or erasure) on file, so that the
+    /// writer's clock never runs behind what it already recorded.
+    pub last_recorded_at: UnixNanos,
+}
+
+/// What stays of an erased contact.
+#[derive(Debug, Clone)]
+pub struct Tombstone {
+    /// HMAC-SHA256 of the contact id under [`Recovered::erasure_key`].
+    pub hash: [u8; 32],
+    /// When the contact was erased.
+    pub erased_at: UnixNanos,
+    /// The operator's reason.
+    pub reason: String,
+}
+
+/// One atomic, durable unit of writes, built by the single writer.
+///
+/// Events are applied in order; an event with `applied` set becomes the
+/// state of its (contact, consent).
+#[derive(Debug, Default)]
+pub struct WriteBatch {
+    /// New events, in sequence order.
+    pub events: Vec<EventRecord>,
+    /// Idempotency keys first used by these events.
+    pub idempotency: Vec<(String, IdempotencyRecord)>,
+    /// A new catalog to keep, replacing the stored one.
+    pub catalog: Option<CatalogSpec>,
+    /// The sequence the next event after this batch gets.
+    pub next_sequence: u64,
+}
+
+/// The storage the core relies on.
+pub trait Store: Send + Sync + 'static {
+    /// Recovers the catalog, the sequence counter, the erasure key and the
+    /// erasures.
+    fn recover(&self) -> Result<Recovered, StoreError>;
+    /// Feeds every state as (contact, consent, decision), a contact's states
+    /// together; returns how many.
+    fn load_states(&self, sink: &mut dyn FnMut(&str, &str, Decision)) -> Result<u64, StoreError>;
+    /// What a key remembers, if it is still remembered.
+    fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError>;
+    /// The state of one (contact, consent).
+    fn state(&self, contact: &str, consent: &str) -> Result<Option<StateRecord>, StoreError>;
+    /// Every state of a contact (empty for an unknown contact).
+    fn contact_states(&self, contact: &str) -> Result<Vec<StateRecord>, StoreError>;
+    /// Every event of the contact, in recording order.
+    fn history(&self, contact: &str) -> Result<Vec<EventRecord>, StoreError>;
+    /// Writes the batch in one transaction and returns once it is durable;
+    /// on error nothing of it is kept.
+    fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError>;
+    /// Deletes everything held for the contact (states, events, the keys its
+    /// events used) and keeps only the tombstone, durably. Returns whether
+    /// anything was held.
+    fn erase(&self, contact: &str, tombstone: &Tombstone) -> Result<bool, StoreError>;
+    /// Forgets up to `max` idempotency keys recorded before `before`,
+    /// durably; returns how many.
+    fn prune_idempotency(&self, before: UnixNanos, max: usize) -> Result<usize, StoreError>;
+}

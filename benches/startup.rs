@@ -72,7 +72,7 @@ fn main() -> anyhow::Result<()> {
 
     let store = RedbStore::open(dir.path())?;
     let links = consentd::links::Links::open(dir.path(), &[], "http://127.0.0.1:8080")?;
-    let (authority, writer, report) = Authority::open(
+    let (authority, report) = Authority::open(
         Arc::new(store),
         None,
         links,
@@ -85,7 +85,6 @@ fn main() -> anyhow::Result<()> {
         report.seconds,
         report.states as f64 / report.seconds
     );
-    drop(authority);
-    writer.join().expect("writer thread");
+    tokio::runtime::Runtime::new()?.block_on(authority.close())?;
     Ok(())
 }

@@ -18,8 +18,10 @@
 
 pub mod auth;
 pub mod authority;
+mod clock;
 pub mod config;
 pub mod domain;
+mod error;
 pub mod grpc;
 pub mod http;
 pub mod index;
@@ -39,5 +41,5 @@ pub mod pb {
         tonic::include_file_descriptor_set!("consent_descriptor");
 }
 
-pub use authority::{Answer, Authority};
+pub use authority::{Answer, Authority, Error};
 pub use config::Config;

@@ -22,17 +22,19 @@ pub struct Tally {
 }
 
 impl Tally {
-    pub fn count<T>(&mut self, answer: &Result<crate::authority::Answer, T>) {
-        let c = match answer {
-            Ok(a) => match a.verdict {
-                Verdict::Granted { .. } => &mut self.granted,
-                Verdict::Withdrawn { .. } => &mut self.withdrawn,
-                Verdict::NoConsent => &mut self.no_consent,
-                Verdict::NotCovered => &mut self.not_covered,
-            },
-            Err(_) => &mut self.invalid,
-        };
-        *c += 1;
+    /// Counts one answered check by its verdict.
+    pub fn verdict(&mut self, v: Verdict) {
+        *match v {
+            Verdict::Granted { .. } => &mut self.granted,
+            Verdict::Withdrawn { .. } => &mut self.withdrawn,
+            Verdict::NoConsent => &mut self.no_consent,
+            Verdict::NotCovered => &mut self.not_covered,
+        } += 1;
+    }
+
+    /// Counts one check refused as invalid.
+    pub fn invalid(&mut self) {
+        self.invalid += 1;
     }
 }
 

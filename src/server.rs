@@ -36,7 +36,6 @@ pub struct Server {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     authority: Authority,
-    writer: std::thread::JoinHandle<()>,
     grpc: TcpListener,
     http: TcpListener,
 }
@@ -95,7 +94,7 @@ impl Server {
         let store = RedbStore::open(&config.data_dir)
             .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
         let links = Links::open(&config.data_dir, &config.link_keys, &public_url)?;
-        let (authority, writer, report) = Authority::open(
+        let (authority, report) = Authority::open(
             Arc::new(store),
             config.default_purpose.clone(),
             links,
@@ -130,7 +129,6 @@ impl Server {
             grpc_addr: grpc.local_addr()?,
             http_addr,
             authority,
-            writer,
             grpc,
             http,
         })
@@ -144,7 +142,6 @@ impl Server {
             grpc_addr,
             http_addr,
             authority,
-            writer,
             grpc,
             http,
         } = self;
@@ -217,7 +214,6 @@ impl Server {
             .with_graceful_shutdown(stopped(stop_rx.clone()))
             .into_future(),
         );
-        drop(authority);
 
         health.set_service_status("", ServingStatus::Serving).await;
         for name in [
@@ -248,11 +244,10 @@ impl Server {
         let _ = stop_tx.send(true);
         grpc_task.await?.context("gRPC server")?;
         http_task.await?.context("HTTP server")?;
-        // The servers held the last handles to the authority: the writer now
-        // finishes what is queued and stops, and the store closes with it.
-        tokio::task::spawn_blocking(move || writer.join())
-            .await?
-            .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?;
+        // No call is in flight any more: the writer finishes what is queued
+        // and stops; the store closes when the last handle goes.
+        authority.close().await.context("closing the writer")?;
+        drop(authority);
         tracing::info!("store closed");
         Ok(())
     }

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use super::ids::{ConsentId, ContactId, FieldError, check_opaque};
 
@@ -128,6 +129,29 @@ impl Change {
     pub fn effective_occurred_at(&self, recorded_at: UnixNanos) -> UnixNanos {
         self.occurred_at.map_or(recorded_at, |t| t.min(recorded_at))
     }
+
+    /// What an idempotency key is bound to: SHA-256 over the change as the
+    /// client sent it (length-prefixed fields, so no two changes collide by
+    /// concatenation).
+    pub fn fingerprint(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        let mut field = |b: &[u8]| {
+            h.update((b.len() as u64).to_le_bytes());
+            h.update(b);
+        };
+        field(self.contact.as_str().as_bytes());
+        field(self.consent.as_str().as_bytes());
+        field(&[self.action as u8, self.source as u8]);
+        match self.occurred_at {
+            Some(t) => field(&t.to_le_bytes()),
+            None => field(b""),
+        }
+        for (k, v) in &self.evidence {
+            field(k.as_bytes());
+            field(v.as_bytes());
+        }
+        h.finalize().into()
+    }
 }
 
 /// The decisive part of a state, as the in-memory index keeps it.
@@ -168,6 +192,17 @@ impl StateRecord {
             action: self.action,
         }
     }
+}
+
+/// What an idempotency key remembers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    /// The sequence of the event the key first recorded.
+    pub sequence: u64,
+    /// When that event was recorded (retention counts from here).
+    pub recorded_at: UnixNanos,
+    /// [`Change::fingerprint`] of the change the key was first used for.
+    pub fingerprint: [u8; 32],
 }
 
 /// One recorded decision, kept in the history whether or not it won.

@@ -1,12 +1,20 @@
-//! The domain: ids, the catalog, events and states, and the pure resolution
-//! of DESIGN.md rules 2 and 3. Knows nothing of tokio, tonic or redb.
+//! The domain: ids, the catalog, events and states, the pure resolution of
+//! DESIGN.md rules 2 and 3 (which state decides a CanSend) and the write
+//! rules (how a change is ruled). Knows nothing of tokio, tonic or redb.
 
 pub mod catalog;
+pub mod erasure;
 pub mod event;
 pub mod ids;
 pub mod resolve;
+pub mod ruling;
 
 pub use catalog::{Catalog, CatalogSpec, Cell, Consent, ConsentIdx, ConsentSpec};
-pub use event::{Action, Change, Decision, EventRecord, Evidence, Source, StateRecord, UnixNanos};
+pub use erasure::Erasures;
+pub use event::{
+    Action, Change, Decision, EventRecord, Evidence, IdempotencyRecord, Source, StateRecord,
+    UnixNanos,
+};
 pub use ids::{ConsentId, ContactId, FieldError};
 pub use resolve::{HeldState, Verdict, verdict};
+pub use ruling::{ChangeOutcome, Known, Ruling, rule};

@@ -3,53 +3,21 @@
 //! calls the authority, and converts the answer with small free functions.
 
 mod convert;
+mod status;
 
-use tonic::{Code, Request, Response, Status};
-use tonic_types::{ErrorDetails, StatusExt};
+use tonic::{Request, Response, Status};
 
 use crate::auth::{Auth, Role};
-use crate::authority::{Answer, Authority, LinkRefusal};
+use crate::authority::{Answer, Authority, ImportSummary};
+use crate::clock::now_nanos;
 use crate::domain::{Action, ContactId, FieldError, Verdict};
 use crate::pb;
-use crate::store::StoreError;
-use crate::writer::{ChangeOutcome, WriteError, now_nanos};
-use std::collections::VecDeque;
-use tokio::sync::oneshot;
 
 pub use convert::{catalog_from, catalog_to, timestamp};
+pub use status::invalid;
 
 /// Most checks in one CanSendBatch (DESIGN.md §3).
 pub const MAX_BATCH_CHECKS: usize = 10_000;
-
-/// INVALID_ARGUMENT naming the field, with a BadRequest detail for clients
-/// that read rich errors.
-pub fn invalid(e: FieldError) -> Status {
-    Status::with_error_details(
-        Code::InvalidArgument,
-        e.to_string(),
-        ErrorDetails::with_bad_request_violation(e.field, e.problem),
-    )
-}
-
-fn storage(e: StoreError) -> Status {
-    // Storage details stay in the log; the client learns only that it failed.
-    tracing::error!(error = %e, "storage error");
-    Status::internal("storage error; nothing was changed")
-}
-
-fn write_error(e: WriteError) -> Status {
-    match e {
-        WriteError::Invalid(f) => invalid(f),
-        WriteError::UnknownConsent(id) => {
-            Status::not_found(format!("consent_id: consent {id:?} is not in the catalog"))
-        }
-        WriteError::FailedPrecondition(m) => Status::failed_precondition(m),
-        WriteError::Store(s) => storage(s),
-        // Already logged by the writer, with the batch size.
-        WriteError::CommitFailed(_) => Status::internal("storage error; nothing was changed"),
-        WriteError::Closed => Status::unavailable("shutting down"),
-    }
-}
 
 fn reason(v: Verdict) -> pb::Reason {
     match v {
@@ -154,17 +122,20 @@ impl pb::eligibility_server::Eligibility for EligibilityService {
 
 // ---------------------------------------------------------------- Consents
 
-/// Import rows queued at the writer at once (two full group commits).
-const MAX_IMPORT_IN_FLIGHT: usize = 8192;
-/// Longest erasure reason kept with a tombstone.
-const MAX_REASON_LEN: usize = 1024;
-/// Rejected rows listed in an import summary.
-const MAX_IMPORT_ERRORS: usize = 1000;
-
-fn reject(summary: &mut pb::ImportSummary, row: u64, reason: String) {
-    summary.rejected += 1;
-    if summary.errors.len() < MAX_IMPORT_ERRORS {
-        summary.errors.push(pb::RowError { row, reason });
+fn summary_to(s: ImportSummary) -> pb::ImportSummary {
+    pb::ImportSummary {
+        received: s.received,
+        applied: s.applied,
+        superseded: s.superseded,
+        rejected: s.rejected,
+        errors: s
+            .errors
+            .into_iter()
+            .map(|e| pb::RowError {
+                row: e.row,
+                reason: e.reason,
+            })
+            .collect(),
     }
 }
 
@@ -184,7 +155,7 @@ impl ConsentsService {
         c: pb::ConsentChange,
     ) -> Result<Response<pb::ChangeResult>, Status> {
         let change = convert::change_from(action, c, now_nanos()).map_err(invalid)?;
-        let out = self.authority.change(change).await.map_err(write_error)?;
+        let out = self.authority.change(change).await?;
         Ok(Response::new(pb::ChangeResult {
             applied: out.applied,
             state: out.state.map(convert::state_to),
@@ -218,7 +189,7 @@ impl pb::consents_server::Consents for ConsentsService {
         self.auth.require(&request, Role::Write)?;
         let contact =
             ContactId::parse("contact_id", &request.get_ref().contact_id).map_err(invalid)?;
-        let states = self.authority.contact_states(&contact).map_err(storage)?;
+        let states = self.authority.contact_states(contact.clone()).await?;
         Ok(Response::new(pb::ContactConsents {
             contact_id: contact.to_string(),
             states: states.into_iter().map(convert::state_to).collect(),
@@ -231,13 +202,9 @@ impl pb::consents_server::Consents for ConsentsService {
     ) -> Result<Response<pb::UnsubscribeLink>, Status> {
         self.auth.require(&request, Role::Write)?;
         let r = request.get_ref();
-        let (url, consent) = self
-            .authority
-            .issue_link(&r.contact_id, &r.channel, &r.brand, &r.purpose)
-            .map_err(|e| match e {
-                LinkRefusal::Invalid(f) => invalid(f),
-                e @ LinkRefusal::NotCovered { .. } => Status::failed_precondition(e.to_string()),
-            })?;
+        let (url, consent) =
+            self.authority
+                .issue_link(&r.contact_id, &r.channel, &r.brand, &r.purpose)?;
         Ok(Response::new(pb::UnsubscribeLink {
             url,
             consent_id: consent.to_owned(),
@@ -250,61 +217,11 @@ impl pb::consents_server::Consents for ConsentsService {
     ) -> Result<Response<pb::ImportSummary>, Status> {
         self.auth.require(&request, Role::Write)?;
         let mut rows = request.into_inner();
-        let mut summary = pb::ImportSummary::default();
-        // Rows queued at the writer and not yet answered: bounded, so a
-        // million-row import never sits in memory at once.
-        let mut pending: VecDeque<(u64, oneshot::Receiver<Result<ChangeOutcome, WriteError>>)> =
-            VecDeque::new();
-        let tally = |summary: &mut pb::ImportSummary,
-                     row: u64,
-                     result: Result<ChangeOutcome, WriteError>|
-         -> Result<(), Status> {
-            match result {
-                Ok(out) if out.applied => summary.applied += 1,
-                Ok(_) => summary.superseded += 1,
-                Err(e @ (WriteError::Store(_) | WriteError::CommitFailed(_))) => {
-                    return Err(write_error(e));
-                }
-                Err(WriteError::Closed) => return Err(Status::unavailable("shutting down")),
-                Err(e) => reject(summary, row, e.to_string()),
-            }
-            Ok(())
-        };
+        let mut import = self.authority.import();
         while let Some(row) = rows.message().await? {
-            summary.received += 1;
-            let n = summary.received;
-            match convert::row_from(row, now_nanos()) {
-                Ok(change) => {
-                    let rx = self.authority.submit(change).await.map_err(write_error)?;
-                    pending.push_back((n, rx));
-                }
-                Err(e) => reject(&mut summary, n, e.to_string()),
-            }
-            while pending.len() >= MAX_IMPORT_IN_FLIGHT {
-                let (row, rx) = pending.pop_front().expect("not empty");
-                tally(
-                    &mut summary,
-                    row,
-                    rx.await.unwrap_or(Err(WriteError::Closed)),
-                )?;
-            }
+            import.row(convert::row_from(row, now_nanos())).await?;
         }
-        for (row, rx) in pending {
-            tally(
-                &mut summary,
-                row,
-                rx.await.unwrap_or(Err(WriteError::Closed)),
-            )?;
-        }
-        self.authority.metrics().imported(summary.received);
-        tracing::info!(
-            received = summary.received,
-            applied = summary.applied,
-            superseded = summary.superseded,
-            rejected = summary.rejected,
-            "import done"
-        );
-        Ok(Response::new(summary))
+        Ok(Response::new(summary_to(import.finish().await?)))
     }
 
     async fn erase_contact(
@@ -314,17 +231,7 @@ impl pb::consents_server::Consents for ConsentsService {
         self.auth.require(&request, Role::Admin)?;
         let r = request.into_inner();
         let contact = ContactId::parse("contact_id", &r.contact_id).map_err(invalid)?;
-        if r.reason.len() > MAX_REASON_LEN || r.reason.chars().any(char::is_control) {
-            return Err(invalid(FieldError::new(
-                "reason",
-                format!("must be at most {MAX_REASON_LEN} bytes without control characters"),
-            )));
-        }
-        let erased_at = self
-            .authority
-            .erase(contact, r.reason)
-            .await
-            .map_err(write_error)?;
+        let erased_at = self.authority.erase(contact, r.reason).await?;
         Ok(Response::new(pb::EraseContactResponse {
             erased_at: Some(timestamp(erased_at)),
         }))
@@ -337,7 +244,7 @@ impl pb::consents_server::Consents for ConsentsService {
         self.auth.require(&request, Role::Write)?;
         let contact =
             ContactId::parse("contact_id", &request.get_ref().contact_id).map_err(invalid)?;
-        let events = self.authority.history(&contact).map_err(storage)?;
+        let events = self.authority.history(contact).await?;
         Ok(Response::new(pb::History {
             events: events.into_iter().map(convert::event_to).collect(),
         }))
@@ -365,11 +272,7 @@ impl pb::catalog_server::Catalog for CatalogService {
     ) -> Result<Response<pb::CatalogSpec>, Status> {
         self.auth.require(&request, Role::Admin)?;
         let spec = catalog_from(request.into_inner());
-        let catalog = self
-            .authority
-            .apply_catalog(spec)
-            .await
-            .map_err(write_error)?;
+        let catalog = self.authority.apply_catalog(spec).await?;
         Ok(Response::new(catalog_to(catalog.spec())))
     }
 

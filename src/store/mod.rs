@@ -22,6 +22,7 @@ mod redb;
 pub use self::memory::MemoryStore;
 pub use self::redb::RedbStore;
 
+pub use crate::domain::IdempotencyRecord;
 use crate::domain::{CatalogSpec, Decision, EventRecord, StateRecord, UnixNanos};
 
 /// Why a store operation failed. Whatever the backend, the core sees one of
@@ -59,17 +60,6 @@ impl StoreError {
             what: what.into(),
         }
     }
-}
-
-/// What an idempotency key remembers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IdempotencyRecord {
-    /// The sequence of the event the key first recorded.
-    pub sequence: u64,
-    /// When that event was recorded (retention counts from here).
-    pub recorded_at: UnixNanos,
-    /// SHA-256 of the change the key was first used for.
-    pub fingerprint: [u8; 32],
 }
 
 /// What the core recovers from the store at start, besides the states.

@@ -1,0 +1,133 @@
+//! Unsubscribe links through the authority (DESIGN.md rule 4): minting one
+//! for a check, the page behind it, and the click that withdraws.
+
+use crate::clock::now_nanos;
+use crate::domain::{
+    Action, Change, ChangeOutcome, ConsentId, ConsentIdx, ContactId, Evidence, Source,
+    ids::check_contact,
+};
+use crate::links::Claim;
+
+use super::{Authority, Error};
+
+/// What the page behind a link shows.
+#[derive(Debug, Clone)]
+pub struct LinkPage {
+    /// What the token asserts.
+    pub claim: Claim,
+    /// The brand the link was minted for.
+    pub brand: String,
+    /// Title of the consent the link withdraws (its id if untitled).
+    pub consent_title: String,
+    /// Title of the purpose's root ("everything").
+    pub purpose_title: String,
+}
+
+impl Authority {
+    /// The one-click URL withdrawing `consent` for this contact, channel, brand.
+    pub fn unsubscribe_url(
+        &self,
+        contact: &str,
+        channel: &str,
+        brand: &str,
+        consent: ConsentIdx,
+    ) -> String {
+        let catalog = self.catalog.load();
+        let claim = Claim {
+            contact: ContactId::parse("contact_id", contact)
+                .expect("validated by the check that chose this consent"),
+            consent: ConsentId::parse("consent_id", catalog.consent_id(consent))
+                .expect("catalog ids are valid"),
+            channel: channel.to_owned(),
+            brand: brand.to_owned(),
+            issued_at: now_nanos(),
+        };
+        self.links.url(&self.links.mint(&claim))
+    }
+
+    /// IssueUnsubscribeLink: the URL and the consent it withdraws.
+    pub fn issue_link(
+        &self,
+        contact: &str,
+        channel: &str,
+        brand: &str,
+        purpose: &str,
+    ) -> Result<(String, &'static str), Error> {
+        check_contact("contact_id", contact)?;
+        let catalog = self.catalog.load();
+        let cell = catalog.cell(purpose, channel, brand)?;
+        let &target = catalog
+            .covering(cell)
+            .first()
+            .ok_or_else(|| Error::NotCovered {
+                channel: channel.to_owned(),
+                brand: brand.to_owned(),
+            })?;
+        Ok((
+            self.unsubscribe_url(contact, channel, brand, target),
+            catalog.consent_id(target),
+        ))
+    }
+
+    /// Verifies a link token and gathers what its page shows; `None` for
+    /// any token that is not authentic.
+    pub fn link_page(&self, token: &str) -> Option<LinkPage> {
+        let claim = self.links.verify(token)?;
+        let catalog = self.catalog.load();
+        let title = |idx: Option<ConsentIdx>, fallback: &str| {
+            idx.and_then(|i| catalog.consent(i))
+                .map(|c| {
+                    if c.spec.title.is_empty() {
+                        c.id.to_string()
+                    } else {
+                        c.spec.title.clone()
+                    }
+                })
+                .unwrap_or_else(|| fallback.to_owned())
+        };
+        let idx = catalog.consent_idx(claim.consent.as_str());
+        let root = idx.and_then(|i| catalog.consent(i)).map(|c| c.purpose);
+        Some(LinkPage {
+            consent_title: title(idx, claim.consent.as_str()),
+            purpose_title: title(root, claim.consent.as_str()),
+            brand: claim.brand.clone(),
+            claim,
+        })
+    }
+
+    /// Withdraws what a verified link names: its consent, or with
+    /// `everything` the root of its purpose. Returns once durable. A consent
+    /// since deleted from the catalog was held by nobody: nothing to do.
+    pub async fn unsubscribe(
+        &self,
+        claim: &Claim,
+        everything: bool,
+        evidence: Evidence,
+    ) -> Result<Option<ChangeOutcome>, Error> {
+        let consent = {
+            let catalog = self.catalog.load();
+            let Some(idx) = catalog.consent_idx(claim.consent.as_str()) else {
+                return Ok(None);
+            };
+            let target = match catalog.consent(idx) {
+                Some(c) if everything => c.purpose,
+                _ => idx,
+            };
+            ConsentId::parse("consent_id", catalog.consent_id(target))
+                .expect("catalog ids are valid")
+        };
+        let change = Change {
+            contact: claim.contact.clone(),
+            consent,
+            action: Action::Withdraw,
+            occurred_at: None,
+            source: Source::UnsubscribeLink,
+            evidence,
+            idempotency_key: None,
+            issued_at: Some(claim.issued_at),
+        };
+        let outcome = self.writer.change(change).await?;
+        self.metrics.unsubscribed();
+        Ok(Some(outcome))
+    }
+}

@@ -1,0 +1,318 @@
+//! The consent authority: the one façade that gRPC, HTTP and tools call.
+//! It owns the index, the catalog in force, the store and the writer, and
+//! every rule between a validated request and a domain answer lives here or
+//! below, never in a transport.
+//!
+//! Reads (CanSend) go to the index and the catalog snapshot only; writes go
+//! through the single writer; store reads run on the blocking pool. Errors
+//! are one enum, [`Error`], named for causes.
+//!
+//! Layout: this file holds the operations; `links.rs` the unsubscribe links
+//! (mint, page, click); `import.rs` the streamed import pipeline.
+
+mod import;
+mod links;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+
+pub use self::import::{Import, ImportSummary, RowError};
+pub use self::links::LinkPage;
+pub use crate::error::Error;
+
+use crate::domain::{
+    Catalog, CatalogSpec, Change, ChangeOutcome, ConsentIdx, ContactId, Erasures, EventRecord,
+    FieldError, HeldState, StateRecord, UnixNanos, Verdict, ids::check_contact,
+};
+use crate::index::Index;
+use crate::links::Links;
+use crate::metrics::{Metrics, Tally};
+use crate::store::{Store, StoreError};
+use crate::writer::{Writer, WriterStart};
+
+/// Longest erasure reason kept with a tombstone, in bytes.
+pub const MAX_REASON_LEN: usize = 1024;
+
+/// The answer to one CanSend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// Which state decided, and how.
+    pub verdict: Verdict,
+    /// The deciding consent's id; empty for NO_CONSENT and NOT_COVERED.
+    pub decided_by: &'static str,
+    /// The consent an unsubscribe link for this check withdraws: the most
+    /// specific of the covering set (DESIGN.md rule 4).
+    pub unsubscribe: Option<ConsentIdx>,
+}
+
+/// The whole CanSend decision over a catalog snapshot and the index: what
+/// the server runs per check, and what `benches/decision.rs` measures.
+/// Allocates nothing.
+pub fn answer_check(
+    catalog: &Catalog,
+    index: &Index,
+    contact: &str,
+    channel: &str,
+    brand: &str,
+    purpose: &str,
+) -> Result<Answer, FieldError> {
+    check_contact("contact_id", contact)?;
+    let cell = catalog.cell(purpose, channel, brand)?;
+    let cover = catalog.covering(cell);
+    let verdict = index.verdict(contact, cover);
+    let decided_by = match verdict {
+        Verdict::Granted { by, .. } | Verdict::Withdrawn { by, .. } => catalog.consent_id(by),
+        Verdict::NoConsent | Verdict::NotCovered => "",
+    };
+    Ok(Answer {
+        verdict,
+        decided_by,
+        unsubscribe: cover.first().copied(),
+    })
+}
+
+/// Counts one answer: its verdict, or an invalid check.
+fn count(tally: &mut Tally, answer: &Result<Answer, FieldError>) {
+    match answer {
+        Ok(a) => tally.verdict(a.verdict),
+        Err(_) => tally.invalid(),
+    }
+}
+
+/// A cheap, cloneable handle (every part is shared).
+#[derive(Clone)]
+pub struct Authority {
+    index: Arc<Index>,
+    catalog: Arc<ArcSwap<Catalog>>,
+    store: Arc<dyn Store>,
+    writer: Writer,
+    metrics: Arc<Metrics>,
+    links: Arc<Links>,
+}
+
+/// Start-up figures, for the log and the benchmarks.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadReport {
+    /// States loaded into the index.
+    pub states: u64,
+    /// Contacts holding at least one of them.
+    pub contacts: usize,
+    /// Wall-clock time of the whole load.
+    pub seconds: f64,
+}
+
+impl Authority {
+    /// Rebuilds the index from the store and starts the writer thread,
+    /// which runs until [`Authority::close`].
+    pub fn open(
+        store: Arc<dyn Store>,
+        default_purpose: Option<String>,
+        links: Links,
+        idempotency_retention: std::time::Duration,
+    ) -> Result<(Authority, LoadReport), StoreError> {
+        let started = Instant::now();
+        let recovered = store.recover()?;
+        let empty = Catalog::empty(default_purpose);
+        let catalog = match recovered.catalog {
+            Some(spec) => {
+                empty
+                    .compile(spec)
+                    .map_err(|e| {
+                        StoreError::corrupt(
+                            "meta",
+                            format!("stored catalog no longer validates: {e}"),
+                        )
+                    })?
+                    .0
+            }
+            None => empty,
+        };
+        let index = Arc::new(Index::with_capacity(recovered.contacts as usize));
+        let mut orphans = 0u64;
+        // Contacts holding state, per interned consent: the writer's guard
+        // against deleting a held consent, counted in the same pass.
+        let mut usage = vec![
+            0u64;
+            catalog
+                .consents()
+                .map(|c| c.idx as usize + 1)
+                .max()
+                .unwrap_or(0)
+        ];
+        let states = store.load_states(&mut |contact, consent, d| match catalog
+            .consent_idx(consent)
+        {
+            Some(idx) => {
+                usage[idx as usize] += 1;
+                index.put(
+                    contact,
+                    HeldState {
+                        occurred_at: d.occurred_at,
+                        consent: idx,
+                        action: d.action,
+                    },
+                );
+            }
+            None => orphans += 1,
+        })?;
+        if orphans > 0 {
+            // Deletion of a held consent is refused, so this means a damaged file.
+            tracing::error!(
+                orphans,
+                "states name consents missing from the stored catalog; they are ignored"
+            );
+        }
+        let report = LoadReport {
+            states,
+            contacts: index.contacts(),
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        let catalog = Arc::new(ArcSwap::from_pointee(catalog));
+        let metrics = Arc::new(Metrics::default());
+        let writer = Writer::start(
+            store.clone(),
+            index.clone(),
+            catalog.clone(),
+            WriterStart {
+                next_sequence: recovered.next_sequence,
+                last_recorded_at: recovered.last_recorded_at,
+                usage,
+                idempotency_retention,
+                erasures: Erasures::new(&recovered.erasure_key, recovered.erasures),
+            },
+            metrics.clone(),
+        );
+        let authority = Authority {
+            index,
+            catalog,
+            store,
+            writer,
+            metrics,
+            links: Arc::new(links),
+        };
+        Ok((authority, report))
+    }
+
+    /// Stops taking writes, commits what is queued, and stops the writer.
+    /// Reads keep answering from memory; later writes answer
+    /// [`Error::Closed`].
+    pub async fn close(&self) -> Result<(), Error> {
+        self.writer.close().await
+    }
+
+    /// CanSend (DESIGN.md rule 3). Never touches the disk, never allocates.
+    pub fn can_send(
+        &self,
+        contact: &str,
+        channel: &str,
+        brand: &str,
+        purpose: &str,
+    ) -> Result<Answer, FieldError> {
+        let answer = answer_check(
+            &self.catalog.load(),
+            &self.index,
+            contact,
+            channel,
+            brand,
+            purpose,
+        );
+        let mut tally = Tally::default();
+        count(&mut tally, &answer);
+        self.metrics.decisions(&tally);
+        answer
+    }
+
+    /// Many CanSends over one catalog snapshot, answered in order; `fields`
+    /// gives (contact, channel, brand, purpose) of an item.
+    pub fn can_send_many<'a, T: 'a>(
+        &self,
+        items: &'a [T],
+        fields: impl Fn(&'a T) -> (&'a str, &'a str, &'a str, &'a str),
+    ) -> Vec<Result<Answer, FieldError>> {
+        let catalog = self.catalog.load();
+        let mut tally = Tally::default();
+        let answers = items
+            .iter()
+            .map(|item| {
+                let (contact, channel, brand, purpose) = fields(item);
+                let answer = answer_check(&catalog, &self.index, contact, channel, brand, purpose);
+                count(&mut tally, &answer);
+                answer
+            })
+            .collect();
+        self.metrics.decisions(&tally);
+        answers
+    }
+
+    /// Grant or Withdraw; returns once durable and visible to CanSend.
+    pub async fn change(&self, change: Change) -> Result<ChangeOutcome, Error> {
+        self.writer.change(change).await
+    }
+
+    /// Starts a streamed import: feed it rows, then finish it.
+    pub fn import(&self) -> Import {
+        Import::new(self.writer.clone(), self.metrics.clone())
+    }
+
+    /// EraseContact (DESIGN.md rule 5): forgets the contact, keeps a keyed
+    /// hash with the time and `reason`; returns the erasure time once
+    /// durable. The reason must be at most [`MAX_REASON_LEN`] bytes without
+    /// control characters.
+    pub async fn erase(&self, contact: ContactId, reason: String) -> Result<UnixNanos, Error> {
+        if reason.len() > MAX_REASON_LEN || reason.chars().any(char::is_control) {
+            return Err(FieldError::new(
+                "reason",
+                format!("must be at most {MAX_REASON_LEN} bytes without control characters"),
+            )
+            .into());
+        }
+        let erased_at = self.writer.erase(contact, reason).await?;
+        self.metrics.erased();
+        Ok(erased_at)
+    }
+
+    /// Every current state of a contact (empty for an unknown contact).
+    pub async fn contact_states(&self, contact: ContactId) -> Result<Vec<StateRecord>, Error> {
+        self.read(move |store| store.contact_states(contact.as_str()))
+            .await
+    }
+
+    /// Every event of a contact, in recording order.
+    pub async fn history(&self, contact: ContactId) -> Result<Vec<EventRecord>, Error> {
+        self.read(move |store| store.history(contact.as_str()))
+            .await
+    }
+
+    /// Runs a blocking store read on the blocking pool, off the tokio workers.
+    async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, Error> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || read(&*store))
+            .await
+            .map_err(|e| StoreError::Backend(Box::new(e)))?
+            .map_err(Error::from)
+    }
+
+    /// Validates and installs a catalog, atomically and durably.
+    pub async fn apply_catalog(&self, spec: CatalogSpec) -> Result<Arc<Catalog>, Error> {
+        self.writer.apply_catalog(spec).await
+    }
+
+    /// The catalog in force.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.load_full()
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Contacts holding at least one state.
+    pub fn contacts(&self) -> usize {
+        self.index.contacts()
+    }
+}

@@ -1,0 +1,234 @@
+//! The write rules: how one Grant or Withdraw is ruled, given what the store
+//! and the writer's current batch know about it (DESIGN.md rules 2, 3, 5).
+//!
+//! Pure: the writer gathers the [`Known`] facts, asks [`rule`], and acts on
+//! the [`Ruling`]. The rules, first match wins:
+//!
+//! 1. a change from before the contact's erasure is dropped (rule 5): one
+//!    minted earlier (a link) counts from its issue time, else from when the
+//!    person decided; a change that claims no time is never from before;
+//! 2. an idempotency key seen before answers the first outcome again, or
+//!    is refused if it was used for a different change (rule 2);
+//! 3. a retired consent takes no new GRANT; withdrawals always count (rule 3);
+//! 4. otherwise the change is recorded, and becomes the state when it
+//!    supersedes the current one (rule 2's precedence).
+
+use super::event::{Action, Change, Decision, IdempotencyRecord, StateRecord, UnixNanos};
+
+/// What the store and the batch so far know about one change.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Known {
+    /// When the contact was erased, if it ever was.
+    pub erased_at: Option<UnixNanos>,
+    /// What the change's idempotency key first recorded, if it was seen.
+    pub key: Option<IdempotencyRecord>,
+    /// Whether the consent is retired.
+    pub retired: bool,
+    /// The state of (contact, consent), if any.
+    pub current: Option<Decision>,
+}
+
+/// What to do with a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ruling {
+    /// Record it; it becomes the state.
+    Apply,
+    /// Record it in the history; the current state stays (`applied=false`).
+    Superseded,
+    /// Its key already recorded the same change as `sequence`: record
+    /// nothing, answer that sequence.
+    Replay {
+        /// The sequence of the event the key first recorded.
+        sequence: u64,
+    },
+    /// It occurred before the contact was erased: record nothing.
+    Erased,
+    /// Refused: its key was first used for a different change.
+    KeyReused,
+    /// Refused: a GRANT of a retired consent.
+    Retired,
+}
+
+impl Ruling {
+    /// Whether the change goes into the history.
+    pub fn records(self) -> bool {
+        matches!(self, Ruling::Apply | Ruling::Superseded)
+    }
+}
+
+/// Rules on `change`, whose fingerprint (when it carries a key) is
+/// `fingerprint` and whose receipt time would be `recorded_at`.
+pub fn rule(
+    change: &Change,
+    fingerprint: Option<[u8; 32]>,
+    known: &Known,
+    recorded_at: UnixNanos,
+) -> Ruling {
+    if let Some(erased_at) = known.erased_at {
+        let reference = change
+            .issued_at
+            .or(change.occurred_at)
+            .unwrap_or(UnixNanos::MAX);
+        if reference <= erased_at {
+            return Ruling::Erased;
+        }
+    }
+    if let Some(seen) = known.key {
+        return if fingerprint == Some(seen.fingerprint) {
+            Ruling::Replay {
+                sequence: seen.sequence,
+            }
+        } else {
+            Ruling::KeyReused
+        };
+    }
+    if known.retired && change.action == Action::Grant {
+        return Ruling::Retired;
+    }
+    let new = Decision {
+        occurred_at: change.effective_occurred_at(recorded_at),
+        action: change.action,
+    };
+    if known.current.is_none_or(|current| new.supersedes(current)) {
+        Ruling::Apply
+    } else {
+        Ruling::Superseded
+    }
+}
+
+/// The answer to a Grant or Withdraw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeOutcome {
+    /// False when a newer event already decides, the key was seen before,
+    /// or the change is from before an erasure.
+    pub applied: bool,
+    /// The state of (contact, consent) after the change; `None` when the
+    /// contact holds none.
+    pub state: Option<StateRecord>,
+    /// The sequence of the recorded event (the first one, for a replayed
+    /// key); 0 when nothing was recorded.
+    pub sequence: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{ConsentId, ContactId, Evidence, Source};
+    use Action::*;
+
+    const NOW: i64 = 1_000;
+
+    fn change(action: Action, occurred_at: Option<i64>, issued_at: Option<i64>) -> Change {
+        Change {
+            contact: ContactId::parse("contact_id", "anna").unwrap(),
+            consent: ConsentId::parse("consent_id", "marketing").unwrap(),
+            action,
+            occurred_at,
+            source: Source::Form,
+            evidence: Evidence::new(),
+            idempotency_key: None,
+            issued_at,
+        }
+    }
+
+    fn state(occurred_at: i64, action: Action) -> Option<Decision> {
+        Some(Decision {
+            occurred_at,
+            action,
+        })
+    }
+
+    fn key(fingerprint: u8, sequence: u64) -> Option<IdempotencyRecord> {
+        Some(IdempotencyRecord {
+            sequence,
+            recorded_at: 1,
+            fingerprint: [fingerprint; 32],
+        })
+    }
+
+    #[test]
+    fn rulings_table() {
+        let k = |erased_at, key, retired, current| Known {
+            erased_at,
+            key,
+            retired,
+            current,
+        };
+        let none = Known::default();
+        #[rustfmt::skip]
+        let table: &[(&str, Change, Option<u8>, Known, Ruling)] = &[
+            ("first grant applies", change(Grant, None, None), None, none, Ruling::Apply),
+            ("later withdrawal applies", change(Withdraw, Some(20), None), None,
+                k(None, None, false, state(10, Grant)), Ruling::Apply),
+            ("older grant is superseded", change(Grant, Some(5), None), None,
+                k(None, None, false, state(10, Withdraw)), Ruling::Superseded),
+            ("tie: withdraw beats grant", change(Withdraw, Some(10), None), None,
+                k(None, None, false, state(10, Grant)), Ruling::Apply),
+            ("tie of the same action: the first recorded stays", change(Grant, Some(10), None), None,
+                k(None, None, false, state(10, Grant)), Ruling::Superseded),
+            ("no occurred_at means now, which beats the past", change(Grant, None, None), None,
+                k(None, None, false, state(NOW - 1, Withdraw)), Ruling::Apply),
+            ("a future occurred_at is clamped to the receipt time", change(Grant, Some(NOW + 50), None), None,
+                k(None, None, false, state(NOW, Withdraw)), Ruling::Superseded),
+            ("occurred before the erasure", change(Grant, Some(40), None), None,
+                k(Some(50), None, false, None), Ruling::Erased),
+            ("occurred at the erasure time counts as before", change(Grant, Some(50), None), None,
+                k(Some(50), None, false, None), Ruling::Erased),
+            ("fresh after the erasure", change(Grant, Some(60), None), None,
+                k(Some(50), None, false, None), Ruling::Apply),
+            ("no claimed time: never from before", change(Grant, None, None), None,
+                k(Some(50), None, false, None), Ruling::Apply),
+            ("link minted before the erasure", change(Withdraw, None, Some(40)), None,
+                k(Some(50), None, false, None), Ruling::Erased),
+            ("link minted after the erasure", change(Withdraw, None, Some(60)), None,
+                k(Some(50), None, false, None), Ruling::Apply),
+            ("the erasure wins over a replayed key", change(Grant, Some(40), None), Some(1),
+                k(Some(50), key(1, 7), false, None), Ruling::Erased),
+            ("same key, same change: replay", change(Grant, None, None), Some(1),
+                k(None, key(1, 7), false, state(1, Grant)), Ruling::Replay { sequence: 7 }),
+            ("same key, other change: refused", change(Grant, None, None), Some(2),
+                k(None, key(1, 7), false, None), Ruling::KeyReused),
+            ("a replay of a grant of a since-retired consent is still a replay",
+                change(Grant, None, None), Some(1), k(None, key(1, 7), true, None), Ruling::Replay { sequence: 7 }),
+            ("retired: no new grant", change(Grant, None, None), None,
+                k(None, None, true, None), Ruling::Retired),
+            ("retired: withdrawals always count", change(Withdraw, None, None), None,
+                k(None, None, true, state(1, Grant)), Ruling::Apply),
+        ];
+        for (name, change, fingerprint, known, want) in table {
+            let got = rule(change, fingerprint.map(|f| [f; 32]), known, NOW);
+            assert_eq!(got, *want, "{name}");
+        }
+    }
+
+    #[test]
+    fn only_apply_and_superseded_record() {
+        for (r, records) in [
+            (Ruling::Apply, true),
+            (Ruling::Superseded, true),
+            (Ruling::Replay { sequence: 1 }, false),
+            (Ruling::Erased, false),
+            (Ruling::KeyReused, false),
+            (Ruling::Retired, false),
+        ] {
+            assert_eq!(r.records(), records, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn fingerprints_bind_the_whole_change() {
+        let base = change(Grant, Some(5), None);
+        let mut with_evidence = base.clone();
+        with_evidence
+            .evidence
+            .insert("ip".into(), "10.0.0.1".into());
+        let mut withdraw = base.clone();
+        withdraw.action = Withdraw;
+        let mut no_time = base.clone();
+        no_time.occurred_at = None;
+        assert_eq!(base.fingerprint(), base.clone().fingerprint());
+        for other in [with_evidence, withdraw, no_time] {
+            assert_ne!(base.fingerprint(), other.fingerprint(), "{other:?}");
+        }
+    }
+}

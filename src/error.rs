@@ -1,0 +1,49 @@
+//! Why an operation of the authority was refused or failed: one enum, named
+//! for causes, shared by the writer and the authority (re-exported as
+//! [`crate::authority::Error`]). Transports map it once: gRPC in
+//! `grpc/status.rs`, HTTP in its pages.
+
+use crate::domain::FieldError;
+use crate::store::StoreError;
+
+/// Why an operation was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A request field is malformed; the error names it.
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+    /// The change names a consent the catalog lacks.
+    #[error("consent {0:?} is not in the catalog")]
+    UnknownConsent(String),
+    /// A GRANT of a retired consent.
+    #[error("consent {0:?} is retired and accepts no new grants")]
+    RetiredConsent(String),
+    /// The idempotency key was first used for a different change.
+    #[error("idempotency_key {0:?} was already used for a different change")]
+    KeyReused(String),
+    /// A catalog would delete consents that contacts hold state for.
+    #[error("consents {0:?} are held by contacts and cannot be deleted: retire them instead")]
+    ConsentInUse(Vec<String>),
+    /// No consent of the purpose covers the channel and brand, so no link
+    /// can withdraw anything.
+    #[error("no consent of the purpose covers channel {channel:?} and brand {brand:?}")]
+    NotCovered {
+        /// The channel asked for.
+        channel: String,
+        /// The brand asked for.
+        brand: String,
+    },
+    /// The store failed (a read, or a write that changed nothing).
+    #[error(transparent)]
+    Storage(#[from] StoreError),
+    /// The group commit holding the change failed; nothing of it was kept.
+    /// The store's error is shared by the whole batch, hence its message.
+    #[error("commit failed: {0}")]
+    CommitFailed(String),
+    /// The writer has stopped (shutdown): nothing was recorded.
+    #[error("the writer has stopped")]
+    Closed,
+    /// The writer thread panicked.
+    #[error("the writer thread panicked")]
+    WriterPanicked,
+}

@@ -1,0 +1,40 @@
+//! The one mapping from the authority's errors to gRPC statuses.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::authority::Error;
+use crate::domain::FieldError;
+
+/// INVALID_ARGUMENT naming the field, with a BadRequest detail for clients
+/// that read rich errors.
+pub fn invalid(e: FieldError) -> Status {
+    Status::with_error_details(
+        Code::InvalidArgument,
+        e.to_string(),
+        ErrorDetails::with_bad_request_violation(e.field, e.problem),
+    )
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        match e {
+            Error::Invalid(f) => invalid(f),
+            e @ Error::UnknownConsent(_) => Status::not_found(format!("consent_id: {e}")),
+            e @ (Error::RetiredConsent(_)
+            | Error::KeyReused(_)
+            | Error::ConsentInUse(_)
+            | Error::NotCovered { .. }) => Status::failed_precondition(e.to_string()),
+            Error::Storage(e) => {
+                // Storage details stay in the log; the client learns only
+                // that it failed.
+                tracing::error!(error = %e, "storage error");
+                Status::internal("storage error; nothing was changed")
+            }
+            // Already logged by the writer, with the batch size.
+            Error::CommitFailed(_) => Status::internal("storage error; nothing was changed"),
+            Error::Closed => Status::unavailable("shutting down"),
+            Error::WriterPanicked => Status::internal("the writer stopped; nothing was changed"),
+        }
+    }
+}

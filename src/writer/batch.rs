@@ -1,0 +1,187 @@
+//! What one group commit has ruled so far: the records to write, and the
+//! view of states and keys that later changes of the same batch must see
+//! ahead of the store and the index (two changes to one contact, a key used
+//! twice).
+
+use std::collections::HashMap;
+
+use super::Reply;
+use crate::domain::{
+    ChangeOutcome, ConsentIdx, Decision, EventRecord, HeldState, IdempotencyRecord, StateRecord,
+};
+use crate::error::Error;
+use crate::index::Index;
+use crate::store::{Store, StoreError, WriteBatch};
+
+/// An index key: short contact ids stay inline.
+pub(super) type ContactKey = compact_str::CompactString;
+
+/// A change recorded but not yet committed: its answer, and what the index
+/// learns once the commit holds.
+struct Pending {
+    outcome: ChangeOutcome,
+    index_update: Option<(ContactKey, HeldState)>,
+}
+
+/// One group commit in the making.
+#[derive(Default)]
+pub(super) struct GroupBatch {
+    /// What goes to the store.
+    pub(super) write: WriteBatch,
+    /// States this batch set, ahead of the index and the store.
+    states: HashMap<(ContactKey, ConsentIdx), StateRecord>,
+    /// Keys this batch used, ahead of the store.
+    keys: HashMap<String, IdempotencyRecord>,
+    /// Consents that gained a contact in this batch (the deletion guard).
+    new_usage: Vec<ConsentIdx>,
+    /// One per recorded event, in order.
+    pending: Vec<Pending>,
+    /// The callers of `pending`, in the same order.
+    replies: Vec<Reply<ChangeOutcome>>,
+}
+
+impl GroupBatch {
+    /// The decisive part of (contact, consent)'s state: this batch's, else
+    /// the index's.
+    pub(super) fn decision(
+        &self,
+        contact: &ContactKey,
+        consent: ConsentIdx,
+        index: &Index,
+    ) -> Option<Decision> {
+        match self.states.get(&(contact.clone(), consent)) {
+            Some(s) => Some(s.decision()),
+            None => index.get(contact, consent).map(HeldState::decision),
+        }
+    }
+
+    /// The full state of (contact, consent), for an answer: this batch's,
+    /// else the store's.
+    pub(super) fn state(
+        &self,
+        contact: &ContactKey,
+        consent: ConsentIdx,
+        consent_id: &str,
+        store: &dyn Store,
+    ) -> Result<Option<StateRecord>, StoreError> {
+        match self.states.get(&(contact.clone(), consent)) {
+            Some(s) => Ok(Some(s.clone())),
+            None => store.state(contact, consent_id),
+        }
+    }
+
+    /// What `key` first recorded: in this batch, else in the store.
+    pub(super) fn key(
+        &self,
+        key: &str,
+        store: &dyn Store,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        match self.keys.get(key) {
+            Some(r) => Ok(Some(*r)),
+            None => store.idempotency(key),
+        }
+    }
+
+    /// Adds an event that becomes the state of (contact, `consent`);
+    /// `was_held` tells whether the contact held a state for it before.
+    pub(super) fn apply(
+        &mut self,
+        event: EventRecord,
+        consent: ConsentIdx,
+        fingerprint: Option<[u8; 32]>,
+        was_held: bool,
+    ) {
+        if !was_held {
+            self.new_usage.push(consent);
+        }
+        let contact = ContactKey::from(event.contact.as_str());
+        let state = event.state();
+        self.states
+            .insert((contact.clone(), consent), state.clone());
+        let held = HeldState {
+            occurred_at: event.occurred_at,
+            consent,
+            action: event.action,
+        };
+        self.push(event, fingerprint, Some(state), Some((contact, held)));
+    }
+
+    /// Adds an event that goes into the history only; `standing` is the
+    /// state that still decides, for the answer.
+    pub(super) fn supersede(
+        &mut self,
+        event: EventRecord,
+        fingerprint: Option<[u8; 32]>,
+        standing: Option<StateRecord>,
+    ) {
+        self.push(event, fingerprint, standing, None);
+    }
+
+    fn push(
+        &mut self,
+        event: EventRecord,
+        fingerprint: Option<[u8; 32]>,
+        state: Option<StateRecord>,
+        index_update: Option<(ContactKey, HeldState)>,
+    ) {
+        if let (Some(key), Some(fingerprint)) = (&event.idempotency_key, fingerprint) {
+            let r = IdempotencyRecord {
+                sequence: event.sequence,
+                recorded_at: event.recorded_at,
+                fingerprint,
+            };
+            self.keys.insert(key.clone(), r);
+            self.write.idempotency.push((key.clone(), r));
+        }
+        self.pending.push(Pending {
+            outcome: ChangeOutcome {
+                applied: event.applied,
+                state,
+                sequence: event.sequence,
+            },
+            index_update,
+        });
+        self.write.events.push(event);
+    }
+
+    /// Who waits for the event just recorded.
+    pub(super) fn answer_after_commit(&mut self, reply: Reply<ChangeOutcome>) {
+        self.replies.push(reply);
+        debug_assert_eq!(self.replies.len(), self.pending.len());
+    }
+
+    /// Whether nothing was recorded (every change was refused or a replay).
+    pub(super) fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// How many changes are recorded.
+    pub(super) fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// After a successful commit: the index learns the new states, the
+    /// deletion guard its new holders, and every caller its answer.
+    pub(super) fn acknowledge(self, index: &Index, usage: &mut Vec<u64>) {
+        for consent in self.new_usage {
+            let i = consent as usize;
+            if usage.len() <= i {
+                usage.resize(i + 1, 0);
+            }
+            usage[i] += 1;
+        }
+        for (p, reply) in self.pending.into_iter().zip(self.replies) {
+            if let Some((contact, state)) = p.index_update {
+                index.put(&contact, state);
+            }
+            let _ = reply.send(Ok(p.outcome));
+        }
+    }
+
+    /// After a failed commit: every caller learns it, nothing else changes.
+    pub(super) fn fail(self, error: &StoreError) {
+        for reply in self.replies {
+            let _ = reply.send(Err(Error::CommitFailed(error.to_string())));
+        }
+    }
+}

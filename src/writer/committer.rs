@@ -1,0 +1,520 @@
+//! The writer thread: takes what is queued, rules each change with
+//! [`crate::domain::rule`] against a [`GroupBatch`], commits the batch in one
+//! store transaction, then updates the index and answers.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tokio::sync::{mpsc, oneshot};
+
+use super::batch::{ContactKey, GroupBatch};
+use super::{Command, Reply, WriterStart};
+use crate::clock::now_nanos;
+use crate::domain::{
+    Catalog, CatalogSpec, Change, ChangeOutcome, ContactId, Erasures, EventRecord, Known, Ruling,
+    UnixNanos, rule,
+};
+use crate::error::Error;
+use crate::index::Index;
+use crate::metrics::Metrics;
+use crate::store::{Store, Tombstone, WriteBatch};
+
+/// Most commands folded into one transaction.
+const MAX_GROUP: usize = 4096;
+/// How often, and how many, expired idempotency keys are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+const PRUNE_BATCH: usize = 10_000;
+
+/// What ruling one change led to.
+enum Ruled {
+    /// Added to the batch: answered once the batch commits.
+    Recorded,
+    /// Nothing to record: answered now.
+    Answered(ChangeOutcome),
+}
+
+/// Everything the writer thread owns.
+pub(super) struct Committer {
+    store: Arc<dyn Store>,
+    index: Arc<Index>,
+    catalog: Arc<ArcSwap<Catalog>>,
+    next_sequence: u64,
+    /// The latest receipt time handed out.
+    last_recorded: UnixNanos,
+    /// Contacts holding state, per interned consent (deletion guard).
+    usage: Vec<u64>,
+    metrics: Arc<Metrics>,
+    erasures: Erasures,
+    /// Idempotency retention, in nanoseconds.
+    retention: i64,
+    last_prune: Option<Instant>,
+}
+
+impl Committer {
+    pub(super) fn new(
+        store: Arc<dyn Store>,
+        index: Arc<Index>,
+        catalog: Arc<ArcSwap<Catalog>>,
+        start: WriterStart,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            store,
+            index,
+            catalog,
+            next_sequence: start.next_sequence,
+            last_recorded: start.last_recorded_at,
+            usage: start.usage,
+            metrics,
+            erasures: start.erasures,
+            retention: start.idempotency_retention.as_nanos().min(i64::MAX as u128) as i64,
+            last_prune: None,
+        }
+    }
+
+    /// Runs until closed (or until every handle is gone), then answers the
+    /// close once everything queued is done.
+    pub(super) fn run(&mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut queue = Vec::with_capacity(MAX_GROUP);
+        let mut closers: Vec<oneshot::Sender<()>> = Vec::new();
+        while let Some(first) = rx.blocking_recv() {
+            queue.push(first);
+            while queue.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(c) => queue.push(c),
+                    Err(_) => break,
+                }
+            }
+            let mut changes = Vec::with_capacity(queue.len());
+            for cmd in queue.drain(..) {
+                match cmd {
+                    Command::Change(c, reply) => changes.push((c, reply)),
+                    Command::Catalog(spec, reply) => {
+                        // Everything queued before the apply commits first.
+                        self.commit_changes(std::mem::take(&mut changes));
+                        let _ = reply.send(self.apply_catalog(spec));
+                    }
+                    Command::Erase(contact, reason, reply) => {
+                        self.commit_changes(std::mem::take(&mut changes));
+                        let _ = reply.send(self.erase(contact, reason));
+                    }
+                    Command::Close(done) => {
+                        // What is already queued still runs; nothing new gets in.
+                        rx.close();
+                        closers.push(done);
+                    }
+                }
+            }
+            self.commit_changes(changes);
+            self.prune_if_due();
+        }
+        tracing::info!("writer stopped: queue drained");
+        for done in closers {
+            let _ = done.send(());
+        }
+    }
+
+    /// The receipt time the next recorded change gets: wall-clock time,
+    /// but strictly after everything recorded before.
+    fn receipt_time(&self) -> UnixNanos {
+        now_nanos().max(self.last_recorded + 1)
+    }
+
+    /// Rules every change, commits those that record something in one
+    /// transaction, then updates the index and answers. A failed commit
+    /// changes nothing: not the index, not the sequence counter.
+    pub(super) fn commit_changes(&mut self, changes: Vec<(Change, Reply<ChangeOutcome>)>) {
+        if changes.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let catalog = self.catalog.load_full();
+        let first_sequence = self.next_sequence;
+        let mut batch = GroupBatch::default();
+        for (change, reply) in changes {
+            match self.rule_into(&catalog, change, &mut batch) {
+                Ok(Ruled::Recorded) => batch.answer_after_commit(reply),
+                Ok(Ruled::Answered(outcome)) => {
+                    let _ = reply.send(Ok(outcome));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            }
+        }
+        if batch.is_empty() {
+            return;
+        }
+        batch.write.next_sequence = self.next_sequence;
+        let n = batch.len();
+        match self.store.commit(&batch.write) {
+            Ok(()) => {
+                batch.acknowledge(&self.index, &mut self.usage);
+                self.metrics.commit(n, started.elapsed());
+            }
+            Err(e) => {
+                tracing::error!(error = %e, changes = n, "commit failed; nothing of this batch was acknowledged");
+                self.metrics.commit_failed();
+                self.next_sequence = first_sequence;
+                batch.fail(&e);
+            }
+        }
+    }
+
+    /// Rules one change: answers it at once (a replay, a change from before
+    /// an erasure), or records it in the batch to be answered after commit.
+    fn rule_into(
+        &mut self,
+        catalog: &Catalog,
+        change: Change,
+        batch: &mut GroupBatch,
+    ) -> Result<Ruled, Error> {
+        let idx = catalog
+            .consent_idx(change.consent.as_str())
+            .ok_or_else(|| Error::UnknownConsent(change.consent.to_string()))?;
+        let def = catalog
+            .consent(idx)
+            .expect("consent_idx only names compiled consents");
+        let contact = ContactKey::from(change.contact.as_str());
+        let fingerprint = change
+            .idempotency_key
+            .as_ref()
+            .map(|_| change.fingerprint());
+        let known = Known {
+            erased_at: self.erasures.erased_at(&contact),
+            key: match &change.idempotency_key {
+                Some(k) => batch.key(k, &*self.store)?,
+                None => None,
+            },
+            retired: def.spec.retired,
+            current: batch.decision(&contact, idx, &self.index),
+        };
+        let recorded_at = self.receipt_time();
+        let ruling = rule(&change, fingerprint, &known, recorded_at);
+        let standing = || batch.state(&contact, idx, change.consent.as_str(), &*self.store);
+        let answer = |sequence| -> Result<Ruled, Error> {
+            Ok(Ruled::Answered(ChangeOutcome {
+                applied: false,
+                state: standing()?,
+                sequence,
+            }))
+        };
+        let applied = match ruling {
+            Ruling::KeyReused => {
+                return Err(Error::KeyReused(change.idempotency_key.unwrap_or_default()));
+            }
+            Ruling::Retired => return Err(Error::RetiredConsent(def.id.to_string())),
+            Ruling::Erased => return answer(0),
+            Ruling::Replay { sequence } => return answer(sequence),
+            Ruling::Superseded => false,
+            Ruling::Apply => true,
+        };
+        let superseded_by = if applied { None } else { standing()? };
+        self.last_recorded = recorded_at;
+        let sequence = self.next_sequence;
+        self.next_sequence += 1;
+        let event = EventRecord {
+            occurred_at: change.effective_occurred_at(recorded_at),
+            contact: change.contact,
+            consent: change.consent,
+            action: change.action,
+            recorded_at,
+            source: change.source,
+            evidence: change.evidence,
+            version: def.spec.version,
+            sequence,
+            idempotency_key: change.idempotency_key,
+            applied,
+        };
+        if applied {
+            batch.apply(event, idx, fingerprint, known.current.is_some());
+        } else {
+            batch.supersede(event, fingerprint, superseded_by);
+        }
+        Ok(Ruled::Recorded)
+    }
+
+    /// Forgets idempotency keys past retention, a bounded slice at a time
+    /// and at most once a minute, between group commits.
+    fn prune_if_due(&mut self) {
+        if self.last_prune.is_some_and(|t| t.elapsed() < PRUNE_EVERY) {
+            return;
+        }
+        self.last_prune = Some(Instant::now());
+        match self
+            .store
+            .prune_idempotency(now_nanos().saturating_sub(self.retention), PRUNE_BATCH)
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(keys = n, "idempotency keys past retention forgotten"),
+            Err(e) => tracing::warn!(error = %e, "pruning idempotency keys failed; will retry"),
+        }
+    }
+
+    fn erase(&mut self, contact: ContactId, reason: String) -> Result<UnixNanos, Error> {
+        let erased_at = self.receipt_time();
+        let tombstone = Tombstone {
+            hash: self.erasures.hash(contact.as_str()),
+            erased_at,
+            reason,
+        };
+        self.store.erase(contact.as_str(), &tombstone)?;
+        self.last_recorded = erased_at;
+        for s in self.index.remove(contact.as_str()).unwrap_or_default() {
+            if let Some(n) = self.usage.get_mut(s.consent as usize) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        self.erasures.record(tombstone.hash, erased_at);
+        tracing::info!(erased_at, "contact erased");
+        Ok(erased_at)
+    }
+
+    fn apply_catalog(&mut self, spec: CatalogSpec) -> Result<Arc<Catalog>, Error> {
+        let current = self.catalog.load_full();
+        let (next, removed) = current.compile(spec)?;
+        let in_use: Vec<String> = removed
+            .iter()
+            .filter(|&&i| self.usage.get(i as usize).copied().unwrap_or(0) > 0)
+            .map(|&i| current.consent_id(i).to_owned())
+            .collect();
+        if !in_use.is_empty() {
+            return Err(Error::ConsentInUse(in_use));
+        }
+        let batch = WriteBatch {
+            catalog: Some(next.spec().clone()),
+            next_sequence: self.next_sequence,
+            ..Default::default()
+        };
+        self.store.commit(&batch)?;
+        let next = Arc::new(next);
+        self.catalog.store(next.clone());
+        tracing::info!(
+            consents = next.spec().consents.len(),
+            channels = next.spec().channels.len(),
+            brands = next.spec().brands.len(),
+            "catalog applied"
+        );
+        Ok(next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Group commit over the in-memory store, driven without the thread so
+    //! that what lands in one batch is exact.
+
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use crate::domain::{
+        Action, ConsentId, ConsentSpec, Decision, Evidence, IdempotencyRecord, Source, StateRecord,
+    };
+    use crate::store::{MemoryStore, Recovered, StoreError};
+
+    const S: i64 = 1_000_000_000;
+
+    /// The memory store, with commits that fail while `fail` is set.
+    struct Flaky {
+        inner: MemoryStore,
+        fail: AtomicBool,
+    }
+
+    impl Store for Flaky {
+        fn recover(&self) -> Result<Recovered, StoreError> {
+            self.inner.recover()
+        }
+        fn load_states(
+            &self,
+            sink: &mut dyn FnMut(&str, &str, Decision),
+        ) -> Result<u64, StoreError> {
+            self.inner.load_states(sink)
+        }
+        fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
+            self.inner.idempotency(key)
+        }
+        fn state(&self, contact: &str, consent: &str) -> Result<Option<StateRecord>, StoreError> {
+            self.inner.state(contact, consent)
+        }
+        fn contact_states(&self, contact: &str) -> Result<Vec<StateRecord>, StoreError> {
+            self.inner.contact_states(contact)
+        }
+        fn history(&self, contact: &str) -> Result<Vec<EventRecord>, StoreError> {
+            self.inner.history(contact)
+        }
+        fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+            if self.fail.load(Ordering::Relaxed) {
+                return Err(StoreError::Io(std::io::Error::other("disk full")));
+            }
+            self.inner.commit(batch)
+        }
+        fn erase(&self, contact: &str, tombstone: &Tombstone) -> Result<bool, StoreError> {
+            self.inner.erase(contact, tombstone)
+        }
+        fn prune_idempotency(&self, before: UnixNanos, max: usize) -> Result<usize, StoreError> {
+            self.inner.prune_idempotency(before, max)
+        }
+    }
+
+    fn setup() -> (Committer, Arc<Flaky>, Arc<Index>) {
+        let store = Arc::new(Flaky {
+            inner: MemoryStore::new().unwrap(),
+            fail: AtomicBool::new(false),
+        });
+        let spec = CatalogSpec {
+            channels: vec!["email".into()],
+            brands: vec!["acme".into()],
+            consents: vec![ConsentSpec {
+                id: "marketing".into(),
+                text: "News from all our brands".into(),
+                ..Default::default()
+            }],
+            default_purpose: None,
+        };
+        let catalog = Catalog::empty(None).compile(spec).unwrap().0;
+        let index = Arc::new(Index::default());
+        let committer = Committer::new(
+            store.clone(),
+            index.clone(),
+            Arc::new(ArcSwap::from_pointee(catalog)),
+            WriterStart {
+                next_sequence: 1,
+                last_recorded_at: 0,
+                usage: vec![0],
+                idempotency_retention: Duration::from_secs(24 * 3600),
+                erasures: Erasures::new(&[0; 32], []),
+            },
+            Arc::new(Metrics::default()),
+        );
+        (committer, store, index)
+    }
+
+    fn change(action: Action, seconds: i64, key: Option<&str>) -> Change {
+        Change {
+            contact: ContactId::parse("contact_id", "anna").unwrap(),
+            consent: ConsentId::parse("consent_id", "marketing").unwrap(),
+            action,
+            occurred_at: Some(seconds * S),
+            source: Source::Form,
+            evidence: Evidence::new(),
+            idempotency_key: key.map(str::to_owned),
+            issued_at: None,
+        }
+    }
+
+    /// Commits `changes` as one group and returns each answer.
+    fn group(c: &mut Committer, changes: Vec<Change>) -> Vec<Result<ChangeOutcome, Error>> {
+        let mut answers = Vec::new();
+        let mut queued = Vec::new();
+        for change in changes {
+            let (tx, rx) = oneshot::channel();
+            queued.push((change, tx));
+            answers.push(rx);
+        }
+        c.commit_changes(queued);
+        answers
+            .into_iter()
+            .map(|mut rx| rx.try_recv().expect("answered by the end of the group"))
+            .collect()
+    }
+
+    fn held(index: &Index) -> Option<Decision> {
+        index.get("anna", 0).map(|h| h.decision())
+    }
+
+    #[test]
+    fn two_changes_to_one_contact_in_one_batch() {
+        let (mut c, store, index) = setup();
+        let answers = group(
+            &mut c,
+            vec![
+                change(Action::Grant, 10, None),
+                change(Action::Withdraw, 20, None),
+                // Older than the withdrawal ahead of it in the same batch:
+                // the batch's view, not the index, must refuse it.
+                change(Action::Grant, 15, None),
+            ],
+        );
+        let answers: Vec<ChangeOutcome> = answers.into_iter().map(Result::unwrap).collect();
+        assert_eq!(
+            answers
+                .iter()
+                .map(|a| (a.applied, a.sequence))
+                .collect::<Vec<_>>(),
+            vec![(true, 1), (true, 2), (false, 3)]
+        );
+        let standing = answers[2].state.as_ref().expect("the withdrawal stands");
+        assert_eq!((standing.action, standing.sequence), (Action::Withdraw, 2));
+        assert_eq!(
+            held(&index),
+            Some(Decision {
+                occurred_at: 20 * S,
+                action: Action::Withdraw
+            })
+        );
+        assert_eq!(store.history("anna").unwrap().len(), 3);
+        assert_eq!(store.contact_states("anna").unwrap()[0].sequence, 2);
+        assert_eq!(store.recover().unwrap().next_sequence, 4);
+    }
+
+    #[test]
+    fn a_key_repeated_within_a_batch() {
+        let (mut c, store, _) = setup();
+        let mut other = change(Action::Grant, 10, Some("k1"));
+        other.evidence.insert("form".into(), "another".into());
+        let answers = group(
+            &mut c,
+            vec![
+                change(Action::Grant, 10, Some("k1")),
+                change(Action::Grant, 10, Some("k1")),
+                other,
+            ],
+        );
+        let first = answers[0].as_ref().unwrap();
+        let replay = answers[1].as_ref().unwrap();
+        assert_eq!((first.applied, first.sequence), (true, 1));
+        assert_eq!((replay.applied, replay.sequence), (false, 1));
+        assert_eq!(replay.state, first.state, "the replay answers the state");
+        assert!(matches!(&answers[2], Err(Error::KeyReused(k)) if k == "k1"));
+        assert_eq!(store.history("anna").unwrap().len(), 1, "recorded once");
+        assert_eq!(store.idempotency("k1").unwrap().unwrap().sequence, 1);
+        // And in the next batch, from the store.
+        let again = group(&mut c, vec![change(Action::Grant, 10, Some("k1"))]);
+        assert_eq!(again[0].as_ref().unwrap().sequence, 1);
+    }
+
+    #[test]
+    fn a_failed_commit_changes_nothing() {
+        let (mut c, store, index) = setup();
+        store.fail.store(true, Ordering::Relaxed);
+        let answers = group(
+            &mut c,
+            vec![
+                change(Action::Grant, 10, Some("k1")),
+                change(Action::Withdraw, 20, None),
+            ],
+        );
+        for a in &answers {
+            assert!(
+                matches!(a, Err(Error::CommitFailed(m)) if m.contains("disk full")),
+                "{a:?}"
+            );
+        }
+        assert_eq!(held(&index), None, "the index never saw it");
+        assert_eq!(c.usage, vec![0], "nor the deletion guard");
+        assert!(store.history("anna").unwrap().is_empty());
+        assert_eq!(store.idempotency("k1").unwrap(), None);
+
+        store.fail.store(false, Ordering::Relaxed);
+        let answers = group(&mut c, vec![change(Action::Grant, 10, Some("k1"))]);
+        let retried = answers[0].as_ref().unwrap();
+        assert_eq!(
+            (retried.applied, retried.sequence),
+            (true, 1),
+            "no sequence was burned"
+        );
+        assert!(held(&index).is_some());
+        assert_eq!(c.usage, vec![1]);
+    }
+}

@@ -1,0 +1,217 @@
+//! The single writer: every mutation and every catalog change goes through
+//! one thread, which groups whatever is queued into one durable store
+//! transaction (group commit).
+//!
+//! Invariants:
+//! - a reply is sent only after the batch holding the change has committed;
+//! - the index is updated only after that commit, so a failed commit leaves
+//!   it untouched and readers never see a decision that could be lost;
+//! - `recorded_at` and `sequence` strictly increase in recording order;
+//! - a catalog apply or an erasure is serialized with the mutations around
+//!   it, so a consent cannot gain state while it is being deleted.
+//!
+//! Layout: this file is the handle callers hold ([`Writer`]); `committer.rs`
+//! is the thread (the loop, the rulings from [`crate::domain::ruling`], the
+//! commit); `batch.rs` is what one group commit has ruled so far.
+//!
+//! Shutdown is explicit: [`Writer::close`] stops taking commands, finishes
+//! what is queued and joins the thread.
+
+mod batch;
+mod committer;
+
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use arc_swap::ArcSwap;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::domain::{Catalog, CatalogSpec, Change, ChangeOutcome, ContactId, Erasures, UnixNanos};
+use crate::error::Error;
+use crate::index::Index;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use committer::Committer;
+
+/// Queue depth before callers wait (back-pressure).
+const QUEUE: usize = 16 * 1024;
+
+/// A reply the writer sends once the command is durable (or refused).
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, Error>>;
+
+enum Command {
+    Change(Change, Reply<ChangeOutcome>),
+    Catalog(CatalogSpec, Reply<Arc<Catalog>>),
+    Erase(ContactId, String, Reply<UnixNanos>),
+    /// Stop taking commands; answer once everything queued is done.
+    Close(oneshot::Sender<()>),
+}
+
+/// What the writer takes over from the store at start.
+pub(crate) struct WriterStart {
+    /// The sequence the next event gets.
+    pub(crate) next_sequence: u64,
+    /// The latest receipt time already on file.
+    pub(crate) last_recorded_at: UnixNanos,
+    /// Contacts holding state, per interned consent, as loaded.
+    pub(crate) usage: Vec<u64>,
+    /// How long idempotency keys are remembered (at least 24 hours).
+    pub(crate) idempotency_retention: std::time::Duration,
+    /// Every erasure on file.
+    pub(crate) erasures: Erasures,
+}
+
+/// A cheap, cloneable handle to the writer thread.
+#[derive(Clone)]
+pub(crate) struct Writer {
+    tx: mpsc::Sender<Command>,
+    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl Writer {
+    /// Starts the writer thread over the store, the index it updates and
+    /// the catalog it swaps.
+    pub(crate) fn start(
+        store: Arc<dyn Store>,
+        index: Arc<Index>,
+        catalog: Arc<ArcSwap<Catalog>>,
+        start: WriterStart,
+        metrics: Arc<Metrics>,
+    ) -> Writer {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let mut committer = Committer::new(store, index, catalog, start, metrics);
+        let thread = std::thread::Builder::new()
+            .name("consentd-writer".into())
+            .spawn(move || committer.run(rx))
+            .expect("spawning the writer thread at start-up");
+        Writer {
+            tx,
+            thread: Arc::new(Mutex::new(Some(thread))),
+        }
+    }
+
+    /// Records a Grant or Withdraw; returns once it is durable and visible.
+    pub(crate) async fn change(&self, change: Change) -> Result<ChangeOutcome, Error> {
+        self.submit(change)
+            .await?
+            .await
+            .map_err(|_| Error::Closed)?
+    }
+
+    /// Queues a change without waiting for it: the receiver answers once it
+    /// is durable. Waits only while the writer's queue is full.
+    pub(crate) async fn submit(
+        &self,
+        change: Change,
+    ) -> Result<oneshot::Receiver<Result<ChangeOutcome, Error>>, Error> {
+        self.send(|tx| Command::Change(change, tx)).await
+    }
+
+    /// Erases a contact; returns the erasure time once durable.
+    pub(crate) async fn erase(
+        &self,
+        contact: ContactId,
+        reason: String,
+    ) -> Result<UnixNanos, Error> {
+        let rx = self.send(|tx| Command::Erase(contact, reason, tx)).await?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Validates and installs a new catalog, durably, or changes nothing.
+    pub(crate) async fn apply_catalog(&self, spec: CatalogSpec) -> Result<Arc<Catalog>, Error> {
+        let rx = self.send(|tx| Command::Catalog(spec, tx)).await?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Stops taking commands, commits everything already queued, and joins
+    /// the thread. Later calls to any method answer [`Error::Closed`];
+    /// closing again is harmless.
+    pub(crate) async fn close(&self) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Command::Close(tx)).await.is_ok() {
+            // An error here means the thread ended without answering: the
+            // join below tells whether it panicked.
+            let _ = rx.await;
+        }
+        let thread = self
+            .thread
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        match thread {
+            Some(t) => tokio::task::spawn_blocking(move || t.join())
+                .await
+                .map_err(|_| Error::WriterPanicked)?
+                .map_err(|_| Error::WriterPanicked),
+            None => Ok(()),
+        }
+    }
+
+    /// Queues a command carrying a reply channel; returns that channel.
+    async fn send<T>(
+        &self,
+        command: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<oneshot::Receiver<Result<T, Error>>, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(command(tx)).await.map_err(|_| Error::Closed)?;
+        Ok(rx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Action, ConsentId, ConsentSpec, Evidence, Source};
+    use crate::store::MemoryStore;
+
+    #[tokio::test]
+    async fn close_finishes_what_is_queued_then_refuses() {
+        let store = Arc::new(MemoryStore::new().unwrap());
+        let index = Arc::new(Index::default());
+        let writer = Writer::start(
+            store.clone(),
+            index.clone(),
+            Arc::new(ArcSwap::from_pointee(Catalog::empty(None))),
+            WriterStart {
+                next_sequence: 1,
+                last_recorded_at: 0,
+                usage: Vec::new(),
+                idempotency_retention: std::time::Duration::from_secs(24 * 3600),
+                erasures: Erasures::new(&[0; 32], []),
+            },
+            Arc::new(Metrics::default()),
+        );
+        writer
+            .apply_catalog(CatalogSpec {
+                channels: vec!["email".into()],
+                consents: vec![ConsentSpec {
+                    id: "marketing".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let grant = |who: &str| Change {
+            contact: ContactId::parse("contact_id", who).unwrap(),
+            consent: ConsentId::parse("consent_id", "marketing").unwrap(),
+            action: Action::Grant,
+            occurred_at: None,
+            source: Source::Api,
+            evidence: Evidence::new(),
+            idempotency_key: None,
+            issued_at: None,
+        };
+        // Queued but not awaited: the close must still commit it.
+        let queued = writer.submit(grant("anna")).await.unwrap();
+        writer.close().await.unwrap();
+        assert!(queued.await.unwrap().unwrap().applied);
+        assert_eq!(store.history("anna").unwrap().len(), 1);
+        assert!(index.get("anna", 0).is_some());
+        assert!(matches!(
+            writer.change(grant("bob")).await,
+            Err(Error::Closed)
+        ));
+        writer.close().await.unwrap();
+    }
+}

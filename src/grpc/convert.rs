@@ -6,9 +6,10 @@ use std::collections::HashMap;
 
 use prost_types::Timestamp;
 
+use crate::authority::{Answer, ImportSummary};
 use crate::domain::{
-    Action, CatalogSpec, Change, ConsentId, ConsentSpec, ContactId, EventRecord, Evidence,
-    FieldError, Source, StateRecord, UnixNanos, event::MAX_IDEMPOTENCY_KEY_LEN,
+    Action, CatalogSpec, Change, ChangeOutcome, ConsentId, ConsentSpec, ContactId, EventRecord,
+    Evidence, FieldError, Source, StateRecord, UnixNanos, Verdict, event::MAX_IDEMPOTENCY_KEY_LEN,
     event::check_evidence, ids::check_opaque,
 };
 use crate::pb;
@@ -189,6 +190,59 @@ pub fn catalog_to(c: &CatalogSpec) -> pb::CatalogSpec {
             })
             .collect(),
         default_purpose: c.default_purpose.clone().unwrap_or_default(),
+    }
+}
+
+/// The wire reason of a verdict.
+pub fn reason(v: Verdict) -> pb::Reason {
+    match v {
+        Verdict::Granted { .. } => pb::Reason::Granted,
+        Verdict::Withdrawn { .. } => pb::Reason::Withdrawn,
+        Verdict::NoConsent => pb::Reason::NoConsent,
+        Verdict::NotCovered => pb::Reason::NotCovered,
+    }
+}
+
+/// A CanSend answer, with its List-Unsubscribe URL (empty for none).
+pub fn answer_to(a: Answer, unsubscribe_url: String) -> pb::CanSendResponse {
+    let decided_at = match a.verdict {
+        Verdict::Granted { at, .. } | Verdict::Withdrawn { at, .. } => Some(timestamp(at)),
+        Verdict::NoConsent | Verdict::NotCovered => None,
+    };
+    pb::CanSendResponse {
+        allowed: a.verdict.allowed(),
+        reason: reason(a.verdict) as i32,
+        decided_by: a.decided_by.to_owned(),
+        decided_at,
+        unsubscribe_url,
+        error: String::new(),
+    }
+}
+
+/// What an import did.
+pub fn summary_to(s: ImportSummary) -> pb::ImportSummary {
+    pb::ImportSummary {
+        received: s.received,
+        applied: s.applied,
+        superseded: s.superseded,
+        rejected: s.rejected,
+        errors: s
+            .errors
+            .into_iter()
+            .map(|e| pb::RowError {
+                row: e.row,
+                reason: e.reason,
+            })
+            .collect(),
+    }
+}
+
+/// The answer to a Grant or Withdraw.
+pub fn outcome_to(o: ChangeOutcome) -> pb::ChangeResult {
+    pb::ChangeResult {
+        applied: o.applied,
+        state: o.state.map(state_to),
+        sequence: o.sequence,
     }
 }
 

@@ -8,9 +8,9 @@ mod status;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Auth, Role};
-use crate::authority::{Answer, Authority, ImportSummary};
+use crate::authority::{Answer, Authority};
 use crate::clock::now_nanos;
-use crate::domain::{Action, ContactId, FieldError, Verdict};
+use crate::domain::{Action, ContactId, FieldError};
 use crate::pb;
 
 pub use convert::{catalog_from, catalog_to, timestamp};
@@ -18,30 +18,6 @@ pub use status::invalid;
 
 /// Most checks in one CanSendBatch (DESIGN.md §3).
 pub const MAX_BATCH_CHECKS: usize = 10_000;
-
-fn reason(v: Verdict) -> pb::Reason {
-    match v {
-        Verdict::Granted { .. } => pb::Reason::Granted,
-        Verdict::Withdrawn { .. } => pb::Reason::Withdrawn,
-        Verdict::NoConsent => pb::Reason::NoConsent,
-        Verdict::NotCovered => pb::Reason::NotCovered,
-    }
-}
-
-fn answer_to(a: Answer, unsubscribe_url: String) -> pb::CanSendResponse {
-    let decided_at = match a.verdict {
-        Verdict::Granted { at, .. } | Verdict::Withdrawn { at, .. } => Some(timestamp(at)),
-        Verdict::NoConsent | Verdict::NotCovered => None,
-    };
-    pb::CanSendResponse {
-        allowed: a.verdict.allowed(),
-        reason: reason(a.verdict) as i32,
-        decided_by: a.decided_by.to_owned(),
-        decided_at,
-        unsubscribe_url,
-        error: String::new(),
-    }
-}
 
 // ---------------------------------------------------------------- Eligibility
 
@@ -79,7 +55,7 @@ impl pb::eligibility_server::Eligibility for EligibilityService {
             .can_send(&r.contact_id, &r.channel, &r.brand, &r.purpose)
             .map_err(invalid)?;
         let url = self.link_for(r, &answer);
-        Ok(Response::new(answer_to(answer, url)))
+        Ok(Response::new(convert::answer_to(answer, url)))
     }
 
     async fn can_send_batch(
@@ -107,7 +83,7 @@ impl pb::eligibility_server::Eligibility for EligibilityService {
             .map(|(answer, check)| match answer {
                 Ok(a) => {
                     let url = self.link_for(check, &a);
-                    answer_to(a, url)
+                    convert::answer_to(a, url)
                 }
                 Err(e) => pb::CanSendResponse {
                     reason: pb::Reason::Invalid as i32,
@@ -121,23 +97,6 @@ impl pb::eligibility_server::Eligibility for EligibilityService {
 }
 
 // ---------------------------------------------------------------- Consents
-
-fn summary_to(s: ImportSummary) -> pb::ImportSummary {
-    pb::ImportSummary {
-        received: s.received,
-        applied: s.applied,
-        superseded: s.superseded,
-        rejected: s.rejected,
-        errors: s
-            .errors
-            .into_iter()
-            .map(|e| pb::RowError {
-                row: e.row,
-                reason: e.reason,
-            })
-            .collect(),
-    }
-}
 
 pub struct ConsentsService {
     authority: Authority,
@@ -155,12 +114,8 @@ impl ConsentsService {
         c: pb::ConsentChange,
     ) -> Result<Response<pb::ChangeResult>, Status> {
         let change = convert::change_from(action, c, now_nanos()).map_err(invalid)?;
-        let out = self.authority.change(change).await?;
-        Ok(Response::new(pb::ChangeResult {
-            applied: out.applied,
-            state: out.state.map(convert::state_to),
-            sequence: out.sequence,
-        }))
+        let outcome = self.authority.change(change).await?;
+        Ok(Response::new(convert::outcome_to(outcome)))
     }
 }
 
@@ -221,7 +176,7 @@ impl pb::consents_server::Consents for ConsentsService {
         while let Some(row) = rows.message().await? {
             import.row(convert::row_from(row, now_nanos())).await?;
         }
-        Ok(Response::new(summary_to(import.finish().await?)))
+        Ok(Response::new(convert::summary_to(import.finish().await?)))
     }
 
     async fn erase_contact(

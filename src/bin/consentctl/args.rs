@@ -1,0 +1,170 @@
+//! Arguments: the commands and flags of `consentctl`, and parsers for the
+//! values people type (times, sources, actions).
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+use clap::{Parser, Subcommand};
+use consentd::pb;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+#[derive(Parser)]
+#[command(name = "consentctl", version, about = "Talk to a consentd server")]
+pub(crate) struct Cli {
+    /// consentd gRPC address.
+    #[arg(
+        long,
+        env = "CONSENTD_ADDR",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    pub(crate) addr: String,
+    /// Bearer token (roles: check, write, admin).
+    #[arg(long, env = "CONSENTD_TOKEN", global = true, hide_env_values = true)]
+    pub(crate) token: Option<String>,
+    /// PEM CA certificate to trust for an https:// address.
+    #[arg(long, env = "CONSENTD_CA", global = true)]
+    pub(crate) ca: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Apply or show the catalog.
+    Catalog {
+        #[command(subcommand)]
+        command: CatalogCommand,
+    },
+    /// Record a consent.
+    Grant(ChangeArgs),
+    /// Record a withdrawal.
+    Withdraw(ChangeArgs),
+    /// May this contact be sent this message?
+    Check {
+        contact: String,
+        channel: String,
+        brand: String,
+        #[arg(long, default_value = "")]
+        purpose: String,
+    },
+    /// Every event of a contact, oldest first.
+    History { contact: String },
+    /// Forget a contact (GDPR art. 17).
+    Erase {
+        contact: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Mint an unsubscribe link.
+    Link {
+        contact: String,
+        channel: String,
+        brand: String,
+        #[arg(long, default_value = "")]
+        purpose: String,
+    },
+    /// Import a CSV: contact_id, consent_id, action, occurred_at (RFC 3339),
+    /// source, and evidence columns prefixed `evidence.`.
+    Import { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum CatalogCommand {
+    /// Validate and apply a TOML catalog, atomically.
+    Apply { file: PathBuf },
+    /// Print the catalog in force.
+    Show,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct ChangeArgs {
+    pub(crate) contact: String,
+    pub(crate) consent: String,
+    /// When the person decided (RFC 3339); default: now.
+    #[arg(long)]
+    pub(crate) occurred_at: Option<String>,
+    /// form, import, operator, unsubscribe_link, preference_center, api.
+    #[arg(long, default_value = "operator")]
+    pub(crate) source: String,
+    /// Evidence, KEY=VALUE, repeatable.
+    #[arg(long = "evidence", value_parser = parse_kv)]
+    pub(crate) evidence: Vec<(String, String)>,
+    /// Idempotency key.
+    #[arg(long)]
+    pub(crate) key: Option<String>,
+}
+
+/// `KEY=VALUE` of an `--evidence` flag.
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+}
+
+/// An RFC 3339 time, as a protobuf timestamp.
+pub(crate) fn parse_time(s: &str) -> anyhow::Result<prost_types::Timestamp> {
+    let t = OffsetDateTime::parse(s.trim(), &Rfc3339).map_err(|_| {
+        anyhow::anyhow!("{s:?} is not an RFC 3339 time (e.g. 2026-10-01T10:00:00Z)")
+    })?;
+    Ok(prost_types::Timestamp {
+        seconds: t.unix_timestamp(),
+        nanos: t.nanosecond() as i32,
+    })
+}
+
+/// A source by its proto name, in any case, `-` or `_` (`unsubscribe-link`);
+/// empty is unspecified.
+pub(crate) fn parse_source(s: &str) -> anyhow::Result<pb::Source> {
+    let name = s.trim().to_ascii_uppercase().replace('-', "_");
+    if name.is_empty() {
+        return Ok(pb::Source::Unspecified);
+    }
+    match pb::Source::from_str_name(&name) {
+        Some(source) => Ok(source),
+        None => bail!("unknown source {:?}", s.trim().to_ascii_lowercase()),
+    }
+}
+
+/// `grant` or `withdraw`, in any case; anything else is left for the server
+/// to refuse, so the row error names the field.
+pub(crate) fn parse_action(s: &str) -> pb::Action {
+    pb::Action::from_str_name(&s.trim().to_ascii_uppercase()).unwrap_or(pb::Action::Unspecified)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_and_actions_by_their_proto_names() {
+        assert_eq!(parse_source("form").unwrap(), pb::Source::Form);
+        assert_eq!(
+            parse_source(" Unsubscribe-Link ").unwrap(),
+            pb::Source::UnsubscribeLink
+        );
+        assert_eq!(
+            parse_source("preference_center").unwrap(),
+            pb::Source::PreferenceCenter
+        );
+        assert_eq!(parse_source("").unwrap(), pb::Source::Unspecified);
+        assert!(
+            parse_source("fax")
+                .unwrap_err()
+                .to_string()
+                .contains("\"fax\"")
+        );
+        assert_eq!(parse_action("WITHDRAW"), pb::Action::Withdraw);
+        assert_eq!(parse_action("grant"), pb::Action::Grant);
+        assert_eq!(parse_action("maybe"), pb::Action::Unspecified);
+        assert_eq!(
+            parse_time("2026-10-01T10:00:00Z").unwrap().seconds,
+            1_790_848_800
+        );
+        assert!(parse_time("yesterday").is_err());
+    }
+}

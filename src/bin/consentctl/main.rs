@@ -1,0 +1,219 @@
+//! `consentctl`: the command line for the people and scripts of internal
+//! tools. Human output by default, `--json` for scripts; address and token
+//! from flags or `CONSENTD_ADDR` / `CONSENTD_TOKEN`.
+//!
+//! Layout: `args.rs` the commands and value parsers, `render.rs` the output,
+//! `import.rs` the CSV import; this file connects and dispatches.
+
+mod args;
+mod import;
+mod render;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use consentd::pb::{
+    self, catalog_client::CatalogClient, consents_client::ConsentsClient,
+    eligibility_client::EligibilityClient,
+};
+use serde_json::json;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+
+use args::{CatalogCommand, ChangeArgs, Cli, Command, parse_source, parse_time};
+
+/// Attaches the bearer token to every call.
+#[derive(Clone)]
+struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            r.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(r)
+    }
+}
+
+type Intercepted = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
+/// The Consents client, as the import streams through it.
+type Consents = ConsentsClient<Intercepted>;
+
+struct Clients {
+    eligibility: EligibilityClient<Intercepted>,
+    consents: Consents,
+    catalog: CatalogClient<Intercepted>,
+}
+
+async fn connect(cli: &Cli) -> anyhow::Result<Clients> {
+    let addr = if cli.addr.contains("://") {
+        cli.addr.clone()
+    } else {
+        format!("http://{}", cli.addr)
+    };
+    let mut endpoint = Endpoint::from_shared(addr.clone())?.connect_timeout(Duration::from_secs(5));
+    if addr.starts_with("https://") {
+        let mut tls = tonic::transport::ClientTlsConfig::new();
+        if let Some(ca) = &cli.ca {
+            let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+            tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+        }
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    let channel = endpoint
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    let bearer = Bearer(
+        cli.token
+            .as_ref()
+            .map(|t| format!("Bearer {t}").parse())
+            .transpose()
+            .context("the token is not a valid header value")?,
+    );
+    Ok(Clients {
+        eligibility: EligibilityClient::with_interceptor(channel.clone(), bearer.clone()),
+        consents: ConsentsClient::with_interceptor(channel.clone(), bearer.clone()),
+        catalog: CatalogClient::with_interceptor(channel, bearer),
+    })
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli).await {
+        let msg = match e.downcast_ref::<tonic::Status>() {
+            Some(s) => format!("{:?}: {}", s.code(), s.message()),
+            None => format!("{e:#}"),
+        };
+        eprintln!("consentctl: {msg}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut c = connect(&cli).await?;
+    let json_mode = cli.json;
+    match cli.command {
+        Command::Catalog {
+            command: CatalogCommand::Apply { file },
+        } => {
+            let spec = consentd::server::read_catalog(&file)?;
+            let applied = c
+                .catalog
+                .apply_catalog(consentd::grpc::catalog_to(&spec))
+                .await?
+                .into_inner();
+            render::catalog_applied(json_mode, &applied);
+        }
+        Command::Catalog {
+            command: CatalogCommand::Show,
+        } => {
+            let spec = c
+                .catalog
+                .get_catalog(pb::GetCatalogRequest {})
+                .await?
+                .into_inner();
+            let domain = consentd::grpc::catalog_from(spec);
+            if json_mode {
+                println!("{}", serde_json::to_string(&domain)?);
+            } else {
+                print!("{}", toml::to_string_pretty(&domain)?);
+            }
+        }
+        Command::Grant(a) => change(&mut c, pb::Action::Grant, a, json_mode).await?,
+        Command::Withdraw(a) => change(&mut c, pb::Action::Withdraw, a, json_mode).await?,
+        Command::Check {
+            contact,
+            channel,
+            brand,
+            purpose,
+        } => {
+            let r = c
+                .eligibility
+                .can_send(pb::CanSendRequest {
+                    contact_id: contact,
+                    channel,
+                    brand,
+                    purpose,
+                    include_unsubscribe: true,
+                })
+                .await?
+                .into_inner();
+            render::check(json_mode, &r);
+        }
+        Command::History { contact } => {
+            let events = c
+                .consents
+                .get_history(pb::GetHistoryRequest {
+                    contact_id: contact.clone(),
+                })
+                .await?
+                .into_inner()
+                .events;
+            render::history(json_mode, &contact, &events);
+        }
+        Command::Erase { contact, reason } => {
+            let r = c
+                .consents
+                .erase_contact(pb::EraseContactRequest {
+                    contact_id: contact.clone(),
+                    reason,
+                })
+                .await?
+                .into_inner();
+            let at = render::show_time(&r.erased_at);
+            render::print(json_mode, json!({"erased_at": at}), || {
+                format!("{contact} erased at {at}")
+            });
+        }
+        Command::Link {
+            contact,
+            channel,
+            brand,
+            purpose,
+        } => {
+            let r = c
+                .consents
+                .issue_unsubscribe_link(pb::IssueUnsubscribeLinkRequest {
+                    contact_id: contact,
+                    channel,
+                    brand,
+                    purpose,
+                })
+                .await?
+                .into_inner();
+            render::print(
+                json_mode,
+                json!({"url": r.url, "consent_id": r.consent_id}),
+                || format!("{}\n(withdraws {})", r.url, r.consent_id),
+            );
+        }
+        Command::Import { file } => import::import(&mut c.consents, &file, json_mode).await?,
+    }
+    Ok(())
+}
+
+async fn change(
+    c: &mut Clients,
+    action: pb::Action,
+    a: ChangeArgs,
+    json_mode: bool,
+) -> anyhow::Result<()> {
+    let req = pb::ConsentChange {
+        contact_id: a.contact.clone(),
+        consent_id: a.consent.clone(),
+        occurred_at: a.occurred_at.as_deref().map(parse_time).transpose()?,
+        source: parse_source(&a.source)? as i32,
+        evidence: a.evidence.into_iter().collect(),
+        idempotency_key: a.key.unwrap_or_default(),
+    };
+    let r = match action {
+        pb::Action::Withdraw => c.consents.withdraw(req).await?,
+        _ => c.consents.grant(req).await?,
+    }
+    .into_inner();
+    render::change(json_mode, action, &a.contact, &a.consent, &r);
+    Ok(())
+}

@@ -1,0 +1,189 @@
+//! Output: every answer as one JSON object (`--json`, for scripts) or as
+//! lines for people. Times are RFC 3339.
+
+use consentd::pb;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// A protobuf timestamp as RFC 3339 (empty when absent).
+pub(crate) fn show_time(t: &Option<prost_types::Timestamp>) -> String {
+    t.as_ref()
+        .and_then(|t| {
+            OffsetDateTime::from_unix_timestamp_nanos(
+                t.seconds as i128 * 1_000_000_000 + t.nanos as i128,
+            )
+            .ok()
+        })
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+/// Prints `value` in JSON mode, else what `human` renders.
+pub(crate) fn print(json_mode: bool, value: Value, human: impl FnOnce() -> String) {
+    if json_mode {
+        println!("{value}");
+    } else {
+        println!("{}", human());
+    }
+}
+
+fn state_json(s: &pb::ConsentState) -> Value {
+    json!({
+        "consent_id": s.consent_id, "action": s.action().as_str_name(),
+        "occurred_at": show_time(&s.occurred_at), "recorded_at": show_time(&s.recorded_at),
+        "source": s.source().as_str_name(), "version": s.version, "sequence": s.sequence,
+    })
+}
+
+/// `catalog apply`: the versions the server assigned.
+pub(crate) fn catalog_applied(json_mode: bool, applied: &pb::CatalogSpec) {
+    let versions: Vec<_> = applied
+        .consents
+        .iter()
+        .map(|d| json!({"id": d.id, "version": d.version, "retired": d.retired}))
+        .collect();
+    print(
+        json_mode,
+        json!({"applied": true, "consents": versions}),
+        || {
+            let mut out = format!(
+                "catalog applied: {} channels, {} brands, {} consents",
+                applied.channels.len(),
+                applied.brands.len(),
+                applied.consents.len()
+            );
+            for d in &applied.consents {
+                out.push_str(&format!(
+                    "\n  {:<32} v{}{}",
+                    d.id,
+                    d.version,
+                    if d.retired { " (retired)" } else { "" }
+                ));
+            }
+            out
+        },
+    );
+}
+
+/// `grant` / `withdraw`: what was recorded and the state after it.
+pub(crate) fn change(
+    json_mode: bool,
+    action: pb::Action,
+    contact: &str,
+    consent: &str,
+    r: &pb::ChangeResult,
+) {
+    print(
+        json_mode,
+        json!({"applied": r.applied, "sequence": r.sequence, "state": r.state.as_ref().map(state_json)}),
+        || {
+            let what = if r.applied {
+                "recorded"
+            } else {
+                "recorded, superseded by a newer decision (or a repeated key)"
+            };
+            let state = r
+                .state
+                .as_ref()
+                .map(|s| {
+                    format!(
+                        "; state: {} since {}",
+                        s.action().as_str_name(),
+                        show_time(&s.occurred_at)
+                    )
+                })
+                .unwrap_or_default();
+            format!(
+                "{} {contact} {consent}: {what} (sequence {}){state}",
+                action.as_str_name(),
+                r.sequence
+            )
+        },
+    );
+}
+
+/// `check`: the verdict and what decided it.
+pub(crate) fn check(json_mode: bool, r: &pb::CanSendResponse) {
+    print(
+        json_mode,
+        json!({"allowed": r.allowed, "reason": r.reason().as_str_name(), "decided_by": r.decided_by,
+               "decided_at": show_time(&r.decided_at), "unsubscribe_url": r.unsubscribe_url}),
+        || {
+            let verdict = if r.allowed { "ALLOWED" } else { "NOT ALLOWED" };
+            let by = if r.decided_by.is_empty() {
+                String::new()
+            } else {
+                format!(" by {} at {}", r.decided_by, show_time(&r.decided_at))
+            };
+            format!("{verdict}: {}{by}", r.reason().as_str_name())
+        },
+    );
+}
+
+/// `history`: every event, oldest first.
+pub(crate) fn history(json_mode: bool, contact: &str, events: &[pb::ConsentEvent]) {
+    let list: Vec<_> = events
+        .iter()
+        .map(|e| json!({"sequence": e.sequence, "consent_id": e.consent_id, "action": e.action().as_str_name(),
+            "occurred_at": show_time(&e.occurred_at), "recorded_at": show_time(&e.recorded_at),
+            "source": e.source().as_str_name(), "version": e.version, "applied": e.applied,
+            "evidence": e.evidence, "idempotency_key": e.idempotency_key}))
+        .collect();
+    print(
+        json_mode,
+        json!({"contact_id": contact, "events": list}),
+        || {
+            if events.is_empty() {
+                return format!("{contact}: no events");
+            }
+            let mut out = format!("{contact}: {} events", events.len());
+            for e in events {
+                let mut ev: Vec<_> = e.evidence.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                ev.sort();
+                out.push_str(&format!(
+                    "\n  #{:<8} {:<8} {:<28} v{} occurred {} via {}{} {}",
+                    e.sequence,
+                    e.action().as_str_name(),
+                    e.consent_id,
+                    e.version,
+                    show_time(&e.occurred_at),
+                    e.source().as_str_name(),
+                    if e.applied { "" } else { " (superseded)" },
+                    ev.join(" ")
+                ));
+            }
+            out
+        },
+    );
+}
+
+/// `import`: the counts and every rejected CSV row.
+pub(crate) fn import(
+    json_mode: bool,
+    file: &std::path::Path,
+    rows: u64,
+    summary: &pb::ImportSummary,
+    total_rejected: u64,
+    rejected: &[(u64, String)],
+) {
+    print(
+        json_mode,
+        json!({"rows": rows,
+               "applied": summary.applied, "superseded": summary.superseded, "rejected": total_rejected,
+               "errors": rejected.iter().map(|(r, e)| json!({"row": r, "reason": e})).collect::<Vec<_>>()}),
+        || {
+            let mut out = format!(
+                "imported {}: {} applied, {} superseded, {} rejected",
+                file.display(),
+                summary.applied,
+                summary.superseded,
+                total_rejected
+            );
+            for (row, reason) in rejected {
+                out.push_str(&format!("\n  row {row}: {reason}"));
+            }
+            out
+        },
+    );
+}

@@ -16,20 +16,20 @@
 //! - [`config`]: flags and `CONSENTD_*` variables.
 #![forbid(unsafe_code)]
 
-pub mod auth;
+mod auth;
 pub mod authority;
 mod clock;
 pub mod config;
 pub mod domain;
 mod error;
 pub mod grpc;
-pub mod http;
+mod http;
 pub mod index;
 pub mod links;
-pub mod metrics;
+mod metrics;
 pub mod server;
 pub mod store;
-pub mod writer;
+mod writer;
 
 /// Generated protobuf and gRPC code for `consent.v1`.
 pub mod pb {

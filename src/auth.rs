@@ -14,7 +14,7 @@ use tonic::{Request, Status};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Role {
+pub(crate) enum Role {
     Check,
     Write,
     Admin,
@@ -40,7 +40,7 @@ impl Role {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum AuthError {
+pub(crate) enum AuthError {
     #[error("token {0:?}: {1}")]
     Bad(String, String),
     #[error("tokens file: {0}")]
@@ -49,7 +49,7 @@ pub enum AuthError {
 
 /// The configured tokens; empty means auth is off.
 #[derive(Debug, Clone, Default)]
-pub struct Auth {
+pub(crate) struct Auth {
     /// SHA-256 of the token → (name, role bits).
     tokens: HashMap<[u8; 32], (String, u8)>,
 }
@@ -71,7 +71,7 @@ struct TokenEntry {
 impl Auth {
     /// Tokens from `--token ROLES:SECRET` flags (roles joined by `+`) and an
     /// optional TOML file of `[[tokens]] name, token, roles`.
-    pub fn from_config(
+    pub(crate) fn from_config(
         flags: &[String],
         file: Option<&std::path::Path>,
     ) -> Result<Auth, AuthError> {
@@ -124,18 +124,22 @@ impl Auth {
     }
 
     /// Whether any token is configured.
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         !self.tokens.is_empty()
     }
 
     /// UNAUTHENTICATED without a known bearer token, PERMISSION_DENIED
     /// without the role; always Ok when auth is off.
-    pub fn require<T>(&self, request: &Request<T>, role: Role) -> Result<(), Status> {
+    pub(crate) fn require<T>(&self, request: &Request<T>, role: Role) -> Result<(), Status> {
         self.require_any(request, &[role])
     }
 
     /// As [`Auth::require`], for a call any of `roles` may make.
-    pub fn require_any<T>(&self, request: &Request<T>, roles: &[Role]) -> Result<(), Status> {
+    pub(crate) fn require_any<T>(
+        &self,
+        request: &Request<T>,
+        roles: &[Role],
+    ) -> Result<(), Status> {
         if !self.enabled() {
             return Ok(());
         }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+/// The server's configuration: flags, each also a `CONSENTD_*` variable.
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "consentd",

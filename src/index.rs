@@ -15,6 +15,7 @@ use crate::domain::{ConsentIdx, HeldState, Verdict, verdict};
 /// One inline state covers the common contact without a heap allocation.
 type States = SmallVec<[HeldState; 1]>;
 
+/// Contact → its states, sharded for concurrent readers.
 pub struct Index {
     map: DashMap<CompactString, States, foldhash::fast::RandomState>,
 }
@@ -26,6 +27,7 @@ impl Default for Index {
 }
 
 impl Index {
+    /// An empty index with room for `contacts` contacts.
     pub fn with_capacity(contacts: usize) -> Self {
         Self {
             map: DashMap::with_capacity_and_hasher(

@@ -29,10 +29,13 @@ const KEY_FILE: &str = "link-keys";
 /// Shortest secret accepted from configuration.
 pub const MIN_SECRET_LEN: usize = 32;
 
+/// Why the key ring cannot be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
+    /// A configured or stored key is malformed: (which key, what is wrong).
     #[error("link key {0:?}: {1}")]
     BadKey(String, String),
+    /// The data-dir key file cannot be read or written.
     #[error("link keys file: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -40,10 +43,13 @@ pub enum LinkError {
 /// What a token asserts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
+    /// Whose link it is.
     pub contact: ContactId,
     /// The consent the link withdraws (the most specific of the covering set).
     pub consent: ConsentId,
+    /// The channel it was minted for.
     pub channel: String,
+    /// The brand it was minted for.
     pub brand: String,
     /// Nanoseconds since the epoch.
     pub issued_at: i64,

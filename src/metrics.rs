@@ -13,7 +13,7 @@ use crate::domain::Verdict;
 /// CanSend answers counted locally (over a batch) before touching the
 /// shared counters.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Tally {
+pub(crate) struct Tally {
     granted: u64,
     withdrawn: u64,
     no_consent: u64,
@@ -23,7 +23,7 @@ pub struct Tally {
 
 impl Tally {
     /// Counts one answered check by its verdict.
-    pub fn verdict(&mut self, v: Verdict) {
+    pub(crate) fn verdict(&mut self, v: Verdict) {
         *match v {
             Verdict::Granted { .. } => &mut self.granted,
             Verdict::Withdrawn { .. } => &mut self.withdrawn,
@@ -33,13 +33,13 @@ impl Tally {
     }
 
     /// Counts one check refused as invalid.
-    pub fn invalid(&mut self) {
+    pub(crate) fn invalid(&mut self) {
         self.invalid += 1;
     }
 }
 
 #[derive(Default)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     granted: AtomicU64,
     withdrawn: AtomicU64,
     no_consent: AtomicU64,
@@ -56,7 +56,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// Adds a tally of answers: one atomic add per reason, not per check.
-    pub fn decisions(&self, t: &Tally) {
+    pub(crate) fn decisions(&self, t: &Tally) {
         for (counter, n) in [
             (&self.granted, t.granted),
             (&self.withdrawn, t.withdrawn),
@@ -70,32 +70,32 @@ impl Metrics {
         }
     }
 
-    pub fn commit(&self, changes: usize, took: Duration) {
+    pub(crate) fn commit(&self, changes: usize, took: Duration) {
         self.commits.fetch_add(1, Relaxed);
         self.committed_changes.fetch_add(changes as u64, Relaxed);
         self.commit_micros
             .fetch_add(took.as_micros() as u64, Relaxed);
     }
 
-    pub fn commit_failed(&self) {
+    pub(crate) fn commit_failed(&self) {
         self.commit_failures.fetch_add(1, Relaxed);
     }
 
     /// A confirmed unsubscribe click (page or RFC 8058 one-click POST).
-    pub fn unsubscribed(&self) {
+    pub(crate) fn unsubscribed(&self) {
         self.unsubscribes.fetch_add(1, Relaxed);
     }
 
-    pub fn imported(&self, rows: u64) {
+    pub(crate) fn imported(&self, rows: u64) {
         self.imported_rows.fetch_add(rows, Relaxed);
     }
 
-    pub fn erased(&self) {
+    pub(crate) fn erased(&self) {
         self.erasures.fetch_add(1, Relaxed);
     }
 
     /// Renders every series; `contacts` is read from the index at scrape time.
-    pub fn render(&self, contacts: usize) -> String {
+    pub(crate) fn render(&self, contacts: usize) -> String {
         let mut out = String::with_capacity(1024);
         let get = |c: &AtomicU64| c.load(Relaxed);
         out.push_str("# HELP consentd_decisions_total CanSend answers by reason.\n");

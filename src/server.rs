@@ -27,13 +27,16 @@ use crate::store::RedbStore;
 
 /// Largest gRPC message accepted: a full 10,000-check batch fits with room.
 const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Concurrent HTTP/2 streams per gRPC connection.
 const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
 /// A server whose listeners are bound and whose index is loaded.
 pub struct Server {
     auth: Auth,
     tls: Option<tonic::transport::Identity>,
+    /// Where gRPC listens (the bound port when 0 was asked for).
     pub grpc_addr: SocketAddr,
+    /// Where HTTP listens.
     pub http_addr: SocketAddr,
     authority: Authority,
     grpc: TcpListener,

@@ -15,9 +15,9 @@ use crate::metrics::Metrics;
 use crate::writer::Writer;
 
 /// Import rows queued at the writer at once (two full group commits).
-pub const MAX_IMPORT_IN_FLIGHT: usize = 8192;
+pub(super) const MAX_IMPORT_IN_FLIGHT: usize = 8192;
 /// Rejected rows listed in an import summary.
-pub const MAX_IMPORT_ERRORS: usize = 1000;
+pub(super) const MAX_IMPORT_ERRORS: usize = 1000;
 
 /// One rejected row.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -20,10 +20,15 @@ use super::ids::{ConsentId, FieldError, check_id};
 /// A consent interned to a small integer, stable for the life of the process.
 pub type ConsentIdx = u32;
 
+/// Most channels a catalog declares.
 pub const MAX_CHANNELS: usize = 256;
+/// Most brands a catalog declares.
 pub const MAX_BRANDS: usize = 10_000;
+/// Most consents a catalog declares.
 pub const MAX_CONSENTS: usize = 10_000;
+/// Longest consent title, in bytes.
 pub const MAX_TITLE_LEN: usize = 512;
+/// Longest consent wording, in bytes.
 pub const MAX_TEXT_LEN: usize = 64 * 1024;
 /// Upper bound on precomputed (purpose, channel, brand) cells.
 pub const MAX_COVER_CELLS: usize = 4_000_000;
@@ -32,9 +37,13 @@ pub const MAX_COVER_CELLS: usize = 4_000_000;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CatalogSpec {
+    /// Every channel messages travel by.
     pub channels: Vec<String>,
+    /// The company's brands.
     pub brands: Vec<String>,
+    /// Every consent definition.
     pub consents: Vec<ConsentSpec>,
+    /// The purpose a CanSend without one uses.
     pub default_purpose: Option<String>,
 }
 
@@ -42,30 +51,40 @@ pub struct CatalogSpec {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ConsentSpec {
+    /// Its id, `[a-z0-9][a-z0-9_.-]{0,63}`.
     pub id: String,
+    /// A short title for pages and tools.
     pub title: String,
     /// The wording shown to the person.
     pub text: String,
+    /// The consent whose scope includes this one; none for a purpose.
     pub parent: Option<String>,
+    /// Channels covered; empty: all (a root) or the parent's (a child).
     pub channels: Vec<String>,
+    /// Brands covered; empty: all (a root) or the parent's (a child).
     pub brands: Vec<String>,
     /// Assigned by the server; ignored on input.
     pub version: u32,
+    /// Retired: keeps deciding with the states it has, takes no new GRANT.
     pub retired: bool,
 }
 
 /// A compiled consent definition.
 #[derive(Debug, Clone)]
 pub struct Consent {
+    /// Its id.
     pub id: ConsentId,
+    /// Its interned index.
     pub idx: ConsentIdx,
     /// Normalized spec (sorted scope lists, server-assigned version).
     pub spec: ConsentSpec,
     /// The id of the root of its tree (its purpose).
     pub purpose: ConsentIdx,
+    /// Steps from its root (0 for a purpose).
     pub depth: u16,
-    /// Effective scope as indices into the catalog's channels / brands.
+    /// Effective channels, as indices into the catalog's channels.
     pub channels: Vec<u32>,
+    /// Effective brands, as indices into the catalog's brands.
     pub brands: Vec<u32>,
 }
 
@@ -97,8 +116,11 @@ pub struct Catalog {
 /// Where a check names its purpose, channel and brand, compiled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cell {
+    /// The purpose's ordinal.
     pub purpose: u32,
+    /// The channel's index.
     pub channel: u32,
+    /// The brand's index.
     pub brand: u32,
 }
 
@@ -116,10 +138,12 @@ impl Catalog {
         &self.spec
     }
 
+    /// The interned index of a consent id, if it is defined.
     pub fn consent_idx(&self, id: &str) -> Option<ConsentIdx> {
         self.by_id.get(id).copied()
     }
 
+    /// The compiled consent behind an index, if it is still defined.
     pub fn consent(&self, idx: ConsentIdx) -> Option<&Consent> {
         self.consents.get(idx as usize).and_then(Option::as_ref)
     }

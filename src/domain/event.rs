@@ -15,20 +15,28 @@ pub type UnixNanos = i64;
 /// rather than clock skew (clamped to the receipt time).
 pub const MAX_CLOCK_SKEW_NANOS: i64 = 5 * 60 * 1_000_000_000;
 
-/// Evidence limits: enough for a form id, IP, user agent, operator and batch.
+/// Most evidence entries of one change: enough for a form id, IP, user
+/// agent, operator and batch.
 pub const MAX_EVIDENCE_ENTRIES: usize = 32;
+/// Longest evidence key, in bytes.
 pub const MAX_EVIDENCE_KEY_LEN: usize = 64;
+/// Longest evidence value, in bytes.
 pub const MAX_EVIDENCE_VALUE_LEN: usize = 2048;
+/// Longest idempotency key, in bytes.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
 
+/// What a person decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[repr(u8)]
 pub enum Action {
+    /// Agreed (opt-in).
     Grant = 1,
+    /// Withdrew (opt-out).
     Withdraw = 2,
 }
 
 impl Action {
+    /// The action stored as `v`, if any.
     pub fn from_u8(v: u8) -> Option<Self> {
         match v {
             1 => Some(Self::Grant),
@@ -38,20 +46,29 @@ impl Action {
     }
 }
 
+/// How a decision reached the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[repr(u8)]
 pub enum Source {
+    /// The caller did not say.
     #[default]
     Unspecified = 0,
+    /// A web form the person filled in.
     Form = 1,
+    /// A bulk import of decisions collected elsewhere.
     Import = 2,
+    /// An operator, e.g. at a shop counter.
     Operator = 3,
+    /// A click on an unsubscribe link.
     UnsubscribeLink = 4,
+    /// The preference center page.
     PreferenceCenter = 5,
+    /// Another system, through the API.
     Api = 6,
 }
 
 impl Source {
+    /// The source stored as `v`, if any.
     pub fn from_u8(v: u8) -> Option<Self> {
         Some(match v {
             0 => Self::Unspecified,
@@ -99,13 +116,19 @@ pub fn check_evidence(evidence: &Evidence) -> Result<(), FieldError> {
 /// A validated Grant or Withdraw, before the writer has recorded it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
+    /// Who decided.
     pub contact: ContactId,
+    /// What about.
     pub consent: ConsentId,
+    /// What they decided.
     pub action: Action,
     /// As the client claimed it; `None` means "now" (the receipt time).
     pub occurred_at: Option<UnixNanos>,
+    /// How it reached the server.
     pub source: Source,
+    /// Proof: form id, IP, user agent, operator, import batch...
     pub evidence: Evidence,
+    /// The caller's key against retries, if any.
     pub idempotency_key: Option<String>,
     /// For a change that arrives through something minted earlier (an
     /// unsubscribe link): when it was minted. An erasure refuses changes
@@ -157,7 +180,9 @@ impl Change {
 /// The decisive part of a state, as the in-memory index keeps it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
+    /// When the person decided.
     pub occurred_at: UnixNanos,
+    /// What they decided.
     pub action: Action,
 }
 
@@ -176,16 +201,24 @@ impl Decision {
 /// The state of one (contact, consent): the winning event, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateRecord {
+    /// The consent.
     pub consent: ConsentId,
+    /// What the winning event decided.
     pub action: Action,
+    /// When the person decided (never after `recorded_at`).
     pub occurred_at: UnixNanos,
+    /// When the server accepted it.
     pub recorded_at: UnixNanos,
+    /// How it reached the server.
     pub source: Source,
+    /// The consent's version (its wording) in force when recorded.
     pub version: u32,
+    /// The sequence of the winning event.
     pub sequence: u64,
 }
 
 impl StateRecord {
+    /// The part of the state that rule 2 compares.
     pub fn decision(&self) -> Decision {
         Decision {
             occurred_at: self.occurred_at,
@@ -208,15 +241,25 @@ pub struct IdempotencyRecord {
 /// One recorded decision, kept in the history whether or not it won.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventRecord {
+    /// Who decided.
     pub contact: ContactId,
+    /// What about.
     pub consent: ConsentId,
+    /// What they decided.
     pub action: Action,
+    /// When the person decided (never after `recorded_at`).
     pub occurred_at: UnixNanos,
+    /// When the server accepted it.
     pub recorded_at: UnixNanos,
+    /// How it reached the server.
     pub source: Source,
+    /// Proof: form id, IP, user agent, operator, import batch...
     pub evidence: Evidence,
+    /// The consent's version (its wording) in force when recorded.
     pub version: u32,
+    /// Server-wide, increasing in recording order.
     pub sequence: u64,
+    /// The caller's key against retries, if any.
     pub idempotency_key: Option<String>,
     /// Whether the event became the state when it was recorded.
     pub applied: bool,

@@ -9,11 +9,14 @@ use compact_str::CompactString;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {problem}")]
 pub struct FieldError {
+    /// The field, as the request names it (`consents[2].parent`).
     pub field: String,
+    /// What is wrong with it.
     pub problem: String,
 }
 
 impl FieldError {
+    /// A problem with `field`.
     pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
         Self {
             field: field.into(),
@@ -34,11 +37,13 @@ pub const MAX_ID_LEN: usize = 64;
 pub struct ContactId(CompactString);
 
 impl ContactId {
+    /// Validates `raw`; an error names `field`.
     pub fn parse(field: &str, raw: &str) -> Result<Self, FieldError> {
         check_contact(field, raw)?;
         Ok(Self(CompactString::from(raw)))
     }
 
+    /// The id as given.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -100,11 +105,13 @@ pub fn check_id(field: &str, raw: &str) -> Result<(), FieldError> {
 pub struct ConsentId(String);
 
 impl ConsentId {
+    /// Validates `raw`; an error names `field`.
     pub fn parse(field: &str, raw: &str) -> Result<Self, FieldError> {
         check_id(field, raw)?;
         Ok(Self(raw.to_owned()))
     }
 
+    /// The id as given.
     pub fn as_str(&self) -> &str {
         &self.0
     }

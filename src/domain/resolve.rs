@@ -9,12 +9,16 @@ use super::event::{Action, Decision, UnixNanos};
 /// One state as the in-memory index holds it: 16 bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeldState {
+    /// When the person decided.
     pub occurred_at: UnixNanos,
+    /// Which consent.
     pub consent: ConsentIdx,
+    /// What they decided.
     pub action: Action,
 }
 
 impl HeldState {
+    /// The part of the state that rule 2 compares.
     pub fn decision(self) -> Decision {
         Decision {
             occurred_at: self.occurred_at,
@@ -26,13 +30,28 @@ impl HeldState {
 /// The answer to CanSend, before it is dressed for the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    Granted { by: ConsentIdx, at: UnixNanos },
-    Withdrawn { by: ConsentIdx, at: UnixNanos },
+    /// A GRANT decides: allowed.
+    Granted {
+        /// The deciding consent.
+        by: ConsentIdx,
+        /// When the person decided.
+        at: UnixNanos,
+    },
+    /// A WITHDRAW decides: not allowed.
+    Withdrawn {
+        /// The deciding consent.
+        by: ConsentIdx,
+        /// When the person decided.
+        at: UnixNanos,
+    },
+    /// No state of the covering set: not allowed (opt-in).
     NoConsent,
+    /// No consent covers the channel and brand: not allowed.
     NotCovered,
 }
 
 impl Verdict {
+    /// Whether the message may be sent.
     pub fn allowed(self) -> bool {
         matches!(self, Verdict::Granted { .. })
     }

@@ -15,7 +15,7 @@ use crate::domain::{
 use crate::pb;
 
 /// Nanoseconds since the epoch, within what an i64 holds (years 1678..2262).
-pub fn nanos_from(field: &str, ts: &Timestamp) -> Result<UnixNanos, FieldError> {
+pub(super) fn nanos_from(field: &str, ts: &Timestamp) -> Result<UnixNanos, FieldError> {
     if !(0..1_000_000_000).contains(&ts.nanos) {
         return Err(FieldError::new(field, "nanos must lie in 0..1e9"));
     }
@@ -25,6 +25,7 @@ pub fn nanos_from(field: &str, ts: &Timestamp) -> Result<UnixNanos, FieldError> 
         .ok_or_else(|| FieldError::new(field, "is out of range (years 1678 to 2262)"))
 }
 
+/// A protobuf timestamp of nanoseconds since the epoch.
 pub fn timestamp(nanos: UnixNanos) -> Timestamp {
     Timestamp {
         seconds: nanos.div_euclid(1_000_000_000),
@@ -32,7 +33,7 @@ pub fn timestamp(nanos: UnixNanos) -> Timestamp {
     }
 }
 
-pub fn action_from(field: &str, raw: i32) -> Result<Action, FieldError> {
+pub(super) fn action_from(field: &str, raw: i32) -> Result<Action, FieldError> {
     match pb::Action::try_from(raw) {
         Ok(pb::Action::Grant) => Ok(Action::Grant),
         Ok(pb::Action::Withdraw) => Ok(Action::Withdraw),
@@ -48,7 +49,7 @@ pub fn action_from(field: &str, raw: i32) -> Result<Action, FieldError> {
 
 /// Validates one import row: an action, a change, and the time the person
 /// decided (import time is not consent time).
-pub fn row_from(row: pb::ImportRow, now: UnixNanos) -> Result<Change, FieldError> {
+pub(super) fn row_from(row: pb::ImportRow, now: UnixNanos) -> Result<Change, FieldError> {
     let action = action_from("action", row.action)?;
     let change = row
         .change
@@ -62,26 +63,26 @@ pub fn row_from(row: pb::ImportRow, now: UnixNanos) -> Result<Change, FieldError
     change_from(action, change, now)
 }
 
-pub fn action_to(a: Action) -> pb::Action {
+pub(super) fn action_to(a: Action) -> pb::Action {
     match a {
         Action::Grant => pb::Action::Grant,
         Action::Withdraw => pb::Action::Withdraw,
     }
 }
 
-pub fn source_from(raw: i32) -> Result<Source, FieldError> {
+pub(super) fn source_from(raw: i32) -> Result<Source, FieldError> {
     u8::try_from(raw)
         .ok()
         .and_then(Source::from_u8)
         .ok_or_else(|| FieldError::new("source", format!("{raw} is not a known source")))
 }
 
-pub fn source_to(s: Source) -> pb::Source {
+pub(super) fn source_to(s: Source) -> pb::Source {
     pb::Source::try_from(s as i32).unwrap_or(pb::Source::Unspecified)
 }
 
 /// Validates a Grant or Withdraw request against the receipt time `now`.
-pub fn change_from(
+pub(super) fn change_from(
     action: Action,
     c: pb::ConsentChange,
     now: UnixNanos,
@@ -117,7 +118,7 @@ pub fn change_from(
     Ok(change)
 }
 
-pub fn state_to(s: StateRecord) -> pb::ConsentState {
+pub(super) fn state_to(s: StateRecord) -> pb::ConsentState {
     pb::ConsentState {
         consent_id: s.consent.to_string(),
         action: action_to(s.action) as i32,
@@ -129,7 +130,7 @@ pub fn state_to(s: StateRecord) -> pb::ConsentState {
     }
 }
 
-pub fn event_to(e: EventRecord) -> pb::ConsentEvent {
+pub(super) fn event_to(e: EventRecord) -> pb::ConsentEvent {
     pb::ConsentEvent {
         contact_id: e.contact.to_string(),
         consent_id: e.consent.to_string(),
@@ -149,6 +150,7 @@ fn non_empty(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
+/// The domain catalog of a wire catalog (validation happens when it is compiled).
 pub fn catalog_from(c: pb::CatalogSpec) -> CatalogSpec {
     CatalogSpec {
         channels: c.channels,
@@ -171,6 +173,7 @@ pub fn catalog_from(c: pb::CatalogSpec) -> CatalogSpec {
     }
 }
 
+/// The wire catalog of a domain catalog.
 pub fn catalog_to(c: &CatalogSpec) -> pb::CatalogSpec {
     pb::CatalogSpec {
         channels: c.channels.clone(),
@@ -194,7 +197,7 @@ pub fn catalog_to(c: &CatalogSpec) -> pb::CatalogSpec {
 }
 
 /// The wire reason of a verdict.
-pub fn reason(v: Verdict) -> pb::Reason {
+pub(super) fn reason(v: Verdict) -> pb::Reason {
     match v {
         Verdict::Granted { .. } => pb::Reason::Granted,
         Verdict::Withdrawn { .. } => pb::Reason::Withdrawn,
@@ -204,7 +207,7 @@ pub fn reason(v: Verdict) -> pb::Reason {
 }
 
 /// A CanSend answer, with its List-Unsubscribe URL (empty for none).
-pub fn answer_to(a: Answer, unsubscribe_url: String) -> pb::CanSendResponse {
+pub(super) fn answer_to(a: Answer, unsubscribe_url: String) -> pb::CanSendResponse {
     let decided_at = match a.verdict {
         Verdict::Granted { at, .. } | Verdict::Withdrawn { at, .. } => Some(timestamp(at)),
         Verdict::NoConsent | Verdict::NotCovered => None,
@@ -220,7 +223,7 @@ pub fn answer_to(a: Answer, unsubscribe_url: String) -> pb::CanSendResponse {
 }
 
 /// What an import did.
-pub fn summary_to(s: ImportSummary) -> pb::ImportSummary {
+pub(super) fn summary_to(s: ImportSummary) -> pb::ImportSummary {
     pb::ImportSummary {
         received: s.received,
         applied: s.applied,
@@ -238,7 +241,7 @@ pub fn summary_to(s: ImportSummary) -> pb::ImportSummary {
 }
 
 /// The answer to a Grant or Withdraw.
-pub fn outcome_to(o: ChangeOutcome) -> pb::ChangeResult {
+pub(super) fn outcome_to(o: ChangeOutcome) -> pb::ChangeResult {
     pb::ChangeResult {
         applied: o.applied,
         state: o.state.map(state_to),

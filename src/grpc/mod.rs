@@ -21,13 +21,14 @@ pub const MAX_BATCH_CHECKS: usize = 10_000;
 
 // ---------------------------------------------------------------- Eligibility
 
-pub struct EligibilityService {
+/// `consent.v1.Eligibility`: CanSend (role `check`).
+pub(crate) struct EligibilityService {
     authority: Authority,
     auth: Auth,
 }
 
 impl EligibilityService {
-    pub fn new(authority: Authority, auth: Auth) -> Self {
+    pub(crate) fn new(authority: Authority, auth: Auth) -> Self {
         Self { authority, auth }
     }
 
@@ -98,13 +99,14 @@ impl pb::eligibility_server::Eligibility for EligibilityService {
 
 // ---------------------------------------------------------------- Consents
 
-pub struct ConsentsService {
+/// `consent.v1.Consents`: grants, withdrawals, imports, reads, erasure, links.
+pub(crate) struct ConsentsService {
     authority: Authority,
     auth: Auth,
 }
 
 impl ConsentsService {
-    pub fn new(authority: Authority, auth: Auth) -> Self {
+    pub(crate) fn new(authority: Authority, auth: Auth) -> Self {
         Self { authority, auth }
     }
 
@@ -208,13 +210,14 @@ impl pb::consents_server::Consents for ConsentsService {
 
 // ---------------------------------------------------------------- Catalog
 
-pub struct CatalogService {
+/// `consent.v1.Catalog`: apply and read the catalog.
+pub(crate) struct CatalogService {
     authority: Authority,
     auth: Auth,
 }
 
 impl CatalogService {
-    pub fn new(authority: Authority, auth: Auth) -> Self {
+    pub(crate) fn new(authority: Authority, auth: Auth) -> Self {
         Self { authority, auth }
     }
 }

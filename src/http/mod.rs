@@ -18,7 +18,7 @@ struct AppState {
     serving: watch::Receiver<bool>,
 }
 
-pub fn router(authority: Authority, serving: watch::Receiver<bool>) -> Router {
+pub(crate) fn router(authority: Authority, serving: watch::Receiver<bool>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))

@@ -150,7 +150,7 @@ fn not_found() -> Response {
     )
 }
 
-pub async fn show(
+pub(super) async fn show(
     State(s): State<AppState>,
     Path(token): Path<String>,
     headers: HeaderMap,
@@ -177,7 +177,7 @@ pub async fn show(
     page(StatusCode::OK, lang, t.title, &body)
 }
 
-pub async fn confirm(
+pub(super) async fn confirm(
     State(s): State<AppState>,
     Path(token): Path<String>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

@@ -47,7 +47,7 @@ const IDEMPOTENCY_BY_TIME: TableDefinition<(i64, &str), ()> =
 const REWRITE_PENDING: &str = "rewrite_pending";
 
 /// Bumped on any incompatible change of the layout above.
-pub const SCHEMA_VERSION: u32 = 1;
+pub(super) const SCHEMA_VERSION: u32 = 1;
 const DB_FILE: &str = "consentd.redb";
 
 impl From<redb::Error> for StoreError {

@@ -13,7 +13,7 @@ use consentd::{Config, server::Server};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
-pub struct TestServer {
+pub(crate) struct TestServer {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub data_dir: PathBuf,
@@ -24,7 +24,7 @@ pub struct TestServer {
 
 impl TestServer {
     /// A fresh server with the example catalog applied.
-    pub async fn start() -> TestServer {
+    pub(crate) async fn start() -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Self::start_in(dir.path(), Some(example_catalog_path())).await;
         s._dir = Some(dir);
@@ -32,14 +32,14 @@ impl TestServer {
     }
 
     /// A server over `data_dir` (kept: restart tests reopen it).
-    pub async fn start_in(data_dir: &Path, catalog: Option<PathBuf>) -> TestServer {
+    pub(crate) async fn start_in(data_dir: &Path, catalog: Option<PathBuf>) -> TestServer {
         let mut config = Config::ephemeral(data_dir);
         config.catalog = catalog;
         Self::start_with(config).await
     }
 
     /// A server with a configuration of the test's own.
-    pub async fn start_with(config: Config) -> TestServer {
+    pub(crate) async fn start_with(config: Config) -> TestServer {
         let data_dir = config.data_dir.clone();
         let data_dir = data_dir.as_path();
         let bound = Server::bind(&config).await.unwrap();
@@ -58,7 +58,7 @@ impl TestServer {
         }
     }
 
-    pub async fn channel(&self) -> Channel {
+    pub(crate) async fn channel(&self) -> Channel {
         Channel::from_shared(format!("http://{}", self.grpc_addr))
             .unwrap()
             .connect()
@@ -66,48 +66,48 @@ impl TestServer {
             .unwrap()
     }
 
-    pub async fn eligibility(&self) -> EligibilityClient<Channel> {
+    pub(crate) async fn eligibility(&self) -> EligibilityClient<Channel> {
         EligibilityClient::new(self.channel().await)
     }
 
-    pub async fn consents(&self) -> ConsentsClient<Channel> {
+    pub(crate) async fn consents(&self) -> ConsentsClient<Channel> {
         ConsentsClient::new(self.channel().await)
     }
 
-    pub async fn catalog(&self) -> CatalogClient<Channel> {
+    pub(crate) async fn catalog(&self) -> CatalogClient<Channel> {
         CatalogClient::new(self.channel().await)
     }
 
     /// Graceful stop; waits until the store is closed.
-    pub async fn stop(mut self) -> Option<tempfile::TempDir> {
+    pub(crate) async fn stop(mut self) -> Option<tempfile::TempDir> {
         let _ = self.stop.take().unwrap().send(());
         self.task.await.unwrap().unwrap();
         self._dir.take()
     }
 }
 
-pub fn example_catalog_path() -> PathBuf {
+pub(crate) fn example_catalog_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/catalog.toml")
 }
 
-pub fn example_catalog() -> pb::CatalogSpec {
+pub(crate) fn example_catalog() -> pb::CatalogSpec {
     let spec = consentd::server::read_catalog(&example_catalog_path()).unwrap();
     consentd::grpc::catalog_to(&spec)
 }
 
-pub fn ts(seconds: i64) -> prost_types::Timestamp {
+pub(crate) fn ts(seconds: i64) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds, nanos: 0 }
 }
 
 /// Seconds since the epoch, now.
-pub fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64
 }
 
-pub fn change(contact: &str, consent: &str, occurred_at: Option<i64>) -> pb::ConsentChange {
+pub(crate) fn change(contact: &str, consent: &str, occurred_at: Option<i64>) -> pb::ConsentChange {
     pb::ConsentChange {
         contact_id: contact.into(),
         consent_id: consent.into(),
@@ -118,7 +118,7 @@ pub fn change(contact: &str, consent: &str, occurred_at: Option<i64>) -> pb::Con
     }
 }
 
-pub fn check(contact: &str, channel: &str, brand: &str) -> pb::CanSendRequest {
+pub(crate) fn check(contact: &str, channel: &str, brand: &str) -> pb::CanSendRequest {
     pb::CanSendRequest {
         contact_id: contact.into(),
         channel: channel.into(),
@@ -129,7 +129,7 @@ pub fn check(contact: &str, channel: &str, brand: &str) -> pb::CanSendRequest {
 }
 
 /// (allowed, reason, decided_by) of one CanSend.
-pub async fn can_send(
+pub(crate) async fn can_send(
     client: &mut EligibilityClient<Channel>,
     contact: &str,
     channel: &str,
@@ -144,7 +144,7 @@ pub async fn can_send(
 }
 
 /// A minimal HTTP/1.1 exchange over a raw socket: (status, head, body).
-pub async fn http(
+pub(crate) async fn http(
     addr: SocketAddr,
     method: &str,
     path: &str,
@@ -171,14 +171,14 @@ pub async fn http(
 }
 
 /// The path of an absolute link, checking it points at this server.
-pub fn link_path(server: &TestServer, url: &str) -> String {
+pub(crate) fn link_path(server: &TestServer, url: &str) -> String {
     let prefix = format!("http://{}", server.http_addr);
     assert!(url.starts_with(&prefix), "{url} is not under {prefix}");
     url[prefix.len()..].to_owned()
 }
 
 /// Every event of a contact, oldest first.
-pub async fn history(server: &TestServer, contact: &str) -> Vec<pb::ConsentEvent> {
+pub(crate) async fn history(server: &TestServer, contact: &str) -> Vec<pb::ConsentEvent> {
     let mut cons = server.consents().await;
     cons.get_history(pb::GetHistoryRequest {
         contact_id: contact.into(),

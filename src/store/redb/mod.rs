@@ -22,6 +22,8 @@
 //! and a (contact, sequence) event table, halves the random pages a commit
 //! writes: the writer's cost is dominated by page write-back and fsync.
 
+mod rewrite;
+
 use std::path::Path;
 
 use prost::Message;
@@ -109,7 +111,7 @@ impl RedbStore {
         };
         let db = if pending {
             drop(db);
-            rewrite(&path)?;
+            rewrite::rewrite(&path)?;
             Database::create(&path)?
         } else {
             db
@@ -394,56 +396,6 @@ impl RedbStore {
         txn.commit()?;
         Ok(held)
     }
-}
-
-/// Copies every live record of the file at `path` into a fresh file and
-/// swaps it in (fsync'd, atomic rename), so no freed page of the old file
-/// survives. Crash-safe: until the rename the old file is untouched.
-fn rewrite(path: &Path) -> Result<(), StoreError> {
-    let started = std::time::Instant::now();
-    let tmp = path.with_extension("rewrite");
-    let _ = std::fs::remove_file(&tmp);
-    {
-        let old = Database::create(path)?;
-        let new = Database::create(&tmp)?;
-        let src = old.begin_read()?;
-        let dst = new.begin_write()?;
-        copy_table(&src, &dst, META)?;
-        copy_table(&src, &dst, CONTACTS)?;
-        copy_table(&src, &dst, EVENTS)?;
-        copy_table(&src, &dst, IDEMPOTENCY)?;
-        copy_table(&src, &dst, IDEMPOTENCY_BY_TIME)?;
-        copy_table(&src, &dst, ERASURES)?;
-        dst.open_table(META)?.remove(REWRITE_PENDING)?;
-        dst.commit()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    tracing::info!(
-        seconds = started.elapsed().as_secs_f64(),
-        "data file rewritten after erasures"
-    );
-    Ok(())
-}
-
-fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
-    src: &redb::ReadTransaction,
-    dst: &redb::WriteTransaction,
-    def: TableDefinition<K, V>,
-) -> Result<(), StoreError> {
-    let from = match src.open_table(def) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
-        Err(e) => return Err(e.into()),
-    };
-    let mut to = dst.open_table(def)?;
-    for row in from.range::<K::SelfType<'_>>(..)? {
-        let (k, v) = row?;
-        to.insert(k.value(), v.value())?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

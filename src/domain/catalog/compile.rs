@@ -1,0 +1,309 @@
+//! Validating a declared catalog and compiling it into the lookup tables
+//! the hot path reads, as the successor of the catalog in force (indices
+//! and versions carry over).
+
+use super::{
+    Catalog, CatalogSpec, Consent, ConsentIdx, ConsentSpec, HashMap, MAX_BRANDS, MAX_CHANNELS,
+    MAX_CONSENTS, MAX_COVER_CELLS, MAX_TEXT_LEN, MAX_TITLE_LEN,
+};
+use std::collections::HashSet;
+
+use crate::domain::ids::{ConsentId, FieldError, check_id};
+
+impl Catalog {
+    /// Validates `spec` and compiles it as the successor of `self`.
+    ///
+    /// Returns the new catalog and the consents `spec` deletes; the caller
+    /// refuses the apply if any contact holds state for one of them.
+    pub fn compile(&self, spec: CatalogSpec) -> Result<(Catalog, Vec<ConsentIdx>), FieldError> {
+        let channels = declare("channels", &spec.channels, MAX_CHANNELS)?;
+        let brands = declare("brands", &spec.brands, MAX_BRANDS)?;
+        if spec.consents.len() > MAX_CONSENTS {
+            return Err(FieldError::new(
+                "consents",
+                format!(
+                    "has {} entries, at most {MAX_CONSENTS} allowed",
+                    spec.consents.len()
+                ),
+            ));
+        }
+
+        // Ids, parents, texts.
+        let mut position: HashMap<&str, usize> = HashMap::default();
+        for (i, c) in spec.consents.iter().enumerate() {
+            let field = |f: &str| format!("consents[{i}].{f}");
+            check_id(&field("id"), &c.id)?;
+            if position.insert(&c.id, i).is_some() {
+                return Err(FieldError::new(
+                    field("id"),
+                    format!("{:?} is declared twice", c.id),
+                ));
+            }
+            check_text(&field("title"), &c.title, MAX_TITLE_LEN)?;
+            check_text(&field("text"), &c.text, MAX_TEXT_LEN)?;
+        }
+        let mut parent_of: Vec<Option<usize>> = Vec::with_capacity(spec.consents.len());
+        for (i, c) in spec.consents.iter().enumerate() {
+            parent_of.push(match c.parent.as_deref() {
+                None | Some("") => None,
+                Some(p) => Some(*position.get(p).ok_or_else(|| {
+                    FieldError::new(
+                        format!("consents[{i}].parent"),
+                        format!("unknown consent {p:?}"),
+                    )
+                })?),
+            });
+        }
+
+        // Depth and root of each consent; a walk longer than the catalog is a cycle.
+        let n = spec.consents.len();
+        let mut depth = vec![0u16; n];
+        let mut root = vec![0usize; n];
+        for i in 0..n {
+            let (mut at, mut steps) = (i, 0usize);
+            while let Some(p) = parent_of[at] {
+                steps += 1;
+                if steps > n {
+                    return Err(FieldError::new(
+                        format!("consents[{i}].parent"),
+                        format!("{:?} is part of a parent cycle", spec.consents[i].id),
+                    ));
+                }
+                at = p;
+            }
+            depth[i] = steps as u16;
+            root[i] = at;
+        }
+
+        // Effective scopes, parents before children.
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by_key(|&i| depth[i]);
+        let mut eff_channels: Vec<Vec<u32>> = vec![Vec::new(); n];
+        let mut eff_brands: Vec<Vec<u32>> = vec![Vec::new(); n];
+        for &i in &order {
+            let c = &spec.consents[i];
+            let parent = parent_of[i];
+            eff_channels[i] = scope(
+                &format!("consents[{i}].channels"),
+                &c.channels,
+                &channels,
+                parent.map(|p| &eff_channels[p]),
+            )?;
+            eff_brands[i] = scope(
+                &format!("consents[{i}].brands"),
+                &c.brands,
+                &brands,
+                parent.map(|p| &eff_brands[p]),
+            )?;
+        }
+
+        // Roots become purposes, in declaration order.
+        let roots_pos: Vec<usize> = (0..n).filter(|&i| parent_of[i].is_none()).collect();
+        let purposes: HashMap<String, u32> = roots_pos
+            .iter()
+            .enumerate()
+            .map(|(ord, &i)| (spec.consents[i].id.clone(), ord as u32))
+            .collect();
+        let default_purpose = match spec.default_purpose.as_deref() {
+            None | Some("") => None,
+            Some(p) => Some(*purposes.get(p).ok_or_else(|| {
+                FieldError::new(
+                    "default_purpose",
+                    format!("{p:?} is not a root consent of this catalog"),
+                )
+            })?),
+        }
+        .or_else(|| {
+            self.fallback_default
+                .as_deref()
+                .and_then(|p| purposes.get(p).copied())
+        });
+
+        let cells = roots_pos.len() * channels.len() * brands.len();
+        if cells > MAX_COVER_CELLS {
+            return Err(FieldError::new(
+                "consents",
+                format!(
+                    "purposes x channels x brands = {cells}, at most {MAX_COVER_CELLS} allowed"
+                ),
+            ));
+        }
+
+        // Interned indices: kept for known ids, fresh (never reused) for new ones.
+        let mut consents: Vec<Option<Consent>> = vec![None; self.consents.len()];
+        let mut by_id = HashMap::with_capacity_and_hasher(n, Default::default());
+        let mut idx_of = vec![0 as ConsentIdx; n];
+        let mut names = self.names.clone();
+        for (i, c) in spec.consents.iter().enumerate() {
+            idx_of[i] = self.by_id.get(&c.id).copied().unwrap_or_else(|| {
+                names.push(Box::leak(c.id.clone().into_boxed_str()));
+                (names.len() - 1) as ConsentIdx
+            });
+            by_id.insert(c.id.clone(), idx_of[i]);
+        }
+        let next = names.len() as ConsentIdx;
+        consents.resize(next as usize, None);
+
+        let mut normalized = Vec::with_capacity(n);
+        for (i, c) in spec.consents.iter().enumerate() {
+            let mut norm = ConsentSpec {
+                id: c.id.clone(),
+                title: c.title.clone(),
+                text: c.text.clone(),
+                parent: c.parent.clone().filter(|p| !p.is_empty()),
+                channels: sorted_unique(&c.channels),
+                brands: sorted_unique(&c.brands),
+                version: 1,
+                retired: c.retired,
+            };
+            if let Some(prev) = self.by_id.get(&c.id).and_then(|&x| self.consent(x)) {
+                let p = &prev.spec;
+                let same = p.text == norm.text
+                    && p.parent == norm.parent
+                    && p.channels == norm.channels
+                    && p.brands == norm.brands;
+                norm.version = if same { p.version } else { p.version + 1 };
+            }
+            consents[idx_of[i] as usize] = Some(Consent {
+                id: ConsentId::parse("id", &c.id)?,
+                idx: idx_of[i],
+                spec: norm.clone(),
+                purpose: idx_of[root[i]],
+                depth: depth[i],
+                channels: std::mem::take(&mut eff_channels[i]),
+                brands: std::mem::take(&mut eff_brands[i]),
+            });
+            normalized.push(norm);
+        }
+
+        // Covering sets, most specific first: deepest, then smallest id.
+        let (nc, nb) = (channels.len(), brands.len());
+        let mut covers: Vec<Vec<ConsentIdx>> = vec![Vec::new(); cells];
+        let purpose_of_root: HashMap<usize, usize> = roots_pos
+            .iter()
+            .enumerate()
+            .map(|(ord, &i)| (i, ord))
+            .collect();
+        let mut by_specificity: Vec<usize> = (0..n).collect();
+        by_specificity.sort_by(|&a, &b| {
+            depth[b]
+                .cmp(&depth[a])
+                .then_with(|| spec.consents[a].id.cmp(&spec.consents[b].id))
+        });
+        for &i in &by_specificity {
+            let p = purpose_of_root[&root[i]];
+            let c = consents[idx_of[i] as usize]
+                .as_ref()
+                .expect("every declared consent was compiled above");
+            for &ch in &c.channels {
+                for &br in &c.brands {
+                    covers[(p * nc + ch as usize) * nb + br as usize].push(idx_of[i]);
+                }
+            }
+        }
+
+        let removed = self
+            .by_id
+            .iter()
+            .filter(|(id, _)| !by_id.contains_key(*id))
+            .map(|(_, &idx)| idx)
+            .collect();
+
+        let catalog = Catalog {
+            spec: CatalogSpec {
+                channels: spec.channels,
+                brands: spec.brands,
+                consents: normalized,
+                default_purpose: spec.default_purpose.filter(|p| !p.is_empty()),
+            },
+            channels,
+            brands,
+            purposes,
+            roots: roots_pos.iter().map(|&i| idx_of[i]).collect(),
+            by_id,
+            consents,
+            names,
+            covers: covers.into_iter().map(Vec::into_boxed_slice).collect(),
+            default_purpose,
+            fallback_default: self.fallback_default.clone(),
+        };
+        Ok((catalog, removed))
+    }
+}
+
+/// Title and text may be empty (a catalog can be sketched before its
+/// wording is final); only their size is limited.
+fn check_text(field: &str, text: &str, max: usize) -> Result<(), FieldError> {
+    if text.len() > max {
+        return Err(FieldError::new(
+            field,
+            format!("is {} bytes, at most {max} allowed", text.len()),
+        ));
+    }
+    Ok(())
+}
+
+fn declare(field: &str, ids: &[String], max: usize) -> Result<HashMap<String, u32>, FieldError> {
+    if ids.len() > max {
+        return Err(FieldError::new(
+            field,
+            format!("has {} entries, at most {max} allowed", ids.len()),
+        ));
+    }
+    let mut map = HashMap::with_capacity_and_hasher(ids.len(), Default::default());
+    for (i, id) in ids.iter().enumerate() {
+        check_id(&format!("{field}[{i}]"), id)?;
+        if map.insert(id.clone(), i as u32).is_some() {
+            return Err(FieldError::new(
+                format!("{field}[{i}]"),
+                format!("{id:?} is declared twice"),
+            ));
+        }
+    }
+    Ok(map)
+}
+
+/// A consent's effective scope: its own list, or all (root) / the parent's
+/// (child) when empty. A child's own list must lie inside the parent's.
+fn scope(
+    field: &str,
+    listed: &[String],
+    declared: &HashMap<String, u32>,
+    parent: Option<&Vec<u32>>,
+) -> Result<Vec<u32>, FieldError> {
+    if listed.is_empty() {
+        return Ok(match parent {
+            Some(p) => p.clone(),
+            None => {
+                let mut all: Vec<u32> = declared.values().copied().collect();
+                all.sort_unstable();
+                all
+            }
+        });
+    }
+    let mut own = Vec::with_capacity(listed.len());
+    for id in listed {
+        let &i = declared.get(id).ok_or_else(|| {
+            FieldError::new(field, format!("{id:?} is not declared in the catalog"))
+        })?;
+        if let Some(p) = parent
+            && p.binary_search(&i).is_err()
+        {
+            return Err(FieldError::new(
+                field,
+                format!("{id:?} is outside the parent's scope"),
+            ));
+        }
+        own.push(i);
+    }
+    own.sort_unstable();
+    own.dedup();
+    Ok(own)
+}
+
+fn sorted_unique(v: &[String]) -> Vec<String> {
+    let set: HashSet<&String> = v.iter().collect();
+    let mut out: Vec<String> = set.into_iter().cloned().collect();
+    out.sort();
+    out
+}

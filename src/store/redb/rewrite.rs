@@ -1,0 +1,60 @@
+//! The post-erasure rewrite: redb keeps freed pages, so after an erasure
+//! the bytes of the erased contact could linger in the file. The next open
+//! copies every live record into a fresh file and swaps it in.
+
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, TableDefinition};
+
+use super::{CONTACTS, ERASURES, EVENTS, IDEMPOTENCY, IDEMPOTENCY_BY_TIME, META, REWRITE_PENDING};
+use crate::store::StoreError;
+
+/// Copies every live record of the file at `path` into a fresh file and
+/// swaps it in (fsync'd, atomic rename), so no freed page of the old file
+/// survives. Crash-safe: until the rename the old file is untouched.
+pub(super) fn rewrite(path: &Path) -> Result<(), StoreError> {
+    let started = std::time::Instant::now();
+    let tmp = path.with_extension("rewrite");
+    let _ = std::fs::remove_file(&tmp);
+    {
+        let old = Database::create(path)?;
+        let new = Database::create(&tmp)?;
+        let src = old.begin_read()?;
+        let dst = new.begin_write()?;
+        copy_table(&src, &dst, META)?;
+        copy_table(&src, &dst, CONTACTS)?;
+        copy_table(&src, &dst, EVENTS)?;
+        copy_table(&src, &dst, IDEMPOTENCY)?;
+        copy_table(&src, &dst, IDEMPOTENCY_BY_TIME)?;
+        copy_table(&src, &dst, ERASURES)?;
+        dst.open_table(META)?.remove(REWRITE_PENDING)?;
+        dst.commit()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    tracing::info!(
+        seconds = started.elapsed().as_secs_f64(),
+        "data file rewritten after erasures"
+    );
+    Ok(())
+}
+
+fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    src: &redb::ReadTransaction,
+    dst: &redb::WriteTransaction,
+    def: TableDefinition<K, V>,
+) -> Result<(), StoreError> {
+    let from = match src.open_table(def) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut to = dst.open_table(def)?;
+    for row in from.range::<K::SelfType<'_>>(..)? {
+        let (k, v) = row?;
+        to.insert(k.value(), v.value())?;
+    }
+    Ok(())
+}

@@ -1,6 +1,6 @@
 //! Why an operation of the authority was refused or failed: one enum, named
 //! for causes, shared by the writer and the authority (re-exported as
-//! [`crate::authority::Error`]). Transports map it once: gRPC in
+//! `authority::Error`). Transports map it once: gRPC in
 //! `grpc/status.rs`, HTTP in its pages.
 
 use crate::domain::FieldError;

@@ -3,16 +3,27 @@
 //!
 //! # Layout
 //!
-//! - [`domain`]: ids, the catalog, events and states, and the pure rules
-//!   (DESIGN.md §2). No tokio, tonic or redb.
+//! Dependencies point down this list; nothing below knows what is above it.
+//!
+//! - [`server`]: wiring: listeners, health, reflection, auth, graceful
+//!   shutdown (explicit: stop serving, drain, close the writer).
+//! - [`grpc`] and `http`: thin transports. A handler validates the request
+//!   into domain types, calls the [`authority`], and maps the answer (gRPC
+//!   maps every [`Error`] in one place, `grpc/status.rs`). `auth`: bearer
+//!   roles.
+//! - [`authority`]: the façade, the one set of operations every transport
+//!   calls (CanSend, changes, import, erasure, links, reads, catalog).
+//! - `writer`: the single writer thread: group commit, then index, then
+//!   replies; rulings come from [`domain::ruling`].
 //! - [`index`]: the in-memory concurrent index every CanSend reads.
-//! - [`store`]: the [`store::Store`] trait and its redb implementation.
-//! - [`writer`]: the single writer thread (group commit; commit, then index).
-//! - [`links`]: signed unsubscribe links and their key ring.
-//! - [`authority`]: the operations gRPC and HTTP share.
-//! - [`grpc`]: thin tonic handlers; [`http`]: health, metrics.
-//! - [`server`]: wiring, health, reflection, graceful shutdown.
-//! - [`auth`]: bearer-token roles.
+//! - [`store`]: the backend-neutral storage interface, its backends
+//!   ([`store::RedbStore`], [`store::MemoryStore`]) and the conformance
+//!   suite they all pass.
+//! - [`links`]: signed unsubscribe tokens and their key ring; `metrics`:
+//!   counters; `clock`: wall-clock time; [`Error`]: why an operation failed.
+//! - [`domain`]: ids, the catalog, events and states, the resolution of a
+//!   CanSend and the write rules, all pure (DESIGN.md §2). No tokio, tonic
+//!   or redb.
 //! - [`config`]: flags and `CONSENTD_*` variables.
 #![forbid(unsafe_code)]
 

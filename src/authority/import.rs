@@ -39,7 +39,7 @@ pub struct ImportSummary {
     pub superseded: u64,
     /// Invalid rows.
     pub rejected: u64,
-    /// The first [`MAX_IMPORT_ERRORS`] rejected rows.
+    /// The first 1,000 rejected rows (`MAX_IMPORT_ERRORS`).
     pub errors: Vec<RowError>,
 }
 

@@ -94,6 +94,8 @@ impl Server {
             .public_url
             .clone()
             .unwrap_or_else(|| format!("http://{http_addr}"));
+        // Read before anything opens, so a bad file changes nothing.
+        let catalog = config.catalog.as_deref().map(read_catalog).transpose()?;
         let store = RedbStore::open(&config.data_dir)
             .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
         let links = Links::open(&config.data_dir, &config.link_keys, &public_url)?;
@@ -109,12 +111,11 @@ impl Server {
             seconds = report.seconds,
             "index rebuilt from the store"
         );
-        if let Some(path) = &config.catalog {
-            let spec = read_catalog(path)?;
-            authority
-                .apply_catalog(spec)
-                .await
-                .with_context(|| format!("applying the catalog {}", path.display()))?;
+        if let (Some(spec), Some(path)) = (catalog, &config.catalog)
+            && let Err(e) = authority.apply_catalog(spec).await
+        {
+            authority.close().await?;
+            return Err(e).with_context(|| format!("applying the catalog {}", path.display()));
         }
         if let Some(p) = &config.default_purpose
             && authority

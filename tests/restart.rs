@@ -100,3 +100,36 @@ async fn states_history_keys_catalog_and_sequence_survive_a_restart() {
     assert!(err.message().contains("surveys"), "{}", err.message());
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_start_catalog_that_fails_to_apply_leaves_the_store_closed_and_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(dir.path(), Some(example_catalog_path())).await;
+    let mut cons = server.consents().await;
+    cons.grant(change("anna", "marketing", None)).await.unwrap();
+    server.stop().await;
+
+    // A catalog that deletes a consent Anna holds: refused at start.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "channels = [\"email\"]\n").unwrap();
+    let mut config = consentd::Config::ephemeral(dir.path());
+    config.catalog = Some(bad.clone());
+    let err = consentd::server::Server::bind(&config)
+        .await
+        .err()
+        .expect("the catalog is refused");
+    assert!(format!("{err:#}").contains("held by contacts"), "{err:#}");
+
+    // The writer was closed with it: the same data dir opens at once, as it was.
+    let server = TestServer::start_in(dir.path(), None).await;
+    let events = history(&server, "anna").await;
+    assert_eq!(events.len(), 1);
+    let mut cat = server.catalog().await;
+    let spec = cat
+        .get_catalog(pb::GetCatalogRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(spec.consents.iter().any(|c| c.id == "marketing"));
+    server.stop().await;
+}

@@ -18,7 +18,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 fn catalog() -> Catalog {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/catalog.toml");
     let spec = consentd::server::read_catalog(std::path::Path::new(path)).unwrap();
-    Catalog::empty(None).compile(spec).unwrap().0
+    Catalog::empty(None).compile(spec, 0).unwrap().catalog
 }
 
 fn rss_bytes() -> u64 {

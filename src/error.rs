@@ -15,6 +15,9 @@ pub enum Error {
     /// The change names a consent the catalog lacks.
     #[error("consent {0:?} is not in the catalog")]
     UnknownConsent(String),
+    /// A consent id that no catalog ever declared.
+    #[error("consent {0:?} was never declared")]
+    NeverDeclared(String),
     /// A GRANT of a retired consent.
     #[error("consent {0:?} is retired and accepts no new grants")]
     RetiredConsent(String),

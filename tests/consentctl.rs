@@ -40,6 +40,21 @@ async fn every_command_against_a_running_server() {
     let (ok, out, _) = ctl(&server, &["--json", "catalog", "show"]);
     assert!(ok);
     assert_eq!(json(&out)["default_purpose"], "marketing");
+    let (ok, out, _) = ctl(&server, &["--json", "catalog", "wordings", "surveys"]);
+    assert!(ok);
+    let w = &json(&out)["wordings"][0];
+    assert_eq!(
+        (w["consent_id"].as_str(), w["version"].as_u64()),
+        (Some("surveys"), Some(1))
+    );
+    assert_eq!(w["channels"], serde_json::json!(["email"]));
+    let (ok, out, _) = ctl(&server, &["catalog", "wordings", "marketing.acme.email"]);
+    assert!(
+        ok && out.contains("I agree to receive the Acme newsletter by e-mail."),
+        "{out}"
+    );
+    let (ok, _, err) = ctl(&server, &["catalog", "wordings", "ghost"]);
+    assert!(!ok && err.contains("NotFound"), "{err}");
 
     let (ok, out, err) = ctl(
         &server,

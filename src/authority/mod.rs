@@ -23,13 +23,14 @@ pub use self::links::LinkPage;
 pub use crate::error::Error;
 
 use crate::domain::{
-    Catalog, CatalogSpec, Change, ChangeOutcome, ConsentIdx, ContactId, Erasures, EventRecord,
-    FieldError, HeldState, StateRecord, UnixNanos, Verdict, ids::check_contact,
+    Catalog, CatalogSpec, Change, ChangeOutcome, ConsentId, ConsentIdx, ContactId, Erasures,
+    EventRecord, FieldError, HeldState, StateRecord, UnixNanos, Verdict, Wording,
+    ids::check_contact,
 };
 use crate::index::Index;
 use crate::links::Links;
 use crate::metrics::{Metrics, Tally};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, WriteBatch};
 use crate::writer::{Writer, WriterStart};
 
 /// Longest erasure reason kept with a tombstone, in bytes.
@@ -114,20 +115,27 @@ impl Authority {
     ) -> Result<(Authority, LoadReport), StoreError> {
         let started = Instant::now();
         let recovered = store.recover()?;
-        let empty = Catalog::empty(default_purpose);
         let catalog = match recovered.catalog {
             Some(spec) => {
-                empty
-                    .compile(spec)
+                let restored = Catalog::restore(default_purpose, spec, recovered.wordings)
                     .map_err(|e| {
                         StoreError::corrupt(
                             "meta",
                             format!("stored catalog no longer validates: {e}"),
                         )
-                    })?
-                    .0
+                    })?;
+                if !restored.wordings.is_empty() {
+                    // A catalog stored before wordings were kept: keep the
+                    // words in force now, under their stored versions.
+                    store.commit(&WriteBatch {
+                        wordings: restored.wordings,
+                        next_sequence: recovered.next_sequence,
+                        ..Default::default()
+                    })?;
+                }
+                restored.catalog
             }
-            None => empty,
+            None => Catalog::empty(default_purpose),
         };
         let index = Arc::new(Index::with_capacity(recovered.contacts as usize));
         let mut orphans = 0u64;
@@ -295,6 +303,28 @@ impl Authority {
             .await
             .map_err(|e| StoreError::Backend(Box::new(e)))?
             .map_err(Error::from)
+    }
+
+    /// Every wording of `consent` (of every consent when empty), oldest
+    /// first. [`Error::NeverDeclared`] for an id no catalog ever declared.
+    pub async fn wordings(&self, consent: &str) -> Result<Vec<Wording>, Error> {
+        if consent.is_empty() {
+            let mut all = self.read(|store| store.wordings(None)).await?;
+            all.sort_by(|a, b| {
+                (a.in_force_from, a.consent.as_str(), a.version).cmp(&(
+                    b.in_force_from,
+                    b.consent.as_str(),
+                    b.version,
+                ))
+            });
+            return Ok(all);
+        }
+        let id = ConsentId::parse("consent_id", consent)?;
+        if self.catalog.load().latest_wording(id.as_str()).is_none() {
+            return Err(Error::NeverDeclared(id.to_string()));
+        }
+        self.read(move |store| store.wordings(Some(id.as_str())))
+            .await
     }
 
     /// Validates and installs a catalog, atomically and durably.

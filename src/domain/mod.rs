@@ -8,8 +8,9 @@ pub mod event;
 pub mod ids;
 pub mod resolve;
 pub mod ruling;
+pub mod wording;
 
-pub use catalog::{Catalog, CatalogSpec, Cell, Consent, ConsentIdx, ConsentSpec};
+pub use catalog::{Catalog, CatalogSpec, Cell, Compiled, Consent, ConsentIdx, ConsentSpec};
 pub use erasure::Erasures;
 pub use event::{
     Action, Change, Decision, EventRecord, Evidence, IdempotencyRecord, Source, StateRecord,
@@ -18,3 +19,4 @@ pub use event::{
 pub use ids::{ConsentId, ContactId, FieldError};
 pub use resolve::{HeldState, Verdict, verdict};
 pub use ruling::{ChangeOutcome, Known, Ruling, rule};
+pub use wording::Wording;

@@ -9,8 +9,8 @@ use prost_types::Timestamp;
 use crate::authority::{Answer, ImportSummary};
 use crate::domain::{
     Action, CatalogSpec, Change, ChangeOutcome, ConsentId, ConsentSpec, ContactId, EventRecord,
-    Evidence, FieldError, Source, StateRecord, UnixNanos, Verdict, event::MAX_IDEMPOTENCY_KEY_LEN,
-    event::check_evidence, ids::check_opaque,
+    Evidence, FieldError, Source, StateRecord, UnixNanos, Verdict, Wording,
+    event::MAX_IDEMPOTENCY_KEY_LEN, event::check_evidence, ids::check_opaque,
 };
 use crate::pb;
 
@@ -246,6 +246,20 @@ pub(super) fn outcome_to(o: ChangeOutcome) -> pb::ChangeResult {
         applied: o.applied,
         state: o.state.map(state_to),
         sequence: o.sequence,
+    }
+}
+
+/// A wording on the wire.
+pub(super) fn wording_to(w: Wording) -> pb::Wording {
+    pb::Wording {
+        consent_id: w.consent.to_string(),
+        version: w.version,
+        title: w.title,
+        text: w.text,
+        parent: w.parent.unwrap_or_default(),
+        channels: w.channels,
+        brands: w.brands,
+        in_force_from: (w.in_force_from != 0).then(|| timestamp(w.in_force_from)),
     }
 }
 

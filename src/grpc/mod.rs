@@ -244,4 +244,19 @@ impl pb::catalog_server::Catalog for CatalogService {
             .require_any(&request, &[Role::Check, Role::Write, Role::Admin])?;
         Ok(Response::new(catalog_to(self.authority.catalog().spec())))
     }
+
+    async fn get_wordings(
+        &self,
+        request: Request<pb::GetWordingsRequest>,
+    ) -> Result<Response<pb::Wordings>, Status> {
+        self.auth
+            .require_any(&request, &[Role::Write, Role::Admin])?;
+        let wordings = self
+            .authority
+            .wordings(&request.get_ref().consent_id)
+            .await?;
+        Ok(Response::new(pb::Wordings {
+            wordings: wordings.into_iter().map(convert::wording_to).collect(),
+        }))
+    }
 }

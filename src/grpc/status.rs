@@ -20,7 +20,9 @@ impl From<Error> for Status {
     fn from(e: Error) -> Status {
         match e {
             Error::Invalid(f) => invalid(f),
-            e @ Error::UnknownConsent(_) => Status::not_found(format!("consent_id: {e}")),
+            e @ (Error::UnknownConsent(_) | Error::NeverDeclared(_)) => {
+                Status::not_found(format!("consent_id: {e}"))
+            }
             e @ (Error::RetiredConsent(_)
             | Error::KeyReused(_)
             | Error::ConsentInUse(_)

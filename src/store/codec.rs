@@ -6,7 +6,7 @@
 use prost::Message;
 
 use super::{IdempotencyRecord, StoreError};
-use crate::domain::{Action, ConsentId, ContactId, EventRecord, Source, StateRecord};
+use crate::domain::{Action, ConsentId, ContactId, EventRecord, Source, StateRecord, Wording};
 
 /// Everything stored under one contact.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -60,6 +60,50 @@ pub(super) struct StoredEvent {
     pub(super) idempotency_key: Option<String>,
     #[prost(bool, tag = "9")]
     applied: bool,
+}
+
+/// A wording as stored; (consent, version) is the key.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct StoredWording {
+    #[prost(string, tag = "1")]
+    title: String,
+    #[prost(string, tag = "2")]
+    text: String,
+    #[prost(string, optional, tag = "3")]
+    parent: Option<String>,
+    #[prost(string, repeated, tag = "4")]
+    channels: Vec<String>,
+    #[prost(string, repeated, tag = "5")]
+    brands: Vec<String>,
+    #[prost(sfixed64, tag = "6")]
+    in_force_from: i64,
+}
+
+pub(super) fn encode_wording(w: &Wording) -> Vec<u8> {
+    StoredWording {
+        title: w.title.clone(),
+        text: w.text.clone(),
+        parent: w.parent.clone(),
+        channels: w.channels.clone(),
+        brands: w.brands.clone(),
+        in_force_from: w.in_force_from,
+    }
+    .encode_to_vec()
+}
+
+pub(super) fn decode_wording(consent: &str, version: u32, b: &[u8]) -> Result<Wording, StoreError> {
+    let s = StoredWording::decode(b).map_err(|e| StoreError::corrupt("wordings", e.to_string()))?;
+    Ok(Wording {
+        consent: ConsentId::parse("consent", consent)
+            .map_err(|e| StoreError::corrupt("wordings", e.to_string()))?,
+        version,
+        title: s.title,
+        text: s.text,
+        parent: s.parent,
+        channels: s.channels,
+        brands: s.brands,
+        in_force_from: s.in_force_from,
+    })
 }
 
 pub(super) fn decode_contact(b: &[u8]) -> Result<ContactRecord, StoreError> {

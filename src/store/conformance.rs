@@ -11,7 +11,9 @@
 use std::sync::Arc;
 
 use super::{IdempotencyRecord, Store, Tombstone, WriteBatch};
-use crate::domain::{Action, CatalogSpec, ConsentId, ContactId, Decision, EventRecord, Source};
+use crate::domain::{
+    Action, CatalogSpec, ConsentId, ContactId, Decision, EventRecord, Source, Wording,
+};
 
 /// How the suite gets stores of one backend.
 pub(crate) trait Fixture {
@@ -33,6 +35,7 @@ macro_rules! conformance_suite {
             catalog_is_kept_and_replaced,
             idempotency_retention,
             erase_forgets_one_contact_only,
+            wordings_are_kept_for_good,
         );
     };
     (@cases $fixture:expr; $($case:ident),* $(,)?) => {$(
@@ -315,4 +318,73 @@ pub(crate) fn erase_forgets_one_contact_only(f: &mut impl Fixture) {
     assert_eq!(loaded(&*store).len(), 1);
     // A pruning pass finds no key of the erased contact left behind.
     assert_eq!(store.prune_idempotency(i64::MAX, 100).unwrap(), 1);
+}
+
+fn wording(consent: &str, version: u32, at: i64) -> Wording {
+    Wording {
+        consent: ConsentId::parse("consent", consent).unwrap(),
+        version,
+        title: format!("{consent} v{version}"),
+        text: format!("I agree to {consent}, as worded in v{version}"),
+        parent: None,
+        channels: vec!["email".into(), "sms".into()],
+        brands: vec!["acme".into()],
+        in_force_from: at,
+    }
+}
+
+pub(crate) fn wordings_are_kept_for_good(f: &mut impl Fixture) {
+    let store = f.fresh();
+    let first = vec![wording("marketing", 1, 100), wording("surveys", 1, 100)];
+    let mut with_first = WriteBatch {
+        wordings: first.clone(),
+        next_sequence: 1,
+        ..Default::default()
+    };
+    with_first.catalog = Some(CatalogSpec::default());
+    store.commit(&with_first).unwrap();
+    let mut child = wording("marketing.acme", 1, 200);
+    child.parent = Some("marketing".into());
+    store
+        .commit(&WriteBatch {
+            wordings: vec![wording("marketing", 2, 200), child.clone()],
+            next_sequence: 1,
+            ..Default::default()
+        })
+        .unwrap();
+    // An erasure touches no wording.
+    let tombstone = Tombstone {
+        hash: [1; 32],
+        erased_at: 300,
+        reason: "r".into(),
+    };
+    store.erase("anyone", &tombstone).unwrap();
+    drop(store);
+
+    let store = f.reopen();
+    assert_eq!(
+        store.wordings(Some("marketing")).unwrap(),
+        vec![wording("marketing", 1, 100), wording("marketing", 2, 200)],
+        "oldest first"
+    );
+    assert_eq!(
+        store.wordings(Some("marketing.acme")).unwrap(),
+        vec![child.clone()]
+    );
+    assert!(
+        store.wordings(Some("market")).unwrap().is_empty(),
+        "no prefix bleed"
+    );
+    assert_eq!(store.wordings(None).unwrap().len(), 4);
+    let r = store.recover().unwrap();
+    assert_eq!(
+        r.wordings,
+        vec![
+            wording("marketing", 2, 200),
+            child,
+            wording("surveys", 1, 100)
+        ],
+        "the latest of each consent, by id"
+    );
+    assert_eq!(r.last_recorded_at, 300);
 }

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
 use super::{IdempotencyRecord, Recovered, Store, StoreError, Tombstone, WriteBatch};
-use crate::domain::{CatalogSpec, Decision, EventRecord, StateRecord, UnixNanos};
+use crate::domain::{CatalogSpec, Decision, EventRecord, StateRecord, UnixNanos, Wording};
 
 /// Everything the store keeps under its one lock.
 #[derive(Debug)]
@@ -23,6 +23,8 @@ struct Contents {
     idempotency: HashMap<String, IdempotencyRecord>,
     idempotency_by_time: BTreeSet<(UnixNanos, String)>,
     erasures: BTreeMap<[u8; 32], (UnixNanos, String)>,
+    /// (consent, version) → wording.
+    wordings: BTreeMap<(String, u32), Wording>,
 }
 
 /// The in-memory store. Cheap to create; share it with `Arc`.
@@ -47,6 +49,7 @@ impl MemoryStore {
                 idempotency: HashMap::new(),
                 idempotency_by_time: BTreeSet::new(),
                 erasures: BTreeMap::new(),
+                wordings: BTreeMap::new(),
             }),
         })
     }
@@ -66,13 +69,19 @@ impl Store for MemoryStore {
         let c = self.lock();
         let last_event = c.events.values().next_back().map_or(0, |e| e.recorded_at);
         let last_erasure = c.erasures.values().map(|(at, _)| *at).max().unwrap_or(0);
+        let mut latest: BTreeMap<&str, &Wording> = BTreeMap::new();
+        for ((consent, _), w) in &c.wordings {
+            latest.insert(consent, w);
+        }
+        let last_wording = latest.values().map(|w| w.in_force_from).max().unwrap_or(0);
         Ok(Recovered {
             catalog: c.catalog.clone(),
             next_sequence: c.next_sequence,
             contacts: c.contacts.len() as u64,
             erasure_key: c.erasure_key,
             erasures: c.erasures.iter().map(|(h, (at, _))| (*h, *at)).collect(),
-            last_recorded_at: last_event.max(last_erasure),
+            wordings: latest.into_values().cloned().collect(),
+            last_recorded_at: last_event.max(last_erasure).max(last_wording),
         })
     }
 
@@ -125,11 +134,24 @@ impl Store for MemoryStore {
             .collect()
     }
 
+    fn wordings(&self, consent: Option<&str>) -> Result<Vec<Wording>, StoreError> {
+        let c = self.lock();
+        Ok(c.wordings
+            .iter()
+            .filter(|((id, _), _)| consent.is_none_or(|want| id == want))
+            .map(|(_, w)| w.clone())
+            .collect())
+    }
+
     fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError> {
         let mut c = self.lock();
         c.next_sequence = batch.next_sequence;
         if let Some(catalog) = &batch.catalog {
             c.catalog = Some(catalog.clone());
+        }
+        for w in &batch.wordings {
+            c.wordings
+                .insert((w.consent.to_string(), w.version), w.clone());
         }
         for e in &batch.events {
             let (states, sequences) = c.contacts.entry(e.contact.to_string()).or_default();

@@ -23,7 +23,7 @@ pub use self::memory::MemoryStore;
 pub use self::redb::RedbStore;
 
 pub use crate::domain::IdempotencyRecord;
-use crate::domain::{CatalogSpec, Decision, EventRecord, StateRecord, UnixNanos};
+use crate::domain::{CatalogSpec, Decision, EventRecord, StateRecord, UnixNanos, Wording};
 
 /// Why a store operation failed. Whatever the backend, the core sees one of
 /// these; the details stay in the message for the log.
@@ -75,8 +75,10 @@ pub struct Recovered {
     pub erasure_key: [u8; 32],
     /// Every erasure: (keyed hash of the contact, erased_at).
     pub erasures: Vec<([u8; 32], UnixNanos)>,
-    /// The latest `recorded_at` (event or erasure) on file, so that the
-    /// writer's clock never runs behind what it already recorded.
+    /// The latest wording of every consent id ever declared.
+    pub wordings: Vec<Wording>,
+    /// The latest time on file (an event recorded, an erasure, a wording in
+    /// force), so that the writer's clock never runs behind it.
     pub last_recorded_at: UnixNanos,
 }
 
@@ -103,6 +105,8 @@ pub struct WriteBatch {
     pub idempotency: Vec<(String, IdempotencyRecord)>,
     /// A new catalog to keep, replacing the stored one.
     pub catalog: Option<CatalogSpec>,
+    /// Wordings that come into force, kept for good.
+    pub wordings: Vec<Wording>,
     /// The sequence the next event after this batch gets.
     pub next_sequence: u64,
 }
@@ -123,6 +127,9 @@ pub trait Store: Send + Sync + 'static {
     fn contact_states(&self, contact: &str) -> Result<Vec<StateRecord>, StoreError>;
     /// Every event of the contact, in recording order.
     fn history(&self, contact: &str) -> Result<Vec<EventRecord>, StoreError>;
+    /// Every wording of `consent` (of every consent when `None`), by
+    /// consent id, then version.
+    fn wordings(&self, consent: Option<&str>) -> Result<Vec<Wording>, StoreError>;
     /// Writes the batch in one transaction and returns once it is durable;
     /// on error nothing of it is kept.
     fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError>;

@@ -273,8 +273,10 @@ impl Committer {
 
     fn apply_catalog(&mut self, spec: CatalogSpec) -> Result<Arc<Catalog>, Error> {
         let current = self.catalog.load_full();
-        let (next, removed) = current.compile(spec)?;
-        let in_use: Vec<String> = removed
+        let in_force_from = self.receipt_time();
+        let compiled = current.compile(spec, in_force_from)?;
+        let in_use: Vec<String> = compiled
+            .removed
             .iter()
             .filter(|&&i| self.usage.get(i as usize).copied().unwrap_or(0) > 0)
             .map(|&i| current.consent_id(i).to_owned())
@@ -282,18 +284,22 @@ impl Committer {
         if !in_use.is_empty() {
             return Err(Error::ConsentInUse(in_use));
         }
+        let next = compiled.catalog;
         let batch = WriteBatch {
             catalog: Some(next.spec().clone()),
+            wordings: compiled.wordings,
             next_sequence: self.next_sequence,
             ..Default::default()
         };
         self.store.commit(&batch)?;
+        self.last_recorded = in_force_from;
         let next = Arc::new(next);
         self.catalog.store(next.clone());
         tracing::info!(
             consents = next.spec().consents.len(),
             channels = next.spec().channels.len(),
             brands = next.spec().brands.len(),
+            new_wordings = batch.wordings.len(),
             "catalog applied"
         );
         Ok(next)
@@ -310,6 +316,7 @@ mod tests {
     use super::*;
     use crate::domain::{
         Action, ConsentId, ConsentSpec, Decision, Evidence, IdempotencyRecord, Source, StateRecord,
+        Wording,
     };
     use crate::store::{MemoryStore, Recovered, StoreError};
 
@@ -343,6 +350,9 @@ mod tests {
         fn history(&self, contact: &str) -> Result<Vec<EventRecord>, StoreError> {
             self.inner.history(contact)
         }
+        fn wordings(&self, consent: Option<&str>) -> Result<Vec<Wording>, StoreError> {
+            self.inner.wordings(consent)
+        }
         fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError> {
             if self.fail.load(Ordering::Relaxed) {
                 return Err(StoreError::Io(std::io::Error::other("disk full")));
@@ -372,7 +382,7 @@ mod tests {
             }],
             default_purpose: None,
         };
-        let catalog = Catalog::empty(None).compile(spec).unwrap().0;
+        let catalog = Catalog::empty(None).compile(spec, 0).unwrap().catalog;
         let index = Arc::new(Index::default());
         let committer = Committer::new(
             store.clone(),

@@ -79,6 +79,9 @@ pub(crate) enum CatalogCommand {
     Apply { file: PathBuf },
     /// Print the catalog in force.
     Show,
+    /// Every wording ever in force of a consent (of all consents without
+    /// an id), oldest first: the exact words behind each version.
+    Wordings { consent: Option<String> },
 }
 
 #[derive(clap::Args)]

@@ -122,6 +122,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print!("{}", toml::to_string_pretty(&domain)?);
             }
         }
+        Command::Catalog {
+            command: CatalogCommand::Wordings { consent },
+        } => {
+            let wordings = c
+                .catalog
+                .get_wordings(pb::GetWordingsRequest {
+                    consent_id: consent.unwrap_or_default(),
+                })
+                .await?
+                .into_inner()
+                .wordings;
+            render::wordings(json_mode, &wordings);
+        }
         Command::Grant(a) => change(&mut c, pb::Action::Grant, a, json_mode).await?,
         Command::Withdraw(a) => change(&mut c, pb::Action::Withdraw, a, json_mode).await?,
         Command::Check {

@@ -66,6 +66,42 @@ pub(crate) fn catalog_applied(json_mode: bool, applied: &pb::CatalogSpec) {
     );
 }
 
+/// `catalog wordings`: each version with its words and scope.
+pub(crate) fn wordings(json_mode: bool, wordings: &[pb::Wording]) {
+    let list: Vec<_> = wordings
+        .iter()
+        .map(|w| {
+            json!({"consent_id": w.consent_id, "version": w.version, "title": w.title,
+            "text": w.text, "parent": w.parent, "channels": w.channels, "brands": w.brands,
+            "in_force_from": show_time(&w.in_force_from)})
+        })
+        .collect();
+    print(json_mode, json!({"wordings": list}), || {
+        let mut out = String::new();
+        for w in wordings {
+            let since = match show_time(&w.in_force_from) {
+                t if t.is_empty() => "before wordings were kept".to_string(),
+                t => format!("in force from {t}"),
+            };
+            out.push_str(&format!(
+                "{} v{} ({since}): {}\n  channels: {}; brands: {}{}\n  {}\n",
+                w.consent_id,
+                w.version,
+                w.title,
+                w.channels.join(", "),
+                w.brands.join(", "),
+                if w.parent.is_empty() {
+                    String::new()
+                } else {
+                    format!("; parent: {}", w.parent)
+                },
+                w.text
+            ));
+        }
+        out.trim_end().to_owned()
+    });
+}
+
 /// `grant` / `withdraw`: what was recorded and the state after it.
 pub(crate) fn change(
     json_mode: bool,

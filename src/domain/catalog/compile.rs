@@ -7,15 +7,76 @@ use super::{
     MAX_CONSENTS, MAX_COVER_CELLS, MAX_TEXT_LEN, MAX_TITLE_LEN,
 };
 use std::collections::HashSet;
+use std::sync::Arc;
 
+use crate::domain::event::UnixNanos;
 use crate::domain::ids::{ConsentId, FieldError, check_id};
+use crate::domain::wording::Wording;
+
+/// What a successful compile gives.
+#[derive(Debug)]
+pub struct Compiled {
+    /// The new catalog.
+    pub catalog: Catalog,
+    /// Consents the spec deletes; the caller refuses the apply if any
+    /// contact holds state for one of them.
+    pub removed: Vec<ConsentIdx>,
+    /// Wordings that come into force with this catalog (new consents, and
+    /// consents whose terms changed), to be kept for good.
+    pub wordings: Vec<Wording>,
+}
+
+impl Compiled {
+    /// (catalog, removed), for callers that keep no wordings.
+    pub fn into_parts(self) -> (Catalog, Vec<ConsentIdx>) {
+        (self.catalog, self.removed)
+    }
+}
+
+/// Where the version of a consent without a wording on file comes from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FirstVersion {
+    /// A consent never declared before: version 1.
+    One,
+    /// A catalog stored before wordings were kept: its stored version.
+    Declared,
+}
 
 impl Catalog {
-    /// Validates `spec` and compiles it as the successor of `self`.
+    /// Validates `spec` and compiles it as the successor of `self`; new
+    /// wordings come into force at `now`.
     ///
-    /// Returns the new catalog and the consents `spec` deletes; the caller
-    /// refuses the apply if any contact holds state for one of them.
-    pub fn compile(&self, spec: CatalogSpec) -> Result<(Catalog, Vec<ConsentIdx>), FieldError> {
+    /// Versions are the server's: each consent keeps the version of its
+    /// latest wording (of every id ever declared, removed ones too) while
+    /// its text, parent and effective scope stay the same, and gets the
+    /// next one when any of them changes. Declared versions are ignored.
+    pub fn compile(&self, spec: CatalogSpec, now: UnixNanos) -> Result<Compiled, FieldError> {
+        self.compile_with(spec, now, FirstVersion::One)
+    }
+
+    /// The catalog kept in the store, with the latest wording of every
+    /// consent ever declared: what start-up recovers. A stored consent that
+    /// has no wording yet (written before wordings were kept) keeps its
+    /// stored version; its wording is returned, in force from 0 (unknown).
+    pub fn restore(
+        fallback_default: Option<String>,
+        spec: CatalogSpec,
+        latest: Vec<Wording>,
+    ) -> Result<Compiled, FieldError> {
+        let mut base = Catalog::empty(fallback_default);
+        base.wordings = latest
+            .into_iter()
+            .map(|w| (w.consent.to_string(), Arc::new(w)))
+            .collect();
+        base.compile_with(spec, 0, FirstVersion::Declared)
+    }
+
+    fn compile_with(
+        &self,
+        spec: CatalogSpec,
+        now: UnixNanos,
+        first: FirstVersion,
+    ) -> Result<Compiled, FieldError> {
         let channels = declare("channels", &spec.channels, MAX_CHANNELS)?;
         let brands = declare("brands", &spec.brands, MAX_BRANDS)?;
         if spec.consents.len() > MAX_CONSENTS {
@@ -145,7 +206,18 @@ impl Catalog {
         consents.resize(next as usize, None);
 
         let mut normalized = Vec::with_capacity(n);
+        let mut wordings = self.wordings.clone();
+        let mut new_wordings = Vec::new();
+        let names_of = |declared: &[String], indices: &[u32]| {
+            let mut v: Vec<String> = indices
+                .iter()
+                .map(|&i| declared[i as usize].clone())
+                .collect();
+            v.sort_unstable();
+            v
+        };
         for (i, c) in spec.consents.iter().enumerate() {
+            let id = ConsentId::parse("id", &c.id)?;
             let mut norm = ConsentSpec {
                 id: c.id.clone(),
                 title: c.title.clone(),
@@ -156,16 +228,33 @@ impl Catalog {
                 version: 1,
                 retired: c.retired,
             };
-            if let Some(prev) = self.by_id.get(&c.id).and_then(|&x| self.consent(x)) {
-                let p = &prev.spec;
-                let same = p.text == norm.text
-                    && p.parent == norm.parent
-                    && p.channels == norm.channels
-                    && p.brands == norm.brands;
-                norm.version = if same { p.version } else { p.version + 1 };
+            let mut terms = Wording {
+                consent: id.clone(),
+                version: 0,
+                title: norm.title.clone(),
+                text: norm.text.clone(),
+                parent: norm.parent.clone(),
+                channels: names_of(&spec.channels, &eff_channels[i]),
+                brands: names_of(&spec.brands, &eff_brands[i]),
+                in_force_from: now,
+            };
+            norm.version = match self.wordings.get(&c.id) {
+                Some(latest) if latest.same_terms(&terms) => latest.version,
+                Some(latest) => latest.version + 1,
+                None if first == FirstVersion::Declared => c.version.max(1),
+                None => 1,
+            };
+            if self
+                .wordings
+                .get(&c.id)
+                .is_none_or(|w| w.version != norm.version)
+            {
+                terms.version = norm.version;
+                wordings.insert(c.id.clone(), Arc::new(terms.clone()));
+                new_wordings.push(terms);
             }
             consents[idx_of[i] as usize] = Some(Consent {
-                id: ConsentId::parse("id", &c.id)?,
+                id,
                 idx: idx_of[i],
                 spec: norm.clone(),
                 purpose: idx_of[root[i]],
@@ -226,8 +315,13 @@ impl Catalog {
             covers: covers.into_iter().map(Vec::into_boxed_slice).collect(),
             default_purpose,
             fallback_default: self.fallback_default.clone(),
+            wordings,
         };
-        Ok((catalog, removed))
+        Ok(Compiled {
+            catalog,
+            removed,
+            wordings: new_wordings,
+        })
     }
 }
 

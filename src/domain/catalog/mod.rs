@@ -6,16 +6,23 @@
 //! - a child's effective scope lies inside its parent's;
 //! - a consent keeps its interned index across catalog versions (states in
 //!   the index refer to consents by that index), and indices are never reused;
-//! - `version` starts at 1 and grows by one whenever text or scope changes.
+//! - `version` starts at 1 and grows by one whenever the text, the parent
+//!   or the effective scope changes; it never goes back and is never reused
+//!   (the latest wording of every id ever declared is kept).
 //!
 //! Layout: this file holds the types and the lookups; `compile.rs` the
 //! validation and compilation of a declared catalog.
 
 mod compile;
 
+pub use compile::Compiled;
+
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use super::ids::{ConsentId, FieldError};
+use super::wording::Wording;
 
 /// Lookup maps on the hot path hash short ids: foldhash, not SipHash.
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
@@ -114,6 +121,10 @@ pub struct Catalog {
     default_purpose: Option<u32>,
     /// `--default-purpose`, used when the spec names none.
     fallback_default: Option<String>,
+    /// The latest wording of every consent id ever declared, removed ones
+    /// too: what the next compile compares against, so that versions never
+    /// go back and are never reused.
+    wordings: HashMap<String, Arc<Wording>>,
 }
 
 /// Where a check names its purpose, channel and brand, compiled.
@@ -139,6 +150,12 @@ impl Catalog {
     /// The normalized spec, with versions, as `GetCatalog` answers it.
     pub fn spec(&self) -> &CatalogSpec {
         &self.spec
+    }
+
+    /// The interned index of a consent id, if it is defined.
+    /// The latest wording of a consent id ever declared (removed ones too).
+    pub fn latest_wording(&self, id: &str) -> Option<&Wording> {
+        self.wordings.get(id).map(|w| &**w)
     }
 
     /// The interned index of a consent id, if it is defined.
@@ -220,6 +237,7 @@ fn unknown(field: &str, value: &str) -> FieldError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Wording;
 
     pub(crate) fn consent(
         id: &str,
@@ -262,7 +280,10 @@ mod tests {
 
     #[test]
     fn covering_sets_most_specific_first() {
-        let (cat, _) = Catalog::empty(None).compile(spec()).unwrap();
+        let (cat, _) = Catalog::empty(None)
+            .compile(spec(), 0)
+            .unwrap()
+            .into_parts();
         let cell = cat.cell("", "email", "a").unwrap();
         assert_eq!(
             ids(&cat, cat.covering(cell)),
@@ -278,7 +299,10 @@ mod tests {
 
     #[test]
     fn purpose_resolution() {
-        let (cat, _) = Catalog::empty(None).compile(spec()).unwrap();
+        let (cat, _) = Catalog::empty(None)
+            .compile(spec(), 0)
+            .unwrap()
+            .into_parts();
         assert_eq!(cat.cell("", "email", "a").unwrap().purpose, 0);
         assert_eq!(cat.cell("surveys", "email", "a").unwrap().purpose, 1);
         assert_eq!(
@@ -291,18 +315,25 @@ mod tests {
 
         let mut no_default = spec();
         no_default.default_purpose = None;
-        let (cat, _) = Catalog::empty(None).compile(no_default.clone()).unwrap();
+        let (cat, _) = Catalog::empty(None)
+            .compile(no_default.clone(), 0)
+            .unwrap()
+            .into_parts();
         assert_eq!(cat.cell("", "email", "a").unwrap_err().field, "purpose");
         let (cat, _) = Catalog::empty(Some("surveys".into()))
-            .compile(no_default.clone())
-            .unwrap();
+            .compile(no_default.clone(), 0)
+            .unwrap()
+            .into_parts();
         assert_eq!(
             cat.cell("", "email", "a").unwrap().purpose,
             1,
             "configured default"
         );
         no_default.consents.pop();
-        let (cat, _) = Catalog::empty(None).compile(no_default).unwrap();
+        let (cat, _) = Catalog::empty(None)
+            .compile(no_default, 0)
+            .unwrap()
+            .into_parts();
         assert_eq!(
             cat.cell("", "email", "a").unwrap().purpose,
             0,
@@ -352,14 +383,17 @@ mod tests {
         for (field, mutate) in cases {
             let mut s = spec();
             mutate(&mut s);
-            let err = Catalog::empty(None).compile(s).unwrap_err();
+            let err = Catalog::empty(None).compile(s, 0).unwrap_err();
             assert_eq!(err.field, field, "{err}");
         }
     }
 
     #[test]
     fn versions_and_stable_indices() {
-        let (v1, _) = Catalog::empty(None).compile(spec()).unwrap();
+        let (v1, _) = Catalog::empty(None)
+            .compile(spec(), 0)
+            .unwrap()
+            .into_parts();
         assert!(v1.spec().consents.iter().all(|c| c.version == 1));
         let a_email = v1.consent_idx("marketing.a.email").unwrap();
 
@@ -369,7 +403,7 @@ mod tests {
         next.consents[3].channels = vec!["sms".into()]; // scope: bump
         next.consents.remove(4); // surveys deleted
         next.consents.push(consent("newsletter", None, &[], &[]));
-        let (v2, removed) = v1.compile(next).unwrap();
+        let (v2, removed) = v1.compile(next, 0).unwrap().into_parts();
         let version = |id: &str| {
             v2.spec()
                 .consents
@@ -386,11 +420,133 @@ mod tests {
         assert_eq!(v2.consent_idx("marketing.a.email"), Some(a_email));
         assert!(v2.consent_idx("newsletter").unwrap() > v1.consent_idx("surveys").unwrap());
 
-        let (v3, _) = v2.compile(v2.spec().clone()).unwrap();
+        let (v3, _) = v2.compile(v2.spec().clone(), 0).unwrap().into_parts();
         assert_eq!(
             v3.spec(),
             v2.spec(),
             "re-applying the same catalog changes nothing"
         );
+    }
+
+    fn version(cat: &Catalog, id: &str) -> u32 {
+        cat.spec()
+            .consents
+            .iter()
+            .find(|c| c.id == id)
+            .unwrap()
+            .version
+    }
+
+    #[test]
+    fn a_scope_widened_by_inheritance_bumps_the_version() {
+        let v1 = Catalog::empty(None).compile(spec(), 1).unwrap();
+        assert_eq!(
+            v1.wordings.len(),
+            5,
+            "every new consent gets its first wording"
+        );
+        let v1 = v1.catalog;
+        let mut wider = spec();
+        wider.brands.push("c".into());
+        let v2 = v1.compile(wider, 2).unwrap();
+        // marketing lists no brands, so it now covers c too; marketing.a and
+        // marketing.b list theirs; marketing.a.email inherits a's.
+        assert_eq!(version(&v2.catalog, "marketing"), 2);
+        assert_eq!(version(&v2.catalog, "marketing.a"), 1);
+        assert_eq!(version(&v2.catalog, "marketing.a.email"), 1);
+        assert_eq!(
+            version(&v2.catalog, "surveys"),
+            2,
+            "a root with every brand"
+        );
+        let bumped: Vec<_> = v2
+            .wordings
+            .iter()
+            .map(|w| (w.consent.as_str(), w.version))
+            .collect();
+        assert_eq!(bumped, [("marketing", 2), ("surveys", 2)]);
+        let w = v2.catalog.latest_wording("marketing").unwrap();
+        assert_eq!(w.brands, ["a", "b", "c"], "the effective scope, listed");
+        assert_eq!(w.channels, ["email", "sms"]);
+        assert_eq!(w.in_force_from, 2);
+
+        // A child inheriting a changed scope is bumped too.
+        let mut narrower = v2.catalog.spec().clone();
+        narrower.consents[1].brands = vec!["a".into(), "b".into()];
+        let v3 = v2.catalog.compile(narrower, 3).unwrap();
+        assert_eq!(version(&v3.catalog, "marketing.a"), 2);
+        assert_eq!(
+            version(&v3.catalog, "marketing.a.email"),
+            2,
+            "it lists no brands: it inherits a's, now a and b"
+        );
+        assert_eq!(version(&v3.catalog, "marketing.b"), 1);
+    }
+
+    #[test]
+    fn versions_never_go_back_nor_repeat() {
+        let v1 = Catalog::empty(None).compile(spec(), 1).unwrap().catalog;
+        let mut edited = spec();
+        edited.consents[4].text = "Surveys, reworded".into();
+        edited.consents[0].title = "A new title asks nothing new".into();
+        let v2 = v1.compile(edited, 2).unwrap();
+        assert_eq!(version(&v2.catalog, "surveys"), 2);
+        assert_eq!(version(&v2.catalog, "marketing"), 1);
+        assert_eq!(v2.wordings.len(), 1, "a title change makes no wording");
+        assert_eq!(
+            v2.catalog.spec().consents[0].title,
+            "A new title asks nothing new"
+        );
+
+        // Removed, then declared again with its first words: numbering goes on.
+        let mut without = v2.catalog.spec().clone();
+        without.consents.remove(4);
+        let v3 = v2.catalog.compile(without, 3).unwrap().catalog;
+        assert_eq!(
+            v3.latest_wording("surveys").unwrap().version,
+            2,
+            "kept when removed"
+        );
+        let v4 = v3.compile(spec(), 4).unwrap();
+        assert_eq!(version(&v4.catalog, "surveys"), 3);
+
+        // Declared versions are ignored.
+        let mut claims = v4.catalog.spec().clone();
+        claims.consents[0].version = 99;
+        let v5 = v4.catalog.compile(claims, 5).unwrap();
+        assert_eq!(version(&v5.catalog, "marketing"), 1);
+        assert!(v5.wordings.is_empty());
+    }
+
+    #[test]
+    fn restore_keeps_versions_and_adopts_a_catalog_without_wordings() {
+        let v1 = Catalog::empty(None).compile(spec(), 1).unwrap().catalog;
+        let mut edited = spec();
+        edited.consents[1].text = "Brand a, reworded".into();
+        let v2 = v1.compile(edited, 2).unwrap().catalog;
+        let latest: Vec<Wording> = v2
+            .spec()
+            .consents
+            .iter()
+            .map(|c| v2.latest_wording(&c.id).unwrap().clone())
+            .collect();
+
+        let restored = Catalog::restore(None, v2.spec().clone(), latest.clone()).unwrap();
+        assert!(
+            restored.wordings.is_empty(),
+            "nothing new on a plain restart"
+        );
+        assert_eq!(restored.catalog.spec(), v2.spec());
+        // The next edit after a restart continues from the stored versions.
+        let mut again = v2.spec().clone();
+        again.consents[1].text = "Brand a, third wording".into();
+        let v3 = restored.catalog.compile(again, 3).unwrap().catalog;
+        assert_eq!(version(&v3, "marketing.a"), 3);
+
+        // A catalog stored before wordings were kept: its versions stand.
+        let adopted = Catalog::restore(None, v2.spec().clone(), Vec::new()).unwrap();
+        assert_eq!(version(&adopted.catalog, "marketing.a"), 2);
+        assert_eq!(adopted.wordings.len(), 5);
+        assert!(adopted.wordings.iter().all(|w| w.in_force_from == 0));
     }
 }

@@ -10,7 +10,8 @@
 //!   group commit dirties only the rightmost leaves;
 //! - `idempotency`: key → (sequence, recorded_at, fingerprint), and
 //!   `idempotency_by_time` (recorded_at, key) to prune keys past retention;
-//! - `erasures`: keyed hash of an erased contact → (erased_at, reason).
+//! - `erasures`: keyed hash of an erased contact → (erased_at, reason);
+//! - `wordings`: (consent, version) → the wording (protobuf). Append-only.
 //!
 //! Erasure (DESIGN.md rule 5) deletes a contact's record, events and keys,
 //! but redb keeps freed pages, so their bytes could linger in the file. An
@@ -31,11 +32,11 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 
 use super::codec::{
     ContactRecord, action_from, decode_contact, decode_event, decode_idempotency,
-    decode_stored_event, encode_event, encode_idempotency, encode_tombstone, state_from, state_to,
-    tombstone_erased_at, u32_from, u64_from,
+    decode_stored_event, decode_wording, encode_event, encode_idempotency, encode_tombstone,
+    encode_wording, state_from, state_to, tombstone_erased_at, u32_from, u64_from,
 };
 use super::{IdempotencyRecord, Recovered, Store, StoreError, Tombstone, WriteBatch};
-use crate::domain::{Decision, EventRecord, StateRecord, UnixNanos};
+use crate::domain::{Decision, EventRecord, StateRecord, UnixNanos, Wording};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const CONTACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("contacts");
@@ -45,6 +46,8 @@ const ERASURES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("erasur
 /// (recorded_at, key) of every idempotency key, oldest first: for pruning.
 const IDEMPOTENCY_BY_TIME: TableDefinition<(i64, &str), ()> =
     TableDefinition::new("idempotency_by_time");
+/// (consent, version) → wording. Append-only.
+const WORDINGS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("wordings");
 /// Meta key set by an erasure until the file has been rewritten.
 const REWRITE_PENDING: &str = "rewrite_pending";
 
@@ -140,6 +143,7 @@ impl RedbStore {
             txn.open_table(IDEMPOTENCY)?;
             txn.open_table(IDEMPOTENCY_BY_TIME)?;
             txn.open_table(ERASURES)?;
+            txn.open_table(WORDINGS)?;
             if meta.get("erasure_key")?.is_none() {
                 let mut key = [0u8; 32];
                 getrandom::fill(&mut key)
@@ -189,7 +193,20 @@ impl Store for RedbStore {
             last_recorded_at = last_recorded_at.max(at);
             erasures.push((*k.value(), at));
         }
+        let mut wordings: Vec<Wording> = Vec::new();
+        for row in txn.open_table(WORDINGS)?.range::<(&str, u32)>(..)? {
+            let (k, v) = row?;
+            let (consent, version) = k.value();
+            let w = decode_wording(consent, version, v.value())?;
+            last_recorded_at = last_recorded_at.max(w.in_force_from);
+            // Keys come by (consent, version): keep the last of each consent.
+            match wordings.last_mut() {
+                Some(prev) if prev.consent == w.consent => *prev = w,
+                _ => wordings.push(w),
+            }
+        }
         Ok(Recovered {
+            wordings,
             catalog,
             next_sequence,
             contacts,
@@ -294,6 +311,22 @@ impl Store for RedbStore {
         Ok(n)
     }
 
+    fn wordings(&self, consent: Option<&str>) -> Result<Vec<Wording>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(WORDINGS)?;
+        let rows = match consent {
+            Some(c) => table.range((c, 0)..=(c, u32::MAX))?,
+            None => table.range::<(&str, u32)>(..)?,
+        };
+        let mut out = Vec::new();
+        for row in rows {
+            let (k, v) = row?;
+            let (consent, version) = k.value();
+            out.push(decode_wording(consent, version, v.value())?);
+        }
+        Ok(out)
+    }
+
     fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError> {
         // Durability::Immediate is redb's default: commit() returns after fsync.
         let txn = self.db.begin_write()?;
@@ -309,6 +342,13 @@ impl Store for RedbStore {
                     what: format!("catalog: {e}"),
                 })?;
                 meta.insert("catalog", json.as_slice())?;
+            }
+            if !batch.wordings.is_empty() {
+                let mut wordings = txn.open_table(WORDINGS)?;
+                for w in &batch.wordings {
+                    let key = (w.consent.as_str(), w.version);
+                    wordings.insert(key, encode_wording(w).as_slice())?;
+                }
             }
             let mut events = txn.open_table(EVENTS)?;
             let mut contacts = txn.open_table(CONTACTS)?;

@@ -6,7 +6,9 @@ use std::path::Path;
 
 use redb::{Database, ReadableDatabase, TableDefinition};
 
-use super::{CONTACTS, ERASURES, EVENTS, IDEMPOTENCY, IDEMPOTENCY_BY_TIME, META, REWRITE_PENDING};
+use super::{
+    CONTACTS, ERASURES, EVENTS, IDEMPOTENCY, IDEMPOTENCY_BY_TIME, META, REWRITE_PENDING, WORDINGS,
+};
 use crate::store::StoreError;
 
 /// Copies every live record of the file at `path` into a fresh file and
@@ -27,6 +29,7 @@ pub(super) fn rewrite(path: &Path) -> Result<(), StoreError> {
         copy_table(&src, &dst, IDEMPOTENCY)?;
         copy_table(&src, &dst, IDEMPOTENCY_BY_TIME)?;
         copy_table(&src, &dst, ERASURES)?;
+        copy_table(&src, &dst, WORDINGS)?;
         dst.open_table(META)?.remove(REWRITE_PENDING)?;
         dst.commit()?;
     }

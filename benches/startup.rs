@@ -53,6 +53,7 @@ fn main() -> anyhow::Result<()> {
                 sequence: i,
                 idempotency_key: None,
                 applied: true,
+                actor: "crm-import".into(),
             })
             .collect();
         store.commit(&WriteBatch {

@@ -1,10 +1,14 @@
 //! Bearer-token roles (DESIGN.md §5): `check` (Eligibility), `write`
-//! (Consents), `admin` (Catalog, erasure).
+//! (Consents), `audit` (read-only: contacts, histories, exports, wordings),
+//! `admin` (Catalog, erasure).
+//!
+//! Every token has a name, and the name is the `actor` of whatever the
+//! token records: a caller cannot claim to be someone else.
 //!
 //! Tokens come from configuration; only their SHA-256 is kept, and a
 //! presented token is looked up by its hash, so no secret is compared byte
-//! by byte. With no token configured, auth is off and the server binds only
-//! loopback addresses unless told otherwise.
+//! by byte. With no token configured, auth is off (the actor is empty) and
+//! the server binds only loopback addresses unless told otherwise.
 
 use std::collections::HashMap;
 
@@ -17,6 +21,7 @@ use tonic::{Request, Status};
 pub(crate) enum Role {
     Check,
     Write,
+    Audit,
     Admin,
 }
 
@@ -25,6 +30,7 @@ impl Role {
         match s.trim() {
             "check" => Some(Role::Check),
             "write" => Some(Role::Write),
+            "audit" => Some(Role::Audit),
             "admin" => Some(Role::Admin),
             _ => None,
         }
@@ -34,6 +40,7 @@ impl Role {
         match self {
             Role::Check => 1,
             Role::Write => 2,
+            Role::Audit => 8,
             Role::Admin => 4,
         }
     }
@@ -46,6 +53,9 @@ pub(crate) enum AuthError {
     #[error("tokens file: {0}")]
     File(String),
 }
+
+/// Longest token name, in bytes.
+const MAX_NAME_LEN: usize = 64;
 
 /// The configured tokens; empty means auth is off.
 #[derive(Debug, Clone, Default)]
@@ -69,7 +79,8 @@ struct TokenEntry {
 }
 
 impl Auth {
-    /// Tokens from `--token ROLES:SECRET` flags (roles joined by `+`) and an
+    /// Tokens from `--token [NAME=]ROLES:SECRET` flags (roles joined by
+    /// `+`; an unnamed token is `token#N`, N counting flags from 1) and an
     /// optional TOML file of `[[tokens]] name, token, roles`.
     pub(crate) fn from_config(
         flags: &[String],
@@ -77,13 +88,17 @@ impl Auth {
     ) -> Result<Auth, AuthError> {
         let mut auth = Auth::default();
         for (i, spec) in flags.iter().enumerate() {
-            let name = format!("token#{}", i + 1);
-            let (roles, secret) = spec.split_once(':').ok_or_else(|| {
+            let unnamed = format!("token#{}", i + 1);
+            let (head, secret) = spec.split_once(':').ok_or_else(|| {
                 AuthError::Bad(
-                    name.clone(),
-                    "expected ROLES:SECRET, e.g. check+write:s3cret".into(),
+                    unnamed.clone(),
+                    "expected [NAME=]ROLES:SECRET, e.g. crm=write:s3cret".into(),
                 )
             })?;
+            let (name, roles) = match head.split_once('=') {
+                Some((name, roles)) => (name.trim().to_owned(), roles),
+                None => (unnamed, head),
+            };
             let roles = roles
                 .split('+')
                 .map(|r| {
@@ -106,6 +121,18 @@ impl Auth {
     }
 
     fn add(&mut self, name: &str, secret: &str, roles: &[Role]) -> Result<(), AuthError> {
+        if name.is_empty() || name.len() > MAX_NAME_LEN || name.chars().any(char::is_control) {
+            return Err(AuthError::Bad(
+                name.into(),
+                format!("a name is 1 to {MAX_NAME_LEN} bytes without control characters"),
+            ));
+        }
+        if self.tokens.values().any(|(n, _)| n == name) {
+            return Err(AuthError::Bad(
+                name.into(),
+                "two tokens share this name: the actor of an event must name one token".into(),
+            ));
+        }
         if secret.len() < 16 {
             return Err(AuthError::Bad(
                 name.into(),
@@ -119,7 +146,16 @@ impl Auth {
             ));
         }
         let bits = roles.iter().fold(0u8, |b, r| b | r.bit());
-        self.tokens.insert(hash(secret), (name.to_owned(), bits));
+        if self
+            .tokens
+            .insert(hash(secret), (name.to_owned(), bits))
+            .is_some()
+        {
+            return Err(AuthError::Bad(
+                name.into(),
+                "the same secret is configured twice".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -128,9 +164,10 @@ impl Auth {
         !self.tokens.is_empty()
     }
 
+    /// The actor (the token's name) of a call that needs `role`:
     /// UNAUTHENTICATED without a known bearer token, PERMISSION_DENIED
-    /// without the role; always Ok when auth is off.
-    pub(crate) fn require<T>(&self, request: &Request<T>, role: Role) -> Result<(), Status> {
+    /// without the role; an empty actor when auth is off.
+    pub(crate) fn require<T>(&self, request: &Request<T>, role: Role) -> Result<&str, Status> {
         self.require_any(request, &[role])
     }
 
@@ -139,9 +176,9 @@ impl Auth {
         &self,
         request: &Request<T>,
         roles: &[Role],
-    ) -> Result<(), Status> {
+    ) -> Result<&str, Status> {
         if !self.enabled() {
-            return Ok(());
+            return Ok("");
         }
         let presented = request
             .metadata()
@@ -163,7 +200,7 @@ impl Auth {
                 "token {name:?} lacks the role for this call ({roles:?})",
             )));
         }
-        Ok(())
+        Ok(name)
     }
 }
 
@@ -195,9 +232,10 @@ mod tests {
             None,
         )
         .unwrap();
-        assert!(
+        assert_eq!(
             auth.require(&req(Some("dispatch-secret-0001")), Role::Check)
-                .is_ok()
+                .unwrap(),
+            "token#1"
         );
         assert_eq!(
             auth.require(&req(Some("dispatch-secret-0001")), Role::Write)
@@ -205,9 +243,10 @@ mod tests {
                 .code(),
             Code::PermissionDenied
         );
-        assert!(
+        assert_eq!(
             auth.require(&req(Some("crm-secret-000001")), Role::Admin)
-                .is_ok()
+                .unwrap(),
+            "token#2"
         );
         assert_eq!(
             auth.require(&req(None), Role::Check).unwrap_err().code(),
@@ -219,12 +258,62 @@ mod tests {
                 .code(),
             Code::Unauthenticated
         );
-        assert!(
-            Auth::default().require(&req(None), Role::Admin).is_ok(),
-            "auth off"
+        assert_eq!(
+            Auth::default().require(&req(None), Role::Admin).unwrap(),
+            "",
+            "auth off: every role, no actor"
         );
-        for bad in ["nocolon", "root:long-enough-secret-1", "check:short"] {
+        for bad in [
+            "nocolon",
+            "root:long-enough-secret-1",
+            "check:short",
+            "=check:long-enough-secret-1",
+        ] {
             assert!(Auth::from_config(&[bad.into()], None).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn named_tokens_are_the_actor_and_names_are_unique() {
+        let auth = Auth::from_config(
+            &[
+                "crm-sync=write:crm-secret-000001".into(),
+                "dpo=audit:dpo-secret-0000001".into(),
+                "write:secret=with=equals-001".into(),
+            ],
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            auth.require(&req(Some("crm-secret-000001")), Role::Write)
+                .unwrap(),
+            "crm-sync"
+        );
+        assert_eq!(
+            auth.require(&req(Some("dpo-secret-0000001")), Role::Audit)
+                .unwrap(),
+            "dpo"
+        );
+        assert_eq!(
+            auth.require(&req(Some("dpo-secret-0000001")), Role::Write)
+                .unwrap_err()
+                .code(),
+            Code::PermissionDenied,
+            "audit is read-only"
+        );
+        assert_eq!(
+            auth.require(&req(Some("secret=with=equals-001")), Role::Write)
+                .unwrap(),
+            "token#3",
+            "an = after the colon belongs to the secret"
+        );
+        let twice = Auth::from_config(
+            &[
+                "crm=write:crm-secret-000001".into(),
+                "crm=check:other-secret-00001".into(),
+            ],
+            None,
+        );
+        assert!(twice.unwrap_err().to_string().contains("share this name"));
     }
 }

@@ -166,3 +166,161 @@ async fn without_tokens_a_public_address_is_refused_unless_allowed() {
     let server = TestServer::start_with(config).await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn every_event_names_its_actor_and_audit_only_reads() {
+    const CRM: &str = "crm-sync-0123456789abcdef";
+    const DPO: &str = "dpo-audit-0123456789abcd";
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.toml");
+    std::fs::write(
+        &tokens,
+        format!(
+            "[[tokens]]\nname = \"crm-sync\"\ntoken = \"{CRM}\"\nroles = [\"write\"]\n\n\
+             [[tokens]]\nname = \"dpo\"\ntoken = \"{DPO}\"\nroles = [\"audit\"]\n"
+        ),
+    )
+    .unwrap();
+    let mut config = consentd::Config::ephemeral(dir.path().join("data"));
+    config.catalog = Some(example_catalog_path());
+    config.tokens_file = Some(tokens);
+    config.tokens = vec![format!("dispatch=check:{CHECK}")];
+    let server = TestServer::start_with(config).await;
+    let ch = server.channel().await;
+    let mut elig = EligibilityClient::new(ch.clone());
+    let mut cons = ConsentsClient::new(ch.clone());
+    let mut cat = CatalogClient::new(ch);
+
+    cons.grant(with(Some(CRM), change("anna", "marketing", None)))
+        .await
+        .unwrap();
+    let row = pb::ImportRow {
+        action: pb::Action::Grant as i32,
+        change: Some(change("anna", "surveys", Some(now() - 60))),
+    };
+    let summary = cons
+        .import(with(Some(CRM), tokio_stream::iter(vec![row])))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(summary.applied, 1);
+    let link = cons
+        .issue_unsubscribe_link(with(
+            Some(CRM),
+            pb::IssueUnsubscribeLinkRequest {
+                contact_id: "anna".into(),
+                channel: "email".into(),
+                brand: "acme".into(),
+                purpose: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let path = link_path(&server, &link.url);
+    let (status, _, _) = http(
+        server.http_addr,
+        "POST",
+        &path,
+        &[],
+        "List-Unsubscribe=One-Click",
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // The auditor reads everything, and sees who recorded what.
+    let history = cons
+        .get_history(with(
+            Some(DPO),
+            pb::GetHistoryRequest {
+                contact_id: "anna".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let actors: Vec<_> = history.iter().map(|e| e.actor.as_str()).collect();
+    assert_eq!(actors, ["crm-sync", "crm-sync", "unsubscribe-page"]);
+    let get = |consent_id: &str| pb::GetWordingsRequest {
+        consent_id: consent_id.into(),
+    };
+    assert_eq!(
+        code(cat.get_wordings(with(Some(DPO), get("marketing"))).await),
+        Code::Ok
+    );
+    assert_eq!(
+        code(
+            cat.get_catalog(with(Some(DPO), pb::GetCatalogRequest {}))
+                .await
+        ),
+        Code::Ok
+    );
+    let contact = pb::GetContactRequest {
+        contact_id: "anna".into(),
+    };
+    assert_eq!(
+        code(cons.get_contact(with(Some(DPO), contact)).await),
+        Code::Ok
+    );
+    assert_eq!(
+        code(cat.get_wordings(with(Some(CHECK), get("marketing"))).await),
+        Code::PermissionDenied,
+        "a dispatcher reads no wordings"
+    );
+
+    // ...and changes nothing.
+    let denied = [
+        code(
+            cons.grant(with(Some(DPO), change("anna", "marketing", None)))
+                .await,
+        ),
+        code(
+            cons.withdraw(with(Some(DPO), change("anna", "marketing", None)))
+                .await,
+        ),
+        code(
+            cons.erase_contact(with(
+                Some(DPO),
+                pb::EraseContactRequest {
+                    contact_id: "anna".into(),
+                    reason: "audit tries".into(),
+                },
+            ))
+            .await,
+        ),
+        code(cat.apply_catalog(with(Some(DPO), example_catalog())).await),
+        code(
+            elig.can_send(with(Some(DPO), check("anna", "email", "acme")))
+                .await,
+        ),
+    ];
+    assert!(
+        denied.iter().all(|c| *c == Code::PermissionDenied),
+        "{denied:?}"
+    );
+    assert_eq!(
+        history_len(&mut cons, DPO, "anna").await,
+        3,
+        "nothing recorded"
+    );
+    server.stop().await;
+}
+
+async fn history_len(
+    cons: &mut ConsentsClient<tonic::transport::Channel>,
+    token: &str,
+    contact: &str,
+) -> usize {
+    cons.get_history(with(
+        Some(token),
+        pb::GetHistoryRequest {
+            contact_id: contact.into(),
+        },
+    ))
+    .await
+    .unwrap()
+    .into_inner()
+    .events
+    .len()
+}

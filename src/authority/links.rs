@@ -10,6 +10,9 @@ use crate::links::Claim;
 
 use super::{Authority, Error};
 
+/// The actor of what the unsubscribe page records.
+pub const PAGE_ACTOR: &str = "unsubscribe-page";
+
 /// What the page behind a link shows.
 #[derive(Debug, Clone)]
 pub struct LinkPage {
@@ -125,6 +128,7 @@ impl Authority {
             evidence,
             idempotency_key: None,
             issued_at: Some(claim.issued_at),
+            actor: PAGE_ACTOR.to_owned(),
         };
         let outcome = self.writer.change(change).await?;
         self.metrics.unsubscribed();

@@ -19,7 +19,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 
 pub use self::import::{Import, ImportSummary, RowError};
-pub use self::links::LinkPage;
+pub use self::links::{LinkPage, PAGE_ACTOR};
 pub use crate::error::Error;
 
 use crate::domain::{

@@ -134,6 +134,10 @@ pub struct Change {
     /// unsubscribe link): when it was minted. An erasure refuses changes
     /// from before it.
     pub issued_at: Option<UnixNanos>,
+    /// Who recorded it: the name of the bearer token, or the page's own
+    /// name (`unsubscribe-page`). Set by the server, never by the caller;
+    /// empty when auth is off.
+    pub actor: String,
 }
 
 impl Change {
@@ -263,6 +267,8 @@ pub struct EventRecord {
     pub idempotency_key: Option<String>,
     /// Whether the event became the state when it was recorded.
     pub applied: bool,
+    /// Who recorded it (see [`Change::actor`]).
+    pub actor: String,
 }
 
 impl EventRecord {
@@ -347,6 +353,7 @@ mod tests {
             evidence: Evidence::new(),
             idempotency_key: None,
             issued_at: None,
+            actor: String::new(),
         };
         assert_eq!(c.effective_occurred_at(now), now);
         c.occurred_at = Some(now - 7);

@@ -128,6 +128,7 @@ mod tests {
             evidence: Evidence::new(),
             idempotency_key: None,
             issued_at,
+            actor: "crm".into(),
         }
     }
 

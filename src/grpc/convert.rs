@@ -49,7 +49,11 @@ pub(super) fn action_from(field: &str, raw: i32) -> Result<Action, FieldError> {
 
 /// Validates one import row: an action, a change, and the time the person
 /// decided (import time is not consent time).
-pub(super) fn row_from(row: pb::ImportRow, now: UnixNanos) -> Result<Change, FieldError> {
+pub(super) fn row_from(
+    row: pb::ImportRow,
+    now: UnixNanos,
+    actor: &str,
+) -> Result<Change, FieldError> {
     let action = action_from("action", row.action)?;
     let change = row
         .change
@@ -60,7 +64,7 @@ pub(super) fn row_from(row: pb::ImportRow, now: UnixNanos) -> Result<Change, Fie
             "is required in an imported row: import time is not consent time",
         ));
     }
-    change_from(action, change, now)
+    change_from(action, change, now, actor)
 }
 
 pub(super) fn action_to(a: Action) -> pb::Action {
@@ -81,11 +85,13 @@ pub(super) fn source_to(s: Source) -> pb::Source {
     pb::Source::try_from(s as i32).unwrap_or(pb::Source::Unspecified)
 }
 
-/// Validates a Grant or Withdraw request against the receipt time `now`.
+/// Validates a Grant or Withdraw request against the receipt time `now`;
+/// `actor` is who the server authenticated.
 pub(super) fn change_from(
     action: Action,
     c: pb::ConsentChange,
     now: UnixNanos,
+    actor: &str,
 ) -> Result<Change, FieldError> {
     let contact = ContactId::parse("contact_id", &c.contact_id)?;
     let consent = ConsentId::parse("consent_id", &c.consent_id)?;
@@ -113,6 +119,7 @@ pub(super) fn change_from(
         evidence,
         idempotency_key,
         issued_at: None,
+        actor: actor.to_owned(),
     };
     change.check_occurred_at(now)?;
     Ok(change)
@@ -143,6 +150,7 @@ pub(super) fn event_to(e: EventRecord) -> pb::ConsentEvent {
         sequence: e.sequence,
         idempotency_key: e.idempotency_key.unwrap_or_default(),
         applied: e.applied,
+        actor: e.actor,
     }
 }
 

@@ -113,9 +113,11 @@ impl ConsentsService {
     async fn change(
         &self,
         action: Action,
-        c: pb::ConsentChange,
+        request: Request<pb::ConsentChange>,
     ) -> Result<Response<pb::ChangeResult>, Status> {
-        let change = convert::change_from(action, c, now_nanos()).map_err(invalid)?;
+        let actor = self.auth.require(&request, Role::Write)?.to_owned();
+        let change = convert::change_from(action, request.into_inner(), now_nanos(), &actor)
+            .map_err(invalid)?;
         let outcome = self.authority.change(change).await?;
         Ok(Response::new(convert::outcome_to(outcome)))
     }
@@ -127,23 +129,22 @@ impl pb::consents_server::Consents for ConsentsService {
         &self,
         request: Request<pb::ConsentChange>,
     ) -> Result<Response<pb::ChangeResult>, Status> {
-        self.auth.require(&request, Role::Write)?;
-        self.change(Action::Grant, request.into_inner()).await
+        self.change(Action::Grant, request).await
     }
 
     async fn withdraw(
         &self,
         request: Request<pb::ConsentChange>,
     ) -> Result<Response<pb::ChangeResult>, Status> {
-        self.auth.require(&request, Role::Write)?;
-        self.change(Action::Withdraw, request.into_inner()).await
+        self.change(Action::Withdraw, request).await
     }
 
     async fn get_contact(
         &self,
         request: Request<pb::GetContactRequest>,
     ) -> Result<Response<pb::ContactConsents>, Status> {
-        self.auth.require(&request, Role::Write)?;
+        self.auth
+            .require_any(&request, &[Role::Write, Role::Audit])?;
         let contact =
             ContactId::parse("contact_id", &request.get_ref().contact_id).map_err(invalid)?;
         let states = self.authority.contact_states(contact.clone()).await?;
@@ -172,11 +173,13 @@ impl pb::consents_server::Consents for ConsentsService {
         &self,
         request: Request<tonic::Streaming<pb::ImportRow>>,
     ) -> Result<Response<pb::ImportSummary>, Status> {
-        self.auth.require(&request, Role::Write)?;
+        let actor = self.auth.require(&request, Role::Write)?.to_owned();
         let mut rows = request.into_inner();
         let mut import = self.authority.import();
         while let Some(row) = rows.message().await? {
-            import.row(convert::row_from(row, now_nanos())).await?;
+            import
+                .row(convert::row_from(row, now_nanos(), &actor))
+                .await?;
         }
         Ok(Response::new(convert::summary_to(import.finish().await?)))
     }
@@ -198,7 +201,8 @@ impl pb::consents_server::Consents for ConsentsService {
         &self,
         request: Request<pb::GetHistoryRequest>,
     ) -> Result<Response<pb::History>, Status> {
-        self.auth.require(&request, Role::Write)?;
+        self.auth
+            .require_any(&request, &[Role::Write, Role::Audit])?;
         let contact =
             ContactId::parse("contact_id", &request.get_ref().contact_id).map_err(invalid)?;
         let events = self.authority.history(contact).await?;
@@ -240,8 +244,10 @@ impl pb::catalog_server::Catalog for CatalogService {
     ) -> Result<Response<pb::CatalogSpec>, Status> {
         // Reading the catalog is open to every role: dispatchers and tools
         // need its channels, brands and consents.
-        self.auth
-            .require_any(&request, &[Role::Check, Role::Write, Role::Admin])?;
+        self.auth.require_any(
+            &request,
+            &[Role::Check, Role::Write, Role::Audit, Role::Admin],
+        )?;
         Ok(Response::new(catalog_to(self.authority.catalog().spec())))
     }
 
@@ -250,7 +256,7 @@ impl pb::catalog_server::Catalog for CatalogService {
         request: Request<pb::GetWordingsRequest>,
     ) -> Result<Response<pb::Wordings>, Status> {
         self.auth
-            .require_any(&request, &[Role::Write, Role::Admin])?;
+            .require_any(&request, &[Role::Write, Role::Audit, Role::Admin])?;
         let wordings = self
             .authority
             .wordings(&request.get_ref().consent_id)

@@ -60,6 +60,8 @@ pub(super) struct StoredEvent {
     pub(super) idempotency_key: Option<String>,
     #[prost(bool, tag = "9")]
     applied: bool,
+    #[prost(string, tag = "11")]
+    actor: String,
 }
 
 /// A wording as stored; (consent, version) is the key.
@@ -214,6 +216,7 @@ pub(super) fn encode_event(e: &EventRecord, buf: &mut Vec<u8>) {
         version: e.version,
         idempotency_key: e.idempotency_key.clone(),
         applied: e.applied,
+        actor: e.actor.clone(),
     }
     .encode(buf)
     .expect("a Vec grows as needed");
@@ -234,6 +237,7 @@ pub(super) fn decode_event(sequence: u64, b: &[u8]) -> Result<EventRecord, Store
         sequence,
         idempotency_key: s.idempotency_key,
         applied: s.applied,
+        actor: s.actor,
     })
 }
 
@@ -255,6 +259,7 @@ mod tests {
             sequence: 42,
             idempotency_key: Some("k".into()),
             applied: false,
+            actor: "crm-sync".into(),
         };
         let mut buf = Vec::new();
         encode_event(&event, &mut buf);

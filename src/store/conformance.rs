@@ -64,6 +64,7 @@ fn event(who: &str, consent: &str, action: Action, at: i64, sequence: u64) -> Ev
         sequence,
         idempotency_key: None,
         applied: true,
+        actor: "crm-sync".into(),
     }
 }
 

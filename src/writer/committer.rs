@@ -226,6 +226,7 @@ impl Committer {
             sequence,
             idempotency_key: change.idempotency_key,
             applied,
+            actor: change.actor,
         };
         if applied {
             batch.apply(event, idx, fingerprint, known.current.is_some());
@@ -410,6 +411,7 @@ mod tests {
             evidence: Evidence::new(),
             idempotency_key: key.map(str::to_owned),
             issued_at: None,
+            actor: "crm-sync".into(),
         }
     }
 

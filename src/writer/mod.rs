@@ -201,6 +201,7 @@ mod tests {
             evidence: Evidence::new(),
             idempotency_key: None,
             issued_at: None,
+            actor: String::new(),
         };
         // Queued but not awaited: the close must still commit it.
         let queued = writer.submit(grant("anna")).await.unwrap();

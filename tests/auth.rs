@@ -263,6 +263,18 @@ async fn every_event_names_its_actor_and_audit_only_reads() {
         code(cons.get_contact(with(Some(DPO), contact)).await),
         Code::Ok
     );
+    let export = cons
+        .export_contact(with(
+            Some(DPO),
+            pb::ExportContactRequest {
+                contact_id: "anna".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(export.events.len(), 3);
+    assert_eq!(export.events[2].actor, "unsubscribe-page");
     assert_eq!(
         code(cat.get_wordings(with(Some(CHECK), get("marketing"))).await),
         Code::PermissionDenied,

@@ -127,6 +127,21 @@ async fn every_command_against_a_running_server() {
     let (_, out, _) = ctl(&server, &["import", csv.to_str().unwrap()]);
     assert!(out.contains("row 200: consent \"ghost\""), "{out}");
 
+    let file = dir.path().join("anna.json");
+    let (ok, _, err) = ctl(
+        &server,
+        &["export", "anna", "--out", file.to_str().unwrap()],
+    );
+    assert!(ok, "{err}");
+    let export = json(&std::fs::read_to_string(&file).unwrap());
+    assert_eq!(export["contact_id"], "anna");
+    assert!(!export["events"].as_array().unwrap().is_empty());
+    assert!(
+        export["wordings"][0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("I agree")
+    );
     let (ok, out, _) = ctl(&server, &["erase", "anna", "--reason", "ticket 7"]);
     assert!(ok && out.contains("erased at"), "{out}");
     let (_, out, _) = ctl(&server, &["check", "anna", "email", "zenith"]);

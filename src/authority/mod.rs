@@ -13,6 +13,7 @@
 mod import;
 mod links;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,6 +23,7 @@ pub use self::import::{Import, ImportSummary, RowError};
 pub use self::links::{LinkPage, PAGE_ACTOR};
 pub use crate::error::Error;
 
+use crate::clock::now_nanos;
 use crate::domain::{
     Catalog, CatalogSpec, Change, ChangeOutcome, ConsentId, ConsentIdx, ContactId, Erasures,
     EventRecord, FieldError, HeldState, StateRecord, UnixNanos, Verdict, Wording,
@@ -91,6 +93,21 @@ pub struct Authority {
     writer: Writer,
     metrics: Arc<Metrics>,
     links: Arc<Links>,
+}
+
+/// Everything held about one contact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContactExport {
+    /// Whom it is about.
+    pub contact: ContactId,
+    /// Its current states.
+    pub states: Vec<StateRecord>,
+    /// Its whole history, oldest first.
+    pub events: Vec<EventRecord>,
+    /// The wording behind every (consent, version) of the states and events.
+    pub wordings: Vec<Wording>,
+    /// When it was read.
+    pub exported_at: UnixNanos,
 }
 
 /// Start-up figures, for the log and the benchmarks.
@@ -291,6 +308,52 @@ impl Authority {
     pub async fn history(&self, contact: ContactId) -> Result<Vec<EventRecord>, Error> {
         self.read(move |store| store.history(contact.as_str()))
             .await
+    }
+
+    /// Everything held about a contact (GDPR Art. 15/20): its states, its
+    /// whole history and every wording those point at, as of one moment.
+    pub async fn export(&self, contact: ContactId) -> Result<ContactExport, Error> {
+        let export = self
+            .read(move |store| {
+                // States, then history: when a commit lands in between, the
+                // history holds an applied event newer than every state, and
+                // the pair is read again, so the two always agree.
+                // A contact written to without pause gets the last pair read.
+                let mut attempts = 0;
+                let (states, events) = loop {
+                    attempts += 1;
+                    let states = store.contact_states(contact.as_str())?;
+                    let events = store.history(contact.as_str())?;
+                    let newest = states.iter().map(|s| s.sequence).max().unwrap_or(0);
+                    if attempts == 8 || events.iter().all(|e| !e.applied || e.sequence <= newest) {
+                        break (states, events);
+                    }
+                };
+                let mut wanted: BTreeSet<(&str, u32)> = events
+                    .iter()
+                    .map(|e| (e.consent.as_str(), e.version))
+                    .collect();
+                wanted.extend(states.iter().map(|s| (s.consent.as_str(), s.version)));
+                let mut wordings = Vec::with_capacity(wanted.len());
+                let consents: BTreeSet<&str> = wanted.iter().map(|(c, _)| *c).collect();
+                for consent in consents {
+                    wordings.extend(
+                        store
+                            .wordings(Some(consent))?
+                            .into_iter()
+                            .filter(|w| wanted.contains(&(consent, w.version))),
+                    );
+                }
+                Ok(ContactExport {
+                    contact,
+                    states,
+                    events,
+                    wordings,
+                    exported_at: now_nanos(),
+                })
+            })
+            .await?;
+        Ok(export)
     }
 
     /// Runs a blocking store read on the blocking pool, off the tokio workers.

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use prost_types::Timestamp;
 
-use crate::authority::{Answer, ImportSummary};
+use crate::authority::{Answer, ContactExport, ImportSummary};
 use crate::domain::{
     Action, CatalogSpec, Change, ChangeOutcome, ConsentId, ConsentSpec, ContactId, EventRecord,
     Evidence, FieldError, Source, StateRecord, UnixNanos, Verdict, Wording,
@@ -268,6 +268,17 @@ pub(super) fn wording_to(w: Wording) -> pb::Wording {
         channels: w.channels,
         brands: w.brands,
         in_force_from: (w.in_force_from != 0).then(|| timestamp(w.in_force_from)),
+    }
+}
+
+/// Everything held about a contact, on the wire.
+pub(super) fn export_to(e: ContactExport) -> pb::ContactExport {
+    pb::ContactExport {
+        contact_id: e.contact.to_string(),
+        states: e.states.into_iter().map(state_to).collect(),
+        events: e.events.into_iter().map(event_to).collect(),
+        wordings: e.wordings.into_iter().map(wording_to).collect(),
+        exported_at: Some(timestamp(e.exported_at)),
     }
 }
 

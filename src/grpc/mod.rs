@@ -197,6 +197,18 @@ impl pb::consents_server::Consents for ConsentsService {
         }))
     }
 
+    async fn export_contact(
+        &self,
+        request: Request<pb::ExportContactRequest>,
+    ) -> Result<Response<pb::ContactExport>, Status> {
+        self.auth
+            .require_any(&request, &[Role::Write, Role::Audit])?;
+        let contact =
+            ContactId::parse("contact_id", &request.get_ref().contact_id).map_err(invalid)?;
+        let export = self.authority.export(contact).await?;
+        Ok(Response::new(convert::export_to(export)))
+    }
+
     async fn get_history(
         &self,
         request: Request<pb::GetHistoryRequest>,

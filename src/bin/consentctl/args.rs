@@ -54,6 +54,14 @@ pub(crate) enum Command {
     },
     /// Every event of a contact, oldest first.
     History { contact: String },
+    /// Everything held about a contact (states, history, the wordings
+    /// behind them) as one JSON document, for an access request (Art. 15).
+    Export {
+        contact: String,
+        /// Write it to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Forget a contact (GDPR art. 17).
     Erase {
         contact: String,

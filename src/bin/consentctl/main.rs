@@ -167,6 +167,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .events;
             render::history(json_mode, &contact, &events);
         }
+        Command::Export { contact, out } => {
+            let export = c
+                .consents
+                .export_contact(pb::ExportContactRequest {
+                    contact_id: contact,
+                })
+                .await?
+                .into_inner();
+            let text = serde_json::to_string_pretty(&render::export(&export))?;
+            match out {
+                Some(path) => std::fs::write(&path, text + "\n")
+                    .with_context(|| format!("writing {}", path.display()))?,
+                None => println!("{text}"),
+            }
+        }
         Command::Erase { contact, reason } => {
             let r = c
                 .consents

@@ -36,6 +36,32 @@ fn state_json(s: &pb::ConsentState) -> Value {
     })
 }
 
+fn event_json(e: &pb::ConsentEvent) -> Value {
+    let evidence: std::collections::BTreeMap<_, _> = e.evidence.iter().collect();
+    json!({"sequence": e.sequence, "consent_id": e.consent_id, "action": e.action().as_str_name(),
+        "occurred_at": show_time(&e.occurred_at), "recorded_at": show_time(&e.recorded_at),
+        "source": e.source().as_str_name(), "version": e.version, "applied": e.applied,
+        "evidence": evidence, "idempotency_key": e.idempotency_key, "actor": e.actor})
+}
+
+fn wording_json(w: &pb::Wording) -> Value {
+    json!({"consent_id": w.consent_id, "version": w.version, "title": w.title,
+        "text": w.text, "parent": w.parent, "channels": w.channels, "brands": w.brands,
+        "in_force_from": show_time(&w.in_force_from)})
+}
+
+/// `export`: everything held about a contact, as one JSON document (also
+/// without `--json`: it is meant to be attached to a reply).
+pub(crate) fn export(e: &pb::ContactExport) -> Value {
+    json!({
+        "contact_id": e.contact_id,
+        "exported_at": show_time(&e.exported_at),
+        "states": e.states.iter().map(state_json).collect::<Vec<_>>(),
+        "events": e.events.iter().map(event_json).collect::<Vec<_>>(),
+        "wordings": e.wordings.iter().map(wording_json).collect::<Vec<_>>(),
+    })
+}
+
 /// `catalog apply`: the versions the server assigned.
 pub(crate) fn catalog_applied(json_mode: bool, applied: &pb::CatalogSpec) {
     let versions: Vec<_> = applied
@@ -159,13 +185,7 @@ pub(crate) fn check(json_mode: bool, r: &pb::CanSendResponse) {
 
 /// `history`: every event, oldest first.
 pub(crate) fn history(json_mode: bool, contact: &str, events: &[pb::ConsentEvent]) {
-    let list: Vec<_> = events
-        .iter()
-        .map(|e| json!({"sequence": e.sequence, "consent_id": e.consent_id, "action": e.action().as_str_name(),
-            "occurred_at": show_time(&e.occurred_at), "recorded_at": show_time(&e.recorded_at),
-            "source": e.source().as_str_name(), "version": e.version, "applied": e.applied,
-            "evidence": e.evidence, "idempotency_key": e.idempotency_key}))
-        .collect();
+    let list: Vec<_> = events.iter().map(event_json).collect();
     print(
         json_mode,
         json!({"contact_id": contact, "events": list}),

@@ -52,6 +52,11 @@ impl Index {
             .and_then(|s| s.iter().find(|h| h.consent == consent).copied())
     }
 
+    /// Whether the contact holds any state.
+    pub fn holds(&self, contact: &str) -> bool {
+        self.map.contains_key(contact)
+    }
+
     /// Sets the state of (contact, state.consent), returning the one it replaced.
     pub fn put(&self, contact: &str, state: HeldState) -> Option<HeldState> {
         if let Some(mut states) = self.map.get_mut(contact) {

@@ -1,21 +1,32 @@
-//! Signed unsubscribe links (DESIGN.md rule 4 and §4).
+//! Sealed unsubscribe links (DESIGN.md rule 4 and §4).
 //!
-//! A token is `base64url(payload || HMAC-SHA256(key, payload))` where the
-//! payload names the version, the key id, the contact, the consent the link
-//! withdraws, the channel and brand it was minted for, and the issue time.
-//! Keys rotate by id: every known key verifies, the newest signs. The first
+//! A token is `base64url(version || key id || nonce || sealed)`, where
+//! `sealed` is the claim (contact, the consent the link withdraws, its
+//! purpose, the channel and brand it was minted for, the issue time)
+//! encrypted and authenticated with XChaCha20-Poly1305 under the key named
+//! in clear; the version and key id are authenticated too. Without the key a
+//! token reveals nothing: not the contact, not the consent, so it is safe in
+//! proxy logs, click trackers and old mails. The 24-byte random nonce makes
+//! every token distinct.
+//!
+//! Keys rotate by id: every known key opens, the newest seals. The first
 //! key is generated on first start and kept in the data dir, so links keep
-//! working across restarts; more come from configuration.
+//! working across restarts; more come from configuration. A configured
+//! secret is never used directly: the AEAD key is HMAC-SHA256(secret,
+//! [`KEY_LABEL`]).
 //!
-//! Verification is strict (canonical base64url, exact lengths, known key,
-//! constant-time MAC check) and every failure is the same `None`, so a
-//! forged, altered or unknown-key token cannot be told apart from another.
+//! Opening is strict (canonical base64url, exact lengths, known key,
+//! authentication before anything is parsed) and every failure is the same
+//! `None`, so a forged, altered or unknown-key token cannot be told apart
+//! from another.
 
 use std::io::Write;
 use std::path::Path;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -23,8 +34,12 @@ use crate::domain::{ConsentId, ContactId, ids::check_id};
 
 type HmacSha256 = Hmac<Sha256>;
 
-const VERSION: u8 = 1;
-const MAC_LEN: usize = 32;
+/// Token format version: 2 is sealed (1, signed only, is no longer read).
+const VERSION: u8 = 2;
+const NONCE_LEN: usize = 24;
+const TAG_LEN: usize = 16;
+/// What a configured secret is bound to before it becomes an AEAD key.
+const KEY_LABEL: &[u8] = b"consentd unsubscribe link token v2";
 const KEY_FILE: &str = "link-keys";
 /// Shortest secret accepted from configuration.
 pub const MIN_SECRET_LEN: usize = 32;
@@ -47,6 +62,8 @@ pub struct Claim {
     pub contact: ContactId,
     /// The consent the link withdraws (the most specific of the covering set).
     pub consent: ConsentId,
+    /// The purpose (root consent) it was minted for.
+    pub purpose: ConsentId,
     /// The channel it was minted for.
     pub channel: String,
     /// The brand it was minted for.
@@ -57,7 +74,7 @@ pub struct Claim {
 
 struct Key {
     id: String,
-    mac: HmacSha256,
+    aead: XChaCha20Poly1305,
 }
 
 /// The key ring and the public base of the links.
@@ -105,48 +122,77 @@ impl Links {
         format!("{}/u/{token}", self.base)
     }
 
-    /// Signs a claim with the newest key.
+    /// Seals a claim with the newest key.
     pub fn mint(&self, claim: &Claim) -> String {
         let key = self
             .keys
             .last()
             .expect("Links::open refuses an empty key ring");
-        let mut buf = Vec::with_capacity(96 + claim.contact.as_str().len());
-        buf.push(VERSION);
-        push_short(&mut buf, key.id.as_bytes());
+        let mut header = Vec::with_capacity(2 + key.id.len());
+        header.push(VERSION);
+        push_short(&mut header, key.id.as_bytes());
+        let mut plain = Vec::with_capacity(96 + claim.contact.as_str().len());
         let contact = claim.contact.as_str().as_bytes();
-        buf.extend_from_slice(&(contact.len() as u16).to_be_bytes());
-        buf.extend_from_slice(contact);
-        push_short(&mut buf, claim.consent.as_str().as_bytes());
-        push_short(&mut buf, claim.channel.as_bytes());
-        push_short(&mut buf, claim.brand.as_bytes());
-        buf.extend_from_slice(&claim.issued_at.to_be_bytes());
-        let mut mac = key.mac.clone();
-        mac.update(&buf);
-        buf.extend_from_slice(&mac.finalize().into_bytes());
-        URL_SAFE_NO_PAD.encode(buf)
+        plain.extend_from_slice(&(contact.len() as u16).to_be_bytes());
+        plain.extend_from_slice(contact);
+        push_short(&mut plain, claim.consent.as_str().as_bytes());
+        push_short(&mut plain, claim.purpose.as_str().as_bytes());
+        push_short(&mut plain, claim.channel.as_bytes());
+        push_short(&mut plain, claim.brand.as_bytes());
+        plain.extend_from_slice(&claim.issued_at.to_be_bytes());
+        let mut nonce = [0u8; NONCE_LEN];
+        // The OS random source does not fail once the process runs; a
+        // fixed nonce would be worse than no link.
+        getrandom::fill(&mut nonce).expect("the OS random source");
+        let sealed = key
+            .aead
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: &plain,
+                    aad: &header,
+                },
+            )
+            .expect("XChaCha20-Poly1305 seals any message below 256 GiB");
+        let mut token = header;
+        token.extend_from_slice(&nonce);
+        token.extend_from_slice(&sealed);
+        URL_SAFE_NO_PAD.encode(token)
     }
 
-    /// Verifies a token; `None` for anything forged, altered or unknown.
+    /// Opens a token; `None` for anything forged, altered or unknown.
     pub fn verify(&self, token: &str) -> Option<Claim> {
         if token.len() > 2048 {
             return None;
         }
         let raw = URL_SAFE_NO_PAD.decode(token).ok()?;
-        let (payload, tag) = raw.split_at_checked(raw.len().checked_sub(MAC_LEN)?)?;
-        let mut r = Reader(payload);
+        let mut r = Reader(&raw);
         if r.byte()? != VERSION {
             return None;
         }
         let kid = r.short()?;
+        let header_len = raw.len() - r.0.len();
         let key = self.keys.iter().find(|k| k.id.as_bytes() == kid)?;
-        let mut mac = key.mac.clone();
-        mac.update(payload);
-        mac.verify_slice(tag).ok()?;
+        let nonce = r.take(NONCE_LEN)?;
+        if r.0.len() < TAG_LEN {
+            return None;
+        }
+        let plain = key
+            .aead
+            .decrypt(
+                XNonce::from_slice(nonce),
+                Payload {
+                    msg: r.0,
+                    aad: &raw[..header_len],
+                },
+            )
+            .ok()?;
         // Authentic from here on; still parse defensively.
+        let mut r = Reader(&plain);
         let contact_len = u16::from_be_bytes(r.take(2)?.try_into().ok()?) as usize;
         let contact = std::str::from_utf8(r.take(contact_len)?).ok()?;
         let consent = std::str::from_utf8(r.short()?).ok()?;
+        let purpose = std::str::from_utf8(r.short()?).ok()?;
         let channel = std::str::from_utf8(r.short()?).ok()?;
         let brand = std::str::from_utf8(r.short()?).ok()?;
         let issued_at = i64::from_be_bytes(r.take(8)?.try_into().ok()?);
@@ -158,6 +204,7 @@ impl Links {
         Some(Claim {
             contact: ContactId::parse("contact_id", contact).ok()?,
             consent: ConsentId::parse("consent_id", consent).ok()?,
+            purpose: ConsentId::parse("purpose", purpose).ok()?,
             channel: channel.to_owned(),
             brand: brand.to_owned(),
             issued_at,
@@ -211,10 +258,14 @@ fn parse_key(spec: &str) -> Result<Key, LinkError> {
     if secret.len() < MIN_SECRET_LEN {
         return Err(bad("the secret must be at least 32 bytes"));
     }
-    let mac = HmacSha256::new_from_slice(&secret).map_err(|_| bad("unusable secret"))?;
+    let mut mac =
+        <HmacSha256 as Mac>::new_from_slice(&secret).map_err(|_| bad("unusable secret"))?;
+    mac.update(KEY_LABEL);
+    let aead = XChaCha20Poly1305::new_from_slice(&mac.finalize().into_bytes())
+        .map_err(|_| bad("unusable secret"))?;
     Ok(Key {
         id: id.to_owned(),
-        mac,
+        aead,
     })
 }
 
@@ -251,6 +302,7 @@ mod tests {
         Claim {
             contact: ContactId::parse("c", "anna@example.com").unwrap(),
             consent: ConsentId::parse("c", "marketing.acme.email").unwrap(),
+            purpose: ConsentId::parse("c", "marketing").unwrap(),
             channel: "email".into(),
             brand: "acme".into(),
             issued_at: 1_790_000_000_123_456_789,
@@ -273,7 +325,10 @@ mod tests {
         let rotated = Links::open(dir.path(), &[format!("k2={}", secret(7))], "http://x").unwrap();
         assert_eq!(rotated.verify(&token), Some(claim()));
         let new = rotated.mint(&claim());
-        assert_ne!(new, token, "the newest key signs");
+        assert!(
+            new.starts_with(&URL_SAFE_NO_PAD.encode([VERSION, 2, b'k', b'2'])[..4]),
+            "the newest key seals"
+        );
         assert_eq!(rotated.verify(&new), Some(claim()));
         assert_eq!(old.verify(&new), None, "unknown key id");
 
@@ -298,6 +353,29 @@ mod tests {
         ] {
             assert_eq!(old.verify(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn tokens_reveal_nothing_without_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let links = Links::open(dir.path(), &[], "http://x").unwrap();
+        let a = links.mint(&claim());
+        let b = links.mint(&claim());
+        assert_ne!(a, b, "a fresh nonce per token");
+        for token in [&a, &b] {
+            let raw = URL_SAFE_NO_PAD.decode(token).unwrap();
+            for needle in ["anna@example.com", "anna", "marketing", "acme", "email"] {
+                assert!(
+                    !raw.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                    "{needle} readable in the token"
+                );
+                assert!(!token.contains(needle), "{needle} in the token text");
+            }
+        }
+        // A version-1 (signed, readable) token is no longer accepted.
+        let mut v1 = URL_SAFE_NO_PAD.decode(&a).unwrap();
+        v1[0] = 1;
+        assert_eq!(links.verify(&URL_SAFE_NO_PAD.encode(v1)), None);
     }
 
     #[test]

@@ -314,3 +314,158 @@ async fn links_survive_restarts_and_key_rotation() {
     );
     server.stop().await;
 }
+
+/// POSTs the one-click body to a link; the status code.
+async fn click(server: &TestServer, link: &pb::UnsubscribeLink) -> u16 {
+    let path = link_path(server, &link.url);
+    let (status, _, _) = http(
+        server.http_addr,
+        "POST",
+        &path,
+        &[],
+        "List-Unsubscribe=One-Click",
+    )
+    .await;
+    status
+}
+
+#[tokio::test]
+async fn a_link_still_withdraws_after_its_consent_is_deleted_or_rescoped() {
+    let server = TestServer::start().await;
+    let mut elig = server.eligibility().await;
+    let mut cons = server.consents().await;
+    let mut cat = server.catalog().await;
+    // People usually hold the umbrella: deleting a child they never held is allowed.
+    for who in ["anna", "bob"] {
+        cons.grant(change(who, "marketing", Some(now() - 60)))
+            .await
+            .unwrap();
+    }
+    let anna_link = issue(&server, "anna", "email", "acme").await;
+    let bob_link = issue(&server, "bob", "sms", "zenith").await;
+    assert_eq!(anna_link.consent_id, "marketing.acme.email");
+    assert_eq!(bob_link.consent_id, "marketing.zenith.sms");
+
+    let mut spec = example_catalog();
+    spec.consents.retain(|c| c.id != "marketing.acme.email");
+    let z = spec
+        .consents
+        .iter()
+        .position(|c| c.id == "marketing.zenith.sms")
+        .unwrap();
+    spec.consents[z].channels = vec!["push".into()];
+    cat.apply_catalog(spec).await.unwrap();
+
+    // Anna's consent is gone: the most specific one now covering acme e-mail.
+    assert_eq!(click(&server, &anna_link).await, 200);
+    let last = history(&server, "anna").await.pop().unwrap();
+    assert_eq!(
+        (last.consent_id.as_str(), last.action()),
+        ("marketing.acme", pb::Action::Withdraw)
+    );
+    assert_eq!(
+        can_send(&mut elig, "anna", "email", "acme").await.1,
+        Reason::Withdrawn
+    );
+    assert!(
+        can_send(&mut elig, "anna", "email", "zenith").await.0,
+        "only acme stops"
+    );
+
+    // Bob's consent no longer covers SMS: likewise.
+    assert_eq!(click(&server, &bob_link).await, 200);
+    let last = history(&server, "bob").await.pop().unwrap();
+    assert_eq!(last.consent_id, "marketing.zenith");
+    assert_eq!(
+        can_send(&mut elig, "bob", "sms", "zenith").await.1,
+        Reason::Withdrawn
+    );
+
+    // A brand gone from the catalog: the purpose's root is what covers it.
+    cons.grant(change("carol", "marketing", Some(now() - 60)))
+        .await
+        .unwrap();
+    let carol_link = issue(&server, "carol", "push", "orbit").await;
+    assert_eq!(carol_link.consent_id, "marketing.orbit");
+    let mut spec = example_catalog();
+    spec.brands.retain(|b| b != "orbit");
+    spec.consents
+        .retain(|c| c.id != "marketing.orbit" && c.id != "marketing.acme.email");
+    let z = spec
+        .consents
+        .iter()
+        .position(|c| c.id == "marketing.zenith.sms")
+        .unwrap();
+    spec.consents[z].channels = vec!["push".into()];
+    cat.apply_catalog(spec).await.unwrap();
+    assert_eq!(click(&server, &carol_link).await, 200);
+    let last = history(&server, "carol").await.pop().unwrap();
+    assert_eq!(
+        (last.consent_id.as_str(), last.action()),
+        ("marketing", pb::Action::Withdraw)
+    );
+    assert_eq!(
+        can_send(&mut elig, "carol", "email", "acme").await.1,
+        Reason::Withdrawn,
+        "the root's withdrawal stops the whole purpose"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_old_link_withdraws_a_grant_given_after_an_erasure() {
+    let server = TestServer::start().await;
+    let mut elig = server.eligibility().await;
+    let mut cons = server.consents().await;
+    cons.grant(change("anna", "marketing", Some(now() - 60)))
+        .await
+        .unwrap();
+    let link = issue(&server, "anna", "email", "acme").await;
+    cons.erase_contact(pb::EraseContactRequest {
+        contact_id: "anna".into(),
+        reason: "ticket 1".into(),
+    })
+    .await
+    .unwrap();
+
+    // Nothing held since the erasure: the click confirms and records nothing.
+    assert_eq!(click(&server, &link).await, 200);
+    assert!(history(&server, "anna").await.is_empty());
+
+    // Anna signs up again; the old link in her old mail still unsubscribes.
+    cons.grant(change("anna", "marketing", None)).await.unwrap();
+    assert!(can_send(&mut elig, "anna", "email", "acme").await.0);
+    assert_eq!(click(&server, &link).await, 200);
+    let events = history(&server, "anna").await;
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[1].action(), pb::Action::Withdraw);
+    assert_eq!(events[1].actor, "unsubscribe-page");
+    assert_eq!(
+        can_send(&mut elig, "anna", "email", "acme").await.1,
+        Reason::Withdrawn
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_link_reveals_neither_the_contact_nor_the_consent() {
+    let server = TestServer::start().await;
+    let contact = "anna.kowalska@example.com";
+    let link = issue(&server, contact, "email", "acme").await;
+    let token = link.url.rsplit('/').next().unwrap();
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .unwrap();
+    for needle in [contact, "anna", "kowalska", "marketing", "acme", "email"] {
+        assert!(
+            !link.url[link.url.find("/u/").unwrap()..].contains(needle),
+            "{needle}"
+        );
+        assert!(
+            !raw.windows(needle.len()).any(|w| w == needle.as_bytes()),
+            "{needle} readable in the token"
+        );
+    }
+    server.stop().await;
+}

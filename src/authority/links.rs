@@ -1,9 +1,17 @@
 //! Unsubscribe links through the authority (DESIGN.md rule 4): minting one
 //! for a check, the page behind it, and the click that withdraws.
+//!
+//! A link never does nothing: its target is resolved again at click time,
+//! against the catalog then in force — the minted consent if it still
+//! covers the link's (purpose, channel, brand), else the most specific
+//! consent that covers them now, else the purpose's root. So a link keeps
+//! working when its consent is deleted or re-scoped, and after a click that
+//! answered "unsubscribed" CanSend for that (contact, channel, brand,
+//! purpose) is not allowed.
 
 use crate::clock::now_nanos;
 use crate::domain::{
-    Action, Change, ChangeOutcome, ConsentId, ConsentIdx, ContactId, Evidence, Source,
+    Action, Catalog, Change, ChangeOutcome, ConsentId, ConsentIdx, ContactId, Evidence, Source,
     ids::check_contact,
 };
 use crate::links::Claim;
@@ -36,11 +44,13 @@ impl Authority {
         consent: ConsentIdx,
     ) -> String {
         let catalog = self.catalog.load();
+        let id = |idx| ConsentId::parse("consent_id", catalog.consent_id(idx));
+        let purpose = catalog.consent(consent).map_or(consent, |c| c.purpose);
         let claim = Claim {
             contact: ContactId::parse("contact_id", contact)
                 .expect("validated by the check that chose this consent"),
-            consent: ConsentId::parse("consent_id", catalog.consent_id(consent))
-                .expect("catalog ids are valid"),
+            consent: id(consent).expect("catalog ids are valid"),
+            purpose: id(purpose).expect("catalog ids are valid"),
             channel: channel.to_owned(),
             brand: brand.to_owned(),
             issued_at: now_nanos(),
@@ -88,19 +98,20 @@ impl Authority {
                 })
                 .unwrap_or_else(|| fallback.to_owned())
         };
-        let idx = catalog.consent_idx(claim.consent.as_str());
-        let root = idx.and_then(|i| catalog.consent(i)).map(|c| c.purpose);
+        let target = link_target(&catalog, &claim, false);
+        let root = link_target(&catalog, &claim, true);
         Some(LinkPage {
-            consent_title: title(idx, claim.consent.as_str()),
-            purpose_title: title(root, claim.consent.as_str()),
+            consent_title: title(target, claim.consent.as_str()),
+            purpose_title: title(root, claim.purpose.as_str()),
             brand: claim.brand.clone(),
             claim,
         })
     }
 
-    /// Withdraws what a verified link names: its consent, or with
-    /// `everything` the root of its purpose. Returns once durable. A consent
-    /// since deleted from the catalog was held by nobody: nothing to do.
+    /// Withdraws what a verified link names, resolved now (see the module
+    /// docs): its consent, or with `everything` the root of its purpose.
+    /// Returns once durable; `None` when the link's whole purpose is gone
+    /// from the catalog (then nobody holds anything it could withdraw).
     pub async fn unsubscribe(
         &self,
         claim: &Claim,
@@ -109,12 +120,8 @@ impl Authority {
     ) -> Result<Option<ChangeOutcome>, Error> {
         let consent = {
             let catalog = self.catalog.load();
-            let Some(idx) = catalog.consent_idx(claim.consent.as_str()) else {
+            let Some(target) = link_target(&catalog, claim, everything) else {
                 return Ok(None);
-            };
-            let target = match catalog.consent(idx) {
-                Some(c) if everything => c.purpose,
-                _ => idx,
             };
             ConsentId::parse("consent_id", catalog.consent_id(target))
                 .expect("catalog ids are valid")
@@ -134,4 +141,26 @@ impl Authority {
         self.metrics.unsubscribed();
         Ok(Some(outcome))
     }
+}
+
+/// The consent a click on `claim` withdraws under `catalog`: with
+/// `everything` the purpose's root; else the minted consent if it still
+/// covers the link's (purpose, channel, brand), else the most specific one
+/// covering them now, else the root. `None` only when the purpose is gone.
+fn link_target(catalog: &Catalog, claim: &Claim, everything: bool) -> Option<ConsentIdx> {
+    let root = catalog
+        .consent_idx(claim.purpose.as_str())
+        .filter(|&i| catalog.consent(i).is_some_and(|c| c.depth == 0));
+    if everything {
+        return root;
+    }
+    let cover = catalog
+        .cell(claim.purpose.as_str(), &claim.channel, &claim.brand)
+        .map(|cell| catalog.covering(cell))
+        .unwrap_or_default();
+    let minted = catalog.consent_idx(claim.consent.as_str());
+    minted
+        .filter(|m| cover.contains(m))
+        .or_else(|| cover.first().copied())
+        .or(root)
 }

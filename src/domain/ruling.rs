@@ -6,7 +6,10 @@
 //!
 //! 1. a change from before the contact's erasure is dropped (rule 5): one
 //!    minted earlier (a link) counts from its issue time, else from when the
-//!    person decided; a change that claims no time is never from before;
+//!    person decided; a change that claims no time is never from before.
+//!    A click on a link minted before the erasure still withdraws when the
+//!    contact holds a state again (granted since): links never do nothing
+//!    (rule 4);
 //! 2. an idempotency key seen before answers the first outcome again, or
 //!    is refused if it was used for a different change (rule 2);
 //! 3. a retired consent takes no new GRANT; withdrawals always count (rule 3);
@@ -26,6 +29,9 @@ pub struct Known {
     pub retired: bool,
     /// The state of (contact, consent), if any.
     pub current: Option<Decision>,
+    /// Whether the contact holds any state at all (asked only after an
+    /// erasure).
+    pub holds_state: bool,
 }
 
 /// What to do with a change.
@@ -69,7 +75,8 @@ pub fn rule(
             .issued_at
             .or(change.occurred_at)
             .unwrap_or(UnixNanos::MAX);
-        if reference <= erased_at {
+        let regranted_link = change.issued_at.is_some() && known.holds_state;
+        if reference <= erased_at && !regranted_link {
             return Ruling::Erased;
         }
     }
@@ -154,6 +161,12 @@ mod tests {
             key,
             retired,
             current,
+            holds_state: false,
+        };
+        let holding = |erased_at| Known {
+            erased_at,
+            holds_state: true,
+            ..Known::default()
         };
         let none = Known::default();
         #[rustfmt::skip]
@@ -183,6 +196,10 @@ mod tests {
                 k(Some(50), None, false, None), Ruling::Erased),
             ("link minted after the erasure", change(Withdraw, None, Some(60)), None,
                 k(Some(50), None, false, None), Ruling::Apply),
+            ("old link, contact granted again since: it withdraws", change(Withdraw, None, Some(40)), None,
+                holding(Some(50)), Ruling::Apply),
+            ("an old grant stays out even when the contact holds state again",
+                change(Grant, Some(40), None), None, holding(Some(50)), Ruling::Erased),
             ("the erasure wins over a replayed key", change(Grant, Some(40), None), Some(1),
                 k(Some(50), key(1, 7), false, None), Ruling::Erased),
             ("same key, same change: replay", change(Grant, None, None), Some(1),

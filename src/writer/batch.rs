@@ -55,6 +55,11 @@ impl GroupBatch {
         }
     }
 
+    /// Whether this batch gave `contact` any state.
+    pub(super) fn holds(&self, contact: &ContactKey) -> bool {
+        self.states.keys().any(|(c, _)| c == contact)
+    }
+
     /// The full state of (contact, consent), for an answer: this batch's,
     /// else the store's.
     pub(super) fn state(

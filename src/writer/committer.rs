@@ -181,14 +181,17 @@ impl Committer {
             .idempotency_key
             .as_ref()
             .map(|_| change.fingerprint());
+        let erased_at = self.erasures.erased_at(&contact);
         let known = Known {
-            erased_at: self.erasures.erased_at(&contact),
+            erased_at,
             key: match &change.idempotency_key {
                 Some(k) => batch.key(k, &*self.store)?,
                 None => None,
             },
             retired: def.spec.retired,
             current: batch.decision(&contact, idx, &self.index),
+            holds_state: erased_at.is_some()
+                && (self.index.holds(&contact) || batch.holds(&contact)),
         };
         let recorded_at = self.receipt_time();
         let ruling = rule(&change, fingerprint, &known, recorded_at);

@@ -65,6 +65,14 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(24..))]
     pub idempotency_retention_hours: u64,
 
+    /// Seconds after an erasure before the data files are rewritten without
+    /// it (erasures within that window share one rewrite; writes wait while
+    /// it runs, CanSend does not). At most 50, so that an erased contact
+    /// leaves the files within 60 seconds.
+    #[arg(long, env = "CONSENTD_ERASURE_PURGE_SECONDS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(0..=50))]
+    pub erasure_purge_seconds: u64,
+
     /// Allow binding a non-loopback address with auth off.
     #[arg(long, env = "CONSENTD_ALLOW_UNAUTHENTICATED")]
     pub allow_unauthenticated: bool,
@@ -85,6 +93,7 @@ impl Config {
             tokens_file: None,
             allow_unauthenticated: false,
             idempotency_retention_hours: 168,
+            erasure_purge_seconds: 10,
             tls_cert: None,
             tls_key: None,
         }

@@ -52,6 +52,8 @@ pub(crate) struct Metrics {
     unsubscribes: AtomicU64,
     imported_rows: AtomicU64,
     erasures: AtomicU64,
+    purges: AtomicU64,
+    purge_micros: AtomicU64,
 }
 
 impl Metrics {
@@ -88,6 +90,13 @@ impl Metrics {
 
     pub(crate) fn imported(&self, rows: u64) {
         self.imported_rows.fetch_add(rows, Relaxed);
+    }
+
+    /// A purge of erased contacts from the data files, and its pause.
+    pub(crate) fn purged(&self, took: Duration) {
+        self.purges.fetch_add(1, Relaxed);
+        self.purge_micros
+            .fetch_add(took.as_micros() as u64, Relaxed);
     }
 
     pub(crate) fn erased(&self) {
@@ -151,6 +160,12 @@ impl Metrics {
                 get(&self.erasures),
             ),
             (
+                "consentd_erasure_purges_total",
+                "Rewrites of the data files that removed erased contacts.",
+                "counter",
+                get(&self.purges),
+            ),
+            (
                 "consentd_contacts",
                 "Contacts holding at least one state.",
                 "gauge",
@@ -162,6 +177,11 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP consentd_erasure_purge_seconds_total Time writes waited for erasure purges.\n# TYPE consentd_erasure_purge_seconds_total counter\nconsentd_erasure_purge_seconds_total {}",
+            get(&self.purge_micros) as f64 / 1e6
+        );
         let _ = writeln!(
             out,
             "# HELP consentd_commit_seconds_total Time spent deciding and committing batches.\n# TYPE consentd_commit_seconds_total counter\nconsentd_commit_seconds_total {}",

@@ -17,7 +17,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::auth::Auth;
-use crate::authority::Authority;
+use crate::authority::{Authority, Options};
 use crate::config::Config;
 use crate::domain::CatalogSpec;
 use crate::grpc::{CatalogService, ConsentsService, EligibilityService};
@@ -101,9 +101,14 @@ impl Server {
         let links = Links::open(&config.data_dir, &config.link_keys, &public_url)?;
         let (authority, report) = Authority::open(
             Arc::new(store),
-            config.default_purpose.clone(),
             links,
-            Duration::from_secs(config.idempotency_retention_hours * 3600),
+            Options {
+                default_purpose: config.default_purpose.clone(),
+                idempotency_retention: Duration::from_secs(
+                    config.idempotency_retention_hours * 3600,
+                ),
+                erasure_purge_after: Duration::from_secs(config.erasure_purge_seconds),
+            },
         )?;
         tracing::info!(
             states = report.states,

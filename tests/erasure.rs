@@ -170,3 +170,55 @@ async fn erasing_an_unknown_contact_still_guards_against_stale_imports() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn no_plaintext_remains_within_60_seconds_while_the_server_runs() {
+    const ERIN: &str = "erin-online-erase@example.com";
+    const ERIN_IP: &str = "203.0.113.99-ERIN-ONLINE";
+    // The default configuration: the purge follows the erasure by 10 s.
+    let server = TestServer::start().await;
+    let mut cons = server.consents().await;
+    let mut grant = change(ERIN, "marketing", Some(now() - 60));
+    grant.evidence.insert("ip".into(), ERIN_IP.into());
+    cons.grant(grant).await.unwrap();
+    cons.grant(change("fay-stays@example.com", "marketing", None))
+        .await
+        .unwrap();
+    cons.erase_contact(pb::EraseContactRequest {
+        contact_id: ERIN.into(),
+        reason: "ticket 9".into(),
+    })
+    .await
+    .unwrap();
+    let erased = std::time::Instant::now();
+    assert!(
+        files_contain(&server.data_dir, ERIN_IP),
+        "right after the erasure the bytes are still in freed pages"
+    );
+
+    // The server keeps serving while the purge runs; poll until the files
+    // are clean, for at most the 60 s the contract allows.
+    let mut elig = server.eligibility().await;
+    loop {
+        assert!(
+            can_send(&mut elig, "fay-stays@example.com", "email", "acme")
+                .await
+                .0
+        );
+        if !files_contain(&server.data_dir, ERIN) && !files_contain(&server.data_dir, ERIN_IP) {
+            break;
+        }
+        assert!(
+            erased.elapsed() < std::time::Duration::from_secs(60),
+            "erased contact still in the data files after 60 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(files_contain(&server.data_dir, "fay-stays@example.com"));
+    // Writes go on in the rewritten file.
+    cons.grant(change("gus-after@example.com", "marketing", None))
+        .await
+        .unwrap();
+    assert_eq!(history(&server, "fay-stays@example.com").await.len(), 1);
+    server.stop().await;
+}

@@ -15,7 +15,7 @@ mod links;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
@@ -110,6 +110,28 @@ pub struct ContactExport {
     pub exported_at: UnixNanos,
 }
 
+/// How the authority behaves, from configuration.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The purpose a CanSend naming none uses when the catalog sets none.
+    pub default_purpose: Option<String>,
+    /// How long idempotency keys are remembered (at least 24 hours).
+    pub idempotency_retention: Duration,
+    /// How long after an erasure the data files are purged of it (several
+    /// erasures in that window share one purge).
+    pub erasure_purge_after: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            default_purpose: None,
+            idempotency_retention: Duration::from_secs(7 * 24 * 3600),
+            erasure_purge_after: Duration::from_secs(10),
+        }
+    }
+}
+
 /// Start-up figures, for the log and the benchmarks.
 #[derive(Debug, Clone, Copy)]
 pub struct LoadReport {
@@ -126,10 +148,14 @@ impl Authority {
     /// which runs until [`Authority::close`].
     pub fn open(
         store: Arc<dyn Store>,
-        default_purpose: Option<String>,
         links: Links,
-        idempotency_retention: std::time::Duration,
+        options: Options,
     ) -> Result<(Authority, LoadReport), StoreError> {
+        let Options {
+            default_purpose,
+            idempotency_retention,
+            erasure_purge_after,
+        } = options;
         let started = Instant::now();
         let recovered = store.recover()?;
         let catalog = match recovered.catalog {
@@ -205,6 +231,7 @@ impl Authority {
                 last_recorded_at: recovered.last_recorded_at,
                 usage,
                 idempotency_retention,
+                purge_after: erasure_purge_after,
                 erasures: Erasures::new(&recovered.erasure_key, recovered.erasures),
             },
             metrics.clone(),

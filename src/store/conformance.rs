@@ -288,6 +288,12 @@ pub(crate) fn erase_forgets_one_contact_only(f: &mut impl Fixture) {
         reason: "art. 17 request".into(),
     };
     assert!(store.erase("erin", &tombstone).unwrap());
+    // The purge leaves every live record readable, and has nothing left to
+    // do the second time.
+    store.purge_erased().unwrap();
+    assert!(!store.purge_erased().unwrap());
+    assert_eq!(store.history("fred").unwrap(), vec![kept.clone()]);
+    assert!(store.history("erin").unwrap().is_empty());
     assert!(
         !store
             .erase(

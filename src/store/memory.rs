@@ -191,6 +191,11 @@ impl Store for MemoryStore {
         Ok(held.is_some())
     }
 
+    fn purge_erased(&self) -> Result<bool, StoreError> {
+        // Erased records are dropped from the maps at once; no file exists.
+        Ok(false)
+    }
+
     fn prune_idempotency(&self, before: UnixNanos, max: usize) -> Result<usize, StoreError> {
         let mut c = self.lock();
         let old: Vec<(UnixNanos, String)> = c

@@ -137,6 +137,11 @@ pub trait Store: Send + Sync + 'static {
     /// events used) and keeps only the tombstone, durably. Returns whether
     /// anything was held.
     fn erase(&self, contact: &str, tombstone: &Tombstone) -> Result<bool, StoreError>;
+    /// Makes what erasures deleted unrecoverable from the store's own files
+    /// (a backend that reuses or keeps freed space rewrites them); returns
+    /// whether there was anything to do. Called by the writer, seconds after
+    /// an erasure, while the server keeps serving.
+    fn purge_erased(&self) -> Result<bool, StoreError>;
     /// Forgets up to `max` idempotency keys recorded before `before`,
     /// durably; returns how many.
     fn prune_idempotency(&self, before: UnixNanos, max: usize) -> Result<usize, StoreError>;

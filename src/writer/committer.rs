@@ -49,6 +49,9 @@ pub(super) struct Committer {
     /// Idempotency retention, in nanoseconds.
     retention: i64,
     last_prune: Option<Instant>,
+    purge_after: Duration,
+    /// When the oldest erasure not yet purged from the store's files was made.
+    purge_pending_since: Option<Instant>,
 }
 
 impl Committer {
@@ -70,6 +73,8 @@ impl Committer {
             erasures: start.erasures,
             retention: start.idempotency_retention.as_nanos().min(i64::MAX as u128) as i64,
             last_prune: None,
+            purge_after: start.purge_after,
+            purge_pending_since: None,
         }
     }
 
@@ -104,10 +109,16 @@ impl Committer {
                         rx.close();
                         closers.push(done);
                     }
+                    Command::Tick => {}
                 }
             }
             self.commit_changes(changes);
             self.prune_if_due();
+            self.purge_if_due();
+        }
+        // Nothing erased may stay in the files because the server stopped.
+        if self.purge_pending_since.is_some() {
+            self.purge();
         }
         tracing::info!("writer stopped: queue drained");
         for done in closers {
@@ -256,6 +267,34 @@ impl Committer {
         }
     }
 
+    /// Purges what erasures deleted from the store's files once the oldest
+    /// erasure waiting for it is `purge_after` old. Writes wait meanwhile
+    /// (they queue); CanSend, answered from memory, does not.
+    fn purge_if_due(&mut self) {
+        if self
+            .purge_pending_since
+            .is_some_and(|t| t.elapsed() >= self.purge_after)
+        {
+            self.purge();
+        }
+    }
+
+    fn purge(&mut self) {
+        let started = Instant::now();
+        match self.store.purge_erased() {
+            Ok(_) => {
+                self.purge_pending_since = None;
+                self.metrics.purged(started.elapsed());
+                tracing::info!(
+                    seconds = started.elapsed().as_secs_f64(),
+                    "erased contacts purged from the data files"
+                );
+            }
+            // Kept pending: the next tick tries again.
+            Err(e) => tracing::error!(error = %e, "purging erased contacts failed; will retry"),
+        }
+    }
+
     fn erase(&mut self, contact: ContactId, reason: String) -> Result<UnixNanos, Error> {
         let erased_at = self.receipt_time();
         let tombstone = Tombstone {
@@ -271,6 +310,7 @@ impl Committer {
             }
         }
         self.erasures.record(tombstone.hash, erased_at);
+        self.purge_pending_since.get_or_insert_with(Instant::now);
         tracing::info!(erased_at, "contact erased");
         Ok(erased_at)
     }
@@ -369,6 +409,9 @@ mod tests {
         fn prune_idempotency(&self, before: UnixNanos, max: usize) -> Result<usize, StoreError> {
             self.inner.prune_idempotency(before, max)
         }
+        fn purge_erased(&self) -> Result<bool, StoreError> {
+            self.inner.purge_erased()
+        }
     }
 
     fn setup() -> (Committer, Arc<Flaky>, Arc<Index>) {
@@ -398,6 +441,7 @@ mod tests {
                 usage: vec![0],
                 idempotency_retention: Duration::from_secs(24 * 3600),
                 erasures: Erasures::new(&[0; 32], []),
+                purge_after: Duration::ZERO,
             },
             Arc::new(Metrics::default()),
         );

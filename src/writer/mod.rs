@@ -45,6 +45,9 @@ enum Command {
     Erase(ContactId, String, Reply<UnixNanos>),
     /// Stop taking commands; answer once everything queued is done.
     Close(oneshot::Sender<()>),
+    /// Once a second: time-based upkeep (pruning keys, purging erasures)
+    /// runs even when no write comes.
+    Tick,
 }
 
 /// What the writer takes over from the store at start.
@@ -59,6 +62,9 @@ pub(crate) struct WriterStart {
     pub(crate) idempotency_retention: std::time::Duration,
     /// Every erasure on file.
     pub(crate) erasures: Erasures,
+    /// How long after an erasure the store purges what it deleted (so
+    /// that several erasures share one purge).
+    pub(crate) purge_after: std::time::Duration,
 }
 
 /// A cheap, cloneable handle to the writer thread.
@@ -84,6 +90,20 @@ impl Writer {
             .name("consentd-writer".into())
             .spawn(move || committer.run(rx))
             .expect("spawning the writer thread at start-up");
+        // The ticker holds only a weak handle: it ends with the writer.
+        let weak = tx.downgrade();
+        std::thread::Builder::new()
+            .name("consentd-writer-tick".into())
+            .spawn(move || {
+                while let Some(tx) = weak.upgrade() {
+                    if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Command::Tick) {
+                        return;
+                    }
+                    drop(tx);
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                }
+            })
+            .expect("spawning the writer ticker at start-up");
         Writer {
             tx,
             thread: Arc::new(Mutex::new(Some(thread))),
@@ -178,6 +198,7 @@ mod tests {
                 usage: Vec::new(),
                 idempotency_retention: std::time::Duration::from_secs(24 * 3600),
                 erasures: Erasures::new(&[0; 32], []),
+                purge_after: std::time::Duration::ZERO,
             },
             Arc::new(Metrics::default()),
         );

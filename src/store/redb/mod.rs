@@ -15,9 +15,11 @@
 //!
 //! Erasure (DESIGN.md rule 5) deletes a contact's record, events and keys,
 //! but redb keeps freed pages, so their bytes could linger in the file. An
-//! erasure therefore marks the file, and the next open rewrites every live
-//! record into a fresh file that replaces the old one: after a restart no
-//! byte of an erased contact remains in the data dir.
+//! erasure therefore marks the file, and [`Store::purge_erased`] (which the
+//! writer calls seconds later, while the server runs) rewrites every live
+//! record into a fresh file that replaces the old one; readers move to the
+//! new file at once. A crash before that leaves the mark, and the next open
+//! rewrites first.
 //!
 //! Keeping the per-contact data in one record, rather than a states table
 //! and a (contact, sequence) event table, halves the random pages a commit
@@ -25,8 +27,10 @@
 
 mod rewrite;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
@@ -94,7 +98,9 @@ fn read_contact(
 
 /// The embedded redb store: one file in the data dir.
 pub struct RedbStore {
-    db: Database,
+    /// The database in use; replaced whole by a post-erasure rewrite.
+    db: ArcSwap<Database>,
+    path: PathBuf,
 }
 
 impl RedbStore {
@@ -104,19 +110,12 @@ impl RedbStore {
         std::fs::create_dir_all(data_dir)?;
         let path = data_dir.join(DB_FILE);
         let db = Database::create(&path)?;
-        let pending = {
-            let txn = db.begin_read()?;
-            match txn.open_table(META) {
-                Ok(meta) => meta.get(REWRITE_PENDING)?.is_some(),
-                Err(redb::TableError::TableDoesNotExist(_)) => false,
-                Err(e) => return Err(e.into()),
-            }
-        };
+        let pending = Self::rewrite_pending(&db)?;
         let db = if pending {
-            drop(db);
-            rewrite::rewrite(&path)?;
-            Database::create(&path)?
+            rewrite::rewrite(&db, &path)?
         } else {
+            // A rewrite that crashed before its rename left only live data.
+            let _ = std::fs::remove_file(path.with_extension("rewrite"));
             db
         };
         let txn = db.begin_write()?;
@@ -152,13 +151,26 @@ impl RedbStore {
             }
         }
         txn.commit()?;
-        Ok(Self { db })
+        Ok(Self {
+            db: ArcSwap::from_pointee(db),
+            path,
+        })
+    }
+
+    /// Whether an erasure happened since the last rewrite.
+    fn rewrite_pending(db: &Database) -> Result<bool, StoreError> {
+        let txn = db.begin_read()?;
+        match txn.open_table(META) {
+            Ok(meta) => Ok(meta.get(REWRITE_PENDING)?.is_some()),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
 impl Store for RedbStore {
     fn recover(&self) -> Result<Recovered, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db.load().begin_read()?;
         let meta = txn.open_table(META)?;
         let catalog = match meta.get("catalog")? {
             Some(v) => {
@@ -217,7 +229,7 @@ impl Store for RedbStore {
     }
 
     fn load_states(&self, sink: &mut dyn FnMut(&str, &str, Decision)) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db.load().begin_read()?;
         let contacts = txn.open_table(CONTACTS)?;
         let mut n = 0;
         for row in contacts.range::<&str>(..)? {
@@ -241,7 +253,7 @@ impl Store for RedbStore {
     }
 
     fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db.load().begin_read()?;
         let table = txn.open_table(IDEMPOTENCY)?;
         table
             .get(key)?
@@ -257,7 +269,7 @@ impl Store for RedbStore {
     }
 
     fn contact_states(&self, contact: &str) -> Result<Vec<StateRecord>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db.load().begin_read()?;
         let table = txn.open_table(CONTACTS)?;
         let Some(record) = read_contact(&table, contact)? else {
             return Ok(Vec::new());
@@ -266,7 +278,7 @@ impl Store for RedbStore {
     }
 
     fn history(&self, contact: &str) -> Result<Vec<EventRecord>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db.load().begin_read()?;
         let contacts = txn.open_table(CONTACTS)?;
         let Some(record) = read_contact(&contacts, contact)? else {
             return Ok(Vec::new());
@@ -286,8 +298,18 @@ impl Store for RedbStore {
         self.erase_in(contact, tombstone)
     }
 
+    fn purge_erased(&self) -> Result<bool, StoreError> {
+        let old = self.db.load_full();
+        if !Self::rewrite_pending(&old)? {
+            return Ok(false);
+        }
+        let new = rewrite::rewrite(&old, &self.path)?;
+        self.db.store(Arc::new(new));
+        Ok(true)
+    }
+
     fn prune_idempotency(&self, before: UnixNanos, max: usize) -> Result<usize, StoreError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.db.load().begin_write()?;
         let n;
         {
             let mut by_time = txn.open_table(IDEMPOTENCY_BY_TIME)?;
@@ -312,7 +334,7 @@ impl Store for RedbStore {
     }
 
     fn wordings(&self, consent: Option<&str>) -> Result<Vec<Wording>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db.load().begin_read()?;
         let table = txn.open_table(WORDINGS)?;
         let rows = match consent {
             Some(c) => table.range((c, 0)..=(c, u32::MAX))?,
@@ -329,7 +351,7 @@ impl Store for RedbStore {
 
     fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError> {
         // Durability::Immediate is redb's default: commit() returns after fsync.
-        let txn = self.db.begin_write()?;
+        let txn = self.db.load().begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
             meta.insert(
@@ -399,7 +421,7 @@ impl Store for RedbStore {
 
 impl RedbStore {
     fn erase_in(&self, contact: &str, tombstone: &Tombstone) -> Result<bool, StoreError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.db.load().begin_write()?;
         let held;
         {
             let mut contacts = txn.open_table(CONTACTS)?;
@@ -465,4 +487,67 @@ mod tests {
     }
 
     conformance_suite!(Redb(None));
+
+    #[test]
+    fn purge_leaves_no_byte_of_an_erased_contact_while_open() {
+        use crate::domain::{Action, ConsentId, ContactId, EventRecord, Source};
+        use crate::store::{Tombstone, WriteBatch};
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
+        let event = |who: &str, sequence| EventRecord {
+            contact: ContactId::parse("c", who).unwrap(),
+            consent: ConsentId::parse("c", "marketing").unwrap(),
+            action: Action::Grant,
+            occurred_at: 1,
+            recorded_at: 2,
+            source: Source::Form,
+            evidence: [("ip".to_string(), format!("ip-of-{who}"))].into(),
+            version: 1,
+            sequence,
+            idempotency_key: Some(format!("key-of-{who}")),
+            applied: true,
+            actor: "crm".into(),
+        };
+        store
+            .commit(&WriteBatch {
+                events: vec![event("erin.secret@example.com", 1), event("fred", 2)],
+                next_sequence: 3,
+                ..Default::default()
+            })
+            .unwrap();
+        let tombstone = Tombstone {
+            hash: [7; 32],
+            erased_at: 5,
+            reason: "r".into(),
+        };
+        store.erase("erin.secret@example.com", &tombstone).unwrap();
+        let file = dir.path().join(super::DB_FILE);
+        let holds = |needle: &str| {
+            let bytes = std::fs::read(&file).unwrap();
+            bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+        };
+        assert!(
+            holds("ip-of-erin"),
+            "redb keeps freed pages: the bytes stay until the purge"
+        );
+        assert!(store.purge_erased().unwrap());
+        for needle in ["erin.secret", "ip-of-erin", "key-of-erin"] {
+            assert!(!holds(needle), "{needle} still in the file");
+        }
+        assert!(holds("ip-of-fred"));
+        // The store goes on in the new file: writes land and survive a reopen.
+        store
+            .commit(&WriteBatch {
+                events: vec![event("gina", 3)],
+                next_sequence: 4,
+                ..Default::default()
+            })
+            .unwrap();
+        drop(store);
+        let store = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(store.history("gina").unwrap().len(), 1);
+        assert_eq!(store.history("fred").unwrap().len(), 1);
+        assert!(!holds("erin.secret"));
+    }
 }

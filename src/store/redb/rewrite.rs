@@ -11,16 +11,17 @@ use super::{
 };
 use crate::store::StoreError;
 
-/// Copies every live record of the file at `path` into a fresh file and
-/// swaps it in (fsync'd, atomic rename), so no freed page of the old file
-/// survives. Crash-safe: until the rename the old file is untouched.
-pub(super) fn rewrite(path: &Path) -> Result<(), StoreError> {
+/// Copies every live record of `old` (the file at `path`) into a fresh
+/// file and moves it into place (fsync'd, atomic rename), so that no freed
+/// page of the old file stays in the data dir; returns the new database.
+/// Crash-safe: until the rename the old file is untouched, and still marked
+/// for a rewrite. The caller is the only writer while it runs.
+pub(super) fn rewrite(old: &Database, path: &Path) -> Result<Database, StoreError> {
     let started = std::time::Instant::now();
     let tmp = path.with_extension("rewrite");
     let _ = std::fs::remove_file(&tmp);
+    let new = Database::create(&tmp)?;
     {
-        let old = Database::create(path)?;
-        let new = Database::create(&tmp)?;
         let src = old.begin_read()?;
         let dst = new.begin_write()?;
         copy_table(&src, &dst, META)?;
@@ -41,7 +42,7 @@ pub(super) fn rewrite(path: &Path) -> Result<(), StoreError> {
         seconds = started.elapsed().as_secs_f64(),
         "data file rewritten after erasures"
     );
-    Ok(())
+    Ok(new)
 }
 
 fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(

@@ -311,8 +311,14 @@ impl Authority {
     /// EraseContact (DESIGN.md rule 5): forgets the contact, keeps a keyed
     /// hash with the time and `reason`; returns the erasure time once
     /// durable. The reason must be at most [`MAX_REASON_LEN`] bytes without
-    /// control characters.
-    pub async fn erase(&self, contact: ContactId, reason: String) -> Result<UnixNanos, Error> {
+    /// control characters; `actor` (who asked) goes to the log, not to the
+    /// tombstone.
+    pub async fn erase(
+        &self,
+        contact: ContactId,
+        reason: String,
+        actor: &str,
+    ) -> Result<UnixNanos, Error> {
         if reason.len() > MAX_REASON_LEN || reason.chars().any(char::is_control) {
             return Err(FieldError::new(
                 "reason",
@@ -322,6 +328,7 @@ impl Authority {
         }
         let erased_at = self.writer.erase(contact, reason).await?;
         self.metrics.erased();
+        tracing::info!(actor, erased_at, "contact erased");
         Ok(erased_at)
     }
 

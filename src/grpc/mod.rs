@@ -188,10 +188,10 @@ impl pb::consents_server::Consents for ConsentsService {
         &self,
         request: Request<pb::EraseContactRequest>,
     ) -> Result<Response<pb::EraseContactResponse>, Status> {
-        self.auth.require(&request, Role::Admin)?;
+        let actor = self.auth.require(&request, Role::Admin)?.to_owned();
         let r = request.into_inner();
         let contact = ContactId::parse("contact_id", &r.contact_id).map_err(invalid)?;
-        let erased_at = self.authority.erase(contact, r.reason).await?;
+        let erased_at = self.authority.erase(contact, r.reason, &actor).await?;
         Ok(Response::new(pb::EraseContactResponse {
             erased_at: Some(timestamp(erased_at)),
         }))

@@ -311,7 +311,6 @@ impl Committer {
         }
         self.erasures.record(tombstone.hash, erased_at);
         self.purge_pending_since.get_or_insert_with(Instant::now);
-        tracing::info!(erased_at, "contact erased");
         Ok(erased_at)
     }
 

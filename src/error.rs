@@ -39,10 +39,15 @@ pub enum Error {
     /// The store failed (a read, or a write that changed nothing).
     #[error(transparent)]
     Storage(#[from] StoreError),
-    /// The group commit holding the change failed; nothing of it was kept.
-    /// The store's error is shared by the whole batch, hence its message.
-    #[error("commit failed: {0}")]
-    CommitFailed(String),
+    /// The change was queued, but the store failed (or the writer stopped)
+    /// before it was known to be durable: it may or may not have been
+    /// recorded. The cause is shared by the whole batch, hence a message.
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
+    /// Writes are stopped: the store failed earlier (fail-stop, DESIGN.md
+    /// rule 6) and the server is going down. Nothing was recorded.
+    #[error("writes are stopped after a storage failure ({0}); nothing was recorded")]
+    Stopped(String),
     /// The writer has stopped (shutdown): nothing was recorded.
     #[error("the writer has stopped")]
     Closed,

@@ -54,6 +54,7 @@ pub(crate) struct Metrics {
     erasures: AtomicU64,
     purges: AtomicU64,
     purge_micros: AtomicU64,
+    store_failures: AtomicU64,
 }
 
 impl Metrics {
@@ -90,6 +91,11 @@ impl Metrics {
 
     pub(crate) fn imported(&self, rows: u64) {
         self.imported_rows.fetch_add(rows, Relaxed);
+    }
+
+    /// A store failure that stopped writing (fail-stop).
+    pub(crate) fn store_failed(&self) {
+        self.store_failures.fetch_add(1, Relaxed);
     }
 
     /// A purge of erased contacts from the data files, and its pause.
@@ -158,6 +164,12 @@ impl Metrics {
                 "Contacts erased.",
                 "counter",
                 get(&self.erasures),
+            ),
+            (
+                "consentd_store_failures_total",
+                "Store errors that stopped writing (fail-stop; the process exits).",
+                "counter",
+                get(&self.store_failures),
             ),
             (
                 "consentd_erasure_purges_total",

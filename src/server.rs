@@ -4,6 +4,9 @@
 //! Health `""` turns SERVING only once the index is loaded and both
 //! listeners are bound; on shutdown it turns NOT_SERVING first, in-flight
 //! calls finish, then the writer drains its queue and the store closes.
+//! When the store fails (fail-stop), the same happens at once, without
+//! waiting for a signal, and [`Server::serve`] returns the failure, so the
+//! process exits non-zero.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -23,10 +26,12 @@ use crate::domain::CatalogSpec;
 use crate::grpc::{CatalogService, ConsentsService, EligibilityService};
 use crate::links::Links;
 use crate::pb;
-use crate::store::RedbStore;
+use crate::store::{RedbStore, Store};
 
 /// Largest gRPC message accepted: a full 10,000-check batch fits with room.
 const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// How long in-flight calls may take to be answered after a fail-stop.
+const FAIL_STOP_GRACE: Duration = Duration::from_secs(5);
 /// Concurrent HTTP/2 streams per gRPC connection.
 const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
@@ -51,9 +56,20 @@ pub fn read_catalog(path: &std::path::Path) -> anyhow::Result<CatalogSpec> {
 }
 
 impl Server {
-    /// Binds both listeners, opens the store, rebuilds the index, applies
-    /// `--catalog`. Nothing is served until [`Server::serve`].
+    /// Binds both listeners, opens the store in `--data-dir`, rebuilds the
+    /// index, applies `--catalog`. Nothing is served until [`Server::serve`].
     pub async fn bind(config: &Config) -> anyhow::Result<Server> {
+        Self::bind_inner(config, None).await
+    }
+
+    /// As [`Server::bind`], over a store the caller opened (another
+    /// backend, or one that injects faults); `--data-dir` still holds the
+    /// link keys.
+    pub async fn bind_with_store(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Server> {
+        Self::bind_inner(config, Some(store)).await
+    }
+
+    async fn bind_inner(config: &Config, store: Option<Arc<dyn Store>>) -> anyhow::Result<Server> {
         let auth = Auth::from_config(&config.tokens, config.tokens_file.as_deref())?;
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => {
@@ -96,11 +112,18 @@ impl Server {
             .unwrap_or_else(|| format!("http://{http_addr}"));
         // Read before anything opens, so a bad file changes nothing.
         let catalog = config.catalog.as_deref().map(read_catalog).transpose()?;
-        let store = RedbStore::open(&config.data_dir)
-            .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+        let store: Arc<dyn Store> =
+            match store {
+                Some(store) => store,
+                None => Arc::new(RedbStore::open(&config.data_dir).with_context(|| {
+                    format!("opening the store in {}", config.data_dir.display())
+                })?),
+            };
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating {}", config.data_dir.display()))?;
         let links = Links::open(&config.data_dir, &config.link_keys, &public_url)?;
         let (authority, report) = Authority::open(
-            Arc::new(store),
+            store,
             links,
             Options {
                 default_purpose: config.default_purpose.clone(),
@@ -237,8 +260,18 @@ impl Server {
         let _ = serving_tx.send(true);
         tracing::info!(%grpc_addr, %http_addr, "consentd serving");
 
-        shutdown.await;
-        tracing::info!("shutting down: health NOT_SERVING, draining in-flight calls");
+        // Stop on the signal, or at once when the store fails (fail-stop).
+        let failure = tokio::select! {
+            () = shutdown => None,
+            cause = authority.failed() => Some(cause),
+        };
+        match &failure {
+            None => tracing::info!("shutting down: health NOT_SERVING, draining in-flight calls"),
+            Some(cause) => tracing::error!(
+                %cause,
+                "fail-stop: writes stopped after a storage failure; health NOT_SERVING, exiting"
+            ),
+        }
         let _ = serving_tx.send(false);
         for name in [
             "",
@@ -251,6 +284,17 @@ impl Server {
                 .await;
         }
         let _ = stop_tx.send(true);
+        if let Some(cause) = failure {
+            // Calls in flight get their answers (writes: refused) within a
+            // short grace; the process must not linger half-alive.
+            let drain = async {
+                let _ = grpc_task.await;
+                let _ = http_task.await;
+                let _ = authority.close().await;
+            };
+            let _ = tokio::time::timeout(FAIL_STOP_GRACE, drain).await;
+            anyhow::bail!("fail-stop after a storage failure: {cause}");
+        }
         grpc_task.await?.context("gRPC server")?;
         http_task.await?.context("HTTP server")?;
         // No call is in flight any more: the writer finishes what is queued

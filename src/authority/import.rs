@@ -112,12 +112,16 @@ impl Import {
         let Some((row, rx)) = self.pending.pop_front() else {
             return Ok(());
         };
-        match rx.await.unwrap_or(Err(Error::Closed)) {
+        let answer = rx
+            .await
+            .unwrap_or_else(|_| Err(Error::OutcomeUnknown("the writer stopped".into())));
+        match answer {
             Ok(out) if out.applied => self.summary.applied += 1,
             Ok(_) => self.summary.superseded += 1,
             Err(
                 e @ (Error::Storage(_)
-                | Error::CommitFailed(_)
+                | Error::OutcomeUnknown(_)
+                | Error::Stopped(_)
                 | Error::Closed
                 | Error::WriterPanicked),
             ) => return Err(e),

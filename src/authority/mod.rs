@@ -254,6 +254,13 @@ impl Authority {
         self.writer.close().await
     }
 
+    /// Resolves with the cause once writes have stopped for good after a
+    /// store failure or a writer panic (fail-stop, DESIGN.md rule 6): the
+    /// server then turns NOT_SERVING and exits. Never resolves otherwise.
+    pub async fn failed(&self) -> String {
+        self.writer.failed().await
+    }
+
     /// CanSend (DESIGN.md rule 3). Never touches the disk, never allocates.
     pub fn can_send(
         &self,

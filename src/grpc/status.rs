@@ -34,9 +34,16 @@ impl From<Error> for Status {
                 Status::internal("storage error; nothing was changed")
             }
             // Already logged by the writer, with the batch size.
-            Error::CommitFailed(_) => Status::internal("storage error; nothing was changed"),
-            Error::Closed => Status::unavailable("shutting down"),
-            Error::WriterPanicked => Status::internal("the writer stopped; nothing was changed"),
+            // Already logged by the writer, with the cause and batch size.
+            Error::OutcomeUnknown(_) => Status::unavailable(
+                "outcome unknown: the store failed before this change was known to be durable; \
+                 read it back before retrying",
+            ),
+            Error::Stopped(_) => Status::unavailable(
+                "writes are stopped after a storage failure; nothing was recorded",
+            ),
+            Error::Closed => Status::unavailable("shutting down; nothing was recorded"),
+            Error::WriterPanicked => Status::unavailable("outcome unknown: the writer stopped"),
         }
     }
 }

@@ -183,10 +183,19 @@ impl GroupBatch {
         }
     }
 
-    /// After a failed commit: every caller learns it, nothing else changes.
+    /// When the store failed before this batch was written: every caller
+    /// learns that nothing was recorded.
+    pub(super) fn refuse(self, cause: &str) {
+        for reply in self.replies {
+            let _ = reply.send(Err(Error::Stopped(cause.to_owned())));
+        }
+    }
+
+    /// After a failed commit: every caller learns that the outcome is
+    /// unknown (the store may have kept the batch); the index is untouched.
     pub(super) fn fail(self, error: &StoreError) {
         for reply in self.replies {
-            let _ = reply.send(Err(Error::CommitFailed(error.to_string())));
+            let _ = reply.send(Err(Error::OutcomeUnknown(error.to_string())));
         }
     }
 }

@@ -1,12 +1,21 @@
 //! The writer thread: takes what is queued, rules each change with
 //! [`crate::domain::rule`] against a [`GroupBatch`], commits the batch in one
 //! store transaction, then updates the index and answers.
+//!
+//! Fail-stop (DESIGN.md rule 6): the first store error of any kind — a
+//! commit, a read while ruling, an erasure, pruning, a purge — stops all
+//! writing at once. The batch in flight is answered "outcome unknown"
+//! (the store may have kept it), everything after it "stopped, nothing
+//! recorded", the index is left as it was, and the failure is reported so
+//! that the server turns NOT_SERVING and exits. A store that failed is
+//! never retried into a state nobody can vouch for; the restart rebuilds
+//! the index from what is on disk.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::batch::{ContactKey, GroupBatch};
 use super::{Command, Reply, WriterStart};
@@ -18,7 +27,7 @@ use crate::domain::{
 use crate::error::Error;
 use crate::index::Index;
 use crate::metrics::Metrics;
-use crate::store::{Store, Tombstone, WriteBatch};
+use crate::store::{Store, StoreError, Tombstone, WriteBatch};
 
 /// Most commands folded into one transaction.
 const MAX_GROUP: usize = 4096;
@@ -52,6 +61,10 @@ pub(super) struct Committer {
     purge_after: Duration,
     /// When the oldest erasure not yet purged from the store's files was made.
     purge_pending_since: Option<Instant>,
+    /// Set once the store failed: every later write is refused.
+    failed: Option<String>,
+    /// Where the failure is reported (the server watches it).
+    failure: watch::Sender<Option<String>>,
 }
 
 impl Committer {
@@ -61,6 +74,7 @@ impl Committer {
         catalog: Arc<ArcSwap<Catalog>>,
         start: WriterStart,
         metrics: Arc<Metrics>,
+        failure: watch::Sender<Option<String>>,
     ) -> Self {
         Self {
             store,
@@ -75,6 +89,8 @@ impl Committer {
             last_prune: None,
             purge_after: start.purge_after,
             purge_pending_since: None,
+            failed: None,
+            failure,
         }
     }
 
@@ -93,6 +109,10 @@ impl Committer {
             }
             let mut changes = Vec::with_capacity(queue.len());
             for cmd in queue.drain(..) {
+                if let Some(cause) = &self.failed {
+                    refuse(cmd, cause, &mut closers, &mut rx);
+                    continue;
+                }
                 match cmd {
                     Command::Change(c, reply) => changes.push((c, reply)),
                     Command::Catalog(spec, reply) => {
@@ -113,17 +133,31 @@ impl Committer {
                 }
             }
             self.commit_changes(changes);
-            self.prune_if_due();
-            self.purge_if_due();
+            if self.failed.is_none() {
+                self.prune_if_due();
+                self.purge_if_due();
+            }
         }
         // Nothing erased may stay in the files because the server stopped.
-        if self.purge_pending_since.is_some() {
+        if self.purge_pending_since.is_some() && self.failed.is_none() {
             self.purge();
         }
         tracing::info!("writer stopped: queue drained");
         for done in closers {
             let _ = done.send(());
         }
+    }
+
+    /// Stops all writing after a store error (see the module docs).
+    fn fail_stop(&mut self, error: &StoreError, during: &str) {
+        if self.failed.is_some() {
+            return;
+        }
+        tracing::error!(error = %error, during, "store failed: writes stop now, the server goes down (fail-stop)");
+        self.metrics.store_failed();
+        let cause = format!("{during}: {error}");
+        self.failed = Some(cause.clone());
+        let _ = self.failure.send(Some(cause));
     }
 
     /// The receipt time the next recorded change gets: wall-clock time,
@@ -144,15 +178,28 @@ impl Committer {
         let first_sequence = self.next_sequence;
         let mut batch = GroupBatch::default();
         for (change, reply) in changes {
+            if let Some(cause) = &self.failed {
+                let _ = reply.send(Err(Error::Stopped(cause.clone())));
+                continue;
+            }
             match self.rule_into(&catalog, change, &mut batch) {
                 Ok(Ruled::Recorded) => batch.answer_after_commit(reply),
                 Ok(Ruled::Answered(outcome)) => {
                     let _ = reply.send(Ok(outcome));
                 }
+                Err(Error::Storage(e)) => {
+                    self.fail_stop(&e, "reading while ruling a change");
+                    let _ = reply.send(Err(Error::Stopped(e.to_string())));
+                }
                 Err(e) => {
                     let _ = reply.send(Err(e));
                 }
             }
+        }
+        if let Some(cause) = &self.failed {
+            // Nothing of this batch went to the store.
+            batch.refuse(cause);
+            return;
         }
         if batch.is_empty() {
             return;
@@ -165,9 +212,11 @@ impl Committer {
                 self.metrics.commit(n, started.elapsed());
             }
             Err(e) => {
-                tracing::error!(error = %e, changes = n, "commit failed; nothing of this batch was acknowledged");
+                tracing::error!(error = %e, changes = n, "commit failed; this batch is answered \"outcome unknown\"");
                 self.metrics.commit_failed();
                 self.next_sequence = first_sequence;
+                // Reported before anyone is answered.
+                self.fail_stop(&e, "committing a batch");
                 batch.fail(&e);
             }
         }
@@ -263,7 +312,7 @@ impl Committer {
         {
             Ok(0) => {}
             Ok(n) => tracing::info!(keys = n, "idempotency keys past retention forgotten"),
-            Err(e) => tracing::warn!(error = %e, "pruning idempotency keys failed; will retry"),
+            Err(e) => self.fail_stop(&e, "pruning idempotency keys"),
         }
     }
 
@@ -290,8 +339,7 @@ impl Committer {
                     "erased contacts purged from the data files"
                 );
             }
-            // Kept pending: the next tick tries again.
-            Err(e) => tracing::error!(error = %e, "purging erased contacts failed; will retry"),
+            Err(e) => self.fail_stop(&e, "purging erased contacts"),
         }
     }
 
@@ -302,7 +350,10 @@ impl Committer {
             erased_at,
             reason,
         };
-        self.store.erase(contact.as_str(), &tombstone)?;
+        if let Err(e) = self.store.erase(contact.as_str(), &tombstone) {
+            self.fail_stop(&e, "erasing a contact");
+            return Err(Error::OutcomeUnknown(e.to_string()));
+        }
         self.last_recorded = erased_at;
         for s in self.index.remove(contact.as_str()).unwrap_or_default() {
             if let Some(n) = self.usage.get_mut(s.consent as usize) {
@@ -334,7 +385,10 @@ impl Committer {
             next_sequence: self.next_sequence,
             ..Default::default()
         };
-        self.store.commit(&batch)?;
+        if let Err(e) = self.store.commit(&batch) {
+            self.fail_stop(&e, "applying a catalog");
+            return Err(Error::OutcomeUnknown(e.to_string()));
+        }
         self.last_recorded = in_force_from;
         let next = Arc::new(next);
         self.catalog.store(next.clone());
@@ -346,6 +400,32 @@ impl Committer {
             "catalog applied"
         );
         Ok(next)
+    }
+}
+
+/// Answers a command after a store failure: nothing is recorded any more.
+fn refuse(
+    cmd: Command,
+    cause: &str,
+    closers: &mut Vec<oneshot::Sender<()>>,
+    rx: &mut mpsc::Receiver<Command>,
+) {
+    let stopped = || Error::Stopped(cause.to_owned());
+    match cmd {
+        Command::Change(_, reply) => {
+            let _ = reply.send(Err(stopped()));
+        }
+        Command::Catalog(_, reply) => {
+            let _ = reply.send(Err(stopped()));
+        }
+        Command::Erase(_, _, reply) => {
+            let _ = reply.send(Err(stopped()));
+        }
+        Command::Close(done) => {
+            rx.close();
+            closers.push(done);
+        }
+        Command::Tick => {}
     }
 }
 
@@ -413,7 +493,13 @@ mod tests {
         }
     }
 
-    fn setup() -> (Committer, Arc<Flaky>, Arc<Index>) {
+    fn setup() -> (
+        Committer,
+        Arc<Flaky>,
+        Arc<Index>,
+        watch::Receiver<Option<String>>,
+    ) {
+        let (failure, failed) = watch::channel(None);
         let store = Arc::new(Flaky {
             inner: MemoryStore::new().unwrap(),
             fail: AtomicBool::new(false),
@@ -443,8 +529,9 @@ mod tests {
                 purge_after: Duration::ZERO,
             },
             Arc::new(Metrics::default()),
+            failure,
         );
-        (committer, store, index)
+        (committer, store, index, failed)
     }
 
     fn change(action: Action, seconds: i64, key: Option<&str>) -> Change {
@@ -483,7 +570,7 @@ mod tests {
 
     #[test]
     fn two_changes_to_one_contact_in_one_batch() {
-        let (mut c, store, index) = setup();
+        let (mut c, store, index, _) = setup();
         let answers = group(
             &mut c,
             vec![
@@ -518,7 +605,7 @@ mod tests {
 
     #[test]
     fn a_key_repeated_within_a_batch() {
-        let (mut c, store, _) = setup();
+        let (mut c, store, _, _) = setup();
         let mut other = change(Action::Grant, 10, Some("k1"));
         other.evidence.insert("form".into(), "another".into());
         let answers = group(
@@ -543,8 +630,8 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_commit_changes_nothing() {
-        let (mut c, store, index) = setup();
+    fn a_failed_commit_stops_all_writing() {
+        let (mut c, store, index, failed) = setup();
         store.fail.store(true, Ordering::Relaxed);
         let answers = group(
             &mut c,
@@ -555,24 +642,25 @@ mod tests {
         );
         for a in &answers {
             assert!(
-                matches!(a, Err(Error::CommitFailed(m)) if m.contains("disk full")),
+                matches!(a, Err(Error::OutcomeUnknown(m)) if m.contains("disk full")),
                 "{a:?}"
             );
         }
         assert_eq!(held(&index), None, "the index never saw it");
         assert_eq!(c.usage, vec![0], "nor the deletion guard");
         assert!(store.history("anna").unwrap().is_empty());
-        assert_eq!(store.idempotency("k1").unwrap(), None);
+        let cause = failed.borrow().clone().expect("the failure is reported");
+        assert!(cause.contains("disk full"), "{cause}");
 
+        // Fail-stop: even once the disk works again, nothing more is written.
         store.fail.store(false, Ordering::Relaxed);
-        let answers = group(&mut c, vec![change(Action::Grant, 10, Some("k1"))]);
-        let retried = answers[0].as_ref().unwrap();
-        assert_eq!(
-            (retried.applied, retried.sequence),
-            (true, 1),
-            "no sequence was burned"
+        let answers = group(&mut c, vec![change(Action::Grant, 30, None)]);
+        assert!(
+            matches!(&answers[0], Err(Error::Stopped(_))),
+            "{:?}",
+            answers[0]
         );
-        assert!(held(&index).is_some());
-        assert_eq!(c.usage, vec![1]);
+        assert!(store.history("anna").unwrap().is_empty());
+        assert_eq!(held(&index), None);
     }
 }

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use arc_swap::ArcSwap;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::domain::{Catalog, CatalogSpec, Change, ChangeOutcome, ContactId, Erasures, UnixNanos};
 use crate::error::Error;
@@ -67,11 +67,18 @@ pub(crate) struct WriterStart {
     pub(crate) purge_after: std::time::Duration,
 }
 
+/// A queued command whose reply never came: the writer died with it.
+fn unanswered() -> Error {
+    Error::OutcomeUnknown("the writer stopped before answering".into())
+}
+
 /// A cheap, cloneable handle to the writer thread.
 #[derive(Clone)]
 pub(crate) struct Writer {
     tx: mpsc::Sender<Command>,
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+    /// `Some(cause)` once the store failed or the thread panicked.
+    failure: watch::Receiver<Option<String>>,
 }
 
 impl Writer {
@@ -85,10 +92,23 @@ impl Writer {
         metrics: Arc<Metrics>,
     ) -> Writer {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let mut committer = Committer::new(store, index, catalog, start, metrics);
+        let (failure_tx, failure) = watch::channel(None);
+        let on_panic = failure_tx.clone();
+        let mut committer = Committer::new(store, index, catalog, start, metrics, failure_tx);
         let thread = std::thread::Builder::new()
             .name("consentd-writer".into())
-            .spawn(move || committer.run(rx))
+            .spawn(move || {
+                let run = std::panic::AssertUnwindSafe(|| committer.run(rx));
+                if let Err(panic) = std::panic::catch_unwind(run) {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    tracing::error!(panic = %what, "the writer panicked: writes stop, the server goes down");
+                    let _ = on_panic.send(Some(format!("the writer panicked: {what}")));
+                }
+            })
             .expect("spawning the writer thread at start-up");
         // The ticker holds only a weak handle: it ends with the writer.
         let weak = tx.downgrade();
@@ -107,6 +127,23 @@ impl Writer {
         Writer {
             tx,
             thread: Arc::new(Mutex::new(Some(thread))),
+            failure,
+        }
+    }
+
+    /// Resolves with the cause once writing has stopped for good (a store
+    /// failure, a panic); never while the writer is healthy.
+    pub(crate) async fn failed(&self) -> String {
+        let mut rx = self.failure.clone();
+        let cause = rx
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|c| c.clone());
+        match cause {
+            Some(cause) => cause,
+            // The writer ended cleanly (closed): it will never fail now.
+            None => std::future::pending().await,
         }
     }
 
@@ -134,13 +171,13 @@ impl Writer {
         reason: String,
     ) -> Result<UnixNanos, Error> {
         let rx = self.send(|tx| Command::Erase(contact, reason, tx)).await?;
-        rx.await.map_err(|_| Error::Closed)?
+        rx.await.map_err(|_| unanswered())?
     }
 
     /// Validates and installs a new catalog, durably, or changes nothing.
     pub(crate) async fn apply_catalog(&self, spec: CatalogSpec) -> Result<Arc<Catalog>, Error> {
         let rx = self.send(|tx| Command::Catalog(spec, tx)).await?;
-        rx.await.map_err(|_| Error::Closed)?
+        rx.await.map_err(|_| unanswered())?
     }
 
     /// Stops taking commands, commits everything already queued, and joins

@@ -40,9 +40,21 @@ impl TestServer {
 
     /// A server with a configuration of the test's own.
     pub(crate) async fn start_with(config: Config) -> TestServer {
-        let data_dir = config.data_dir.clone();
-        let data_dir = data_dir.as_path();
         let bound = Server::bind(&config).await.unwrap();
+        Self::serve(config, bound)
+    }
+
+    /// A server over a store the test opened (e.g. on a faulty backend).
+    pub(crate) async fn start_with_store(
+        config: Config,
+        store: std::sync::Arc<dyn consentd::store::Store>,
+    ) -> TestServer {
+        let bound = Server::bind_with_store(&config, store).await.unwrap();
+        Self::serve(config, bound)
+    }
+
+    fn serve(config: Config, bound: Server) -> TestServer {
+        let data_dir = config.data_dir.as_path();
         let (grpc_addr, http_addr) = (bound.grpc_addr, bound.http_addr);
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(bound.serve(async {
@@ -83,6 +95,19 @@ impl TestServer {
         let _ = self.stop.take().unwrap().send(());
         self.task.await.unwrap().unwrap();
         self._dir.take()
+    }
+
+    /// Waits for the server to end on its own (fail-stop) or, failing that,
+    /// stops it; what `serve` returned.
+    pub(crate) async fn finish(mut self) -> anyhow::Result<()> {
+        let mut task = self.task;
+        match tokio::time::timeout(std::time::Duration::from_secs(10), &mut task).await {
+            Ok(result) => result.unwrap(),
+            Err(_) => {
+                let _ = self.stop.take().unwrap().send(());
+                task.await.unwrap()
+            }
+        }
     }
 }
 

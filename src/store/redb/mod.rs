@@ -100,7 +100,9 @@ fn read_contact(
 pub struct RedbStore {
     /// The database in use; replaced whole by a post-erasure rewrite.
     db: ArcSwap<Database>,
-    path: PathBuf,
+    /// The file, when the store owns one (a caller's backend has none, and
+    /// is not rewritten after erasures).
+    path: Option<PathBuf>,
 }
 
 impl RedbStore {
@@ -118,6 +120,19 @@ impl RedbStore {
             let _ = std::fs::remove_file(path.with_extension("rewrite"));
             db
         };
+        Self::init(db, Some(path))
+    }
+
+    /// Opens (creating if empty) a store over any redb storage backend: an
+    /// in-memory one, or one that injects faults (the fail-stop and
+    /// power-loss tests). Erasures are not rewritten out of such a backend.
+    pub fn open_with_backend(backend: impl redb::StorageBackend) -> Result<Self, StoreError> {
+        let db = redb::Builder::new().create_with_backend(backend)?;
+        Self::init(db, None)
+    }
+
+    /// Checks the schema version and creates what a new file lacks.
+    fn init(db: Database, path: Option<PathBuf>) -> Result<Self, StoreError> {
         let txn = db.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
@@ -300,10 +315,13 @@ impl Store for RedbStore {
 
     fn purge_erased(&self) -> Result<bool, StoreError> {
         let old = self.db.load_full();
+        let Some(path) = &self.path else {
+            return Ok(false);
+        };
         if !Self::rewrite_pending(&old)? {
             return Ok(false);
         }
-        let new = rewrite::rewrite(&old, &self.path)?;
+        let new = rewrite::rewrite(&old, path)?;
         self.db.store(Arc::new(new));
         Ok(true)
     }

@@ -22,10 +22,10 @@ pub enum Error {
     #[error("consent {0:?} is retired and accepts no new grants")]
     RetiredConsent(String),
     /// The idempotency key was first used for a different change.
-    #[error("idempotency_key {0:?} was already used for a different change")]
+    #[error("idempotency_key {} was already used for a different change", crate::domain::ids::quote(.0))]
     KeyReused(String),
     /// A catalog would delete consents that contacts hold state for.
-    #[error("consents {0:?} are held by contacts and cannot be deleted: retire them instead")]
+    #[error("consents {} are held by contacts and cannot be deleted: retire them instead", few(.0))]
     ConsentInUse(Vec<String>),
     /// No consent of the purpose covers the channel and brand, so no link
     /// can withdraw anything.
@@ -54,4 +54,16 @@ pub enum Error {
     /// The writer thread panicked.
     #[error("the writer thread panicked")]
     WriterPanicked,
+}
+
+/// The first few of a list of ids, and how many there are in all: an error
+/// message stays short whatever the request deleted.
+fn few(ids: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let shown: Vec<&str> = ids.iter().take(SHOWN).map(String::as_str).collect();
+    if ids.len() > SHOWN {
+        format!("{shown:?} and {} more", ids.len() - SHOWN)
+    } else {
+        format!("{shown:?}")
+    }
 }

@@ -190,3 +190,39 @@ async fn bad_changes_name_the_field_and_write_nothing() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn errors_quote_at_most_128_bytes_of_a_100_kib_value() {
+    let server = TestServer::start().await;
+    let mut elig = server.eligibility().await;
+    let mut cons = server.consents().await;
+    let huge = "x".repeat(100 * 1024);
+    let mut statuses = Vec::new();
+    let mut c = check("anna", "email", "acme");
+    c.brand = huge.clone();
+    statuses.push(elig.can_send(c).await.unwrap_err());
+    let mut c = check("anna", "email", "acme");
+    c.purpose = huge.clone();
+    statuses.push(elig.can_send(c).await.unwrap_err());
+    statuses.push(cons.grant(change("anna", &huge, None)).await.unwrap_err());
+    statuses.push(
+        cons.grant(change(&huge, "marketing", None))
+            .await
+            .unwrap_err(),
+    );
+    let mut k = change("anna", "marketing", None);
+    k.idempotency_key = huge.clone();
+    statuses.push(cons.grant(k).await.unwrap_err());
+    for s in statuses {
+        assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
+        assert!(
+            s.message().len() < 300,
+            "{} bytes: {}…",
+            s.message().len(),
+            &s.message()[..200]
+        );
+        assert!(s.details().len() < 600, "rich details are cut too");
+    }
+    assert!(history(&server, "anna").await.is_empty(), "nothing changed");
+    server.stop().await;
+}

@@ -25,6 +25,23 @@ impl FieldError {
     }
 }
 
+/// Most bytes of an offending value an error message quotes (DESIGN.md
+/// rule 7): a 100 KiB id must not come back in every error.
+pub const MAX_QUOTE_LEN: usize = 128;
+
+/// `value` quoted for an error message, cut to [`MAX_QUOTE_LEN`] bytes (at a
+/// character boundary, marked with `…`).
+pub fn quote(value: &str) -> String {
+    if value.len() <= MAX_QUOTE_LEN {
+        return format!("{value:?}");
+    }
+    let mut end = MAX_QUOTE_LEN;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}… ({} bytes)", &value[..end], value.len())
+}
+
 /// Longest contact id, in bytes (DESIGN.md §1).
 pub const MAX_CONTACT_LEN: usize = 256;
 /// Longest catalog id (channel, brand, consent), in bytes.
@@ -94,7 +111,10 @@ pub fn check_id(field: &str, raw: &str) -> Result<(), FieldError> {
     if !ok_first || !ok_rest || bytes.len() > MAX_ID_LEN {
         return Err(FieldError::new(
             field,
-            format!("{raw:?} is not a valid id ([a-z0-9][a-z0-9_.-]{{0,63}})"),
+            format!(
+                "{} is not a valid id ([a-z0-9][a-z0-9_.-]{{0,63}})",
+                quote(raw)
+            ),
         ));
     }
     Ok(())
@@ -126,6 +146,17 @@ impl fmt::Display for ConsentId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quotes_are_cut_to_128_bytes() {
+        assert_eq!(quote("acme"), "\"acme\"");
+        let long = "ż".repeat(100_000);
+        let q = quote(&long);
+        assert!(q.len() < MAX_QUOTE_LEN + 40, "{}", q.len());
+        assert!(q.ends_with("… (200000 bytes)"), "{q}");
+        let err = check_id("brand", &"x".repeat(100 * 1024)).unwrap_err();
+        assert!(err.to_string().len() < 300, "{err}");
+    }
 
     #[test]
     fn catalog_ids() {

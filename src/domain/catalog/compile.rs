@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::domain::event::UnixNanos;
-use crate::domain::ids::{ConsentId, FieldError, check_id};
+use crate::domain::ids::{ConsentId, FieldError, check_id, quote};
 use crate::domain::wording::Wording;
 
 /// What a successful compile gives.
@@ -97,7 +97,7 @@ impl Catalog {
             if position.insert(&c.id, i).is_some() {
                 return Err(FieldError::new(
                     field("id"),
-                    format!("{:?} is declared twice", c.id),
+                    format!("{} is declared twice", quote(&c.id)),
                 ));
             }
             check_text(&field("title"), &c.title, MAX_TITLE_LEN)?;
@@ -110,7 +110,7 @@ impl Catalog {
                 Some(p) => Some(*position.get(p).ok_or_else(|| {
                     FieldError::new(
                         format!("consents[{i}].parent"),
-                        format!("unknown consent {p:?}"),
+                        format!("unknown consent {}", quote(p)),
                     )
                 })?),
             });
@@ -127,7 +127,7 @@ impl Catalog {
                 if steps > n {
                     return Err(FieldError::new(
                         format!("consents[{i}].parent"),
-                        format!("{:?} is part of a parent cycle", spec.consents[i].id),
+                        format!("{} is part of a parent cycle", quote(&spec.consents[i].id)),
                     ));
                 }
                 at = p;
@@ -170,7 +170,7 @@ impl Catalog {
             Some(p) => Some(*purposes.get(p).ok_or_else(|| {
                 FieldError::new(
                     "default_purpose",
-                    format!("{p:?} is not a root consent of this catalog"),
+                    format!("{} is not a root consent of this catalog", quote(p)),
                 )
             })?),
         }
@@ -350,7 +350,7 @@ fn declare(field: &str, ids: &[String], max: usize) -> Result<HashMap<String, u3
         if map.insert(id.clone(), i as u32).is_some() {
             return Err(FieldError::new(
                 format!("{field}[{i}]"),
-                format!("{id:?} is declared twice"),
+                format!("{} is declared twice", quote(id)),
             ));
         }
     }
@@ -378,14 +378,17 @@ fn scope(
     let mut own = Vec::with_capacity(listed.len());
     for id in listed {
         let &i = declared.get(id).ok_or_else(|| {
-            FieldError::new(field, format!("{id:?} is not declared in the catalog"))
+            FieldError::new(
+                field,
+                format!("{} is not declared in the catalog", quote(id)),
+            )
         })?;
         if let Some(p) = parent
             && p.binary_search(&i).is_err()
         {
             return Err(FieldError::new(
                 field,
-                format!("{id:?} is outside the parent's scope"),
+                format!("{} is outside the parent's scope", quote(id)),
             ));
         }
         own.push(i);

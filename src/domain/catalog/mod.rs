@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::ids::{ConsentId, FieldError};
+use super::ids::{ConsentId, FieldError, quote};
 use super::wording::Wording;
 
 /// Lookup maps on the hot path hash short ids: foldhash, not SipHash.
@@ -215,7 +215,7 @@ impl Catalog {
         if self.by_id.contains_key(purpose) {
             return Err(FieldError::new(
                 "purpose",
-                format!("{purpose:?} is not a purpose (a root consent)"),
+                format!("{} is not a purpose (a root consent)", quote(purpose)),
             ));
         }
         Err(unknown("purpose", purpose))
@@ -231,7 +231,7 @@ impl Catalog {
 }
 
 fn unknown(field: &str, value: &str) -> FieldError {
-    FieldError::new(field, format!("unknown {field} {value:?}"))
+    FieldError::new(field, format!("unknown {field} {}", quote(value)))
 }
 
 #[cfg(test)]

@@ -18,9 +18,20 @@ pub struct Config {
     #[arg(long, env = "CONSENTD_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,
 
-    /// HTTP listen address (unsubscribe pages, /metrics, /healthz).
+    /// Public HTTP listen address: the pages people open from their mail
+    /// (`/u/...`), nothing else.
     #[arg(long, env = "CONSENTD_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
+
+    /// Admin HTTP listen address: `/healthz` and `/metrics`.
+    #[arg(long, env = "CONSENTD_ADMIN_ADDR", default_value = "127.0.0.1:9464")]
+    pub admin_addr: SocketAddr,
+
+    /// Connections the public HTTP listener keeps open at once; more are
+    /// closed on accept.
+    #[arg(long, env = "CONSENTD_HTTP_MAX_CONNECTIONS", default_value_t = 8192,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub http_max_connections: u64,
 
     /// Directory of the durable store; created if missing.
     #[arg(long, env = "CONSENTD_DATA_DIR", default_value = "./data")]
@@ -84,6 +95,8 @@ impl Config {
         Self {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http_max_connections: 8192,
             data_dir: data_dir.into(),
             catalog: None,
             default_purpose: None,

@@ -43,9 +43,13 @@ pub struct Server {
     pub grpc_addr: SocketAddr,
     /// Where HTTP listens.
     pub http_addr: SocketAddr,
+    /// Where the admin HTTP listener (health, metrics) listens.
+    pub admin_addr: SocketAddr,
     authority: Authority,
     grpc: TcpListener,
     http: TcpListener,
+    admin: TcpListener,
+    http_limits: crate::http::Limits,
 }
 
 /// Reads a TOML catalog file (the same shape as `CatalogSpec`).
@@ -105,6 +109,9 @@ impl Server {
         let http = TcpListener::bind(config.http_addr)
             .await
             .with_context(|| format!("binding HTTP on {}", config.http_addr))?;
+        let admin = TcpListener::bind(config.admin_addr)
+            .await
+            .with_context(|| format!("binding the admin listener on {}", config.admin_addr))?;
         let http_addr = http.local_addr()?;
         let public_url = config
             .public_url
@@ -155,14 +162,21 @@ impl Server {
         {
             tracing::warn!(default_purpose = %p, "--default-purpose is not a root consent of the catalog in force; it is ignored until it is");
         }
+        warn_about_exposure(config, &auth, tls.is_some(), &public_url);
         Ok(Server {
             auth,
             tls,
             grpc_addr: grpc.local_addr()?,
             http_addr,
+            admin_addr: admin.local_addr()?,
             authority,
             grpc,
             http,
+            admin,
+            http_limits: crate::http::Limits {
+                max_connections: public_connection_cap(config.http_max_connections),
+                ..Default::default()
+            },
         })
     }
 
@@ -173,9 +187,12 @@ impl Server {
             tls,
             grpc_addr,
             http_addr,
+            admin_addr,
             authority,
             grpc,
             http,
+            admin,
+            http_limits,
         } = self;
         let (health, health_service) = tonic_health::server::health_reporter();
         health
@@ -237,15 +254,23 @@ impl Server {
             );
         let grpc_task = tokio::spawn(grpc_server);
 
-        let app = crate::http::router(authority.clone(), serving_rx);
-        let http_task = tokio::spawn(
-            axum::serve(
-                http,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(stopped(stop_rx.clone()))
-            .into_future(),
-        );
+        let public = crate::http::public_router(authority.clone(), serving_rx.clone());
+        let http_task = tokio::spawn(crate::http::serve(
+            http,
+            public,
+            http_limits,
+            stopped(stop_rx.clone()),
+        ));
+        let admin_app = crate::http::admin_router(authority.clone(), serving_rx);
+        let admin_task = tokio::spawn(crate::http::serve(
+            admin,
+            admin_app,
+            crate::http::Limits {
+                max_connections: 64,
+                ..Default::default()
+            },
+            stopped(stop_rx.clone()),
+        ));
 
         health.set_service_status("", ServingStatus::Serving).await;
         for name in [
@@ -258,7 +283,7 @@ impl Server {
                 .await;
         }
         let _ = serving_tx.send(true);
-        tracing::info!(%grpc_addr, %http_addr, "consentd serving");
+        tracing::info!(%grpc_addr, %http_addr, %admin_addr, "consentd serving");
 
         // Stop on the signal, or at once when the store fails (fail-stop).
         let failure = tokio::select! {
@@ -290,6 +315,7 @@ impl Server {
             let drain = async {
                 let _ = grpc_task.await;
                 let _ = http_task.await;
+                let _ = admin_task.await;
                 let _ = authority.close().await;
             };
             let _ = tokio::time::timeout(FAIL_STOP_GRACE, drain).await;
@@ -297,6 +323,7 @@ impl Server {
         }
         grpc_task.await?.context("gRPC server")?;
         http_task.await?.context("HTTP server")?;
+        admin_task.await?.context("admin HTTP server")?;
         // No call is in flight any more: the writer finishes what is queued
         // and stops; the store closes when the last handle goes.
         authority.close().await.context("closing the writer")?;
@@ -333,4 +360,46 @@ pub async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// Warns where the configuration exposes people or secrets: links that are
+/// not https (RFC 8058 senders require it), bearer tokens in plaintext on a
+/// non-loopback address, metrics on a public one.
+fn warn_about_exposure(config: &Config, auth: &Auth, tls: bool, public_url: &str) {
+    if !public_url.starts_with("https://") {
+        tracing::warn!(
+            public_url,
+            "unsubscribe links are not https: RFC 8058 senders require https (set --public-url)"
+        );
+    }
+    if auth.enabled() && !tls && !config.grpc_addr.ip().is_loopback() {
+        tracing::warn!(
+            grpc_addr = %config.grpc_addr,
+            "bearer tokens travel in plaintext: serve gRPC with --tls-cert/--tls-key or behind a TLS proxy"
+        );
+    }
+    if !config.admin_addr.ip().is_loopback() {
+        tracing::warn!(admin_addr = %config.admin_addr, "health and metrics are served on a non-loopback address");
+    }
+}
+
+/// Descriptors kept for everything but the public HTTP listener: gRPC
+/// connections, the admin listener, the store, logs.
+const RESERVED_FDS: u64 = 1024;
+
+/// The public listener's connection cap: as configured, but within the
+/// process's descriptor limit (raised to its hard limit first), so that
+/// half-open sockets on the public port never starve gRPC of descriptors.
+fn public_connection_cap(configured: u64) -> usize {
+    let fds = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
+    let cap = configured.min(fds.saturating_sub(RESERVED_FDS).max(64));
+    if cap < configured {
+        tracing::warn!(
+            configured,
+            cap,
+            fd_limit = fds,
+            "--http-max-connections lowered to fit the open-file limit"
+        );
+    }
+    cap as usize
 }

@@ -208,9 +208,9 @@ async fn health_and_reflection_list_every_service() {
         );
     }
 
-    let body = reqwest_get(server.http_addr, "/healthz").await;
+    let body = reqwest_get(server.admin_addr, "/healthz").await;
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
-    let metrics = reqwest_get(server.http_addr, "/metrics").await;
+    let metrics = reqwest_get(server.admin_addr, "/metrics").await;
     assert!(metrics.contains("consentd_decisions_total"), "{metrics}");
     server.stop().await;
 }

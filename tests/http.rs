@@ -126,7 +126,7 @@ async fn get_changes_nothing_one_click_post_withdraws_exactly_the_most_specific(
         can_send(&mut elig, "anna", "sms", "zenith").await,
         (false, Reason::Withdrawn, "marketing".into())
     );
-    let (_, _, metrics) = http(server.http_addr, "GET", "/metrics", &[], "").await;
+    let (_, _, metrics) = http(server.admin_addr, "GET", "/metrics", &[], "").await;
     assert!(
         metrics.contains("consentd_unsubscribes_total 3"),
         "{metrics}"
@@ -173,14 +173,30 @@ async fn forged_and_altered_tokens_all_get_one_identical_404() {
             .collect();
         responses.insert((head.join("\n"), body));
     }
-    for junk in ["x", "", "AAAA", "%00", &format!("{token}AA")] {
-        let (status, head, body) =
-            http(server.http_addr, "POST", &format!("/u/{junk}"), &[], "").await;
-        if junk.is_empty() {
-            assert_eq!(status, 404);
-            continue;
-        }
-        assert_eq!(status, 404, "{junk}");
+    let junk_paths = [
+        "/u/x".to_string(),
+        "/u/".into(),
+        "/u/AAAA".into(),
+        "/u/%00".into(),
+        "/u/%ff%fe".into(),
+        format!("/u/{token}AA"),
+        format!("/u/{token}/extra"),
+        format!("//u/{token}"),
+        format!("/u/{token}.html"),
+        "/".into(),
+        "/metrics".into(),
+        "/healthz".into(),
+        "/favicon.ico".into(),
+        "/u".into(),
+    ];
+    for (path, method) in junk_paths
+        .iter()
+        .map(|p| (p.clone(), "POST"))
+        .chain(junk_paths.iter().map(|p| (p.clone(), "GET")))
+        .chain([(path.clone(), "PUT"), (path.clone(), "DELETE")])
+    {
+        let (status, head, body) = http(server.http_addr, method, &path, &[], "").await;
+        assert_eq!(status, 404, "{method} {path}");
         let head: Vec<&str> = head
             .lines()
             .filter(|l| !l.to_ascii_lowercase().starts_with("date:"))
@@ -464,5 +480,91 @@ async fn a_link_reveals_neither_the_contact_nor_the_consent() {
             "{needle} readable in the token"
         );
     }
+    server.stop().await;
+}
+
+/// Opens `n` connections that send half a request and never finish it.
+async fn half_open(addr: std::net::SocketAddr, n: usize) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+            break;
+        };
+        let _ = s
+            .write_all(b"GET /u/abc HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await;
+        held.push(s);
+    }
+    held
+}
+
+#[tokio::test]
+async fn half_open_sockets_do_not_starve_the_page_nor_can_send() {
+    let server = TestServer::start().await;
+    let mut cons = server.consents().await;
+    cons.grant(change("anna", "marketing", Some(now() - 60)))
+        .await
+        .unwrap();
+    let link = issue(&server, "anna", "email", "acme").await;
+    let held = half_open(server.http_addr, 1_000).await;
+    assert!(held.len() >= 500, "opened {}", held.len());
+    // The page and CanSend keep answering while they are held.
+    let path = link_path(&server, &link.url);
+    let (status, _, body) = http(server.http_addr, "GET", &path, &[], "").await;
+    assert_eq!(status, 200, "{body}");
+    let mut elig = server.eligibility().await;
+    assert!(can_send(&mut elig, "anna", "email", "acme").await.0);
+    drop(held);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_are_closed_and_grpc_is_untouched() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = consentd::Config::ephemeral(dir.path());
+    config.catalog = Some(example_catalog_path());
+    config.http_max_connections = 8;
+    let server = TestServer::start_with(config).await;
+    let held = half_open(server.http_addr, 8).await;
+    assert_eq!(held.len(), 8);
+    let mut elig = server.eligibility().await;
+    assert!(!can_send(&mut elig, "anna", "email", "acme").await.0);
+    let mut ninth = tokio::net::TcpStream::connect(server.http_addr)
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), ninth.read(&mut buf))
+        .await
+        .expect("the ninth connection is closed at once, not left hanging");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // gRPC and the admin listener are untouched.
+    assert!(!can_send(&mut elig, "anna", "email", "acme").await.0);
+    let (status, _, _) = http(server.admin_addr, "GET", "/healthz", &[], "").await;
+    assert_eq!(status, 200);
+    drop(held);
+    // Once they go (the server sees them close), the listener serves again.
+    let mut answered = false;
+    for _ in 0..100 {
+        let mut s = tokio::net::TcpStream::connect(server.http_addr)
+            .await
+            .unwrap();
+        use tokio::io::AsyncWriteExt;
+        s.write_all(b"GET /u/abc HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        if out.starts_with(b"HTTP/1.1 404") {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        answered,
+        "the listener serves again once the slots are free"
+    );
     server.stop().await;
 }

@@ -133,3 +133,18 @@ async fn a_start_catalog_that_fails_to_apply_leaves_the_store_closed_and_unchang
     assert!(spec.consents.iter().any(|c| c.id == "marketing"));
     server.stop().await;
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn data_files_and_keys_are_readable_by_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = TestServer::start().await;
+    let mut cons = server.consents().await;
+    cons.grant(change("anna", "marketing", None)).await.unwrap();
+    for entry in std::fs::read_dir(&server.data_dir).unwrap() {
+        let entry = entry.unwrap();
+        let mode = entry.metadata().unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{:?} is {mode:o}", entry.file_name());
+    }
+    server.stop().await;
+}

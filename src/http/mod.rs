@@ -1,15 +1,32 @@
-//! The HTTP side: the unsubscribe pages (`/u/{token}`), `/healthz` and
-//! `/metrics`. It calls the same [`Authority`] as gRPC, never logic of its own.
+//! The HTTP side, on two listeners (DESIGN.md §4):
+//!
+//! - the **public** one (`--http-addr`) faces the internet and serves only
+//!   the pages people open from their mail: `GET|POST /u/{token}`. Every
+//!   other path, method and malformed token gets the one identical 404;
+//! - the **admin** one (`--admin-addr`, loopback by default) serves
+//!   `/healthz` and `/metrics` for the operator.
+//!
+//! Both call the same [`Authority`] as gRPC, never logic of their own, and
+//! are served by `serve.rs`, which bounds connections and their time.
 
+mod serve;
 mod unsubscribe;
 
-use axum::extract::DefaultBodyLimit;
-use axum::{
-    Router, extract::State, http::StatusCode, http::header, response::IntoResponse, routing::get,
-};
+use std::net::SocketAddr;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::{Router, routing::get};
 use tokio::sync::watch;
 
+pub(crate) use serve::{Limits, serve};
+
 use crate::authority::Authority;
+
+/// Largest request body the public pages read (a form post is tiny).
+const MAX_BODY_BYTES: usize = 16 * 1024;
 
 #[derive(Clone)]
 struct AppState {
@@ -18,16 +35,42 @@ struct AppState {
     serving: watch::Receiver<bool>,
 }
 
-pub(crate) fn router(authority: Authority, serving: watch::Receiver<bool>) -> Router {
+/// The public listener: `/u/{token}` and the identical 404 for all else.
+pub(crate) fn public_router(authority: Authority, serving: watch::Receiver<bool>) -> Router {
+    Router::new()
+        .fallback(public)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(AppState { authority, serving })
+}
+
+/// The admin listener: health and metrics.
+pub(crate) fn admin_router(authority: Authority, serving: watch::Receiver<bool>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .route(
-            "/u/{token}",
-            get(unsubscribe::show).post(unsubscribe::confirm),
-        )
-        .layer(DefaultBodyLimit::max(64 * 1024))
         .with_state(AppState { authority, serving })
+}
+
+/// Routes by hand, so that no malformed path, percent-encoding or method
+/// can earn a different answer than the one 404.
+async fn public(
+    State(s): State<AppState>,
+    method: Method,
+    uri: Uri,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let token = uri.path().strip_prefix("/u/").filter(|t| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    });
+    match (token, method) {
+        (Some(token), Method::GET | Method::HEAD) => unsubscribe::show(&s, token, &headers),
+        (Some(token), Method::POST) => unsubscribe::confirm(&s, token, peer, &headers, &body).await,
+        _ => unsubscribe::not_found(),
+    }
 }
 
 async fn healthz(State(s): State<AppState>) -> impl IntoResponse {

@@ -8,8 +8,6 @@
 
 use std::net::SocketAddr;
 
-use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -140,8 +138,9 @@ button{{font-size:1.05rem;padding:.8rem 1rem;margin:.4rem 0;width:100%;cursor:po
     r
 }
 
-/// The one response for every token that is not authentic.
-fn not_found() -> Response {
+/// The one response for every token that is not authentic, and for every
+/// other path and method of the public listener.
+pub(super) fn not_found() -> Response {
     page(
         StatusCode::NOT_FOUND,
         Lang::En,
@@ -150,15 +149,11 @@ fn not_found() -> Response {
     )
 }
 
-pub(super) async fn show(
-    State(s): State<AppState>,
-    Path(token): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    let Some(info) = s.authority.link_page(&token) else {
+pub(super) fn show(s: &AppState, token: &str, headers: &HeaderMap) -> Response {
+    let Some(info) = s.authority.link_page(token) else {
         return not_found();
     };
-    let lang = lang(&headers);
+    let lang = lang(headers);
     let t = text(lang);
     let body = format!(
         "<p>{intro} <strong>{consent}</strong> {from} <strong>{brand}</strong>.</p>\
@@ -178,16 +173,16 @@ pub(super) async fn show(
 }
 
 pub(super) async fn confirm(
-    State(s): State<AppState>,
-    Path(token): Path<String>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
+    s: &AppState,
+    token: &str,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: &[u8],
 ) -> Response {
-    let Some(info) = s.authority.link_page(&token) else {
+    let Some(info) = s.authority.link_page(token) else {
         return not_found();
     };
-    let everything = wants_everything(&headers, &body);
+    let everything = wants_everything(headers, body);
     let mut evidence = Evidence::new();
     evidence.insert("ip".into(), peer.ip().to_string());
     for (name, key) in [
@@ -198,12 +193,12 @@ pub(super) async fn confirm(
             evidence.insert(key.into(), v.chars().take(512).collect());
         }
     }
-    if body.starts_with(b"List-Unsubscribe=One-Click") || is_one_click_multipart(&headers, &body) {
+    if body.starts_with(b"List-Unsubscribe=One-Click") || is_one_click_multipart(headers, body) {
         evidence.insert("method".into(), "rfc8058-one-click".into());
     } else {
         evidence.insert("method".into(), "unsubscribe-page".into());
     }
-    let lang = lang(&headers);
+    let lang = lang(headers);
     let t = text(lang);
     match s
         .authority

@@ -16,6 +16,7 @@ use tonic::transport::Channel;
 pub(crate) struct TestServer {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
     pub data_dir: PathBuf,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -55,7 +56,8 @@ impl TestServer {
 
     fn serve(config: Config, bound: Server) -> TestServer {
         let data_dir = config.data_dir.as_path();
-        let (grpc_addr, http_addr) = (bound.grpc_addr, bound.http_addr);
+        let (grpc_addr, http_addr, admin_addr) =
+            (bound.grpc_addr, bound.http_addr, bound.admin_addr);
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(bound.serve(async {
             let _ = rx.await;
@@ -63,6 +65,7 @@ impl TestServer {
         TestServer {
             grpc_addr,
             http_addr,
+            admin_addr,
             data_dir: data_dir.to_owned(),
             stop: Some(tx),
             task,

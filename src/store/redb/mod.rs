@@ -112,6 +112,7 @@ impl RedbStore {
         std::fs::create_dir_all(data_dir)?;
         let path = data_dir.join(DB_FILE);
         let db = Database::create(&path)?;
+        owner_only(&path)?;
         let pending = Self::rewrite_pending(&db)?;
         let db = if pending {
             rewrite::rewrite(&db, &path)?
@@ -181,6 +182,17 @@ impl RedbStore {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// Makes a data file readable and writable by its owner only (0600): it
+/// holds contact ids and evidence.
+pub(super) fn owner_only(path: &Path) -> Result<(), StoreError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
 }
 
 impl Store for RedbStore {

@@ -21,6 +21,7 @@ pub(super) fn rewrite(old: &Database, path: &Path) -> Result<Database, StoreErro
     let tmp = path.with_extension("rewrite");
     let _ = std::fs::remove_file(&tmp);
     let new = Database::create(&tmp)?;
+    super::owner_only(&tmp)?;
     {
         let src = old.begin_read()?;
         let dst = new.begin_write()?;

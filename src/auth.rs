@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use tonic::{Request, Status};
+use tonic::Status;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -164,24 +164,19 @@ impl Auth {
         !self.tokens.is_empty()
     }
 
-    /// The actor (the token's name) of a call that needs `role`:
-    /// UNAUTHENTICATED without a known bearer token, PERMISSION_DENIED
-    /// without the role; an empty actor when auth is off.
-    pub(crate) fn require<T>(&self, request: &Request<T>, role: Role) -> Result<&str, Status> {
-        self.require_any(request, &[role])
-    }
-
-    /// As [`Auth::require`], for a call any of `roles` may make.
-    pub(crate) fn require_any<T>(
+    /// The actor (the token's name) of a call with these HTTP/2 headers
+    /// that any of `roles` may make: what the admission layer asks before
+    /// a body is read. UNAUTHENTICATED without a known bearer token,
+    /// PERMISSION_DENIED without the role; an empty actor when auth is off.
+    pub(crate) fn admit(
         &self,
-        request: &Request<T>,
+        headers: &tonic::codegen::http::HeaderMap,
         roles: &[Role],
     ) -> Result<&str, Status> {
         if !self.enabled() {
             return Ok("");
         }
-        let presented = request
-            .metadata()
+        let presented = headers
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| {
@@ -213,13 +208,12 @@ mod tests {
     use super::*;
     use tonic::Code;
 
-    fn req(token: Option<&str>) -> Request<()> {
-        let mut r = Request::new(());
+    fn req(token: Option<&str>) -> tonic::codegen::http::HeaderMap {
+        let mut h = tonic::codegen::http::HeaderMap::new();
         if let Some(t) = token {
-            r.metadata_mut()
-                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+            h.insert("authorization", format!("Bearer {t}").parse().unwrap());
         }
-        r
+        h
     }
 
     #[test]
@@ -233,33 +227,33 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            auth.require(&req(Some("dispatch-secret-0001")), Role::Check)
+            auth.admit(&req(Some("dispatch-secret-0001")), &[Role::Check])
                 .unwrap(),
             "token#1"
         );
         assert_eq!(
-            auth.require(&req(Some("dispatch-secret-0001")), Role::Write)
+            auth.admit(&req(Some("dispatch-secret-0001")), &[Role::Write])
                 .unwrap_err()
                 .code(),
             Code::PermissionDenied
         );
         assert_eq!(
-            auth.require(&req(Some("crm-secret-000001")), Role::Admin)
+            auth.admit(&req(Some("crm-secret-000001")), &[Role::Admin])
                 .unwrap(),
             "token#2"
         );
         assert_eq!(
-            auth.require(&req(None), Role::Check).unwrap_err().code(),
+            auth.admit(&req(None), &[Role::Check]).unwrap_err().code(),
             Code::Unauthenticated
         );
         assert_eq!(
-            auth.require(&req(Some("nope-nope-nope-nope")), Role::Check)
+            auth.admit(&req(Some("nope-nope-nope-nope")), &[Role::Check])
                 .unwrap_err()
                 .code(),
             Code::Unauthenticated
         );
         assert_eq!(
-            Auth::default().require(&req(None), Role::Admin).unwrap(),
+            Auth::default().admit(&req(None), &[Role::Admin]).unwrap(),
             "",
             "auth off: every role, no actor"
         );
@@ -285,24 +279,24 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            auth.require(&req(Some("crm-secret-000001")), Role::Write)
+            auth.admit(&req(Some("crm-secret-000001")), &[Role::Write])
                 .unwrap(),
             "crm-sync"
         );
         assert_eq!(
-            auth.require(&req(Some("dpo-secret-0000001")), Role::Audit)
+            auth.admit(&req(Some("dpo-secret-0000001")), &[Role::Audit])
                 .unwrap(),
             "dpo"
         );
         assert_eq!(
-            auth.require(&req(Some("dpo-secret-0000001")), Role::Write)
+            auth.admit(&req(Some("dpo-secret-0000001")), &[Role::Write])
                 .unwrap_err()
                 .code(),
             Code::PermissionDenied,
             "audit is read-only"
         );
         assert_eq!(
-            auth.require(&req(Some("secret=with=equals-001")), Role::Write)
+            auth.admit(&req(Some("secret=with=equals-001")), &[Role::Write])
                 .unwrap(),
             "token#3",
             "an = after the colon belongs to the secret"

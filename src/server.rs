@@ -23,17 +23,26 @@ use crate::auth::Auth;
 use crate::authority::{Authority, Options};
 use crate::config::Config;
 use crate::domain::CatalogSpec;
-use crate::grpc::{CatalogService, ConsentsService, EligibilityService};
+use crate::grpc::{AdmissionLayer, CatalogService, ConsentsService, EligibilityService};
 use crate::links::Links;
 use crate::pb;
 use crate::store::{RedbStore, Store};
 
-/// Largest gRPC message accepted: a full 10,000-check batch fits with room.
-const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Largest Eligibility message: a full 10,000-check batch of the longest
+/// ids (a check is at most ~470 bytes) fits.
+const MAX_CHECKS_MESSAGE_BYTES: usize = 5 * 1024 * 1024;
+/// Largest Consents message (a change, an import row, a read): the longest
+/// ids, a full evidence map (32 × 2 KiB) and a key fit.
+const MAX_CHANGE_MESSAGE_BYTES: usize = 128 * 1024;
+/// Largest catalog on the wire.
+const MAX_CATALOG_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// gRPC calls in flight over all connections; more are refused with
+/// RESOURCE_EXHAUSTED.
+const MAX_CALLS_IN_FLIGHT: usize = 4096;
 /// How long in-flight calls may take to be answered after a fail-stop.
 const FAIL_STOP_GRACE: Duration = Duration::from_secs(5);
 /// Concurrent HTTP/2 streams per gRPC connection.
-const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
+const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 
 /// A server whose listeners are bound and whose index is loaded.
 pub struct Server {
@@ -222,31 +231,31 @@ impl Server {
         }
         let grpc_server = builder
             .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+            .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION as usize)
+            // Over a limit: RESOURCE_EXHAUSTED at once, never an unbounded queue.
+            .load_shed(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+                MAX_CALLS_IN_FLIGHT,
+            ))
+            .layer(AdmissionLayer::new(auth))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(
                 pb::eligibility_server::EligibilityServer::new(EligibilityService::new(
                     authority.clone(),
-                    auth.clone(),
                 ))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+                .max_decoding_message_size(MAX_CHECKS_MESSAGE_BYTES),
             )
             .add_service(
-                pb::consents_server::ConsentsServer::new(ConsentsService::new(
-                    authority.clone(),
-                    auth.clone(),
-                ))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+                pb::consents_server::ConsentsServer::new(ConsentsService::new(authority.clone()))
+                    .max_decoding_message_size(MAX_CHANGE_MESSAGE_BYTES),
             )
             .add_service(
-                pb::catalog_server::CatalogServer::new(CatalogService::new(
-                    authority.clone(),
-                    auth,
-                ))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+                pb::catalog_server::CatalogServer::new(CatalogService::new(authority.clone()))
+                    .max_decoding_message_size(MAX_CATALOG_MESSAGE_BYTES),
             )
             .serve_with_incoming_shutdown(
                 TcpIncoming::from(grpc).with_nodelay(Some(true)),

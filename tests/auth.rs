@@ -336,3 +336,48 @@ async fn history_len(
     .events
     .len()
 }
+
+#[tokio::test]
+async fn tokens_are_checked_before_a_body_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = consentd::Config::ephemeral(dir.path());
+    config.catalog = Some(example_catalog_path());
+    config.tokens = vec![format!("dispatch=check:{CHECK}")];
+    let server = TestServer::start_with(config).await;
+    let mut elig = EligibilityClient::new(server.channel().await);
+    // 12 MiB of checks: over every message limit, so a server that decoded
+    // before checking the token would answer "message too large" instead.
+    let big = || pb::CanSendBatchRequest {
+        checks: (0..25_000)
+            .map(|i| {
+                let mut c = check(&format!("{i:0>480}"), "email", "acme");
+                c.purpose = String::new();
+                c
+            })
+            .collect(),
+    };
+    for token in [None, Some("not-a-known-token-at-all")] {
+        let refused = elig.can_send_batch(with(token, big())).await.unwrap_err();
+        assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    }
+    let too_big = elig
+        .can_send_batch(with(Some(CHECK), big()))
+        .await
+        .unwrap_err();
+    assert_ne!(too_big.code(), Code::Unauthenticated);
+    assert_ne!(too_big.code(), Code::Ok);
+    // Health and reflection stay open.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        status.status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+    server.stop().await;
+}

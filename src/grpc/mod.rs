@@ -2,12 +2,15 @@
 //! the request into domain types (or INVALID_ARGUMENT naming the field),
 //! calls the authority, and converts the answer with small free functions.
 
+mod admission;
 mod convert;
 mod status;
 
+pub(crate) use admission::AdmissionLayer;
+use admission::actor;
+
 use tonic::{Request, Response, Status};
 
-use crate::auth::{Auth, Role};
 use crate::authority::{Answer, Authority};
 use crate::clock::now_nanos;
 use crate::domain::{Action, ContactId, FieldError};
@@ -24,12 +27,11 @@ pub const MAX_BATCH_CHECKS: usize = 10_000;
 /// `consent.v1.Eligibility`: CanSend (role `check`).
 pub(crate) struct EligibilityService {
     authority: Authority,
-    auth: Auth,
 }
 
 impl EligibilityService {
-    pub(crate) fn new(authority: Authority, auth: Auth) -> Self {
-        Self { authority, auth }
+    pub(crate) fn new(authority: Authority) -> Self {
+        Self { authority }
     }
 
     /// The List-Unsubscribe URL, for an allowed answer that asked for it.
@@ -49,7 +51,6 @@ impl pb::eligibility_server::Eligibility for EligibilityService {
         &self,
         request: Request<pb::CanSendRequest>,
     ) -> Result<Response<pb::CanSendResponse>, Status> {
-        self.auth.require(&request, Role::Check)?;
         let r = request.get_ref();
         let answer = self
             .authority
@@ -63,7 +64,6 @@ impl pb::eligibility_server::Eligibility for EligibilityService {
         &self,
         request: Request<pb::CanSendBatchRequest>,
     ) -> Result<Response<pb::CanSendBatchResponse>, Status> {
-        self.auth.require(&request, Role::Check)?;
         let checks = &request.get_ref().checks;
         if checks.len() > MAX_BATCH_CHECKS {
             return Err(invalid(FieldError::new(
@@ -102,12 +102,11 @@ impl pb::eligibility_server::Eligibility for EligibilityService {
 /// `consent.v1.Consents`: grants, withdrawals, imports, reads, erasure, links.
 pub(crate) struct ConsentsService {
     authority: Authority,
-    auth: Auth,
 }
 
 impl ConsentsService {
-    pub(crate) fn new(authority: Authority, auth: Auth) -> Self {
-        Self { authority, auth }
+    pub(crate) fn new(authority: Authority) -> Self {
+        Self { authority }
     }
 
     async fn change(
@@ -115,7 +114,7 @@ impl ConsentsService {
         action: Action,
         request: Request<pb::ConsentChange>,
     ) -> Result<Response<pb::ChangeResult>, Status> {
-        let actor = self.auth.require(&request, Role::Write)?.to_owned();
+        let actor = actor(&request).to_owned();
         let change = convert::change_from(action, request.into_inner(), now_nanos(), &actor)
             .map_err(invalid)?;
         let outcome = self.authority.change(change).await?;
@@ -143,8 +142,6 @@ impl pb::consents_server::Consents for ConsentsService {
         &self,
         request: Request<pb::GetContactRequest>,
     ) -> Result<Response<pb::ContactConsents>, Status> {
-        self.auth
-            .require_any(&request, &[Role::Write, Role::Audit])?;
         let contact =
             ContactId::parse("contact_id", &request.get_ref().contact_id).map_err(invalid)?;
         let states = self.authority.contact_states(contact.clone()).await?;
@@ -158,7 +155,6 @@ impl pb::consents_server::Consents for ConsentsService {
         &self,
         request: Request<pb::IssueUnsubscribeLinkRequest>,
     ) -> Result<Response<pb::UnsubscribeLink>, Status> {
-        self.auth.require(&request, Role::Write)?;
         let r = request.get_ref();
         let (url, consent) =
             self.authority
@@ -173,7 +169,7 @@ impl pb::consents_server::Consents for ConsentsService {
         &self,
         request: Request<tonic::Streaming<pb::ImportRow>>,
     ) -> Result<Response<pb::ImportSummary>, Status> {
-        let actor = self.auth.require(&request, Role::Write)?.to_owned();
+        let actor = actor(&request).to_owned();
         let mut rows = request.into_inner();
         let mut import = self.authority.import();
         while let Some(row) = rows.message().await? {
@@ -188,7 +184,7 @@ impl pb::consents_server::Consents for ConsentsService {
         &self,
         request: Request<pb::EraseContactRequest>,
     ) -> Result<Response<pb::EraseContactResponse>, Status> {
-        let actor = self.auth.require(&request, Role::Admin)?.to_owned();
+        let actor = actor(&request).to_owned();
         let r = request.into_inner();
         let contact = ContactId::parse("contact_id", &r.contact_id).map_err(invalid)?;
         let erased_at = self.authority.erase(contact, r.reason, &actor).await?;
@@ -201,8 +197,6 @@ impl pb::consents_server::Consents for ConsentsService {
         &self,
         request: Request<pb::ExportContactRequest>,
     ) -> Result<Response<pb::ContactExport>, Status> {
-        self.auth
-            .require_any(&request, &[Role::Write, Role::Audit])?;
         let contact =
             ContactId::parse("contact_id", &request.get_ref().contact_id).map_err(invalid)?;
         let export = self.authority.export(contact).await?;
@@ -213,8 +207,6 @@ impl pb::consents_server::Consents for ConsentsService {
         &self,
         request: Request<pb::GetHistoryRequest>,
     ) -> Result<Response<pb::History>, Status> {
-        self.auth
-            .require_any(&request, &[Role::Write, Role::Audit])?;
         let contact =
             ContactId::parse("contact_id", &request.get_ref().contact_id).map_err(invalid)?;
         let events = self.authority.history(contact).await?;
@@ -229,12 +221,11 @@ impl pb::consents_server::Consents for ConsentsService {
 /// `consent.v1.Catalog`: apply and read the catalog.
 pub(crate) struct CatalogService {
     authority: Authority,
-    auth: Auth,
 }
 
 impl CatalogService {
-    pub(crate) fn new(authority: Authority, auth: Auth) -> Self {
-        Self { authority, auth }
+    pub(crate) fn new(authority: Authority) -> Self {
+        Self { authority }
     }
 }
 
@@ -244,7 +235,6 @@ impl pb::catalog_server::Catalog for CatalogService {
         &self,
         request: Request<pb::CatalogSpec>,
     ) -> Result<Response<pb::CatalogSpec>, Status> {
-        self.auth.require(&request, Role::Admin)?;
         let spec = catalog_from(request.into_inner());
         let catalog = self.authority.apply_catalog(spec).await?;
         Ok(Response::new(catalog_to(catalog.spec())))
@@ -252,14 +242,10 @@ impl pb::catalog_server::Catalog for CatalogService {
 
     async fn get_catalog(
         &self,
-        request: Request<pb::GetCatalogRequest>,
+        _request: Request<pb::GetCatalogRequest>,
     ) -> Result<Response<pb::CatalogSpec>, Status> {
         // Reading the catalog is open to every role: dispatchers and tools
         // need its channels, brands and consents.
-        self.auth.require_any(
-            &request,
-            &[Role::Check, Role::Write, Role::Audit, Role::Admin],
-        )?;
         Ok(Response::new(catalog_to(self.authority.catalog().spec())))
     }
 
@@ -267,8 +253,6 @@ impl pb::catalog_server::Catalog for CatalogService {
         &self,
         request: Request<pb::GetWordingsRequest>,
     ) -> Result<Response<pb::Wordings>, Status> {
-        self.auth
-            .require_any(&request, &[Role::Write, Role::Audit, Role::Admin])?;
         let wordings = self
             .authority
             .wordings(&request.get_ref().consent_id)

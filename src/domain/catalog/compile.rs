@@ -4,7 +4,7 @@
 
 use super::{
     Catalog, CatalogSpec, Consent, ConsentIdx, ConsentSpec, HashMap, MAX_BRANDS, MAX_CHANNELS,
-    MAX_CONSENTS, MAX_COVER_CELLS, MAX_TEXT_LEN, MAX_TITLE_LEN,
+    MAX_CONSENTS, MAX_COVER_CELLS, MAX_COVER_ENTRIES, MAX_TEXT_LEN, MAX_TITLE_LEN,
 };
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -186,6 +186,19 @@ impl Catalog {
                 "consents",
                 format!(
                     "purposes x channels x brands = {cells}, at most {MAX_COVER_CELLS} allowed"
+                ),
+            ));
+        }
+        // Bounded before anything is allocated for them.
+        let entries: usize = (0..n)
+            .map(|i| eff_channels[i].len() * eff_brands[i].len())
+            .sum();
+        if entries > MAX_COVER_ENTRIES {
+            return Err(FieldError::new(
+                "consents",
+                format!(
+                    "the covering sets would hold {entries} entries (each consent once per \
+                     channel x brand of its scope), at most {MAX_COVER_ENTRIES} allowed"
                 ),
             ));
         }

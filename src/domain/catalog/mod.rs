@@ -42,6 +42,10 @@ pub const MAX_TITLE_LEN: usize = 512;
 pub const MAX_TEXT_LEN: usize = 64 * 1024;
 /// Upper bound on precomputed (purpose, channel, brand) cells.
 pub const MAX_COVER_CELLS: usize = 4_000_000;
+/// Upper bound on the entries of all covering sets together (each consent
+/// counts once per cell of its scope): 16M entries are 64 MiB, whatever a
+/// 100 KiB catalog asks for.
+pub const MAX_COVER_ENTRIES: usize = 16_000_000;
 
 /// The catalog as declared: by `ApplyCatalog`, the TOML file, or the store.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -339,6 +343,25 @@ mod tests {
             0,
             "the only root"
         );
+    }
+
+    #[test]
+    fn a_small_catalog_cannot_ask_for_huge_covering_sets() {
+        // ~100 KB of ids: 256 channels, 4,000 brands, 2,000 nested consents
+        // that all inherit the whole scope.
+        let mut s = CatalogSpec {
+            channels: (0..256).map(|i| format!("c{i}")).collect(),
+            brands: (0..4_000).map(|i| format!("b{i}")).collect(),
+            ..Default::default()
+        };
+        s.consents.push(consent("root", None, &[], &[]));
+        for i in 1..2_000 {
+            s.consents.push(consent(&format!("n{i}"), Some("root"), &[], &[]));
+        }
+        // Refused by counting, before the ~8 GB the sets would take.
+        let err = Catalog::empty(None).compile(s, 0).unwrap_err();
+        assert_eq!(err.field, "consents");
+        assert!(err.problem.contains("covering sets"), "{err}");
     }
 
     #[test]

@@ -48,6 +48,14 @@ pub enum Error {
     /// rule 6) and the server is going down. Nothing was recorded.
     #[error("writes are stopped after a storage failure ({0}); nothing was recorded")]
     Stopped(String),
+    /// Too much is waiting already (the writer queue, the imports running):
+    /// refused at once, nothing recorded; retry later.
+    #[error("overloaded: {0}; nothing was recorded")]
+    Overloaded(String),
+    /// The caller's deadline passed before the change could be recorded:
+    /// it was not applied.
+    #[error("the deadline passed before the change was recorded; it was not applied")]
+    DeadlineExceeded,
     /// The writer has stopped (shutdown): nothing was recorded.
     #[error("the writer has stopped")]
     Closed,

@@ -55,6 +55,9 @@ pub(crate) struct Metrics {
     purges: AtomicU64,
     purge_micros: AtomicU64,
     store_failures: AtomicU64,
+    shed_deadline: AtomicU64,
+    shed_queue_full: AtomicU64,
+    shed_imports: AtomicU64,
 }
 
 impl Metrics {
@@ -93,6 +96,17 @@ impl Metrics {
         self.imported_rows.fetch_add(rows, Relaxed);
     }
 
+    /// A call refused to keep the server within bounds, by reason:
+    /// `deadline`, `queue_full`, `imports`.
+    pub(crate) fn shed(&self, reason: &str) {
+        let c = match reason {
+            "deadline" => &self.shed_deadline,
+            "queue_full" => &self.shed_queue_full,
+            _ => &self.shed_imports,
+        };
+        c.fetch_add(1, Relaxed);
+    }
+
     /// A store failure that stopped writing (fail-stop).
     pub(crate) fn store_failed(&self) {
         self.store_failures.fetch_add(1, Relaxed);
@@ -127,6 +141,17 @@ impl Metrics {
                 "consentd_decisions_total{{reason=\"{reason}\"}} {}",
                 get(c)
             );
+        }
+        out.push_str(
+            "# HELP consentd_shed_total Calls refused to stay within bounds, by reason.\n",
+        );
+        out.push_str("# TYPE consentd_shed_total counter\n");
+        for (reason, c) in [
+            ("deadline", &self.shed_deadline),
+            ("queue_full", &self.shed_queue_full),
+            ("imports", &self.shed_imports),
+        ] {
+            let _ = writeln!(out, "consentd_shed_total{{reason=\"{reason}\"}} {}", get(c));
         }
         for (name, help, kind, value) in [
             (

@@ -130,3 +130,55 @@ async fn rows_without_action_or_change_are_rejected_and_an_empty_import_is_fine(
     assert_eq!(empty, pb::ImportSummary::default());
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_fifth_import_at_once_is_refused_and_the_four_finish() {
+    let server = TestServer::start().await;
+    let t = now() - 86_400;
+    let mut senders = Vec::new();
+    let mut running = Vec::new();
+    for i in 0..4u64 {
+        let (tx, rx) = tokio::sync::mpsc::channel::<pb::ImportRow>(16);
+        tx.send(row(1_000 + i, Action::Grant, t)).await.unwrap();
+        let mut cons = server.consents().await;
+        running.push(tokio::spawn(async move {
+            cons.import(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+        }));
+        senders.push(tx);
+        // Its first row is recorded: the import holds its slot.
+        while history(&server, &format!("imp-{}", 1_000 + i))
+            .await
+            .is_empty()
+        {
+            tokio::task::yield_now().await;
+        }
+    }
+    let mut cons = server.consents().await;
+    let refused = cons
+        .import(tokio_stream::iter(vec![row(2_000, Action::Grant, t)]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(
+        history(&server, "imp-2000").await.is_empty(),
+        "nothing recorded"
+    );
+
+    drop(senders);
+    for r in running {
+        assert_eq!(r.await.unwrap().unwrap().into_inner().applied, 1);
+    }
+    // With the slots free again, an import goes through.
+    let summary = cons
+        .import(tokio_stream::iter(vec![row(2_000, Action::Grant, t)]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(summary.applied, 1);
+    server.stop().await;
+}

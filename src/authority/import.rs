@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use super::Error;
 use crate::domain::{Change, ChangeOutcome, FieldError};
@@ -16,6 +16,10 @@ use crate::writer::Writer;
 
 /// Import rows queued at the writer at once (two full group commits).
 pub(super) const MAX_IMPORT_IN_FLIGHT: usize = 8192;
+/// Imports running at once; one more is refused (RESOURCE_EXHAUSTED).
+pub(super) const MAX_CONCURRENT_IMPORTS: usize = 4;
+/// Import rows in flight over all imports together.
+pub(super) const MAX_ROWS_IN_FLIGHT: usize = 16_384;
 /// Rejected rows listed in an import summary.
 pub(super) const MAX_IMPORT_ERRORS: usize = 1000;
 
@@ -59,18 +63,59 @@ pub struct Import {
     writer: Writer,
     metrics: Arc<Metrics>,
     summary: ImportSummary,
-    /// Rows queued at the writer and not yet answered, oldest first.
-    pending: VecDeque<(u64, oneshot::Receiver<Result<ChangeOutcome, Error>>)>,
+    /// Rows queued at the writer and not yet answered, oldest first, each
+    /// with its share of the global rows budget.
+    pending: VecDeque<InFlight>,
+    /// The global budget of rows in flight.
+    rows: Arc<Semaphore>,
+    /// This import's slot among the imports running at once.
+    _slot: OwnedSemaphorePermit,
+}
+
+/// A row queued at the writer: its number, its answer to come, and its
+/// share of the global rows budget (released with it).
+type InFlight = (
+    u64,
+    oneshot::Receiver<Result<ChangeOutcome, Error>>,
+    OwnedSemaphorePermit,
+);
+
+/// The limits every import shares.
+pub(super) struct ImportLimits {
+    slots: Arc<Semaphore>,
+    rows: Arc<Semaphore>,
+}
+
+impl Default for ImportLimits {
+    fn default() -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(MAX_CONCURRENT_IMPORTS)),
+            rows: Arc::new(Semaphore::new(MAX_ROWS_IN_FLIGHT)),
+        }
+    }
 }
 
 impl Import {
-    pub(super) fn new(writer: Writer, metrics: Arc<Metrics>) -> Self {
-        Self {
+    /// Starts an import, or refuses it when [`MAX_CONCURRENT_IMPORTS`] run.
+    pub(super) fn start(
+        writer: Writer,
+        metrics: Arc<Metrics>,
+        limits: &ImportLimits,
+    ) -> Result<Self, Error> {
+        let Ok(slot) = limits.slots.clone().try_acquire_owned() else {
+            metrics.shed("imports");
+            return Err(Error::Overloaded(format!(
+                "{MAX_CONCURRENT_IMPORTS} imports are running already"
+            )));
+        };
+        Ok(Self {
             writer,
             metrics,
             summary: ImportSummary::default(),
             pending: VecDeque::new(),
-        }
+            rows: limits.rows.clone(),
+            _slot: slot,
+        })
     }
 
     /// Takes the next row, as validated at the edge. An error ends the
@@ -80,8 +125,25 @@ impl Import {
         let n = self.summary.received;
         match row {
             Ok(change) => {
+                // The oldest row of this import settles first when the
+                // budget is spent by others, so two imports never wait on
+                // each other forever.
+                let permit = loop {
+                    match self.rows.clone().try_acquire_owned() {
+                        Ok(p) => break p,
+                        Err(_) if !self.pending.is_empty() => self.settle_oldest().await?,
+                        Err(_) => {
+                            break self
+                                .rows
+                                .clone()
+                                .acquire_owned()
+                                .await
+                                .map_err(|_| Error::Closed)?;
+                        }
+                    }
+                };
                 let rx = self.writer.submit(change).await?;
-                self.pending.push_back((n, rx));
+                self.pending.push_back((n, rx, permit));
             }
             Err(e) => self.summary.reject(n, e.to_string()),
         }
@@ -109,7 +171,7 @@ impl Import {
     }
 
     async fn settle_oldest(&mut self) -> Result<(), Error> {
-        let Some((row, rx)) = self.pending.pop_front() else {
+        let Some((row, rx, _permit)) = self.pending.pop_front() else {
             return Ok(());
         };
         let answer = rx

@@ -137,7 +137,7 @@ impl Authority {
             issued_at: Some(claim.issued_at),
             actor: PAGE_ACTOR.to_owned(),
         };
-        let outcome = self.writer.change(change).await?;
+        let outcome = self.writer.change_waiting(change).await?;
         self.metrics.unsubscribed();
         Ok(Some(outcome))
     }

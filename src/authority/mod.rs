@@ -93,6 +93,7 @@ pub struct Authority {
     writer: Writer,
     metrics: Arc<Metrics>,
     links: Arc<Links>,
+    imports: Arc<import::ImportLimits>,
 }
 
 /// Everything held about one contact.
@@ -243,6 +244,7 @@ impl Authority {
             writer,
             metrics,
             links: Arc::new(links),
+            imports: Arc::default(),
         };
         Ok((authority, report))
     }
@@ -306,13 +308,26 @@ impl Authority {
     }
 
     /// Grant or Withdraw; returns once durable and visible to CanSend.
-    pub async fn change(&self, change: Change) -> Result<ChangeOutcome, Error> {
-        self.writer.change(change).await
+    /// Refused at once when the writer queue is full ([`Error::Overloaded`]);
+    /// not applied if still waiting at `deadline` ([`Error::DeadlineExceeded`]).
+    pub async fn change(
+        &self,
+        change: Change,
+        deadline: Option<Instant>,
+    ) -> Result<ChangeOutcome, Error> {
+        let result = self.writer.change(change, deadline).await;
+        match &result {
+            Err(Error::Overloaded(_)) => self.metrics.shed("queue_full"),
+            Err(Error::DeadlineExceeded) => {} // counted by the writer
+            _ => {}
+        }
+        result
     }
 
-    /// Starts a streamed import: feed it rows, then finish it.
-    pub fn import(&self) -> Import {
-        Import::new(self.writer.clone(), self.metrics.clone())
+    /// Starts a streamed import: feed it rows, then finish it. Refused with
+    /// [`Error::Overloaded`] when too many imports run already.
+    pub fn import(&self) -> Result<Import, Error> {
+        Import::start(self.writer.clone(), self.metrics.clone(), &self.imports)
     }
 
     /// EraseContact (DESIGN.md rule 5): forgets the contact, keeps a keyed

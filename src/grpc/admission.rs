@@ -8,6 +8,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use tonic::body::Body;
 use tonic::codegen::http;
@@ -18,6 +19,29 @@ use crate::auth::{Auth, Role};
 /// Who is calling: the name of the token (empty when auth is off).
 #[derive(Debug, Clone)]
 pub(crate) struct Actor(pub(crate) String);
+
+/// When the caller stops waiting (`grpc-timeout`), if it said.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deadline(pub(crate) Instant);
+
+/// Parses a `grpc-timeout` value: up to 8 digits and a unit (H, M, S, m,
+/// u, n), per the gRPC HTTP/2 protocol.
+fn grpc_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at_checked(value.len().checked_sub(1)?)?;
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
 
 /// Which roles may call a gRPC method; `None`: open (health, reflection).
 fn roles(path: &str) -> Option<&'static [Role]> {
@@ -96,9 +120,23 @@ where
                 Err(status) => return Box::pin(async move { Ok(status.into_http()) }),
             },
         };
+        let deadline = request
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(grpc_timeout)
+            .and_then(|t| Instant::now().checked_add(t));
+        if let Some(d) = deadline {
+            request.extensions_mut().insert(Deadline(d));
+        }
         request.extensions_mut().insert(Actor(actor));
         Box::pin(self.inner.call(request))
     }
+}
+
+/// The deadline the admission layer read from a request, if any.
+pub(crate) fn deadline<T>(request: &tonic::Request<T>) -> Option<Instant> {
+    request.extensions().get::<Deadline>().map(|d| d.0)
 }
 
 /// The actor the admission layer attached to a request.
@@ -112,6 +150,20 @@ pub(crate) fn actor<T>(request: &tonic::Request<T>) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_timeouts() {
+        assert_eq!(grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(
+            grpc_timeout("99999999n"),
+            Some(Duration::from_nanos(99_999_999))
+        );
+        for bad in ["", "m", "100", "123456789m", "1x", "-1S", "1.5S"] {
+            assert_eq!(grpc_timeout(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn every_method_has_its_roles() {

@@ -7,7 +7,7 @@ mod convert;
 mod status;
 
 pub(crate) use admission::AdmissionLayer;
-use admission::actor;
+use admission::{actor, deadline};
 
 use tonic::{Request, Response, Status};
 
@@ -115,9 +115,10 @@ impl ConsentsService {
         request: Request<pb::ConsentChange>,
     ) -> Result<Response<pb::ChangeResult>, Status> {
         let actor = actor(&request).to_owned();
+        let deadline = deadline(&request);
         let change = convert::change_from(action, request.into_inner(), now_nanos(), &actor)
             .map_err(invalid)?;
-        let outcome = self.authority.change(change).await?;
+        let outcome = self.authority.change(change, deadline).await?;
         Ok(Response::new(convert::outcome_to(outcome)))
     }
 }
@@ -171,7 +172,7 @@ impl pb::consents_server::Consents for ConsentsService {
     ) -> Result<Response<pb::ImportSummary>, Status> {
         let actor = actor(&request).to_owned();
         let mut rows = request.into_inner();
-        let mut import = self.authority.import();
+        let mut import = self.authority.import()?;
         while let Some(row) = rows.message().await? {
             import
                 .row(convert::row_from(row, now_nanos(), &actor))

@@ -114,7 +114,16 @@ impl Committer {
                     continue;
                 }
                 match cmd {
-                    Command::Change(c, reply) => changes.push((c, reply)),
+                    Command::Change(c, deadline, reply) => {
+                        if deadline.is_some_and(|d| Instant::now() >= d) {
+                            // The caller has given up: applying it now would
+                            // record what it was told failed.
+                            self.metrics.shed("deadline");
+                            let _ = reply.send(Err(Error::DeadlineExceeded));
+                        } else {
+                            changes.push((c, reply));
+                        }
+                    }
                     Command::Catalog(spec, reply) => {
                         // Everything queued before the apply commits first.
                         self.commit_changes(std::mem::take(&mut changes));
@@ -412,7 +421,7 @@ fn refuse(
 ) {
     let stopped = || Error::Stopped(cause.to_owned());
     match cmd {
-        Command::Change(_, reply) => {
+        Command::Change(_, _, reply) => {
             let _ = reply.send(Err(stopped()));
         }
         Command::Catalog(_, reply) => {

@@ -22,6 +22,7 @@ mod committer;
 
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -40,7 +41,9 @@ const QUEUE: usize = 16 * 1024;
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, Error>>;
 
 enum Command {
-    Change(Change, Reply<ChangeOutcome>),
+    /// A change, and the instant after which it must not be applied (the
+    /// caller's deadline).
+    Change(Change, Option<Instant>, Reply<ChangeOutcome>),
     Catalog(CatalogSpec, Reply<Arc<Catalog>>),
     Erase(ContactId, String, Reply<UnixNanos>),
     /// Stop taking commands; answer once everything queued is done.
@@ -148,20 +151,41 @@ impl Writer {
     }
 
     /// Records a Grant or Withdraw; returns once it is durable and visible.
-    pub(crate) async fn change(&self, change: Change) -> Result<ChangeOutcome, Error> {
-        self.submit(change)
-            .await?
-            .await
-            .map_err(|_| Error::Closed)?
+    /// A full queue is [`Error::Overloaded`] at once (nothing recorded); a
+    /// change still queued at `deadline` is not applied
+    /// ([`Error::DeadlineExceeded`]).
+    pub(crate) async fn change(
+        &self,
+        change: Change,
+        deadline: Option<Instant>,
+    ) -> Result<ChangeOutcome, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .try_send(Command::Change(change, deadline, tx))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    Error::Overloaded("the writer queue is full".into())
+                }
+                mpsc::error::TrySendError::Closed(_) => Error::Closed,
+            })?;
+        rx.await.map_err(|_| unanswered())?
     }
 
-    /// Queues a change without waiting for it: the receiver answers once it
-    /// is durable. Waits only while the writer's queue is full.
+    /// Records a change, waiting for room in the queue when it is full:
+    /// for what a person did (an unsubscribe click), which must not be lost
+    /// to a busy moment.
+    pub(crate) async fn change_waiting(&self, change: Change) -> Result<ChangeOutcome, Error> {
+        self.submit(change).await?.await.map_err(|_| unanswered())?
+    }
+
+    /// Queues a change without waiting for it to be recorded: the receiver
+    /// answers once it is durable. Waits while the writer's queue is full
+    /// (an import's back-pressure).
     pub(crate) async fn submit(
         &self,
         change: Change,
     ) -> Result<oneshot::Receiver<Result<ChangeOutcome, Error>>, Error> {
-        self.send(|tx| Command::Change(change, tx)).await
+        self.send(|tx| Command::Change(change, None, tx)).await
     }
 
     /// Erases a contact; returns the erasure time once durable.
@@ -268,9 +292,91 @@ mod tests {
         assert_eq!(store.history("anna").unwrap().len(), 1);
         assert!(index.get("anna", 0).is_some());
         assert!(matches!(
-            writer.change(grant("bob")).await,
+            writer.change(grant("bob"), None).await,
             Err(Error::Closed)
         ));
+        writer.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_at_once_and_a_late_change_is_not_applied() {
+        let grant = |who: &str| Change {
+            contact: ContactId::parse("contact_id", who).unwrap(),
+            consent: ConsentId::parse("consent_id", "marketing").unwrap(),
+            action: Action::Grant,
+            occurred_at: None,
+            source: Source::Api,
+            evidence: Evidence::new(),
+            idempotency_key: None,
+            issued_at: None,
+            actor: String::new(),
+        };
+        // A queue of one that nobody drains: the second change finds it full.
+        let (tx, rx) = mpsc::channel(1);
+        let (_failure_tx, failure) = watch::channel(None);
+        let stalled = Writer {
+            tx,
+            thread: Arc::new(Mutex::new(None)),
+            failure,
+        };
+        let first = tokio::spawn({
+            let w = stalled.clone();
+            async move { w.change(grant("anna"), None).await }
+        });
+        while rx.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        assert!(matches!(
+            stalled.change(grant("bob"), None).await,
+            Err(Error::Overloaded(_))
+        ));
+        drop(rx);
+        assert!(matches!(
+            first.await.unwrap(),
+            Err(Error::OutcomeUnknown(_))
+        ));
+
+        // A change whose deadline passed while it waited is not applied.
+        let store = Arc::new(MemoryStore::new().unwrap());
+        let writer = Writer::start(
+            store.clone(),
+            Arc::new(Index::default()),
+            Arc::new(ArcSwap::from_pointee(Catalog::empty(None))),
+            WriterStart {
+                next_sequence: 1,
+                last_recorded_at: 0,
+                usage: Vec::new(),
+                idempotency_retention: std::time::Duration::from_secs(24 * 3600),
+                erasures: Erasures::new(&[0; 32], []),
+                purge_after: std::time::Duration::ZERO,
+            },
+            Arc::new(Metrics::default()),
+        );
+        writer
+            .apply_catalog(CatalogSpec {
+                channels: vec!["email".into()],
+                consents: vec![ConsentSpec {
+                    id: "marketing".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let past = Instant::now();
+        assert!(matches!(
+            writer.change(grant("carl"), Some(past)).await,
+            Err(Error::DeadlineExceeded)
+        ));
+        assert!(store.history("carl").unwrap().is_empty(), "not applied");
+        let later = Instant::now() + std::time::Duration::from_secs(60);
+        assert!(
+            writer
+                .change(grant("carl"), Some(later))
+                .await
+                .unwrap()
+                .applied
+        );
         writer.close().await.unwrap();
     }
 }

@@ -356,7 +356,8 @@ mod tests {
         };
         s.consents.push(consent("root", None, &[], &[]));
         for i in 1..2_000 {
-            s.consents.push(consent(&format!("n{i}"), Some("root"), &[], &[]));
+            s.consents
+                .push(consent(&format!("n{i}"), Some("root"), &[], &[]));
         }
         // Refused by counting, before the ~8 GB the sets would take.
         let err = Catalog::empty(None).compile(s, 0).unwrap_err();

@@ -107,7 +107,8 @@ async fn each_role_allowed_and_refused() {
                 cons.get_history(with(
                     token,
                     pb::GetHistoryRequest {
-                        contact_id: "c".into()
+                        contact_id: "c".into(),
+                        ..Default::default()
                     }
                 ))
                 .await
@@ -234,6 +235,7 @@ async fn every_event_names_its_actor_and_audit_only_reads() {
             Some(DPO),
             pb::GetHistoryRequest {
                 contact_id: "anna".into(),
+                ..Default::default()
             },
         ))
         .await
@@ -328,6 +330,7 @@ async fn history_len(
         Some(token),
         pb::GetHistoryRequest {
             contact_id: contact.into(),
+            ..Default::default()
         },
     ))
     .await

@@ -163,6 +163,7 @@ async fn bad_changes_name_the_field_and_write_nothing() {
     let history = cons
         .get_history(pb::GetHistoryRequest {
             contact_id: "victim".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -171,6 +172,7 @@ async fn bad_changes_name_the_field_and_write_nothing() {
     let err = cons
         .get_history(pb::GetHistoryRequest {
             contact_id: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -129,6 +129,7 @@ async fn every_acknowledged_write_survives_sigkill() {
         let h = cons
             .get_history(pb::GetHistoryRequest {
                 contact_id: contact.clone(),
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -92,6 +92,7 @@ async fn get_changes_nothing_one_click_post_withdraws_exactly_the_most_specific(
     let events = cons
         .get_history(pb::GetHistoryRequest {
             contact_id: "anna".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -83,6 +83,7 @@ async fn twenty_thousand_rows_with_two_bad_ones_in_the_middle() {
     let h = cons
         .get_history(pb::GetHistoryRequest {
             contact_id: "imp-42".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -79,6 +79,7 @@ async fn latest_decision_wins_whatever_the_arrival_order() {
     let history = cons
         .get_history(pb::GetHistoryRequest {
             contact_id: "c".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -143,6 +144,7 @@ async fn occurred_at_defaults_clamps_and_rejects_the_far_future() {
     let h = cons
         .get_history(pb::GetHistoryRequest {
             contact_id: "x".into(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -174,6 +176,7 @@ async fn idempotency_keys() {
     let h = cons
         .get_history(pb::GetHistoryRequest {
             contact_id: "c".into(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -306,5 +309,75 @@ async fn concurrent_writers_all_land_with_unique_sequences() {
             );
         }
     }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_contact_with_2500_events_is_read_in_pages() {
+    let server = TestServer::start().await;
+    let mut cons = server.consents().await;
+    let t = now() - 10_000;
+    let rows: Vec<pb::ImportRow> = (0..2_500)
+        .map(|i| pb::ImportRow {
+            action: if i % 2 == 0 {
+                pb::Action::Grant as i32
+            } else {
+                pb::Action::Withdraw as i32
+            },
+            change: Some(change("busy", "marketing", Some(t + i))),
+        })
+        .collect();
+    let summary = cons
+        .import(tokio_stream::iter(rows))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(summary.received, 2_500);
+
+    let page = |size: u32, token: String| pb::GetHistoryRequest {
+        contact_id: "busy".into(),
+        page_size: size,
+        page_token: token,
+    };
+    let mut all = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let p = cons.get_history(page(0, token)).await.unwrap().into_inner();
+        assert!(p.events.len() <= 1_000, "page_size 0 means up to 1,000");
+        pages += 1;
+        all.extend(p.events);
+        if p.next_page_token.is_empty() {
+            break;
+        }
+        token = p.next_page_token;
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(all.len(), 2_500);
+    assert!(
+        all.windows(2).all(|w| w[0].sequence < w[1].sequence),
+        "recording order"
+    );
+    // A larger page_size is capped; a small one is honoured.
+    let big = cons
+        .get_history(page(5_000, String::new()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(big.events.len(), 1_000);
+    let small = cons
+        .get_history(page(7, String::new()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(small.events.len(), 7);
+    assert_eq!(small.events[..], all[..7]);
+    // A token this server never issued is refused, naming the field.
+    let bad = cons
+        .get_history(page(10, "not-a-token!".into()))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(bad.message().starts_with("page_token"), "{}", bad.message());
     server.stop().await;
 }

@@ -62,6 +62,7 @@ async fn states_history_keys_catalog_and_sequence_survive_a_restart() {
     let h = cons
         .get_history(pb::GetHistoryRequest {
             contact_id: "anna".into(),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -18,6 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 pub use self::import::{Import, ImportSummary, RowError};
 pub use self::links::{LinkPage, PAGE_ACTOR};
@@ -34,6 +36,22 @@ use crate::links::Links;
 use crate::metrics::{Metrics, Tally};
 use crate::store::{Store, StoreError, WriteBatch};
 use crate::writer::{Writer, WriterStart};
+
+/// Most events in one page of history.
+pub const MAX_HISTORY_PAGE: usize = 1000;
+
+/// The sequence a history page token continues after (0: the first page).
+fn page_after(token: &str) -> Result<u64, FieldError> {
+    if token.is_empty() {
+        return Ok(0);
+    }
+    URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| FieldError::new("page_token", "is not a token this server issued"))
+}
 
 /// Longest erasure reason kept with a tombstone, in bytes.
 pub const MAX_REASON_LEN: usize = 1024;
@@ -360,10 +378,32 @@ impl Authority {
             .await
     }
 
-    /// Every event of a contact, in recording order.
-    pub async fn history(&self, contact: ContactId) -> Result<Vec<EventRecord>, Error> {
-        self.read(move |store| store.history(contact.as_str()))
-            .await
+    /// One page of a contact's history, in recording order, and the token
+    /// of the next page (empty after the last). `page_size` 0 means up to
+    /// [`MAX_HISTORY_PAGE`]; more is that many. `page_token` is empty for
+    /// the first page.
+    pub async fn history(
+        &self,
+        contact: ContactId,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<(Vec<EventRecord>, String), Error> {
+        let size = match page_size as usize {
+            0 => MAX_HISTORY_PAGE,
+            n => n.min(MAX_HISTORY_PAGE),
+        };
+        let after = page_after(page_token)?;
+        let mut events = self
+            .read(move |store| store.history_page(contact.as_str(), after, size + 1))
+            .await?;
+        let next = if events.len() > size {
+            events.truncate(size);
+            let last = events.last().map_or(after, |e| e.sequence);
+            URL_SAFE_NO_PAD.encode(last.to_be_bytes())
+        } else {
+            String::new()
+        };
+        Ok((events, next))
     }
 
     /// Everything held about a contact (GDPR Art. 15/20): its states, its

@@ -208,11 +208,15 @@ impl pb::consents_server::Consents for ConsentsService {
         &self,
         request: Request<pb::GetHistoryRequest>,
     ) -> Result<Response<pb::History>, Status> {
-        let contact =
-            ContactId::parse("contact_id", &request.get_ref().contact_id).map_err(invalid)?;
-        let events = self.authority.history(contact).await?;
+        let r = request.into_inner();
+        let contact = ContactId::parse("contact_id", &r.contact_id).map_err(invalid)?;
+        let (events, next_page_token) = self
+            .authority
+            .history(contact, r.page_size, &r.page_token)
+            .await?;
         Ok(Response::new(pb::History {
             events: events.into_iter().map(convert::event_to).collect(),
+            next_page_token,
         }))
     }
 }

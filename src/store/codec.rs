@@ -13,7 +13,8 @@ use crate::domain::{Action, ConsentId, ContactId, EventRecord, Source, StateReco
 pub(super) struct ContactRecord {
     #[prost(message, repeated, tag = "1")]
     pub(super) states: Vec<StoredState>,
-    /// Sequences of every event of the contact, in recording order.
+    /// Schema 1 only: sequences of every event of the contact (now in the
+    /// `history` table; read once, by the migration).
     #[prost(uint64, repeated, tag = "2")]
     pub(super) events: Vec<u64>,
 }

@@ -36,6 +36,7 @@ macro_rules! conformance_suite {
             idempotency_retention,
             erase_forgets_one_contact_only,
             wordings_are_kept_for_good,
+            history_comes_in_pages,
         );
     };
     (@cases $fixture:expr; $($case:ident),* $(,)?) => {$(
@@ -394,4 +395,41 @@ pub(crate) fn wordings_are_kept_for_good(f: &mut impl Fixture) {
         "the latest of each consent, by id"
     );
     assert_eq!(r.last_recorded_at, 300);
+}
+
+pub(crate) fn history_comes_in_pages(f: &mut impl Fixture) {
+    let store = f.fresh();
+    // 25 events of one contact over five batches, another contact between.
+    let mut n = 0;
+    for _ in 0..5 {
+        let mut events = Vec::new();
+        for _ in 0..5 {
+            n += 1;
+            events.push(event("busy", "marketing", Action::Grant, n, n as u64));
+            n += 1;
+            events.push(event("other", "marketing", Action::Grant, n, n as u64));
+        }
+        store.commit(&batch(events)).unwrap();
+    }
+    drop(store);
+    let store = f.reopen();
+    let all = store.history("busy").unwrap();
+    assert_eq!(all.len(), 25);
+    let mut paged = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.history_page("busy", after, 10).unwrap();
+        assert!(page.len() <= 10);
+        let Some(last) = page.last() else { break };
+        after = last.sequence;
+        paged.extend(page);
+    }
+    assert_eq!(paged, all, "the pages are the history, in order, once");
+    assert_eq!(store.history_page("busy", 0, 10).unwrap().len(), 10);
+    assert!(store.history_page("busy", u64::MAX, 10).unwrap().is_empty());
+    assert!(store.history_page("nobody", 0, 10).unwrap().is_empty());
+    assert!(
+        store.history_page("bus", 0, 10).unwrap().is_empty(),
+        "no prefix bleed"
+    );
 }

@@ -134,6 +134,29 @@ impl Store for MemoryStore {
             .collect()
     }
 
+    fn history_page(
+        &self,
+        contact: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let c = self.lock();
+        let Some((_, sequences)) = c.contacts.get(contact) else {
+            return Ok(Vec::new());
+        };
+        // Sequences are appended in increasing order.
+        let from = sequences.partition_point(|&s| s <= after);
+        sequences[from..]
+            .iter()
+            .take(limit)
+            .map(|s| {
+                c.events.get(s).cloned().ok_or_else(|| {
+                    StoreError::corrupt("events", format!("sequence {s} is missing"))
+                })
+            })
+            .collect()
+    }
+
     fn wordings(&self, consent: Option<&str>) -> Result<Vec<Wording>, StoreError> {
         let c = self.lock();
         Ok(c.wordings

@@ -127,6 +127,14 @@ pub trait Store: Send + Sync + 'static {
     fn contact_states(&self, contact: &str) -> Result<Vec<StateRecord>, StoreError>;
     /// Every event of the contact, in recording order.
     fn history(&self, contact: &str) -> Result<Vec<EventRecord>, StoreError>;
+    /// Up to `limit` events of the contact with a sequence above `after`,
+    /// in recording order: one page of its history, whatever its length.
+    fn history_page(
+        &self,
+        contact: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>, StoreError>;
     /// Every wording of `consent` (of every consent when `None`), by
     /// consent id, then version.
     fn wordings(&self, consent: Option<&str>) -> Result<Vec<Wording>, StoreError>;

@@ -31,8 +31,10 @@ use crate::store::{Store, StoreError, Tombstone, WriteBatch};
 
 /// Most commands folded into one transaction.
 const MAX_GROUP: usize = 4096;
-/// How often, and how many, expired idempotency keys are pruned.
-const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// How often expired idempotency keys are pruned, and the fewest keys a
+/// pass may remove. A pass removes up to twice the keys recorded since the
+/// last one, so pruning keeps pace with any insert rate.
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
 const PRUNE_BATCH: usize = 10_000;
 
 /// What ruling one change led to.
@@ -58,6 +60,8 @@ pub(super) struct Committer {
     /// Idempotency retention, in nanoseconds.
     retention: i64,
     last_prune: Option<Instant>,
+    /// Idempotency keys recorded since the last pruning pass.
+    keys_since_prune: usize,
     purge_after: Duration,
     /// When the oldest erasure not yet purged from the store's files was made.
     purge_pending_since: Option<Instant>,
@@ -87,6 +91,7 @@ impl Committer {
             erasures: start.erasures,
             retention: start.idempotency_retention.as_nanos().min(i64::MAX as u128) as i64,
             last_prune: None,
+            keys_since_prune: 0,
             purge_after: start.purge_after,
             purge_pending_since: None,
             failed: None,
@@ -215,6 +220,7 @@ impl Committer {
         }
         batch.write.next_sequence = self.next_sequence;
         let n = batch.len();
+        self.keys_since_prune += batch.write.idempotency.len();
         match self.store.commit(&batch.write) {
             Ok(()) => {
                 batch.acknowledge(&self.index, &mut self.usage);
@@ -308,17 +314,17 @@ impl Committer {
         Ok(Ruled::Recorded)
     }
 
-    /// Forgets idempotency keys past retention, a bounded slice at a time
-    /// and at most once a minute, between group commits.
+    /// Forgets idempotency keys past retention, between group commits, at
+    /// most once a second: up to twice as many as were recorded since.
     fn prune_if_due(&mut self) {
         if self.last_prune.is_some_and(|t| t.elapsed() < PRUNE_EVERY) {
             return;
         }
         self.last_prune = Some(Instant::now());
-        match self
-            .store
-            .prune_idempotency(now_nanos().saturating_sub(self.retention), PRUNE_BATCH)
-        {
+        match self.store.prune_idempotency(
+            now_nanos().saturating_sub(self.retention),
+            PRUNE_BATCH.max(2 * std::mem::take(&mut self.keys_since_prune)),
+        ) {
             Ok(0) => {}
             Ok(n) => tracing::info!(keys = n, "idempotency keys past retention forgotten"),
             Err(e) => self.fail_stop(&e, "pruning idempotency keys"),
@@ -481,6 +487,14 @@ mod tests {
         }
         fn history(&self, contact: &str) -> Result<Vec<EventRecord>, StoreError> {
             self.inner.history(contact)
+        }
+        fn history_page(
+            &self,
+            contact: &str,
+            after: u64,
+            limit: usize,
+        ) -> Result<Vec<EventRecord>, StoreError> {
+            self.inner.history_page(contact, after, limit)
         }
         fn wordings(&self, consent: Option<&str>) -> Result<Vec<Wording>, StoreError> {
             self.inner.wordings(consent)

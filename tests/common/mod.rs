@@ -210,6 +210,7 @@ pub(crate) async fn history(server: &TestServer, contact: &str) -> Vec<pb::Conse
     let mut cons = server.consents().await;
     cons.get_history(pb::GetHistoryRequest {
         contact_id: contact.into(),
+        ..Default::default()
     })
     .await
     .unwrap()

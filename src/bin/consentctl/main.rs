@@ -157,14 +157,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             render::check(json_mode, &r);
         }
         Command::History { contact } => {
-            let events = c
-                .consents
-                .get_history(pb::GetHistoryRequest {
-                    contact_id: contact.clone(),
-                })
-                .await?
-                .into_inner()
-                .events;
+            // Every page, in order.
+            let mut events = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let page = c
+                    .consents
+                    .get_history(pb::GetHistoryRequest {
+                        contact_id: contact.clone(),
+                        page_size: 0,
+                        page_token,
+                    })
+                    .await?
+                    .into_inner();
+                events.extend(page.events);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
             render::history(json_mode, &contact, &events);
         }
         Command::Export { contact, out } => {

@@ -4,8 +4,10 @@
 //! Layout (schema version [`SCHEMA_VERSION`]), encodings in `codec.rs`:
 //! - `meta`: `schema_version`, `next_sequence`, `catalog` (JSON spec),
 //!   `erasure_key`;
-//! - `contacts`: contact → its current states and the sequences of all its
-//!   events (protobuf). One random B-tree leaf per change;
+//! - `contacts`: contact → its current states (protobuf);
+//! - `history`: (contact, sequence) → nothing: the index of a contact's
+//!   events, so a change costs the same whatever the contact's history, and
+//!   a page of history is one range scan;
 //! - `events`: sequence → the full event (protobuf). Append-only, so a
 //!   group commit dirties only the rightmost leaves;
 //! - `idempotency`: key → (sequence, recorded_at, fingerprint), and
@@ -21,9 +23,10 @@
 //! new file at once. A crash before that leaves the mark, and the next open
 //! rewrites first.
 //!
-//! Keeping the per-contact data in one record, rather than a states table
-//! and a (contact, sequence) event table, halves the random pages a commit
-//! writes: the writer's cost is dominated by page write-back and fsync.
+//! A change writes one small random leaf in `contacts`, one in `history`,
+//! and appends to `events`. (Schema 1 kept the event list inside the
+//! contact's record: one leaf fewer, but O(n) per change for a busy
+//! contact; opening a schema-1 file migrates it once.)
 
 mod rewrite;
 
@@ -45,6 +48,8 @@ use crate::domain::{Decision, EventRecord, StateRecord, UnixNanos, Wording};
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const CONTACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("contacts");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+/// (contact, sequence) of every event: a contact's history, in order.
+const HISTORY: TableDefinition<(&str, u64), ()> = TableDefinition::new("history");
 const IDEMPOTENCY: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency");
 const ERASURES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("erasures");
 /// (recorded_at, key) of every idempotency key, oldest first: for pruning.
@@ -55,8 +60,8 @@ const WORDINGS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("word
 /// Meta key set by an erasure until the file has been rewritten.
 const REWRITE_PENDING: &str = "rewrite_pending";
 
-/// Bumped on any incompatible change of the layout above.
-pub(super) const SCHEMA_VERSION: u32 = 1;
+/// Bumped on any incompatible change of the layout above (2: `history`).
+pub(super) const SCHEMA_VERSION: u32 = 2;
 const DB_FILE: &str = "consentd.redb";
 
 impl From<redb::Error> for StoreError {
@@ -142,18 +147,23 @@ impl RedbStore {
                 .map(|v| u32_from(v.value()))
                 .transpose()?;
             match found {
-                Some(v) if v != SCHEMA_VERSION => {
+                Some(SCHEMA_VERSION) => {}
+                Some(1) => {
+                    migrate_1_to_2(&txn)?;
+                    meta.insert("schema_version", SCHEMA_VERSION.to_le_bytes().as_slice())?;
+                }
+                Some(v) => {
                     return Err(StoreError::Schema {
                         found: v,
                         supported: SCHEMA_VERSION,
                     });
                 }
-                Some(_) => {}
                 None => {
                     meta.insert("schema_version", SCHEMA_VERSION.to_le_bytes().as_slice())?;
                 }
             }
             txn.open_table(CONTACTS)?;
+            txn.open_table(HISTORY)?;
             txn.open_table(EVENTS)?;
             txn.open_table(IDEMPOTENCY)?;
             txn.open_table(IDEMPOTENCY_BY_TIME)?;
@@ -192,6 +202,33 @@ pub(super) fn owner_only(path: &Path) -> Result<(), StoreError> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     }
+    Ok(())
+}
+
+/// Schema 1 → 2: the event sequences kept inside each contact's record
+/// move to the `history` table. One transaction: all or nothing.
+fn migrate_1_to_2(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let started = std::time::Instant::now();
+    let mut contacts = txn.open_table(CONTACTS)?;
+    let mut history = txn.open_table(HISTORY)?;
+    let records: Vec<(String, ContactRecord)> = contacts
+        .range::<&str>(..)?
+        .map(|row| {
+            let (k, v) = row?;
+            Ok((k.value().to_owned(), decode_contact(v.value())?))
+        })
+        .collect::<Result<_, StoreError>>()?;
+    for (contact, mut record) in records {
+        for &sequence in &record.events {
+            history.insert((contact.as_str(), sequence), ())?;
+        }
+        record.events.clear();
+        contacts.insert(contact.as_str(), record.encode_to_vec().as_slice())?;
+    }
+    tracing::info!(
+        seconds = started.elapsed().as_secs_f64(),
+        "data file migrated to schema 2 (per-contact history index)"
+    );
     Ok(())
 }
 
@@ -305,14 +342,26 @@ impl Store for RedbStore {
     }
 
     fn history(&self, contact: &str) -> Result<Vec<EventRecord>, StoreError> {
+        self.history_page(contact, 0, usize::MAX)
+    }
+
+    fn history_page(
+        &self,
+        contact: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>, StoreError> {
         let txn = self.db.load().begin_read()?;
-        let contacts = txn.open_table(CONTACTS)?;
-        let Some(record) = read_contact(&contacts, contact)? else {
-            return Ok(Vec::new());
-        };
+        let history = txn.open_table(HISTORY)?;
         let events = txn.open_table(EVENTS)?;
-        let mut out = Vec::with_capacity(record.events.len());
-        for &sequence in &record.events {
+        let mut out = Vec::new();
+        let start = after.saturating_add(1);
+        for row in history
+            .range((contact, start)..=(contact, u64::MAX))?
+            .take(limit)
+        {
+            let (k, _) = row?;
+            let sequence = k.value().1;
             let v = events.get(sequence)?.ok_or_else(|| {
                 StoreError::corrupt("events", format!("sequence {sequence} is missing"))
             })?;
@@ -404,6 +453,7 @@ impl Store for RedbStore {
             }
             let mut events = txn.open_table(EVENTS)?;
             let mut contacts = txn.open_table(CONTACTS)?;
+            let mut history = txn.open_table(HISTORY)?;
             let mut buf = Vec::with_capacity(256);
             // Events of one contact are often adjacent in a batch: keep its
             // record in hand until the contact changes.
@@ -413,6 +463,7 @@ impl Store for RedbStore {
                 encode_event(e, &mut buf);
                 events.insert(e.sequence, buf.as_slice())?;
                 let contact = e.contact.as_str();
+                history.insert((contact, e.sequence), ())?;
                 if open.as_ref().is_none_or(|(c, _)| *c != contact) {
                     if let Some((c, r)) = open.take() {
                         contacts.insert(c, r.encode_to_vec().as_slice())?;
@@ -421,7 +472,6 @@ impl Store for RedbStore {
                     open = Some((contact, r));
                 }
                 let (_, record) = open.as_mut().expect("opened above");
-                record.events.push(e.sequence);
                 if e.applied {
                     let state = state_to(e);
                     match record
@@ -455,12 +505,17 @@ impl RedbStore {
         let held;
         {
             let mut contacts = txn.open_table(CONTACTS)?;
-            let record = read_contact(&contacts, contact)?;
-            held = record.is_some();
-            if let Some(record) = record {
+            held = contacts.remove(contact)?.is_some();
+            let mut history = txn.open_table(HISTORY)?;
+            let sequences: Vec<u64> = history
+                .range((contact, 0)..=(contact, u64::MAX))?
+                .map(|row| row.map(|(k, _)| k.value().1))
+                .collect::<Result<_, _>>()?;
+            {
                 let mut events = txn.open_table(EVENTS)?;
                 let mut idem = txn.open_table(IDEMPOTENCY)?;
-                for &sequence in &record.events {
+                for &sequence in &sequences {
+                    history.remove((contact, sequence))?;
                     let key = match events.remove(sequence)? {
                         Some(v) => decode_stored_event(v.value())?.idempotency_key,
                         None => None,
@@ -477,7 +532,6 @@ impl RedbStore {
                         }
                     }
                 }
-                contacts.remove(contact)?;
             }
             let value = encode_tombstone(tombstone.erased_at, &tombstone.reason);
             txn.open_table(ERASURES)?
@@ -517,6 +571,69 @@ mod tests {
     }
 
     conformance_suite!(Redb(None));
+
+    #[test]
+    fn a_schema_1_file_is_migrated_once_and_keeps_its_history() {
+        use prost::Message;
+
+        use super::{CONTACTS, EVENTS, META};
+        use crate::domain::{Action, ConsentId, ContactId, EventRecord, Source};
+        use crate::store::codec::{ContactRecord, encode_event, state_to};
+
+        let dir = tempfile::tempdir().unwrap();
+        let event = |n: u64| EventRecord {
+            contact: ContactId::parse("c", "anna").unwrap(),
+            consent: ConsentId::parse("c", "marketing").unwrap(),
+            action: Action::Grant,
+            occurred_at: n as i64,
+            recorded_at: n as i64,
+            source: Source::Form,
+            evidence: Default::default(),
+            version: 1,
+            sequence: n,
+            idempotency_key: None,
+            applied: true,
+            actor: String::new(),
+        };
+        // What schema 1 wrote: the event list inside the contact's record.
+        {
+            let db = redb::Database::create(dir.path().join(super::DB_FILE)).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut meta = txn.open_table(META).unwrap();
+                meta.insert("schema_version", 1u32.to_le_bytes().as_slice())
+                    .unwrap();
+                meta.insert("erasure_key", [5u8; 32].as_slice()).unwrap();
+                let mut events = txn.open_table(EVENTS).unwrap();
+                let mut buf = Vec::new();
+                for n in 1..=3 {
+                    buf.clear();
+                    encode_event(&event(n), &mut buf);
+                    events.insert(n, buf.as_slice()).unwrap();
+                }
+                let record = ContactRecord {
+                    states: vec![state_to(&event(3))],
+                    events: vec![1, 2, 3],
+                };
+                txn.open_table(CONTACTS)
+                    .unwrap()
+                    .insert("anna", record.encode_to_vec().as_slice())
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let store = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store.history("anna").unwrap(),
+            vec![event(1), event(2), event(3)]
+        );
+        assert_eq!(store.history_page("anna", 1, 1).unwrap(), vec![event(2)]);
+        assert_eq!(store.contact_states("anna").unwrap().len(), 1);
+        drop(store);
+        // Opened again: already schema 2, nothing duplicated.
+        let store = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(store.history("anna").unwrap().len(), 3);
+    }
 
     #[test]
     fn purge_leaves_no_byte_of_an_erased_contact_while_open() {

@@ -7,7 +7,8 @@ use std::path::Path;
 use redb::{Database, ReadableDatabase, TableDefinition};
 
 use super::{
-    CONTACTS, ERASURES, EVENTS, IDEMPOTENCY, IDEMPOTENCY_BY_TIME, META, REWRITE_PENDING, WORDINGS,
+    CONTACTS, ERASURES, EVENTS, HISTORY, IDEMPOTENCY, IDEMPOTENCY_BY_TIME, META, REWRITE_PENDING,
+    WORDINGS,
 };
 use crate::store::StoreError;
 
@@ -27,6 +28,7 @@ pub(super) fn rewrite(old: &Database, path: &Path) -> Result<Database, StoreErro
         let dst = new.begin_write()?;
         copy_table(&src, &dst, META)?;
         copy_table(&src, &dst, CONTACTS)?;
+        copy_table(&src, &dst, HISTORY)?;
         copy_table(&src, &dst, EVENTS)?;
         copy_table(&src, &dst, IDEMPOTENCY)?;
         copy_table(&src, &dst, IDEMPOTENCY_BY_TIME)?;

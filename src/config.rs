@@ -84,6 +84,17 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(0..=50))]
     pub erasure_purge_seconds: u64,
 
+    /// Page cache of the embedded store, in MiB: memory beyond the index
+    /// that the store may keep (hot pages of contacts, history, keys).
+    #[arg(long, env = "CONSENTD_STORE_CACHE_MB", default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(16..=1_048_576))]
+    pub store_cache_mb: u64,
+
+    /// Log format: `text` (default) or `json` (one object per line).
+    #[arg(long, env = "CONSENTD_LOG_FORMAT", default_value = "text",
+          value_parser = ["text", "json"])]
+    pub log_format: String,
+
     /// Allow binding a non-loopback address with auth off.
     #[arg(long, env = "CONSENTD_ALLOW_UNAUTHENTICATED")]
     pub allow_unauthenticated: bool,
@@ -107,6 +118,8 @@ impl Config {
             allow_unauthenticated: false,
             idempotency_retention_hours: 168,
             erasure_purge_seconds: 10,
+            store_cache_mb: 256,
+            log_format: "text".into(),
             tls_cert: None,
             tls_key: None,
         }

@@ -131,9 +131,15 @@ impl Server {
         let store: Arc<dyn Store> =
             match store {
                 Some(store) => store,
-                None => Arc::new(RedbStore::open(&config.data_dir).with_context(|| {
-                    format!("opening the store in {}", config.data_dir.display())
-                })?),
+                None => Arc::new(
+                    RedbStore::open_with_cache(
+                        &config.data_dir,
+                        (config.store_cache_mb as usize).saturating_mul(1024 * 1024),
+                    )
+                    .with_context(|| {
+                        format!("opening the store in {}", config.data_dir.display())
+                    })?,
+                ),
             };
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating {}", config.data_dir.display()))?;

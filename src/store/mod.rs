@@ -20,7 +20,7 @@ mod memory;
 mod redb;
 
 pub use self::memory::MemoryStore;
-pub use self::redb::RedbStore;
+pub use self::redb::{DEFAULT_CACHE_BYTES, RedbStore};
 
 pub use crate::domain::IdempotencyRecord;
 use crate::domain::{CatalogSpec, Decision, EventRecord, StateRecord, UnixNanos, Wording};

@@ -63,6 +63,16 @@ const REWRITE_PENDING: &str = "rewrite_pending";
 /// Bumped on any incompatible change of the layout above (2: `history`).
 pub(super) const SCHEMA_VERSION: u32 = 2;
 const DB_FILE: &str = "consentd.redb";
+/// The page cache when none is configured: enough for the hot pages of
+/// millions of contacts, small beside the index.
+pub const DEFAULT_CACHE_BYTES: usize = 256 * 1024 * 1024;
+
+/// A redb builder with the page cache bounded.
+fn builder(cache_bytes: usize) -> redb::Builder {
+    let mut b = redb::Builder::new();
+    b.set_cache_size(cache_bytes);
+    b
+}
 
 impl From<redb::Error> for StoreError {
     fn from(e: redb::Error) -> Self {
@@ -105,40 +115,49 @@ fn read_contact(
 pub struct RedbStore {
     /// The database in use; replaced whole by a post-erasure rewrite.
     db: ArcSwap<Database>,
+    /// The page cache bound, for the file a rewrite creates.
+    cache_bytes: usize,
     /// The file, when the store owns one (a caller's backend has none, and
     /// is not rewritten after erasures).
     path: Option<PathBuf>,
 }
 
 impl RedbStore {
-    /// Opens (creating if missing) the store in `data_dir`; first rewrites
-    /// the file if an erasure happened since the last rewrite.
+    /// Opens (creating if missing) the store in `data_dir` with the default
+    /// page cache ([`DEFAULT_CACHE_BYTES`]).
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with_cache(data_dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens (creating if missing) the store in `data_dir`, its page cache
+    /// bounded to `cache_bytes`; first rewrites the file if an erasure
+    /// happened since the last rewrite.
+    pub fn open_with_cache(data_dir: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir)?;
         let path = data_dir.join(DB_FILE);
-        let db = Database::create(&path)?;
+        let db = builder(cache_bytes).create(&path)?;
         owner_only(&path)?;
         let pending = Self::rewrite_pending(&db)?;
         let db = if pending {
-            rewrite::rewrite(&db, &path)?
+            rewrite::rewrite(&db, &path, cache_bytes)?
         } else {
             // A rewrite that crashed before its rename left only live data.
             let _ = std::fs::remove_file(path.with_extension("rewrite"));
             db
         };
-        Self::init(db, Some(path))
+        Self::init(db, Some(path), cache_bytes)
     }
 
     /// Opens (creating if empty) a store over any redb storage backend: an
     /// in-memory one, or one that injects faults (the fail-stop and
     /// power-loss tests). Erasures are not rewritten out of such a backend.
     pub fn open_with_backend(backend: impl redb::StorageBackend) -> Result<Self, StoreError> {
-        let db = redb::Builder::new().create_with_backend(backend)?;
-        Self::init(db, None)
+        let db = builder(DEFAULT_CACHE_BYTES).create_with_backend(backend)?;
+        Self::init(db, None, DEFAULT_CACHE_BYTES)
     }
 
     /// Checks the schema version and creates what a new file lacks.
-    fn init(db: Database, path: Option<PathBuf>) -> Result<Self, StoreError> {
+    fn init(db: Database, path: Option<PathBuf>, cache_bytes: usize) -> Result<Self, StoreError> {
         let txn = db.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
@@ -179,6 +198,7 @@ impl RedbStore {
         txn.commit()?;
         Ok(Self {
             db: ArcSwap::from_pointee(db),
+            cache_bytes,
             path,
         })
     }
@@ -382,7 +402,7 @@ impl Store for RedbStore {
         if !Self::rewrite_pending(&old)? {
             return Ok(false);
         }
-        let new = rewrite::rewrite(&old, path)?;
+        let new = rewrite::rewrite(&old, path, self.cache_bytes)?;
         self.db.store(Arc::new(new));
         Ok(true)
     }

@@ -17,11 +17,15 @@ use crate::store::StoreError;
 /// page of the old file stays in the data dir; returns the new database.
 /// Crash-safe: until the rename the old file is untouched, and still marked
 /// for a rewrite. The caller is the only writer while it runs.
-pub(super) fn rewrite(old: &Database, path: &Path) -> Result<Database, StoreError> {
+pub(super) fn rewrite(
+    old: &Database,
+    path: &Path,
+    cache_bytes: usize,
+) -> Result<Database, StoreError> {
     let started = std::time::Instant::now();
     let tmp = path.with_extension("rewrite");
     let _ = std::fs::remove_file(&tmp);
-    let new = Database::create(&tmp)?;
+    let new = super::builder(cache_bytes).create(&tmp)?;
     super::owner_only(&tmp)?;
     {
         let src = old.begin_read()?;

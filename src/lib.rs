@@ -29,7 +29,7 @@
 
 mod auth;
 pub mod authority;
-mod clock;
+pub mod clock;
 pub mod config;
 pub mod domain;
 mod error;

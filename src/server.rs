@@ -128,19 +128,16 @@ impl Server {
             .unwrap_or_else(|| format!("http://{http_addr}"));
         // Read before anything opens, so a bad file changes nothing.
         let catalog = config.catalog.as_deref().map(read_catalog).transpose()?;
-        let store: Arc<dyn Store> =
-            match store {
-                Some(store) => store,
-                None => Arc::new(
-                    RedbStore::open_with_cache(
-                        &config.data_dir,
-                        (config.store_cache_mb as usize).saturating_mul(1024 * 1024),
-                    )
-                    .with_context(|| {
-                        format!("opening the store in {}", config.data_dir.display())
-                    })?,
-                ),
-            };
+        let store: Arc<dyn Store> = match store {
+            Some(store) => store,
+            None => Arc::new(
+                RedbStore::open_with_cache(
+                    &config.data_dir,
+                    (config.store_cache_mb as usize).saturating_mul(1024 * 1024),
+                )
+                .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
+            ),
+        };
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating {}", config.data_dir.display()))?;
         let links = Links::open(&config.data_dir, &config.link_keys, &public_url)?;
@@ -153,6 +150,7 @@ impl Server {
                     config.idempotency_retention_hours * 3600,
                 ),
                 erasure_purge_after: Duration::from_secs(config.erasure_purge_seconds),
+                ..Default::default()
             },
         )?;
         tracing::info!(

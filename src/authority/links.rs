@@ -9,7 +9,6 @@
 //! answered "unsubscribed" CanSend for that (contact, channel, brand,
 //! purpose) is not allowed.
 
-use crate::clock::now_nanos;
 use crate::domain::{
     Action, Catalog, Change, ChangeOutcome, ConsentId, ConsentIdx, ContactId, Evidence, Source,
     ids::check_contact,
@@ -53,7 +52,7 @@ impl Authority {
             purpose: id(purpose).expect("catalog ids are valid"),
             channel: channel.to_owned(),
             brand: brand.to_owned(),
-            issued_at: now_nanos(),
+            issued_at: self.clock.now(),
         };
         self.links.url(&self.links.mint(&claim))
     }

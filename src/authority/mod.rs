@@ -25,7 +25,7 @@ pub use self::import::{Import, ImportSummary, RowError};
 pub use self::links::{LinkPage, PAGE_ACTOR};
 pub use crate::error::Error;
 
-use crate::clock::now_nanos;
+use crate::clock::{Clock, SystemClock};
 use crate::domain::{
     Catalog, CatalogSpec, Change, ChangeOutcome, ConsentId, ConsentIdx, ContactId, Erasures,
     EventRecord, FieldError, HeldState, StateRecord, UnixNanos, Verdict, Wording,
@@ -112,6 +112,7 @@ pub struct Authority {
     metrics: Arc<Metrics>,
     links: Arc<Links>,
     imports: Arc<import::ImportLimits>,
+    clock: Arc<dyn Clock>,
 }
 
 /// Everything held about one contact.
@@ -130,7 +131,7 @@ pub struct ContactExport {
 }
 
 /// How the authority behaves, from configuration.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Options {
     /// The purpose a CanSend naming none uses when the catalog sets none.
     pub default_purpose: Option<String>,
@@ -139,6 +140,8 @@ pub struct Options {
     /// How long after an erasure the data files are purged of it (several
     /// erasures in that window share one purge).
     pub erasure_purge_after: Duration,
+    /// The clock for receipt times, link times and pruning.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Default for Options {
@@ -147,6 +150,7 @@ impl Default for Options {
             default_purpose: None,
             idempotency_retention: Duration::from_secs(7 * 24 * 3600),
             erasure_purge_after: Duration::from_secs(10),
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -174,6 +178,7 @@ impl Authority {
             default_purpose,
             idempotency_retention,
             erasure_purge_after,
+            clock,
         } = options;
         let started = Instant::now();
         let recovered = store.recover()?;
@@ -251,6 +256,7 @@ impl Authority {
                 usage,
                 idempotency_retention,
                 purge_after: erasure_purge_after,
+                clock: clock.clone(),
                 erasures: Erasures::new(&recovered.erasure_key, recovered.erasures),
             },
             metrics.clone(),
@@ -263,6 +269,7 @@ impl Authority {
             metrics,
             links: Arc::new(links),
             imports: Arc::default(),
+            clock,
         };
         Ok((authority, report))
     }
@@ -272,6 +279,11 @@ impl Authority {
     /// [`Error::Closed`].
     pub async fn close(&self) -> Result<(), Error> {
         self.writer.close().await
+    }
+
+    /// The time now, by the authority's clock.
+    pub fn now(&self) -> UnixNanos {
+        self.clock.now()
     }
 
     /// Resolves with the cause once writes have stopped for good after a
@@ -409,6 +421,7 @@ impl Authority {
     /// Everything held about a contact (GDPR Art. 15/20): its states, its
     /// whole history and every wording those point at, as of one moment.
     pub async fn export(&self, contact: ContactId) -> Result<ContactExport, Error> {
+        let clock = self.clock.clone();
         let export = self
             .read(move |store| {
                 // States, then history: when a commit lands in between, the
@@ -445,7 +458,7 @@ impl Authority {
                     states,
                     events,
                     wordings,
-                    exported_at: now_nanos(),
+                    exported_at: clock.now(),
                 })
             })
             .await?;

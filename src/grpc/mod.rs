@@ -12,7 +12,6 @@ use admission::{actor, deadline};
 use tonic::{Request, Response, Status};
 
 use crate::authority::{Answer, Authority};
-use crate::clock::now_nanos;
 use crate::domain::{Action, ContactId, FieldError};
 use crate::pb;
 
@@ -116,8 +115,9 @@ impl ConsentsService {
     ) -> Result<Response<pb::ChangeResult>, Status> {
         let actor = actor(&request).to_owned();
         let deadline = deadline(&request);
-        let change = convert::change_from(action, request.into_inner(), now_nanos(), &actor)
-            .map_err(invalid)?;
+        let change =
+            convert::change_from(action, request.into_inner(), self.authority.now(), &actor)
+                .map_err(invalid)?;
         let outcome = self.authority.change(change, deadline).await?;
         Ok(Response::new(convert::outcome_to(outcome)))
     }
@@ -175,7 +175,7 @@ impl pb::consents_server::Consents for ConsentsService {
         let mut import = self.authority.import()?;
         while let Some(row) = rows.message().await? {
             import
-                .row(convert::row_from(row, now_nanos(), &actor))
+                .row(convert::row_from(row, self.authority.now(), &actor))
                 .await?;
         }
         Ok(Response::new(convert::summary_to(import.finish().await?)))

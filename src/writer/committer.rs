@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::batch::{ContactKey, GroupBatch};
 use super::{Command, Reply, WriterStart};
-use crate::clock::now_nanos;
+use crate::clock::Clock;
 use crate::domain::{
     Catalog, CatalogSpec, Change, ChangeOutcome, ContactId, Erasures, EventRecord, Known, Ruling,
     UnixNanos, rule,
@@ -65,6 +65,7 @@ pub(super) struct Committer {
     purge_after: Duration,
     /// When the oldest erasure not yet purged from the store's files was made.
     purge_pending_since: Option<Instant>,
+    clock: Arc<dyn Clock>,
     /// Set once the store failed: every later write is refused.
     failed: Option<String>,
     /// Where the failure is reported (the server watches it).
@@ -96,6 +97,7 @@ impl Committer {
             purge_pending_since: None,
             failed: None,
             failure,
+            clock: start.clock,
         }
     }
 
@@ -177,7 +179,7 @@ impl Committer {
     /// The receipt time the next recorded change gets: wall-clock time,
     /// but strictly after everything recorded before.
     fn receipt_time(&self) -> UnixNanos {
-        now_nanos().max(self.last_recorded + 1)
+        self.clock.now().max(self.last_recorded + 1)
     }
 
     /// Rules every change, commits those that record something in one
@@ -322,7 +324,7 @@ impl Committer {
         }
         self.last_prune = Some(Instant::now());
         match self.store.prune_idempotency(
-            now_nanos().saturating_sub(self.retention),
+            self.clock.now().saturating_sub(self.retention),
             PRUNE_BATCH.max(2 * std::mem::take(&mut self.keys_since_prune)),
         ) {
             Ok(0) => {}
@@ -452,6 +454,7 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     use super::*;
+    use crate::clock::ManualClock;
     use crate::domain::{
         Action, ConsentId, ConsentSpec, Decision, Evidence, IdempotencyRecord, Source, StateRecord,
         Wording,
@@ -522,6 +525,19 @@ mod tests {
         Arc<Index>,
         watch::Receiver<Option<String>>,
     ) {
+        let (c, store, index, failed, _) = setup_with_clock();
+        (c, store, index, failed)
+    }
+
+    /// As `setup`, on a clock the test moves (at 1,000,000 s).
+    fn setup_with_clock() -> (
+        Committer,
+        Arc<Flaky>,
+        Arc<Index>,
+        watch::Receiver<Option<String>>,
+        Arc<ManualClock>,
+    ) {
+        let clock = ManualClock::new(1_000_000 * S);
         let (failure, failed) = watch::channel(None);
         let store = Arc::new(Flaky {
             inner: MemoryStore::new().unwrap(),
@@ -550,11 +566,12 @@ mod tests {
                 idempotency_retention: Duration::from_secs(24 * 3600),
                 erasures: Erasures::new(&[0; 32], []),
                 purge_after: Duration::ZERO,
+                clock: clock.clone(),
             },
             Arc::new(Metrics::default()),
             failure,
         );
-        (committer, store, index, failed)
+        (committer, store, index, failed, clock)
     }
 
     fn change(action: Action, seconds: i64, key: Option<&str>) -> Change {
@@ -685,5 +702,46 @@ mod tests {
         );
         assert!(store.history("anna").unwrap().is_empty());
         assert_eq!(held(&index), None);
+    }
+
+    #[test]
+    fn receipt_times_never_go_back_when_the_clock_does() {
+        let (mut c, store, _, _, clock) = setup_with_clock();
+        let now = |c: &Change| {
+            let mut c = c.clone();
+            c.occurred_at = None;
+            c
+        };
+        let first = group(&mut c, vec![now(&change(Action::Grant, 0, None))]);
+        assert!(first[0].is_ok());
+        clock.step(-3_600 * S); // NTP steps the clock back an hour
+        let second = group(&mut c, vec![now(&change(Action::Withdraw, 0, None))]);
+        let second = second[0].as_ref().unwrap();
+        let history = store.history("anna").unwrap();
+        assert!(history[1].recorded_at > history[0].recorded_at);
+        assert!(second.applied, "the later withdrawal still wins");
+        clock.step(7_200 * S);
+        group(&mut c, vec![now(&change(Action::Grant, 0, None))]);
+        let history = store.history("anna").unwrap();
+        assert_eq!(history[2].recorded_at, 1_003_600 * S, "back on the clock");
+    }
+
+    #[test]
+    fn keys_expire_by_the_clock() {
+        let (mut c, store, _, _, clock) = setup_with_clock();
+        group(&mut c, vec![change(Action::Grant, 10, Some("k1"))]);
+        c.last_prune = None;
+        c.prune_if_due();
+        assert!(
+            store.idempotency("k1").unwrap().is_some(),
+            "within retention"
+        );
+        clock.step(25 * 3_600 * S); // past the 24 h retention
+        c.last_prune = None;
+        c.prune_if_due();
+        assert_eq!(store.idempotency("k1").unwrap(), None);
+        // The same key is now a new change.
+        let again = group(&mut c, vec![change(Action::Grant, 10, Some("k1"))]);
+        assert_eq!(again[0].as_ref().unwrap().sequence, 2);
     }
 }

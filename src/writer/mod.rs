@@ -68,6 +68,8 @@ pub(crate) struct WriterStart {
     /// How long after an erasure the store purges what it deleted (so
     /// that several erasures share one purge).
     pub(crate) purge_after: std::time::Duration,
+    /// Where receipt times and pruning cutoffs come from.
+    pub(crate) clock: Arc<dyn crate::clock::Clock>,
 }
 
 /// A queued command whose reply never came: the writer died with it.
@@ -260,6 +262,7 @@ mod tests {
                 idempotency_retention: std::time::Duration::from_secs(24 * 3600),
                 erasures: Erasures::new(&[0; 32], []),
                 purge_after: std::time::Duration::ZERO,
+                clock: Arc::new(crate::clock::SystemClock),
             },
             Arc::new(Metrics::default()),
         );
@@ -349,6 +352,7 @@ mod tests {
                 idempotency_retention: std::time::Duration::from_secs(24 * 3600),
                 erasures: Erasures::new(&[0; 32], []),
                 purge_after: std::time::Duration::ZERO,
+                clock: Arc::new(crate::clock::SystemClock),
             },
             Arc::new(Metrics::default()),
         );

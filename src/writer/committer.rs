@@ -529,14 +529,17 @@ mod tests {
         (c, store, index, failed)
     }
 
-    /// As `setup`, on a clock the test moves (at 1,000,000 s).
-    fn setup_with_clock() -> (
+    /// A committer, its store, its index, its failure report, its clock.
+    type Setup = (
         Committer,
         Arc<Flaky>,
         Arc<Index>,
         watch::Receiver<Option<String>>,
         Arc<ManualClock>,
-    ) {
+    );
+
+    /// As `setup`, on a clock the test moves (at 1,000,000 s).
+    fn setup_with_clock() -> Setup {
         let clock = ManualClock::new(1_000_000 * S);
         let (failure, failed) = watch::channel(None);
         let store = Arc::new(Flaky {

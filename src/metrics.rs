@@ -38,8 +38,60 @@ impl Tally {
     }
 }
 
+/// Upper bounds of the latency buckets, in microseconds: 50 µs to 1 s.
+const BUCKETS_MICROS: [u64; 13] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+];
+
+/// A Prometheus histogram of latencies: a few relaxed atomic adds per
+/// observation, no lock, no allocation.
+#[derive(Default)]
+pub(crate) struct Histogram {
+    /// Observations at or below each bound; the last slot is +Inf.
+    buckets: [AtomicU64; BUCKETS_MICROS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    /// Counts one observation.
+    pub(crate) fn observe(&self, took: Duration) {
+        let micros = took.as_micros().min(u128::from(u64::MAX)) as u64;
+        let slot = BUCKETS_MICROS
+            .iter()
+            .position(|&b| micros <= b)
+            .unwrap_or(BUCKETS_MICROS.len());
+        self.buckets[slot].fetch_add(1, Relaxed);
+        self.sum_micros.fetch_add(micros, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (i, bucket) in self.buckets.iter().enumerate() {
+            cumulative += bucket.load(Relaxed);
+            match BUCKETS_MICROS.get(i) {
+                Some(&b) => {
+                    let le = b as f64 / 1e6;
+                    let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+                }
+                None => {
+                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+                }
+            }
+        }
+        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct Metrics {
+    /// CanSend and CanSendBatch calls, as the handler sees them.
+    pub(crate) can_send_seconds: Histogram,
+    /// Grant and Withdraw calls: queue, ruling, commit, reply.
+    pub(crate) write_seconds: Histogram,
+    /// One group commit: ruling and the store transaction.
+    pub(crate) commit_seconds: Histogram,
     granted: AtomicU64,
     withdrawn: AtomicU64,
     no_consent: AtomicU64,
@@ -77,6 +129,7 @@ impl Metrics {
     }
 
     pub(crate) fn commit(&self, changes: usize, took: Duration) {
+        self.commit_seconds.observe(took);
         self.commits.fetch_add(1, Relaxed);
         self.committed_changes.fetch_add(changes as u64, Relaxed);
         self.commit_micros
@@ -123,9 +176,29 @@ impl Metrics {
         self.erasures.fetch_add(1, Relaxed);
     }
 
-    /// Renders every series; `contacts` is read from the index at scrape time.
-    pub(crate) fn render(&self, contacts: usize) -> String {
-        let mut out = String::with_capacity(1024);
+    /// Renders every series; `contacts` is read from the index and
+    /// `queue_depth` from the writer at scrape time.
+    pub(crate) fn render(&self, contacts: usize, queue_depth: usize) -> String {
+        let mut out = String::with_capacity(4096);
+        self.can_send_seconds.render(
+            &mut out,
+            "consentd_can_send_seconds",
+            "CanSend and CanSendBatch calls, handler time.",
+        );
+        self.write_seconds.render(
+            &mut out,
+            "consentd_write_seconds",
+            "Grant and Withdraw calls: queue wait, ruling, commit and reply.",
+        );
+        self.commit_seconds.render(
+            &mut out,
+            "consentd_group_commit_seconds",
+            "Group commits: ruling a batch and its store transaction.",
+        );
+        let _ = writeln!(
+            out,
+            "# HELP consentd_writer_queue_depth Commands waiting for the writer.\n# TYPE consentd_writer_queue_depth gauge\nconsentd_writer_queue_depth {queue_depth}"
+        );
         let get = |c: &AtomicU64| c.load(Relaxed);
         out.push_str("# HELP consentd_decisions_total CanSend answers by reason.\n");
         out.push_str("# TYPE consentd_decisions_total counter\n");

@@ -210,8 +210,30 @@ async fn health_and_reflection_list_every_service() {
 
     let body = reqwest_get(server.admin_addr, "/healthz").await;
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    // A write and a few checks, then the on-call's view of them.
+    let mut cons = server.consents().await;
+    cons.grant(change("metric-anna", "marketing", None))
+        .await
+        .unwrap();
+    let mut elig = server.eligibility().await;
+    for _ in 0..3 {
+        can_send(&mut elig, "metric-anna", "email", "acme").await;
+    }
     let metrics = reqwest_get(server.admin_addr, "/metrics").await;
     assert!(metrics.contains("consentd_decisions_total"), "{metrics}");
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing from {metrics}"))
+    };
+    assert!(value("consentd_can_send_seconds_bucket{le=\"+Inf\"}") >= 3.0);
+    assert!(value("consentd_can_send_seconds_count") >= 3.0);
+    assert!(value("consentd_write_seconds_count") >= 1.0);
+    assert!(value("consentd_group_commit_seconds_count") >= 1.0);
+    assert_eq!(value("consentd_writer_queue_depth"), 0.0);
+    assert_eq!(value("consentd_store_failures_total"), 0.0);
+    assert_eq!(value("consentd_shed_total{reason=\"queue_full\"}"), 0.0);
     server.stop().await;
 }
 

@@ -345,7 +345,9 @@ impl Authority {
         change: Change,
         deadline: Option<Instant>,
     ) -> Result<ChangeOutcome, Error> {
+        let started = Instant::now();
         let result = self.writer.change(change, deadline).await;
+        self.metrics.write_seconds.observe(started.elapsed());
         match &result {
             Err(Error::Overloaded(_)) => self.metrics.shed("queue_full"),
             Err(Error::DeadlineExceeded) => {} // counted by the writer
@@ -511,6 +513,16 @@ impl Authority {
 
     pub(crate) fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Counts the handler time of one CanSend or CanSendBatch call.
+    pub fn observe_check(&self, took: Duration) {
+        self.metrics.can_send_seconds.observe(took);
+    }
+
+    /// Commands waiting for the writer.
+    pub fn writer_queue_depth(&self) -> usize {
+        self.writer.queue_depth()
     }
 
     /// Contacts holding at least one state.

@@ -50,19 +50,23 @@ impl pb::eligibility_server::Eligibility for EligibilityService {
         &self,
         request: Request<pb::CanSendRequest>,
     ) -> Result<Response<pb::CanSendResponse>, Status> {
+        let started = std::time::Instant::now();
         let r = request.get_ref();
         let answer = self
             .authority
             .can_send(&r.contact_id, &r.channel, &r.brand, &r.purpose)
             .map_err(invalid)?;
         let url = self.link_for(r, &answer);
-        Ok(Response::new(convert::answer_to(answer, url)))
+        let response = convert::answer_to(answer, url);
+        self.authority.observe_check(started.elapsed());
+        Ok(Response::new(response))
     }
 
     async fn can_send_batch(
         &self,
         request: Request<pb::CanSendBatchRequest>,
     ) -> Result<Response<pb::CanSendBatchResponse>, Status> {
+        let started = std::time::Instant::now();
         let checks = &request.get_ref().checks;
         if checks.len() > MAX_BATCH_CHECKS {
             return Err(invalid(FieldError::new(
@@ -92,6 +96,7 @@ impl pb::eligibility_server::Eligibility for EligibilityService {
                 },
             })
             .collect();
+        self.authority.observe_check(started.elapsed());
         Ok(Response::new(pb::CanSendBatchResponse { results }))
     }
 }

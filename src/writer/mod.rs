@@ -136,6 +136,11 @@ impl Writer {
         }
     }
 
+    /// Commands waiting in the queue.
+    pub(crate) fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
     /// Resolves with the cause once writing has stopped for good (a store
     /// failure, a panic); never while the writer is healthy.
     pub(crate) async fn failed(&self) -> String {

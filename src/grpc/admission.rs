@@ -120,16 +120,22 @@ where
                 Err(status) => return Box::pin(async move { Ok(status.into_http()) }),
             },
         };
-        let deadline = request
-            .headers()
-            .get("grpc-timeout")
-            .and_then(|v| v.to_str().ok())
-            .and_then(grpc_timeout)
-            .and_then(|t| Instant::now().checked_add(t));
-        if let Some(d) = deadline {
-            request.extensions_mut().insert(Deadline(d));
+        // Only writes use a deadline, only a named token an actor: the
+        // hot path (CanSend, auth off or on) inserts nothing.
+        if request.uri().path().starts_with("/consent.v1.Consents/") {
+            let deadline = request
+                .headers()
+                .get("grpc-timeout")
+                .and_then(|v| v.to_str().ok())
+                .and_then(grpc_timeout)
+                .and_then(|t| Instant::now().checked_add(t));
+            if let Some(d) = deadline {
+                request.extensions_mut().insert(Deadline(d));
+            }
         }
-        request.extensions_mut().insert(Actor(actor));
+        if !actor.is_empty() {
+            request.extensions_mut().insert(Actor(actor));
+        }
         Box::pin(self.inner.call(request))
     }
 }

@@ -312,3 +312,56 @@ mod tests {
         assert!(nanos_from("occurred_at", &far).is_err());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn arbitrary_row() -> impl Strategy<Value = pb::ImportRow> {
+        (
+            any::<i32>(),
+            proptest::option::of((
+                ".{0,300}",
+                ".{0,80}",
+                proptest::option::of((any::<i64>(), any::<i32>())),
+                any::<i32>(),
+                proptest::collection::hash_map(".{0,70}", ".{0,100}", 0..40),
+                ".{0,300}",
+            )),
+        )
+            .prop_map(|(action, change)| pb::ImportRow {
+                action,
+                change: change.map(|(contact_id, consent_id, t, source, evidence, key)| {
+                    pb::ConsentChange {
+                        contact_id,
+                        consent_id,
+                        occurred_at: t.map(|(seconds, nanos)| Timestamp { seconds, nanos }),
+                        source,
+                        evidence,
+                        idempotency_key: key,
+                    }
+                }),
+            })
+    }
+
+    proptest! {
+        /// Any import row either becomes a valid change or an error naming
+        /// a field, quoting at most 128 bytes of what it got.
+        #[test]
+        fn import_rows_validate_or_name_the_field(row in arbitrary_row()) {
+            match row_from(row, 1_800_000_000_000_000_000, "crm") {
+                Ok(change) => {
+                    prop_assert!(change.occurred_at.is_some());
+                    prop_assert!(crate::domain::event::check_evidence(&change.evidence).is_ok());
+                    prop_assert_eq!(change.actor, "crm");
+                }
+                Err(e) => {
+                    prop_assert!(!e.field.is_empty());
+                    prop_assert!(e.to_string().len() < 400, "{}", e);
+                }
+            }
+        }
+    }
+}

@@ -313,3 +313,36 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// The form parsers take any body, urlencoded or multipart, without
+        /// panicking; only an exact `scope=all` asks for everything.
+        #[test]
+        fn form_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let form = HeaderMap::new();
+            let mut multi = HeaderMap::new();
+            multi.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("multipart/form-data; boundary=xyz"),
+            );
+            let _ = is_one_click_multipart(&multi, &body);
+            let _ = wants_everything(&multi, &body);
+            let everything = wants_everything(&form, &body);
+            if everything {
+                let text = String::from_utf8_lossy(&body);
+                prop_assert!(text.contains("scope=all"), "{text}");
+            }
+        }
+
+        #[test]
+        fn multipart_text_never_panics(body in ".{0,512}", name in "[a-zA-Z-]{1,20}") {
+            let _ = multipart_field(&body, &name);
+        }
+    }
+}

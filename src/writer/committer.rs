@@ -225,8 +225,10 @@ impl Committer {
         self.keys_since_prune += batch.write.idempotency.len();
         match self.store.commit(&batch.write) {
             Ok(()) => {
-                batch.acknowledge(&self.index, &mut self.usage);
+                // Counted before anyone is answered: a caller that reads the
+                // metrics after its answer sees its commit.
                 self.metrics.commit(n, started.elapsed());
+                batch.acknowledge(&self.index, &mut self.usage);
             }
             Err(e) => {
                 tracing::error!(error = %e, changes = n, "commit failed; this batch is answered \"outcome unknown\"");

@@ -574,3 +574,92 @@ mod tests {
         assert!(adopted.wordings.iter().all(|w| w.in_force_from == 0));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Small catalogs with arbitrary parents and scopes, valid or not.
+    fn arbitrary_spec() -> impl Strategy<Value = CatalogSpec> {
+        let ids = proptest::collection::vec("[a-e][a-e.]{0,3}", 0..8);
+        (
+            proptest::collection::vec("[a-d]{1,2}", 0..4),
+            proptest::collection::vec("[w-z]{1,2}", 0..4),
+            ids,
+            proptest::collection::vec((any::<u8>(), any::<u8>(), any::<u8>()), 8),
+        )
+            .prop_map(|(channels, brands, ids, picks)| {
+                let consents = ids
+                    .iter()
+                    .enumerate()
+                    .map(|(i, id)| {
+                        let (p, c, b) = picks[i % picks.len()];
+                        ConsentSpec {
+                            id: id.clone(),
+                            parent: (p % 3 != 0).then(|| ids[p as usize % ids.len()].clone()),
+                            channels: channels.iter().take(c as usize % 3).cloned().collect(),
+                            brands: brands
+                                .iter()
+                                .skip(b as usize % 2)
+                                .take(1)
+                                .cloned()
+                                .collect(),
+                            text: format!("words {i}"),
+                            ..Default::default()
+                        }
+                    })
+                    .collect();
+                CatalogSpec {
+                    channels,
+                    brands,
+                    consents,
+                    default_purpose: None,
+                }
+            })
+    }
+
+    proptest! {
+        /// Compiling never panics; an error names a field of the spec; a
+        /// success covers every cell only with consents whose scope holds it,
+        /// most specific first.
+        #[test]
+        fn compile_is_total_and_covers_only_what_scopes_hold(spec in arbitrary_spec()) {
+            match Catalog::empty(None).compile(spec.clone(), 1) {
+                Err(e) => {
+                    let known = ["channels", "brands", "consents", "default_purpose"];
+                    prop_assert!(known.iter().any(|k| e.field.starts_with(k)), "{}", e);
+                }
+                Ok(compiled) => {
+                    let cat = compiled.catalog;
+                    let roots: Vec<&ConsentSpec> =
+                        cat.spec().consents.iter().filter(|c| c.parent.is_none()).collect();
+                    for root in roots {
+                        for ch in &spec.channels {
+                            for br in &spec.brands {
+                                let cell = cat.cell(&root.id, ch, br).unwrap();
+                                let cover = cat.covering(cell);
+                                let mut depth = u16::MAX;
+                                for &idx in cover {
+                                    let c = cat.consent(idx).unwrap();
+                                    let ch_i = spec.channels.iter().position(|x| x == ch).unwrap();
+                                    let br_i = spec.brands.iter().position(|x| x == br).unwrap();
+                                    prop_assert!(c.channels.contains(&(ch_i as u32)));
+                                    prop_assert!(c.brands.contains(&(br_i as u32)));
+                                    prop_assert_eq!(cat.consent_id(c.purpose), root.id.as_str());
+                                    prop_assert!(c.depth <= depth, "most specific first");
+                                    depth = c.depth;
+                                }
+                            }
+                        }
+                    }
+                    // Compiling its own output again changes no version.
+                    let again = cat.compile(cat.spec().clone(), 2).unwrap();
+                    prop_assert!(again.wordings.is_empty());
+                    prop_assert_eq!(again.catalog.spec(), cat.spec());
+                }
+            }
+        }
+    }
+}

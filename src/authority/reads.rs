@@ -1,0 +1,162 @@
+//! The read side of the authority: a contact's states, its history a page
+//! at a time, its whole export, and the wordings. Every store read runs on
+//! the blocking pool, off the tokio workers.
+
+use std::collections::BTreeSet;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+use super::{Authority, Error};
+use crate::domain::{
+    ConsentId, ContactId, EventRecord, FieldError, StateRecord, UnixNanos, Wording,
+};
+use crate::store::{Store, StoreError};
+
+/// Most events in one page of history.
+pub const MAX_HISTORY_PAGE: usize = 1000;
+
+/// The sequence a history page token continues after (0: the first page).
+fn page_after(token: &str) -> Result<u64, FieldError> {
+    if token.is_empty() {
+        return Ok(0);
+    }
+    URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| FieldError::new("page_token", "is not a token this server issued"))
+}
+
+/// Everything held about one contact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContactExport {
+    /// Whom it is about.
+    pub contact: ContactId,
+    /// Its current states.
+    pub states: Vec<StateRecord>,
+    /// Its whole history, oldest first.
+    pub events: Vec<EventRecord>,
+    /// The wording behind every (consent, version) of the states and events.
+    pub wordings: Vec<Wording>,
+    /// When it was read.
+    pub exported_at: UnixNanos,
+}
+
+impl Authority {
+    /// Every current state of a contact (empty for an unknown contact).
+    pub async fn contact_states(&self, contact: ContactId) -> Result<Vec<StateRecord>, Error> {
+        self.read(move |store| store.contact_states(contact.as_str()))
+            .await
+    }
+
+    /// One page of a contact's history, in recording order, and the token
+    /// of the next page (empty after the last). `page_size` 0 means up to
+    /// [`MAX_HISTORY_PAGE`]; more is that many. `page_token` is empty for
+    /// the first page.
+    pub async fn history(
+        &self,
+        contact: ContactId,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<(Vec<EventRecord>, String), Error> {
+        let size = match page_size as usize {
+            0 => MAX_HISTORY_PAGE,
+            n => n.min(MAX_HISTORY_PAGE),
+        };
+        let after = page_after(page_token)?;
+        let mut events = self
+            .read(move |store| store.history_page(contact.as_str(), after, size + 1))
+            .await?;
+        let next = if events.len() > size {
+            events.truncate(size);
+            let last = events.last().map_or(after, |e| e.sequence);
+            URL_SAFE_NO_PAD.encode(last.to_be_bytes())
+        } else {
+            String::new()
+        };
+        Ok((events, next))
+    }
+
+    /// Everything held about a contact (GDPR Art. 15/20): its states, its
+    /// whole history and every wording those point at, as of one moment.
+    pub async fn export(&self, contact: ContactId) -> Result<ContactExport, Error> {
+        let clock = self.clock.clone();
+        let export = self
+            .read(move |store| {
+                // States, then history: when a commit lands in between, the
+                // history holds an applied event newer than every state, and
+                // the pair is read again, so the two always agree.
+                // A contact written to without pause gets the last pair read.
+                let mut attempts = 0;
+                let (states, events) = loop {
+                    attempts += 1;
+                    let states = store.contact_states(contact.as_str())?;
+                    let events = store.history(contact.as_str())?;
+                    let newest = states.iter().map(|s| s.sequence).max().unwrap_or(0);
+                    if attempts == 8 || events.iter().all(|e| !e.applied || e.sequence <= newest) {
+                        break (states, events);
+                    }
+                };
+                let mut wanted: BTreeSet<(&str, u32)> = events
+                    .iter()
+                    .map(|e| (e.consent.as_str(), e.version))
+                    .collect();
+                wanted.extend(states.iter().map(|s| (s.consent.as_str(), s.version)));
+                let mut wordings = Vec::with_capacity(wanted.len());
+                let consents: BTreeSet<&str> = wanted.iter().map(|(c, _)| *c).collect();
+                for consent in consents {
+                    wordings.extend(
+                        store
+                            .wordings(Some(consent))?
+                            .into_iter()
+                            .filter(|w| wanted.contains(&(consent, w.version))),
+                    );
+                }
+                Ok(ContactExport {
+                    contact,
+                    states,
+                    events,
+                    wordings,
+                    exported_at: clock.now(),
+                })
+            })
+            .await?;
+        Ok(export)
+    }
+
+    /// Runs a blocking store read on the blocking pool, off the tokio workers.
+    async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, Error> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || read(&*store))
+            .await
+            .map_err(|e| StoreError::Backend(Box::new(e)))?
+            .map_err(Error::from)
+    }
+
+    /// Every wording of `consent` (of every consent when empty), oldest
+    /// first. [`Error::NeverDeclared`] for an id no catalog ever declared.
+    pub async fn wordings(&self, consent: &str) -> Result<Vec<Wording>, Error> {
+        if consent.is_empty() {
+            let mut all = self.read(|store| store.wordings(None)).await?;
+            all.sort_by(|a, b| {
+                (a.in_force_from, a.consent.as_str(), a.version).cmp(&(
+                    b.in_force_from,
+                    b.consent.as_str(),
+                    b.version,
+                ))
+            });
+            return Ok(all);
+        }
+        let id = ConsentId::parse("consent_id", consent)?;
+        if self.catalog.load().latest_wording(id.as_str()).is_none() {
+            return Err(Error::NeverDeclared(id.to_string()));
+        }
+        self.read(move |store| store.wordings(Some(id.as_str())))
+            .await
+    }
+}

@@ -1,0 +1,161 @@
+//! The write side of the redb store: a group commit, an erasure, pruning
+//! idempotency keys. Each is one durable transaction (fsync before it
+//! returns); only the writer thread calls them.
+
+use prost::Message;
+use redb::ReadableTable;
+
+use super::{
+    CONTACTS, ERASURES, EVENTS, HISTORY, IDEMPOTENCY, IDEMPOTENCY_BY_TIME, META, REWRITE_PENDING,
+    RedbStore, WORDINGS, read_contact,
+};
+use crate::domain::UnixNanos;
+use crate::store::codec::{
+    ContactRecord, decode_idempotency, decode_stored_event, encode_event, encode_idempotency,
+    encode_tombstone, encode_wording, state_to,
+};
+use crate::store::{StoreError, Tombstone, WriteBatch};
+
+impl RedbStore {
+    pub(super) fn commit_in(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+        // Durability::Immediate is redb's default: commit() returns after fsync.
+        let txn = self.db.load().begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            meta.insert(
+                "next_sequence",
+                batch.next_sequence.to_le_bytes().as_slice(),
+            )?;
+            if let Some(catalog) = &batch.catalog {
+                let json = serde_json::to_vec(catalog).map_err(|e| StoreError::Corrupt {
+                    table: "meta",
+                    what: format!("catalog: {e}"),
+                })?;
+                meta.insert("catalog", json.as_slice())?;
+            }
+            if !batch.wordings.is_empty() {
+                let mut wordings = txn.open_table(WORDINGS)?;
+                for w in &batch.wordings {
+                    let key = (w.consent.as_str(), w.version);
+                    wordings.insert(key, encode_wording(w).as_slice())?;
+                }
+            }
+            let mut events = txn.open_table(EVENTS)?;
+            let mut contacts = txn.open_table(CONTACTS)?;
+            let mut history = txn.open_table(HISTORY)?;
+            let mut buf = Vec::with_capacity(256);
+            // Events of one contact are often adjacent in a batch: keep its
+            // record in hand until the contact changes.
+            let mut open: Option<(&str, ContactRecord)> = None;
+            for e in &batch.events {
+                buf.clear();
+                encode_event(e, &mut buf);
+                events.insert(e.sequence, buf.as_slice())?;
+                let contact = e.contact.as_str();
+                history.insert((contact, e.sequence), ())?;
+                if open.as_ref().is_none_or(|(c, _)| *c != contact) {
+                    if let Some((c, r)) = open.take() {
+                        contacts.insert(c, r.encode_to_vec().as_slice())?;
+                    }
+                    let r = read_contact(&contacts, contact)?.unwrap_or_default();
+                    open = Some((contact, r));
+                }
+                let (_, record) = open.as_mut().expect("opened above");
+                if e.applied {
+                    let state = state_to(e);
+                    match record
+                        .states
+                        .iter_mut()
+                        .find(|s| s.consent == state.consent)
+                    {
+                        Some(slot) => *slot = state,
+                        None => record.states.push(state),
+                    }
+                }
+            }
+            if let Some((c, r)) = open.take() {
+                contacts.insert(c, r.encode_to_vec().as_slice())?;
+            }
+            let mut idem = txn.open_table(IDEMPOTENCY)?;
+            let mut by_time = txn.open_table(IDEMPOTENCY_BY_TIME)?;
+            for (key, r) in &batch.idempotency {
+                idem.insert(key.as_str(), encode_idempotency(r).as_slice())?;
+                by_time.insert((r.recorded_at, key.as_str()), ())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    pub(super) fn prune_in(&self, before: UnixNanos, max: usize) -> Result<usize, StoreError> {
+        let txn = self.db.load().begin_write()?;
+        let n;
+        {
+            let mut by_time = txn.open_table(IDEMPOTENCY_BY_TIME)?;
+            let mut idem = txn.open_table(IDEMPOTENCY)?;
+            let old: Vec<(i64, String)> = by_time
+                .range((i64::MIN, "")..(before, ""))?
+                .take(max)
+                .map(|row| row.map(|(k, _)| (k.value().0, k.value().1.to_owned())))
+                .collect::<Result<_, _>>()?;
+            n = old.len();
+            for (at, key) in &old {
+                by_time.remove((*at, key.as_str()))?;
+                idem.remove(key.as_str())?;
+            }
+        }
+        if n > 0 {
+            txn.commit()?;
+        } else {
+            txn.abort()?;
+        }
+        Ok(n)
+    }
+
+    pub(super) fn erase_in(
+        &self,
+        contact: &str,
+        tombstone: &Tombstone,
+    ) -> Result<bool, StoreError> {
+        let txn = self.db.load().begin_write()?;
+        let held;
+        {
+            let mut contacts = txn.open_table(CONTACTS)?;
+            held = contacts.remove(contact)?.is_some();
+            let mut history = txn.open_table(HISTORY)?;
+            let sequences: Vec<u64> = history
+                .range((contact, 0)..=(contact, u64::MAX))?
+                .map(|row| row.map(|(k, _)| k.value().1))
+                .collect::<Result<_, _>>()?;
+            {
+                let mut events = txn.open_table(EVENTS)?;
+                let mut idem = txn.open_table(IDEMPOTENCY)?;
+                for &sequence in &sequences {
+                    history.remove((contact, sequence))?;
+                    let key = match events.remove(sequence)? {
+                        Some(v) => decode_stored_event(v.value())?.idempotency_key,
+                        None => None,
+                    };
+                    if let Some(key) = key {
+                        let recorded_at = idem
+                            .remove(key.as_str())?
+                            .map(|v| decode_idempotency(v.value()))
+                            .transpose()?
+                            .map(|r| r.recorded_at);
+                        if let Some(at) = recorded_at {
+                            txn.open_table(IDEMPOTENCY_BY_TIME)?
+                                .remove((at, key.as_str()))?;
+                        }
+                    }
+                }
+            }
+            let value = encode_tombstone(tombstone.erased_at, &tombstone.reason);
+            txn.open_table(ERASURES)?
+                .insert(&tombstone.hash, value.as_slice())?;
+            txn.open_table(META)?
+                .insert(REWRITE_PENDING, [1u8].as_slice())?;
+        }
+        txn.commit()?;
+        Ok(held)
+    }
+}

@@ -17,6 +17,34 @@ use consentd::store::{RedbStore, Store, Tombstone, WriteBatch};
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// Resident memory of this process, in bytes.
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// In a fresh process: open the store in `dir` as the server does, rebuild
+/// the index, and print the whole process's resident memory.
+fn open_only(dir: &std::path::Path) -> anyhow::Result<()> {
+    let store = RedbStore::open(dir)?;
+    let links = consentd::links::Links::open(dir, &[], "http://127.0.0.1:8080")?;
+    let (authority, report) = Authority::open(Arc::new(store), links, Options::default())?;
+    let rss = rss_bytes();
+    println!(
+        "memory: a fresh process serving {} contacts is {} MB resident = {:.0} B per contact (index, catalog, store cache, allocator)",
+        report.contacts,
+        rss / 1_000_000,
+        rss as f64 / report.contacts.max(1) as f64
+    );
+    tokio::runtime::Runtime::new()?.block_on(authority.close())?;
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let mut contacts: u64 = 1_000_000;
     let mut args = std::env::args().skip(1);
@@ -26,6 +54,10 @@ fn main() -> anyhow::Result<()> {
                 .next()
                 .and_then(|n| n.parse().ok())
                 .expect("--contacts N");
+        }
+        if a == "--open-only" {
+            let dir = args.next().expect("--open-only DIR");
+            return open_only(std::path::Path::new(&dir));
         }
     }
     let dir = tempfile::tempdir()?;
@@ -85,6 +117,13 @@ fn main() -> anyhow::Result<()> {
     );
     tokio::runtime::Runtime::new()?.block_on(authority.close())?;
     drop(authority);
+
+    // Whole-process memory, measured where nothing else was ever loaded.
+    let child = std::process::Command::new(std::env::current_exe()?)
+        .arg("--open-only")
+        .arg(dir.path())
+        .output()?;
+    print!("{}", String::from_utf8_lossy(&child.stdout));
 
     // The pause an erasure costs writes: the online rewrite of the file.
     let store = RedbStore::open(dir.path())?;

@@ -29,6 +29,8 @@ fn start(data_dir: &std::path::Path) -> Running {
             "127.0.0.1:0",
             "--http-addr",
             "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
             "--data-dir",
         ])
         .arg(data_dir)

@@ -252,13 +252,11 @@ mod tests {
     use crate::domain::{Action, ConsentId, ConsentSpec, Evidence, Source};
     use crate::store::MemoryStore;
 
-    #[tokio::test]
-    async fn close_finishes_what_is_queued_then_refuses() {
-        let store = Arc::new(MemoryStore::new().unwrap());
-        let index = Arc::new(Index::default());
+    /// A writer over `store` with a one-consent catalog applied.
+    async fn started(store: Arc<MemoryStore>, index: Arc<Index>) -> Writer {
         let writer = Writer::start(
-            store.clone(),
-            index.clone(),
+            store,
+            index,
             Arc::new(ArcSwap::from_pointee(Catalog::empty(None))),
             WriterStart {
                 next_sequence: 1,
@@ -282,7 +280,11 @@ mod tests {
             })
             .await
             .unwrap();
-        let grant = |who: &str| Change {
+        writer
+    }
+
+    fn grant(who: &str) -> Change {
+        Change {
             contact: ContactId::parse("contact_id", who).unwrap(),
             consent: ConsentId::parse("consent_id", "marketing").unwrap(),
             action: Action::Grant,
@@ -292,7 +294,14 @@ mod tests {
             idempotency_key: None,
             issued_at: None,
             actor: String::new(),
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn close_finishes_what_is_queued_then_refuses() {
+        let store = Arc::new(MemoryStore::new().unwrap());
+        let index = Arc::new(Index::default());
+        let writer = started(store.clone(), index.clone()).await;
         // Queued but not awaited: the close must still commit it.
         let queued = writer.submit(grant("anna")).await.unwrap();
         writer.close().await.unwrap();
@@ -308,17 +317,6 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_refuses_at_once_and_a_late_change_is_not_applied() {
-        let grant = |who: &str| Change {
-            contact: ContactId::parse("contact_id", who).unwrap(),
-            consent: ConsentId::parse("consent_id", "marketing").unwrap(),
-            action: Action::Grant,
-            occurred_at: None,
-            source: Source::Api,
-            evidence: Evidence::new(),
-            idempotency_key: None,
-            issued_at: None,
-            actor: String::new(),
-        };
         // A queue of one that nobody drains: the second change finds it full.
         let (tx, rx) = mpsc::channel(1);
         let (_failure_tx, failure) = watch::channel(None);
@@ -346,32 +344,7 @@ mod tests {
 
         // A change whose deadline passed while it waited is not applied.
         let store = Arc::new(MemoryStore::new().unwrap());
-        let writer = Writer::start(
-            store.clone(),
-            Arc::new(Index::default()),
-            Arc::new(ArcSwap::from_pointee(Catalog::empty(None))),
-            WriterStart {
-                next_sequence: 1,
-                last_recorded_at: 0,
-                usage: Vec::new(),
-                idempotency_retention: std::time::Duration::from_secs(24 * 3600),
-                erasures: Erasures::new(&[0; 32], []),
-                purge_after: std::time::Duration::ZERO,
-                clock: Arc::new(crate::clock::SystemClock),
-            },
-            Arc::new(Metrics::default()),
-        );
-        writer
-            .apply_catalog(CatalogSpec {
-                channels: vec!["email".into()],
-                consents: vec![ConsentSpec {
-                    id: "marketing".into(),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let writer = started(store.clone(), Arc::new(Index::default())).await;
         let past = Instant::now();
         assert!(matches!(
             writer.change(grant("carl"), Some(past)).await,

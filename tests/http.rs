@@ -332,6 +332,28 @@ async fn links_survive_restarts_and_key_rotation() {
     server.stop().await;
 }
 
+/// Clicks `link`, then checks that `contact`'s last event withdraws
+/// `consent` and that CanSend for (channel, brand) is now WITHDRAWN.
+async fn click_withdraws(
+    server: &TestServer,
+    link: &pb::UnsubscribeLink,
+    contact: &str,
+    consent: &str,
+    (channel, brand): (&str, &str),
+) {
+    assert_eq!(click(server, link).await, 200);
+    let last = history(server, contact).await.pop().unwrap();
+    assert_eq!(
+        (last.consent_id.as_str(), last.action()),
+        (consent, pb::Action::Withdraw)
+    );
+    let mut elig = server.eligibility().await;
+    assert_eq!(
+        can_send(&mut elig, contact, channel, brand).await.1,
+        Reason::Withdrawn
+    );
+}
+
 /// POSTs the one-click body to a link; the status code.
 async fn click(server: &TestServer, link: &pb::UnsubscribeLink) -> u16 {
     let path = link_path(server, &link.url);
@@ -374,29 +396,28 @@ async fn a_link_still_withdraws_after_its_consent_is_deleted_or_rescoped() {
     cat.apply_catalog(spec).await.unwrap();
 
     // Anna's consent is gone: the most specific one now covering acme e-mail.
-    assert_eq!(click(&server, &anna_link).await, 200);
-    let last = history(&server, "anna").await.pop().unwrap();
-    assert_eq!(
-        (last.consent_id.as_str(), last.action()),
-        ("marketing.acme", pb::Action::Withdraw)
-    );
-    assert_eq!(
-        can_send(&mut elig, "anna", "email", "acme").await.1,
-        Reason::Withdrawn
-    );
+    click_withdraws(
+        &server,
+        &anna_link,
+        "anna",
+        "marketing.acme",
+        ("email", "acme"),
+    )
+    .await;
     assert!(
         can_send(&mut elig, "anna", "email", "zenith").await.0,
         "only acme stops"
     );
 
     // Bob's consent no longer covers SMS: likewise.
-    assert_eq!(click(&server, &bob_link).await, 200);
-    let last = history(&server, "bob").await.pop().unwrap();
-    assert_eq!(last.consent_id, "marketing.zenith");
-    assert_eq!(
-        can_send(&mut elig, "bob", "sms", "zenith").await.1,
-        Reason::Withdrawn
-    );
+    click_withdraws(
+        &server,
+        &bob_link,
+        "bob",
+        "marketing.zenith",
+        ("sms", "zenith"),
+    )
+    .await;
 
     // A brand gone from the catalog: the purpose's root is what covers it.
     cons.grant(change("carol", "marketing", Some(now() - 60)))
@@ -412,17 +433,15 @@ async fn a_link_still_withdraws_after_its_consent_is_deleted_or_rescoped() {
     spec.brands.retain(|b| b != "orbit");
     spec.consents.retain(|c| c.id != "marketing.orbit");
     cat.apply_catalog(spec).await.unwrap();
-    assert_eq!(click(&server, &carol_link).await, 200);
-    let last = history(&server, "carol").await.pop().unwrap();
-    assert_eq!(
-        (last.consent_id.as_str(), last.action()),
-        ("marketing", pb::Action::Withdraw)
-    );
-    assert_eq!(
-        can_send(&mut elig, "carol", "email", "acme").await.1,
-        Reason::Withdrawn,
-        "the root's withdrawal stops the whole purpose"
-    );
+    // The root's withdrawal stops the whole purpose.
+    click_withdraws(
+        &server,
+        &carol_link,
+        "carol",
+        "marketing",
+        ("email", "acme"),
+    )
+    .await;
     server.stop().await;
 }
 

@@ -228,3 +228,36 @@ async fn errors_quote_at_most_128_bytes_of_a_100_kib_value() {
     assert!(history(&server, "anna").await.is_empty(), "nothing changed");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn each_method_reads_only_as_much_as_its_request_needs() {
+    let server = TestServer::start().await;
+    let mut elig = server.eligibility().await;
+    let mut big = check("anna", "email", "acme");
+    big.purpose = "p".repeat(9 * 1024);
+    // A single check never needs 9 KiB: refused as a whole, before decoding.
+    let refused = elig.can_send(big.clone()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().starts_with("request:"),
+        "{}",
+        refused.message()
+    );
+    // The same check inside a batch is one bad item among good ones.
+    let answers = elig
+        .can_send_batch(pb::CanSendBatchRequest {
+            checks: vec![big, check("anna", "email", "acme")],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(answers[0].reason(), pb::Reason::Invalid);
+    assert!(
+        answers[0].error.starts_with("purpose"),
+        "{}",
+        answers[0].error
+    );
+    assert_eq!(answers[1].reason(), pb::Reason::NoConsent);
+    server.stop().await;
+}

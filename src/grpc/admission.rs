@@ -98,9 +98,14 @@ pub(crate) struct Admission<S> {
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
 
-impl<S, B> Service<http::Request<B>> for Admission<S>
+/// The most bytes a single CanSend request may send (a check is at most
+/// ~470 bytes): its service allows a 10,000-check batch, this method does
+/// not need to.
+const MAX_CAN_SEND_BODY: usize = 8 * 1024;
+
+impl<S> Service<http::Request<Body>> for Admission<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<Body>>,
+    S: Service<http::Request<Body>, Response = http::Response<Body>>,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
 {
@@ -112,7 +117,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
         let actor = match roles(request.uri().path()) {
             None => String::new(),
             Some(roles) => match self.auth.admit(request.headers(), roles) {
@@ -135,6 +140,22 @@ where
         }
         if !actor.is_empty() {
             request.extensions_mut().insert(Actor(actor));
+        }
+        if request.uri().path() == "/consent.v1.Eligibility/CanSend" {
+            request = request.map(|body| {
+                use http_body_util::BodyExt;
+                let limited = http_body_util::Limited::new(body, MAX_CAN_SEND_BODY).map_err(|e| {
+                    if e.is::<http_body_util::LengthLimitError>() {
+                        tonic::Status::invalid_argument(format!(
+                            "request: is larger than {MAX_CAN_SEND_BODY} bytes, the most a \
+                             CanSend sends (use CanSendBatch for many checks)"
+                        ))
+                    } else {
+                        tonic::Status::from_error(e)
+                    }
+                });
+                Body::new(limited)
+            });
         }
         Box::pin(self.inner.call(request))
     }

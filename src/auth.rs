@@ -127,6 +127,12 @@ impl Auth {
                 format!("a name is 1 to {MAX_NAME_LEN} bytes without control characters"),
             ));
         }
+        if name == crate::authority::PAGE_ACTOR {
+            return Err(AuthError::Bad(
+                name.into(),
+                "this name is the unsubscribe page's own actor".into(),
+            ));
+        }
         if self.tokens.values().any(|(n, _)| n == name) {
             return Err(AuthError::Bad(
                 name.into(),
@@ -309,5 +315,7 @@ mod tests {
             None,
         );
         assert!(twice.unwrap_err().to_string().contains("share this name"));
+        let page = Auth::from_config(&["unsubscribe-page=write:crm-secret-000001".into()], None);
+        assert!(page.is_err(), "a token cannot pose as the unsubscribe page");
     }
 }

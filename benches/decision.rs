@@ -5,6 +5,9 @@
 //!
 //! `cargo bench --bench decision`
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::hint::black_box;
 
 use consentd::authority::answer_check;
@@ -21,16 +24,6 @@ fn catalog() -> Catalog {
     Catalog::empty(None).compile(spec, 0).unwrap().catalog
 }
 
-fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
-}
-
 /// A CRM-style id: 12 bytes, stored inline in the index key.
 fn contact(i: u64) -> String {
     format!("crm-{i:08}")
@@ -38,7 +31,7 @@ fn contact(i: u64) -> String {
 
 fn build(cat: &Catalog, n: u64) -> Index {
     let umbrella = cat.consent_idx("marketing").unwrap();
-    let before = rss_bytes();
+    let before = support::rss_bytes();
     let index = Index::with_capacity(0);
     for i in 0..n {
         index.put(
@@ -54,7 +47,7 @@ fn build(cat: &Catalog, n: u64) -> Index {
             },
         );
     }
-    let after = rss_bytes();
+    let after = support::rss_bytes();
     if let Ok(r) = std::fs::read_to_string("/proc/self/smaps_rollup")
         && let Some(l) = r.lines().find(|l| l.starts_with("AnonHugePages"))
     {

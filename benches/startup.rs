@@ -7,6 +7,9 @@
 //! index, and reports states/s; then erases one contact and times the
 //! online rewrite that purges it from the file.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,24 +20,13 @@ use consentd::store::{RedbStore, Store, Tombstone, WriteBatch};
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// Resident memory of this process, in bytes.
-fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
-}
-
 /// In a fresh process: open the store in `dir` as the server does, rebuild
 /// the index, and print the whole process's resident memory.
 fn open_only(dir: &std::path::Path) -> anyhow::Result<()> {
     let store = RedbStore::open(dir)?;
     let links = consentd::links::Links::open(dir, &[], "http://127.0.0.1:8080")?;
     let (authority, report) = Authority::open(Arc::new(store), links, Options::default())?;
-    let rss = rss_bytes();
+    let rss = support::rss_bytes();
     println!(
         "memory: a fresh process serving {} contacts is {} MB resident = {:.0} B per contact (index, catalog, store cache, allocator)",
         report.contacts,

@@ -38,6 +38,17 @@ impl Tally {
     }
 }
 
+/// Why a call was refused to keep the server within bounds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Shed {
+    /// Its deadline passed while it waited for the writer.
+    Deadline,
+    /// The writer's queue was full.
+    QueueFull,
+    /// Too many imports were running.
+    Imports,
+}
+
 /// Upper bounds of the latency buckets, in microseconds: 50 µs to 1 s.
 const BUCKETS_MICROS: [u64; 13] = [
     50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
@@ -149,13 +160,12 @@ impl Metrics {
         self.imported_rows.fetch_add(rows, Relaxed);
     }
 
-    /// A call refused to keep the server within bounds, by reason:
-    /// `deadline`, `queue_full`, `imports`.
-    pub(crate) fn shed(&self, reason: &str) {
+    /// A call refused to keep the server within bounds.
+    pub(crate) fn shed(&self, reason: Shed) {
         let c = match reason {
-            "deadline" => &self.shed_deadline,
-            "queue_full" => &self.shed_queue_full,
-            _ => &self.shed_imports,
+            Shed::Deadline => &self.shed_deadline,
+            Shed::QueueFull => &self.shed_queue_full,
+            Shed::Imports => &self.shed_imports,
         };
         c.fetch_add(1, Relaxed);
     }

@@ -6,62 +6,22 @@
 //! with the sequence it was acknowledged with.
 
 mod common;
+#[path = "soak_cycles/process.rs"]
+mod process;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use common::*;
+use process::Running;
+
+/// The binary over `data_dir`, the example catalog applied at start.
+fn start(data_dir: &std::path::Path) -> Running {
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_consentd"));
+    process::start(binary, data_dir, Some(&example_catalog_path()))
+}
 use consentd::pb::{self, consents_client::ConsentsClient};
 use tonic::transport::Channel;
-
-struct Running {
-    child: Child,
-    grpc: SocketAddr,
-}
-
-/// Starts the binary on ephemeral ports; returns once it logs "serving".
-fn start(data_dir: &std::path::Path) -> Running {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_consentd"))
-        .args([
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--admin-addr",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .arg("--catalog")
-        .arg(example_catalog_path())
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let grpc = loop {
-        let line = lines
-            .next()
-            .expect("consentd exited before serving")
-            .unwrap();
-        if line.contains("consentd serving") {
-            let addr = line
-                .split("grpc_addr=")
-                .nth(1)
-                .unwrap()
-                .split_whitespace()
-                .next()
-                .unwrap();
-            break addr.parse().unwrap();
-        }
-    };
-    // Keep draining the log so the child never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    Running { child, grpc }
-}
 
 async fn connect(addr: SocketAddr) -> Channel {
     Channel::from_shared(format!("http://{addr}"))
@@ -74,7 +34,7 @@ async fn connect(addr: SocketAddr) -> Channel {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_write_survives_sigkill() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = start(dir.path());
+    let server = start(dir.path());
     let channel = connect(server.grpc).await;
 
     let acked: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
@@ -109,8 +69,7 @@ async fn every_acknowledged_write_survives_sigkill() {
             .await
             .expect("writers stopped before the kill");
     }
-    server.child.kill().unwrap(); // SIGKILL
-    server.child.wait().unwrap();
+    server.kill();
     for w in writers {
         w.await.unwrap();
     }

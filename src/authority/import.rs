@@ -11,7 +11,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use super::Error;
 use crate::domain::{Change, ChangeOutcome, FieldError};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Shed};
 use crate::writer::Writer;
 
 /// Import rows queued at the writer at once (two full group commits).
@@ -103,7 +103,7 @@ impl Import {
         limits: &ImportLimits,
     ) -> Result<Self, Error> {
         let Ok(slot) = limits.slots.clone().try_acquire_owned() else {
-            metrics.shed("imports");
+            metrics.shed(Shed::Imports);
             return Err(Error::Overloaded(format!(
                 "{MAX_CONCURRENT_IMPORTS} imports are running already"
             )));

@@ -55,13 +55,6 @@ pub enum Ruling {
     Retired,
 }
 
-impl Ruling {
-    /// Whether the change goes into the history.
-    pub fn records(self) -> bool {
-        matches!(self, Ruling::Apply | Ruling::Superseded)
-    }
-}
-
 /// Rules on `change`, whose fingerprint (when it carries a key) is
 /// `fingerprint` and whose receipt time would be `recorded_at`.
 pub fn rule(
@@ -216,20 +209,6 @@ mod tests {
         for (name, change, fingerprint, known, want) in table {
             let got = rule(change, fingerprint.map(|f| [f; 32]), known, NOW);
             assert_eq!(got, *want, "{name}");
-        }
-    }
-
-    #[test]
-    fn only_apply_and_superseded_record() {
-        for (r, records) in [
-            (Ruling::Apply, true),
-            (Ruling::Superseded, true),
-            (Ruling::Replay { sequence: 1 }, false),
-            (Ruling::Erased, false),
-            (Ruling::KeyReused, false),
-            (Ruling::Retired, false),
-        ] {
-            assert_eq!(r.records(), records, "{r:?}");
         }
     }
 

@@ -101,15 +101,6 @@ impl Store for MemoryStore {
         Ok(self.lock().idempotency.get(key).copied())
     }
 
-    fn state(&self, contact: &str, consent: &str) -> Result<Option<StateRecord>, StoreError> {
-        Ok(self.lock().contacts.get(contact).and_then(|(states, _)| {
-            states
-                .iter()
-                .find(|s| s.consent.as_str() == consent)
-                .cloned()
-        }))
-    }
-
     fn contact_states(&self, contact: &str) -> Result<Vec<StateRecord>, StoreError> {
         Ok(self
             .lock()
@@ -117,21 +108,6 @@ impl Store for MemoryStore {
             .get(contact)
             .map(|(states, _)| states.clone())
             .unwrap_or_default())
-    }
-
-    fn history(&self, contact: &str) -> Result<Vec<EventRecord>, StoreError> {
-        let c = self.lock();
-        let Some((_, sequences)) = c.contacts.get(contact) else {
-            return Ok(Vec::new());
-        };
-        sequences
-            .iter()
-            .map(|s| {
-                c.events.get(s).cloned().ok_or_else(|| {
-                    StoreError::corrupt("events", format!("sequence {s} is missing"))
-                })
-            })
-            .collect()
     }
 
     fn history_page(

@@ -122,11 +122,18 @@ pub trait Store: Send + Sync + 'static {
     /// What a key remembers, if it is still remembered.
     fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError>;
     /// The state of one (contact, consent).
-    fn state(&self, contact: &str, consent: &str) -> Result<Option<StateRecord>, StoreError>;
+    fn state(&self, contact: &str, consent: &str) -> Result<Option<StateRecord>, StoreError> {
+        Ok(self
+            .contact_states(contact)?
+            .into_iter()
+            .find(|s| s.consent.as_str() == consent))
+    }
     /// Every state of a contact (empty for an unknown contact).
     fn contact_states(&self, contact: &str) -> Result<Vec<StateRecord>, StoreError>;
     /// Every event of the contact, in recording order.
-    fn history(&self, contact: &str) -> Result<Vec<EventRecord>, StoreError>;
+    fn history(&self, contact: &str) -> Result<Vec<EventRecord>, StoreError> {
+        self.history_page(contact, 0, usize::MAX)
+    }
     /// Up to `limit` events of the contact with a sequence above `after`,
     /// in recording order: one page of its history, whatever its length.
     fn history_page(

@@ -26,7 +26,7 @@ use crate::domain::{
 };
 use crate::error::Error;
 use crate::index::Index;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Shed};
 use crate::store::{Store, StoreError, Tombstone, WriteBatch};
 
 /// Most commands folded into one transaction.
@@ -125,7 +125,7 @@ impl Committer {
                         if deadline.is_some_and(|d| Instant::now() >= d) {
                             // The caller has given up: applying it now would
                             // record what it was told failed.
-                            self.metrics.shed("deadline");
+                            self.metrics.shed(Shed::Deadline);
                             let _ = reply.send(Err(Error::DeadlineExceeded));
                         } else {
                             changes.push((c, reply));
@@ -484,14 +484,8 @@ mod tests {
         fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
             self.inner.idempotency(key)
         }
-        fn state(&self, contact: &str, consent: &str) -> Result<Option<StateRecord>, StoreError> {
-            self.inner.state(contact, consent)
-        }
         fn contact_states(&self, contact: &str) -> Result<Vec<StateRecord>, StoreError> {
             self.inner.contact_states(contact)
-        }
-        fn history(&self, contact: &str) -> Result<Vec<EventRecord>, StoreError> {
-            self.inner.history(contact)
         }
         fn history_page(
             &self,

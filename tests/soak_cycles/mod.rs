@@ -12,10 +12,8 @@
 //! - every acknowledged catalog text is among the wordings.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,64 +21,14 @@ use consentd::pb::eligibility_client::EligibilityClient;
 use consentd::pb::{self, catalog_client::CatalogClient, consents_client::ConsentsClient};
 use tonic::transport::Channel;
 
+mod process;
+
+use process::start;
+
 const CONTACTS: u64 = 60;
 
 fn catalog_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/catalog.toml")
-}
-
-/// The running binary and its addresses.
-pub(crate) struct Running {
-    child: Child,
-    pub(crate) grpc: SocketAddr,
-    pub(crate) http: SocketAddr,
-}
-
-/// Starts `binary` on ephemeral ports over `data_dir`.
-pub(crate) fn start(binary: &Path, data_dir: &Path) -> Running {
-    let mut child = Command::new(binary)
-        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
-        .args([
-            "--admin-addr",
-            "127.0.0.1:0",
-            "--erasure-purge-seconds",
-            "0",
-        ])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env("RUST_LOG", "info")
-        .env("CONSENTD_LOG_FORMAT", "text")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("starting consentd");
-    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
-    let field = |line: &str, name: &str| -> SocketAddr {
-        line.split(&format!("{name}="))
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|a| a.parse().ok())
-            .expect("an address in the serving line")
-    };
-    let (grpc, http) = loop {
-        let line = lines
-            .next()
-            .expect("consentd exited before serving")
-            .expect("log line");
-        if line.contains("consentd serving") {
-            break (field(&line, "grpc_addr"), field(&line, "http_addr"));
-        }
-    };
-    std::thread::spawn(move || lines.for_each(drop));
-    Running { child, grpc, http }
-}
-
-impl Running {
-    /// SIGKILL: no shutdown, no flush.
-    pub(crate) fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// What the clients were told, across cycles.
@@ -123,7 +71,7 @@ pub(crate) async fn cycle(
     cycle: u64,
     traffic: Duration,
 ) {
-    let server = start(binary, data_dir);
+    let server = start(binary, data_dir, None);
     let channel = Channel::from_shared(format!("http://{}", server.grpc))
         .unwrap()
         .connect()
@@ -274,7 +222,7 @@ pub(crate) async fn cycle(
     // The kill lands while the last calls may still be in the writer.
     server.kill();
 
-    let server = start(binary, data_dir);
+    let server = start(binary, data_dir, None);
     let channel = Channel::from_shared(format!("http://{}", server.grpc))
         .unwrap()
         .connect()

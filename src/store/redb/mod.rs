@@ -318,13 +318,6 @@ impl Store for RedbStore {
             .transpose()
     }
 
-    fn state(&self, contact: &str, consent: &str) -> Result<Option<StateRecord>, StoreError> {
-        Ok(self
-            .contact_states(contact)?
-            .into_iter()
-            .find(|s| s.consent.as_str() == consent))
-    }
-
     fn contact_states(&self, contact: &str) -> Result<Vec<StateRecord>, StoreError> {
         let txn = self.db.load().begin_read()?;
         let table = txn.open_table(CONTACTS)?;
@@ -332,10 +325,6 @@ impl Store for RedbStore {
             return Ok(Vec::new());
         };
         record.states.iter().map(state_from).collect()
-    }
-
-    fn history(&self, contact: &str) -> Result<Vec<EventRecord>, StoreError> {
-        self.history_page(contact, 0, usize::MAX)
     }
 
     fn history_page(

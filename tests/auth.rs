@@ -186,7 +186,7 @@ async fn every_event_names_its_actor_and_audit_only_reads() {
     config.catalog = Some(example_catalog_path());
     config.tokens_file = Some(tokens);
     config.tokens = vec![format!("dispatch=check:{CHECK}")];
-    let server = TestServer::start_with(config).await;
+    let server = TestServer::start_with(config.clone()).await;
     let ch = server.channel().await;
     let mut elig = EligibilityClient::new(ch.clone());
     let mut cons = ConsentsClient::new(ch.clone());
@@ -318,6 +318,25 @@ async fn every_event_names_its_actor_and_audit_only_reads() {
         3,
         "nothing recorded"
     );
+    server.stop().await;
+
+    // The actors are part of the record: they survive a restart.
+    let server = TestServer::start_with(config).await;
+    let mut cons = ConsentsClient::new(server.channel().await);
+    let history = cons
+        .get_history(with(
+            Some(DPO),
+            pb::GetHistoryRequest {
+                contact_id: "anna".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let actors: Vec<_> = history.iter().map(|e| e.actor.as_str()).collect();
+    assert_eq!(actors, ["crm-sync", "crm-sync", "unsubscribe-page"]);
     server.stop().await;
 }
 

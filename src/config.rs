@@ -33,6 +33,13 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub http_max_connections: u64,
 
+    /// gRPC calls in flight over all connections (a streaming call counts
+    /// until it is answered); more are refused at once with
+    /// RESOURCE_EXHAUSTED, never queued.
+    #[arg(long, env = "CONSENTD_MAX_CALLS_IN_FLIGHT", default_value_t = 4096,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_calls_in_flight: u64,
+
     /// Directory of the durable store; created if missing.
     #[arg(long, env = "CONSENTD_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
@@ -108,6 +115,7 @@ impl Config {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             http_max_connections: 8192,
+            max_calls_in_flight: 4096,
             data_dir: data_dir.into(),
             catalog: None,
             default_purpose: None,

@@ -33,6 +33,9 @@ pub mod clock;
 pub mod config;
 pub mod domain;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grpc;
 mod http;
 pub mod index;

@@ -36,9 +36,6 @@ const MAX_CHECKS_MESSAGE_BYTES: usize = 5 * 1024 * 1024;
 const MAX_CHANGE_MESSAGE_BYTES: usize = 128 * 1024;
 /// Largest catalog on the wire.
 const MAX_CATALOG_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
-/// gRPC calls in flight over all connections; more are refused with
-/// RESOURCE_EXHAUSTED.
-const MAX_CALLS_IN_FLIGHT: usize = 4096;
 /// How long in-flight calls may take to be answered after a fail-stop.
 const FAIL_STOP_GRACE: Duration = Duration::from_secs(5);
 /// Concurrent HTTP/2 streams per gRPC connection.
@@ -59,6 +56,7 @@ pub struct Server {
     http: TcpListener,
     admin: TcpListener,
     http_limits: crate::http::Limits,
+    max_calls_in_flight: usize,
 }
 
 /// Reads a TOML catalog file (the same shape as `CatalogSpec`).
@@ -190,6 +188,7 @@ impl Server {
                 max_connections: public_connection_cap(config.http_max_connections),
                 ..Default::default()
             },
+            max_calls_in_flight: usize::try_from(config.max_calls_in_flight).unwrap_or(usize::MAX),
         })
     }
 
@@ -206,6 +205,7 @@ impl Server {
             http,
             admin,
             http_limits,
+            max_calls_in_flight,
         } = self;
         let (health, health_service) = tonic_health::server::health_reporter();
         health
@@ -241,7 +241,7 @@ impl Server {
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-                MAX_CALLS_IN_FLIGHT,
+                max_calls_in_flight,
             ))
             .layer(AdmissionLayer::new(auth))
             .add_service(health_service)

@@ -183,3 +183,72 @@ async fn a_fifth_import_at_once_is_refused_and_the_four_finish() {
     assert_eq!(summary.applied, 1);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn calls_over_the_global_limit_are_refused_at_once_and_answered_again_after() {
+    // Three calls in flight at most; an import holds its slot until it is
+    // answered, so three open imports fill the server.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = consentd::Config::ephemeral(dir.path());
+    config.catalog = Some(example_catalog_path());
+    config.max_calls_in_flight = 3;
+    let server = TestServer::start_with(config).await;
+    let t = now() - 86_400;
+    let mut senders = Vec::new();
+    let mut running = Vec::new();
+    for i in 0..3u64 {
+        let (tx, rx) = tokio::sync::mpsc::channel::<pb::ImportRow>(16);
+        tx.send(row(3_000 + i, Action::Grant, t)).await.unwrap();
+        let mut cons = server.consents().await;
+        running.push(tokio::spawn(async move {
+            cons.import(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+        }));
+        senders.push(tx);
+        if i < 2 {
+            // With at most two imports open, a read still finds room.
+            while history(&server, &format!("imp-{}", 3_000 + i))
+                .await
+                .is_empty()
+            {
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+    // The third import takes the last slot: a check is refused, at once,
+    // from any connection (the limit is over all of them).
+    let mut elig = server.eligibility().await;
+    let mut refused = None;
+    for _ in 0..2_000 {
+        match elig.can_send(check("imp-3000", "email", "acme")).await {
+            Err(status) => {
+                refused = Some(status);
+                break;
+            }
+            // The third import may not have reached the server yet.
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+        }
+    }
+    let refused = refused.expect("a fourth call in flight is refused");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+
+    // One import answered: its slot is free and checks are answered again.
+    senders.remove(0);
+    let first = running.remove(0).await.unwrap().unwrap().into_inner();
+    assert_eq!(first.applied, 1);
+    let answer = elig
+        .can_send(check("imp-3000", "email", "acme"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(answer.allowed, "{answer:?}");
+    drop(senders);
+    for r in running {
+        assert_eq!(r.await.unwrap().unwrap().into_inner().applied, 1);
+    }
+    server.stop().await;
+}

@@ -49,7 +49,7 @@ pub(super) fn action_from(field: &str, raw: i32) -> Result<Action, FieldError> {
 
 /// Validates one import row: an action, a change, and the time the person
 /// decided (import time is not consent time).
-pub(super) fn row_from(
+pub(crate) fn row_from(
     row: pb::ImportRow,
     now: UnixNanos,
     actor: &str,

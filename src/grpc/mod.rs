@@ -3,7 +3,7 @@
 //! calls the authority, and converts the answer with small free functions.
 
 mod admission;
-mod convert;
+pub(crate) mod convert;
 mod status;
 
 pub(crate) use admission::AdmissionLayer;

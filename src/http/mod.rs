@@ -10,7 +10,7 @@
 //! are served by `serve.rs`, which bounds connections and their time.
 
 mod serve;
-mod unsubscribe;
+pub(crate) mod unsubscribe;
 
 use std::net::SocketAddr;
 

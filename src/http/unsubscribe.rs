@@ -244,7 +244,7 @@ fn is_multipart(headers: &HeaderMap) -> bool {
 }
 
 /// The value of one field of a multipart/form-data body, if present.
-fn multipart_field<'a>(body: &'a str, name: &str) -> Option<&'a str> {
+pub(crate) fn multipart_field<'a>(body: &'a str, name: &str) -> Option<&'a str> {
     let marker = format!("name=\"{name}\"");
     let at = body.find(&marker)? + marker.len();
     let rest = &body[at..];
@@ -253,7 +253,7 @@ fn multipart_field<'a>(body: &'a str, name: &str) -> Option<&'a str> {
     Some(value[..value.find("\r\n").unwrap_or(value.len())].trim())
 }
 
-fn is_one_click_multipart(headers: &HeaderMap, body: &[u8]) -> bool {
+pub(crate) fn is_one_click_multipart(headers: &HeaderMap, body: &[u8]) -> bool {
     is_multipart(headers)
         && std::str::from_utf8(body)
             .ok()
@@ -263,7 +263,7 @@ fn is_one_click_multipart(headers: &HeaderMap, body: &[u8]) -> bool {
 
 /// The page's second button sends `scope=all`; RFC 8058 clients send only
 /// `List-Unsubscribe=One-Click`, which withdraws the link's own consent.
-fn wants_everything(headers: &HeaderMap, body: &[u8]) -> bool {
+pub(crate) fn wants_everything(headers: &HeaderMap, body: &[u8]) -> bool {
     if is_multipart(headers) {
         return std::str::from_utf8(body)
             .ok()

@@ -8,6 +8,7 @@
 //! suite passes:
 //!
 //! - [`RedbStore`]: the embedded default, one file in the data dir;
+//! - [`PgStore`]: PostgreSQL, the shared store of record for several nodes;
 //! - [`MemoryStore`]: everything in process memory, for tests and tools.
 //!
 //! Only the writer calls the mutating methods; reads may run on any thread,
@@ -17,9 +18,11 @@ mod codec;
 #[cfg(test)]
 mod conformance;
 mod memory;
+pub mod postgres;
 mod redb;
 
 pub use self::memory::MemoryStore;
+pub use self::postgres::PgStore;
 pub use self::redb::{DEFAULT_CACHE_BYTES, RedbStore};
 
 pub use crate::domain::IdempotencyRecord;
@@ -42,6 +45,16 @@ pub enum StoreError {
         found: u32,
         /// The version this build reads and writes.
         supported: u32,
+    },
+    /// The store cannot be reached now (a database connection lost,
+    /// refused or timed out). Not fail-stop: the writer refuses writes until
+    /// it answers again.
+    #[error("store unavailable: {cause}")]
+    Unavailable {
+        /// A commit was sent and no answer came: it may have landed.
+        in_doubt: bool,
+        /// What the driver said.
+        cause: String,
     },
     /// A record does not decode.
     #[error("corrupt record in {table}: {what}")]

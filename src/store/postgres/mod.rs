@@ -1,0 +1,957 @@
+//! The PostgreSQL store: the store of record when several nodes, or a
+//! database the company already runs, keep the proof.
+//!
+//! - **Schema**: the `consentd` schema, created and migrated at open by
+//!   embedded, versioned migrations (refinery; `migrations/`), under an
+//!   advisory lock so that nodes starting together migrate once.
+//! - **Group commit**: one transaction per writer batch; rows go in bulk
+//!   (`INSERT ... SELECT FROM UNNEST($arrays)`), `synchronous_commit` on, and
+//!   the batch is acknowledged only after COMMIT returns.
+//! - **Sequences in commit order**: every commit that records events first
+//!   locks the one `meta` row (`SELECT ... FOR UPDATE`), checks and advances
+//!   `next_sequence` there, and holds that lock until COMMIT. Committers are
+//!   serialised from the moment they take sequences until their commit is
+//!   visible, so a reader that follows `sequence > last_seen` can never see
+//!   a sequence while a smaller one is still to come.
+//! - **Faults**: a lost, refused or timed-out connection is
+//!   [`StoreError::Unavailable`], never fail-stop: the writer refuses writes
+//!   and retries; `in_doubt` is set when COMMIT was sent and no answer came.
+//!
+//! The [`Store`] interface is blocking; this store runs its async client
+//! (tokio-postgres, pooled by deadpool) on a small runtime of its own and
+//! waits for each answer, so it can be called from any thread.
+
+mod cluster;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::types::{Json, ToSql};
+
+pub use self::cluster::{Throwaway, test_database_url};
+use super::{IdempotencyRecord, Recovered, Store, StoreError, Tombstone, WriteBatch};
+use crate::domain::{
+    Action, CatalogSpec, ConsentId, ContactId, Decision, EventRecord, Source, StateRecord,
+    UnixNanos, Wording,
+};
+
+mod embedded {
+    #![allow(missing_docs, unreachable_pub)]
+    refinery::embed_migrations!("src/store/postgres/migrations");
+}
+use embedded::migrations;
+
+/// How long one store operation may wait for PostgreSQL before it is
+/// answered "unavailable" (a call is never held longer than this).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections the pool keeps: the writer, reads, the change feed.
+const POOL_SIZE: usize = 8;
+/// Rows per round trip while the index is rebuilt.
+const LOAD_CHUNK: i32 = 20_000;
+/// Key of the advisory lock that serialises migrations across nodes.
+const MIGRATION_LOCK: i64 = 0x636f_6e73_656e_7464; // "consentd"
+
+/// The PostgreSQL store (see the module docs).
+pub struct PgStore {
+    pool: Pool,
+    runtime: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+    timeout: Duration,
+    /// An erasure deleted rows that no vacuum has cleared yet.
+    vacuum_due: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// A URL with its password, if any, replaced: for logs and errors.
+pub fn redact(url: &str) -> String {
+    let mut out = url.to_owned();
+    if let Some(s) = url.find("://") {
+        let rest = &url[s + 3..];
+        let authority_end = rest.find('/').unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@')
+            && let Some((user, _)) = rest[..at].split_once(':')
+        {
+            out = format!("{}{user}:***{}", &url[..s + 3], &rest[at..]);
+        }
+    }
+    match out.find("password=") {
+        Some(p) => {
+            let end = out[p..].find('&').map_or(out.len(), |e| p + e);
+            format!("{}password=***{}", &out[..p], &out[end..])
+        }
+        None => out,
+    }
+}
+
+fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Backend(Box::new(e))
+}
+
+/// Whether PostgreSQL's error means "not now" rather than "never": the
+/// connection is gone or refused, the server is shutting down or starting,
+/// out of resources, or the transaction lost a race (nothing committed).
+fn transient(code: &str) -> bool {
+    ["08", "53", "57P", "40"]
+        .iter()
+        .any(|c| code.starts_with(c))
+}
+
+/// Maps a driver error. `in_doubt`: COMMIT was sent and may have landed.
+fn pg(e: tokio_postgres::Error, in_doubt: bool) -> StoreError {
+    match e.as_db_error() {
+        Some(db) if !transient(db.code().code()) => backend(e),
+        // The server answered: whatever it said, the transaction is over.
+        Some(db) => StoreError::Unavailable {
+            in_doubt: false,
+            cause: format!("{} ({})", db.message(), db.code().code()),
+        },
+        // No answer: the connection failed or closed.
+        None => StoreError::Unavailable {
+            in_doubt,
+            cause: e.to_string(),
+        },
+    }
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => pg(e, false),
+        other => StoreError::Unavailable {
+            in_doubt: false,
+            cause: format!("no connection to PostgreSQL: {other}"),
+        },
+    }
+}
+
+fn i64_of(v: u64, what: &str) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| StoreError::corrupt("events", format!("{what} {v} too large")))
+}
+
+fn u64_of(v: i64, table: &'static str) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| StoreError::corrupt(table, format!("negative value {v}")))
+}
+
+fn action_of(raw: i16, table: &'static str) -> Result<Action, StoreError> {
+    u8::try_from(raw)
+        .ok()
+        .and_then(Action::from_u8)
+        .ok_or_else(|| StoreError::corrupt(table, format!("action {raw}")))
+}
+
+fn source_of(raw: i16, table: &'static str) -> Result<Source, StoreError> {
+    u8::try_from(raw)
+        .ok()
+        .and_then(Source::from_u8)
+        .ok_or_else(|| StoreError::corrupt(table, format!("source {raw}")))
+}
+
+fn contact_of(raw: &str, table: &'static str) -> Result<ContactId, StoreError> {
+    ContactId::parse("contact", raw).map_err(|e| StoreError::corrupt(table, e.to_string()))
+}
+
+fn consent_of(raw: &str, table: &'static str) -> Result<ConsentId, StoreError> {
+    ConsentId::parse("consent", raw).map_err(|e| StoreError::corrupt(table, e.to_string()))
+}
+
+/// TLS as the URL's `sslmode` asks (`disable`, `prefer`, `require`),
+/// verified against the system's roots.
+fn tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(backend)?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+const EVENT_COLUMNS: &str = "sequence, contact, consent, action, occurred_at, recorded_at, \
+                             source, evidence, version, idempotency_key, applied, actor";
+
+fn event_from(row: &tokio_postgres::Row) -> Result<EventRecord, StoreError> {
+    let Json(evidence) = row.try_get("evidence").map_err(backend)?;
+    Ok(EventRecord {
+        sequence: u64_of(row.try_get("sequence").map_err(backend)?, "events")?,
+        contact: contact_of(row.try_get("contact").map_err(backend)?, "events")?,
+        consent: consent_of(row.try_get("consent").map_err(backend)?, "events")?,
+        action: action_of(row.try_get("action").map_err(backend)?, "events")?,
+        occurred_at: row.try_get("occurred_at").map_err(backend)?,
+        recorded_at: row.try_get("recorded_at").map_err(backend)?,
+        source: source_of(row.try_get("source").map_err(backend)?, "events")?,
+        evidence,
+        version: u32::try_from(row.try_get::<_, i32>("version").map_err(backend)?)
+            .map_err(|_| StoreError::corrupt("events", "version"))?,
+        idempotency_key: row.try_get("idempotency_key").map_err(backend)?,
+        applied: row.try_get("applied").map_err(backend)?,
+        actor: row.try_get("actor").map_err(backend)?,
+    })
+}
+
+fn state_from(row: &tokio_postgres::Row) -> Result<StateRecord, StoreError> {
+    Ok(StateRecord {
+        consent: consent_of(row.try_get("consent").map_err(backend)?, "states")?,
+        action: action_of(row.try_get("action").map_err(backend)?, "states")?,
+        occurred_at: row.try_get("occurred_at").map_err(backend)?,
+        recorded_at: row.try_get("recorded_at").map_err(backend)?,
+        source: source_of(row.try_get("source").map_err(backend)?, "states")?,
+        version: u32::try_from(row.try_get::<_, i32>("version").map_err(backend)?)
+            .map_err(|_| StoreError::corrupt("states", "version"))?,
+        sequence: u64_of(row.try_get("sequence").map_err(backend)?, "states")?,
+    })
+}
+
+fn wording_from(row: &tokio_postgres::Row) -> Result<Wording, StoreError> {
+    Ok(Wording {
+        consent: consent_of(row.try_get("consent").map_err(backend)?, "wordings")?,
+        version: u32::try_from(row.try_get::<_, i32>("version").map_err(backend)?)
+            .map_err(|_| StoreError::corrupt("wordings", "version"))?,
+        title: row.try_get("title").map_err(backend)?,
+        text: row.try_get("text").map_err(backend)?,
+        parent: row.try_get("parent").map_err(backend)?,
+        channels: row.try_get("channels").map_err(backend)?,
+        brands: row.try_get("brands").map_err(backend)?,
+        in_force_from: row.try_get("in_force_from").map_err(backend)?,
+    })
+}
+
+/// A batch as column arrays, owned, ready to be sent.
+#[derive(Default)]
+struct Columns {
+    events: EventColumns,
+    states: StateColumns,
+    keys: Vec<String>,
+    key_sequences: Vec<i64>,
+    key_times: Vec<i64>,
+    key_fingerprints: Vec<Vec<u8>>,
+    wordings: Vec<Wording>,
+    catalog: Option<serde_json::Value>,
+    first_sequence: Option<i64>,
+    next_sequence: i64,
+}
+
+#[derive(Default)]
+struct EventColumns {
+    sequence: Vec<i64>,
+    contact: Vec<String>,
+    consent: Vec<String>,
+    action: Vec<i16>,
+    occurred_at: Vec<i64>,
+    recorded_at: Vec<i64>,
+    source: Vec<i16>,
+    evidence: Vec<Json<crate::domain::Evidence>>,
+    version: Vec<i32>,
+    idempotency_key: Vec<Option<String>>,
+    applied: Vec<bool>,
+    actor: Vec<String>,
+}
+
+#[derive(Default)]
+struct StateColumns {
+    contact: Vec<String>,
+    consent: Vec<String>,
+    action: Vec<i16>,
+    occurred_at: Vec<i64>,
+    recorded_at: Vec<i64>,
+    source: Vec<i16>,
+    version: Vec<i32>,
+    sequence: Vec<i64>,
+}
+
+impl Columns {
+    fn of(batch: &WriteBatch) -> Result<Columns, StoreError> {
+        let mut c = Columns {
+            next_sequence: i64_of(batch.next_sequence, "next_sequence")?,
+            first_sequence: batch
+                .events
+                .first()
+                .map(|e| i64_of(e.sequence, "sequence"))
+                .transpose()?,
+            wordings: batch.wordings.clone(),
+            catalog: batch
+                .catalog
+                .as_ref()
+                .map(serde_json::to_value)
+                .transpose()
+                .map_err(|e| StoreError::corrupt("meta", format!("catalog: {e}")))?,
+            ..Default::default()
+        };
+        // The last applied event of a (contact, consent) in the batch is its
+        // state; one row each, so that the upsert touches a row once.
+        let mut last_state = std::collections::HashMap::new();
+        for (i, e) in batch.events.iter().enumerate() {
+            let ev = &mut c.events;
+            ev.sequence.push(i64_of(e.sequence, "sequence")?);
+            ev.contact.push(e.contact.to_string());
+            ev.consent.push(e.consent.to_string());
+            ev.action.push(e.action as i16);
+            ev.occurred_at.push(e.occurred_at);
+            ev.recorded_at.push(e.recorded_at);
+            ev.source.push(e.source as i16);
+            ev.evidence.push(Json(e.evidence.clone()));
+            ev.version.push(e.version as i32);
+            ev.idempotency_key.push(e.idempotency_key.clone());
+            ev.applied.push(e.applied);
+            ev.actor.push(e.actor.clone());
+            if e.applied {
+                last_state.insert((e.contact.as_str(), e.consent.as_str()), i);
+            }
+        }
+        let mut winners: Vec<usize> = last_state.into_values().collect();
+        winners.sort_unstable();
+        for i in winners {
+            let e = &batch.events[i];
+            let st = &mut c.states;
+            st.contact.push(e.contact.to_string());
+            st.consent.push(e.consent.to_string());
+            st.action.push(e.action as i16);
+            st.occurred_at.push(e.occurred_at);
+            st.recorded_at.push(e.recorded_at);
+            st.source.push(e.source as i16);
+            st.version.push(e.version as i32);
+            st.sequence.push(i64_of(e.sequence, "sequence")?);
+        }
+        for (key, r) in &batch.idempotency {
+            c.keys.push(key.clone());
+            c.key_sequences.push(i64_of(r.sequence, "sequence")?);
+            c.key_times.push(r.recorded_at);
+            c.key_fingerprints.push(r.fingerprint.to_vec());
+        }
+        Ok(c)
+    }
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://user:password@host:port/db`, with
+    /// `sslmode` as libpq spells it), creates or migrates the schema, and
+    /// keeps a pool of connections.
+    pub fn open(url: &str) -> Result<Self, StoreError> {
+        Self::open_with_timeout(url, DEFAULT_TIMEOUT)
+    }
+
+    /// [`PgStore::open`] with the longest wait of one operation.
+    pub fn open_with_timeout(url: &str, timeout: Duration) -> Result<Self, StoreError> {
+        let mut config: tokio_postgres::Config = url.parse().map_err(backend)?;
+        config.connect_timeout(timeout.min(Duration::from_secs(5)));
+        config.application_name("consentd");
+        config.options("-c synchronous_commit=on");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("consentd-pg")
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let tls = tls()?;
+        let migrate_config = config.clone();
+        let migrate_tls = tls.clone();
+        let manager = Manager::from_config(
+            config,
+            tls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .wait_timeout(Some(timeout))
+            .create_timeout(Some(timeout))
+            .recycle_timeout(Some(timeout))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(backend)?;
+        let store = PgStore {
+            pool,
+            runtime: Some(runtime),
+            handle,
+            timeout,
+            vacuum_due: Arc::new(AtomicBool::new(false)),
+        };
+        store.run_unbounded(async move {
+            let (mut client, connection) = migrate_config
+                .connect(migrate_tls)
+                .await
+                .map_err(|e| pg(e, false))?;
+            let connection = tokio::spawn(connection);
+            client
+                .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+                .await
+                .map_err(|e| pg(e, false))?;
+            // The history lives in the schema it describes, named in full
+            // (a role named `consentd` would otherwise see another table
+            // once the schema exists).
+            client
+                .batch_execute("CREATE SCHEMA IF NOT EXISTS consentd")
+                .await
+                .map_err(|e| pg(e, false))?;
+            let report = migrations::runner()
+                .set_migration_table_name("consentd.schema_history")
+                .run_async(&mut client)
+                .await;
+            let _ = client
+                .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+                .await;
+            drop(client);
+            let _ = connection.await;
+            let report = report.map_err(backend)?;
+            for m in report.applied_migrations() {
+                tracing::info!(migration = %m, "PostgreSQL schema migrated");
+            }
+            Ok(())
+        })?;
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key)
+            .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
+        let pool = store.pool.clone();
+        store.run(async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            client
+                .execute(
+                    "INSERT INTO consentd.meta (next_sequence, erasure_key) VALUES (1, $1)
+                     ON CONFLICT DO NOTHING",
+                    &[&key.as_slice()],
+                )
+                .await
+                .map_err(|e| pg(e, false))?;
+            Ok(())
+        })?;
+        Ok(store)
+    }
+
+    /// Runs `fut` on the store's runtime and waits for it, at most the
+    /// store's timeout (then [`StoreError::Unavailable`], not in doubt).
+    fn run<T: Send + 'static>(
+        &self,
+        fut: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let timeout = self.timeout;
+        self.run_unbounded(async move {
+            tokio::time::timeout(timeout, fut)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(StoreError::Unavailable {
+                        in_doubt: false,
+                        cause: format!("no answer from PostgreSQL within {timeout:?}"),
+                    })
+                })
+        })
+    }
+
+    fn run_unbounded<T: Send + 'static>(
+        &self,
+        fut: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.handle.spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        rx.recv().unwrap_or_else(|_| {
+            Err(StoreError::Unavailable {
+                in_doubt: true,
+                cause: "the store's runtime stopped".into(),
+            })
+        })
+    }
+
+    /// One query's rows, mapped.
+    fn rows<T: Send + 'static>(
+        &self,
+        sql: &'static str,
+        params: Vec<Box<dyn ToSql + Send + Sync>>,
+        map: fn(&tokio_postgres::Row) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
+        let pool = self.pool.clone();
+        self.run(async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            let refs: Vec<&(dyn ToSql + Sync)> = params
+                .iter()
+                .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+                .collect();
+            let rows = client.query(sql, &refs).await.map_err(|e| pg(e, false))?;
+            rows.iter().map(map).collect()
+        })
+    }
+
+    /// Whether PostgreSQL answers now.
+    pub fn ping(&self) -> Result<(), StoreError> {
+        self.rows("SELECT 1", Vec::new(), |_| Ok(())).map(drop)
+    }
+
+    async fn commit_async(
+        pool: Pool,
+        c: Columns,
+        commit_sent: Arc<AtomicBool>,
+    ) -> Result<(), StoreError> {
+        let before = |e| pg(e, false);
+        let mut client = pool.get().await.map_err(pool_error)?;
+        let txn = client.transaction().await.map_err(before)?;
+        // The meta row's lock serialises committers from here to COMMIT.
+        let stored: i64 = txn
+            .query_one("SELECT next_sequence FROM consentd.meta FOR UPDATE", &[])
+            .await
+            .map_err(before)?
+            .get(0);
+        if let Some(first) = c.first_sequence
+            && first < stored
+        {
+            return Err(StoreError::corrupt(
+                "meta",
+                format!(
+                    "the batch starts at sequence {first} but the store is at {stored}: another writer commits to this database"
+                ),
+            ));
+        }
+        txn.execute(
+            "UPDATE consentd.meta SET next_sequence = GREATEST(next_sequence, $1),
+                 catalog = COALESCE($2, catalog)",
+            &[&c.next_sequence, &c.catalog],
+        )
+        .await
+        .map_err(before)?;
+        let e = &c.events;
+        if !e.sequence.is_empty() {
+            txn.execute(
+                "INSERT INTO consentd.events (sequence, contact, consent, action, occurred_at,
+                     recorded_at, source, evidence, version, idempotency_key, applied, actor)
+                 SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::smallint[],
+                     $5::bigint[], $6::bigint[], $7::smallint[], $8::jsonb[], $9::int[],
+                     $10::text[], $11::bool[], $12::text[])",
+                &[
+                    &e.sequence,
+                    &e.contact,
+                    &e.consent,
+                    &e.action,
+                    &e.occurred_at,
+                    &e.recorded_at,
+                    &e.source,
+                    &e.evidence,
+                    &e.version,
+                    &e.idempotency_key,
+                    &e.applied,
+                    &e.actor,
+                ],
+            )
+            .await
+            .map_err(before)?;
+        }
+        let s = &c.states;
+        if !s.contact.is_empty() {
+            txn.execute(
+                "INSERT INTO consentd.states (contact, consent, action, occurred_at,
+                     recorded_at, source, version, sequence)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::smallint[], $4::bigint[],
+                     $5::bigint[], $6::smallint[], $7::int[], $8::bigint[])
+                 ON CONFLICT (contact, consent) DO UPDATE SET action = EXCLUDED.action,
+                     occurred_at = EXCLUDED.occurred_at, recorded_at = EXCLUDED.recorded_at,
+                     source = EXCLUDED.source, version = EXCLUDED.version,
+                     sequence = EXCLUDED.sequence",
+                &[
+                    &s.contact,
+                    &s.consent,
+                    &s.action,
+                    &s.occurred_at,
+                    &s.recorded_at,
+                    &s.source,
+                    &s.version,
+                    &s.sequence,
+                ],
+            )
+            .await
+            .map_err(before)?;
+        }
+        if !c.keys.is_empty() {
+            txn.execute(
+                "INSERT INTO consentd.idempotency (key, sequence, recorded_at, fingerprint)
+                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bytea[])
+                 ON CONFLICT (key) DO UPDATE SET sequence = EXCLUDED.sequence,
+                     recorded_at = EXCLUDED.recorded_at, fingerprint = EXCLUDED.fingerprint",
+                &[&c.keys, &c.key_sequences, &c.key_times, &c.key_fingerprints],
+            )
+            .await
+            .map_err(before)?;
+        }
+        for w in &c.wordings {
+            txn.execute(
+                "INSERT INTO consentd.wordings (consent, version, title, text, parent,
+                     channels, brands, in_force_from)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+                &[
+                    &w.consent.as_str(),
+                    &(w.version as i32),
+                    &w.title,
+                    &w.text,
+                    &w.parent,
+                    &w.channels,
+                    &w.brands,
+                    &w.in_force_from,
+                ],
+            )
+            .await
+            .map_err(before)?;
+        }
+        commit_sent.store(true, Ordering::SeqCst);
+        txn.commit().await.map_err(|e| pg(e, true))
+    }
+}
+
+impl Store for PgStore {
+    fn recover(&self) -> Result<Recovered, StoreError> {
+        let pool = self.pool.clone();
+        self.run(async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            let err = |e| pg(e, false);
+            let meta = client
+                .query_one(
+                    "SELECT next_sequence, erasure_key, catalog,
+                         (SELECT count(DISTINCT contact) FROM consentd.states) AS contacts,
+                         GREATEST(
+                             (SELECT max(recorded_at) FROM consentd.events),
+                             (SELECT max(erased_at) FROM consentd.erasures),
+                             (SELECT max(in_force_from) FROM consentd.wordings)) AS last
+                     FROM consentd.meta",
+                    &[],
+                )
+                .await
+                .map_err(err)?;
+            let key: Vec<u8> = meta.try_get("erasure_key").map_err(backend)?;
+            let catalog: Option<serde_json::Value> = meta.try_get("catalog").map_err(backend)?;
+            let catalog: Option<CatalogSpec> = catalog
+                .map(serde_json::from_value)
+                .transpose()
+                .map_err(|e| StoreError::corrupt("meta", format!("catalog: {e}")))?;
+            let erasures = client
+                .query("SELECT hash, erased_at FROM consentd.erasures", &[])
+                .await
+                .map_err(err)?
+                .iter()
+                .map(|r| {
+                    let hash: Vec<u8> = r.try_get(0).map_err(backend)?;
+                    let hash: [u8; 32] = hash
+                        .try_into()
+                        .map_err(|_| StoreError::corrupt("erasures", "hash length"))?;
+                    Ok((hash, r.try_get(1).map_err(backend)?))
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            let wordings = client
+                .query(
+                    "SELECT DISTINCT ON (consent) * FROM consentd.wordings
+                     ORDER BY consent, version DESC",
+                    &[],
+                )
+                .await
+                .map_err(err)?
+                .iter()
+                .map(wording_from)
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Recovered {
+                catalog,
+                next_sequence: u64_of(meta.try_get("next_sequence").map_err(backend)?, "meta")?,
+                contacts: u64_of(meta.try_get("contacts").map_err(backend)?, "states")?,
+                erasure_key: key
+                    .try_into()
+                    .map_err(|_| StoreError::corrupt("meta", "erasure_key length"))?,
+                erasures,
+                wordings,
+                last_recorded_at: meta
+                    .try_get::<_, Option<i64>>("last")
+                    .map_err(backend)?
+                    .unwrap_or(0),
+            })
+        })
+    }
+
+    fn load_states(&self, sink: &mut dyn FnMut(&str, &str, Decision)) -> Result<u64, StoreError> {
+        type Chunk = Vec<(String, String, i16, i64)>;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Chunk, StoreError>>(2);
+        let pool = self.pool.clone();
+        self.handle.spawn(async move {
+            let result: Result<(), StoreError> = async {
+                let mut client = pool.get().await.map_err(pool_error)?;
+                let txn = client.transaction().await.map_err(|e| pg(e, false))?;
+                let portal = txn
+                    .bind(
+                        "SELECT contact, consent, action, occurred_at FROM consentd.states
+                         ORDER BY contact",
+                        &[],
+                    )
+                    .await
+                    .map_err(|e| pg(e, false))?;
+                loop {
+                    let rows = txn
+                        .query_portal(&portal, LOAD_CHUNK)
+                        .await
+                        .map_err(|e| pg(e, false))?;
+                    if rows.is_empty() {
+                        return Ok(());
+                    }
+                    let chunk = rows
+                        .iter()
+                        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+                        .collect::<Result<Chunk, tokio_postgres::Error>>()
+                        .map_err(backend)?;
+                    let sent = tokio::task::block_in_place(|| tx.send(Ok(chunk)));
+                    if sent.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            .await;
+            if let Err(e) = result {
+                let _ = tokio::task::block_in_place(|| tx.send(Err(e)));
+            }
+        });
+        let mut n = 0;
+        for chunk in rx {
+            for (contact, consent, action, occurred_at) in chunk? {
+                let action = action_of(action, "states")?;
+                sink(
+                    &contact,
+                    &consent,
+                    Decision {
+                        occurred_at,
+                        action,
+                    },
+                );
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let rows = self.rows(
+            "SELECT sequence, recorded_at, fingerprint FROM consentd.idempotency WHERE key = $1",
+            vec![Box::new(key.to_owned())],
+            |r| {
+                let fingerprint: Vec<u8> = r.try_get(2).map_err(backend)?;
+                Ok(IdempotencyRecord {
+                    sequence: u64_of(r.try_get(0).map_err(backend)?, "idempotency")?,
+                    recorded_at: r.try_get(1).map_err(backend)?,
+                    fingerprint: fingerprint
+                        .try_into()
+                        .map_err(|_| StoreError::corrupt("idempotency", "fingerprint length"))?,
+                })
+            },
+        )?;
+        Ok(rows.into_iter().next())
+    }
+
+    fn contact_states(&self, contact: &str) -> Result<Vec<StateRecord>, StoreError> {
+        self.rows(
+            "SELECT * FROM consentd.states WHERE contact = $1 ORDER BY sequence",
+            vec![Box::new(contact.to_owned())],
+            state_from,
+        )
+    }
+
+    fn history_page(
+        &self,
+        contact: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let pool = self.pool.clone();
+        let contact = contact.to_owned();
+        self.run(async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            let sql = format!(
+                "SELECT {EVENT_COLUMNS} FROM consentd.events
+                 WHERE contact = $1 AND sequence > $2 ORDER BY sequence LIMIT $3"
+            );
+            client
+                .query(&sql, &[&contact, &after, &limit])
+                .await
+                .map_err(|e| pg(e, false))?
+                .iter()
+                .map(event_from)
+                .collect()
+        })
+    }
+
+    fn wordings(&self, consent: Option<&str>) -> Result<Vec<Wording>, StoreError> {
+        match consent {
+            Some(c) => self.rows(
+                "SELECT * FROM consentd.wordings WHERE consent = $1 ORDER BY version",
+                vec![Box::new(c.to_owned())],
+                wording_from,
+            ),
+            None => self.rows(
+                "SELECT * FROM consentd.wordings ORDER BY consent, version",
+                Vec::new(),
+                wording_from,
+            ),
+        }
+    }
+
+    fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+        let columns = Columns::of(batch)?;
+        let pool = self.pool.clone();
+        let sent = Arc::new(AtomicBool::new(false));
+        let in_doubt = sent.clone();
+        let timeout = self.timeout;
+        self.run_unbounded(async move {
+            match tokio::time::timeout(timeout, Self::commit_async(pool, columns, sent)).await {
+                Ok(r) => r,
+                Err(_) => Err(StoreError::Unavailable {
+                    in_doubt: in_doubt.load(Ordering::SeqCst),
+                    cause: format!("no answer from PostgreSQL within {timeout:?}"),
+                }),
+            }
+        })
+    }
+
+    fn erase(&self, contact: &str, tombstone: &Tombstone) -> Result<bool, StoreError> {
+        let pool = self.pool.clone();
+        let contact = contact.to_owned();
+        let t = tombstone.clone();
+        let sent = Arc::new(AtomicBool::new(false));
+        let in_doubt = sent.clone();
+        let timeout = self.timeout;
+        let vacuum_due = self.vacuum_due.clone();
+        self.run_unbounded(async move {
+            let work = async {
+                let before = |e| pg(e, false);
+                let mut client = pool.get().await.map_err(pool_error)?;
+                let txn = client.transaction().await.map_err(before)?;
+                txn.execute(
+                    "DELETE FROM consentd.idempotency WHERE key IN (SELECT idempotency_key
+                         FROM consentd.events WHERE contact = $1 AND idempotency_key IS NOT NULL)",
+                    &[&contact],
+                )
+                .await
+                .map_err(before)?;
+                txn.execute(
+                    "DELETE FROM consentd.states WHERE contact = $1",
+                    &[&contact],
+                )
+                .await
+                .map_err(before)?;
+                let held = txn
+                    .execute(
+                        "DELETE FROM consentd.events WHERE contact = $1",
+                        &[&contact],
+                    )
+                    .await
+                    .map_err(before)?
+                    > 0;
+                txn.execute(
+                    "INSERT INTO consentd.erasures (hash, erased_at, reason) VALUES ($1, $2, $3)
+                     ON CONFLICT (hash) DO UPDATE SET erased_at = EXCLUDED.erased_at,
+                         reason = EXCLUDED.reason",
+                    &[&t.hash.as_slice(), &t.erased_at, &t.reason],
+                )
+                .await
+                .map_err(before)?;
+                sent.store(true, Ordering::SeqCst);
+                txn.commit().await.map_err(|e| pg(e, true))?;
+                vacuum_due.store(true, Ordering::SeqCst);
+                Ok(held)
+            };
+            match tokio::time::timeout(timeout, work).await {
+                Ok(r) => r,
+                Err(_) => Err(StoreError::Unavailable {
+                    in_doubt: in_doubt.load(Ordering::SeqCst),
+                    cause: format!("no answer from PostgreSQL within {timeout:?}"),
+                }),
+            }
+        })
+    }
+
+    /// The rows are gone from consentd's tables when [`Store::erase`]
+    /// returns; this vacuums the tables so that the dead row versions are
+    /// cleared from their pages too. WAL and backups keep them until their
+    /// retention ends (README, "PostgreSQL").
+    fn purge_erased(&self) -> Result<bool, StoreError> {
+        if !self.vacuum_due.swap(false, Ordering::SeqCst) {
+            return Ok(false);
+        }
+        let pool = self.pool.clone();
+        let due = self.vacuum_due.clone();
+        self.run_unbounded(async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            client
+                .batch_execute("VACUUM consentd.events, consentd.states, consentd.idempotency")
+                .await
+                .map_err(|e| {
+                    due.store(true, Ordering::SeqCst);
+                    pg(e, false)
+                })?;
+            Ok(true)
+        })
+    }
+
+    fn prune_idempotency(&self, before: UnixNanos, max: usize) -> Result<usize, StoreError> {
+        let max = i64::try_from(max).unwrap_or(i64::MAX);
+        let pool = self.pool.clone();
+        self.run(async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            let n = client
+                .execute(
+                    "DELETE FROM consentd.idempotency WHERE key IN (SELECT key
+                         FROM consentd.idempotency WHERE recorded_at < $1
+                         ORDER BY recorded_at LIMIT $2)",
+                    &[&before, &max],
+                )
+                .await
+                .map_err(|e| pg(e, false))?;
+            Ok(n as usize)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::{PgStore, Throwaway};
+    use crate::store::Store;
+    use crate::store::conformance::{Fixture, conformance_suite};
+
+    /// A fresh database of the test cluster per fresh store; reopen
+    /// connects a new store to the same database.
+    struct Pg(Option<String>);
+
+    impl Fixture for Pg {
+        fn fresh(&mut self) -> Arc<dyn Store> {
+            let url = Throwaway::shared()
+                .expect("PostgreSQL for the conformance suite")
+                .fresh_database();
+            let store = PgStore::open(&url).unwrap();
+            self.0 = Some(url);
+            Arc::new(store)
+        }
+
+        fn reopen(&mut self) -> Arc<dyn Store> {
+            Arc::new(PgStore::open(self.0.as_ref().expect("fresh first")).unwrap())
+        }
+
+        fn available(&self) -> bool {
+            Throwaway::shared().is_some()
+        }
+    }
+
+    conformance_suite!(Pg(None));
+}

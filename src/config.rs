@@ -40,6 +40,23 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_calls_in_flight: u64,
 
+    /// The store of record: `redb` (one file in --data-dir) or a
+    /// `postgres://user:password@host:port/db?sslmode=...` URL (several
+    /// nodes share one database).
+    #[arg(
+        long,
+        env = "CONSENTD_STORE",
+        default_value = "redb",
+        hide_env_values = true
+    )]
+    pub store: String,
+
+    /// Longest wait for the database on one operation, in milliseconds
+    /// (PostgreSQL store): then the write is answered UNAVAILABLE.
+    #[arg(long, env = "CONSENTD_STORE_TIMEOUT_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub store_timeout_ms: u64,
+
     /// Directory of the durable store; created if missing.
     #[arg(long, env = "CONSENTD_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
@@ -116,6 +133,8 @@ impl Config {
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             http_max_connections: 8192,
             max_calls_in_flight: 4096,
+            store: "redb".into(),
+            store_timeout_ms: 5000,
             data_dir: data_dir.into(),
             catalog: None,
             default_purpose: None,

@@ -48,6 +48,10 @@ pub enum Error {
     /// rule 6) and the server is going down. Nothing was recorded.
     #[error("writes are stopped after a storage failure ({0}); nothing was recorded")]
     Stopped(String),
+    /// The store cannot be reached now (a database connection lost or
+    /// refused): nothing was recorded; retry once it is back.
+    #[error("the store cannot be reached now ({0}); nothing was recorded")]
+    Unavailable(String),
     /// Too much is waiting already (the writer queue, the imports running):
     /// refused at once, nothing recorded; retry later.
     #[error("overloaded: {0}; nothing was recorded")]

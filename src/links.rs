@@ -97,23 +97,33 @@ impl Links {
         public_url: &str,
     ) -> Result<Links, LinkError> {
         let path = data_dir.join(KEY_FILE);
-        let mut keys = Vec::new();
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => generate_key_file(&path)?,
             Err(e) => return Err(e.into()),
         };
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let lines: Vec<&str> = text.lines().collect();
+        Self::with_keys(&path.display().to_string(), &lines, configured, public_url)
+    }
+
+    /// A key ring from `ID=BASE64URL_SECRET` lines kept elsewhere (a shared
+    /// store), oldest first, then the configured keys, which are newer.
+    /// `origin` names where the lines come from, for errors.
+    pub fn with_keys(
+        origin: &str,
+        lines: &[&str],
+        configured: &[String],
+        public_url: &str,
+    ) -> Result<Links, LinkError> {
+        let mut keys = Vec::new();
+        for line in lines.iter().filter(|l| !l.trim().is_empty()) {
             keys.push(parse_key(line.trim())?);
         }
         for spec in configured {
             keys.push(parse_key(spec)?);
         }
         if keys.is_empty() {
-            return Err(LinkError::BadKey(
-                path.display().to_string(),
-                "holds no key".into(),
-            ));
+            return Err(LinkError::BadKey(origin.to_owned(), "holds no key".into()));
         }
         let mut nonce_prefix = [0u8; 16];
         getrandom::fill(&mut nonce_prefix)
@@ -280,15 +290,21 @@ fn parse_key(spec: &str) -> Result<Key, LinkError> {
     })
 }
 
-/// Creates the data-dir key file (mode 0600, fsync'd) and returns its text.
-fn generate_key_file(path: &Path) -> Result<String, LinkError> {
+/// A new random key as an `ID=BASE64URL_SECRET` line (no newline).
+pub fn generate_key() -> Result<String, LinkError> {
     let mut secret = [0u8; 32];
     let mut id = [0u8; 4];
     getrandom::fill(&mut secret)
         .map_err(|e| LinkError::Io(std::io::Error::other(e.to_string())))?;
     getrandom::fill(&mut id).map_err(|e| LinkError::Io(std::io::Error::other(e.to_string())))?;
     let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
-    let line = format!("{id}={}\n", URL_SAFE_NO_PAD.encode(secret));
+    Ok(format!("{id}={}", URL_SAFE_NO_PAD.encode(secret)))
+}
+
+/// Creates the data-dir key file (mode 0600, fsync'd) and returns its text.
+fn generate_key_file(path: &Path) -> Result<String, LinkError> {
+    let line = format!("{}\n", generate_key()?);
+    let id = line.split('=').next().unwrap_or_default().to_owned();
     let tmp = path.with_extension("tmp");
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);

@@ -118,6 +118,7 @@ pub(crate) struct Metrics {
     purges: AtomicU64,
     purge_micros: AtomicU64,
     store_failures: AtomicU64,
+    store_unavailable: AtomicU64,
     shed_deadline: AtomicU64,
     shed_queue_full: AtomicU64,
     shed_imports: AtomicU64,
@@ -173,6 +174,11 @@ impl Metrics {
     /// A store failure that stopped writing (fail-stop).
     pub(crate) fn store_failed(&self) {
         self.store_failures.fetch_add(1, Relaxed);
+    }
+
+    /// The store became unreachable (writes pause until it answers).
+    pub(crate) fn store_unavailable(&self) {
+        self.store_unavailable.fetch_add(1, Relaxed);
     }
 
     /// A purge of erased contacts from the data files, and its pause.
@@ -278,6 +284,12 @@ impl Metrics {
                 "Store errors that stopped writing (fail-stop; the process exits).",
                 "counter",
                 get(&self.store_failures),
+            ),
+            (
+                "consentd_store_unavailable_total",
+                "Times the store became unreachable (writes paused until it answered).",
+                "counter",
+                get(&self.store_unavailable),
             ),
             (
                 "consentd_erasure_purges_total",

@@ -41,6 +41,30 @@ const FAIL_STOP_GRACE: Duration = Duration::from_secs(5);
 /// Concurrent HTTP/2 streams per gRPC connection.
 const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 
+/// Opens the store `--store` names: redb in the data dir, or PostgreSQL.
+fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let store = config.store.trim();
+    if store.starts_with("postgres://") || store.starts_with("postgresql://") {
+        let shown = crate::store::postgres::redact(store);
+        tracing::info!(store = %shown, "opening the PostgreSQL store");
+        let timeout = Duration::from_millis(config.store_timeout_ms);
+        let pg = crate::store::PgStore::open_with_timeout(store, timeout)
+            .with_context(|| format!("opening the PostgreSQL store {shown}"))?;
+        return Ok(Arc::new(pg));
+    }
+    anyhow::ensure!(
+        store == "redb",
+        "--store must be `redb` or a postgres:// URL, not {:?}",
+        crate::domain::ids::quote(&crate::store::postgres::redact(store))
+    );
+    let redb = RedbStore::open_with_cache(
+        &config.data_dir,
+        (config.store_cache_mb as usize).saturating_mul(1024 * 1024),
+    )
+    .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    Ok(Arc::new(redb))
+}
+
 /// A server whose listeners are bound and whose index is loaded.
 pub struct Server {
     auth: Auth,
@@ -128,17 +152,26 @@ impl Server {
         let catalog = config.catalog.as_deref().map(read_catalog).transpose()?;
         let store: Arc<dyn Store> = match store {
             Some(store) => store,
-            None => Arc::new(
-                RedbStore::open_with_cache(
-                    &config.data_dir,
-                    (config.store_cache_mb as usize).saturating_mul(1024 * 1024),
-                )
-                .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
-            ),
+            None => open_store(config)?,
         };
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating {}", config.data_dir.display()))?;
-        let links = Links::open(&config.data_dir, &config.link_keys, &public_url)?;
+        let fresh_key = crate::links::generate_key()?;
+        let links = match store
+            .link_keys(&fresh_key)
+            .context("reading the link keys")?
+        {
+            Some(lines) => {
+                let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+                Links::with_keys(
+                    "the store's link keys",
+                    &lines,
+                    &config.link_keys,
+                    &public_url,
+                )?
+            }
+            None => Links::open(&config.data_dir, &config.link_keys, &public_url)?,
+        };
         let (authority, report) = Authority::open(
             store,
             links,
@@ -298,6 +331,23 @@ impl Server {
         let _ = serving_tx.send(true);
         tracing::info!(%grpc_addr, %http_addr, %admin_addr, "consentd serving");
 
+        // Writes need the store: Consents and Catalog are NOT_SERVING while
+        // it cannot be reached; Eligibility serves on from memory.
+        let mut available = authority.store_available();
+        let reporter = health.clone();
+        let store_health = tokio::spawn(async move {
+            while available.changed().await.is_ok() {
+                let status = if *available.borrow_and_update() {
+                    ServingStatus::Serving
+                } else {
+                    ServingStatus::NotServing
+                };
+                for name in ["consent.v1.Consents", "consent.v1.Catalog"] {
+                    reporter.set_service_status(name, status).await;
+                }
+            }
+        });
+
         // Stop on the signal, or at once when the store fails (fail-stop).
         let failure = tokio::select! {
             () = shutdown => None,
@@ -310,6 +360,7 @@ impl Server {
                 "fail-stop: writes stopped after a storage failure; health NOT_SERVING, exiting"
             ),
         }
+        store_health.abort();
         let _ = serving_tx.send(false);
         for name in [
             "",

@@ -113,7 +113,7 @@ async fn a_start_catalog_that_fails_to_apply_leaves_the_store_closed_and_unchang
     // A catalog that deletes a consent Anna holds: refused at start.
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "channels = [\"email\"]\n").unwrap();
-    let mut config = consentd::Config::ephemeral(dir.path());
+    let mut config = for_this_run(consentd::Config::ephemeral(dir.path()));
     config.catalog = Some(bad.clone());
     let err = consentd::server::Server::bind(&config)
         .await

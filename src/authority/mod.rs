@@ -260,6 +260,13 @@ impl Authority {
         self.writer.failed().await
     }
 
+    /// Whether the store takes writes, as it changes: false while it cannot
+    /// be reached (PostgreSQL down or restarting; CanSend answers on from
+    /// memory), true again once it answers.
+    pub fn store_available(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.writer.available()
+    }
+
     /// CanSend (DESIGN.md rule 3). Never touches the disk, never allocates.
     pub fn can_send(
         &self,

@@ -5,6 +5,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::authority::Error;
 use crate::domain::FieldError;
+use crate::store::StoreError;
 
 /// INVALID_ARGUMENT naming the field, with a BadRequest detail for clients
 /// that read rich errors.
@@ -27,6 +28,9 @@ impl From<Error> for Status {
             | Error::KeyReused(_)
             | Error::ConsentInUse(_)
             | Error::NotCovered { .. }) => Status::failed_precondition(e.to_string()),
+            Error::Storage(StoreError::Unavailable { .. }) | Error::Unavailable(_) => {
+                Status::unavailable("the store cannot be reached now; nothing was changed; retry")
+            }
             Error::Storage(e) => {
                 // Storage details stay in the log; the client learns only
                 // that it failed.

@@ -161,6 +161,18 @@ pub trait Store: Send + Sync + 'static {
     /// Writes the batch in one transaction and returns once it is durable;
     /// on error nothing of it is kept.
     fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError>;
+    /// The link keys this store shares between nodes, as `ID=SECRET` lines,
+    /// oldest first; `fresh` is stored first when it holds none. `None` for
+    /// a store that keeps no keys (the key stays in the data dir).
+    fn link_keys(&self, fresh: &str) -> Result<Option<Vec<String>>, StoreError> {
+        let _ = fresh;
+        Ok(None)
+    }
+    /// The sequence the next event gets, read from the store: after the
+    /// store was unreachable, what a commit in doubt may have taken.
+    fn next_sequence(&self) -> Result<u64, StoreError> {
+        Ok(self.recover()?.next_sequence)
+    }
     /// Deletes everything held for the contact (states, events, the keys its
     /// events used) and keeps only the tombstone, durably. Returns whether
     /// anything was held.

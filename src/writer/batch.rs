@@ -193,9 +193,22 @@ impl GroupBatch {
 
     /// After a failed commit: every caller learns that the outcome is
     /// unknown (the store may have kept the batch); the index is untouched.
-    pub(super) fn fail(self, error: &StoreError) {
+    pub(super) fn fail(self, error: &dyn std::fmt::Display) {
         for reply in self.replies {
             let _ = reply.send(Err(Error::OutcomeUnknown(error.to_string())));
         }
+    }
+
+    /// When the store could not be reached and nothing of this batch
+    /// landed: every caller learns that nothing was recorded.
+    pub(super) fn refuse_unavailable(self, cause: &str) {
+        for reply in self.replies {
+            let _ = reply.send(Err(Error::Unavailable(cause.to_owned())));
+        }
+    }
+
+    /// The contacts whose events this batch holds.
+    pub(super) fn contacts(&self) -> impl Iterator<Item = crate::domain::ContactId> + '_ {
+        self.write.events.iter().map(|e| e.contact.clone())
     }
 }

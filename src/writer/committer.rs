@@ -10,6 +10,16 @@
 //! that the server turns NOT_SERVING and exits. A store that failed is
 //! never retried into a state nobody can vouch for; the restart rebuilds
 //! the index from what is on disk.
+//!
+//! A store that is only unreachable ([`StoreError::Unavailable`]: a
+//! database connection lost, refused or timed out) is not a failure of the
+//! data: writing pauses instead. Every write is answered UNAVAILABLE at
+//! once, "outcome unknown" for a commit in doubt; the availability watch
+//! turns false (health NOT_SERVING for Consents and Catalog); the store is
+//! probed with backoff (1 s doubling to 8 s). When it answers, the sequence
+//! counter is read back and the contacts of every commit in doubt are
+//! reloaded into the index from the store, so that CanSend agrees with
+//! whatever did land, before writes are taken again.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,6 +46,20 @@ const MAX_GROUP: usize = 4096;
 /// last one, so pruning keeps pace with any insert rate.
 const PRUNE_EVERY: Duration = Duration::from_secs(1);
 const PRUNE_BATCH: usize = 10_000;
+
+/// The first and longest pause between probes of an unreachable store.
+const PROBE_FIRST: Duration = Duration::from_secs(1);
+const PROBE_MAX: Duration = Duration::from_secs(8);
+
+/// The store could not be reached: writes pause until it answers.
+struct Down {
+    cause: String,
+    next_probe: Instant,
+    backoff: Duration,
+    /// Contacts whose commit is in doubt: reloaded from the store when it
+    /// answers again.
+    in_doubt: std::collections::HashSet<ContactId>,
+}
 
 /// What ruling one change led to.
 enum Ruled {
@@ -70,6 +94,10 @@ pub(super) struct Committer {
     failed: Option<String>,
     /// Where the failure is reported (the server watches it).
     failure: watch::Sender<Option<String>>,
+    /// Set while the store cannot be reached.
+    down: Option<Down>,
+    /// Whether the store takes writes now (the server's health watches it).
+    available: watch::Sender<bool>,
 }
 
 impl Committer {
@@ -80,6 +108,7 @@ impl Committer {
         start: WriterStart,
         metrics: Arc<Metrics>,
         failure: watch::Sender<Option<String>>,
+        available: watch::Sender<bool>,
     ) -> Self {
         Self {
             store,
@@ -98,6 +127,8 @@ impl Committer {
             failed: None,
             failure,
             clock: start.clock,
+            down: None,
+            available,
         }
     }
 
@@ -114,10 +145,18 @@ impl Committer {
                     Err(_) => break,
                 }
             }
+            self.probe_if_due();
             let mut changes = Vec::with_capacity(queue.len());
             for cmd in queue.drain(..) {
                 if let Some(cause) = &self.failed {
                     refuse(cmd, cause, &mut closers, &mut rx);
+                    continue;
+                }
+                if let Some(down) = &self.down {
+                    let unavailable = Error::Unavailable(down.cause.clone());
+                    if let Some(cmd) = refuse_unavailable(cmd, unavailable) {
+                        refuse(cmd, "", &mut closers, &mut rx);
+                    }
                     continue;
                 }
                 match cmd {
@@ -149,13 +188,13 @@ impl Committer {
                 }
             }
             self.commit_changes(changes);
-            if self.failed.is_none() {
+            if self.failed.is_none() && self.down.is_none() {
                 self.prune_if_due();
                 self.purge_if_due();
             }
         }
         // Nothing erased may stay in the files because the server stopped.
-        if self.purge_pending_since.is_some() && self.failed.is_none() {
+        if self.purge_pending_since.is_some() && self.failed.is_none() && self.down.is_none() {
             self.purge();
         }
         tracing::info!("writer stopped: queue drained");
@@ -166,6 +205,10 @@ impl Committer {
 
     /// Stops all writing after a store error (see the module docs).
     fn fail_stop(&mut self, error: &StoreError, during: &str) {
+        if let StoreError::Unavailable { cause, .. } = error {
+            self.went_down(format!("{during}: {cause}"));
+            return;
+        }
         if self.failed.is_some() {
             return;
         }
@@ -174,6 +217,81 @@ impl Committer {
         let cause = format!("{during}: {error}");
         self.failed = Some(cause.clone());
         let _ = self.failure.send(Some(cause));
+    }
+
+    /// The store could not be reached: pause writing (see the module docs).
+    fn went_down(&mut self, cause: String) {
+        if self.down.is_none() {
+            tracing::error!(cause = %cause, "the store cannot be reached: writes are refused until it answers; CanSend answers from memory");
+            self.metrics.store_unavailable();
+            let _ = self.available.send(false);
+        }
+        let down = self.down.get_or_insert_with(|| Down {
+            cause: String::new(),
+            next_probe: Instant::now() + PROBE_FIRST,
+            backoff: PROBE_FIRST,
+            in_doubt: Default::default(),
+        });
+        down.cause = cause;
+    }
+
+    /// While the store is unreachable: probes it when due; once it answers,
+    /// reads back the sequence, reloads the contacts in doubt, and takes
+    /// writes again.
+    fn probe_if_due(&mut self) {
+        let Some(down) = &mut self.down else { return };
+        if Instant::now() < down.next_probe {
+            return;
+        }
+        down.backoff = (down.backoff * 2).min(PROBE_MAX);
+        down.next_probe = Instant::now() + down.backoff;
+        let next_sequence = match self.store.next_sequence() {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(error = %e, "the store is still unreachable");
+                return;
+            }
+        };
+        let catalog = self.catalog.load_full();
+        let in_doubt: Vec<ContactId> = down.in_doubt.iter().cloned().collect();
+        for contact in &in_doubt {
+            let states = match self.store.contact_states(contact.as_str()) {
+                Ok(states) => states,
+                Err(e) => {
+                    tracing::debug!(error = %e, "the store is still unreachable");
+                    return;
+                }
+            };
+            for s in self.index.remove(contact.as_str()).unwrap_or_default() {
+                if let Some(n) = self.usage.get_mut(s.consent as usize) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+            for s in states {
+                let Some(idx) = catalog.consent_idx(s.consent.as_str()) else {
+                    continue;
+                };
+                self.index.put(
+                    contact.as_str(),
+                    crate::domain::HeldState {
+                        consent: idx,
+                        occurred_at: s.occurred_at,
+                        action: s.action,
+                    },
+                );
+                if let Some(n) = self.usage.get_mut(idx as usize) {
+                    *n += 1;
+                }
+            }
+        }
+        self.next_sequence = self.next_sequence.max(next_sequence);
+        tracing::info!(
+            contacts_reloaded = in_doubt.len(),
+            next_sequence = self.next_sequence,
+            "the store answers again: writes are taken"
+        );
+        self.down = None;
+        let _ = self.available.send(true);
     }
 
     /// The receipt time the next recorded change gets: wall-clock time,
@@ -203,6 +321,10 @@ impl Committer {
                 Ok(Ruled::Answered(outcome)) => {
                     let _ = reply.send(Ok(outcome));
                 }
+                Err(Error::Storage(StoreError::Unavailable { cause, .. })) => {
+                    self.went_down(format!("reading while ruling a change: {cause}"));
+                    let _ = reply.send(Err(Error::Unavailable(cause)));
+                }
                 Err(Error::Storage(e)) => {
                     self.fail_stop(&e, "reading while ruling a change");
                     let _ = reply.send(Err(Error::Stopped(e.to_string())));
@@ -217,6 +339,11 @@ impl Committer {
             batch.refuse(cause);
             return;
         }
+        if let Some(down) = &self.down {
+            let cause = down.cause.clone();
+            batch.refuse_unavailable(&cause);
+            return;
+        }
         if batch.is_empty() {
             return;
         }
@@ -229,6 +356,20 @@ impl Committer {
                 // metrics after its answer sees its commit.
                 self.metrics.commit(n, started.elapsed());
                 batch.acknowledge(&self.index, &mut self.usage);
+            }
+            Err(StoreError::Unavailable { in_doubt, cause }) => {
+                tracing::error!(cause = %cause, changes = n, in_doubt, "commit failed: the store cannot be reached");
+                self.metrics.commit_failed();
+                self.next_sequence = first_sequence;
+                self.went_down(format!("committing a batch: {cause}"));
+                if in_doubt {
+                    if let Some(down) = &mut self.down {
+                        down.in_doubt.extend(batch.contacts());
+                    }
+                    batch.fail(&cause);
+                } else {
+                    batch.refuse_unavailable(&cause);
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, changes = n, "commit failed; this batch is answered \"outcome unknown\"");
@@ -369,19 +510,47 @@ impl Committer {
             erased_at,
             reason,
         };
-        if let Err(e) = self.store.erase(contact.as_str(), &tombstone) {
-            self.fail_stop(&e, "erasing a contact");
-            return Err(Error::OutcomeUnknown(e.to_string()));
+        match self.store.erase(contact.as_str(), &tombstone) {
+            Ok(_) => {}
+            Err(StoreError::Unavailable {
+                in_doubt: false,
+                cause,
+            }) => {
+                self.went_down(format!("erasing a contact: {cause}"));
+                return Err(Error::Unavailable(cause));
+            }
+            // In doubt: forget the contact in memory as if the erasure
+            // landed (CanSend answers "no consent", never a message to
+            // someone who may have asked to be forgotten); the operator
+            // retries, which makes it certain.
+            Err(StoreError::Unavailable { cause, .. }) => {
+                self.went_down(format!("erasing a contact: {cause}"));
+                self.forget(&contact, tombstone.hash, erased_at);
+                return Err(Error::OutcomeUnknown(cause));
+            }
+            Err(e) => {
+                self.fail_stop(&e, "erasing a contact");
+                return Err(Error::OutcomeUnknown(e.to_string()));
+            }
         }
+        self.forget(&contact, tombstone.hash, erased_at);
+        self.purge_pending_since.get_or_insert_with(Instant::now);
+        Ok(erased_at)
+    }
+
+    /// Drops an erased contact from memory: its states, and any reload
+    /// pending for it.
+    fn forget(&mut self, contact: &ContactId, hash: [u8; 32], erased_at: UnixNanos) {
         self.last_recorded = erased_at;
         for s in self.index.remove(contact.as_str()).unwrap_or_default() {
             if let Some(n) = self.usage.get_mut(s.consent as usize) {
                 *n = n.saturating_sub(1);
             }
         }
-        self.erasures.record(tombstone.hash, erased_at);
-        self.purge_pending_since.get_or_insert_with(Instant::now);
-        Ok(erased_at)
+        if let Some(down) = &mut self.down {
+            down.in_doubt.remove(contact);
+        }
+        self.erasures.record(hash, erased_at);
     }
 
     fn apply_catalog(&mut self, spec: CatalogSpec) -> Result<Arc<Catalog>, Error> {
@@ -404,9 +573,19 @@ impl Committer {
             next_sequence: self.next_sequence,
             ..Default::default()
         };
-        if let Err(e) = self.store.commit(&batch) {
-            self.fail_stop(&e, "applying a catalog");
-            return Err(Error::OutcomeUnknown(e.to_string()));
+        match self.store.commit(&batch) {
+            Ok(()) => {}
+            Err(StoreError::Unavailable {
+                in_doubt: false,
+                cause,
+            }) => {
+                self.went_down(format!("applying a catalog: {cause}"));
+                return Err(Error::Unavailable(cause));
+            }
+            Err(e) => {
+                self.fail_stop(&e, "applying a catalog");
+                return Err(Error::OutcomeUnknown(e.to_string()));
+            }
         }
         self.last_recorded = in_force_from;
         let next = Arc::new(next);
@@ -420,6 +599,24 @@ impl Committer {
         );
         Ok(next)
     }
+}
+
+/// Answers a write while the store is unreachable; hands back what is not
+/// a write (a close, a tick).
+fn refuse_unavailable(cmd: Command, unavailable: Error) -> Option<Command> {
+    match cmd {
+        Command::Change(_, _, reply) => {
+            let _ = reply.send(Err(unavailable));
+        }
+        Command::Catalog(_, reply) => {
+            let _ = reply.send(Err(unavailable));
+        }
+        Command::Erase(_, _, reply) => {
+            let _ = reply.send(Err(unavailable));
+        }
+        other => return Some(other),
+    }
+    None
 }
 
 /// Answers a command after a store failure: nothing is recorded any more.
@@ -465,10 +662,31 @@ mod tests {
 
     const S: i64 = 1_000_000_000;
 
-    /// The memory store, with commits that fail while `fail` is set.
+    /// The memory store, with commits that fail while `fail` is set, and
+    /// a connection that `reach` can cut (see the `REACH_*` modes).
     struct Flaky {
         inner: MemoryStore,
         fail: AtomicBool,
+        reach: std::sync::atomic::AtomicU8,
+    }
+
+    /// Reachable.
+    const REACH_UP: u8 = 0;
+    /// Unreachable: nothing lands.
+    const REACH_DOWN: u8 = 1;
+    /// A commit lands, then the connection drops before its answer.
+    const REACH_LOST_ANSWER: u8 = 2;
+
+    impl Flaky {
+        fn unreachable(&self) -> Result<(), StoreError> {
+            match self.reach.load(Ordering::Relaxed) {
+                REACH_DOWN => Err(StoreError::Unavailable {
+                    in_doubt: false,
+                    cause: "connection refused".into(),
+                }),
+                _ => Ok(()),
+            }
+        }
     }
 
     impl Store for Flaky {
@@ -485,7 +703,12 @@ mod tests {
             self.inner.idempotency(key)
         }
         fn contact_states(&self, contact: &str) -> Result<Vec<StateRecord>, StoreError> {
+            self.unreachable()?;
             self.inner.contact_states(contact)
+        }
+        fn next_sequence(&self) -> Result<u64, StoreError> {
+            self.unreachable()?;
+            self.inner.next_sequence()
         }
         fn history_page(
             &self,
@@ -502,7 +725,15 @@ mod tests {
             if self.fail.load(Ordering::Relaxed) {
                 return Err(StoreError::Io(std::io::Error::other("disk full")));
             }
-            self.inner.commit(batch)
+            self.unreachable()?;
+            self.inner.commit(batch)?;
+            if self.reach.load(Ordering::Relaxed) == REACH_LOST_ANSWER {
+                return Err(StoreError::Unavailable {
+                    in_doubt: true,
+                    cause: "connection reset during COMMIT".into(),
+                });
+            }
+            Ok(())
         }
         fn erase(&self, contact: &str, tombstone: &Tombstone) -> Result<bool, StoreError> {
             self.inner.erase(contact, tombstone)
@@ -538,9 +769,11 @@ mod tests {
     fn setup_with_clock() -> Setup {
         let clock = ManualClock::new(1_000_000 * S);
         let (failure, failed) = watch::channel(None);
+        let (available, _) = watch::channel(true);
         let store = Arc::new(Flaky {
             inner: MemoryStore::new().unwrap(),
             fail: AtomicBool::new(false),
+            reach: Default::default(),
         });
         let spec = CatalogSpec {
             channels: vec!["email".into()],
@@ -569,6 +802,7 @@ mod tests {
             },
             Arc::new(Metrics::default()),
             failure,
+            available,
         );
         (committer, store, index, failed, clock)
     }
@@ -701,6 +935,57 @@ mod tests {
         );
         assert!(store.history("anna").unwrap().is_empty());
         assert_eq!(held(&index), None);
+    }
+
+    #[test]
+    fn an_unreachable_store_pauses_writes_and_a_commit_in_doubt_is_reloaded() {
+        let (mut c, store, index, failed) = setup();
+        let available = c.available.subscribe();
+        // The commit lands, its answer is lost.
+        store.reach.store(REACH_LOST_ANSWER, Ordering::Relaxed);
+        let answers = group(&mut c, vec![change(Action::Grant, 10, None)]);
+        assert!(
+            matches!(&answers[0], Err(Error::OutcomeUnknown(m)) if m.contains("COMMIT")),
+            "{:?}",
+            answers[0]
+        );
+        assert!(!*available.borrow(), "writes are paused");
+        assert!(failed.borrow().is_none(), "not fail-stop");
+        assert_eq!(held(&index), None, "not known to be durable yet");
+
+        // While it is down, writes are refused at once and nothing lands.
+        store.reach.store(REACH_DOWN, Ordering::Relaxed);
+        let answers = group(&mut c, vec![change(Action::Withdraw, 20, None)]);
+        assert!(
+            matches!(&answers[0], Err(Error::Unavailable(_))),
+            "{:?}",
+            answers[0]
+        );
+        assert_eq!(store.history("anna").unwrap().len(), 1);
+        let due = |c: &mut Committer| c.down.as_mut().expect("down").next_probe = Instant::now();
+        due(&mut c);
+        c.probe_if_due();
+        assert!(c.down.is_some(), "a failed probe keeps writes paused");
+
+        // It answers again: the contact in doubt is reloaded from the
+        // store, so CanSend sees the grant that did land.
+        store.reach.store(REACH_UP, Ordering::Relaxed);
+        due(&mut c);
+        c.probe_if_due();
+        assert!(c.down.is_none());
+        assert!(*available.borrow());
+        assert_eq!(
+            held(&index),
+            Some(Decision {
+                occurred_at: 10 * S,
+                action: Action::Grant
+            })
+        );
+        assert_eq!(c.usage, vec![1]);
+        // And the next write follows the sequence the landed commit took.
+        let answers = group(&mut c, vec![change(Action::Withdraw, 20, None)]);
+        let outcome = answers[0].as_ref().unwrap();
+        assert_eq!((outcome.applied, outcome.sequence), (true, 2));
     }
 
     #[test]

@@ -84,6 +84,8 @@ pub(crate) struct Writer {
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
     /// `Some(cause)` once the store failed or the thread panicked.
     failure: watch::Receiver<Option<String>>,
+    /// Whether the store takes writes now (false while it is unreachable).
+    available: watch::Receiver<bool>,
 }
 
 impl Writer {
@@ -98,8 +100,17 @@ impl Writer {
     ) -> Writer {
         let (tx, rx) = mpsc::channel(QUEUE);
         let (failure_tx, failure) = watch::channel(None);
+        let (available_tx, available) = watch::channel(true);
         let on_panic = failure_tx.clone();
-        let mut committer = Committer::new(store, index, catalog, start, metrics, failure_tx);
+        let mut committer = Committer::new(
+            store,
+            index,
+            catalog,
+            start,
+            metrics,
+            failure_tx,
+            available_tx,
+        );
         let thread = std::thread::Builder::new()
             .name("consentd-writer".into())
             .spawn(move || {
@@ -133,7 +144,14 @@ impl Writer {
             tx,
             thread: Arc::new(Mutex::new(Some(thread))),
             failure,
+            available,
         }
+    }
+
+    /// Whether the store takes writes, now and as it changes: false while
+    /// it cannot be reached (a database down), true again once it answers.
+    pub(crate) fn available(&self) -> watch::Receiver<bool> {
+        self.available.clone()
     }
 
     /// Commands waiting in the queue.
@@ -320,10 +338,12 @@ mod tests {
         // A queue of one that nobody drains: the second change finds it full.
         let (tx, rx) = mpsc::channel(1);
         let (_failure_tx, failure) = watch::channel(None);
+        let (_available_tx, available) = watch::channel(true);
         let stalled = Writer {
             tx,
             thread: Arc::new(Mutex::new(None)),
             failure,
+            available,
         };
         let first = tokio::spawn({
             let w = stalled.clone();

@@ -39,8 +39,12 @@ impl TestServer {
         Self::start_with(config).await
     }
 
-    /// A server with a configuration of the test's own.
+    /// A server with a configuration of the test's own. In the
+    /// PostgreSQL run (`tests/on_postgres.rs`), a redb store becomes a
+    /// database of the test PostgreSQL server, one per data dir, so that a
+    /// restart over the same dir finds the same data.
     pub(crate) async fn start_with(config: Config) -> TestServer {
+        let config = for_this_run(config);
         let bound = Server::bind(&config).await.unwrap();
         Self::serve(config, bound)
     }
@@ -112,6 +116,35 @@ impl TestServer {
             }
         }
     }
+}
+
+/// Whether this test crate runs the suites over PostgreSQL.
+pub(crate) fn on_postgres() -> bool {
+    env!("CARGO_CRATE_NAME") == "on_postgres"
+}
+
+/// `config` with its store as this run keeps it: in the PostgreSQL run a
+/// redb store becomes the data dir's database.
+pub(crate) fn for_this_run(mut config: Config) -> Config {
+    if on_postgres() && config.store == "redb" {
+        config.store = database_for(&config.data_dir);
+    }
+    config
+}
+
+/// The database that stands for `data_dir` in the PostgreSQL run.
+pub(crate) fn database_for(data_dir: &Path) -> String {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static DATABASES: OnceLock<Mutex<HashMap<PathBuf, String>>> = OnceLock::new();
+    let mut map = DATABASES.get_or_init(Default::default).lock().unwrap();
+    map.entry(data_dir.to_owned())
+        .or_insert_with(|| {
+            consentd::store::postgres::Throwaway::shared()
+                .expect("PostgreSQL for the tests")
+                .fresh_database()
+        })
+        .clone()
 }
 
 pub(crate) fn example_catalog_path() -> PathBuf {

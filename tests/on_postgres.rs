@@ -1,0 +1,48 @@
+//! The end-to-end suites again, over PostgreSQL: every server these tests
+//! start stores in a database of a throwaway PostgreSQL server (one per
+//! data dir, so restarts find their data; see `common::database_for`).
+//! Then what only PostgreSQL has: the database going away and coming back,
+//! and erasure measured in its tables.
+//!
+//! Where no PostgreSQL server binaries are installed (and
+//! `CONSENTD_TEST_DATABASE_URL` names none), one test prints SKIPPED.
+// Each suite brings its own `mod common;`, as it does when it runs alone.
+#![allow(clippy::duplicate_mod)]
+
+#[cfg(pg_available)]
+#[path = "catalog.rs"]
+mod catalog;
+#[cfg(pg_available)]
+#[path = "eligibility.rs"]
+mod eligibility;
+#[cfg(pg_available)]
+#[path = "export.rs"]
+mod export;
+#[cfg(pg_available)]
+#[path = "http.rs"]
+mod http;
+#[cfg(pg_available)]
+#[path = "import.rs"]
+mod import;
+#[cfg(pg_available)]
+#[path = "mutations.rs"]
+mod mutations;
+#[cfg(pg_available)]
+#[path = "restart.rs"]
+mod restart;
+#[cfg(pg_available)]
+#[path = "wordings.rs"]
+mod wordings;
+
+#[cfg(pg_available)]
+#[path = "on_postgres/postgres_only.rs"]
+mod postgres_only;
+
+#[cfg(not(pg_available))]
+#[test]
+fn postgres_suites() {
+    println!(
+        "SKIPPED: no PostgreSQL server binaries (initdb, postgres) were found when this was \
+         built, and CONSENTD_TEST_DATABASE_URL is not set: the suites did not run on PostgreSQL"
+    );
+}

@@ -1,0 +1,173 @@
+//! What only the PostgreSQL store has: a database that goes away and comes
+//! back, and erasure measured in its tables.
+
+use std::time::Duration;
+
+use consentd::pb::{self, Reason};
+use consentd::store::postgres::Throwaway;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+#[path = "../common/mod.rs"]
+mod common;
+
+use common::*;
+
+async fn health_of(server: &TestServer, service: &str) -> Option<ServingStatus> {
+    let mut client = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
+    client
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .ok()
+        .map(|r| r.into_inner().status())
+}
+
+/// Polls `health_of(service)` until it is `want`, for at most 30 s.
+async fn wait_health(server: &TestServer, service: &str, want: ServingStatus) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while health_of(server, service).await != Some(want) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{service} never became {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every row of consentd's tables as text: what a DBA could read.
+async fn tables_text(url: &str) -> String {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let mut all = String::new();
+    for table in [
+        "meta",
+        "events",
+        "states",
+        "idempotency",
+        "erasures",
+        "wordings",
+    ] {
+        let row = client
+            .query_one(
+                &format!("SELECT coalesce(string_agg(t::text, '|'), '') FROM consentd.{table} t"),
+                &[],
+            )
+            .await
+            .unwrap();
+        all.push_str(&row.get::<_, String>(0));
+    }
+    drop(client);
+    let _ = conn.await;
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_going_away_pauses_writes_and_never_checks() {
+    // A server of its own: the shared one stays up for the other tests.
+    let pg = Throwaway::start().expect("a PostgreSQL server");
+    if !pg.can_restart() {
+        println!("SKIPPED: an external CONSENTD_TEST_DATABASE_URL cannot be restarted by the test");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = consentd::Config::ephemeral(dir.path());
+    config.catalog = Some(example_catalog_path());
+    config.store = pg.fresh_database();
+    config.store_timeout_ms = 2_000;
+    let server = TestServer::start_with(config).await;
+    let mut cons = server.consents().await;
+    let mut elig = server.eligibility().await;
+    cons.grant(change("anna", "marketing", None)).await.unwrap();
+    cons.withdraw(change("bob", "marketing", None))
+        .await
+        .unwrap();
+
+    pg.stop_server();
+    // A write now: refused with UNAVAILABLE (never a hang past the store's
+    // timeout), and nothing acknowledged.
+    let started = std::time::Instant::now();
+    let refused = cons
+        .grant(change("bob", "marketing", None))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // CanSend answers on from memory: anna yes, bob (withdrawn) no.
+    assert!(can_send(&mut elig, "anna", "email", "acme").await.0);
+    let (allowed, reason, _) = can_send(&mut elig, "bob", "email", "acme").await;
+    assert!(!allowed);
+    assert_eq!(reason, Reason::Withdrawn);
+    // Health: writes NOT_SERVING, checks SERVING.
+    wait_health(&server, "consent.v1.Consents", ServingStatus::NotServing).await;
+    assert_eq!(
+        health_of(&server, "consent.v1.Catalog").await,
+        Some(ServingStatus::NotServing)
+    );
+    assert_eq!(
+        health_of(&server, "consent.v1.Eligibility").await,
+        Some(ServingStatus::Serving)
+    );
+    // Reads that need the store say so.
+    let read = cons
+        .get_contact(pb::GetContactRequest {
+            contact_id: "anna".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(read.code(), tonic::Code::Unavailable, "{read:?}");
+
+    // The database comes back: the server reconnects by itself.
+    pg.start_server().unwrap();
+    wait_health(&server, "consent.v1.Consents", ServingStatus::Serving).await;
+    let granted = cons
+        .grant(change("bob", "marketing", None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(granted.applied);
+    assert!(can_send(&mut elig, "bob", "email", "acme").await.0);
+    assert_eq!(history(&server, "bob").await.len(), 2);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn erasure_leaves_no_plaintext_in_any_table() {
+    const ERIN: &str = "erin-pg@example.com";
+    const ERIN_IP: &str = "203.0.113.99-PG-ERASEME";
+    let server = TestServer::start().await;
+    let url = database_for(&server.data_dir);
+    let mut cons = server.consents().await;
+    let mut grant = change(ERIN, "marketing", None);
+    grant.evidence.insert("ip".into(), ERIN_IP.into());
+    grant.idempotency_key = format!("signup:{ERIN}");
+    cons.grant(grant).await.unwrap();
+    cons.grant(change("fay-stays@example.com", "marketing", None))
+        .await
+        .unwrap();
+    let before = tables_text(&url).await;
+    assert!(before.contains(ERIN) && before.contains(ERIN_IP));
+
+    cons.erase_contact(pb::EraseContactRequest {
+        contact_id: ERIN.into(),
+        reason: "ticket 12".into(),
+    })
+    .await
+    .unwrap();
+    // Once EraseContact has answered, no row holds the contact.
+    let after = tables_text(&url).await;
+    assert!(!after.contains(ERIN), "the contact id is still in a table");
+    assert!(!after.contains(ERIN_IP), "the evidence is still in a table");
+    assert!(after.contains("fay-stays@example.com"));
+    assert!(
+        after.contains("ticket 12"),
+        "the tombstone keeps the reason"
+    );
+    let mut elig = server.eligibility().await;
+    let (allowed, reason, _) = can_send(&mut elig, ERIN, "email", "acme").await;
+    assert!(!allowed);
+    assert_eq!(reason, Reason::NoConsent);
+    server.stop().await;
+}

@@ -3,7 +3,13 @@
 //! ```text
 //! cargo bench --bench load                      # in-process server + baseline
 //! cargo bench --bench load -- --addr 127.0.0.1:50051 --seconds 20
+//! cargo bench --bench load -- --store redb,postgres   # writes on both stores
 //! ```
+//!
+//! `--store` lists the stores to start consentd on (`redb`, `postgres` for a
+//! throwaway PostgreSQL server on this machine, or a `postgres://` URL);
+//! the durable phases (Grant, Import) run on each, the CanSend phases on the
+//! first (CanSend never touches the store).
 //!
 //! Without `--addr` it starts consentd (temp data dir, examples/catalog.toml)
 //! and a bare tonic server that answers CanSend from a DashMap, each on its
@@ -60,6 +66,10 @@ struct Args {
     /// Rows in the import phase.
     #[arg(long, default_value_t = 200_000)]
     import_rows: u64,
+    /// Stores to run the durable phases on, comma-separated: `redb`,
+    /// `postgres` (a throwaway server), or a `postgres://` URL.
+    #[arg(long, default_value = "redb", value_delimiter = ',')]
+    store: Vec<String>,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -197,20 +207,45 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
 
-    // The servers.
-    let _dir = tempfile::tempdir()?;
-    let target = match args.addr {
-        Some(a) => a,
-        None => server_rt.block_on(async {
-            let mut config = consentd::Config::ephemeral(_dir.path());
-            config.catalog =
-                Some(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/catalog.toml").into());
-            let bound = consentd::server::Server::bind(&config).await?;
-            let addr = bound.grpc_addr;
-            tokio::spawn(bound.serve(std::future::pending()));
-            anyhow::Ok(addr)
-        })?,
-    };
+    // The servers: one consentd per store.
+    let mut dirs = Vec::new();
+    let mut postgres = None;
+    let mut targets: Vec<(String, SocketAddr)> = Vec::new();
+    match args.addr {
+        Some(a) => targets.push(("running".into(), a)),
+        None => {
+            for store in &args.store {
+                let dir = tempfile::tempdir()?;
+                let mut config = consentd::Config::ephemeral(dir.path());
+                config.catalog =
+                    Some(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/catalog.toml").into());
+                config.store = match store.as_str() {
+                    "postgres" => {
+                        let pg: &consentd::store::postgres::Throwaway = postgres.get_or_insert(
+                            consentd::store::postgres::Throwaway::start()
+                                .map_err(anyhow::Error::msg)?,
+                        );
+                        pg.fresh_database()
+                    }
+                    other => other.to_owned(),
+                };
+                let addr = server_rt.block_on(async {
+                    let bound = consentd::server::Server::bind(&config).await?;
+                    let addr = bound.grpc_addr;
+                    tokio::spawn(bound.serve(std::future::pending()));
+                    anyhow::Ok(addr)
+                })?;
+                let label = if store.starts_with("postgres") {
+                    "postgres"
+                } else {
+                    store.as_str()
+                };
+                targets.push((label.to_owned(), addr));
+                dirs.push(dir);
+            }
+        }
+    }
+    let target = targets[0].1;
     let bare = Arc::new(Bare {
         map: DashMap::new(),
     });
@@ -237,28 +272,38 @@ fn main() -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
 
+    let targets_for_import = targets.clone();
     client_rt.block_on(async move {
-        // 1. Durable grants.
-        let chans = channels(target, args.connections).await;
-        let next = Arc::new(AtomicU64::new(0));
-        let (c2, n2) = (chans.clone(), next.clone());
-        let grants = closed_loop(args.writers, args.seconds, move |t, _| {
-            let mut client = ConsentsClient::new(c2[t % c2.len()].clone());
-            let id = n2.fetch_add(1, Ordering::Relaxed);
-            async move {
-                let change = pb::ConsentChange {
-                    contact_id: contact(id),
-                    consent_id: "marketing".into(),
-                    source: pb::Source::Api as i32,
-                    ..Default::default()
-                };
-                client.grant(change).await?;
-                Ok(1)
+        // 1. Durable grants, on each store; the first one's contacts are
+        // the ones CanSend asks about.
+        let mut seeded = 0;
+        for (i, (label, addr)) in targets.iter().enumerate() {
+            let chans = channels(*addr, args.connections).await;
+            let next = Arc::new(AtomicU64::new(0));
+            let (c2, n2) = (chans.clone(), next.clone());
+            let grants = closed_loop(args.writers, args.seconds, move |t, _| {
+                let mut client = ConsentsClient::new(c2[t % c2.len()].clone());
+                let id = n2.fetch_add(1, Ordering::Relaxed);
+                async move {
+                    let change = pb::ConsentChange {
+                        contact_id: contact(id),
+                        consent_id: "marketing".into(),
+                        source: pb::Source::Api as i32,
+                        ..Default::default()
+                    };
+                    client.grant(change).await?;
+                    Ok(1)
+                }
+            })
+            .await;
+            println!(
+                "{}",
+                grants.line(&format!("Grant (durable, {label})"), "grants")
+            );
+            if i == 0 {
+                seeded = next.load(Ordering::Relaxed).max(1);
             }
-        })
-        .await;
-        println!("{}", grants.line("Grant (durable)", "grants"));
-        let seeded = next.load(Ordering::Relaxed).max(1);
+        }
         for i in 0..seeded {
             bare.map.insert(contact(i), true);
         }
@@ -337,38 +382,41 @@ fn main() -> anyhow::Result<()> {
             report.line(&format!("CanSendBatch ({batch} checks)"), "decisions")
         );
 
-        // 4. One streamed import of `--import-rows` rows, durable.
-        let rows = args.import_rows;
-        let mut client = ConsentsClient::new(channels(target, 1).await.remove(0));
-        let started = Instant::now();
-        let stream = tokio_stream::iter((0..rows).map(|i| pb::ImportRow {
-            action: pb::Action::Grant as i32,
-            change: Some(pb::ConsentChange {
-                contact_id: format!("import-{i:09}"),
-                consent_id: "marketing.zenith".into(),
-                occurred_at: Some(prost_types::Timestamp {
-                    seconds: 1_700_000_000 + i as i64,
-                    nanos: 0,
+        // 4. One streamed import of `--import-rows` rows, durable, per store.
+        for (label, addr) in targets_for_import {
+            let rows = args.import_rows;
+            let mut client = ConsentsClient::new(channels(addr, 1).await.remove(0));
+            let started = Instant::now();
+            let stream = tokio_stream::iter((0..rows).map(|i| pb::ImportRow {
+                action: pb::Action::Grant as i32,
+                change: Some(pb::ConsentChange {
+                    contact_id: format!("import-{i:09}"),
+                    consent_id: "marketing.zenith".into(),
+                    occurred_at: Some(prost_types::Timestamp {
+                        seconds: 1_700_000_000 + i as i64,
+                        nanos: 0,
+                    }),
+                    source: pb::Source::Import as i32,
+                    evidence: [("import_batch".to_string(), "load".to_string())].into(),
+                    ..Default::default()
                 }),
-                source: pb::Source::Import as i32,
-                evidence: [("import_batch".to_string(), "load".to_string())].into(),
-                ..Default::default()
-            }),
-        }));
-        match client.import(stream).await {
-            Ok(s) => {
-                let s = s.into_inner();
-                println!(
-                    "{:<34} {:>10.0} rows/s  ({} rows, {} applied, {} rejected)",
-                    "Import (durable)",
-                    rows as f64 / started.elapsed().as_secs_f64(),
-                    s.received,
-                    s.applied,
-                    s.rejected
-                );
+            }));
+            match client.import(stream).await {
+                Ok(s) => {
+                    let s = s.into_inner();
+                    println!(
+                        "{:<34} {:>10.0} rows/s  ({} rows, {} applied, {} rejected)",
+                        format!("Import (durable, {label})"),
+                        rows as f64 / started.elapsed().as_secs_f64(),
+                        s.received,
+                        s.applied,
+                        s.rejected
+                    );
+                }
+                Err(e) => println!("Import failed: {e}"),
             }
-            Err(e) => println!("Import failed: {e}"),
         }
     });
+    drop(dirs);
     Ok(())
 }

@@ -6,6 +6,10 @@
 //! then times `Authority::open`, which loads the catalog and rebuilds the
 //! index, and reports states/s; then erases one contact and times the
 //! online rewrite that purges it from the file.
+//!
+//! `-- --store postgres` does the same on a throwaway PostgreSQL server of
+//! this machine (rows written in 10,000-event transactions, then the index
+//! rebuilt from it); the purge there is a VACUUM.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -39,8 +43,12 @@ fn open_only(dir: &std::path::Path) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let mut contacts: u64 = 1_000_000;
+    let mut on_postgres = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
+        if a == "--store" {
+            on_postgres = args.next().as_deref() == Some("postgres");
+        }
         if a == "--contacts" {
             contacts = args
                 .next()
@@ -53,12 +61,83 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let dir = tempfile::tempdir()?;
+    if on_postgres {
+        return postgres(dir.path(), contacts);
+    }
     let store = RedbStore::open(dir.path())?;
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/catalog.toml");
     let spec: CatalogSpec = consentd::server::read_catalog(std::path::Path::new(path))?;
-    let consent = ConsentId::parse("consent", "marketing.acme")?;
-
     let written = Instant::now();
+    write_contacts(&store, &spec, contacts)?;
+    println!(
+        "wrote {contacts} contacts in {:.1} s; data file {} MB",
+        written.elapsed().as_secs_f64(),
+        std::fs::metadata(dir.path().join("consentd.redb"))?.len() / 1_000_000
+    );
+    drop(store);
+
+    let store = RedbStore::open(dir.path())?;
+    let links = consentd::links::Links::open(dir.path(), &[], "http://127.0.0.1:8080")?;
+    let (authority, report) = Authority::open(Arc::new(store), links, Options::default())?;
+    println!(
+        "start-up: {} states of {} contacts rebuilt in {:.2} s = {:.0} states/s",
+        report.states,
+        report.contacts,
+        report.seconds,
+        report.states as f64 / report.seconds
+    );
+    tokio::runtime::Runtime::new()?.block_on(authority.close())?;
+    drop(authority);
+    after_start(dir.path(), contacts)
+}
+
+/// The same on PostgreSQL: write, rebuild, purge (a VACUUM).
+fn postgres(dir: &std::path::Path, contacts: u64) -> anyhow::Result<()> {
+    let server = consentd::store::postgres::Throwaway::start().map_err(anyhow::Error::msg)?;
+    let url = server.fresh_database();
+    let store = consentd::store::PgStore::open(&url)?;
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/catalog.toml");
+    let spec: CatalogSpec = consentd::server::read_catalog(std::path::Path::new(path))?;
+    let written = Instant::now();
+    write_contacts(&store, &spec, contacts)?;
+    println!(
+        "wrote {contacts} contacts to PostgreSQL in {:.1} s",
+        written.elapsed().as_secs_f64()
+    );
+    drop(store);
+    let store = consentd::store::PgStore::open(&url)?;
+    let links = consentd::links::Links::open(dir, &[], "http://127.0.0.1:8080")?;
+    let (authority, report) = Authority::open(Arc::new(store), links, Options::default())?;
+    println!(
+        "start-up (PostgreSQL): {} states of {} contacts rebuilt in {:.2} s = {:.0} states/s",
+        report.states,
+        report.contacts,
+        report.seconds,
+        report.states as f64 / report.seconds
+    );
+    tokio::runtime::Runtime::new()?.block_on(authority.close())?;
+    drop(authority);
+    let store = consentd::store::PgStore::open(&url)?;
+    store.erase(
+        "crm-00000042",
+        &Tombstone {
+            hash: [42; 32],
+            erased_at: 1_800_000_000_000_000_000,
+            reason: "bench".into(),
+        },
+    )?;
+    let purge = Instant::now();
+    assert!(store.purge_erased()?);
+    println!(
+        "erasure on PostgreSQL: rows deleted when EraseContact answers; the VACUUM after it took {:.2} s",
+        purge.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `contacts` contacts with one state each, in 10,000-event commits.
+fn write_contacts(store: &dyn Store, spec: &CatalogSpec, contacts: u64) -> anyhow::Result<()> {
+    let consent = ConsentId::parse("consent", "marketing.acme")?;
     let mut seq = 1u64;
     while seq <= contacts {
         let end = (seq + 10_000).min(contacts + 1);
@@ -90,35 +169,20 @@ fn main() -> anyhow::Result<()> {
         })?;
         seq = end;
     }
-    println!(
-        "wrote {contacts} contacts in {:.1} s; data file {} MB",
-        written.elapsed().as_secs_f64(),
-        std::fs::metadata(dir.path().join("consentd.redb"))?.len() / 1_000_000
-    );
-    drop(store);
+    Ok(())
+}
 
-    let store = RedbStore::open(dir.path())?;
-    let links = consentd::links::Links::open(dir.path(), &[], "http://127.0.0.1:8080")?;
-    let (authority, report) = Authority::open(Arc::new(store), links, Options::default())?;
-    println!(
-        "start-up: {} states of {} contacts rebuilt in {:.2} s = {:.0} states/s",
-        report.states,
-        report.contacts,
-        report.seconds,
-        report.states as f64 / report.seconds
-    );
-    tokio::runtime::Runtime::new()?.block_on(authority.close())?;
-    drop(authority);
-
+/// Memory of a fresh process, then the redb purge.
+fn after_start(dir: &std::path::Path, contacts: u64) -> anyhow::Result<()> {
     // Whole-process memory, measured where nothing else was ever loaded.
     let child = std::process::Command::new(std::env::current_exe()?)
         .arg("--open-only")
-        .arg(dir.path())
+        .arg(dir)
         .output()?;
     print!("{}", String::from_utf8_lossy(&child.stdout));
 
     // The pause an erasure costs writes: the online rewrite of the file.
-    let store = RedbStore::open(dir.path())?;
+    let store = RedbStore::open(dir)?;
     store.erase(
         "crm-00000042",
         &Tombstone {

@@ -301,10 +301,42 @@ pub fn generate_key() -> Result<String, LinkError> {
     Ok(format!("{id}={}", URL_SAFE_NO_PAD.encode(secret)))
 }
 
+/// The key lines of a data dir's key file, oldest first; `None` when it
+/// has none.
+pub fn read_key_file(data_dir: &Path) -> Result<Option<Vec<String>>, LinkError> {
+    match std::fs::read_to_string(data_dir.join(KEY_FILE)) {
+        Ok(text) => Ok(Some(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes `lines` as a data dir's key file (mode 0600, fsync'd), for a
+/// store moved into that dir.
+pub fn write_key_file(data_dir: &Path, lines: &[String]) -> Result<(), LinkError> {
+    let text: String = lines.iter().map(|l| format!("{}\n", l.trim())).collect();
+    write_private(&data_dir.join(KEY_FILE), &text)
+}
+
 /// Creates the data-dir key file (mode 0600, fsync'd) and returns its text.
 fn generate_key_file(path: &Path) -> Result<String, LinkError> {
     let line = format!("{}\n", generate_key()?);
     let id = line.split('=').next().unwrap_or_default().to_owned();
+    write_private(path, &line)?;
+    tracing::info!(key_id = %id, "generated the unsubscribe link signing key");
+    Ok(line)
+}
+
+/// Writes a file readable by its owner only, durably (temp file, fsync,
+/// rename, fsync of the directory).
+fn write_private(path: &Path, text: &str) -> Result<(), LinkError> {
+    let line = text;
     let tmp = path.with_extension("tmp");
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
@@ -317,8 +349,7 @@ fn generate_key_file(path: &Path) -> Result<String, LinkError> {
     if let Some(dir) = path.parent() {
         std::fs::File::open(dir)?.sync_all()?;
     }
-    tracing::info!(key_id = %id, "generated the unsubscribe link signing key");
-    Ok(line)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -15,10 +15,17 @@ use std::sync::{Arc, Mutex};
 use common::*;
 use process::Running;
 
-/// The binary over `data_dir`, the example catalog applied at start.
+/// The binary over `data_dir` (in the PostgreSQL run, over its database),
+/// the example catalog applied at start.
 fn start(data_dir: &std::path::Path) -> Running {
     let binary = std::path::Path::new(env!("CARGO_BIN_EXE_consentd"));
-    process::start(binary, data_dir, Some(&example_catalog_path()))
+    let store = on_postgres().then(|| database_for(data_dir));
+    process::start_on(
+        binary,
+        data_dir,
+        Some(&example_catalog_path()),
+        store.as_deref(),
+    )
 }
 use consentd::pb::{self, consents_client::ConsentsClient};
 use tonic::transport::Channel;

@@ -1,6 +1,7 @@
 //! The end-to-end suites again, over PostgreSQL: every server these tests
 //! start stores in a database of a throwaway PostgreSQL server (one per
 //! data dir, so restarts find their data; see `common::database_for`).
+//! The SIGKILL test kills the real binary running on PostgreSQL.
 //! Then what only PostgreSQL has: the database going away and coming back,
 //! and erasure measured in its tables.
 //!
@@ -12,6 +13,9 @@
 #[cfg(pg_available)]
 #[path = "catalog.rs"]
 mod catalog;
+#[cfg(pg_available)]
+#[path = "crash.rs"]
+mod crash;
 #[cfg(pg_available)]
 #[path = "eligibility.rs"]
 mod eligibility;

@@ -42,6 +42,7 @@ macro_rules! conformance_suite {
             erase_forgets_one_contact_only,
             wordings_are_kept_for_good,
             history_comes_in_pages,
+            everything_can_be_read_out_and_adopted,
         );
     };
     (@cases $fixture:expr; $($case:ident),* $(,)?) => {$(
@@ -442,4 +443,60 @@ pub(crate) fn history_comes_in_pages(f: &mut impl Fixture) {
         store.history_page("bus", 0, 10).unwrap().is_empty(),
         "no prefix bleed"
     );
+}
+
+/// What moving the data to another store reads (every event, every key,
+/// every tombstone, in pages) and what the new store adopts.
+pub(crate) fn everything_can_be_read_out_and_adopted(f: &mut impl Fixture) {
+    let store = f.fresh();
+    let events: Vec<EventRecord> = (1..=7)
+        .map(|n| {
+            event(
+                &format!("c{}", n % 3),
+                "marketing",
+                Action::Grant,
+                n,
+                n as u64,
+            )
+        })
+        .collect();
+    let mut b = batch(events.clone());
+    b.idempotency = vec![
+        ("b-key".into(), key_record(2, 3)),
+        ("a-key".into(), key_record(1, 2)),
+        ("c-key".into(), key_record(3, 4)),
+    ];
+    store.commit(&b).unwrap();
+    let tombstone = Tombstone {
+        hash: [7; 32],
+        erased_at: 900,
+        reason: "art. 17, ticket 4".into(),
+    };
+    store.erase("gone-before", &tombstone).unwrap();
+
+    let mut read = store.events_after(0, 4).unwrap();
+    assert_eq!(read.len(), 4);
+    read.extend(store.events_after(4, 100).unwrap());
+    assert_eq!(read, events, "every event, in sequence order, in pages");
+    assert!(store.events_after(7, 10).unwrap().is_empty());
+
+    let first = store.idempotency_keys("", 2).unwrap();
+    let names: Vec<&str> = first.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(names, ["a-key", "b-key"]);
+    assert_eq!(first[0].1, key_record(1, 2));
+    let rest = store.idempotency_keys("b-key", 2).unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].0, "c-key");
+    assert_eq!(store.tombstones().unwrap(), vec![tombstone.clone()]);
+
+    // A fresh store takes over the erasure key and the tombstones.
+    let key = store.recover().unwrap().erasure_key;
+    drop(store);
+    let target = f.fresh();
+    assert_ne!(target.recover().unwrap().erasure_key, key);
+    target.adopt(&key, std::slice::from_ref(&tombstone), &[]).unwrap();
+    let recovered = target.recover().unwrap();
+    assert_eq!(recovered.erasure_key, key);
+    assert_eq!(recovered.erasures, vec![([7; 32], 900)]);
+    assert_eq!(target.tombstones().unwrap(), vec![tombstone]);
 }

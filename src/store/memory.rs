@@ -195,6 +195,59 @@ impl Store for MemoryStore {
         Ok(false)
     }
 
+    fn events_after(&self, after: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
+        let c = self.lock();
+        Ok(c.events
+            .range(after.saturating_add(1)..)
+            .take(limit)
+            .map(|(_, e)| e.clone())
+            .collect())
+    }
+
+    fn idempotency_keys(
+        &self,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, IdempotencyRecord)>, StoreError> {
+        let c = self.lock();
+        let mut keys: Vec<(String, IdempotencyRecord)> = c
+            .idempotency
+            .iter()
+            .filter(|(k, _)| k.as_str() > after)
+            .map(|(k, r)| (k.clone(), *r))
+            .collect();
+        keys.sort_by(|a, b| a.0.cmp(&b.0));
+        keys.truncate(limit);
+        Ok(keys)
+    }
+
+    fn tombstones(&self) -> Result<Vec<Tombstone>, StoreError> {
+        Ok(self
+            .lock()
+            .erasures
+            .iter()
+            .map(|(hash, (erased_at, reason))| Tombstone {
+                hash: *hash,
+                erased_at: *erased_at,
+                reason: reason.clone(),
+            })
+            .collect())
+    }
+
+    fn adopt(
+        &self,
+        erasure_key: &[u8; 32],
+        tombstones: &[Tombstone],
+        _link_keys: &[String],
+    ) -> Result<(), StoreError> {
+        let mut c = self.lock();
+        c.erasure_key = *erasure_key;
+        for t in tombstones {
+            c.erasures.insert(t.hash, (t.erased_at, t.reason.clone()));
+        }
+        Ok(())
+    }
+
     fn prune_idempotency(&self, before: UnixNanos, max: usize) -> Result<usize, StoreError> {
         let mut c = self.lock();
         let old: Vec<(UnixNanos, String)> = c

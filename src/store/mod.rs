@@ -20,6 +20,7 @@ mod conformance;
 mod memory;
 pub mod postgres;
 mod redb;
+pub mod transfer;
 
 pub use self::memory::MemoryStore;
 pub use self::postgres::PgStore;
@@ -96,7 +97,7 @@ pub struct Recovered {
 }
 
 /// What stays of an erased contact.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tombstone {
     /// HMAC-SHA256 of the contact id under [`Recovered::erasure_key`].
     pub hash: [u8; 32],
@@ -161,6 +162,27 @@ pub trait Store: Send + Sync + 'static {
     /// Writes the batch in one transaction and returns once it is durable;
     /// on error nothing of it is kept.
     fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError>;
+    /// Up to `limit` events with a sequence above `after`, every contact's,
+    /// in sequence order: for moving the data to another store.
+    fn events_after(&self, after: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError>;
+    /// Up to `limit` idempotency keys sorting after `after`, in key order.
+    fn idempotency_keys(
+        &self,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, IdempotencyRecord)>, StoreError>;
+    /// Every erasure, in full, by hash.
+    fn tombstones(&self) -> Result<Vec<Tombstone>, StoreError>;
+    /// For an empty store taking over another's data: adopts its erasure
+    /// key (so that the tombstones' hashes still name their contacts), its
+    /// tombstones and, in a store that shares them, its link keys (a store
+    /// that keeps none ignores them).
+    fn adopt(
+        &self,
+        erasure_key: &[u8; 32],
+        tombstones: &[Tombstone],
+        link_keys: &[String],
+    ) -> Result<(), StoreError>;
     /// The link keys this store shares between nodes, as `ID=SECRET` lines,
     /// oldest first; `fresh` is stored first when it holds none. `None` for
     /// a store that keeps no keys (the key stays in the data dir).

@@ -18,7 +18,20 @@ pub(crate) struct Running {
 /// Starts `binary` on ephemeral ports over `data_dir`, applying `catalog`
 /// at start if given; returns once it logs that it serves.
 pub(crate) fn start(binary: &Path, data_dir: &Path, catalog: Option<&Path>) -> Running {
+    start_on(binary, data_dir, catalog, None)
+}
+
+/// As [`start`], over the store `store` names (`--store`) when given.
+pub(crate) fn start_on(
+    binary: &Path,
+    data_dir: &Path,
+    catalog: Option<&Path>,
+    store: Option<&str>,
+) -> Running {
     let mut command = Command::new(binary);
+    if let Some(store) = store {
+        command.args(["--store", store]);
+    }
     command
         .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
         .args(["--admin-addr", "127.0.0.1:0"])

@@ -79,6 +79,17 @@ pub(crate) enum Command {
     /// Import a CSV: contact_id, consent_id, action, occurred_at (RFC 3339),
     /// source, and evidence columns prefixed `evidence.`.
     Import { file: PathBuf },
+    /// Move every record from one store to another, empty one, then check
+    /// that both hold the same. Runs on the stores themselves, with no
+    /// server using them (a redb file is locked by a running server).
+    Migrate {
+        /// `redb:DATA_DIR` or a `postgres://` URL.
+        #[arg(long)]
+        from: String,
+        /// `redb:DATA_DIR` or a `postgres://` URL; must be empty.
+        #[arg(long, hide_env_values = true)]
+        to: String,
+    },
 }
 
 #[derive(Subcommand)]

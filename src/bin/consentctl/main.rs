@@ -7,6 +7,7 @@
 
 mod args;
 mod import;
+mod migrate;
 mod render;
 
 use std::time::Duration;
@@ -93,6 +94,11 @@ async fn main() {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Migrate { from, to } = &cli.command {
+        let (from, to, json_mode) = (from.clone(), to.clone(), cli.json);
+        return tokio::task::spawn_blocking(move || migrate::migrate(&from, &to, json_mode))
+            .await?;
+    }
     let mut c = connect(&cli).await?;
     let json_mode = cli.json;
     match cli.command {
@@ -230,6 +236,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Import { file } => import::import(&mut c.consents, &file, json_mode).await?,
+        Command::Migrate { .. } => unreachable!("handled before connecting"),
     }
     Ok(())
 }

@@ -87,6 +87,25 @@ impl RedbStore {
         Ok(())
     }
 
+    pub(super) fn adopt_in(
+        &self,
+        erasure_key: &[u8; 32],
+        tombstones: &[Tombstone],
+    ) -> Result<(), StoreError> {
+        let txn = self.db.load().begin_write()?;
+        {
+            txn.open_table(META)?
+                .insert("erasure_key", erasure_key.as_slice())?;
+            let mut erasures = txn.open_table(ERASURES)?;
+            for t in tombstones {
+                let value = encode_tombstone(t.erased_at, &t.reason);
+                erasures.insert(&t.hash, value.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
     pub(super) fn prune_in(&self, before: UnixNanos, max: usize) -> Result<usize, StoreError> {
         let txn = self.db.load().begin_write()?;
         let n;

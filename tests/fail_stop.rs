@@ -324,11 +324,13 @@ fn commit(
     per_batch: u64,
 ) -> Result<(), consentd::store::StoreError> {
     let first = batch * per_batch + 1;
-    store.commit(&WriteBatch {
-        events: (first..first + per_batch).map(event).collect(),
-        next_sequence: first + per_batch,
-        ..Default::default()
-    })
+    store
+        .commit(&WriteBatch {
+            events: (first..first + per_batch).map(event).collect(),
+            next_sequence: first + per_batch,
+            ..Default::default()
+        })
+        .map(drop)
 }
 
 #[tokio::test]

@@ -494,7 +494,9 @@ pub(crate) fn everything_can_be_read_out_and_adopted(f: &mut impl Fixture) {
     drop(store);
     let target = f.fresh();
     assert_ne!(target.recover().unwrap().erasure_key, key);
-    target.adopt(&key, std::slice::from_ref(&tombstone), &[]).unwrap();
+    target
+        .adopt(&key, std::slice::from_ref(&tombstone), &[])
+        .unwrap();
     let recovered = target.recover().unwrap();
     assert_eq!(recovered.erasure_key, key);
     assert_eq!(recovered.erasures, vec![([7; 32], 900)]);

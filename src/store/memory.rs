@@ -142,7 +142,7 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+    fn commit(&self, batch: &WriteBatch) -> Result<u64, StoreError> {
         let mut c = self.lock();
         c.next_sequence = batch.next_sequence;
         if let Some(catalog) = &batch.catalog {
@@ -168,7 +168,8 @@ impl Store for MemoryStore {
             c.idempotency.insert(key.clone(), *r);
             c.idempotency_by_time.insert((r.recorded_at, key.clone()));
         }
-        Ok(())
+        // One writer: its numbering is the store's.
+        Ok(batch.first_sequence())
     }
 
     fn erase(&self, contact: &str, tombstone: &Tombstone) -> Result<bool, StoreError> {

@@ -125,6 +125,16 @@ pub struct WriteBatch {
     pub next_sequence: u64,
 }
 
+impl WriteBatch {
+    /// The sequence of the batch's first event as the writer numbered it
+    /// (its `next_sequence` when it has none).
+    pub fn first_sequence(&self) -> u64 {
+        self.events
+            .first()
+            .map_or(self.next_sequence, |e| e.sequence)
+    }
+}
+
 /// The storage the core relies on.
 pub trait Store: Send + Sync + 'static {
     /// Recovers the catalog, the sequence counter, the erasure key and the
@@ -160,8 +170,13 @@ pub trait Store: Send + Sync + 'static {
     /// consent id, then version.
     fn wordings(&self, consent: Option<&str>) -> Result<Vec<Wording>, StoreError>;
     /// Writes the batch in one transaction and returns once it is durable;
-    /// on error nothing of it is kept.
-    fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError>;
+    /// on error nothing of it is kept. Returns the sequence the batch's
+    /// first event was given: the store assigns sequences in commit order,
+    /// so a store shared with other writers may shift the whole batch up
+    /// (every sequence in it, and those of its keys, by the same amount)
+    /// past what others committed meanwhile; sequences never go down and
+    /// gaps are kept. A batch without events returns its `next_sequence`.
+    fn commit(&self, batch: &WriteBatch) -> Result<u64, StoreError>;
     /// Up to `limit` events with a sequence above `after`, every contact's,
     /// in sequence order: for moving the data to another store.
     fn events_after(&self, after: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError>;

@@ -165,9 +165,20 @@ impl GroupBatch {
         self.pending.len()
     }
 
+    /// A change that records nothing but whose answer names this batch (a
+    /// key first used earlier in it): answered with the batch.
+    pub(super) fn answer_with_commit(&mut self, outcome: ChangeOutcome) {
+        self.pending.push(Pending {
+            outcome,
+            index_update: None,
+        });
+    }
+
     /// After a successful commit: the index learns the new states, the
-    /// deletion guard its new holders, and every caller its answer.
-    pub(super) fn acknowledge(self, index: &Index, usage: &mut Vec<u64>) {
+    /// deletion guard its new holders, and every caller its answer, with
+    /// the sequences of this batch (from `first` on) moved up by `shift`
+    /// when the store numbered it later than the writer did.
+    pub(super) fn acknowledge(self, index: &Index, usage: &mut Vec<u64>, first: u64, shift: u64) {
         for consent in self.new_usage {
             let i = consent as usize;
             if usage.len() <= i {
@@ -175,11 +186,21 @@ impl GroupBatch {
             }
             usage[i] += 1;
         }
+        let moved = |s: &mut u64| {
+            if *s >= first {
+                *s += shift;
+            }
+        };
         for (p, reply) in self.pending.into_iter().zip(self.replies) {
             if let Some((contact, state)) = p.index_update {
                 index.put(&contact, state);
             }
-            let _ = reply.send(Ok(p.outcome));
+            let mut outcome = p.outcome;
+            moved(&mut outcome.sequence);
+            if let Some(state) = &mut outcome.state {
+                moved(&mut state.sequence);
+            }
+            let _ = reply.send(Ok(outcome));
         }
     }
 

@@ -318,6 +318,15 @@ impl Committer {
             }
             match self.rule_into(&catalog, change, &mut batch) {
                 Ok(Ruled::Recorded) => batch.answer_after_commit(reply),
+                // An answer that names this batch (a key first used earlier
+                // in it, a state it set) waits for the commit: until then
+                // it is not durable, and its sequence not final.
+                Ok(Ruled::Answered(outcome))
+                    if names_batch(&outcome, first_sequence) && !batch.is_empty() =>
+                {
+                    batch.answer_with_commit(outcome);
+                    batch.answer_after_commit(reply);
+                }
                 Ok(Ruled::Answered(outcome)) => {
                     let _ = reply.send(Ok(outcome));
                 }
@@ -351,11 +360,15 @@ impl Committer {
         let n = batch.len();
         self.keys_since_prune += batch.write.idempotency.len();
         match self.store.commit(&batch.write) {
-            Ok(()) => {
+            Ok(assigned) => {
                 // Counted before anyone is answered: a caller that reads the
                 // metrics after its answer sees its commit.
                 self.metrics.commit(n, started.elapsed());
-                batch.acknowledge(&self.index, &mut self.usage);
+                // The store numbers in commit order: a store shared with
+                // other writers may have moved this batch up, whole.
+                let shift = assigned.saturating_sub(first_sequence);
+                self.next_sequence += shift;
+                batch.acknowledge(&self.index, &mut self.usage, first_sequence, shift);
             }
             Err(StoreError::Unavailable { in_doubt, cause }) => {
                 tracing::error!(cause = %cause, changes = n, in_doubt, "commit failed: the store cannot be reached");
@@ -574,7 +587,7 @@ impl Committer {
             ..Default::default()
         };
         match self.store.commit(&batch) {
-            Ok(()) => {}
+            Ok(_) => {}
             Err(StoreError::Unavailable {
                 in_doubt: false,
                 cause,
@@ -599,6 +612,11 @@ impl Committer {
         );
         Ok(next)
     }
+}
+
+/// Whether an answer refers to the batch numbered from `first` on.
+fn names_batch(outcome: &ChangeOutcome, first: u64) -> bool {
+    outcome.sequence >= first || outcome.state.as_ref().is_some_and(|s| s.sequence >= first)
 }
 
 /// Answers a write while the store is unreachable; hands back what is not
@@ -668,6 +686,7 @@ mod tests {
         inner: MemoryStore,
         fail: AtomicBool,
         reach: std::sync::atomic::AtomicU8,
+        others: std::sync::atomic::AtomicU64,
     }
 
     /// Reachable.
@@ -721,19 +740,47 @@ mod tests {
         fn wordings(&self, consent: Option<&str>) -> Result<Vec<Wording>, StoreError> {
             self.inner.wordings(consent)
         }
-        fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+        fn commit(&self, batch: &WriteBatch) -> Result<u64, StoreError> {
             if self.fail.load(Ordering::Relaxed) {
                 return Err(StoreError::Io(std::io::Error::other("disk full")));
             }
             self.unreachable()?;
-            self.inner.commit(batch)?;
+            // Sequences other writers took meanwhile: the store numbers this
+            // batch after them, as a shared store does.
+            let others = self.others.swap(0, Ordering::Relaxed);
+            let first = batch.first_sequence();
+            let shifted = WriteBatch {
+                events: batch
+                    .events
+                    .iter()
+                    .map(|e| EventRecord {
+                        sequence: e.sequence + others,
+                        ..e.clone()
+                    })
+                    .collect(),
+                idempotency: batch
+                    .idempotency
+                    .iter()
+                    .map(|(k, r)| {
+                        let mut r = *r;
+                        if r.sequence >= first {
+                            r.sequence += others;
+                        }
+                        (k.clone(), r)
+                    })
+                    .collect(),
+                catalog: batch.catalog.clone(),
+                wordings: batch.wordings.clone(),
+                next_sequence: batch.next_sequence + others,
+            };
+            let assigned = self.inner.commit(&shifted)?;
             if self.reach.load(Ordering::Relaxed) == REACH_LOST_ANSWER {
                 return Err(StoreError::Unavailable {
                     in_doubt: true,
                     cause: "connection reset during COMMIT".into(),
                 });
             }
-            Ok(())
+            Ok(assigned)
         }
         fn erase(&self, contact: &str, tombstone: &Tombstone) -> Result<bool, StoreError> {
             self.inner.erase(contact, tombstone)
@@ -795,6 +842,7 @@ mod tests {
             inner: MemoryStore::new().unwrap(),
             fail: AtomicBool::new(false),
             reach: Default::default(),
+            others: Default::default(),
         });
         let spec = CatalogSpec {
             channels: vec!["email".into()],
@@ -1007,6 +1055,59 @@ mod tests {
         let answers = group(&mut c, vec![change(Action::Withdraw, 20, None)]);
         let outcome = answers[0].as_ref().unwrap();
         assert_eq!((outcome.applied, outcome.sequence), (true, 2));
+    }
+
+    #[test]
+    fn a_batch_the_store_numbers_later_is_answered_with_the_store_s_sequences() {
+        let (mut c, store, index, _) = setup();
+        // Another writer took ten sequences since this one last committed.
+        store.others.store(10, Ordering::Relaxed);
+        let answers = group(
+            &mut c,
+            vec![
+                change(Action::Grant, 10, Some("k1")),
+                // The same key again in the same batch: a replay, answered
+                // with the batch, with the store's sequence.
+                change(Action::Grant, 10, Some("k1")),
+                change(Action::Withdraw, 20, None),
+                // Superseded by the withdrawal: its standing state too.
+                change(Action::Grant, 15, None),
+            ],
+        );
+        let got: Vec<(bool, u64, Option<u64>)> = answers
+            .into_iter()
+            .map(|a| {
+                let a = a.unwrap();
+                (a.applied, a.sequence, a.state.map(|s| s.sequence))
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (true, 11, Some(11)),
+                (false, 11, Some(11)),
+                (true, 12, Some(12)),
+                (false, 13, Some(12)),
+            ]
+        );
+        assert_eq!(store.idempotency("k1").unwrap().unwrap().sequence, 11);
+        assert_eq!(
+            held(&index),
+            Some(Decision {
+                occurred_at: 20 * S,
+                action: Action::Withdraw
+            })
+        );
+        // The next batch follows on from the store's numbering.
+        let next = group(&mut c, vec![change(Action::Grant, 30, None)]);
+        assert_eq!(next[0].as_ref().unwrap().sequence, 14);
+        let sequences: Vec<u64> = store
+            .history("anna")
+            .unwrap()
+            .iter()
+            .map(|e| e.sequence)
+            .collect();
+        assert_eq!(sequences, vec![11, 12, 13, 14]);
     }
 
     #[test]

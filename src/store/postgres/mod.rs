@@ -281,6 +281,20 @@ struct StateColumns {
 }
 
 impl Columns {
+    /// Moves the batch's sequences (from `first` on) up by `by`.
+    fn shift(&mut self, first: i64, by: i64) {
+        for s in self
+            .events
+            .sequence
+            .iter_mut()
+            .chain(self.states.sequence.iter_mut())
+            .chain(self.key_sequences.iter_mut().filter(|s| **s >= first))
+        {
+            *s += by;
+        }
+        self.next_sequence += by;
+    }
+
     fn of(batch: &WriteBatch) -> Result<Columns, StoreError> {
         let mut c = Columns {
             next_sequence: i64_of(batch.next_sequence, "next_sequence")?,
@@ -502,7 +516,7 @@ impl PgStore {
         pool: Pool,
         c: Columns,
         commit_sent: Arc<AtomicBool>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
         let before = |e| pg(e, false);
         let mut client = pool.get().await.map_err(pool_error)?;
         let txn = client.transaction().await.map_err(before)?;
@@ -512,15 +526,13 @@ impl PgStore {
             .await
             .map_err(before)?
             .get(0);
-        if let Some(first) = c.first_sequence
-            && first < stored
-        {
-            return Err(StoreError::corrupt(
-                "meta",
-                format!(
-                    "the batch starts at sequence {first} but the store is at {stored}: another writer commits to this database"
-                ),
-            ));
+        // Sequences are assigned here, in commit order: a batch numbered
+        // below what others committed meanwhile moves up past it, whole.
+        let mut c = c;
+        let first = c.first_sequence.unwrap_or(c.next_sequence);
+        let shift = (stored - first).max(0);
+        if shift > 0 && c.first_sequence.is_some() {
+            c.shift(first, shift);
         }
         txn.execute(
             "UPDATE consentd.meta SET next_sequence = GREATEST(next_sequence, $1),
@@ -611,7 +623,15 @@ impl PgStore {
             .map_err(before)?;
         }
         commit_sent.store(true, Ordering::SeqCst);
-        txn.commit().await.map_err(|e| pg(e, true))
+        txn.commit().await.map_err(|e| pg(e, true))?;
+        u64_of(
+            if c.first_sequence.is_some() {
+                first + shift
+            } else {
+                c.next_sequence
+            },
+            "meta",
+        )
     }
 }
 
@@ -806,7 +826,7 @@ impl Store for PgStore {
         }
     }
 
-    fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+    fn commit(&self, batch: &WriteBatch) -> Result<u64, StoreError> {
         let columns = Columns::of(batch)?;
         let pool = self.pool.clone();
         let sent = Arc::new(AtomicBool::new(false));
@@ -1130,4 +1150,71 @@ mod tests {
     }
 
     conformance_suite!(Pg(None));
+
+    fn event(contact: &str, sequence: u64) -> crate::domain::EventRecord {
+        crate::domain::EventRecord {
+            contact: crate::domain::ContactId::parse("contact", contact).unwrap(),
+            consent: crate::domain::ConsentId::parse("consent", "marketing").unwrap(),
+            action: crate::domain::Action::Grant,
+            occurred_at: sequence as i64,
+            recorded_at: sequence as i64,
+            source: crate::domain::Source::Api,
+            evidence: Default::default(),
+            version: 1,
+            sequence,
+            idempotency_key: None,
+            applied: true,
+            actor: "node".into(),
+        }
+    }
+
+    #[test]
+    fn two_writers_on_one_database_get_sequences_in_commit_order() {
+        let Some(server) = Throwaway::shared() else {
+            println!("SKIPPED: no PostgreSQL server here");
+            return;
+        };
+        let url = server.fresh_database();
+        let (a, b) = (PgStore::open(&url).unwrap(), PgStore::open(&url).unwrap());
+        let batch = |events: Vec<crate::domain::EventRecord>, next| crate::store::WriteBatch {
+            events,
+            idempotency: vec![(
+                "k".into(),
+                crate::domain::IdempotencyRecord {
+                    sequence: 1,
+                    recorded_at: 1,
+                    fingerprint: [1; 32],
+                },
+            )],
+            next_sequence: next,
+            ..Default::default()
+        };
+        assert_eq!(
+            a.commit(&batch(vec![event("anna", 1), event("bob", 2)], 3))
+                .unwrap(),
+            1
+        );
+        // B numbered its batch from 1 too: the store moves it past A's.
+        let mut b_batch = batch(vec![event("carl", 1), event("dora", 2)], 3);
+        b_batch.idempotency[0].0 = "k2".into();
+        assert_eq!(b.commit(&b_batch).unwrap(), 3);
+        let all: Vec<(String, u64)> = a
+            .events_after(0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.contact.to_string(), e.sequence))
+            .collect();
+        assert_eq!(
+            all,
+            vec![
+                ("anna".into(), 1),
+                ("bob".into(), 2),
+                ("carl".into(), 3),
+                ("dora".into(), 4)
+            ]
+        );
+        assert_eq!(b.contact_states("dora").unwrap()[0].sequence, 4);
+        assert_eq!(b.idempotency("k2").unwrap().unwrap().sequence, 3);
+        assert_eq!(a.next_sequence().unwrap(), 5);
+    }
 }

@@ -446,8 +446,10 @@ impl Store for RedbStore {
         Ok(out)
     }
 
-    fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError> {
-        self.commit_in(batch)
+    fn commit(&self, batch: &WriteBatch) -> Result<u64, StoreError> {
+        // One process owns the file: the writer's numbering is the store's.
+        self.commit_in(batch)?;
+        Ok(batch.first_sequence())
     }
 }
 

@@ -277,7 +277,7 @@ async fn consentctl_migrate_moves_a_redb_store_to_postgres_whole() {
     // The same server on PostgreSQL sees the same world.
     let other = tempfile::tempdir().unwrap();
     let mut config = consentd::Config::ephemeral(other.path());
-    config.store = url;
+    config.store = url.clone();
     let b = TestServer::start_with(config).await;
     assert_eq!((export(&b, "anna").await, export(&b, "bob").await), before);
     let mut cat = b.catalog().await;
@@ -312,4 +312,27 @@ async fn consentctl_migrate_moves_a_redb_store_to_postgres_whole() {
     let mut elig = b.eligibility().await;
     assert!(!can_send(&mut elig, "bob", "email", "acme").await.0);
     b.stop().await;
+
+    // And back, PostgreSQL → redb, with what B recorded since.
+    let back = tempfile::tempdir().unwrap();
+    let to = format!("redb:{}", back.path().display());
+    let out = ctl(&["--json", "migrate", "--from", &url, "--to", &to]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["verified"], true);
+    assert_eq!(report["tombstones"], 1);
+    assert_eq!(report["link_keys"], 1);
+    let c = TestServer::start_with_store(
+        consentd::Config::ephemeral(back.path()),
+        std::sync::Arc::new(consentd::store::RedbStore::open(back.path()).unwrap()),
+    )
+    .await;
+    let mut elig = c.eligibility().await;
+    assert!(!can_send(&mut elig, "bob", "email", "acme").await.0);
+    assert!(can_send(&mut elig, "anna", "email", "zenith").await.0);
+    c.stop().await;
 }

@@ -39,6 +39,8 @@ struct StartCommand {
     data: PathBuf,
     log: PathBuf,
     user: Option<(u32, u32)>,
+    /// More `-c name=value` settings.
+    settings: Vec<String>,
 }
 
 static NEXT_DB: AtomicU64 = AtomicU64::new(0);
@@ -141,7 +143,13 @@ impl Throwaway {
 
     /// Starts a server of its own, or adopts `CONSENTD_TEST_DATABASE_URL`.
     pub fn start() -> Result<Throwaway, String> {
-        if let Some(url) = test_database_url() {
+        Self::start_with_tls(None)
+    }
+
+    /// [`Throwaway::start`], serving TLS with this PEM certificate and key
+    /// when given (never for an external server).
+    pub fn start_with_tls(tls: Option<(&str, &str)>) -> Result<Throwaway, String> {
+        if let Some(url) = test_database_url().filter(|_| tls.is_none()) {
             execute(&url, "SELECT 1").map_err(|e| format!("{TEST_DATABASE_URL}: {e}"))?;
             return Ok(Throwaway {
                 base: url,
@@ -184,6 +192,21 @@ impl Throwaway {
                 String::from_utf8_lossy(&out.stderr).trim()
             ));
         }
+        let mut settings = Vec::new();
+        if let Some((cert, key)) = tls {
+            use std::os::unix::fs::PermissionsExt;
+            for (name, pem) in [("server.crt", cert), ("server.key", key)] {
+                let path = data.join(name);
+                std::fs::write(&path, pem).map_err(|e| e.to_string())?;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| e.to_string())?;
+                if let Some((uid, gid)) = user {
+                    std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            settings.push("ssl=on".to_owned());
+        }
         let port = free_port().map_err(|e| e.to_string())?;
         let t = Throwaway {
             base: format!("postgres://consentd@127.0.0.1:{port}/postgres"),
@@ -194,6 +217,7 @@ impl Throwaway {
                 data,
                 log,
                 user,
+                settings,
             }),
             _dir: Some(dir),
         };
@@ -232,6 +256,7 @@ kill -INT $pg 2>/dev/null; wait $pg"#,
             .args(["-c", "listen_addresses=127.0.0.1"])
             .args(["-c", "unix_socket_directories="])
             .args(["-c", "max_connections=400"])
+            .args(s.settings.iter().flat_map(|kv| ["-c", kv.as_str()]))
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log);

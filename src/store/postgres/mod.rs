@@ -126,9 +126,25 @@ fn pg(e: tokio_postgres::Error, in_doubt: bool) -> StoreError {
         // No answer: the connection failed or closed.
         None => StoreError::Unavailable {
             in_doubt,
-            cause: e.to_string(),
+            cause: with_sources(&e),
         },
     }
+}
+
+/// An error and its causes, `outer: inner: ...` (the driver's own message
+/// leaves out why, e.g. which certificate check failed).
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }
 
 fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
@@ -171,21 +187,92 @@ fn consent_of(raw: &str, table: &'static str) -> Result<ConsentId, StoreError> {
     ConsentId::parse("consent", raw).map_err(|e| StoreError::corrupt(table, e.to_string()))
 }
 
-/// TLS as the URL's `sslmode` asks (`disable`, `prefer`, `require`),
-/// verified against the system's roots.
-fn tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(backend)?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+/// TLS as libpq's `sslmode` means it: `disable`; `prefer` and `require`
+/// encrypt without checking the server's certificate (as libpq does);
+/// `verify-ca` and `verify-full` check it against the system's roots (and,
+/// for both here, the host name). The driver itself knows only `disable`,
+/// `prefer` and `require`: the verifying modes reach it as `require`.
+fn tls(verify: bool) -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(backend)?;
+    let config = if verify {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(cert);
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider)))
+            .with_no_client_auth()
+    };
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+/// `sslmode` with the verifying modes mapped to `require`; whether the
+/// certificate is to be verified.
+fn ssl_mode(url: &str) -> (String, bool) {
+    for mode in ["verify-full", "verify-ca"] {
+        let needle = format!("sslmode={mode}");
+        if url.contains(&needle) {
+            return (url.replace(&needle, "sslmode=require"), true);
+        }
+    }
+    (url.to_owned(), false)
+}
+
+/// The certificate check of `sslmode=prefer|require`: none (the channel is
+/// encrypted, the server not authenticated), while handshake signatures
+/// are still verified.
+#[derive(Debug)]
+struct EncryptOnly(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for EncryptOnly {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 const EVENT_COLUMNS: &str = "sequence, contact, consent, action, occurred_at, recorded_at, \
@@ -367,6 +454,7 @@ impl PgStore {
 
     /// [`PgStore::open`] with the longest wait of one operation.
     pub fn open_with_timeout(url: &str, timeout: Duration) -> Result<Self, StoreError> {
+        let (url, verify) = ssl_mode(url);
         let mut config: tokio_postgres::Config = url.parse().map_err(backend)?;
         config.connect_timeout(timeout.min(Duration::from_secs(5)));
         config.application_name("consentd");
@@ -377,7 +465,7 @@ impl PgStore {
             .enable_all()
             .build()?;
         let handle = runtime.handle().clone();
-        let tls = tls()?;
+        let tls = tls(verify)?;
         let migrate_config = config.clone();
         let migrate_tls = tls.clone();
         let manager = Manager::from_config(
@@ -1166,6 +1254,39 @@ mod tests {
             applied: true,
             actor: "node".into(),
         }
+    }
+
+    #[test]
+    fn sslmode_require_encrypts_and_verify_full_checks_the_certificate() {
+        if Throwaway::shared().is_none() {
+            println!("SKIPPED: no PostgreSQL server here");
+            return;
+        }
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+        let server =
+            Throwaway::start_with_tls(Some((&cert.cert.pem(), &cert.signing_key.serialize_pem())))
+                .unwrap();
+        let url = server.fresh_database();
+        // As libpq: `require` encrypts, whatever the certificate.
+        let store = PgStore::open(&format!("{url}?sslmode=require")).unwrap();
+        let encrypted = store
+            .rows(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                Vec::new(),
+                |r| r.try_get::<_, bool>(0).map_err(super::backend),
+            )
+            .unwrap();
+        assert_eq!(encrypted, vec![true]);
+        // `verify-full` refuses a certificate no trusted root signed.
+        let refused = PgStore::open_with_timeout(
+            &format!("{url}?sslmode=verify-full"),
+            std::time::Duration::from_secs(2),
+        )
+        .unwrap_err();
+        assert!(
+            refused.to_string().to_lowercase().contains("certificate"),
+            "{refused}"
+        );
     }
 
     #[test]

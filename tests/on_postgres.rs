@@ -20,6 +20,9 @@ mod crash;
 #[path = "eligibility.rs"]
 mod eligibility;
 #[cfg(pg_available)]
+#[path = "erasure.rs"]
+mod erasure;
+#[cfg(pg_available)]
 #[path = "export.rs"]
 mod export;
 #[cfg(pg_available)]

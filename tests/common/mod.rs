@@ -147,6 +147,35 @@ pub(crate) fn database_for(data_dir: &Path) -> String {
         .clone()
 }
 
+/// Every row of consentd's tables as text: what a DBA could read.
+pub(crate) async fn tables_text(url: &str) -> String {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let mut all = String::new();
+    for table in [
+        "meta",
+        "events",
+        "states",
+        "idempotency",
+        "erasures",
+        "wordings",
+    ] {
+        let row = client
+            .query_one(
+                &format!("SELECT coalesce(string_agg(t::text, '|'), '') FROM consentd.{table} t"),
+                &[],
+            )
+            .await
+            .unwrap();
+        all.push_str(&row.get::<_, String>(0));
+    }
+    drop(client);
+    let _ = conn.await;
+    all
+}
+
 pub(crate) fn example_catalog_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/catalog.toml")
 }

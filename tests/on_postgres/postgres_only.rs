@@ -35,35 +35,6 @@ async fn wait_health(server: &TestServer, service: &str, want: ServingStatus) {
     }
 }
 
-/// Every row of consentd's tables as text: what a DBA could read.
-async fn tables_text(url: &str) -> String {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    let conn = tokio::spawn(conn);
-    let mut all = String::new();
-    for table in [
-        "meta",
-        "events",
-        "states",
-        "idempotency",
-        "erasures",
-        "wordings",
-    ] {
-        let row = client
-            .query_one(
-                &format!("SELECT coalesce(string_agg(t::text, '|'), '') FROM consentd.{table} t"),
-                &[],
-            )
-            .await
-            .unwrap();
-        all.push_str(&row.get::<_, String>(0));
-    }
-    drop(client);
-    let _ = conn.await;
-    all
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_database_going_away_pauses_writes_while_checks_go_on() {
     // A server of its own: the shared one stays up for the other tests.

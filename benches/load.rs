@@ -20,6 +20,9 @@
 //!    `--inflight`, for consentd and for the baseline, and their ratio;
 //! 3. CanSendBatch decisions/s with 1000-check batches.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -387,20 +390,7 @@ fn main() -> anyhow::Result<()> {
             let rows = args.import_rows;
             let mut client = ConsentsClient::new(channels(addr, 1).await.remove(0));
             let started = Instant::now();
-            let stream = tokio_stream::iter((0..rows).map(|i| pb::ImportRow {
-                action: pb::Action::Grant as i32,
-                change: Some(pb::ConsentChange {
-                    contact_id: format!("import-{i:09}"),
-                    consent_id: "marketing.zenith".into(),
-                    occurred_at: Some(prost_types::Timestamp {
-                        seconds: 1_700_000_000 + i as i64,
-                        nanos: 0,
-                    }),
-                    source: pb::Source::Import as i32,
-                    evidence: [("import_batch".to_string(), "load".to_string())].into(),
-                    ..Default::default()
-                }),
-            }));
+            let stream = tokio_stream::iter((0..rows).map(|i| support::import_row(i, "load")));
             match client.import(stream).await {
                 Ok(s) => {
                     let s = s.into_inner();

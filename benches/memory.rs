@@ -10,10 +10,12 @@
 
 #[path = "../tests/soak_cycles/process.rs"]
 mod process;
+#[path = "support/mod.rs"]
+mod support;
 
 use std::time::{Duration, Instant};
 
-use consentd::pb::{self, consents_client::ConsentsClient};
+use consentd::pb::consents_client::ConsentsClient;
 
 fn rss_mb(pid: u32) -> f64 {
     let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap_or_default();
@@ -48,20 +50,7 @@ fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let summary = runtime.block_on(async {
         let mut client = ConsentsClient::connect(format!("http://{}", server.grpc)).await?;
-        let stream = tokio_stream::iter((0..rows).map(|i| pb::ImportRow {
-            action: pb::Action::Grant as i32,
-            change: Some(pb::ConsentChange {
-                contact_id: format!("import-{i:09}"),
-                consent_id: "marketing.zenith".into(),
-                occurred_at: Some(prost_types::Timestamp {
-                    seconds: 1_700_000_000 + i as i64,
-                    nanos: 0,
-                }),
-                source: pb::Source::Import as i32,
-                evidence: [("import_batch".to_string(), "memory".to_string())].into(),
-                ..Default::default()
-            }),
-        }));
+        let stream = tokio_stream::iter((0..rows).map(|i| support::import_row(i, "memory")));
         anyhow::Ok(client.import(stream).await?.into_inner())
     })?;
     let took = started.elapsed().as_secs_f64();

@@ -76,18 +76,7 @@ fn main() -> anyhow::Result<()> {
     );
     drop(store);
 
-    let store = RedbStore::open(dir.path())?;
-    let links = consentd::links::Links::open(dir.path(), &[], "http://127.0.0.1:8080")?;
-    let (authority, report) = Authority::open(Arc::new(store), links, Options::default())?;
-    println!(
-        "start-up: {} states of {} contacts rebuilt in {:.2} s = {:.0} states/s",
-        report.states,
-        report.contacts,
-        report.seconds,
-        report.states as f64 / report.seconds
-    );
-    tokio::runtime::Runtime::new()?.block_on(authority.close())?;
-    drop(authority);
+    rebuild(Arc::new(RedbStore::open(dir.path())?), dir.path(), "redb")?;
     after_start(dir.path(), contacts)
 }
 
@@ -105,19 +94,36 @@ fn postgres(dir: &std::path::Path, contacts: u64) -> anyhow::Result<()> {
         written.elapsed().as_secs_f64()
     );
     drop(store);
-    let store = consentd::store::PgStore::open(&url)?;
-    let links = consentd::links::Links::open(dir, &[], "http://127.0.0.1:8080")?;
-    let (authority, report) = Authority::open(Arc::new(store), links, Options::default())?;
+    rebuild(
+        Arc::new(consentd::store::PgStore::open(&url)?),
+        dir,
+        "PostgreSQL",
+    )?;
+    let seconds = erase_and_purge(&consentd::store::PgStore::open(&url)?)?;
     println!(
-        "start-up (PostgreSQL): {} states of {} contacts rebuilt in {:.2} s = {:.0} states/s",
+        "erasure on PostgreSQL: rows deleted when EraseContact answers; the VACUUM after it took {seconds:.2} s"
+    );
+    Ok(())
+}
+
+/// Rebuilds the index from `store` as the server does at start, and says
+/// how fast.
+fn rebuild(store: Arc<dyn Store>, dir: &std::path::Path, label: &str) -> anyhow::Result<()> {
+    let links = consentd::links::Links::open(dir, &[], "http://127.0.0.1:8080")?;
+    let (authority, report) = Authority::open(store, links, Options::default())?;
+    println!(
+        "start-up ({label}): {} states of {} contacts rebuilt in {:.2} s = {:.0} states/s",
         report.states,
         report.contacts,
         report.seconds,
         report.states as f64 / report.seconds
     );
     tokio::runtime::Runtime::new()?.block_on(authority.close())?;
-    drop(authority);
-    let store = consentd::store::PgStore::open(&url)?;
+    Ok(())
+}
+
+/// Erases one contact and times the purge that follows; seconds.
+fn erase_and_purge(store: &dyn Store) -> anyhow::Result<f64> {
     store.erase(
         "crm-00000042",
         &Tombstone {
@@ -128,11 +134,7 @@ fn postgres(dir: &std::path::Path, contacts: u64) -> anyhow::Result<()> {
     )?;
     let purge = Instant::now();
     assert!(store.purge_erased()?);
-    println!(
-        "erasure on PostgreSQL: rows deleted when EraseContact answers; the VACUUM after it took {:.2} s",
-        purge.elapsed().as_secs_f64()
-    );
-    Ok(())
+    Ok(purge.elapsed().as_secs_f64())
 }
 
 /// `contacts` contacts with one state each, in 10,000-event commits.
@@ -182,20 +184,9 @@ fn after_start(dir: &std::path::Path, contacts: u64) -> anyhow::Result<()> {
     print!("{}", String::from_utf8_lossy(&child.stdout));
 
     // The pause an erasure costs writes: the online rewrite of the file.
-    let store = RedbStore::open(dir)?;
-    store.erase(
-        "crm-00000042",
-        &Tombstone {
-            hash: [42; 32],
-            erased_at: 1_800_000_000_000_000_000,
-            reason: "bench".into(),
-        },
-    )?;
-    let purge = Instant::now();
-    assert!(store.purge_erased()?);
+    let seconds = erase_and_purge(&RedbStore::open(dir)?)?;
     println!(
-        "erasure purge (online rewrite of {contacts} contacts): {:.2} s; writes wait that long, CanSend does not",
-        purge.elapsed().as_secs_f64()
+        "erasure purge (online rewrite of {contacts} contacts): {seconds:.2} s; writes wait that long, CanSend does not"
     );
     Ok(())
 }

@@ -112,17 +112,6 @@ impl redb::StorageBackend for Disk {
     }
 }
 
-async fn health_of(server: &TestServer, service: &str) -> Option<ServingStatus> {
-    let mut client = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
-    client
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: service.into(),
-        })
-        .await
-        .ok()
-        .map(|r| r.into_inner().status())
-}
-
 /// A server over `disk`, the example catalog applied.
 async fn serve_on(disk: &Disk) -> (TestServer, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();

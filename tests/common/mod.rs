@@ -176,6 +176,22 @@ pub(crate) async fn tables_text(url: &str) -> String {
     all
 }
 
+/// The health status of `service` ("" for the server), `None` when the
+/// server cannot be asked.
+pub(crate) async fn health_of(
+    server: &TestServer,
+    service: &str,
+) -> Option<tonic_health::pb::health_check_response::ServingStatus> {
+    let mut client = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
+    client
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .ok()
+        .map(|r| r.into_inner().status())
+}
+
 pub(crate) fn example_catalog_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/catalog.toml")
 }

@@ -12,17 +12,6 @@ mod common;
 
 use common::*;
 
-async fn health_of(server: &TestServer, service: &str) -> Option<ServingStatus> {
-    let mut client = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
-    client
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: service.into(),
-        })
-        .await
-        .ok()
-        .map(|r| r.into_inner().status())
-}
-
 /// Polls `health_of(service)` until it is `want`, for at most 30 s.
 async fn wait_health(server: &TestServer, service: &str, want: ServingStatus) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);

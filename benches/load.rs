@@ -368,6 +368,7 @@ fn main() -> anyhow::Result<()> {
                             ..Default::default()
                         })
                         .collect(),
+                    min_sequence: 0,
                 })
                 .collect(),
         );

@@ -52,6 +52,17 @@ pub enum Error {
     /// refused): nothing was recorded; retry once it is back.
     #[error("the store cannot be reached now ({0}); nothing was recorded")]
     Unavailable(String),
+    /// A freshness token this node has not reached within the wait: it has
+    /// applied changes up to `reached` only.
+    #[error(
+        "this node has applied changes up to sequence {reached}; min_sequence {wanted} was not reached within 1 s"
+    )]
+    NotFresh {
+        /// The token asked for.
+        wanted: u64,
+        /// How far this node has got.
+        reached: u64,
+    },
     /// Too much is waiting already (the writer queue, the imports running):
     /// refused at once, nothing recorded; retry later.
     #[error("overloaded: {0}; nothing was recorded")]

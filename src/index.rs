@@ -79,6 +79,14 @@ impl Index {
             .map(|(_, states)| states.into_vec())
     }
 
+    /// A contact whose id satisfies `matches`, if any (a full scan).
+    pub fn find_contact(&self, mut matches: impl FnMut(&str) -> bool) -> Option<String> {
+        self.map
+            .iter()
+            .find(|entry| matches(entry.key()))
+            .map(|entry| entry.key().to_string())
+    }
+
     /// Number of contacts holding at least one state.
     pub fn contacts(&self) -> usize {
         self.map.len()

@@ -88,8 +88,14 @@ async fn each_role_allowed_and_refused() {
         );
         assert_eq!(
             code(
-                elig.can_send_batch(with(token, pb::CanSendBatchRequest { checks: vec![] }))
-                    .await
+                elig.can_send_batch(with(
+                    token,
+                    pb::CanSendBatchRequest {
+                        checks: vec![],
+                        min_sequence: 0
+                    }
+                ))
+                .await
             ),
             check_code,
             "{token:?} CanSendBatch"
@@ -260,6 +266,7 @@ async fn every_event_names_its_actor_and_audit_only_reads() {
     );
     let contact = pb::GetContactRequest {
         contact_id: "anna".into(),
+        min_sequence: 0,
     };
     assert_eq!(
         code(cons.get_contact(with(Some(DPO), contact)).await),
@@ -377,6 +384,7 @@ async fn tokens_are_checked_before_a_body_is_read() {
                 c
             })
             .collect(),
+        min_sequence: 0,
     };
     for token in [None, Some("not-a-known-token-at-all")] {
         let refused = elig.can_send_batch(with(token, big())).await.unwrap_err();

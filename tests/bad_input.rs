@@ -180,6 +180,7 @@ async fn bad_changes_name_the_field_and_write_nothing() {
     let err = cons
         .get_contact(pb::GetContactRequest {
             contact_id: "\n".into(),
+            min_sequence: 0,
         })
         .await
         .unwrap_err();
@@ -247,6 +248,7 @@ async fn each_method_reads_only_as_much_as_its_request_needs() {
     let answers = elig
         .can_send_batch(pb::CanSendBatchRequest {
             checks: vec![big, check("anna", "email", "acme")],
+            min_sequence: 0,
         })
         .await
         .unwrap()

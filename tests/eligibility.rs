@@ -120,7 +120,10 @@ async fn batch_answers_in_order_with_invalid_items_in_their_slot() {
         check("c2", "sms", "acme"),
     ];
     let results = elig
-        .can_send_batch(pb::CanSendBatchRequest { checks })
+        .can_send_batch(pb::CanSendBatchRequest {
+            checks,
+            min_sequence: 0,
+        })
         .await
         .unwrap()
         .into_inner()
@@ -146,6 +149,7 @@ async fn batch_answers_in_order_with_invalid_items_in_their_slot() {
 
     let too_many = pb::CanSendBatchRequest {
         checks: vec![check("c1", "email", "acme"); 10_001],
+        min_sequence: 0,
     };
     let err = elig.can_send_batch(too_many).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
@@ -153,6 +157,7 @@ async fn batch_answers_in_order_with_invalid_items_in_their_slot() {
 
     let full = pb::CanSendBatchRequest {
         checks: vec![check("c1", "email", "acme"); 10_000],
+        min_sequence: 0,
     };
     let r = elig.can_send_batch(full).await.unwrap().into_inner();
     assert_eq!(r.results.len(), 10_000);

@@ -68,6 +68,7 @@ async fn erasure_forgets_refuses_stale_grants_and_leaves_no_plaintext() {
     let states = cons
         .get_contact(pb::GetContactRequest {
             contact_id: ANNA.into(),
+            min_sequence: 0,
         })
         .await
         .unwrap();

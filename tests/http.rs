@@ -248,6 +248,7 @@ async fn can_send_carries_the_link_and_uncovered_links_are_refused() {
                 include_unsubscribe: true,
                 ..check("carl", "email", "zenith")
             }],
+            min_sequence: 0,
         })
         .await
         .unwrap()

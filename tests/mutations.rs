@@ -204,6 +204,7 @@ async fn get_contact_unknown_consent_and_retired_consents() {
     let got = cons
         .get_contact(pb::GetContactRequest {
             contact_id: "c".into(),
+            min_sequence: 0,
         })
         .await
         .unwrap()
@@ -226,6 +227,7 @@ async fn get_contact_unknown_consent_and_retired_consents() {
     let none = cons
         .get_contact(pb::GetContactRequest {
             contact_id: "nobody".into(),
+            min_sequence: 0,
         })
         .await
         .unwrap();
@@ -338,6 +340,7 @@ async fn a_contact_with_2500_events_is_read_in_pages() {
         contact_id: "busy".into(),
         page_size: size,
         page_token: token,
+        min_sequence: 0,
     };
     let mut all = Vec::new();
     let mut token = String::new();

@@ -33,7 +33,7 @@ use crate::index::Index;
 use crate::links::Links;
 use crate::metrics::{Metrics, Shed, Tally};
 use crate::store::{Store, StoreError, WriteBatch};
-use crate::writer::{Writer, WriterStart};
+use crate::writer::{Applied, Writer, WriterStart};
 
 /// Longest erasure reason kept with a tombstone, in bytes.
 pub const MAX_REASON_LEN: usize = 1024;
@@ -95,7 +95,12 @@ pub struct Authority {
     links: Arc<Links>,
     imports: Arc<import::ImportLimits>,
     clock: Arc<dyn Clock>,
+    /// How far this node's index has caught up with the store.
+    applied: Arc<Applied>,
 }
+
+/// How long a read waits for its freshness token (`min_sequence`).
+const FRESHNESS_WAIT: Duration = Duration::from_secs(1);
 
 /// How the authority behaves, from configuration.
 #[derive(Clone)]
@@ -213,12 +218,17 @@ impl Authority {
         };
         let catalog = Arc::new(ArcSwap::from_pointee(catalog));
         let metrics = Arc::new(Metrics::default());
+        // Everything before the sequence read at the start is in the index.
+        let applied = Arc::new(Applied::default());
+        applied.advance(recovered.next_sequence.saturating_sub(1));
         let writer = Writer::start(
             store.clone(),
             index.clone(),
             catalog.clone(),
             WriterStart {
                 next_sequence: recovered.next_sequence,
+                applied: applied.clone(),
+                catalog_version: recovered.catalog_version,
                 last_recorded_at: recovered.last_recorded_at,
                 usage,
                 idempotency_retention,
@@ -237,6 +247,7 @@ impl Authority {
             links: Arc::new(links),
             imports: Arc::default(),
             clock,
+            applied,
         };
         Ok((authority, report))
     }
@@ -265,6 +276,27 @@ impl Authority {
     /// memory), true again once it answers.
     pub fn store_available(&self) -> tokio::sync::watch::Receiver<bool> {
         self.writer.available()
+    }
+
+    /// Waits until this node has applied every change up to `min_sequence`
+    /// (a freshness token: the `sequence` a write answered), at most 1 s;
+    /// 0 asks for no wait.
+    pub async fn fresh(&self, min_sequence: u64) -> Result<(), Error> {
+        if min_sequence == 0 {
+            return Ok(());
+        }
+        self.applied
+            .reach(min_sequence, FRESHNESS_WAIT)
+            .await
+            .map_err(|reached| Error::NotFresh {
+                wanted: min_sequence,
+                reached,
+            })
+    }
+
+    /// Every change up to this sequence is applied on this node.
+    pub fn applied_sequence(&self) -> u64 {
+        self.applied.get()
     }
 
     /// CanSend (DESIGN.md rule 3). Never touches the disk, never allocates.

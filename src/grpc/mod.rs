@@ -52,6 +52,7 @@ impl pb::eligibility_server::Eligibility for EligibilityService {
     ) -> Result<Response<pb::CanSendResponse>, Status> {
         let started = std::time::Instant::now();
         let r = request.get_ref();
+        self.authority.fresh(r.min_sequence).await?;
         let answer = self
             .authority
             .can_send(&r.contact_id, &r.channel, &r.brand, &r.purpose)
@@ -68,6 +69,12 @@ impl pb::eligibility_server::Eligibility for EligibilityService {
     ) -> Result<Response<pb::CanSendBatchResponse>, Status> {
         let started = std::time::Instant::now();
         let checks = &request.get_ref().checks;
+        let min_sequence = checks
+            .iter()
+            .map(|c| c.min_sequence)
+            .chain([request.get_ref().min_sequence])
+            .max()
+            .unwrap_or(0);
         if checks.len() > MAX_BATCH_CHECKS {
             return Err(invalid(FieldError::new(
                 "checks",
@@ -77,6 +84,7 @@ impl pb::eligibility_server::Eligibility for EligibilityService {
                 ),
             )));
         }
+        self.authority.fresh(min_sequence).await?;
         let results = self
             .authority
             .can_send_many(checks, |c| {
@@ -150,6 +158,7 @@ impl pb::consents_server::Consents for ConsentsService {
     ) -> Result<Response<pb::ContactConsents>, Status> {
         let contact =
             ContactId::parse("contact_id", &request.get_ref().contact_id).map_err(invalid)?;
+        self.authority.fresh(request.get_ref().min_sequence).await?;
         let states = self.authority.contact_states(contact.clone()).await?;
         Ok(Response::new(pb::ContactConsents {
             contact_id: contact.to_string(),
@@ -215,6 +224,7 @@ impl pb::consents_server::Consents for ConsentsService {
     ) -> Result<Response<pb::History>, Status> {
         let r = request.into_inner();
         let contact = ContactId::parse("contact_id", &r.contact_id).map_err(invalid)?;
+        self.authority.fresh(r.min_sequence).await?;
         let (events, next_page_token) = self
             .authority
             .history(contact, r.page_size, &r.page_token)

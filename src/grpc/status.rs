@@ -46,6 +46,7 @@ impl From<Error> for Status {
             Error::Stopped(_) => Status::unavailable(
                 "writes are stopped after a storage failure; nothing was recorded",
             ),
+            e @ Error::NotFresh { .. } => Status::unavailable(e.to_string()),
             e @ Error::Overloaded(_) => Status::resource_exhausted(e.to_string()),
             e @ Error::DeadlineExceeded => Status::deadline_exceeded(e.to_string()),
             Error::Closed => Status::unavailable("shutting down; nothing was recorded"),

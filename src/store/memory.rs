@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
-use super::{IdempotencyRecord, Recovered, Store, StoreError, Tombstone, WriteBatch};
+use super::{Committed, IdempotencyRecord, Recovered, Store, StoreError, Tombstone, WriteBatch};
 use crate::domain::{CatalogSpec, Decision, EventRecord, StateRecord, UnixNanos, Wording};
 
 /// Everything the store keeps under its one lock.
@@ -82,6 +82,7 @@ impl Store for MemoryStore {
             erasures: c.erasures.iter().map(|(h, (at, _))| (*h, *at)).collect(),
             wordings: latest.into_values().cloned().collect(),
             last_recorded_at: last_event.max(last_erasure).max(last_wording),
+            catalog_version: 0,
         })
     }
 
@@ -142,7 +143,7 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    fn commit(&self, batch: &WriteBatch) -> Result<u64, StoreError> {
+    fn commit(&self, batch: &WriteBatch) -> Result<Committed, StoreError> {
         let mut c = self.lock();
         c.next_sequence = batch.next_sequence;
         if let Some(catalog) = &batch.catalog {
@@ -169,7 +170,7 @@ impl Store for MemoryStore {
             c.idempotency_by_time.insert((r.recorded_at, key.clone()));
         }
         // One writer: its numbering is the store's.
-        Ok(batch.first_sequence())
+        Ok(batch.as_numbered())
     }
 
     fn erase(&self, contact: &str, tombstone: &Tombstone) -> Result<bool, StoreError> {

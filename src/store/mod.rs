@@ -94,6 +94,33 @@ pub struct Recovered {
     /// The latest time on file (an event recorded, an erasure, a wording in
     /// force), so that the writer's clock never runs behind it.
     pub last_recorded_at: UnixNanos,
+    /// How many times the catalog was replaced (a shared store's nodes
+    /// compare it to pick up each other's catalogs).
+    pub catalog_version: u64,
+}
+
+/// What other nodes committed to a shared store after a sequence: one page
+/// of the change feed.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Events, in sequence order.
+    pub events: Vec<EventRecord>,
+    /// Erasures, with their sequences, in sequence order.
+    pub erasures: Vec<(u64, Tombstone)>,
+    /// Every change up to this sequence is in this page or before it.
+    pub through: u64,
+    /// The catalog version as of this page.
+    pub catalog_version: u64,
+}
+
+/// What a shared store heard while a node waited for changes.
+#[derive(Debug, Default)]
+pub struct Heard {
+    /// The contacts of erasures, by their sequence: the feed carries only
+    /// a keyed hash, a node needs the id to forget its states.
+    pub erasures: Vec<(u64, String)>,
+    /// Notices may have been missed (the listening connection dropped).
+    pub lost: bool,
 }
 
 /// What stays of an erased contact.
@@ -125,6 +152,16 @@ pub struct WriteBatch {
     pub next_sequence: u64,
 }
 
+/// Where a committed batch landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    /// The sequence the batch's first event was given (see [`Store::commit`]).
+    pub first_sequence: u64,
+    /// The catalog version after the commit (a shared store counts catalog
+    /// changes; 0 for a store of one node).
+    pub catalog_version: u64,
+}
+
 impl WriteBatch {
     /// The sequence of the batch's first event as the writer numbered it
     /// (its `next_sequence` when it has none).
@@ -132,6 +169,14 @@ impl WriteBatch {
         self.events
             .first()
             .map_or(self.next_sequence, |e| e.sequence)
+    }
+
+    /// Landed as numbered, in a store of one node.
+    pub fn as_numbered(&self) -> Committed {
+        Committed {
+            first_sequence: self.first_sequence(),
+            catalog_version: 0,
+        }
     }
 }
 
@@ -176,7 +221,7 @@ pub trait Store: Send + Sync + 'static {
     /// (every sequence in it, and those of its keys, by the same amount)
     /// past what others committed meanwhile; sequences never go down and
     /// gaps are kept. A batch without events returns its `next_sequence`.
-    fn commit(&self, batch: &WriteBatch) -> Result<u64, StoreError>;
+    fn commit(&self, batch: &WriteBatch) -> Result<Committed, StoreError>;
     /// Up to `limit` events with a sequence above `after`, every contact's,
     /// in sequence order: for moving the data to another store.
     fn events_after(&self, after: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError>;
@@ -198,6 +243,33 @@ pub trait Store: Send + Sync + 'static {
         tombstones: &[Tombstone],
         link_keys: &[String],
     ) -> Result<(), StoreError>;
+    /// Whether several nodes write to this store (each then follows what
+    /// the others commit).
+    fn shared(&self) -> bool {
+        false
+    }
+    /// One page of the change feed: what was committed after `after`, at
+    /// most `limit` events (a shared store).
+    fn changes_after(&self, after: u64, limit: usize) -> Result<Changes, StoreError> {
+        let events = self.events_after(after, limit)?;
+        let through = events.last().map_or(after, |e| e.sequence);
+        Ok(Changes {
+            events,
+            through,
+            ..Default::default()
+        })
+    }
+    /// Waits until the store signals a change, at most `timeout` (a store
+    /// that cannot signal just waits).
+    fn wait_for_changes(&self, timeout: std::time::Duration) -> Heard {
+        std::thread::sleep(timeout);
+        Heard::default()
+    }
+    /// The catalog in force, with the latest wording of every consent.
+    fn catalog(&self) -> Result<(Option<CatalogSpec>, Vec<Wording>), StoreError> {
+        let r = self.recover()?;
+        Ok((r.catalog, r.wordings))
+    }
     /// The link keys this store shares between nodes, as `ID=SECRET` lines,
     /// oldest first; `fresh` is stored first when it holds none. `None` for
     /// a store that keeps no keys (the key stays in the data dir).

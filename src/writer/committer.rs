@@ -31,8 +31,8 @@ use super::batch::{ContactKey, GroupBatch};
 use super::{Command, Reply, WriterStart};
 use crate::clock::Clock;
 use crate::domain::{
-    Catalog, CatalogSpec, Change, ChangeOutcome, ContactId, Erasures, EventRecord, Known, Ruling,
-    UnixNanos, rule,
+    Catalog, CatalogSpec, Change, ChangeOutcome, ContactId, Erasures, EventRecord, HeldState,
+    Known, Ruling, UnixNanos, rule,
 };
 use crate::error::Error;
 use crate::index::Index;
@@ -75,6 +75,13 @@ pub(super) struct Committer {
     index: Arc<Index>,
     catalog: Arc<ArcSwap<Catalog>>,
     next_sequence: u64,
+    /// How far the index has caught up (see [`WriterStart::applied`]).
+    applied: Arc<super::Applied>,
+    /// The catalog version in force here (a shared store counts them).
+    catalog_version: u64,
+    /// Whether other nodes write to the store too (then the feed, not this
+    /// writer, advances `applied`).
+    shared: bool,
     /// The latest receipt time handed out.
     last_recorded: UnixNanos,
     /// Contacts holding state, per interned consent (deletion guard).
@@ -111,10 +118,13 @@ impl Committer {
         available: watch::Sender<bool>,
     ) -> Self {
         Self {
+            shared: store.shared(),
             store,
             index,
             catalog,
             next_sequence: start.next_sequence,
+            applied: start.applied,
+            catalog_version: start.catalog_version,
             last_recorded: start.last_recorded_at,
             usage: start.usage,
             metrics,
@@ -152,13 +162,18 @@ impl Committer {
                     refuse(cmd, cause, &mut closers, &mut rx);
                     continue;
                 }
-                if let Some(down) = &self.down {
-                    let unavailable = Error::Unavailable(down.cause.clone());
-                    if let Some(cmd) = refuse_unavailable(cmd, unavailable) {
-                        refuse(cmd, "", &mut closers, &mut rx);
+                // While the store is unreachable writes are refused; the
+                // rest (a close, the feed's pages) goes on.
+                let cmd = match &self.down {
+                    Some(down) => {
+                        let unavailable = Error::Unavailable(down.cause.clone());
+                        match refuse_unavailable(cmd, unavailable) {
+                            Some(cmd) => cmd,
+                            None => continue,
+                        }
                     }
-                    continue;
-                }
+                    None => cmd,
+                };
                 match cmd {
                     Command::Change(c, deadline, reply) => {
                         if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -185,6 +200,14 @@ impl Committer {
                         closers.push(done);
                     }
                     Command::Tick => {}
+                    Command::Follow(page) => {
+                        self.commit_changes(std::mem::take(&mut changes));
+                        self.follow(page);
+                    }
+                    Command::FollowCatalog(spec, latest, version) => {
+                        self.commit_changes(std::mem::take(&mut changes));
+                        self.follow_catalog(spec, latest, version);
+                    }
                 }
             }
             self.commit_changes(changes);
@@ -360,7 +383,8 @@ impl Committer {
         let n = batch.len();
         self.keys_since_prune += batch.write.idempotency.len();
         match self.store.commit(&batch.write) {
-            Ok(assigned) => {
+            Ok(committed) => {
+                let assigned = committed.first_sequence;
                 // Counted before anyone is answered: a caller that reads the
                 // metrics after its answer sees its commit.
                 self.metrics.commit(n, started.elapsed());
@@ -368,7 +392,11 @@ impl Committer {
                 // other writers may have moved this batch up, whole.
                 let shift = assigned.saturating_sub(first_sequence);
                 self.next_sequence += shift;
+                let events = batch.write.events.len() as u64;
                 batch.acknowledge(&self.index, &mut self.usage, first_sequence, shift);
+                if !self.shared && events > 0 {
+                    self.applied.advance(assigned + events - 1);
+                }
             }
             Err(StoreError::Unavailable { in_doubt, cause }) => {
                 tracing::error!(cause = %cause, changes = n, in_doubt, "commit failed: the store cannot be reached");
@@ -554,7 +582,7 @@ impl Committer {
     /// Drops an erased contact from memory: its states, and any reload
     /// pending for it.
     fn forget(&mut self, contact: &ContactId, hash: [u8; 32], erased_at: UnixNanos) {
-        self.last_recorded = erased_at;
+        self.last_recorded = self.last_recorded.max(erased_at);
         for s in self.index.remove(contact.as_str()).unwrap_or_default() {
             if let Some(n) = self.usage.get_mut(s.consent as usize) {
                 *n = n.saturating_sub(1);
@@ -564,6 +592,93 @@ impl Committer {
             down.in_doubt.remove(contact);
         }
         self.erasures.record(hash, erased_at);
+    }
+
+    /// Applies a page of the shared store's feed: each applied event's
+    /// decision where rule 2 lets it win (so the order in which nodes
+    /// committed does not matter), each erasure; then marks the page's
+    /// sequences applied.
+    fn follow(&mut self, page: super::follower::Followed) {
+        let catalog = self.catalog.load_full();
+        for e in page.events {
+            self.last_recorded = self.last_recorded.max(e.recorded_at);
+            if !e.applied {
+                continue;
+            }
+            // Rule 5: what occurred before an erasure of the contact (this
+            // page may come after this node applied the erasure) is gone.
+            let key = ContactKey::from(e.contact.as_str());
+            if self
+                .erasures
+                .erased_at(&key)
+                .is_some_and(|at| e.occurred_at <= at)
+            {
+                continue;
+            }
+            let Some(idx) = catalog.consent_idx(e.consent.as_str()) else {
+                tracing::warn!(consent = %e.consent, sequence = e.sequence, "the feed names a consent this node's catalog lacks");
+                continue;
+            };
+            let state = HeldState {
+                consent: idx,
+                occurred_at: e.occurred_at,
+                action: e.action,
+            };
+            match self.index.get(e.contact.as_str(), idx) {
+                Some(current) if !state.decision().supersedes(current.decision()) => {}
+                current => {
+                    self.index.put(e.contact.as_str(), state);
+                    if current.is_none() {
+                        if self.usage.len() <= idx as usize {
+                            self.usage.resize(idx as usize + 1, 0);
+                        }
+                        self.usage[idx as usize] += 1;
+                    }
+                }
+            }
+        }
+        for (tombstone, contact) in page.erasures {
+            // A notice missed: find the contact by its keyed hash.
+            let contact = contact.or_else(|| {
+                self.index
+                    .find_contact(|c| self.erasures.hash(c) == tombstone.hash)
+            });
+            match contact.map(|c| ContactId::parse("contact", &c)) {
+                Some(Ok(contact)) => self.forget(&contact, tombstone.hash, tombstone.erased_at),
+                _ => {
+                    self.erasures.record(tombstone.hash, tombstone.erased_at);
+                    self.last_recorded = self.last_recorded.max(tombstone.erased_at);
+                }
+            }
+        }
+        self.applied.advance(page.through);
+    }
+
+    /// Takes over the catalog another node applied, unless this node's is
+    /// as new (its own apply, seen again).
+    fn follow_catalog(
+        &mut self,
+        spec: CatalogSpec,
+        latest: Vec<crate::domain::Wording>,
+        version: u64,
+    ) {
+        if version <= self.catalog_version {
+            return;
+        }
+        self.catalog_version = version;
+        let current = self.catalog.load_full();
+        match current.follow(spec, latest) {
+            Ok(next) => {
+                tracing::info!(
+                    consents = next.spec().consents.len(),
+                    "catalog applied by another node taken over"
+                );
+                self.catalog.store(Arc::new(next));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the catalog another node applied does not compile here");
+            }
+        }
     }
 
     fn apply_catalog(&mut self, spec: CatalogSpec) -> Result<Arc<Catalog>, Error> {
@@ -587,7 +702,7 @@ impl Committer {
             ..Default::default()
         };
         match self.store.commit(&batch) {
-            Ok(_) => {}
+            Ok(committed) => self.catalog_version = committed.catalog_version,
             Err(StoreError::Unavailable {
                 in_doubt: false,
                 cause,
@@ -659,7 +774,8 @@ fn refuse(
             rx.close();
             closers.push(done);
         }
-        Command::Tick => {}
+        // After a failure nothing is applied any more; the process exits.
+        Command::Tick | Command::Follow(_) | Command::FollowCatalog(..) => {}
     }
 }
 
@@ -740,7 +856,7 @@ mod tests {
         fn wordings(&self, consent: Option<&str>) -> Result<Vec<Wording>, StoreError> {
             self.inner.wordings(consent)
         }
-        fn commit(&self, batch: &WriteBatch) -> Result<u64, StoreError> {
+        fn commit(&self, batch: &WriteBatch) -> Result<crate::store::Committed, StoreError> {
             if self.fail.load(Ordering::Relaxed) {
                 return Err(StoreError::Io(std::io::Error::other("disk full")));
             }
@@ -862,6 +978,8 @@ mod tests {
             Arc::new(ArcSwap::from_pointee(catalog)),
             WriterStart {
                 next_sequence: 1,
+                applied: Arc::default(),
+                catalog_version: 0,
                 last_recorded_at: 0,
                 usage: vec![0],
                 idempotency_retention: Duration::from_secs(24 * 3600),

@@ -17,8 +17,12 @@
 //! Shutdown is explicit: [`Writer::close`] stops taking commands, finishes
 //! what is queued and joins the thread.
 
+mod applied;
 mod batch;
 mod committer;
+mod follower;
+
+pub(crate) use applied::Applied;
 
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -51,12 +55,22 @@ enum Command {
     /// Once a second: time-based upkeep (pruning keys, purging erasures)
     /// runs even when no write comes.
     Tick,
+    /// A page of a shared store's change feed.
+    Follow(follower::Followed),
+    /// The catalog another node applied, with the latest wordings and the
+    /// store's catalog version.
+    FollowCatalog(CatalogSpec, Vec<crate::domain::Wording>, u64),
 }
 
 /// What the writer takes over from the store at start.
 pub(crate) struct WriterStart {
     /// The sequence the next event gets.
     pub(crate) next_sequence: u64,
+    /// How far the index has caught up; with a store of its own, the writer
+    /// advances it at every commit (with a shared one, the feed does).
+    pub(crate) applied: Arc<Applied>,
+    /// The catalog version loaded (a shared store's feed compares it).
+    pub(crate) catalog_version: u64,
     /// The latest receipt time already on file.
     pub(crate) last_recorded_at: UnixNanos,
     /// Contacts holding state, per interned consent, as loaded.
@@ -102,6 +116,14 @@ impl Writer {
         let (failure_tx, failure) = watch::channel(None);
         let (available_tx, available) = watch::channel(true);
         let on_panic = failure_tx.clone();
+        if store.shared() {
+            let (feed_store, weak) = (store.clone(), tx.downgrade());
+            let (from, version) = (start.applied.get(), start.catalog_version);
+            std::thread::Builder::new()
+                .name("consentd-feed".into())
+                .spawn(move || follower::run(feed_store, weak, from, version))
+                .expect("spawning the feed thread at start-up");
+        }
         let mut committer = Committer::new(
             store,
             index,
@@ -278,6 +300,8 @@ mod tests {
             Arc::new(ArcSwap::from_pointee(Catalog::empty(None))),
             WriterStart {
                 next_sequence: 1,
+                applied: Arc::default(),
+                catalog_version: 0,
                 last_recorded_at: 0,
                 usage: Vec::new(),
                 idempotency_retention: std::time::Duration::from_secs(24 * 3600),

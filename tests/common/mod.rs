@@ -231,6 +231,7 @@ pub(crate) fn check(contact: &str, channel: &str, brand: &str) -> pb::CanSendReq
         brand: brand.into(),
         purpose: String::new(),
         include_unsubscribe: false,
+        min_sequence: 0,
     }
 }
 

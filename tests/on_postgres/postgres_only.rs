@@ -74,6 +74,7 @@ async fn the_database_going_away_pauses_writes_while_checks_go_on() {
     let read = cons
         .get_contact(pb::GetContactRequest {
             contact_id: "anna".into(),
+            min_sequence: 0,
         })
         .await
         .unwrap_err();

@@ -289,6 +289,7 @@ async fn verify(channel: &Channel, acked: &Arc<Mutex<Acknowledged>>) {
                 brand: "zenith".into(),
                 purpose: String::new(),
                 include_unsubscribe: false,
+                min_sequence: 0,
             })
             .await
             .unwrap()

@@ -152,6 +152,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let r = c
                 .eligibility
                 .can_send(pb::CanSendRequest {
+                    min_sequence: 0,
                     contact_id: contact,
                     channel,
                     brand,
@@ -170,6 +171,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let page = c
                     .consents
                     .get_history(pb::GetHistoryRequest {
+                        min_sequence: 0,
                         contact_id: contact.clone(),
                         page_size: 0,
                         page_token,

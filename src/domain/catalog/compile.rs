@@ -71,6 +71,18 @@ impl Catalog {
         base.compile_with(spec, 0, FirstVersion::Declared)
     }
 
+    /// The catalog another node applied to a shared store (`spec`, and the
+    /// latest wording of every consent as stored there), as the successor
+    /// of `self`: interned indices kept, versions as that node gave them,
+    /// no new wording (it stored them).
+    pub fn follow(&self, spec: CatalogSpec, latest: Vec<Wording>) -> Result<Catalog, FieldError> {
+        let mut base = self.clone();
+        for w in latest {
+            base.wordings.insert(w.consent.to_string(), Arc::new(w));
+        }
+        Ok(base.compile_with(spec, 0, FirstVersion::Declared)?.catalog)
+    }
+
     fn compile_with(
         &self,
         spec: CatalogSpec,

@@ -32,7 +32,10 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::types::{Json, ToSql};
 
 pub use self::cluster::{Throwaway, test_database_url};
-use super::{IdempotencyRecord, Recovered, Store, StoreError, Tombstone, WriteBatch};
+use super::{
+    Changes, Committed, Heard, IdempotencyRecord, Recovered, Store, StoreError, Tombstone,
+    WriteBatch,
+};
 use crate::domain::{
     Action, CatalogSpec, ConsentId, ContactId, Decision, EventRecord, Source, StateRecord,
     UnixNanos, Wording,
@@ -51,6 +54,11 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 const POOL_SIZE: usize = 8;
 /// Rows per round trip while the index is rebuilt.
 const LOAD_CHUNK: i32 = 20_000;
+/// The NOTIFY channel of the change feed.
+const FEED_CHANNEL: &str = "consentd_feed";
+/// Notices kept for a node that has not read them yet; beyond, they are
+/// dropped and the node told it lost some.
+const MAX_HEARD: usize = 100_000;
 /// Key of the advisory lock that serialises migrations across nodes.
 const MIGRATION_LOCK: i64 = 0x636f_6e73_656e_7464; // "consentd"
 
@@ -62,6 +70,116 @@ pub struct PgStore {
     timeout: Duration,
     /// An erasure deleted rows that no vacuum has cleared yet.
     vacuum_due: Arc<AtomicBool>,
+    /// What the feed's listening connection heard.
+    ears: Arc<Ears>,
+}
+
+/// The notices of the change feed, as heard by a connection that LISTENs.
+#[derive(Debug, Default)]
+struct Ears {
+    heard: std::sync::Mutex<Heard>,
+    /// Set with every notice, so that a waiting node wakes.
+    woke: std::sync::Condvar,
+    /// Notices since the node last asked.
+    pending: std::sync::atomic::AtomicUsize,
+}
+
+impl Ears {
+    fn hear(&self, payload: &str) {
+        let mut heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(rest) = payload.strip_prefix("x:")
+            && let Some((sequence, contact)) = rest.split_once(':')
+            && let Ok(sequence) = sequence.parse()
+        {
+            if heard.erasures.len() < MAX_HEARD {
+                heard.erasures.push((sequence, contact.to_owned()));
+            } else {
+                heard.lost = true;
+            }
+        }
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        self.woke.notify_all();
+    }
+
+    /// The connection dropped: notices may be missed until it is back.
+    fn lose(&self) {
+        self.heard.lock().unwrap_or_else(|e| e.into_inner()).lost = true;
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        self.woke.notify_all();
+    }
+
+    fn wait(&self, timeout: Duration) -> Heard {
+        let mut heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
+        if self.pending.load(Ordering::SeqCst) == 0 {
+            heard = self
+                .woke
+                .wait_timeout(heard, timeout)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        self.pending.store(0, Ordering::SeqCst);
+        std::mem::take(&mut *heard)
+    }
+}
+
+/// Keeps one connection LISTENing on the feed's channel, reconnecting with
+/// backoff; `ready` is told once the first LISTEN holds.
+async fn listen(
+    config: tokio_postgres::Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
+    ears: Arc<Ears>,
+    ready: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+) {
+    use futures_util::StreamExt;
+    let mut ready = Some(ready);
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let hearer = ears.clone();
+        let outcome = async {
+            let (client, mut connection) = config.connect(tls.clone()).await?;
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let driver = tokio::spawn(async move {
+                let mut messages =
+                    futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+                while let Some(Ok(message)) = messages.next().await {
+                    if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                        let _ = tx.send(n.payload().to_owned());
+                    }
+                }
+            });
+            client
+                .batch_execute(&format!("LISTEN {FEED_CHANNEL}"))
+                .await?;
+            Ok::<_, tokio_postgres::Error>((client, driver, async move {
+                while let Some(payload) = rx.recv().await {
+                    hearer.hear(&payload);
+                }
+            }))
+        }
+        .await;
+        match outcome {
+            Ok((client, driver, hearing)) => {
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(Ok(()));
+                }
+                backoff = Duration::from_secs(1);
+                hearing.await;
+                let _ = driver.await;
+                drop(client);
+            }
+            Err(e) => {
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(Err(pg(e, false)));
+                    return;
+                }
+            }
+        }
+        // Until the next LISTEN holds, notices are missed.
+        tracing::warn!("the change feed's listening connection dropped; reconnecting");
+        ears.lose();
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(8));
+    }
 }
 
 impl std::fmt::Debug for PgStore {
@@ -468,6 +586,8 @@ impl PgStore {
         let tls = tls(verify)?;
         let migrate_config = config.clone();
         let migrate_tls = tls.clone();
+        let listen_config = config.clone();
+        let listen_tls = tls.clone();
         let manager = Manager::from_config(
             config,
             tls,
@@ -489,6 +609,7 @@ impl PgStore {
             handle,
             timeout,
             vacuum_due: Arc::new(AtomicBool::new(false)),
+            ears: Arc::default(),
         };
         store.run_unbounded(async move {
             let (mut client, connection) = migrate_config
@@ -537,6 +658,20 @@ impl PgStore {
                 .await
                 .map_err(|e| pg(e, false))?;
             Ok(())
+        })?;
+        // Listening before anything is read: a node that loads the states
+        // and then follows the feed hears every erasure after its load.
+        let (ready, heard) = tokio::sync::oneshot::channel();
+        store
+            .handle
+            .spawn(listen(listen_config, listen_tls, store.ears.clone(), ready));
+        store.run(async move {
+            heard.await.unwrap_or_else(|_| {
+                Err(StoreError::Unavailable {
+                    in_doubt: false,
+                    cause: "the feed's listener stopped".into(),
+                })
+            })
         })?;
         Ok(store)
     }
@@ -604,7 +739,7 @@ impl PgStore {
         pool: Pool,
         c: Columns,
         commit_sent: Arc<AtomicBool>,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<Committed, StoreError> {
         let before = |e| pg(e, false);
         let mut client = pool.get().await.map_err(pool_error)?;
         let txn = client.transaction().await.map_err(before)?;
@@ -622,13 +757,17 @@ impl PgStore {
         if shift > 0 && c.first_sequence.is_some() {
             c.shift(first, shift);
         }
-        txn.execute(
-            "UPDATE consentd.meta SET next_sequence = GREATEST(next_sequence, $1),
-                 catalog = COALESCE($2, catalog)",
-            &[&c.next_sequence, &c.catalog],
-        )
-        .await
-        .map_err(before)?;
+        let catalog_version: i64 = txn
+            .query_one(
+                "UPDATE consentd.meta SET next_sequence = GREATEST(next_sequence, $1),
+                     catalog = COALESCE($2, catalog),
+                     catalog_version = catalog_version + (CASE WHEN $2 IS NULL THEN 0 ELSE 1 END)
+                 RETURNING catalog_version",
+                &[&c.next_sequence, &c.catalog],
+            )
+            .await
+            .map_err(before)?
+            .get(0);
         let e = &c.events;
         if !e.sequence.is_empty() {
             txn.execute(
@@ -665,7 +804,13 @@ impl PgStore {
                  ON CONFLICT (contact, consent) DO UPDATE SET action = EXCLUDED.action,
                      occurred_at = EXCLUDED.occurred_at, recorded_at = EXCLUDED.recorded_at,
                      source = EXCLUDED.source, version = EXCLUDED.version,
-                     sequence = EXCLUDED.sequence",
+                     sequence = EXCLUDED.sequence
+                 -- Rule 2, in the database too: writers on several nodes may
+                 -- each have ruled against an older view; the later decision
+                 -- stays whatever order they commit in (on a tie, WITHDRAW).
+                 WHERE EXCLUDED.occurred_at > states.occurred_at
+                    OR (EXCLUDED.occurred_at = states.occurred_at
+                        AND EXCLUDED.action = 2 AND states.action = 1)",
                 &[
                     &s.contact,
                     &s.consent,
@@ -710,16 +855,25 @@ impl PgStore {
             .await
             .map_err(before)?;
         }
+        if !e.sequence.is_empty() || c.catalog.is_some() {
+            // Wakes the other nodes' feeds when this commits.
+            txn.execute("SELECT pg_notify($1, 'e')", &[&FEED_CHANNEL])
+                .await
+                .map_err(before)?;
+        }
         commit_sent.store(true, Ordering::SeqCst);
         txn.commit().await.map_err(|e| pg(e, true))?;
-        u64_of(
-            if c.first_sequence.is_some() {
-                first + shift
-            } else {
-                c.next_sequence
-            },
-            "meta",
-        )
+        Ok(Committed {
+            first_sequence: u64_of(
+                if c.first_sequence.is_some() {
+                    first + shift
+                } else {
+                    c.next_sequence
+                },
+                "meta",
+            )?,
+            catalog_version: u64_of(catalog_version, "meta")?,
+        })
     }
 }
 
@@ -731,7 +885,7 @@ impl Store for PgStore {
             let err = |e| pg(e, false);
             let meta = client
                 .query_one(
-                    "SELECT next_sequence, erasure_key, catalog,
+                    "SELECT next_sequence, erasure_key, catalog, catalog_version,
                          (SELECT count(DISTINCT contact) FROM consentd.states) AS contacts,
                          GREATEST(
                              (SELECT max(recorded_at) FROM consentd.events),
@@ -785,6 +939,7 @@ impl Store for PgStore {
                     .try_get::<_, Option<i64>>("last")
                     .map_err(backend)?
                     .unwrap_or(0),
+                catalog_version: u64_of(meta.try_get("catalog_version").map_err(backend)?, "meta")?,
             })
         })
     }
@@ -914,7 +1069,7 @@ impl Store for PgStore {
         }
     }
 
-    fn commit(&self, batch: &WriteBatch) -> Result<u64, StoreError> {
+    fn commit(&self, batch: &WriteBatch) -> Result<Committed, StoreError> {
         let columns = Columns::of(batch)?;
         let pool = self.pool.clone();
         let sent = Arc::new(AtomicBool::new(false));
@@ -1053,6 +1208,118 @@ impl Store for PgStore {
         })
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn changes_after(&self, after: u64, limit: usize) -> Result<Changes, StoreError> {
+        let after_i = i64::try_from(after).unwrap_or(i64::MAX);
+        let limit_i = i64::try_from(limit).unwrap_or(i64::MAX);
+        let pool = self.pool.clone();
+        self.run(async move {
+            let err = |e| pg(e, false);
+            let mut client = pool.get().await.map_err(pool_error)?;
+            // One snapshot for the three reads.
+            let txn = client
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await
+                .map_err(err)?;
+            let meta = txn
+                .query_one(
+                    "SELECT next_sequence, catalog_version FROM consentd.meta",
+                    &[],
+                )
+                .await
+                .map_err(err)?;
+            let next: i64 = meta.try_get(0).map_err(backend)?;
+            let catalog_version = u64_of(meta.try_get(1).map_err(backend)?, "meta")?;
+            let sql = format!(
+                "SELECT {EVENT_COLUMNS} FROM consentd.events
+                 WHERE sequence > $1 ORDER BY sequence LIMIT $2"
+            );
+            let events = txn
+                .query(&sql, &[&after_i, &limit_i])
+                .await
+                .map_err(err)?
+                .iter()
+                .map(event_from)
+                .collect::<Result<Vec<_>, _>>()?;
+            // Commits are ordered by sequence, so everything below the
+            // counter this snapshot sees is in it.
+            let through = match events.last() {
+                Some(last) if events.len() == limit => last.sequence,
+                _ => u64_of(next - 1, "meta")?.max(after),
+            };
+            let through_i = i64::try_from(through).unwrap_or(i64::MAX);
+            let erasures = txn
+                .query(
+                    "SELECT sequence, hash, erased_at, reason FROM consentd.erasures
+                     WHERE sequence > $1 AND sequence <= $2 ORDER BY sequence",
+                    &[&after_i, &through_i],
+                )
+                .await
+                .map_err(err)?
+                .iter()
+                .map(|r| {
+                    let hash: Vec<u8> = r.try_get(1).map_err(backend)?;
+                    Ok((
+                        u64_of(r.try_get(0).map_err(backend)?, "erasures")?,
+                        Tombstone {
+                            hash: hash
+                                .try_into()
+                                .map_err(|_| StoreError::corrupt("erasures", "hash length"))?,
+                            erased_at: r.try_get(2).map_err(backend)?,
+                            reason: r.try_get(3).map_err(backend)?,
+                        },
+                    ))
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            txn.commit().await.map_err(err)?;
+            Ok(Changes {
+                events,
+                erasures,
+                through,
+                catalog_version,
+            })
+        })
+    }
+
+    fn wait_for_changes(&self, timeout: Duration) -> Heard {
+        self.ears.wait(timeout)
+    }
+
+    fn catalog(&self) -> Result<(Option<CatalogSpec>, Vec<Wording>), StoreError> {
+        let pool = self.pool.clone();
+        self.run(async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            let catalog: Option<serde_json::Value> = client
+                .query_one("SELECT catalog FROM consentd.meta", &[])
+                .await
+                .map_err(|e| pg(e, false))?
+                .try_get(0)
+                .map_err(backend)?;
+            let catalog = catalog
+                .map(serde_json::from_value)
+                .transpose()
+                .map_err(|e| StoreError::corrupt("meta", format!("catalog: {e}")))?;
+            let wordings = client
+                .query(
+                    "SELECT DISTINCT ON (consent) * FROM consentd.wordings
+                     ORDER BY consent, version DESC",
+                    &[],
+                )
+                .await
+                .map_err(|e| pg(e, false))?
+                .iter()
+                .map(wording_from)
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((catalog, wordings))
+        })
+    }
+
     fn link_keys(&self, fresh: &str) -> Result<Option<Vec<String>>, StoreError> {
         let (id, secret) = fresh
             .split_once('=')
@@ -1141,11 +1408,32 @@ impl Store for PgStore {
                     .await
                     .map_err(before)?
                     > 0;
+                // An erasure takes a sequence too, so that every node's
+                // feed meets it in order.
+                let sequence: i64 = txn
+                    .query_one(
+                        "UPDATE consentd.meta SET next_sequence = next_sequence + 1
+                         RETURNING next_sequence - 1",
+                        &[],
+                    )
+                    .await
+                    .map_err(before)?
+                    .get(0);
                 txn.execute(
-                    "INSERT INTO consentd.erasures (hash, erased_at, reason) VALUES ($1, $2, $3)
+                    "INSERT INTO consentd.erasures (hash, erased_at, reason, sequence)
+                     VALUES ($1, $2, $3, $4)
                      ON CONFLICT (hash) DO UPDATE SET erased_at = EXCLUDED.erased_at,
-                         reason = EXCLUDED.reason",
-                    &[&t.hash.as_slice(), &t.erased_at, &t.reason],
+                         reason = EXCLUDED.reason, sequence = EXCLUDED.sequence",
+                    &[&t.hash.as_slice(), &t.erased_at, &t.reason, &sequence],
+                )
+                .await
+                .map_err(before)?;
+                // The contact id travels only in this notice (delivered at
+                // commit, kept in no table): the other nodes need it to
+                // forget the contact's states.
+                txn.execute(
+                    "SELECT pg_notify($1, $2)",
+                    &[&FEED_CHANNEL, &format!("x:{sequence}:{contact}")],
                 )
                 .await
                 .map_err(before)?;
@@ -1310,15 +1598,15 @@ mod tests {
             next_sequence: next,
             ..Default::default()
         };
-        assert_eq!(
-            a.commit(&batch(vec![event("anna", 1), event("bob", 2)], 3))
-                .unwrap(),
-            1
-        );
+        let a_first = a
+            .commit(&batch(vec![event("anna", 1), event("bob", 2)], 3))
+            .unwrap()
+            .first_sequence;
+        assert_eq!(a_first, 1);
         // B numbered its batch from 1 too: the store moves it past A's.
         let mut b_batch = batch(vec![event("carl", 1), event("dora", 2)], 3);
         b_batch.idempotency[0].0 = "k2".into();
-        assert_eq!(b.commit(&b_batch).unwrap(), 3);
+        assert_eq!(b.commit(&b_batch).unwrap().first_sequence, 3);
         let all: Vec<(String, u64)> = a
             .events_after(0, 10)
             .unwrap()

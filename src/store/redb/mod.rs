@@ -42,7 +42,7 @@ use super::codec::{
     ContactRecord, action_from, decode_contact, decode_event, decode_idempotency, decode_wording,
     state_from, tombstone_erased_at, u32_from, u64_from,
 };
-use super::{IdempotencyRecord, Recovered, Store, StoreError, Tombstone, WriteBatch};
+use super::{Committed, IdempotencyRecord, Recovered, Store, StoreError, Tombstone, WriteBatch};
 use crate::domain::{Decision, EventRecord, StateRecord, UnixNanos, Wording};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -282,6 +282,7 @@ impl Store for RedbStore {
             erasure_key,
             erasures,
             last_recorded_at,
+            catalog_version: 0,
         })
     }
 
@@ -446,10 +447,10 @@ impl Store for RedbStore {
         Ok(out)
     }
 
-    fn commit(&self, batch: &WriteBatch) -> Result<u64, StoreError> {
+    fn commit(&self, batch: &WriteBatch) -> Result<Committed, StoreError> {
         // One process owns the file: the writer's numbering is the store's.
         self.commit_in(batch)?;
-        Ok(batch.first_sequence())
+        Ok(batch.as_numbered())
     }
 }
 

@@ -103,6 +103,9 @@ pub(crate) struct Metrics {
     pub(crate) write_seconds: Histogram,
     /// One group commit: ruling and the store transaction.
     pub(crate) commit_seconds: Histogram,
+    /// A shared store's change feed: from an event's recording (on any
+    /// node) to this node applying it.
+    pub(crate) feed_delay_seconds: Histogram,
     granted: AtomicU64,
     withdrawn: AtomicU64,
     no_consent: AtomicU64,
@@ -194,7 +197,7 @@ impl Metrics {
 
     /// Renders every series; `contacts` is read from the index and
     /// `queue_depth` from the writer at scrape time.
-    pub(crate) fn render(&self, contacts: usize, queue_depth: usize) -> String {
+    pub(crate) fn render(&self, contacts: usize, queue_depth: usize, applied: u64) -> String {
         let mut out = String::with_capacity(4096);
         self.can_send_seconds.render(
             &mut out,
@@ -211,9 +214,18 @@ impl Metrics {
             "consentd_group_commit_seconds",
             "Group commits: ruling a batch and its store transaction.",
         );
+        self.feed_delay_seconds.render(
+            &mut out,
+            "consentd_feed_delay_seconds",
+            "Change feed (several nodes): from an event's recording to this node applying it.",
+        );
         let _ = writeln!(
             out,
             "# HELP consentd_writer_queue_depth Commands waiting for the writer.\n# TYPE consentd_writer_queue_depth gauge\nconsentd_writer_queue_depth {queue_depth}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP consentd_applied_sequence Every change up to this sequence is applied on this node (freshness tokens wait for it).\n# TYPE consentd_applied_sequence gauge\nconsentd_applied_sequence {applied}"
         );
         let get = |c: &AtomicU64| c.load(Relaxed);
         out.push_str("# HELP consentd_decisions_total CanSend answers by reason.\n");

@@ -384,3 +384,49 @@ async fn a_contact_with_2500_events_is_read_in_pages() {
     assert!(bad.message().starts_with("page_token"), "{}", bad.message());
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_freshness_token_is_honoured_and_one_not_reached_says_how_far_the_node_is() {
+    let server = TestServer::start().await;
+    let mut cons = server.consents().await;
+    let mut elig = server.eligibility().await;
+    let granted = cons
+        .grant(change("fresh", "marketing", None))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut req = check("fresh", "email", "acme");
+    req.min_sequence = granted.sequence;
+    assert!(elig.can_send(req).await.unwrap().into_inner().allowed);
+    let batch = elig
+        .can_send_batch(pb::CanSendBatchRequest {
+            checks: vec![check("fresh", "email", "acme")],
+            min_sequence: granted.sequence,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(batch.results[0].allowed);
+
+    // A token from the future: UNAVAILABLE after the wait, naming how far
+    // this node has got; nothing else is affected.
+    let mut req = check("fresh", "email", "acme");
+    req.min_sequence = granted.sequence + 1_000_000;
+    let err = elig.can_send(req).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        err.message().contains("min_sequence") && err.message().contains("applied changes up to"),
+        "{}",
+        err.message()
+    );
+    let history = cons
+        .get_history(pb::GetHistoryRequest {
+            contact_id: "fresh".into(),
+            min_sequence: granted.sequence + 1_000_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(history.code(), Code::Unavailable);
+    server.stop().await;
+}

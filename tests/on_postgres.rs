@@ -42,6 +42,9 @@ mod restart;
 mod wordings;
 
 #[cfg(pg_available)]
+#[path = "on_postgres/nodes.rs"]
+mod nodes;
+#[cfg(pg_available)]
 #[path = "on_postgres/postgres_only.rs"]
 mod postgres_only;
 

@@ -87,8 +87,10 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        s.authority
-            .metrics()
-            .render(s.authority.contacts(), s.authority.writer_queue_depth()),
+        s.authority.metrics().render(
+            s.authority.contacts(),
+            s.authority.writer_queue_depth(),
+            s.authority.applied_sequence(),
+        ),
     )
 }

@@ -600,8 +600,14 @@ impl Committer {
     /// sequences applied.
     fn follow(&mut self, page: super::follower::Followed) {
         let catalog = self.catalog.load_full();
+        let now = self.clock.now();
         for e in page.events {
             self.last_recorded = self.last_recorded.max(e.recorded_at);
+            self.metrics
+                .feed_delay_seconds
+                .observe(Duration::from_nanos(
+                    now.saturating_sub(e.recorded_at).max(0) as u64,
+                ));
             if !e.applied {
                 continue;
             }

@@ -1,0 +1,255 @@
+//! Several nodes on one PostgreSQL database (DESIGN.md §5): a change made on
+//! any node reaches every other through the store's change feed; freshness
+//! tokens give read-your-writes across nodes; keys, erasures and catalogs
+//! are shared; concurrent writers on different nodes converge.
+
+use std::time::Duration;
+
+use consentd::pb::{self, Action, Reason};
+use consentd::store::postgres::Throwaway;
+
+#[path = "../common/mod.rs"]
+mod common;
+
+use common::*;
+
+/// `n` nodes over one fresh database; the first applies the example
+/// catalog at start, the others load it from the store.
+async fn nodes(n: usize) -> (Vec<TestServer>, Vec<tempfile::TempDir>) {
+    let url = Throwaway::shared()
+        .expect("PostgreSQL for the tests")
+        .fresh_database();
+    let mut servers = Vec::new();
+    let mut dirs = Vec::new();
+    for i in 0..n {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = consentd::Config::ephemeral(dir.path());
+        config.store = url.clone();
+        if i == 0 {
+            config.catalog = Some(example_catalog_path());
+        }
+        servers.push(TestServer::start_with(config).await);
+        dirs.push(dir);
+    }
+    (servers, dirs)
+}
+
+fn fresh_check(contact: &str, min_sequence: u64) -> pb::CanSendRequest {
+    let mut c = check(contact, "email", "zenith");
+    c.min_sequence = min_sequence;
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_one_node_is_read_on_the_others_with_its_token() {
+    let (nodes, _dirs) = nodes(3).await;
+    let mut a = nodes[0].consents().await;
+    let granted = a
+        .grant(change("anna", "marketing", None))
+        .await
+        .unwrap()
+        .into_inner();
+    // The first call on another node, with the token: already there.
+    let mut b = nodes[1].eligibility().await;
+    let answer = b
+        .can_send(fresh_check("anna", granted.sequence))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(answer.allowed, "{answer:?}");
+    let mut c = nodes[2].consents().await;
+    let contact = c
+        .get_contact(pb::GetContactRequest {
+            contact_id: "anna".into(),
+            min_sequence: granted.sequence,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(contact.states.len(), 1);
+    // A withdrawal on the third node reaches the first.
+    let withdrawn = c
+        .withdraw(change("anna", "marketing", None))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut a_checks = nodes[0].eligibility().await;
+    let answer = a_checks
+        .can_send(fresh_check("anna", withdrawn.sequence))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!answer.allowed);
+    assert_eq!(answer.reason(), Reason::Withdrawn);
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_applied_on_one_node_is_served_by_the_others() {
+    let (nodes, _dirs) = nodes(3).await;
+    let mut cat = nodes[2].catalog().await;
+    let mut spec = cat
+        .get_catalog(pb::GetCatalogRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    for c in &mut spec.consents {
+        if c.id == "surveys" {
+            c.text = "Surveys, second wording".into();
+        }
+    }
+    cat.apply_catalog(spec).await.unwrap();
+    for node in &nodes[..2] {
+        let mut cat = node.catalog().await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let spec = cat
+                .get_catalog(pb::GetCatalogRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            let surveys = spec.consents.iter().find(|c| c.id == "surveys").unwrap();
+            if surveys.version == 2 {
+                assert_eq!(surveys.text, "Surveys, second wording");
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "never propagated");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_and_erasures_hold_across_nodes() {
+    let (nodes, _dirs) = nodes(3).await;
+    let (mut a, mut b, mut c) = (
+        nodes[0].consents().await,
+        nodes[1].consents().await,
+        nodes[2].consents().await,
+    );
+    let t = now() - 3600;
+    let mut keyed = change("erin", "marketing", Some(t));
+    keyed.idempotency_key = "signup:erin".into();
+    let first = a.grant(keyed.clone()).await.unwrap().into_inner();
+    // The same key on another node: a replay, with the first sequence.
+    let replay = b.grant(keyed).await.unwrap().into_inner();
+    assert_eq!((replay.applied, replay.sequence), (false, first.sequence));
+
+    b.erase_contact(pb::EraseContactRequest {
+        contact_id: "erin".into(),
+        reason: "ticket 77".into(),
+    })
+    .await
+    .unwrap();
+    // A later write on the erasing node is the token that C has seen it.
+    let token = b
+        .grant(change("someone-else", "marketing", None))
+        .await
+        .unwrap()
+        .into_inner()
+        .sequence;
+    let mut c_checks = nodes[2].eligibility().await;
+    let answer = c_checks
+        .can_send(fresh_check("erin", token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!answer.allowed);
+    assert_eq!(answer.reason(), Reason::NoConsent);
+    // A stale grant (decided before the erasure) is refused on C too.
+    let stale = c
+        .grant(change("erin", "marketing", Some(t)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!stale.applied);
+    assert!(history(&nodes[2], "erin").await.is_empty());
+    // A fresh one is taken.
+    let fresh = c
+        .grant(change("erin", "marketing", None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(fresh.applied);
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_on_every_node_converge() {
+    let (nodes, _dirs) = nodes(3).await;
+    const CONTACTS: u64 = 12;
+    let t = now() - 86_400;
+    let mut writers = Vec::new();
+    for (n, node) in nodes.iter().enumerate() {
+        for w in 0..3u64 {
+            let mut cons = node.consents().await;
+            writers.push(tokio::spawn(async move {
+                let mut highest = 0;
+                // A small LCG per writer: the same run every time.
+                let mut x = (n as u64 + 1) * 7919 + w * 104_729;
+                for _ in 0..60 {
+                    x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                    let contact = format!("busy-{}", (x >> 33) % CONTACTS);
+                    // Decisions collide on purpose: few distinct times.
+                    let at = t + ((x >> 20) % 40) as i64;
+                    let c = change(&contact, "marketing", Some(at));
+                    let r = if (x >> 40).is_multiple_of(2) {
+                        cons.grant(c).await
+                    } else {
+                        cons.withdraw(c).await
+                    };
+                    highest = highest.max(r.unwrap().into_inner().sequence);
+                }
+                highest
+            }));
+        }
+    }
+    let mut token = 0;
+    for w in writers {
+        token = token.max(w.await.unwrap());
+    }
+    // Every node, once it has applied everything: the same answers, and
+    // the ones the store's states give.
+    let mut store_view = Vec::new();
+    let mut cons = nodes[0].consents().await;
+    for i in 0..CONTACTS {
+        let states = cons
+            .get_contact(pb::GetContactRequest {
+                contact_id: format!("busy-{i}"),
+                min_sequence: token,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .states;
+        let granted = states
+            .iter()
+            .any(|s| s.consent_id == "marketing" && s.action() == Action::Grant);
+        store_view.push(granted);
+    }
+    for node in &nodes {
+        let mut elig = node.eligibility().await;
+        for (i, granted) in store_view.iter().enumerate() {
+            let answer = elig
+                .can_send(fresh_check(&format!("busy-{i}"), token))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(
+                answer.allowed, *granted,
+                "node {} disagrees with the store on busy-{i}",
+                node.grpc_addr
+            );
+        }
+    }
+    for n in nodes {
+        n.stop().await;
+    }
+}

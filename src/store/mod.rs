@@ -138,7 +138,7 @@ pub struct Tombstone {
 ///
 /// Events are applied in order; an event with `applied` set becomes the
 /// state of its (contact, consent).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct WriteBatch {
     /// New events, in sequence order.
     pub events: Vec<EventRecord>,
@@ -150,16 +150,24 @@ pub struct WriteBatch {
     pub wordings: Vec<Wording>,
     /// The sequence the next event after this batch gets.
     pub next_sequence: u64,
+    /// For a shared store: the keyed hash of each event's contact, in
+    /// event order, so that the store refuses, under its commit lock, an
+    /// event that an erasure committed meanwhile (on another node) made
+    /// stale. Empty otherwise.
+    pub event_hashes: Vec<[u8; 32]>,
 }
 
 /// Where a committed batch landed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Committed {
     /// The sequence the batch's first event was given (see [`Store::commit`]).
     pub first_sequence: u64,
     /// The catalog version after the commit (a shared store counts catalog
     /// changes; 0 for a store of one node).
     pub catalog_version: u64,
+    /// Events (by their index in the batch) not recorded: an erasure of
+    /// their contact, committed after the writer ruled them, came first.
+    pub refused: Vec<usize>,
 }
 
 impl WriteBatch {
@@ -176,6 +184,7 @@ impl WriteBatch {
         Committed {
             first_sequence: self.first_sequence(),
             catalog_version: 0,
+            refused: Vec::new(),
         }
     }
 }

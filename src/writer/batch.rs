@@ -21,6 +21,9 @@ pub(super) type ContactKey = compact_str::CompactString;
 struct Pending {
     outcome: ChangeOutcome,
     index_update: Option<(ContactKey, HeldState)>,
+    /// The event it recorded, by index in the batch (none for an answer
+    /// that only names the batch).
+    event: Option<usize>,
 }
 
 /// One group commit in the making.
@@ -145,6 +148,7 @@ impl GroupBatch {
                 sequence: event.sequence,
             },
             index_update,
+            event: Some(self.write.events.len()),
         });
         self.write.events.push(event);
     }
@@ -171,14 +175,24 @@ impl GroupBatch {
         self.pending.push(Pending {
             outcome,
             index_update: None,
+            event: None,
         });
     }
 
     /// After a successful commit: the index learns the new states, the
     /// deletion guard its new holders, and every caller its answer, with
     /// the sequences of this batch (from `first` on) moved up by `shift`
-    /// when the store numbered it later than the writer did.
-    pub(super) fn acknowledge(self, index: &Index, usage: &mut Vec<u64>, first: u64, shift: u64) {
+    /// when the store numbered it later than the writer did. Events the
+    /// store `refused` (an erasure committed meanwhile made them stale) are
+    /// answered as not applied, and the index never sees them.
+    pub(super) fn acknowledge(
+        self,
+        index: &Index,
+        usage: &mut Vec<u64>,
+        first: u64,
+        shift: u64,
+        refused: &[usize],
+    ) {
         for consent in self.new_usage {
             let i = consent as usize;
             if usage.len() <= i {
@@ -192,6 +206,14 @@ impl GroupBatch {
             }
         };
         for (p, reply) in self.pending.into_iter().zip(self.replies) {
+            if p.event.is_some_and(|i| refused.contains(&i)) {
+                let _ = reply.send(Ok(ChangeOutcome {
+                    applied: false,
+                    state: None,
+                    sequence: 0,
+                }));
+                continue;
+            }
             if let Some((contact, state)) = p.index_update {
                 index.put(&contact, state);
             }

@@ -393,7 +393,19 @@ impl Committer {
                 let shift = assigned.saturating_sub(first_sequence);
                 self.next_sequence += shift;
                 let events = batch.write.events.len() as u64;
-                batch.acknowledge(&self.index, &mut self.usage, first_sequence, shift);
+                if !committed.refused.is_empty() {
+                    tracing::info!(
+                        refused = committed.refused.len(),
+                        "changes refused at commit: an erasure on another node came first"
+                    );
+                }
+                batch.acknowledge(
+                    &self.index,
+                    &mut self.usage,
+                    first_sequence,
+                    shift,
+                    &committed.refused,
+                );
                 if !self.shared && events > 0 {
                     self.applied.advance(assigned + events - 1);
                 }
@@ -492,6 +504,12 @@ impl Committer {
             applied,
             actor: change.actor,
         };
+        if self.shared {
+            batch
+                .write
+                .event_hashes
+                .push(self.erasures.hash(event.contact.as_str()));
+        }
         if applied {
             batch.apply(event, idx, fingerprint, known.current.is_some());
         } else {
@@ -894,6 +912,7 @@ mod tests {
                 catalog: batch.catalog.clone(),
                 wordings: batch.wordings.clone(),
                 next_sequence: batch.next_sequence + others,
+                event_hashes: batch.event_hashes.clone(),
             };
             let assigned = self.inner.commit(&shifted)?;
             if self.reach.load(Ordering::Relaxed) == REACH_LOST_ANSWER {

@@ -253,3 +253,38 @@ async fn concurrent_writers_on_every_node_converge() {
         n.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_grant_right_after_an_erasure_elsewhere_is_refused_without_waiting() {
+    let (nodes, _dirs) = nodes(2).await;
+    let (mut b, mut c) = (nodes[0].consents().await, nodes[1].consents().await);
+    let t = now() - 3600;
+    for i in 0..20 {
+        let who = format!("gone-{i}");
+        b.grant(change(&who, "marketing", Some(t))).await.unwrap();
+        b.erase_contact(pb::EraseContactRequest {
+            contact_id: who.clone(),
+            reason: "ticket".into(),
+        })
+        .await
+        .unwrap();
+        // At once, on the other node, which may not have heard yet: the
+        // store refuses it under its commit lock if the node did not.
+        let stale = c
+            .grant(change(&who, "marketing", Some(t)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!stale.applied, "{who}: {stale:?}");
+        assert_eq!(stale.sequence, 0);
+    }
+    let mut elig = nodes[1].eligibility().await;
+    for i in 0..20 {
+        let (allowed, _, _) = can_send(&mut elig, &format!("gone-{i}"), "email", "zenith").await;
+        assert!(!allowed);
+        assert!(history(&nodes[1], &format!("gone-{i}")).await.is_empty());
+    }
+    for n in nodes {
+        n.stop().await;
+    }
+}

@@ -453,7 +453,6 @@ struct Columns {
     key_fingerprints: Vec<Vec<u8>>,
     wordings: Vec<Wording>,
     catalog: Option<serde_json::Value>,
-    first_sequence: Option<i64>,
     next_sequence: i64,
 }
 
@@ -503,11 +502,6 @@ impl Columns {
     fn of(batch: &WriteBatch) -> Result<Columns, StoreError> {
         let mut c = Columns {
             next_sequence: i64_of(batch.next_sequence, "next_sequence")?,
-            first_sequence: batch
-                .events
-                .first()
-                .map(|e| i64_of(e.sequence, "sequence"))
-                .transpose()?,
             wordings: batch.wordings.clone(),
             catalog: batch
                 .catalog
@@ -737,10 +731,11 @@ impl PgStore {
 
     async fn commit_async(
         pool: Pool,
-        c: Columns,
+        mut batch: WriteBatch,
         commit_sent: Arc<AtomicBool>,
     ) -> Result<Committed, StoreError> {
         let before = |e| pg(e, false);
+        let batch_first = batch.events.first().map(|e| e.sequence);
         let mut client = pool.get().await.map_err(pool_error)?;
         let txn = client.transaction().await.map_err(before)?;
         // The meta row's lock serialises committers from here to COMMIT.
@@ -749,12 +744,50 @@ impl PgStore {
             .await
             .map_err(before)?
             .get(0);
+        // Under the lock, erasures committed since the writer ruled (on
+        // another node) refuse the events they made stale (rule 5).
+        let refused = if batch.event_hashes.len() == batch.events.len() && !batch.events.is_empty()
+        {
+            let hashes: Vec<Vec<u8>> = batch.event_hashes.iter().map(|h| h.to_vec()).collect();
+            let erased: std::collections::HashMap<Vec<u8>, i64> = txn
+                .query(
+                    "SELECT hash, erased_at FROM consentd.erasures WHERE hash = ANY($1)",
+                    &[&hashes],
+                )
+                .await
+                .map_err(before)?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            let refused: Vec<usize> = batch
+                .events
+                .iter()
+                .zip(&hashes)
+                .enumerate()
+                .filter(|(_, (e, h))| erased.get(*h).is_some_and(|&at| e.occurred_at <= at))
+                .map(|(i, _)| i)
+                .collect();
+            if !refused.is_empty() {
+                let gone: std::collections::HashSet<u64> =
+                    refused.iter().map(|&i| batch.events[i].sequence).collect();
+                batch.events.retain(|e| !gone.contains(&e.sequence));
+                batch
+                    .idempotency
+                    .retain(|(_, r)| !gone.contains(&r.sequence));
+            }
+            refused
+        } else {
+            Vec::new()
+        };
+        let mut c = Columns::of(&batch)?;
         // Sequences are assigned here, in commit order: a batch numbered
         // below what others committed meanwhile moves up past it, whole.
-        let mut c = c;
-        let first = c.first_sequence.unwrap_or(c.next_sequence);
+        let first = batch_first
+            .map(|f| i64_of(f, "sequence"))
+            .transpose()?
+            .unwrap_or(c.next_sequence);
         let shift = (stored - first).max(0);
-        if shift > 0 && c.first_sequence.is_some() {
+        if shift > 0 && batch_first.is_some() {
             c.shift(first, shift);
         }
         let catalog_version: i64 = txn
@@ -865,7 +898,7 @@ impl PgStore {
         txn.commit().await.map_err(|e| pg(e, true))?;
         Ok(Committed {
             first_sequence: u64_of(
-                if c.first_sequence.is_some() {
+                if batch_first.is_some() {
                     first + shift
                 } else {
                     c.next_sequence
@@ -873,6 +906,7 @@ impl PgStore {
                 "meta",
             )?,
             catalog_version: u64_of(catalog_version, "meta")?,
+            refused,
         })
     }
 }
@@ -1070,13 +1104,13 @@ impl Store for PgStore {
     }
 
     fn commit(&self, batch: &WriteBatch) -> Result<Committed, StoreError> {
-        let columns = Columns::of(batch)?;
+        let owned = batch.clone();
         let pool = self.pool.clone();
         let sent = Arc::new(AtomicBool::new(false));
         let in_doubt = sent.clone();
         let timeout = self.timeout;
         self.run_unbounded(async move {
-            match tokio::time::timeout(timeout, Self::commit_async(pool, columns, sent)).await {
+            match tokio::time::timeout(timeout, Self::commit_async(pool, owned, sent)).await {
                 Ok(r) => r,
                 Err(_) => Err(StoreError::Unavailable {
                     in_doubt: in_doubt.load(Ordering::SeqCst),

@@ -1,6 +1,15 @@
 //! What more than one bench needs (each uses its own part of it).
 #![allow(dead_code)]
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use tonic::Status;
+use tonic::transport::{Channel, Endpoint};
+
 /// Resident memory of this process, in bytes (Linux; 0 elsewhere).
 pub(crate) fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
@@ -30,4 +39,90 @@ pub(crate) fn import_row(i: u64, batch: &str) -> consentd::pb::ImportRow {
             ..Default::default()
         }),
     }
+}
+
+/// `n` HTTP/2 connections to `addr`.
+pub(crate) async fn channels(addr: SocketAddr, n: usize) -> Vec<Channel> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let ch = Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .expect("connect");
+        out.push(ch);
+    }
+    out
+}
+
+/// What a closed loop did: operations, errors, and their latencies.
+pub(crate) struct Report {
+    pub(crate) ops: u64,
+    pub(crate) errors: u64,
+    pub(crate) seconds: f64,
+    pub(crate) hist: Histogram<u64>,
+}
+
+impl Report {
+    pub(crate) fn line(&self, what: &str, unit: &str) -> String {
+        let us = |q: f64| self.hist.value_at_quantile(q) as f64 / 1000.0;
+        format!(
+            "{what:<34} {:>10.0} {unit}/s  p50 {:>7.1} µs  p99 {:>7.1} µs  p999 {:>7.1} µs  ({} ops, {} errors)",
+            self.ops as f64 / self.seconds,
+            us(0.50),
+            us(0.99),
+            us(0.999),
+            self.ops,
+            self.errors
+        )
+    }
+}
+
+/// Runs `tasks` closed loops for `seconds`; each call returns how many ops it did.
+pub(crate) async fn closed_loop<F, Fut>(tasks: usize, seconds: u64, make: F) -> Report
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<u64, Status>> + Send,
+{
+    let make = Arc::new(make);
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let make = make.clone();
+        let stop = stop.clone();
+        handles.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3).unwrap();
+            let (mut ops, mut errors, mut i) = (0u64, 0u64, 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                let t0 = Instant::now();
+                match make(t, i).await {
+                    Ok(n) => {
+                        ops += n;
+                        let _ = hist.record(t0.elapsed().as_nanos() as u64);
+                    }
+                    Err(_) => errors += 1,
+                }
+                i += 1;
+            }
+            (ops, errors, hist)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut report = Report {
+        ops: 0,
+        errors: 0,
+        seconds: 0.0,
+        hist: Histogram::new_with_bounds(1_000, 60_000_000_000, 3).unwrap(),
+    };
+    for h in handles {
+        let (ops, errors, hist) = h.await.unwrap();
+        report.ops += ops;
+        report.errors += errors;
+        report.hist.add(hist).unwrap();
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    report
 }

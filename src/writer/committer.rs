@@ -147,6 +147,7 @@ impl Committer {
     pub(super) fn run(&mut self, mut rx: mpsc::Receiver<Command>) {
         let mut queue = Vec::with_capacity(MAX_GROUP);
         let mut closers: Vec<oneshot::Sender<()>> = Vec::new();
+        let mut follows = Vec::new();
         while let Some(first) = rx.blocking_recv() {
             queue.push(first);
             while queue.len() < MAX_GROUP {
@@ -200,10 +201,11 @@ impl Committer {
                         closers.push(done);
                     }
                     Command::Tick => {}
-                    Command::Follow(page) => {
-                        self.commit_changes(std::mem::take(&mut changes));
-                        self.follow(page);
-                    }
+                    // Applied after this group commits: rule 2 makes the
+                    // order irrelevant, and a page must not split a group
+                    // (every commit wakes the feed: splitting would feed on
+                    // itself into one-change commits).
+                    Command::Follow(page) => follows.push(page),
                     Command::FollowCatalog(spec, latest, version) => {
                         self.commit_changes(std::mem::take(&mut changes));
                         self.follow_catalog(spec, latest, version);
@@ -211,6 +213,9 @@ impl Committer {
                 }
             }
             self.commit_changes(changes);
+            for page in follows.drain(..) {
+                self.follow(page);
+            }
             if self.failed.is_none() && self.down.is_none() {
                 self.prune_if_due();
                 self.purge_if_due();
@@ -599,9 +604,16 @@ impl Committer {
 
     /// Drops an erased contact from memory: its states, and any reload
     /// pending for it.
+    /// States decided after the erasure stay (rule 5: a fresh decision
+    /// after it is the contact's again); the feed may bring an erasure after
+    /// this node has already recorded such a one.
     fn forget(&mut self, contact: &ContactId, hash: [u8; 32], erased_at: UnixNanos) {
         self.last_recorded = self.last_recorded.max(erased_at);
         for s in self.index.remove(contact.as_str()).unwrap_or_default() {
+            if s.occurred_at > erased_at {
+                self.index.put(contact.as_str(), s);
+                continue;
+            }
             if let Some(n) = self.usage.get_mut(s.consent as usize) {
                 *n = n.saturating_sub(1);
             }

@@ -23,6 +23,10 @@ use crate::store::{Store, Tombstone};
 const PAGE: usize = 10_000;
 /// The longest wait between reads when no notice comes.
 const IDLE: Duration = Duration::from_millis(500);
+/// After a notice, how long to let more commits land before reading: one
+/// read then carries many commits (under write load every commit notifies,
+/// and a read per commit would cost more than the commits).
+const GATHER: Duration = Duration::from_millis(5);
 
 /// One page of the feed, for the writer to apply.
 pub(crate) struct Followed {
@@ -56,6 +60,10 @@ pub(super) fn run(
     while writer.upgrade().is_some_and(|tx| !tx.is_closed()) {
         let notices = store.wait_for_changes(if caught_up { IDLE } else { Duration::ZERO });
         heard.extend(notices.erasures);
+        if caught_up {
+            std::thread::sleep(GATHER);
+            heard.extend(store.wait_for_changes(Duration::ZERO).erasures);
+        }
         let changes = match store.changes_after(after, PAGE) {
             Ok(c) => c,
             Err(e) => {

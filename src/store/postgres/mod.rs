@@ -738,27 +738,32 @@ impl PgStore {
         let batch_first = batch.events.first().map(|e| e.sequence);
         let mut client = pool.get().await.map_err(pool_error)?;
         let txn = client.transaction().await.map_err(before)?;
-        // The meta row's lock serialises committers from here to COMMIT.
-        let stored: i64 = txn
-            .query_one("SELECT next_sequence FROM consentd.meta FOR UPDATE", &[])
-            .await
-            .map_err(before)?
-            .get(0);
-        // Under the lock, erasures committed since the writer ruled (on
-        // another node) refuse the events they made stale (rule 5).
-        let refused = if batch.event_hashes.len() == batch.events.len() && !batch.events.is_empty()
-        {
-            let hashes: Vec<Vec<u8>> = batch.event_hashes.iter().map(|h| h.to_vec()).collect();
-            let erased: std::collections::HashMap<Vec<u8>, i64> = txn
-                .query(
+        // The meta row's lock serialises committers from here to COMMIT;
+        // under it, erasures committed since the writer ruled (on another
+        // node) refuse the events they made stale (rule 5). Both queries go
+        // out together: the second runs once the first holds the lock.
+        let guarded = batch.event_hashes.len() == batch.events.len() && !batch.events.is_empty();
+        let hashes: Vec<Vec<u8>> = batch.event_hashes.iter().map(|h| h.to_vec()).collect();
+        let lock = txn.query_one("SELECT next_sequence FROM consentd.meta FOR UPDATE", &[]);
+        let guard = async {
+            if guarded {
+                txn.query(
                     "SELECT hash, erased_at FROM consentd.erasures WHERE hash = ANY($1)",
                     &[&hashes],
                 )
                 .await
-                .map_err(before)?
-                .iter()
-                .map(|r| (r.get(0), r.get(1)))
-                .collect();
+            } else {
+                Ok(Vec::new())
+            }
+        };
+        let (lock, guard) = futures_util::future::join(lock, guard).await;
+        let stored: i64 = lock.map_err(before)?.get(0);
+        let erased: std::collections::HashMap<Vec<u8>, i64> = guard
+            .map_err(before)?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let refused = if guarded && !erased.is_empty() {
             let refused: Vec<usize> = batch
                 .events
                 .iter()
@@ -790,46 +795,72 @@ impl PgStore {
         if shift > 0 && batch_first.is_some() {
             c.shift(first, shift);
         }
-        let catalog_version: i64 = txn
-            .query_one(
-                "UPDATE consentd.meta SET next_sequence = GREATEST(next_sequence, $1),
-                     catalog = COALESCE($2, catalog),
-                     catalog_version = catalog_version + (CASE WHEN $2 IS NULL THEN 0 ELSE 1 END)
-                 RETURNING catalog_version",
-                &[&c.next_sequence, &c.catalog],
-            )
-            .await
-            .map_err(before)?
-            .get(0);
+        // The rest goes out pipelined: one round trip for every statement.
+        type Param<'a> = &'a (dyn ToSql + Sync);
+        type Pending<'a> =
+            std::pin::Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a>>;
         let e = &c.events;
+        let event_params: [Param<'_>; 12] = [
+            &e.sequence,
+            &e.contact,
+            &e.consent,
+            &e.action,
+            &e.occurred_at,
+            &e.recorded_at,
+            &e.source,
+            &e.evidence,
+            &e.version,
+            &e.idempotency_key,
+            &e.applied,
+            &e.actor,
+        ];
+        let s = &c.states;
+        let state_params: [Param<'_>; 8] = [
+            &s.contact,
+            &s.consent,
+            &s.action,
+            &s.occurred_at,
+            &s.recorded_at,
+            &s.source,
+            &s.version,
+            &s.sequence,
+        ];
+        let key_params: [Param<'_>; 4] =
+            [&c.keys, &c.key_sequences, &c.key_times, &c.key_fingerprints];
+        let wording_rows: Vec<(&str, i32, &crate::domain::Wording)> = c
+            .wordings
+            .iter()
+            .map(|w| (w.consent.as_str(), w.version as i32, w))
+            .collect();
+        let wording_params: Vec<[Param<'_>; 8]> = wording_rows
+            .iter()
+            .map(|(consent, version, w)| -> [Param<'_>; 8] {
+                [
+                    consent,
+                    version,
+                    &w.title,
+                    &w.text,
+                    &w.parent,
+                    &w.channels,
+                    &w.brands,
+                    &w.in_force_from,
+                ]
+            })
+            .collect();
+        let notify_params: [Param<'_>; 1] = [&FEED_CHANNEL];
+        let mut statements: Vec<Pending<'_>> = Vec::new();
         if !e.sequence.is_empty() {
-            txn.execute(
+            statements.push(Box::pin(txn.execute(
                 "INSERT INTO consentd.events (sequence, contact, consent, action, occurred_at,
                      recorded_at, source, evidence, version, idempotency_key, applied, actor)
                  SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::smallint[],
                      $5::bigint[], $6::bigint[], $7::smallint[], $8::jsonb[], $9::int[],
                      $10::text[], $11::bool[], $12::text[])",
-                &[
-                    &e.sequence,
-                    &e.contact,
-                    &e.consent,
-                    &e.action,
-                    &e.occurred_at,
-                    &e.recorded_at,
-                    &e.source,
-                    &e.evidence,
-                    &e.version,
-                    &e.idempotency_key,
-                    &e.applied,
-                    &e.actor,
-                ],
-            )
-            .await
-            .map_err(before)?;
+                &event_params,
+            )));
         }
-        let s = &c.states;
         if !s.contact.is_empty() {
-            txn.execute(
+            statements.push(Box::pin(txn.execute(
                 "INSERT INTO consentd.states (contact, consent, action, occurred_at,
                      recorded_at, source, version, sequence)
                  SELECT * FROM UNNEST($1::text[], $2::text[], $3::smallint[], $4::bigint[],
@@ -844,56 +875,44 @@ impl PgStore {
                  WHERE EXCLUDED.occurred_at > states.occurred_at
                     OR (EXCLUDED.occurred_at = states.occurred_at
                         AND EXCLUDED.action = 2 AND states.action = 1)",
-                &[
-                    &s.contact,
-                    &s.consent,
-                    &s.action,
-                    &s.occurred_at,
-                    &s.recorded_at,
-                    &s.source,
-                    &s.version,
-                    &s.sequence,
-                ],
-            )
-            .await
-            .map_err(before)?;
+                &state_params,
+            )));
         }
         if !c.keys.is_empty() {
-            txn.execute(
+            statements.push(Box::pin(txn.execute(
                 "INSERT INTO consentd.idempotency (key, sequence, recorded_at, fingerprint)
                  SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bytea[])
                  ON CONFLICT (key) DO UPDATE SET sequence = EXCLUDED.sequence,
                      recorded_at = EXCLUDED.recorded_at, fingerprint = EXCLUDED.fingerprint",
-                &[&c.keys, &c.key_sequences, &c.key_times, &c.key_fingerprints],
-            )
-            .await
-            .map_err(before)?;
+                &key_params,
+            )));
         }
-        for w in &c.wordings {
-            txn.execute(
+        for params in &wording_params {
+            statements.push(Box::pin(txn.execute(
                 "INSERT INTO consentd.wordings (consent, version, title, text, parent,
                      channels, brands, in_force_from)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
-                &[
-                    &w.consent.as_str(),
-                    &(w.version as i32),
-                    &w.title,
-                    &w.text,
-                    &w.parent,
-                    &w.channels,
-                    &w.brands,
-                    &w.in_force_from,
-                ],
-            )
-            .await
-            .map_err(before)?;
+                params,
+            )));
         }
         if !e.sequence.is_empty() || c.catalog.is_some() {
             // Wakes the other nodes' feeds when this commits.
-            txn.execute("SELECT pg_notify($1, 'e')", &[&FEED_CHANNEL])
-                .await
-                .map_err(before)?;
+            statements.push(Box::pin(
+                txn.execute("SELECT pg_notify($1, 'e')", &notify_params),
+            ));
         }
+        let meta_params: [Param<'_>; 2] = [&c.next_sequence, &c.catalog];
+        let meta = txn.query_one(
+            "UPDATE consentd.meta SET next_sequence = GREATEST(next_sequence, $1),
+                 catalog = COALESCE($2, catalog),
+                 catalog_version = catalog_version + (CASE WHEN $2 IS NULL THEN 0 ELSE 1 END)
+             RETURNING catalog_version",
+            &meta_params,
+        );
+        let (meta, written) =
+            futures_util::future::join(meta, futures_util::future::try_join_all(statements)).await;
+        written.map_err(before)?;
+        let catalog_version: i64 = meta.map_err(before)?.get(0);
         commit_sent.store(true, Ordering::SeqCst);
         txn.commit().await.map_err(|e| pg(e, true))?;
         Ok(Committed {

@@ -10,12 +10,14 @@ use consentd::store::postgres::Throwaway;
 
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../soak_cycles/process.rs"]
+mod process;
 
 use common::*;
 
 /// `n` nodes over one fresh database; the first applies the example
 /// catalog at start, the others load it from the store.
-async fn nodes(n: usize) -> (Vec<TestServer>, Vec<tempfile::TempDir>) {
+async fn nodes(n: usize) -> (Vec<TestServer>, Vec<tempfile::TempDir>, String) {
     let url = Throwaway::shared()
         .expect("PostgreSQL for the tests")
         .fresh_database();
@@ -31,7 +33,7 @@ async fn nodes(n: usize) -> (Vec<TestServer>, Vec<tempfile::TempDir>) {
         servers.push(TestServer::start_with(config).await);
         dirs.push(dir);
     }
-    (servers, dirs)
+    (servers, dirs, url)
 }
 
 fn fresh_check(contact: &str, min_sequence: u64) -> pb::CanSendRequest {
@@ -42,7 +44,7 @@ fn fresh_check(contact: &str, min_sequence: u64) -> pb::CanSendRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_on_one_node_is_read_on_the_others_with_its_token() {
-    let (nodes, _dirs) = nodes(3).await;
+    let (nodes, _dirs, _) = nodes(3).await;
     let mut a = nodes[0].consents().await;
     let granted = a
         .grant(change("anna", "marketing", None))
@@ -88,7 +90,7 @@ async fn a_write_on_one_node_is_read_on_the_others_with_its_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_catalog_applied_on_one_node_is_served_by_the_others() {
-    let (nodes, _dirs) = nodes(3).await;
+    let (nodes, _dirs, _) = nodes(3).await;
     let mut cat = nodes[2].catalog().await;
     let mut spec = cat
         .get_catalog(pb::GetCatalogRequest {})
@@ -126,7 +128,7 @@ async fn a_catalog_applied_on_one_node_is_served_by_the_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_and_erasures_hold_across_nodes() {
-    let (nodes, _dirs) = nodes(3).await;
+    let (nodes, _dirs, _) = nodes(3).await;
     let (mut a, mut b, mut c) = (
         nodes[0].consents().await,
         nodes[1].consents().await,
@@ -183,7 +185,7 @@ async fn keys_and_erasures_hold_across_nodes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_on_every_node_converge() {
-    let (nodes, _dirs) = nodes(3).await;
+    let (nodes, _dirs, _) = nodes(3).await;
     const CONTACTS: u64 = 12;
     let t = now() - 86_400;
     let mut writers = Vec::new();
@@ -256,7 +258,7 @@ async fn concurrent_writers_on_every_node_converge() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_grant_right_after_an_erasure_elsewhere_is_refused_without_waiting() {
-    let (nodes, _dirs) = nodes(2).await;
+    let (nodes, _dirs, _) = nodes(2).await;
     let (mut b, mut c) = (nodes[0].consents().await, nodes[1].consents().await);
     let t = now() - 3600;
     for i in 0..20 {
@@ -284,6 +286,169 @@ async fn a_stale_grant_right_after_an_erasure_elsewhere_is_refused_without_waiti
         assert!(!allowed);
         assert!(history(&nodes[1], &format!("gone-{i}")).await.is_empty());
     }
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_restarted_under_check_traffic_on_two_nodes() {
+    // A server of its own: the shared one stays up for the other tests.
+    let pg = Throwaway::start().expect("a PostgreSQL server");
+    if !pg.can_restart() {
+        println!("SKIPPED: an external CONSENTD_TEST_DATABASE_URL cannot be restarted by the test");
+        return;
+    }
+    let url = pg.fresh_database();
+    let mut nodes = Vec::new();
+    let mut dirs = Vec::new();
+    for i in 0..2 {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = consentd::Config::ephemeral(dir.path());
+        config.store = url.clone();
+        config.store_timeout_ms = 2_000;
+        if i == 0 {
+            config.catalog = Some(example_catalog_path());
+        }
+        nodes.push(TestServer::start_with(config).await);
+        dirs.push(dir);
+    }
+    let mut a = nodes[0].consents().await;
+    let mut acknowledged = Vec::new();
+    for i in 0..20 {
+        let who = format!("before-{i}");
+        let r = a.grant(change(&who, "marketing", None)).await.unwrap();
+        acknowledged.push((who, r.into_inner().sequence));
+    }
+    // Check traffic on both nodes for the whole outage: never a failure.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut checkers = Vec::new();
+    for node in &nodes {
+        let mut elig = node.eligibility().await;
+        let stop = stop.clone();
+        checkers.push(tokio::spawn(async move {
+            let mut answered = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = elig
+                    .can_send(check("before-3", "email", "zenith"))
+                    .await
+                    .expect("CanSend never fails while the database is away");
+                assert!(r.into_inner().allowed);
+                answered += 1;
+            }
+            answered
+        }));
+    }
+    pg.stop_server();
+    // Writes fail cleanly meanwhile, on either node.
+    let mut b = nodes[1].consents().await;
+    for cons in [&mut a, &mut b] {
+        let err = cons
+            .grant(change("during", "marketing", None))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    pg.start_server().unwrap();
+    // Both take writes again once they have reconnected.
+    for cons in [&mut a, &mut b] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match cons.grant(change("after", "marketing", None)).await {
+                Ok(r) => {
+                    acknowledged.push(("after".into(), r.into_inner().sequence));
+                    break;
+                }
+                Err(e) => {
+                    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+                    assert!(std::time::Instant::now() < deadline, "never came back");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for c in checkers {
+        assert!(c.await.unwrap() > 0);
+    }
+    // Nothing acknowledged is lost, and the other node sees it all.
+    let token = acknowledged.iter().map(|(_, s)| *s).max().unwrap();
+    let mut elig = nodes[1].eligibility().await;
+    for (who, _) in &acknowledged {
+        let mut req = check(who, "email", "zenith");
+        req.min_sequence = token;
+        assert!(
+            elig.can_send(req).await.unwrap().into_inner().allowed,
+            "{who} was acknowledged"
+        );
+    }
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_writes_loses_nothing_and_the_others_carry_on() {
+    let (nodes, _dirs, url) = nodes(1).await;
+    // A second node as a real process, killed with SIGKILL mid-writes.
+    let dir = tempfile::tempdir().unwrap();
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_consentd"));
+    let victim = process::start_on(binary, dir.path(), None, Some(&url));
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", victim.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let mut cons = pb::consents_client::ConsentsClient::new(channel.clone());
+        let acked = acked.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0..10_000 {
+                let who = format!("k{w}-{i}");
+                match cons.grant(change(&who, "marketing", None)).await {
+                    Ok(r) => acked.lock().unwrap().push((who, r.into_inner().sequence)),
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    while acked.lock().unwrap().len() < 200 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    victim.kill();
+    for w in writers {
+        let _ = w.await;
+    }
+    let acked = acked.lock().unwrap().clone();
+    let token = acked.iter().map(|(_, s)| *s).max().unwrap();
+    // The surviving node has every acknowledged grant.
+    let mut elig = nodes[0].eligibility().await;
+    for (who, _) in &acked {
+        let mut req = check(who, "email", "zenith");
+        req.min_sequence = token;
+        assert!(
+            elig.can_send(req).await.unwrap().into_inner().allowed,
+            "{who}"
+        );
+    }
+    // And the killed node, restarted, too.
+    let again = process::start_on(binary, dir.path(), None, Some(&url));
+    let mut elig =
+        pb::eligibility_client::EligibilityClient::connect(format!("http://{}", again.grpc))
+            .await
+            .unwrap();
+    for (who, _) in &acked {
+        let mut req = check(who, "email", "zenith");
+        req.min_sequence = token;
+        assert!(
+            elig.can_send(req).await.unwrap().into_inner().allowed,
+            "{who}"
+        );
+    }
+    again.kill();
     for n in nodes {
         n.stop().await;
     }

@@ -197,7 +197,13 @@ impl Metrics {
 
     /// Renders every series; `contacts` is read from the index and
     /// `queue_depth` from the writer at scrape time.
-    pub(crate) fn render(&self, contacts: usize, queue_depth: usize, applied: u64) -> String {
+    pub(crate) fn render(
+        &self,
+        contacts: usize,
+        queue_depth: usize,
+        applied: u64,
+        lag: (u64, Duration),
+    ) -> String {
         let mut out = String::with_capacity(4096);
         self.can_send_seconds.render(
             &mut out,
@@ -226,6 +232,12 @@ impl Metrics {
         let _ = writeln!(
             out,
             "# HELP consentd_applied_sequence Every change up to this sequence is applied on this node (freshness tokens wait for it).\n# TYPE consentd_applied_sequence gauge\nconsentd_applied_sequence {applied}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP consentd_feed_lag_events Changes committed to a shared store that this node's feed has not read yet.\n# TYPE consentd_feed_lag_events gauge\nconsentd_feed_lag_events {}\n# HELP consentd_feed_lag_seconds How long this node's feed has been behind without a break (0: caught up).\n# TYPE consentd_feed_lag_seconds gauge\nconsentd_feed_lag_seconds {}",
+            lag.0,
+            lag.1.as_secs_f64()
         );
         let get = |c: &AtomicU64| c.load(Relaxed);
         out.push_str("# HELP consentd_decisions_total CanSend answers by reason.\n");

@@ -36,6 +36,10 @@ const MAX_CHECKS_MESSAGE_BYTES: usize = 5 * 1024 * 1024;
 const MAX_CHANGE_MESSAGE_BYTES: usize = 128 * 1024;
 /// Largest catalog on the wire.
 const MAX_CATALOG_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// How long a shared store's feed may stay behind (unable to keep up with
+/// what the other nodes commit) before this node's checks are reported
+/// NOT_SERVING, so that a load balancer sends them to the others.
+const FEED_BOUND: Duration = Duration::from_secs(10);
 /// How long in-flight calls may take to be answered after a fail-stop.
 const FAIL_STOP_GRACE: Duration = Duration::from_secs(5);
 /// Concurrent HTTP/2 streams per gRPC connection.
@@ -331,6 +335,37 @@ impl Server {
         let _ = serving_tx.send(true);
         tracing::info!(%grpc_addr, %http_addr, %admin_addr, "consentd serving");
 
+        // Checks answer from this node's index: while its feed has been
+        // behind for longer than the bound, it would answer stale, so ""
+        // and Eligibility say NOT_SERVING until it has caught up. (A store
+        // that cannot be reached stops every node's feed alike and is not
+        // that: checks go on from memory.)
+        let feed_reporter = health.clone();
+        let feed_authority = authority.clone();
+        let feed_health = tokio::spawn(async move {
+            let mut serving = true;
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let (unread, behind) = feed_authority.feed_lag();
+                let ok = unread == 0 || behind < FEED_BOUND;
+                if ok != serving {
+                    serving = ok;
+                    let status = if ok {
+                        ServingStatus::Serving
+                    } else {
+                        tracing::warn!(
+                            unread,
+                            seconds = behind.as_secs(),
+                            "the change feed is behind: checks NOT_SERVING until it catches up"
+                        );
+                        ServingStatus::NotServing
+                    };
+                    for name in ["", "consent.v1.Eligibility"] {
+                        feed_reporter.set_service_status(name, status).await;
+                    }
+                }
+            }
+        });
         // Writes need the store: Consents and Catalog are NOT_SERVING while
         // it cannot be reached; Eligibility serves on from memory.
         let mut available = authority.store_available();
@@ -361,6 +396,7 @@ impl Server {
             ),
         }
         store_health.abort();
+        feed_health.abort();
         let _ = serving_tx.send(false);
         for name in [
             "",

@@ -299,6 +299,12 @@ impl Authority {
         self.applied.get()
     }
 
+    /// With a shared store: changes committed (by any node) that this
+    /// node's feed has not read yet, and for how long it has been behind.
+    pub fn feed_lag(&self) -> (u64, Duration) {
+        self.writer.feed_lag()
+    }
+
     /// CanSend (DESIGN.md rule 3). Never touches the disk, never allocates.
     pub fn can_send(
         &self,

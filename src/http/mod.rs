@@ -91,6 +91,7 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
             s.authority.contacts(),
             s.authority.writer_queue_depth(),
             s.authority.applied_sequence(),
+            s.authority.feed_lag(),
         ),
     )
 }

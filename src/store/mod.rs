@@ -109,6 +109,9 @@ pub struct Changes {
     pub erasures: Vec<(u64, Tombstone)>,
     /// Every change up to this sequence is in this page or before it.
     pub through: u64,
+    /// The last sequence committed as of this page (beyond `through` when
+    /// the page is full: the reader is behind).
+    pub head: u64,
     /// The catalog version as of this page.
     pub catalog_version: u64,
 }
@@ -265,6 +268,7 @@ pub trait Store: Send + Sync + 'static {
         Ok(Changes {
             events,
             through,
+            head: through,
             ..Default::default()
         })
     }

@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -27,6 +28,47 @@ const IDLE: Duration = Duration::from_millis(500);
 /// read then carries many commits (under write load every commit notifies,
 /// and a read per commit would cost more than the commits).
 const GATHER: Duration = Duration::from_millis(5);
+
+/// How far behind the store this node's feed is, for health and metrics.
+#[derive(Debug, Default)]
+pub(crate) struct Lag {
+    /// Committed changes not read yet, as of the last read.
+    events: AtomicU64,
+    /// Since when (milliseconds on the process's clock) the feed has been
+    /// behind without interruption; 0 when it is not.
+    behind_since_ms: AtomicU64,
+    epoch: std::sync::OnceLock<Instant>,
+}
+
+impl Lag {
+    fn now_ms(&self) -> u64 {
+        self.epoch.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+    }
+
+    fn record(&self, unread: u64) {
+        self.events.store(unread, Ordering::Relaxed);
+        if unread == 0 {
+            self.behind_since_ms.store(0, Ordering::Relaxed);
+        } else {
+            let now = self.now_ms();
+            let _ =
+                self.behind_since_ms
+                    .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+
+    /// Changes committed but not read yet, and for how long the feed has
+    /// been behind.
+    pub(crate) fn get(&self) -> (u64, Duration) {
+        let since = self.behind_since_ms.load(Ordering::Relaxed);
+        let behind = if since == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(self.now_ms().saturating_sub(since))
+        };
+        (self.events.load(Ordering::Relaxed), behind)
+    }
+}
 
 /// One page of the feed, for the writer to apply.
 pub(crate) struct Followed {
@@ -53,6 +95,7 @@ pub(super) fn run(
     writer: mpsc::WeakSender<Command>,
     mut after: u64,
     mut catalog_version: u64,
+    lag: Arc<Lag>,
 ) {
     let mut heard: HashMap<u64, String> = HashMap::new();
     let mut caught_up = true;
@@ -93,6 +136,7 @@ pub(super) fn run(
             }
         }
         caught_up = changes.events.len() < PAGE;
+        lag.record(changes.head.saturating_sub(changes.through));
         if changes.through > after || !changes.erasures.is_empty() {
             let erasures = changes
                 .erasures
@@ -110,5 +154,24 @@ pub(super) fn run(
             after = changes.through;
         }
         heard.retain(|&sequence, _| sequence > after);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_counts_from_when_the_feed_fell_behind_until_it_caught_up() {
+        let lag = Lag::default();
+        assert_eq!(lag.get(), (0, Duration::ZERO));
+        lag.record(500);
+        std::thread::sleep(Duration::from_millis(30));
+        lag.record(200); // still behind: the clock keeps running
+        let (unread, behind) = lag.get();
+        assert_eq!(unread, 200);
+        assert!(behind >= Duration::from_millis(25), "{behind:?}");
+        lag.record(0);
+        assert_eq!(lag.get(), (0, Duration::ZERO));
     }
 }

@@ -23,6 +23,7 @@ mod committer;
 mod follower;
 
 pub(crate) use applied::Applied;
+pub(crate) use follower::Lag;
 
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -100,6 +101,8 @@ pub(crate) struct Writer {
     failure: watch::Receiver<Option<String>>,
     /// Whether the store takes writes now (false while it is unreachable).
     available: watch::Receiver<bool>,
+    /// How far behind a shared store's feed is.
+    lag: Arc<Lag>,
 }
 
 impl Writer {
@@ -116,12 +119,14 @@ impl Writer {
         let (failure_tx, failure) = watch::channel(None);
         let (available_tx, available) = watch::channel(true);
         let on_panic = failure_tx.clone();
+        let lag = Arc::new(Lag::default());
         if store.shared() {
             let (feed_store, weak) = (store.clone(), tx.downgrade());
             let (from, version) = (start.applied.get(), start.catalog_version);
+            let feed_lag = lag.clone();
             std::thread::Builder::new()
                 .name("consentd-feed".into())
-                .spawn(move || follower::run(feed_store, weak, from, version))
+                .spawn(move || follower::run(feed_store, weak, from, version, feed_lag))
                 .expect("spawning the feed thread at start-up");
         }
         let mut committer = Committer::new(
@@ -167,7 +172,14 @@ impl Writer {
             thread: Arc::new(Mutex::new(Some(thread))),
             failure,
             available,
+            lag,
         }
+    }
+
+    /// How far behind a shared store's feed is: changes committed but not
+    /// read yet, and for how long it has been behind.
+    pub(crate) fn feed_lag(&self) -> (u64, std::time::Duration) {
+        self.lag.get()
     }
 
     /// Whether the store takes writes, now and as it changes: false while
@@ -368,6 +380,7 @@ mod tests {
             thread: Arc::new(Mutex::new(None)),
             failure,
             available,
+            lag: Arc::default(),
         };
         let first = tokio::spawn({
             let w = stalled.clone();

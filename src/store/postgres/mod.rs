@@ -1335,6 +1335,7 @@ impl Store for PgStore {
                 events,
                 erasures,
                 through,
+                head: u64_of(next - 1, "meta")?.max(through),
                 catalog_version,
             })
         })

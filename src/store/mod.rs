@@ -171,6 +171,10 @@ pub struct Committed {
     /// Events (by their index in the batch) not recorded: an erasure of
     /// their contact, committed after the writer ruled them, came first.
     pub refused: Vec<usize>,
+    /// Events (by index) not recorded because their idempotency key was
+    /// recorded meanwhile (by another node), with the sequence it got: they
+    /// are replays.
+    pub replayed: Vec<(usize, u64)>,
 }
 
 impl WriteBatch {
@@ -188,6 +192,7 @@ impl WriteBatch {
             first_sequence: self.first_sequence(),
             catalog_version: 0,
             refused: Vec::new(),
+            replayed: Vec::new(),
         }
     }
 }

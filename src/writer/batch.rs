@@ -192,6 +192,7 @@ impl GroupBatch {
         first: u64,
         shift: u64,
         refused: &[usize],
+        replayed: &[(usize, u64)],
     ) {
         for consent in self.new_usage {
             let i = consent as usize;
@@ -206,6 +207,16 @@ impl GroupBatch {
             }
         };
         for (p, reply) in self.pending.into_iter().zip(self.replies) {
+            if let Some(&(_, sequence)) =
+                p.event.and_then(|i| replayed.iter().find(|(r, _)| *r == i))
+            {
+                let _ = reply.send(Ok(ChangeOutcome {
+                    applied: false,
+                    state: None,
+                    sequence,
+                }));
+                continue;
+            }
             if p.event.is_some_and(|i| refused.contains(&i)) {
                 let _ = reply.send(Ok(ChangeOutcome {
                     applied: false,

@@ -410,6 +410,7 @@ impl Committer {
                     first_sequence,
                     shift,
                     &committed.refused,
+                    &committed.replayed,
                 );
                 if !self.shared && events > 0 {
                     self.applied.advance(assigned + events - 1);

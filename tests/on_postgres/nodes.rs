@@ -453,3 +453,40 @@ async fn a_node_killed_mid_writes_loses_nothing_and_the_others_carry_on() {
         n.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_key_sent_to_two_nodes_at_once_is_recorded_once() {
+    let (nodes, _dirs, _) = nodes(2).await;
+    for i in 0..30 {
+        let mut c = change(&format!("twice-{i}"), "marketing", None);
+        c.idempotency_key = format!("retry-{i}");
+        let (mut a, mut b) = (nodes[0].consents().await, nodes[1].consents().await);
+        let (ca, cb) = (c.clone(), c);
+        let (ra, rb) = tokio::join!(a.grant(ca), b.grant(cb));
+        let (ra, rb) = (ra.unwrap().into_inner(), rb.unwrap().into_inner());
+        assert_eq!(
+            u8::from(ra.applied) + u8::from(rb.applied),
+            1,
+            "exactly one records it: {ra:?} {rb:?}"
+        );
+        assert_eq!(
+            ra.sequence, rb.sequence,
+            "both answer the recorded sequence"
+        );
+        let mut cons = nodes[0].consents().await;
+        let events = cons
+            .get_history(pb::GetHistoryRequest {
+                contact_id: format!("twice-{i}"),
+                min_sequence: ra.sequence,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .events;
+        assert_eq!(events.len(), 1, "twice-{i}");
+    }
+    for n in nodes {
+        n.stop().await;
+    }
+}

@@ -756,8 +756,27 @@ impl PgStore {
                 Ok(Vec::new())
             }
         };
-        let (lock, guard) = futures_util::future::join(lock, guard).await;
+        // Keys another node recorded since this one ruled: replays.
+        let keys: Vec<&str> = batch.idempotency.iter().map(|(k, _)| k.as_str()).collect();
+        let key_guard = async {
+            if guarded && !keys.is_empty() {
+                txn.query(
+                    "SELECT key, sequence FROM consentd.idempotency WHERE key = ANY($1)",
+                    &[&keys],
+                )
+                .await
+            } else {
+                Ok(Vec::new())
+            }
+        };
+        let (lock, guard, key_guard) = futures_util::future::join3(lock, guard, key_guard).await;
         let stored: i64 = lock.map_err(before)?.get(0);
+        let taken: std::collections::HashMap<String, i64> = key_guard
+            .map_err(before)?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        drop(keys);
         let erased: std::collections::HashMap<Vec<u8>, i64> = guard
             .map_err(before)?
             .iter()
@@ -784,6 +803,22 @@ impl PgStore {
         } else {
             Vec::new()
         };
+        let mut replayed = Vec::new();
+        if !taken.is_empty() {
+            for (i, e) in batch.events.iter().enumerate() {
+                if let Some(first) = e.idempotency_key.as_ref().and_then(|k| taken.get(k)) {
+                    replayed.push((i, u64_of(*first, "idempotency")?));
+                }
+            }
+            let gone: std::collections::HashSet<u64> = replayed
+                .iter()
+                .map(|&(i, _)| batch.events[i].sequence)
+                .collect();
+            batch.events.retain(|e| !gone.contains(&e.sequence));
+            batch
+                .idempotency
+                .retain(|(k, _)| !taken.contains_key(k.as_str()));
+        }
         let mut c = Columns::of(&batch)?;
         // Sequences are assigned here, in commit order: a batch numbered
         // below what others committed meanwhile moves up past it, whole.
@@ -926,6 +961,7 @@ impl PgStore {
             )?,
             catalog_version: u64_of(catalog_version, "meta")?,
             refused,
+            replayed,
         })
     }
 }

@@ -115,16 +115,8 @@ fn contact(i: u64) -> String {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let server_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("server")
-        .enable_all()
-        .build()?;
-    let client_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("client")
-        .enable_all()
-        .build()?;
+    let server_rt = support::runtime("server")?;
+    let client_rt = support::runtime("client")?;
 
     // The servers: one consentd per store.
     let mut dirs = Vec::new();

@@ -78,16 +78,8 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let pg = consentd::store::postgres::Throwaway::start().map_err(anyhow::Error::msg)?;
     let url = pg.fresh_database();
-    let server_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("server")
-        .enable_all()
-        .build()?;
-    let client_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("client")
-        .enable_all()
-        .build()?;
+    let server_rt = support::runtime("server")?;
+    let client_rt = support::runtime("client")?;
     let mut dirs = Vec::new();
     let mut addrs: Vec<SocketAddr> = Vec::new();
     for i in 0..args.nodes {

@@ -41,6 +41,16 @@ pub(crate) fn import_row(i: u64, batch: &str) -> consentd::pb::ImportRow {
     }
 }
 
+/// A runtime of two worker threads: servers on one, clients on another,
+/// sharing the machine's cores as they would on one box.
+pub(crate) fn runtime(name: &str) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(name)
+        .enable_all()
+        .build()
+}
+
 /// `n` HTTP/2 connections to `addr`.
 pub(crate) async fn channels(addr: SocketAddr, n: usize) -> Vec<Channel> {
     let mut out = Vec::with_capacity(n);

@@ -14,10 +14,10 @@ use crate::pb;
 
 /// A link token from a URL path: never accepted unless minted here.
 pub fn link_token(data: &[u8]) {
-    static LINKS: OnceLock<(tempfile_dir::Dir, Links)> = OnceLock::new();
+    static LINKS: OnceLock<(tempfile::TempDir, Links)> = OnceLock::new();
     let (_, links) = LINKS.get_or_init(|| {
-        let dir = tempfile_dir::Dir::new();
-        let links = Links::open(&dir.0, &[], "https://example.com").expect("a key ring");
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let links = Links::open(dir.path(), &[], "https://example.com").expect("a key ring");
         (dir, links)
     });
     let token = String::from_utf8_lossy(data);
@@ -73,24 +73,5 @@ pub fn unsubscribe_form(data: &[u8]) {
             String::from_utf8_lossy(body).contains("scope"),
             "everything asked for without a scope field"
         );
-    }
-}
-
-mod tempfile_dir {
-    /// A directory for the fuzz process's key ring, removed on drop.
-    pub(super) struct Dir(pub(super) std::path::PathBuf);
-
-    impl Dir {
-        pub(super) fn new() -> Self {
-            let path = std::env::temp_dir().join(format!("consentd-fuzz-{}", std::process::id()));
-            std::fs::create_dir_all(&path).expect("a temp dir");
-            Dir(path)
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
     }
 }

@@ -122,8 +122,6 @@ pub struct Heard {
     /// The contacts of erasures, by their sequence: the feed carries only
     /// a keyed hash, a node needs the id to forget its states.
     pub erasures: Vec<(u64, String)>,
-    /// Notices may have been missed (the listening connection dropped).
-    pub lost: bool,
 }
 
 /// What stays of an erased contact.

@@ -290,25 +290,17 @@ impl Committer {
                     return;
                 }
             };
-            for s in self.index.remove(contact.as_str()).unwrap_or_default() {
-                if let Some(n) = self.usage.get_mut(s.consent as usize) {
-                    *n = n.saturating_sub(1);
-                }
-            }
+            self.release(contact.as_str());
             for s in states {
-                let Some(idx) = catalog.consent_idx(s.consent.as_str()) else {
-                    continue;
-                };
-                self.index.put(
-                    contact.as_str(),
-                    crate::domain::HeldState {
-                        consent: idx,
-                        occurred_at: s.occurred_at,
-                        action: s.action,
-                    },
-                );
-                if let Some(n) = self.usage.get_mut(idx as usize) {
-                    *n += 1;
+                if let Some(idx) = catalog.consent_idx(s.consent.as_str()) {
+                    self.hold(
+                        contact.as_str(),
+                        HeldState {
+                            consent: idx,
+                            occurred_at: s.occurred_at,
+                            action: s.action,
+                        },
+                    );
                 }
             }
         }
@@ -610,19 +602,39 @@ impl Committer {
     /// this node has already recorded such a one.
     fn forget(&mut self, contact: &ContactId, hash: [u8; 32], erased_at: UnixNanos) {
         self.last_recorded = self.last_recorded.max(erased_at);
-        for s in self.index.remove(contact.as_str()).unwrap_or_default() {
+        for s in self.release(contact.as_str()) {
             if s.occurred_at > erased_at {
-                self.index.put(contact.as_str(), s);
-                continue;
-            }
-            if let Some(n) = self.usage.get_mut(s.consent as usize) {
-                *n = n.saturating_sub(1);
+                self.hold(contact.as_str(), s);
             }
         }
         if let Some(down) = &mut self.down {
             down.in_doubt.remove(contact);
         }
         self.erasures.record(hash, erased_at);
+    }
+
+    /// Puts a state in the index; a contact that did not hold the consent
+    /// before now counts for the deletion guard.
+    fn hold(&mut self, contact: &str, state: HeldState) {
+        if self.index.put(contact, state).is_none() {
+            let i = state.consent as usize;
+            if self.usage.len() <= i {
+                self.usage.resize(i + 1, 0);
+            }
+            self.usage[i] += 1;
+        }
+    }
+
+    /// Takes a contact's states out of the index and the deletion guard's
+    /// counts; returns them.
+    fn release(&mut self, contact: &str) -> Vec<HeldState> {
+        let states = self.index.remove(contact).unwrap_or_default();
+        for s in &states {
+            if let Some(n) = self.usage.get_mut(s.consent as usize) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        states
     }
 
     /// Applies a page of the shared store's feed: each applied event's
@@ -644,10 +656,9 @@ impl Committer {
             }
             // Rule 5: what occurred before an erasure of the contact (this
             // page may come after this node applied the erasure) is gone.
-            let key = ContactKey::from(e.contact.as_str());
             if self
                 .erasures
-                .erased_at(&key)
+                .erased_at(e.contact.as_str())
                 .is_some_and(|at| e.occurred_at <= at)
             {
                 continue;
@@ -661,17 +672,12 @@ impl Committer {
                 occurred_at: e.occurred_at,
                 action: e.action,
             };
-            match self.index.get(e.contact.as_str(), idx) {
-                Some(current) if !state.decision().supersedes(current.decision()) => {}
-                current => {
-                    self.index.put(e.contact.as_str(), state);
-                    if current.is_none() {
-                        if self.usage.len() <= idx as usize {
-                            self.usage.resize(idx as usize + 1, 0);
-                        }
-                        self.usage[idx as usize] += 1;
-                    }
-                }
+            let wins = self
+                .index
+                .get(e.contact.as_str(), idx)
+                .is_none_or(|current| state.decision().supersedes(current.decision()));
+            if wins {
+                self.hold(e.contact.as_str(), state);
             }
         }
         for (tombstone, contact) in page.erasures {

@@ -192,6 +192,23 @@ pub(crate) async fn health_of(
         .map(|r| r.into_inner().status())
 }
 
+/// Applies the catalog in force with `consent`'s text replaced: a new
+/// wording version.
+pub(crate) async fn reword(server: &TestServer, consent: &str, text: &str) {
+    let mut cat = server.catalog().await;
+    let mut spec = cat
+        .get_catalog(pb::GetCatalogRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    for c in &mut spec.consents {
+        if c.id == consent {
+            c.text = text.into();
+        }
+    }
+    cat.apply_catalog(spec).await.unwrap();
+}
+
 pub(crate) fn example_catalog_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/catalog.toml")
 }

@@ -15,25 +15,37 @@ mod process;
 
 use common::*;
 
-/// `n` nodes over one fresh database; the first applies the example
-/// catalog at start, the others load it from the store.
+/// `n` nodes over one fresh database of the shared test server; the first
+/// applies the example catalog at start, the others load it from the store.
 async fn nodes(n: usize) -> (Vec<TestServer>, Vec<tempfile::TempDir>, String) {
     let url = Throwaway::shared()
         .expect("PostgreSQL for the tests")
         .fresh_database();
+    let (servers, dirs) = nodes_on(&url, n, 5_000).await;
+    (servers, dirs, url)
+}
+
+/// `n` nodes over the database at `url`, each waiting at most
+/// `store_timeout_ms` for it.
+async fn nodes_on(
+    url: &str,
+    n: usize,
+    store_timeout_ms: u64,
+) -> (Vec<TestServer>, Vec<tempfile::TempDir>) {
     let mut servers = Vec::new();
     let mut dirs = Vec::new();
     for i in 0..n {
         let dir = tempfile::tempdir().unwrap();
         let mut config = consentd::Config::ephemeral(dir.path());
-        config.store = url.clone();
+        config.store = url.to_owned();
+        config.store_timeout_ms = store_timeout_ms;
         if i == 0 {
             config.catalog = Some(example_catalog_path());
         }
         servers.push(TestServer::start_with(config).await);
         dirs.push(dir);
     }
-    (servers, dirs, url)
+    (servers, dirs)
 }
 
 fn fresh_check(contact: &str, min_sequence: u64) -> pb::CanSendRequest {
@@ -91,18 +103,7 @@ async fn a_write_on_one_node_is_read_on_the_others_with_its_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_catalog_applied_on_one_node_is_served_by_the_others() {
     let (nodes, _dirs, _) = nodes(3).await;
-    let mut cat = nodes[2].catalog().await;
-    let mut spec = cat
-        .get_catalog(pb::GetCatalogRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    for c in &mut spec.consents {
-        if c.id == "surveys" {
-            c.text = "Surveys, second wording".into();
-        }
-    }
-    cat.apply_catalog(spec).await.unwrap();
+    reword(&nodes[2], "surveys", "Surveys, second wording").await;
     for node in &nodes[..2] {
         let mut cat = node.catalog().await;
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -299,20 +300,7 @@ async fn the_database_restarted_under_check_traffic_on_two_nodes() {
         println!("SKIPPED: an external CONSENTD_TEST_DATABASE_URL cannot be restarted by the test");
         return;
     }
-    let url = pg.fresh_database();
-    let mut nodes = Vec::new();
-    let mut dirs = Vec::new();
-    for i in 0..2 {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = consentd::Config::ephemeral(dir.path());
-        config.store = url.clone();
-        config.store_timeout_ms = 2_000;
-        if i == 0 {
-            config.catalog = Some(example_catalog_path());
-        }
-        nodes.push(TestServer::start_with(config).await);
-        dirs.push(dir);
-    }
+    let (nodes, _dirs) = nodes_on(&pg.fresh_database(), 2, 2_000).await;
     let mut a = nodes[0].consents().await;
     let mut acknowledged = Vec::new();
     for i in 0..20 {

@@ -178,18 +178,8 @@ async fn consentctl_migrate_moves_a_redb_store_to_postgres_whole() {
     })
     .await
     .unwrap();
+    reword(&a, "surveys", "Surveys, second wording").await;
     let mut cat = a.catalog().await;
-    let mut spec = cat
-        .get_catalog(pb::GetCatalogRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    for c in &mut spec.consents {
-        if c.id == "surveys" {
-            c.text = "Surveys, second wording".into();
-        }
-    }
-    cat.apply_catalog(spec).await.unwrap();
     let link = cons
         .issue_unsubscribe_link(pb::IssueUnsubscribeLinkRequest {
             contact_id: "bob".into(),

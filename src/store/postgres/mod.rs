@@ -56,8 +56,8 @@ const POOL_SIZE: usize = 8;
 const LOAD_CHUNK: i32 = 20_000;
 /// The NOTIFY channel of the change feed.
 const FEED_CHANNEL: &str = "consentd_feed";
-/// Notices kept for a node that has not read them yet; beyond, they are
-/// dropped and the node told it lost some.
+/// Erasure notices kept for a node that has not read them yet; beyond,
+/// they are dropped (the node then finds those contacts by keyed hash).
 const MAX_HEARD: usize = 100_000;
 /// Key of the advisory lock that serialises migrations across nodes.
 const MIGRATION_LOCK: i64 = 0x636f_6e73_656e_7464; // "consentd"
@@ -91,19 +91,20 @@ impl Ears {
             && let Some((sequence, contact)) = rest.split_once(':')
             && let Ok(sequence) = sequence.parse()
         {
+            // Beyond the bound a notice is dropped: the feed then finds the
+            // contact by its keyed hash instead.
             if heard.erasures.len() < MAX_HEARD {
                 heard.erasures.push((sequence, contact.to_owned()));
-            } else {
-                heard.lost = true;
             }
         }
         self.pending.fetch_add(1, Ordering::SeqCst);
         self.woke.notify_all();
     }
 
-    /// The connection dropped: notices may be missed until it is back.
+    /// The connection dropped: notices may be missed until it is back (the
+    /// feed reads the store anyway; an erasure missed costs a hash scan),
+    /// so the node reads now.
     fn lose(&self) {
-        self.heard.lock().unwrap_or_else(|e| e.into_inner()).lost = true;
         self.pending.fetch_add(1, Ordering::SeqCst);
         self.woke.notify_all();
     }
@@ -499,35 +500,24 @@ impl Columns {
         self.next_sequence += by;
     }
 
-    fn of(batch: &WriteBatch) -> Result<Columns, StoreError> {
+    /// The batch as column arrays; it is consumed, so evidence, keys and
+    /// actors move instead of being copied.
+    fn of(batch: WriteBatch) -> Result<Columns, StoreError> {
         let mut c = Columns {
             next_sequence: i64_of(batch.next_sequence, "next_sequence")?,
-            wordings: batch.wordings.clone(),
             catalog: batch
                 .catalog
                 .as_ref()
                 .map(serde_json::to_value)
                 .transpose()
                 .map_err(|e| StoreError::corrupt("meta", format!("catalog: {e}")))?,
+            wordings: batch.wordings,
             ..Default::default()
         };
         // The last applied event of a (contact, consent) in the batch is its
         // state; one row each, so that the upsert touches a row once.
         let mut last_state = std::collections::HashMap::new();
         for (i, e) in batch.events.iter().enumerate() {
-            let ev = &mut c.events;
-            ev.sequence.push(i64_of(e.sequence, "sequence")?);
-            ev.contact.push(e.contact.to_string());
-            ev.consent.push(e.consent.to_string());
-            ev.action.push(e.action as i16);
-            ev.occurred_at.push(e.occurred_at);
-            ev.recorded_at.push(e.recorded_at);
-            ev.source.push(e.source as i16);
-            ev.evidence.push(Json(e.evidence.clone()));
-            ev.version.push(e.version as i32);
-            ev.idempotency_key.push(e.idempotency_key.clone());
-            ev.applied.push(e.applied);
-            ev.actor.push(e.actor.clone());
             if e.applied {
                 last_state.insert((e.contact.as_str(), e.consent.as_str()), i);
             }
@@ -546,8 +536,23 @@ impl Columns {
             st.version.push(e.version as i32);
             st.sequence.push(i64_of(e.sequence, "sequence")?);
         }
-        for (key, r) in &batch.idempotency {
-            c.keys.push(key.clone());
+        for e in batch.events {
+            let ev = &mut c.events;
+            ev.sequence.push(i64_of(e.sequence, "sequence")?);
+            ev.contact.push(e.contact.to_string());
+            ev.consent.push(e.consent.to_string());
+            ev.action.push(e.action as i16);
+            ev.occurred_at.push(e.occurred_at);
+            ev.recorded_at.push(e.recorded_at);
+            ev.source.push(e.source as i16);
+            ev.evidence.push(Json(e.evidence));
+            ev.version.push(e.version as i32);
+            ev.idempotency_key.push(e.idempotency_key);
+            ev.applied.push(e.applied);
+            ev.actor.push(e.actor);
+        }
+        for (key, r) in batch.idempotency {
+            c.keys.push(key);
             c.key_sequences.push(i64_of(r.sequence, "sequence")?);
             c.key_times.push(r.recorded_at);
             c.key_fingerprints.push(r.fingerprint.to_vec());
@@ -819,7 +824,7 @@ impl PgStore {
                 .idempotency
                 .retain(|(k, _)| !taken.contains_key(k.as_str()));
         }
-        let mut c = Columns::of(&batch)?;
+        let mut c = Columns::of(batch)?;
         // Sequences are assigned here, in commit order: a batch numbered
         // below what others committed meanwhile moves up past it, whole.
         let first = batch_first
@@ -977,7 +982,9 @@ impl Store for PgStore {
                     "SELECT next_sequence, erasure_key, catalog, catalog_version,
                          (SELECT count(DISTINCT contact) FROM consentd.states) AS contacts,
                          GREATEST(
-                             (SELECT max(recorded_at) FROM consentd.events),
+                             -- The newest events by sequence, not a scan of all.
+                             (SELECT max(recorded_at) FROM (SELECT recorded_at
+                                 FROM consentd.events ORDER BY sequence DESC LIMIT 1000) AS newest),
                              (SELECT max(erased_at) FROM consentd.erasures),
                              (SELECT max(in_force_from) FROM consentd.wordings)) AS last
                      FROM consentd.meta",

@@ -11,6 +11,7 @@ mod support;
 use std::hint::black_box;
 
 use consentd::authority::answer_check;
+use consentd::clock::SystemClock;
 use consentd::domain::{Action, Catalog, HeldState};
 use consentd::index::Index;
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -44,6 +45,8 @@ fn build(cat: &Catalog, n: u64) -> Index {
                 } else {
                     Action::Grant
                 },
+                by_person: false,
+                version: 1,
             },
         );
     }
@@ -60,8 +63,20 @@ fn build(cat: &Catalog, n: u64) -> Index {
     index
 }
 
+/// The same catalog where the umbrella lapses after a year: every check
+/// then reads the clock and compares the grant's age.
+fn expiring(cat: &Catalog) -> Catalog {
+    let mut spec = cat.spec().clone();
+    for c in &mut spec.consents {
+        c.valid_for_days = 365;
+    }
+    cat.compile(spec, 0).unwrap().catalog
+}
+
 fn bench(c: &mut Criterion) {
     let cat = catalog();
+    let lapsing = expiring(&cat);
+    let clock = SystemClock;
     for (label, n) in [("1M", 1_000_000u64), ("10M", 10_000_000)] {
         let index = build(&cat, n);
         // Random probes (a fixed LCG), most of them known contacts.
@@ -79,10 +94,21 @@ fn bench(c: &mut Criterion) {
         group.bench_function("email/acme", |b| {
             b.iter(|| {
                 i = (i + 1) & ((1 << 16) - 1);
-                black_box(answer_check(&cat, &index, &probes[i], "email", "acme", "").unwrap())
+                black_box(
+                    answer_check(&cat, &index, &clock, &probes[i], "email", "acme", "").unwrap(),
+                )
             })
         });
         if n == 1_000_000 {
+            group.bench_function("email/acme+expiry", |b| {
+                b.iter(|| {
+                    i = (i + 1) & ((1 << 16) - 1);
+                    black_box(
+                        answer_check(&lapsing, &index, &clock, &probes[i], "email", "acme", "")
+                            .unwrap(),
+                    )
+                })
+            });
             let cell = cat.cell("", "email", "acme").unwrap();
             let cover = cat.covering(cell);
             group.bench_function("parts/cell", |b| {
@@ -96,7 +122,7 @@ fn bench(c: &mut Criterion) {
             group.bench_function("parts/index", |b| {
                 b.iter(|| {
                     i = (i + 1) & ((1 << 16) - 1);
-                    black_box(index.verdict(&probes[i], cover))
+                    black_box(index.verdict(&probes[i], cover, cat.terms(), 0))
                 })
             });
         }

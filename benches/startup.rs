@@ -161,6 +161,9 @@ fn write_contacts(store: &dyn Store, spec: &CatalogSpec, contacts: u64) -> anyho
                 idempotency_key: None,
                 applied: true,
                 actor: "crm-import".into(),
+                pending: false,
+                confirmed: false,
+                confirmation_link: false,
             })
             .collect();
         store.commit(&WriteBatch {

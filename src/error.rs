@@ -67,6 +67,17 @@ pub enum Error {
     /// refused at once, nothing recorded; retry later.
     #[error("overloaded: {0}; nothing was recorded")]
     Overloaded(String),
+    /// The contact has too many grants waiting for confirmation already
+    /// (DESIGN.md §7: confirmation mails cannot flood anyone).
+    #[error(
+        "contact {} has {} pending grants waiting for confirmation already; nothing was recorded",
+        crate::domain::ids::quote(.0),
+        crate::domain::MAX_PENDING_PER_CONTACT
+    )]
+    TooManyPending(String),
+    /// No grant of the contact waits for confirmation of this consent.
+    #[error("no grant of consent {0:?} waits for this contact's confirmation")]
+    NothingPending(String),
     /// The caller's deadline passed before the change could be recorded:
     /// it was not applied.
     #[error("the deadline passed before the change was recorded; it was not applied")]

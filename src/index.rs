@@ -5,19 +5,33 @@
 //! reader never sees a decision that could still be lost. Lookups are
 //! synchronous and hold a shard read lock only for the few nanoseconds of
 //! [`verdict`]: no lock is ever held across an `.await`.
+//!
+//! Pending grants (double opt-in) live in a second map: CanSend reads it
+//! only when nothing else decides and some contact has one waiting, so the
+//! common answer pays one relaxed atomic load for it.
+
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 
 use compact_str::CompactString;
 use dashmap::DashMap;
 use smallvec::SmallVec;
 
-use crate::domain::{ConsentIdx, HeldState, Verdict, verdict};
+use crate::domain::{ConsentIdx, HeldState, PendingRecord, Terms, UnixNanos, Verdict, verdict};
 
 /// One inline state covers the common contact without a heap allocation.
 type States = SmallVec<[HeldState; 1]>;
 
+type Map<V> = DashMap<CompactString, V, foldhash::fast::RandomState>;
+
 /// Contact → its states, sharded for concurrent readers.
 pub struct Index {
-    map: DashMap<CompactString, States, foldhash::fast::RandomState>,
+    map: Map<States>,
+    /// Contact → its pending grants, by consent.
+    pending: Map<SmallVec<[(ConsentIdx, PendingRecord); 1]>>,
+    /// Contacts in `pending`: 0 lets CanSend skip it.
+    pending_contacts: AtomicUsize,
+    /// How long a confirmation link works (a pending grant waits as long).
+    confirmation_ttl: AtomicI64,
 }
 
 impl Default for Index {
@@ -34,14 +48,96 @@ impl Index {
                 contacts,
                 foldhash::fast::RandomState::default(),
             ),
+            pending: DashMap::with_hasher(foldhash::fast::RandomState::default()),
+            pending_contacts: AtomicUsize::new(0),
+            confirmation_ttl: AtomicI64::new(i64::MAX),
         }
     }
 
-    /// Decides CanSend for `contact` over a precomputed covering set.
-    pub fn verdict(&self, contact: &str, cover: &[ConsentIdx]) -> Verdict {
-        match self.map.get(contact) {
-            Some(states) => verdict(&states, cover),
-            None => verdict(&[], cover),
+    /// Sets how long a pending grant waits for its confirmation.
+    pub fn set_confirmation_ttl(&self, ttl: UnixNanos) {
+        self.confirmation_ttl.store(ttl, Ordering::Relaxed);
+    }
+
+    /// Whether any contact has a pending grant (CanSend then needs the time).
+    #[inline]
+    pub fn has_pending(&self) -> bool {
+        self.pending_contacts.load(Ordering::Relaxed) > 0
+    }
+
+    /// Decides CanSend for `contact` over a precomputed covering set, with
+    /// the catalog's lapse `terms`, at `now` (read only when something
+    /// lapses by age or a grant is pending).
+    pub fn verdict(
+        &self,
+        contact: &str,
+        cover: &[ConsentIdx],
+        terms: &[Terms],
+        now: UnixNanos,
+    ) -> Verdict {
+        let v = match self.map.get(contact) {
+            Some(states) => verdict(&states, cover, terms, now),
+            None => verdict(&[], cover, terms, now),
+        };
+        if v == Verdict::NoConsent && self.has_pending() && self.waits(contact, cover, now) {
+            return Verdict::PendingConfirmation;
+        }
+        v
+    }
+
+    /// Whether a pending grant of one of `cover` waits for `contact`.
+    fn waits(&self, contact: &str, cover: &[ConsentIdx], now: UnixNanos) -> bool {
+        let ttl = self.confirmation_ttl.load(Ordering::Relaxed);
+        self.pending.get(contact).is_some_and(|p| {
+            p.iter()
+                .any(|(c, r)| cover.contains(c) && r.waits(now, ttl))
+        })
+    }
+
+    /// The pending grants of a contact, by consent.
+    pub fn pending(&self, contact: &str) -> Vec<(ConsentIdx, PendingRecord)> {
+        self.pending
+            .get(contact)
+            .map(|p| p.to_vec())
+            .unwrap_or_default()
+    }
+
+    /// Sets (or, with `None`, ends) the wait of (contact, consent).
+    pub fn set_pending(&self, contact: &str, consent: ConsentIdx, record: Option<PendingRecord>) {
+        match record {
+            Some(r) => {
+                if let Some(mut p) = self.pending.get_mut(contact) {
+                    match p.iter_mut().find(|(c, _)| *c == consent) {
+                        Some(slot) => slot.1 = r,
+                        None => p.push((consent, r)),
+                    }
+                    return;
+                }
+                let mut p = SmallVec::new();
+                p.push((consent, r));
+                if self
+                    .pending
+                    .insert(CompactString::from(contact), p)
+                    .is_none()
+                {
+                    self.pending_contacts.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            None => {
+                let now_empty = self.pending.get_mut(contact).is_some_and(|mut p| {
+                    p.retain(|(c, _)| *c != consent);
+                    p.is_empty()
+                });
+                if now_empty {
+                    self.drop_pending(contact);
+                }
+            }
+        }
+    }
+
+    fn drop_pending(&self, contact: &str) {
+        if self.pending.remove(contact).is_some() {
+            self.pending_contacts.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -72,11 +168,17 @@ impl Index {
         None
     }
 
-    /// Forgets a contact, returning the states it held.
+    /// Forgets a contact's states, returning them (its pending grants
+    /// stay: see [`Index::forget_pending`]).
     pub fn remove(&self, contact: &str) -> Option<Vec<HeldState>> {
         self.map
             .remove(contact)
             .map(|(_, states)| states.into_vec())
+    }
+
+    /// Forgets a contact's pending grants (an erasure).
+    pub fn forget_pending(&self, contact: &str) {
+        self.drop_pending(contact);
     }
 
     /// A contact whose id satisfies `matches`, if any (a full scan).
@@ -96,7 +198,7 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::Action;
+    use crate::domain::{Action, PendingRecord};
 
     #[test]
     fn put_replaces_per_consent_and_decide_reads_it() {
@@ -105,17 +207,64 @@ mod tests {
             occurred_at: at,
             consent,
             action: Action::Grant,
+            by_person: false,
+            version: 1,
         };
-        assert_eq!(index.verdict("x", &[0]), Verdict::NoConsent);
+        assert_eq!(index.verdict("x", &[0], &[], 0), Verdict::NoConsent);
         assert_eq!(index.put("x", g(0, 1)), None);
         assert_eq!(index.put("x", g(1, 2)), None);
         assert_eq!(index.put("x", g(0, 3)), Some(g(0, 1)));
         assert_eq!(index.get("x", 0), Some(g(0, 3)));
         assert_eq!(
-            index.verdict("x", &[1, 0]),
+            index.verdict("x", &[1, 0], &[], 0),
             Verdict::Granted { by: 0, at: 3 }
         );
         assert_eq!(index.contacts(), 1);
         assert_eq!(std::mem::size_of::<HeldState>(), 16);
+    }
+
+    #[test]
+    fn a_pending_grant_answers_only_when_nothing_decides_and_until_its_link_expires() {
+        let index = Index::default();
+        index.set_confirmation_ttl(100);
+        let waiting = PendingRecord {
+            count: 1,
+            last_at: 10,
+            link_at: 10,
+        };
+        index.set_pending("p", 1, Some(waiting));
+        assert!(index.has_pending());
+        assert_eq!(
+            index.verdict("p", &[1, 0], &[], 50),
+            Verdict::PendingConfirmation
+        );
+        assert_eq!(
+            index.verdict("p", &[0], &[], 50),
+            Verdict::NoConsent,
+            "not in the cover"
+        );
+        assert_eq!(
+            index.verdict("p", &[1, 0], &[], 110),
+            Verdict::NoConsent,
+            "expired"
+        );
+        // A confirmed umbrella grant keeps deciding while a child waits.
+        index.put(
+            "p",
+            HeldState {
+                occurred_at: 5,
+                consent: 0,
+                action: Action::Grant,
+                by_person: false,
+                version: 1,
+            },
+        );
+        assert_eq!(
+            index.verdict("p", &[1, 0], &[], 50),
+            Verdict::Granted { by: 0, at: 5 }
+        );
+        index.set_pending("p", 1, None);
+        assert!(!index.has_pending());
+        assert!(index.pending("p").is_empty());
     }
 }

@@ -1,12 +1,16 @@
-//! Sealed unsubscribe links (DESIGN.md rule 4 and §4).
+//! Sealed links: unsubscribe (DESIGN.md rule 4 and §4), double opt-in
+//! confirmation and preference center (§7).
 //!
-//! A token is `base64url(version || key id || nonce || sealed)`, where
+//! A token is `base64url(kind || key id || nonce || sealed)`, where
 //! `sealed` is the claim (contact, the consent the link withdraws, its
 //! purpose, the channel and brand it was minted for, the issue time)
 //! encrypted and authenticated with XChaCha20-Poly1305 under the key named
 //! in clear; the version and key id are authenticated too. Without the key a
 //! token reveals nothing: not the contact, not the consent, so it is safe in
-//! proxy logs, click trackers and old mails. The 24-byte nonce (16 random
+//! proxy logs, click trackers and old mails. The kind byte (2: unsubscribe,
+//! the format's first version; 3: confirmation; 4: preferences) is
+//! authenticated, so a token of one kind never opens as another (an
+//! unsubscribe link cannot confirm a grant). The 24-byte nonce (16 random
 //! bytes per process, then a counter) makes every token distinct.
 //!
 //! Keys rotate by id: every known key opens, the newest seals. The first
@@ -35,8 +39,38 @@ use crate::domain::{ConsentId, ContactId, ids::check_id};
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// Token format version: 2 is sealed (1, signed only, is no longer read).
-const VERSION: u8 = 2;
+/// What a link is for: the token's first byte. 1 (signed only) is no
+/// longer read; 2 is the first sealed format, unsubscribe links.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum LinkKind {
+    /// `/u/{token}`: withdraws (rule 4).
+    Unsubscribe = 2,
+    /// `/c/{token}`: confirms a pending grant (double opt-in).
+    Confirm = 3,
+    /// `/p/{token}`: the preference center of one purpose.
+    Preferences = 4,
+}
+
+impl LinkKind {
+    fn from_u8(b: u8) -> Option<Self> {
+        match b {
+            2 => Some(Self::Unsubscribe),
+            3 => Some(Self::Confirm),
+            4 => Some(Self::Preferences),
+            _ => None,
+        }
+    }
+
+    /// The path segment of its page.
+    pub fn path(self) -> &'static str {
+        match self {
+            Self::Unsubscribe => "u",
+            Self::Confirm => "c",
+            Self::Preferences => "p",
+        }
+    }
+}
 const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
 /// What a configured secret is bound to before it becomes an AEAD key.
@@ -59,15 +93,18 @@ pub enum LinkError {
 /// What a token asserts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
+    /// What the link is for.
+    pub kind: LinkKind,
     /// Whose link it is.
     pub contact: ContactId,
-    /// The consent the link withdraws (the most specific of the covering set).
+    /// The consent the link withdraws (the most specific of the covering
+    /// set), confirms, or (preferences) the purpose again.
     pub consent: ConsentId,
     /// The purpose (root consent) it was minted for.
     pub purpose: ConsentId,
-    /// The channel it was minted for.
+    /// The channel it was minted for (empty: not for one channel).
     pub channel: String,
-    /// The brand it was minted for.
+    /// The brand it was minted for (empty: not for one brand).
     pub brand: String,
     /// Nanoseconds since the epoch.
     pub issued_at: i64,
@@ -136,9 +173,14 @@ impl Links {
         })
     }
 
-    /// The absolute URL of the page behind a token.
+    /// The absolute URL of the unsubscribe page behind a token.
     pub fn url(&self, token: &str) -> String {
-        format!("{}/u/{token}", self.base)
+        self.url_of(LinkKind::Unsubscribe, token)
+    }
+
+    /// The absolute URL of the page of a `kind` of link.
+    pub fn url_of(&self, kind: LinkKind, token: &str) -> String {
+        format!("{}/{}/{token}", self.base, kind.path())
     }
 
     /// Seals a claim with the newest key.
@@ -148,7 +190,7 @@ impl Links {
             .last()
             .expect("Links::open refuses an empty key ring");
         let mut header = Vec::with_capacity(2 + key.id.len());
-        header.push(VERSION);
+        header.push(claim.kind as u8);
         push_short(&mut header, key.id.as_bytes());
         let mut plain = Vec::with_capacity(96 + claim.contact.as_str().len());
         let contact = claim.contact.as_str().as_bytes();
@@ -188,9 +230,7 @@ impl Links {
         }
         let raw = URL_SAFE_NO_PAD.decode(token).ok()?;
         let mut r = Reader(&raw);
-        if r.byte()? != VERSION {
-            return None;
-        }
+        let kind = LinkKind::from_u8(r.byte()?)?;
         let kid = r.short()?;
         let header_len = raw.len() - r.0.len();
         let key = self.keys.iter().find(|k| k.id.as_bytes() == kid)?;
@@ -220,9 +260,14 @@ impl Links {
         if !r.0.is_empty() {
             return None;
         }
-        check_id("channel", channel).ok()?;
-        check_id("brand", brand).ok()?;
+        let id_or_none = |field, v: &str| {
+            (kind != LinkKind::Unsubscribe && v.is_empty()) || check_id(field, v).is_ok()
+        };
+        if !id_or_none("channel", channel) || !id_or_none("brand", brand) {
+            return None;
+        }
         Some(Claim {
+            kind,
             contact: ContactId::parse("contact_id", contact).ok()?,
             consent: ConsentId::parse("consent_id", consent).ok()?,
             purpose: ConsentId::parse("purpose", purpose).ok()?,
@@ -358,6 +403,7 @@ mod tests {
 
     fn claim() -> Claim {
         Claim {
+            kind: LinkKind::Unsubscribe,
             contact: ContactId::parse("c", "anna@example.com").unwrap(),
             consent: ConsentId::parse("c", "marketing.acme.email").unwrap(),
             purpose: ConsentId::parse("c", "marketing").unwrap(),
@@ -369,6 +415,31 @@ mod tests {
 
     fn secret(b: u8) -> String {
         URL_SAFE_NO_PAD.encode([b; 32])
+    }
+
+    #[test]
+    fn a_token_keeps_its_kind_and_another_kind_cannot_be_forged_from_it() {
+        let links =
+            Links::with_keys("test", &[&format!("k1={}", secret(1))], &[], "https://x").unwrap();
+        let mut confirm = claim();
+        confirm.kind = LinkKind::Confirm;
+        confirm.channel.clear();
+        confirm.brand.clear();
+        let token = links.mint(&confirm);
+        assert_eq!(links.verify(&token), Some(confirm));
+        assert!(
+            links
+                .url_of(LinkKind::Confirm, &token)
+                .starts_with("https://x/c/")
+        );
+        // Flipping the kind byte (confirm -> unsubscribe) breaks the seal.
+        let mut raw = URL_SAFE_NO_PAD.decode(&token).unwrap();
+        raw[0] = LinkKind::Unsubscribe as u8;
+        assert_eq!(links.verify(&URL_SAFE_NO_PAD.encode(raw)), None);
+        // An unsubscribe claim must name its channel and brand.
+        let mut bare = claim();
+        bare.channel.clear();
+        assert_eq!(links.verify(&links.mint(&bare)), None);
     }
 
     #[test]
@@ -384,7 +455,9 @@ mod tests {
         assert_eq!(rotated.verify(&token), Some(claim()));
         let new = rotated.mint(&claim());
         assert!(
-            new.starts_with(&URL_SAFE_NO_PAD.encode([VERSION, 2, b'k', b'2'])[..4]),
+            new.starts_with(
+                &URL_SAFE_NO_PAD.encode([LinkKind::Unsubscribe as u8, 2, b'k', b'2'])[..4]
+            ),
             "the newest key seals"
         );
         assert_eq!(rotated.verify(&new), Some(claim()));
@@ -494,6 +567,7 @@ mod properties {
             issued_at in any::<i64>(),
         ) {
             let claim = Claim {
+                kind: LinkKind::Unsubscribe,
                 contact: ContactId::parse("c", &contact).unwrap(),
                 consent: ConsentId::parse("c", &consent).unwrap(),
                 purpose: ConsentId::parse("c", &purpose).unwrap(),

@@ -19,6 +19,9 @@ pub(crate) struct Tally {
     no_consent: u64,
     not_covered: u64,
     invalid: u64,
+    pending_confirmation: u64,
+    expired: u64,
+    stale_wording: u64,
 }
 
 impl Tally {
@@ -29,6 +32,9 @@ impl Tally {
             Verdict::Withdrawn { .. } => &mut self.withdrawn,
             Verdict::NoConsent => &mut self.no_consent,
             Verdict::NotCovered => &mut self.not_covered,
+            Verdict::PendingConfirmation => &mut self.pending_confirmation,
+            Verdict::Expired => &mut self.expired,
+            Verdict::StaleWording => &mut self.stale_wording,
         } += 1;
     }
 
@@ -111,6 +117,17 @@ pub(crate) struct Metrics {
     no_consent: AtomicU64,
     not_covered: AtomicU64,
     invalid: AtomicU64,
+    pending_confirmation: AtomicU64,
+    expired: AtomicU64,
+    stale_wording: AtomicU64,
+    /// Grants taken as pending, and confirmation links sent for them.
+    pending_grants: AtomicU64,
+    confirmation_links: AtomicU64,
+    /// Clicks on confirmation pages: confirmed, "this wasn't me".
+    confirmations: AtomicU64,
+    not_me: AtomicU64,
+    /// Changes recorded through the preference center.
+    preference_changes: AtomicU64,
     commits: AtomicU64,
     committed_changes: AtomicU64,
     commit_micros: AtomicU64,
@@ -136,6 +153,9 @@ impl Metrics {
             (&self.no_consent, t.no_consent),
             (&self.not_covered, t.not_covered),
             (&self.invalid, t.invalid),
+            (&self.pending_confirmation, t.pending_confirmation),
+            (&self.expired, t.expired),
+            (&self.stale_wording, t.stale_wording),
         ] {
             if n > 0 {
                 counter.fetch_add(n, Relaxed);
@@ -158,6 +178,28 @@ impl Metrics {
     /// A confirmed unsubscribe click (page or RFC 8058 one-click POST).
     pub(crate) fn unsubscribed(&self) {
         self.unsubscribes.fetch_add(1, Relaxed);
+    }
+
+    /// A grant taken as pending; `link` when a confirmation link went out.
+    pub(crate) fn pending_grant(&self, link: bool) {
+        self.pending_grants.fetch_add(1, Relaxed);
+        if link {
+            self.confirmation_links.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A click on a confirmation page that recorded something.
+    pub(crate) fn confirmation_click(&self, not_me: bool) {
+        if not_me {
+            self.not_me.fetch_add(1, Relaxed);
+        } else {
+            self.confirmations.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Changes recorded by one preference-center form.
+    pub(crate) fn preference_changes(&self, n: u64) {
+        self.preference_changes.fetch_add(n, Relaxed);
     }
 
     pub(crate) fn imported(&self, rows: u64) {
@@ -248,6 +290,9 @@ impl Metrics {
             ("no_consent", &self.no_consent),
             ("not_covered", &self.not_covered),
             ("invalid", &self.invalid),
+            ("pending_confirmation", &self.pending_confirmation),
+            ("expired", &self.expired),
+            ("stale_wording", &self.stale_wording),
         ] {
             let _ = writeln!(
                 out,
@@ -255,6 +300,23 @@ impl Metrics {
                 get(c)
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP consentd_pending_grants_total Grants taken as pending (double opt-in, or over a withdrawal the person made).\n# TYPE consentd_pending_grants_total counter\nconsentd_pending_grants_total {}\n# HELP consentd_confirmation_links_total Confirmation links minted for pending grants.\n# TYPE consentd_confirmation_links_total counter\nconsentd_confirmation_links_total {}",
+            get(&self.pending_grants),
+            get(&self.confirmation_links)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP consentd_confirmation_clicks_total Clicks on confirmation pages that recorded a change, by button.\n# TYPE consentd_confirmation_clicks_total counter\nconsentd_confirmation_clicks_total{{button=\"confirm\"}} {}\nconsentd_confirmation_clicks_total{{button=\"not_me\"}} {}",
+            get(&self.confirmations),
+            get(&self.not_me)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP consentd_preference_changes_total Changes recorded through the preference center.\n# TYPE consentd_preference_changes_total counter\nconsentd_preference_changes_total {}",
+            get(&self.preference_changes)
+        );
         out.push_str(
             "# HELP consentd_shed_total Calls refused to stay within bounds, by reason.\n",
         );

@@ -224,6 +224,9 @@ fn event(n: u64) -> EventRecord {
         idempotency_key: None,
         applied: true,
         actor: "crm".into(),
+        pending: false,
+        confirmed: false,
+        confirmation_link: false,
     }
 }
 

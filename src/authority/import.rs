@@ -43,6 +43,8 @@ pub struct ImportSummary {
     pub superseded: u64,
     /// Invalid rows.
     pub rejected: u64,
+    /// Grants taken as pending (recorded, waiting for the person).
+    pub pending: u64,
     /// The first 1,000 rejected rows (`MAX_IMPORT_ERRORS`).
     pub errors: Vec<RowError>,
 }
@@ -124,7 +126,10 @@ impl Import {
         self.summary.received += 1;
         let n = self.summary.received;
         match row {
-            Ok(change) => {
+            Ok(mut change) => {
+                // No row's answer reaches a person: links for pending rows
+                // are minted later (IssueConfirmationLink).
+                change.bulk = true;
                 // The oldest row of this import settles first when the
                 // budget is spent by others, so two imports never wait on
                 // each other forever.
@@ -179,6 +184,10 @@ impl Import {
             .unwrap_or_else(|_| Err(Error::OutcomeUnknown("the writer stopped".into())));
         match answer {
             Ok(out) if out.applied => self.summary.applied += 1,
+            Ok(out) if out.pending.is_some() => {
+                self.metrics.pending_grant(false);
+                self.summary.pending += 1;
+            }
             Ok(_) => self.summary.superseded += 1,
             Err(
                 e @ (Error::Storage(_)

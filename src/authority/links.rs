@@ -13,7 +13,7 @@ use crate::domain::{
     Action, Catalog, Change, ChangeOutcome, ConsentId, ConsentIdx, ContactId, Evidence, Source,
     ids::check_contact,
 };
-use crate::links::Claim;
+use crate::links::{Claim, LinkKind};
 
 use super::{Authority, Error};
 
@@ -46,6 +46,7 @@ impl Authority {
         let id = |idx| ConsentId::parse("consent_id", catalog.consent_id(idx));
         let purpose = catalog.consent(consent).map_or(consent, |c| c.purpose);
         let claim = Claim {
+            kind: LinkKind::Unsubscribe,
             contact: ContactId::parse("contact_id", contact)
                 .expect("validated by the check that chose this consent"),
             consent: id(consent).expect("catalog ids are valid"),
@@ -84,7 +85,10 @@ impl Authority {
     /// Verifies a link token and gathers what its page shows; `None` for
     /// any token that is not authentic.
     pub fn link_page(&self, token: &str) -> Option<LinkPage> {
-        let claim = self.links.verify(token)?;
+        let claim = self
+            .links
+            .verify(token)
+            .filter(|c| c.kind == LinkKind::Unsubscribe)?;
         let catalog = self.catalog.load();
         let title = |idx: Option<ConsentIdx>, fallback: &str| {
             idx.and_then(|i| catalog.consent(i))
@@ -135,6 +139,9 @@ impl Authority {
             idempotency_key: None,
             issued_at: Some(claim.issued_at),
             actor: PAGE_ACTOR.to_owned(),
+            confirmed: false,
+            resend: false,
+            bulk: false,
         };
         let outcome = self.writer.change_waiting(change).await?;
         self.metrics.unsubscribed();

@@ -12,6 +12,7 @@
 
 mod import;
 mod links;
+mod pages;
 mod reads;
 
 use std::sync::Arc;
@@ -21,6 +22,10 @@ use arc_swap::ArcSwap;
 
 pub use self::import::{Import, ImportSummary, RowError};
 pub use self::links::{LinkPage, PAGE_ACTOR};
+pub use self::pages::{
+    CONFIRM_ACTOR, ConfirmPage, Confirmation, Confirmed, PREFERENCES_ACTOR, PreferenceItem,
+    PreferencePage, PreferenceRefusal, PreferenceResult, Shown,
+};
 pub use self::reads::{ContactExport, MAX_HISTORY_PAGE};
 pub use crate::error::Error;
 
@@ -32,7 +37,7 @@ use crate::domain::{
 use crate::index::Index;
 use crate::links::Links;
 use crate::metrics::{Metrics, Shed, Tally};
-use crate::store::{Store, StoreError, WriteBatch};
+use crate::store::{Loaded, Store, StoreError, WriteBatch};
 use crate::writer::{Applied, Writer, WriterStart};
 
 /// Longest erasure reason kept with a tombstone, in bytes.
@@ -52,10 +57,12 @@ pub struct Answer {
 
 /// The whole CanSend decision over a catalog snapshot and the index: what
 /// the server runs per check, and what `benches/decision.rs` measures.
-/// Allocates nothing.
+/// Allocates nothing; reads the clock only when a consent lapses by age or
+/// a grant is pending somewhere.
 pub fn answer_check(
     catalog: &Catalog,
     index: &Index,
+    clock: &dyn Clock,
     contact: &str,
     channel: &str,
     brand: &str,
@@ -64,11 +71,15 @@ pub fn answer_check(
     check_contact("contact_id", contact)?;
     let cell = catalog.cell(purpose, channel, brand)?;
     let cover = catalog.covering(cell);
-    let verdict = index.verdict(contact, cover);
-    let decided_by = match verdict {
-        Verdict::Granted { by, .. } | Verdict::Withdrawn { by, .. } => catalog.consent_id(by),
-        Verdict::NoConsent | Verdict::NotCovered => "",
+    let now = if catalog.expires() || index.has_pending() {
+        clock.now()
+    } else {
+        0
     };
+    let verdict = index.verdict(contact, cover, catalog.terms(), now);
+    let decided_by = verdict
+        .decided()
+        .map_or("", |(by, _)| catalog.consent_id(by));
     Ok(Answer {
         verdict,
         decided_by,
@@ -97,6 +108,8 @@ pub struct Authority {
     clock: Arc<dyn Clock>,
     /// How far this node's index has caught up with the store.
     applied: Arc<Applied>,
+    /// How long a confirmation link works.
+    confirmation_ttl: Duration,
 }
 
 /// How long a read waits for its freshness token (`min_sequence`).
@@ -114,6 +127,11 @@ pub struct Options {
     pub erasure_purge_after: Duration,
     /// The clock for receipt times, link times and pruning.
     pub clock: Arc<dyn Clock>,
+    /// How long a confirmation link works (`--confirmation-ttl-hours`).
+    pub confirmation_ttl: Duration,
+    /// At most one new confirmation link per (contact, consent) this often
+    /// (`--confirmation-resend-hours`).
+    pub confirmation_resend: Duration,
 }
 
 impl Default for Options {
@@ -123,6 +141,8 @@ impl Default for Options {
             idempotency_retention: Duration::from_secs(7 * 24 * 3600),
             erasure_purge_after: Duration::from_secs(10),
             clock: Arc::new(SystemClock),
+            confirmation_ttl: Duration::from_secs(168 * 3600),
+            confirmation_resend: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -151,6 +171,8 @@ impl Authority {
             idempotency_retention,
             erasure_purge_after,
             clock,
+            confirmation_ttl,
+            confirmation_resend,
         } = options;
         let started = Instant::now();
         let recovered = store.recover()?;
@@ -177,6 +199,7 @@ impl Authority {
             None => Catalog::empty(default_purpose),
         };
         let index = Arc::new(Index::with_capacity(recovered.contacts as usize));
+        index.set_confirmation_ttl(confirmation_ttl.as_nanos().min(i64::MAX as u128) as i64);
         let mut orphans = 0u64;
         // Contacts holding state, per interned consent: the writer's guard
         // against deleting a held consent, counted in the same pass.
@@ -188,21 +211,23 @@ impl Authority {
                 .max()
                 .unwrap_or(0)
         ];
-        let states = store.load_states(&mut |contact, consent, d| match catalog
-            .consent_idx(consent)
-        {
-            Some(idx) => {
+        let states = store.load_states(&mut |contact, consent, loaded| match (
+            catalog.consent_idx(consent),
+            loaded,
+        ) {
+            (
+                Some(idx),
+                Loaded::State {
+                    decision,
+                    version,
+                    source,
+                },
+            ) => {
                 usage[idx as usize] += 1;
-                index.put(
-                    contact,
-                    HeldState {
-                        occurred_at: d.occurred_at,
-                        consent: idx,
-                        action: d.action,
-                    },
-                );
+                index.put(contact, HeldState::of(idx, decision, version, source));
             }
-            None => orphans += 1,
+            (Some(idx), Loaded::Pending(p)) => index.set_pending(contact, idx, Some(p)),
+            (None, _) => orphans += 1,
         })?;
         if orphans > 0 {
             // Deletion of a held consent is refused, so this means a damaged file.
@@ -235,6 +260,8 @@ impl Authority {
                 purge_after: erasure_purge_after,
                 clock: clock.clone(),
                 erasures: Erasures::new(&recovered.erasure_key, recovered.erasures),
+                confirmation_ttl,
+                confirmation_resend,
             },
             metrics.clone(),
         );
@@ -248,6 +275,7 @@ impl Authority {
             imports: Arc::default(),
             clock,
             applied,
+            confirmation_ttl,
         };
         Ok((authority, report))
     }
@@ -316,6 +344,7 @@ impl Authority {
         let answer = answer_check(
             &self.catalog.load(),
             &self.index,
+            &*self.clock,
             contact,
             channel,
             brand,
@@ -340,7 +369,15 @@ impl Authority {
             .iter()
             .map(|item| {
                 let (contact, channel, brand, purpose) = fields(item);
-                let answer = answer_check(&catalog, &self.index, contact, channel, brand, purpose);
+                let answer = answer_check(
+                    &catalog,
+                    &self.index,
+                    &*self.clock,
+                    contact,
+                    channel,
+                    brand,
+                    purpose,
+                );
                 count(&mut tally, &answer);
                 answer
             })

@@ -127,7 +127,7 @@ impl Authority {
     }
 
     /// Runs a blocking store read on the blocking pool, off the tokio workers.
-    async fn read<T: Send + 'static>(
+    pub(super) async fn read<T: Send + 'static>(
         &self,
         read: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, Error> {

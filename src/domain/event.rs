@@ -65,6 +65,9 @@ pub enum Source {
     PreferenceCenter = 5,
     /// Another system, through the API.
     Api = 6,
+    /// The person clicked the confirmation link of a double opt-in mail
+    /// (set by the confirmation page only).
+    ConfirmationLink = 7,
 }
 
 impl Source {
@@ -78,8 +81,27 @@ impl Source {
             4 => Self::UnsubscribeLink,
             5 => Self::PreferenceCenter,
             6 => Self::Api,
+            7 => Self::ConfirmationLink,
             _ => return None,
         })
+    }
+
+    /// DESIGN.md §7: a withdrawal from these was made by the person, and
+    /// only the person undoes it ("withdrawals stick").
+    pub fn is_the_person(self) -> bool {
+        matches!(
+            self,
+            Self::UnsubscribeLink | Self::PreferenceCenter | Self::ConfirmationLink | Self::Form
+        )
+    }
+
+    /// A grant from these, over a withdrawal the person made, is taken as
+    /// pending unless the caller vouches for it (`confirmed`).
+    pub fn is_a_system(self) -> bool {
+        matches!(
+            self,
+            Self::Import | Self::Api | Self::Operator | Self::Unspecified
+        )
     }
 }
 
@@ -138,6 +160,16 @@ pub struct Change {
     /// name (`unsubscribe-page`). Set by the server, never by the caller;
     /// empty when auth is off.
     pub actor: String,
+    /// The caller vouches that the person confirmed this grant: no double
+    /// opt-in, and it may undo a withdrawal the person made.
+    pub confirmed: bool,
+    /// A re-send of a confirmation mail: a GRANT taken as pending whatever
+    /// the consent says (it counts towards the limits like any other).
+    pub resend: bool,
+    /// Arrived in an import: no answer reaches the person, so no
+    /// confirmation link is minted for it (IssueConfirmationLink mints the
+    /// first).
+    pub bulk: bool,
 }
 
 impl Change {
@@ -176,6 +208,11 @@ impl Change {
         for (k, v) in &self.evidence {
             field(k.as_bytes());
             field(v.as_bytes());
+        }
+        // Only when set, so that keys recorded before the flag existed
+        // still match their retries.
+        if self.confirmed {
+            field(b"confirmed");
         }
         h.finalize().into()
     }
@@ -269,9 +306,25 @@ pub struct EventRecord {
     pub applied: bool,
     /// Who recorded it (see [`Change::actor`]).
     pub actor: String,
+    /// A GRANT taken as pending (double opt-in, or over a withdrawal the
+    /// person made): it waits for the person and changes no state.
+    pub pending: bool,
+    /// The caller vouched that the person confirmed it.
+    pub confirmed: bool,
+    /// A pending grant for which a confirmation link was minted (none
+    /// inside the re-send window of an earlier one).
+    pub confirmation_link: bool,
 }
 
 impl EventRecord {
+    /// The part of the event that rule 2 compares.
+    pub fn decision(&self) -> Decision {
+        Decision {
+            occurred_at: self.occurred_at,
+            action: self.action,
+        }
+    }
+
     /// The state this event is when it wins.
     pub fn state(&self) -> StateRecord {
         StateRecord {
@@ -354,6 +407,9 @@ mod tests {
             idempotency_key: None,
             issued_at: None,
             actor: String::new(),
+            confirmed: false,
+            resend: false,
+            bulk: false,
         };
         assert_eq!(c.effective_occurred_at(now), now);
         c.occurred_at = Some(now - 7);

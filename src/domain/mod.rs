@@ -6,17 +6,22 @@ pub mod catalog;
 pub mod erasure;
 pub mod event;
 pub mod ids;
+pub mod pending;
 pub mod resolve;
 pub mod ruling;
 pub mod wording;
 
-pub use catalog::{Catalog, CatalogSpec, Cell, Compiled, Consent, ConsentIdx, ConsentSpec};
+pub use catalog::{
+    Catalog, CatalogSpec, Cell, Compiled, Consent, ConsentIdx, ConsentSpec, Lapse, Terms,
+    short_version,
+};
 pub use erasure::Erasures;
 pub use event::{
     Action, Change, Decision, EventRecord, Evidence, IdempotencyRecord, Source, StateRecord,
     UnixNanos,
 };
 pub use ids::{ConsentId, ContactId, FieldError};
+pub use pending::{MAX_PENDING_PER_CONTACT, PendingRecord};
 pub use resolve::{HeldState, Verdict, verdict};
-pub use ruling::{ChangeOutcome, Known, Ruling, rule};
+pub use ruling::{ChangeOutcome, Known, PendingGrant, Ruling, rule};
 pub use wording::Wording;

@@ -3,8 +3,8 @@
 //! Pure and allocation-free: the hot path calls [`verdict`] with the states the
 //! index holds for the contact and the covering set the catalog precomputed.
 
-use super::catalog::ConsentIdx;
-use super::event::{Action, Decision, UnixNanos};
+use super::catalog::{ConsentIdx, Lapse, Terms, short_version};
+use super::event::{Action, Decision, Source, UnixNanos};
 
 /// One state as the in-memory index holds it: 16 bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,9 +15,26 @@ pub struct HeldState {
     pub consent: ConsentIdx,
     /// What they decided.
     pub action: Action,
+    /// Decided by the person themselves (a form, a link, the preference
+    /// center): such a withdrawal sticks (DESIGN.md §7).
+    pub by_person: bool,
+    /// The consent's version when recorded (saturating: see
+    /// [`crate::domain::catalog::short_version`]).
+    pub version: u16,
 }
 
 impl HeldState {
+    /// The state of `consent` as the index holds it.
+    pub fn of(consent: ConsentIdx, decision: Decision, version: u32, source: Source) -> Self {
+        HeldState {
+            occurred_at: decision.occurred_at,
+            consent,
+            action: decision.action,
+            by_person: source.is_the_person(),
+            version: short_version(version),
+        }
+    }
+
     /// The part of the state that rule 2 compares.
     pub fn decision(self) -> Decision {
         Decision {
@@ -48,6 +65,14 @@ pub enum Verdict {
     NoConsent,
     /// No consent covers the channel and brand: not allowed.
     NotCovered,
+    /// Nothing counts, and a grant was given to a wording older than its
+    /// consent's `min_version`.
+    StaleWording,
+    /// Nothing counts, and a grant lapsed by age.
+    Expired,
+    /// Nothing counts, and a pending grant of the covering set waits for
+    /// the person's confirmation.
+    PendingConfirmation,
 }
 
 impl Verdict {
@@ -55,24 +80,49 @@ impl Verdict {
     pub fn allowed(self) -> bool {
         matches!(self, Verdict::Granted { .. })
     }
+
+    /// The deciding consent and when it was decided, if a state decides.
+    pub fn decided(self) -> Option<(ConsentIdx, UnixNanos)> {
+        match self {
+            Verdict::Granted { by, at } | Verdict::Withdrawn { by, at } => Some((by, at)),
+            _ => None,
+        }
+    }
 }
 
 /// Decides from `states` over `cover`, which lists the covering consents most
 /// specific first (deepest, then smallest id), so a position in it is the
-/// specificity rank.
+/// specificity rank. `terms` (by interned consent) say when a GRANT state
+/// stops counting at `now` (read only when a consent lapses by age).
 ///
-/// Among the covered states the latest `occurred_at` wins; on a tie a
-/// WITHDRAW beats a GRANT, then the more specific consent wins.
-pub fn verdict(states: &[HeldState], cover: &[ConsentIdx]) -> Verdict {
+/// Among the covered states that count, the latest `occurred_at` wins; on a
+/// tie a WITHDRAW beats a GRANT, then the more specific consent wins. When
+/// none counts, a lapsed grant says why (stale wording before age); the
+/// caller turns the remaining [`Verdict::NoConsent`] into
+/// [`Verdict::PendingConfirmation`] when a pending grant waits.
+pub fn verdict(
+    states: &[HeldState],
+    cover: &[ConsentIdx],
+    terms: &[Terms],
+    now: UnixNanos,
+) -> Verdict {
     if cover.is_empty() {
         return Verdict::NotCovered;
     }
     // (state, rank): smaller rank = more specific.
     let mut best: Option<(HeldState, usize)> = None;
+    let mut lapsed: Option<Lapse> = None;
     for s in states {
         let Some(rank) = cover.iter().position(|&c| c == s.consent) else {
             continue;
         };
+        if s.action == Action::Grant
+            && let Some(t) = terms.get(s.consent as usize)
+            && let Some(why) = t.lapse(s.version, s.occurred_at, now)
+        {
+            lapsed = lapsed.max(Some(why));
+            continue;
+        }
         let better = match best {
             None => true,
             Some((b, b_rank)) => {
@@ -92,7 +142,11 @@ pub fn verdict(states: &[HeldState], cover: &[ConsentIdx]) -> Verdict {
         }
     }
     match best {
-        None => Verdict::NoConsent,
+        None => match lapsed {
+            Some(Lapse::Stale) => Verdict::StaleWording,
+            Some(Lapse::Expired) => Verdict::Expired,
+            None => Verdict::NoConsent,
+        },
         Some((s, _)) => match s.action {
             Action::Grant => Verdict::Granted {
                 by: s.consent,
@@ -126,8 +180,13 @@ mod tests {
             occurred_at,
             consent,
             action,
+            by_person: false,
+            version: 1,
         }
     }
+
+    /// No consent lapses.
+    const NONE: &[Terms] = &[];
 
     #[test]
     fn rule_3_table() {
@@ -164,11 +223,11 @@ mod tests {
                 &[s(UMB, Withdraw, 5), s(A, Withdraw, 5)], A_EMAIL_COVER, w(A, 5)),
         ];
         for (name, states, cover, want) in table {
-            assert_eq!(verdict(states, cover), *want, "{name}");
+            assert_eq!(verdict(states, cover, NONE, 0), *want, "{name}");
             // The order the index holds states in never matters.
             let mut rev = states.to_vec();
             rev.reverse();
-            assert_eq!(verdict(&rev, cover), *want, "{name} (reversed)");
+            assert_eq!(verdict(&rev, cover, NONE, 0), *want, "{name} (reversed)");
         }
     }
 
@@ -178,6 +237,49 @@ mod tests {
         // orders them by id, so the smaller id (earlier position) decides.
         let cover = &[7, 9, UMB];
         let states = [s(9, Grant, 4), s(7, Grant, 4)];
-        assert_eq!(verdict(&states, cover), Verdict::Granted { by: 7, at: 4 });
+        assert_eq!(
+            verdict(&states, cover, NONE, 0),
+            Verdict::Granted { by: 7, at: 4 }
+        );
+    }
+
+    #[test]
+    fn lapsed_grants_stop_counting_and_say_why() {
+        const DAY: i64 = 86_400 * 1_000_000_000;
+        let now = 100 * DAY;
+        // UMB must be re-consented from version 2; A lapses after 30 days.
+        let mut terms = vec![Terms::default(); 4];
+        terms[UMB as usize].min_version = 2;
+        terms[A as usize].valid_for = 30 * DAY;
+        let v = |mut st: HeldState, version| {
+            st.version = version;
+            st
+        };
+        let g = |by, at| Verdict::Granted { by, at };
+        let w = |by, at| Verdict::Withdrawn { by, at };
+        #[rustfmt::skip]
+        let table: &[(&str, &[HeldState], Verdict)] = &[
+            ("a grant under the old wording is stale",
+                &[v(s(UMB, Grant, now), 1)], Verdict::StaleWording),
+            ("a grant under the new wording counts",
+                &[v(s(UMB, Grant, now), 2)], g(UMB, now)),
+            ("a withdrawal under the old wording still counts",
+                &[v(s(UMB, Withdraw, now), 1)], w(UMB, now)),
+            ("a grant older than valid_for has expired",
+                &[s(A, Grant, now - 31 * DAY)], Verdict::Expired),
+            ("a younger one counts",
+                &[s(A, Grant, now - 29 * DAY)], g(A, now - 29 * DAY)),
+            ("stale wording outranks expiry",
+                &[s(A, Grant, now - 31 * DAY), v(s(UMB, Grant, now), 1)], Verdict::StaleWording),
+            ("an older grant that counts decides over a newer lapsed one",
+                &[v(s(UMB, Grant, now - DAY), 2), s(A, Grant, now - 40 * DAY)], g(UMB, now - DAY)),
+            ("a lapsed grant does not hide an older withdrawal",
+                &[s(A, Grant, now - 31 * DAY), s(UMB, Withdraw, now - 50 * DAY)], w(UMB, now - 50 * DAY)),
+            ("a consent without terms never lapses",
+                &[s(A_EMAIL, Grant, 1)], g(A_EMAIL, 1)),
+        ];
+        for (name, states, want) in table {
+            assert_eq!(verdict(states, A_EMAIL_COVER, &terms, now), *want, "{name}");
+        }
     }
 }

@@ -68,7 +68,10 @@ pub fn rule(
             .issued_at
             .or(change.occurred_at)
             .unwrap_or(UnixNanos::MAX);
-        let regranted_link = change.issued_at.is_some() && known.holds_state;
+        // Only a withdrawal: a confirmation link minted before the erasure
+        // confirms nothing after it.
+        let regranted_link =
+            change.issued_at.is_some() && change.action == Action::Withdraw && known.holds_state;
         if reference <= erased_at && !regranted_link {
             return Ruling::Erased;
         }
@@ -108,6 +111,18 @@ pub struct ChangeOutcome {
     /// The sequence of the recorded event (the first one, for a replayed
     /// key); 0 when nothing was recorded.
     pub sequence: u64,
+    /// A GRANT taken as pending (DESIGN.md §7): recorded, no state changed.
+    pub pending: Option<PendingGrant>,
+}
+
+/// What the answer to a grant taken as pending needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingGrant {
+    /// When it was recorded: a confirmation link counts its life from here.
+    pub recorded_at: UnixNanos,
+    /// Whether a confirmation link goes out for it (not inside the re-send
+    /// window of an earlier one).
+    pub link: bool,
 }
 
 #[cfg(test)]
@@ -129,6 +144,9 @@ mod tests {
             idempotency_key: None,
             issued_at,
             actor: "crm".into(),
+            confirmed: false,
+            resend: false,
+            bulk: false,
         }
     }
 
@@ -191,6 +209,8 @@ mod tests {
                 k(Some(50), None, false, None), Ruling::Apply),
             ("old link, contact granted again since: it withdraws", change(Withdraw, None, Some(40)), None,
                 holding(Some(50)), Ruling::Apply),
+            ("a confirmation minted before the erasure confirms nothing after it",
+                change(Grant, None, Some(40)), None, holding(Some(50)), Ruling::Erased),
             ("an old grant stays out even when the contact holds state again",
                 change(Grant, Some(40), None), None, holding(Some(50)), Ruling::Erased),
             ("the erasure wins over a replayed key", change(Grant, Some(40), None), Some(1),

@@ -54,9 +54,15 @@ fn roles(path: &str) -> Option<&'static [Role]> {
         ("grpc.health.v1.Health", _) => return None,
         (s, _) if s.starts_with("grpc.reflection.") => return None,
         ("consent.v1.Eligibility", _) => &[Check],
-        ("consent.v1.Consents", "Grant" | "Withdraw" | "Import" | "IssueUnsubscribeLink") => {
-            &[Write]
-        }
+        (
+            "consent.v1.Consents",
+            "Grant"
+            | "Withdraw"
+            | "Import"
+            | "IssueUnsubscribeLink"
+            | "IssuePreferenceLink"
+            | "IssueConfirmationLink",
+        ) => &[Write],
         ("consent.v1.Consents", "GetContact" | "GetHistory" | "ExportContact") => &[Write, Audit],
         ("consent.v1.Consents", "EraseContact") => &[Admin],
         ("consent.v1.Catalog", "ApplyCatalog") => &[Admin],

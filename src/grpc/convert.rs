@@ -101,6 +101,18 @@ pub(super) fn change_from(
         .map(|t| nanos_from("occurred_at", t))
         .transpose()?;
     let source = source_from(c.source)?;
+    if source == Source::ConfirmationLink {
+        return Err(FieldError::new(
+            "source",
+            "CONFIRMATION_LINK is recorded by the confirmation page only",
+        ));
+    }
+    if c.confirmed && action == Action::Withdraw {
+        return Err(FieldError::new(
+            "confirmed",
+            "applies to a grant only: a withdrawal is never pending",
+        ));
+    }
     let evidence: Evidence = c.evidence.into_iter().collect();
     check_evidence(&evidence)?;
     let idempotency_key = match c.idempotency_key.as_str() {
@@ -120,6 +132,9 @@ pub(super) fn change_from(
         idempotency_key,
         issued_at: None,
         actor: actor.to_owned(),
+        confirmed: c.confirmed,
+        resend: false,
+        bulk: false,
     };
     change.check_occurred_at(now)?;
     Ok(change)
@@ -151,6 +166,8 @@ pub(super) fn event_to(e: EventRecord) -> pb::ConsentEvent {
         idempotency_key: e.idempotency_key.unwrap_or_default(),
         applied: e.applied,
         actor: e.actor,
+        pending: e.pending,
+        confirmed: e.confirmed,
     }
 }
 
@@ -175,9 +192,13 @@ pub fn catalog_from(c: pb::CatalogSpec) -> CatalogSpec {
                 brands: d.brands,
                 version: d.version,
                 retired: d.retired,
+                double_opt_in: d.double_opt_in,
+                min_version: d.min_version,
+                valid_for_days: d.valid_for_days,
             })
             .collect(),
         default_purpose: non_empty(c.default_purpose),
+        brand_titles: c.brand_titles.into_iter().collect(),
     }
 }
 
@@ -198,9 +219,17 @@ pub fn catalog_to(c: &CatalogSpec) -> pb::CatalogSpec {
                 brands: d.brands.clone(),
                 version: d.version,
                 retired: d.retired,
+                double_opt_in: d.double_opt_in,
+                min_version: d.min_version,
+                valid_for_days: d.valid_for_days,
             })
             .collect(),
         default_purpose: c.default_purpose.clone().unwrap_or_default(),
+        brand_titles: c
+            .brand_titles
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     }
 }
 
@@ -211,15 +240,15 @@ pub(super) fn reason(v: Verdict) -> pb::Reason {
         Verdict::Withdrawn { .. } => pb::Reason::Withdrawn,
         Verdict::NoConsent => pb::Reason::NoConsent,
         Verdict::NotCovered => pb::Reason::NotCovered,
+        Verdict::PendingConfirmation => pb::Reason::PendingConfirmation,
+        Verdict::Expired => pb::Reason::Expired,
+        Verdict::StaleWording => pb::Reason::StaleWording,
     }
 }
 
 /// A CanSend answer, with its List-Unsubscribe URL (empty for none).
 pub(super) fn answer_to(a: Answer, unsubscribe_url: String) -> pb::CanSendResponse {
-    let decided_at = match a.verdict {
-        Verdict::Granted { at, .. } | Verdict::Withdrawn { at, .. } => Some(timestamp(at)),
-        Verdict::NoConsent | Verdict::NotCovered => None,
-    };
+    let decided_at = a.verdict.decided().map(|(_, at)| timestamp(at));
     pb::CanSendResponse {
         allowed: a.verdict.allowed(),
         reason: reason(a.verdict) as i32,
@@ -237,6 +266,7 @@ pub(super) fn summary_to(s: ImportSummary) -> pb::ImportSummary {
         applied: s.applied,
         superseded: s.superseded,
         rejected: s.rejected,
+        pending: s.pending,
         errors: s
             .errors
             .into_iter()
@@ -248,12 +278,15 @@ pub(super) fn summary_to(s: ImportSummary) -> pb::ImportSummary {
     }
 }
 
-/// The answer to a Grant or Withdraw.
-pub(super) fn outcome_to(o: ChangeOutcome) -> pb::ChangeResult {
+/// The answer to a Grant or Withdraw, with the confirmation link of a
+/// pending grant (empty for none).
+pub(super) fn outcome_to(o: ChangeOutcome, confirmation_url: String) -> pb::ChangeResult {
     pb::ChangeResult {
         applied: o.applied,
+        pending: o.pending.is_some(),
         state: o.state.map(state_to),
         sequence: o.sequence,
+        confirmation_url,
     }
 }
 
@@ -341,6 +374,7 @@ mod properties {
                         source,
                         evidence,
                         idempotency_key: key,
+                        confirmed: false,
                     }
                 }),
             })

@@ -12,7 +12,7 @@ use admission::{actor, deadline};
 use tonic::{Request, Response, Status};
 
 use crate::authority::{Answer, Authority};
-use crate::domain::{Action, ContactId, FieldError};
+use crate::domain::{Action, ConsentId, ContactId, FieldError};
 use crate::pb;
 
 pub use convert::{catalog_from, catalog_to, timestamp};
@@ -131,8 +131,12 @@ impl ConsentsService {
         let change =
             convert::change_from(action, request.into_inner(), self.authority.now(), &actor)
                 .map_err(invalid)?;
+        let (contact, consent) = (change.contact.clone(), change.consent.clone());
         let outcome = self.authority.change(change, deadline).await?;
-        Ok(Response::new(convert::outcome_to(outcome)))
+        let url = self
+            .authority
+            .confirmation_url(&contact, &consent, &outcome);
+        Ok(Response::new(convert::outcome_to(outcome, url)))
     }
 }
 
@@ -177,6 +181,35 @@ impl pb::consents_server::Consents for ConsentsService {
         Ok(Response::new(pb::UnsubscribeLink {
             url,
             consent_id: consent.to_owned(),
+        }))
+    }
+
+    async fn issue_preference_link(
+        &self,
+        request: Request<pb::IssuePreferenceLinkRequest>,
+    ) -> Result<Response<pb::PreferenceLink>, Status> {
+        let r = request.get_ref();
+        let url = self
+            .authority
+            .issue_preference_link(&r.contact_id, &r.purpose, &r.brand)?;
+        Ok(Response::new(pb::PreferenceLink { url }))
+    }
+
+    async fn issue_confirmation_link(
+        &self,
+        request: Request<pb::IssueConfirmationLinkRequest>,
+    ) -> Result<Response<pb::ConfirmationLink>, Status> {
+        let actor = actor(&request).to_owned();
+        let r = request.into_inner();
+        let contact = ContactId::parse("contact_id", &r.contact_id).map_err(invalid)?;
+        let consent = ConsentId::parse("consent_id", &r.consent_id).map_err(invalid)?;
+        let (url, expires_at) = self
+            .authority
+            .resend_confirmation(contact, consent, &actor)
+            .await?;
+        Ok(Response::new(pb::ConfirmationLink {
+            url,
+            expires_at: Some(timestamp(expires_at)),
         }))
     }
 

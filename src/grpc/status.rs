@@ -47,7 +47,10 @@ impl From<Error> for Status {
                 "writes are stopped after a storage failure; nothing was recorded",
             ),
             e @ Error::NotFresh { .. } => Status::unavailable(e.to_string()),
-            e @ Error::Overloaded(_) => Status::resource_exhausted(e.to_string()),
+            e @ (Error::Overloaded(_) | Error::TooManyPending(_)) => {
+                Status::resource_exhausted(e.to_string())
+            }
+            e @ Error::NothingPending(_) => Status::failed_precondition(e.to_string()),
             e @ Error::DeadlineExceeded => Status::deadline_exceeded(e.to_string()),
             Error::Closed => Status::unavailable("shutting down; nothing was recorded"),
             Error::WriterPanicked => Status::unavailable("outcome unknown: the writer stopped"),

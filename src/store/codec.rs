@@ -6,7 +6,9 @@
 use prost::Message;
 
 use super::{IdempotencyRecord, StoreError};
-use crate::domain::{Action, ConsentId, ContactId, EventRecord, Source, StateRecord, Wording};
+use crate::domain::{
+    Action, ConsentId, ContactId, EventRecord, PendingRecord, Source, StateRecord, Wording,
+};
 
 /// Everything stored under one contact.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -17,6 +19,59 @@ pub(super) struct ContactRecord {
     /// `history` table; read once, by the migration).
     #[prost(uint64, repeated, tag = "2")]
     pub(super) events: Vec<u64>,
+    /// Grants waiting for the person, by consent.
+    #[prost(message, repeated, tag = "3")]
+    pub(super) pending: Vec<StoredPending>,
+}
+
+/// A pending record as stored ([`PendingRecord`]).
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct StoredPending {
+    #[prost(string, tag = "1")]
+    pub(super) consent: String,
+    #[prost(uint32, tag = "2")]
+    count: u32,
+    #[prost(sfixed64, tag = "3")]
+    last_at: i64,
+    #[prost(sfixed64, tag = "4")]
+    link_at: i64,
+}
+
+impl StoredPending {
+    pub(super) fn record(&self) -> PendingRecord {
+        PendingRecord {
+            count: self.count,
+            last_at: self.last_at,
+            link_at: self.link_at,
+        }
+    }
+}
+
+impl ContactRecord {
+    /// Moves the pending record of the event's consent as
+    /// [`PendingRecord::after`] says.
+    pub(super) fn follow_pending(&mut self, e: &EventRecord) {
+        let consent = e.consent.as_str();
+        let at = self.pending.iter().position(|p| p.consent == consent);
+        let prev = at.map(|i| self.pending[i].record());
+        match (PendingRecord::after(prev, e), at) {
+            (Some(p), Some(i)) => {
+                self.pending[i].count = p.count;
+                self.pending[i].last_at = p.last_at;
+                self.pending[i].link_at = p.link_at;
+            }
+            (Some(p), None) => self.pending.push(StoredPending {
+                consent: consent.to_owned(),
+                count: p.count,
+                last_at: p.last_at,
+                link_at: p.link_at,
+            }),
+            (None, Some(i)) => {
+                self.pending.remove(i);
+            }
+            (None, None) => {}
+        }
+    }
 }
 
 /// A state as stored (the winning event without its evidence).
@@ -63,6 +118,12 @@ pub(super) struct StoredEvent {
     applied: bool,
     #[prost(string, tag = "11")]
     actor: String,
+    #[prost(bool, tag = "12")]
+    pending: bool,
+    #[prost(bool, tag = "13")]
+    confirmed: bool,
+    #[prost(bool, tag = "14")]
+    confirmation_link: bool,
 }
 
 /// A wording as stored; (consent, version) is the key.
@@ -158,6 +219,18 @@ pub(super) fn state_to(e: &EventRecord) -> StoredState {
     }
 }
 
+/// The record `load_states` feeds for a stored state.
+pub(super) fn loaded_from(s: &StoredState) -> Result<crate::store::Loaded, StoreError> {
+    Ok(crate::store::Loaded::State {
+        decision: crate::domain::Decision {
+            occurred_at: s.occurred_at,
+            action: action_from(s.action, "contacts")?,
+        },
+        version: s.version,
+        source: source_from(s.source, "contacts")?,
+    })
+}
+
 pub(super) fn state_from(s: &StoredState) -> Result<StateRecord, StoreError> {
     Ok(StateRecord {
         consent: ConsentId::parse("consent", &s.consent)
@@ -218,6 +291,9 @@ pub(super) fn encode_event(e: &EventRecord, buf: &mut Vec<u8>) {
         idempotency_key: e.idempotency_key.clone(),
         applied: e.applied,
         actor: e.actor.clone(),
+        pending: e.pending,
+        confirmed: e.confirmed,
+        confirmation_link: e.confirmation_link,
     }
     .encode(buf)
     .expect("a Vec grows as needed");
@@ -239,6 +315,9 @@ pub(super) fn decode_event(sequence: u64, b: &[u8]) -> Result<EventRecord, Store
         idempotency_key: s.idempotency_key,
         applied: s.applied,
         actor: s.actor,
+        pending: s.pending,
+        confirmed: s.confirmed,
+        confirmation_link: s.confirmation_link,
     })
 }
 
@@ -261,6 +340,9 @@ mod tests {
             idempotency_key: Some("k".into()),
             applied: false,
             actor: "crm-sync".into(),
+            pending: false,
+            confirmed: false,
+            confirmation_link: false,
         };
         let mut buf = Vec::new();
         encode_event(&event, &mut buf);

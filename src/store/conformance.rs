@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use super::{IdempotencyRecord, Store, Tombstone, WriteBatch};
+use super::{IdempotencyRecord, Loaded, Store, Tombstone, WriteBatch};
 use crate::domain::{
     Action, CatalogSpec, ConsentId, ContactId, Decision, EventRecord, Source, Wording,
 };
@@ -77,6 +77,9 @@ fn event(who: &str, consent: &str, action: Action, at: i64, sequence: u64) -> Ev
         idempotency_key: None,
         applied: true,
         actor: "crm-sync".into(),
+        pending: false,
+        confirmed: false,
+        confirmation_link: false,
     }
 }
 
@@ -101,7 +104,11 @@ fn key_record(sequence: u64, recorded_at: i64) -> IdempotencyRecord {
 fn loaded(store: &dyn Store) -> Vec<(String, String, Decision)> {
     let mut seen = Vec::new();
     let n = store
-        .load_states(&mut |c, k, d| seen.push((c.to_owned(), k.to_owned(), d)))
+        .load_states(&mut |c, k, d| {
+            if let Loaded::State { decision, .. } = d {
+                seen.push((c.to_owned(), k.to_owned(), decision))
+            }
+        })
         .unwrap();
     assert_eq!(n as usize, seen.len(), "load_states counts what it feeds");
     seen.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));

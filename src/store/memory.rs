@@ -8,8 +8,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
-use super::{Committed, IdempotencyRecord, Recovered, Store, StoreError, Tombstone, WriteBatch};
-use crate::domain::{CatalogSpec, Decision, EventRecord, StateRecord, UnixNanos, Wording};
+use super::{
+    Committed, IdempotencyRecord, Loaded, Recovered, Store, StoreError, Tombstone, WriteBatch,
+};
+use crate::domain::{CatalogSpec, EventRecord, PendingRecord, StateRecord, UnixNanos, Wording};
 
 /// Everything the store keeps under its one lock.
 #[derive(Debug)]
@@ -25,6 +27,8 @@ struct Contents {
     erasures: BTreeMap<[u8; 32], (UnixNanos, String)>,
     /// (consent, version) → wording.
     wordings: BTreeMap<(String, u32), Wording>,
+    /// (contact, consent) → its grants waiting for the person.
+    pending: BTreeMap<(String, String), PendingRecord>,
 }
 
 /// The in-memory store. Cheap to create; share it with `Arc`.
@@ -50,6 +54,7 @@ impl MemoryStore {
                 idempotency_by_time: BTreeSet::new(),
                 erasures: BTreeMap::new(),
                 wordings: BTreeMap::new(),
+                pending: BTreeMap::new(),
             }),
         })
     }
@@ -86,16 +91,28 @@ impl Store for MemoryStore {
         })
     }
 
-    fn load_states(&self, sink: &mut dyn FnMut(&str, &str, Decision)) -> Result<u64, StoreError> {
+    fn load_states(&self, sink: &mut dyn FnMut(&str, &str, Loaded)) -> Result<u64, StoreError> {
         let c = self.lock();
         let mut n = 0;
         for (contact, (states, _)) in &c.contacts {
             for s in states {
-                sink(contact, s.consent.as_str(), s.decision());
+                sink(contact, s.consent.as_str(), Loaded::of(s));
                 n += 1;
             }
         }
+        for ((contact, consent), p) in &c.pending {
+            sink(contact, consent, Loaded::Pending(*p));
+        }
         Ok(n)
+    }
+
+    fn contact_pending(&self, contact: &str) -> Result<Vec<(String, PendingRecord)>, StoreError> {
+        let c = self.lock();
+        Ok(c.pending
+            .range((contact.to_owned(), String::new())..)
+            .take_while(|((k, _), _)| k == contact)
+            .map(|((_, consent), p)| (consent.clone(), *p))
+            .collect())
     }
 
     fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
@@ -164,6 +181,11 @@ impl Store for MemoryStore {
                 }
             }
             c.events.insert(e.sequence, e.clone());
+            let key = (e.contact.to_string(), e.consent.to_string());
+            match PendingRecord::after(c.pending.get(&key).copied(), e) {
+                Some(p) => c.pending.insert(key, p),
+                None => c.pending.remove(&key),
+            };
         }
         for (key, r) in &batch.idempotency {
             c.idempotency.insert(key.clone(), *r);
@@ -176,6 +198,7 @@ impl Store for MemoryStore {
     fn erase(&self, contact: &str, tombstone: &Tombstone) -> Result<bool, StoreError> {
         let mut c = self.lock();
         let held = c.contacts.remove(contact);
+        c.pending.retain(|(k, _), _| k != contact);
         if let Some((_, sequences)) = &held {
             for s in sequences {
                 let key = c.events.remove(s).and_then(|e| e.idempotency_key);

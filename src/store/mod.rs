@@ -27,7 +27,39 @@ pub use self::postgres::PgStore;
 pub use self::redb::{DEFAULT_CACHE_BYTES, RedbStore};
 
 pub use crate::domain::IdempotencyRecord;
-use crate::domain::{CatalogSpec, Decision, EventRecord, StateRecord, UnixNanos, Wording};
+use crate::domain::{
+    CatalogSpec, Decision, EventRecord, PendingRecord, Source, StateRecord, UnixNanos, Wording,
+};
+
+/// One record [`Store::load_states`] feeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loaded {
+    /// A state: its decision, the consent's version when it was recorded,
+    /// and where it came from.
+    State {
+        /// What rule 2 compares.
+        decision: Decision,
+        /// The version it was recorded under.
+        version: u32,
+        /// How it reached the server.
+        source: Source,
+    },
+    /// Grants of the (contact, consent) waiting for the person; the store
+    /// keeps this record from the events it commits
+    /// ([`PendingRecord::after`]).
+    Pending(PendingRecord),
+}
+
+impl Loaded {
+    /// The record of a state.
+    pub fn of(state: &StateRecord) -> Loaded {
+        Loaded::State {
+            decision: state.decision(),
+            version: state.version,
+            source: state.source,
+        }
+    }
+}
 
 /// Why a store operation failed. Whatever the backend, the core sees one of
 /// these; the details stay in the message for the log.
@@ -138,7 +170,8 @@ pub struct Tombstone {
 /// One atomic, durable unit of writes, built by the single writer.
 ///
 /// Events are applied in order; an event with `applied` set becomes the
-/// state of its (contact, consent).
+/// state of its (contact, consent); each event also moves the pending
+/// record of its (contact, consent) as [`PendingRecord::after`] says.
 #[derive(Debug, Default, Clone)]
 pub struct WriteBatch {
     /// New events, in sequence order.
@@ -200,9 +233,9 @@ pub trait Store: Send + Sync + 'static {
     /// Recovers the catalog, the sequence counter, the erasure key and the
     /// erasures.
     fn recover(&self) -> Result<Recovered, StoreError>;
-    /// Feeds every state as (contact, consent, decision), a contact's states
-    /// together; returns how many.
-    fn load_states(&self, sink: &mut dyn FnMut(&str, &str, Decision)) -> Result<u64, StoreError>;
+    /// Feeds every state and every pending record as (contact, consent,
+    /// record), a contact's together; returns how many states.
+    fn load_states(&self, sink: &mut dyn FnMut(&str, &str, Loaded)) -> Result<u64, StoreError>;
     /// What a key remembers, if it is still remembered.
     fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError>;
     /// The state of one (contact, consent).
@@ -212,6 +245,9 @@ pub trait Store: Send + Sync + 'static {
             .into_iter()
             .find(|s| s.consent.as_str() == consent))
     }
+    /// The pending grants of a contact, by consent id (derived from its
+    /// events: see [`PendingRecord::after`]).
+    fn contact_pending(&self, contact: &str) -> Result<Vec<(String, PendingRecord)>, StoreError>;
     /// Every state of a contact (empty for an unknown contact).
     fn contact_states(&self, contact: &str) -> Result<Vec<StateRecord>, StoreError>;
     /// Every event of the contact, in recording order.

@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use super::{Store, StoreError, WriteBatch};
-use crate::domain::{Decision, EventRecord};
+use super::{Loaded, Store, StoreError, WriteBatch};
+use crate::domain::EventRecord;
 
 /// Rows per transaction while copying.
 const PAGE: usize = 10_000;
@@ -127,10 +127,12 @@ fn all_events(store: &dyn Store, mut each: impl FnMut(EventRecord)) -> Result<u6
     }
 }
 
-fn states(store: &dyn Store) -> Result<BTreeMap<(String, String), Decision>, StoreError> {
+/// Every state and pending record, by (contact, consent, is it pending).
+fn states(store: &dyn Store) -> Result<BTreeMap<(String, String, bool), Loaded>, StoreError> {
     let mut all = BTreeMap::new();
     store.load_states(&mut |contact, consent, d| {
-        all.insert((contact.to_owned(), consent.to_owned()), d);
+        let pending = matches!(d, Loaded::Pending(_));
+        all.insert((contact.to_owned(), consent.to_owned(), pending), d);
     })?;
     Ok(all)
 }
@@ -232,6 +234,9 @@ mod tests {
             idempotency_key: (sequence == 2).then(|| "k2".to_string()),
             applied: true,
             actor: "crm".into(),
+            pending: false,
+            confirmed: false,
+            confirmation_link: false,
         }
     }
 

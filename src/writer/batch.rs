@@ -7,7 +7,8 @@ use std::collections::HashMap;
 
 use super::Reply;
 use crate::domain::{
-    ChangeOutcome, ConsentIdx, Decision, EventRecord, HeldState, IdempotencyRecord, StateRecord,
+    ChangeOutcome, ConsentIdx, Decision, EventRecord, HeldState, IdempotencyRecord, PendingGrant,
+    PendingRecord, StateRecord, UnixNanos,
 };
 use crate::error::Error;
 use crate::index::Index;
@@ -21,6 +22,9 @@ pub(super) type ContactKey = compact_str::CompactString;
 struct Pending {
     outcome: ChangeOutcome,
     index_update: Option<(ContactKey, HeldState)>,
+    /// The pending record of its (contact, consent) after it (`None`: the
+    /// wait ended), when it moved.
+    pending_update: Option<(ContactKey, ConsentIdx, Option<PendingRecord>)>,
     /// The event it recorded, by index in the batch (none for an answer
     /// that only names the batch).
     event: Option<usize>,
@@ -35,6 +39,11 @@ pub(super) struct GroupBatch {
     states: HashMap<(ContactKey, ConsentIdx), StateRecord>,
     /// Keys this batch used, ahead of the store.
     keys: HashMap<String, IdempotencyRecord>,
+    /// Pending records this batch moved, ahead of the index (`None`: the
+    /// wait ended).
+    waiting: HashMap<(ContactKey, ConsentIdx), Option<PendingRecord>>,
+    /// Set by [`GroupBatch::moves_pending`] for the event pushed next.
+    moved: Option<Option<PendingRecord>>,
     /// Consents that gained a contact in this batch (the deletion guard).
     new_usage: Vec<ConsentIdx>,
     /// One per recorded event, in order.
@@ -56,6 +65,79 @@ impl GroupBatch {
             Some(s) => Some(s.decision()),
             None => index.get(contact, consent).map(HeldState::decision),
         }
+    }
+
+    /// The state of (contact, consent) as the index would hold it: this
+    /// batch's, else the index's.
+    pub(super) fn held(
+        &self,
+        contact: &ContactKey,
+        consent: ConsentIdx,
+        index: &Index,
+    ) -> Option<HeldState> {
+        match self.states.get(&(contact.clone(), consent)) {
+            Some(s) => Some(HeldState::of(consent, s.decision(), s.version, s.source)),
+            None => index.get(contact, consent),
+        }
+    }
+
+    /// The pending record of (contact, consent): this batch's, else the
+    /// index's.
+    pub(super) fn pending_record(
+        &self,
+        contact: &ContactKey,
+        consent: ConsentIdx,
+        index: &Index,
+    ) -> Option<PendingRecord> {
+        match self.waiting.get(&(contact.clone(), consent)) {
+            Some(r) => *r,
+            None if index.has_pending() => index
+                .pending(contact)
+                .into_iter()
+                .find(|(c, _)| *c == consent)
+                .map(|(_, r)| r),
+            None => None,
+        }
+    }
+
+    /// How many pending grants of `contact` still wait at `now`.
+    pub(super) fn waiting_for(
+        &self,
+        contact: &ContactKey,
+        index: &Index,
+        now: UnixNanos,
+        ttl: UnixNanos,
+    ) -> u32 {
+        let mut by: HashMap<ConsentIdx, Option<PendingRecord>> = index
+            .pending(contact)
+            .into_iter()
+            .map(|(c, r)| (c, Some(r)))
+            .collect();
+        for ((k, c), r) in &self.waiting {
+            if k == contact {
+                by.insert(*c, *r);
+            }
+        }
+        by.values()
+            .flatten()
+            .filter(|r| r.waits(now, ttl))
+            .map(|r| r.count)
+            .sum()
+    }
+
+    /// Works out how `event`, about to be recorded, moves the pending
+    /// record of its (contact, `consent`) ([`PendingRecord::after`]); the
+    /// next push carries the move to the index.
+    pub(super) fn moves_pending(
+        &mut self,
+        event: &EventRecord,
+        consent: ConsentIdx,
+        index: &Index,
+    ) {
+        let contact = ContactKey::from(event.contact.as_str());
+        let prev = self.pending_record(&contact, consent, index);
+        let next = PendingRecord::after(prev, event);
+        self.moved = (prev.is_some() || next.is_some()).then_some(next);
     }
 
     /// Whether this batch gave `contact` any state.
@@ -106,32 +188,45 @@ impl GroupBatch {
         let state = event.state();
         self.states
             .insert((contact.clone(), consent), state.clone());
-        let held = HeldState {
-            occurred_at: event.occurred_at,
+        let held = HeldState::of(consent, event.decision(), event.version, event.source);
+        self.push(
+            event,
             consent,
-            action: event.action,
-        };
-        self.push(event, fingerprint, Some(state), Some((contact, held)));
+            fingerprint,
+            Some(state),
+            Some((contact, held)),
+        );
     }
 
-    /// Adds an event that goes into the history only; `standing` is the
-    /// state that still decides, for the answer.
+    /// Adds an event that goes into the history only (superseded, or a
+    /// pending grant); `standing` is the state that still decides, for the
+    /// answer.
     pub(super) fn supersede(
         &mut self,
         event: EventRecord,
+        consent: ConsentIdx,
         fingerprint: Option<[u8; 32]>,
         standing: Option<StateRecord>,
     ) {
-        self.push(event, fingerprint, standing, None);
+        self.push(event, consent, fingerprint, standing, None);
     }
 
     fn push(
         &mut self,
         event: EventRecord,
+        consent: ConsentIdx,
         fingerprint: Option<[u8; 32]>,
         state: Option<StateRecord>,
         index_update: Option<(ContactKey, HeldState)>,
     ) {
+        let contact = ContactKey::from(event.contact.as_str());
+        let pending_update = match self.moved.take() {
+            Some(next) => {
+                self.waiting.insert((contact.clone(), consent), next);
+                Some((contact, consent, next))
+            }
+            None => None,
+        };
         if let (Some(key), Some(fingerprint)) = (&event.idempotency_key, fingerprint) {
             let r = IdempotencyRecord {
                 sequence: event.sequence,
@@ -146,8 +241,13 @@ impl GroupBatch {
                 applied: event.applied,
                 state,
                 sequence: event.sequence,
+                pending: event.pending.then_some(PendingGrant {
+                    recorded_at: event.recorded_at,
+                    link: event.confirmation_link,
+                }),
             },
             index_update,
+            pending_update,
             event: Some(self.write.events.len()),
         });
         self.write.events.push(event);
@@ -175,6 +275,7 @@ impl GroupBatch {
         self.pending.push(Pending {
             outcome,
             index_update: None,
+            pending_update: None,
             event: None,
         });
     }
@@ -214,6 +315,7 @@ impl GroupBatch {
                     applied: false,
                     state: None,
                     sequence,
+                    pending: None,
                 }));
                 continue;
             }
@@ -222,11 +324,15 @@ impl GroupBatch {
                     applied: false,
                     state: None,
                     sequence: 0,
+                    pending: None,
                 }));
                 continue;
             }
             if let Some((contact, state)) = p.index_update {
                 index.put(&contact, state);
+            }
+            if let Some((contact, consent, record)) = p.pending_update {
+                index.set_pending(&contact, consent, record);
             }
             let mut outcome = p.outcome;
             moved(&mut outcome.sequence);

@@ -31,8 +31,9 @@ use super::batch::{ContactKey, GroupBatch};
 use super::{Command, Reply, WriterStart};
 use crate::clock::Clock;
 use crate::domain::{
-    Catalog, CatalogSpec, Change, ChangeOutcome, ContactId, Erasures, EventRecord, HeldState,
-    Known, Ruling, UnixNanos, rule,
+    Action, Catalog, CatalogSpec, Change, ChangeOutcome, ConsentIdx, ContactId, Erasures,
+    EventRecord, HeldState, Known, MAX_PENDING_PER_CONTACT, PendingRecord, Ruling, Source,
+    UnixNanos, rule,
 };
 use crate::error::Error;
 use crate::index::Index;
@@ -105,6 +106,10 @@ pub(super) struct Committer {
     down: Option<Down>,
     /// Whether the store takes writes now (the server's health watches it).
     available: watch::Sender<bool>,
+    /// How long a confirmation link works, in nanoseconds.
+    confirmation_ttl: i64,
+    /// At most one new confirmation link per (contact, consent) this often.
+    confirmation_resend: i64,
 }
 
 impl Committer {
@@ -139,6 +144,8 @@ impl Committer {
             clock: start.clock,
             down: None,
             available,
+            confirmation_ttl: nanos(start.confirmation_ttl),
+            confirmation_resend: nanos(start.confirmation_resend),
         }
     }
 
@@ -290,17 +297,26 @@ impl Committer {
                     return;
                 }
             };
+            let pending = match self.store.contact_pending(contact.as_str()) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::debug!(error = %e, "the store is still unreachable");
+                    return;
+                }
+            };
             self.release(contact.as_str());
+            self.index.forget_pending(contact.as_str());
             for s in states {
                 if let Some(idx) = catalog.consent_idx(s.consent.as_str()) {
                     self.hold(
                         contact.as_str(),
-                        HeldState {
-                            consent: idx,
-                            occurred_at: s.occurred_at,
-                            action: s.action,
-                        },
+                        HeldState::of(idx, s.decision(), s.version, s.source),
                     );
+                }
+            }
+            for (consent, p) in pending {
+                if let Some(idx) = catalog.consent_idx(&consent) {
+                    self.index.set_pending(contact.as_str(), idx, Some(p));
                 }
             }
         }
@@ -472,6 +488,7 @@ impl Committer {
                 applied: false,
                 state: standing()?,
                 sequence,
+                pending: None,
             }))
         };
         let applied = match ruling {
@@ -484,12 +501,40 @@ impl Committer {
             Ruling::Superseded => false,
             Ruling::Apply => true,
         };
+        let occurred_at = change.effective_occurred_at(recorded_at);
+        // DESIGN.md §7: a grant that would apply waits for the person on a
+        // double opt-in consent, or over a withdrawal the person made,
+        // unless the caller vouches for it.
+        let pending = applied
+            && change.action == Action::Grant
+            && !change.confirmed
+            // The person's own click on a link mailed to them confirms.
+            && !matches!(change.source, Source::ConfirmationLink | Source::PreferenceCenter)
+            && (change.resend
+                || def.spec.double_opt_in
+                || (change.source.is_a_system()
+                    && self.person_withdrew(catalog, batch, &contact, idx, occurred_at)));
+        let mut confirmation_link = false;
+        if pending {
+            let waiting =
+                batch.waiting_for(&contact, &self.index, recorded_at, self.confirmation_ttl);
+            if waiting >= MAX_PENDING_PER_CONTACT {
+                return Err(Error::TooManyPending(change.contact.to_string()));
+            }
+            confirmation_link = !change.bulk
+                && batch
+                    .pending_record(&contact, idx, &self.index)
+                    .is_none_or(|p| {
+                        recorded_at >= p.link_at.saturating_add(self.confirmation_resend)
+                    });
+        }
+        let applied = applied && !pending;
         let superseded_by = if applied { None } else { standing()? };
         self.last_recorded = recorded_at;
         let sequence = self.next_sequence;
         self.next_sequence += 1;
         let event = EventRecord {
-            occurred_at: change.effective_occurred_at(recorded_at),
+            occurred_at,
             contact: change.contact,
             consent: change.consent,
             action: change.action,
@@ -501,6 +546,9 @@ impl Committer {
             idempotency_key: change.idempotency_key,
             applied,
             actor: change.actor,
+            pending,
+            confirmed: change.confirmed,
+            confirmation_link,
         };
         if self.shared {
             batch
@@ -508,12 +556,29 @@ impl Committer {
                 .event_hashes
                 .push(self.erasures.hash(event.contact.as_str()));
         }
+        batch.moves_pending(&event, idx, &self.index);
         if applied {
             batch.apply(event, idx, fingerprint, known.current.is_some());
         } else {
-            batch.supersede(event, fingerprint, superseded_by);
+            batch.supersede(event, idx, fingerprint, superseded_by);
         }
         Ok(Ruled::Recorded)
+    }
+
+    /// Whether the person themselves withdrew `consent`, an ancestor or a
+    /// descendant of it before `at` (and that withdrawal still stands).
+    fn person_withdrew(
+        &self,
+        catalog: &Catalog,
+        batch: &GroupBatch,
+        contact: &ContactKey,
+        consent: ConsentIdx,
+        at: UnixNanos,
+    ) -> bool {
+        std::iter::once(consent)
+            .chain(catalog.related(consent).iter().copied())
+            .filter_map(|c| batch.held(contact, c, &self.index))
+            .any(|h| h.action == Action::Withdraw && h.by_person && h.occurred_at < at)
     }
 
     /// Forgets idempotency keys past retention, between group commits, at
@@ -607,6 +672,7 @@ impl Committer {
                 self.hold(contact.as_str(), s);
             }
         }
+        self.index.forget_pending(contact.as_str());
         if let Some(down) = &mut self.down {
             down.in_doubt.remove(contact);
         }
@@ -651,9 +717,6 @@ impl Committer {
                 .observe(Duration::from_nanos(
                     now.saturating_sub(e.recorded_at).max(0) as u64,
                 ));
-            if !e.applied {
-                continue;
-            }
             // Rule 5: what occurred before an erasure of the contact (this
             // page may come after this node applied the erasure) is gone.
             if self
@@ -667,11 +730,21 @@ impl Committer {
                 tracing::warn!(consent = %e.consent, sequence = e.sequence, "the feed names a consent this node's catalog lacks");
                 continue;
             };
-            let state = HeldState {
-                consent: idx,
-                occurred_at: e.occurred_at,
-                action: e.action,
-            };
+            let contact = e.contact.as_str();
+            let prev = self
+                .index
+                .pending(contact)
+                .into_iter()
+                .find(|(c, _)| *c == idx)
+                .map(|(_, p)| p);
+            let next = PendingRecord::follow(prev, &e);
+            if next != prev {
+                self.index.set_pending(contact, idx, next);
+            }
+            if !e.applied {
+                continue;
+            }
+            let state = HeldState::of(idx, e.decision(), e.version, e.source);
             let wins = self
                 .index
                 .get(e.contact.as_str(), idx)
@@ -770,6 +843,10 @@ impl Committer {
         );
         Ok(next)
     }
+}
+
+fn nanos(d: Duration) -> i64 {
+    d.as_nanos().min(i64::MAX as u128) as i64
 }
 
 /// Whether an answer refers to the batch numbered from `first` on.
@@ -873,9 +950,16 @@ mod tests {
         }
         fn load_states(
             &self,
-            sink: &mut dyn FnMut(&str, &str, Decision),
+            sink: &mut dyn FnMut(&str, &str, crate::store::Loaded),
         ) -> Result<u64, StoreError> {
             self.inner.load_states(sink)
+        }
+        fn contact_pending(
+            &self,
+            contact: &str,
+        ) -> Result<Vec<(String, crate::domain::PendingRecord)>, StoreError> {
+            self.unreachable()?;
+            self.inner.contact_pending(contact)
         }
         fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
             self.inner.idempotency(key)
@@ -1012,7 +1096,7 @@ mod tests {
                 text: "News from all our brands".into(),
                 ..Default::default()
             }],
-            default_purpose: None,
+            ..Default::default()
         };
         let catalog = Catalog::empty(None).compile(spec, 0).unwrap().catalog;
         let index = Arc::new(Index::default());
@@ -1030,6 +1114,8 @@ mod tests {
                 erasures: Erasures::new(&[0; 32], []),
                 purge_after: Duration::ZERO,
                 clock: clock.clone(),
+                confirmation_ttl: Duration::from_secs(3600),
+                confirmation_resend: Duration::from_secs(60),
             },
             Arc::new(Metrics::default()),
             failure,
@@ -1049,6 +1135,9 @@ mod tests {
             idempotency_key: key.map(str::to_owned),
             issued_at: None,
             actor: "crm-sync".into(),
+            confirmed: false,
+            resend: false,
+            bulk: false,
         }
     }
 

@@ -85,6 +85,10 @@ pub(crate) struct WriterStart {
     pub(crate) purge_after: std::time::Duration,
     /// Where receipt times and pruning cutoffs come from.
     pub(crate) clock: Arc<dyn crate::clock::Clock>,
+    /// How long a confirmation link works (a pending grant waits as long).
+    pub(crate) confirmation_ttl: std::time::Duration,
+    /// At most one new confirmation link per (contact, consent) this often.
+    pub(crate) confirmation_resend: std::time::Duration,
 }
 
 /// A queued command whose reply never came: the writer died with it.
@@ -320,6 +324,8 @@ mod tests {
                 erasures: Erasures::new(&[0; 32], []),
                 purge_after: std::time::Duration::ZERO,
                 clock: Arc::new(crate::clock::SystemClock),
+                confirmation_ttl: std::time::Duration::from_secs(3600),
+                confirmation_resend: std::time::Duration::from_secs(60),
             },
             Arc::new(Metrics::default()),
         );
@@ -348,6 +354,9 @@ mod tests {
             idempotency_key: None,
             issued_at: None,
             actor: String::new(),
+            confirmed: false,
+            resend: false,
+            bulk: false,
         }
     }
 

@@ -238,6 +238,7 @@ pub(crate) fn change(contact: &str, consent: &str, occurred_at: Option<i64>) -> 
         source: pb::Source::Form as i32,
         evidence: [("form".to_string(), "signup-2026".to_string())].into(),
         idempotency_key: String::new(),
+        confirmed: false,
     }
 }
 

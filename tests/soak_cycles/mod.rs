@@ -51,6 +51,7 @@ fn change(contact: &str, action: pb::Action) -> pb::ConsentChange {
         source: pb::Source::Form as i32,
         evidence: [("soak".to_string(), format!("{action:?}"))].into(),
         idempotency_key: String::new(),
+        confirmed: false,
     }
 }
 

@@ -76,8 +76,21 @@ pub(crate) enum Command {
         #[arg(long, default_value = "")]
         purpose: String,
     },
+    /// Mint a link to the contact's preference center for a purpose.
+    PreferenceLink {
+        contact: String,
+        #[arg(long, default_value = "")]
+        purpose: String,
+        /// The brand whose display name the page carries.
+        #[arg(long, default_value = "")]
+        brand: String,
+    },
+    /// Re-send the confirmation of a grant that waits (double opt-in): a
+    /// new link, or none inside the re-send window of the last one.
+    ConfirmLink { contact: String, consent: String },
     /// Import a CSV: contact_id, consent_id, action, occurred_at (RFC 3339),
-    /// source, and evidence columns prefixed `evidence.`.
+    /// source, confirmed (true/false), and evidence columns prefixed
+    /// `evidence.`.
     Import { file: PathBuf },
     /// Move every record from one store to another, empty one, then check
     /// that both hold the same. Runs on the stores themselves, with no
@@ -119,6 +132,18 @@ pub(crate) struct ChangeArgs {
     /// Idempotency key.
     #[arg(long)]
     pub(crate) key: Option<String>,
+    /// You vouch that the person confirmed this grant (double opt-in done
+    /// elsewhere, or overriding a withdrawal the person made).
+    #[arg(long)]
+    pub(crate) confirmed: bool,
+}
+
+/// A CSV `confirmed` cell: true/yes/1 (any case), else false.
+pub(crate) fn parse_flag(s: &str) -> bool {
+    matches!(
+        s.trim().to_ascii_lowercase().as_str(),
+        "true" | "yes" | "1" | "y"
+    )
 }
 
 /// `KEY=VALUE` of an `--evidence` flag.
@@ -188,5 +213,10 @@ mod tests {
             1_790_848_800
         );
         assert!(parse_time("yesterday").is_err());
+        assert!(parse_flag(" TRUE ") && parse_flag("1") && !parse_flag("") && !parse_flag("no"));
+        assert_eq!(
+            parse_source("confirmation_link").unwrap(),
+            pb::Source::ConfirmationLink
+        );
     }
 }

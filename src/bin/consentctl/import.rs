@@ -12,7 +12,7 @@ use consentd::pb;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::Consents;
-use crate::args::{parse_action, parse_source, parse_time};
+use crate::args::{parse_action, parse_flag, parse_source, parse_time};
 use crate::render;
 
 /// (CSV row, reason) of rows rejected.
@@ -43,6 +43,7 @@ pub(crate) async fn import(
         bail!("the header row must name contact_id, consent_id, action and occurred_at");
     };
     let source = col("source");
+    let confirmed = col("confirmed");
     let evidence: Vec<(usize, String)> = headers
         .iter()
         .enumerate()
@@ -107,6 +108,7 @@ pub(crate) async fn import(
                     source: src as i32,
                     evidence: ev,
                     idempotency_key: String::new(),
+                    confirmed: confirmed.is_some_and(|i| parse_flag(&field(i))),
                 }),
             };
             sent.push(row);

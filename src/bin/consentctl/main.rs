@@ -237,6 +237,50 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 || format!("{}\n(withdraws {})", r.url, r.consent_id),
             );
         }
+        Command::PreferenceLink {
+            contact,
+            purpose,
+            brand,
+        } => {
+            let r = c
+                .consents
+                .issue_preference_link(pb::IssuePreferenceLinkRequest {
+                    contact_id: contact,
+                    purpose,
+                    brand,
+                })
+                .await?
+                .into_inner();
+            render::print(json_mode, json!({"url": r.url}), || r.url.clone());
+        }
+        Command::ConfirmLink { contact, consent } => {
+            let r = c
+                .consents
+                .issue_confirmation_link(pb::IssueConfirmationLinkRequest {
+                    contact_id: contact,
+                    consent_id: consent,
+                })
+                .await?
+                .into_inner();
+            let expires = render::show_time(&r.expires_at);
+            render::print(
+                json_mode,
+                json!({"url": r.url, "expires_at": expires}),
+                || {
+                    if r.url.is_empty() {
+                        format!(
+                            "a confirmation link went out within the re-send window: none sent now (a grant still waits until {expires})"
+                        )
+                    } else {
+                        format!(
+                            "{}
+(works until {expires})",
+                            r.url
+                        )
+                    }
+                },
+            );
+        }
         Command::Import { file } => import::import(&mut c.consents, &file, json_mode).await?,
         Command::Migrate { .. } => unreachable!("handled before connecting"),
     }
@@ -256,6 +300,7 @@ async fn change(
         source: parse_source(&a.source)? as i32,
         evidence: a.evidence.into_iter().collect(),
         idempotency_key: a.key.unwrap_or_default(),
+        confirmed: a.confirmed,
     };
     let r = match action {
         pb::Action::Withdraw => c.consents.withdraw(req).await?,

@@ -138,12 +138,20 @@ pub(crate) fn change(
 ) {
     print(
         json_mode,
-        json!({"applied": r.applied, "sequence": r.sequence, "state": r.state.as_ref().map(state_json)}),
+        json!({"applied": r.applied, "sequence": r.sequence, "state": r.state.as_ref().map(state_json),
+               "pending": r.pending, "confirmation_url": r.confirmation_url}),
         || {
             let what = if r.applied {
-                "recorded"
+                "recorded".to_owned()
+            } else if r.pending && r.confirmation_url.is_empty() {
+                "recorded as pending, waiting for the person's confirmation (a link went out within the re-send window)".to_owned()
+            } else if r.pending {
+                format!(
+                    "recorded as pending: mail the person this confirmation link: {}",
+                    r.confirmation_url
+                )
             } else {
-                "recorded, superseded by a newer decision (or a repeated key)"
+                "recorded, superseded by a newer decision (or a repeated key)".to_owned()
             };
             let state = r
                 .state
@@ -227,12 +235,14 @@ pub(crate) fn import(
         json_mode,
         json!({"rows": rows,
                "applied": summary.applied, "superseded": summary.superseded, "rejected": total_rejected,
+               "pending": summary.pending,
                "errors": rejected.iter().map(|(r, e)| json!({"row": r, "reason": e})).collect::<Vec<_>>()}),
         || {
             let mut out = format!(
-                "imported {}: {} applied, {} superseded, {} rejected",
+                "imported {}: {} applied, {} pending confirmation, {} superseded, {} rejected",
                 file.display(),
                 summary.applied,
+                summary.pending,
                 summary.superseded,
                 total_rejected
             );

@@ -5,6 +5,7 @@
 use super::{
     Catalog, CatalogSpec, Consent, ConsentIdx, ConsentSpec, HashMap, MAX_BRANDS, MAX_CHANNELS,
     MAX_CONSENTS, MAX_COVER_CELLS, MAX_COVER_ENTRIES, MAX_TEXT_LEN, MAX_TITLE_LEN,
+    MAX_VALID_FOR_DAYS, Terms, short_version,
 };
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -252,6 +253,9 @@ impl Catalog {
                 brands: sorted_unique(&c.brands),
                 version: 1,
                 retired: c.retired,
+                double_opt_in: c.double_opt_in,
+                min_version: c.min_version,
+                valid_for_days: c.valid_for_days,
             };
             let mut terms = Wording {
                 consent: id.clone(),
@@ -269,6 +273,26 @@ impl Catalog {
                 None if first == FirstVersion::Declared => c.version.max(1),
                 None => 1,
             };
+            if norm.min_version > norm.version {
+                return Err(FieldError::new(
+                    format!("consents[{i}].min_version"),
+                    format!(
+                        "is {}, above the version this catalog gives {} ({})",
+                        norm.min_version,
+                        quote(&c.id),
+                        norm.version
+                    ),
+                ));
+            }
+            if norm.valid_for_days > MAX_VALID_FOR_DAYS {
+                return Err(FieldError::new(
+                    format!("consents[{i}].valid_for_days"),
+                    format!(
+                        "is {}, at most {MAX_VALID_FOR_DAYS} allowed",
+                        norm.valid_for_days
+                    ),
+                ));
+            }
             if self
                 .wordings
                 .get(&c.id)
@@ -316,6 +340,34 @@ impl Catalog {
             }
         }
 
+        // Lapse terms and relatives (ancestors, descendants) by index.
+        let mut terms = vec![Terms::default(); next as usize];
+        let mut related: Vec<Vec<ConsentIdx>> = vec![Vec::new(); next as usize];
+        for (i, c) in normalized.iter().enumerate() {
+            terms[idx_of[i] as usize] = Terms {
+                min_version: short_version(c.min_version),
+                valid_for: i64::from(c.valid_for_days) * 86_400 * 1_000_000_000,
+            };
+            let mut at = parent_of[i];
+            while let Some(p) = at {
+                related[idx_of[i] as usize].push(idx_of[p]);
+                related[idx_of[p] as usize].push(idx_of[i]);
+                at = parent_of[p];
+            }
+        }
+        let expires = terms.iter().any(|t| t.valid_for > 0);
+
+        for (brand, title) in &spec.brand_titles {
+            let field = format!("brand_titles[{}]", quote(brand));
+            if !brands.contains_key(brand) {
+                return Err(FieldError::new(
+                    field,
+                    format!("{} is not a declared brand", quote(brand)),
+                ));
+            }
+            check_text(&field, title, MAX_TITLE_LEN)?;
+        }
+
         let removed = self
             .by_id
             .iter()
@@ -329,6 +381,7 @@ impl Catalog {
                 brands: spec.brands,
                 consents: normalized,
                 default_purpose: spec.default_purpose.filter(|p| !p.is_empty()),
+                brand_titles: spec.brand_titles,
             },
             channels,
             brands,
@@ -341,6 +394,9 @@ impl Catalog {
             default_purpose,
             fallback_default: self.fallback_default.clone(),
             wordings,
+            terms,
+            expires,
+            related: related.into_iter().map(Vec::into_boxed_slice).collect(),
         };
         Ok(Compiled {
             catalog,

@@ -17,10 +17,12 @@ mod compile;
 
 pub use compile::Compiled;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::event::UnixNanos;
 use super::ids::{ConsentId, FieldError, quote};
 use super::wording::Wording;
 
@@ -59,6 +61,8 @@ pub struct CatalogSpec {
     pub consents: Vec<ConsentSpec>,
     /// The purpose a CanSend without one uses.
     pub default_purpose: Option<String>,
+    /// Brand id → the name pages show (the id when absent).
+    pub brand_titles: BTreeMap<String, String>,
 }
 
 /// One consent definition as declared.
@@ -81,6 +85,59 @@ pub struct ConsentSpec {
     pub version: u32,
     /// Retired: keeps deciding with the states it has, takes no new GRANT.
     pub retired: bool,
+    /// A GRANT is pending until the person confirms it (double opt-in),
+    /// unless the change says `confirmed`.
+    pub double_opt_in: bool,
+    /// GRANT states recorded under an older version no longer count; 0:
+    /// every version counts. At most the consent's own version.
+    pub min_version: u32,
+    /// A GRANT state older than this many days no longer counts; 0: never
+    /// lapses.
+    pub valid_for_days: u32,
+}
+
+/// Longest `valid_for_days`: a century.
+pub const MAX_VALID_FOR_DAYS: u32 = 36_500;
+
+/// What makes a consent's GRANT states stop counting, precomputed per
+/// interned consent so that CanSend compares two numbers (DESIGN.md §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Terms {
+    /// Grants under an older version are stale (0: none are).
+    pub min_version: u16,
+    /// Grants that occurred more than this long ago have expired (0: never).
+    pub valid_for: UnixNanos,
+}
+
+impl Terms {
+    /// Why a GRANT state of this consent no longer counts at `now`, if it
+    /// does not.
+    #[inline]
+    pub fn lapse(self, version: u16, occurred_at: UnixNanos, now: UnixNanos) -> Option<Lapse> {
+        if version < self.min_version {
+            Some(Lapse::Stale)
+        } else if self.valid_for > 0 && occurred_at < now.saturating_sub(self.valid_for) {
+            Some(Lapse::Expired)
+        } else {
+            None
+        }
+    }
+}
+
+/// Why a grant stopped counting; the order is the order of precedence of
+/// the reasons (DESIGN.md §7: STALE_WORDING before EXPIRED).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Lapse {
+    /// Given by age (`valid_for_days`).
+    Expired,
+    /// Given to a wording older than `min_version`.
+    Stale,
+}
+
+/// A version as the index keeps it: versions past 65,535 saturate (the
+/// index spends 16 bytes per state).
+pub fn short_version(version: u32) -> u16 {
+    u16::try_from(version).unwrap_or(u16::MAX)
 }
 
 /// A compiled consent definition.
@@ -129,6 +186,13 @@ pub struct Catalog {
     /// too: what the next compile compares against, so that versions never
     /// go back and are never reused.
     wordings: HashMap<String, Arc<Wording>>,
+    /// Lapse terms by `ConsentIdx` (default for deleted consents).
+    terms: Vec<Terms>,
+    /// Whether any consent lapses by age (CanSend then reads the clock).
+    expires: bool,
+    /// By `ConsentIdx`: its ancestors and descendants (a withdrawal of any
+    /// of them by the person makes a system's grant pending).
+    related: Vec<Box<[ConsentIdx]>>,
 }
 
 /// Where a check names its purpose, channel and brand, compiled.
@@ -225,6 +289,45 @@ impl Catalog {
         Err(unknown("purpose", purpose))
     }
 
+    /// Lapse terms by interned consent, for [`crate::domain::verdict`].
+    pub fn terms(&self) -> &[Terms] {
+        &self.terms
+    }
+
+    /// Whether some consent lapses by age: only then does CanSend need the
+    /// time.
+    pub fn expires(&self) -> bool {
+        self.expires
+    }
+
+    /// The ancestors and descendants of a consent.
+    pub fn related(&self, idx: ConsentIdx) -> &[ConsentIdx] {
+        self.related.get(idx as usize).map_or(&[], |r| &r[..])
+    }
+
+    /// The name pages show for a brand: its title, else its id.
+    pub fn brand_title<'a>(&'a self, brand: &'a str) -> &'a str {
+        self.spec
+            .brand_titles
+            .get(brand)
+            .map_or(brand, String::as_str)
+    }
+
+    /// The root consent of a purpose named by id (empty: the default), for
+    /// the pages that list a purpose tree.
+    pub fn purpose_root(&self, purpose: &str) -> Result<ConsentIdx, FieldError> {
+        let p = self.purpose(purpose)?;
+        Ok(self.roots[p as usize])
+    }
+
+    /// Every consent of the tree under `root` (itself included), parents
+    /// before children, then by id.
+    pub fn tree(&self, root: ConsentIdx) -> Vec<&Consent> {
+        let mut v: Vec<&Consent> = self.consents().filter(|c| c.purpose == root).collect();
+        v.sort_by(|a, b| (a.depth, a.id.as_str()).cmp(&(b.depth, b.id.as_str())));
+        v
+    }
+
     /// The covering set of a cell, most specific first (DESIGN.md rule 3, 4).
     pub fn covering(&self, cell: Cell) -> &[ConsentIdx] {
         let i = (cell.purpose as usize * self.channels.len() + cell.channel as usize)
@@ -272,6 +375,7 @@ mod tests {
                 consent("surveys", None, &["email"], &[]),
             ],
             default_purpose: Some("marketing".into()),
+            brand_titles: Default::default(),
         }
     }
 
@@ -616,6 +720,7 @@ mod properties {
                     brands,
                     consents,
                     default_purpose: None,
+                    brand_titles: Default::default(),
                 }
             })
     }

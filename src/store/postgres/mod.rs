@@ -33,12 +33,12 @@ use tokio_postgres::types::{Json, ToSql};
 
 pub use self::cluster::{Throwaway, test_database_url};
 use super::{
-    Changes, Committed, Heard, IdempotencyRecord, Recovered, Store, StoreError, Tombstone,
+    Changes, Committed, Heard, IdempotencyRecord, Loaded, Recovered, Store, StoreError, Tombstone,
     WriteBatch,
 };
 use crate::domain::{
-    Action, CatalogSpec, ConsentId, ContactId, Decision, EventRecord, Source, StateRecord,
-    UnixNanos, Wording,
+    Action, CatalogSpec, ConsentId, ContactId, Decision, EventRecord, PendingRecord, Source,
+    StateRecord, UnixNanos, Wording,
 };
 
 mod embedded {
@@ -395,7 +395,8 @@ impl rustls::client::danger::ServerCertVerifier for EncryptOnly {
 }
 
 const EVENT_COLUMNS: &str = "sequence, contact, consent, action, occurred_at, recorded_at, \
-                             source, evidence, version, idempotency_key, applied, actor";
+                             source, evidence, version, idempotency_key, applied, actor, \
+                             pending, confirmed, confirmation_link";
 
 fn event_from(row: &tokio_postgres::Row) -> Result<EventRecord, StoreError> {
     let Json(evidence) = row.try_get("evidence").map_err(backend)?;
@@ -413,7 +414,23 @@ fn event_from(row: &tokio_postgres::Row) -> Result<EventRecord, StoreError> {
         idempotency_key: row.try_get("idempotency_key").map_err(backend)?,
         applied: row.try_get("applied").map_err(backend)?,
         actor: row.try_get("actor").map_err(backend)?,
+        pending: row.try_get("pending").map_err(backend)?,
+        confirmed: row.try_get("confirmed").map_err(backend)?,
+        confirmation_link: row.try_get("confirmation_link").map_err(backend)?,
     })
+}
+
+fn pending_from(row: &tokio_postgres::Row) -> Result<(String, String, PendingRecord), StoreError> {
+    Ok((
+        row.try_get(0).map_err(backend)?,
+        row.try_get(1).map_err(backend)?,
+        PendingRecord {
+            count: u32::try_from(row.try_get::<_, i32>(2).map_err(backend)?)
+                .map_err(|_| StoreError::corrupt("pending", "count"))?,
+            last_at: row.try_get(3).map_err(backend)?,
+            link_at: row.try_get(4).map_err(backend)?,
+        },
+    ))
 }
 
 fn state_from(row: &tokio_postgres::Row) -> Result<StateRecord, StoreError> {
@@ -455,6 +472,21 @@ struct Columns {
     wordings: Vec<Wording>,
     catalog: Option<serde_json::Value>,
     next_sequence: i64,
+    /// Pending records the batch adds to (`add`), sets afresh after a
+    /// decision ended the wait earlier in the batch (`set`), or ends
+    /// (`ended`: contact, consent).
+    pending_add: PendingColumns,
+    pending_set: PendingColumns,
+    pending_ended: (Vec<String>, Vec<String>),
+}
+
+#[derive(Default)]
+struct PendingColumns {
+    contact: Vec<String>,
+    consent: Vec<String>,
+    count: Vec<i32>,
+    last_at: Vec<i64>,
+    link_at: Vec<i64>,
 }
 
 #[derive(Default)]
@@ -471,6 +503,9 @@ struct EventColumns {
     idempotency_key: Vec<Option<String>>,
     applied: Vec<bool>,
     actor: Vec<String>,
+    pending: Vec<bool>,
+    confirmed: Vec<bool>,
+    confirmation_link: Vec<bool>,
 }
 
 #[derive(Default)]
@@ -522,6 +557,39 @@ impl Columns {
                 last_state.insert((e.contact.as_str(), e.consent.as_str()), i);
             }
         }
+        // Pending records, folded per (contact, consent) in batch order:
+        // (ended earlier in the batch, what the batch adds).
+        let mut pending: std::collections::BTreeMap<(&str, &str), (bool, Option<PendingRecord>)> =
+            std::collections::BTreeMap::new();
+        for e in &batch.events {
+            let slot = pending
+                .entry((e.contact.as_str(), e.consent.as_str()))
+                .or_insert((false, None));
+            match PendingRecord::after(slot.1, e) {
+                Some(p) => slot.1 = Some(p),
+                None => *slot = (true, None),
+            }
+        }
+        for ((contact, consent), (ended, added)) in pending {
+            match added {
+                None => {
+                    c.pending_ended.0.push(contact.to_owned());
+                    c.pending_ended.1.push(consent.to_owned());
+                }
+                Some(p) => {
+                    let cols = if ended {
+                        &mut c.pending_set
+                    } else {
+                        &mut c.pending_add
+                    };
+                    cols.contact.push(contact.to_owned());
+                    cols.consent.push(consent.to_owned());
+                    cols.count.push(i32::try_from(p.count).unwrap_or(i32::MAX));
+                    cols.last_at.push(p.last_at);
+                    cols.link_at.push(p.link_at);
+                }
+            }
+        }
         let mut winners: Vec<usize> = last_state.into_values().collect();
         winners.sort_unstable();
         for i in winners {
@@ -550,6 +618,9 @@ impl Columns {
             ev.idempotency_key.push(e.idempotency_key);
             ev.applied.push(e.applied);
             ev.actor.push(e.actor);
+            ev.pending.push(e.pending);
+            ev.confirmed.push(e.confirmed);
+            ev.confirmation_link.push(e.confirmation_link);
         }
         for (key, r) in batch.idempotency {
             c.keys.push(key);
@@ -840,7 +911,7 @@ impl PgStore {
         type Pending<'a> =
             std::pin::Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a>>;
         let e = &c.events;
-        let event_params: [Param<'_>; 12] = [
+        let event_params: [Param<'_>; 15] = [
             &e.sequence,
             &e.contact,
             &e.consent,
@@ -853,6 +924,9 @@ impl PgStore {
             &e.idempotency_key,
             &e.applied,
             &e.actor,
+            &e.pending,
+            &e.confirmed,
+            &e.confirmation_link,
         ];
         let s = &c.states;
         let state_params: [Param<'_>; 8] = [
@@ -888,14 +962,33 @@ impl PgStore {
             })
             .collect();
         let notify_params: [Param<'_>; 1] = [&FEED_CHANNEL];
+        let pa = &c.pending_add;
+        let pending_add: [Param<'_>; 5] = [
+            &pa.contact,
+            &pa.consent,
+            &pa.count,
+            &pa.last_at,
+            &pa.link_at,
+        ];
+        let ps = &c.pending_set;
+        let pending_set: [Param<'_>; 5] = [
+            &ps.contact,
+            &ps.consent,
+            &ps.count,
+            &ps.last_at,
+            &ps.link_at,
+        ];
+        let pending_ended: [Param<'_>; 2] = [&c.pending_ended.0, &c.pending_ended.1];
         let mut statements: Vec<Pending<'_>> = Vec::new();
         if !e.sequence.is_empty() {
             statements.push(Box::pin(txn.execute(
                 "INSERT INTO consentd.events (sequence, contact, consent, action, occurred_at,
-                     recorded_at, source, evidence, version, idempotency_key, applied, actor)
+                     recorded_at, source, evidence, version, idempotency_key, applied, actor,
+                     pending, confirmed, confirmation_link)
                  SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::smallint[],
                      $5::bigint[], $6::bigint[], $7::smallint[], $8::jsonb[], $9::int[],
-                     $10::text[], $11::bool[], $12::text[])",
+                     $10::text[], $11::bool[], $12::text[], $13::bool[], $14::bool[],
+                     $15::bool[])",
                 &event_params,
             )));
         }
@@ -925,6 +1018,38 @@ impl PgStore {
                  ON CONFLICT (key) DO UPDATE SET sequence = EXCLUDED.sequence,
                      recorded_at = EXCLUDED.recorded_at, fingerprint = EXCLUDED.fingerprint",
                 &key_params,
+            )));
+        }
+        // Three disjoint sets of (contact, consent): each row is touched by
+        // one statement.
+        if !c.pending_add.contact.is_empty() {
+            statements.push(Box::pin(txn.execute(
+                "INSERT INTO consentd.pending (contact, consent, count, last_at, link_at)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::int[], $4::bigint[],
+                     $5::bigint[])
+                 ON CONFLICT (contact, consent) DO UPDATE SET
+                     count = pending.count + EXCLUDED.count,
+                     last_at = GREATEST(pending.last_at, EXCLUDED.last_at),
+                     link_at = GREATEST(pending.link_at, EXCLUDED.link_at)",
+                &pending_add,
+            )));
+        }
+        if !c.pending_set.contact.is_empty() {
+            statements.push(Box::pin(txn.execute(
+                "INSERT INTO consentd.pending (contact, consent, count, last_at, link_at)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::int[], $4::bigint[],
+                     $5::bigint[])
+                 ON CONFLICT (contact, consent) DO UPDATE SET count = EXCLUDED.count,
+                     last_at = EXCLUDED.last_at, link_at = EXCLUDED.link_at",
+                &pending_set,
+            )));
+        }
+        if !c.pending_ended.0.is_empty() {
+            statements.push(Box::pin(txn.execute(
+                "DELETE FROM consentd.pending p
+                 USING UNNEST($1::text[], $2::text[]) AS ended(contact, consent)
+                 WHERE p.contact = ended.contact AND p.consent = ended.consent",
+                &pending_ended,
             )));
         }
         for params in &wording_params {
@@ -1040,8 +1165,8 @@ impl Store for PgStore {
         })
     }
 
-    fn load_states(&self, sink: &mut dyn FnMut(&str, &str, Decision)) -> Result<u64, StoreError> {
-        type Chunk = Vec<(String, String, i16, i64)>;
+    fn load_states(&self, sink: &mut dyn FnMut(&str, &str, Loaded)) -> Result<u64, StoreError> {
+        type Chunk = Vec<(String, String, i16, i64, i32, i16)>;
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Chunk, StoreError>>(2);
         let pool = self.pool.clone();
         self.handle.spawn(async move {
@@ -1050,8 +1175,8 @@ impl Store for PgStore {
                 let txn = client.transaction().await.map_err(|e| pg(e, false))?;
                 let portal = txn
                     .bind(
-                        "SELECT contact, consent, action, occurred_at FROM consentd.states
-                         ORDER BY contact",
+                        "SELECT contact, consent, action, occurred_at, version, source
+                         FROM consentd.states ORDER BY contact",
                         &[],
                     )
                     .await
@@ -1066,7 +1191,16 @@ impl Store for PgStore {
                     }
                     let chunk = rows
                         .iter()
-                        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+                        .map(|r| {
+                            Ok((
+                                r.try_get(0)?,
+                                r.try_get(1)?,
+                                r.try_get(2)?,
+                                r.try_get(3)?,
+                                r.try_get(4)?,
+                                r.try_get(5)?,
+                            ))
+                        })
                         .collect::<Result<Chunk, tokio_postgres::Error>>()
                         .map_err(backend)?;
                     let sent = tokio::task::block_in_place(|| tx.send(Ok(chunk)));
@@ -1082,20 +1216,42 @@ impl Store for PgStore {
         });
         let mut n = 0;
         for chunk in rx {
-            for (contact, consent, action, occurred_at) in chunk? {
-                let action = action_of(action, "states")?;
-                sink(
-                    &contact,
-                    &consent,
-                    Decision {
+            for (contact, consent, action, occurred_at, version, source) in chunk? {
+                let loaded = Loaded::State {
+                    decision: Decision {
                         occurred_at,
-                        action,
+                        action: action_of(action, "states")?,
                     },
-                );
+                    version: u32::try_from(version)
+                        .map_err(|_| StoreError::corrupt("states", "version"))?,
+                    source: source_of(source, "states")?,
+                };
+                sink(&contact, &consent, loaded);
                 n += 1;
             }
         }
+        // Few rows (grants waiting for a click): one query.
+        for (contact, consent, p) in self.rows(
+            "SELECT contact, consent, count, last_at, link_at FROM consentd.pending",
+            Vec::new(),
+            pending_from,
+        )? {
+            sink(&contact, &consent, Loaded::Pending(p));
+        }
         Ok(n)
+    }
+
+    fn contact_pending(&self, contact: &str) -> Result<Vec<(String, PendingRecord)>, StoreError> {
+        Ok(self
+            .rows(
+                "SELECT contact, consent, count, last_at, link_at FROM consentd.pending
+                 WHERE contact = $1 ORDER BY consent",
+                vec![Box::new(contact.to_owned())],
+                pending_from,
+            )?
+            .into_iter()
+            .map(|(_, consent, p)| (consent, p))
+            .collect())
     }
 
     fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
@@ -1497,6 +1653,12 @@ impl Store for PgStore {
                 )
                 .await
                 .map_err(before)?;
+                txn.execute(
+                    "DELETE FROM consentd.pending WHERE contact = $1",
+                    &[&contact],
+                )
+                .await
+                .map_err(before)?;
                 let held = txn
                     .execute(
                         "DELETE FROM consentd.events WHERE contact = $1",
@@ -1638,6 +1800,9 @@ mod tests {
             idempotency_key: None,
             applied: true,
             actor: "node".into(),
+            pending: false,
+            confirmed: false,
+            confirmation_link: false,
         }
     }
 

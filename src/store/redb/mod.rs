@@ -39,11 +39,13 @@ use arc_swap::ArcSwap;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::codec::{
-    ContactRecord, action_from, decode_contact, decode_event, decode_idempotency, decode_wording,
+    ContactRecord, decode_contact, decode_event, decode_idempotency, decode_wording, loaded_from,
     state_from, tombstone_erased_at, u32_from, u64_from,
 };
-use super::{Committed, IdempotencyRecord, Recovered, Store, StoreError, Tombstone, WriteBatch};
-use crate::domain::{Decision, EventRecord, StateRecord, UnixNanos, Wording};
+use super::{
+    Committed, IdempotencyRecord, Loaded, Recovered, Store, StoreError, Tombstone, WriteBatch,
+};
+use crate::domain::{EventRecord, PendingRecord, StateRecord, UnixNanos, Wording};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const CONTACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("contacts");
@@ -286,7 +288,7 @@ impl Store for RedbStore {
         })
     }
 
-    fn load_states(&self, sink: &mut dyn FnMut(&str, &str, Decision)) -> Result<u64, StoreError> {
+    fn load_states(&self, sink: &mut dyn FnMut(&str, &str, Loaded)) -> Result<u64, StoreError> {
         let txn = self.db.load().begin_read()?;
         let contacts = txn.open_table(CONTACTS)?;
         let mut n = 0;
@@ -295,16 +297,11 @@ impl Store for RedbStore {
             let contact = k.value();
             let record = decode_contact(v.value())?;
             for s in &record.states {
-                let action = action_from(s.action, "contacts")?;
-                sink(
-                    contact,
-                    &s.consent,
-                    Decision {
-                        occurred_at: s.occurred_at,
-                        action,
-                    },
-                );
+                sink(contact, &s.consent, loaded_from(s)?);
                 n += 1;
+            }
+            for p in &record.pending {
+                sink(contact, &p.consent, Loaded::Pending(p.record()));
             }
         }
         Ok(n)
@@ -317,6 +314,19 @@ impl Store for RedbStore {
             .get(key)?
             .map(|v| decode_idempotency(v.value()))
             .transpose()
+    }
+
+    fn contact_pending(&self, contact: &str) -> Result<Vec<(String, PendingRecord)>, StoreError> {
+        let txn = self.db.load().begin_read()?;
+        let table = txn.open_table(CONTACTS)?;
+        Ok(read_contact(&table, contact)?
+            .map(|r| {
+                r.pending
+                    .iter()
+                    .map(|p| (p.consent.clone(), p.record()))
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     fn contact_states(&self, contact: &str) -> Result<Vec<StateRecord>, StoreError> {
@@ -504,6 +514,9 @@ mod tests {
             idempotency_key: None,
             applied: true,
             actor: String::new(),
+            pending: false,
+            confirmed: false,
+            confirmation_link: false,
         };
         // What schema 1 wrote: the event list inside the contact's record.
         {
@@ -524,6 +537,7 @@ mod tests {
                 let record = ContactRecord {
                     states: vec![state_to(&event(3))],
                     events: vec![1, 2, 3],
+                    pending: Vec::new(),
                 };
                 txn.open_table(CONTACTS)
                     .unwrap()
@@ -565,6 +579,9 @@ mod tests {
             idempotency_key: Some(format!("key-of-{who}")),
             applied: true,
             actor: "crm".into(),
+            pending: false,
+            confirmed: false,
+            confirmation_link: false,
         };
         store
             .commit(&WriteBatch {

@@ -61,6 +61,7 @@ impl RedbStore {
                     open = Some((contact, r));
                 }
                 let (_, record) = open.as_mut().expect("opened above");
+                record.follow_pending(e);
                 if e.applied {
                     let state = state_to(e);
                     match record

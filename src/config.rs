@@ -100,6 +100,20 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(24..))]
     pub idempotency_retention_hours: u64,
 
+    /// How long a double opt-in confirmation link works, in hours (a
+    /// fraction is allowed: 0.5 is half an hour). A pending grant waits as
+    /// long.
+    #[arg(long, env = "CONSENTD_CONFIRMATION_TTL_HOURS", default_value_t = 168.0,
+          value_parser = hours)]
+    pub confirmation_ttl_hours: f64,
+
+    /// At most one new confirmation link per (contact, consent) within this
+    /// many hours: a pending grant inside it is recorded and answers an
+    /// empty confirmation_url (no mail flood).
+    #[arg(long, env = "CONSENTD_CONFIRMATION_RESEND_HOURS", default_value_t = 24.0,
+          value_parser = hours)]
+    pub confirmation_resend_hours: f64,
+
     /// Seconds after an erasure before the data files are rewritten without
     /// it (erasures within that window share one rewrite; writes wait while
     /// it runs, CanSend does not). At most 50, so that an erased contact
@@ -145,10 +159,36 @@ impl Config {
             allow_unauthenticated: false,
             idempotency_retention_hours: 168,
             erasure_purge_seconds: 10,
+            confirmation_ttl_hours: 168.0,
+            confirmation_resend_hours: 24.0,
             store_cache_mb: 256,
             log_format: "text".into(),
             tls_cert: None,
             tls_key: None,
         }
+    }
+}
+
+/// A number of hours: finite, not negative, at most ten years.
+fn hours(s: &str) -> Result<f64, String> {
+    let h: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of hours"))?;
+    if !h.is_finite() || !(0.0..=87_600.0).contains(&h) {
+        return Err(format!("{s:?} must be between 0 and 87600 hours"));
+    }
+    Ok(h)
+}
+
+impl Config {
+    /// `--confirmation-ttl-hours` as a duration.
+    pub fn confirmation_ttl(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.confirmation_ttl_hours * 3600.0)
+    }
+
+    /// `--confirmation-resend-hours` as a duration.
+    pub fn confirmation_resend(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.confirmation_resend_hours * 3600.0)
     }
 }

@@ -185,6 +185,8 @@ impl Server {
                     config.idempotency_retention_hours * 3600,
                 ),
                 erasure_purge_after: Duration::from_secs(config.erasure_purge_seconds),
+                confirmation_ttl: config.confirmation_ttl(),
+                confirmation_resend: config.confirmation_resend(),
                 ..Default::default()
             },
         )?;

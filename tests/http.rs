@@ -41,8 +41,12 @@ async fn get_changes_nothing_one_click_post_withdraws_exactly_the_most_specific(
     let (status, head, body) = http(server.http_addr, "GET", &path, &[], "").await;
     assert_eq!(status, 200);
     assert!(
-        body.contains("The Acme newsletter") && body.contains("acme"),
-        "{body}"
+        body.contains("The Acme newsletter") && body.contains("Acme Outdoor"),
+        "the brand's display name: {body}"
+    );
+    assert!(
+        body.contains("/p/"),
+        "links to the preference center: {body}"
     );
     assert!(body.contains("<form method=\"post\">"));
     assert!(!head.to_ascii_lowercase().contains("set-cookie"));
@@ -432,6 +436,7 @@ async fn a_link_still_withdraws_after_its_consent_is_deleted_or_rescoped() {
         .unwrap()
         .into_inner();
     spec.brands.retain(|b| b != "orbit");
+    spec.brand_titles.remove("orbit");
     spec.consents.retain(|c| c.id != "marketing.orbit");
     cat.apply_catalog(spec).await.unwrap();
     // The root's withdrawal stops the whole purpose.

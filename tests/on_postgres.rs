@@ -14,6 +14,9 @@
 #[path = "catalog.rs"]
 mod catalog;
 #[cfg(pg_available)]
+#[path = "consent_flows.rs"]
+mod consent_flows;
+#[cfg(pg_available)]
 #[path = "crash.rs"]
 mod crash;
 #[cfg(pg_available)]

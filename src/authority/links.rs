@@ -25,8 +25,10 @@ pub const PAGE_ACTOR: &str = "unsubscribe-page";
 pub struct LinkPage {
     /// What the token asserts.
     pub claim: Claim,
-    /// The brand the link was minted for.
+    /// The display name of the brand the link was minted for.
     pub brand: String,
+    /// The contact's preference center for the link's purpose.
+    pub preferences_url: Option<String>,
     /// Title of the consent the link withdraws (its id if untitled).
     pub consent_title: String,
     /// Title of the purpose's root ("everything").
@@ -106,7 +108,8 @@ impl Authority {
         Some(LinkPage {
             consent_title: title(target, claim.consent.as_str()),
             purpose_title: title(root, claim.purpose.as_str()),
-            brand: claim.brand.clone(),
+            brand: catalog.brand_title(&claim.brand).to_owned(),
+            preferences_url: self.preference_url_for(&claim),
             claim,
         })
     }

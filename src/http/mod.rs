@@ -1,14 +1,19 @@
 //! The HTTP side, on two listeners (DESIGN.md §4):
 //!
 //! - the **public** one (`--http-addr`) faces the internet and serves only
-//!   the pages people open from their mail: `GET|POST /u/{token}`. Every
-//!   other path, method and malformed token gets the one identical 404;
+//!   the pages people open from their mail: `GET|POST /u/{token}`
+//!   (unsubscribe), `/c/{token}` (double opt-in confirmation) and
+//!   `/p/{token}` (preference center). Every other path, method and
+//!   malformed token gets the one identical 404;
 //! - the **admin** one (`--admin-addr`, loopback by default) serves
 //!   `/healthz` and `/metrics` for the operator.
 //!
 //! Both call the same [`Authority`] as gRPC, never logic of their own, and
 //! are served by `serve.rs`, which bounds connections and their time.
 
+mod confirm;
+mod page;
+mod preferences;
 mod serve;
 pub(crate) mod unsubscribe;
 
@@ -61,15 +66,27 @@ async fn public(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let token = uri.path().strip_prefix("/u/").filter(|t| {
-        !t.is_empty()
-            && t.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    });
-    match (token, method) {
-        (Some(token), Method::GET | Method::HEAD) => unsubscribe::show(&s, token, &headers),
-        (Some(token), Method::POST) => unsubscribe::confirm(&s, token, peer, &headers, &body).await,
-        _ => unsubscribe::not_found(),
+    let path = uri.path();
+    let Some((kind, token)) = path
+        .get(1..3)
+        .filter(|p| matches!(*p, "u/" | "c/" | "p/"))
+        .map(|p| (&p[..1], &path[3..]))
+        .filter(|(_, t)| {
+            !t.is_empty()
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+    else {
+        return page::not_found();
+    };
+    match (kind, method) {
+        ("u", Method::GET | Method::HEAD) => unsubscribe::show(&s, token, &headers),
+        ("u", Method::POST) => unsubscribe::confirm(&s, token, peer, &headers, &body).await,
+        ("c", Method::GET | Method::HEAD) => confirm::show(&s, token, &headers).await,
+        ("c", Method::POST) => confirm::post(&s, token, peer, &headers, &body).await,
+        ("p", Method::GET | Method::HEAD) => preferences::show(&s, token, &headers),
+        ("p", Method::POST) => preferences::post(&s, token, peer, &headers, &body).await,
+        _ => page::not_found(),
     }
 }
 

@@ -8,17 +8,11 @@
 
 use std::net::SocketAddr;
 
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
 
 use super::AppState;
-use crate::domain::Evidence;
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Lang {
-    En,
-    Pl,
-}
+use super::page::{Lang, escape, evidence, lang, not_found, page, unavailable};
 
 struct Text {
     title: &'static str,
@@ -29,8 +23,7 @@ struct Text {
     done_one: &'static str,
     done_all: &'static str,
     done_note: &'static str,
-    failed: &'static str,
-    not_found: &'static str,
+    preferences: &'static str,
 }
 
 const EN: Text = Text {
@@ -42,8 +35,7 @@ const EN: Text = Text {
     done_one: "You are unsubscribed from",
     done_all: "You are unsubscribed from all messages:",
     done_note: "It may take a moment for messages already on their way to stop. You can close this page.",
-    failed: "We could not record your request just now. Please try again in a moment.",
-    not_found: "This link is not valid.",
+    preferences: "Choose what you receive instead",
 };
 
 const PL: Text = Text {
@@ -55,98 +47,17 @@ const PL: Text = Text {
     done_one: "Wypisano Cię z",
     done_all: "Wypisano Cię ze wszystkich wiadomości:",
     done_note: "Wiadomości, które są już w drodze, mogą jeszcze dotrzeć. Możesz zamknąć tę stronę.",
-    failed: "Nie udało się teraz zapisać Twojej prośby. Spróbuj ponownie za chwilę.",
-    not_found: "Ten link jest nieprawidłowy.",
+    preferences: "Wybierz, co chcesz otrzymywać",
 };
 
-/// Polish when the reader prefers it over English, else English.
-fn lang(headers: &HeaderMap) -> Lang {
-    let Some(value) = headers
-        .get(header::ACCEPT_LANGUAGE)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return Lang::En;
-    };
-    let mut best = (Lang::En, 0.0f32);
-    for part in value.split(',') {
-        let mut it = part.split(';');
-        let tag = it.next().unwrap_or("").trim().to_ascii_lowercase();
-        let q = it
-            .find_map(|p| p.trim().strip_prefix("q="))
-            .and_then(|q| q.parse::<f32>().ok())
-            .unwrap_or(1.0);
-        let lang = match tag.split('-').next() {
-            Some("pl") => Lang::Pl,
-            Some("en") => Lang::En,
-            _ => continue,
-        };
-        if q > best.1 {
-            best = (lang, q);
-        }
-    }
-    best.0
-}
-
 fn text(lang: Lang) -> &'static Text {
-    match lang {
-        Lang::En => &EN,
-        Lang::Pl => &PL,
-    }
+    lang.pick(&EN, &PL)
 }
 
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-fn page(status: StatusCode, lang: Lang, title: &str, body: &str) -> Response {
-    let code = match lang {
-        Lang::En => "en",
-        Lang::Pl => "pl",
-    };
-    let html = format!(
-        "<!doctype html>\n<html lang=\"{code}\"><head><meta charset=\"utf-8\">\
-<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-<meta name=\"robots\" content=\"noindex\"><title>{title}</title>\
-<style>body{{font-family:system-ui,sans-serif;max-width:34rem;margin:2rem auto;padding:0 1rem;line-height:1.5;color:#111}}\
-button{{font-size:1.05rem;padding:.8rem 1rem;margin:.4rem 0;width:100%;cursor:pointer}}\
-.secondary{{background:#fff;border:1px solid #555}}</style></head>\
-<body><main><h1>{title}</h1>{body}</main></body></html>\n"
-    );
-    let mut r = (status, html).into_response();
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    h.insert("x-robots-tag", HeaderValue::from_static("noindex"));
-    r
-}
-
-/// The one response for every token that is not authentic, and for every
-/// other path and method of the public listener.
-pub(super) fn not_found() -> Response {
-    page(
-        StatusCode::NOT_FOUND,
-        Lang::En,
-        "404",
-        &format!("<p>{}</p>", EN.not_found),
-    )
+/// The link to the contact's preference center, as a paragraph.
+fn preferences_link(t: &Text, url: Option<&str>) -> String {
+    url.map(|u| format!("<p><a href=\"{}\">{}</a></p>", escape(u), t.preferences))
+        .unwrap_or_default()
 }
 
 pub(super) fn show(s: &AppState, token: &str, headers: &HeaderMap) -> Response {
@@ -160,7 +71,7 @@ pub(super) fn show(s: &AppState, token: &str, headers: &HeaderMap) -> Response {
 <form method=\"post\"><input type=\"hidden\" name=\"scope\" value=\"consent\">\
 <button type=\"submit\">{one}</button></form>\
 <form method=\"post\"><input type=\"hidden\" name=\"scope\" value=\"all\">\
-<button type=\"submit\" class=\"secondary\">{all} ({purpose})</button></form>",
+<button type=\"submit\" class=\"secondary\">{all} ({purpose})</button></form>{prefs}",
         intro = t.intro,
         consent = escape(&info.consent_title),
         from = t.from,
@@ -168,6 +79,7 @@ pub(super) fn show(s: &AppState, token: &str, headers: &HeaderMap) -> Response {
         one = t.one,
         all = t.all,
         purpose = escape(&info.purpose_title),
+        prefs = preferences_link(t, info.preferences_url.as_deref()),
     );
     page(StatusCode::OK, lang, t.title, &body)
 }
@@ -183,16 +95,7 @@ pub(super) async fn confirm(
         return not_found();
     };
     let everything = wants_everything(headers, body);
-    let mut evidence = Evidence::new();
-    evidence.insert("ip".into(), peer.ip().to_string());
-    for (name, key) in [
-        (header::USER_AGENT.as_str(), "user_agent"),
-        ("x-forwarded-for", "forwarded_for"),
-    ] {
-        if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) {
-            evidence.insert(key.into(), v.chars().take(512).collect());
-        }
-    }
+    let mut evidence = evidence(peer, headers);
     if body.starts_with(b"List-Unsubscribe=One-Click") || is_one_click_multipart(headers, body) {
         evidence.insert("method".into(), "rfc8058-one-click".into());
     } else {
@@ -206,16 +109,17 @@ pub(super) async fn confirm(
         .await
     {
         Ok(_) => {
+            let prefs = preferences_link(t, info.preferences_url.as_deref());
             let body = if everything {
                 format!(
-                    "<p>{} <strong>{}</strong>.</p><p>{}</p>",
+                    "<p>{} <strong>{}</strong>.</p><p>{}</p>{prefs}",
                     t.done_all,
                     escape(&info.purpose_title),
                     t.done_note
                 )
             } else {
                 format!(
-                    "<p>{} <strong>{}</strong> ({}).</p><p>{}</p>",
+                    "<p>{} <strong>{}</strong> ({}).</p><p>{}</p>{prefs}",
                     t.done_one,
                     escape(&info.consent_title),
                     escape(&info.brand),
@@ -226,12 +130,7 @@ pub(super) async fn confirm(
         }
         Err(e) => {
             tracing::error!(error = %e, "unsubscribe could not be recorded");
-            page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                lang,
-                t.title,
-                &format!("<p>{}</p>", t.failed),
-            )
+            unavailable(lang, t.title)
         }
     }
 }
@@ -278,20 +177,7 @@ pub(crate) fn wants_everything(headers: &HeaderMap, body: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn accept_language() {
-        let h = |v: &str| {
-            let mut m = HeaderMap::new();
-            m.insert(header::ACCEPT_LANGUAGE, HeaderValue::from_str(v).unwrap());
-            lang(&m)
-        };
-        assert_eq!(h("pl-PL,pl;q=0.9,en;q=0.8"), Lang::Pl);
-        assert_eq!(h("en-GB,en;q=0.9,pl;q=0.8"), Lang::En);
-        assert_eq!(h("de-DE,pl;q=0.5"), Lang::Pl);
-        assert_eq!(h("de-DE"), Lang::En);
-        assert_eq!(lang(&HeaderMap::new()), Lang::En);
-    }
+    use axum::http::HeaderValue;
 
     #[test]
     fn bodies() {
@@ -307,15 +193,12 @@ mod tests {
         let body = b"--xyz\r\nContent-Disposition: form-data; name=\"List-Unsubscribe\"\r\n\r\nOne-Click\r\n--xyz--\r\n";
         assert!(is_one_click_multipart(&multi, body));
         assert!(!wants_everything(&multi, body));
-        assert_eq!(
-            escape("<a href='x'>&\""),
-            "&lt;a href=&#39;x&#39;&gt;&amp;&quot;"
-        );
     }
 }
 
 #[cfg(test)]
 mod properties {
+    use axum::http::HeaderValue;
     use proptest::prelude::*;
 
     use super::*;

@@ -1,0 +1,196 @@
+//! `GET /c/{token}` and `POST /c/{token}`: the double opt-in confirmation
+//! page (DESIGN.md §7). The GET shows the exact wording with a confirm
+//! button and a "this wasn't me" button and changes nothing; a POST with a
+//! `not_me` field refuses, any other confirms the wording it shows (its
+//! `version` field), once durable. An expired link, one used already, or a
+//! consent no longer offered gets a page saying so and records nothing.
+
+use std::net::SocketAddr;
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+
+use super::AppState;
+use super::page::{Lang, escape, evidence, form_fields, lang, not_found, page, unavailable};
+use crate::authority::{ConfirmPage, Confirmation, Confirmed, Shown};
+
+fn title(lang: Lang) -> &'static str {
+    lang.pick("Confirm your consent", "Potwierdź swoją zgodę")
+}
+
+/// The brands a consent covers, as a line under the title.
+fn brands(lang: Lang, c: &Shown) -> String {
+    if c.brands.is_empty() {
+        return String::new();
+    }
+    let names: Vec<String> = c.brands.iter().map(|b| escape(b)).collect();
+    format!(
+        "<p class=\"brand\">{} <strong>{}</strong></p>",
+        lang.pick("From", "Od"),
+        names.join(", ")
+    )
+}
+
+/// The wording and the two buttons; `notice` above them when set.
+fn form(lang: Lang, c: &Shown, notice: Option<&str>) -> String {
+    let notice = notice
+        .map(|n| format!("<p class=\"notice\">{n}</p>"))
+        .unwrap_or_default();
+    format!(
+        "{brands}{notice}<p>{ask}</p><h2>{title}</h2>\
+<div class=\"wording\">{text}</div>\
+<form method=\"post\"><input type=\"hidden\" name=\"version\" value=\"{version}\">\
+<button type=\"submit\">{yes}</button></form>\
+<form method=\"post\"><input type=\"hidden\" name=\"not_me\" value=\"1\">\
+<button type=\"submit\" class=\"secondary\">{no}</button></form>",
+        brands = brands(lang, c),
+        ask = lang.pick(
+            "Someone asked to receive the messages below at this address. Please confirm that it was you and that you agree to:",
+            "Ktoś poprosił o przesyłanie poniższych wiadomości na ten adres. Potwierdź, że to Ty i że zgadzasz się na:"
+        ),
+        title = escape(&c.title),
+        text = escape(&c.text),
+        version = c.version,
+        yes = lang.pick("Yes, I agree", "Tak, zgadzam się"),
+        no = lang.pick("This wasn't me", "To nie ja"),
+    )
+}
+
+/// The page for a link that records nothing more, and its status code.
+fn settled(lang: Lang, status: Confirmation) -> (StatusCode, &'static str) {
+    match status {
+        Confirmation::Expired => (
+            StatusCode::GONE,
+            lang.pick(
+                "This confirmation link has expired. Nothing was recorded. If you still want these messages, please sign up again.",
+                "Ten link potwierdzający wygasł. Niczego nie zapisano. Jeśli nadal chcesz otrzymywać te wiadomości, zapisz się ponownie.",
+            ),
+        ),
+        Confirmation::Confirmed => (
+            StatusCode::OK,
+            lang.pick(
+                "You have confirmed this already. Thank you.",
+                "To zostało już potwierdzone. Dziękujemy.",
+            ),
+        ),
+        Confirmation::Refused => (
+            StatusCode::OK,
+            lang.pick(
+                "You told us this wasn't you. You will not receive these messages, and this link confirms nothing.",
+                "Poinformowałeś nas, że to nie Ty. Nie otrzymasz tych wiadomości, a ten link niczego nie potwierdzi.",
+            ),
+        ),
+        Confirmation::Gone | Confirmation::Open => (
+            StatusCode::GONE,
+            lang.pick(
+                "These messages are no longer offered. Nothing was recorded.",
+                "Te wiadomości nie są już oferowane. Niczego nie zapisano.",
+            ),
+        ),
+    }
+}
+
+fn render(lang: Lang, info: &ConfirmPage, notice: Option<&str>) -> Response {
+    match (&info.consent, info.status) {
+        (Some(c), Confirmation::Open) => {
+            page(StatusCode::OK, lang, title(lang), &form(lang, c, notice))
+        }
+        (_, status) => {
+            let (code, message) = settled(lang, status);
+            page(code, lang, title(lang), &format!("<p>{message}</p>"))
+        }
+    }
+}
+
+pub(super) async fn show(s: &AppState, token: &str, headers: &HeaderMap) -> Response {
+    let lang = lang(headers);
+    match s.authority.confirm_page(token).await {
+        Ok(Some(info)) => render(lang, &info, None),
+        Ok(None) => not_found(),
+        Err(e) => {
+            tracing::error!(error = %e, "confirmation page could not be read");
+            unavailable(lang, title(lang))
+        }
+    }
+}
+
+pub(super) async fn post(
+    s: &AppState,
+    token: &str,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    let lang = lang(headers);
+    let info = match s.authority.confirm_page(token).await {
+        Ok(Some(info)) => info,
+        Ok(None) => return not_found(),
+        Err(e) => {
+            tracing::error!(error = %e, "confirmation page could not be read");
+            return unavailable(lang, title(lang));
+        }
+    };
+    let fields = form_fields(body);
+    let not_me = fields.iter().any(|(k, _)| k == "not_me");
+    let version = fields
+        .iter()
+        .find(|(k, _)| k == "version")
+        .and_then(|(_, v)| v.parse().ok());
+    let done = s
+        .authority
+        .confirm(&info.claim, not_me, version, evidence(peer, headers))
+        .await;
+    match done {
+        Ok(Confirmed::Recorded { not_me: false }) => {
+            let what = info
+                .consent
+                .as_ref()
+                .map(|c| escape(&c.title))
+                .unwrap_or_default();
+            page(
+                StatusCode::OK,
+                lang,
+                lang.pick("Thank you", "Dziękujemy"),
+                &format!(
+                    "<p>{} <strong>{what}</strong>.</p><p>{}</p>",
+                    lang.pick("You have confirmed:", "Potwierdziłeś:"),
+                    lang.pick(
+                        "You can withdraw at any time with the unsubscribe link in every message.",
+                        "Możesz w każdej chwili wycofać zgodę linkiem do wypisania w każdej wiadomości."
+                    )
+                ),
+            )
+        }
+        Ok(Confirmed::Recorded { not_me: true }) => page(
+            StatusCode::OK,
+            lang,
+            lang.pick("Thank you", "Dziękujemy"),
+            lang.pick(
+                "<p>We have recorded that this wasn't you. You will not receive these messages.</p>",
+                "<p>Zapisaliśmy, że to nie Ty. Nie otrzymasz tych wiadomości.</p>",
+            ),
+        ),
+        Ok(Confirmed::WordingChanged) => {
+            // Shown again, with the wording in force now.
+            match s.authority.confirm_page(token).await {
+                Ok(Some(fresh)) => render(
+                    lang,
+                    &fresh,
+                    Some(lang.pick(
+                        "The wording has changed since this page was shown. Please read it again.",
+                        "Treść zmieniła się od czasu wyświetlenia tej strony. Przeczytaj ją ponownie.",
+                    )),
+                ),
+                _ => unavailable(lang, title(lang)),
+            }
+        }
+        Ok(Confirmed::Nothing(status)) => {
+            let (code, message) = settled(lang, status);
+            page(code, lang, title(lang), &format!("<p>{message}</p>"))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "confirmation could not be recorded");
+            unavailable(lang, title(lang))
+        }
+    }
+}

@@ -1,0 +1,869 @@
+//! Consent as people give it (DESIGN.md §7), end to end over real sockets:
+//! double opt-in through the confirmation page, withdrawals that stick,
+//! "this wasn't me", the guardrails against mail floods, re-consent on a
+//! new wording, expiry, the preference center, and brand names on pages.
+
+mod common;
+
+use common::*;
+use consentd::pb::{self, Action, Reason, consents_client::ConsentsClient};
+use tonic::Code;
+use tonic::transport::Channel;
+
+/// The example catalog with `marketing.orbit` behind double opt-in.
+async fn start(configure: impl FnOnce(&mut consentd::Config)) -> (TestServer, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = consentd::Config::ephemeral(dir.path());
+    config.catalog = Some(example_catalog_path());
+    configure(&mut config);
+    let server = TestServer::start_with(config).await;
+    edit_catalog(&server, |spec| {
+        consent(spec, "marketing.orbit").double_opt_in = true;
+    })
+    .await
+    .unwrap();
+    (server, dir)
+}
+
+fn consent<'a>(spec: &'a mut pb::CatalogSpec, id: &str) -> &'a mut pb::ConsentDefinition {
+    spec.consents.iter_mut().find(|c| c.id == id).unwrap()
+}
+
+async fn edit_catalog(
+    server: &TestServer,
+    edit: impl FnOnce(&mut pb::CatalogSpec),
+) -> Result<pb::CatalogSpec, tonic::Status> {
+    let mut cat = server.catalog().await;
+    let mut spec = cat
+        .get_catalog(pb::GetCatalogRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    edit(&mut spec);
+    cat.apply_catalog(spec).await.map(|r| r.into_inner())
+}
+
+fn grant_by(contact: &str, consent: &str, source: pb::Source) -> pb::ConsentChange {
+    let mut c = change(contact, consent, None);
+    c.source = source as i32;
+    c
+}
+
+async fn grant(cons: &mut ConsentsClient<Channel>, c: pb::ConsentChange) -> pb::ChangeResult {
+    cons.grant(c).await.unwrap().into_inner()
+}
+
+async fn reason(server: &TestServer, contact: &str, channel: &str, brand: &str) -> (bool, Reason) {
+    let (allowed, reason, _) =
+        can_send(&mut server.eligibility().await, contact, channel, brand).await;
+    (allowed, reason)
+}
+
+/// The `version` a confirmation page's form sends.
+fn shown_version(body: &str) -> String {
+    let at = body.find("name=\"version\" value=\"").unwrap() + 22;
+    body[at..at + body[at..].find('"').unwrap()].to_owned()
+}
+
+fn import_row(contact: &str, consent: &str, confirmed: bool, occurred_at: i64) -> pb::ImportRow {
+    let mut c = change(contact, consent, Some(occurred_at));
+    c.source = pb::Source::Import as i32;
+    c.confirmed = confirmed;
+    pb::ImportRow {
+        action: Action::Grant as i32,
+        change: Some(c),
+    }
+}
+
+#[tokio::test]
+async fn a_double_opt_in_grant_waits_until_the_person_confirms_on_the_page() {
+    let (server, _dir) = start(|_| {}).await;
+    let mut cons = server.consents().await;
+
+    let r = grant(
+        &mut cons,
+        grant_by("anna", "marketing.orbit", pb::Source::Form),
+    )
+    .await;
+    assert!(!r.applied && r.pending, "{r:?}");
+    assert!(r.state.is_none(), "a pending grant changes no state");
+    let path = link_path(&server, &r.confirmation_url);
+    assert!(path.starts_with("/c/"), "{path}");
+    assert_eq!(
+        reason(&server, "anna", "email", "orbit").await,
+        (false, Reason::PendingConfirmation)
+    );
+    let events = history(&server, "anna").await;
+    assert!(events[0].pending && !events[0].applied, "{:?}", events[0]);
+
+    // A mail scanner's GET changes nothing; the page shows the exact words.
+    let (status, _, body) = http(server.http_addr, "GET", &path, &[], "").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("I agree to receive marketing messages from Orbit by e-mail, SMS and push notifications."), "{body}");
+    assert!(
+        body.contains("Orbit Travel"),
+        "the brand's display name: {body}"
+    );
+    assert!(body.contains("name=\"not_me\""), "{body}");
+    assert_eq!(history(&server, "anna").await.len(), 1);
+    let (_, _, pl) = http(
+        server.http_addr,
+        "GET",
+        &path,
+        &[("Accept-Language", "pl-PL,pl;q=0.9")],
+        "",
+    )
+    .await;
+    assert!(
+        pl.contains("Tak, zgadzam się") && pl.contains("lang=\"pl\""),
+        "{pl}"
+    );
+
+    let form = format!("version={}", shown_version(&body));
+    let ua = [
+        ("User-Agent", "Mozilla/5.0 (phone)"),
+        ("Content-Type", "application/x-www-form-urlencoded"),
+    ];
+    let (status, _, done) = http(server.http_addr, "POST", &path, &ua, &form).await;
+    assert_eq!(status, 200, "{done}");
+    assert!(done.contains("You have confirmed"), "{done}");
+    let (allowed, why, by) =
+        can_send(&mut server.eligibility().await, "anna", "email", "orbit").await;
+    assert_eq!(
+        (allowed, why, by.as_str()),
+        (true, Reason::Granted, "marketing.orbit")
+    );
+
+    let events = history(&server, "anna").await;
+    let click = events.last().unwrap();
+    assert_eq!(click.source(), pb::Source::ConfirmationLink);
+    assert_eq!(click.action(), Action::Grant);
+    assert!(click.applied && !click.pending);
+    assert_eq!(click.actor, "confirmation-page");
+    assert_eq!(
+        click.evidence.get("user_agent").map(String::as_str),
+        Some("Mozilla/5.0 (phone)")
+    );
+    assert_eq!(
+        click.evidence.get("ip").map(String::as_str),
+        Some("127.0.0.1")
+    );
+
+    // A replayed confirmation is harmless: a page, nothing recorded.
+    let (status, _, again) = http(server.http_addr, "POST", &path, &ua, &form).await;
+    assert_eq!(status, 200);
+    assert!(again.contains("confirmed this already"), "{again}");
+    assert_eq!(history(&server, "anna").await.len(), events.len());
+
+    // A forged token gets the one 404; an unsubscribe token does not open
+    // as a confirmation.
+    let mut forged = path.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    assert_eq!(
+        http(server.http_addr, "POST", &forged, &ua, &form).await.0,
+        404
+    );
+    let unsub = cons
+        .issue_unsubscribe_link(pb::IssueUnsubscribeLinkRequest {
+            contact_id: "anna".into(),
+            channel: "email".into(),
+            brand: "orbit".into(),
+            purpose: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let token = link_path(&server, &unsub.url).replace("/u/", "/c/");
+    assert_eq!(
+        http(server.http_addr, "POST", &token, &ua, &form).await.0,
+        404
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_pending_child_never_overrides_a_confirmed_umbrella() {
+    let (server, _dir) = start(|_| {}).await;
+    let mut cons = server.consents().await;
+    let r = grant(&mut cons, grant_by("ben", "marketing", pb::Source::Form)).await;
+    assert!(r.applied);
+    let r = grant(
+        &mut cons,
+        grant_by("ben", "marketing.orbit", pb::Source::Form),
+    )
+    .await;
+    assert!(r.pending);
+    let (allowed, why, by) = can_send(&mut server.eligibility().await, "ben", "sms", "orbit").await;
+    assert_eq!(
+        (allowed, why, by.as_str()),
+        (true, Reason::Granted, "marketing")
+    );
+    // A later "unsubscribe from all" decides, pending or not.
+    cons.withdraw(change("ben", "marketing", None))
+        .await
+        .unwrap();
+    assert_eq!(
+        reason(&server, "ben", "sms", "orbit").await,
+        (false, Reason::Withdrawn)
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn imports_take_confirmed_rows_and_keep_the_others_pending_until_a_link_is_sent() {
+    let (server, _dir) = start(|_| {}).await;
+    let mut cons = server.consents().await;
+    let t = now() - 3_600;
+    let summary = cons
+        .import(tokio_stream::iter(vec![
+            import_row("bob", "marketing.orbit", true, t),
+            import_row("carl", "marketing.orbit", false, t),
+            import_row("dora", "marketing", false, t),
+        ]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            summary.received,
+            summary.applied,
+            summary.pending,
+            summary.superseded
+        ),
+        (3, 2, 1, 0),
+        "{summary:?}"
+    );
+    assert_eq!(
+        reason(&server, "bob", "email", "orbit").await,
+        (true, Reason::Granted)
+    );
+    assert_eq!(
+        reason(&server, "carl", "email", "orbit").await,
+        (false, Reason::PendingConfirmation)
+    );
+    let bob = history(&server, "bob").await;
+    assert!(
+        bob[0].confirmed && bob[0].applied,
+        "recorded as said: {:?}",
+        bob[0]
+    );
+
+    // An import answers no row, so its pending rows get their first link
+    // from IssueConfirmationLink; a second one inside the window gets none.
+    let issue = |contact: &str, consent: &str| pb::IssueConfirmationLinkRequest {
+        contact_id: contact.into(),
+        consent_id: consent.into(),
+    };
+    let first = cons
+        .issue_confirmation_link(issue("carl", "marketing.orbit"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(first.url.contains("/c/"), "{first:?}");
+    assert!(first.expires_at.unwrap().seconds > now() + 160 * 3600);
+    let second = cons
+        .issue_confirmation_link(issue("carl", "marketing.orbit"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(second.url, "", "one link per re-send window");
+    let none = cons
+        .issue_confirmation_link(issue("dora", "marketing.orbit"))
+        .await
+        .unwrap_err();
+    assert_eq!(none.code(), Code::FailedPrecondition, "{none:?}");
+
+    // The link confirms.
+    let path = link_path(&server, &first.url);
+    let (_, _, body) = http(server.http_addr, "GET", &path, &[], "").await;
+    let form = format!("version={}", shown_version(&body));
+    let (status, _, _) = http(server.http_addr, "POST", &path, &[], &form).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        reason(&server, "carl", "email", "orbit").await,
+        (true, Reason::Granted)
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_resync_over_a_persons_unsubscribe_stays_pending_unless_vouched_for() {
+    let (server, _dir) = start(|_| {}).await;
+    let mut cons = server.consents().await;
+    cons.grant(change("eve", "marketing", Some(now() - 3_600)))
+        .await
+        .unwrap();
+    // Eve unsubscribes from Acme's e-mail with the link in a mail.
+    let link = cons
+        .issue_unsubscribe_link(pb::IssueUnsubscribeLinkRequest {
+            contact_id: "eve".into(),
+            channel: "email".into(),
+            brand: "acme".into(),
+            purpose: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let path = link_path(&server, &link.url);
+    let (status, _, _) = http(
+        server.http_addr,
+        "POST",
+        &path,
+        &[],
+        "List-Unsubscribe=One-Click",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        reason(&server, "eve", "email", "acme").await,
+        (false, Reason::Withdrawn)
+    );
+
+    // The CRM re-syncs "eve: marketing granted" (now): pending, not applied.
+    let summary = cons
+        .import(tokio_stream::iter(vec![import_row(
+            "eve",
+            "marketing",
+            false,
+            now() + 1,
+        )]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((summary.applied, summary.pending), (0, 1), "{summary:?}");
+    assert_eq!(
+        reason(&server, "eve", "email", "acme").await,
+        (false, Reason::Withdrawn)
+    );
+    // So does an API grant of the ancestor brand consent, with a link to mail.
+    let r = grant(
+        &mut cons,
+        grant_by("eve", "marketing.acme", pb::Source::Api),
+    )
+    .await;
+    assert!(r.pending && r.confirmation_url.contains("/c/"), "{r:?}");
+    assert_eq!(
+        reason(&server, "eve", "email", "acme").await,
+        (false, Reason::Withdrawn)
+    );
+    // Other brands were never withdrawn: the umbrella grant still covers them.
+    assert_eq!(
+        reason(&server, "eve", "email", "zenith").await,
+        (true, Reason::Granted)
+    );
+
+    // An operator who vouches for it (`confirmed`) undoes the withdrawal,
+    // recorded with the operator's vouching.
+    let mut vouched = grant_by("eve", "marketing.acme.email", pb::Source::Operator);
+    vouched.confirmed = true;
+    let r = grant(&mut cons, vouched).await;
+    assert!(r.applied && !r.pending, "{r:?}");
+    assert_eq!(
+        reason(&server, "eve", "email", "acme").await,
+        (true, Reason::Granted)
+    );
+    let last = history(&server, "eve").await.pop().unwrap();
+    assert!(last.confirmed && last.source() == pb::Source::Operator);
+
+    // `confirmed` on a withdrawal, or a caller claiming the confirmation
+    // page's source, is refused naming the field.
+    let mut bad = change("eve", "marketing", None);
+    bad.confirmed = true;
+    let e = cons.withdraw(bad).await.unwrap_err();
+    assert!(
+        e.code() == Code::InvalidArgument && e.message().contains("confirmed"),
+        "{e:?}"
+    );
+    let e = cons
+        .grant(grant_by("eve", "marketing", pb::Source::ConfirmationLink))
+        .await
+        .unwrap_err();
+    assert!(
+        e.code() == Code::InvalidArgument && e.message().contains("source"),
+        "{e:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn this_wasnt_me_withdraws_for_good_and_the_link_confirms_nothing_after() {
+    let (server, _dir) = start(|_| {}).await;
+    let mut cons = server.consents().await;
+    let r = grant(
+        &mut cons,
+        grant_by("fay", "marketing.orbit", pb::Source::Form),
+    )
+    .await;
+    let path = link_path(&server, &r.confirmation_url);
+    let (_, _, body) = http(server.http_addr, "GET", &path, &[], "").await;
+    let version = shown_version(&body);
+
+    let (status, _, page) = http(server.http_addr, "POST", &path, &[], "not_me=1").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("this wasn't you"), "{page}");
+    assert_eq!(
+        reason(&server, "fay", "push", "orbit").await,
+        (false, Reason::Withdrawn)
+    );
+    let events = history(&server, "fay").await;
+    let refusal = events.last().unwrap();
+    assert_eq!(
+        (refusal.action(), refusal.source()),
+        (Action::Withdraw, pb::Source::ConfirmationLink)
+    );
+
+    let (status, _, page) = http(
+        server.http_addr,
+        "POST",
+        &path,
+        &[],
+        &format!("version={version}"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(page.contains("this wasn't you"), "{page}");
+    assert_eq!(
+        history(&server, "fay").await.len(),
+        events.len(),
+        "nothing recorded"
+    );
+    assert_eq!(
+        reason(&server, "fay", "push", "orbit").await,
+        (false, Reason::Withdrawn)
+    );
+
+    // It sticks: a system's later grant is pending again.
+    let r = grant(&mut cons, grant_by("fay", "marketing", pb::Source::Import)).await;
+    assert!(r.pending, "{r:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn confirmation_mails_cannot_flood_anyone() {
+    let (server, _dir) = start(|_| {}).await;
+    let mut cons = server.consents().await;
+    let first = grant(
+        &mut cons,
+        grant_by("kim", "marketing.orbit", pb::Source::Form),
+    )
+    .await;
+    assert!(first.pending && !first.confirmation_url.is_empty());
+    for i in 2..=20 {
+        let r = grant(
+            &mut cons,
+            grant_by("kim", "marketing.orbit", pb::Source::Form),
+        )
+        .await;
+        assert!(r.pending, "grant {i}: {r:?}");
+        assert_eq!(
+            r.confirmation_url, "",
+            "grant {i}: no new link inside the window"
+        );
+    }
+    let e = cons
+        .grant(grant_by("kim", "marketing.orbit", pb::Source::Form))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert_eq!(
+        history(&server, "kim").await.len(),
+        20,
+        "the 21st records nothing"
+    );
+    // Another contact is not affected.
+    let r = grant(
+        &mut cons,
+        grant_by("lea", "marketing.orbit", pb::Source::Form),
+    )
+    .await;
+    assert!(r.pending && !r.confirmation_url.is_empty());
+
+    let (_, _, metrics) = http(server.admin_addr, "GET", "/metrics", &[], "").await;
+    assert!(
+        metrics.contains("consentd_pending_grants_total 21"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("consentd_confirmation_links_total 2"),
+        "{metrics}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_expired_confirmation_link_says_so_and_records_nothing() {
+    // A link's life of zero: every link is expired when it is opened.
+    let (server, _dir) = start(|c| c.confirmation_ttl_hours = 0.0).await;
+    let mut cons = server.consents().await;
+    let r = grant(
+        &mut cons,
+        grant_by("max", "marketing.orbit", pb::Source::Form),
+    )
+    .await;
+    let path = link_path(&server, &r.confirmation_url);
+    let (status, _, page) = http(server.http_addr, "GET", &path, &[], "").await;
+    assert_eq!(status, 410, "{page}");
+    assert!(page.contains("expired"), "{page}");
+    let (status, _, page) = http(server.http_addr, "POST", &path, &[], "version=1").await;
+    assert_eq!(status, 410, "{page}");
+    assert_eq!(
+        history(&server, "max").await.len(),
+        1,
+        "only the pending grant"
+    );
+    // Nothing waits any more either.
+    assert_eq!(
+        reason(&server, "max", "email", "orbit").await,
+        (false, Reason::NoConsent)
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_new_wording_with_min_version_asks_for_consent_again() {
+    let (server, _dir) = start(|_| {}).await;
+    let mut cons = server.consents().await;
+    assert!(
+        grant(
+            &mut cons,
+            grant_by("gus", "marketing.acme", pb::Source::Form)
+        )
+        .await
+        .applied
+    );
+    cons.withdraw(change("hal", "marketing.acme", None))
+        .await
+        .unwrap();
+    assert_eq!(
+        reason(&server, "gus", "sms", "acme").await,
+        (true, Reason::Granted)
+    );
+
+    // Asking for more than the wording the apply creates is refused.
+    let e = edit_catalog(&server, |s| consent(s, "marketing.acme").min_version = 2)
+        .await
+        .unwrap_err();
+    assert!(
+        e.code() == Code::InvalidArgument && e.message().contains("min_version"),
+        "{e:?}"
+    );
+    let applied = edit_catalog(&server, |s| {
+        let c = consent(s, "marketing.acme");
+        c.text = "Acme, reworded: news, offers and events by e-mail, SMS and push.".into();
+        c.min_version = 2;
+    })
+    .await
+    .unwrap();
+    let acme = applied
+        .consents
+        .iter()
+        .find(|c| c.id == "marketing.acme")
+        .unwrap();
+    assert_eq!((acme.version, acme.min_version), (2, 2));
+
+    assert_eq!(
+        reason(&server, "gus", "sms", "acme").await,
+        (false, Reason::StaleWording)
+    );
+    assert_eq!(
+        reason(&server, "hal", "sms", "acme").await,
+        (false, Reason::Withdrawn),
+        "withdrawals always count"
+    );
+    assert!(
+        grant(
+            &mut cons,
+            grant_by("gus", "marketing.acme", pb::Source::Form)
+        )
+        .await
+        .applied
+    );
+    assert_eq!(
+        reason(&server, "gus", "sms", "acme").await,
+        (true, Reason::Granted)
+    );
+    let (_, _, metrics) = http(server.admin_addr, "GET", "/metrics", &[], "").await;
+    assert!(
+        metrics.contains("consentd_decisions_total{reason=\"stale_wording\"} 1"),
+        "{metrics}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn grants_older_than_valid_for_days_expire() {
+    let (server, _dir) = start(|_| {}).await;
+    let mut cons = server.consents().await;
+    edit_catalog(&server, |s| {
+        consent(s, "marketing.zenith").valid_for_days = 30
+    })
+    .await
+    .unwrap();
+    let day = 86_400;
+    cons.grant(change("ida", "marketing.zenith", Some(now() - 40 * day)))
+        .await
+        .unwrap();
+    cons.grant(change("jon", "marketing.zenith", Some(now() - 20 * day)))
+        .await
+        .unwrap();
+    assert_eq!(
+        reason(&server, "ida", "sms", "zenith").await,
+        (false, Reason::Expired)
+    );
+    assert_eq!(
+        reason(&server, "jon", "sms", "zenith").await,
+        (true, Reason::Granted)
+    );
+    cons.grant(change("ida", "marketing.zenith", None))
+        .await
+        .unwrap();
+    assert_eq!(
+        reason(&server, "ida", "sms", "zenith").await,
+        (true, Reason::Granted)
+    );
+    let (_, _, metrics) = http(server.admin_addr, "GET", "/metrics", &[], "").await;
+    assert!(
+        metrics.contains("consentd_decisions_total{reason=\"expired\"} 1"),
+        "{metrics}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_preference_center_lists_the_tree_and_records_what_is_ticked() {
+    let (server, _dir) = start(|_| {}).await;
+    let mut cons = server.consents().await;
+    cons.grant(change("jan", "marketing.acme", Some(now() - 60)))
+        .await
+        .unwrap();
+    let url = cons
+        .issue_preference_link(pb::IssuePreferenceLinkRequest {
+            contact_id: "jan".into(),
+            purpose: String::new(),
+            brand: "acme".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let path = link_path(&server, &url);
+    assert!(path.starts_with("/p/"), "{path}");
+
+    let (status, _, page) = http(server.http_addr, "GET", &path, &[], "").await;
+    assert_eq!(status, 200, "{page}");
+    for title in [
+        "News and offers from all our brands",
+        "News and offers from Acme",
+        "The Acme newsletter",
+        "Zenith offers by SMS",
+        "News and offers from Orbit",
+    ] {
+        assert!(page.contains(title), "{title} listed: {page}");
+    }
+    assert!(
+        !page.contains("Customer satisfaction surveys"),
+        "another purpose"
+    );
+    assert!(!page.contains("checked"), "nothing pre-ticked: {page}");
+    assert!(page.contains("Acme Outdoor"), "the brand's display name");
+    assert!(
+        page.contains("I agree to receive the Acme newsletter by e-mail."),
+        "the wording"
+    );
+    assert!(
+        page.contains("name=\"withdraw\" value=\"marketing.acme\""),
+        "jan has it: {page}"
+    );
+    assert!(!page.contains("<script"), "no JavaScript");
+    let (_, _, pl) = http(
+        server.http_addr,
+        "GET",
+        &path,
+        &[("Accept-Language", "pl")],
+        "",
+    )
+    .await;
+    assert!(pl.contains("Zapisz moje wybory"), "{pl}");
+
+    // A grant through the page, with the version shown.
+    let form = [
+        ("Content-Type", "application/x-www-form-urlencoded"),
+        ("User-Agent", "phone"),
+    ];
+    let (status, _, after) = http(
+        server.http_addr,
+        "POST",
+        &path,
+        &form,
+        "grant=marketing.zenith&v.marketing.zenith=1",
+    )
+    .await;
+    assert_eq!(status, 200, "{after}");
+    assert!(after.contains("Saved."), "{after}");
+    assert!(
+        after.contains("name=\"withdraw\" value=\"marketing.zenith\""),
+        "new state shown"
+    );
+    assert_eq!(
+        reason(&server, "jan", "sms", "zenith").await,
+        (true, Reason::Granted)
+    );
+    let last = history(&server, "jan").await.pop().unwrap();
+    assert_eq!(last.source(), pb::Source::PreferenceCenter);
+    assert_eq!(
+        last.evidence.get("version_shown").map(String::as_str),
+        Some("1")
+    );
+    assert_eq!(
+        last.evidence.get("user_agent").map(String::as_str),
+        Some("phone")
+    );
+
+    // A withdrawal through it.
+    let (status, _, _) = http(
+        server.http_addr,
+        "POST",
+        &path,
+        &form,
+        "withdraw=marketing.acme",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        reason(&server, "jan", "sms", "acme").await,
+        (false, Reason::Withdrawn)
+    );
+    let n = history(&server, "jan").await.len();
+
+    // Bad forms change nothing: a consent of another purpose, an unknown
+    // one, a grant and a withdrawal mixed with one bad field.
+    for body in [
+        "grant=surveys",
+        "grant=no.such.consent",
+        "withdraw=marketing.zenith&grant=surveys",
+    ] {
+        let (status, _, page) = http(server.http_addr, "POST", &path, &form, body).await;
+        assert_eq!(status, 400, "{body}: {page}");
+        assert!(page.contains("Nothing was changed"), "{page}");
+    }
+    assert_eq!(history(&server, "jan").await.len(), n);
+    assert_eq!(
+        reason(&server, "jan", "sms", "zenith").await,
+        (true, Reason::Granted)
+    );
+
+    // A grant of a wording the person did not see is not recorded.
+    let (_, _, page) = http(
+        server.http_addr,
+        "POST",
+        &path,
+        &form,
+        "grant=marketing.orbit&v.marketing.orbit=7",
+    )
+    .await;
+    assert!(page.contains("changed while you read it"), "{page}");
+    assert_eq!(history(&server, "jan").await.len(), n);
+
+    // A retired consent is no longer offered, and a grant of it is refused.
+    edit_catalog(&server, |s| consent(s, "marketing.orbit").retired = true)
+        .await
+        .unwrap();
+    let (_, _, page) = http(server.http_addr, "GET", &path, &[], "").await;
+    assert!(!page.contains("News and offers from Orbit"), "{page}");
+    let (status, _, page) = http(
+        server.http_addr,
+        "POST",
+        &path,
+        &form,
+        "grant=marketing.orbit&v.marketing.orbit=1",
+    )
+    .await;
+    assert_eq!(status, 400, "{page}");
+    assert!(page.contains("no longer offered"), "{page}");
+    assert_eq!(history(&server, "jan").await.len(), n);
+
+    // Forged tokens get the one 404.
+    let mut forged = path.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    assert_eq!(http(server.http_addr, "GET", &forged, &[], "").await.0, 404);
+    assert_eq!(
+        http(
+            server.http_addr,
+            "POST",
+            &forged,
+            &form,
+            "withdraw=marketing"
+        )
+        .await
+        .0,
+        404
+    );
+    assert_eq!(
+        http(
+            server.http_addr,
+            "GET",
+            &path.replace("/p/", "/u/"),
+            &[],
+            ""
+        )
+        .await
+        .0,
+        404
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_pending_grant_and_its_link_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(dir.path(), Some(example_catalog_path())).await;
+    edit_catalog(&server, |s| {
+        consent(s, "marketing.orbit").double_opt_in = true
+    })
+    .await
+    .unwrap();
+    let mut cons = server.consents().await;
+    let r = grant(
+        &mut cons,
+        grant_by("ola", "marketing.orbit", pb::Source::Form),
+    )
+    .await;
+    let url = r.confirmation_url;
+    server.stop().await;
+
+    let server = TestServer::start_in(dir.path(), None).await;
+    assert_eq!(
+        reason(&server, "ola", "email", "orbit").await,
+        (false, Reason::PendingConfirmation)
+    );
+    // The re-send window holds across the restart.
+    let mut cons = server.consents().await;
+    let again = grant(
+        &mut cons,
+        grant_by("ola", "marketing.orbit", pb::Source::Form),
+    )
+    .await;
+    assert!(
+        again.pending && again.confirmation_url.is_empty(),
+        "{again:?}"
+    );
+    // The new server listens on another port; the token is what counts.
+    let path = url[url.find("/c/").unwrap()..].to_owned();
+    let (_, _, body) = http(server.http_addr, "GET", &path, &[], "").await;
+    let (status, _, _) = http(
+        server.http_addr,
+        "POST",
+        &path,
+        &[],
+        &format!("version={}", shown_version(&body)),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        reason(&server, "ola", "email", "orbit").await,
+        (true, Reason::Granted)
+    );
+    server.stop().await;
+}

@@ -90,6 +90,7 @@ label.choice{{display:flex;gap:.7rem;align-items:center;padding:.6rem 0;font-siz
 label.choice input{{width:1.6rem;height:1.6rem;flex:none}}\
 .state{{font-size:.95rem;color:#333}}\
 .notice{{border:2px solid #b58900;padding:.5rem .8rem}}\
+.ok{{border:2px solid #2e7d32;padding:.5rem .8rem}}\
 .error{{border:2px solid #c00;padding:.5rem .8rem}}</style></head>\
 <body><main><h1>{title}</h1>{body}</main></body></html>\n"
     );

@@ -113,7 +113,7 @@ fn saved(lang: Lang, p: &PreferencePage, r: &PreferenceResult) -> String {
     }
     if !r.granted.is_empty() || !r.withdrawn.is_empty() {
         out.push_str(&format!(
-            "<p class=\"notice\" role=\"status\">{}",
+            "<p class=\"ok\" role=\"status\">{}",
             lang.pick("Saved.", "Zapisano.")
         ));
         if !r.granted.is_empty() {

@@ -164,3 +164,105 @@ async fn every_command_against_a_running_server() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("Unauthenticated"));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn double_opt_in_preferences_and_the_new_catalog_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = consentd::Config::ephemeral(dir.path());
+    config.tokens = vec![format!("check+write+admin:{TOKEN}")];
+    let server = TestServer::start_with(config).await;
+    // The example catalog with the Orbit consent behind double opt-in, a
+    // re-consent floor and an expiry.
+    let text = std::fs::read_to_string(example_catalog_path())
+        .unwrap()
+        .replace(
+            "id = \"marketing.orbit\"\n",
+            "id = \"marketing.orbit\"\ndouble_opt_in = true\nmin_version = 1\nvalid_for_days = 730\n",
+        );
+    let catalog = dir.path().join("catalog.toml");
+    std::fs::write(&catalog, text).unwrap();
+    let (ok, _, err) = ctl(&server, &["catalog", "apply", catalog.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let (ok, out, _) = ctl(&server, &["catalog", "show"]);
+    assert!(ok);
+    for line in [
+        "double_opt_in = true",
+        "min_version = 1",
+        "valid_for_days = 730",
+        "acme = \"Acme Outdoor\"",
+    ] {
+        assert!(out.contains(line), "{line} in {out}");
+    }
+
+    // A sign-up is pending, with the link to mail.
+    let (ok, out, err) = ctl(
+        &server,
+        &[
+            "--json",
+            "grant",
+            "una",
+            "marketing.orbit",
+            "--source",
+            "form",
+        ],
+    );
+    assert!(ok, "{err}");
+    let r = json(&out);
+    assert_eq!(
+        (r["applied"].as_bool(), r["pending"].as_bool()),
+        (Some(false), Some(true))
+    );
+    assert!(
+        r["confirmation_url"].as_str().unwrap().contains("/c/"),
+        "{r}"
+    );
+    let (_, out, _) = ctl(&server, &["check", "una", "email", "orbit"]);
+    assert!(out.contains("PENDING_CONFIRMATION"), "{out}");
+    // Re-sending inside the window sends nothing new.
+    let (ok, out, err) = ctl(&server, &["confirm-link", "una", "marketing.orbit"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("none sent now"), "{out}");
+    let (ok, _, err) = ctl(&server, &["confirm-link", "nobody", "marketing.orbit"]);
+    assert!(!ok && err.contains("FailedPrecondition"), "{err}");
+    // An operator who vouches for the confirmation.
+    let (ok, out, _) = ctl(
+        &server,
+        &["--json", "grant", "vic", "marketing.orbit", "--confirmed"],
+    );
+    assert!(ok);
+    assert_eq!(json(&out)["applied"].as_bool(), Some(true));
+
+    // A CSV with a `confirmed` column: confirmed rows apply, others wait.
+    let csv = dir.path().join("doi.csv");
+    std::fs::write(
+        &csv,
+        "contact_id,consent_id,action,occurred_at,confirmed\n\
+         wes,marketing.orbit,grant,2026-10-01T10:00:00Z,true\n\
+         xia,marketing.orbit,grant,2026-10-01T10:00:00Z,false\n",
+    )
+    .unwrap();
+    let (ok, out, err) = ctl(&server, &["--json", "import", csv.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let s = json(&out);
+    assert_eq!(
+        (s["applied"].as_u64(), s["pending"].as_u64()),
+        (Some(1), Some(1)),
+        "{s}"
+    );
+    // The imported pending row gets its first link on request.
+    let (ok, out, err) = ctl(&server, &["confirm-link", "xia", "marketing.orbit"]);
+    assert!(ok && out.contains("/c/"), "{out}{err}");
+
+    let (ok, out, err) = ctl(
+        &server,
+        &["--json", "preference-link", "una", "--brand", "orbit"],
+    );
+    assert!(ok, "{err}");
+    let url = json(&out)["url"].as_str().unwrap().to_owned();
+    assert!(url.contains("/p/"), "{url}");
+    let path = link_path(&server, &url);
+    let (status, _, page) = http(server.http_addr, "GET", &path, &[], "").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("Orbit Travel"), "{page}");
+    server.stop().await;
+}

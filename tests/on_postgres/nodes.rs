@@ -478,3 +478,69 @@ async fn one_key_sent_to_two_nodes_at_once_is_recorded_once() {
         n.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_grant_on_one_node_is_confirmed_through_another() {
+    let (nodes, _dirs, _) = nodes(2).await;
+    let mut cat = nodes[0].catalog().await;
+    let mut spec = cat
+        .get_catalog(pb::GetCatalogRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    for c in &mut spec.consents {
+        if c.id == "marketing.zenith" {
+            c.double_opt_in = true;
+        }
+    }
+    cat.apply_catalog(spec).await.unwrap();
+
+    // Node A takes the sign-up as pending; node B sees it wait.
+    let mut a = nodes[0].consents().await;
+    let mut signup = change("pat", "marketing.zenith", None);
+    signup.source = pb::Source::Form as i32;
+    // The catalog reaches node A's writer before this; node B follows it.
+    let r = a.grant(signup.clone()).await.unwrap().into_inner();
+    assert!(r.pending, "{r:?}");
+    let mut b = nodes[1].eligibility().await;
+    let answer = b
+        .can_send(fresh_check("pat", r.sequence))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.reason(), Reason::PendingConfirmation, "{answer:?}");
+
+    // The re-send window is shared: node B sends no second link.
+    let mut bc = nodes[1].consents().await;
+    let again = bc.grant(signup).await.unwrap().into_inner();
+    assert!(
+        again.pending && again.confirmation_url.is_empty(),
+        "{again:?}"
+    );
+
+    // The link node A minted confirms on node B's page.
+    let token = &r.confirmation_url[r.confirmation_url.find("/c/").unwrap()..];
+    let (_, _, page) = http(nodes[1].http_addr, "GET", token, &[], "").await;
+    let at = page.find("name=\"version\" value=\"").unwrap() + 22;
+    let version = &page[at..at + page[at..].find('"').unwrap()];
+    let (status, _, _) = http(
+        nodes[1].http_addr,
+        "POST",
+        token,
+        &[],
+        &format!("version={version}"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let last = history(&nodes[1], "pat").await.pop().unwrap();
+    let mut ea = nodes[0].eligibility().await;
+    let answer = ea
+        .can_send(fresh_check("pat", last.sequence))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        answer.allowed,
+        "node A follows the confirmation: {answer:?}"
+    );
+}

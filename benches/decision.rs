@@ -77,6 +77,7 @@ fn bench(c: &mut Criterion) {
     let cat = catalog();
     let lapsing = expiring(&cat);
     let clock = SystemClock;
+    let clock_now = || consentd::clock::Clock::now(&clock);
     for (label, n) in [("1M", 1_000_000u64), ("10M", 10_000_000)] {
         let index = build(&cat, n);
         // Random probes (a fixed LCG), most of them known contacts.
@@ -122,7 +123,7 @@ fn bench(c: &mut Criterion) {
             group.bench_function("parts/index", |b| {
                 b.iter(|| {
                     i = (i + 1) & ((1 << 16) - 1);
-                    black_box(index.verdict(&probes[i], cover, cat.terms(), 0))
+                    black_box(index.verdict(&probes[i], cover, cat.terms(), &clock_now))
                 })
             });
         }

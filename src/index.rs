@@ -16,6 +16,7 @@ use compact_str::CompactString;
 use dashmap::DashMap;
 use smallvec::SmallVec;
 
+use crate::domain::resolve::Now;
 use crate::domain::{ConsentIdx, HeldState, PendingRecord, Terms, UnixNanos, Verdict, verdict};
 
 /// One inline state covers the common contact without a heap allocation.
@@ -66,20 +67,21 @@ impl Index {
     }
 
     /// Decides CanSend for `contact` over a precomputed covering set, with
-    /// the catalog's lapse `terms`, at `now` (read only when something
-    /// lapses by age or a grant is pending).
+    /// the catalog's lapse `terms`, at `now` (read only when a grant may
+    /// have lapsed by age or a pending grant may still wait).
+    #[inline]
     pub fn verdict(
         &self,
         contact: &str,
         cover: &[ConsentIdx],
         terms: &[Terms],
-        now: UnixNanos,
+        now: impl Now,
     ) -> Verdict {
         let v = match self.map.get(contact) {
-            Some(states) => verdict(&states, cover, terms, now),
-            None => verdict(&[], cover, terms, now),
+            Some(states) => verdict(&states, cover, terms, &now),
+            None => verdict(&[], cover, terms, &now),
         };
-        if v == Verdict::NoConsent && self.has_pending() && self.waits(contact, cover, now) {
+        if v == Verdict::NoConsent && self.has_pending() && self.waits(contact, cover, now.now()) {
             return Verdict::PendingConfirmation;
         }
         v

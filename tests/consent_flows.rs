@@ -155,6 +155,20 @@ async fn a_double_opt_in_grant_waits_until_the_person_confirms_on_the_page() {
     assert!(again.contains("confirmed this already"), "{again}");
     assert_eq!(history(&server, "anna").await.len(), events.len());
 
+    // A bare POST (no fields at all) confirms too: the wording in force.
+    let r = grant(
+        &mut cons,
+        grant_by("abe", "marketing.orbit", pb::Source::Form),
+    )
+    .await;
+    let bare = link_path(&server, &r.confirmation_url);
+    let (status, _, done) = http(server.http_addr, "POST", &bare, &[], "").await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(
+        reason(&server, "abe", "email", "orbit").await,
+        (true, Reason::Granted)
+    );
+
     // A forged token gets the one 404; an unsubscribe token does not open
     // as a confirmation.
     let mut forged = path.clone();
@@ -718,6 +732,18 @@ async fn the_preference_center_lists_the_tree_and_records_what_is_ticked() {
     assert_eq!(
         last.evidence.get("user_agent").map(String::as_str),
         Some("phone")
+    );
+
+    // A bare `grant=ID` (no version field) is the wording in force.
+    let (status, _, _) = http(server.http_addr, "POST", &path, &form, "grant=marketing").await;
+    assert_eq!(status, 200);
+    let last = history(&server, "jan").await.pop().unwrap();
+    assert_eq!(
+        (
+            last.consent_id.as_str(),
+            last.evidence.get("version_shown").map(String::as_str)
+        ),
+        ("marketing", Some("1"))
     );
 
     // A withdrawal through it.

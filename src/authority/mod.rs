@@ -71,12 +71,7 @@ pub fn answer_check(
     check_contact("contact_id", contact)?;
     let cell = catalog.cell(purpose, channel, brand)?;
     let cover = catalog.covering(cell);
-    let now = if catalog.expires() || index.has_pending() {
-        clock.now()
-    } else {
-        0
-    };
-    let verdict = index.verdict(contact, cover, catalog.terms(), now);
+    let verdict = index.verdict(contact, cover, catalog.terms(), || clock.now());
     let decided_by = verdict
         .decided()
         .map_or("", |(by, _)| catalog.consent_id(by));

@@ -332,7 +332,7 @@ impl Authority {
     }
 
     /// A POST to a confirmation page: confirms (records the GRANT at the
-    /// click, if `version` is still the wording in force) or, with
+    /// click, if `version`, when given, is still the wording in force) or, with
     /// `not_me`, records "this wasn't me" (a WITHDRAW that sticks).
     pub async fn confirm(
         &self,
@@ -349,7 +349,10 @@ impl Authority {
             Confirmation::Gone if not_me && consent.is_some() => {}
             other => return Ok(Confirmed::Nothing(other)),
         }
-        if !not_me && consent.as_ref().map(|c| c.version) != version {
+        // A form that names the version it showed confirms that version
+        // only; a bare POST (DESIGN.md §8: any POST without `not_me`
+        // confirms) takes the wording the page shows now.
+        if !not_me && version.is_some() && consent.as_ref().map(|c| c.version) != version {
             return Ok(Confirmed::WordingChanged);
         }
         let change = Change {
@@ -466,7 +469,8 @@ impl Authority {
     /// A preference POST: checks every field against the link's purpose
     /// tree first (nothing is recorded when one is wrong), then records
     /// each withdrawal and each grant whose wording is the one shown
-    /// (`shown`: consent id → version), with source PREFERENCE_CENTER.
+    /// (`shown`: consent id → version; a grant without one is taken for
+    /// the wording in force), with source PREFERENCE_CENTER.
     pub async fn set_preferences(
         &self,
         claim: &Claim,
@@ -511,15 +515,15 @@ impl Authority {
         };
         let mut result = PreferenceResult::default();
         for (consent, action, version) in plan {
+            // A form names the version it showed; a bare field (a client of
+            // its own) is taken for the wording in force.
             let seen = shown_versions.get(consent.as_str()).copied();
-            if action == Action::Grant && seen != Some(version) {
+            if action == Action::Grant && seen.is_some_and(|v| v != version) {
                 result.reworded.push(consent.to_string());
                 continue;
             }
             let mut evidence = evidence.clone();
-            if let Some(v) = seen {
-                evidence.insert("version_shown".into(), v.to_string());
-            }
+            evidence.insert("version_shown".into(), seen.unwrap_or(version).to_string());
             let change = Change {
                 contact: claim.contact.clone(),
                 consent: consent.clone(),

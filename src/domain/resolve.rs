@@ -44,6 +44,26 @@ impl HeldState {
     }
 }
 
+/// The time, read only when a decision needs it (a grant that may have
+/// expired, a pending grant that may still wait): the common CanSend never
+/// reads the clock.
+pub trait Now {
+    /// Nanoseconds since the epoch.
+    fn now(&self) -> UnixNanos;
+}
+
+impl Now for UnixNanos {
+    fn now(&self) -> UnixNanos {
+        *self
+    }
+}
+
+impl<F: Fn() -> UnixNanos> Now for F {
+    fn now(&self) -> UnixNanos {
+        self()
+    }
+}
+
 /// The answer to CanSend, before it is dressed for the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -92,19 +112,21 @@ impl Verdict {
 
 /// Decides from `states` over `cover`, which lists the covering consents most
 /// specific first (deepest, then smallest id), so a position in it is the
-/// specificity rank. `terms` (by interned consent) say when a GRANT state
-/// stops counting at `now` (read only when a consent lapses by age).
+/// specificity rank. `terms` (by interned consent; empty when nothing
+/// lapses) say when a GRANT state stops counting at `now` (read only for a
+/// grant of a consent that lapses by age).
 ///
 /// Among the covered states that count, the latest `occurred_at` wins; on a
 /// tie a WITHDRAW beats a GRANT, then the more specific consent wins. When
 /// none counts, a lapsed grant says why (stale wording before age); the
 /// caller turns the remaining [`Verdict::NoConsent`] into
 /// [`Verdict::PendingConfirmation`] when a pending grant waits.
+#[inline]
 pub fn verdict(
     states: &[HeldState],
     cover: &[ConsentIdx],
     terms: &[Terms],
-    now: UnixNanos,
+    now: &impl Now,
 ) -> Verdict {
     if cover.is_empty() {
         return Verdict::NotCovered;
@@ -223,11 +245,11 @@ mod tests {
                 &[s(UMB, Withdraw, 5), s(A, Withdraw, 5)], A_EMAIL_COVER, w(A, 5)),
         ];
         for (name, states, cover, want) in table {
-            assert_eq!(verdict(states, cover, NONE, 0), *want, "{name}");
+            assert_eq!(verdict(states, cover, NONE, &0), *want, "{name}");
             // The order the index holds states in never matters.
             let mut rev = states.to_vec();
             rev.reverse();
-            assert_eq!(verdict(&rev, cover, NONE, 0), *want, "{name} (reversed)");
+            assert_eq!(verdict(&rev, cover, NONE, &0), *want, "{name} (reversed)");
         }
     }
 
@@ -238,7 +260,7 @@ mod tests {
         let cover = &[7, 9, UMB];
         let states = [s(9, Grant, 4), s(7, Grant, 4)];
         assert_eq!(
-            verdict(&states, cover, NONE, 0),
+            verdict(&states, cover, NONE, &0),
             Verdict::Granted { by: 7, at: 4 }
         );
     }
@@ -279,7 +301,11 @@ mod tests {
                 &[s(A_EMAIL, Grant, 1)], g(A_EMAIL, 1)),
         ];
         for (name, states, want) in table {
-            assert_eq!(verdict(states, A_EMAIL_COVER, &terms, now), *want, "{name}");
+            assert_eq!(
+                verdict(states, A_EMAIL_COVER, &terms, &now),
+                *want,
+                "{name}"
+            );
         }
     }
 }

@@ -356,6 +356,7 @@ impl Catalog {
             }
         }
         let expires = terms.iter().any(|t| t.valid_for > 0);
+        let lapses = expires || terms.iter().any(|t| t.min_version > 0);
 
         for (brand, title) in &spec.brand_titles {
             let field = format!("brand_titles[{}]", quote(brand));
@@ -396,6 +397,7 @@ impl Catalog {
             wordings,
             terms,
             expires,
+            lapses,
             related: related.into_iter().map(Vec::into_boxed_slice).collect(),
         };
         Ok(Compiled {

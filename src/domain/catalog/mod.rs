@@ -113,10 +113,15 @@ impl Terms {
     /// Why a GRANT state of this consent no longer counts at `now`, if it
     /// does not.
     #[inline]
-    pub fn lapse(self, version: u16, occurred_at: UnixNanos, now: UnixNanos) -> Option<Lapse> {
+    pub fn lapse(
+        self,
+        version: u16,
+        occurred_at: UnixNanos,
+        now: &impl crate::domain::resolve::Now,
+    ) -> Option<Lapse> {
         if version < self.min_version {
             Some(Lapse::Stale)
-        } else if self.valid_for > 0 && occurred_at < now.saturating_sub(self.valid_for) {
+        } else if self.valid_for > 0 && occurred_at < now.now().saturating_sub(self.valid_for) {
             Some(Lapse::Expired)
         } else {
             None
@@ -190,6 +195,8 @@ pub struct Catalog {
     terms: Vec<Terms>,
     /// Whether any consent lapses by age (CanSend then reads the clock).
     expires: bool,
+    /// Whether any consent lapses at all (by version or by age).
+    lapses: bool,
     /// By `ConsentIdx`: its ancestors and descendants (a withdrawal of any
     /// of them by the person makes a system's grant pending).
     related: Vec<Box<[ConsentIdx]>>,
@@ -289,9 +296,10 @@ impl Catalog {
         Err(unknown("purpose", purpose))
     }
 
-    /// Lapse terms by interned consent, for [`crate::domain::verdict`].
+    /// Lapse terms by interned consent, for [`crate::domain::verdict`];
+    /// empty when no consent lapses (CanSend then skips the check).
     pub fn terms(&self) -> &[Terms] {
-        &self.terms
+        if self.lapses { &self.terms } else { &[] }
     }
 
     /// Whether some consent lapses by age: only then does CanSend need the

@@ -150,6 +150,13 @@ impl Index {
             .and_then(|s| s.iter().find(|h| h.consent == consent).copied())
     }
 
+    /// Whether any state of the contact satisfies `matches` (one lookup).
+    pub fn any_state(&self, contact: &str, matches: impl Fn(&HeldState) -> bool) -> bool {
+        self.map
+            .get(contact)
+            .is_some_and(|states| states.iter().any(matches))
+    }
+
     /// Whether the contact holds any state.
     pub fn holds(&self, contact: &str) -> bool {
         self.map.contains_key(contact)

@@ -37,6 +37,8 @@ pub(super) struct GroupBatch {
     pub(super) write: WriteBatch,
     /// States this batch set, ahead of the index and the store.
     states: HashMap<(ContactKey, ConsentIdx), StateRecord>,
+    /// Contacts this batch set a state for.
+    touched: std::collections::HashSet<ContactKey>,
     /// Keys this batch used, ahead of the store.
     keys: HashMap<String, IdempotencyRecord>,
     /// Pending records this batch moved, ahead of the index (`None`: the
@@ -134,6 +136,11 @@ impl GroupBatch {
         consent: ConsentIdx,
         index: &Index,
     ) {
+        if !event.pending && self.waiting.is_empty() && !index.has_pending() {
+            // Nothing waits anywhere: nothing to end.
+            self.moved = None;
+            return;
+        }
         let contact = ContactKey::from(event.contact.as_str());
         let prev = self.pending_record(&contact, consent, index);
         let next = PendingRecord::after(prev, event);
@@ -142,7 +149,7 @@ impl GroupBatch {
 
     /// Whether this batch gave `contact` any state.
     pub(super) fn holds(&self, contact: &ContactKey) -> bool {
-        self.states.keys().any(|(c, _)| c == contact)
+        self.touched.contains(contact)
     }
 
     /// The full state of (contact, consent), for an answer: this batch's,
@@ -188,6 +195,7 @@ impl GroupBatch {
         let state = event.state();
         self.states
             .insert((contact.clone(), consent), state.clone());
+        self.touched.insert(contact.clone());
         let held = HeldState::of(consent, event.decision(), event.version, event.source);
         self.push(
             event,

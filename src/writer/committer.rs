@@ -575,10 +575,20 @@ impl Committer {
         consent: ConsentIdx,
         at: UnixNanos,
     ) -> bool {
-        std::iter::once(consent)
-            .chain(catalog.related(consent).iter().copied())
-            .filter_map(|c| batch.held(contact, c, &self.index))
-            .any(|h| h.action == Action::Withdraw && h.by_person && h.occurred_at < at)
+        let related = catalog.related(consent);
+        let sticks =
+            |h: &HeldState| h.action == Action::Withdraw && h.by_person && h.occurred_at < at;
+        if batch.holds(contact) {
+            // This batch may have replaced some of the index's states.
+            return std::iter::once(consent)
+                .chain(related.iter().copied())
+                .filter_map(|c| batch.held(contact, c, &self.index))
+                .any(|h| sticks(&h));
+        }
+        // One lookup: the contact's few states, checked against the tree.
+        self.index.any_state(contact, |h| {
+            (h.consent == consent || related.binary_search(&h.consent).is_ok()) && sticks(h)
+        })
     }
 
     /// Forgets idempotency keys past retention, between group commits, at
@@ -731,15 +741,17 @@ impl Committer {
                 continue;
             };
             let contact = e.contact.as_str();
-            let prev = self
-                .index
-                .pending(contact)
-                .into_iter()
-                .find(|(c, _)| *c == idx)
-                .map(|(_, p)| p);
-            let next = PendingRecord::follow(prev, &e);
-            if next != prev {
-                self.index.set_pending(contact, idx, next);
+            if e.pending || self.index.has_pending() {
+                let prev = self
+                    .index
+                    .pending(contact)
+                    .into_iter()
+                    .find(|(c, _)| *c == idx)
+                    .map(|(_, p)| p);
+                let next = PendingRecord::follow(prev, &e);
+                if next != prev {
+                    self.index.set_pending(contact, idx, next);
+                }
             }
             if !e.applied {
                 continue;

@@ -398,7 +398,13 @@ impl Catalog {
             terms,
             expires,
             lapses,
-            related: related.into_iter().map(Vec::into_boxed_slice).collect(),
+            related: related
+                .into_iter()
+                .map(|mut r| {
+                    r.sort_unstable();
+                    r.into_boxed_slice()
+                })
+                .collect(),
         };
         Ok(Compiled {
             catalog,

@@ -308,7 +308,7 @@ impl Catalog {
         self.expires
     }
 
-    /// The ancestors and descendants of a consent.
+    /// The ancestors and descendants of a consent, sorted.
     pub fn related(&self, idx: ConsentIdx) -> &[ConsentIdx] {
         self.related.get(idx as usize).map_or(&[], |r| &r[..])
     }

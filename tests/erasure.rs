@@ -188,6 +188,14 @@ async fn no_plaintext_remains_within_60_seconds_while_the_server_runs() {
     let mut grant = change(ERIN, "marketing", Some(now() - 60));
     grant.evidence.insert("ip".into(), ERIN_IP.into());
     cons.grant(grant).await.unwrap();
+    // A withdrawal she made, then a CRM's grant over it: a pending grant,
+    // which the store keeps with her id until the erasure.
+    cons.withdraw(change(ERIN, "marketing.acme", None))
+        .await
+        .unwrap();
+    let mut resync = change(ERIN, "marketing", None);
+    resync.source = pb::Source::Api as i32;
+    assert!(cons.grant(resync).await.unwrap().into_inner().pending);
     cons.grant(change("fay-stays@example.com", "marketing", None))
         .await
         .unwrap();

@@ -154,14 +154,20 @@ pub(crate) async fn tables_text(url: &str) -> String {
         .unwrap();
     let conn = tokio::spawn(conn);
     let mut all = String::new();
-    for table in [
-        "meta",
-        "events",
-        "states",
-        "idempotency",
-        "erasures",
-        "wordings",
-    ] {
+    // Every table of the schema, so that a new one is covered too.
+    let tables: Vec<String> = client
+        .query(
+            "SELECT table_name::text FROM information_schema.tables
+             WHERE table_schema = 'consentd' AND table_type = 'BASE TABLE'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(tables.iter().any(|t| t == "pending"), "{tables:?}");
+    for table in tables {
         let row = client
             .query_one(
                 &format!("SELECT coalesce(string_agg(t::text, '|'), '') FROM consentd.{table} t"),

@@ -98,6 +98,17 @@ async fn snap(client: &Client, name: &str) {
     std::fs::write(screenshots().join(format!("{name}.png")), png).unwrap();
 }
 
+/// Clicks the first element `css` selects.
+async fn click(client: &Client, css: &str) {
+    client
+        .find(Locator::Css(css))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
 /// The page's text, once a page whose body holds `marker` has loaded.
 async fn wait_for(client: &Client, marker: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -177,22 +188,8 @@ async fn a_person_uses_the_pages_on_a_phone() {
     for b in &boxes {
         assert!(!b.is_selected().await.unwrap(), "nothing pre-ticked");
     }
-    client
-        .find(Locator::Css(
-            "input[name=grant][value='marketing.acme.email']",
-        ))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    client
-        .find(Locator::Css("button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "input[name=grant][value='marketing.acme.email']").await;
+    click(&client, "button[type=submit]").await;
     wait_for(&client, "Saved.").await;
     snap(&client, "2-preferences-saved").await;
     let (allowed, why, by) =
@@ -217,13 +214,7 @@ async fn a_person_uses_the_pages_on_a_phone() {
     wait_for(&client, "You are about to stop receiving").await;
     fits_the_phone(&client).await;
     snap(&client, "3-unsubscribe").await;
-    client
-        .find(Locator::Css("form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "form button").await;
     wait_for(&client, "You are unsubscribed from").await;
     snap(&client, "4-unsubscribed").await;
     let (allowed, why, _) = can_send(&mut server.eligibility().await, "pia", "email", "acme").await;
@@ -244,13 +235,7 @@ async fn a_person_uses_the_pages_on_a_phone() {
     );
     fits_the_phone(&client).await;
     snap(&client, "5-confirm").await;
-    client
-        .find(Locator::Css("form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "form button").await;
     wait_for(&client, "You have confirmed").await;
     snap(&client, "6-confirmed").await;
     let (allowed, why, by) =

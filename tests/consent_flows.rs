@@ -18,29 +18,25 @@ async fn start(configure: impl FnOnce(&mut consentd::Config)) -> (TestServer, te
     configure(&mut config);
     let server = TestServer::start_with(config).await;
     edit_catalog(&server, |spec| {
-        consent(spec, "marketing.orbit").double_opt_in = true;
+        consent_mut(spec, "marketing.orbit").double_opt_in = true;
     })
     .await
     .unwrap();
     (server, dir)
 }
 
-fn consent<'a>(spec: &'a mut pb::CatalogSpec, id: &str) -> &'a mut pb::ConsentDefinition {
-    spec.consents.iter_mut().find(|c| c.id == id).unwrap()
+/// A GET of a page: (status, head, body).
+async fn get(server: &TestServer, path: &str) -> (u16, String, String) {
+    http(server.http_addr, "GET", path, &[], "").await
 }
 
-async fn edit_catalog(
-    server: &TestServer,
-    edit: impl FnOnce(&mut pb::CatalogSpec),
-) -> Result<pb::CatalogSpec, tonic::Status> {
-    let mut cat = server.catalog().await;
-    let mut spec = cat
-        .get_catalog(pb::GetCatalogRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    edit(&mut spec);
-    cat.apply_catalog(spec).await.map(|r| r.into_inner())
+/// A form POST to a page, as a browser sends it: (status, head, body).
+async fn post(server: &TestServer, path: &str, body: &str) -> (u16, String, String) {
+    let form = [
+        ("Content-Type", "application/x-www-form-urlencoded"),
+        ("User-Agent", "phone"),
+    ];
+    http(server.http_addr, "POST", path, &form, body).await
 }
 
 fn grant_by(contact: &str, consent: &str, source: pb::Source) -> pb::ConsentChange {
@@ -57,12 +53,6 @@ async fn reason(server: &TestServer, contact: &str, channel: &str, brand: &str) 
     let (allowed, reason, _) =
         can_send(&mut server.eligibility().await, contact, channel, brand).await;
     (allowed, reason)
-}
-
-/// The `version` a confirmation page's form sends.
-fn shown_version(body: &str) -> String {
-    let at = body.find("name=\"version\" value=\"").unwrap() + 22;
-    body[at..at + body[at..].find('"').unwrap()].to_owned()
 }
 
 fn import_row(contact: &str, consent: &str, confirmed: bool, occurred_at: i64) -> pb::ImportRow {
@@ -97,7 +87,7 @@ async fn a_double_opt_in_grant_waits_until_the_person_confirms_on_the_page() {
     assert!(events[0].pending && !events[0].applied, "{:?}", events[0]);
 
     // A mail scanner's GET changes nothing; the page shows the exact words.
-    let (status, _, body) = http(server.http_addr, "GET", &path, &[], "").await;
+    let (status, _, body) = get(&server, &path).await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("I agree to receive marketing messages from Orbit by e-mail, SMS and push notifications."), "{body}");
     assert!(
@@ -162,7 +152,7 @@ async fn a_double_opt_in_grant_waits_until_the_person_confirms_on_the_page() {
     )
     .await;
     let bare = link_path(&server, &r.confirmation_url);
-    let (status, _, done) = http(server.http_addr, "POST", &bare, &[], "").await;
+    let (status, _, done) = post(&server, &bare, "").await;
     assert_eq!(status, 200, "{done}");
     assert_eq!(
         reason(&server, "abe", "email", "orbit").await,
@@ -290,9 +280,9 @@ async fn imports_take_confirmed_rows_and_keep_the_others_pending_until_a_link_is
 
     // The link confirms.
     let path = link_path(&server, &first.url);
-    let (_, _, body) = http(server.http_addr, "GET", &path, &[], "").await;
+    let (_, _, body) = get(&server, &path).await;
     let form = format!("version={}", shown_version(&body));
-    let (status, _, _) = http(server.http_addr, "POST", &path, &[], &form).await;
+    let (status, _, _) = post(&server, &path, &form).await;
     assert_eq!(status, 200);
     assert_eq!(
         reason(&server, "carl", "email", "orbit").await,
@@ -320,14 +310,7 @@ async fn a_resync_over_a_persons_unsubscribe_stays_pending_unless_vouched_for() 
         .unwrap()
         .into_inner();
     let path = link_path(&server, &link.url);
-    let (status, _, _) = http(
-        server.http_addr,
-        "POST",
-        &path,
-        &[],
-        "List-Unsubscribe=One-Click",
-    )
-    .await;
+    let (status, _, _) = post(&server, &path, "List-Unsubscribe=One-Click").await;
     assert_eq!(status, 200);
     assert_eq!(
         reason(&server, "eve", "email", "acme").await,
@@ -410,10 +393,10 @@ async fn this_wasnt_me_withdraws_for_good_and_the_link_confirms_nothing_after() 
     )
     .await;
     let path = link_path(&server, &r.confirmation_url);
-    let (_, _, body) = http(server.http_addr, "GET", &path, &[], "").await;
+    let (_, _, body) = get(&server, &path).await;
     let version = shown_version(&body);
 
-    let (status, _, page) = http(server.http_addr, "POST", &path, &[], "not_me=1").await;
+    let (status, _, page) = post(&server, &path, "not_me=1").await;
     assert_eq!(status, 200);
     assert!(page.contains("this wasn't you"), "{page}");
     assert_eq!(
@@ -427,14 +410,7 @@ async fn this_wasnt_me_withdraws_for_good_and_the_link_confirms_nothing_after() 
         (Action::Withdraw, pb::Source::ConfirmationLink)
     );
 
-    let (status, _, page) = http(
-        server.http_addr,
-        "POST",
-        &path,
-        &[],
-        &format!("version={version}"),
-    )
-    .await;
+    let (status, _, page) = post(&server, &path, &format!("version={version}")).await;
     assert_eq!(status, 200);
     assert!(page.contains("this wasn't you"), "{page}");
     assert_eq!(
@@ -493,7 +469,7 @@ async fn confirmation_mails_cannot_flood_anyone() {
     .await;
     assert!(r.pending && !r.confirmation_url.is_empty());
 
-    let (_, _, metrics) = http(server.admin_addr, "GET", "/metrics", &[], "").await;
+    let metrics = metrics(&server).await;
     assert!(
         metrics.contains("consentd_pending_grants_total 21"),
         "{metrics}"
@@ -516,10 +492,10 @@ async fn an_expired_confirmation_link_says_so_and_records_nothing() {
     )
     .await;
     let path = link_path(&server, &r.confirmation_url);
-    let (status, _, page) = http(server.http_addr, "GET", &path, &[], "").await;
+    let (status, _, page) = get(&server, &path).await;
     assert_eq!(status, 410, "{page}");
     assert!(page.contains("expired"), "{page}");
-    let (status, _, page) = http(server.http_addr, "POST", &path, &[], "version=1").await;
+    let (status, _, page) = post(&server, &path, "version=1").await;
     assert_eq!(status, 410, "{page}");
     assert_eq!(
         history(&server, "max").await.len(),
@@ -555,15 +531,17 @@ async fn a_new_wording_with_min_version_asks_for_consent_again() {
     );
 
     // Asking for more than the wording the apply creates is refused.
-    let e = edit_catalog(&server, |s| consent(s, "marketing.acme").min_version = 2)
-        .await
-        .unwrap_err();
+    let e = edit_catalog(&server, |s| {
+        consent_mut(s, "marketing.acme").min_version = 2
+    })
+    .await
+    .unwrap_err();
     assert!(
         e.code() == Code::InvalidArgument && e.message().contains("min_version"),
         "{e:?}"
     );
     let applied = edit_catalog(&server, |s| {
-        let c = consent(s, "marketing.acme");
+        let c = consent_mut(s, "marketing.acme");
         c.text = "Acme, reworded: news, offers and events by e-mail, SMS and push.".into();
         c.min_version = 2;
     })
@@ -597,7 +575,7 @@ async fn a_new_wording_with_min_version_asks_for_consent_again() {
         reason(&server, "gus", "sms", "acme").await,
         (true, Reason::Granted)
     );
-    let (_, _, metrics) = http(server.admin_addr, "GET", "/metrics", &[], "").await;
+    let metrics = metrics(&server).await;
     assert!(
         metrics.contains("consentd_decisions_total{reason=\"stale_wording\"} 1"),
         "{metrics}"
@@ -610,7 +588,7 @@ async fn grants_older_than_valid_for_days_expire() {
     let (server, _dir) = start(|_| {}).await;
     let mut cons = server.consents().await;
     edit_catalog(&server, |s| {
-        consent(s, "marketing.zenith").valid_for_days = 30
+        consent_mut(s, "marketing.zenith").valid_for_days = 30
     })
     .await
     .unwrap();
@@ -636,7 +614,7 @@ async fn grants_older_than_valid_for_days_expire() {
         reason(&server, "ida", "sms", "zenith").await,
         (true, Reason::Granted)
     );
-    let (_, _, metrics) = http(server.admin_addr, "GET", "/metrics", &[], "").await;
+    let metrics = metrics(&server).await;
     assert!(
         metrics.contains("consentd_decisions_total{reason=\"expired\"} 1"),
         "{metrics}"
@@ -664,7 +642,7 @@ async fn the_preference_center_lists_the_tree_and_records_what_is_ticked() {
     let path = link_path(&server, &url);
     assert!(path.starts_with("/p/"), "{path}");
 
-    let (status, _, page) = http(server.http_addr, "GET", &path, &[], "").await;
+    let (status, _, page) = get(&server, &path).await;
     assert_eq!(status, 200, "{page}");
     for title in [
         "News and offers from all our brands",
@@ -701,15 +679,9 @@ async fn the_preference_center_lists_the_tree_and_records_what_is_ticked() {
     assert!(pl.contains("Zapisz moje wybory"), "{pl}");
 
     // A grant through the page, with the version shown.
-    let form = [
-        ("Content-Type", "application/x-www-form-urlencoded"),
-        ("User-Agent", "phone"),
-    ];
-    let (status, _, after) = http(
-        server.http_addr,
-        "POST",
+    let (status, _, after) = post(
+        &server,
         &path,
-        &form,
         "grant=marketing.zenith&v.marketing.zenith=1",
     )
     .await;
@@ -735,7 +707,7 @@ async fn the_preference_center_lists_the_tree_and_records_what_is_ticked() {
     );
 
     // A bare `grant=ID` (no version field) is the wording in force.
-    let (status, _, _) = http(server.http_addr, "POST", &path, &form, "grant=marketing").await;
+    let (status, _, _) = post(&server, &path, "grant=marketing").await;
     assert_eq!(status, 200);
     let last = history(&server, "jan").await.pop().unwrap();
     assert_eq!(
@@ -747,14 +719,7 @@ async fn the_preference_center_lists_the_tree_and_records_what_is_ticked() {
     );
 
     // A withdrawal through it.
-    let (status, _, _) = http(
-        server.http_addr,
-        "POST",
-        &path,
-        &form,
-        "withdraw=marketing.acme",
-    )
-    .await;
+    let (status, _, _) = post(&server, &path, "withdraw=marketing.acme").await;
     assert_eq!(status, 200);
     assert_eq!(
         reason(&server, "jan", "sms", "acme").await,
@@ -769,7 +734,7 @@ async fn the_preference_center_lists_the_tree_and_records_what_is_ticked() {
         "grant=no.such.consent",
         "withdraw=marketing.zenith&grant=surveys",
     ] {
-        let (status, _, page) = http(server.http_addr, "POST", &path, &form, body).await;
+        let (status, _, page) = post(&server, &path, body).await;
         assert_eq!(status, 400, "{body}: {page}");
         assert!(page.contains("Nothing was changed"), "{page}");
     }
@@ -780,31 +745,19 @@ async fn the_preference_center_lists_the_tree_and_records_what_is_ticked() {
     );
 
     // A grant of a wording the person did not see is not recorded.
-    let (_, _, page) = http(
-        server.http_addr,
-        "POST",
-        &path,
-        &form,
-        "grant=marketing.orbit&v.marketing.orbit=7",
-    )
-    .await;
+    let (_, _, page) = post(&server, &path, "grant=marketing.orbit&v.marketing.orbit=7").await;
     assert!(page.contains("changed while you read it"), "{page}");
     assert_eq!(history(&server, "jan").await.len(), n);
 
     // A retired consent is no longer offered, and a grant of it is refused.
-    edit_catalog(&server, |s| consent(s, "marketing.orbit").retired = true)
-        .await
-        .unwrap();
-    let (_, _, page) = http(server.http_addr, "GET", &path, &[], "").await;
+    edit_catalog(&server, |s| {
+        consent_mut(s, "marketing.orbit").retired = true
+    })
+    .await
+    .unwrap();
+    let (_, _, page) = get(&server, &path).await;
     assert!(!page.contains("News and offers from Orbit"), "{page}");
-    let (status, _, page) = http(
-        server.http_addr,
-        "POST",
-        &path,
-        &form,
-        "grant=marketing.orbit&v.marketing.orbit=1",
-    )
-    .await;
+    let (status, _, page) = post(&server, &path, "grant=marketing.orbit&v.marketing.orbit=1").await;
     assert_eq!(status, 400, "{page}");
     assert!(page.contains("no longer offered"), "{page}");
     assert_eq!(history(&server, "jan").await.len(), n);
@@ -813,31 +766,9 @@ async fn the_preference_center_lists_the_tree_and_records_what_is_ticked() {
     let mut forged = path.clone();
     let last = forged.pop().unwrap();
     forged.push(if last == 'A' { 'B' } else { 'A' });
-    assert_eq!(http(server.http_addr, "GET", &forged, &[], "").await.0, 404);
-    assert_eq!(
-        http(
-            server.http_addr,
-            "POST",
-            &forged,
-            &form,
-            "withdraw=marketing"
-        )
-        .await
-        .0,
-        404
-    );
-    assert_eq!(
-        http(
-            server.http_addr,
-            "GET",
-            &path.replace("/p/", "/u/"),
-            &[],
-            ""
-        )
-        .await
-        .0,
-        404
-    );
+    assert_eq!(get(&server, &forged).await.0, 404);
+    assert_eq!(post(&server, &forged, "withdraw=marketing").await.0, 404);
+    assert_eq!(get(&server, &path.replace("/p/", "/u/")).await.0, 404);
     server.stop().await;
 }
 
@@ -846,7 +777,7 @@ async fn a_pending_grant_and_its_link_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start_in(dir.path(), Some(example_catalog_path())).await;
     edit_catalog(&server, |s| {
-        consent(s, "marketing.orbit").double_opt_in = true
+        consent_mut(s, "marketing.orbit").double_opt_in = true
     })
     .await
     .unwrap();
@@ -877,15 +808,8 @@ async fn a_pending_grant_and_its_link_survive_a_restart() {
     );
     // The new server listens on another port; the token is what counts.
     let path = url[url.find("/c/").unwrap()..].to_owned();
-    let (_, _, body) = http(server.http_addr, "GET", &path, &[], "").await;
-    let (status, _, _) = http(
-        server.http_addr,
-        "POST",
-        &path,
-        &[],
-        &format!("version={}", shown_version(&body)),
-    )
-    .await;
+    let (_, _, body) = get(&server, &path).await;
+    let (status, _, _) = post(&server, &path, &format!("version={}", shown_version(&body))).await;
     assert_eq!(status, 200);
     assert_eq!(
         reason(&server, "ola", "email", "orbit").await,

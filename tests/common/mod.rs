@@ -198,21 +198,47 @@ pub(crate) async fn health_of(
         .map(|r| r.into_inner().status())
 }
 
-/// Applies the catalog in force with `consent`'s text replaced: a new
-/// wording version.
-pub(crate) async fn reword(server: &TestServer, consent: &str, text: &str) {
+/// Applies the catalog in force as `edit` changes it; what the server
+/// answered.
+pub(crate) async fn edit_catalog(
+    server: &TestServer,
+    edit: impl FnOnce(&mut pb::CatalogSpec),
+) -> Result<pb::CatalogSpec, tonic::Status> {
     let mut cat = server.catalog().await;
     let mut spec = cat
         .get_catalog(pb::GetCatalogRequest {})
         .await
         .unwrap()
         .into_inner();
-    for c in &mut spec.consents {
-        if c.id == consent {
-            c.text = text.into();
-        }
-    }
-    cat.apply_catalog(spec).await.unwrap();
+    edit(&mut spec);
+    cat.apply_catalog(spec).await.map(|r| r.into_inner())
+}
+
+/// The definition of `id` in a catalog.
+pub(crate) fn consent_mut<'a>(
+    spec: &'a mut pb::CatalogSpec,
+    id: &str,
+) -> &'a mut pb::ConsentDefinition {
+    spec.consents.iter_mut().find(|c| c.id == id).unwrap()
+}
+
+/// Applies the catalog in force with `consent`'s text replaced: a new
+/// wording version.
+pub(crate) async fn reword(server: &TestServer, consent: &str, text: &str) {
+    edit_catalog(server, |s| consent_mut(s, consent).text = text.into())
+        .await
+        .unwrap();
+}
+
+/// The `version` a confirmation page's form sends.
+pub(crate) fn shown_version(page: &str) -> String {
+    let at = page.find("name=\"version\" value=\"").unwrap() + 22;
+    page[at..at + page[at..].find('"').unwrap()].to_owned()
+}
+
+/// The admin listener's `/metrics` text.
+pub(crate) async fn metrics(server: &TestServer) -> String {
+    http(server.admin_addr, "GET", "/metrics", &[], "").await.2
 }
 
 pub(crate) fn example_catalog_path() -> PathBuf {

@@ -482,18 +482,11 @@ async fn one_key_sent_to_two_nodes_at_once_is_recorded_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pending_grant_on_one_node_is_confirmed_through_another() {
     let (nodes, _dirs, _) = nodes(2).await;
-    let mut cat = nodes[0].catalog().await;
-    let mut spec = cat
-        .get_catalog(pb::GetCatalogRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    for c in &mut spec.consents {
-        if c.id == "marketing.zenith" {
-            c.double_opt_in = true;
-        }
-    }
-    cat.apply_catalog(spec).await.unwrap();
+    edit_catalog(&nodes[0], |s| {
+        consent_mut(s, "marketing.zenith").double_opt_in = true
+    })
+    .await
+    .unwrap();
 
     // Node A takes the sign-up as pending; node B sees it wait.
     let mut a = nodes[0].consents().await;
@@ -521,16 +514,8 @@ async fn a_pending_grant_on_one_node_is_confirmed_through_another() {
     // The link node A minted confirms on node B's page.
     let token = &r.confirmation_url[r.confirmation_url.find("/c/").unwrap()..];
     let (_, _, page) = http(nodes[1].http_addr, "GET", token, &[], "").await;
-    let at = page.find("name=\"version\" value=\"").unwrap() + 22;
-    let version = &page[at..at + page[at..].find('"').unwrap()];
-    let (status, _, _) = http(
-        nodes[1].http_addr,
-        "POST",
-        token,
-        &[],
-        &format!("version={version}"),
-    )
-    .await;
+    let form = format!("version={}", shown_version(&page));
+    let (status, _, _) = http(nodes[1].http_addr, "POST", token, &[], &form).await;
     assert_eq!(status, 200);
     let last = history(&nodes[1], "pat").await.pop().unwrap();
     let mut ea = nodes[0].eligibility().await;

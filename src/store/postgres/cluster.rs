@@ -237,7 +237,7 @@ impl Throwaway {
             .open(&s.log)
             .map_err(|e| e.to_string())?;
         // The shell stops the server when this process is gone, however it
-        // ends (statics are never dropped), or on SIGINT from `stop_server`.
+        // ends (statics are never dropped), or on SIGTERM from `stop_server`.
         let watchdog = format!(
             r#""$0" "$@" & pg=$!
 trap 'kill -INT $pg 2>/dev/null; wait $pg; exit 0' INT TERM
@@ -287,8 +287,12 @@ kill -INT $pg 2>/dev/null; wait $pg"#,
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let Some(mut child) = child {
+            // TERM, not INT: a shell started with SIGINT ignored (any
+            // process run in the background by a non-interactive shell,
+            // e.g. `cmd &` in a CI script) cannot trap INT. The shell's
+            // trap then stops the server with INT (a fast shutdown).
             let _ = Command::new("kill")
-                .args(["-INT", &child.id().to_string()])
+                .args(["-TERM", &child.id().to_string()])
                 .status();
             let _ = child.wait();
         }

@@ -139,6 +139,16 @@ pub struct Config {
 }
 
 impl Config {
+    /// `--confirmation-ttl-hours` as a duration.
+    pub fn confirmation_ttl(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.confirmation_ttl_hours * 3600.0)
+    }
+
+    /// `--confirmation-resend-hours` as a duration.
+    pub fn confirmation_resend(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.confirmation_resend_hours * 3600.0)
+    }
+
     /// A configuration for tests and benchmarks: ephemeral loopback ports.
     pub fn ephemeral(data_dir: impl Into<PathBuf>) -> Self {
         Self {
@@ -181,14 +191,36 @@ fn hours(s: &str) -> Result<f64, String> {
     Ok(h)
 }
 
-impl Config {
-    /// `--confirmation-ttl-hours` as a duration.
-    pub fn confirmation_ttl(&self) -> std::time::Duration {
-        std::time::Duration::from_secs_f64(self.confirmation_ttl_hours * 3600.0)
-    }
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
 
-    /// `--confirmation-resend-hours` as a duration.
-    pub fn confirmation_resend(&self) -> std::time::Duration {
-        std::time::Duration::from_secs_f64(self.confirmation_resend_hours * 3600.0)
+    use super::*;
+
+    #[test]
+    fn confirmation_hours_take_fractions_and_refuse_nonsense() {
+        let c = Config::try_parse_from([
+            "consentd",
+            "--confirmation-ttl-hours",
+            "0.5",
+            "--confirmation-resend-hours",
+            "0",
+        ])
+        .unwrap();
+        assert_eq!(c.confirmation_ttl(), std::time::Duration::from_secs(1800));
+        assert_eq!(c.confirmation_resend(), std::time::Duration::ZERO);
+        let d = Config::try_parse_from(["consentd"]).unwrap();
+        assert_eq!(
+            d.confirmation_ttl(),
+            std::time::Duration::from_secs(168 * 3600)
+        );
+        assert_eq!(
+            d.confirmation_resend(),
+            std::time::Duration::from_secs(24 * 3600)
+        );
+        for bad in ["-1", "NaN", "inf", "soon", "100000"] {
+            let e = Config::try_parse_from(["consentd", "--confirmation-ttl-hours", bad]);
+            assert!(e.is_err(), "{bad}");
+        }
     }
 }

@@ -85,6 +85,22 @@ async fn a_double_opt_in_grant_waits_until_the_person_confirms_on_the_page() {
     );
     let events = history(&server, "anna").await;
     assert!(events[0].pending && !events[0].applied, "{:?}", events[0]);
+    let contact = |id: &str| pb::GetContactRequest {
+        contact_id: id.into(),
+        min_sequence: 0,
+    };
+    let waiting = cons
+        .get_contact(contact("anna"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(waiting.states.is_empty());
+    let p = &waiting.pending[0];
+    assert_eq!(
+        (p.consent_id.as_str(), p.count, p.waiting),
+        ("marketing.orbit", 1, true)
+    );
+    assert!(p.link_sent_at.is_some(), "{p:?}");
 
     // A mail scanner's GET changes nothing; the page shows the exact words.
     let (status, _, body) = get(&server, &path).await;
@@ -124,6 +140,12 @@ async fn a_double_opt_in_grant_waits_until_the_person_confirms_on_the_page() {
         (true, Reason::Granted, "marketing.orbit")
     );
 
+    let after = cons
+        .get_contact(contact("anna"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(after.pending.is_empty(), "the wait ended: {after:?}");
     let events = history(&server, "anna").await;
     let click = events.last().unwrap();
     assert_eq!(click.source(), pb::Source::ConfirmationLink);

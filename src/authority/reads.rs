@@ -51,6 +51,26 @@ impl Authority {
             .await
     }
 
+    /// The contact's pending grants by consent id, and whether each still
+    /// waits now.
+    pub async fn contact_pending(
+        &self,
+        contact: ContactId,
+    ) -> Result<Vec<(String, crate::domain::PendingRecord, bool)>, Error> {
+        let now = self.clock.now();
+        let ttl = self.confirmation_ttl.as_nanos().min(i64::MAX as u128) as i64;
+        let pending = self
+            .read(move |store| store.contact_pending(contact.as_str()))
+            .await?;
+        Ok(pending
+            .into_iter()
+            .map(|(consent, p)| {
+                let waits = p.waits(now, ttl);
+                (consent, p, waits)
+            })
+            .collect())
+    }
+
     /// One page of a contact's history, in recording order, and the token
     /// of the next page (empty after the last). `page_size` 0 means up to
     /// [`MAX_HISTORY_PAGE`]; more is that many. `page_token` is empty for

@@ -152,6 +152,19 @@ pub(super) fn state_to(s: StateRecord) -> pb::ConsentState {
     }
 }
 
+/// A pending record on the wire, and whether it still waits.
+pub(super) fn pending_to(
+    (consent, p, waiting): (String, crate::domain::PendingRecord, bool),
+) -> pb::PendingGrant {
+    pb::PendingGrant {
+        consent_id: consent,
+        count: p.count,
+        last_recorded_at: Some(timestamp(p.last_at)),
+        link_sent_at: (p.link_at != 0).then(|| timestamp(p.link_at)),
+        waiting,
+    }
+}
+
 pub(super) fn event_to(e: EventRecord) -> pb::ConsentEvent {
     pb::ConsentEvent {
         contact_id: e.contact.to_string(),

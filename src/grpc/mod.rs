@@ -164,9 +164,11 @@ impl pb::consents_server::Consents for ConsentsService {
             ContactId::parse("contact_id", &request.get_ref().contact_id).map_err(invalid)?;
         self.authority.fresh(request.get_ref().min_sequence).await?;
         let states = self.authority.contact_states(contact.clone()).await?;
+        let pending = self.authority.contact_pending(contact.clone()).await?;
         Ok(Response::new(pb::ContactConsents {
             contact_id: contact.to_string(),
             states: states.into_iter().map(convert::state_to).collect(),
+            pending: pending.into_iter().map(convert::pending_to).collect(),
         }))
     }
 

@@ -167,6 +167,20 @@ async fn a_double_opt_in_grant_waits_until_the_person_confirms_on_the_page() {
     assert!(again.contains("confirmed this already"), "{again}");
     assert_eq!(history(&server, "anna").await.len(), events.len());
 
+    // A caller that timed out and retries with its key gets the link again.
+    let mut keyed = grant_by("ida", "marketing.orbit", pb::Source::Form);
+    keyed.idempotency_key = "signup-ida-1".into();
+    let first = grant(&mut cons, keyed.clone()).await;
+    let retry = grant(&mut cons, keyed).await;
+    assert_eq!(retry.sequence, first.sequence);
+    assert!(retry.pending && !retry.applied, "{retry:?}");
+    assert!(retry.confirmation_url.contains("/c/"), "{retry:?}");
+    assert_eq!(
+        history(&server, "ida").await.len(),
+        1,
+        "the retry records nothing"
+    );
+
     // A bare POST (no fields at all) confirms too: the wording in force.
     let r = grant(
         &mut cons,

@@ -184,7 +184,7 @@ impl Import {
             .unwrap_or_else(|_| Err(Error::OutcomeUnknown("the writer stopped".into())));
         match answer {
             Ok(out) if out.applied => self.summary.applied += 1,
-            Ok(out) if out.pending.is_some() => {
+            Ok(out) if out.pending.is_some_and(|p| !p.replay) => {
                 self.metrics.pending_grant(false);
                 self.summary.pending += 1;
             }

@@ -197,7 +197,9 @@ impl Authority {
         let Some(pending) = outcome.pending else {
             return String::new();
         };
-        self.metrics.pending_grant(pending.link);
+        if !pending.replay {
+            self.metrics.pending_grant(pending.link);
+        }
         if !pending.link {
             return String::new();
         }

@@ -123,6 +123,8 @@ pub struct PendingGrant {
     /// Whether a confirmation link goes out for it (not inside the re-send
     /// window of an earlier one).
     pub link: bool,
+    /// The answer to a retried key: recorded earlier, nothing new now.
+    pub replay: bool,
 }
 
 #[cfg(test)]

@@ -167,6 +167,30 @@ impl GroupBatch {
         }
     }
 
+    /// Whether the event a replayed key first recorded (`sequence`, in this
+    /// batch or in the store) was a grant taken as pending, and its link.
+    pub(super) fn replayed_pending(
+        &self,
+        sequence: u64,
+        store: &dyn Store,
+    ) -> Result<Option<PendingGrant>, StoreError> {
+        let of = |e: &EventRecord| {
+            e.pending.then_some(PendingGrant {
+                recorded_at: e.recorded_at,
+                link: e.confirmation_link,
+                replay: true,
+            })
+        };
+        if let Some(e) = self.write.events.iter().find(|e| e.sequence == sequence) {
+            return Ok(of(e));
+        }
+        let first = store.events_after(sequence.saturating_sub(1), 1)?;
+        Ok(first
+            .first()
+            .filter(|e| e.sequence == sequence)
+            .and_then(of))
+    }
+
     /// What `key` first recorded: in this batch, else in the store.
     pub(super) fn key(
         &self,
@@ -252,6 +276,7 @@ impl GroupBatch {
                 pending: event.pending.then_some(PendingGrant {
                     recorded_at: event.recorded_at,
                     link: event.confirmation_link,
+                    replay: false,
                 }),
             },
             index_update,

@@ -497,7 +497,17 @@ impl Committer {
             }
             Ruling::Retired => return Err(Error::RetiredConsent(def.id.to_string())),
             Ruling::Erased => return answer(0),
-            Ruling::Replay { sequence } => return answer(sequence),
+            Ruling::Replay { sequence } => {
+                // A retried pending grant gets its confirmation link again:
+                // the caller that timed out still has a mail to send.
+                let pending = batch.replayed_pending(sequence, &*self.store)?;
+                return Ok(Ruled::Answered(ChangeOutcome {
+                    applied: false,
+                    state: standing()?,
+                    sequence,
+                    pending,
+                }));
+            }
             Ruling::Superseded => false,
             Ruling::Apply => true,
         };

@@ -39,6 +39,21 @@ async fn post(server: &TestServer, path: &str, body: &str) -> (u16, String, Stri
     http(server.http_addr, "POST", path, &form, body).await
 }
 
+/// Asserts what CanSend answers for (contact, channel, brand).
+async fn answers(
+    server: &TestServer,
+    contact: &str,
+    channel: &str,
+    brand: &str,
+    want: (bool, Reason),
+) {
+    assert_eq!(
+        reason(server, contact, channel, brand).await,
+        want,
+        "CanSend {contact} {channel} {brand}"
+    );
+}
+
 fn grant_by(contact: &str, consent: &str, source: pb::Source) -> pb::ConsentChange {
     let mut c = change(contact, consent, None);
     c.source = source as i32;
@@ -79,10 +94,14 @@ async fn a_double_opt_in_grant_waits_until_the_person_confirms_on_the_page() {
     assert!(r.state.is_none(), "a pending grant changes no state");
     let path = link_path(&server, &r.confirmation_url);
     assert!(path.starts_with("/c/"), "{path}");
-    assert_eq!(
-        reason(&server, "anna", "email", "orbit").await,
-        (false, Reason::PendingConfirmation)
-    );
+    answers(
+        &server,
+        "anna",
+        "email",
+        "orbit",
+        (false, Reason::PendingConfirmation),
+    )
+    .await;
     let events = history(&server, "anna").await;
     assert!(events[0].pending && !events[0].applied, "{:?}", events[0]);
     let contact = |id: &str| pb::GetContactRequest {
@@ -190,10 +209,7 @@ async fn a_double_opt_in_grant_waits_until_the_person_confirms_on_the_page() {
     let bare = link_path(&server, &r.confirmation_url);
     let (status, _, done) = post(&server, &bare, "").await;
     assert_eq!(status, 200, "{done}");
-    assert_eq!(
-        reason(&server, "abe", "email", "orbit").await,
-        (true, Reason::Granted)
-    );
+    answers(&server, "abe", "email", "orbit", (true, Reason::Granted)).await;
 
     // A forged token gets the one 404; an unsubscribe token does not open
     // as a confirmation.
@@ -243,10 +259,7 @@ async fn a_pending_child_never_overrides_a_confirmed_umbrella() {
     cons.withdraw(change("ben", "marketing", None))
         .await
         .unwrap();
-    assert_eq!(
-        reason(&server, "ben", "sms", "orbit").await,
-        (false, Reason::Withdrawn)
-    );
+    answers(&server, "ben", "sms", "orbit", (false, Reason::Withdrawn)).await;
     server.stop().await;
 }
 
@@ -274,14 +287,15 @@ async fn imports_take_confirmed_rows_and_keep_the_others_pending_until_a_link_is
         (3, 2, 1, 0),
         "{summary:?}"
     );
-    assert_eq!(
-        reason(&server, "bob", "email", "orbit").await,
-        (true, Reason::Granted)
-    );
-    assert_eq!(
-        reason(&server, "carl", "email", "orbit").await,
-        (false, Reason::PendingConfirmation)
-    );
+    answers(&server, "bob", "email", "orbit", (true, Reason::Granted)).await;
+    answers(
+        &server,
+        "carl",
+        "email",
+        "orbit",
+        (false, Reason::PendingConfirmation),
+    )
+    .await;
     let bob = history(&server, "bob").await;
     assert!(
         bob[0].confirmed && bob[0].applied,
@@ -320,10 +334,7 @@ async fn imports_take_confirmed_rows_and_keep_the_others_pending_until_a_link_is
     let form = format!("version={}", shown_version(&body));
     let (status, _, _) = post(&server, &path, &form).await;
     assert_eq!(status, 200);
-    assert_eq!(
-        reason(&server, "carl", "email", "orbit").await,
-        (true, Reason::Granted)
-    );
+    answers(&server, "carl", "email", "orbit", (true, Reason::Granted)).await;
     server.stop().await;
 }
 
@@ -348,10 +359,7 @@ async fn a_resync_over_a_persons_unsubscribe_stays_pending_unless_vouched_for() 
     let path = link_path(&server, &link.url);
     let (status, _, _) = post(&server, &path, "List-Unsubscribe=One-Click").await;
     assert_eq!(status, 200);
-    assert_eq!(
-        reason(&server, "eve", "email", "acme").await,
-        (false, Reason::Withdrawn)
-    );
+    answers(&server, "eve", "email", "acme", (false, Reason::Withdrawn)).await;
 
     // The CRM re-syncs "eve: marketing granted" (now): pending, not applied.
     let summary = cons
@@ -365,10 +373,7 @@ async fn a_resync_over_a_persons_unsubscribe_stays_pending_unless_vouched_for() 
         .unwrap()
         .into_inner();
     assert_eq!((summary.applied, summary.pending), (0, 1), "{summary:?}");
-    assert_eq!(
-        reason(&server, "eve", "email", "acme").await,
-        (false, Reason::Withdrawn)
-    );
+    answers(&server, "eve", "email", "acme", (false, Reason::Withdrawn)).await;
     // So does an API grant of the ancestor brand consent, with a link to mail.
     let r = grant(
         &mut cons,
@@ -376,15 +381,9 @@ async fn a_resync_over_a_persons_unsubscribe_stays_pending_unless_vouched_for() 
     )
     .await;
     assert!(r.pending && r.confirmation_url.contains("/c/"), "{r:?}");
-    assert_eq!(
-        reason(&server, "eve", "email", "acme").await,
-        (false, Reason::Withdrawn)
-    );
+    answers(&server, "eve", "email", "acme", (false, Reason::Withdrawn)).await;
     // Other brands were never withdrawn: the umbrella grant still covers them.
-    assert_eq!(
-        reason(&server, "eve", "email", "zenith").await,
-        (true, Reason::Granted)
-    );
+    answers(&server, "eve", "email", "zenith", (true, Reason::Granted)).await;
 
     // An operator who vouches for it (`confirmed`) undoes the withdrawal,
     // recorded with the operator's vouching.
@@ -392,10 +391,7 @@ async fn a_resync_over_a_persons_unsubscribe_stays_pending_unless_vouched_for() 
     vouched.confirmed = true;
     let r = grant(&mut cons, vouched).await;
     assert!(r.applied && !r.pending, "{r:?}");
-    assert_eq!(
-        reason(&server, "eve", "email", "acme").await,
-        (true, Reason::Granted)
-    );
+    answers(&server, "eve", "email", "acme", (true, Reason::Granted)).await;
     let last = history(&server, "eve").await.pop().unwrap();
     assert!(last.confirmed && last.source() == pb::Source::Operator);
 
@@ -435,10 +431,7 @@ async fn this_wasnt_me_withdraws_for_good_and_the_link_confirms_nothing_after() 
     let (status, _, page) = post(&server, &path, "not_me=1").await;
     assert_eq!(status, 200);
     assert!(page.contains("this wasn't you"), "{page}");
-    assert_eq!(
-        reason(&server, "fay", "push", "orbit").await,
-        (false, Reason::Withdrawn)
-    );
+    answers(&server, "fay", "push", "orbit", (false, Reason::Withdrawn)).await;
     let events = history(&server, "fay").await;
     let refusal = events.last().unwrap();
     assert_eq!(
@@ -454,10 +447,7 @@ async fn this_wasnt_me_withdraws_for_good_and_the_link_confirms_nothing_after() 
         events.len(),
         "nothing recorded"
     );
-    assert_eq!(
-        reason(&server, "fay", "push", "orbit").await,
-        (false, Reason::Withdrawn)
-    );
+    answers(&server, "fay", "push", "orbit", (false, Reason::Withdrawn)).await;
 
     // It sticks: a system's later grant is pending again.
     let r = grant(&mut cons, grant_by("fay", "marketing", pb::Source::Import)).await;
@@ -539,10 +529,7 @@ async fn an_expired_confirmation_link_says_so_and_records_nothing() {
         "only the pending grant"
     );
     // Nothing waits any more either.
-    assert_eq!(
-        reason(&server, "max", "email", "orbit").await,
-        (false, Reason::NoConsent)
-    );
+    answers(&server, "max", "email", "orbit", (false, Reason::NoConsent)).await;
     server.stop().await;
 }
 
@@ -561,10 +548,7 @@ async fn a_new_wording_with_min_version_asks_for_consent_again() {
     cons.withdraw(change("hal", "marketing.acme", None))
         .await
         .unwrap();
-    assert_eq!(
-        reason(&server, "gus", "sms", "acme").await,
-        (true, Reason::Granted)
-    );
+    answers(&server, "gus", "sms", "acme", (true, Reason::Granted)).await;
 
     // Asking for more than the wording the apply creates is refused.
     let e = edit_catalog(&server, |s| {
@@ -590,10 +574,7 @@ async fn a_new_wording_with_min_version_asks_for_consent_again() {
         .unwrap();
     assert_eq!((acme.version, acme.min_version), (2, 2));
 
-    assert_eq!(
-        reason(&server, "gus", "sms", "acme").await,
-        (false, Reason::StaleWording)
-    );
+    answers(&server, "gus", "sms", "acme", (false, Reason::StaleWording)).await;
     assert_eq!(
         reason(&server, "hal", "sms", "acme").await,
         (false, Reason::Withdrawn),
@@ -607,10 +588,7 @@ async fn a_new_wording_with_min_version_asks_for_consent_again() {
         .await
         .applied
     );
-    assert_eq!(
-        reason(&server, "gus", "sms", "acme").await,
-        (true, Reason::Granted)
-    );
+    answers(&server, "gus", "sms", "acme", (true, Reason::Granted)).await;
     let metrics = metrics(&server).await;
     assert!(
         metrics.contains("consentd_decisions_total{reason=\"stale_wording\"} 1"),
@@ -635,21 +613,12 @@ async fn grants_older_than_valid_for_days_expire() {
     cons.grant(change("jon", "marketing.zenith", Some(now() - 20 * day)))
         .await
         .unwrap();
-    assert_eq!(
-        reason(&server, "ida", "sms", "zenith").await,
-        (false, Reason::Expired)
-    );
-    assert_eq!(
-        reason(&server, "jon", "sms", "zenith").await,
-        (true, Reason::Granted)
-    );
+    answers(&server, "ida", "sms", "zenith", (false, Reason::Expired)).await;
+    answers(&server, "jon", "sms", "zenith", (true, Reason::Granted)).await;
     cons.grant(change("ida", "marketing.zenith", None))
         .await
         .unwrap();
-    assert_eq!(
-        reason(&server, "ida", "sms", "zenith").await,
-        (true, Reason::Granted)
-    );
+    answers(&server, "ida", "sms", "zenith", (true, Reason::Granted)).await;
     let metrics = metrics(&server).await;
     assert!(
         metrics.contains("consentd_decisions_total{reason=\"expired\"} 1"),
@@ -727,10 +696,7 @@ async fn the_preference_center_lists_the_tree_and_records_what_is_ticked() {
         after.contains("name=\"withdraw\" value=\"marketing.zenith\""),
         "new state shown"
     );
-    assert_eq!(
-        reason(&server, "jan", "sms", "zenith").await,
-        (true, Reason::Granted)
-    );
+    answers(&server, "jan", "sms", "zenith", (true, Reason::Granted)).await;
     let last = history(&server, "jan").await.pop().unwrap();
     assert_eq!(last.source(), pb::Source::PreferenceCenter);
     assert_eq!(
@@ -757,10 +723,7 @@ async fn the_preference_center_lists_the_tree_and_records_what_is_ticked() {
     // A withdrawal through it.
     let (status, _, _) = post(&server, &path, "withdraw=marketing.acme").await;
     assert_eq!(status, 200);
-    assert_eq!(
-        reason(&server, "jan", "sms", "acme").await,
-        (false, Reason::Withdrawn)
-    );
+    answers(&server, "jan", "sms", "acme", (false, Reason::Withdrawn)).await;
     let n = history(&server, "jan").await.len();
 
     // Bad forms change nothing: a consent of another purpose, an unknown
@@ -775,10 +738,7 @@ async fn the_preference_center_lists_the_tree_and_records_what_is_ticked() {
         assert!(page.contains("Nothing was changed"), "{page}");
     }
     assert_eq!(history(&server, "jan").await.len(), n);
-    assert_eq!(
-        reason(&server, "jan", "sms", "zenith").await,
-        (true, Reason::Granted)
-    );
+    answers(&server, "jan", "sms", "zenith", (true, Reason::Granted)).await;
 
     // A grant of a wording the person did not see is not recorded.
     let (_, _, page) = post(&server, &path, "grant=marketing.orbit&v.marketing.orbit=7").await;
@@ -827,10 +787,14 @@ async fn a_pending_grant_and_its_link_survive_a_restart() {
     server.stop().await;
 
     let server = TestServer::start_in(dir.path(), None).await;
-    assert_eq!(
-        reason(&server, "ola", "email", "orbit").await,
-        (false, Reason::PendingConfirmation)
-    );
+    answers(
+        &server,
+        "ola",
+        "email",
+        "orbit",
+        (false, Reason::PendingConfirmation),
+    )
+    .await;
     // The re-send window holds across the restart.
     let mut cons = server.consents().await;
     let again = grant(
@@ -847,9 +811,6 @@ async fn a_pending_grant_and_its_link_survive_a_restart() {
     let (_, _, body) = get(&server, &path).await;
     let (status, _, _) = post(&server, &path, &format!("version={}", shown_version(&body))).await;
     assert_eq!(status, 200);
-    assert_eq!(
-        reason(&server, "ola", "email", "orbit").await,
-        (true, Reason::Granted)
-    );
+    answers(&server, "ola", "email", "orbit", (true, Reason::Granted)).await;
     server.stop().await;
 }

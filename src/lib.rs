@@ -12,18 +12,20 @@
 //!   maps every [`Error`] in one place, `grpc/status.rs`). `auth`: bearer
 //!   roles.
 //! - [`authority`]: the façade, the one set of operations every transport
-//!   calls (CanSend, changes, import, erasure, links, reads, catalog).
+//!   calls (CanSend, changes, import, erasure, links, the confirmation and
+//!   preference pages, reads, catalog).
 //! - `writer`: the single writer thread: group commit, then index, then
 //!   replies; rulings come from [`domain::ruling`].
 //! - [`index`]: the in-memory concurrent index every CanSend reads.
 //! - [`store`]: the backend-neutral storage interface, its backends
-//!   ([`store::RedbStore`], [`store::MemoryStore`]) and the conformance
-//!   suite they all pass.
-//! - [`links`]: signed unsubscribe tokens and their key ring; `metrics`:
+//!   ([`store::RedbStore`], [`store::PgStore`], [`store::MemoryStore`]) and
+//!   the conformance suite they all pass.
+//! - [`links`]: sealed link tokens (unsubscribe, confirmation, preferences)
+//!   and their key ring; `metrics`:
 //!   counters; `clock`: wall-clock time; [`Error`]: why an operation failed.
 //! - [`domain`]: ids, the catalog, events and states, the resolution of a
-//!   CanSend and the write rules, all pure (DESIGN.md §2). No tokio, tonic
-//!   or redb.
+//!   CanSend (lapsed grants included) and the write rules, pending grants,
+//!   all pure (DESIGN.md §2, §7). No tokio, tonic or redb.
 //! - [`config`]: flags and `CONSENTD_*` variables.
 #![forbid(unsafe_code)]
 

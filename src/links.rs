@@ -17,7 +17,7 @@
 //! key is generated on first start and kept in the data dir, so links keep
 //! working across restarts; more come from configuration. A configured
 //! secret is never used directly: the AEAD key is HMAC-SHA256(secret,
-//! [`KEY_LABEL`]).
+//! `KEY_LABEL`).
 //!
 //! Opening is strict (canonical base64url, exact lengths, known key,
 //! authentication before anything is parsed) and every failure is the same

@@ -10,6 +10,11 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use crate::domain::UnixNanos;
 
+/// A duration as nanoseconds, saturating at `i64::MAX` (about 292 years).
+pub fn nanos(d: std::time::Duration) -> UnixNanos {
+    UnixNanos::try_from(d.as_nanos()).unwrap_or(UnixNanos::MAX)
+}
+
 /// A source of wall-clock time, in nanoseconds since the Unix epoch.
 pub trait Clock: Send + Sync + 'static {
     /// The time now.

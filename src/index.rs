@@ -150,11 +150,15 @@ impl Index {
             .and_then(|s| s.iter().find(|h| h.consent == consent).copied())
     }
 
-    /// Whether any state of the contact satisfies `matches` (one lookup).
-    pub fn any_state(&self, contact: &str, matches: impl Fn(&HeldState) -> bool) -> bool {
+    /// The least of `pick` over the contact's states (one lookup).
+    pub fn earliest_state(
+        &self,
+        contact: &str,
+        pick: impl Fn(&HeldState) -> Option<UnixNanos>,
+    ) -> Option<UnixNanos> {
         self.map
             .get(contact)
-            .is_some_and(|states| states.iter().any(matches))
+            .and_then(|states| states.iter().filter_map(pick).min())
     }
 
     /// Whether the contact holds any state.

@@ -200,16 +200,7 @@ async fn a_person_uses_the_pages_on_a_phone() {
     );
 
     // 2. An unsubscribe link from an Acme mail: press the button.
-    let link = cons
-        .issue_unsubscribe_link(pb::IssueUnsubscribeLinkRequest {
-            contact_id: "pia".into(),
-            channel: "email".into(),
-            brand: "acme".into(),
-            purpose: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let link = unsubscribe_link(&server, "pia", "email", "acme").await;
     client.goto(&link.url).await.unwrap();
     wait_for(&client, "You are about to stop receiving").await;
     fits_the_phone(&client).await;

@@ -220,16 +220,7 @@ async fn a_double_opt_in_grant_waits_until_the_person_confirms_on_the_page() {
         http(server.http_addr, "POST", &forged, &ua, &form).await.0,
         404
     );
-    let unsub = cons
-        .issue_unsubscribe_link(pb::IssueUnsubscribeLinkRequest {
-            contact_id: "anna".into(),
-            channel: "email".into(),
-            brand: "orbit".into(),
-            purpose: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let unsub = unsubscribe_link(&server, "anna", "email", "orbit").await;
     let token = link_path(&server, &unsub.url).replace("/u/", "/c/");
     assert_eq!(
         http(server.http_addr, "POST", &token, &ua, &form).await.0,
@@ -346,16 +337,7 @@ async fn a_resync_over_a_persons_unsubscribe_stays_pending_unless_vouched_for() 
         .await
         .unwrap();
     // Eve unsubscribes from Acme's e-mail with the link in a mail.
-    let link = cons
-        .issue_unsubscribe_link(pb::IssueUnsubscribeLinkRequest {
-            contact_id: "eve".into(),
-            channel: "email".into(),
-            brand: "acme".into(),
-            purpose: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let link = unsubscribe_link(&server, "eve", "email", "acme").await;
     let path = link_path(&server, &link.url);
     let (status, _, _) = post(&server, &path, "List-Unsubscribe=One-Click").await;
     assert_eq!(status, 200);
@@ -769,11 +751,14 @@ async fn the_preference_center_lists_the_tree_and_records_what_is_ticked() {
 }
 
 #[tokio::test]
-async fn a_pending_grant_and_its_link_survive_a_restart() {
+async fn a_pending_grant_its_link_and_the_new_catalog_fields_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start_in(dir.path(), Some(example_catalog_path())).await;
-    edit_catalog(&server, |s| {
-        consent_mut(s, "marketing.orbit").double_opt_in = true
+    let applied = edit_catalog(&server, |s| {
+        let orbit = consent_mut(s, "marketing.orbit");
+        orbit.double_opt_in = true;
+        orbit.min_version = 1;
+        orbit.valid_for_days = 365;
     })
     .await
     .unwrap();
@@ -784,9 +769,39 @@ async fn a_pending_grant_and_its_link_survive_a_restart() {
     )
     .await;
     let url = r.confirmation_url;
+    let mut vouched = grant_by("pam", "marketing.orbit", pb::Source::Operator);
+    vouched.confirmed = true;
+    assert!(grant(&mut cons, vouched).await.applied);
     server.stop().await;
 
+    // Started without --catalog: the stored catalog, new fields included.
     let server = TestServer::start_in(dir.path(), None).await;
+    let mut cat = server.catalog().await;
+    let stored = cat
+        .get_catalog(pb::GetCatalogRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        stored, applied,
+        "double_opt_in, min_version, valid_for_days, brand_titles"
+    );
+    assert_eq!(stored.brand_titles["orbit"], "Orbit Travel");
+    // The events keep their flags, the store its pending record.
+    let ola = history(&server, "ola").await;
+    assert!(ola[0].pending && !ola[0].applied, "{:?}", ola[0]);
+    assert!(history(&server, "pam").await[0].confirmed);
+    let mut cons = server.consents().await;
+    let waiting = cons
+        .get_contact(pb::GetContactRequest {
+            contact_id: "ola".into(),
+            min_sequence: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(waiting.pending[0].count, 1);
+    assert!(waiting.pending[0].waiting && waiting.pending[0].link_sent_at.is_some());
     answers(
         &server,
         "ola",
@@ -796,7 +811,6 @@ async fn a_pending_grant_and_its_link_survive_a_restart() {
     )
     .await;
     // The re-send window holds across the restart.
-    let mut cons = server.consents().await;
     let again = grant(
         &mut cons,
         grant_by("ola", "marketing.orbit", pb::Source::Form),

@@ -231,6 +231,11 @@ async fn double_opt_in_preferences_and_the_new_catalog_fields() {
     );
     assert!(ok);
     assert_eq!(json(&out)["applied"].as_bool(), Some(true));
+    let (_, out, _) = ctl(&server, &["check", "vic", "email", "orbit"]);
+    assert!(
+        out.contains("ALLOWED") && !out.contains("NOT ALLOWED"),
+        "{out}"
+    );
 
     // A CSV with a `confirmed` column: confirmed rows apply, others wait.
     let csv = dir.path().join("doi.csv");

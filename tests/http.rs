@@ -6,24 +6,6 @@ use common::*;
 use consentd::pb::{self, Reason};
 use tonic::Code;
 
-async fn issue(
-    server: &TestServer,
-    contact: &str,
-    channel: &str,
-    brand: &str,
-) -> pb::UnsubscribeLink {
-    let mut cons = server.consents().await;
-    cons.issue_unsubscribe_link(pb::IssueUnsubscribeLinkRequest {
-        contact_id: contact.into(),
-        channel: channel.into(),
-        brand: brand.into(),
-        purpose: String::new(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-}
-
 #[tokio::test]
 async fn get_changes_nothing_one_click_post_withdraws_exactly_the_most_specific() {
     let server = TestServer::start().await;
@@ -33,7 +15,7 @@ async fn get_changes_nothing_one_click_post_withdraws_exactly_the_most_specific(
         .await
         .unwrap();
 
-    let link = issue(&server, "anna", "email", "acme").await;
+    let link = unsubscribe_link(&server, "anna", "email", "acme").await;
     assert_eq!(link.consent_id, "marketing.acme.email");
     let path = link_path(&server, &link.url);
 
@@ -146,7 +128,7 @@ async fn forged_and_altered_tokens_all_get_one_identical_404() {
     cons.grant(change("bob", "marketing", Some(now() - 60)))
         .await
         .unwrap();
-    let link = issue(&server, "bob", "sms", "zenith").await;
+    let link = unsubscribe_link(&server, "bob", "sms", "zenith").await;
     let path = link_path(&server, &link.url);
     let token = path.trim_start_matches("/u/").to_owned();
 
@@ -291,7 +273,7 @@ async fn links_survive_restarts_and_key_rotation() {
     cons.grant(change("dora", "marketing", Some(now() - 60)))
         .await
         .unwrap();
-    let old = issue(&server, "dora", "email", "orbit").await;
+    let old = unsubscribe_link(&server, "dora", "email", "orbit").await;
     let old_token = old.url.rsplit('/').next().unwrap().to_owned();
     server.stop().await;
 
@@ -300,7 +282,7 @@ async fn links_survive_restarts_and_key_rotation() {
     config.link_keys = vec![format!("k2={}", "A".repeat(43))];
     config.public_url = Some("https://consent.example.com/".into());
     let server = TestServer::start_with(config).await;
-    let new = issue(&server, "dora", "sms", "orbit").await;
+    let new = unsubscribe_link(&server, "dora", "sms", "orbit").await;
     assert!(
         new.url.starts_with("https://consent.example.com/u/"),
         "{}",
@@ -385,8 +367,8 @@ async fn a_link_still_withdraws_after_its_consent_is_deleted_or_rescoped() {
             .await
             .unwrap();
     }
-    let anna_link = issue(&server, "anna", "email", "acme").await;
-    let bob_link = issue(&server, "bob", "sms", "zenith").await;
+    let anna_link = unsubscribe_link(&server, "anna", "email", "acme").await;
+    let bob_link = unsubscribe_link(&server, "bob", "sms", "zenith").await;
     assert_eq!(anna_link.consent_id, "marketing.acme.email");
     assert_eq!(bob_link.consent_id, "marketing.zenith.sms");
 
@@ -428,7 +410,7 @@ async fn a_link_still_withdraws_after_its_consent_is_deleted_or_rescoped() {
     cons.grant(change("carol", "marketing", Some(now() - 60)))
         .await
         .unwrap();
-    let carol_link = issue(&server, "carol", "push", "orbit").await;
+    let carol_link = unsubscribe_link(&server, "carol", "push", "orbit").await;
     assert_eq!(carol_link.consent_id, "marketing.orbit");
     let mut spec = cat
         .get_catalog(pb::GetCatalogRequest {})
@@ -459,7 +441,7 @@ async fn an_old_link_withdraws_a_grant_given_after_an_erasure() {
     cons.grant(change("anna", "marketing", Some(now() - 60)))
         .await
         .unwrap();
-    let link = issue(&server, "anna", "email", "acme").await;
+    let link = unsubscribe_link(&server, "anna", "email", "acme").await;
     cons.erase_contact(pb::EraseContactRequest {
         contact_id: "anna".into(),
         reason: "ticket 1".into(),
@@ -490,7 +472,7 @@ async fn an_old_link_withdraws_a_grant_given_after_an_erasure() {
 async fn a_link_reveals_neither_the_contact_nor_the_consent() {
     let server = TestServer::start().await;
     let contact = "anna.kowalska@example.com";
-    let link = issue(&server, contact, "email", "acme").await;
+    let link = unsubscribe_link(&server, contact, "email", "acme").await;
     let token = link.url.rsplit('/').next().unwrap();
     use base64::Engine;
     let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -532,7 +514,7 @@ async fn half_open_sockets_do_not_starve_the_page_nor_can_send() {
     cons.grant(change("anna", "marketing", Some(now() - 60)))
         .await
         .unwrap();
-    let link = issue(&server, "anna", "email", "acme").await;
+    let link = unsubscribe_link(&server, "anna", "email", "acme").await;
     // Client and server share this process's descriptors (the server
     // raised the limit at start): hold as many as half of them allow.
     let (fds, _) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap();

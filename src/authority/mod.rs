@@ -103,8 +103,8 @@ pub struct Authority {
     clock: Arc<dyn Clock>,
     /// How far this node's index has caught up with the store.
     applied: Arc<Applied>,
-    /// How long a confirmation link works.
-    confirmation_ttl: Duration,
+    /// How long a confirmation link works, in nanoseconds.
+    confirmation_ttl: UnixNanos,
 }
 
 /// How long a read waits for its freshness token (`min_sequence`).
@@ -194,7 +194,7 @@ impl Authority {
             None => Catalog::empty(default_purpose),
         };
         let index = Arc::new(Index::with_capacity(recovered.contacts as usize));
-        index.set_confirmation_ttl(confirmation_ttl.as_nanos().min(i64::MAX as u128) as i64);
+        index.set_confirmation_ttl(crate::clock::nanos(confirmation_ttl));
         let mut orphans = 0u64;
         // Contacts holding state, per interned consent: the writer's guard
         // against deleting a held consent, counted in the same pass.
@@ -270,7 +270,7 @@ impl Authority {
             imports: Arc::default(),
             clock,
             applied,
-            confirmation_ttl,
+            confirmation_ttl: crate::clock::nanos(confirmation_ttl),
         };
         Ok((authority, report))
     }
@@ -336,19 +336,32 @@ impl Authority {
         brand: &str,
         purpose: &str,
     ) -> Result<Answer, FieldError> {
-        let answer = answer_check(
-            &self.catalog.load(),
+        let answer = self.check(&self.catalog.load(), contact, channel, brand, purpose);
+        let mut tally = Tally::default();
+        count(&mut tally, &answer);
+        self.metrics.decisions(&tally);
+        answer
+    }
+
+    /// One check over a catalog snapshot, with this node's index and clock.
+    #[inline]
+    fn check(
+        &self,
+        catalog: &Catalog,
+        contact: &str,
+        channel: &str,
+        brand: &str,
+        purpose: &str,
+    ) -> Result<Answer, FieldError> {
+        answer_check(
+            catalog,
             &self.index,
             &*self.clock,
             contact,
             channel,
             brand,
             purpose,
-        );
-        let mut tally = Tally::default();
-        count(&mut tally, &answer);
-        self.metrics.decisions(&tally);
-        answer
+        )
     }
 
     /// Many CanSends over one catalog snapshot, answered in order; `fields`
@@ -364,15 +377,7 @@ impl Authority {
             .iter()
             .map(|item| {
                 let (contact, channel, brand, purpose) = fields(item);
-                let answer = answer_check(
-                    &catalog,
-                    &self.index,
-                    &*self.clock,
-                    contact,
-                    channel,
-                    brand,
-                    purpose,
-                );
+                let answer = self.check(&catalog, contact, channel, brand, purpose);
                 count(&mut tally, &answer);
                 answer
             })

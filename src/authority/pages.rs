@@ -234,7 +234,7 @@ impl Authority {
 
     /// When a confirmation link issued at `issued_at` stops working.
     pub fn confirmation_expires_at(&self, issued_at: UnixNanos) -> UnixNanos {
-        issued_at.saturating_add(self.confirmation_ttl.as_nanos().min(i64::MAX as u128) as i64)
+        issued_at.saturating_add(self.confirmation_ttl)
     }
 
     /// IssueConfirmationLink: re-sends the confirmation of a grant that
@@ -254,7 +254,7 @@ impl Authority {
             .consent_idx(consent.as_str())
             .ok_or_else(|| Error::UnknownConsent(consent.to_string()))?;
         let now = self.clock.now();
-        let ttl = self.confirmation_ttl.as_nanos().min(i64::MAX as u128) as i64;
+        let ttl = self.confirmation_ttl;
         let waits = self
             .index
             .pending(contact.as_str())
@@ -439,7 +439,7 @@ impl Authority {
         let catalog = self.catalog.load();
         let root = catalog.purpose_root(claim.purpose.as_str()).ok()?;
         let now = self.clock.now();
-        let ttl = self.confirmation_ttl.as_nanos().min(i64::MAX as u128) as i64;
+        let ttl = self.confirmation_ttl;
         let pending = self.index.pending(claim.contact.as_str());
         let items = catalog
             .tree(root)

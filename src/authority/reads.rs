@@ -58,14 +58,13 @@ impl Authority {
         contact: ContactId,
     ) -> Result<Vec<(String, crate::domain::PendingRecord, bool)>, Error> {
         let now = self.clock.now();
-        let ttl = self.confirmation_ttl.as_nanos().min(i64::MAX as u128) as i64;
         let pending = self
             .read(move |store| store.contact_pending(contact.as_str()))
             .await?;
         Ok(pending
             .into_iter()
             .map(|(consent, p)| {
-                let waits = p.waits(now, ttl);
+                let waits = p.waits(now, self.confirmation_ttl);
                 (consent, p, waits)
             })
             .collect())

@@ -95,6 +95,13 @@ impl Source {
         )
     }
 
+    /// The person's own click on a link mailed to them (the confirmation
+    /// page, the preference center): a grant from these is confirmed by
+    /// itself, never pending.
+    pub fn confirms_itself(self) -> bool {
+        matches!(self, Self::ConfirmationLink | Self::PreferenceCenter)
+    }
+
     /// A grant from these, over a withdrawal the person made, is taken as
     /// pending unless the caller vouches for it (`confirmed`).
     pub fn is_a_system(self) -> bool {

@@ -13,7 +13,12 @@
 //! 2. an idempotency key seen before answers the first outcome again, or
 //!    is refused if it was used for a different change (rule 2);
 //! 3. a retired consent takes no new GRANT; withdrawals always count (rule 3);
-//! 4. otherwise the change is recorded, and becomes the state when it
+//! 4. a GRANT that would become the state waits for the person instead
+//!    (DESIGN.md §7) on a double opt-in consent, or when it comes from a
+//!    system (import, API, operator) over a withdrawal the person made of
+//!    it, an ancestor or a descendant; the caller's `confirmed` and the
+//!    person's own click (confirmation page, preference center) apply it;
+//! 5. otherwise the change is recorded, and becomes the state when it
 //!    supersedes the current one (rule 2's precedence).
 
 use super::event::{Action, Change, Decision, IdempotencyRecord, StateRecord, UnixNanos};
@@ -32,6 +37,12 @@ pub struct Known {
     /// Whether the contact holds any state at all (asked only after an
     /// erasure).
     pub holds_state: bool,
+    /// Whether the consent asks for double opt-in.
+    pub double_opt_in: bool,
+    /// The earliest withdrawal the person made themselves of this consent,
+    /// an ancestor or a descendant that still stands (asked only for a
+    /// system's grant): a grant after it would undo it somewhere.
+    pub person_withdrew_at: Option<UnixNanos>,
 }
 
 /// What to do with a change.
@@ -41,6 +52,9 @@ pub enum Ruling {
     Apply,
     /// Record it in the history; the current state stays (`applied=false`).
     Superseded,
+    /// Record it as a grant waiting for the person's confirmation: in the
+    /// history, no state changes (`applied=false`).
+    Pending,
     /// Its key already recorded the same change as `sequence`: record
     /// nothing, answer that sequence.
     Replay {
@@ -92,10 +106,22 @@ pub fn rule(
         occurred_at: change.effective_occurred_at(recorded_at),
         action: change.action,
     };
-    if known.current.is_none_or(|current| new.supersedes(current)) {
-        Ruling::Apply
+    if !known.current.is_none_or(|current| new.supersedes(current)) {
+        return Ruling::Superseded;
+    }
+    let waits_for_the_person = change.action == Action::Grant
+        && !change.confirmed
+        && !change.source.confirms_itself()
+        && (change.resend
+            || known.double_opt_in
+            || (change.source.is_a_system()
+                && known
+                    .person_withdrew_at
+                    .is_some_and(|at| at < new.occurred_at)));
+    if waits_for_the_person {
+        Ruling::Pending
     } else {
-        Ruling::Superseded
+        Ruling::Apply
     }
 }
 
@@ -174,7 +200,7 @@ mod tests {
             key,
             retired,
             current,
-            holds_state: false,
+            ..Known::default()
         };
         let holding = |erased_at| Known {
             erased_at,
@@ -231,6 +257,48 @@ mod tests {
         for (name, change, fingerprint, known, want) in table {
             let got = rule(change, fingerprint.map(|f| [f; 32]), known, NOW);
             assert_eq!(got, *want, "{name}");
+        }
+    }
+
+    #[test]
+    fn grants_that_wait_for_the_person() {
+        let doi = Known {
+            double_opt_in: true,
+            ..Known::default()
+        };
+        let withdrew = |at| Known {
+            person_withdrew_at: Some(at),
+            current: state(at, Withdraw),
+            ..Known::default()
+        };
+        let from = |source, confirmed| Change {
+            source,
+            confirmed,
+            ..change(Grant, None, None)
+        };
+        let resend = Change {
+            resend: true,
+            ..from(Source::Operator, false)
+        };
+        #[rustfmt::skip]
+        let table: &[(&str, Change, Known, Ruling)] = &[
+            ("double opt-in: a form grant waits", from(Source::Form, false), doi, Ruling::Pending),
+            ("double opt-in: vouched for", from(Source::Import, true), doi, Ruling::Apply),
+            ("double opt-in: the confirmation click applies", from(Source::ConfirmationLink, false), doi, Ruling::Apply),
+            ("double opt-in: the preference center applies", from(Source::PreferenceCenter, false), doi, Ruling::Apply),
+            ("double opt-in: a withdrawal never waits", change(Withdraw, None, None), doi, Ruling::Apply),
+            ("double opt-in: an older grant is only history",
+                Change { occurred_at: Some(1), ..from(Source::Form, false) },
+                Known { current: state(5, Withdraw), ..doi }, Ruling::Superseded),
+            ("an import over the person's withdrawal waits", from(Source::Import, false), withdrew(NOW - 10), Ruling::Pending),
+            ("so do API, operator and unspecified grants", from(Source::Unspecified, false), withdrew(NOW - 10), Ruling::Pending),
+            ("vouched for: applies", from(Source::Api, true), withdrew(NOW - 10), Ruling::Apply),
+            ("the person's own form grant applies", from(Source::Form, false), withdrew(NOW - 10), Ruling::Apply),
+            ("a re-send always waits", resend, Known::default(), Ruling::Pending),
+            ("no withdrawal, no double opt-in: applies", from(Source::Import, false), Known::default(), Ruling::Apply),
+        ];
+        for (name, change, known, want) in table {
+            assert_eq!(rule(change, None, known, NOW), *want, "{name}");
         }
     }
 

@@ -102,15 +102,25 @@ fn render(lang: Lang, info: &ConfirmPage, notice: Option<&str>) -> Response {
     }
 }
 
-pub(super) async fn show(s: &AppState, token: &str, headers: &HeaderMap) -> Response {
-    let lang = lang(headers);
+/// The page behind a token, or the response that replaces it: the one 404
+/// for a token that is not an authentic confirmation link, 503 when the
+/// store cannot be read.
+async fn open(s: &AppState, token: &str, lang: Lang) -> Result<ConfirmPage, Response> {
     match s.authority.confirm_page(token).await {
-        Ok(Some(info)) => render(lang, &info, None),
-        Ok(None) => not_found(),
+        Ok(Some(info)) => Ok(info),
+        Ok(None) => Err(not_found()),
         Err(e) => {
             tracing::error!(error = %e, "confirmation page could not be read");
-            unavailable(lang, title(lang))
+            Err(unavailable(lang, title(lang)))
         }
+    }
+}
+
+pub(super) async fn show(s: &AppState, token: &str, headers: &HeaderMap) -> Response {
+    let lang = lang(headers);
+    match open(s, token, lang).await {
+        Ok(info) => render(lang, &info, None),
+        Err(response) => response,
     }
 }
 
@@ -122,13 +132,9 @@ pub(super) async fn post(
     body: &[u8],
 ) -> Response {
     let lang = lang(headers);
-    let info = match s.authority.confirm_page(token).await {
-        Ok(Some(info)) => info,
-        Ok(None) => return not_found(),
-        Err(e) => {
-            tracing::error!(error = %e, "confirmation page could not be read");
-            return unavailable(lang, title(lang));
-        }
+    let info = match open(s, token, lang).await {
+        Ok(info) => info,
+        Err(response) => return response,
     };
     let fields = form_fields(body);
     let not_me = fields.iter().any(|(k, _)| k == "not_me");
@@ -172,8 +178,8 @@ pub(super) async fn post(
         ),
         Ok(Confirmed::WordingChanged) => {
             // Shown again, with the wording in force now.
-            match s.authority.confirm_page(token).await {
-                Ok(Some(fresh)) => render(
+            match open(s, token, lang).await {
+                Ok(fresh) => render(
                     lang,
                     &fresh,
                     Some(lang.pick(
@@ -181,7 +187,7 @@ pub(super) async fn post(
                         "Treść zmieniła się od czasu wyświetlenia tej strony. Przeczytaj ją ponownie.",
                     )),
                 ),
-                _ => unavailable(lang, title(lang)),
+                Err(response) => response,
             }
         }
         Ok(Confirmed::Nothing(status)) => {

@@ -29,11 +29,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::batch::{ContactKey, GroupBatch};
 use super::{Command, Reply, WriterStart};
-use crate::clock::Clock;
+use crate::clock::{Clock, nanos};
 use crate::domain::{
     Action, Catalog, CatalogSpec, Change, ChangeOutcome, ConsentIdx, ContactId, Erasures,
-    EventRecord, HeldState, Known, MAX_PENDING_PER_CONTACT, PendingRecord, Ruling, Source,
-    UnixNanos, rule,
+    EventRecord, HeldState, Known, MAX_PENDING_PER_CONTACT, PendingRecord, Ruling, UnixNanos, rule,
 };
 use crate::error::Error;
 use crate::index::Index;
@@ -134,7 +133,7 @@ impl Committer {
             usage: start.usage,
             metrics,
             erasures: start.erasures,
-            retention: start.idempotency_retention.as_nanos().min(i64::MAX as u128) as i64,
+            retention: nanos(start.idempotency_retention),
             last_prune: None,
             keys_since_prune: 0,
             purge_after: start.purge_after,
@@ -479,6 +478,12 @@ impl Committer {
             current: batch.decision(&contact, idx, &self.index),
             holds_state: erased_at.is_some()
                 && (self.index.holds(&contact) || batch.holds(&contact)),
+            double_opt_in: def.spec.double_opt_in,
+            person_withdrew_at: if change.action == Action::Grant && change.source.is_a_system() {
+                self.person_withdrew_at(catalog, batch, &contact, idx)
+            } else {
+                None
+            },
         };
         let recorded_at = self.receipt_time();
         let ruling = rule(&change, fingerprint, &known, recorded_at);
@@ -508,22 +513,11 @@ impl Committer {
                     pending,
                 }));
             }
-            Ruling::Superseded => false,
+            Ruling::Superseded | Ruling::Pending => false,
             Ruling::Apply => true,
         };
-        let occurred_at = change.effective_occurred_at(recorded_at);
-        // DESIGN.md §7: a grant that would apply waits for the person on a
-        // double opt-in consent, or over a withdrawal the person made,
-        // unless the caller vouches for it.
-        let pending = applied
-            && change.action == Action::Grant
-            && !change.confirmed
-            // The person's own click on a link mailed to them confirms.
-            && !matches!(change.source, Source::ConfirmationLink | Source::PreferenceCenter)
-            && (change.resend
-                || def.spec.double_opt_in
-                || (change.source.is_a_system()
-                    && self.person_withdrew(catalog, batch, &contact, idx, occurred_at)));
+        let pending = ruling == Ruling::Pending;
+        // The guardrails need the batch's and the index's pending records.
         let mut confirmation_link = false;
         if pending {
             let waiting =
@@ -538,13 +532,12 @@ impl Committer {
                         recorded_at >= p.link_at.saturating_add(self.confirmation_resend)
                     });
         }
-        let applied = applied && !pending;
         let superseded_by = if applied { None } else { standing()? };
         self.last_recorded = recorded_at;
         let sequence = self.next_sequence;
         self.next_sequence += 1;
         let event = EventRecord {
-            occurred_at,
+            occurred_at: change.effective_occurred_at(recorded_at),
             contact: change.contact,
             consent: change.consent,
             action: change.action,
@@ -575,29 +568,34 @@ impl Committer {
         Ok(Ruled::Recorded)
     }
 
-    /// Whether the person themselves withdrew `consent`, an ancestor or a
-    /// descendant of it before `at` (and that withdrawal still stands).
-    fn person_withdrew(
+    /// The earliest withdrawal the person made themselves of `consent`, an
+    /// ancestor or a descendant of it, that is still the state: a grant
+    /// after it would undo it somewhere.
+    fn person_withdrew_at(
         &self,
         catalog: &Catalog,
         batch: &GroupBatch,
         contact: &ContactKey,
         consent: ConsentIdx,
-        at: UnixNanos,
-    ) -> bool {
+    ) -> Option<UnixNanos> {
         let related = catalog.related(consent);
-        let sticks =
-            |h: &HeldState| h.action == Action::Withdraw && h.by_person && h.occurred_at < at;
+        let by_person =
+            |h: &HeldState| (h.action == Action::Withdraw && h.by_person).then_some(h.occurred_at);
         if batch.holds(contact) {
             // This batch may have replaced some of the index's states.
             return std::iter::once(consent)
                 .chain(related.iter().copied())
                 .filter_map(|c| batch.held(contact, c, &self.index))
-                .any(|h| sticks(&h));
+                .filter_map(|h| by_person(&h))
+                .min();
         }
         // One lookup: the contact's few states, checked against the tree.
-        self.index.any_state(contact, |h| {
-            (h.consent == consent || related.binary_search(&h.consent).is_ok()) && sticks(h)
+        self.index.earliest_state(contact, |h| {
+            if h.consent == consent || related.binary_search(&h.consent).is_ok() {
+                by_person(h)
+            } else {
+                None
+            }
         })
     }
 
@@ -865,10 +863,6 @@ impl Committer {
         );
         Ok(next)
     }
-}
-
-fn nanos(d: Duration) -> i64 {
-    d.as_nanos().min(i64::MAX as u128) as i64
 }
 
 /// Whether an answer refers to the batch numbered from `first` on.

@@ -327,6 +327,25 @@ pub(crate) async fn http(
     (status, head.to_owned(), body.to_owned())
 }
 
+/// IssueUnsubscribeLink for (contact, channel, brand) in the default purpose.
+pub(crate) async fn unsubscribe_link(
+    server: &TestServer,
+    contact: &str,
+    channel: &str,
+    brand: &str,
+) -> pb::UnsubscribeLink {
+    let mut cons = server.consents().await;
+    cons.issue_unsubscribe_link(pb::IssueUnsubscribeLinkRequest {
+        contact_id: contact.into(),
+        channel: channel.into(),
+        brand: brand.into(),
+        purpose: String::new(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
 /// The path of an absolute link, checking it points at this server.
 pub(crate) fn link_path(server: &TestServer, url: &str) -> String {
     let prefix = format!("http://{}", server.http_addr);

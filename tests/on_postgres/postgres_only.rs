@@ -166,6 +166,10 @@ async fn consentctl_migrate_moves_a_redb_store_to_postgres_whole() {
     cons.withdraw(change("anna", "marketing.acme", Some(t + 1)))
         .await
         .unwrap();
+    // A CRM's grant over her withdrawal: pending, with its record.
+    let mut resync = change("anna", "marketing", None);
+    resync.source = pb::Source::Api as i32;
+    assert!(cons.grant(resync).await.unwrap().into_inner().pending);
     cons.grant(change("bob", "marketing", Some(t)))
         .await
         .unwrap();
@@ -180,16 +184,7 @@ async fn consentctl_migrate_moves_a_redb_store_to_postgres_whole() {
     .unwrap();
     reword(&a, "surveys", "Surveys, second wording").await;
     let mut cat = a.catalog().await;
-    let link = cons
-        .issue_unsubscribe_link(pb::IssueUnsubscribeLinkRequest {
-            contact_id: "bob".into(),
-            channel: "email".into(),
-            brand: "acme".into(),
-            purpose: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let link = unsubscribe_link(&a, "bob", "email", "acme").await;
     let before = (export(&a, "anna").await, export(&a, "bob").await);
     let wordings_before = cat
         .get_wordings(pb::GetWordingsRequest::default())
@@ -239,6 +234,19 @@ async fn consentctl_migrate_moves_a_redb_store_to_postgres_whole() {
         .into_inner();
     assert_eq!(wordings_after, wordings_before);
     let mut cons = b.consents().await;
+    // The pending grant moved with its record.
+    let anna = cons
+        .get_contact(pb::GetContactRequest {
+            contact_id: "anna".into(),
+            min_sequence: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (anna.pending.len(), anna.pending[0].consent_id.as_str()),
+        (1, "marketing")
+    );
     // The key still replays, with the sequence it first got.
     let replay = cons.grant(grant).await.unwrap().into_inner();
     assert_eq!((replay.applied, replay.sequence), (false, first.sequence));

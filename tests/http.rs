@@ -26,9 +26,14 @@ async fn get_changes_nothing_one_click_post_withdraws_exactly_the_most_specific(
         body.contains("The Acme newsletter") && body.contains("Acme Outdoor"),
         "the brand's display name: {body}"
     );
+    // It links to anna's preference center, which opens on her states.
+    let at = body.find("/p/").expect("links to the preference center");
+    let prefs = &body[at..at + body[at..].find('"').unwrap()];
+    let (status, _, page) = http(server.http_addr, "GET", prefs, &[], "").await;
+    assert_eq!(status, 200, "{page}");
     assert!(
-        body.contains("/p/"),
-        "links to the preference center: {body}"
+        page.contains("name=\"withdraw\" value=\"marketing\"") && page.contains("Acme Outdoor"),
+        "her umbrella grant, the link's brand: {page}"
     );
     assert!(body.contains("<form method=\"post\">"));
     assert!(!head.to_ascii_lowercase().contains("set-cookie"));

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 
 use crate::domain::{
     Action, Catalog, Change, ChangeOutcome, ConsentId, ConsentIdx, ContactId, Evidence, Source,
-    StateRecord, UnixNanos, Verdict, ids::check_contact,
+    StateRecord, UnixNanos, ids::check_contact,
 };
 use crate::links::{Claim, LinkKind};
 
@@ -74,12 +74,14 @@ pub struct ConfirmPage {
 }
 
 /// What a POST to a confirmation page did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Confirmed {
     /// Recorded: the grant (or, `not_me`, the withdrawal) is durable.
     Recorded {
         /// Whether it was "this wasn't me".
         not_me: bool,
+        /// The consent as the page showed it.
+        consent: Option<Shown>,
     },
     /// Nothing recorded, and why.
     Nothing(Confirmation),
@@ -288,11 +290,7 @@ impl Authority {
     /// Opens a confirmation token and gathers what its page shows; `None`
     /// for any token that is not an authentic confirmation link.
     pub async fn confirm_page(&self, token: &str) -> Result<Option<ConfirmPage>, Error> {
-        let Some(claim) = self
-            .links
-            .verify(token)
-            .filter(|c| c.kind == LinkKind::Confirm)
-        else {
+        let Some(claim) = self.confirmation_claim(token) else {
             return Ok(None);
         };
         let (consent, status) = self.confirmation_status(&claim).await?;
@@ -301,6 +299,13 @@ impl Authority {
             consent,
             status,
         }))
+    }
+
+    /// What an authentic confirmation token asserts; `None` for any other.
+    pub fn confirmation_claim(&self, token: &str) -> Option<Claim> {
+        self.links
+            .verify(token)
+            .filter(|c| c.kind == LinkKind::Confirm)
     }
 
     async fn confirmation_status(
@@ -381,7 +386,7 @@ impl Authority {
             return Ok(Confirmed::Nothing(Confirmation::Gone));
         }
         self.metrics.confirmation_click(not_me);
-        Ok(Confirmed::Recorded { not_me })
+        Ok(Confirmed::Recorded { not_me, consent })
     }
 
     /// IssuePreferenceLink: the URL of the contact's preference center for
@@ -449,13 +454,15 @@ impl Authority {
                 let verdict =
                     self.index
                         .verdict(claim.contact.as_str(), &[c.idx], catalog.terms(), now);
+                let allowed = verdict.allowed();
                 Some(PreferenceItem {
                     consent: shown(&catalog, c.idx)?,
-                    allowed: verdict.allowed(),
-                    pending: verdict == Verdict::PendingConfirmation
-                        || pending
+                    allowed,
+                    // A grant waits, whatever else (a withdrawal) stands.
+                    pending: !allowed
+                        && pending
                             .iter()
-                            .any(|(i, p)| *i == c.idx && p.waits(now, ttl) && !verdict.allowed()),
+                            .any(|(i, p)| *i == c.idx && p.waits(now, ttl)),
                 })
             })
             .collect();

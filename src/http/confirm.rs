@@ -132,9 +132,9 @@ pub(super) async fn post(
     body: &[u8],
 ) -> Response {
     let lang = lang(headers);
-    let info = match open(s, token, lang).await {
-        Ok(info) => info,
-        Err(response) => return response,
+    // The token alone: `confirm` reads where the link stands, once.
+    let Some(claim) = s.authority.confirmation_claim(token) else {
+        return not_found();
     };
     let fields = form_fields(body);
     let not_me = fields.iter().any(|(k, _)| k == "not_me");
@@ -144,15 +144,14 @@ pub(super) async fn post(
         .and_then(|(_, v)| v.parse().ok());
     let done = s
         .authority
-        .confirm(&info.claim, not_me, version, evidence(peer, headers))
+        .confirm(&claim, not_me, version, evidence(peer, headers))
         .await;
     match done {
-        Ok(Confirmed::Recorded { not_me: false }) => {
-            let what = info
-                .consent
-                .as_ref()
-                .map(|c| escape(&c.title))
-                .unwrap_or_default();
+        Ok(Confirmed::Recorded {
+            not_me: false,
+            consent,
+        }) => {
+            let what = consent.map(|c| escape(&c.title)).unwrap_or_default();
             page(
                 StatusCode::OK,
                 lang,
@@ -167,7 +166,7 @@ pub(super) async fn post(
                 ),
             )
         }
-        Ok(Confirmed::Recorded { not_me: true }) => page(
+        Ok(Confirmed::Recorded { not_me: true, .. }) => page(
             StatusCode::OK,
             lang,
             lang.pick("Thank you", "Dziękujemy"),

@@ -355,8 +355,7 @@ impl Catalog {
                 at = parent_of[p];
             }
         }
-        let expires = terms.iter().any(|t| t.valid_for > 0);
-        let lapses = expires || terms.iter().any(|t| t.min_version > 0);
+        let lapses = terms.iter().any(|t| t.valid_for > 0 || t.min_version > 0);
 
         for (brand, title) in &spec.brand_titles {
             let field = format!("brand_titles[{}]", quote(brand));
@@ -396,7 +395,6 @@ impl Catalog {
             fallback_default: self.fallback_default.clone(),
             wordings,
             terms,
-            expires,
             lapses,
             related: related
                 .into_iter()

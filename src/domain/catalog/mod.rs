@@ -193,8 +193,6 @@ pub struct Catalog {
     wordings: HashMap<String, Arc<Wording>>,
     /// Lapse terms by `ConsentIdx` (default for deleted consents).
     terms: Vec<Terms>,
-    /// Whether any consent lapses by age (CanSend then reads the clock).
-    expires: bool,
     /// Whether any consent lapses at all (by version or by age).
     lapses: bool,
     /// By `ConsentIdx`: its ancestors and descendants (a withdrawal of any
@@ -300,12 +298,6 @@ impl Catalog {
     /// empty when no consent lapses (CanSend then skips the check).
     pub fn terms(&self) -> &[Terms] {
         if self.lapses { &self.terms } else { &[] }
-    }
-
-    /// Whether some consent lapses by age: only then does CanSend need the
-    /// time.
-    pub fn expires(&self) -> bool {
-        self.expires
     }
 
     /// The ancestors and descendants of a consent, sorted.

@@ -263,3 +263,97 @@ async fn each_method_reads_only_as_much_as_its_request_needs() {
     assert_eq!(answers[1].reason(), pb::Reason::NoConsent);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn bad_link_requests_and_catalog_fields_name_the_field_and_change_nothing() {
+    let server = TestServer::start().await;
+    let mut cons = server.consents().await;
+    let pref = |contact: &str, purpose: &str, brand: &str| pb::IssuePreferenceLinkRequest {
+        contact_id: contact.into(),
+        purpose: purpose.into(),
+        brand: brand.into(),
+    };
+    for (req, code, field) in [
+        (pref("", "", ""), Code::InvalidArgument, "contact_id"),
+        (pref("anna", "nope", ""), Code::InvalidArgument, "purpose"),
+        (
+            pref("anna", "marketing.acme", ""),
+            Code::InvalidArgument,
+            "purpose",
+        ),
+        (pref("anna", "", "zzz"), Code::InvalidArgument, "brand"),
+    ] {
+        let e = cons.issue_preference_link(req).await.unwrap_err();
+        assert_eq!(e.code(), code, "{e:?}");
+        assert!(e.message().contains(field), "{field}: {e:?}");
+    }
+    let confirm = |contact: &str, consent: &str| pb::IssueConfirmationLinkRequest {
+        contact_id: contact.into(),
+        consent_id: consent.into(),
+    };
+    for (req, code, field) in [
+        (
+            confirm("", "marketing"),
+            Code::InvalidArgument,
+            "contact_id",
+        ),
+        (
+            confirm("anna", "Bad Id"),
+            Code::InvalidArgument,
+            "consent_id",
+        ),
+        (confirm("anna", "ghost"), Code::NotFound, "ghost"),
+        (
+            confirm("anna", "marketing"),
+            Code::FailedPrecondition,
+            "marketing",
+        ),
+    ] {
+        let e = cons.issue_confirmation_link(req).await.unwrap_err();
+        assert_eq!(e.code(), code, "{e:?}");
+        assert!(e.message().contains(field), "{field}: {e:?}");
+    }
+    assert!(
+        history(&server, "anna").await.is_empty(),
+        "nothing recorded"
+    );
+
+    let before = server
+        .catalog()
+        .await
+        .get_catalog(pb::GetCatalogRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    type Edit = Box<dyn Fn(&mut pb::CatalogSpec)>;
+    let edits: Vec<(&str, Edit)> = vec![
+        (
+            "brand_titles",
+            Box::new(|s| {
+                s.brand_titles.insert("ghost".into(), "Ghost".into());
+            }),
+        ),
+        (
+            "valid_for_days",
+            Box::new(|s| consent_mut(s, "marketing").valid_for_days = 40_000),
+        ),
+        (
+            "min_version",
+            Box::new(|s| consent_mut(s, "marketing").min_version = 2),
+        ),
+    ];
+    for (field, edit) in edits {
+        let e = edit_catalog(&server, |s| edit(s)).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains(field), "{field}: {e:?}");
+    }
+    let after = server
+        .catalog()
+        .await
+        .get_catalog(pb::GetCatalogRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after, before, "the catalog is unchanged");
+    server.stop().await;
+}

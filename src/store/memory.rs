@@ -3,13 +3,23 @@
 //! group commit, the authority) and for tools that need no data dir.
 //!
 //! One mutex guards everything: a commit is atomic because it is applied
-//! whole under the lock, and nothing in it can fail half-way.
+//! whole under the lock, and nothing in it can fail half-way (what could,
+//! a wording version naming a second text, is checked before anything
+//! moves).
+//!
+//! Several writers in one process may share it ([`SharedStore`]): a second
+//! mutex is the commit lock, held from the catch-up read to the end of the
+//! commit, exactly as PostgreSQL's `meta` row lock is; reads take only the
+//! contents' lock, so a writer ruling under the commit lock can still read.
+//! The simulation test drives several nodes over one of these.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 use super::{
-    Committed, IdempotencyRecord, Loaded, Recovered, Store, StoreError, Tombstone, WriteBatch,
+    CatalogChange, Changes, Committed, Cursor, IdempotencyRecord, Loaded, Recovered, SharedStore,
+    Store, StoreError, Tombstone, Write, WriteBatch,
 };
 use crate::domain::{CatalogSpec, EventRecord, PendingRecord, StateRecord, UnixNanos, Wording};
 
@@ -29,12 +39,24 @@ struct Contents {
     wordings: BTreeMap<(String, u32), Wording>,
     /// (contact, consent) → its grants waiting for the person.
     pending: BTreeMap<(String, String), PendingRecord>,
+    /// Erasures by the sequence they took (shared use only).
+    erasure_log: BTreeMap<u64, Tombstone>,
+    /// Catalog applies so far.
+    catalog_version: u64,
+    /// The link keys the writers share.
+    link_keys: Vec<String>,
+    /// Commits so far: what a feed waiting for changes watches.
+    commits: u64,
 }
 
 /// The in-memory store. Cheap to create; share it with `Arc`.
 #[derive(Debug)]
 pub struct MemoryStore {
     contents: Mutex<Contents>,
+    /// The commit lock of shared use (see the module docs).
+    commit_lock: Mutex<()>,
+    /// Told at every commit.
+    committed: Condvar,
 }
 
 impl MemoryStore {
@@ -55,7 +77,13 @@ impl MemoryStore {
                 erasures: BTreeMap::new(),
                 wordings: BTreeMap::new(),
                 pending: BTreeMap::new(),
+                erasure_log: BTreeMap::new(),
+                catalog_version: 0,
+                link_keys: Vec::new(),
+                commits: 0,
             }),
+            commit_lock: Mutex::new(()),
+            committed: Condvar::new(),
         })
     }
 
@@ -66,6 +94,212 @@ impl MemoryStore {
         self.contents
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl MemoryStore {
+    /// Counts a commit and wakes whoever waits for one.
+    fn tell(&self, c: &mut Contents) {
+        c.commits += 1;
+        self.committed.notify_all();
+    }
+}
+
+impl Contents {
+    /// Applies a batch whole, or nothing of it.
+    fn apply(&mut self, batch: &WriteBatch) -> Result<Committed, StoreError> {
+        // One version names one text: a wording that differs from the one
+        // kept under its version is a writer that ruled on a stale catalog.
+        for w in &batch.wordings {
+            if let Some(kept) = self.wordings.get(&(w.consent.to_string(), w.version))
+                && (kept.text != w.text
+                    || kept.parent != w.parent
+                    || kept.channels != w.channels
+                    || kept.brands != w.brands)
+            {
+                return Err(StoreError::corrupt(
+                    "wordings",
+                    format!(
+                        "version {} of {} would name a second text",
+                        w.version, w.consent
+                    ),
+                ));
+            }
+        }
+        self.next_sequence = self.next_sequence.max(batch.next_sequence);
+        if let Some(catalog) = &batch.catalog {
+            self.catalog = Some(catalog.clone());
+            self.catalog_version += 1;
+        }
+        for w in &batch.wordings {
+            self.wordings
+                .entry((w.consent.to_string(), w.version))
+                .or_insert_with(|| w.clone());
+        }
+        for e in &batch.events {
+            let (states, sequences) = self.contacts.entry(e.contact.to_string()).or_default();
+            sequences.push(e.sequence);
+            if e.applied {
+                let state = e.state();
+                match states.iter_mut().find(|s| s.consent == e.consent) {
+                    Some(slot) => *slot = state,
+                    None => states.push(state),
+                }
+            }
+            self.events.insert(e.sequence, e.clone());
+            let key = (e.contact.to_string(), e.consent.to_string());
+            match PendingRecord::after(self.pending.get(&key).copied(), e) {
+                Some(p) => self.pending.insert(key, p),
+                None => self.pending.remove(&key),
+            };
+        }
+        for (key, r) in &batch.idempotency {
+            self.idempotency.insert(key.clone(), *r);
+            self.idempotency_by_time.insert((r.recorded_at, key.clone()));
+        }
+        Ok(Committed {
+            first_sequence: batch.first_sequence(),
+            catalog_version: self.catalog_version,
+        })
+    }
+
+    /// Forgets a contact, keeps its tombstone; whether anything was held.
+    fn erase(&mut self, contact: &str, tombstone: &Tombstone) -> bool {
+        let held = self.contacts.remove(contact);
+        self.pending.retain(|(k, _), _| k != contact);
+        if let Some((_, sequences)) = &held {
+            for s in sequences {
+                let key = self.events.remove(s).and_then(|e| e.idempotency_key);
+                if let Some(r) = key.as_ref().and_then(|k| self.idempotency.remove(k)) {
+                    self.idempotency_by_time
+                        .remove(&(r.recorded_at, key.expect("removed by this key")));
+                }
+            }
+        }
+        self.erasures.insert(
+            tombstone.hash,
+            (tombstone.erased_at, tombstone.reason.clone()),
+        );
+        held.is_some()
+    }
+
+    /// What was committed after `cursor`: at most `limit` events, the
+    /// erasures among them, the catalog when it moved.
+    fn changes_after(&self, cursor: Cursor, limit: usize) -> Changes {
+        let head = self.next_sequence - 1;
+        let from = cursor.sequence.saturating_add(1);
+        let events: Vec<EventRecord> = self
+            .events
+            .range(from..)
+            .take(limit)
+            .map(|(_, e)| e.clone())
+            .collect();
+        let through = match events.last() {
+            Some(last) if events.len() == limit => last.sequence,
+            _ => head.max(cursor.sequence),
+        };
+        let erasures = self
+            .erasure_log
+            .range(from..=through.max(from))
+            .filter(|(s, _)| **s <= through)
+            .map(|(s, t)| (*s, t.clone()))
+            .collect();
+        let catalog = match &self.catalog {
+            Some(spec) if self.catalog_version > cursor.catalog_version => {
+                let mut latest: BTreeMap<&str, &Wording> = BTreeMap::new();
+                for ((consent, _), w) in &self.wordings {
+                    latest.insert(consent, w);
+                }
+                Some(CatalogChange {
+                    spec: spec.clone(),
+                    latest: latest.into_values().cloned().collect(),
+                    version: self.catalog_version,
+                })
+            }
+            _ => None,
+        };
+        Changes {
+            events,
+            erasures,
+            through,
+            head: head.max(through),
+            catalog,
+        }
+    }
+}
+
+impl SharedStore for MemoryStore {
+    fn commit_on_latest(
+        &self,
+        cursor: Cursor,
+        rule: &mut dyn FnMut(Changes) -> Write,
+    ) -> Result<Committed, StoreError> {
+        let _commit = self
+            .commit_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (changes, next_sequence) = {
+            let c = self.lock();
+            (c.changes_after(cursor, usize::MAX), c.next_sequence)
+        };
+        // The contents' lock is free while the writer rules: it reads.
+        let write = rule(changes);
+        let mut c = self.lock();
+        let committed = match write {
+            Write::Nothing => {
+                return Ok(Committed {
+                    first_sequence: next_sequence,
+                    catalog_version: c.catalog_version,
+                });
+            }
+            Write::Batch(batch) => {
+                if batch.first_sequence() < c.next_sequence {
+                    return Err(StoreError::corrupt(
+                        "events",
+                        format!(
+                            "a batch numbered from {} below the store's next sequence {}: \
+                             ruled on a stale view",
+                            batch.first_sequence(),
+                            c.next_sequence
+                        ),
+                    ));
+                }
+                c.apply(&batch)?
+            }
+            Write::Erase { contact, tombstone } => {
+                let sequence = c.next_sequence;
+                c.next_sequence += 1;
+                c.erase(&contact, &tombstone);
+                c.erasure_log.retain(|_, t| t.hash != tombstone.hash);
+                c.erasure_log.insert(sequence, tombstone);
+                Committed {
+                    first_sequence: sequence,
+                    catalog_version: c.catalog_version,
+                }
+            }
+        };
+        self.tell(&mut c);
+        Ok(committed)
+    }
+
+    fn changes_after(&self, cursor: Cursor, limit: usize) -> Result<Changes, StoreError> {
+        Ok(self.lock().changes_after(cursor, limit))
+    }
+
+    fn wait_for_changes(&self, timeout: Duration) {
+        let c = self.lock();
+        let seen = c.commits;
+        let _ = self
+            .committed
+            .wait_timeout_while(c, timeout, |c| c.commits == seen);
+    }
+
+    fn link_keys(&self, fresh: &str) -> Result<Vec<String>, StoreError> {
+        let mut c = self.lock();
+        if c.link_keys.is_empty() {
+            c.link_keys.push(fresh.to_owned());
+        }
+        Ok(c.link_keys.clone())
     }
 }
 
@@ -87,7 +321,7 @@ impl Store for MemoryStore {
             erasures: c.erasures.iter().map(|(h, (at, _))| (*h, *at)).collect(),
             wordings: latest.into_values().cloned().collect(),
             last_recorded_at: last_event.max(last_erasure).max(last_wording),
-            catalog_version: 0,
+            catalog_version: c.catalog_version,
         })
     }
 
@@ -162,57 +396,16 @@ impl Store for MemoryStore {
 
     fn commit(&self, batch: &WriteBatch) -> Result<Committed, StoreError> {
         let mut c = self.lock();
-        c.next_sequence = batch.next_sequence;
-        if let Some(catalog) = &batch.catalog {
-            c.catalog = Some(catalog.clone());
-        }
-        for w in &batch.wordings {
-            c.wordings
-                .insert((w.consent.to_string(), w.version), w.clone());
-        }
-        for e in &batch.events {
-            let (states, sequences) = c.contacts.entry(e.contact.to_string()).or_default();
-            sequences.push(e.sequence);
-            if e.applied {
-                let state = e.state();
-                match states.iter_mut().find(|s| s.consent == e.consent) {
-                    Some(slot) => *slot = state,
-                    None => states.push(state),
-                }
-            }
-            c.events.insert(e.sequence, e.clone());
-            let key = (e.contact.to_string(), e.consent.to_string());
-            match PendingRecord::after(c.pending.get(&key).copied(), e) {
-                Some(p) => c.pending.insert(key, p),
-                None => c.pending.remove(&key),
-            };
-        }
-        for (key, r) in &batch.idempotency {
-            c.idempotency.insert(key.clone(), *r);
-            c.idempotency_by_time.insert((r.recorded_at, key.clone()));
-        }
-        // One writer: its numbering is the store's.
-        Ok(batch.as_numbered())
+        let committed = c.apply(batch)?;
+        self.tell(&mut c);
+        Ok(committed)
     }
 
     fn erase(&self, contact: &str, tombstone: &Tombstone) -> Result<bool, StoreError> {
         let mut c = self.lock();
-        let held = c.contacts.remove(contact);
-        c.pending.retain(|(k, _), _| k != contact);
-        if let Some((_, sequences)) = &held {
-            for s in sequences {
-                let key = c.events.remove(s).and_then(|e| e.idempotency_key);
-                if let Some(r) = key.as_ref().and_then(|k| c.idempotency.remove(k)) {
-                    c.idempotency_by_time
-                        .remove(&(r.recorded_at, key.expect("removed by this key")));
-                }
-            }
-        }
-        c.erasures.insert(
-            tombstone.hash,
-            (tombstone.erased_at, tombstone.reason.clone()),
-        );
-        Ok(held.is_some())
+        let held = c.erase(contact, tombstone);
+        self.tell(&mut c);
+        Ok(held)
     }
 
     fn purge_erased(&self) -> Result<bool, StoreError> {
@@ -263,12 +456,15 @@ impl Store for MemoryStore {
         &self,
         erasure_key: &[u8; 32],
         tombstones: &[Tombstone],
-        _link_keys: &[String],
+        link_keys: &[String],
     ) -> Result<(), StoreError> {
         let mut c = self.lock();
         c.erasure_key = *erasure_key;
         for t in tombstones {
             c.erasures.insert(t.hash, (t.erased_at, t.reason.clone()));
+        }
+        if !link_keys.is_empty() {
+            c.link_keys = link_keys.to_vec();
         }
         Ok(())
     }

@@ -131,8 +131,39 @@ pub struct Recovered {
     pub catalog_version: u64,
 }
 
-/// What other nodes committed to a shared store after a sequence: one page
-/// of the change feed.
+/// Where a node stands with a shared store: every change up to
+/// `sequence` applied, and the catalog of `catalog_version` in force.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cursor {
+    /// Every change up to this sequence is applied.
+    pub sequence: u64,
+    /// The catalog version in force (a shared store counts catalog applies).
+    pub catalog_version: u64,
+}
+
+impl Cursor {
+    /// A cursor past everything: a commit under it catches up on nothing
+    /// (a tool writing to an empty store, a store of one node).
+    pub const END: Cursor = Cursor {
+        sequence: u64::MAX,
+        catalog_version: u64::MAX,
+    };
+}
+
+/// A catalog another node applied: the spec with the versions it was
+/// given, the latest wording of every consent, and its catalog version.
+#[derive(Debug, Clone)]
+pub struct CatalogChange {
+    /// The catalog as applied, versions included.
+    pub spec: CatalogSpec,
+    /// The latest wording of every consent id ever declared.
+    pub latest: Vec<Wording>,
+    /// The store's catalog version after that apply.
+    pub version: u64,
+}
+
+/// What a shared store committed after a [`Cursor`]: one page of the
+/// change feed, or everything a commit catches up on under the lock.
 #[derive(Debug, Default)]
 pub struct Changes {
     /// Events, in sequence order.
@@ -144,16 +175,26 @@ pub struct Changes {
     /// The last sequence committed as of this page (beyond `through` when
     /// the page is full: the reader is behind).
     pub head: u64,
-    /// The catalog version as of this page.
-    pub catalog_version: u64,
+    /// The catalog, when its version moved past the cursor's.
+    pub catalog: Option<CatalogChange>,
 }
 
-/// What a shared store heard while a node waited for changes.
-#[derive(Debug, Default)]
-pub struct Heard {
-    /// The contacts of erasures, by their sequence: the feed carries only
-    /// a keyed hash, a node needs the id to forget its states.
-    pub erasures: Vec<(u64, String)>,
+/// What a writer commits under a shared store's commit lock, ruled on the
+/// view the catch-up gave it.
+#[derive(Debug)]
+pub enum Write {
+    /// Nothing: the lock is released, nothing written.
+    Nothing,
+    /// A batch of events, keys, a catalog, wordings.
+    Batch(WriteBatch),
+    /// An erasure: the contact's rows go, the tombstone stays, and the
+    /// erasure takes the next sequence so that every node meets it in order.
+    Erase {
+        /// The contact to forget.
+        contact: String,
+        /// What stays of it.
+        tombstone: Tombstone,
+    },
 }
 
 /// What stays of an erased contact.
@@ -184,11 +225,6 @@ pub struct WriteBatch {
     pub wordings: Vec<Wording>,
     /// The sequence the next event after this batch gets.
     pub next_sequence: u64,
-    /// For a shared store: the keyed hash of each event's contact, in
-    /// event order, so that the store refuses, under its commit lock, an
-    /// event that an erasure committed meanwhile (on another node) made
-    /// stale. Empty otherwise.
-    pub event_hashes: Vec<[u8; 32]>,
 }
 
 /// Where a committed batch landed.
@@ -199,13 +235,6 @@ pub struct Committed {
     /// The catalog version after the commit (a shared store counts catalog
     /// changes; 0 for a store of one node).
     pub catalog_version: u64,
-    /// Events (by their index in the batch) not recorded: an erasure of
-    /// their contact, committed after the writer ruled them, came first.
-    pub refused: Vec<usize>,
-    /// Events (by index) not recorded because their idempotency key was
-    /// recorded meanwhile (by another node), with the sequence it got: they
-    /// are replays.
-    pub replayed: Vec<(usize, u64)>,
 }
 
 impl WriteBatch {
@@ -222,8 +251,6 @@ impl WriteBatch {
         Committed {
             first_sequence: self.first_sequence(),
             catalog_version: 0,
-            refused: Vec::new(),
-            replayed: Vec::new(),
         }
     }
 }
@@ -266,12 +293,11 @@ pub trait Store: Send + Sync + 'static {
     /// consent id, then version.
     fn wordings(&self, consent: Option<&str>) -> Result<Vec<Wording>, StoreError>;
     /// Writes the batch in one transaction and returns once it is durable;
-    /// on error nothing of it is kept. Returns the sequence the batch's
-    /// first event was given: the store assigns sequences in commit order,
-    /// so a store shared with other writers may shift the whole batch up
-    /// (every sequence in it, and those of its keys, by the same amount)
-    /// past what others committed meanwhile; sequences never go down and
-    /// gaps are kept. A batch without events returns its `next_sequence`.
+    /// on error nothing of it is kept. The batch is numbered by its writer
+    /// and lands as numbered; a store shared by several writers refuses a
+    /// batch numbered below what it holds (a writer ruling on a stale view:
+    /// see [`SharedStore::commit_on_latest`]). A batch without events
+    /// returns its `next_sequence`.
     fn commit(&self, batch: &WriteBatch) -> Result<Committed, StoreError>;
     /// Up to `limit` events with a sequence above `after`, every contact's,
     /// in sequence order: for moving the data to another store.
@@ -294,41 +320,6 @@ pub trait Store: Send + Sync + 'static {
         tombstones: &[Tombstone],
         link_keys: &[String],
     ) -> Result<(), StoreError>;
-    /// Whether several nodes write to this store (each then follows what
-    /// the others commit).
-    fn shared(&self) -> bool {
-        false
-    }
-    /// One page of the change feed: what was committed after `after`, at
-    /// most `limit` events (a shared store).
-    fn changes_after(&self, after: u64, limit: usize) -> Result<Changes, StoreError> {
-        let events = self.events_after(after, limit)?;
-        let through = events.last().map_or(after, |e| e.sequence);
-        Ok(Changes {
-            events,
-            through,
-            head: through,
-            ..Default::default()
-        })
-    }
-    /// Waits until the store signals a change, at most `timeout` (a store
-    /// that cannot signal just waits).
-    fn wait_for_changes(&self, timeout: std::time::Duration) -> Heard {
-        std::thread::sleep(timeout);
-        Heard::default()
-    }
-    /// The catalog in force, with the latest wording of every consent.
-    fn catalog(&self) -> Result<(Option<CatalogSpec>, Vec<Wording>), StoreError> {
-        let r = self.recover()?;
-        Ok((r.catalog, r.wordings))
-    }
-    /// The link keys this store shares between nodes, as `ID=SECRET` lines,
-    /// oldest first; `fresh` is stored first when it holds none. `None` for
-    /// a store that keeps no keys (the key stays in the data dir).
-    fn link_keys(&self, fresh: &str) -> Result<Option<Vec<String>>, StoreError> {
-        let _ = fresh;
-        Ok(None)
-    }
     /// The sequence the next event gets, read from the store: after the
     /// store was unreachable, what a commit in doubt may have taken.
     fn next_sequence(&self) -> Result<u64, StoreError> {
@@ -346,4 +337,72 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets up to `max` idempotency keys recorded before `before`,
     /// durably; returns how many.
     fn prune_idempotency(&self, before: UnixNanos, max: usize) -> Result<usize, StoreError>;
+}
+
+/// A store several nodes write to (DESIGN.md §5, "one view per commit"):
+/// every commit is a transaction its writer drives under the store's one
+/// commit lock, on a view that holds every commit before it; the change
+/// feed brings each node what the others committed; link keys are shared.
+pub trait SharedStore: Store {
+    /// The commit of a node that rules on the latest view: takes the commit
+    /// lock; reads everything committed after `cursor` (events, erasures,
+    /// the catalog when its version moved) and hands it to `rule`, which
+    /// applies it and rules on it; writes what `rule` returns; commits;
+    /// releases the lock. Sequences continue from the store's counter
+    /// (`Changes::head` + 1), which `rule` numbers from. On an error nothing
+    /// of the write is kept (`in_doubt` aside), but what `rule` was handed
+    /// was committed: its view stands.
+    fn commit_on_latest(
+        &self,
+        cursor: Cursor,
+        rule: &mut dyn FnMut(Changes) -> Write,
+    ) -> Result<Committed, StoreError>;
+    /// One page of the change feed: what was committed after `cursor`, at
+    /// most `limit` events, read in one snapshot.
+    fn changes_after(&self, cursor: Cursor, limit: usize) -> Result<Changes, StoreError>;
+    /// Waits until the store signals a commit, at most `timeout`.
+    fn wait_for_changes(&self, timeout: std::time::Duration);
+    /// The link keys the nodes share, as `ID=SECRET` lines, oldest first;
+    /// `fresh` is stored first when there is none.
+    fn link_keys(&self, fresh: &str) -> Result<Vec<String>, StoreError>;
+}
+
+/// The store a node runs on, as the wiring opened it: only the wiring knows
+/// whether other nodes share it (and so whether there is a feed).
+#[derive(Clone)]
+pub enum Backend {
+    /// A store of this node alone (redb, or memory in tests).
+    Local(std::sync::Arc<dyn Store>),
+    /// A store several nodes write to (PostgreSQL, or memory in tests).
+    Shared(std::sync::Arc<dyn SharedStore>),
+}
+
+impl Backend {
+    /// The store, for what every node does alike (reads, recovery).
+    pub fn store(&self) -> std::sync::Arc<dyn Store> {
+        match self {
+            Backend::Local(s) => s.clone(),
+            Backend::Shared(s) => s.clone(),
+        }
+    }
+
+    /// The shared store, when other nodes write to it too.
+    pub fn shared(&self) -> Option<&std::sync::Arc<dyn SharedStore>> {
+        match self {
+            Backend::Local(_) => None,
+            Backend::Shared(s) => Some(s),
+        }
+    }
+}
+
+impl From<std::sync::Arc<dyn Store>> for Backend {
+    fn from(store: std::sync::Arc<dyn Store>) -> Self {
+        Backend::Local(store)
+    }
+}
+
+impl From<std::sync::Arc<dyn SharedStore>> for Backend {
+    fn from(store: std::sync::Arc<dyn SharedStore>) -> Self {
+        Backend::Shared(store)
+    }
 }

@@ -29,7 +29,8 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 fn open_only(dir: &std::path::Path) -> anyhow::Result<()> {
     let store = RedbStore::open(dir)?;
     let links = consentd::links::Links::open(dir, &[], "http://127.0.0.1:8080")?;
-    let (authority, report) = Authority::open(Arc::new(store), links, Options::default())?;
+    let store: Arc<dyn Store> = Arc::new(store);
+    let (authority, report) = Authority::open(store, links, Options::default())?;
     let rss = support::rss_bytes();
     println!(
         "memory: a fresh process serving {} contacts is {} MB resident = {:.0} B per contact (index, catalog, store cache, allocator)",

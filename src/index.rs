@@ -194,12 +194,19 @@ impl Index {
         self.drop_pending(contact);
     }
 
-    /// A contact whose id satisfies `matches`, if any (a full scan).
+    /// A contact whose id satisfies `matches`, if any: a full scan of the
+    /// contacts holding states, then of those with only pending grants.
     pub fn find_contact(&self, mut matches: impl FnMut(&str) -> bool) -> Option<String> {
         self.map
             .iter()
             .find(|entry| matches(entry.key()))
             .map(|entry| entry.key().to_string())
+            .or_else(|| {
+                self.pending
+                    .iter()
+                    .find(|entry| matches(entry.key()))
+                    .map(|entry| entry.key().to_string())
+            })
     }
 
     /// Number of contacts holding at least one state.

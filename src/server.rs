@@ -26,7 +26,7 @@ use crate::domain::CatalogSpec;
 use crate::grpc::{AdmissionLayer, CatalogService, ConsentsService, EligibilityService};
 use crate::links::Links;
 use crate::pb;
-use crate::store::{RedbStore, Store};
+use crate::store::{Backend, RedbStore, SharedStore, Store};
 
 /// Largest Eligibility message: a full 10,000-check batch of the longest
 /// ids (a check is at most ~470 bytes) fits.
@@ -46,7 +46,7 @@ const FAIL_STOP_GRACE: Duration = Duration::from_secs(5);
 const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 
 /// Opens the store `--store` names: redb in the data dir, or PostgreSQL.
-fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+fn open_store(config: &Config) -> anyhow::Result<Backend> {
     let store = config.store.trim();
     if store.starts_with("postgres://") || store.starts_with("postgresql://") {
         let shown = crate::store::postgres::redact(store);
@@ -54,7 +54,8 @@ fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
         let timeout = Duration::from_millis(config.store_timeout_ms);
         let pg = crate::store::PgStore::open_with_timeout(store, timeout)
             .with_context(|| format!("opening the PostgreSQL store {shown}"))?;
-        return Ok(Arc::new(pg));
+        let shared: Arc<dyn SharedStore> = Arc::new(pg);
+        return Ok(Backend::Shared(shared));
     }
     anyhow::ensure!(
         store == "redb",
@@ -66,7 +67,8 @@ fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
         (config.store_cache_mb as usize).saturating_mul(1024 * 1024),
     )
     .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
-    Ok(Arc::new(redb))
+    let local: Arc<dyn Store> = Arc::new(redb);
+    Ok(Backend::Local(local))
 }
 
 /// A server whose listeners are bound and whose index is loaded.
@@ -104,11 +106,14 @@ impl Server {
     /// As [`Server::bind`], over a store the caller opened (another
     /// backend, or one that injects faults); `--data-dir` still holds the
     /// link keys.
-    pub async fn bind_with_store(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Server> {
-        Self::bind_inner(config, Some(store)).await
+    pub async fn bind_with_store(
+        config: &Config,
+        store: impl Into<Backend>,
+    ) -> anyhow::Result<Server> {
+        Self::bind_inner(config, Some(store.into())).await
     }
 
-    async fn bind_inner(config: &Config, store: Option<Arc<dyn Store>>) -> anyhow::Result<Server> {
+    async fn bind_inner(config: &Config, store: Option<Backend>) -> anyhow::Result<Server> {
         let auth = Auth::from_config(&config.tokens, config.tokens_file.as_deref())?;
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => {
@@ -154,7 +159,7 @@ impl Server {
             .unwrap_or_else(|| format!("http://{http_addr}"));
         // Read before anything opens, so a bad file changes nothing.
         let catalog = config.catalog.as_deref().map(read_catalog).transpose()?;
-        let store: Arc<dyn Store> = match store {
+        let store: Backend = match store {
             Some(store) => store,
             None => open_store(config)?,
         };
@@ -162,7 +167,9 @@ impl Server {
             .with_context(|| format!("creating {}", config.data_dir.display()))?;
         let fresh_key = crate::links::generate_key()?;
         let links = match store
-            .link_keys(&fresh_key)
+            .shared()
+            .map(|shared| shared.link_keys(&fresh_key))
+            .transpose()
             .context("reading the link keys")?
         {
             Some(lines) => {

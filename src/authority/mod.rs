@@ -37,7 +37,7 @@ use crate::domain::{
 use crate::index::Index;
 use crate::links::Links;
 use crate::metrics::{Metrics, Shed, Tally};
-use crate::store::{Loaded, Store, StoreError, WriteBatch};
+use crate::store::{Backend, Loaded, Store, StoreError, WriteBatch};
 use crate::writer::{Applied, Writer, WriterStart};
 
 /// Longest erasure reason kept with a tombstone, in bytes.
@@ -157,7 +157,7 @@ impl Authority {
     /// Rebuilds the index from the store and starts the writer thread,
     /// which runs until [`Authority::close`].
     pub fn open(
-        store: Arc<dyn Store>,
+        backend: impl Into<Backend>,
         links: Links,
         options: Options,
     ) -> Result<(Authority, LoadReport), StoreError> {
@@ -169,6 +169,8 @@ impl Authority {
             confirmation_ttl,
             confirmation_resend,
         } = options;
+        let backend = backend.into();
+        let store = backend.store();
         let started = Instant::now();
         let recovered = store.recover()?;
         let catalog = match recovered.catalog {
@@ -242,7 +244,7 @@ impl Authority {
         let applied = Arc::new(Applied::default());
         applied.advance(recovered.next_sequence.saturating_sub(1));
         let writer = Writer::start(
-            store.clone(),
+            backend,
             index.clone(),
             catalog.clone(),
             WriterStart {
@@ -326,6 +328,12 @@ impl Authority {
     /// node's feed has not read yet, and for how long it has been behind.
     pub fn feed_lag(&self) -> (u64, Duration) {
         self.writer.feed_lag()
+    }
+
+    /// With a shared store: why this node cannot keep its view up (a
+    /// record it cannot read), while it cannot.
+    pub fn feed_broken(&self) -> Option<String> {
+        self.writer.feed_broken()
     }
 
     /// CanSend (DESIGN.md rule 3). Never touches the disk, never allocates.

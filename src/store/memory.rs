@@ -155,7 +155,8 @@ impl Contents {
         }
         for (key, r) in &batch.idempotency {
             self.idempotency.insert(key.clone(), *r);
-            self.idempotency_by_time.insert((r.recorded_at, key.clone()));
+            self.idempotency_by_time
+                .insert((r.recorded_at, key.clone()));
         }
         Ok(Committed {
             first_sequence: batch.first_sequence(),
@@ -510,4 +511,23 @@ mod tests {
     }
 
     conformance_suite!(Memory(None));
+
+    mod shared {
+        use std::sync::Arc;
+
+        use crate::store::shared_conformance::{SharedFixture, shared_conformance_suite};
+        use crate::store::{MemoryStore, SharedStore};
+
+        /// Two nodes in one process share one store.
+        struct Shared;
+
+        impl SharedFixture for Shared {
+            fn pair(&mut self) -> (Arc<dyn SharedStore>, Arc<dyn SharedStore>) {
+                let store = Arc::new(MemoryStore::new().unwrap());
+                (store.clone(), store)
+            }
+        }
+
+        shared_conformance_suite!(Shared);
+    }
 }

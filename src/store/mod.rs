@@ -20,6 +20,8 @@ mod conformance;
 mod memory;
 pub mod postgres;
 mod redb;
+#[cfg(test)]
+mod shared_conformance;
 pub mod transfer;
 
 pub use self::memory::MemoryStore;

@@ -25,9 +25,6 @@ struct Pending {
     /// The pending record of its (contact, consent) after it (`None`: the
     /// wait ended), when it moved.
     pending_update: Option<(ContactKey, ConsentIdx, Option<PendingRecord>)>,
-    /// The event it recorded, by index in the batch (none for an answer
-    /// that only names the batch).
-    event: Option<usize>,
 }
 
 /// One group commit in the making.
@@ -52,6 +49,9 @@ pub(super) struct GroupBatch {
     pending: Vec<Pending>,
     /// The callers of `pending`, in the same order.
     replies: Vec<Reply<ChangeOutcome>>,
+    /// The sequence of the first event recorded, and how many were.
+    first_sequence: u64,
+    events: usize,
 }
 
 impl GroupBatch {
@@ -281,8 +281,11 @@ impl GroupBatch {
             },
             index_update,
             pending_update,
-            event: Some(self.write.events.len()),
         });
+        if self.events == 0 {
+            self.first_sequence = event.sequence;
+        }
+        self.events += 1;
         self.write.events.push(event);
     }
 
@@ -309,25 +312,12 @@ impl GroupBatch {
             outcome,
             index_update: None,
             pending_update: None,
-            event: None,
         });
     }
 
     /// After a successful commit: the index learns the new states, the
-    /// deletion guard its new holders, and every caller its answer, with
-    /// the sequences of this batch (from `first` on) moved up by `shift`
-    /// when the store numbered it later than the writer did. Events the
-    /// store `refused` (an erasure committed meanwhile made them stale) are
-    /// answered as not applied, and the index never sees them.
-    pub(super) fn acknowledge(
-        self,
-        index: &Index,
-        usage: &mut Vec<u64>,
-        first: u64,
-        shift: u64,
-        refused: &[usize],
-        replayed: &[(usize, u64)],
-    ) {
+    /// deletion guard its new holders, and every caller its answer.
+    pub(super) fn acknowledge(self, index: &Index, usage: &mut Vec<u64>) {
         for consent in self.new_usage {
             let i = consent as usize;
             if usage.len() <= i {
@@ -335,45 +325,30 @@ impl GroupBatch {
             }
             usage[i] += 1;
         }
-        let moved = |s: &mut u64| {
-            if *s >= first {
-                *s += shift;
-            }
-        };
         for (p, reply) in self.pending.into_iter().zip(self.replies) {
-            if let Some(&(_, sequence)) =
-                p.event.and_then(|i| replayed.iter().find(|(r, _)| *r == i))
-            {
-                let _ = reply.send(Ok(ChangeOutcome {
-                    applied: false,
-                    state: None,
-                    sequence,
-                    pending: None,
-                }));
-                continue;
-            }
-            if p.event.is_some_and(|i| refused.contains(&i)) {
-                let _ = reply.send(Ok(ChangeOutcome {
-                    applied: false,
-                    state: None,
-                    sequence: 0,
-                    pending: None,
-                }));
-                continue;
-            }
             if let Some((contact, state)) = p.index_update {
                 index.put(&contact, state);
             }
             if let Some((contact, consent, record)) = p.pending_update {
                 index.set_pending(&contact, consent, record);
             }
-            let mut outcome = p.outcome;
-            moved(&mut outcome.sequence);
-            if let Some(state) = &mut outcome.state {
-                moved(&mut state.sequence);
-            }
-            let _ = reply.send(Ok(outcome));
+            let _ = reply.send(Ok(p.outcome));
         }
+    }
+
+    /// The sequence of the batch's first event.
+    pub(super) fn first_sequence(&self) -> u64 {
+        self.first_sequence
+    }
+
+    /// How many events it records.
+    pub(super) fn events(&self) -> usize {
+        self.events
+    }
+
+    /// How many idempotency keys it records.
+    pub(super) fn keys(&self) -> usize {
+        self.keys.len()
     }
 
     /// When the store failed before this batch was written: every caller
@@ -400,7 +375,8 @@ impl GroupBatch {
         }
     }
 
-    /// The contacts whose events this batch holds.
+    /// The contacts whose events this batch holds (before its write is
+    /// handed to the store).
     pub(super) fn contacts(&self) -> impl Iterator<Item = crate::domain::ContactId> + '_ {
         self.write.events.iter().map(|e| e.contact.clone())
     }

@@ -1,24 +1,21 @@
-//! The change feed of a shared store (PostgreSQL with several nodes): a
-//! thread that waits for the store's notices (or half a second), reads what
-//! was committed after the last sequence it passed on, and hands it to the
-//! writer thread, which applies it to the index (rule 2 decides, so the
-//! order of concurrent writers on different nodes does not matter) and
-//! advances the applied sequence that freshness tokens wait on.
+//! The change feed of a shared store (several nodes): a thread that waits
+//! for the store's notice of a commit (or half a second), reads what was
+//! committed after this node's cursor, and hands it to the writer thread,
+//! which applies it to the index (skipping what its own commits already
+//! applied) and advances the applied sequence that freshness tokens wait on.
 //!
-//! Erasures arrive as keyed hashes; the contact id comes from the store's
-//! notice. A notice missed (the listening connection dropped) costs a scan
-//! of the index for the hash, never a contact left answering.
+//! A record the feed cannot read is not skipped: the feed stays where it
+//! is, says so (the error names the sequence) and the node's checks turn
+//! NOT_SERVING until it can read again, never silently stale.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::Command;
-use crate::domain::EventRecord;
-use crate::store::{Store, Tombstone};
+use super::{Applied, Command};
+use crate::store::{Cursor, SharedStore};
 
 /// Events per read of the feed.
 const PAGE: usize = 10_000;
@@ -28,6 +25,8 @@ const IDLE: Duration = Duration::from_millis(500);
 /// read then carries many commits (under write load every commit notifies,
 /// and a read per commit would cost more than the commits).
 const GATHER: Duration = Duration::from_millis(5);
+/// The wait before reading again after a read failed.
+const RETRY: Duration = Duration::from_millis(100);
 
 /// How far behind the store this node's feed is, for health and metrics.
 #[derive(Debug, Default)]
@@ -38,6 +37,8 @@ pub(crate) struct Lag {
     /// behind without interruption; 0 when it is not.
     behind_since_ms: AtomicU64,
     epoch: std::sync::OnceLock<Instant>,
+    /// Why the feed cannot go on: a record it cannot read.
+    broken: std::sync::Mutex<Option<String>>,
 }
 
 impl Lag {
@@ -57,6 +58,26 @@ impl Lag {
         }
     }
 
+    /// Records why the feed (or a commit's catch-up) cannot go on.
+    pub(crate) fn broke(&self, why: String) {
+        *self.broken.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+    }
+
+    fn mended(&self) {
+        let mut broken = self.broken.lock().unwrap_or_else(|e| e.into_inner());
+        if broken.take().is_some() {
+            tracing::info!("the change feed reads again");
+        }
+    }
+
+    /// Why the feed cannot go on, while it cannot.
+    pub(crate) fn broken(&self) -> Option<String> {
+        self.broken
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Changes committed but not read yet, and for how long the feed has
     /// been behind.
     pub(crate) fn get(&self) -> (u64, Duration) {
@@ -70,17 +91,6 @@ impl Lag {
     }
 }
 
-/// One page of the feed, for the writer to apply.
-pub(crate) struct Followed {
-    /// Events, in sequence order (this node's own too: applying one again
-    /// changes nothing).
-    pub(crate) events: Vec<EventRecord>,
-    /// Erasures, with the contact when a notice named it.
-    pub(crate) erasures: Vec<(Tombstone, Option<String>)>,
-    /// Every change up to this sequence is in this page or before it.
-    pub(crate) through: u64,
-}
-
 /// Hands a command to the writer; false once it takes no more (closed, or
 /// every handle gone: the feed holds only a weak one).
 fn send(writer: &mpsc::WeakSender<Command>, command: Command) -> bool {
@@ -89,71 +99,55 @@ fn send(writer: &mpsc::WeakSender<Command>, command: Command) -> bool {
         .is_some_and(|tx| tx.blocking_send(command).is_ok())
 }
 
-/// Runs the feed from `after` until the writer stops taking commands.
+/// Runs the feed until the writer stops taking commands. Each read starts
+/// at the writer's applied sequence, so what a commit's catch-up applied
+/// is not read again.
 pub(super) fn run(
-    store: Arc<dyn Store>,
+    store: Arc<dyn SharedStore>,
     writer: mpsc::WeakSender<Command>,
-    mut after: u64,
+    applied: Arc<Applied>,
     mut catalog_version: u64,
     lag: Arc<Lag>,
 ) {
-    let mut heard: HashMap<u64, String> = HashMap::new();
     let mut caught_up = true;
     let mut last_complaint: Option<Instant> = None;
     while writer.upgrade().is_some_and(|tx| !tx.is_closed()) {
-        let notices = store.wait_for_changes(if caught_up { IDLE } else { Duration::ZERO });
-        heard.extend(notices.erasures);
+        store.wait_for_changes(if caught_up { IDLE } else { Duration::ZERO });
         if caught_up {
             std::thread::sleep(GATHER);
-            heard.extend(store.wait_for_changes(Duration::ZERO).erasures);
+            store.wait_for_changes(Duration::ZERO);
         }
-        let changes = match store.changes_after(after, PAGE) {
+        let cursor = Cursor {
+            sequence: applied.get(),
+            catalog_version,
+        };
+        let changes = match store.changes_after(cursor, PAGE) {
             Ok(c) => c,
             Err(e) => {
+                if matches!(e, crate::store::StoreError::Corrupt { .. }) {
+                    lag.broke(e.to_string());
+                }
                 if last_complaint.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                    tracing::warn!(error = %e, applied = after, "the change feed cannot read the store; retrying");
+                    tracing::error!(error = %e, applied = cursor.sequence, "the change feed cannot read the store; retrying");
                     last_complaint = Some(Instant::now());
                 }
-                std::thread::sleep(Duration::from_secs(1));
+                // Soon again: a database back from a restart is read
+                // within a fraction of a second.
+                std::thread::sleep(RETRY);
                 continue;
             }
         };
-        if changes.catalog_version != catalog_version {
-            match store.catalog() {
-                Ok((Some(spec), latest)) => {
-                    let version = changes.catalog_version;
-                    if !send(&writer, Command::FollowCatalog(spec, latest, version)) {
-                        return;
-                    }
-                    catalog_version = changes.catalog_version;
-                }
-                Ok((None, _)) => catalog_version = changes.catalog_version,
-                Err(e) => {
-                    tracing::warn!(error = %e, "the change feed cannot read the catalog; retrying");
-                    std::thread::sleep(Duration::from_secs(1));
-                    continue;
-                }
-            }
+        lag.mended();
+        if let Some(c) = &changes.catalog {
+            catalog_version = c.version;
         }
         caught_up = changes.events.len() < PAGE;
         lag.record(changes.head.saturating_sub(changes.through));
-        if changes.through > after || !changes.erasures.is_empty() {
-            let erasures = changes
-                .erasures
-                .into_iter()
-                .map(|(sequence, t)| (t, heard.remove(&sequence)))
-                .collect();
-            let page = Followed {
-                events: changes.events,
-                erasures,
-                through: changes.through,
-            };
-            if !send(&writer, Command::Follow(page)) {
-                return;
-            }
-            after = changes.through;
+        if (changes.through > cursor.sequence || changes.catalog.is_some())
+            && !send(&writer, Command::Follow(changes))
+        {
+            return;
         }
-        heard.retain(|&sequence, _| sequence > after);
     }
 }
 

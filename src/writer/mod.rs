@@ -11,16 +11,30 @@
 //!   it, so a consent cannot gain state while it is being deleted.
 //!
 //! Layout: this file is the handle callers hold ([`Writer`]); `committer.rs`
-//! is the thread (the loop, the rulings from [`crate::domain::ruling`], the
-//! commit); `batch.rs` is what one group commit has ruled so far.
+//! is the thread's loop and state, with its work in rooms of one concern:
+//! `rule.rs` (rulings from [`crate::domain::ruling`]), `commit.rs` (one
+//! node's commit, or a shared store's commit on the latest view),
+//! `follow.rs` (applying what other nodes committed), `erasure.rs`,
+//! `catalog.rs`, `faults.rs` (fail-stop; down and probing), `upkeep.rs`;
+//! `batch.rs` is what one group commit has ruled so far; `follower.rs` the
+//! feed thread of a shared store; `applied.rs` how far the index caught up.
 //!
 //! Shutdown is explicit: [`Writer::close`] stops taking commands, finishes
 //! what is queued and joins the thread.
 
 mod applied;
 mod batch;
+mod catalog;
+mod commit;
+#[cfg(test)]
+mod commit_tests;
 mod committer;
+mod erasure;
+mod faults;
+mod follow;
 mod follower;
+mod rule;
+mod upkeep;
 
 pub(crate) use applied::Applied;
 pub(crate) use follower::Lag;
@@ -36,7 +50,7 @@ use crate::domain::{Catalog, CatalogSpec, Change, ChangeOutcome, ContactId, Eras
 use crate::error::Error;
 use crate::index::Index;
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::store::{Backend, Changes};
 use committer::Committer;
 
 /// Queue depth before callers wait (back-pressure).
@@ -57,10 +71,7 @@ enum Command {
     /// runs even when no write comes.
     Tick,
     /// A page of a shared store's change feed.
-    Follow(follower::Followed),
-    /// The catalog another node applied, with the latest wordings and the
-    /// store's catalog version.
-    FollowCatalog(CatalogSpec, Vec<crate::domain::Wording>, u64),
+    Follow(Changes),
 }
 
 /// What the writer takes over from the store at start.
@@ -113,7 +124,7 @@ impl Writer {
     /// Starts the writer thread over the store, the index it updates and
     /// the catalog it swaps.
     pub(crate) fn start(
-        store: Arc<dyn Store>,
+        store: Backend,
         index: Arc<Index>,
         catalog: Arc<ArcSwap<Catalog>>,
         start: WriterStart,
@@ -124,13 +135,13 @@ impl Writer {
         let (available_tx, available) = watch::channel(true);
         let on_panic = failure_tx.clone();
         let lag = Arc::new(Lag::default());
-        if store.shared() {
-            let (feed_store, weak) = (store.clone(), tx.downgrade());
-            let (from, version) = (start.applied.get(), start.catalog_version);
+        if let Some(shared) = store.shared() {
+            let (feed_store, weak) = (shared.clone(), tx.downgrade());
+            let (applied, version) = (start.applied.clone(), start.catalog_version);
             let feed_lag = lag.clone();
             std::thread::Builder::new()
                 .name("consentd-feed".into())
-                .spawn(move || follower::run(feed_store, weak, from, version, feed_lag))
+                .spawn(move || follower::run(feed_store, weak, applied, version, feed_lag))
                 .expect("spawning the feed thread at start-up");
         }
         let mut committer = Committer::new(
@@ -139,8 +150,11 @@ impl Writer {
             catalog,
             start,
             metrics,
-            failure_tx,
-            available_tx,
+            committer::Reports {
+                failure: failure_tx,
+                available: available_tx,
+                lag: lag.clone(),
+            },
         );
         let thread = std::thread::Builder::new()
             .name("consentd-writer".into())
@@ -184,6 +198,12 @@ impl Writer {
     /// read yet, and for how long it has been behind.
     pub(crate) fn feed_lag(&self) -> (u64, std::time::Duration) {
         self.lag.get()
+    }
+
+    /// Why this node's view of a shared store cannot be kept up: a record
+    /// it cannot read (its checks are then NOT_SERVING).
+    pub(crate) fn feed_broken(&self) -> Option<String> {
+        self.lag.broken()
     }
 
     /// Whether the store takes writes, now and as it changes: false while
@@ -306,12 +326,12 @@ impl Writer {
 mod tests {
     use super::*;
     use crate::domain::{Action, ConsentId, ConsentSpec, Evidence, Source};
-    use crate::store::MemoryStore;
+    use crate::store::{MemoryStore, Store};
 
     /// A writer over `store` with a one-consent catalog applied.
     async fn started(store: Arc<MemoryStore>, index: Arc<Index>) -> Writer {
         let writer = Writer::start(
-            store,
+            Backend::Local(store),
             index,
             Arc::new(ArcSwap::from_pointee(Catalog::empty(None))),
             WriterStart {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use consentd::store::postgres::redact;
-use consentd::store::{PgStore, RedbStore, Store, transfer};
+use consentd::store::{Backend, PgStore, RedbStore, SharedStore, Store, transfer};
 use serde_json::json;
 
 /// Where a store lives, as the command line names it.
@@ -37,33 +37,36 @@ impl Place {
         }
     }
 
-    fn open(&self, must_exist: bool) -> anyhow::Result<Arc<dyn Store>> {
+    fn open(&self, must_exist: bool) -> anyhow::Result<Backend> {
         Ok(match self {
             Place::Redb(dir) => {
                 if must_exist && !dir.join("consentd.redb").exists() {
                     bail!("{} holds no consentd.redb", dir.display());
                 }
                 std::fs::create_dir_all(dir)?;
-                Arc::new(
-                    RedbStore::open(dir).with_context(|| {
-                        format!("opening {} (is a server using it?)", self.shown())
-                    })?,
-                )
+                let store: Arc<dyn Store> = Arc::new(RedbStore::open(dir).with_context(|| {
+                    format!("opening {} (is a server using it?)", self.shown())
+                })?);
+                Backend::Local(store)
             }
             Place::Postgres(url) => {
-                Arc::new(PgStore::open(url).with_context(|| format!("opening {}", self.shown()))?)
+                let store: Arc<dyn SharedStore> = Arc::new(
+                    PgStore::open(url).with_context(|| format!("opening {}", self.shown()))?,
+                );
+                Backend::Shared(store)
             }
         })
     }
 
     /// The link keys kept with this store: the data dir's key file, or the
     /// database's shared ring.
-    fn link_keys(&self, store: &dyn Store) -> anyhow::Result<Vec<String>> {
-        Ok(match self {
-            Place::Redb(dir) => consentd::links::read_key_file(dir)?.unwrap_or_default(),
-            Place::Postgres(_) => store
-                .link_keys(&consentd::links::generate_key()?)?
-                .unwrap_or_default(),
+    fn link_keys(&self, store: &Backend) -> anyhow::Result<Vec<String>> {
+        Ok(match (self, store.shared()) {
+            (Place::Redb(dir), _) => consentd::links::read_key_file(dir)?.unwrap_or_default(),
+            (Place::Postgres(_), Some(shared)) => {
+                shared.link_keys(&consentd::links::generate_key()?)?
+            }
+            (Place::Postgres(_), None) => Vec::new(),
         })
     }
 }
@@ -72,7 +75,7 @@ pub(crate) fn migrate(from: &str, to: &str, json_mode: bool) -> anyhow::Result<(
     let (from, to) = (Place::parse(from)?, Place::parse(to)?);
     let source = from.open(true)?;
     let target = to.open(false)?;
-    let keys = from.link_keys(&*source)?;
+    let keys = from.link_keys(&source)?;
     if let Place::Redb(dir) = &to
         && consentd::links::read_key_file(dir)?.is_some()
     {
@@ -82,7 +85,7 @@ pub(crate) fn migrate(from: &str, to: &str, json_mode: bool) -> anyhow::Result<(
         );
     }
     let started = std::time::Instant::now();
-    let moved = transfer::copy(&*source, &*target, &keys, &mut |n| {
+    let moved = transfer::copy(&*source.store(), &*target.store(), &keys, &mut |n| {
         if !json_mode {
             eprint!("\rcopied {n} events");
         }
@@ -92,7 +95,7 @@ pub(crate) fn migrate(from: &str, to: &str, json_mode: bool) -> anyhow::Result<(
     {
         consentd::links::write_key_file(dir, &keys)?;
     }
-    if !keys.is_empty() && to.link_keys(&*target)? != keys {
+    if !keys.is_empty() && to.link_keys(&target)? != keys {
         bail!("the link keys differ after the copy");
     }
     let seconds = started.elapsed().as_secs_f64();

@@ -159,8 +159,12 @@ async fn transaction(
                     ),
                 ));
             }
-            let catalog_version =
-                within(timeout, &sent, write_batch(&txn, batch, head.catalog_version)).await?;
+            let catalog_version = within(
+                timeout,
+                &sent,
+                write_batch(&txn, batch, head.catalog_version),
+            )
+            .await?;
             (
                 Committed {
                     first_sequence: first,
@@ -410,8 +414,10 @@ async fn write_batch(
          RETURNING catalog_version",
         &meta_params,
     );
-    let (futures, checks): (Vec<_>, Vec<_>) =
-        statements.into_iter().map(|(f, n, what)| (f, (n, what))).unzip();
+    let (futures, checks): (Vec<_>, Vec<_>) = statements
+        .into_iter()
+        .map(|(f, n, what)| (f, (n, what)))
+        .unzip();
     let (meta, written) =
         futures_util::future::join(meta, futures_util::future::try_join_all(futures)).await;
     let written = written.map_err(before)?;
@@ -448,10 +454,22 @@ async fn erase(
     let tombstone: [&(dyn ToSql + Sync); 4] = [&hash, &t.erased_at, &t.reason, &sequence];
     let channel: [&(dyn ToSql + Sync); 1] = [&FEED_CHANNEL];
     let (states, pending, events, meta, tombstone, notify) = tokio::join!(
-        txn.execute("DELETE FROM consentd.states WHERE contact = $1", &by_contact),
-        txn.execute("DELETE FROM consentd.pending WHERE contact = $1", &by_contact),
-        txn.execute("DELETE FROM consentd.events WHERE contact = $1", &by_contact),
-        txn.execute("UPDATE consentd.meta SET next_sequence = $1 + 1", &at),
+        txn.execute(
+            "DELETE FROM consentd.states WHERE contact = $1",
+            &by_contact
+        ),
+        txn.execute(
+            "DELETE FROM consentd.pending WHERE contact = $1",
+            &by_contact
+        ),
+        txn.execute(
+            "DELETE FROM consentd.events WHERE contact = $1",
+            &by_contact
+        ),
+        txn.execute(
+            "UPDATE consentd.meta SET next_sequence = $1::bigint + 1",
+            &at
+        ),
         txn.execute(
             "INSERT INTO consentd.erasures (hash, erased_at, reason, sequence)
              VALUES ($1, $2, $3, $4)

@@ -129,7 +129,9 @@ fn event_fields(row: &tokio_postgres::Row) -> Result<EventRecord, StoreError> {
     })
 }
 
-pub(super) fn pending_from(row: &tokio_postgres::Row) -> Result<(String, String, PendingRecord), StoreError> {
+pub(super) fn pending_from(
+    row: &tokio_postgres::Row,
+) -> Result<(String, String, PendingRecord), StoreError> {
     Ok((
         row.try_get(0).map_err(backend)?,
         row.try_get(1).map_err(backend)?,

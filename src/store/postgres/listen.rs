@@ -36,9 +36,7 @@ impl Ears {
         if self.pending.load(Ordering::SeqCst) == 0 {
             let _ = self
                 .woke
-                .wait_timeout_while(guard, timeout, |_| {
-                    self.pending.load(Ordering::SeqCst) == 0
-                })
+                .wait_timeout_while(guard, timeout, |_| self.pending.load(Ordering::SeqCst) == 0)
                 .unwrap_or_else(|e| e.into_inner());
         }
         self.pending.store(0, Ordering::SeqCst);
@@ -59,7 +57,7 @@ pub(super) async fn listen(
     loop {
         let outcome = async {
             let (client, mut connection) = config.connect(tls.clone()).await?;
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             let driver = tokio::spawn(async move {
                 let mut messages =
                     futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));

@@ -46,15 +46,17 @@ pub use self::cluster::{Throwaway, test_database_url};
 pub use self::connect::redact;
 use self::connect::{ssl_mode, tls};
 use self::decode::{
-    action_of, backend, event_from, pending_from, pg, pool_error, source_of, state_from, u64_of,
-    wording_from, EVENT_COLUMNS,
+    EVENT_COLUMNS, action_of, backend, event_from, pending_from, pg, pool_error, source_of,
+    state_from, u64_of, wording_from,
 };
 use self::listen::{Ears, listen};
 use super::{
     Changes, Committed, Cursor, IdempotencyRecord, Loaded, Recovered, SharedStore, Store,
     StoreError, Tombstone, Write, WriteBatch,
 };
-use crate::domain::{CatalogSpec, Decision, EventRecord, PendingRecord, StateRecord, UnixNanos, Wording};
+use crate::domain::{
+    CatalogSpec, Decision, EventRecord, PendingRecord, StateRecord, UnixNanos, Wording,
+};
 
 mod embedded {
     #![allow(missing_docs, unreachable_pub)]
@@ -702,7 +704,8 @@ impl SharedStore for PgStore {
         cursor: Cursor,
         rule: &mut dyn FnMut(Changes) -> Write,
     ) -> Result<Committed, StoreError> {
-        self.commit_with(cursor, rule).map(|(committed, _)| committed)
+        self.commit_with(cursor, rule)
+            .map(|(committed, _)| committed)
     }
 
     fn changes_after(&self, cursor: Cursor, limit: usize) -> Result<Changes, StoreError> {
@@ -791,26 +794,6 @@ mod tests {
 
     conformance_suite!(Pg(None));
 
-    fn event(contact: &str, sequence: u64) -> crate::domain::EventRecord {
-        crate::domain::EventRecord {
-            contact: crate::domain::ContactId::parse("contact", contact).unwrap(),
-            consent: crate::domain::ConsentId::parse("consent", "marketing").unwrap(),
-            action: crate::domain::Action::Grant,
-            occurred_at: sequence as i64,
-            recorded_at: sequence as i64,
-            source: crate::domain::Source::Api,
-            evidence: Default::default(),
-            version: 1,
-            sequence,
-            idempotency_key: None,
-            applied: true,
-            actor: "node".into(),
-            pending: false,
-            confirmed: false,
-            confirmation_link: false,
-        }
-    }
-
     #[test]
     fn sslmode_require_encrypts_and_verify_full_checks_the_certificate() {
         if Throwaway::shared().is_none() {
@@ -844,53 +827,34 @@ mod tests {
         );
     }
 
-    #[test]
-    fn two_writers_on_one_database_get_sequences_in_commit_order() {
-        let Some(server) = Throwaway::shared() else {
-            println!("SKIPPED: no PostgreSQL server here");
-            return;
-        };
-        let url = server.fresh_database();
-        let (a, b) = (PgStore::open(&url).unwrap(), PgStore::open(&url).unwrap());
-        let batch = |events: Vec<crate::domain::EventRecord>, next| crate::store::WriteBatch {
-            events,
-            idempotency: vec![(
-                "k".into(),
-                crate::domain::IdempotencyRecord {
-                    sequence: 1,
-                    recorded_at: 1,
-                    fingerprint: [1; 32],
-                },
-            )],
-            next_sequence: next,
-            ..Default::default()
-        };
-        let a_first = a
-            .commit(&batch(vec![event("anna", 1), event("bob", 2)], 3))
-            .unwrap()
-            .first_sequence;
-        assert_eq!(a_first, 1);
-        // B numbered its batch from 1 too: the store moves it past A's.
-        let mut b_batch = batch(vec![event("carl", 1), event("dora", 2)], 3);
-        b_batch.idempotency[0].0 = "k2".into();
-        assert_eq!(b.commit(&b_batch).unwrap().first_sequence, 3);
-        let all: Vec<(String, u64)> = a
-            .events_after(0, 10)
-            .unwrap()
-            .into_iter()
-            .map(|e| (e.contact.to_string(), e.sequence))
-            .collect();
-        assert_eq!(
-            all,
-            vec![
-                ("anna".into(), 1),
-                ("bob".into(), 2),
-                ("carl".into(), 3),
-                ("dora".into(), 4)
-            ]
-        );
-        assert_eq!(b.contact_states("dora").unwrap()[0].sequence, 4);
-        assert_eq!(b.idempotency("k2").unwrap().unwrap().sequence, 3);
-        assert_eq!(a.next_sequence().unwrap(), 5);
+    /// Two nodes: two stores over one fresh database.
+    struct PgPair;
+
+    impl crate::store::shared_conformance::SharedFixture for PgPair {
+        fn pair(
+            &mut self,
+        ) -> (
+            Arc<dyn crate::store::SharedStore>,
+            Arc<dyn crate::store::SharedStore>,
+        ) {
+            let url = Throwaway::shared()
+                .expect("PostgreSQL for the conformance suite")
+                .fresh_database();
+            (
+                Arc::new(PgStore::open(&url).unwrap()),
+                Arc::new(PgStore::open(&url).unwrap()),
+            )
+        }
+
+        fn available(&self) -> bool {
+            Throwaway::shared().is_some()
+        }
+    }
+
+    mod shared {
+        use super::PgPair;
+        use crate::store::shared_conformance::shared_conformance_suite;
+
+        shared_conformance_suite!(PgPair);
     }
 }

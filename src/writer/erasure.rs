@@ -1,0 +1,80 @@
+//! EraseContact on the writer thread (DESIGN.md rule 5): the store forgets
+//! the contact and keeps a tombstone (keyed hash, time, reason); then the
+//! index forgets it. With a shared store the erasure takes the commit lock
+//! first and rules on the latest view, like any commit: its time follows
+//! every receipt time applied, and no change committed before it escapes it.
+
+use std::time::Instant;
+
+use super::committer::Committer;
+use crate::domain::{ContactId, UnixNanos};
+use crate::error::Error;
+use crate::store::{StoreError, Tombstone, Write};
+
+impl Committer {
+    pub(super) fn erase(&mut self, contact: ContactId, reason: String) -> Result<UnixNanos, Error> {
+        let hash = self.erasures.hash(contact.as_str());
+        let mut stamped: Option<UnixNanos> = None;
+        let result = match self.shared.clone() {
+            None => {
+                let erased_at = self.receipt_time();
+                stamped = Some(erased_at);
+                let tombstone = Tombstone {
+                    hash,
+                    erased_at,
+                    reason,
+                };
+                self.store.erase(contact.as_str(), &tombstone).map(|_| None)
+            }
+            Some(shared) => {
+                let mut reason = Some(reason);
+                shared
+                    .commit_on_latest(self.cursor(), &mut |latest| {
+                        self.apply_changes(latest);
+                        let erased_at = self.receipt_time();
+                        stamped = Some(erased_at);
+                        Write::Erase {
+                            contact: contact.to_string(),
+                            tombstone: Tombstone {
+                                hash,
+                                erased_at,
+                                reason: reason.take().unwrap_or_default(),
+                            },
+                        }
+                    })
+                    .map(|committed| Some(committed.first_sequence))
+            }
+        };
+        match (result, stamped) {
+            (Ok(sequence), Some(erased_at)) => {
+                self.forget(&contact, hash, erased_at);
+                if let Some(sequence) = sequence {
+                    self.applied.advance(sequence);
+                    self.next_sequence = self.next_sequence.max(sequence + 1);
+                }
+                self.purge_pending_since.get_or_insert_with(Instant::now);
+                Ok(erased_at)
+            }
+            (Ok(_), None) => unreachable!("an erasure that committed was stamped"),
+            (Err(StoreError::Unavailable { in_doubt, cause }), stamped) => {
+                self.went_down(format!("erasing a contact: {cause}"));
+                match stamped {
+                    // In doubt: forget the contact in memory as if the
+                    // erasure landed (CanSend answers "no consent", never a
+                    // message to someone who may have asked to be
+                    // forgotten); the operator retries, which makes it
+                    // certain.
+                    Some(erased_at) if in_doubt => {
+                        self.forget(&contact, hash, erased_at);
+                        Err(Error::OutcomeUnknown(cause))
+                    }
+                    _ => Err(Error::Unavailable(cause)),
+                }
+            }
+            (Err(e), _) => {
+                self.fail_stop(&e, "erasing a contact");
+                Err(Error::OutcomeUnknown(e.to_string()))
+            }
+        }
+    }
+}

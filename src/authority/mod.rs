@@ -14,6 +14,7 @@ mod import;
 mod links;
 mod pages;
 mod reads;
+pub(crate) mod rebuild;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,18 +28,19 @@ pub use self::pages::{
     PreferencePage, PreferenceRefusal, PreferenceResult, Shown,
 };
 pub use self::reads::{ContactExport, MAX_HISTORY_PAGE};
+use self::rebuild::Rebuilt;
 pub use crate::error::Error;
 
 use crate::clock::{Clock, SystemClock};
 use crate::domain::{
-    Catalog, CatalogSpec, Change, ChangeOutcome, ConsentIdx, ContactId, Erasures, FieldError,
-    HeldState, UnixNanos, Verdict, ids::check_contact,
+    Catalog, CatalogSpec, Change, ChangeOutcome, ConsentIdx, ContactId, FieldError, UnixNanos,
+    Verdict, ids::check_contact,
 };
 use crate::index::Index;
 use crate::links::Links;
 use crate::metrics::{Metrics, Shed, Tally};
-use crate::store::{Backend, Loaded, Store, StoreError, WriteBatch};
-use crate::writer::{Applied, Writer, WriterStart};
+use crate::store::{Backend, Store, StoreError};
+use crate::writer::{Applied, Writer};
 
 /// Longest erasure reason kept with a tombstone, in bytes.
 pub const MAX_REASON_LEN: usize = 1024;
@@ -161,107 +163,30 @@ impl Authority {
         links: Links,
         options: Options,
     ) -> Result<(Authority, LoadReport), StoreError> {
-        let Options {
-            default_purpose,
-            idempotency_retention,
-            erasure_purge_after,
-            clock,
-            confirmation_ttl,
-            confirmation_resend,
-        } = options;
         let backend = backend.into();
         let store = backend.store();
-        let started = Instant::now();
-        let recovered = store.recover()?;
-        let catalog = match recovered.catalog {
-            Some(spec) => {
-                let restored = Catalog::restore(default_purpose, spec, recovered.wordings)
-                    .map_err(|e| {
-                        StoreError::corrupt(
-                            "meta",
-                            format!("stored catalog no longer validates: {e}"),
-                        )
-                    })?;
-                if !restored.wordings.is_empty() {
-                    // A catalog stored before wordings were kept: keep the
-                    // words in force now, under their stored versions.
-                    store.commit(&WriteBatch {
-                        wordings: restored.wordings,
-                        next_sequence: recovered.next_sequence,
-                        ..Default::default()
-                    })?;
-                }
-                restored.catalog
-            }
-            None => Catalog::empty(default_purpose),
-        };
-        let index = Arc::new(Index::with_capacity(recovered.contacts as usize));
-        index.set_confirmation_ttl(crate::clock::nanos(confirmation_ttl));
-        let mut orphans = 0u64;
-        // Contacts holding state, per interned consent: the writer's guard
-        // against deleting a held consent, counted in the same pass.
-        let mut usage = vec![
-            0u64;
-            catalog
-                .consents()
-                .map(|c| c.idx as usize + 1)
-                .max()
-                .unwrap_or(0)
-        ];
-        let states = store.load_states(&mut |contact, consent, loaded| match (
-            catalog.consent_idx(consent),
-            loaded,
-        ) {
-            (
-                Some(idx),
-                Loaded::State {
-                    decision,
-                    version,
-                    source,
-                },
-            ) => {
-                usage[idx as usize] += 1;
-                index.put(contact, HeldState::of(idx, decision, version, source));
-            }
-            (Some(idx), Loaded::Pending(p)) => index.set_pending(contact, idx, Some(p)),
-            (None, _) => orphans += 1,
-        })?;
-        if orphans > 0 {
-            // Deletion of a held consent is refused, so this means a damaged file.
-            tracing::error!(
-                orphans,
-                "states name consents missing from the stored catalog; they are ignored"
-            );
-        }
-        let report = LoadReport {
-            states,
-            contacts: index.contacts(),
-            seconds: started.elapsed().as_secs_f64(),
-        };
+        let rebuilt = self::rebuild::rebuild(&*store, &options)?;
+        let Rebuilt {
+            index,
+            catalog,
+            start,
+            report,
+        } = rebuilt;
         let catalog = Arc::new(ArcSwap::from_pointee(catalog));
         let metrics = Arc::new(Metrics::default());
-        // Everything before the sequence read at the start is in the index.
-        let applied = Arc::new(Applied::default());
-        applied.advance(recovered.next_sequence.saturating_sub(1));
+        let applied = start.applied.clone();
         let writer = Writer::start(
             backend,
             index.clone(),
             catalog.clone(),
-            WriterStart {
-                next_sequence: recovered.next_sequence,
-                applied: applied.clone(),
-                catalog_version: recovered.catalog_version,
-                last_recorded_at: recovered.last_recorded_at,
-                usage,
-                idempotency_retention,
-                purge_after: erasure_purge_after,
-                clock: clock.clone(),
-                erasures: Erasures::new(&recovered.erasure_key, recovered.erasures),
-                confirmation_ttl,
-                confirmation_resend,
-            },
+            start,
             metrics.clone(),
         );
+        let Options {
+            clock,
+            confirmation_ttl,
+            ..
+        } = options;
         let authority = Authority {
             index,
             catalog,

@@ -46,19 +46,6 @@ impl PendingRecord {
         })
     }
 
-    /// As [`PendingRecord::after`], for a node following a shared store's
-    /// feed, which also reads back the events it committed itself: a
-    /// pending grant recorded no later than the latest one counted is
-    /// counted already, and only a decision recorded after the latest
-    /// pending grant ends the wait.
-    pub fn follow(prev: Option<PendingRecord>, event: &EventRecord) -> Option<PendingRecord> {
-        match prev {
-            Some(p) if event.recorded_at <= p.last_at && event.pending => Some(p),
-            Some(p) if event.recorded_at < p.last_at && !event.pending => Some(p),
-            _ => Self::after(prev, event),
-        }
-    }
-
     /// Whether the latest pending grant still waits at `now`: it was
     /// recorded less than `ttl` (a confirmation link's life) ago.
     pub fn waits(&self, now: UnixNanos, ttl: UnixNanos) -> bool {
@@ -112,19 +99,6 @@ mod tests {
             PendingRecord::after(Some(b), &event(Action::Withdraw, false, false, 30)),
             None,
             "this wasn't me"
-        );
-    }
-
-    #[test]
-    fn following_a_feed_counts_each_pending_grant_once() {
-        let a = PendingRecord::after(None, &event(Action::Grant, true, true, 10));
-        let again = PendingRecord::follow(a, &event(Action::Grant, true, true, 10));
-        assert_eq!(again, a, "this node's own event, read back");
-        let older = PendingRecord::follow(a, &event(Action::Withdraw, false, false, 5));
-        assert_eq!(older, a, "a decision recorded before the wait began");
-        assert_eq!(
-            PendingRecord::follow(a, &event(Action::Grant, false, false, 11)),
-            None
         );
     }
 }

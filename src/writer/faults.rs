@@ -108,7 +108,11 @@ impl Committer {
             }
         };
         let catalog = self.catalog.load_full();
-        let in_doubt: Vec<ContactId> = down.in_doubt.iter().cloned().collect();
+        // A shared store's feed brings what landed, in order: no reload.
+        let in_doubt: Vec<ContactId> = match self.shared {
+            Some(_) => Vec::new(),
+            None => down.in_doubt.iter().cloned().collect(),
+        };
         for contact in &in_doubt {
             let read = self
                 .store

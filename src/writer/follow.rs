@@ -82,7 +82,9 @@ impl Committer {
                 .into_iter()
                 .find(|(c, _)| *c == idx)
                 .map(|(_, p)| p);
-            let next = PendingRecord::follow(prev, &e);
+            // Each record arrives once, in order (a node's own commits
+            // never come back): the store's own derivation applies.
+            let next = PendingRecord::after(prev, &e);
             if next != prev {
                 self.index.set_pending(contact, idx, next);
             }

@@ -34,6 +34,8 @@ mod faults;
 mod follow;
 mod follower;
 mod rule;
+#[cfg(test)]
+mod simulation;
 mod upkeep;
 
 pub(crate) use applied::Applied;

@@ -1,0 +1,119 @@
+//! Start-up: the catalog and the index rebuilt from the store, and what the
+//! writer takes over (the sequence, the erasures, the deletion guard's
+//! counts). A node that restarts, and the simulation's nodes, come up
+//! through here.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{LoadReport, Options};
+use crate::domain::{Catalog, Erasures, HeldState};
+use crate::index::Index;
+use crate::store::{Loaded, Store, StoreError, WriteBatch};
+use crate::writer::{Applied, WriterStart};
+
+/// What start-up rebuilt.
+pub(crate) struct Rebuilt {
+    /// The index, loaded.
+    pub(crate) index: Arc<Index>,
+    /// The catalog in force.
+    pub(crate) catalog: Catalog,
+    /// What the writer takes over.
+    pub(crate) start: WriterStart,
+    /// How big and how fast.
+    pub(crate) report: LoadReport,
+}
+
+/// Rebuilds the catalog and the index from `store`.
+pub(crate) fn rebuild(store: &dyn Store, options: &Options) -> Result<Rebuilt, StoreError> {
+    let started = Instant::now();
+    let recovered = store.recover()?;
+    let catalog = match recovered.catalog {
+        Some(spec) => {
+            let restored =
+                Catalog::restore(options.default_purpose.clone(), spec, recovered.wordings)
+                    .map_err(|e| {
+                        StoreError::corrupt(
+                            "meta",
+                            format!("stored catalog no longer validates: {e}"),
+                        )
+                    })?;
+            if !restored.wordings.is_empty() {
+                // A catalog stored before wordings were kept: keep the
+                // words in force now, under their stored versions.
+                store.commit(&WriteBatch {
+                    wordings: restored.wordings,
+                    next_sequence: recovered.next_sequence,
+                    ..Default::default()
+                })?;
+            }
+            restored.catalog
+        }
+        None => Catalog::empty(options.default_purpose.clone()),
+    };
+    let index = Arc::new(Index::with_capacity(recovered.contacts as usize));
+    index.set_confirmation_ttl(crate::clock::nanos(options.confirmation_ttl));
+    let mut orphans = 0u64;
+    // Contacts holding state, per interned consent: the writer's guard
+    // against deleting a held consent, counted in the same pass.
+    let mut usage = vec![
+        0u64;
+        catalog
+            .consents()
+            .map(|c| c.idx as usize + 1)
+            .max()
+            .unwrap_or(0)
+    ];
+    let states = store.load_states(&mut |contact, consent, loaded| match (
+        catalog.consent_idx(consent),
+        loaded,
+    ) {
+        (
+            Some(idx),
+            Loaded::State {
+                decision,
+                version,
+                source,
+            },
+        ) => {
+            usage[idx as usize] += 1;
+            index.put(contact, HeldState::of(idx, decision, version, source));
+        }
+        (Some(idx), Loaded::Pending(p)) => index.set_pending(contact, idx, Some(p)),
+        (None, _) => orphans += 1,
+    })?;
+    if orphans > 0 {
+        // Deletion of a held consent is refused, so this means a damaged file.
+        tracing::error!(
+            orphans,
+            "states name consents missing from the stored catalog; they are ignored"
+        );
+    }
+    let report = LoadReport {
+        states,
+        contacts: index.contacts(),
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    // Everything before the sequence read at the start is in the index.
+    let applied = Arc::new(Applied::default());
+    applied.advance(recovered.next_sequence.saturating_sub(1));
+    let start = WriterStart {
+        next_sequence: recovered.next_sequence,
+        applied,
+        catalog_version: recovered.catalog_version,
+        last_recorded_at: recovered.last_recorded_at,
+        usage,
+        idempotency_retention: options.idempotency_retention,
+        purge_after: options.erasure_purge_after,
+        clock: options.clock.clone(),
+        erasures: Erasures::new(&recovered.erasure_key, recovered.erasures),
+        confirmation_ttl: options.confirmation_ttl,
+        confirmation_resend: options.confirmation_resend,
+    };
+    Ok(Rebuilt {
+        index,
+        catalog,
+        start,
+        report,
+    })
+}

@@ -245,6 +245,7 @@ impl Metrics {
         queue_depth: usize,
         applied: u64,
         lag: (u64, Duration),
+        unreadable: u64,
     ) -> String {
         let mut out = String::with_capacity(4096);
         self.can_send_seconds.render(
@@ -280,6 +281,10 @@ impl Metrics {
             "# HELP consentd_feed_lag_events Changes committed to a shared store that this node's feed has not read yet.\n# TYPE consentd_feed_lag_events gauge\nconsentd_feed_lag_events {}\n# HELP consentd_feed_lag_seconds How long this node's feed has been behind without a break (0: caught up).\n# TYPE consentd_feed_lag_seconds gauge\nconsentd_feed_lag_seconds {}",
             lag.0,
             lag.1.as_secs_f64()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP consentd_feed_unreadable_sequence The sequence of a shared record this node cannot read (0: none); checks and writes stop until it can.\n# TYPE consentd_feed_unreadable_sequence gauge\nconsentd_feed_unreadable_sequence {unreadable}"
         );
         let get = |c: &AtomicU64| c.load(Relaxed);
         out.push_str("# HELP consentd_decisions_total CanSend answers by reason.\n");

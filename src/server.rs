@@ -345,10 +345,11 @@ impl Server {
         tracing::info!(%grpc_addr, %http_addr, %admin_addr, "consentd serving");
 
         // Checks answer from this node's index: while its feed has been
-        // behind for longer than the bound, it would answer stale, so ""
-        // and Eligibility say NOT_SERVING until it has caught up. (A store
-        // that cannot be reached stops every node's feed alike and is not
-        // that: checks go on from memory.)
+        // behind for longer than the bound, or stopped at a record it
+        // cannot read, it would answer stale, so "" and Eligibility say
+        // NOT_SERVING until it has caught up. (A store that cannot be
+        // reached stops every node's feed alike and is not that: checks go
+        // on from memory.)
         let feed_reporter = health.clone();
         let feed_authority = authority.clone();
         let feed_health = tokio::spawn(async move {
@@ -356,11 +357,19 @@ impl Server {
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let (unread, behind) = feed_authority.feed_lag();
-                let ok = unread == 0 || behind < FEED_BOUND;
+                let broken = feed_authority.feed_broken();
+                let ok = broken.is_none() && (unread == 0 || behind < FEED_BOUND);
                 if ok != serving {
                     serving = ok;
                     let status = if ok {
                         ServingStatus::Serving
+                    } else if let Some((sequence, why)) = broken {
+                        tracing::error!(
+                            sequence,
+                            error = %why,
+                            "the change feed stopped at a record it cannot read: checks NOT_SERVING until it can"
+                        );
+                        ServingStatus::NotServing
                     } else {
                         tracing::warn!(
                             unread,

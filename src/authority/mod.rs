@@ -255,9 +255,9 @@ impl Authority {
         self.writer.feed_lag()
     }
 
-    /// With a shared store: why this node cannot keep its view up (a
-    /// record it cannot read), while it cannot.
-    pub fn feed_broken(&self) -> Option<String> {
+    /// With a shared store: the record this node cannot read (its
+    /// sequence, and why), while it cannot keep its view up.
+    pub fn feed_broken(&self) -> Option<(u64, String)> {
         self.writer.feed_broken()
     }
 

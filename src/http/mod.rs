@@ -109,6 +109,9 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
             s.authority.writer_queue_depth(),
             s.authority.applied_sequence(),
             s.authority.feed_lag(),
+            s.authority
+                .feed_broken()
+                .map_or(0, |(sequence, _)| sequence),
         ),
     )
 }

@@ -91,6 +91,15 @@ pub enum StoreError {
         /// What the driver said.
         cause: String,
     },
+    /// A record of the shared change feed does not decode: the node
+    /// cannot go past it (its checks and writes stop until it can).
+    #[error("the record at sequence {sequence} cannot be read: {what}")]
+    Unreadable {
+        /// Where it stands in the feed.
+        sequence: u64,
+        /// What is wrong with it.
+        what: String,
+    },
     /// A record does not decode.
     #[error("corrupt record in {table}: {what}")]
     Corrupt {

@@ -53,12 +53,11 @@ impl Committer {
                 self.went_down(format!("{during}: {cause}"));
                 return;
             }
-            StoreError::Corrupt { .. } if self.shared.is_some() => {
-                // Another node's record this one cannot read (or a bug
-                // caught by an assertion): this node can no longer rule on
-                // the latest view, nor answer from it.
+            StoreError::Unreadable { sequence, .. } => {
+                // Another node's record this one cannot read: it can no
+                // longer rule on the latest view, nor answer from it.
                 tracing::error!(error = %error, during, "a shared record cannot be read: writes and checks stop until it can");
-                self.lag.broke(error.to_string());
+                self.lag.broke(*sequence, error.to_string());
                 self.went_down(format!("{during}: {error}"));
                 return;
             }

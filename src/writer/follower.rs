@@ -37,8 +37,9 @@ pub(crate) struct Lag {
     /// behind without interruption; 0 when it is not.
     behind_since_ms: AtomicU64,
     epoch: std::sync::OnceLock<Instant>,
-    /// Why the feed cannot go on: a record it cannot read.
-    broken: std::sync::Mutex<Option<String>>,
+    /// Why the feed cannot go on: a record it cannot read (its sequence,
+    /// and what is wrong).
+    broken: std::sync::Mutex<Option<(u64, String)>>,
 }
 
 impl Lag {
@@ -59,8 +60,8 @@ impl Lag {
     }
 
     /// Records why the feed (or a commit's catch-up) cannot go on.
-    pub(crate) fn broke(&self, why: String) {
-        *self.broken.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+    pub(crate) fn broke(&self, sequence: u64, why: String) {
+        *self.broken.lock().unwrap_or_else(|e| e.into_inner()) = Some((sequence, why));
     }
 
     fn mended(&self) {
@@ -70,8 +71,8 @@ impl Lag {
         }
     }
 
-    /// Why the feed cannot go on, while it cannot.
-    pub(crate) fn broken(&self) -> Option<String> {
+    /// The record the feed cannot go past, and why, while it cannot.
+    pub(crate) fn broken(&self) -> Option<(u64, String)> {
         self.broken
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -124,8 +125,8 @@ pub(super) fn run(
         let changes = match store.changes_after(cursor, PAGE) {
             Ok(c) => c,
             Err(e) => {
-                if matches!(e, crate::store::StoreError::Corrupt { .. }) {
-                    lag.broke(e.to_string());
+                if let crate::store::StoreError::Unreadable { sequence, .. } = &e {
+                    lag.broke(*sequence, e.to_string());
                 }
                 if last_complaint.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
                     tracing::error!(error = %e, applied = cursor.sequence, "the change feed cannot read the store; retrying");

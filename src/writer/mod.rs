@@ -204,7 +204,7 @@ impl Writer {
 
     /// Why this node's view of a shared store cannot be kept up: a record
     /// it cannot read (its checks are then NOT_SERVING).
-    pub(crate) fn feed_broken(&self) -> Option<String> {
+    pub(crate) fn feed_broken(&self) -> Option<(u64, String)> {
         self.lag.broken()
     }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use consentd::pb::{self, Action, Reason};
 use consentd::store::postgres::Throwaway;
+use tonic_health::pb::health_check_response::ServingStatus;
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -360,6 +361,25 @@ async fn the_database_restarted_under_check_traffic_on_two_nodes() {
     for c in checkers {
         assert!(c.await.unwrap() > 0);
     }
+    // Once the database is back, a write on one node is read with its
+    // token on the other at once: a check waits at most 1 s for it, and
+    // an answer (not UNAVAILABLE) means it arrived within that second.
+    for round in 0..5 {
+        let who = format!("back-{round}");
+        let token = a
+            .withdraw(change(&who, "marketing", None))
+            .await
+            .unwrap()
+            .into_inner()
+            .sequence;
+        let mut elig = nodes[1].eligibility().await;
+        let answer = elig
+            .can_send(fresh_check(&who, token))
+            .await
+            .expect("the other node reaches the token within a second")
+            .into_inner();
+        assert_eq!(answer.reason(), Reason::Withdrawn, "{who}");
+    }
     // Nothing acknowledged is lost, and the other node sees it all.
     let token = acknowledged.iter().map(|(_, s)| *s).max().unwrap();
     let mut elig = nodes[1].eligibility().await;
@@ -528,4 +548,166 @@ async fn a_pending_grant_on_one_node_is_confirmed_through_another() {
         answer.allowed,
         "node A follows the confirmation: {answer:?}"
     );
+}
+
+/// Runs one SQL statement against the database at `url`.
+async fn sql(url: &str, statement: &str) {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    client.batch_execute(statement).await.unwrap();
+    drop(client);
+    let _ = conn.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_a_node_cannot_read_stops_its_checks_and_writes_until_it_can() {
+    let (nodes, _dirs, url) = nodes(2).await;
+    let mut a = nodes[0].consents().await;
+    let token = a
+        .grant(change("anna", "marketing", None))
+        .await
+        .unwrap()
+        .into_inner()
+        .sequence;
+    let mut elig_b = nodes[1].eligibility().await;
+    assert!(
+        elig_b
+            .can_send(fresh_check("anna", token))
+            .await
+            .unwrap()
+            .into_inner()
+            .allowed
+    );
+    // A record no node can decode (an action that does not exist), as a
+    // damaged row or a newer writer would leave it, at the next sequence.
+    let bad = token + 1;
+    sql(
+        &url,
+        &format!(
+            "INSERT INTO consentd.events (sequence, contact, consent, action, occurred_at,
+                 recorded_at, source, evidence, version, applied, actor)
+             VALUES ({bad}, 'zoe', 'marketing', 9, 1, 1, 1, '{{}}', 1, true, 'x');
+             UPDATE consentd.meta SET next_sequence = {bad} + 1;"
+        ),
+    )
+    .await;
+    // B's feed stops there: its checks say NOT_SERVING, never silently stale.
+    wait_health(
+        &nodes[1],
+        "consent.v1.Eligibility",
+        ServingStatus::NotServing,
+    )
+    .await;
+    assert_eq!(
+        health_of(&nodes[1], "",).await,
+        Some(ServingStatus::NotServing)
+    );
+    // The operator sees which record (the log names it too).
+    assert!(
+        metrics(&nodes[1])
+            .await
+            .contains(&format!("consentd_feed_unreadable_sequence {bad}\n")),
+        "the metric names the record"
+    );
+    // A write cannot be ruled on the latest view: refused.
+    let mut b = nodes[1].consents().await;
+    let refused = b.grant(change("bob", "marketing", None)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    // The row is mended: the node reads on and serves again by itself.
+    sql(
+        &url,
+        &format!("UPDATE consentd.events SET action = 1 WHERE sequence = {bad}"),
+    )
+    .await;
+    wait_health(&nodes[1], "consent.v1.Eligibility", ServingStatus::Serving).await;
+    assert!(
+        metrics(&nodes[1])
+            .await
+            .contains("consentd_feed_unreadable_sequence 0\n")
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match b.grant(change("bob", "marketing", None)).await {
+            Ok(r) => {
+                assert!(r.into_inner().applied);
+                break;
+            }
+            Err(e) => {
+                assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "writes never came back"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+/// Polls `health_of(service)` until it is `want`, for at most 30 s.
+async fn wait_health(server: &TestServer, service: &str, want: ServingStatus) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while health_of(server, service).await != Some(want) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{service} never became {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_s_notices_name_no_one() {
+    use futures_util::StreamExt;
+    const ERIN: &str = "erin-notice@example.com";
+    let (nodes, _dirs, url) = nodes(1).await;
+    let (client, mut conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(Ok(m)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = m {
+                let _ = tx.send(n.payload().to_owned());
+            }
+        }
+    });
+    client.batch_execute("LISTEN consentd_feed").await.unwrap();
+    let mut cons = nodes[0].consents().await;
+    cons.grant(change(ERIN, "marketing", None)).await.unwrap();
+    cons.erase_contact(pb::EraseContactRequest {
+        contact_id: ERIN.into(),
+        reason: "asked".into(),
+    })
+    .await
+    .unwrap();
+    cons.grant(change("someone-else", "marketing", None))
+        .await
+        .unwrap();
+    // Three commits, three notices; none says who.
+    let mut heard = Vec::new();
+    while heard.len() < 3 {
+        let payload = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("a notice per commit")
+            .expect("the listener runs");
+        heard.push(payload);
+    }
+    assert!(
+        heard
+            .iter()
+            .all(|p| !p.contains("erin") && !p.contains('@')),
+        "{heard:?}"
+    );
+    drop(client);
+    driver.abort();
+    for n in nodes {
+        n.stop().await;
+    }
 }

@@ -102,7 +102,10 @@ pub(super) const EVENT_COLUMNS: &str = "sequence, contact, consent, action, occu
 /// An event row; an undecodable one is an error naming its sequence.
 pub(super) fn event_from(row: &tokio_postgres::Row) -> Result<EventRecord, StoreError> {
     event_fields(row).map_err(|e| match row.try_get::<_, i64>("sequence") {
-        Ok(sequence) => StoreError::corrupt("events", format!("sequence {sequence}: {e}")),
+        Ok(sequence) => StoreError::Unreadable {
+            sequence: u64::try_from(sequence).unwrap_or(0),
+            what: format!("events: {e}"),
+        },
         Err(_) => e,
     })
 }

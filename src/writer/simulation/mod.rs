@@ -16,6 +16,7 @@
 //! takes `CONSENTD_SIM_SCHEDULES` of them on every core.
 
 mod invariants;
+mod races;
 mod wire;
 
 use std::sync::Arc;

@@ -132,9 +132,8 @@ fn main() -> anyhow::Result<()> {
                     Some(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/catalog.toml").into());
                 config.store = match store.as_str() {
                     "postgres" => {
-                        let pg: &consentd::store::postgres::Throwaway = postgres.get_or_insert(
-                            consentd::store::postgres::Throwaway::start()
-                                .map_err(anyhow::Error::msg)?,
+                        let pg: &support::throwaway::Throwaway = postgres.get_or_insert(
+                            support::throwaway::Throwaway::start().map_err(anyhow::Error::msg)?,
                         );
                         pg.fresh_database()
                     }

@@ -76,7 +76,7 @@ async fn transactions(url: &str) -> anyhow::Result<i64> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let pg = consentd::store::postgres::Throwaway::start().map_err(anyhow::Error::msg)?;
+    let pg = support::throwaway::Throwaway::start().map_err(anyhow::Error::msg)?;
     let url = pg.fresh_database();
     let server_rt = support::runtime("server")?;
     let client_rt = support::runtime("client")?;

@@ -83,7 +83,7 @@ fn main() -> anyhow::Result<()> {
 
 /// The same on PostgreSQL: write, rebuild, purge (a VACUUM).
 fn postgres(dir: &std::path::Path, contacts: u64) -> anyhow::Result<()> {
-    let server = consentd::store::postgres::Throwaway::start().map_err(anyhow::Error::msg)?;
+    let server = support::throwaway::Throwaway::start().map_err(anyhow::Error::msg)?;
     let url = server.fresh_database();
     let store = consentd::store::PgStore::open(&url)?;
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/catalog.toml");

@@ -7,6 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+
+/// The throwaway PostgreSQL server of the tests.
+#[path = "../../tests/support/throwaway.rs"]
+pub(crate) mod throwaway;
 use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
 

@@ -9,12 +9,10 @@ pub mod ids;
 pub mod pending;
 pub mod resolve;
 pub mod ruling;
+pub mod terms;
 pub mod wording;
 
-pub use catalog::{
-    Catalog, CatalogSpec, Cell, Compiled, Consent, ConsentIdx, ConsentSpec, Lapse, Terms,
-    short_version,
-};
+pub use catalog::{Catalog, CatalogSpec, Cell, Compiled, Consent, ConsentIdx, ConsentSpec};
 pub use erasure::Erasures;
 pub use event::{
     Action, Change, Decision, EventRecord, Evidence, IdempotencyRecord, Source, StateRecord,
@@ -24,4 +22,5 @@ pub use ids::{ConsentId, ContactId, FieldError};
 pub use pending::{MAX_PENDING_PER_CONTACT, PendingRecord};
 pub use resolve::{HeldState, Verdict, verdict};
 pub use ruling::{ChangeOutcome, Known, PendingGrant, Ruling, rule};
+pub use terms::{Lapse, Terms, short_version};
 pub use wording::Wording;

@@ -3,8 +3,10 @@
 //! Pure and allocation-free: the hot path calls [`verdict`] with the states the
 //! index holds for the contact and the covering set the catalog precomputed.
 
-use super::catalog::{ConsentIdx, Lapse, Terms, short_version};
+use super::catalog::ConsentIdx;
 use super::event::{Action, Decision, Source, UnixNanos};
+pub use super::terms::Now;
+use super::terms::{Lapse, Terms, short_version};
 
 /// One state as the in-memory index holds it: 16 bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,7 +21,7 @@ pub struct HeldState {
     /// center): such a withdrawal sticks (DESIGN.md §7).
     pub by_person: bool,
     /// The consent's version when recorded (saturating: see
-    /// [`crate::domain::catalog::short_version`]).
+    /// [`crate::domain::terms::short_version`]).
     pub version: u16,
 }
 
@@ -41,26 +43,6 @@ impl HeldState {
             occurred_at: self.occurred_at,
             action: self.action,
         }
-    }
-}
-
-/// The time, read only when a decision needs it (a grant that may have
-/// expired, a pending grant that may still wait): the common CanSend never
-/// reads the clock.
-pub trait Now {
-    /// Nanoseconds since the epoch.
-    fn now(&self) -> UnixNanos;
-}
-
-impl Now for UnixNanos {
-    fn now(&self) -> UnixNanos {
-        *self
-    }
-}
-
-impl<F: Fn() -> UnixNanos> Now for F {
-    fn now(&self) -> UnixNanos {
-        self()
     }
 }
 

@@ -14,7 +14,6 @@
 //! Only the writer calls the mutating methods; reads may run on any thread,
 //! but they block, so async callers run them on the blocking pool.
 
-mod codec;
 #[cfg(test)]
 mod conformance;
 mod memory;

@@ -13,6 +13,12 @@ use consentd::{Config, server::Server};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
+/// The throwaway PostgreSQL server the tests start (test support, not part
+/// of the release library).
+#[path = "../support/throwaway.rs"]
+pub(crate) mod throwaway;
+pub(crate) use throwaway::Throwaway;
+
 pub(crate) struct TestServer {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
@@ -140,7 +146,7 @@ pub(crate) fn database_for(data_dir: &Path) -> String {
     let mut map = DATABASES.get_or_init(Default::default).lock().unwrap();
     map.entry(data_dir.to_owned())
         .or_insert_with(|| {
-            consentd::store::postgres::Throwaway::shared()
+            Throwaway::shared()
                 .expect("PostgreSQL for the tests")
                 .fresh_database()
         })

@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use consentd::pb::{self, Action, Reason};
-use consentd::store::postgres::Throwaway;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 #[path = "../common/mod.rs"]

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use consentd::pb::{self, Reason};
-use consentd::store::postgres::Throwaway;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 #[path = "../common/mod.rs"]

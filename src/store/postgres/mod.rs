@@ -26,7 +26,6 @@
 //! decoded in `decode.rs`, batches become column arrays in `columns.rs`,
 //! and `connect.rs` holds TLS and URL redaction.
 
-mod cluster;
 mod columns;
 mod commit;
 mod connect;
@@ -42,7 +41,6 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::types::ToSql;
 
-pub use self::cluster::{Throwaway, test_database_url};
 pub use self::connect::redact;
 use self::connect::{ssl_mode, tls};
 use self::decode::{
@@ -761,11 +759,18 @@ impl SharedStore for PgStore {
     }
 }
 
+/// The throwaway PostgreSQL server of the tests (test support, not part of
+/// the release library).
+#[cfg(test)]
+#[path = "../../../tests/support/throwaway.rs"]
+pub(crate) mod throwaway;
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
-    use super::{PgStore, Throwaway};
+    use super::PgStore;
+    use super::throwaway::Throwaway;
     use crate::store::Store;
     use crate::store::conformance::{Fixture, conformance_suite};
 

@@ -6,7 +6,7 @@ use redb::ReadableTable;
 
 use super::{CONTACTS, HISTORY};
 use crate::store::StoreError;
-use crate::store::codec::{ContactRecord, decode_contact};
+use crate::store::redb::codec::{ContactRecord, decode_contact};
 
 /// Schema 1 → 2: the event sequences kept inside each contact's record
 /// move to the `history` table. One transaction: all or nothing.

@@ -28,6 +28,7 @@
 //! contact's record: one leaf fewer, but O(n) per change for a busy
 //! contact; opening a schema-1 file migrates it once.)
 
+mod codec;
 mod migrate;
 mod rewrite;
 mod write;
@@ -38,7 +39,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use super::codec::{
+use self::codec::{
     ContactRecord, decode_contact, decode_event, decode_idempotency, decode_wording, loaded_from,
     state_from, tombstone_erased_at, u32_from, u64_from,
 };
@@ -498,7 +499,7 @@ mod tests {
 
         use super::{CONTACTS, EVENTS, META};
         use crate::domain::{Action, ConsentId, ContactId, EventRecord, Source};
-        use crate::store::codec::{ContactRecord, encode_event, state_to};
+        use crate::store::redb::codec::{ContactRecord, encode_event, state_to};
 
         let dir = tempfile::tempdir().unwrap();
         let event = |n: u64| EventRecord {

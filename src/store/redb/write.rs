@@ -10,7 +10,7 @@ use super::{
     RedbStore, WORDINGS, read_contact,
 };
 use crate::domain::UnixNanos;
-use crate::store::codec::{
+use crate::store::redb::codec::{
     ContactRecord, decode_idempotency, decode_stored_event, encode_event, encode_idempotency,
     encode_tombstone, encode_wording, state_to,
 };

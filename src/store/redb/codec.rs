@@ -5,10 +5,10 @@
 
 use prost::Message;
 
-use super::{IdempotencyRecord, StoreError};
 use crate::domain::{
     Action, ConsentId, ContactId, EventRecord, PendingRecord, Source, StateRecord, Wording,
 };
+use crate::store::{IdempotencyRecord, StoreError};
 
 /// Everything stored under one contact.
 #[derive(Clone, PartialEq, prost::Message)]

@@ -4,6 +4,11 @@
 //! refuses to run as root, so as root it runs as the `postgres` user (or
 //! `nobody`). With `CONSENTD_TEST_DATABASE_URL` set, that server is used
 //! instead and nothing is started.
+//!
+//! Test support, not part of the release library: the library's unit tests,
+//! the integration tests and the benches include this file by path.
+
+#![allow(dead_code, unreachable_pub)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

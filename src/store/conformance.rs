@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use super::{IdempotencyRecord, Loaded, Store, Tombstone, WriteBatch};
+use super::{IdempotencyRecord, Loaded, Store, Tombstone, Transfer, WriteBatch};
 use crate::domain::{
     Action, CatalogSpec, ConsentId, ContactId, Decision, EventRecord, PendingRecord, Source,
     Wording,
@@ -19,10 +19,10 @@ use crate::domain::{
 /// How the suite gets stores of one backend.
 pub(crate) trait Fixture {
     /// A store over empty storage.
-    fn fresh(&mut self) -> Arc<dyn Store>;
+    fn fresh(&mut self) -> Arc<dyn Transfer>;
     /// The store over the same storage as the last [`Fixture::fresh`], as a
     /// restarted process sees it. The caller has dropped its handles.
-    fn reopen(&mut self) -> Arc<dyn Store>;
+    fn reopen(&mut self) -> Arc<dyn Transfer>;
     /// Whether the backend can run here (a database server may be missing:
     /// then each case prints SKIPPED).
     fn available(&self) -> bool {
@@ -488,6 +488,11 @@ pub(crate) fn everything_can_be_read_out_and_adopted(f: &mut impl Fixture) {
     read.extend(store.events_after(4, 100).unwrap());
     assert_eq!(read, events, "every event, in sequence order, in pages");
     assert!(store.events_after(7, 10).unwrap().is_empty());
+    for e in &events {
+        assert_eq!(store.event_at(e.sequence).unwrap().as_ref(), Some(e));
+    }
+    assert_eq!(store.event_at(0).unwrap(), None);
+    assert_eq!(store.event_at(99).unwrap(), None, "past the last");
 
     let first = store.idempotency_keys("", 2).unwrap();
     let names: Vec<&str> = first.iter().map(|(k, _)| k.as_str()).collect();

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use super::{
     CatalogChange, Changes, Committed, Cursor, IdempotencyRecord, Loaded, Recovered, SharedStore,
-    Store, StoreError, Tombstone, Write, WriteBatch,
+    Store, StoreError, Tombstone, Transfer, Write, WriteBatch,
 };
 use crate::domain::{CatalogSpec, EventRecord, PendingRecord, StateRecord, UnixNanos, Wording};
 
@@ -304,6 +304,68 @@ impl SharedStore for MemoryStore {
     }
 }
 
+impl Transfer for MemoryStore {
+    fn events_after(&self, after: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
+        let c = self.lock();
+        Ok(c.events
+            .range(after.saturating_add(1)..)
+            .take(limit)
+            .map(|(_, e)| e.clone())
+            .collect())
+    }
+
+    fn idempotency_keys(
+        &self,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, IdempotencyRecord)>, StoreError> {
+        let c = self.lock();
+        let mut keys: Vec<(String, IdempotencyRecord)> = c
+            .idempotency
+            .iter()
+            .filter(|(k, _)| k.as_str() > after)
+            .map(|(k, r)| (k.clone(), *r))
+            .collect();
+        keys.sort_by(|a, b| a.0.cmp(&b.0));
+        keys.truncate(limit);
+        Ok(keys)
+    }
+
+    fn event_at(&self, sequence: u64) -> Result<Option<EventRecord>, StoreError> {
+        Ok(self.lock().events.get(&sequence).cloned())
+    }
+
+    fn tombstones(&self) -> Result<Vec<Tombstone>, StoreError> {
+        Ok(self
+            .lock()
+            .erasures
+            .iter()
+            .map(|(hash, (erased_at, reason))| Tombstone {
+                hash: *hash,
+                erased_at: *erased_at,
+                reason: reason.clone(),
+            })
+            .collect())
+    }
+
+    fn adopt(
+        &self,
+        erasure_key: &[u8; 32],
+        tombstones: &[Tombstone],
+        link_keys: &[String],
+    ) -> Result<(), StoreError> {
+        let mut c = self.lock();
+        c.erasure_key = *erasure_key;
+        for t in tombstones {
+            c.erasures.insert(t.hash, (t.erased_at, t.reason.clone()));
+        }
+        if !link_keys.is_empty() {
+            c.link_keys = link_keys.to_vec();
+        }
+        Ok(())
+    }
+}
+
 impl Store for MemoryStore {
     fn recover(&self) -> Result<Recovered, StoreError> {
         let c = self.lock();
@@ -414,62 +476,6 @@ impl Store for MemoryStore {
         Ok(false)
     }
 
-    fn events_after(&self, after: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
-        let c = self.lock();
-        Ok(c.events
-            .range(after.saturating_add(1)..)
-            .take(limit)
-            .map(|(_, e)| e.clone())
-            .collect())
-    }
-
-    fn idempotency_keys(
-        &self,
-        after: &str,
-        limit: usize,
-    ) -> Result<Vec<(String, IdempotencyRecord)>, StoreError> {
-        let c = self.lock();
-        let mut keys: Vec<(String, IdempotencyRecord)> = c
-            .idempotency
-            .iter()
-            .filter(|(k, _)| k.as_str() > after)
-            .map(|(k, r)| (k.clone(), *r))
-            .collect();
-        keys.sort_by(|a, b| a.0.cmp(&b.0));
-        keys.truncate(limit);
-        Ok(keys)
-    }
-
-    fn tombstones(&self) -> Result<Vec<Tombstone>, StoreError> {
-        Ok(self
-            .lock()
-            .erasures
-            .iter()
-            .map(|(hash, (erased_at, reason))| Tombstone {
-                hash: *hash,
-                erased_at: *erased_at,
-                reason: reason.clone(),
-            })
-            .collect())
-    }
-
-    fn adopt(
-        &self,
-        erasure_key: &[u8; 32],
-        tombstones: &[Tombstone],
-        link_keys: &[String],
-    ) -> Result<(), StoreError> {
-        let mut c = self.lock();
-        c.erasure_key = *erasure_key;
-        for t in tombstones {
-            c.erasures.insert(t.hash, (t.erased_at, t.reason.clone()));
-        }
-        if !link_keys.is_empty() {
-            c.link_keys = link_keys.to_vec();
-        }
-        Ok(())
-    }
-
     fn prune_idempotency(&self, before: UnixNanos, max: usize) -> Result<usize, StoreError> {
         let mut c = self.lock();
         let old: Vec<(UnixNanos, String)> = c
@@ -492,20 +498,19 @@ mod tests {
     use std::sync::Arc;
 
     use super::MemoryStore;
-    use crate::store::Store;
     use crate::store::conformance::{Fixture, conformance_suite};
 
     /// Reopen hands back the same store: the process never stopped.
     struct Memory(Option<Arc<MemoryStore>>);
 
     impl Fixture for Memory {
-        fn fresh(&mut self) -> Arc<dyn Store> {
+        fn fresh(&mut self) -> Arc<dyn crate::store::Transfer> {
             let store = Arc::new(MemoryStore::new().unwrap());
             self.0 = Some(store.clone());
             store
         }
 
-        fn reopen(&mut self) -> Arc<dyn Store> {
+        fn reopen(&mut self) -> Arc<dyn crate::store::Transfer> {
             self.0.clone().expect("fresh first")
         }
     }

@@ -1,11 +1,21 @@
 //! Durable storage behind one backend-neutral interface.
 //!
-//! [`Store`] is deliberately small: recover what the core needs at start,
-//! look up a few records, commit one batch atomically and durably, erase a
-//! contact, prune idempotency keys. Its errors ([`StoreError`]) name no
-//! backend. Each backend lives in its own module and passes the one shared
-//! conformance suite (`conformance.rs`), so a new backend is done when that
-//! suite passes:
+//! The interfaces, by what they serve:
+//!
+//! - [`Store`], what one node needs: recover what the core needs at start,
+//!   look up a few records, commit one batch atomically and durably, erase
+//!   a contact, prune idempotency keys;
+//! - [`Transfer`], what moving the data to another store needs: everything
+//!   read out in pages, one event by its sequence, an empty store adopting
+//!   another's erasure key, tombstones and link keys;
+//! - [`SharedStore`], what several nodes on one store need: the commit on
+//!   the latest view under the store's commit lock, the change feed, the
+//!   link keys they share.
+//!
+//! Errors ([`StoreError`]) name no backend. Each backend lives in its own
+//! module and passes the conformance suites (`conformance.rs` for `Store`
+//! and `Transfer`, `shared_conformance.rs` for `SharedStore`), so a new
+//! backend is done when they pass:
 //!
 //! - [`RedbStore`]: the embedded default, one file in the data dir;
 //! - [`PgStore`]: PostgreSQL, the shared store of record for several nodes;
@@ -309,27 +319,6 @@ pub trait Store: Send + Sync + 'static {
     /// see [`SharedStore::commit_on_latest`]). A batch without events
     /// returns its `next_sequence`.
     fn commit(&self, batch: &WriteBatch) -> Result<Committed, StoreError>;
-    /// Up to `limit` events with a sequence above `after`, every contact's,
-    /// in sequence order: for moving the data to another store.
-    fn events_after(&self, after: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError>;
-    /// Up to `limit` idempotency keys sorting after `after`, in key order.
-    fn idempotency_keys(
-        &self,
-        after: &str,
-        limit: usize,
-    ) -> Result<Vec<(String, IdempotencyRecord)>, StoreError>;
-    /// Every erasure, in full, by hash.
-    fn tombstones(&self) -> Result<Vec<Tombstone>, StoreError>;
-    /// For an empty store taking over another's data: adopts its erasure
-    /// key (so that the tombstones' hashes still name their contacts), its
-    /// tombstones and, in a store that shares them, its link keys (a store
-    /// that keeps none ignores them).
-    fn adopt(
-        &self,
-        erasure_key: &[u8; 32],
-        tombstones: &[Tombstone],
-        link_keys: &[String],
-    ) -> Result<(), StoreError>;
     /// The sequence the next event gets, read from the store: after the
     /// store was unreachable, what a commit in doubt may have taken.
     fn next_sequence(&self) -> Result<u64, StoreError> {
@@ -347,6 +336,33 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets up to `max` idempotency keys recorded before `before`,
     /// durably; returns how many.
     fn prune_idempotency(&self, before: UnixNanos, max: usize) -> Result<usize, StoreError>;
+}
+
+/// What moving the data to another store needs (`consentctl migrate`).
+pub trait Transfer: Store {
+    /// Up to `limit` events with a sequence above `after`, every contact's,
+    /// in sequence order: for moving the data to another store.
+    fn events_after(&self, after: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError>;
+    /// Up to `limit` idempotency keys sorting after `after`, in key order.
+    fn idempotency_keys(
+        &self,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, IdempotencyRecord)>, StoreError>;
+    /// The event recorded under `sequence`, if it is kept.
+    fn event_at(&self, sequence: u64) -> Result<Option<EventRecord>, StoreError>;
+    /// Every erasure, in full, by hash.
+    fn tombstones(&self) -> Result<Vec<Tombstone>, StoreError>;
+    /// For an empty store taking over another's data: adopts its erasure
+    /// key (so that the tombstones' hashes still name their contacts), its
+    /// tombstones and, in a store that shares them, its link keys (a store
+    /// that keeps none ignores them).
+    fn adopt(
+        &self,
+        erasure_key: &[u8; 32],
+        tombstones: &[Tombstone],
+        link_keys: &[String],
+    ) -> Result<(), StoreError>;
 }
 
 /// A store several nodes write to (DESIGN.md §5, "one view per commit"):

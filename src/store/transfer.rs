@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{Loaded, Store, StoreError, WriteBatch};
+use super::{Loaded, StoreError, Transfer, WriteBatch};
 use crate::domain::EventRecord;
 
 /// Rows per transaction while copying.
@@ -42,7 +42,7 @@ pub enum TransferError {
     Differs(String),
 }
 
-fn non_empty(store: &dyn Store) -> Result<Option<String>, StoreError> {
+fn non_empty(store: &dyn Transfer) -> Result<Option<String>, StoreError> {
     let r = store.recover()?;
     Ok(if !store.events_after(0, 1)?.is_empty() {
         Some("it holds events".into())
@@ -63,8 +63,8 @@ fn non_empty(store: &dyn Store) -> Result<Option<String>, StoreError> {
 /// keys `link_keys` (for a store that shares them), then checks that the
 /// two hold the same; `progress` hears the events copied so far.
 pub fn copy(
-    from: &dyn Store,
-    to: &dyn Store,
+    from: &dyn Transfer,
+    to: &dyn Transfer,
     link_keys: &[String],
     progress: &mut dyn FnMut(u64),
 ) -> Result<Moved, TransferError> {
@@ -114,7 +114,7 @@ pub fn copy(
     compare(from, to)
 }
 
-fn all_events(store: &dyn Store, mut each: impl FnMut(EventRecord)) -> Result<u64, StoreError> {
+fn all_events(store: &dyn Transfer, mut each: impl FnMut(EventRecord)) -> Result<u64, StoreError> {
     let (mut after, mut n) = (0, 0);
     loop {
         let page = store.events_after(after, PAGE)?;
@@ -128,7 +128,7 @@ fn all_events(store: &dyn Store, mut each: impl FnMut(EventRecord)) -> Result<u6
 }
 
 /// Every state and pending record, by (contact, consent, is it pending).
-fn states(store: &dyn Store) -> Result<BTreeMap<(String, String, bool), Loaded>, StoreError> {
+fn states(store: &dyn Transfer) -> Result<BTreeMap<(String, String, bool), Loaded>, StoreError> {
     let mut all = BTreeMap::new();
     store.load_states(&mut |contact, consent, d| {
         let pending = matches!(d, Loaded::Pending(_));
@@ -139,7 +139,7 @@ fn states(store: &dyn Store) -> Result<BTreeMap<(String, String, bool), Loaded>,
 
 /// Checks that two stores hold the same: every event, state, key, wording,
 /// tombstone, the catalog, the erasure key and the sequence counter.
-pub fn compare(a: &dyn Store, b: &dyn Store) -> Result<Moved, TransferError> {
+pub fn compare(a: &dyn Transfer, b: &dyn Transfer) -> Result<Moved, TransferError> {
     let differs = |what: &str| TransferError::Differs(what.to_owned());
     let (ra, rb) = (a.recover()?, b.recover()?);
     if ra.next_sequence != rb.next_sequence {
@@ -174,7 +174,7 @@ pub fn compare(a: &dyn Store, b: &dyn Store) -> Result<Moved, TransferError> {
     if sa != sb {
         return Err(differs("the states"));
     }
-    let keys = |s: &dyn Store| -> Result<Vec<_>, StoreError> {
+    let keys = |s: &dyn Transfer| -> Result<Vec<_>, StoreError> {
         let (mut all, mut after) = (Vec::new(), String::new());
         loop {
             let page = s.idempotency_keys(&after, PAGE)?;
@@ -189,7 +189,7 @@ pub fn compare(a: &dyn Store, b: &dyn Store) -> Result<Moved, TransferError> {
     if ka != kb {
         return Err(differs("the idempotency keys"));
     }
-    let sorted_wordings = |s: &dyn Store| -> Result<Vec<_>, StoreError> {
+    let sorted_wordings = |s: &dyn Transfer| -> Result<Vec<_>, StoreError> {
         let mut w = s.wordings(None)?;
         w.sort_by(|x, y| (x.consent.as_str(), x.version).cmp(&(y.consent.as_str(), y.version)));
         Ok(w)
@@ -218,7 +218,7 @@ pub fn compare(a: &dyn Store, b: &dyn Store) -> Result<Moved, TransferError> {
 mod tests {
     use super::*;
     use crate::domain::{Action, ConsentId, ContactId, IdempotencyRecord, Source, Wording};
-    use crate::store::{MemoryStore, Tombstone};
+    use crate::store::{MemoryStore, Store, Tombstone};
 
     fn event(contact: &str, action: Action, sequence: u64) -> EventRecord {
         EventRecord {

@@ -167,10 +167,12 @@ impl GroupBatch {
         }
     }
 
-    /// Whether the event a replayed key first recorded (`sequence`, in this
-    /// batch or in the store) was a grant taken as pending, and its link.
+    /// Whether the event a replayed key first recorded (`sequence`, of
+    /// `contact`, in this batch or in the store) was a grant taken as
+    /// pending, and its link.
     pub(super) fn replayed_pending(
         &self,
+        contact: &str,
         sequence: u64,
         store: &dyn Store,
     ) -> Result<Option<PendingGrant>, StoreError> {
@@ -184,7 +186,8 @@ impl GroupBatch {
         if let Some(e) = self.write.events.iter().find(|e| e.sequence == sequence) {
             return Ok(of(e));
         }
-        let first = store.events_after(sequence.saturating_sub(1), 1)?;
+        // The same key, the same change: the same contact's history holds it.
+        let first = store.history_page(contact, sequence.saturating_sub(1), 1)?;
         Ok(first
             .first()
             .filter(|e| e.sequence == sequence)

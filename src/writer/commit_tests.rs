@@ -116,27 +116,6 @@ impl Store for Flaky {
     fn purge_erased(&self) -> Result<bool, StoreError> {
         self.inner.purge_erased()
     }
-    fn events_after(&self, after: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
-        self.inner.events_after(after, limit)
-    }
-    fn idempotency_keys(
-        &self,
-        after: &str,
-        limit: usize,
-    ) -> Result<Vec<(String, IdempotencyRecord)>, StoreError> {
-        self.inner.idempotency_keys(after, limit)
-    }
-    fn tombstones(&self) -> Result<Vec<Tombstone>, StoreError> {
-        self.inner.tombstones()
-    }
-    fn adopt(
-        &self,
-        erasure_key: &[u8; 32],
-        tombstones: &[Tombstone],
-        link_keys: &[String],
-    ) -> Result<(), StoreError> {
-        self.inner.adopt(erasure_key, tombstones, link_keys)
-    }
 }
 
 fn setup() -> (

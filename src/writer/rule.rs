@@ -140,7 +140,7 @@ impl Committer {
             Ruling::Replay { sequence } => {
                 // A retried pending grant gets its confirmation link again:
                 // the caller that timed out still has a mail to send.
-                let pending = batch.replayed_pending(sequence, &*self.store)?;
+                let pending = batch.replayed_pending(&contact, sequence, &*self.store)?;
                 return Ok(Ruled::Answered(ChangeOutcome {
                     applied: false,
                     state: standing()?,

@@ -7,8 +7,15 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use consentd::store::postgres::redact;
-use consentd::store::{Backend, PgStore, RedbStore, SharedStore, Store, transfer};
+use consentd::store::{PgStore, RedbStore, SharedStore, Transfer, transfer};
 use serde_json::json;
+
+/// A store opened for the move: read out or filled through [`Transfer`];
+/// PostgreSQL also shares link keys ([`SharedStore`]).
+struct Opened {
+    transfer: Arc<dyn Transfer>,
+    shared: Option<Arc<dyn SharedStore>>,
+}
 
 /// Where a store lives, as the command line names it.
 enum Place {
@@ -37,31 +44,36 @@ impl Place {
         }
     }
 
-    fn open(&self, must_exist: bool) -> anyhow::Result<Backend> {
+    fn open(&self, must_exist: bool) -> anyhow::Result<Opened> {
         Ok(match self {
             Place::Redb(dir) => {
                 if must_exist && !dir.join("consentd.redb").exists() {
                     bail!("{} holds no consentd.redb", dir.display());
                 }
                 std::fs::create_dir_all(dir)?;
-                let store: Arc<dyn Store> = Arc::new(RedbStore::open(dir).with_context(|| {
-                    format!("opening {} (is a server using it?)", self.shown())
-                })?);
-                Backend::Local(store)
+                let store = RedbStore::open(dir)
+                    .with_context(|| format!("opening {} (is a server using it?)", self.shown()))?;
+                Opened {
+                    transfer: Arc::new(store),
+                    shared: None,
+                }
             }
             Place::Postgres(url) => {
-                let store: Arc<dyn SharedStore> = Arc::new(
+                let store = Arc::new(
                     PgStore::open(url).with_context(|| format!("opening {}", self.shown()))?,
                 );
-                Backend::Shared(store)
+                Opened {
+                    transfer: store.clone(),
+                    shared: Some(store),
+                }
             }
         })
     }
 
     /// The link keys kept with this store: the data dir's key file, or the
     /// database's shared ring.
-    fn link_keys(&self, store: &Backend) -> anyhow::Result<Vec<String>> {
-        Ok(match (self, store.shared()) {
+    fn link_keys(&self, store: &Opened) -> anyhow::Result<Vec<String>> {
+        Ok(match (self, &store.shared) {
             (Place::Redb(dir), _) => consentd::links::read_key_file(dir)?.unwrap_or_default(),
             (Place::Postgres(_), Some(shared)) => {
                 shared.link_keys(&consentd::links::generate_key()?)?
@@ -85,7 +97,7 @@ pub(crate) fn migrate(from: &str, to: &str, json_mode: bool) -> anyhow::Result<(
         );
     }
     let started = std::time::Instant::now();
-    let moved = transfer::copy(&*source.store(), &*target.store(), &keys, &mut |n| {
+    let moved = transfer::copy(&*source.transfer, &*target.transfer, &keys, &mut |n| {
         if !json_mode {
             eprint!("\rcopied {n} events");
         }

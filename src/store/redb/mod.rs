@@ -31,6 +31,7 @@
 mod codec;
 mod migrate;
 mod rewrite;
+mod transfer;
 mod write;
 
 use std::path::{Path, PathBuf};
@@ -368,63 +369,6 @@ impl Store for RedbStore {
         self.erase_in(contact, tombstone)
     }
 
-    fn events_after(&self, after: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
-        let txn = self.db.load().begin_read()?;
-        let events = txn.open_table(EVENTS)?;
-        let mut out = Vec::new();
-        for row in events.range(after.saturating_add(1)..)?.take(limit) {
-            let (k, v) = row?;
-            out.push(decode_event(k.value(), v.value())?);
-        }
-        Ok(out)
-    }
-
-    fn idempotency_keys(
-        &self,
-        after: &str,
-        limit: usize,
-    ) -> Result<Vec<(String, IdempotencyRecord)>, StoreError> {
-        let txn = self.db.load().begin_read()?;
-        let table = txn.open_table(IDEMPOTENCY)?;
-        let mut out = Vec::new();
-        for row in table.range::<&str>(after..)? {
-            let (k, v) = row?;
-            if k.value() == after {
-                continue;
-            }
-            if out.len() == limit {
-                break;
-            }
-            out.push((k.value().to_owned(), decode_idempotency(v.value())?));
-        }
-        Ok(out)
-    }
-
-    fn tombstones(&self) -> Result<Vec<Tombstone>, StoreError> {
-        let txn = self.db.load().begin_read()?;
-        let mut out = Vec::new();
-        for row in txn.open_table(ERASURES)?.range::<&[u8; 32]>(..)? {
-            let (k, v) = row?;
-            let bytes = v.value();
-            out.push(Tombstone {
-                hash: *k.value(),
-                erased_at: tombstone_erased_at(bytes)?,
-                reason: String::from_utf8(bytes[8..].to_vec())
-                    .map_err(|_| StoreError::corrupt("erasures", "reason encoding"))?,
-            });
-        }
-        Ok(out)
-    }
-
-    fn adopt(
-        &self,
-        erasure_key: &[u8; 32],
-        tombstones: &[Tombstone],
-        _link_keys: &[String],
-    ) -> Result<(), StoreError> {
-        self.adopt_in(erasure_key, tombstones)
-    }
-
     fn purge_erased(&self) -> Result<bool, StoreError> {
         let old = self.db.load_full();
         let Some(path) = &self.path else {
@@ -478,14 +422,14 @@ mod tests {
     struct Redb(Option<tempfile::TempDir>);
 
     impl Fixture for Redb {
-        fn fresh(&mut self) -> Arc<dyn Store> {
+        fn fresh(&mut self) -> Arc<dyn crate::store::Transfer> {
             let dir = tempfile::tempdir().unwrap();
             let store = RedbStore::open(dir.path()).unwrap();
             self.0 = Some(dir);
             Arc::new(store)
         }
 
-        fn reopen(&mut self) -> Arc<dyn Store> {
+        fn reopen(&mut self) -> Arc<dyn crate::store::Transfer> {
             let dir = self.0.as_ref().expect("fresh first");
             Arc::new(RedbStore::open(dir.path()).unwrap())
         }

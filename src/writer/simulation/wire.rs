@@ -110,31 +110,6 @@ impl Store for Wire {
         self.reach()?;
         self.store.commit(batch)
     }
-    fn events_after(&self, after: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
-        self.reach()?;
-        self.store.events_after(after, limit)
-    }
-    fn idempotency_keys(
-        &self,
-        after: &str,
-        limit: usize,
-    ) -> Result<Vec<(String, IdempotencyRecord)>, StoreError> {
-        self.reach()?;
-        self.store.idempotency_keys(after, limit)
-    }
-    fn tombstones(&self) -> Result<Vec<Tombstone>, StoreError> {
-        self.reach()?;
-        self.store.tombstones()
-    }
-    fn adopt(
-        &self,
-        erasure_key: &[u8; 32],
-        tombstones: &[Tombstone],
-        link_keys: &[String],
-    ) -> Result<(), StoreError> {
-        self.reach()?;
-        self.store.adopt(erasure_key, tombstones, link_keys)
-    }
     fn next_sequence(&self) -> Result<u64, StoreError> {
         self.reach()?;
         self.store.next_sequence()

@@ -32,6 +32,8 @@ mod connect;
 mod decode;
 mod feed;
 mod listen;
+mod open;
+mod shared;
 mod transfer;
 
 use std::future::Future;
@@ -39,29 +41,22 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::Pool;
 use tokio_postgres::types::ToSql;
 
 pub use self::connect::redact;
-use self::connect::{ssl_mode, tls};
 use self::decode::{
     EVENT_COLUMNS, action_of, backend, event_from, pending_from, pg, pool_error, source_of,
     state_from, u64_of, wording_from,
 };
-use self::listen::{Ears, listen};
+use self::listen::Ears;
 use super::{
-    Changes, Committed, Cursor, IdempotencyRecord, Loaded, Recovered, SharedStore, Store,
-    StoreError, Tombstone, Write, WriteBatch,
+    Committed, Cursor, IdempotencyRecord, Loaded, Recovered, Store, StoreError, Tombstone, Write,
+    WriteBatch,
 };
 use crate::domain::{
     CatalogSpec, Decision, EventRecord, PendingRecord, StateRecord, UnixNanos, Wording,
 };
-
-mod embedded {
-    #![allow(missing_docs, unreachable_pub)]
-    refinery::embed_migrations!("src/store/postgres/migrations");
-}
-use embedded::migrations;
 
 /// How long one store operation may wait for PostgreSQL before it is
 /// answered "unavailable" (a call is never held longer than this).
@@ -107,119 +102,6 @@ impl Drop for PgStore {
 }
 
 impl PgStore {
-    /// Connects to `url` (`postgres://user:password@host:port/db`, with
-    /// `sslmode` as libpq spells it), creates or migrates the schema, and
-    /// keeps a pool of connections.
-    pub fn open(url: &str) -> Result<Self, StoreError> {
-        Self::open_with_timeout(url, DEFAULT_TIMEOUT)
-    }
-
-    /// [`PgStore::open`] with the longest wait of one operation.
-    pub fn open_with_timeout(url: &str, timeout: Duration) -> Result<Self, StoreError> {
-        let (url, verify) = ssl_mode(url);
-        let mut config: tokio_postgres::Config = url.parse().map_err(backend)?;
-        config.connect_timeout(timeout.min(Duration::from_secs(5)));
-        config.application_name("consentd");
-        config.options("-c synchronous_commit=on");
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("consentd-pg")
-            .enable_all()
-            .build()?;
-        let handle = runtime.handle().clone();
-        let tls = tls(verify)?;
-        let migrate_config = config.clone();
-        let migrate_tls = tls.clone();
-        let listen_config = config.clone();
-        let listen_tls = tls.clone();
-        let manager = Manager::from_config(
-            config,
-            tls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
-            .wait_timeout(Some(timeout))
-            .create_timeout(Some(timeout))
-            .recycle_timeout(Some(timeout))
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .build()
-            .map_err(backend)?;
-        let store = PgStore {
-            pool,
-            runtime: Some(runtime),
-            handle,
-            timeout,
-            vacuum_due: Arc::new(AtomicBool::new(false)),
-            ears: Arc::default(),
-        };
-        store.run_unbounded(async move {
-            let (mut client, connection) = migrate_config
-                .connect(migrate_tls)
-                .await
-                .map_err(|e| pg(e, false))?;
-            let connection = tokio::spawn(connection);
-            client
-                .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
-                .await
-                .map_err(|e| pg(e, false))?;
-            // The history lives in the schema it describes, named in full
-            // (a role named `consentd` would otherwise see another table
-            // once the schema exists).
-            client
-                .batch_execute("CREATE SCHEMA IF NOT EXISTS consentd")
-                .await
-                .map_err(|e| pg(e, false))?;
-            let report = migrations::runner()
-                .set_migration_table_name("consentd.schema_history")
-                .run_async(&mut client)
-                .await;
-            let _ = client
-                .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
-                .await;
-            drop(client);
-            let _ = connection.await;
-            let report = report.map_err(backend)?;
-            for m in report.applied_migrations() {
-                tracing::info!(migration = %m, "PostgreSQL schema migrated");
-            }
-            Ok(())
-        })?;
-        let mut key = [0u8; 32];
-        getrandom::fill(&mut key)
-            .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
-        let pool = store.pool.clone();
-        store.run(async move {
-            let client = pool.get().await.map_err(pool_error)?;
-            client
-                .execute(
-                    "INSERT INTO consentd.meta (next_sequence, erasure_key) VALUES (1, $1)
-                     ON CONFLICT DO NOTHING",
-                    &[&key.as_slice()],
-                )
-                .await
-                .map_err(|e| pg(e, false))?;
-            Ok(())
-        })?;
-        // Listening before anything is read: a node that loads the states
-        // and then follows the feed hears every erasure after its load.
-        let (ready, heard) = tokio::sync::oneshot::channel();
-        store
-            .handle
-            .spawn(listen(listen_config, listen_tls, store.ears.clone(), ready));
-        store.run(async move {
-            heard.await.unwrap_or_else(|_| {
-                Err(StoreError::Unavailable {
-                    in_doubt: false,
-                    cause: "the feed's listener stopped".into(),
-                })
-            })
-        })?;
-        Ok(store)
-    }
-
     /// Runs `fut` on the store's runtime and waits for it, at most the
     /// store's timeout (then [`StoreError::Unavailable`], not in doubt).
     fn run<T: Send + 'static>(
@@ -571,69 +453,6 @@ impl Store for PgStore {
                 .await
                 .map_err(|e| pg(e, false))?;
             Ok(n as usize)
-        })
-    }
-}
-
-impl SharedStore for PgStore {
-    fn commit_on_latest(
-        &self,
-        cursor: Cursor,
-        rule: &mut dyn FnMut(Changes) -> Write,
-    ) -> Result<Committed, StoreError> {
-        self.commit_with(cursor, rule)
-            .map(|(committed, _)| committed)
-    }
-
-    fn changes_after(&self, cursor: Cursor, limit: usize) -> Result<Changes, StoreError> {
-        self.feed_page(cursor, limit)
-    }
-
-    fn wait_for_changes(&self, timeout: Duration) {
-        self.ears.wait(timeout);
-    }
-
-    fn link_keys(&self, fresh: &str) -> Result<Vec<String>, StoreError> {
-        let (id, secret) = fresh
-            .split_once('=')
-            .ok_or_else(|| StoreError::corrupt("link_keys", "a key line without '='"))?;
-        use base64::Engine as _;
-        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let secret = URL_SAFE_NO_PAD
-            .decode(secret)
-            .map_err(|e| StoreError::corrupt("link_keys", format!("the fresh key: {e}")))?;
-        let id = id.to_owned();
-        let pool = self.pool.clone();
-        self.run(async move {
-            let mut client = pool.get().await.map_err(pool_error)?;
-            let txn = client.transaction().await.map_err(|e| pg(e, false))?;
-            // Nodes starting together agree on one first key.
-            txn.batch_execute("LOCK TABLE consentd.link_keys IN EXCLUSIVE MODE")
-                .await
-                .map_err(|e| pg(e, false))?;
-            txn.execute(
-                "INSERT INTO consentd.link_keys (id, secret, created_at)
-                 SELECT $1, $2, (extract(epoch FROM now()) * 1e9)::bigint
-                 WHERE NOT EXISTS (SELECT 1 FROM consentd.link_keys)",
-                &[&id, &secret],
-            )
-            .await
-            .map_err(|e| pg(e, false))?;
-            let rows = txn
-                .query(
-                    "SELECT id, secret FROM consentd.link_keys ORDER BY created_at, id",
-                    &[],
-                )
-                .await
-                .map_err(|e| pg(e, false))?;
-            txn.commit().await.map_err(|e| pg(e, false))?;
-            rows.iter()
-                .map(|r| {
-                    let id: String = r.try_get(0).map_err(backend)?;
-                    let secret: Vec<u8> = r.try_get(1).map_err(backend)?;
-                    Ok(format!("{id}={}", URL_SAFE_NO_PAD.encode(secret)))
-                })
-                .collect::<Result<Vec<_>, _>>()
         })
     }
 }

@@ -9,7 +9,7 @@
 //!   shutdown (explicit: stop serving, drain, close the writer).
 //! - [`grpc`] and `http`: thin transports. A handler validates the request
 //!   into domain types, calls the [`authority`], and maps the answer (gRPC
-//!   maps every [`Error`] in one place, `grpc/status.rs`). `auth`: bearer
+//!   maps each error family in one place, `grpc/status.rs`). `auth`: bearer
 //!   roles.
 //! - [`authority`]: the façade, the one set of operations every transport
 //!   calls (CanSend, changes, import, erasure, links, the confirmation and
@@ -22,7 +22,8 @@
 //!   the conformance suite they all pass.
 //! - [`links`]: sealed link tokens (unsubscribe, confirmation, preferences)
 //!   and their key ring; `metrics`:
-//!   counters; `clock`: wall-clock time; [`Error`]: why an operation failed.
+//!   counters; `clock`: wall-clock time; `error`: why an operation failed,
+//!   one enum per operation family.
 //! - [`domain`]: ids, the catalog, events and states, the resolution of a
 //!   CanSend (lapsed grants included) and the write rules, pending grants,
 //!   all pure (DESIGN.md §2, §7). No tokio, tonic or redb.
@@ -57,5 +58,7 @@ pub mod pb {
         tonic::include_file_descriptor_set!("consent_descriptor");
 }
 
-pub use authority::{Answer, Authority, Error};
+pub use authority::{
+    Answer, Authority, CatalogError, ChangeError, EraseError, LinkError, ReadError, WriteError,
+};
 pub use config::Config;

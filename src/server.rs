@@ -443,10 +443,8 @@ impl Server {
         http_task.await?.context("HTTP server")?;
         admin_task.await?.context("admin HTTP server")?;
         // No call is in flight any more: the writer finishes what is queued
-        // and stops; the store closes when the last handle goes.
+        // and stops, its feed and ticker are joined, the store is closed.
         authority.close().await.context("closing the writer")?;
-        drop(authority);
-        tracing::info!("store closed");
         Ok(())
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
-use super::Error;
+use super::{ChangeError, WriteError};
 use crate::domain::{Change, ChangeOutcome, FieldError};
 use crate::metrics::{Metrics, Shed};
 use crate::writer::Writer;
@@ -78,7 +78,7 @@ pub struct Import {
 /// share of the global rows budget (released with it).
 type InFlight = (
     u64,
-    oneshot::Receiver<Result<ChangeOutcome, Error>>,
+    oneshot::Receiver<Result<ChangeOutcome, ChangeError>>,
     OwnedSemaphorePermit,
 );
 
@@ -103,10 +103,10 @@ impl Import {
         writer: Writer,
         metrics: Arc<Metrics>,
         limits: &ImportLimits,
-    ) -> Result<Self, Error> {
+    ) -> Result<Self, WriteError> {
         let Ok(slot) = limits.slots.clone().try_acquire_owned() else {
             metrics.shed(Shed::Imports);
-            return Err(Error::Overloaded(format!(
+            return Err(WriteError::Overloaded(format!(
                 "{MAX_CONCURRENT_IMPORTS} imports are running already"
             )));
         };
@@ -122,7 +122,7 @@ impl Import {
 
     /// Takes the next row, as validated at the edge. An error ends the
     /// import: the store failed or the server is shutting down.
-    pub async fn row(&mut self, row: Result<Change, FieldError>) -> Result<(), Error> {
+    pub async fn row(&mut self, row: Result<Change, FieldError>) -> Result<(), WriteError> {
         self.summary.received += 1;
         let n = self.summary.received;
         match row {
@@ -143,7 +143,7 @@ impl Import {
                                 .clone()
                                 .acquire_owned()
                                 .await
-                                .map_err(|_| Error::Closed)?;
+                                .map_err(|_| WriteError::Closed)?;
                         }
                     }
                 };
@@ -159,7 +159,7 @@ impl Import {
     }
 
     /// Waits for every queued row and returns what the import did.
-    pub async fn finish(mut self) -> Result<ImportSummary, Error> {
+    pub async fn finish(mut self) -> Result<ImportSummary, WriteError> {
         while !self.pending.is_empty() {
             self.settle_oldest().await?;
         }
@@ -175,13 +175,13 @@ impl Import {
         Ok(s)
     }
 
-    async fn settle_oldest(&mut self) -> Result<(), Error> {
+    async fn settle_oldest(&mut self) -> Result<(), WriteError> {
         let Some((row, rx, _permit)) = self.pending.pop_front() else {
             return Ok(());
         };
-        let answer = rx
-            .await
-            .unwrap_or_else(|_| Err(Error::OutcomeUnknown("the writer stopped".into())));
+        let answer = rx.await.unwrap_or_else(|_| {
+            Err(WriteError::OutcomeUnknown("the writer stopped".into()).into())
+        });
         match answer {
             Ok(out) if out.applied => self.summary.applied += 1,
             Ok(out) if out.pending.is_some_and(|p| !p.replay) => {
@@ -189,13 +189,12 @@ impl Import {
                 self.summary.pending += 1;
             }
             Ok(_) => self.summary.superseded += 1,
-            Err(
-                e @ (Error::Storage(_)
-                | Error::OutcomeUnknown(_)
-                | Error::Stopped(_)
-                | Error::Closed
-                | Error::WriterPanicked),
-            ) => return Err(e),
+            Err(ChangeError::Write(
+                e @ (WriteError::OutcomeUnknown(_)
+                | WriteError::Stopped(_)
+                | WriteError::Closed
+                | WriteError::WriterPanicked),
+            )) => return Err(e),
             Err(e) => self.summary.reject(row, e.to_string()),
         }
         Ok(())

@@ -15,7 +15,7 @@ use crate::domain::{
 };
 use crate::links::{Claim, LinkKind};
 
-use super::{Authority, Error};
+use super::{Authority, ChangeError, LinkError};
 
 /// The actor of what the unsubscribe page records.
 pub const PAGE_ACTOR: &str = "unsubscribe-page";
@@ -67,14 +67,14 @@ impl Authority {
         channel: &str,
         brand: &str,
         purpose: &str,
-    ) -> Result<(String, &'static str), Error> {
+    ) -> Result<(String, &'static str), LinkError> {
         check_contact("contact_id", contact)?;
         let catalog = self.catalog.load();
         let cell = catalog.cell(purpose, channel, brand)?;
         let &target = catalog
             .covering(cell)
             .first()
-            .ok_or_else(|| Error::NotCovered {
+            .ok_or_else(|| LinkError::NotCovered {
                 channel: channel.to_owned(),
                 brand: brand.to_owned(),
             })?;
@@ -123,7 +123,7 @@ impl Authority {
         claim: &Claim,
         everything: bool,
         evidence: Evidence,
-    ) -> Result<Option<ChangeOutcome>, Error> {
+    ) -> Result<Option<ChangeOutcome>, ChangeError> {
         let consent = {
             let catalog = self.catalog.load();
             let Some(target) = link_target(&catalog, claim, everything) else {

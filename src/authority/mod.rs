@@ -5,11 +5,14 @@
 //!
 //! Reads (CanSend) go to the index and the catalog snapshot only; writes go
 //! through the single writer; store reads run on the blocking pool. Errors
-//! are one enum, [`Error`], named for causes.
+//! are one enum per operation family ([`ChangeError`], [`CatalogError`],
+//! [`EraseError`], [`ReadError`], [`LinkError`]), named for causes; no
+//! store type leaves the authority.
 //!
 //! Layout: this file holds the operations; `links.rs` the unsubscribe links
 //! (mint, page, click); `import.rs` the streamed import pipeline.
 
+mod check;
 mod import;
 mod links;
 mod pages;
@@ -21,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
+pub use self::check::{Check, Checked};
 pub use self::import::{Import, ImportSummary, RowError};
 pub use self::links::{LinkPage, PAGE_ACTOR};
 pub use self::pages::{
@@ -29,7 +33,7 @@ pub use self::pages::{
 };
 pub use self::reads::{ContactExport, MAX_HISTORY_PAGE};
 use self::rebuild::Rebuilt;
-pub use crate::error::Error;
+pub use crate::error::{CatalogError, ChangeError, EraseError, LinkError, ReadError, WriteError};
 
 use crate::clock::{Clock, SystemClock};
 use crate::domain::{
@@ -202,11 +206,21 @@ impl Authority {
         Ok((authority, report))
     }
 
-    /// Stops taking writes, commits what is queued, and stops the writer.
-    /// Reads keep answering from memory; later writes answer
-    /// [`Error::Closed`].
-    pub async fn close(&self) -> Result<(), Error> {
-        self.writer.close().await
+    /// Stops taking writes, commits what is queued, stops the writer and
+    /// the threads around it, then closes the store. Checks keep answering
+    /// from memory; later writes answer
+    /// [`WriteError::Closed`].
+    pub async fn close(&self) -> Result<(), WriteError> {
+        self.writer.close().await?;
+        // Nothing writes any more: the store is closed by this call, not
+        // by whichever handle happens to drop last.
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.close()).await {
+            Ok(Ok(())) => tracing::info!("store closed"),
+            Ok(Err(e)) => tracing::error!(error = %e, "closing the store failed"),
+            Err(e) => tracing::error!(error = %e, "closing the store did not finish"),
+        }
+        Ok(())
     }
 
     /// The time now, by the authority's clock.
@@ -231,14 +245,14 @@ impl Authority {
     /// Waits until this node has applied every change up to `min_sequence`
     /// (a freshness token: the `sequence` a write answered), at most 1 s;
     /// 0 asks for no wait.
-    pub async fn fresh(&self, min_sequence: u64) -> Result<(), Error> {
+    pub async fn fresh(&self, min_sequence: u64) -> Result<(), ReadError> {
         if min_sequence == 0 {
             return Ok(());
         }
         self.applied
             .reach(min_sequence, FRESHNESS_WAIT)
             .await
-            .map_err(|reached| Error::NotFresh {
+            .map_err(|reached| ReadError::NotFresh {
                 wanted: min_sequence,
                 reached,
             })
@@ -269,7 +283,7 @@ impl Authority {
         brand: &str,
         purpose: &str,
     ) -> Result<Answer, FieldError> {
-        let answer = self.check(&self.catalog.load(), contact, channel, brand, purpose);
+        let answer = self.decide(&self.catalog.load(), contact, channel, brand, purpose);
         let mut tally = Tally::default();
         count(&mut tally, &answer);
         self.metrics.decisions(&tally);
@@ -278,7 +292,7 @@ impl Authority {
 
     /// One check over a catalog snapshot, with this node's index and clock.
     #[inline]
-    fn check(
+    fn decide(
         &self,
         catalog: &Catalog,
         contact: &str,
@@ -310,7 +324,7 @@ impl Authority {
             .iter()
             .map(|item| {
                 let (contact, channel, brand, purpose) = fields(item);
-                let answer = self.check(&catalog, contact, channel, brand, purpose);
+                let answer = self.decide(&catalog, contact, channel, brand, purpose);
                 count(&mut tally, &answer);
                 answer
             })
@@ -320,26 +334,27 @@ impl Authority {
     }
 
     /// Grant or Withdraw; returns once durable and visible to CanSend.
-    /// Refused at once when the writer queue is full ([`Error::Overloaded`]);
-    /// not applied if still waiting at `deadline` ([`Error::DeadlineExceeded`]).
+    /// Refused at once when the writer queue is full
+    /// ([`WriteError::Overloaded`]); not applied if still waiting at
+    /// `deadline` ([`WriteError::DeadlineExceeded`]).
     pub async fn change(
         &self,
         change: Change,
         deadline: Option<Instant>,
-    ) -> Result<ChangeOutcome, Error> {
+    ) -> Result<ChangeOutcome, ChangeError> {
         let started = Instant::now();
         let result = self.writer.change(change, deadline).await;
         self.metrics.write_seconds.observe(started.elapsed());
         // (A missed deadline is counted by the writer, which sees it.)
-        if let Err(Error::Overloaded(_)) = &result {
+        if let Err(ChangeError::Write(WriteError::Overloaded(_))) = &result {
             self.metrics.shed(Shed::QueueFull);
         }
         result
     }
 
     /// Starts a streamed import: feed it rows, then finish it. Refused with
-    /// [`Error::Overloaded`] when too many imports run already.
-    pub fn import(&self) -> Result<Import, Error> {
+    /// [`WriteError::Overloaded`] when too many imports run already.
+    pub fn import(&self) -> Result<Import, WriteError> {
         Import::start(self.writer.clone(), self.metrics.clone(), &self.imports)
     }
 
@@ -353,7 +368,7 @@ impl Authority {
         contact: ContactId,
         reason: String,
         actor: &str,
-    ) -> Result<UnixNanos, Error> {
+    ) -> Result<UnixNanos, EraseError> {
         if reason.len() > MAX_REASON_LEN || reason.chars().any(char::is_control) {
             return Err(FieldError::new(
                 "reason",
@@ -368,7 +383,7 @@ impl Authority {
     }
 
     /// Validates and installs a catalog, atomically and durably.
-    pub async fn apply_catalog(&self, spec: CatalogSpec) -> Result<Arc<Catalog>, Error> {
+    pub async fn apply_catalog(&self, spec: CatalogSpec) -> Result<Arc<Catalog>, CatalogError> {
         self.writer.apply_catalog(spec).await
     }
 
@@ -382,7 +397,7 @@ impl Authority {
     }
 
     /// Counts the handler time of one CanSend or CanSendBatch call.
-    pub fn observe_check(&self, took: Duration) {
+    fn observe_check(&self, took: Duration) {
         self.metrics.can_send_seconds.observe(took);
     }
 

@@ -23,7 +23,7 @@ use crate::domain::{
 };
 use crate::links::{Claim, LinkKind};
 
-use super::{Authority, Error};
+use super::{Authority, ChangeError, LinkError, ReadError};
 
 /// The actor of what the confirmation page records.
 pub const CONFIRM_ACTOR: &str = "confirmation-page";
@@ -249,12 +249,12 @@ impl Authority {
         contact: ContactId,
         consent: ConsentId,
         actor: &str,
-    ) -> Result<(String, UnixNanos), Error> {
+    ) -> Result<(String, UnixNanos), LinkError> {
         let idx = self
             .catalog
             .load()
             .consent_idx(consent.as_str())
-            .ok_or_else(|| Error::UnknownConsent(consent.to_string()))?;
+            .ok_or_else(|| LinkError::UnknownConsent(consent.to_string()))?;
         let now = self.clock.now();
         let ttl = self.confirmation_ttl;
         let waits = self
@@ -263,7 +263,7 @@ impl Authority {
             .iter()
             .any(|(c, p)| *c == idx && p.waits(now, ttl));
         if !waits {
-            return Err(Error::NothingPending(consent.to_string()));
+            return Err(LinkError::NothingPending(consent.to_string()));
         }
         let mut evidence = Evidence::new();
         evidence.insert("resend".into(), "true".into());
@@ -289,7 +289,7 @@ impl Authority {
 
     /// Opens a confirmation token and gathers what its page shows; `None`
     /// for any token that is not an authentic confirmation link.
-    pub async fn confirm_page(&self, token: &str) -> Result<Option<ConfirmPage>, Error> {
+    pub async fn confirm_page(&self, token: &str) -> Result<Option<ConfirmPage>, ReadError> {
         let Some(claim) = self.confirmation_claim(token) else {
             return Ok(None);
         };
@@ -311,7 +311,7 @@ impl Authority {
     async fn confirmation_status(
         &self,
         claim: &Claim,
-    ) -> Result<(Option<Shown>, Confirmation), Error> {
+    ) -> Result<(Option<Shown>, Confirmation), ReadError> {
         let (consent, retired) = {
             let catalog = self.catalog.load();
             let idx = catalog.consent_idx(claim.consent.as_str());
@@ -347,7 +347,7 @@ impl Authority {
         not_me: bool,
         version: Option<u32>,
         evidence: Evidence,
-    ) -> Result<Confirmed, Error> {
+    ) -> Result<Confirmed, ChangeError> {
         let (consent, status) = self.confirmation_status(claim).await?;
         match status {
             Confirmation::Open => {}
@@ -396,7 +396,7 @@ impl Authority {
         contact: &str,
         purpose: &str,
         brand: &str,
-    ) -> Result<String, Error> {
+    ) -> Result<String, LinkError> {
         check_contact("contact_id", contact)?;
         let catalog = self.catalog.load();
         let root = catalog.purpose_root(purpose)?;
@@ -487,7 +487,7 @@ impl Authority {
         withdrawals: &[String],
         shown_versions: &BTreeMap<String, u32>,
         evidence: Evidence,
-    ) -> Result<Result<PreferenceResult, PreferenceRefusal>, Error> {
+    ) -> Result<Result<PreferenceResult, PreferenceRefusal>, ChangeError> {
         let plan = {
             let catalog = self.catalog.load();
             let Ok(root) = catalog.purpose_root(claim.purpose.as_str()) else {

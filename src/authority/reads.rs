@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use super::{Authority, Error};
+use super::{Authority, ReadError};
 use crate::domain::{
     ConsentId, ContactId, EventRecord, FieldError, StateRecord, UnixNanos, Wording,
 };
@@ -46,7 +46,7 @@ pub struct ContactExport {
 
 impl Authority {
     /// Every current state of a contact (empty for an unknown contact).
-    pub async fn contact_states(&self, contact: ContactId) -> Result<Vec<StateRecord>, Error> {
+    pub async fn contact_states(&self, contact: ContactId) -> Result<Vec<StateRecord>, ReadError> {
         self.read(move |store| store.contact_states(contact.as_str()))
             .await
     }
@@ -56,7 +56,7 @@ impl Authority {
     pub async fn contact_pending(
         &self,
         contact: ContactId,
-    ) -> Result<Vec<(String, crate::domain::PendingRecord, bool)>, Error> {
+    ) -> Result<Vec<(String, crate::domain::PendingRecord, bool)>, ReadError> {
         let now = self.clock.now();
         let pending = self
             .read(move |store| store.contact_pending(contact.as_str()))
@@ -79,7 +79,7 @@ impl Authority {
         contact: ContactId,
         page_size: u32,
         page_token: &str,
-    ) -> Result<(Vec<EventRecord>, String), Error> {
+    ) -> Result<(Vec<EventRecord>, String), ReadError> {
         let size = match page_size as usize {
             0 => MAX_HISTORY_PAGE,
             n => n.min(MAX_HISTORY_PAGE),
@@ -100,7 +100,7 @@ impl Authority {
 
     /// Everything held about a contact (GDPR Art. 15/20): its states, its
     /// whole history and every wording those point at, as of one moment.
-    pub async fn export(&self, contact: ContactId) -> Result<ContactExport, Error> {
+    pub async fn export(&self, contact: ContactId) -> Result<ContactExport, ReadError> {
         let clock = self.clock.clone();
         let export = self
             .read(move |store| {
@@ -149,17 +149,17 @@ impl Authority {
     pub(super) async fn read<T: Send + 'static>(
         &self,
         read: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, Error> {
+    ) -> Result<T, ReadError> {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || read(&*store))
             .await
-            .map_err(|e| StoreError::Backend(Box::new(e)))?
-            .map_err(Error::from)
+            .map_err(|e| ReadError::Failed(format!("the read task ended: {e}")))?
+            .map_err(ReadError::from)
     }
 
     /// Every wording of `consent` (of every consent when empty), oldest
-    /// first. [`Error::NeverDeclared`] for an id no catalog ever declared.
-    pub async fn wordings(&self, consent: &str) -> Result<Vec<Wording>, Error> {
+    /// first. [`ReadError::NeverDeclared`] for an id no catalog ever declared.
+    pub async fn wordings(&self, consent: &str) -> Result<Vec<Wording>, ReadError> {
         if consent.is_empty() {
             let mut all = self.read(|store| store.wordings(None)).await?;
             all.sort_by(|a, b| {
@@ -173,7 +173,7 @@ impl Authority {
         }
         let id = ConsentId::parse("consent_id", consent)?;
         if self.catalog.load().latest_wording(id.as_str()).is_none() {
-            return Err(Error::NeverDeclared(id.to_string()));
+            return Err(ReadError::NeverDeclared(id.to_string()));
         }
         self.read(move |store| store.wordings(Some(id.as_str())))
             .await

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use prost_types::Timestamp;
 
-use crate::authority::{Answer, ContactExport, ImportSummary};
+use crate::authority::{Checked, ContactExport, ImportSummary};
 use crate::domain::{
     Action, CatalogSpec, Change, ChangeOutcome, ConsentId, ConsentSpec, ContactId, EventRecord,
     Evidence, FieldError, Source, StateRecord, UnixNanos, Verdict, Wording,
@@ -260,7 +260,11 @@ pub(super) fn reason(v: Verdict) -> pb::Reason {
 }
 
 /// A CanSend answer, with its List-Unsubscribe URL (empty for none).
-pub(super) fn answer_to(a: Answer, unsubscribe_url: String) -> pb::CanSendResponse {
+pub(super) fn checked_to(checked: Checked) -> pb::CanSendResponse {
+    let Checked {
+        answer: a,
+        unsubscribe_url,
+    } = checked;
     let decided_at = a.verdict.decided().map(|(_, at)| timestamp(at));
     pb::CanSendResponse {
         allowed: a.verdict.allowed(),

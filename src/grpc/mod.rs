@@ -11,7 +11,7 @@ use admission::{actor, deadline};
 
 use tonic::{Request, Response, Status};
 
-use crate::authority::{Answer, Authority};
+use crate::authority::{Authority, Check};
 use crate::domain::{Action, ConsentId, ContactId, FieldError};
 use crate::pb;
 
@@ -32,15 +32,16 @@ impl EligibilityService {
     pub(crate) fn new(authority: Authority) -> Self {
         Self { authority }
     }
+}
 
-    /// The List-Unsubscribe URL, for an allowed answer that asked for it.
-    fn link_for(&self, r: &pb::CanSendRequest, a: &Answer) -> String {
-        match a.unsubscribe {
-            Some(target) if r.include_unsubscribe && a.verdict.allowed() => self
-                .authority
-                .unsubscribe_url(&r.contact_id, &r.channel, &r.brand, target),
-            _ => String::new(),
-        }
+/// A check as the authority takes it.
+fn check_of(r: &pb::CanSendRequest) -> Check<'_> {
+    Check {
+        contact: &r.contact_id,
+        channel: &r.channel,
+        brand: &r.brand,
+        purpose: &r.purpose,
+        include_unsubscribe: r.include_unsubscribe,
     }
 }
 
@@ -50,53 +51,40 @@ impl pb::eligibility_server::Eligibility for EligibilityService {
         &self,
         request: Request<pb::CanSendRequest>,
     ) -> Result<Response<pb::CanSendResponse>, Status> {
-        let started = std::time::Instant::now();
         let r = request.get_ref();
-        self.authority.fresh(r.min_sequence).await?;
-        let answer = self
-            .authority
-            .can_send(&r.contact_id, &r.channel, &r.brand, &r.purpose)
-            .map_err(invalid)?;
-        let url = self.link_for(r, &answer);
-        let response = convert::answer_to(answer, url);
-        self.authority.observe_check(started.elapsed());
-        Ok(Response::new(response))
+        let checked = self.authority.check(check_of(r), r.min_sequence).await?;
+        Ok(Response::new(convert::checked_to(checked)))
     }
 
     async fn can_send_batch(
         &self,
         request: Request<pb::CanSendBatchRequest>,
     ) -> Result<Response<pb::CanSendBatchResponse>, Status> {
-        let started = std::time::Instant::now();
-        let checks = &request.get_ref().checks;
-        let min_sequence = checks
-            .iter()
-            .map(|c| c.min_sequence)
-            .chain([request.get_ref().min_sequence])
-            .max()
-            .unwrap_or(0);
-        if checks.len() > MAX_BATCH_CHECKS {
+        let r = request.get_ref();
+        if r.checks.len() > MAX_BATCH_CHECKS {
             return Err(invalid(FieldError::new(
                 "checks",
                 format!(
                     "has {} items, at most {MAX_BATCH_CHECKS} allowed",
-                    checks.len()
+                    r.checks.len()
                 ),
             )));
         }
-        self.authority.fresh(min_sequence).await?;
+        // DESIGN.md §8: a batch waits for the largest token it names.
+        let min_sequence = r
+            .checks
+            .iter()
+            .map(|c| c.min_sequence)
+            .chain([r.min_sequence])
+            .max()
+            .unwrap_or(0);
         let results = self
             .authority
-            .can_send_many(checks, |c| {
-                (&c.contact_id, &c.channel, &c.brand, &c.purpose)
-            })
+            .check_batch(&r.checks, min_sequence, check_of)
+            .await?
             .into_iter()
-            .zip(checks)
-            .map(|(answer, check)| match answer {
-                Ok(a) => {
-                    let url = self.link_for(check, &a);
-                    convert::answer_to(a, url)
-                }
+            .map(|checked| match checked {
+                Ok(c) => convert::checked_to(c),
                 Err(e) => pb::CanSendResponse {
                     reason: pb::Reason::Invalid as i32,
                     error: e.to_string(),
@@ -104,7 +92,6 @@ impl pb::eligibility_server::Eligibility for EligibilityService {
                 },
             })
             .collect();
-        self.authority.observe_check(started.elapsed());
         Ok(Response::new(pb::CanSendBatchResponse { results }))
     }
 }

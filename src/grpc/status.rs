@@ -1,11 +1,13 @@
-//! The one mapping from the authority's errors to gRPC statuses.
+//! The one mapping from each of the authority's error families to gRPC
+//! statuses. No store type reaches here: the authority has already turned
+//! a store's error into "unavailable" or "failed", and what failed stays in
+//! the log, not in the status.
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::authority::Error;
+use crate::authority::{CatalogError, ChangeError, EraseError, LinkError, ReadError, WriteError};
 use crate::domain::FieldError;
-use crate::store::StoreError;
 
 /// INVALID_ARGUMENT naming the field, with a BadRequest detail for clients
 /// that read rich errors.
@@ -17,43 +19,92 @@ pub fn invalid(e: FieldError) -> Status {
     )
 }
 
-impl From<Error> for Status {
-    fn from(e: Error) -> Status {
+impl From<WriteError> for Status {
+    fn from(e: WriteError) -> Status {
         match e {
-            Error::Invalid(f) => invalid(f),
-            e @ (Error::UnknownConsent(_) | Error::NeverDeclared(_)) => {
-                Status::not_found(format!("consent_id: {e}"))
-            }
-            e @ (Error::RetiredConsent(_)
-            | Error::KeyReused(_)
-            | Error::ConsentInUse(_)
-            | Error::NotCovered { .. }) => Status::failed_precondition(e.to_string()),
-            Error::Storage(StoreError::Unavailable { .. }) | Error::Unavailable(_) => {
+            WriteError::Unavailable(_) => {
                 Status::unavailable("the store cannot be reached now; nothing was changed; retry")
             }
-            Error::Storage(e) => {
-                // Storage details stay in the log; the client learns only
-                // that it failed.
-                tracing::error!(error = %e, "storage error");
-                Status::internal("storage error; nothing was changed")
-            }
-            // Already logged by the writer, with the batch size.
             // Already logged by the writer, with the cause and batch size.
-            Error::OutcomeUnknown(_) => Status::unavailable(
+            WriteError::OutcomeUnknown(_) => Status::unavailable(
                 "outcome unknown: the store failed before this change was known to be durable; \
                  read it back before retrying",
             ),
-            Error::Stopped(_) => Status::unavailable(
+            WriteError::Stopped(_) => Status::unavailable(
                 "writes are stopped after a storage failure; nothing was recorded",
             ),
-            e @ Error::NotFresh { .. } => Status::unavailable(e.to_string()),
-            e @ (Error::Overloaded(_) | Error::TooManyPending(_)) => {
-                Status::resource_exhausted(e.to_string())
+            e @ WriteError::Overloaded(_) => Status::resource_exhausted(e.to_string()),
+            e @ WriteError::DeadlineExceeded => Status::deadline_exceeded(e.to_string()),
+            WriteError::Closed => Status::unavailable("shutting down; nothing was recorded"),
+            WriteError::WriterPanicked => {
+                Status::unavailable("outcome unknown: the writer stopped")
             }
-            e @ Error::NothingPending(_) => Status::failed_precondition(e.to_string()),
-            e @ Error::DeadlineExceeded => Status::deadline_exceeded(e.to_string()),
-            Error::Closed => Status::unavailable("shutting down; nothing was recorded"),
-            Error::WriterPanicked => Status::unavailable("outcome unknown: the writer stopped"),
+        }
+    }
+}
+
+impl From<ChangeError> for Status {
+    fn from(e: ChangeError) -> Status {
+        match e {
+            ChangeError::Invalid(f) => invalid(f),
+            e @ ChangeError::UnknownConsent(_) => Status::not_found(format!("consent_id: {e}")),
+            e @ (ChangeError::RetiredConsent(_) | ChangeError::KeyReused(_)) => {
+                Status::failed_precondition(e.to_string())
+            }
+            e @ ChangeError::TooManyPending(_) => Status::resource_exhausted(e.to_string()),
+            ChangeError::Write(w) => w.into(),
+        }
+    }
+}
+
+impl From<CatalogError> for Status {
+    fn from(e: CatalogError) -> Status {
+        match e {
+            CatalogError::Invalid(f) => invalid(f),
+            e @ CatalogError::ConsentInUse(_) => Status::failed_precondition(e.to_string()),
+            CatalogError::Write(w) => w.into(),
+        }
+    }
+}
+
+impl From<EraseError> for Status {
+    fn from(e: EraseError) -> Status {
+        match e {
+            EraseError::Invalid(f) => invalid(f),
+            EraseError::Write(w) => w.into(),
+        }
+    }
+}
+
+impl From<ReadError> for Status {
+    fn from(e: ReadError) -> Status {
+        match e {
+            ReadError::Invalid(f) => invalid(f),
+            e @ ReadError::NeverDeclared(_) => Status::not_found(format!("consent_id: {e}")),
+            e @ ReadError::NotFresh { .. } => Status::unavailable(e.to_string()),
+            ReadError::Unavailable(_) => {
+                Status::unavailable("the store cannot be reached now; nothing was changed; retry")
+            }
+            ReadError::Failed(cause) => {
+                // Storage details stay in the log; the client learns only
+                // that it failed.
+                tracing::error!(error = %cause, "storage error");
+                Status::internal("storage error; nothing was changed")
+            }
+        }
+    }
+}
+
+impl From<LinkError> for Status {
+    fn from(e: LinkError) -> Status {
+        match e {
+            LinkError::Invalid(f) => invalid(f),
+            e @ LinkError::UnknownConsent(_) => Status::not_found(format!("consent_id: {e}")),
+            e @ (LinkError::NotCovered { .. } | LinkError::NothingPending(_)) => {
+                Status::failed_precondition(e.to_string())
+            }
+            LinkError::Change(c) => c.into(),
+            LinkError::Read(r) => r.into(),
         }
     }
 }

@@ -109,6 +109,9 @@ pub enum StoreError {
         /// What is wrong with it.
         what: String,
     },
+    /// The store was closed ([`Store::close`]).
+    #[error("the store is closed")]
+    Closed,
     /// A record does not decode.
     #[error("corrupt record in {table}: {what}")]
     Corrupt {
@@ -336,6 +339,13 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets up to `max` idempotency keys recorded before `before`,
     /// durably; returns how many.
     fn prune_idempotency(&self, before: UnixNanos, max: usize) -> Result<usize, StoreError>;
+    /// Closes the store, explicitly, once nothing writes to it any more:
+    /// files are closed cleanly, connections released. Every later call
+    /// answers [`StoreError::Closed`] (or, for a store with nothing to
+    /// close, goes on working).
+    fn close(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// What moving the data to another store needs (`consentctl migrate`).

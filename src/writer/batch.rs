@@ -10,7 +10,7 @@ use crate::domain::{
     ChangeOutcome, ConsentIdx, Decision, EventRecord, HeldState, IdempotencyRecord, PendingGrant,
     PendingRecord, StateRecord, UnixNanos,
 };
-use crate::error::Error;
+use crate::error::{ChangeError, WriteError};
 use crate::index::Index;
 use crate::store::{Store, StoreError, WriteBatch};
 
@@ -48,7 +48,7 @@ pub(super) struct GroupBatch {
     /// One per recorded event, in order.
     pending: Vec<Pending>,
     /// The callers of `pending`, in the same order.
-    replies: Vec<Reply<ChangeOutcome>>,
+    replies: Vec<Reply<ChangeOutcome, ChangeError>>,
     /// The sequence of the first event recorded, and how many were.
     first_sequence: u64,
     events: usize,
@@ -293,7 +293,7 @@ impl GroupBatch {
     }
 
     /// Who waits for the event just recorded.
-    pub(super) fn answer_after_commit(&mut self, reply: Reply<ChangeOutcome>) {
+    pub(super) fn answer_after_commit(&mut self, reply: Reply<ChangeOutcome, ChangeError>) {
         self.replies.push(reply);
         debug_assert_eq!(self.replies.len(), self.pending.len());
     }
@@ -358,7 +358,7 @@ impl GroupBatch {
     /// learns that nothing was recorded.
     pub(super) fn refuse(self, cause: &str) {
         for reply in self.replies {
-            let _ = reply.send(Err(Error::Stopped(cause.to_owned())));
+            let _ = reply.send(Err(WriteError::Stopped(cause.to_owned()).into()));
         }
     }
 
@@ -366,7 +366,7 @@ impl GroupBatch {
     /// unknown (the store may have kept the batch); the index is untouched.
     pub(super) fn fail(self, error: &dyn std::fmt::Display) {
         for reply in self.replies {
-            let _ = reply.send(Err(Error::OutcomeUnknown(error.to_string())));
+            let _ = reply.send(Err(WriteError::OutcomeUnknown(error.to_string()).into()));
         }
     }
 
@@ -374,7 +374,7 @@ impl GroupBatch {
     /// landed: every caller learns that nothing was recorded.
     pub(super) fn refuse_unavailable(self, cause: &str) {
         for reply in self.replies {
-            let _ = reply.send(Err(Error::Unavailable(cause.to_owned())));
+            let _ = reply.send(Err(WriteError::Unavailable(cause.to_owned()).into()));
         }
     }
 

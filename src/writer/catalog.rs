@@ -9,12 +9,15 @@ use std::sync::Arc;
 
 use super::committer::Committer;
 use crate::domain::{Catalog, CatalogSpec, UnixNanos};
-use crate::error::Error;
+use crate::error::{CatalogError, WriteError};
 use crate::store::{StoreError, Write, WriteBatch};
 
 impl Committer {
-    pub(super) fn apply_catalog(&mut self, spec: CatalogSpec) -> Result<Arc<Catalog>, Error> {
-        let mut compiled: Option<Result<(Catalog, usize, UnixNanos), Error>> = None;
+    pub(super) fn apply_catalog(
+        &mut self,
+        spec: CatalogSpec,
+    ) -> Result<Arc<Catalog>, CatalogError> {
+        let mut compiled: Option<Result<(Catalog, usize, UnixNanos), CatalogError>> = None;
         let mut spec = Some(spec);
         let result = match self.shared.clone() {
             None => {
@@ -43,11 +46,11 @@ impl Committer {
                 cause,
             }) => {
                 self.went_down(format!("applying a catalog: {cause}"));
-                return Err(Error::Unavailable(cause));
+                return Err(WriteError::Unavailable(cause).into());
             }
             Err(e) => {
                 self.fail_stop(&e, "applying a catalog");
-                return Err(Error::OutcomeUnknown(e.to_string()));
+                return Err(WriteError::OutcomeUnknown(e.to_string()).into());
             }
         };
         let (next, new_wordings, in_force_from) = match compiled {
@@ -70,7 +73,7 @@ impl Committer {
 
     /// Compiles `spec` as the successor of the catalog in force; refuses
     /// the deletion of a consent some contact holds.
-    fn compile(&self, spec: CatalogSpec) -> Result<(Catalog, WriteBatch, UnixNanos), Error> {
+    fn compile(&self, spec: CatalogSpec) -> Result<(Catalog, WriteBatch, UnixNanos), CatalogError> {
         let current = self.catalog.load_full();
         let in_force_from = self.receipt_time();
         let compiled = current.compile(spec, in_force_from)?;
@@ -81,7 +84,7 @@ impl Committer {
             .map(|&i| current.consent_id(i).to_owned())
             .collect();
         if !in_use.is_empty() {
-            return Err(Error::ConsentInUse(in_use));
+            return Err(CatalogError::ConsentInUse(in_use));
         }
         let batch = WriteBatch {
             catalog: Some(compiled.catalog.spec().clone()),

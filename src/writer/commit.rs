@@ -16,13 +16,16 @@ use super::Reply;
 use super::batch::GroupBatch;
 use super::committer::Committer;
 use crate::domain::{Change, ChangeOutcome, ContactId};
-use crate::error::Error;
+use crate::error::{ChangeError, WriteError};
 use crate::store::{Committed, SharedStore, StoreError, Write};
 
 impl Committer {
     /// Rules every change, commits those that record something in one
     /// transaction, then updates the index and answers.
-    pub(super) fn commit_changes(&mut self, changes: Vec<(Change, Reply<ChangeOutcome>)>) {
+    pub(super) fn commit_changes(
+        &mut self,
+        changes: Vec<(Change, Reply<ChangeOutcome, ChangeError>)>,
+    ) {
         if changes.is_empty() {
             return;
         }
@@ -47,7 +50,7 @@ impl Committer {
     fn commit_on_latest(
         &mut self,
         shared: &dyn SharedStore,
-        changes: Vec<(Change, Reply<ChangeOutcome>)>,
+        changes: Vec<(Change, Reply<ChangeOutcome, ChangeError>)>,
     ) {
         let started = Instant::now();
         let mut queued = Some(changes);
@@ -72,9 +75,11 @@ impl Committer {
             self.fail_stop(&error, "catching up before a commit");
             for (_, reply) in changes {
                 let _ = reply.send(Err(match &error {
-                    StoreError::Unavailable { cause, .. } => Error::Unavailable(cause.clone()),
-                    e if self.failed.is_none() => Error::Unavailable(e.to_string()),
-                    e => Error::Stopped(e.to_string()),
+                    StoreError::Unavailable { cause, .. } => {
+                        WriteError::Unavailable(cause.clone()).into()
+                    }
+                    e if self.failed.is_none() => WriteError::Unavailable(e.to_string()).into(),
+                    e => WriteError::Stopped(e.to_string()).into(),
                 }));
             }
             return;

@@ -19,7 +19,7 @@ use crate::domain::{
 use crate::domain::{
     Catalog, CatalogSpec, Change, ChangeOutcome, ContactId, Erasures, EventRecord, UnixNanos,
 };
-use crate::error::Error;
+use crate::error::{ChangeError, WriteError};
 use crate::index::Index;
 use crate::metrics::Metrics;
 use crate::store::{Backend, Store, Tombstone, WriteBatch};
@@ -204,7 +204,7 @@ fn change(action: Action, seconds: i64, key: Option<&str>) -> Change {
 }
 
 /// Commits `changes` as one group and returns each answer.
-fn group(c: &mut Committer, changes: Vec<Change>) -> Vec<Result<ChangeOutcome, Error>> {
+fn group(c: &mut Committer, changes: Vec<Change>) -> Vec<Result<ChangeOutcome, ChangeError>> {
     let mut answers = Vec::new();
     let mut queued = Vec::new();
     for change in changes {
@@ -276,7 +276,7 @@ fn a_key_repeated_within_a_batch() {
     assert_eq!((first.applied, first.sequence), (true, 1));
     assert_eq!((replay.applied, replay.sequence), (false, 1));
     assert_eq!(replay.state, first.state, "the replay answers the state");
-    assert!(matches!(&answers[2], Err(Error::KeyReused(k)) if k == "k1"));
+    assert!(matches!(&answers[2], Err(ChangeError::KeyReused(k)) if k == "k1"));
     assert_eq!(store.history("anna").unwrap().len(), 1, "recorded once");
     assert_eq!(store.idempotency("k1").unwrap().unwrap().sequence, 1);
     // And in the next batch, from the store.
@@ -297,7 +297,7 @@ fn a_failed_commit_stops_all_writing() {
     );
     for a in &answers {
         assert!(
-            matches!(a, Err(Error::OutcomeUnknown(m)) if m.contains("disk full")),
+            matches!(a, Err(ChangeError::Write(WriteError::OutcomeUnknown(m))) if m.contains("disk full")),
             "{a:?}"
         );
     }
@@ -311,7 +311,7 @@ fn a_failed_commit_stops_all_writing() {
     store.fail.store(false, Ordering::Relaxed);
     let answers = group(&mut c, vec![change(Action::Grant, 30, None)]);
     assert!(
-        matches!(&answers[0], Err(Error::Stopped(_))),
+        matches!(&answers[0], Err(ChangeError::Write(WriteError::Stopped(_)))),
         "{:?}",
         answers[0]
     );
@@ -327,7 +327,7 @@ fn an_unreachable_store_pauses_writes_and_a_commit_in_doubt_is_reloaded() {
     store.reach.store(REACH_LOST_ANSWER, Ordering::Relaxed);
     let answers = group(&mut c, vec![change(Action::Grant, 10, None)]);
     assert!(
-        matches!(&answers[0], Err(Error::OutcomeUnknown(m)) if m.contains("COMMIT")),
+        matches!(&answers[0], Err(ChangeError::Write(WriteError::OutcomeUnknown(m))) if m.contains("COMMIT")),
         "{:?}",
         answers[0]
     );
@@ -339,7 +339,10 @@ fn an_unreachable_store_pauses_writes_and_a_commit_in_doubt_is_reloaded() {
     store.reach.store(REACH_DOWN, Ordering::Relaxed);
     let answers = group(&mut c, vec![change(Action::Withdraw, 20, None)]);
     assert!(
-        matches!(&answers[0], Err(Error::Unavailable(_))),
+        matches!(
+            &answers[0],
+            Err(ChangeError::Write(WriteError::Unavailable(_)))
+        ),
         "{:?}",
         answers[0]
     );

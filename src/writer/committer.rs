@@ -20,7 +20,7 @@ use super::faults::Down;
 use super::{Command, WriterStart};
 use crate::clock::{Clock, nanos};
 use crate::domain::{Catalog, Erasures, UnixNanos};
-use crate::error::Error;
+use crate::error::WriteError;
 use crate::index::Index;
 use crate::metrics::{Metrics, Shed};
 use crate::store::{Cursor, SharedStore, Store};
@@ -165,7 +165,7 @@ impl Committer {
                 // rest (a close, the feed's pages) goes on.
                 let cmd = match &self.down {
                     Some(down) => {
-                        let unavailable = Error::Unavailable(down.cause.clone());
+                        let unavailable = WriteError::Unavailable(down.cause.clone());
                         match refuse_unavailable(cmd, unavailable) {
                             Some(cmd) => cmd,
                             None => continue,
@@ -179,7 +179,7 @@ impl Committer {
                             // The caller has given up: applying it now would
                             // record what it was told failed.
                             self.metrics.shed(Shed::Deadline);
-                            let _ = reply.send(Err(Error::DeadlineExceeded));
+                            let _ = reply.send(Err(WriteError::DeadlineExceeded.into()));
                         } else {
                             changes.push((c, reply));
                         }
@@ -227,16 +227,16 @@ impl Committer {
 
 /// Answers a write while the store is unreachable; hands back what is not
 /// a write (a close, a tick, a page of the feed).
-fn refuse_unavailable(cmd: Command, unavailable: Error) -> Option<Command> {
+fn refuse_unavailable(cmd: Command, unavailable: WriteError) -> Option<Command> {
     match cmd {
         Command::Change(_, _, reply) => {
-            let _ = reply.send(Err(unavailable));
+            let _ = reply.send(Err(unavailable.into()));
         }
         Command::Catalog(_, reply) => {
-            let _ = reply.send(Err(unavailable));
+            let _ = reply.send(Err(unavailable.into()));
         }
         Command::Erase(_, _, reply) => {
-            let _ = reply.send(Err(unavailable));
+            let _ = reply.send(Err(unavailable.into()));
         }
         other => return Some(other),
     }
@@ -250,16 +250,16 @@ fn refuse(
     closers: &mut Vec<oneshot::Sender<()>>,
     rx: &mut mpsc::Receiver<Command>,
 ) {
-    let stopped = || Error::Stopped(cause.to_owned());
+    let stopped = || WriteError::Stopped(cause.to_owned());
     match cmd {
         Command::Change(_, _, reply) => {
-            let _ = reply.send(Err(stopped()));
+            let _ = reply.send(Err(stopped().into()));
         }
         Command::Catalog(_, reply) => {
-            let _ = reply.send(Err(stopped()));
+            let _ = reply.send(Err(stopped().into()));
         }
         Command::Erase(_, _, reply) => {
-            let _ = reply.send(Err(stopped()));
+            let _ = reply.send(Err(stopped().into()));
         }
         Command::Close(done) => {
             rx.close();

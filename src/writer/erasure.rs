@@ -8,11 +8,15 @@ use std::time::Instant;
 
 use super::committer::Committer;
 use crate::domain::{ContactId, UnixNanos};
-use crate::error::Error;
+use crate::error::{EraseError, WriteError};
 use crate::store::{StoreError, Tombstone, Write};
 
 impl Committer {
-    pub(super) fn erase(&mut self, contact: ContactId, reason: String) -> Result<UnixNanos, Error> {
+    pub(super) fn erase(
+        &mut self,
+        contact: ContactId,
+        reason: String,
+    ) -> Result<UnixNanos, EraseError> {
         let hash = self.erasures.hash(contact.as_str());
         let mut stamped: Option<UnixNanos> = None;
         let result = match self.shared.clone() {
@@ -66,14 +70,14 @@ impl Committer {
                     // certain.
                     Some(erased_at) if in_doubt => {
                         self.forget(&contact, hash, erased_at);
-                        Err(Error::OutcomeUnknown(cause))
+                        Err(WriteError::OutcomeUnknown(cause).into())
                     }
-                    _ => Err(Error::Unavailable(cause)),
+                    _ => Err(WriteError::Unavailable(cause).into()),
                 }
             }
             (Err(e), _) => {
                 self.fail_stop(&e, "erasing a contact");
-                Err(Error::OutcomeUnknown(e.to_string()))
+                Err(WriteError::OutcomeUnknown(e.to_string()).into())
             }
         }
     }

@@ -49,7 +49,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::domain::{Catalog, CatalogSpec, Change, ChangeOutcome, ContactId, Erasures, UnixNanos};
-use crate::error::Error;
+use crate::error::{CatalogError, ChangeError, EraseError, WriteError};
 use crate::index::Index;
 use crate::metrics::Metrics;
 use crate::store::{Backend, Changes};
@@ -59,14 +59,14 @@ use committer::Committer;
 const QUEUE: usize = 16 * 1024;
 
 /// A reply the writer sends once the command is durable (or refused).
-pub(crate) type Reply<T> = oneshot::Sender<Result<T, Error>>;
+pub(crate) type Reply<T, E> = oneshot::Sender<Result<T, E>>;
 
 enum Command {
     /// A change, and the instant after which it must not be applied (the
     /// caller's deadline).
-    Change(Change, Option<Instant>, Reply<ChangeOutcome>),
-    Catalog(CatalogSpec, Reply<Arc<Catalog>>),
-    Erase(ContactId, String, Reply<UnixNanos>),
+    Change(Change, Option<Instant>, Reply<ChangeOutcome, ChangeError>),
+    Catalog(CatalogSpec, Reply<Arc<Catalog>, CatalogError>),
+    Erase(ContactId, String, Reply<UnixNanos, EraseError>),
     /// Stop taking commands; answer once everything queued is done.
     Close(oneshot::Sender<()>),
     /// Once a second: time-based upkeep (pruning keys, purging erasures)
@@ -105,15 +105,20 @@ pub(crate) struct WriterStart {
 }
 
 /// A queued command whose reply never came: the writer died with it.
-fn unanswered() -> Error {
-    Error::OutcomeUnknown("the writer stopped before answering".into())
+fn unanswered() -> WriteError {
+    WriteError::OutcomeUnknown("the writer stopped before answering".into())
 }
 
 /// A cheap, cloneable handle to the writer thread.
 #[derive(Clone)]
 pub(crate) struct Writer {
     tx: mpsc::Sender<Command>,
+    /// The writer thread, then the threads around it (the feed, the
+    /// ticker): joined by [`Writer::close`], in that order.
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+    helpers: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    /// Dropped by [`Writer::close`]: the ticker stops at once.
+    ticker_stop: Arc<Mutex<Option<std::sync::mpsc::Sender<()>>>>,
     /// `Some(cause)` once the store failed or the thread panicked.
     failure: watch::Receiver<Option<String>>,
     /// Whether the store takes writes now (false while it is unreachable).
@@ -137,14 +142,17 @@ impl Writer {
         let (available_tx, available) = watch::channel(true);
         let on_panic = failure_tx.clone();
         let lag = Arc::new(Lag::default());
+        let mut helpers = Vec::new();
         if let Some(shared) = store.shared() {
             let (feed_store, weak) = (shared.clone(), tx.downgrade());
             let (applied, version) = (start.applied.clone(), start.catalog_version);
             let feed_lag = lag.clone();
-            std::thread::Builder::new()
-                .name("consentd-feed".into())
-                .spawn(move || follower::run(feed_store, weak, applied, version, feed_lag))
-                .expect("spawning the feed thread at start-up");
+            helpers.push(
+                std::thread::Builder::new()
+                    .name("consentd-feed".into())
+                    .spawn(move || follower::run(feed_store, weak, applied, version, feed_lag))
+                    .expect("spawning the feed thread at start-up"),
+            );
         }
         let mut committer = Committer::new(
             store,
@@ -173,23 +181,35 @@ impl Writer {
                 }
             })
             .expect("spawning the writer thread at start-up");
-        // The ticker holds only a weak handle: it ends with the writer.
+        // The ticker holds only a weak handle, and waits on a channel that
+        // the close drops: it ends at once with the writer.
         let weak = tx.downgrade();
-        std::thread::Builder::new()
-            .name("consentd-writer-tick".into())
-            .spawn(move || {
-                while let Some(tx) = weak.upgrade() {
-                    if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Command::Tick) {
-                        return;
+        let (ticker_stop, stopped) = std::sync::mpsc::channel::<()>();
+        helpers.push(
+            std::thread::Builder::new()
+                .name("consentd-writer-tick".into())
+                .spawn(move || {
+                    while let Some(tx) = weak.upgrade() {
+                        if let Err(mpsc::error::TrySendError::Closed(_)) =
+                            tx.try_send(Command::Tick)
+                        {
+                            return;
+                        }
+                        drop(tx);
+                        if let Err(std::sync::mpsc::RecvTimeoutError::Disconnected) =
+                            stopped.recv_timeout(std::time::Duration::from_secs(1))
+                        {
+                            return;
+                        }
                     }
-                    drop(tx);
-                    std::thread::sleep(std::time::Duration::from_secs(1));
-                }
-            })
-            .expect("spawning the writer ticker at start-up");
+                })
+                .expect("spawning the writer ticker at start-up"),
+        );
         Writer {
             tx,
             thread: Arc::new(Mutex::new(Some(thread))),
+            helpers: Arc::new(Mutex::new(helpers)),
+            ticker_stop: Arc::new(Mutex::new(Some(ticker_stop))),
             failure,
             available,
             lag,
@@ -236,22 +256,22 @@ impl Writer {
     }
 
     /// Records a Grant or Withdraw; returns once it is durable and visible.
-    /// A full queue is [`Error::Overloaded`] at once (nothing recorded); a
+    /// A full queue is [`WriteError::Overloaded`] at once (nothing recorded); a
     /// change still queued at `deadline` is not applied
-    /// ([`Error::DeadlineExceeded`]).
+    /// ([`WriteError::DeadlineExceeded`]).
     pub(crate) async fn change(
         &self,
         change: Change,
         deadline: Option<Instant>,
-    ) -> Result<ChangeOutcome, Error> {
+    ) -> Result<ChangeOutcome, ChangeError> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .try_send(Command::Change(change, deadline, tx))
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => {
-                    Error::Overloaded("the writer queue is full".into())
+                    WriteError::Overloaded("the writer queue is full".into())
                 }
-                mpsc::error::TrySendError::Closed(_) => Error::Closed,
+                mpsc::error::TrySendError::Closed(_) => WriteError::Closed,
             })?;
         rx.await.map_err(|_| unanswered())?
     }
@@ -259,7 +279,10 @@ impl Writer {
     /// Records a change, waiting for room in the queue when it is full:
     /// for what a person did (an unsubscribe click), which must not be lost
     /// to a busy moment.
-    pub(crate) async fn change_waiting(&self, change: Change) -> Result<ChangeOutcome, Error> {
+    pub(crate) async fn change_waiting(
+        &self,
+        change: Change,
+    ) -> Result<ChangeOutcome, ChangeError> {
         self.submit(change).await?.await.map_err(|_| unanswered())?
     }
 
@@ -269,7 +292,7 @@ impl Writer {
     pub(crate) async fn submit(
         &self,
         change: Change,
-    ) -> Result<oneshot::Receiver<Result<ChangeOutcome, Error>>, Error> {
+    ) -> Result<oneshot::Receiver<Result<ChangeOutcome, ChangeError>>, WriteError> {
         self.send(|tx| Command::Change(change, None, tx)).await
     }
 
@@ -278,48 +301,70 @@ impl Writer {
         &self,
         contact: ContactId,
         reason: String,
-    ) -> Result<UnixNanos, Error> {
+    ) -> Result<UnixNanos, EraseError> {
         let rx = self.send(|tx| Command::Erase(contact, reason, tx)).await?;
         rx.await.map_err(|_| unanswered())?
     }
 
     /// Validates and installs a new catalog, durably, or changes nothing.
-    pub(crate) async fn apply_catalog(&self, spec: CatalogSpec) -> Result<Arc<Catalog>, Error> {
+    pub(crate) async fn apply_catalog(
+        &self,
+        spec: CatalogSpec,
+    ) -> Result<Arc<Catalog>, CatalogError> {
         let rx = self.send(|tx| Command::Catalog(spec, tx)).await?;
         rx.await.map_err(|_| unanswered())?
     }
 
     /// Stops taking commands, commits everything already queued, and joins
-    /// the thread. Later calls to any method answer [`Error::Closed`];
-    /// closing again is harmless.
-    pub(crate) async fn close(&self) -> Result<(), Error> {
+    /// the writer thread, then the feed and the ticker. Later calls to any
+    /// method answer [`WriteError::Closed`]; closing again is harmless.
+    pub(crate) async fn close(&self) -> Result<(), WriteError> {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Command::Close(tx)).await.is_ok() {
             // An error here means the thread ended without answering: the
             // join below tells whether it panicked.
             let _ = rx.await;
         }
+        drop(
+            self.ticker_stop
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take(),
+        );
         let thread = self
             .thread
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
-        match thread {
-            Some(t) => tokio::task::spawn_blocking(move || t.join())
-                .await
-                .map_err(|_| Error::WriterPanicked)?
-                .map_err(|_| Error::WriterPanicked),
-            None => Ok(()),
-        }
+        let helpers = std::mem::take(
+            &mut *self
+                .helpers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        tokio::task::spawn_blocking(move || {
+            let writer = thread.map_or(Ok(()), JoinHandle::join);
+            // The feed sees the writer closed within its idle wait.
+            for helper in helpers {
+                let _ = helper.join();
+            }
+            writer
+        })
+        .await
+        .map_err(|_| WriteError::WriterPanicked)?
+        .map_err(|_| WriteError::WriterPanicked)
     }
 
     /// Queues a command carrying a reply channel; returns that channel.
-    async fn send<T>(
+    async fn send<T, E>(
         &self,
-        command: impl FnOnce(Reply<T>) -> Command,
-    ) -> Result<oneshot::Receiver<Result<T, Error>>, Error> {
+        command: impl FnOnce(Reply<T, E>) -> Command,
+    ) -> Result<oneshot::Receiver<Result<T, E>>, WriteError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(command(tx)).await.map_err(|_| Error::Closed)?;
+        self.tx
+            .send(command(tx))
+            .await
+            .map_err(|_| WriteError::Closed)?;
         Ok(rx)
     }
 }
@@ -332,8 +377,12 @@ mod tests {
 
     /// A writer over `store` with a one-consent catalog applied.
     async fn started(store: Arc<MemoryStore>, index: Arc<Index>) -> Writer {
+        started_over(Backend::Local(store), index).await
+    }
+
+    async fn started_over(store: Backend, index: Arc<Index>) -> Writer {
         let writer = Writer::start(
-            Backend::Local(store),
+            store,
             index,
             Arc::new(ArcSwap::from_pointee(Catalog::empty(None))),
             WriterStart {
@@ -383,6 +432,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn close_joins_the_writer_the_feed_and_the_ticker() {
+        let store = Arc::new(MemoryStore::new().unwrap());
+        let shared: Arc<dyn crate::store::SharedStore> = store.clone();
+        let writer = started_over(Backend::Shared(shared), Arc::default()).await;
+        assert!(Arc::strong_count(&store) > 1, "the threads hold it");
+        writer.close().await.unwrap();
+        assert_eq!(
+            Arc::strong_count(&store),
+            1,
+            "every thread has ended and let go of the store"
+        );
+    }
+
+    #[tokio::test]
     async fn close_finishes_what_is_queued_then_refuses() {
         let store = Arc::new(MemoryStore::new().unwrap());
         let index = Arc::new(Index::default());
@@ -395,7 +458,7 @@ mod tests {
         assert!(index.get("anna", 0).is_some());
         assert!(matches!(
             writer.change(grant("bob"), None).await,
-            Err(Error::Closed)
+            Err(ChangeError::Write(WriteError::Closed))
         ));
         writer.close().await.unwrap();
     }
@@ -409,6 +472,8 @@ mod tests {
         let stalled = Writer {
             tx,
             thread: Arc::new(Mutex::new(None)),
+            helpers: Arc::default(),
+            ticker_stop: Arc::default(),
             failure,
             available,
             lag: Arc::default(),
@@ -422,12 +487,12 @@ mod tests {
         }
         assert!(matches!(
             stalled.change(grant("bob"), None).await,
-            Err(Error::Overloaded(_))
+            Err(ChangeError::Write(WriteError::Overloaded(_)))
         ));
         drop(rx);
         assert!(matches!(
             first.await.unwrap(),
-            Err(Error::OutcomeUnknown(_))
+            Err(ChangeError::Write(WriteError::OutcomeUnknown(_)))
         ));
 
         // A change whose deadline passed while it waited is not applied.
@@ -436,7 +501,7 @@ mod tests {
         let past = Instant::now();
         assert!(matches!(
             writer.change(grant("carl"), Some(past)).await,
-            Err(Error::DeadlineExceeded)
+            Err(ChangeError::Write(WriteError::DeadlineExceeded))
         ));
         assert!(store.history("carl").unwrap().is_empty(), "not applied");
         let later = Instant::now() + std::time::Duration::from_secs(60);

@@ -11,8 +11,27 @@ use crate::domain::{
     Action, Catalog, Change, ChangeOutcome, ConsentIdx, EventRecord, HeldState, Known,
     MAX_PENDING_PER_CONTACT, Ruling, UnixNanos, rule,
 };
-use crate::error::Error;
+use crate::error::{ChangeError, WriteError};
 use crate::store::StoreError;
+
+/// Why ruling one change stopped: the change is refused, or the store
+/// failed while the writer read it (handled as a store failure).
+enum Refused {
+    Change(ChangeError),
+    Store(StoreError),
+}
+
+impl From<ChangeError> for Refused {
+    fn from(e: ChangeError) -> Self {
+        Refused::Change(e)
+    }
+}
+
+impl From<StoreError> for Refused {
+    fn from(e: StoreError) -> Self {
+        Refused::Store(e)
+    }
+}
 
 /// What ruling one change led to.
 enum Ruled {
@@ -29,14 +48,14 @@ impl Committer {
     /// recorded ones are answered so).
     pub(super) fn rule_group(
         &mut self,
-        changes: Vec<(Change, Reply<ChangeOutcome>)>,
+        changes: Vec<(Change, Reply<ChangeOutcome, ChangeError>)>,
     ) -> Option<GroupBatch> {
         let catalog = self.catalog.load_full();
         let first_sequence = self.next_sequence;
         let mut batch = GroupBatch::default();
         for (change, reply) in changes {
             if let Some(cause) = &self.failed {
-                let _ = reply.send(Err(Error::Stopped(cause.clone())));
+                let _ = reply.send(Err(WriteError::Stopped(cause.clone()).into()));
                 continue;
             }
             match self.rule_into(&catalog, change, &mut batch) {
@@ -53,15 +72,15 @@ impl Committer {
                 Ok(Ruled::Answered(outcome)) => {
                     let _ = reply.send(Ok(outcome));
                 }
-                Err(Error::Storage(StoreError::Unavailable { cause, .. })) => {
+                Err(Refused::Store(StoreError::Unavailable { cause, .. })) => {
                     self.went_down(format!("reading while ruling a change: {cause}"));
-                    let _ = reply.send(Err(Error::Unavailable(cause)));
+                    let _ = reply.send(Err(WriteError::Unavailable(cause).into()));
                 }
-                Err(Error::Storage(e)) => {
+                Err(Refused::Store(e)) => {
                     self.fail_stop(&e, "reading while ruling a change");
-                    let _ = reply.send(Err(Error::Stopped(e.to_string())));
+                    let _ = reply.send(Err(WriteError::Stopped(e.to_string()).into()));
                 }
-                Err(e) => {
+                Err(Refused::Change(e)) => {
                     let _ = reply.send(Err(e));
                 }
             }
@@ -90,10 +109,10 @@ impl Committer {
         catalog: &Catalog,
         change: Change,
         batch: &mut GroupBatch,
-    ) -> Result<Ruled, Error> {
+    ) -> Result<Ruled, Refused> {
         let idx = catalog
             .consent_idx(change.consent.as_str())
-            .ok_or_else(|| Error::UnknownConsent(change.consent.to_string()))?;
+            .ok_or_else(|| ChangeError::UnknownConsent(change.consent.to_string()))?;
         let def = catalog
             .consent(idx)
             .expect("consent_idx only names compiled consents");
@@ -123,7 +142,7 @@ impl Committer {
         let recorded_at = self.receipt_time();
         let ruling = rule(&change, fingerprint, &known, recorded_at);
         let standing = || batch.state(&contact, idx, change.consent.as_str(), &*self.store);
-        let answer = |sequence| -> Result<Ruled, Error> {
+        let answer = |sequence| -> Result<Ruled, Refused> {
             Ok(Ruled::Answered(ChangeOutcome {
                 applied: false,
                 state: standing()?,
@@ -133,9 +152,11 @@ impl Committer {
         };
         let applied = match ruling {
             Ruling::KeyReused => {
-                return Err(Error::KeyReused(change.idempotency_key.unwrap_or_default()));
+                return Err(
+                    ChangeError::KeyReused(change.idempotency_key.unwrap_or_default()).into(),
+                );
             }
-            Ruling::Retired => return Err(Error::RetiredConsent(def.id.to_string())),
+            Ruling::Retired => return Err(ChangeError::RetiredConsent(def.id.to_string()).into()),
             Ruling::Erased => return answer(0),
             Ruling::Replay { sequence } => {
                 // A retried pending grant gets its confirmation link again:
@@ -158,7 +179,7 @@ impl Committer {
             let waiting =
                 batch.waiting_for(&contact, &self.index, recorded_at, self.confirmation_ttl);
             if waiting >= MAX_PENDING_PER_CONTACT {
-                return Err(Error::TooManyPending(change.contact.to_string()));
+                return Err(ChangeError::TooManyPending(change.contact.to_string()).into());
             }
             confirmation_link = !change.bulk
                 && batch

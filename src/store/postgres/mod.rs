@@ -76,7 +76,8 @@ const MIGRATION_LOCK: i64 = 0x636f_6e73_656e_7464; // "consentd"
 /// The PostgreSQL store (see the module docs).
 pub struct PgStore {
     pool: Pool,
-    runtime: Option<tokio::runtime::Runtime>,
+    /// Taken by [`Store::close`] (or the drop) and shut down.
+    runtime: std::sync::Mutex<Option<tokio::runtime::Runtime>>,
     handle: tokio::runtime::Handle,
     timeout: Duration,
     /// An erasure deleted rows that no vacuum has cleared yet.
@@ -95,7 +96,12 @@ impl std::fmt::Debug for PgStore {
 
 impl Drop for PgStore {
     fn drop(&mut self) {
-        if let Some(rt) = self.runtime.take() {
+        let runtime = self
+            .runtime
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(rt) = runtime {
             rt.shutdown_background();
         }
     }
@@ -436,6 +442,22 @@ impl Store for PgStore {
                 })?;
             Ok(true)
         })
+    }
+
+    /// Closes the pool's connections and stops the store's runtime (the
+    /// feed's listening connection with it). Later calls answer
+    /// "unavailable: the store's runtime stopped".
+    fn close(&self) -> Result<(), StoreError> {
+        self.pool.close();
+        let runtime = self
+            .runtime
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(rt) = runtime {
+            rt.shutdown_background();
+        }
+        Ok(())
     }
 
     fn prune_idempotency(&self, before: UnixNanos, max: usize) -> Result<usize, StoreError> {

@@ -63,7 +63,7 @@ impl PgStore {
             .map_err(backend)?;
         let store = PgStore {
             pool,
-            runtime: Some(runtime),
+            runtime: std::sync::Mutex::new(Some(runtime)),
             handle,
             timeout,
             vacuum_due: Arc::new(AtomicBool::new(false)),

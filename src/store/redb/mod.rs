@@ -37,7 +37,7 @@ mod write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use arc_swap::ArcSwapOption;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use self::codec::{
@@ -117,8 +117,9 @@ fn read_contact(
 
 /// The embedded redb store: one file in the data dir.
 pub struct RedbStore {
-    /// The database in use; replaced whole by a post-erasure rewrite.
-    db: ArcSwap<Database>,
+    /// The database in use; replaced whole by a post-erasure rewrite;
+    /// `None` once closed.
+    db: ArcSwapOption<Database>,
     /// The page cache bound, for the file a rewrite creates.
     cache_bytes: usize,
     /// The file, when the store owns one (a caller's backend has none, and
@@ -201,10 +202,15 @@ impl RedbStore {
         }
         txn.commit()?;
         Ok(Self {
-            db: ArcSwap::from_pointee(db),
+            db: ArcSwapOption::from_pointee(db),
             cache_bytes,
             path,
         })
+    }
+
+    /// The database in use, unless the store was closed.
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        self.db.load_full().ok_or(StoreError::Closed)
     }
 
     /// Whether an erasure happened since the last rewrite.
@@ -231,7 +237,7 @@ pub(super) fn owner_only(path: &Path) -> Result<(), StoreError> {
 
 impl Store for RedbStore {
     fn recover(&self) -> Result<Recovered, StoreError> {
-        let txn = self.db.load().begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let meta = txn.open_table(META)?;
         let catalog = match meta.get("catalog")? {
             Some(v) => {
@@ -291,7 +297,7 @@ impl Store for RedbStore {
     }
 
     fn load_states(&self, sink: &mut dyn FnMut(&str, &str, Loaded)) -> Result<u64, StoreError> {
-        let txn = self.db.load().begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let contacts = txn.open_table(CONTACTS)?;
         let mut n = 0;
         for row in contacts.range::<&str>(..)? {
@@ -310,7 +316,7 @@ impl Store for RedbStore {
     }
 
     fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
-        let txn = self.db.load().begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let table = txn.open_table(IDEMPOTENCY)?;
         table
             .get(key)?
@@ -319,7 +325,7 @@ impl Store for RedbStore {
     }
 
     fn contact_pending(&self, contact: &str) -> Result<Vec<(String, PendingRecord)>, StoreError> {
-        let txn = self.db.load().begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let table = txn.open_table(CONTACTS)?;
         Ok(read_contact(&table, contact)?
             .map(|r| {
@@ -332,7 +338,7 @@ impl Store for RedbStore {
     }
 
     fn contact_states(&self, contact: &str) -> Result<Vec<StateRecord>, StoreError> {
-        let txn = self.db.load().begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let table = txn.open_table(CONTACTS)?;
         let Some(record) = read_contact(&table, contact)? else {
             return Ok(Vec::new());
@@ -346,7 +352,7 @@ impl Store for RedbStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<EventRecord>, StoreError> {
-        let txn = self.db.load().begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let history = txn.open_table(HISTORY)?;
         let events = txn.open_table(EVENTS)?;
         let mut out = Vec::new();
@@ -370,7 +376,7 @@ impl Store for RedbStore {
     }
 
     fn purge_erased(&self) -> Result<bool, StoreError> {
-        let old = self.db.load_full();
+        let old = self.db()?;
         let Some(path) = &self.path else {
             return Ok(false);
         };
@@ -378,8 +384,15 @@ impl Store for RedbStore {
             return Ok(false);
         }
         let new = rewrite::rewrite(&old, path, self.cache_bytes)?;
-        self.db.store(Arc::new(new));
+        self.db.store(Some(Arc::new(new)));
         Ok(true)
+    }
+
+    /// Drops the database (once the reads in flight end): redb closes the
+    /// file cleanly, so the next open needs no repair.
+    fn close(&self) -> Result<(), StoreError> {
+        self.db.store(None);
+        Ok(())
     }
 
     fn prune_idempotency(&self, before: UnixNanos, max: usize) -> Result<usize, StoreError> {
@@ -387,7 +400,7 @@ impl Store for RedbStore {
     }
 
     fn wordings(&self, consent: Option<&str>) -> Result<Vec<Wording>, StoreError> {
-        let txn = self.db.load().begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let table = txn.open_table(WORDINGS)?;
         let rows = match consent {
             Some(c) => table.range((c, 0)..=(c, u32::MAX))?,
@@ -502,6 +515,20 @@ mod tests {
         // Opened again: already schema 2, nothing duplicated.
         let store = RedbStore::open(dir.path()).unwrap();
         assert_eq!(store.history("anna").unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_closed_store_answers_closed_and_reopens_cleanly() {
+        use crate::store::{Store, StoreError};
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
+        let next = store.recover().unwrap().next_sequence;
+        store.close().unwrap();
+        assert!(matches!(store.recover(), Err(StoreError::Closed)));
+        store.close().unwrap();
+        // The file was released: another opens it at once, as it was.
+        let again = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(again.recover().unwrap().next_sequence, next);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::store::{IdempotencyRecord, StoreError, Tombstone, Transfer};
 
 impl Transfer for RedbStore {
     fn events_after(&self, after: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
-        let txn = self.db.load().begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let events = txn.open_table(EVENTS)?;
         let mut out = Vec::new();
         for row in events.range(after.saturating_add(1)..)?.take(limit) {
@@ -25,7 +25,7 @@ impl Transfer for RedbStore {
         after: &str,
         limit: usize,
     ) -> Result<Vec<(String, IdempotencyRecord)>, StoreError> {
-        let txn = self.db.load().begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let table = txn.open_table(IDEMPOTENCY)?;
         let mut out = Vec::new();
         for row in table.range::<&str>(after..)? {
@@ -42,7 +42,7 @@ impl Transfer for RedbStore {
     }
 
     fn tombstones(&self) -> Result<Vec<Tombstone>, StoreError> {
-        let txn = self.db.load().begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let mut out = Vec::new();
         for row in txn.open_table(ERASURES)?.range::<&[u8; 32]>(..)? {
             let (k, v) = row?;
@@ -67,7 +67,7 @@ impl Transfer for RedbStore {
     }
 
     fn event_at(&self, sequence: u64) -> Result<Option<EventRecord>, StoreError> {
-        let txn = self.db.load().begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let events = txn.open_table(EVENTS)?;
         events
             .get(sequence)?

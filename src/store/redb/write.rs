@@ -19,7 +19,7 @@ use crate::store::{StoreError, Tombstone, WriteBatch};
 impl RedbStore {
     pub(super) fn commit_in(&self, batch: &WriteBatch) -> Result<(), StoreError> {
         // Durability::Immediate is redb's default: commit() returns after fsync.
-        let txn = self.db.load().begin_write()?;
+        let txn = self.db()?.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
             meta.insert(
@@ -93,7 +93,7 @@ impl RedbStore {
         erasure_key: &[u8; 32],
         tombstones: &[Tombstone],
     ) -> Result<(), StoreError> {
-        let txn = self.db.load().begin_write()?;
+        let txn = self.db()?.begin_write()?;
         {
             txn.open_table(META)?
                 .insert("erasure_key", erasure_key.as_slice())?;
@@ -108,7 +108,7 @@ impl RedbStore {
     }
 
     pub(super) fn prune_in(&self, before: UnixNanos, max: usize) -> Result<usize, StoreError> {
-        let txn = self.db.load().begin_write()?;
+        let txn = self.db()?.begin_write()?;
         let n;
         {
             let mut by_time = txn.open_table(IDEMPOTENCY_BY_TIME)?;
@@ -137,7 +137,7 @@ impl RedbStore {
         contact: &str,
         tombstone: &Tombstone,
     ) -> Result<bool, StoreError> {
-        let txn = self.db.load().begin_write()?;
+        let txn = self.db()?.begin_write()?;
         let held;
         {
             let mut contacts = txn.open_table(CONTACTS)?;

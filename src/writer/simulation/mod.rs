@@ -35,7 +35,7 @@ use crate::domain::{
     Action, Catalog, CatalogSpec, Change, ChangeOutcome, ConsentId, ConsentSpec, ContactId,
     Evidence, Source,
 };
-use crate::error::Error;
+use crate::error::ChangeError;
 use crate::index::Index;
 use crate::metrics::Metrics;
 use crate::store::{Backend, Cursor, MemoryStore, SharedStore};
@@ -343,7 +343,7 @@ impl World {
         let mut queued = Vec::new();
         let mut answers = Vec::new();
         for change in changes {
-            let (tx, rx) = oneshot::channel::<Result<ChangeOutcome, Error>>();
+            let (tx, rx) = oneshot::channel::<Result<ChangeOutcome, ChangeError>>();
             answers.push((change.contact.to_string(), rx));
             queued.push((change, tx));
         }

@@ -10,7 +10,7 @@ use super::wire::Wire;
 use super::{Node, S, catalog};
 use crate::clock::{Clock, ManualClock};
 use crate::domain::{Action, Change, ChangeOutcome, ConsentId, ContactId, Evidence, Source};
-use crate::error::Error;
+use crate::error::ChangeError;
 use crate::store::{MemoryStore, Store};
 
 /// Two nodes over one store; B's clock runs `behind` seconds late. The
@@ -41,7 +41,7 @@ fn change(who: &str, consent: &str, action: Action, source: Source) -> Change {
     }
 }
 
-fn record(node: &mut Node, change: Change) -> Result<ChangeOutcome, Error> {
+fn record(node: &mut Node, change: Change) -> Result<ChangeOutcome, ChangeError> {
     let (tx, mut rx) = oneshot::channel();
     node.committer.commit_changes(vec![(change, tx)]);
     rx.try_recv().expect("answered")

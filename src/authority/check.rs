@@ -1,0 +1,81 @@
+//! CanSend and CanSendBatch whole, as one call each: the freshness wait,
+//! the decision over one catalog snapshot, the one-click link of an allowed
+//! answer that asked for it, and the counting. A transport only converts.
+
+use std::time::Instant;
+
+use super::{Answer, Authority, ReadError};
+use crate::domain::FieldError;
+
+/// One check as a transport received it.
+#[derive(Debug, Clone, Copy)]
+pub struct Check<'a> {
+    /// Whom to message.
+    pub contact: &'a str,
+    /// How.
+    pub channel: &'a str,
+    /// For which brand.
+    pub brand: &'a str,
+    /// For which purpose (empty: the default).
+    pub purpose: &'a str,
+    /// Whether an allowed answer carries the List-Unsubscribe URL.
+    pub include_unsubscribe: bool,
+}
+
+/// The whole answer to one check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    /// The decision.
+    pub answer: Answer,
+    /// The one-click URL, for an allowed answer that asked for it; empty
+    /// otherwise.
+    pub unsubscribe_url: String,
+}
+
+impl Authority {
+    /// CanSend: waits until `min_sequence` is applied here (at most 1 s),
+    /// decides, adds the link when asked, and counts the call.
+    pub async fn check(&self, check: Check<'_>, min_sequence: u64) -> Result<Checked, ReadError> {
+        let started = Instant::now();
+        self.fresh(min_sequence).await?;
+        let answer = self.can_send(check.contact, check.channel, check.brand, check.purpose)?;
+        let checked = self.dress(&check, answer);
+        self.observe_check(started.elapsed());
+        Ok(checked)
+    }
+
+    /// CanSendBatch: waits for `min_sequence`, then answers every item in
+    /// order over one catalog snapshot; a bad item gets its own error.
+    pub async fn check_batch<'a, T: 'a>(
+        &self,
+        items: &'a [T],
+        min_sequence: u64,
+        fields: impl Fn(&'a T) -> Check<'a>,
+    ) -> Result<Vec<Result<Checked, FieldError>>, ReadError> {
+        let started = Instant::now();
+        self.fresh(min_sequence).await?;
+        let checks: Vec<Check<'a>> = items.iter().map(&fields).collect();
+        let answers = self.can_send_many(&checks, |c| (c.contact, c.channel, c.brand, c.purpose));
+        let checked = answers
+            .into_iter()
+            .zip(&checks)
+            .map(|(answer, check)| answer.map(|a| self.dress(check, a)))
+            .collect();
+        self.observe_check(started.elapsed());
+        Ok(checked)
+    }
+
+    /// An answer with its link, when the check asked and it is allowed.
+    fn dress(&self, check: &Check<'_>, answer: Answer) -> Checked {
+        let unsubscribe_url = match answer.unsubscribe {
+            Some(target) if check.include_unsubscribe && answer.verdict.allowed() => {
+                self.unsubscribe_url(check.contact, check.channel, check.brand, target)
+            }
+            _ => String::new(),
+        };
+        Checked {
+            answer,
+            unsubscribe_url,
+        }
+    }
+}

@@ -31,7 +31,7 @@ pub use self::pages::{
     CONFIRM_ACTOR, ConfirmPage, Confirmation, Confirmed, PREFERENCES_ACTOR, PreferenceItem,
     PreferencePage, PreferenceRefusal, PreferenceResult, Shown,
 };
-pub use self::reads::{ContactExport, MAX_HISTORY_PAGE};
+pub use self::reads::{ContactExport, ContactView, MAX_HISTORY_PAGE};
 use self::rebuild::Rebuilt;
 pub use crate::error::{CatalogError, ChangeError, EraseError, LinkError, ReadError, WriteError};
 
@@ -94,6 +94,16 @@ fn count(tally: &mut Tally, answer: &Result<Answer, FieldError>) {
         Ok(a) => tally.verdict(a.verdict),
         Err(_) => tally.invalid(),
     }
+}
+
+/// A recorded change and what the caller mails (a confirmation link, for
+/// a grant taken as pending; empty otherwise).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// What the writer answered.
+    pub outcome: ChangeOutcome,
+    /// The confirmation URL to mail, or empty.
+    pub confirmation_url: String,
 }
 
 /// A cheap, cloneable handle (every part is shared).
@@ -350,6 +360,23 @@ impl Authority {
             self.metrics.shed(Shed::QueueFull);
         }
         result
+    }
+
+    /// Grant or Withdraw as a caller asked it: recorded (see
+    /// [`Authority::change`]), with the confirmation link to mail when it
+    /// was taken as pending and a new link is due.
+    pub async fn record(
+        &self,
+        change: Change,
+        deadline: Option<Instant>,
+    ) -> Result<Recorded, ChangeError> {
+        let (contact, consent) = (change.contact.clone(), change.consent.clone());
+        let outcome = self.change(change, deadline).await?;
+        let confirmation_url = self.confirmation_url(&contact, &consent, &outcome);
+        Ok(Recorded {
+            outcome,
+            confirmation_url,
+        })
     }
 
     /// Starts a streamed import: feed it rows, then finish it. Refused with

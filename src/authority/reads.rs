@@ -29,6 +29,18 @@ fn page_after(token: &str) -> Result<u64, FieldError> {
         .ok_or_else(|| FieldError::new("page_token", "is not a token this server issued"))
 }
 
+/// What GetContact shows: the contact's states and its pending grants
+/// (consent id, record, whether it still waits now).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContactView {
+    /// Whom it is about.
+    pub contact: ContactId,
+    /// Its current states.
+    pub states: Vec<StateRecord>,
+    /// Its grants waiting for confirmation.
+    pub pending: Vec<(String, crate::domain::PendingRecord, bool)>,
+}
+
 /// Everything held about one contact.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContactExport {
@@ -45,33 +57,39 @@ pub struct ContactExport {
 }
 
 impl Authority {
-    /// Every current state of a contact (empty for an unknown contact).
-    pub async fn contact_states(&self, contact: ContactId) -> Result<Vec<StateRecord>, ReadError> {
-        self.read(move |store| store.contact_states(contact.as_str()))
-            .await
-    }
-
-    /// The contact's pending grants by consent id, and whether each still
-    /// waits now.
-    pub async fn contact_pending(
+    /// GetContact: waits for `min_sequence`, then every current state of
+    /// the contact (empty for an unknown contact) and its pending grants,
+    /// read together.
+    pub async fn contact(
         &self,
         contact: ContactId,
-    ) -> Result<Vec<(String, crate::domain::PendingRecord, bool)>, ReadError> {
+        min_sequence: u64,
+    ) -> Result<ContactView, ReadError> {
+        self.fresh(min_sequence).await?;
         let now = self.clock.now();
-        let pending = self
-            .read(move |store| store.contact_pending(contact.as_str()))
-            .await?;
-        Ok(pending
-            .into_iter()
-            .map(|(consent, p)| {
-                let waits = p.waits(now, self.confirmation_ttl);
-                (consent, p, waits)
+        let ttl = self.confirmation_ttl;
+        self.read(move |store| {
+            let states = store.contact_states(contact.as_str())?;
+            let pending = store
+                .contact_pending(contact.as_str())?
+                .into_iter()
+                .map(|(consent, p)| {
+                    let waits = p.waits(now, ttl);
+                    (consent, p, waits)
+                })
+                .collect();
+            Ok(ContactView {
+                contact,
+                states,
+                pending,
             })
-            .collect())
+        })
+        .await
     }
 
-    /// One page of a contact's history, in recording order, and the token
-    /// of the next page (empty after the last). `page_size` 0 means up to
+    /// GetHistory: waits for `min_sequence`, then one page of a contact's
+    /// history, in recording order, and the token of the next page (empty
+    /// after the last). `page_size` 0 means up to
     /// [`MAX_HISTORY_PAGE`]; more is that many. `page_token` is empty for
     /// the first page.
     pub async fn history(
@@ -79,12 +97,14 @@ impl Authority {
         contact: ContactId,
         page_size: u32,
         page_token: &str,
+        min_sequence: u64,
     ) -> Result<(Vec<EventRecord>, String), ReadError> {
+        let after = page_after(page_token)?;
+        self.fresh(min_sequence).await?;
         let size = match page_size as usize {
             0 => MAX_HISTORY_PAGE,
             n => n.min(MAX_HISTORY_PAGE),
         };
-        let after = page_after(page_token)?;
         let mut events = self
             .read(move |store| store.history_page(contact.as_str(), after, size + 1))
             .await?;

@@ -118,12 +118,11 @@ impl ConsentsService {
         let change =
             convert::change_from(action, request.into_inner(), self.authority.now(), &actor)
                 .map_err(invalid)?;
-        let (contact, consent) = (change.contact.clone(), change.consent.clone());
-        let outcome = self.authority.change(change, deadline).await?;
-        let url = self
-            .authority
-            .confirmation_url(&contact, &consent, &outcome);
-        Ok(Response::new(convert::outcome_to(outcome, url)))
+        let recorded = self.authority.record(change, deadline).await?;
+        Ok(Response::new(convert::outcome_to(
+            recorded.outcome,
+            recorded.confirmation_url,
+        )))
     }
 }
 
@@ -149,13 +148,14 @@ impl pb::consents_server::Consents for ConsentsService {
     ) -> Result<Response<pb::ContactConsents>, Status> {
         let contact =
             ContactId::parse("contact_id", &request.get_ref().contact_id).map_err(invalid)?;
-        self.authority.fresh(request.get_ref().min_sequence).await?;
-        let states = self.authority.contact_states(contact.clone()).await?;
-        let pending = self.authority.contact_pending(contact.clone()).await?;
+        let view = self
+            .authority
+            .contact(contact, request.get_ref().min_sequence)
+            .await?;
         Ok(Response::new(pb::ContactConsents {
-            contact_id: contact.to_string(),
-            states: states.into_iter().map(convert::state_to).collect(),
-            pending: pending.into_iter().map(convert::pending_to).collect(),
+            contact_id: view.contact.to_string(),
+            states: view.states.into_iter().map(convert::state_to).collect(),
+            pending: view.pending.into_iter().map(convert::pending_to).collect(),
         }))
     }
 
@@ -246,10 +246,9 @@ impl pb::consents_server::Consents for ConsentsService {
     ) -> Result<Response<pb::History>, Status> {
         let r = request.into_inner();
         let contact = ContactId::parse("contact_id", &r.contact_id).map_err(invalid)?;
-        self.authority.fresh(r.min_sequence).await?;
         let (events, next_page_token) = self
             .authority
-            .history(contact, r.page_size, &r.page_token)
+            .history(contact, r.page_size, &r.page_token, r.min_sequence)
             .await?;
         Ok(Response::new(pb::History {
             events: events.into_iter().map(convert::event_to).collect(),

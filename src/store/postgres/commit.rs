@@ -27,10 +27,14 @@ use deadpool_postgres::Pool;
 use tokio_postgres::types::ToSql;
 
 use super::columns::Columns;
-use super::decode::{backend, i64_of, pg, pool_error, u64_of};
-use super::feed::{Head, read_changes};
+use super::decode::{
+    EVENT_COLUMNS, backend, erasure_from, event_from, i64_of, pg, pool_error, u64_of,
+};
+use super::feed::{Head, read_catalog};
 use super::{FEED_CHANNEL, PgStore};
-use crate::store::{Changes, Committed, Cursor, StoreError, Tombstone, Write, WriteBatch};
+use crate::store::{
+    CatalogChange, Changes, Committed, Cursor, StoreError, Tombstone, Write, WriteBatch,
+};
 
 /// Where the view goes once read, and the writer's answer comes from.
 type ViewSender = std::sync::mpsc::SyncSender<Result<Changes, StoreError>>;
@@ -111,23 +115,9 @@ async fn transaction(
         client.transaction().await.map_err(before)
     })
     .await?;
-    // 1. The lock; 2. the view.
-    let (head, changes) = within(timeout, &sent, async {
-        let meta = txn
-            .query_one(
-                "SELECT next_sequence, catalog_version FROM consentd.meta FOR UPDATE",
-                &[],
-            )
-            .await
-            .map_err(before)?;
-        let head = Head {
-            next_sequence: meta.try_get(0).map_err(backend)?,
-            catalog_version: meta.try_get(1).map_err(backend)?,
-        };
-        let changes = read_changes(&txn, cursor, None, &head).await?;
-        Ok((head, changes))
-    })
-    .await?;
+    // 1. The lock; 2. the view: sent together, run in order (the reads
+    // start once the lock is held, so they see every commit before).
+    let (head, changes) = within(timeout, &sent, catch_up(&txn, cursor)).await?;
     let Some(view) = view.take() else {
         unreachable!("the view is sent once")
     };
@@ -195,6 +185,65 @@ async fn transaction(
     Ok((committed, held))
 }
 
+/// Takes the commit lock and reads what was committed after `cursor`, in
+/// one round trip (the statements prepared once per connection).
+async fn catch_up(
+    txn: &deadpool_postgres::Transaction<'_>,
+    cursor: Cursor,
+) -> Result<(Head, Changes), StoreError> {
+    let before = |e| pg(e, false);
+    let after = i64::try_from(cursor.sequence).unwrap_or(i64::MAX);
+    let events_sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM consentd.events WHERE sequence > $1 ORDER BY sequence"
+    );
+    let (lock, events, erasures) = tokio::try_join!(
+        txn.prepare_cached("SELECT next_sequence, catalog_version FROM consentd.meta FOR UPDATE"),
+        txn.prepare_cached(&events_sql),
+        txn.prepare_cached(
+            "SELECT sequence, hash, erased_at, reason FROM consentd.erasures
+             WHERE sequence > $1 ORDER BY sequence"
+        ),
+    )
+    .map_err(before)?;
+    let after: [&(dyn ToSql + Sync); 1] = [&after];
+    let (meta, events, erasures) = tokio::join!(
+        txn.query_one(&lock, &[]),
+        txn.query(&events, &after),
+        txn.query(&erasures, &after),
+    );
+    let meta = meta.map_err(before)?;
+    let head = Head {
+        next_sequence: meta.try_get(0).map_err(backend)?,
+        catalog_version: meta.try_get(1).map_err(backend)?,
+    };
+    let last = u64_of(head.next_sequence - 1, "meta")?.max(cursor.sequence);
+    let mut changes = Changes {
+        events: events
+            .map_err(before)?
+            .iter()
+            .map(event_from)
+            .collect::<Result<Vec<_>, _>>()?,
+        erasures: erasures
+            .map_err(before)?
+            .iter()
+            .map(erasure_from)
+            .collect::<Result<Vec<_>, _>>()?,
+        through: last,
+        head: last,
+        catalog: None,
+    };
+    if u64_of(head.catalog_version, "meta")? > cursor.catalog_version {
+        // Rare (a catalog applied elsewhere): one more round trip.
+        let (spec, latest) = read_catalog(txn).await?;
+        changes.catalog = spec.map(|spec| CatalogChange {
+            spec,
+            latest,
+            version: u64::try_from(head.catalog_version).unwrap_or(0),
+        });
+    }
+    Ok((head, changes))
+}
+
 fn gave_up() -> StoreError {
     StoreError::Unavailable {
         in_doubt: false,
@@ -212,8 +261,6 @@ async fn write_batch(
     let c = Columns::of(batch)?;
     let e = &c.events;
     type Param<'a> = &'a (dyn ToSql + Sync);
-    type Pending<'a> =
-        std::pin::Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a>>;
     let event_params: [Param<'_>; 15] = [
         &e.sequence,
         &e.contact,
@@ -281,28 +328,25 @@ async fn write_batch(
         &ps.link_at,
     ];
     let pending_ended: [Param<'_>; 2] = [&c.pending_ended.0, &c.pending_ended.1];
-    // (statement, rows it must touch: the assertions; None: any).
-    let mut statements: Vec<(Pending<'_>, Option<u64>, &'static str)> = Vec::new();
+    // (SQL, its parameters, rows it must touch: the assertions; None: any).
+    let mut statements: Vec<(&'static str, &[Param<'_>], Option<u64>, &'static str)> = Vec::new();
     if !e.sequence.is_empty() {
         statements.push((
-            Box::pin(txn.execute(
-                "INSERT INTO consentd.events (sequence, contact, consent, action, occurred_at,
+            "INSERT INTO consentd.events (sequence, contact, consent, action, occurred_at,
                      recorded_at, source, evidence, version, idempotency_key, applied, actor,
                      pending, confirmed, confirmation_link)
                  SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::smallint[],
                      $5::bigint[], $6::bigint[], $7::smallint[], $8::jsonb[], $9::int[],
                      $10::text[], $11::bool[], $12::text[], $13::bool[], $14::bool[],
                      $15::bool[])",
-                &event_params,
-            )),
+            &event_params,
             None,
             "events",
         ));
     }
     if !s.contact.is_empty() {
         statements.push((
-            Box::pin(txn.execute(
-                "INSERT INTO consentd.states (contact, consent, action, occurred_at,
+            "INSERT INTO consentd.states (contact, consent, action, occurred_at,
                      recorded_at, source, version, sequence)
                  SELECT * FROM UNNEST($1::text[], $2::text[], $3::smallint[], $4::bigint[],
                      $5::bigint[], $6::smallint[], $7::int[], $8::bigint[])
@@ -316,21 +360,18 @@ async fn write_batch(
                  WHERE EXCLUDED.occurred_at > states.occurred_at
                     OR (EXCLUDED.occurred_at = states.occurred_at
                         AND EXCLUDED.action = 2 AND states.action = 1)",
-                &state_params,
-            )),
+            &state_params,
             Some(s.contact.len() as u64),
             "states: a state ruled applied loses to one on file (ruled on a stale view)",
         ));
     }
     if !c.keys.is_empty() {
         statements.push((
-            Box::pin(txn.execute(
-                "INSERT INTO consentd.idempotency (key, sequence, recorded_at, fingerprint)
+            "INSERT INTO consentd.idempotency (key, sequence, recorded_at, fingerprint)
                  SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bytea[])
                  ON CONFLICT (key) DO UPDATE SET sequence = EXCLUDED.sequence,
                      recorded_at = EXCLUDED.recorded_at, fingerprint = EXCLUDED.fingerprint",
-                &key_params,
-            )),
+            &key_params,
             None,
             "idempotency",
         ));
@@ -339,50 +380,43 @@ async fn write_batch(
     // statement.
     if !c.pending_add.contact.is_empty() {
         statements.push((
-            Box::pin(txn.execute(
-                "INSERT INTO consentd.pending (contact, consent, count, last_at, link_at)
+            "INSERT INTO consentd.pending (contact, consent, count, last_at, link_at)
                  SELECT * FROM UNNEST($1::text[], $2::text[], $3::int[], $4::bigint[],
                      $5::bigint[])
                  ON CONFLICT (contact, consent) DO UPDATE SET
                      count = pending.count + EXCLUDED.count,
                      last_at = GREATEST(pending.last_at, EXCLUDED.last_at),
                      link_at = GREATEST(pending.link_at, EXCLUDED.link_at)",
-                &pending_add,
-            )),
+            &pending_add,
             None,
             "pending",
         ));
     }
     if !c.pending_set.contact.is_empty() {
         statements.push((
-            Box::pin(txn.execute(
-                "INSERT INTO consentd.pending (contact, consent, count, last_at, link_at)
+            "INSERT INTO consentd.pending (contact, consent, count, last_at, link_at)
                  SELECT * FROM UNNEST($1::text[], $2::text[], $3::int[], $4::bigint[],
                      $5::bigint[])
                  ON CONFLICT (contact, consent) DO UPDATE SET count = EXCLUDED.count,
                      last_at = EXCLUDED.last_at, link_at = EXCLUDED.link_at",
-                &pending_set,
-            )),
+            &pending_set,
             None,
             "pending",
         ));
     }
     if !c.pending_ended.0.is_empty() {
         statements.push((
-            Box::pin(txn.execute(
-                "DELETE FROM consentd.pending p
+            "DELETE FROM consentd.pending p
                  USING UNNEST($1::text[], $2::text[]) AS ended(contact, consent)
                  WHERE p.contact = ended.contact AND p.consent = ended.consent",
-                &pending_ended,
-            )),
+            &pending_ended,
             None,
             "pending",
         ));
     }
     for params in &wording_params {
         statements.push((
-            Box::pin(txn.execute(
-                "INSERT INTO consentd.wordings (consent, version, title, text, parent,
+            "INSERT INTO consentd.wordings (consent, version, title, text, parent,
                      channels, brands, in_force_from)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                  -- The same words again change nothing; other words under a
@@ -392,35 +426,38 @@ async fn write_batch(
                    AND wordings.parent IS NOT DISTINCT FROM EXCLUDED.parent
                    AND wordings.channels = EXCLUDED.channels
                    AND wordings.brands = EXCLUDED.brands",
-                params,
-            )),
+            params,
             Some(1),
             "wordings: one version would name a second text (ruled on a stale catalog)",
         ));
     }
     if !e.sequence.is_empty() || c.catalog.is_some() {
         // Wakes the other nodes' feeds when this commits; says nothing.
-        statements.push((
-            Box::pin(txn.execute("SELECT pg_notify($1, 'e')", &notify_params)),
-            None,
-            "notify",
-        ));
+        statements.push(("SELECT pg_notify($1, 'e')", &notify_params, None, "notify"));
     }
     let meta_params: [Param<'_>; 2] = [&c.next_sequence, &c.catalog];
-    let meta = txn.query_one(
+    // Prepared once per connection and cached: after the first commit,
+    // every statement goes out in the one pipelined round trip.
+    let meta_statement = txn.prepare_cached(
         "UPDATE consentd.meta SET next_sequence = GREATEST(next_sequence, $1),
              catalog = COALESCE($2, catalog),
              catalog_version = catalog_version + (CASE WHEN $2 IS NULL THEN 0 ELSE 1 END)
          RETURNING catalog_version",
-        &meta_params,
     );
-    let (futures, checks): (Vec<_>, Vec<_>) = statements
-        .into_iter()
-        .map(|(f, n, what)| (f, (n, what)))
-        .unzip();
+    let prepared = futures_util::future::try_join_all(
+        statements.iter().map(|(sql, ..)| txn.prepare_cached(sql)),
+    );
+    let (meta_statement, prepared) = futures_util::future::join(meta_statement, prepared).await;
+    let (meta_statement, prepared) = (meta_statement.map_err(before)?, prepared.map_err(before)?);
+    let meta = txn.query_one(&meta_statement, &meta_params);
+    let writes = statements
+        .iter()
+        .zip(&prepared)
+        .map(|((_, params, ..), statement)| txn.execute(statement, params));
     let (meta, written) =
-        futures_util::future::join(meta, futures_util::future::try_join_all(futures)).await;
+        futures_util::future::join(meta, futures_util::future::try_join_all(writes)).await;
     let written = written.map_err(before)?;
+    let checks = statements.iter().map(|(_, _, n, what)| (*n, *what));
     for (touched, (expected, what)) in written.iter().zip(checks) {
         if expected.is_some_and(|n| n != *touched) {
             return Err(StoreError::corrupt("commit", what));

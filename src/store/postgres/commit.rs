@@ -27,14 +27,10 @@ use deadpool_postgres::Pool;
 use tokio_postgres::types::ToSql;
 
 use super::columns::Columns;
-use super::decode::{
-    EVENT_COLUMNS, backend, erasure_from, event_from, i64_of, pg, pool_error, u64_of,
-};
-use super::feed::{Head, read_catalog};
+use super::decode::{i64_of, pg, pool_error, u64_of};
+use super::feed::read_changes;
 use super::{FEED_CHANNEL, PgStore};
-use crate::store::{
-    CatalogChange, Changes, Committed, Cursor, StoreError, Tombstone, Write, WriteBatch,
-};
+use crate::store::{Changes, Committed, Cursor, StoreError, Tombstone, Write, WriteBatch};
 
 /// Where the view goes once read, and the writer's answer comes from.
 type ViewSender = std::sync::mpsc::SyncSender<Result<Changes, StoreError>>;
@@ -117,7 +113,7 @@ async fn transaction(
     .await?;
     // 1. The lock; 2. the view: sent together, run in order (the reads
     // start once the lock is held, so they see every commit before).
-    let (head, changes) = within(timeout, &sent, catch_up(&txn, cursor)).await?;
+    let (head, changes) = within(timeout, &sent, read_changes(&txn, cursor, None, true)).await?;
     let Some(view) = view.take() else {
         unreachable!("the view is sent once")
     };
@@ -183,65 +179,6 @@ async fn transaction(
         vacuum_due.store(true, Ordering::SeqCst);
     }
     Ok((committed, held))
-}
-
-/// Takes the commit lock and reads what was committed after `cursor`, in
-/// one round trip (the statements prepared once per connection).
-async fn catch_up(
-    txn: &deadpool_postgres::Transaction<'_>,
-    cursor: Cursor,
-) -> Result<(Head, Changes), StoreError> {
-    let before = |e| pg(e, false);
-    let after = i64::try_from(cursor.sequence).unwrap_or(i64::MAX);
-    let events_sql = format!(
-        "SELECT {EVENT_COLUMNS} FROM consentd.events WHERE sequence > $1 ORDER BY sequence"
-    );
-    let (lock, events, erasures) = tokio::try_join!(
-        txn.prepare_cached("SELECT next_sequence, catalog_version FROM consentd.meta FOR UPDATE"),
-        txn.prepare_cached(&events_sql),
-        txn.prepare_cached(
-            "SELECT sequence, hash, erased_at, reason FROM consentd.erasures
-             WHERE sequence > $1 ORDER BY sequence"
-        ),
-    )
-    .map_err(before)?;
-    let after: [&(dyn ToSql + Sync); 1] = [&after];
-    let (meta, events, erasures) = tokio::join!(
-        txn.query_one(&lock, &[]),
-        txn.query(&events, &after),
-        txn.query(&erasures, &after),
-    );
-    let meta = meta.map_err(before)?;
-    let head = Head {
-        next_sequence: meta.try_get(0).map_err(backend)?,
-        catalog_version: meta.try_get(1).map_err(backend)?,
-    };
-    let last = u64_of(head.next_sequence - 1, "meta")?.max(cursor.sequence);
-    let mut changes = Changes {
-        events: events
-            .map_err(before)?
-            .iter()
-            .map(event_from)
-            .collect::<Result<Vec<_>, _>>()?,
-        erasures: erasures
-            .map_err(before)?
-            .iter()
-            .map(erasure_from)
-            .collect::<Result<Vec<_>, _>>()?,
-        through: last,
-        head: last,
-        catalog: None,
-    };
-    if u64_of(head.catalog_version, "meta")? > cursor.catalog_version {
-        // Rare (a catalog applied elsewhere): one more round trip.
-        let (spec, latest) = read_catalog(txn).await?;
-        changes.catalog = spec.map(|spec| CatalogChange {
-            spec,
-            latest,
-            version: u64::try_from(head.catalog_version).unwrap_or(0),
-        });
-    }
-    Ok((head, changes))
 }
 
 fn gave_up() -> StoreError {

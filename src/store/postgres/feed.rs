@@ -4,6 +4,7 @@
 //! whichever way they reach it.
 
 use deadpool_postgres::GenericClient;
+use tokio_postgres::types::ToSql;
 
 use super::decode::{
     EVENT_COLUMNS, backend, erasure_from, event_from, pg, pool_error, u64_of, wording_from,
@@ -19,66 +20,86 @@ pub(super) struct Head {
     pub(super) catalog_version: i64,
 }
 
-/// Everything committed after `cursor` up to `head` (at most `limit`
-/// events): events, erasures among them, and the catalog when its version
-/// moved past the cursor's. The caller's snapshot or lock makes it whole.
+/// Everything committed after `cursor` (at most `limit` events): events,
+/// the erasures among them, and the catalog when its version moved past
+/// the cursor's; with `lock`, under the commit lock, taken first. One round
+/// trip: the statements are prepared once per connection and sent together;
+/// they run in order, so the reads see every commit before the lock (or
+/// the snapshot the caller's transaction took).
 pub(super) async fn read_changes(
-    client: &impl GenericClient,
+    txn: &deadpool_postgres::Transaction<'_>,
     cursor: Cursor,
     limit: Option<usize>,
-    head: &Head,
-) -> Result<Changes, StoreError> {
+    lock: bool,
+) -> Result<(Head, Changes), StoreError> {
     let err = |e| pg(e, false);
     let after = i64::try_from(cursor.sequence).unwrap_or(i64::MAX);
-    let last = u64_of(head.next_sequence - 1, "meta")?;
-    let catalog_version = u64_of(head.catalog_version, "meta")?;
-    let mut changes = Changes {
-        through: last.max(cursor.sequence),
-        head: last.max(cursor.sequence),
-        ..Default::default()
+    let limit_i = limit.map_or(i64::MAX, |l| i64::try_from(l).unwrap_or(i64::MAX));
+    let events_sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM consentd.events
+         WHERE sequence > $1 ORDER BY sequence LIMIT $2"
+    );
+    let (meta, events, erasures) = tokio::try_join!(
+        txn.prepare_cached(if lock {
+            "SELECT next_sequence, catalog_version FROM consentd.meta FOR UPDATE"
+        } else {
+            "SELECT next_sequence, catalog_version FROM consentd.meta"
+        }),
+        txn.prepare_cached(&events_sql),
+        txn.prepare_cached(
+            "SELECT sequence, hash, erased_at, reason FROM consentd.erasures
+             WHERE sequence > $1 ORDER BY sequence"
+        ),
+    )
+    .map_err(err)?;
+    let page: [&(dyn ToSql + Sync); 2] = [&after, &limit_i];
+    let from: [&(dyn ToSql + Sync); 1] = [&after];
+    let (meta, events, erasures) = tokio::join!(
+        txn.query_one(&meta, &[]),
+        txn.query(&events, &page),
+        txn.query(&erasures, &from),
+    );
+    let meta = meta.map_err(err)?;
+    let head = Head {
+        next_sequence: meta.try_get(0).map_err(backend)?,
+        catalog_version: meta.try_get(1).map_err(backend)?,
     };
-    if last > cursor.sequence {
-        let limit_i = limit.map_or(i64::MAX, |l| i64::try_from(l).unwrap_or(i64::MAX));
-        let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM consentd.events
-             WHERE sequence > $1 ORDER BY sequence LIMIT $2"
-        );
-        changes.events = client
-            .query(&sql, &[&after, &limit_i])
-            .await
-            .map_err(err)?
-            .iter()
-            .map(event_from)
-            .collect::<Result<Vec<_>, _>>()?;
-        // Commits are ordered by sequence, so everything below the counter
-        // this view sees is in it.
-        if let Some(last_read) = changes.events.last()
-            && limit.is_some_and(|l| changes.events.len() == l)
-        {
-            changes.through = last_read.sequence;
-        }
-        let through = i64::try_from(changes.through).unwrap_or(i64::MAX);
-        changes.erasures = client
-            .query(
-                "SELECT sequence, hash, erased_at, reason FROM consentd.erasures
-                 WHERE sequence > $1 AND sequence <= $2 ORDER BY sequence",
-                &[&after, &through],
-            )
-            .await
-            .map_err(err)?
-            .iter()
-            .map(erasure_from)
-            .collect::<Result<Vec<_>, _>>()?;
-    }
+    let last = u64_of(head.next_sequence - 1, "meta")?.max(cursor.sequence);
+    let events = events
+        .map_err(err)?
+        .iter()
+        .map(event_from)
+        .collect::<Result<Vec<_>, _>>()?;
+    // Commits are ordered by sequence, so everything below the counter this
+    // view sees is in it; a full page ends at its last event.
+    let through = match events.last() {
+        Some(e) if limit.is_some_and(|l| events.len() == l) => e.sequence,
+        _ => last,
+    };
+    let erasures = erasures
+        .map_err(err)?
+        .iter()
+        .map(erasure_from)
+        .filter(|r| r.as_ref().map_or(true, |(s, _)| *s <= through))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut changes = Changes {
+        events,
+        erasures,
+        through,
+        head: last,
+        catalog: None,
+    };
+    let catalog_version = u64_of(head.catalog_version, "meta")?;
     if catalog_version > cursor.catalog_version {
-        let (spec, latest) = read_catalog(client).await?;
+        // Rare (a catalog applied elsewhere): one more round trip.
+        let (spec, latest) = read_catalog(txn).await?;
         changes.catalog = spec.map(|spec| CatalogChange {
             spec,
             latest,
             version: catalog_version,
         });
     }
-    Ok(changes)
+    Ok((head, changes))
 }
 
 /// The catalog in force and the latest wording of every consent.
@@ -119,18 +140,7 @@ impl PgStore {
                 .start()
                 .await
                 .map_err(err)?;
-            let meta = txn
-                .query_one(
-                    "SELECT next_sequence, catalog_version FROM consentd.meta",
-                    &[],
-                )
-                .await
-                .map_err(err)?;
-            let head = Head {
-                next_sequence: meta.try_get(0).map_err(backend)?,
-                catalog_version: meta.try_get(1).map_err(backend)?,
-            };
-            let changes = read_changes(&txn, cursor, Some(limit), &head).await?;
+            let (_, changes) = read_changes(&txn, cursor, Some(limit), false).await?;
             txn.commit().await.map_err(err)?;
             Ok(changes)
         })

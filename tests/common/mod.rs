@@ -204,6 +204,22 @@ pub(crate) async fn health_of(
         .map(|r| r.into_inner().status())
 }
 
+/// Polls `health_of(service)` until it is `want`, for at most 30 s.
+pub(crate) async fn wait_health(
+    server: &TestServer,
+    service: &str,
+    want: tonic_health::pb::health_check_response::ServingStatus,
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while health_of(server, service).await != Some(want) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{service} never became {want:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// Applies the catalog in force as `edit` changes it; what the server
 /// answered.
 pub(crate) async fn edit_catalog(

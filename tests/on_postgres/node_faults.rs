@@ -278,18 +278,6 @@ async fn a_record_a_node_cannot_read_stops_its_checks_and_writes_until_it_can() 
     }
 }
 
-/// Polls `health_of(service)` until it is `want`, for at most 30 s.
-async fn wait_health(server: &TestServer, service: &str, want: ServingStatus) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while health_of(server, service).await != Some(want) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{service} never became {want:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_feed_s_notices_name_no_one() {
     use futures_util::StreamExt;

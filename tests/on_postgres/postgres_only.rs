@@ -11,18 +11,6 @@ mod common;
 
 use common::*;
 
-/// Polls `health_of(service)` until it is `want`, for at most 30 s.
-async fn wait_health(server: &TestServer, service: &str, want: ServingStatus) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while health_of(server, service).await != Some(want) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{service} never became {want:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_database_going_away_pauses_writes_while_checks_go_on() {
     // A server of its own: the shared one stays up for the other tests.

@@ -17,7 +17,6 @@ mod import;
 mod links;
 mod pages;
 mod reads;
-pub(crate) mod rebuild;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,10 +31,9 @@ pub use self::pages::{
     PreferencePage, PreferenceRefusal, PreferenceResult, Shown,
 };
 pub use self::reads::{ContactExport, ContactView, MAX_HISTORY_PAGE};
-use self::rebuild::Rebuilt;
 pub use crate::error::{CatalogError, ChangeError, EraseError, LinkError, ReadError, WriteError};
 
-use crate::clock::{Clock, SystemClock};
+use crate::clock::Clock;
 use crate::domain::{
     Catalog, CatalogSpec, Change, ChangeOutcome, ConsentIdx, ContactId, FieldError, UnixNanos,
     Verdict, ids::check_contact,
@@ -44,7 +42,8 @@ use crate::index::Index;
 use crate::links::Links;
 use crate::metrics::{Metrics, Shed, Tally};
 use crate::store::{Backend, Store, StoreError};
-use crate::writer::{Applied, Writer};
+use crate::writer::{Applied, Rebuilt, Writer};
+pub use crate::writer::{LoadReport, Options};
 
 /// Longest erasure reason kept with a tombstone, in bytes.
 pub const MAX_REASON_LEN: usize = 1024;
@@ -126,49 +125,6 @@ pub struct Authority {
 /// How long a read waits for its freshness token (`min_sequence`).
 const FRESHNESS_WAIT: Duration = Duration::from_secs(1);
 
-/// How the authority behaves, from configuration.
-#[derive(Clone)]
-pub struct Options {
-    /// The purpose a CanSend naming none uses when the catalog sets none.
-    pub default_purpose: Option<String>,
-    /// How long idempotency keys are remembered (at least 24 hours).
-    pub idempotency_retention: Duration,
-    /// How long after an erasure the data files are purged of it (several
-    /// erasures in that window share one purge).
-    pub erasure_purge_after: Duration,
-    /// The clock for receipt times, link times and pruning.
-    pub clock: Arc<dyn Clock>,
-    /// How long a confirmation link works (`--confirmation-ttl-hours`).
-    pub confirmation_ttl: Duration,
-    /// At most one new confirmation link per (contact, consent) this often
-    /// (`--confirmation-resend-hours`).
-    pub confirmation_resend: Duration,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Self {
-            default_purpose: None,
-            idempotency_retention: Duration::from_secs(7 * 24 * 3600),
-            erasure_purge_after: Duration::from_secs(10),
-            clock: Arc::new(SystemClock),
-            confirmation_ttl: Duration::from_secs(168 * 3600),
-            confirmation_resend: Duration::from_secs(24 * 3600),
-        }
-    }
-}
-
-/// Start-up figures, for the log and the benchmarks.
-#[derive(Debug, Clone, Copy)]
-pub struct LoadReport {
-    /// States loaded into the index.
-    pub states: u64,
-    /// Contacts holding at least one of them.
-    pub contacts: usize,
-    /// Wall-clock time of the whole load.
-    pub seconds: f64,
-}
-
 impl Authority {
     /// Rebuilds the index from the store and starts the writer thread,
     /// which runs until [`Authority::close`].
@@ -179,7 +135,7 @@ impl Authority {
     ) -> Result<(Authority, LoadReport), StoreError> {
         let backend = backend.into();
         let store = backend.store();
-        let rebuilt = self::rebuild::rebuild(&*store, &options)?;
+        let rebuilt = crate::writer::rebuild(&*store, &options)?;
         let Rebuilt {
             index,
             catalog,

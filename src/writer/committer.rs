@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::faults::Down;
 use super::{Command, WriterStart};
 use crate::clock::{Clock, nanos};
 use crate::domain::{Catalog, Erasures, UnixNanos};
@@ -27,6 +26,16 @@ use crate::store::{Cursor, SharedStore, Store};
 
 /// Most commands folded into one transaction.
 pub(super) const MAX_GROUP: usize = 4096;
+
+/// The store could not be reached: writes pause until it answers.
+pub(super) struct Down {
+    pub(super) cause: String,
+    pub(super) next_probe: Instant,
+    pub(super) backoff: Duration,
+    /// Contacts whose commit is in doubt: reloaded from the store when it
+    /// answers again.
+    pub(super) in_doubt: std::collections::HashSet<crate::domain::ContactId>,
+}
 
 /// Where the writer thread says how it is.
 pub(super) struct Reports {

@@ -23,26 +23,15 @@
 //! same way (it can no longer rule on the latest view) and its checks
 //! (NOT_SERVING, via the feed's lag): never silently stale.
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use super::committer::Committer;
+use super::committer::{Committer, Down};
 use crate::domain::{ContactId, HeldState};
 use crate::store::StoreError;
 
 /// The first and longest pause between probes of an unreachable store.
 const PROBE_FIRST: Duration = Duration::from_secs(1);
 const PROBE_MAX: Duration = Duration::from_secs(8);
-
-/// The store could not be reached: writes pause until it answers.
-pub(super) struct Down {
-    pub(super) cause: String,
-    pub(super) next_probe: Instant,
-    pub(super) backoff: Duration,
-    /// Contacts whose commit is in doubt: reloaded from the store when it
-    /// answers again.
-    pub(super) in_doubt: HashSet<ContactId>,
-}
 
 impl Committer {
     /// Stops all writing after a store error (see the module docs); an

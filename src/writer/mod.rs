@@ -36,10 +36,13 @@ mod follower;
 mod rule;
 #[cfg(test)]
 mod simulation;
+mod start;
 mod upkeep;
 
 pub(crate) use applied::Applied;
 pub(crate) use follower::Lag;
+pub use start::{LoadReport, Options};
+pub(crate) use start::{Rebuilt, rebuild};
 
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;

@@ -28,8 +28,7 @@ use tokio::sync::{oneshot, watch};
 
 use self::wire::Wire;
 use super::committer::{Committer, Reports};
-use crate::authority::Options;
-use crate::authority::rebuild::rebuild;
+use super::{Options, rebuild};
 use crate::clock::{Clock, ManualClock};
 use crate::domain::{
     Action, Catalog, CatalogSpec, Change, ChangeOutcome, ConsentId, ConsentSpec, ContactId,

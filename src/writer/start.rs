@@ -1,16 +1,59 @@
 //! Start-up: the catalog and the index rebuilt from the store, and what the
 //! writer takes over (the sequence, the erasures, the deletion guard's
-//! counts). A node that restarts, and the simulation's nodes, come up
-//! through here.
+//! counts). A node that restarts (the authority opening), and the
+//! simulation's nodes, come up through here.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use super::{LoadReport, Options};
+use super::{Applied, WriterStart};
+use crate::clock::{Clock, SystemClock};
 use crate::domain::{Catalog, Erasures, HeldState};
 use crate::index::Index;
 use crate::store::{Loaded, Store, StoreError, WriteBatch};
-use crate::writer::{Applied, WriterStart};
+
+/// How a node behaves, from configuration: the authority and its writer.
+#[derive(Clone)]
+pub struct Options {
+    /// The purpose a CanSend naming none uses when the catalog sets none.
+    pub default_purpose: Option<String>,
+    /// How long idempotency keys are remembered (at least 24 hours).
+    pub idempotency_retention: Duration,
+    /// How long after an erasure the data files are purged of it (several
+    /// erasures in that window share one purge).
+    pub erasure_purge_after: Duration,
+    /// The clock for receipt times, link times and pruning.
+    pub clock: Arc<dyn Clock>,
+    /// How long a confirmation link works (`--confirmation-ttl-hours`).
+    pub confirmation_ttl: Duration,
+    /// At most one new confirmation link per (contact, consent) this often
+    /// (`--confirmation-resend-hours`).
+    pub confirmation_resend: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            default_purpose: None,
+            idempotency_retention: Duration::from_secs(7 * 24 * 3600),
+            erasure_purge_after: Duration::from_secs(10),
+            clock: Arc::new(SystemClock),
+            confirmation_ttl: Duration::from_secs(168 * 3600),
+            confirmation_resend: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Start-up figures, for the log and the benchmarks.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadReport {
+    /// States loaded into the index.
+    pub states: u64,
+    /// Contacts holding at least one of them.
+    pub contacts: usize,
+    /// Wall-clock time of the whole load.
+    pub seconds: f64,
+}
 
 /// What start-up rebuilt.
 pub(crate) struct Rebuilt {

@@ -533,12 +533,18 @@ mod properties {
 
     use super::*;
 
-    fn links() -> Links {
-        // One key ring for every case: opening it writes a key file.
+    fn links() -> &'static Links {
+        // One key ring for every case, opened once: opening writes a key
+        // file, and the cases of several tests run at once (opening it in
+        // each raced on that file).
         use std::sync::OnceLock;
-        static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-        let dir = DIR.get_or_init(|| tempfile::tempdir().unwrap());
-        Links::open(dir.path(), &[], "https://example.com").unwrap()
+        static RING: OnceLock<(tempfile::TempDir, Links)> = OnceLock::new();
+        let (_, links) = RING.get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let links = Links::open(dir.path(), &[], "https://example.com").unwrap();
+            (dir, links)
+        });
+        links
     }
 
     proptest! {

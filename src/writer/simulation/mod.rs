@@ -317,11 +317,17 @@ impl World {
             Action::Withdraw
         };
         let source = rng.pick(&SOURCES);
+        // A click on a link minted earlier (maybe before an erasure): the
+        // page records it at the click, with the link's issue time.
+        let click =
+            source == Source::UnsubscribeLink && action == Action::Withdraw && rng.chance(60);
+        let issued_at = click.then(|| now - rng.below(120) as i64 * S);
         Change {
             contact: ContactId::parse("contact", rng.pick(&CONTACTS)).expect("valid"),
             consent: ConsentId::parse("consent", rng.pick(&CONSENTS)).expect("valid"),
             action,
             occurred_at: match rng.below(3) {
+                _ if click => None,
                 0 => None,
                 1 => Some(now - rng.below(60) as i64 * S),
                 _ => Some(now - rng.below(3_000) as i64 * S),
@@ -329,7 +335,7 @@ impl World {
             source,
             evidence: Evidence::new(),
             idempotency_key: rng.chance(20).then(|| format!("key-{}", rng.below(6))),
-            issued_at: None,
+            issued_at,
             actor: format!("node-{n}"),
             confirmed: rng.chance(10),
             resend: false,

@@ -127,10 +127,13 @@ impl Auth {
                 format!("a name is 1 to {MAX_NAME_LEN} bytes without control characters"),
             ));
         }
-        if name == crate::authority::PAGE_ACTOR {
+        if name.ends_with("-page") {
+            // The pages' actors (`unsubscribe-page`, `confirmation-page`,
+            // `preference-page`, and any to come): an event a token records
+            // must never look like a person's click on a page.
             return Err(AuthError::Bad(
                 name.into(),
-                "this name is the unsubscribe page's own actor".into(),
+                "names ending in \"-page\" are reserved for consentd's own pages".into(),
             ));
         }
         if self.tokens.values().any(|(n, _)| n == name) {
@@ -315,7 +318,23 @@ mod tests {
             None,
         );
         assert!(twice.unwrap_err().to_string().contains("share this name"));
-        let page = Auth::from_config(&["unsubscribe-page=write:crm-secret-000001".into()], None);
-        assert!(page.is_err(), "a token cannot pose as the unsubscribe page");
+        // No token can pose as one of the pages, those of today or to come.
+        for name in [
+            "unsubscribe-page",
+            "preference-page",
+            "confirmation-page",
+            "x-page",
+        ] {
+            let page = Auth::from_config(&[format!("{name}=write:crm-secret-000001")], None);
+            let error = page.unwrap_err().to_string();
+            assert!(
+                error.contains("reserved for consentd's own pages"),
+                "{name}: {error}"
+            );
+        }
+        assert!(
+            Auth::from_config(&["pages=write:crm-secret-000001".into()], None).is_ok(),
+            "only the -page ending is reserved"
+        );
     }
 }

@@ -145,6 +145,7 @@ impl Authority {
             confirmed: false,
             resend: false,
             bulk: false,
+            by_page: true,
         };
         let outcome = self.writer.change_waiting(change).await?;
         self.metrics.unsubscribed();

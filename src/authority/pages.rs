@@ -280,6 +280,7 @@ impl Authority {
             confirmed: false,
             resend: true,
             bulk: false,
+            by_page: false,
         };
         let outcome = self.change(change, None).await?;
         let url = self.confirmation_url(&contact, &consent, &outcome);
@@ -379,6 +380,7 @@ impl Authority {
             confirmed: false,
             resend: false,
             bulk: false,
+            by_page: true,
         };
         let outcome = self.writer.change_waiting(change).await?;
         if outcome.sequence == 0 {
@@ -546,6 +548,7 @@ impl Authority {
                 confirmed: false,
                 resend: false,
                 bulk: false,
+                by_page: true,
             };
             let outcome = self.writer.change_waiting(change).await?;
             if outcome.sequence == 0 {

@@ -177,6 +177,11 @@ pub struct Change {
     /// confirmation link is minted for it (IssueConfirmationLink mints the
     /// first).
     pub bulk: bool,
+    /// Recorded by one of consentd's own pages, at a person's click (set
+    /// by the authority's page operations, never from a request): only such
+    /// a change confirms by its source (DESIGN.md §8: a caller confirms
+    /// only with `confirmed`, whatever source it names).
+    pub by_page: bool,
 }
 
 impl Change {
@@ -417,6 +422,7 @@ mod tests {
             confirmed: false,
             resend: false,
             bulk: false,
+            by_page: false,
         };
         assert_eq!(c.effective_occurred_at(now), now);
         c.occurred_at = Some(now - 7);

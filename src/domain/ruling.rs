@@ -17,7 +17,9 @@
 //!    (DESIGN.md §7) on a double opt-in consent, or when it comes from a
 //!    system (import, API, operator) over a withdrawal the person made of
 //!    it, an ancestor or a descendant; the caller's `confirmed` and the
-//!    person's own click (confirmation page, preference center) apply it;
+//!    person's own click on one of consentd's pages (confirmation page,
+//!    preference center: `Change::by_page`) apply it, never a source a
+//!    caller merely names;
 //! 5. otherwise the change is recorded, and becomes the state when it
 //!    supersedes the current one (rule 2's precedence).
 
@@ -111,7 +113,7 @@ pub fn rule(
     }
     let waits_for_the_person = change.action == Action::Grant
         && !change.confirmed
-        && !change.source.confirms_itself()
+        && !(change.by_page && change.source.confirms_itself())
         && (change.resend
             || known.double_opt_in
             || (change.source.is_a_system()
@@ -175,6 +177,7 @@ mod tests {
             confirmed: false,
             resend: false,
             bulk: false,
+            by_page: false,
         }
     }
 
@@ -280,12 +283,18 @@ mod tests {
             resend: true,
             ..from(Source::Operator, false)
         };
+        let click = |source| Change {
+            by_page: true,
+            ..from(source, false)
+        };
         #[rustfmt::skip]
         let table: &[(&str, Change, Known, Ruling)] = &[
             ("double opt-in: a form grant waits", from(Source::Form, false), doi, Ruling::Pending),
             ("double opt-in: vouched for", from(Source::Import, true), doi, Ruling::Apply),
-            ("double opt-in: the confirmation click applies", from(Source::ConfirmationLink, false), doi, Ruling::Apply),
-            ("double opt-in: the preference center applies", from(Source::PreferenceCenter, false), doi, Ruling::Apply),
+            ("double opt-in: the confirmation click applies", click(Source::ConfirmationLink), doi, Ruling::Apply),
+            ("double opt-in: the preference center applies", click(Source::PreferenceCenter), doi, Ruling::Apply),
+            ("double opt-in: a caller claiming the confirmation page waits", from(Source::ConfirmationLink, false), doi, Ruling::Pending),
+            ("double opt-in: a caller claiming the preference center waits", from(Source::PreferenceCenter, false), doi, Ruling::Pending),
             ("double opt-in: a withdrawal never waits", change(Withdraw, None, None), doi, Ruling::Apply),
             ("double opt-in: an older grant is only history",
                 Change { occurred_at: Some(1), ..from(Source::Form, false) },

@@ -135,6 +135,7 @@ pub(super) fn change_from(
         confirmed: c.confirmed,
         resend: false,
         bulk: false,
+        by_page: false,
     };
     change.check_occurred_at(now)?;
     Ok(change)

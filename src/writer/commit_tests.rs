@@ -200,6 +200,7 @@ fn change(action: Action, seconds: i64, key: Option<&str>) -> Change {
         confirmed: false,
         resend: false,
         bulk: false,
+        by_page: false,
     }
 }
 

@@ -431,6 +431,7 @@ mod tests {
             confirmed: false,
             resend: false,
             bulk: false,
+            by_page: false,
         }
     }
 

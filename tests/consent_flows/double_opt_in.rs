@@ -151,3 +151,53 @@ async fn a_double_opt_in_grant_waits_until_the_person_confirms_on_the_page() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_caller_claiming_a_page_s_source_still_waits_for_the_person() {
+    let (server, _dir) = start(|_| {}).await;
+    let mut cons = server.consents().await;
+    // A caller may name any source; only consentd's own pages confirm by
+    // their click (DESIGN.md §8).
+    // CONFIRMATION_LINK is the confirmation page's alone: a caller naming it
+    // is refused, naming the field.
+    let refused = cons
+        .grant(grant_by(
+            "claims-click",
+            "marketing.orbit",
+            pb::Source::ConfirmationLink,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(refused.message().starts_with("source:"), "{refused:?}");
+    for (who, source) in [("claims-prefs", pb::Source::PreferenceCenter)] {
+        let r = grant(&mut cons, grant_by(who, "marketing.orbit", source)).await;
+        assert!(!r.applied && r.pending, "{source:?}: {r:?}");
+        assert!(!r.confirmation_url.is_empty(), "{source:?}: a link to mail");
+        answers(
+            &server,
+            who,
+            "email",
+            "orbit",
+            (false, Reason::PendingConfirmation),
+        )
+        .await;
+        // The person's click on that link confirms it.
+        let path = link_path(&server, &r.confirmation_url);
+        let (status, _, _) = post(&server, &path, "").await;
+        assert_eq!(status, 200);
+        answers(&server, who, "email", "orbit", (true, Reason::Granted)).await;
+    }
+    // Only `confirmed` lets a caller vouch, whatever the source.
+    let mut vouched = grant_by("vouched", "marketing.orbit", pb::Source::PreferenceCenter);
+    vouched.confirmed = true;
+    assert!(grant(&mut cons, vouched).await.applied);
+    answers(
+        &server,
+        "vouched",
+        "email",
+        "orbit",
+        (true, Reason::Granted),
+    )
+    .await;
+}

@@ -340,6 +340,7 @@ impl World {
             confirmed: rng.chance(10),
             resend: false,
             bulk: rng.chance(10),
+            by_page: false,
         }
     }
 

@@ -38,6 +38,7 @@ fn change(who: &str, consent: &str, action: Action, source: Source) -> Change {
         confirmed: false,
         resend: false,
         bulk: false,
+        by_page: false,
     }
 }
 

@@ -293,6 +293,51 @@ async fn this_wasnt_me_withdraws_for_good_and_the_link_confirms_nothing_after() 
 }
 
 #[tokio::test]
+async fn a_confirmation_link_confirms_only_while_its_grant_is_the_latest_word() {
+    let (server, _dir) = start(|_| {}).await;
+    let mut cons = server.consents().await;
+    let withdraw = |who: &str| {
+        let mut w = change(who, "marketing.orbit", None);
+        w.source = pb::Source::Api as i32;
+        w
+    };
+    // "This wasn't me", then a later withdrawal elsewhere, then the link.
+    let r = grant(
+        &mut cons,
+        grant_by("gus", "marketing.orbit", pb::Source::Form),
+    )
+    .await;
+    let path = link_path(&server, &r.confirmation_url);
+    post(&server, &path, "not_me=1").await;
+    cons.withdraw(withdraw("gus")).await.unwrap();
+    // A later withdrawal with no click before it: the link is over too.
+    let r = grant(
+        &mut cons,
+        grant_by("hal", "marketing.orbit", pb::Source::Form),
+    )
+    .await;
+    let other = link_path(&server, &r.confirmation_url);
+    cons.withdraw(withdraw("hal")).await.unwrap();
+    for (who, path) in [("gus", &path), ("hal", &other)] {
+        let before = history(&server, who).await.len();
+        let (status, _, page) = post(&server, path, "").await;
+        assert_eq!(status, 200);
+        assert!(page.contains("confirms nothing"), "{who}: {page}");
+        assert!(!page.contains("You have confirmed"), "{who}: {page}");
+        assert_eq!(
+            history(&server, who).await.len(),
+            before,
+            "{who}: nothing recorded"
+        );
+        answers(&server, who, "push", "orbit", (false, Reason::Withdrawn)).await;
+        // The page says so on a GET too, with no button.
+        let (_, _, shown) = get(&server, path).await;
+        assert!(!shown.contains("Yes, I agree"), "{who}: {shown}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn confirmation_mails_cannot_flood_anyone() {
     let (server, _dir) = start(|_| {}).await;
     let mut cons = server.consents().await;

@@ -60,6 +60,10 @@ pub enum Confirmation {
     Refused,
     /// Its consent is gone from the catalog or retired.
     Gone,
+    /// Another decision on its consent came since the link was minted (a
+    /// withdrawal, a grant): its pending grant is no longer the person's
+    /// latest word, so it confirms nothing.
+    Superseded,
 }
 
 /// What the confirmation page shows.
@@ -174,16 +178,20 @@ fn shown(catalog: &Catalog, idx: ConsentIdx) -> Option<Shown> {
     })
 }
 
-/// Where a confirmation stands given the state of its consent: a click on
-/// this link (at or after its issue) confirmed or refused it already.
+/// Where a confirmation stands given the state of its consent (DESIGN.md
+/// §8): it confirms only while the pending grant it was minted for is the
+/// person's latest word. Any decision at or after its issue settles it: a
+/// click on a confirmation link (confirmed, or "this wasn't me"), or any
+/// other decision since (a later withdrawal, a grant by other means).
 fn settled(claim: &Claim, state: Option<&StateRecord>) -> Option<Confirmation> {
     let s = state?;
-    if s.source != Source::ConfirmationLink || s.occurred_at < claim.issued_at {
+    if s.occurred_at < claim.issued_at {
         return None;
     }
-    Some(match s.action {
-        Action::Grant => Confirmation::Confirmed,
-        Action::Withdraw => Confirmation::Refused,
+    Some(match (s.source, s.action) {
+        (Source::ConfirmationLink, Action::Grant) => Confirmation::Confirmed,
+        (Source::ConfirmationLink, Action::Withdraw) => Confirmation::Refused,
+        _ => Confirmation::Superseded,
     })
 }
 

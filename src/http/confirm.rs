@@ -80,6 +80,13 @@ fn settled(lang: Lang, status: Confirmation) -> (StatusCode, &'static str) {
                 "Poinformowałeś nas, że to nie Ty. Nie otrzymasz tych wiadomości, a ten link niczego nie potwierdzi.",
             ),
         ),
+        Confirmation::Superseded => (
+            StatusCode::OK,
+            lang.pick(
+                "Your choice has changed since this link was sent, so it confirms nothing. Nothing was recorded.",
+                "Twój wybór zmienił się od wysłania tego linku, więc niczego on nie potwierdza. Niczego nie zapisano.",
+            ),
+        ),
         Confirmation::Gone | Confirmation::Open => (
             StatusCode::GONE,
             lang.pick(

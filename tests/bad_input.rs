@@ -201,12 +201,19 @@ async fn errors_quote_at_most_128_bytes_of_a_100_kib_value() {
     let mut cons = server.consents().await;
     let huge = "x".repeat(100 * 1024);
     let mut statuses = Vec::new();
+    // A CanSend this big is over its method's limit (RESOURCE_EXHAUSTED);
+    // the Consents messages below are within theirs (INVALID_ARGUMENT).
+    let mut too_big = Vec::new();
     let mut c = check("anna", "email", "acme");
     c.brand = huge.clone();
-    statuses.push(elig.can_send(c).await.unwrap_err());
+    too_big.push(elig.can_send(c).await.unwrap_err());
     let mut c = check("anna", "email", "acme");
     c.purpose = huge.clone();
-    statuses.push(elig.can_send(c).await.unwrap_err());
+    too_big.push(elig.can_send(c).await.unwrap_err());
+    for s in &too_big {
+        assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s:?}");
+        assert!(s.message().len() < 300, "{s:?}");
+    }
     statuses.push(cons.grant(change("anna", &huge, None)).await.unwrap_err());
     statuses.push(
         cons.grant(change(&huge, "marketing", None))
@@ -236,9 +243,10 @@ async fn each_method_reads_only_as_much_as_its_request_needs() {
     let mut elig = server.eligibility().await;
     let mut big = check("anna", "email", "acme");
     big.purpose = "p".repeat(9 * 1024);
-    // A single check never needs 9 KiB: refused as a whole, before decoding.
+    // A single check never needs 9 KiB: refused as a whole, before decoding,
+    // with the gRPC spec's code for a message over the limit.
     let refused = elig.can_send(big.clone()).await.unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
     assert!(
         refused.message().starts_with("request:"),
         "{}",
@@ -261,6 +269,40 @@ async fn each_method_reads_only_as_much_as_its_request_needs() {
         answers[0].error
     );
     assert_eq!(answers[1].reason(), pb::Reason::NoConsent);
+
+    // A Grant, or an import row, over the Consents messages' limit (128 KiB):
+    // RESOURCE_EXHAUSTED with a short message, nothing recorded.
+    let mut cons = server.consents().await;
+    let mut huge = change("anna", "marketing", None);
+    huge.evidence.insert("blob".into(), "x".repeat(200 * 1024));
+    let refused = cons.grant(huge.clone()).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(refused.message().starts_with("request:"), "{refused:?}");
+    assert!(refused.message().len() < 100, "{refused:?}");
+    let rows = vec![
+        pb::ImportRow {
+            action: pb::Action::Grant as i32,
+            change: Some(change("bob", "marketing", Some(1_700_000_000))),
+        },
+        pb::ImportRow {
+            action: pb::Action::Grant as i32,
+            change: Some(huge),
+        },
+    ];
+    let refused = cons.import(tokio_stream::iter(rows)).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(
+        history(&server, "anna").await.is_empty(),
+        "nothing of anna's"
+    );
     server.stop().await;
 }
 

@@ -152,7 +152,7 @@ where
                 use http_body_util::BodyExt;
                 let limited = http_body_util::Limited::new(body, MAX_CAN_SEND_BODY).map_err(|e| {
                     if e.is::<http_body_util::LengthLimitError>() {
-                        tonic::Status::invalid_argument(format!(
+                        tonic::Status::resource_exhausted(format!(
                             "request: is larger than {MAX_CAN_SEND_BODY} bytes, the most a \
                              CanSend sends (use CanSendBatch for many checks)"
                         ))
@@ -163,8 +163,34 @@ where
                 Body::new(limited)
             });
         }
-        Box::pin(self.inner.call(request))
+        let call = self.inner.call(request);
+        Box::pin(async move { call.await.map(too_large_is_resource_exhausted) })
     }
+}
+
+/// tonic answers a message over its method's decoding limit OUT_OF_RANGE
+/// (no handler of this server answers that code); the gRPC spec's code for
+/// it is RESOURCE_EXHAUSTED (DESIGN.md §8), with a short message. The status
+/// of a refused call travels in the response's headers (trailers-only), for
+/// a unary call and for a stream alike (an import row over the limit ends
+/// the stream before any answer).
+fn too_large_is_resource_exhausted(mut response: http::Response<Body>) -> http::Response<Body> {
+    const OUT_OF_RANGE: &str = "11";
+    let headers = response.headers_mut();
+    if headers
+        .get("grpc-status")
+        .is_some_and(|s| s.as_bytes() == OUT_OF_RANGE.as_bytes())
+    {
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+        headers.insert(
+            "grpc-message",
+            http::HeaderValue::from_static(
+                "request:%20a%20message%20is%20larger%20than%20this%20method%20takes",
+            ),
+        );
+        headers.remove("grpc-status-details-bin");
+    }
+    response
 }
 
 /// The deadline the admission layer read from a request, if any.

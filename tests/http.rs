@@ -585,3 +585,28 @@ async fn connections_over_the_cap_are_closed_and_grpc_is_untouched() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn no_page_may_be_framed() {
+    let server = TestServer::start().await;
+    let mut cons = server.consents().await;
+    cons.grant(change("anna", "marketing", Some(now() - 60)))
+        .await
+        .unwrap();
+    let link = unsubscribe_link(&server, "anna", "email", "acme").await;
+    let path = link_path(&server, &link.url);
+    // The unsubscribe page, the preference page it links to, the one 404.
+    let (_, _, body) = http(server.http_addr, "GET", &path, &[], "").await;
+    let at = body.find("/p/").expect("links to the preference center");
+    let prefs = body[at..at + body[at..].find('"').unwrap()].to_owned();
+    for page in [path.as_str(), prefs.as_str(), "/u/not-a-token"] {
+        let (_, head, _) = http(server.http_addr, "GET", page, &[], "").await;
+        let head = head.to_ascii_lowercase();
+        assert!(head.contains("x-frame-options: deny"), "{page}: {head}");
+        assert!(
+            head.contains("content-security-policy: frame-ancestors 'none'"),
+            "{page}: {head}"
+        );
+    }
+    server.stop().await;
+}

@@ -106,6 +106,13 @@ label.choice input{{width:1.6rem;height:1.6rem;flex:none}}\
         HeaderValue::from_static("no-referrer"),
     );
     h.insert("x-robots-tag", HeaderValue::from_static("noindex"));
+    // No page may be framed (a click on a framed button is not the
+    // person's): both the old header and CSP's directive, for every browser.
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("frame-ancestors 'none'"),
+    );
     r
 }
 

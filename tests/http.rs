@@ -610,3 +610,53 @@ async fn no_page_may_be_framed() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn stalled_requests_do_not_lock_people_out() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = consentd::Config::ephemeral(dir.path());
+    config.catalog = Some(example_catalog_path());
+    config.http_max_connections = 8;
+    let server = TestServer::start_with(config).await;
+    let link = unsubscribe_link(&server, "anna", "email", "acme").await;
+    let path = link_path(&server, &link.url);
+    // Eight connections send a POST's headers and never its body.
+    let mut stalled = Vec::new();
+    for _ in 0..8 {
+        let mut s = tokio::net::TcpStream::connect(server.http_addr)
+            .await
+            .unwrap();
+        s.write_all(
+            format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nList-")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        stalled.push(s);
+    }
+    // The whole request must arrive within 10 s: then they are answered and
+    // closed, and the page is reachable again (well before 45 s).
+    let started = std::time::Instant::now();
+    loop {
+        use tokio::io::AsyncReadExt;
+        // Over the cap a connection is closed at once: tolerate that.
+        let mut s = tokio::net::TcpStream::connect(server.http_addr)
+            .await
+            .unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let _ = s.write_all(request.as_bytes()).await;
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        if out.starts_with(b"HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "the page stayed unreachable"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    drop(stalled);
+    server.stop().await;
+}

@@ -69,6 +69,11 @@ pub struct Config {
     #[arg(long, env = "CONSENTD_DEFAULT_PURPOSE")]
     pub default_purpose: Option<String>,
 
+    /// The controller of the data (e.g. the company's legal name), named
+    /// beside the brand on every page a person opens (GDPR Art. 13).
+    #[arg(long, env = "CONSENTD_CONTROLLER_NAME")]
+    pub controller_name: Option<String>,
+
     /// Base of the absolute links the server mints (default: http:// + the HTTP address).
     #[arg(long, env = "CONSENTD_PUBLIC_URL")]
     pub public_url: Option<String>,
@@ -163,6 +168,7 @@ impl Config {
             catalog: None,
             default_purpose: None,
             public_url: None,
+            controller_name: None,
             link_keys: Vec::new(),
             tokens: Vec::new(),
             tokens_file: None,

@@ -194,9 +194,15 @@ impl Server {
                 erasure_purge_after: Duration::from_secs(config.erasure_purge_seconds),
                 confirmation_ttl: config.confirmation_ttl(),
                 confirmation_resend: config.confirmation_resend(),
+                controller_name: config.controller_name.clone().unwrap_or_default(),
                 ..Default::default()
             },
         )?;
+        if config.controller_name.as_deref().is_none_or(str::is_empty) {
+            tracing::warn!(
+                "no --controller-name: the pages people open name the brand but not the controller of their data (GDPR Art. 13 expects it)"
+            );
+        }
         tracing::info!(
             states = report.states,
             contacts = report.contacts,

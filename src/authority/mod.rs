@@ -120,6 +120,8 @@ pub struct Authority {
     applied: Arc<Applied>,
     /// How long a confirmation link works, in nanoseconds.
     confirmation_ttl: UnixNanos,
+    /// The controller the pages name beside the brand (empty: none).
+    controller: Arc<str>,
 }
 
 /// How long a read waits for its freshness token (`min_sequence`).
@@ -155,6 +157,7 @@ impl Authority {
         let Options {
             clock,
             confirmation_ttl,
+            controller_name,
             ..
         } = options;
         let authority = Authority {
@@ -168,6 +171,7 @@ impl Authority {
             clock,
             applied,
             confirmation_ttl: crate::clock::nanos(confirmation_ttl),
+            controller: Arc::from(controller_name),
         };
         Ok((authority, report))
     }
@@ -368,6 +372,12 @@ impl Authority {
     /// Validates and installs a catalog, atomically and durably.
     pub async fn apply_catalog(&self, spec: CatalogSpec) -> Result<Arc<Catalog>, CatalogError> {
         self.writer.apply_catalog(spec).await
+    }
+
+    /// The controller of the data the pages name beside the brand
+    /// (`--controller-name`; empty when none was configured).
+    pub fn controller_name(&self) -> &str {
+        &self.controller
     }
 
     /// The catalog in force.

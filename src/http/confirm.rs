@@ -11,7 +11,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 
 use super::AppState;
-use super::page::{Lang, escape, evidence, form_fields, lang, not_found, page, unavailable};
+use super::page::{
+    Lang, escape, evidence, form_fields, lang, not_found, page, sender, unavailable,
+};
 use crate::authority::{ConfirmPage, Confirmation, Confirmed, Shown};
 
 fn title(lang: Lang) -> &'static str {
@@ -19,20 +21,19 @@ fn title(lang: Lang) -> &'static str {
 }
 
 /// The brands a consent covers, as a line under the title.
-fn brands(lang: Lang, c: &Shown) -> String {
-    if c.brands.is_empty() {
+fn brands(lang: Lang, c: &Shown, controller: &str) -> String {
+    if c.brands.is_empty() && controller.is_empty() {
         return String::new();
     }
-    let names: Vec<String> = c.brands.iter().map(|b| escape(b)).collect();
     format!(
         "<p class=\"brand\">{} <strong>{}</strong></p>",
         lang.pick("From", "Od"),
-        names.join(", ")
+        sender(&c.brands.join(", "), controller)
     )
 }
 
 /// The wording and the two buttons; `notice` above them when set.
-fn form(lang: Lang, c: &Shown, notice: Option<&str>) -> String {
+fn form(lang: Lang, c: &Shown, controller: &str, notice: Option<&str>) -> String {
     let notice = notice
         .map(|n| format!("<p class=\"notice\">{n}</p>"))
         .unwrap_or_default();
@@ -43,10 +44,10 @@ fn form(lang: Lang, c: &Shown, notice: Option<&str>) -> String {
 <button type=\"submit\">{yes}</button></form>\
 <form method=\"post\"><input type=\"hidden\" name=\"not_me\" value=\"1\">\
 <button type=\"submit\" class=\"secondary\">{no}</button></form>",
-        brands = brands(lang, c),
+        brands = brands(lang, c, controller),
         ask = lang.pick(
-            "Someone asked to receive the messages below at this address. Please confirm that it was you and that you agree to:",
-            "Ktoś poprosił o przesyłanie poniższych wiadomości na ten adres. Potwierdź, że to Ty i że zgadzasz się na:"
+            "You, or someone using this address, asked the sender named above for the messages below. Please confirm that it was you and that you agree to:",
+            "Ty lub ktoś używający tego adresu poprosił nadawcę wskazanego powyżej o poniższe wiadomości. Potwierdź, że to Ty i że zgadzasz się na:"
         ),
         title = escape(&c.title),
         text = escape(&c.text),
@@ -97,11 +98,14 @@ fn settled(lang: Lang, status: Confirmation) -> (StatusCode, &'static str) {
     }
 }
 
-fn render(lang: Lang, info: &ConfirmPage, notice: Option<&str>) -> Response {
+fn render(lang: Lang, info: &ConfirmPage, controller: &str, notice: Option<&str>) -> Response {
     match (&info.consent, info.status) {
-        (Some(c), Confirmation::Open) => {
-            page(StatusCode::OK, lang, title(lang), &form(lang, c, notice))
-        }
+        (Some(c), Confirmation::Open) => page(
+            StatusCode::OK,
+            lang,
+            title(lang),
+            &form(lang, c, controller, notice),
+        ),
         (_, status) => {
             let (code, message) = settled(lang, status);
             page(code, lang, title(lang), &format!("<p>{message}</p>"))
@@ -126,7 +130,7 @@ async fn open(s: &AppState, token: &str, lang: Lang) -> Result<ConfirmPage, Resp
 pub(super) async fn show(s: &AppState, token: &str, headers: &HeaderMap) -> Response {
     let lang = lang(headers);
     match open(s, token, lang).await {
-        Ok(info) => render(lang, &info, None),
+        Ok(info) => render(lang, &info, s.authority.controller_name(), None),
         Err(response) => response,
     }
 }
@@ -188,6 +192,7 @@ pub(super) async fn post(
                 Ok(fresh) => render(
                     lang,
                     &fresh,
+                    s.authority.controller_name(),
                     Some(lang.pick(
                         "The wording has changed since this page was shown. Please read it again.",
                         "Treść zmieniła się od czasu wyświetlenia tej strony. Przeczytaj ją ponownie.",

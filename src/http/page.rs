@@ -116,6 +116,16 @@ label.choice input{{width:1.6rem;height:1.6rem;flex:none}}\
     r
 }
 
+/// Who is asking, as the pages name it: the brand, with the controller of
+/// the data beside it when one is configured (GDPR Art. 13); HTML-escaped.
+pub(super) fn sender(brand: &str, controller: &str) -> String {
+    match (brand.is_empty(), controller.is_empty()) {
+        (_, true) => escape(brand),
+        (true, false) => escape(controller),
+        (false, false) => format!("{} ({})", escape(brand), escape(controller)),
+    }
+}
+
 /// The one response for every token that is not authentic, and for every
 /// other path and method of the public listener.
 pub(super) fn not_found() -> Response {

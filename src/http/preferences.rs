@@ -15,7 +15,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 
 use super::AppState;
-use super::page::{Lang, escape, evidence, form_fields, lang, not_found, page, unavailable};
+use super::page::{
+    Lang, escape, evidence, form_fields, lang, not_found, page, sender, unavailable,
+};
 use crate::authority::{PreferencePage, PreferenceRefusal, PreferenceResult};
 
 fn title(lang: Lang) -> &'static str {
@@ -23,12 +25,13 @@ fn title(lang: Lang) -> &'static str {
 }
 
 /// The whole form; `banner` (HTML) above it when set.
-fn form(lang: Lang, p: &PreferencePage, banner: &str) -> String {
+fn form(lang: Lang, p: &PreferencePage, controller: &str, banner: &str) -> String {
     let mut out = String::new();
-    if let Some(brand) = &p.brand_title {
+    let brand = p.brand_title.as_deref().unwrap_or_default();
+    if !brand.is_empty() || !controller.is_empty() {
         out.push_str(&format!(
             "<p class=\"brand\"><strong>{}</strong></p>",
-            escape(brand)
+            sender(brand, controller)
         ));
     }
     out.push_str(banner);
@@ -148,7 +151,12 @@ fn saved(lang: Lang, p: &PreferencePage, r: &PreferenceResult) -> String {
 pub(super) fn show(s: &AppState, token: &str, headers: &HeaderMap) -> Response {
     let lang = lang(headers);
     match s.authority.preference_page(token) {
-        Some(p) => page(StatusCode::OK, lang, title(lang), &form(lang, &p, "")),
+        Some(p) => page(
+            StatusCode::OK,
+            lang,
+            title(lang),
+            &form(lang, &p, s.authority.controller_name(), ""),
+        ),
         None => not_found(),
     }
 }
@@ -196,7 +204,7 @@ pub(super) async fn post(
                     StatusCode::OK,
                     lang,
                     title(lang),
-                    &form(lang, &after, &banner),
+                    &form(lang, &after, s.authority.controller_name(), &banner),
                 )
             }
             None => not_found(),
@@ -236,7 +244,7 @@ pub(super) async fn post(
                 StatusCode::BAD_REQUEST,
                 lang,
                 title(lang),
-                &form(lang, &before, &banner),
+                &form(lang, &before, s.authority.controller_name(), &banner),
             )
         }
         Err(e) => {

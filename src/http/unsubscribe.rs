@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 
 use super::AppState;
-use super::page::{Lang, escape, evidence, lang, not_found, page, unavailable};
+use super::page::{Lang, escape, evidence, lang, not_found, page, sender, unavailable};
 
 struct Text {
     title: &'static str,
@@ -75,7 +75,7 @@ pub(super) fn show(s: &AppState, token: &str, headers: &HeaderMap) -> Response {
         intro = t.intro,
         consent = escape(&info.consent_title),
         from = t.from,
-        brand = escape(&info.brand),
+        brand = sender(&info.brand, s.authority.controller_name()),
         one = t.one,
         all = t.all,
         purpose = escape(&info.purpose_title),
@@ -122,7 +122,7 @@ pub(super) async fn confirm(
                     "<p>{} <strong>{}</strong> ({}).</p><p>{}</p>{prefs}",
                     t.done_one,
                     escape(&info.consent_title),
-                    escape(&info.brand),
+                    sender(&info.brand, s.authority.controller_name()),
                     t.done_note
                 )
             };

@@ -29,6 +29,9 @@ pub struct Options {
     /// At most one new confirmation link per (contact, consent) this often
     /// (`--confirmation-resend-hours`).
     pub confirmation_resend: Duration,
+    /// The controller the pages name beside the brand (`--controller-name`;
+    /// empty: none named).
+    pub controller_name: String,
 }
 
 impl Default for Options {
@@ -40,6 +43,7 @@ impl Default for Options {
             clock: Arc::new(SystemClock),
             confirmation_ttl: Duration::from_secs(168 * 3600),
             confirmation_resend: Duration::from_secs(24 * 3600),
+            controller_name: String::new(),
         }
     }
 }

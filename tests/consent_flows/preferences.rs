@@ -143,3 +143,34 @@ async fn the_preference_center_lists_the_tree_and_records_what_is_ticked() {
     assert_eq!(get(&server, &path.replace("/p/", "/u/")).await.0, 404);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn every_page_names_the_controller_beside_the_brand() {
+    const CONTROLLER: &str = "Acme Group S.A.";
+    let (server, _dir) = start(|c| c.controller_name = Some(CONTROLLER.into())).await;
+    let mut cons = server.consents().await;
+    grant(&mut cons, grant_by("ivy", "marketing", pb::Source::Form)).await;
+    // The unsubscribe page, and the preference page it links to.
+    let link = unsubscribe_link(&server, "ivy", "email", "acme").await;
+    let (_, _, unsubscribe) = get(&server, &link_path(&server, &link.url)).await;
+    assert!(
+        unsubscribe.contains(&format!("Acme Outdoor ({CONTROLLER})")),
+        "{unsubscribe}"
+    );
+    let at = unsubscribe
+        .find("/p/")
+        .expect("links to the preference center");
+    let prefs = &unsubscribe[at..at + unsubscribe[at..].find('"').unwrap()];
+    let (_, _, preferences) = get(&server, prefs).await;
+    assert!(preferences.contains(CONTROLLER), "{preferences}");
+    // The confirmation page names who asks, not "someone".
+    let r = grant(
+        &mut cons,
+        grant_by("ivy", "marketing.orbit", pb::Source::Form),
+    )
+    .await;
+    let (_, _, confirm) = get(&server, &link_path(&server, &r.confirmation_url)).await;
+    assert!(confirm.contains(CONTROLLER), "{confirm}");
+    assert!(!confirm.contains("Someone asked"), "{confirm}");
+    server.stop().await;
+}

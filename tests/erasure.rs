@@ -243,3 +243,43 @@ async fn no_plaintext_remains_within_60_seconds_while_the_server_runs() {
     assert_eq!(history(&server, "fay-stays@example.com").await.len(), 1);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_link_minted_before_an_erasure_brings_no_one_back() {
+    let server = TestServer::start().await;
+    let mut cons = server.consents().await;
+    cons.grant(change("erin", "marketing", Some(now() - 60)))
+        .await
+        .unwrap();
+    let link = unsubscribe_link(&server, "erin", "email", "acme").await;
+    cons.erase_contact(pb::EraseContactRequest {
+        contact_id: "erin".into(),
+        reason: "asked".into(),
+    })
+    .await
+    .unwrap();
+    // The unsubscribe page, opened after the erasure, links to a preference
+    // page that carries the first link's issue time.
+    let path = link_path(&server, &link.url);
+    let (_, _, body) = http(server.http_addr, "GET", &path, &[], "").await;
+    let at = body.find("/p/").expect("links to the preference center");
+    let prefs = &body[at..at + body[at..].find('"').unwrap()];
+    let form = [("Content-Type", "application/x-www-form-urlencoded")];
+    for fields in ["grant=marketing", "withdraw=marketing.acme"] {
+        let (status, _, page) = http(server.http_addr, "POST", prefs, &form, fields).await;
+        assert_eq!(status, 410, "{fields}: {page}");
+        assert!(page.contains("expired"), "{fields}: {page}");
+    }
+    // Nothing was recorded for her: not by the pages, not by a click.
+    let (status, _, _) = http(server.http_addr, "POST", &path, &form, "scope=all").await;
+    assert_eq!(status, 200);
+    assert!(
+        history(&server, "erin").await.is_empty(),
+        "nothing recorded"
+    );
+    let (allowed, reason, _) =
+        can_send(&mut server.eligibility().await, "erin", "email", "acme").await;
+    assert!(!allowed);
+    assert_eq!(reason, pb::Reason::NoConsent);
+    server.stop().await;
+}

@@ -140,6 +140,9 @@ pub struct PreferenceResult {
     pub withdrawn: Vec<String>,
     /// Grants not recorded because the wording changed since it was shown.
     pub reworded: Vec<String>,
+    /// Changes refused because the contact was erased after the link was
+    /// issued (nothing of them was recorded).
+    pub erased: bool,
 }
 
 /// The title of a consent, or its id when it has none.
@@ -407,6 +410,19 @@ impl Authority {
         purpose: &str,
         brand: &str,
     ) -> Result<String, LinkError> {
+        self.preference_link_at(contact, purpose, brand, self.clock.now())
+    }
+
+    /// A preference link that counts from `issued_at` (DESIGN.md §8: a
+    /// link a page shows carries the first link's issue time, so that an
+    /// erasure after that first link reaches it too).
+    fn preference_link_at(
+        &self,
+        contact: &str,
+        purpose: &str,
+        brand: &str,
+        issued_at: UnixNanos,
+    ) -> Result<String, LinkError> {
         check_contact("contact_id", contact)?;
         let catalog = self.catalog.load();
         let root = catalog.purpose_root(purpose)?;
@@ -426,17 +442,23 @@ impl Authority {
             purpose: root_id,
             channel: String::new(),
             brand: brand.to_owned(),
-            issued_at: self.clock.now(),
+            issued_at,
         };
         Ok(self
             .links
             .url_of(LinkKind::Preferences, &self.links.mint(&claim)))
     }
 
-    /// The preference URL for the contact of an unsubscribe link.
+    /// The preference URL for the contact of an unsubscribe link: it
+    /// carries that link's issue time, not the time the page was viewed.
     pub fn preference_url_for(&self, claim: &Claim) -> Option<String> {
-        self.issue_preference_link(claim.contact.as_str(), claim.purpose.as_str(), &claim.brand)
-            .ok()
+        self.preference_link_at(
+            claim.contact.as_str(),
+            claim.purpose.as_str(),
+            &claim.brand,
+            claim.issued_at,
+        )
+        .ok()
     }
 
     /// Opens a preference token and gathers its page; `None` for any token
@@ -560,6 +582,8 @@ impl Authority {
             };
             let outcome = self.writer.change_waiting(change).await?;
             if outcome.sequence == 0 {
+                // From before an erasure of the contact: not recorded.
+                result.erased = true;
                 continue;
             }
             match action {

@@ -197,6 +197,19 @@ pub(super) async fn post(
         )
         .await;
     match result {
+        // Erased after the link was issued: the expired page, nothing kept.
+        Ok(Ok(r)) if r.erased && r.granted.is_empty() && r.withdrawn.is_empty() => page(
+            StatusCode::GONE,
+            lang,
+            title(lang),
+            &format!(
+                "<p>{}</p>",
+                lang.pick(
+                    "This link has expired. Nothing was recorded.",
+                    "Ten link wygasł. Niczego nie zapisano.",
+                )
+            ),
+        ),
         Ok(Ok(r)) => match s.authority.preferences_of(before.claim) {
             Some(after) => {
                 let banner = saved(lang, &after, &r);

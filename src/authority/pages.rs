@@ -279,8 +279,8 @@ impl Authority {
         let mut evidence = Evidence::new();
         evidence.insert("resend".into(), "true".into());
         let change = Change {
-            contact: contact.clone(),
-            consent: consent.clone(),
+            contact,
+            consent,
             action: Action::Grant,
             occurred_at: None,
             source: Source::Operator,
@@ -293,10 +293,12 @@ impl Authority {
             bulk: false,
             by_page: false,
         };
-        let outcome = self.change(change, None).await?;
-        let url = self.confirmation_url(&contact, &consent, &outcome);
-        let issued = outcome.pending.map_or(now, |p| p.recorded_at);
-        Ok((url, self.confirmation_expires_at(issued)))
+        let recorded = self.record(change, None).await?;
+        let issued = recorded.outcome.pending.map_or(now, |p| p.recorded_at);
+        Ok((
+            recorded.confirmation_url,
+            self.confirmation_expires_at(issued),
+        ))
     }
 
     /// Opens a confirmation token and gathers what its page shows; `None`

@@ -54,16 +54,15 @@ impl Committer {
     ) {
         let started = Instant::now();
         let mut queued = Some(changes);
-        let mut ruled: Option<(GroupBatch, Vec<ContactId>)> = None;
+        let mut ruled: Option<GroupBatch> = None;
         let cursor = self.cursor();
         let result = shared.commit_on_latest(cursor, &mut |latest| {
             self.apply_changes(latest);
             let Some(mut batch) = self.rule_group(queued.take().unwrap_or_default()) else {
                 return Write::Nothing;
             };
-            let contacts = batch.contacts().collect();
             let write = std::mem::take(&mut batch.write);
-            ruled = Some((batch, contacts));
+            ruled = Some(batch);
             Write::Batch(write)
         });
         if let Some(changes) = queued.take() {
@@ -84,8 +83,10 @@ impl Committer {
             }
             return;
         }
-        if let Some((batch, contacts)) = ruled {
-            self.committed(batch, result, contacts, started);
+        if let Some(batch) = ruled {
+            // No contacts in doubt to keep: what a commit in doubt did comes
+            // back through the feed, in order, if it landed.
+            self.committed(batch, result, Vec::new(), started);
         } else if let Err(e) = result {
             // Nothing was to be written; the rollback's error changes nothing.
             tracing::debug!(error = %e, "a commit with nothing to write ended in an error");

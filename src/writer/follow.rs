@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::committer::Committer;
-use crate::domain::{ContactId, EventRecord, HeldState, PendingRecord, UnixNanos};
+use crate::domain::{Catalog, ContactId, EventRecord, HeldState, PendingRecord, UnixNanos};
 use crate::store::{CatalogChange, Changes, Tombstone};
 
 impl Committer {
@@ -29,6 +29,7 @@ impl Committer {
             return;
         }
         let now = self.clock.now();
+        let catalog = self.catalog.load_full();
         let mut erasures = changes.erasures.into_iter().peekable();
         for e in changes.events {
             while let Some((sequence, t)) = erasures.next_if(|(s, _)| *s < e.sequence) {
@@ -44,7 +45,7 @@ impl Committer {
                 .observe(Duration::from_nanos(
                     now.saturating_sub(e.recorded_at).max(0) as u64,
                 ));
-            self.apply_event(e);
+            self.apply_event(&catalog, e);
         }
         for (sequence, t) in erasures {
             if sequence > applied {
@@ -57,7 +58,7 @@ impl Committer {
 
     /// One event another node recorded: its decision where rule 2 lets it
     /// win, and the pending record it moves.
-    fn apply_event(&mut self, e: EventRecord) {
+    fn apply_event(&mut self, catalog: &Catalog, e: EventRecord) {
         self.last_recorded = self.last_recorded.max(e.recorded_at);
         // Rule 5: what occurred before an erasure of the contact is gone
         // (a stale record of a node that had not seen the erasure: kept out
@@ -69,7 +70,6 @@ impl Committer {
         {
             return;
         }
-        let catalog = self.catalog.load();
         let Some(idx) = catalog.consent_idx(e.consent.as_str()) else {
             tracing::warn!(consent = %e.consent, sequence = e.sequence, "the feed names a consent this node's catalog lacks");
             return;

@@ -145,12 +145,7 @@ async fn transaction(
                     ),
                 ));
             }
-            let catalog_version = within(
-                timeout,
-                &sent,
-                write_batch(&txn, batch, head.catalog_version),
-            )
-            .await?;
+            let catalog_version = within(timeout, &sent, write_batch(&txn, batch)).await?;
             (
                 Committed {
                     first_sequence: first,
@@ -192,7 +187,6 @@ fn gave_up() -> StoreError {
 async fn write_batch(
     txn: &deadpool_postgres::Transaction<'_>,
     batch: WriteBatch,
-    catalog_version: i64,
 ) -> Result<i64, StoreError> {
     let before = |e| pg(e, false);
     let c = Columns::of(batch)?;
@@ -400,9 +394,7 @@ async fn write_batch(
             return Err(StoreError::corrupt("commit", what));
         }
     }
-    let version: i64 = meta.map_err(before)?.get(0);
-    debug_assert!(version >= catalog_version);
-    Ok(version)
+    Ok(meta.map_err(before)?.get(0))
 }
 
 /// Deletes everything held for the contact and keeps its tombstone, which

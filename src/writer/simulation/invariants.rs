@@ -7,7 +7,8 @@
 //! - withdrawals stick: no system grant without `confirmed` was applied
 //!   over a withdrawal the person made of the consent, an ancestor or a
 //!   descendant; a double opt-in consent was granted only by a
-//!   confirmation;
+//!   confirmation (`confirmed`, or a click on one of the pages, never a
+//!   caller naming a page's source);
 //! - receipt times grow with sequences, whatever the nodes' clocks;
 //! - every node answers from exactly the fold of the store's records up to
 //!   its applied sequence: nothing allowed with `min_sequence` after an
@@ -72,7 +73,10 @@ fn fold(events: &[EventRecord], through: u64) -> Result<Fold, String> {
                         e.sequence, e.source, e.consent, e.contact
                     ));
                 }
-                if e.consent.as_str() == "news" && !e.source.confirms_itself() {
+                // Only a page's own click confirms (its actor is the
+                // page's): a caller naming a page's source does not.
+                let by_page = e.actor.ends_with("-page") && e.source.confirms_itself();
+                if e.consent.as_str() == "news" && !by_page {
                     return Err(format!(
                         "event {}: a double opt-in grant applied without a confirmation",
                         e.sequence

@@ -317,10 +317,19 @@ impl World {
             Action::Withdraw
         };
         let source = rng.pick(&SOURCES);
-        // A click on a link minted earlier (maybe before an erasure): the
-        // page records it at the click, with the link's issue time.
-        let click =
-            source == Source::UnsubscribeLink && action == Action::Withdraw && rng.chance(60);
+        // A click on one of the pages, through a link minted earlier (maybe
+        // before an erasure): recorded at the click, with the link's issue
+        // time and the page's actor. A page source without it is a caller
+        // merely naming that source.
+        let page = match source {
+            Source::UnsubscribeLink if action == Action::Withdraw => {
+                Some(crate::authority::PAGE_ACTOR)
+            }
+            Source::ConfirmationLink => Some(crate::authority::CONFIRM_ACTOR),
+            Source::PreferenceCenter => Some(crate::authority::PREFERENCES_ACTOR),
+            _ => None,
+        };
+        let click = page.is_some() && rng.chance(60);
         let issued_at = click.then(|| now - rng.below(120) as i64 * S);
         Change {
             contact: ContactId::parse("contact", rng.pick(&CONTACTS)).expect("valid"),
@@ -336,11 +345,14 @@ impl World {
             evidence: Evidence::new(),
             idempotency_key: rng.chance(20).then(|| format!("key-{}", rng.below(6))),
             issued_at,
-            actor: format!("node-{n}"),
-            confirmed: rng.chance(10),
+            actor: match page {
+                Some(actor) if click => actor.to_owned(),
+                _ => format!("node-{n}"),
+            },
+            confirmed: !click && rng.chance(10),
             resend: false,
-            bulk: rng.chance(10),
-            by_page: false,
+            bulk: !click && rng.chance(10),
+            by_page: click,
         }
     }
 

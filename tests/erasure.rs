@@ -262,8 +262,7 @@ async fn a_link_minted_before_an_erasure_brings_no_one_back() {
     // page that carries the first link's issue time.
     let path = link_path(&server, &link.url);
     let (_, _, body) = http(server.http_addr, "GET", &path, &[], "").await;
-    let at = body.find("/p/").expect("links to the preference center");
-    let prefs = &body[at..at + body[at..].find('"').unwrap()];
+    let prefs = &preference_path_in(&body);
     let form = [("Content-Type", "application/x-www-form-urlencoded")];
     for fields in ["grant=marketing", "withdraw=marketing.acme"] {
         let (status, _, page) = http(server.http_addr, "POST", prefs, &form, fields).await;

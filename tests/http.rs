@@ -29,9 +29,8 @@ async fn get_changes_nothing_one_click_post_withdraws_exactly_the_most_specific(
         "the brand's display name: {body}"
     );
     // It links to anna's preference center, which opens on her states.
-    let at = body.find("/p/").expect("links to the preference center");
-    let prefs = &body[at..at + body[at..].find('"').unwrap()];
-    let (status, _, page) = http(server.http_addr, "GET", prefs, &[], "").await;
+    let prefs = preference_path_in(&body);
+    let (status, _, page) = http(server.http_addr, "GET", &prefs, &[], "").await;
     assert_eq!(status, 200, "{page}");
     assert!(
         page.contains("name=\"withdraw\" value=\"marketing\"") && page.contains("Acme Outdoor"),

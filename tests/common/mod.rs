@@ -204,6 +204,13 @@ pub(crate) async fn health_of(
         .map(|r| r.into_inner().status())
 }
 
+/// The path of the preference-center link a page shows (the unsubscribe
+/// page links to one).
+pub(crate) fn preference_path_in(page: &str) -> String {
+    let at = page.find("/p/").expect("links to the preference center");
+    page[at..at + page[at..].find('"').expect("the link ends")].to_owned()
+}
+
 /// Polls `health_of(service)` until it is `want`, for at most 30 s.
 pub(crate) async fn wait_health(
     server: &TestServer,

@@ -157,11 +157,8 @@ async fn every_page_names_the_controller_beside_the_brand() {
         unsubscribe.contains(&format!("Acme Outdoor ({CONTROLLER})")),
         "{unsubscribe}"
     );
-    let at = unsubscribe
-        .find("/p/")
-        .expect("links to the preference center");
-    let prefs = &unsubscribe[at..at + unsubscribe[at..].find('"').unwrap()];
-    let (_, _, preferences) = get(&server, prefs).await;
+    let prefs = preference_path_in(&unsubscribe);
+    let (_, _, preferences) = get(&server, &prefs).await;
     assert!(preferences.contains(CONTROLLER), "{preferences}");
     // The confirmation page names who asks, not "someone".
     let r = grant(

@@ -64,8 +64,7 @@ async fn no_page_may_be_framed() {
     let path = link_path(&server, &link.url);
     // The unsubscribe page, the preference page it links to, the one 404.
     let (_, _, body) = http(server.http_addr, "GET", &path, &[], "").await;
-    let at = body.find("/p/").expect("links to the preference center");
-    let prefs = body[at..at + body[at..].find('"').unwrap()].to_owned();
+    let prefs = preference_path_in(&body);
     for page in [path.as_str(), prefs.as_str(), "/u/not-a-token"] {
         let (_, head, _) = http(server.http_addr, "GET", page, &[], "").await;
         let head = head.to_ascii_lowercase();

@@ -10,6 +10,23 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use super::common::*;
 use super::{fresh_check, nodes, nodes_on, process};
 
+/// Asserts that every acknowledged grant (contact, sequence) is allowed on
+/// the node behind `elig`, read with the newest of their tokens.
+async fn all_allowed(
+    elig: &mut pb::eligibility_client::EligibilityClient<tonic::transport::Channel>,
+    acknowledged: &[(String, u64)],
+) {
+    let token = acknowledged.iter().map(|(_, s)| *s).max().unwrap();
+    for (who, _) in acknowledged {
+        let mut req = check(who, "email", "zenith");
+        req.min_sequence = token;
+        assert!(
+            elig.can_send(req).await.unwrap().into_inner().allowed,
+            "{who} was acknowledged"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_database_restarted_under_check_traffic_on_two_nodes() {
     // A server of its own: the shared one stays up for the other tests.
@@ -98,16 +115,7 @@ async fn the_database_restarted_under_check_traffic_on_two_nodes() {
         assert_eq!(answer.reason(), Reason::Withdrawn, "{who}");
     }
     // Nothing acknowledged is lost, and the other node sees it all.
-    let token = acknowledged.iter().map(|(_, s)| *s).max().unwrap();
-    let mut elig = nodes[1].eligibility().await;
-    for (who, _) in &acknowledged {
-        let mut req = check(who, "email", "zenith");
-        req.min_sequence = token;
-        assert!(
-            elig.can_send(req).await.unwrap().into_inner().allowed,
-            "{who} was acknowledged"
-        );
-    }
+    all_allowed(&mut nodes[1].eligibility().await, &acknowledged).await;
     for n in nodes {
         n.stop().await;
     }
@@ -148,31 +156,15 @@ async fn a_node_killed_mid_writes_loses_nothing_and_the_others_carry_on() {
         let _ = w.await;
     }
     let acked = acked.lock().unwrap().clone();
-    let token = acked.iter().map(|(_, s)| *s).max().unwrap();
     // The surviving node has every acknowledged grant.
-    let mut elig = nodes[0].eligibility().await;
-    for (who, _) in &acked {
-        let mut req = check(who, "email", "zenith");
-        req.min_sequence = token;
-        assert!(
-            elig.can_send(req).await.unwrap().into_inner().allowed,
-            "{who}"
-        );
-    }
+    all_allowed(&mut nodes[0].eligibility().await, &acked).await;
     // And the killed node, restarted, too.
     let again = process::start_on(binary, dir.path(), None, Some(&url));
     let mut elig =
         pb::eligibility_client::EligibilityClient::connect(format!("http://{}", again.grpc))
             .await
             .unwrap();
-    for (who, _) in &acked {
-        let mut req = check(who, "email", "zenith");
-        req.min_sequence = token;
-        assert!(
-            elig.can_send(req).await.unwrap().into_inner().allowed,
-            "{who}"
-        );
-    }
+    all_allowed(&mut elig, &acked).await;
     again.kill();
     for n in nodes {
         n.stop().await;

@@ -1,7 +1,9 @@
 //! The pages in a real browser: headless Chromium at phone size, driven
 //! through WebDriver (ChromeDriver) the way a person uses them — open a
 //! preference link, tick a box, save; open an unsubscribe link, press the
-//! button; open a confirmation link, confirm — checking CanSend after each.
+//! button; open a confirmation link, confirm; see the preference center say
+//! which consent a message goes out (or stops) through — checking CanSend
+//! after each.
 //! A screenshot of every page lands in `target/browser-screenshots/`.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs
@@ -243,6 +245,67 @@ async fn a_person_uses_the_pages_on_a_phone() {
         last.evidence
     );
 
+    // 4. The umbrella granted at a shop counter: the preference center says
+    //    the newsletter, stopped in step 2, goes out again through it, as
+    //    CanSend answers; stopping it there stops it, and the umbrella now
+    //    reaches only some of its messages.
+    cons.grant(change("pia", "marketing", None)).await.unwrap();
+    let (allowed, _, by) = can_send(&mut server.eligibility().await, "pia", "email", "acme").await;
+    assert_eq!((allowed, by.as_str()), (true, "marketing"));
+    client.goto(&url).await.unwrap();
+    wait_for(&client, "Save my choices").await;
+    let newsletter = "fieldset[id='c-marketing.acme.email']";
+    assert_eq!(
+        seen(&client, &format!("{newsletter} p.state")).await,
+        "You receive these messages."
+    );
+    assert_eq!(
+        seen(&client, &format!("{newsletter} p.through")).await,
+        "Sent because you agreed to News and offers from all our brands."
+    );
+    snap(&client, "7-preferences-through-umbrella").await;
+    click(
+        &client,
+        "input[name=withdraw][value='marketing.acme.email']",
+    )
+    .await;
+    click(&client, "button[type=submit]").await;
+    wait_for(&client, "Saved.").await;
+    assert_eq!(
+        seen(&client, &format!("{newsletter} p.state")).await,
+        "You do not receive these messages."
+    );
+    let umbrella = "fieldset[id='c-marketing']";
+    assert_eq!(
+        seen(&client, &format!("{umbrella} p.state")).await,
+        "You receive some of these messages."
+    );
+    assert_eq!(
+        seen(&client, &format!("{umbrella} p.through")).await,
+        "Some are not sent because you stopped The Acme newsletter."
+    );
+    fits_the_phone(&client).await;
+    snap(&client, "8-preferences-partly").await;
+    let (allowed, why, by) =
+        can_send(&mut server.eligibility().await, "pia", "email", "acme").await;
+    assert_eq!(
+        (allowed, why, by.as_str()),
+        (false, Reason::Withdrawn, "marketing.acme.email")
+    );
+    let (allowed, _, _) = can_send(&mut server.eligibility().await, "pia", "sms", "acme").await;
+    assert!(allowed, "the rest of the umbrella still goes out");
+
     client.close().await.unwrap();
     server.stop().await;
+}
+
+/// The visible text of the first element `css` selects.
+async fn seen(client: &Client, css: &str) -> String {
+    client
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .text()
+        .await
+        .unwrap()
 }

@@ -83,10 +83,11 @@ async fn erasure_forgets_refuses_stale_grants_and_leaves_no_plaintext() {
     assert!(!stale.applied);
     assert!(history(&server, ANNA).await.is_empty());
 
-    // A link minted before the erasure confirms and records nothing.
+    // A link minted before the erasure confirms and records nothing: a
+    // mail client's one-click POST gets a 200, with the expired page.
     let path = link_path(&server, &link.url);
     let form = [("Content-Type", "application/x-www-form-urlencoded")];
-    let (status, _, _) = http(
+    let (status, _, page) = http(
         server.http_addr,
         "POST",
         &path,
@@ -95,6 +96,7 @@ async fn erasure_forgets_refuses_stale_grants_and_leaves_no_plaintext() {
     )
     .await;
     assert_eq!(status, 200);
+    assert!(page.contains("expired"), "{page}");
     assert!(history(&server, ANNA).await.is_empty());
 
     // Everyone else is untouched.
@@ -244,41 +246,126 @@ async fn no_plaintext_remains_within_60_seconds_while_the_server_runs() {
     server.stop().await;
 }
 
+/// The path of the confirmation link a pending grant's answer carries.
+fn confirmation_path(url: &str) -> String {
+    url[url.find("/c/").expect("a confirmation link")..].to_owned()
+}
+
+/// Every page a link minted before an erasure opens: 410 and the expired
+/// page, with no link to another page (DESIGN.md §8).
+async fn all_expired(server: &TestServer, paths: &[&str]) {
+    for path in paths {
+        let (status, _, page) = http(server.http_addr, "GET", path, &[], "").await;
+        assert_eq!(status, 410, "GET {path}: {page}");
+        assert!(page.contains("expired"), "GET {path}: {page}");
+        assert!(!page.contains("/p/"), "no preference link: {page}");
+    }
+}
+
 #[tokio::test]
-async fn a_link_minted_before_an_erasure_brings_no_one_back() {
+async fn links_minted_before_an_erasure_open_the_expired_page_and_record_nothing() {
     let server = TestServer::start().await;
+    edit_catalog(&server, |s| {
+        consent_mut(s, "marketing.zenith").double_opt_in = true
+    })
+    .await
+    .unwrap();
     let mut cons = server.consents().await;
     cons.grant(change("erin", "marketing", Some(now() - 60)))
         .await
         .unwrap();
-    let link = unsubscribe_link(&server, "erin", "email", "acme").await;
+    let pending = cons
+        .grant(change("erin", "marketing.zenith", None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(pending.pending, "{pending:?}");
+    let confirm = confirmation_path(&pending.confirmation_url);
+    let unsubscribe = link_path(
+        &server,
+        &unsubscribe_link(&server, "erin", "email", "acme").await.url,
+    );
+    // The preference link the unsubscribe page shows, and one issued alone.
+    let (_, _, page) = http(server.http_addr, "GET", &unsubscribe, &[], "").await;
+    let shown = preference_path_in(&page);
+    let issued = cons
+        .issue_preference_link(pb::IssuePreferenceLinkRequest {
+            contact_id: "erin".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let issued = link_path(&server, &issued);
     cons.erase_contact(pb::EraseContactRequest {
         contact_id: "erin".into(),
         reason: "asked".into(),
     })
     .await
     .unwrap();
-    // The unsubscribe page, opened after the erasure, links to a preference
-    // page that carries the first link's issue time.
-    let path = link_path(&server, &link.url);
-    let (_, _, body) = http(server.http_addr, "GET", &path, &[], "").await;
-    let prefs = &preference_path_in(&body);
+
+    all_expired(&server, &[&unsubscribe, &shown, &issued, &confirm]).await;
     let form = [("Content-Type", "application/x-www-form-urlencoded")];
-    for fields in ["grant=marketing", "withdraw=marketing.acme"] {
-        let (status, _, page) = http(server.http_addr, "POST", prefs, &form, fields).await;
-        assert_eq!(status, 410, "{fields}: {page}");
+    let version = format!("version={}", pending_version(&server).await);
+    let posts: [(&str, &str, u16); 7] = [
+        (&shown, "grant=marketing", 410),
+        (&issued, "withdraw=marketing.acme", 410),
+        (&confirm, &version, 410),
+        (&confirm, "not_me=1", 410),
+        (&unsubscribe, "scope=all", 410),
+        (&unsubscribe, "scope=consent", 410),
+        // A mail client's one-click POST: told so with a 200 (rule 4).
+        (&unsubscribe, "List-Unsubscribe=One-Click", 200),
+    ];
+    for (path, fields, want) in posts {
+        let (status, _, page) = http(server.http_addr, "POST", path, &form, fields).await;
+        assert_eq!(status, want, "POST {path} {fields}: {page}");
         assert!(page.contains("expired"), "{fields}: {page}");
     }
-    // Nothing was recorded for her: not by the pages, not by a click.
-    let (status, _, _) = http(server.http_addr, "POST", &path, &form, "scope=all").await;
-    assert_eq!(status, 200);
     assert!(
         history(&server, "erin").await.is_empty(),
-        "nothing recorded"
+        "nothing recorded for her: not by the pages, not by a click"
     );
     let (allowed, reason, _) =
         can_send(&mut server.eligibility().await, "erin", "email", "acme").await;
     assert!(!allowed);
     assert_eq!(reason, pb::Reason::NoConsent);
+
+    // Granted again since: the old unsubscribe link withdraws (rule 4), its
+    // page offers no preference link; the other pages stay expired.
+    cons.grant(change("erin", "marketing", None)).await.unwrap();
+    let (status, _, page) = http(server.http_addr, "GET", &unsubscribe, &[], "").await;
+    assert_eq!(status, 200, "{page}");
+    assert!(!page.contains("/p/"), "{page}");
+    all_expired(&server, &[&shown, &issued, &confirm]).await;
+    let (status, _, page) = http(server.http_addr, "POST", &confirm, &form, &version).await;
+    assert_eq!(status, 410, "{page}");
+    let (status, _, page) = http(server.http_addr, "POST", &unsubscribe, &form, "scope=all").await;
+    assert_eq!(status, 200, "{page}");
+    let (allowed, reason, decided_by) =
+        can_send(&mut server.eligibility().await, "erin", "email", "acme").await;
+    assert!(!allowed);
+    assert_eq!(
+        (reason, decided_by.as_str()),
+        (Reason::Withdrawn, "marketing")
+    );
+    let events = history(&server, "erin").await;
+    assert_eq!(events.len(), 2, "the new grant and the click: {events:?}");
     server.stop().await;
+}
+
+/// The wording version of `marketing.zenith` in force.
+async fn pending_version(server: &TestServer) -> u32 {
+    let mut cat = server.catalog().await;
+    let spec = cat
+        .get_catalog(pb::GetCatalogRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    spec.consents
+        .iter()
+        .find(|c| c.id == "marketing.zenith")
+        .unwrap()
+        .version
 }

@@ -15,7 +15,8 @@ use crate::domain::{
 };
 use crate::links::{Claim, LinkKind};
 
-use super::{Authority, ChangeError, LinkError};
+use super::pages::SinceIssue;
+use super::{Authority, ChangeError, LinkError, ReadError};
 
 /// The actor of what the unsubscribe page records.
 pub const PAGE_ACTOR: &str = "unsubscribe-page";
@@ -33,6 +34,10 @@ pub struct LinkPage {
     pub consent_title: String,
     /// Title of the purpose's root ("everything").
     pub purpose_title: String,
+    /// The contact was erased at or after the link's issue and holds
+    /// nothing since: the link has nothing left to withdraw (rule 4), and
+    /// its page is the expired page.
+    pub expired: bool,
 }
 
 impl Authority {
@@ -86,11 +91,15 @@ impl Authority {
 
     /// Verifies a link token and gathers what its page shows; `None` for
     /// any token that is not authentic.
-    pub fn link_page(&self, token: &str) -> Option<LinkPage> {
-        let claim = self
+    pub async fn link_page(&self, token: &str) -> Result<Option<LinkPage>, ReadError> {
+        let Some(claim) = self
             .links
             .verify(token)
-            .filter(|c| c.kind == LinkKind::Unsubscribe)?;
+            .filter(|c| c.kind == LinkKind::Unsubscribe)
+        else {
+            return Ok(None);
+        };
+        let since = self.since_issue(&claim).await?;
         let catalog = self.catalog.load();
         let title = |idx: Option<ConsentIdx>, fallback: &str| {
             idx.and_then(|i| catalog.consent(i))
@@ -105,19 +114,25 @@ impl Authority {
         };
         let target = link_target(&catalog, &claim, false);
         let root = link_target(&catalog, &claim, true);
-        Some(LinkPage {
+        Ok(Some(LinkPage {
             consent_title: title(target, claim.consent.as_str()),
             purpose_title: title(root, claim.purpose.as_str()),
             brand: catalog.brand_title(&claim.brand).to_owned(),
-            preferences_url: self.preference_url_for(&claim),
+            // Its page would be the expired page: not offered.
+            preferences_url: (since == SinceIssue::Kept)
+                .then(|| self.preference_url_for(&claim))
+                .flatten(),
+            expired: since == SinceIssue::Erased,
             claim,
-        })
+        }))
     }
 
     /// Withdraws what a verified link names, resolved now (see the module
     /// docs): its consent, or with `everything` the root of its purpose.
     /// Returns once durable; `None` when the link's whole purpose is gone
-    /// from the catalog (then nobody holds anything it could withdraw).
+    /// from the catalog (then nobody holds anything it could withdraw). An
+    /// outcome with sequence 0 recorded nothing: the link was minted before
+    /// the contact was erased and the contact holds nothing since (rule 4).
     pub async fn unsubscribe(
         &self,
         claim: &Claim,

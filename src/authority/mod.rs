@@ -10,12 +10,17 @@
 //! store type leaves the authority.
 //!
 //! Layout: this file holds the operations; `links.rs` the unsubscribe links
-//! (mint, page, click); `import.rs` the streamed import pipeline.
+//! (mint, page, click); `confirm.rs` the double opt-in confirmation;
+//! `preferences.rs` the preference center; `pages.rs` what those pages
+//! share (a consent as shown, a link's contact erased since);
+//! `import.rs` the streamed import pipeline.
 
 mod check;
+mod confirm;
 mod import;
 mod links;
 mod pages;
+mod preferences;
 mod reads;
 
 use std::sync::Arc;
@@ -24,19 +29,21 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 
 pub use self::check::{Check, Checked};
+pub use self::confirm::{CONFIRM_ACTOR, ConfirmPage, Confirmation, Confirmed};
 pub use self::import::{Import, ImportSummary, RowError};
 pub use self::links::{LinkPage, PAGE_ACTOR};
-pub use self::pages::{
-    CONFIRM_ACTOR, ConfirmPage, Confirmation, Confirmed, PREFERENCES_ACTOR, PreferenceItem,
-    PreferencePage, PreferenceRefusal, PreferenceResult, Shown,
+pub use self::pages::Shown;
+pub use self::preferences::{
+    PREFERENCES_ACTOR, PreferenceItem, PreferenceOpen, PreferencePage, PreferenceRefusal,
+    PreferenceResult, Reach, Through,
 };
 pub use self::reads::{ContactExport, ContactView, MAX_HISTORY_PAGE};
 pub use crate::error::{CatalogError, ChangeError, EraseError, LinkError, ReadError, WriteError};
 
 use crate::clock::Clock;
 use crate::domain::{
-    Catalog, CatalogSpec, Change, ChangeOutcome, ConsentIdx, ContactId, FieldError, UnixNanos,
-    Verdict, ids::check_contact,
+    Catalog, CatalogSpec, Change, ChangeOutcome, ConsentIdx, ContactHasher, ContactId, FieldError,
+    UnixNanos, Verdict, ids::check_contact,
 };
 use crate::index::Index;
 use crate::links::Links;
@@ -122,6 +129,9 @@ pub struct Authority {
     confirmation_ttl: UnixNanos,
     /// The controller the pages name beside the brand (empty: none).
     controller: Arc<str>,
+    /// Names a contact to the store's tombstones (pages reached from links
+    /// minted before an erasure).
+    hasher: ContactHasher,
 }
 
 /// How long a read waits for its freshness token (`min_sequence`).
@@ -147,6 +157,7 @@ impl Authority {
         let catalog = Arc::new(ArcSwap::from_pointee(catalog));
         let metrics = Arc::new(Metrics::default());
         let applied = start.applied.clone();
+        let hasher = start.erasures.hasher();
         let writer = Writer::start(
             backend,
             index.clone(),
@@ -172,6 +183,7 @@ impl Authority {
             applied,
             confirmation_ttl: crate::clock::nanos(confirmation_ttl),
             controller: Arc::from(controller_name),
+            hasher,
         };
         Ok((authority, report))
     }

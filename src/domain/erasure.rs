@@ -13,9 +13,32 @@ use super::event::UnixNanos;
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// The keyed hash that names a contact in a tombstone: cheap to clone, so
+/// the pages can name a contact to the store the way the writer does.
+#[derive(Clone)]
+pub struct ContactHasher {
+    mac: HmacSha256,
+}
+
+impl ContactHasher {
+    /// The hasher under the store's erasure key.
+    pub fn new(key: &[u8; 32]) -> Self {
+        Self {
+            mac: HmacSha256::new_from_slice(key).expect("HMAC takes any key length"),
+        }
+    }
+
+    /// The keyed hash of `contact`.
+    pub fn hash(&self, contact: &str) -> [u8; 32] {
+        let mut mac = self.mac.clone();
+        mac.update(contact.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+}
+
 /// Every erasure, by keyed hash of the contact.
 pub struct Erasures {
-    mac: HmacSha256,
+    hasher: ContactHasher,
     erased: HashMap<[u8; 32], UnixNanos>,
 }
 
@@ -23,16 +46,19 @@ impl Erasures {
     /// The erasures on file, under the store's erasure key.
     pub fn new(key: &[u8; 32], erased: impl IntoIterator<Item = ([u8; 32], UnixNanos)>) -> Self {
         Self {
-            mac: HmacSha256::new_from_slice(key).expect("HMAC takes any key length"),
+            hasher: ContactHasher::new(key),
             erased: erased.into_iter().collect(),
         }
     }
 
     /// The keyed hash that names `contact` in a tombstone.
     pub fn hash(&self, contact: &str) -> [u8; 32] {
-        let mut mac = self.mac.clone();
-        mac.update(contact.as_bytes());
-        mac.finalize().into_bytes().into()
+        self.hasher.hash(contact)
+    }
+
+    /// The hasher, for whoever asks the store about one contact.
+    pub fn hasher(&self) -> ContactHasher {
+        self.hasher.clone()
     }
 
     /// When `contact` was erased, if it was. Costs nothing while no one was.

@@ -13,7 +13,7 @@ pub mod terms;
 pub mod wording;
 
 pub use catalog::{Catalog, CatalogSpec, Cell, Compiled, Consent, ConsentIdx, ConsentSpec};
-pub use erasure::Erasures;
+pub use erasure::{ContactHasher, Erasures};
 pub use event::{
     Action, Change, Decision, EventRecord, Evidence, IdempotencyRecord, Source, StateRecord,
     UnixNanos,

@@ -80,11 +80,11 @@ async fn public(
         return page::not_found();
     };
     match (kind, method) {
-        ("u", Method::GET | Method::HEAD) => unsubscribe::show(&s, token, &headers),
+        ("u", Method::GET | Method::HEAD) => unsubscribe::show(&s, token, &headers).await,
         ("u", Method::POST) => unsubscribe::confirm(&s, token, peer, &headers, &body).await,
         ("c", Method::GET | Method::HEAD) => confirm::show(&s, token, &headers).await,
         ("c", Method::POST) => confirm::post(&s, token, peer, &headers, &body).await,
-        ("p", Method::GET | Method::HEAD) => preferences::show(&s, token, &headers),
+        ("p", Method::GET | Method::HEAD) => preferences::show(&s, token, &headers).await,
         ("p", Method::POST) => preferences::post(&s, token, peer, &headers, &body).await,
         _ => page::not_found(),
     }

@@ -88,7 +88,7 @@ fieldset{{border:1px solid #bbb;margin:1rem 0;padding:.6rem 1rem}}\
 legend{{font-weight:600;padding:0 .3rem}}\
 label.choice{{display:flex;gap:.7rem;align-items:center;padding:.6rem 0;font-size:1.05rem}}\
 label.choice input{{width:1.6rem;height:1.6rem;flex:none}}\
-.state{{font-size:.95rem;color:#333}}\
+.state,.through{{font-size:.95rem;color:#333}}\
 .notice{{border:2px solid #b58900;padding:.5rem .8rem}}\
 .ok{{border:2px solid #2e7d32;padding:.5rem .8rem}}\
 .error{{border:2px solid #c00;padding:.5rem .8rem}}</style></head>\
@@ -134,6 +134,20 @@ pub(super) fn not_found() -> Response {
         Lang::En,
         "404",
         "<p>This link is not valid.</p>",
+    )
+}
+
+/// The page behind a link minted before its contact was erased (DESIGN.md
+/// §8): 410, and nothing was recorded.
+pub(super) fn expired(lang: Lang, title: &str) -> Response {
+    page(
+        StatusCode::GONE,
+        lang,
+        title,
+        lang.pick(
+            "<p>This link has expired. Nothing was recorded, and we hold no consent of yours for these messages.</p>",
+            "<p>Ten link wygasł. Niczego nie zapisano i nie przechowujemy Twojej zgody na te wiadomości.</p>",
+        ),
     )
 }
 

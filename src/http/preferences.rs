@@ -1,9 +1,13 @@
 //! `GET /p/{token}` and `POST /p/{token}`: the preference center
 //! (DESIGN.md §7). One plain form lists every consent of the link's purpose
 //! tree that is not retired: title, brands, the wording in force, and what
-//! this contact's state says now. Every box starts unticked: a box grants
-//! (`grant=ID`) where messages are off, or withdraws (`withdraw=ID`) where
-//! they are on; `v.ID` carries the version shown. A POST naming a consent
+//! CanSend decides now across the consent's scope (all, some or none of its
+//! messages go out: `data-cansend`), naming the other consent it follows
+//! where one decides (an umbrella grant, a withdrawal above:
+//! `data-decided-by`). Every box starts unticked: a box grants
+//! (`grant=ID`) where no message goes out, or withdraws (`withdraw=ID`)
+//! where some do; `v.ID` carries the version shown. A link minted before
+//! its contact was erased opens the expired page (410) and records nothing. A POST naming a consent
 //! outside the tree, unknown, or retired (for a grant) is a 400 page and
 //! records nothing of that request; otherwise the page comes back with the
 //! new states.
@@ -16,9 +20,11 @@ use axum::response::Response;
 
 use super::AppState;
 use super::page::{
-    Lang, escape, evidence, form_fields, lang, not_found, page, sender, unavailable,
+    Lang, escape, evidence, expired, form_fields, lang, not_found, page, sender, unavailable,
 };
-use crate::authority::{PreferencePage, PreferenceRefusal, PreferenceResult};
+use crate::authority::{
+    PreferenceOpen, PreferencePage, PreferenceRefusal, PreferenceResult, Reach, Through,
+};
 
 fn title(lang: Lang) -> &'static str {
     lang.pick("Your message preferences", "Twoje preferencje wiadomości")
@@ -55,35 +61,53 @@ fn form(lang: Lang, p: &PreferencePage, controller: &str, banner: &str) -> Strin
             let names: Vec<String> = c.brands.iter().map(|b| escape(b)).collect();
             format!("<p class=\"brand\">{}</p>", names.join(", "))
         };
-        let (state, field, label) = if item.allowed {
-            (
+        let (state, reach) = match item.reach {
+            Reach::All => (
                 lang.pick("You receive these messages.", "Otrzymujesz te wiadomości."),
-                "withdraw",
-                lang.pick("Stop these messages", "Nie chcę tych wiadomości"),
-            )
-        } else if item.pending {
-            (
+                "all",
+            ),
+            Reach::Some => (
+                lang.pick(
+                    "You receive some of these messages.",
+                    "Otrzymujesz część tych wiadomości.",
+                ),
+                "some",
+            ),
+            Reach::None if item.pending => (
                 lang.pick(
                     "Waiting for your confirmation: you do not receive these messages yet.",
                     "Czeka na Twoje potwierdzenie: nie otrzymujesz jeszcze tych wiadomości.",
                 ),
-                "grant",
-                lang.pick("I agree to these messages", "Zgadzam się na te wiadomości"),
-            )
-        } else {
-            (
+                "none",
+            ),
+            Reach::None => (
                 lang.pick(
                     "You do not receive these messages.",
                     "Nie otrzymujesz tych wiadomości.",
                 ),
+                "none",
+            ),
+        };
+        let (field, label) = if item.allowed() {
+            (
+                "withdraw",
+                lang.pick("Stop these messages", "Nie chcę tych wiadomości"),
+            )
+        } else {
+            (
                 "grant",
                 lang.pick("I agree to these messages", "Zgadzam się na te wiadomości"),
             )
         };
+        let through: String = item
+            .through
+            .iter()
+            .map(|t| through_line(lang, item.reach, t))
+            .collect();
         let id = escape(&c.id);
         out.push_str(&format!(
             "<fieldset id=\"c-{id}\"><legend>{title}</legend>{brands}\
-<div class=\"wording\">{text}</div><p class=\"state\">{state}</p>\
+<div class=\"wording\">{text}</div><p class=\"state\" data-cansend=\"{reach}\">{state}</p>{through}\
 <input type=\"hidden\" name=\"v.{id}\" value=\"{version}\">\
 <label class=\"choice\"><input type=\"checkbox\" name=\"{field}\" value=\"{id}\">{label}</label></fieldset>",
             title = escape(&c.title),
@@ -96,6 +120,34 @@ fn form(lang: Lang, p: &PreferencePage, controller: &str, banner: &str) -> Strin
         lang.pick("Save my choices", "Zapisz moje wybory")
     ));
     out
+}
+
+/// Which other consent CanSend follows for (part of) a consent's scope.
+fn through_line(lang: Lang, reach: Reach, t: &Through) -> String {
+    let why = match (reach == Reach::Some, t.allows) {
+        (false, true) => lang.pick(
+            "Sent because you agreed to",
+            "Wysyłane, ponieważ zgodziłeś się na",
+        ),
+        (false, false) => lang.pick(
+            "Not sent because you stopped",
+            "Niewysyłane, ponieważ zrezygnowałeś z",
+        ),
+        (true, true) => lang.pick(
+            "Some are sent because you agreed to",
+            "Część jest wysyłana, ponieważ zgodziłeś się na",
+        ),
+        (true, false) => lang.pick(
+            "Some are not sent because you stopped",
+            "Część nie jest wysyłana, ponieważ zrezygnowałeś z",
+        ),
+    };
+    format!(
+        "<p class=\"through\" data-decided-by=\"{id}\" data-allows=\"{allows}\">{why} <strong>{title}</strong>.</p>",
+        id = escape(&t.id),
+        allows = t.allows,
+        title = escape(&t.title),
+    )
 }
 
 /// What was saved, as a banner.
@@ -148,16 +200,32 @@ fn saved(lang: Lang, p: &PreferencePage, r: &PreferenceResult) -> String {
     out
 }
 
-pub(super) fn show(s: &AppState, token: &str, headers: &HeaderMap) -> Response {
+/// The page behind a token, or what replaces it: the one 404 for a token
+/// that is not an authentic preference link, the expired page for a
+/// contact erased since the link was issued, 503 when the store cannot be
+/// asked.
+async fn open(s: &AppState, token: &str, lang: Lang) -> Result<PreferencePage, Response> {
+    match s.authority.preference_page(token).await {
+        Ok(Some(PreferenceOpen::Page(p))) => Ok(*p),
+        Ok(Some(PreferenceOpen::Expired)) => Err(expired(lang, title(lang))),
+        Ok(None) => Err(not_found()),
+        Err(e) => {
+            tracing::error!(error = %e, "a preference page could not be read");
+            Err(unavailable(lang, title(lang)))
+        }
+    }
+}
+
+pub(super) async fn show(s: &AppState, token: &str, headers: &HeaderMap) -> Response {
     let lang = lang(headers);
-    match s.authority.preference_page(token) {
-        Some(p) => page(
+    match open(s, token, lang).await {
+        Ok(p) => page(
             StatusCode::OK,
             lang,
             title(lang),
             &form(lang, &p, s.authority.controller_name(), ""),
         ),
-        None => not_found(),
+        Err(response) => response,
     }
 }
 
@@ -169,8 +237,9 @@ pub(super) async fn post(
     body: &[u8],
 ) -> Response {
     let lang = lang(headers);
-    let Some(before) = s.authority.preference_page(token) else {
-        return not_found();
+    let before = match open(s, token, lang).await {
+        Ok(p) => p,
+        Err(response) => return response,
     };
     let mut grants = Vec::new();
     let mut withdrawals = Vec::new();
@@ -198,18 +267,9 @@ pub(super) async fn post(
         .await;
     match result {
         // Erased after the link was issued: the expired page, nothing kept.
-        Ok(Ok(r)) if r.erased && r.granted.is_empty() && r.withdrawn.is_empty() => page(
-            StatusCode::GONE,
-            lang,
-            title(lang),
-            &format!(
-                "<p>{}</p>",
-                lang.pick(
-                    "This link has expired. Nothing was recorded.",
-                    "Ten link wygasł. Niczego nie zapisano.",
-                )
-            ),
-        ),
+        Ok(Ok(r)) if r.erased && r.granted.is_empty() && r.withdrawn.is_empty() => {
+            expired(lang, title(lang))
+        }
         Ok(Ok(r)) => match s.authority.preferences_of(before.claim) {
             Some(after) => {
                 let banner = saved(lang, &after, &r);

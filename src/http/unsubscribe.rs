@@ -12,7 +12,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 
 use super::AppState;
-use super::page::{Lang, escape, evidence, lang, not_found, page, sender, unavailable};
+use super::page::{Lang, escape, evidence, expired, lang, not_found, page, sender, unavailable};
+use crate::authority::LinkPage;
 
 struct Text {
     title: &'static str,
@@ -60,11 +61,43 @@ fn preferences_link(t: &Text, url: Option<&str>) -> String {
         .unwrap_or_default()
 }
 
-pub(super) fn show(s: &AppState, token: &str, headers: &HeaderMap) -> Response {
-    let Some(info) = s.authority.link_page(token) else {
-        return not_found();
-    };
+/// What to do with a link whose page is the expired page.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Expired {
+    /// Show that page.
+    Show,
+    /// Ask the writer anyway (a click).
+    Ask,
+}
+
+/// The link's page, or what replaces it: the one 404 for a token that is
+/// not authentic, the expired page for a contact erased since the link was
+/// minted (holding nothing since), 503 when the store cannot be asked.
+async fn open(
+    s: &AppState,
+    token: &str,
+    lang: Lang,
+    when_expired: Expired,
+) -> Result<LinkPage, Response> {
+    match s.authority.link_page(token).await {
+        Ok(Some(info)) if info.expired && when_expired == Expired::Show => {
+            Err(expired(lang, text(lang).title))
+        }
+        Ok(Some(info)) => Ok(info),
+        Ok(None) => Err(not_found()),
+        Err(e) => {
+            tracing::error!(error = %e, "an unsubscribe page could not be read");
+            Err(unavailable(lang, text(lang).title))
+        }
+    }
+}
+
+pub(super) async fn show(s: &AppState, token: &str, headers: &HeaderMap) -> Response {
     let lang = lang(headers);
+    let info = match open(s, token, lang, Expired::Show).await {
+        Ok(info) => info,
+        Err(response) => return response,
+    };
     let t = text(lang);
     let body = format!(
         "<p>{intro} <strong>{consent}</strong> {from} <strong>{brand}</strong>.</p>\
@@ -91,23 +124,38 @@ pub(super) async fn confirm(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Response {
-    let Some(info) = s.authority.link_page(token) else {
-        return not_found();
+    let lang = lang(headers);
+    // Even a link whose page would be the expired one goes to the writer:
+    // it alone rules on whether the contact was granted again since the
+    // erasure, to the moment (then the click withdraws, rule 4).
+    let info = match open(s, token, lang, Expired::Ask).await {
+        Ok(info) => info,
+        Err(response) => return response,
     };
     let everything = wants_everything(headers, body);
     let mut evidence = evidence(peer, headers);
-    if body.starts_with(b"List-Unsubscribe=One-Click") || is_one_click_multipart(headers, body) {
+    let one_click =
+        body.starts_with(b"List-Unsubscribe=One-Click") || is_one_click_multipart(headers, body);
+    if one_click {
         evidence.insert("method".into(), "rfc8058-one-click".into());
     } else {
         evidence.insert("method".into(), "unsubscribe-page".into());
     }
-    let lang = lang(headers);
     let t = text(lang);
     match s
         .authority
         .unsubscribe(&info.claim, everything, evidence)
         .await
     {
+        // Erased since the link was minted, nothing granted since: there is
+        // nothing to withdraw. A mail client's one-click POST is told so
+        // with a 200 (rule 4: the click confirms), a person the expired page.
+        Ok(Some(outcome)) if outcome.sequence == 0 && one_click => {
+            let mut r = expired(lang, t.title);
+            *r.status_mut() = StatusCode::OK;
+            r
+        }
+        Ok(Some(outcome)) if outcome.sequence == 0 => expired(lang, t.title),
         Ok(_) => {
             let prefs = preferences_link(t, info.preferences_url.as_deref());
             let body = if everything {

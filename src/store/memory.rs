@@ -425,6 +425,10 @@ impl Store for MemoryStore {
             .unwrap_or_default())
     }
 
+    fn erased_at(&self, hash: &[u8; 32]) -> Result<Option<UnixNanos>, StoreError> {
+        Ok(self.lock().erasures.get(hash).map(|(at, _)| *at))
+    }
+
     fn history_page(
         &self,
         contact: &str,

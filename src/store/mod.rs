@@ -300,6 +300,11 @@ pub trait Store: Send + Sync + 'static {
     fn contact_pending(&self, contact: &str) -> Result<Vec<(String, PendingRecord)>, StoreError>;
     /// Every state of a contact (empty for an unknown contact).
     fn contact_states(&self, contact: &str) -> Result<Vec<StateRecord>, StoreError>;
+    /// When the contact named by `hash` (its keyed hash, see
+    /// [`crate::domain::ContactHasher`]) was last erased, if ever: what a
+    /// page reached from a link asks, on any node, whatever its feed has
+    /// applied.
+    fn erased_at(&self, hash: &[u8; 32]) -> Result<Option<UnixNanos>, StoreError>;
     /// Every event of the contact, in recording order.
     fn history(&self, contact: &str) -> Result<Vec<EventRecord>, StoreError> {
         self.history_page(contact, 0, usize::MAX)

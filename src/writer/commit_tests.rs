@@ -74,6 +74,10 @@ impl Store for Flaky {
     fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
         self.inner.idempotency(key)
     }
+    fn erased_at(&self, hash: &[u8; 32]) -> Result<Option<UnixNanos>, StoreError> {
+        self.unreachable()?;
+        self.inner.erased_at(hash)
+    }
     fn contact_states(&self, contact: &str) -> Result<Vec<StateRecord>, StoreError> {
         self.unreachable()?;
         self.inner.contact_states(contact)

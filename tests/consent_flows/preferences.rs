@@ -171,3 +171,134 @@ async fn every_page_names_the_controller_beside_the_brand() {
     assert!(!confirm.contains("Someone asked"), "{confirm}");
     server.stop().await;
 }
+
+/// What a preference page says of one consent: CanSend across its scope
+/// (`all`, `some`, `none`) and the other consents it follows, with whether
+/// each allows.
+fn says(page: &str, id: &str) -> (String, Vec<(String, bool)>) {
+    let at = page
+        .find(&format!("<fieldset id=\"c-{id}\">"))
+        .unwrap_or_else(|| panic!("{id} listed: {page}"));
+    let fieldset = &page[at..at + page[at..].find("</fieldset>").unwrap()];
+    let attr = |s: &str, name: &str| {
+        let from = s.find(&format!("{name}=\"")).map(|i| i + name.len() + 2)?;
+        Some(s[from..from + s[from..].find('"').unwrap()].to_owned())
+    };
+    let reach = attr(fieldset, "data-cansend").expect("a state");
+    let through = fieldset
+        .split("<p class=\"through\"")
+        .skip(1)
+        .map(|p| {
+            (
+                attr(p, "data-decided-by").unwrap(),
+                attr(p, "data-allows").unwrap() == "true",
+            )
+        })
+        .collect();
+    (reach, through)
+}
+
+/// The box a consent's fieldset offers: `grant` or `withdraw`.
+fn offers(page: &str, id: &str) -> &'static str {
+    if page.contains(&format!("name=\"withdraw\" value=\"{id}\"")) {
+        "withdraw"
+    } else {
+        assert!(page.contains(&format!("name=\"grant\" value=\"{id}\"")));
+        "grant"
+    }
+}
+
+#[tokio::test]
+async fn the_preference_page_says_what_can_send_decides_and_through_which_consent() {
+    let (server, _dir) = start(|_| {}).await;
+    let mut cons = server.consents().await;
+    let url = cons
+        .issue_preference_link(pb::IssuePreferenceLinkRequest {
+            contact_id: "kim".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let path = link_path(&server, &url);
+    let at = |ago: i64, consent: &str| change("kim", consent, Some(now() - ago));
+    let none = || Vec::<(String, bool)>::new();
+    let by = |id: &str, allows: bool| vec![(id.to_owned(), allows)];
+
+    // The umbrella grant: every consent's messages go out through it.
+    cons.grant(at(300, "marketing")).await.unwrap();
+    let (_, _, page) = get(&server, &path).await;
+    assert_eq!(says(&page, "marketing"), ("all".into(), none()));
+    assert_eq!(
+        says(&page, "marketing.acme.email"),
+        ("all".into(), by("marketing", true))
+    );
+    assert!(
+        page.contains(
+            "Sent because you agreed to <strong>News and offers from all our brands</strong>"
+        ),
+        "{page}"
+    );
+    assert_eq!(offers(&page, "marketing.acme.email"), "withdraw");
+    answers(&server, "kim", "email", "acme", (true, Reason::Granted)).await;
+
+    // A brand's withdrawal below it: the umbrella now reaches only some.
+    cons.withdraw(at(200, "marketing.acme")).await.unwrap();
+    let (_, _, page) = get(&server, &path).await;
+    assert_eq!(
+        says(&page, "marketing"),
+        ("some".into(), by("marketing.acme", false))
+    );
+    assert_eq!(says(&page, "marketing.acme"), ("none".into(), none()));
+    assert_eq!(
+        says(&page, "marketing.acme.email"),
+        ("none".into(), by("marketing.acme", false))
+    );
+    assert!(
+        page.contains("Not sent because you stopped <strong>News and offers from Acme</strong>"),
+        "{page}"
+    );
+    assert_eq!(
+        says(&page, "marketing.zenith"),
+        ("all".into(), by("marketing", true))
+    );
+    answers(&server, "kim", "sms", "acme", (false, Reason::Withdrawn)).await;
+    answers(&server, "kim", "sms", "zenith", (true, Reason::Granted)).await;
+
+    // The newsletter granted again, then "unsubscribe from everything":
+    // its own state is a grant, but CanSend stops it through the umbrella.
+    cons.grant(at(100, "marketing.acme.email")).await.unwrap();
+    cons.withdraw(at(50, "marketing")).await.unwrap();
+    let (_, _, page) = get(&server, &path).await;
+    for id in ["marketing", "marketing.acme", "marketing.orbit"] {
+        assert_eq!(says(&page, id).0, "none", "{id}");
+    }
+    assert_eq!(
+        says(&page, "marketing.acme.email"),
+        ("none".into(), by("marketing", false)),
+        "not 'you receive these': {page}"
+    );
+    assert_eq!(offers(&page, "marketing.acme.email"), "grant");
+    answers(&server, "kim", "email", "acme", (false, Reason::Withdrawn)).await;
+
+    // Ticking it is the person's latest word: CanSend and the page agree.
+    let (status, _, page) = post(&server, &path, "grant=marketing.acme.email").await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(says(&page, "marketing.acme.email"), ("all".into(), none()));
+    // Its parent's e-mail goes out through it; SMS and push stay stopped
+    // by the withdrawal of everything.
+    assert_eq!(
+        says(&page, "marketing.acme"),
+        (
+            "some".into(),
+            vec![
+                ("marketing".to_owned(), false),
+                ("marketing.acme.email".to_owned(), true)
+            ]
+        )
+    );
+    answers(&server, "kim", "email", "acme", (true, Reason::Granted)).await;
+    answers(&server, "kim", "sms", "acme", (false, Reason::Withdrawn)).await;
+    server.stop().await;
+}

@@ -295,6 +295,49 @@ async fn a_stale_grant_right_after_an_erasure_elsewhere_is_refused_without_waiti
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_opened_on_another_node_right_after_an_erasure_record_nothing() {
+    let (nodes, _dirs, _) = nodes(2).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut cons = a.consents().await;
+    let form = [("Content-Type", "application/x-www-form-urlencoded")];
+    for i in 0..10 {
+        let who = format!("linked-{i}");
+        cons.grant(change(&who, "marketing", Some(now() - 60)))
+            .await
+            .unwrap();
+        // Minted on node A; its pages served by node B.
+        let link = unsubscribe_link(a, &who, "email", "acme").await;
+        let unsubscribe = link_path(a, &link.url);
+        let (status, _, page) = http(b.http_addr, "GET", &unsubscribe, &[], "").await;
+        assert_eq!(status, 200, "{page}");
+        let prefs = preference_path_in(&page);
+        cons.erase_contact(pb::EraseContactRequest {
+            contact_id: who.clone(),
+            reason: "ticket".into(),
+        })
+        .await
+        .unwrap();
+        // At once, on node B, whose feed may not have applied the erasure:
+        // the pages ask the store, and the clicks are ruled on its latest
+        // view.
+        for (method, path, fields) in [
+            ("GET", &unsubscribe, ""),
+            ("GET", &prefs, ""),
+            ("POST", &prefs, "grant=marketing.orbit"),
+            ("POST", &unsubscribe, "scope=all"),
+        ] {
+            let (status, _, page) = http(b.http_addr, method, path, &form, fields).await;
+            assert_eq!(status, 410, "{who}: {method} {path} {fields}: {page}");
+            assert!(page.contains("expired"), "{page}");
+        }
+        assert!(history(a, &who).await.is_empty(), "{who}");
+    }
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_key_sent_to_two_nodes_at_once_is_recorded_once() {
     let (nodes, _dirs, _) = nodes(2).await;
     for i in 0..30 {

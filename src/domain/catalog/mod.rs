@@ -282,6 +282,27 @@ impl Catalog {
         v
     }
 
+    /// Every cell a consent's scope takes in: its purpose, each of its
+    /// effective channels with each of its effective brands. CanSend for
+    /// one of them decides among that cell's covering set, of which the
+    /// consent is one member.
+    pub fn cells_of(&self, consent: &Consent) -> Vec<Cell> {
+        let Some(&purpose) = self.purposes.get(self.consent_id(consent.purpose)) else {
+            return Vec::new();
+        };
+        consent
+            .channels
+            .iter()
+            .flat_map(|&channel| {
+                consent.brands.iter().map(move |&brand| Cell {
+                    purpose,
+                    channel,
+                    brand,
+                })
+            })
+            .collect()
+    }
+
     /// The covering set of a cell, most specific first (DESIGN.md rule 3, 4).
     pub fn covering(&self, cell: Cell) -> &[ConsentIdx] {
         let i = (cell.purpose as usize * self.channels.len() + cell.channel as usize)

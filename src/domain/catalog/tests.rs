@@ -63,6 +63,42 @@ fn covering_sets_most_specific_first() {
 }
 
 #[test]
+fn a_consents_cells_are_its_scope_and_each_covering_set_holds_it() {
+    let (cat, _) = Catalog::empty(None)
+        .compile(spec(), 0)
+        .unwrap()
+        .into_parts();
+    let cells = |id: &str| {
+        let c = cat.consent(cat.consent_idx(id).unwrap()).unwrap();
+        let mut v: Vec<Cell> = cat.cells_of(c);
+        v.sort_by_key(|c| (c.channel, c.brand));
+        for cell in &v {
+            assert!(cat.covering(*cell).contains(&c.idx), "{id}: {cell:?}");
+        }
+        v
+    };
+    let at = |purpose: &str, channel: &str, brand: &str| cat.cell(purpose, channel, brand).unwrap();
+    assert_eq!(
+        cells("marketing"),
+        [
+            at("marketing", "email", "a"),
+            at("marketing", "email", "b"),
+            at("marketing", "sms", "a"),
+            at("marketing", "sms", "b"),
+        ]
+    );
+    assert_eq!(cells("marketing.a.email"), [at("marketing", "email", "a")]);
+    assert_eq!(
+        cells("marketing.b"),
+        [at("marketing", "email", "b"), at("marketing", "sms", "b")]
+    );
+    assert_eq!(
+        cells("surveys"),
+        [at("surveys", "email", "a"), at("surveys", "email", "b")]
+    );
+}
+
+#[test]
 fn purpose_resolution() {
     let (cat, _) = Catalog::empty(None)
         .compile(spec(), 0)

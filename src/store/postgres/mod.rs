@@ -352,6 +352,15 @@ impl Store for PgStore {
         )
     }
 
+    fn erased_at(&self, hash: &[u8; 32]) -> Result<Option<UnixNanos>, StoreError> {
+        let at = self.rows(
+            "SELECT erased_at FROM consentd.erasures WHERE hash = $1",
+            vec![Box::new(hash.to_vec())],
+            |r| r.try_get::<_, i64>(0).map_err(backend),
+        )?;
+        Ok(at.into_iter().max())
+    }
+
     fn history_page(
         &self,
         contact: &str,

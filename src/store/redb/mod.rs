@@ -346,6 +346,15 @@ impl Store for RedbStore {
         record.states.iter().map(state_from).collect()
     }
 
+    fn erased_at(&self, hash: &[u8; 32]) -> Result<Option<UnixNanos>, StoreError> {
+        let txn = self.db()?.begin_read()?;
+        let table = txn.open_table(ERASURES)?;
+        table
+            .get(hash)?
+            .map(|v| tombstone_erased_at(v.value()))
+            .transpose()
+    }
+
     fn history_page(
         &self,
         contact: &str,

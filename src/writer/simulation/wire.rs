@@ -89,6 +89,10 @@ impl Store for Wire {
         self.reach()?;
         self.store.contact_pending(contact)
     }
+    fn erased_at(&self, hash: &[u8; 32]) -> Result<Option<UnixNanos>, StoreError> {
+        self.reach()?;
+        self.store.erased_at(hash)
+    }
     fn contact_states(&self, contact: &str) -> Result<Vec<StateRecord>, StoreError> {
         self.reach()?;
         self.store.contact_states(contact)

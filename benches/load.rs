@@ -33,9 +33,9 @@ use support::{channels, closed_loop};
 use clap::Parser;
 use consentd::pb::{
     self,
-    consents_client::ConsentsClient,
-    eligibility_client::EligibilityClient,
-    eligibility_server::{Eligibility, EligibilityServer},
+    consents_service_client::ConsentsServiceClient,
+    eligibility_service_client::EligibilityServiceClient,
+    eligibility_service_server::{EligibilityService, EligibilityServiceServer},
 };
 use dashmap::DashMap;
 use tonic::{Request, Response, Status};
@@ -84,7 +84,7 @@ struct Bare {
 }
 
 #[tonic::async_trait]
-impl Eligibility for Bare {
+impl EligibilityService for Bare {
     async fn can_send(
         &self,
         r: Request<pb::CanSendRequest>,
@@ -162,7 +162,7 @@ fn main() -> anyhow::Result<()> {
     let baseline = server_rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let svc = EligibilityServer::from_arc(bare.clone());
+        let svc = EligibilityServiceServer::from_arc(bare.clone());
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(svc)
@@ -192,10 +192,10 @@ fn main() -> anyhow::Result<()> {
             let next = Arc::new(AtomicU64::new(0));
             let (c2, n2) = (chans.clone(), next.clone());
             let grants = closed_loop(args.writers, args.seconds, move |t, _| {
-                let mut client = ConsentsClient::new(c2[t % c2.len()].clone());
+                let mut client = ConsentsServiceClient::new(c2[t % c2.len()].clone());
                 let id = n2.fetch_add(1, Ordering::Relaxed);
                 async move {
-                    let change = pb::ConsentChange {
+                    let change = pb::GrantRequest {
                         contact_id: contact(id),
                         consent_id: "marketing".into(),
                         source: pb::Source::Api as i32,
@@ -228,7 +228,7 @@ fn main() -> anyhow::Result<()> {
         ] {
             let chans = channels(addr, args.connections).await;
             let report = closed_loop(args.inflight, args.seconds, move |t, i| {
-                let mut client = EligibilityClient::new(chans[t % chans.len()].clone());
+                let mut client = EligibilityServiceClient::new(chans[t % chans.len()].clone());
                 let who = contact((i.wrapping_mul(2654435761) ^ t as u64) % seeded);
                 async move {
                     let r = client
@@ -280,7 +280,7 @@ fn main() -> anyhow::Result<()> {
                 .collect(),
         );
         let report = closed_loop(args.batch_inflight, args.seconds, move |t, i| {
-            let mut client = EligibilityClient::new(chans[t % chans.len()].clone());
+            let mut client = EligibilityServiceClient::new(chans[t % chans.len()].clone());
             let request = batches[(i as usize + t) % batches.len()].clone();
             async move {
                 let r = client.can_send_batch(request).await?;
@@ -296,7 +296,7 @@ fn main() -> anyhow::Result<()> {
         // 4. One streamed import of `--import-rows` rows, durable, per store.
         for (label, addr) in targets_for_import {
             let rows = args.import_rows;
-            let mut client = ConsentsClient::new(channels(addr, 1).await.remove(0));
+            let mut client = ConsentsServiceClient::new(channels(addr, 1).await.remove(0));
             let started = Instant::now();
             let stream = tokio_stream::iter((0..rows).map(|i| support::import_row(i, "load")));
             match client.import(stream).await {

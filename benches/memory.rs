@@ -15,7 +15,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use consentd::pb::consents_client::ConsentsClient;
+use consentd::pb::consents_service_client::ConsentsServiceClient;
 
 fn rss_mb(pid: u32) -> f64 {
     let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap_or_default();
@@ -49,7 +49,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     let started = Instant::now();
     let summary = runtime.block_on(async {
-        let mut client = ConsentsClient::connect(format!("http://{}", server.grpc)).await?;
+        let mut client = ConsentsServiceClient::connect(format!("http://{}", server.grpc)).await?;
         let stream = tokio_stream::iter((0..rows).map(|i| support::import_row(i, "memory")));
         anyhow::Ok(client.import(stream).await?.into_inner())
     })?;

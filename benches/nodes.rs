@@ -23,7 +23,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use clap::Parser;
-use consentd::pb::{self, consents_client::ConsentsClient, eligibility_client::EligibilityClient};
+use consentd::pb::{
+    self, consents_service_client::ConsentsServiceClient,
+    eligibility_service_client::EligibilityServiceClient,
+};
 use hdrhistogram::Histogram;
 use support::{channels, closed_loop};
 
@@ -49,8 +52,8 @@ struct Args {
     bench: bool,
 }
 
-fn grant(contact: String, consent: &str) -> pb::ConsentChange {
-    pb::ConsentChange {
+fn grant(contact: String, consent: &str) -> pb::GrantRequest {
+    pb::GrantRequest {
         contact_id: contact,
         consent_id: consent.into(),
         source: pb::Source::Api as i32,
@@ -118,7 +121,7 @@ fn main() -> anyhow::Result<()> {
         let nodes = args.nodes;
         let grants = closed_loop(args.writers, args.seconds, move |t, _| {
             let node = &chans[t % nodes];
-            let mut client = ConsentsClient::new(node[t % node.len()].clone());
+            let mut client = ConsentsServiceClient::new(node[t % node.len()].clone());
             let id = n2.fetch_add(1, Ordering::Relaxed);
             async move {
                 client
@@ -139,7 +142,7 @@ fn main() -> anyhow::Result<()> {
         let mut background = Vec::new();
         for t in 0..(args.writers / 2).max(1) {
             let node = &node_channels[t % nodes];
-            let mut client = ConsentsClient::new(node[t % node.len()].clone());
+            let mut client = ConsentsServiceClient::new(node[t % node.len()].clone());
             let stop = stop.clone();
             background.push(tokio::spawn(async move {
                 let mut i = 0u64;
@@ -155,8 +158,8 @@ fn main() -> anyhow::Result<()> {
         for w in 0..args.writes {
             let from = (w as usize) % nodes;
             let to = (from + 1) % nodes;
-            let mut writer = ConsentsClient::new(node_channels[from][0].clone());
-            let mut reader = EligibilityClient::new(node_channels[to][0].clone());
+            let mut writer = ConsentsServiceClient::new(node_channels[from][0].clone());
+            let mut reader = EligibilityServiceClient::new(node_channels[to][0].clone());
             let who = format!("prop-{w}");
             let sequence = writer
                 .grant(grant(who.clone(), "marketing"))
@@ -194,7 +197,7 @@ fn main() -> anyhow::Result<()> {
         let check = move |chans: Arc<Vec<Vec<tonic::transport::Channel>>>, node: Option<usize>| {
             move |t: usize, i: u64| {
                 let n = node.unwrap_or(t % chans.len());
-                let mut client = EligibilityClient::new(chans[n][t % chans[n].len()].clone());
+                let mut client = EligibilityServiceClient::new(chans[n][t % chans[n].len()].clone());
                 let who = format!("node-{:09}", (i.wrapping_mul(2654435761) ^ t as u64) % seeded);
                 async move {
                     let r = client

@@ -23,9 +23,12 @@ use crate::auth::Auth;
 use crate::authority::{Authority, Options};
 use crate::config::Config;
 use crate::domain::CatalogSpec;
-use crate::grpc::{AdmissionLayer, CatalogService, ConsentsService, EligibilityService};
+use crate::grpc::{AdmissionLayer, CatalogApi, ConsentsApi, EligibilityApi};
 use crate::links::Links;
 use crate::pb;
+use crate::pb::catalog_service_server::SERVICE_NAME as CATALOG;
+use crate::pb::consents_service_server::SERVICE_NAME as CONSENTS;
+use crate::pb::eligibility_service_server::SERVICE_NAME as ELIGIBILITY;
 use crate::store::{Backend, RedbStore, SharedStore, Store};
 
 /// Largest Eligibility message: a full 10,000-check batch of the longest
@@ -300,18 +303,22 @@ impl Server {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(
-                pb::eligibility_server::EligibilityServer::new(EligibilityService::new(
+                pb::eligibility_service_server::EligibilityServiceServer::new(EligibilityApi::new(
                     authority.clone(),
                 ))
                 .max_decoding_message_size(MAX_CHECKS_MESSAGE_BYTES),
             )
             .add_service(
-                pb::consents_server::ConsentsServer::new(ConsentsService::new(authority.clone()))
-                    .max_decoding_message_size(MAX_CHANGE_MESSAGE_BYTES),
+                pb::consents_service_server::ConsentsServiceServer::new(ConsentsApi::new(
+                    authority.clone(),
+                ))
+                .max_decoding_message_size(MAX_CHANGE_MESSAGE_BYTES),
             )
             .add_service(
-                pb::catalog_server::CatalogServer::new(CatalogService::new(authority.clone()))
-                    .max_decoding_message_size(MAX_CATALOG_MESSAGE_BYTES),
+                pb::catalog_service_server::CatalogServiceServer::new(CatalogApi::new(
+                    authority.clone(),
+                ))
+                .max_decoding_message_size(MAX_CATALOG_MESSAGE_BYTES),
             )
             .serve_with_incoming_shutdown(
                 TcpIncoming::from(grpc).with_nodelay(Some(true)),
@@ -338,11 +345,7 @@ impl Server {
         ));
 
         health.set_service_status("", ServingStatus::Serving).await;
-        for name in [
-            "consent.v1.Eligibility",
-            "consent.v1.Consents",
-            "consent.v1.Catalog",
-        ] {
+        for name in [ELIGIBILITY, CONSENTS, CATALOG] {
             health
                 .set_service_status(name, ServingStatus::Serving)
                 .await;
@@ -384,7 +387,7 @@ impl Server {
                         );
                         ServingStatus::NotServing
                     };
-                    for name in ["", "consent.v1.Eligibility"] {
+                    for name in ["", ELIGIBILITY] {
                         feed_reporter.set_service_status(name, status).await;
                     }
                 }
@@ -401,7 +404,7 @@ impl Server {
                 } else {
                     ServingStatus::NotServing
                 };
-                for name in ["consent.v1.Consents", "consent.v1.Catalog"] {
+                for name in [CONSENTS, CATALOG] {
                     reporter.set_service_status(name, status).await;
                 }
             }
@@ -422,12 +425,7 @@ impl Server {
         store_health.abort();
         feed_health.abort();
         let _ = serving_tx.send(false);
-        for name in [
-            "",
-            "consent.v1.Eligibility",
-            "consent.v1.Consents",
-            "consent.v1.Catalog",
-        ] {
+        for name in ["", ELIGIBILITY, CONSENTS, CATALOG] {
             health
                 .set_service_status(name, ServingStatus::NotServing)
                 .await;

@@ -5,8 +5,9 @@ mod common;
 
 use common::*;
 use consentd::pb::{
-    self, catalog_client::CatalogClient, consents_client::ConsentsClient,
-    eligibility_client::EligibilityClient,
+    self, catalog_service_client::CatalogServiceClient,
+    consents_service_client::ConsentsServiceClient,
+    eligibility_service_client::EligibilityServiceClient,
 };
 use tonic::{Code, Request};
 
@@ -42,9 +43,9 @@ async fn each_role_allowed_and_refused() {
     ];
     let server = TestServer::start_with(config).await;
     let ch = server.channel().await;
-    let mut elig = EligibilityClient::new(ch.clone());
-    let mut cons = ConsentsClient::new(ch.clone());
-    let mut cat = CatalogClient::new(ch);
+    let mut elig = EligibilityServiceClient::new(ch.clone());
+    let mut cons = ConsentsServiceClient::new(ch.clone());
+    let mut cat = CatalogServiceClient::new(ch);
 
     for (token, check_code, write, admin) in [
         (
@@ -102,8 +103,11 @@ async fn each_role_allowed_and_refused() {
         );
         assert_eq!(
             code(
-                cons.grant(with(token, change("c", "marketing", None)))
-                    .await
+                cons.grant(with(
+                    token,
+                    pb::GrantRequest::from(change("c", "marketing", None))
+                ))
+                .await
             ),
             write,
             "{token:?} Grant"
@@ -136,7 +140,15 @@ async fn each_role_allowed_and_refused() {
         // Changing it: admin only.
         let spec = example_catalog();
         assert_eq!(
-            code(cat.apply_catalog(with(token, spec)).await),
+            code(
+                cat.apply_catalog(with(
+                    token,
+                    pb::ApplyCatalogRequest {
+                        catalog: Some(spec),
+                    },
+                ))
+                .await
+            ),
             admin,
             "{token:?} ApplyCatalog"
         );
@@ -194,14 +206,17 @@ async fn every_event_names_its_actor_and_audit_only_reads() {
     config.tokens = vec![format!("dispatch=check:{CHECK}")];
     let server = TestServer::start_with(config.clone()).await;
     let ch = server.channel().await;
-    let mut elig = EligibilityClient::new(ch.clone());
-    let mut cons = ConsentsClient::new(ch.clone());
-    let mut cat = CatalogClient::new(ch);
+    let mut elig = EligibilityServiceClient::new(ch.clone());
+    let mut cons = ConsentsServiceClient::new(ch.clone());
+    let mut cat = CatalogServiceClient::new(ch);
 
-    cons.grant(with(Some(CRM), change("anna", "marketing", None)))
-        .await
-        .unwrap();
-    let row = pb::ImportRow {
+    cons.grant(with(
+        Some(CRM),
+        pb::GrantRequest::from(change("anna", "marketing", None)),
+    ))
+    .await
+    .unwrap();
+    let row = pb::ImportRequest {
         action: pb::Action::Grant as i32,
         change: Some(change("anna", "surveys", Some(now() - 60))),
     };
@@ -293,12 +308,18 @@ async fn every_event_names_its_actor_and_audit_only_reads() {
     // ...and changes nothing.
     let denied = [
         code(
-            cons.grant(with(Some(DPO), change("anna", "marketing", None)))
-                .await,
+            cons.grant(with(
+                Some(DPO),
+                pb::GrantRequest::from(change("anna", "marketing", None)),
+            ))
+            .await,
         ),
         code(
-            cons.withdraw(with(Some(DPO), change("anna", "marketing", None)))
-                .await,
+            cons.withdraw(with(
+                Some(DPO),
+                pb::WithdrawRequest::from(change("anna", "marketing", None)),
+            ))
+            .await,
         ),
         code(
             cons.erase_contact(with(
@@ -310,7 +331,15 @@ async fn every_event_names_its_actor_and_audit_only_reads() {
             ))
             .await,
         ),
-        code(cat.apply_catalog(with(Some(DPO), example_catalog())).await),
+        code(
+            cat.apply_catalog(with(
+                Some(DPO),
+                pb::ApplyCatalogRequest {
+                    catalog: Some(example_catalog()),
+                },
+            ))
+            .await,
+        ),
         code(
             elig.can_send(with(Some(DPO), check("anna", "email", "acme")))
                 .await,
@@ -329,7 +358,7 @@ async fn every_event_names_its_actor_and_audit_only_reads() {
 
     // The actors are part of the record: they survive a restart.
     let server = TestServer::start_with(config).await;
-    let mut cons = ConsentsClient::new(server.channel().await);
+    let mut cons = ConsentsServiceClient::new(server.channel().await);
     let history = cons
         .get_history(with(
             Some(DPO),
@@ -348,7 +377,7 @@ async fn every_event_names_its_actor_and_audit_only_reads() {
 }
 
 async fn history_len(
-    cons: &mut ConsentsClient<tonic::transport::Channel>,
+    cons: &mut ConsentsServiceClient<tonic::transport::Channel>,
     token: &str,
     contact: &str,
 ) -> usize {
@@ -373,7 +402,7 @@ async fn tokens_are_checked_before_a_body_is_read() {
     config.catalog = Some(example_catalog_path());
     config.tokens = vec![format!("dispatch=check:{CHECK}")];
     let server = TestServer::start_with(config).await;
-    let mut elig = EligibilityClient::new(server.channel().await);
+    let mut elig = EligibilityServiceClient::new(server.channel().await);
     // 12 MiB of checks: over every message limit, so a server that decoded
     // before checking the token would answer "message too large" instead.
     let big = || pb::CanSendBatchRequest {

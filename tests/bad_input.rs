@@ -284,11 +284,11 @@ async fn each_method_reads_only_as_much_as_its_request_needs() {
     assert!(refused.message().starts_with("request:"), "{refused:?}");
     assert!(refused.message().len() < 100, "{refused:?}");
     let rows = vec![
-        pb::ImportRow {
+        pb::ImportRequest {
             action: pb::Action::Grant as i32,
             change: Some(change("bob", "marketing", Some(1_700_000_000))),
         },
-        pb::ImportRow {
+        pb::ImportRequest {
             action: pb::Action::Grant as i32,
             change: Some(huge),
         },

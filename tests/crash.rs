@@ -27,7 +27,7 @@ fn start(data_dir: &std::path::Path) -> Running {
         store.as_deref(),
     )
 }
-use consentd::pb::{self, consents_client::ConsentsClient};
+use consentd::pb::{self, consents_service_client::ConsentsServiceClient};
 use tonic::transport::Channel;
 
 async fn connect(addr: SocketAddr) -> Channel {
@@ -48,7 +48,7 @@ async fn every_acknowledged_write_survives_sigkill() {
     let (first_acks_tx, mut first_acks) = tokio::sync::mpsc::channel::<()>(1024);
     let mut writers = Vec::new();
     for w in 0..24 {
-        let mut client = ConsentsClient::new(channel.clone());
+        let mut client = Consents(ConsentsServiceClient::new(channel.clone()));
         let acked = acked.clone();
         let tx = first_acks_tx.clone();
         writers.push(tokio::spawn(async move {
@@ -85,8 +85,8 @@ async fn every_acknowledged_write_survives_sigkill() {
 
     let mut server = start(dir.path());
     let channel = connect(server.grpc).await;
-    let mut elig = pb::eligibility_client::EligibilityClient::new(channel.clone());
-    let mut cons = ConsentsClient::new(channel);
+    let mut elig = pb::eligibility_service_client::EligibilityServiceClient::new(channel.clone());
+    let mut cons = Consents(ConsentsServiceClient::new(channel));
     for (contact, sequence) in &acked {
         let r = elig
             .can_send(check(contact, "email", "acme"))

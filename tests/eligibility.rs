@@ -202,9 +202,9 @@ async fn health_and_reflection_list_every_service() {
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
     for want in [
-        "consent.v1.Eligibility",
-        "consent.v1.Consents",
-        "consent.v1.Catalog",
+        "consent.v1.EligibilityService",
+        "consent.v1.ConsentsService",
+        "consent.v1.CatalogService",
         "grpc.health.v1.Health",
     ] {
         assert!(

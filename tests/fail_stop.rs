@@ -177,7 +177,9 @@ async fn health_turns_not_serving_and_writes_are_refused_once_the_store_failed()
     let disk = Disk::default();
     let (server, _dir) = serve_on(&disk).await;
     let channel = server.channel().await;
-    let mut cons = consentd::pb::consents_client::ConsentsClient::new(channel.clone());
+    let mut cons = Consents(
+        consentd::pb::consents_service_client::ConsentsServiceClient::new(channel.clone()),
+    );
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     cons.grant(change("anna", "marketing", None)).await.unwrap();
     disk.lock().fail_next_sync = true;
@@ -187,7 +189,7 @@ async fn health_turns_not_serving_and_writes_are_refused_once_the_store_failed()
     loop {
         let status = health
             .check(tonic_health::pb::HealthCheckRequest {
-                service: "consent.v1.Consents".into(),
+                service: "consent.v1.ConsentsService".into(),
             })
             .await
             .map(|r| r.into_inner().status());

@@ -329,7 +329,7 @@ async fn links_survive_restarts_and_key_rotation() {
 /// `consent` and that CanSend for (channel, brand) is now WITHDRAWN.
 async fn click_withdraws(
     server: &TestServer,
-    link: &pb::UnsubscribeLink,
+    link: &pb::IssueUnsubscribeLinkResponse,
     contact: &str,
     consent: &str,
     (channel, brand): (&str, &str),
@@ -348,7 +348,7 @@ async fn click_withdraws(
 }
 
 /// POSTs the one-click body to a link; the status code.
-async fn click(server: &TestServer, link: &pb::UnsubscribeLink) -> u16 {
+async fn click(server: &TestServer, link: &pb::IssueUnsubscribeLinkResponse) -> u16 {
     let path = link_path(server, &link.url);
     let (status, _, _) = http(
         server.http_addr,

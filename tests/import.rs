@@ -3,13 +3,13 @@
 mod common;
 
 use common::*;
-use consentd::pb::{self, Action, Reason, consents_client::ConsentsClient};
+use consentd::pb::{self, Action, Reason};
 
-fn row(i: u64, action: Action, occurred_at: i64) -> pb::ImportRow {
+fn row(i: u64, action: Action, occurred_at: i64) -> pb::ImportRequest {
     let mut c = change(&format!("imp-{i}"), "marketing", Some(occurred_at));
     c.source = pb::Source::Import as i32;
     c.evidence = [("import_batch".to_string(), "crm-2026-11".to_string())].into();
-    pb::ImportRow {
+    pb::ImportRequest {
         action: action as i32,
         change: Some(c),
     }
@@ -18,7 +18,7 @@ fn row(i: u64, action: Action, occurred_at: i64) -> pb::ImportRow {
 #[tokio::test]
 async fn twenty_thousand_rows_with_two_bad_ones_in_the_middle() {
     let server = TestServer::start().await;
-    let mut cons: ConsentsClient<_> = server.consents().await;
+    let mut cons: Consents = server.consents().await;
     let t = now() - 86_400;
 
     // A withdrawal newer than what the import will claim.
@@ -27,11 +27,11 @@ async fn twenty_thousand_rows_with_two_bad_ones_in_the_middle() {
         .unwrap();
 
     let rows = (1..=20_000u64).map(move |i| match i {
-        5_000 => pb::ImportRow {
+        5_000 => pb::ImportRequest {
             action: Action::Grant as i32,
             change: Some(change("imp-5000", "marketing", None)), // no occurred_at
         },
-        12_345 => pb::ImportRow {
+        12_345 => pb::ImportRequest {
             action: Action::Grant as i32,
             change: Some(change("imp-12345", "no.such.consent", Some(t))),
         },
@@ -100,15 +100,15 @@ async fn rows_without_action_or_change_are_rejected_and_an_empty_import_is_fine(
     let server = TestServer::start().await;
     let mut cons = server.consents().await;
     let rows = vec![
-        pb::ImportRow {
+        pb::ImportRequest {
             action: 0,
             change: Some(change("a", "marketing", Some(now() - 5))),
         },
-        pb::ImportRow {
+        pb::ImportRequest {
             action: Action::Withdraw as i32,
             change: None,
         },
-        pb::ImportRow {
+        pb::ImportRequest {
             action: 9,
             change: Some(change("a", "marketing", Some(now() - 5))),
         },
@@ -124,11 +124,11 @@ async fn rows_without_action_or_change_are_rejected_and_an_empty_import_is_fine(
     assert!(s.errors[1].reason.starts_with("change"));
 
     let empty = cons
-        .import(tokio_stream::iter(Vec::<pb::ImportRow>::new()))
+        .import(tokio_stream::iter(Vec::<pb::ImportRequest>::new()))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(empty, pb::ImportSummary::default());
+    assert_eq!(empty, pb::ImportResponse::default());
     server.stop().await;
 }
 
@@ -139,7 +139,7 @@ async fn a_fifth_import_at_once_is_refused_and_the_four_finish() {
     let mut senders = Vec::new();
     let mut running = Vec::new();
     for i in 0..4u64 {
-        let (tx, rx) = tokio::sync::mpsc::channel::<pb::ImportRow>(16);
+        let (tx, rx) = tokio::sync::mpsc::channel::<pb::ImportRequest>(16);
         tx.send(row(1_000 + i, Action::Grant, t)).await.unwrap();
         let mut cons = server.consents().await;
         running.push(tokio::spawn(async move {
@@ -197,7 +197,7 @@ async fn calls_over_the_global_limit_are_refused_at_once_and_answered_again_afte
     let mut senders = Vec::new();
     let mut running = Vec::new();
     for i in 0..3u64 {
-        let (tx, rx) = tokio::sync::mpsc::channel::<pb::ImportRow>(16);
+        let (tx, rx) = tokio::sync::mpsc::channel::<pb::ImportRequest>(16);
         tx.send(row(3_000 + i, Action::Grant, t)).await.unwrap();
         let mut cons = server.consents().await;
         running.push(tokio::spawn(async move {

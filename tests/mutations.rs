@@ -277,7 +277,9 @@ async fn concurrent_writers_all_land_with_unique_sequences() {
     let channel = server.channel().await;
     let mut tasks = Vec::new();
     for w in 0..32 {
-        let mut cons = pb::consents_client::ConsentsClient::new(channel.clone());
+        let mut cons = Consents(pb::consents_service_client::ConsentsServiceClient::new(
+            channel.clone(),
+        ));
         tasks.push(tokio::spawn(async move {
             let mut seqs = Vec::new();
             for i in 0..25 {
@@ -319,8 +321,8 @@ async fn a_contact_with_2500_events_is_read_in_pages() {
     let server = TestServer::start().await;
     let mut cons = server.consents().await;
     let t = now() - 10_000;
-    let rows: Vec<pb::ImportRow> = (0..2_500)
-        .map(|i| pb::ImportRow {
+    let rows: Vec<pb::ImportRequest> = (0..2_500)
+        .map(|i| pb::ImportRequest {
             action: if i % 2 == 0 {
                 pb::Action::Grant as i32
             } else {

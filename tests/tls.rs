@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use consentd::pb::{self, eligibility_client::EligibilityClient};
+use consentd::pb::{self, eligibility_service_client::EligibilityServiceClient};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
 #[tokio::test]
@@ -31,7 +31,7 @@ async fn grpc_over_tls_with_a_self_signed_certificate() {
         .connect()
         .await
         .unwrap();
-    let mut elig = EligibilityClient::new(channel);
+    let mut elig = EligibilityServiceClient::new(channel);
     let r = elig
         .can_send(check("c", "email", "acme"))
         .await
@@ -46,7 +46,7 @@ async fn grpc_over_tls_with_a_self_signed_certificate() {
         .await;
     if let Ok(ch) = plain {
         assert!(
-            EligibilityClient::new(ch)
+            EligibilityServiceClient::new(ch)
                 .can_send(check("c", "email", "acme"))
                 .await
                 .is_err()

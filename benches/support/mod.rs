@@ -27,9 +27,9 @@ pub(crate) fn rss_bytes() -> u64 {
 
 /// Row `i` of a bench import: a grant of `marketing.zenith` to a new
 /// contact, decided in the past, with one evidence entry.
-pub(crate) fn import_row(i: u64, batch: &str) -> consentd::pb::ImportRow {
+pub(crate) fn import_row(i: u64, batch: &str) -> consentd::pb::ImportRequest {
     use consentd::pb;
-    pb::ImportRow {
+    pb::ImportRequest {
         action: pb::Action::Grant as i32,
         change: Some(pb::ConsentChange {
             contact_id: format!("import-{i:09}"),

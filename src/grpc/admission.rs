@@ -53,9 +53,9 @@ fn roles(path: &str) -> Option<&'static [Role]> {
     Some(match (service, method) {
         ("grpc.health.v1.Health", _) => return None,
         (s, _) if s.starts_with("grpc.reflection.") => return None,
-        ("consent.v1.Eligibility", _) => &[Check],
+        ("consent.v1.EligibilityService", _) => &[Check],
         (
-            "consent.v1.Consents",
+            "consent.v1.ConsentsService",
             "Grant"
             | "Withdraw"
             | "Import"
@@ -63,10 +63,12 @@ fn roles(path: &str) -> Option<&'static [Role]> {
             | "IssuePreferenceLink"
             | "IssueConfirmationLink",
         ) => &[Write],
-        ("consent.v1.Consents", "GetContact" | "GetHistory" | "ExportContact") => &[Write, Audit],
-        ("consent.v1.Consents", "EraseContact") => &[Admin],
-        ("consent.v1.Catalog", "ApplyCatalog") => &[Admin],
-        ("consent.v1.Catalog", "GetWordings") => &[Write, Audit, Admin],
+        ("consent.v1.ConsentsService", "GetContact" | "GetHistory" | "ExportContact") => {
+            &[Write, Audit]
+        }
+        ("consent.v1.ConsentsService", "EraseContact") => &[Admin],
+        ("consent.v1.CatalogService", "ApplyCatalog") => &[Admin],
+        ("consent.v1.CatalogService", "GetWordings") => &[Write, Audit, Admin],
         // GetCatalog, and any method this build does not know: any token.
         _ => ANY,
     })
@@ -133,7 +135,11 @@ where
         };
         // Only writes use a deadline, only a named token an actor: the
         // hot path (CanSend, auth off or on) inserts nothing.
-        if request.uri().path().starts_with("/consent.v1.Consents/") {
+        if request
+            .uri()
+            .path()
+            .starts_with("/consent.v1.ConsentsService/")
+        {
             let deadline = request
                 .headers()
                 .get("grpc-timeout")
@@ -147,7 +153,7 @@ where
         if !actor.is_empty() {
             request.extensions_mut().insert(Actor(actor));
         }
-        if request.uri().path() == "/consent.v1.Eligibility/CanSend" {
+        if request.uri().path() == "/consent.v1.EligibilityService/CanSend" {
             request = request.map(|body| {
                 use http_body_util::BodyExt;
                 let limited = http_body_util::Limited::new(body, MAX_CAN_SEND_BODY).map_err(|e| {
@@ -227,22 +233,28 @@ mod tests {
     #[test]
     fn every_method_has_its_roles() {
         use Role::*;
-        assert_eq!(roles("/consent.v1.Eligibility/CanSend"), Some(&[Check][..]));
-        assert_eq!(roles("/consent.v1.Consents/Grant"), Some(&[Write][..]));
         assert_eq!(
-            roles("/consent.v1.Consents/ExportContact"),
+            roles("/consent.v1.EligibilityService/CanSend"),
+            Some(&[Check][..])
+        );
+        assert_eq!(
+            roles("/consent.v1.ConsentsService/Grant"),
+            Some(&[Write][..])
+        );
+        assert_eq!(
+            roles("/consent.v1.ConsentsService/ExportContact"),
             Some(&[Write, Audit][..])
         );
         assert_eq!(
-            roles("/consent.v1.Consents/EraseContact"),
+            roles("/consent.v1.ConsentsService/EraseContact"),
             Some(&[Admin][..])
         );
         assert_eq!(
-            roles("/consent.v1.Catalog/ApplyCatalog"),
+            roles("/consent.v1.CatalogService/ApplyCatalog"),
             Some(&[Admin][..])
         );
         assert_eq!(
-            roles("/consent.v1.Catalog/GetCatalog").map(<[_]>::len),
+            roles("/consent.v1.CatalogService/GetCatalog").map(<[_]>::len),
             Some(4)
         );
         assert_eq!(roles("/grpc.health.v1.Health/Check"), None);

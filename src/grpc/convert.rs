@@ -37,9 +37,10 @@ pub(super) fn action_from(field: &str, raw: i32) -> Result<Action, FieldError> {
     match pb::Action::try_from(raw) {
         Ok(pb::Action::Grant) => Ok(Action::Grant),
         Ok(pb::Action::Withdraw) => Ok(Action::Withdraw),
-        Ok(pb::Action::Unspecified) => {
-            Err(FieldError::new(field, "is required (GRANT or WITHDRAW)"))
-        }
+        Ok(pb::Action::Unspecified) => Err(FieldError::new(
+            field,
+            "is required (ACTION_GRANT or ACTION_WITHDRAW)",
+        )),
         Err(_) => Err(FieldError::new(
             field,
             format!("{raw} is not a known action"),
@@ -50,7 +51,7 @@ pub(super) fn action_from(field: &str, raw: i32) -> Result<Action, FieldError> {
 /// Validates one import row: an action, a change, and the time the person
 /// decided (import time is not consent time).
 pub(crate) fn row_from(
-    row: pb::ImportRow,
+    row: pb::ImportRequest,
     now: UnixNanos,
     actor: &str,
 ) -> Result<Change, FieldError> {
@@ -104,7 +105,7 @@ pub(super) fn change_from(
     if source == Source::ConfirmationLink {
         return Err(FieldError::new(
             "source",
-            "CONFIRMATION_LINK is recorded by the confirmation page only",
+            "SOURCE_CONFIRMATION_LINK is recorded by the confirmation page only",
         ));
     }
     if c.confirmed && action == Action::Withdraw {
@@ -278,8 +279,8 @@ pub(super) fn checked_to(checked: Checked) -> pb::CanSendResponse {
 }
 
 /// What an import did.
-pub(super) fn summary_to(s: ImportSummary) -> pb::ImportSummary {
-    pb::ImportSummary {
+pub(super) fn summary_to(s: ImportSummary) -> pb::ImportResponse {
+    pb::ImportResponse {
         received: s.received,
         applied: s.applied,
         superseded: s.superseded,
@@ -296,15 +297,83 @@ pub(super) fn summary_to(s: ImportSummary) -> pb::ImportSummary {
     }
 }
 
-/// The answer to a Grant or Withdraw, with the confirmation link of a
-/// pending grant (empty for none).
-pub(super) fn outcome_to(o: ChangeOutcome, confirmation_url: String) -> pb::ChangeResult {
-    pb::ChangeResult {
+/// The answer to a Grant, with the confirmation link of a pending grant
+/// (empty for none).
+pub(super) fn granted_to(o: ChangeOutcome, confirmation_url: String) -> pb::GrantResponse {
+    pb::GrantResponse {
         applied: o.applied,
         pending: o.pending.is_some(),
         state: o.state.map(state_to),
         sequence: o.sequence,
         confirmation_url,
+    }
+}
+
+/// The answer to a Withdraw.
+pub(super) fn withdrawn_to(o: ChangeOutcome) -> pb::WithdrawResponse {
+    pb::WithdrawResponse {
+        applied: o.applied,
+        state: o.state.map(state_to),
+        sequence: o.sequence,
+    }
+}
+
+/// A Grant's fields are an import row's change, field for field.
+impl From<pb::GrantRequest> for pb::ConsentChange {
+    fn from(r: pb::GrantRequest) -> Self {
+        pb::ConsentChange {
+            contact_id: r.contact_id,
+            consent_id: r.consent_id,
+            occurred_at: r.occurred_at,
+            source: r.source,
+            evidence: r.evidence,
+            idempotency_key: r.idempotency_key,
+            confirmed: r.confirmed,
+        }
+    }
+}
+
+/// A Withdraw's fields are an import row's change, without `confirmed`.
+impl From<pb::WithdrawRequest> for pb::ConsentChange {
+    fn from(r: pb::WithdrawRequest) -> Self {
+        pb::ConsentChange {
+            contact_id: r.contact_id,
+            consent_id: r.consent_id,
+            occurred_at: r.occurred_at,
+            source: r.source,
+            evidence: r.evidence,
+            idempotency_key: r.idempotency_key,
+            confirmed: false,
+        }
+    }
+}
+
+/// A change sent as a Grant (what consentctl and the tests do).
+impl From<pb::ConsentChange> for pb::GrantRequest {
+    fn from(c: pb::ConsentChange) -> Self {
+        pb::GrantRequest {
+            contact_id: c.contact_id,
+            consent_id: c.consent_id,
+            occurred_at: c.occurred_at,
+            source: c.source,
+            evidence: c.evidence,
+            idempotency_key: c.idempotency_key,
+            confirmed: c.confirmed,
+        }
+    }
+}
+
+/// A change sent as a Withdraw (`confirmed` has no meaning there).
+impl From<pb::ConsentChange> for pb::WithdrawRequest {
+    fn from(c: pb::ConsentChange) -> Self {
+        pb::WithdrawRequest {
+            contact_id: c.contact_id,
+            consent_id: c.consent_id,
+            occurred_at: c.occurred_at,
+            source: c.source,
+            evidence: c.evidence,
+            idempotency_key: c.idempotency_key,
+        }
     }
 }
 
@@ -323,8 +392,8 @@ pub(super) fn wording_to(w: Wording) -> pb::Wording {
 }
 
 /// Everything held about a contact, on the wire.
-pub(super) fn export_to(e: ContactExport) -> pb::ContactExport {
-    pb::ContactExport {
+pub(super) fn export_to(e: ContactExport) -> pb::ExportContactResponse {
+    pb::ExportContactResponse {
         contact_id: e.contact.to_string(),
         states: e.states.into_iter().map(state_to).collect(),
         events: e.events.into_iter().map(event_to).collect(),
@@ -370,7 +439,7 @@ mod properties {
 
     use super::*;
 
-    fn arbitrary_row() -> impl Strategy<Value = pb::ImportRow> {
+    fn arbitrary_row() -> impl Strategy<Value = pb::ImportRequest> {
         (
             any::<i32>(),
             proptest::option::of((
@@ -382,7 +451,7 @@ mod properties {
                 ".{0,300}",
             )),
         )
-            .prop_map(|(action, change)| pb::ImportRow {
+            .prop_map(|(action, change)| pb::ImportRequest {
                 action,
                 change: change.map(|(contact_id, consent_id, t, source, evidence, key)| {
                     pb::ConsentChange {

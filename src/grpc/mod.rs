@@ -21,14 +21,14 @@ pub use status::invalid;
 /// Most checks in one CanSendBatch (DESIGN.md §3).
 pub const MAX_BATCH_CHECKS: usize = 10_000;
 
-// ---------------------------------------------------------------- Eligibility
+// ---------------------------------------------------------- EligibilityService
 
-/// `consent.v1.Eligibility`: CanSend (role `check`).
-pub(crate) struct EligibilityService {
+/// `consent.v1.EligibilityService`: CanSend (role `check`).
+pub(crate) struct EligibilityApi {
     authority: Authority,
 }
 
-impl EligibilityService {
+impl EligibilityApi {
     pub(crate) fn new(authority: Authority) -> Self {
         Self { authority }
     }
@@ -46,7 +46,7 @@ fn check_of(r: &pb::CanSendRequest) -> Check<'_> {
 }
 
 #[tonic::async_trait]
-impl pb::eligibility_server::Eligibility for EligibilityService {
+impl pb::eligibility_service_server::EligibilityService for EligibilityApi {
     async fn can_send(
         &self,
         request: Request<pb::CanSendRequest>,
@@ -96,63 +96,70 @@ impl pb::eligibility_server::Eligibility for EligibilityService {
     }
 }
 
-// ---------------------------------------------------------------- Consents
+// ------------------------------------------------------------ ConsentsService
 
-/// `consent.v1.Consents`: grants, withdrawals, imports, reads, erasure, links.
-pub(crate) struct ConsentsService {
+/// `consent.v1.ConsentsService`: grants, withdrawals, imports, reads,
+/// erasure, links.
+pub(crate) struct ConsentsApi {
     authority: Authority,
 }
 
-impl ConsentsService {
+impl ConsentsApi {
     pub(crate) fn new(authority: Authority) -> Self {
         Self { authority }
     }
 
+    /// Records a Grant or Withdraw (as a change an import row would carry).
     async fn change(
         &self,
         action: Action,
         request: Request<pb::ConsentChange>,
-    ) -> Result<Response<pb::ChangeResult>, Status> {
+    ) -> Result<crate::authority::Recorded, Status> {
         let actor = actor(&request).to_owned();
         let deadline = deadline(&request);
         let change =
             convert::change_from(action, request.into_inner(), self.authority.now(), &actor)
                 .map_err(invalid)?;
-        let recorded = self.authority.record(change, deadline).await?;
-        Ok(Response::new(convert::outcome_to(
-            recorded.outcome,
-            recorded.confirmation_url,
-        )))
+        Ok(self.authority.record(change, deadline).await?)
     }
 }
 
 #[tonic::async_trait]
-impl pb::consents_server::Consents for ConsentsService {
+impl pb::consents_service_server::ConsentsService for ConsentsApi {
     async fn grant(
         &self,
-        request: Request<pb::ConsentChange>,
-    ) -> Result<Response<pb::ChangeResult>, Status> {
-        self.change(Action::Grant, request).await
+        request: Request<pb::GrantRequest>,
+    ) -> Result<Response<pb::GrantResponse>, Status> {
+        let recorded = self
+            .change(Action::Grant, request.map(pb::ConsentChange::from))
+            .await?;
+        Ok(Response::new(convert::granted_to(
+            recorded.outcome,
+            recorded.confirmation_url,
+        )))
     }
 
     async fn withdraw(
         &self,
-        request: Request<pb::ConsentChange>,
-    ) -> Result<Response<pb::ChangeResult>, Status> {
-        self.change(Action::Withdraw, request).await
+        request: Request<pb::WithdrawRequest>,
+    ) -> Result<Response<pb::WithdrawResponse>, Status> {
+        let recorded = self
+            .change(Action::Withdraw, request.map(pb::ConsentChange::from))
+            .await?;
+        Ok(Response::new(convert::withdrawn_to(recorded.outcome)))
     }
 
     async fn get_contact(
         &self,
         request: Request<pb::GetContactRequest>,
-    ) -> Result<Response<pb::ContactConsents>, Status> {
+    ) -> Result<Response<pb::GetContactResponse>, Status> {
         let contact =
             ContactId::parse("contact_id", &request.get_ref().contact_id).map_err(invalid)?;
         let view = self
             .authority
             .contact(contact, request.get_ref().min_sequence)
             .await?;
-        Ok(Response::new(pb::ContactConsents {
+        Ok(Response::new(pb::GetContactResponse {
             contact_id: view.contact.to_string(),
             states: view.states.into_iter().map(convert::state_to).collect(),
             pending: view.pending.into_iter().map(convert::pending_to).collect(),
@@ -162,12 +169,12 @@ impl pb::consents_server::Consents for ConsentsService {
     async fn issue_unsubscribe_link(
         &self,
         request: Request<pb::IssueUnsubscribeLinkRequest>,
-    ) -> Result<Response<pb::UnsubscribeLink>, Status> {
+    ) -> Result<Response<pb::IssueUnsubscribeLinkResponse>, Status> {
         let r = request.get_ref();
         let (url, consent) =
             self.authority
                 .issue_link(&r.contact_id, &r.channel, &r.brand, &r.purpose)?;
-        Ok(Response::new(pb::UnsubscribeLink {
+        Ok(Response::new(pb::IssueUnsubscribeLinkResponse {
             url,
             consent_id: consent.to_owned(),
         }))
@@ -176,18 +183,18 @@ impl pb::consents_server::Consents for ConsentsService {
     async fn issue_preference_link(
         &self,
         request: Request<pb::IssuePreferenceLinkRequest>,
-    ) -> Result<Response<pb::PreferenceLink>, Status> {
+    ) -> Result<Response<pb::IssuePreferenceLinkResponse>, Status> {
         let r = request.get_ref();
         let url = self
             .authority
             .issue_preference_link(&r.contact_id, &r.purpose, &r.brand)?;
-        Ok(Response::new(pb::PreferenceLink { url }))
+        Ok(Response::new(pb::IssuePreferenceLinkResponse { url }))
     }
 
     async fn issue_confirmation_link(
         &self,
         request: Request<pb::IssueConfirmationLinkRequest>,
-    ) -> Result<Response<pb::ConfirmationLink>, Status> {
+    ) -> Result<Response<pb::IssueConfirmationLinkResponse>, Status> {
         let actor = actor(&request).to_owned();
         let r = request.into_inner();
         let contact = ContactId::parse("contact_id", &r.contact_id).map_err(invalid)?;
@@ -196,7 +203,7 @@ impl pb::consents_server::Consents for ConsentsService {
             .authority
             .resend_confirmation(contact, consent, &actor)
             .await?;
-        Ok(Response::new(pb::ConfirmationLink {
+        Ok(Response::new(pb::IssueConfirmationLinkResponse {
             url,
             expires_at: Some(timestamp(expires_at)),
         }))
@@ -204,8 +211,8 @@ impl pb::consents_server::Consents for ConsentsService {
 
     async fn import(
         &self,
-        request: Request<tonic::Streaming<pb::ImportRow>>,
-    ) -> Result<Response<pb::ImportSummary>, Status> {
+        request: Request<tonic::Streaming<pb::ImportRequest>>,
+    ) -> Result<Response<pb::ImportResponse>, Status> {
         let actor = actor(&request).to_owned();
         let mut rows = request.into_inner();
         let mut import = self.authority.import()?;
@@ -233,7 +240,7 @@ impl pb::consents_server::Consents for ConsentsService {
     async fn export_contact(
         &self,
         request: Request<pb::ExportContactRequest>,
-    ) -> Result<Response<pb::ContactExport>, Status> {
+    ) -> Result<Response<pb::ExportContactResponse>, Status> {
         let contact =
             ContactId::parse("contact_id", &request.get_ref().contact_id).map_err(invalid)?;
         let export = self.authority.export(contact).await?;
@@ -243,62 +250,69 @@ impl pb::consents_server::Consents for ConsentsService {
     async fn get_history(
         &self,
         request: Request<pb::GetHistoryRequest>,
-    ) -> Result<Response<pb::History>, Status> {
+    ) -> Result<Response<pb::GetHistoryResponse>, Status> {
         let r = request.into_inner();
         let contact = ContactId::parse("contact_id", &r.contact_id).map_err(invalid)?;
         let (events, next_page_token) = self
             .authority
             .history(contact, r.page_size, &r.page_token, r.min_sequence)
             .await?;
-        Ok(Response::new(pb::History {
+        Ok(Response::new(pb::GetHistoryResponse {
             events: events.into_iter().map(convert::event_to).collect(),
             next_page_token,
         }))
     }
 }
 
-// ---------------------------------------------------------------- Catalog
+// ------------------------------------------------------------- CatalogService
 
-/// `consent.v1.Catalog`: apply and read the catalog.
-pub(crate) struct CatalogService {
+/// `consent.v1.CatalogService`: apply and read the catalog.
+pub(crate) struct CatalogApi {
     authority: Authority,
 }
 
-impl CatalogService {
+impl CatalogApi {
     pub(crate) fn new(authority: Authority) -> Self {
         Self { authority }
     }
 }
 
 #[tonic::async_trait]
-impl pb::catalog_server::Catalog for CatalogService {
+impl pb::catalog_service_server::CatalogService for CatalogApi {
     async fn apply_catalog(
         &self,
-        request: Request<pb::CatalogSpec>,
-    ) -> Result<Response<pb::CatalogSpec>, Status> {
-        let spec = catalog_from(request.into_inner());
-        let catalog = self.authority.apply_catalog(spec).await?;
-        Ok(Response::new(catalog_to(catalog.spec())))
+        request: Request<pb::ApplyCatalogRequest>,
+    ) -> Result<Response<pb::ApplyCatalogResponse>, Status> {
+        let spec = request
+            .into_inner()
+            .catalog
+            .ok_or_else(|| invalid(FieldError::new("catalog", "is required")))?;
+        let catalog = self.authority.apply_catalog(catalog_from(spec)).await?;
+        Ok(Response::new(pb::ApplyCatalogResponse {
+            catalog: Some(catalog_to(catalog.spec())),
+        }))
     }
 
     async fn get_catalog(
         &self,
         _request: Request<pb::GetCatalogRequest>,
-    ) -> Result<Response<pb::CatalogSpec>, Status> {
+    ) -> Result<Response<pb::GetCatalogResponse>, Status> {
         // Reading the catalog is open to every role: dispatchers and tools
         // need its channels, brands and consents.
-        Ok(Response::new(catalog_to(self.authority.catalog().spec())))
+        Ok(Response::new(pb::GetCatalogResponse {
+            catalog: Some(catalog_to(self.authority.catalog().spec())),
+        }))
     }
 
     async fn get_wordings(
         &self,
         request: Request<pb::GetWordingsRequest>,
-    ) -> Result<Response<pb::Wordings>, Status> {
+    ) -> Result<Response<pb::GetWordingsResponse>, Status> {
         let wordings = self
             .authority
             .wordings(&request.get_ref().consent_id)
             .await?;
-        Ok(Response::new(pb::Wordings {
+        Ok(Response::new(pb::GetWordingsResponse {
             wordings: wordings.into_iter().map(convert::wording_to).collect(),
         }))
     }

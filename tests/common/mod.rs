@@ -5,13 +5,84 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+pub(crate) use consentd::pb::eligibility_service_client::EligibilityServiceClient;
 use consentd::pb::{
-    self, catalog_client::CatalogClient, consents_client::ConsentsClient,
-    eligibility_client::EligibilityClient,
+    self, catalog_service_client::CatalogServiceClient,
+    consents_service_client::ConsentsServiceClient,
 };
 use consentd::{Config, server::Server};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
+
+/// The ConsentsService client as the tests use it: Grant and Withdraw take
+/// the change both requests carry field for field (`pb::ConsentChange`,
+/// converted by `GrantRequest::from` / `WithdrawRequest::from`); every other
+/// call is the generated client's, through `Deref`.
+pub(crate) struct Consents(pub(crate) ConsentsServiceClient<Channel>);
+
+impl Consents {
+    pub(crate) async fn grant(
+        &mut self,
+        c: pb::ConsentChange,
+    ) -> Result<tonic::Response<pb::GrantResponse>, tonic::Status> {
+        self.0.grant(pb::GrantRequest::from(c)).await
+    }
+
+    pub(crate) async fn withdraw(
+        &mut self,
+        c: pb::ConsentChange,
+    ) -> Result<tonic::Response<pb::WithdrawResponse>, tonic::Status> {
+        self.0.withdraw(pb::WithdrawRequest::from(c)).await
+    }
+}
+
+impl std::ops::Deref for Consents {
+    type Target = ConsentsServiceClient<Channel>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Consents {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+/// The CatalogService client as the tests use it: ApplyCatalog takes and
+/// GetCatalog answers the catalog itself (unwrapped from its request and
+/// response); GetWordings is the generated client's.
+pub(crate) struct Catalog(pub(crate) CatalogServiceClient<Channel>);
+
+impl Catalog {
+    pub(crate) async fn apply_catalog(
+        &mut self,
+        spec: pb::CatalogSpec,
+    ) -> Result<tonic::Response<pb::CatalogSpec>, tonic::Status> {
+        let r = self
+            .0
+            .apply_catalog(pb::ApplyCatalogRequest {
+                catalog: Some(spec),
+            })
+            .await?;
+        Ok(r.map(|r| r.catalog.expect("an applied catalog answers it")))
+    }
+
+    pub(crate) async fn get_catalog(
+        &mut self,
+        request: pb::GetCatalogRequest,
+    ) -> Result<tonic::Response<pb::CatalogSpec>, tonic::Status> {
+        let r = self.0.get_catalog(request).await?;
+        Ok(r.map(|r| r.catalog.expect("the catalog in force")))
+    }
+
+    pub(crate) async fn get_wordings(
+        &mut self,
+        request: pb::GetWordingsRequest,
+    ) -> Result<tonic::Response<pb::GetWordingsResponse>, tonic::Status> {
+        self.0.get_wordings(request).await
+    }
+}
 
 /// The throwaway PostgreSQL server the tests start (test support, not part
 /// of the release library).
@@ -91,16 +162,16 @@ impl TestServer {
             .unwrap()
     }
 
-    pub(crate) async fn eligibility(&self) -> EligibilityClient<Channel> {
-        EligibilityClient::new(self.channel().await)
+    pub(crate) async fn eligibility(&self) -> EligibilityServiceClient<Channel> {
+        EligibilityServiceClient::new(self.channel().await)
     }
 
-    pub(crate) async fn consents(&self) -> ConsentsClient<Channel> {
-        ConsentsClient::new(self.channel().await)
+    pub(crate) async fn consents(&self) -> Consents {
+        Consents(ConsentsServiceClient::new(self.channel().await))
     }
 
-    pub(crate) async fn catalog(&self) -> CatalogClient<Channel> {
-        CatalogClient::new(self.channel().await)
+    pub(crate) async fn catalog(&self) -> Catalog {
+        Catalog(CatalogServiceClient::new(self.channel().await))
     }
 
     /// Graceful stop; waits until the store is closed.
@@ -316,7 +387,7 @@ pub(crate) fn check(contact: &str, channel: &str, brand: &str) -> pb::CanSendReq
 
 /// (allowed, reason, decided_by) of one CanSend.
 pub(crate) async fn can_send(
-    client: &mut EligibilityClient<Channel>,
+    client: &mut EligibilityServiceClient<Channel>,
     contact: &str,
     channel: &str,
     brand: &str,
@@ -362,7 +433,7 @@ pub(crate) async fn unsubscribe_link(
     contact: &str,
     channel: &str,
     brand: &str,
-) -> pb::UnsubscribeLink {
+) -> pb::IssueUnsubscribeLinkResponse {
     let mut cons = server.consents().await;
     cons.issue_unsubscribe_link(pb::IssueUnsubscribeLinkRequest {
         contact_id: contact.into(),

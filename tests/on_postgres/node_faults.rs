@@ -13,7 +13,7 @@ use super::{fresh_check, nodes, nodes_on, process};
 /// Asserts that every acknowledged grant (contact, sequence) is allowed on
 /// the node behind `elig`, read with the newest of their tokens.
 async fn all_allowed(
-    elig: &mut pb::eligibility_client::EligibilityClient<tonic::transport::Channel>,
+    elig: &mut pb::eligibility_service_client::EligibilityServiceClient<tonic::transport::Channel>,
     acknowledged: &[(String, u64)],
 ) {
     let token = acknowledged.iter().map(|(_, s)| *s).max().unwrap();
@@ -136,7 +136,9 @@ async fn a_node_killed_mid_writes_loses_nothing_and_the_others_carry_on() {
     let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut writers = Vec::new();
     for w in 0..8 {
-        let mut cons = pb::consents_client::ConsentsClient::new(channel.clone());
+        let mut cons = Consents(pb::consents_service_client::ConsentsServiceClient::new(
+            channel.clone(),
+        ));
         let acked = acked.clone();
         writers.push(tokio::spawn(async move {
             for i in 0..10_000 {
@@ -160,10 +162,12 @@ async fn a_node_killed_mid_writes_loses_nothing_and_the_others_carry_on() {
     all_allowed(&mut nodes[0].eligibility().await, &acked).await;
     // And the killed node, restarted, too.
     let again = process::start_on(binary, dir.path(), None, Some(&url));
-    let mut elig =
-        pb::eligibility_client::EligibilityClient::connect(format!("http://{}", again.grpc))
-            .await
-            .unwrap();
+    let mut elig = pb::eligibility_service_client::EligibilityServiceClient::connect(format!(
+        "http://{}",
+        again.grpc
+    ))
+    .await
+    .unwrap();
     all_allowed(&mut elig, &acked).await;
     again.kill();
     for n in nodes {
@@ -217,7 +221,7 @@ async fn a_record_a_node_cannot_read_stops_its_checks_and_writes_until_it_can() 
     // B's feed stops there: its checks say NOT_SERVING, never silently stale.
     wait_health(
         &nodes[1],
-        "consent.v1.Eligibility",
+        "consent.v1.EligibilityService",
         ServingStatus::NotServing,
     )
     .await;
@@ -242,7 +246,12 @@ async fn a_record_a_node_cannot_read_stops_its_checks_and_writes_until_it_can() 
         &format!("UPDATE consentd.events SET action = 1 WHERE sequence = {bad}"),
     )
     .await;
-    wait_health(&nodes[1], "consent.v1.Eligibility", ServingStatus::Serving).await;
+    wait_health(
+        &nodes[1],
+        "consent.v1.EligibilityService",
+        ServingStatus::Serving,
+    )
+    .await;
     assert!(
         metrics(&nodes[1])
             .await

@@ -205,12 +205,12 @@ async fn concurrent_writers_on_every_node_converge() {
                     // Decisions collide on purpose: few distinct times.
                     let at = t + ((x >> 20) % 40) as i64;
                     let c = change(&contact, "marketing", Some(at));
-                    let r = if (x >> 40).is_multiple_of(2) {
-                        cons.grant(c).await
+                    let sequence = if (x >> 40).is_multiple_of(2) {
+                        cons.grant(c).await.unwrap().into_inner().sequence
                     } else {
-                        cons.withdraw(c).await
+                        cons.withdraw(c).await.unwrap().into_inner().sequence
                     };
-                    highest = highest.max(r.unwrap().into_inner().sequence);
+                    highest = highest.max(sequence);
                 }
                 highest
             }));

@@ -48,13 +48,18 @@ async fn the_database_going_away_pauses_writes_while_checks_go_on() {
     assert!(!allowed);
     assert_eq!(reason, Reason::Withdrawn);
     // Health: writes NOT_SERVING, checks SERVING.
-    wait_health(&server, "consent.v1.Consents", ServingStatus::NotServing).await;
+    wait_health(
+        &server,
+        "consent.v1.ConsentsService",
+        ServingStatus::NotServing,
+    )
+    .await;
     assert_eq!(
-        health_of(&server, "consent.v1.Catalog").await,
+        health_of(&server, "consent.v1.CatalogService").await,
         Some(ServingStatus::NotServing)
     );
     assert_eq!(
-        health_of(&server, "consent.v1.Eligibility").await,
+        health_of(&server, "consent.v1.EligibilityService").await,
         Some(ServingStatus::Serving)
     );
     // Reads that need the store say so.
@@ -69,7 +74,12 @@ async fn the_database_going_away_pauses_writes_while_checks_go_on() {
 
     // The database comes back: the server reconnects by itself.
     pg.start_server().unwrap();
-    wait_health(&server, "consent.v1.Consents", ServingStatus::Serving).await;
+    wait_health(
+        &server,
+        "consent.v1.ConsentsService",
+        ServingStatus::Serving,
+    )
+    .await;
     let granted = cons
         .grant(change("bob", "marketing", None))
         .await
@@ -120,7 +130,7 @@ async fn erasure_leaves_no_plaintext_in_any_table() {
     server.stop().await;
 }
 
-async fn export(server: &TestServer, who: &str) -> pb::ContactExport {
+async fn export(server: &TestServer, who: &str) -> pb::ExportContactResponse {
     let mut c = server.consents().await;
     let mut e = c
         .export_contact(pb::ExportContactRequest {

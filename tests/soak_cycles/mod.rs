@@ -17,8 +17,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use consentd::pb::eligibility_client::EligibilityClient;
-use consentd::pb::{self, catalog_client::CatalogClient, consents_client::ConsentsClient};
+use consentd::pb::eligibility_service_client::EligibilityServiceClient;
+use consentd::pb::{
+    self, catalog_service_client::CatalogServiceClient,
+    consents_service_client::ConsentsServiceClient,
+};
 use tonic::transport::Channel;
 
 mod process;
@@ -80,8 +83,10 @@ pub(crate) async fn cycle(
         .unwrap();
     if cycle == 0 {
         let spec = consentd::server::read_catalog(&catalog_path()).unwrap();
-        CatalogClient::new(channel.clone())
-            .apply_catalog(consentd::grpc::catalog_to(&spec))
+        CatalogServiceClient::new(channel.clone())
+            .apply_catalog(pb::ApplyCatalogRequest {
+                catalog: Some(consentd::grpc::catalog_to(&spec)),
+            })
             .await
             .unwrap();
     }
@@ -92,8 +97,8 @@ pub(crate) async fn cycle(
         let acked = acked.clone();
         let http = server.http;
         workers.push(tokio::spawn(async move {
-            let mut cons = ConsentsClient::new(channel.clone());
-            let mut cat = CatalogClient::new(channel);
+            let mut cons = ConsentsServiceClient::new(channel.clone());
+            let mut cat = CatalogServiceClient::new(channel);
             let mut i = 0u64;
             while Instant::now() < deadline {
                 i += 1;
@@ -105,14 +110,14 @@ pub(crate) async fn cycle(
                             .duration_since(std::time::UNIX_EPOCH)
                             .unwrap()
                             .as_secs() as i64;
-                        let rows: Vec<pb::ImportRow> = (0..3)
+                        let rows: Vec<pb::ImportRequest> = (0..3)
                             .map(|k| {
                                 let mut c = change(&contact((i + k) % CONTACTS), pb::Action::Grant);
                                 c.occurred_at = Some(prost_types::Timestamp {
                                     seconds: t - 5,
                                     nanos: 0,
                                 });
-                                pb::ImportRow {
+                                pb::ImportRequest {
                                     action: pb::Action::Grant as i32,
                                     change: Some(c),
                                 }
@@ -125,7 +130,10 @@ pub(crate) async fn cycle(
                         // Only this worker touches the erase-* contacts, so
                         // an erasure never races a write of another worker.
                         let target = erased_contact(i);
-                        if let Ok(r) = cons.grant(change(&target, pb::Action::Grant)).await {
+                        if let Ok(r) = cons
+                            .grant(pb::GrantRequest::from(change(&target, pb::Action::Grant)))
+                            .await
+                        {
                             let mut a = acked.lock().unwrap();
                             a.changes
                                 .entry(target.clone())
@@ -179,7 +187,7 @@ pub(crate) async fn cycle(
                         let mut spec = cat
                             .get_catalog(pb::GetCatalogRequest {})
                             .await
-                            .map(|r| r.into_inner());
+                            .map(|r| r.into_inner().catalog.unwrap_or_default());
                         if let Ok(spec) = spec.as_mut() {
                             let text = format!("Orbit, wording of cycle {cycle} step {i}");
                             if let Some(d) =
@@ -187,7 +195,10 @@ pub(crate) async fn cycle(
                             {
                                 d.text = text.clone();
                             }
-                            if cat.apply_catalog(spec.clone()).await.is_ok() {
+                            let apply = pb::ApplyCatalogRequest {
+                                catalog: Some(spec.clone()),
+                            };
+                            if cat.apply_catalog(apply).await.is_ok() {
                                 let mut a = acked.lock().unwrap();
                                 a.texts.push(text);
                                 a.total += 1;
@@ -200,16 +211,20 @@ pub(crate) async fn cycle(
                         } else {
                             pb::Action::Withdraw
                         };
+                        let c = change(&who, action);
                         let r = match action {
-                            pb::Action::Grant => cons.grant(change(&who, action)).await,
-                            _ => cons.withdraw(change(&who, action)).await,
+                            pb::Action::Grant => cons
+                                .grant(pb::GrantRequest::from(c))
+                                .await
+                                .map(|r| r.into_inner().sequence),
+                            _ => cons
+                                .withdraw(pb::WithdrawRequest::from(c))
+                                .await
+                                .map(|r| r.into_inner().sequence),
                         };
-                        if let Ok(r) = r {
+                        if let Ok(sequence) = r {
                             let mut a = acked.lock().unwrap();
-                            a.changes
-                                .entry(who)
-                                .or_default()
-                                .push(r.into_inner().sequence);
+                            a.changes.entry(who).or_default().push(sequence);
                             a.total += 1;
                         }
                     }
@@ -251,8 +266,8 @@ async fn post(addr: SocketAddr, path: &str) -> std::io::Result<()> {
 }
 
 async fn verify(channel: &Channel, acked: &Arc<Mutex<Acknowledged>>) {
-    let mut cons = ConsentsClient::new(channel.clone());
-    let mut elig = EligibilityClient::new(channel.clone());
+    let mut cons = ConsentsServiceClient::new(channel.clone());
+    let mut elig = EligibilityServiceClient::new(channel.clone());
     let (changes, erased, texts) = {
         let a = acked.lock().unwrap();
         (a.changes.clone(), a.erased_below.clone(), a.texts.clone())
@@ -301,7 +316,7 @@ async fn verify(channel: &Channel, acked: &Arc<Mutex<Acknowledged>>) {
         );
     }
     if !texts.is_empty() {
-        let wordings = CatalogClient::new(channel.clone())
+        let wordings = CatalogServiceClient::new(channel.clone())
             .get_wordings(pb::GetWordingsRequest {
                 consent_id: "marketing.orbit".into(),
             })

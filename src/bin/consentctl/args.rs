@@ -164,23 +164,35 @@ pub(crate) fn parse_time(s: &str) -> anyhow::Result<prost_types::Timestamp> {
     })
 }
 
-/// A source by its proto name, in any case, `-` or `_` (`unsubscribe-link`);
+/// A source by its name, as DESIGN.md says it or with the proto's prefix,
+/// in any case, `-` or `_` (`unsubscribe-link`, `SOURCE_UNSUBSCRIBE_LINK`);
 /// empty is unspecified.
 pub(crate) fn parse_source(s: &str) -> anyhow::Result<pb::Source> {
     let name = s.trim().to_ascii_uppercase().replace('-', "_");
     if name.is_empty() {
         return Ok(pb::Source::Unspecified);
     }
-    match pb::Source::from_str_name(&name) {
+    let wire = if name.starts_with("SOURCE_") {
+        name.clone()
+    } else {
+        format!("SOURCE_{name}")
+    };
+    match pb::Source::from_str_name(&wire) {
         Some(source) => Ok(source),
         None => bail!("unknown source {:?}", s.trim().to_ascii_lowercase()),
     }
 }
 
-/// `grant` or `withdraw`, in any case; anything else is left for the server
-/// to refuse, so the row error names the field.
+/// `grant` or `withdraw` (or `ACTION_GRANT`...), in any case; anything
+/// else is left for the server to refuse, so the row error names the field.
 pub(crate) fn parse_action(s: &str) -> pb::Action {
-    pb::Action::from_str_name(&s.trim().to_ascii_uppercase()).unwrap_or(pb::Action::Unspecified)
+    let name = s.trim().to_ascii_uppercase();
+    let wire = if name.starts_with("ACTION_") {
+        name
+    } else {
+        format!("ACTION_{name}")
+    };
+    pb::Action::from_str_name(&wire).unwrap_or(pb::Action::Unspecified)
 }
 
 #[cfg(test)]
@@ -199,6 +211,8 @@ mod tests {
             pb::Source::PreferenceCenter
         );
         assert_eq!(parse_source("").unwrap(), pb::Source::Unspecified);
+        assert_eq!(parse_source("SOURCE_API").unwrap(), pb::Source::Api);
+        assert_eq!(parse_action("ACTION_WITHDRAW"), pb::Action::Withdraw);
         assert!(
             parse_source("fax")
                 .unwrap_err()

@@ -63,7 +63,7 @@ pub(crate) async fn import(
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} rows  {per_sec}  ETA {eta}")
             .expect("a valid template"),
     );
-    let (tx, rx) = tokio::sync::mpsc::channel::<pb::ImportRow>(4096);
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::ImportRequest>(4096);
     let bar2 = bar.clone();
     // CSV rows the client could not even send, and the CSV row of each sent row.
     let producer = tokio::task::spawn_blocking(move || -> anyhow::Result<(RowErrors, Vec<u64>)> {
@@ -99,7 +99,7 @@ pub(crate) async fn import(
                 .map(|(i, k)| (k.clone(), field(*i)))
                 .filter(|(_, v)| !v.is_empty())
                 .collect();
-            let msg = pb::ImportRow {
+            let msg = pb::ImportRequest {
                 action: parse_action(&field(action)) as i32,
                 change: Some(pb::ConsentChange {
                     contact_id: field(contact),

@@ -15,8 +15,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use consentd::pb::{
-    self, catalog_client::CatalogClient, consents_client::ConsentsClient,
-    eligibility_client::EligibilityClient,
+    self, catalog_service_client::CatalogServiceClient,
+    consents_service_client::ConsentsServiceClient,
+    eligibility_service_client::EligibilityServiceClient,
 };
 use serde_json::json;
 use tonic::metadata::MetadataValue;
@@ -39,12 +40,12 @@ impl tonic::service::Interceptor for Bearer {
 
 type Intercepted = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
 /// The Consents client, as the import streams through it.
-type Consents = ConsentsClient<Intercepted>;
+type Consents = ConsentsServiceClient<Intercepted>;
 
 struct Clients {
-    eligibility: EligibilityClient<Intercepted>,
+    eligibility: EligibilityServiceClient<Intercepted>,
     consents: Consents,
-    catalog: CatalogClient<Intercepted>,
+    catalog: CatalogServiceClient<Intercepted>,
 }
 
 async fn connect(cli: &Cli) -> anyhow::Result<Clients> {
@@ -74,9 +75,9 @@ async fn connect(cli: &Cli) -> anyhow::Result<Clients> {
             .context("the token is not a valid header value")?,
     );
     Ok(Clients {
-        eligibility: EligibilityClient::with_interceptor(channel.clone(), bearer.clone()),
-        consents: ConsentsClient::with_interceptor(channel.clone(), bearer.clone()),
-        catalog: CatalogClient::with_interceptor(channel, bearer),
+        eligibility: EligibilityServiceClient::with_interceptor(channel.clone(), bearer.clone()),
+        consents: ConsentsServiceClient::with_interceptor(channel.clone(), bearer.clone()),
+        catalog: CatalogServiceClient::with_interceptor(channel, bearer),
     })
 }
 
@@ -108,9 +109,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let spec = consentd::server::read_catalog(&file)?;
             let applied = c
                 .catalog
-                .apply_catalog(consentd::grpc::catalog_to(&spec))
+                .apply_catalog(pb::ApplyCatalogRequest {
+                    catalog: Some(consentd::grpc::catalog_to(&spec)),
+                })
                 .await?
-                .into_inner();
+                .into_inner()
+                .catalog
+                .unwrap_or_default();
             render::catalog_applied(json_mode, &applied);
         }
         Command::Catalog {
@@ -120,7 +125,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .catalog
                 .get_catalog(pb::GetCatalogRequest {})
                 .await?
-                .into_inner();
+                .into_inner()
+                .catalog
+                .unwrap_or_default();
             let domain = consentd::grpc::catalog_from(spec);
             if json_mode {
                 println!("{}", serde_json::to_string(&domain)?);
@@ -303,10 +310,25 @@ async fn change(
         confirmed: a.confirmed,
     };
     let r = match action {
-        pb::Action::Withdraw => c.consents.withdraw(req).await?,
-        _ => c.consents.grant(req).await?,
-    }
-    .into_inner();
+        pb::Action::Withdraw => {
+            let w = c
+                .consents
+                .withdraw(pb::WithdrawRequest::from(req))
+                .await?
+                .into_inner();
+            pb::GrantResponse {
+                applied: w.applied,
+                state: w.state,
+                sequence: w.sequence,
+                ..Default::default()
+            }
+        }
+        _ => c
+            .consents
+            .grant(pb::GrantRequest::from(req))
+            .await?
+            .into_inner(),
+    };
     render::change(json_mode, action, &a.contact, &a.consent, &r);
     Ok(())
 }

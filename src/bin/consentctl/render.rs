@@ -28,19 +28,26 @@ pub(crate) fn print(json_mode: bool, value: Value, human: impl FnOnce() -> Strin
     }
 }
 
+/// A wire enum name as DESIGN.md says it, without its type's prefix
+/// (`REASON_GRANTED` is `GRANTED`, `SOURCE_UNSUBSCRIBE_LINK` is
+/// `UNSUBSCRIBE_LINK`): what consentctl prints.
+fn short(name: &'static str) -> &'static str {
+    name.split_once('_').map_or(name, |(_, rest)| rest)
+}
+
 fn state_json(s: &pb::ConsentState) -> Value {
     json!({
-        "consent_id": s.consent_id, "action": s.action().as_str_name(),
+        "consent_id": s.consent_id, "action": short(s.action().as_str_name()),
         "occurred_at": show_time(&s.occurred_at), "recorded_at": show_time(&s.recorded_at),
-        "source": s.source().as_str_name(), "version": s.version, "sequence": s.sequence,
+        "source": short(s.source().as_str_name()), "version": s.version, "sequence": s.sequence,
     })
 }
 
 fn event_json(e: &pb::ConsentEvent) -> Value {
     let evidence: std::collections::BTreeMap<_, _> = e.evidence.iter().collect();
-    json!({"sequence": e.sequence, "consent_id": e.consent_id, "action": e.action().as_str_name(),
+    json!({"sequence": e.sequence, "consent_id": e.consent_id, "action": short(e.action().as_str_name()),
         "occurred_at": show_time(&e.occurred_at), "recorded_at": show_time(&e.recorded_at),
-        "source": e.source().as_str_name(), "version": e.version, "applied": e.applied,
+        "source": short(e.source().as_str_name()), "version": e.version, "applied": e.applied,
         "evidence": evidence, "idempotency_key": e.idempotency_key, "actor": e.actor})
 }
 
@@ -52,7 +59,7 @@ fn wording_json(w: &pb::Wording) -> Value {
 
 /// `export`: everything held about a contact, as one JSON document (also
 /// without `--json`: it is meant to be attached to a reply).
-pub(crate) fn export(e: &pb::ContactExport) -> Value {
+pub(crate) fn export(e: &pb::ExportContactResponse) -> Value {
     json!({
         "contact_id": e.contact_id,
         "exported_at": show_time(&e.exported_at),
@@ -128,13 +135,14 @@ pub(crate) fn wordings(json_mode: bool, wordings: &[pb::Wording]) {
     });
 }
 
-/// `grant` / `withdraw`: what was recorded and the state after it.
+/// `grant` / `withdraw`: what was recorded and the state after it (a
+/// withdrawal answers as a grant that is never pending).
 pub(crate) fn change(
     json_mode: bool,
     action: pb::Action,
     contact: &str,
     consent: &str,
-    r: &pb::ChangeResult,
+    r: &pb::GrantResponse,
 ) {
     print(
         json_mode,
@@ -159,14 +167,14 @@ pub(crate) fn change(
                 .map(|s| {
                     format!(
                         "; state: {} since {}",
-                        s.action().as_str_name(),
+                        short(s.action().as_str_name()),
                         show_time(&s.occurred_at)
                     )
                 })
                 .unwrap_or_default();
             format!(
                 "{} {contact} {consent}: {what} (sequence {}){state}",
-                action.as_str_name(),
+                short(action.as_str_name()),
                 r.sequence
             )
         },
@@ -177,7 +185,7 @@ pub(crate) fn change(
 pub(crate) fn check(json_mode: bool, r: &pb::CanSendResponse) {
     print(
         json_mode,
-        json!({"allowed": r.allowed, "reason": r.reason().as_str_name(), "decided_by": r.decided_by,
+        json!({"allowed": r.allowed, "reason": short(r.reason().as_str_name()), "decided_by": r.decided_by,
                "decided_at": show_time(&r.decided_at), "unsubscribe_url": r.unsubscribe_url}),
         || {
             let verdict = if r.allowed { "ALLOWED" } else { "NOT ALLOWED" };
@@ -186,7 +194,7 @@ pub(crate) fn check(json_mode: bool, r: &pb::CanSendResponse) {
             } else {
                 format!(" by {} at {}", r.decided_by, show_time(&r.decided_at))
             };
-            format!("{verdict}: {}{by}", r.reason().as_str_name())
+            format!("{verdict}: {}{by}", short(r.reason().as_str_name()))
         },
     );
 }
@@ -208,11 +216,11 @@ pub(crate) fn history(json_mode: bool, contact: &str, events: &[pb::ConsentEvent
                 out.push_str(&format!(
                     "\n  #{:<8} {:<8} {:<28} v{} occurred {} via {}{} {}",
                     e.sequence,
-                    e.action().as_str_name(),
+                    short(e.action().as_str_name()),
                     e.consent_id,
                     e.version,
                     show_time(&e.occurred_at),
-                    e.source().as_str_name(),
+                    short(e.source().as_str_name()),
                     if e.applied { "" } else { " (superseded)" },
                     ev.join(" ")
                 ));
@@ -227,7 +235,7 @@ pub(crate) fn import(
     json_mode: bool,
     file: &std::path::Path,
     rows: u64,
-    summary: &pb::ImportSummary,
+    summary: &pb::ImportResponse,
     total_rejected: u64,
     rejected: &[(u64, String)],
 ) {

@@ -14,7 +14,7 @@ use clap::Parser;
     about = "Consent authority for marketing communication"
 )]
 pub struct Config {
-    /// gRPC listen address (Eligibility, Consents, Catalog, health, reflection).
+    /// gRPC listen address (EligibilityService, ConsentsService, CatalogService, health, reflection).
     #[arg(long, env = "CONSENTD_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,
 

@@ -18,8 +18,8 @@ const README_ADDR: &str = "127.0.0.1:50051";
 /// The commands of the README's `## A session with grpcurl` block, as argv
 /// lists (comments dropped, continued lines joined, quotes taken off).
 fn session() -> Vec<Vec<String>> {
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
-        .unwrap();
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
     let at = readme
         .find("## A session with grpcurl")
         .expect("the README has the session");
@@ -155,7 +155,10 @@ async fn the_readme_grpcurl_session_runs_as_written() {
     assert!(checks[1].contains("marketing.acme.email"), "{}", checks[1]);
     assert!(checks[2].contains("REASON_GRANTED"), "{}", checks[2]);
     let history = answers("ConsentsService/GetHistory");
-    assert!(history[0].contains("SOURCE_UNSUBSCRIBE_LINK"), "{history:?}");
+    assert!(
+        history[0].contains("SOURCE_UNSUBSCRIBE_LINK"),
+        "{history:?}"
+    );
     assert!(history[0].contains("signup-2026:8812"), "{history:?}");
     let list = outputs
         .iter()

@@ -69,7 +69,8 @@ fn lint_passes_and_breaking_changes_are_caught() {
     );
 
     // Each of these breaks a deployed client, and the gate says so.
-    let breaks: [(&str, fn(String) -> String); 3] = [
+    type Edit = fn(String) -> String;
+    let breaks: [(&str, Edit); 3] = [
         ("renumbered", |t| {
             t.replacen(
                 "  bool include_unsubscribe = 5;",

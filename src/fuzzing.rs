@@ -42,7 +42,7 @@ pub fn catalog(data: &[u8]) {
 
 /// One Import row as it arrives on the stream.
 pub fn import_row(data: &[u8]) {
-    let Ok(row) = pb::ImportRow::decode(data) else {
+    let Ok(row) = pb::ImportRequest::decode(data) else {
         return;
     };
     match crate::grpc::convert::row_from(row, 1_800_000_000_000_000_000, "fuzz") {

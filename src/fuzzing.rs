@@ -29,7 +29,9 @@ pub fn catalog(data: &[u8]) {
     let Ok(spec) = pb::CatalogSpec::decode(data) else {
         return;
     };
-    let spec = crate::grpc::catalog_from(spec);
+    let Ok(spec) = crate::grpc::catalog_from(spec) else {
+        return;
+    };
     if let Ok(compiled) = Catalog::empty(None).compile(spec, 1) {
         // What compiled once compiles again unchanged.
         let again = compiled

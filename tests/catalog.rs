@@ -90,6 +90,20 @@ async fn an_invalid_catalog_changes_nothing() {
             Box::new(|s| s.default_purpose = "marketing.acme".into()),
         ),
         ("valid id", Box::new(|s| s.brands.push("Bad Brand".into()))),
+        (
+            "channel_addresses[\"fax\"]: \"fax\" is not a declared channel",
+            Box::new(|s| {
+                s.channel_addresses
+                    .insert("fax".into(), pb::AddressKind::Phone as i32);
+            }),
+        ),
+        (
+            "channel_addresses[\"push\"]: 0 is not an address kind",
+            Box::new(|s| {
+                s.channel_addresses
+                    .insert("push".into(), pb::AddressKind::Unspecified as i32);
+            }),
+        ),
     ];
     for (needle, mutate) in cases {
         let mut spec = before.clone();
@@ -109,6 +123,15 @@ async fn an_invalid_catalog_changes_nothing() {
         .unwrap()
         .into_inner();
     assert_eq!(after, before);
+    // The example catalog's channel → address kinds, as the wire says them.
+    assert_eq!(
+        before.channel_addresses,
+        [
+            ("email".to_owned(), pb::AddressKind::Email as i32),
+            ("sms".to_owned(), pb::AddressKind::Phone as i32)
+        ]
+        .into()
+    );
     server.stop().await;
 }
 
@@ -151,5 +174,31 @@ async fn deleting_a_held_consent_is_refused_retire_it_instead() {
     let err = elig.can_send(req).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("purpose"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn channel_address_kinds_survive_a_restart_and_round_trip_the_toml() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(dir.path(), Some(example_catalog_path())).await;
+    server.stop().await;
+    // Restarted without a catalog file: the one in the store.
+    let server = TestServer::start_in(dir.path(), None).await;
+    let spec = server
+        .catalog()
+        .await
+        .get_catalog(pb::GetCatalogRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        spec.channel_addresses.get("sms"),
+        Some(&(pb::AddressKind::Phone as i32))
+    );
+    // The TOML form an operator edits says the kinds by name.
+    let domain = consentd::grpc::catalog_from(spec).unwrap();
+    let toml = toml::to_string_pretty(&domain).unwrap();
+    assert!(toml.contains("[channel_addresses]"), "{toml}");
+    assert!(toml.contains("sms = \"PHONE\""), "{toml}");
     server.stop().await;
 }

@@ -2,6 +2,7 @@
 //! DESIGN.md rules 2 and 3 (which state decides a CanSend) and the write
 //! rules (how a change is ruled). Knows nothing of tokio, tonic or redb.
 
+pub mod address;
 pub mod catalog;
 pub mod erasure;
 pub mod event;
@@ -12,6 +13,7 @@ pub mod ruling;
 pub mod terms;
 pub mod wording;
 
+pub use address::{Address, AddressHasher, AddressKind, PhoneRegion};
 pub use catalog::{Catalog, CatalogSpec, Cell, Compiled, Consent, ConsentIdx, ConsentSpec};
 pub use erasure::{ContactHasher, Erasures};
 pub use event::{

@@ -8,8 +8,8 @@ use prost_types::Timestamp;
 
 use crate::authority::{Checked, ContactExport, ImportSummary};
 use crate::domain::{
-    Action, CatalogSpec, Change, ChangeOutcome, ConsentId, ConsentSpec, ContactId, EventRecord,
-    Evidence, FieldError, Source, StateRecord, UnixNanos, Verdict, Wording,
+    Action, AddressKind, CatalogSpec, Change, ChangeOutcome, ConsentId, ConsentSpec, ContactId,
+    EventRecord, Evidence, FieldError, Source, StateRecord, UnixNanos, Verdict, Wording,
     event::MAX_IDEMPOTENCY_KEY_LEN, event::check_evidence, ids::check_opaque,
 };
 use crate::pb;
@@ -190,9 +190,27 @@ fn non_empty(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
-/// The domain catalog of a wire catalog (validation happens when it is compiled).
-pub fn catalog_from(c: pb::CatalogSpec) -> CatalogSpec {
-    CatalogSpec {
+/// The domain catalog of a wire catalog (validation happens when it is
+/// compiled; only an address kind the domain has no name for is refused
+/// here).
+pub fn catalog_from(c: pb::CatalogSpec) -> Result<CatalogSpec, FieldError> {
+    let mut channel_addresses = std::collections::BTreeMap::new();
+    for (channel, raw) in c.channel_addresses {
+        let kind = match pb::AddressKind::try_from(raw) {
+            Ok(pb::AddressKind::Email) => AddressKind::Email,
+            Ok(pb::AddressKind::Phone) => AddressKind::Phone,
+            _ => {
+                return Err(FieldError::new(
+                    format!("channel_addresses[{}]", crate::domain::ids::quote(&channel)),
+                    format!(
+                        "{raw} is not an address kind (ADDRESS_KIND_EMAIL or ADDRESS_KIND_PHONE)"
+                    ),
+                ));
+            }
+        };
+        channel_addresses.insert(channel, kind);
+    }
+    Ok(CatalogSpec {
         channels: c.channels,
         brands: c.brands,
         consents: c
@@ -214,7 +232,8 @@ pub fn catalog_from(c: pb::CatalogSpec) -> CatalogSpec {
             .collect(),
         default_purpose: non_empty(c.default_purpose),
         brand_titles: c.brand_titles.into_iter().collect(),
-    }
+        channel_addresses,
+    })
 }
 
 /// The wire catalog of a domain catalog.
@@ -244,6 +263,17 @@ pub fn catalog_to(c: &CatalogSpec) -> pb::CatalogSpec {
             .brand_titles
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        channel_addresses: c
+            .channel_addresses
+            .iter()
+            .map(|(channel, kind)| {
+                let kind = match kind {
+                    AddressKind::Email => pb::AddressKind::Email,
+                    AddressKind::Phone => pb::AddressKind::Phone,
+                };
+                (channel.clone(), kind as i32)
+            })
             .collect(),
     }
 }

@@ -287,7 +287,8 @@ impl pb::catalog_service_server::CatalogService for CatalogApi {
             .into_inner()
             .catalog
             .ok_or_else(|| invalid(FieldError::new("catalog", "is required")))?;
-        let catalog = self.authority.apply_catalog(catalog_from(spec)).await?;
+        let spec = catalog_from(spec).map_err(invalid)?;
+        let catalog = self.authority.apply_catalog(spec).await?;
         Ok(Response::new(pb::ApplyCatalogResponse {
             catalog: Some(catalog_to(catalog.spec())),
         }))

@@ -128,7 +128,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .into_inner()
                 .catalog
                 .unwrap_or_default();
-            let domain = consentd::grpc::catalog_from(spec);
+            let domain = consentd::grpc::catalog_from(spec)?;
             if json_mode {
                 println!("{}", serde_json::to_string(&domain)?);
             } else {

@@ -357,6 +357,15 @@ impl Catalog {
         }
         let lapses = terms.iter().any(|t| t.valid_for > 0 || t.min_version > 0);
 
+        for channel in spec.channel_addresses.keys() {
+            if !channels.contains_key(channel) {
+                return Err(FieldError::new(
+                    format!("channel_addresses[{}]", quote(channel)),
+                    format!("{} is not a declared channel", quote(channel)),
+                ));
+            }
+        }
+
         for (brand, title) in &spec.brand_titles {
             let field = format!("brand_titles[{}]", quote(brand));
             if !brands.contains_key(brand) {
@@ -382,6 +391,7 @@ impl Catalog {
                 consents: normalized,
                 default_purpose: spec.default_purpose.filter(|p| !p.is_empty()),
                 brand_titles: spec.brand_titles,
+                channel_addresses: spec.channel_addresses,
             },
             channels,
             brands,

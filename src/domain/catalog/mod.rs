@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::address::AddressKind;
 use super::ids::{ConsentId, FieldError, quote};
 use super::terms::{Terms, short_version};
 use super::wording::Wording;
@@ -63,6 +64,10 @@ pub struct CatalogSpec {
     pub default_purpose: Option<String>,
     /// Brand id → the name pages show (the id when absent).
     pub brand_titles: BTreeMap<String, String>,
+    /// Channel → the kind of address it sends to (DESIGN.md §9; TOML
+    /// `[channel_addresses] email = "EMAIL"`). A channel without one sends
+    /// to no address consentd knows of.
+    pub channel_addresses: BTreeMap<String, AddressKind>,
 }
 
 /// One consent definition as declared.

@@ -1,7 +1,7 @@
 //! The catalog's rules, table by table, and its properties.
 
 use super::*;
-use crate::domain::Wording;
+use crate::domain::{AddressKind, Wording};
 
 pub(crate) fn consent(
     id: &str,
@@ -33,6 +33,7 @@ fn spec() -> CatalogSpec {
         ],
         default_purpose: Some("marketing".into()),
         brand_titles: Default::default(),
+        channel_addresses: [("email".to_owned(), AddressKind::Email)].into(),
     }
 }
 
@@ -199,6 +200,12 @@ fn invalid_catalogs_name_the_field() {
         (
             "default_purpose",
             Box::new(|s| s.default_purpose = Some("marketing.a".into())),
+        ),
+        (
+            "channel_addresses[\"fax\"]",
+            Box::new(|s| {
+                s.channel_addresses.insert("fax".into(), AddressKind::Phone);
+            }),
         ),
     ];
     for (field, mutate) in cases {
@@ -412,6 +419,7 @@ mod properties {
                     consents,
                     default_purpose: None,
                     brand_titles: Default::default(),
+                    channel_addresses: Default::default(),
                 }
             })
     }

@@ -74,6 +74,12 @@ pub struct Config {
     #[arg(long, env = "CONSENTD_CONTROLLER_NAME")]
     pub controller_name: Option<String>,
 
+    /// Where phone numbers written without `+` are dialled (ISO 3166 code,
+    /// e.g. `PL`): addresses are read as E.164; without it such a number is
+    /// refused, naming the field.
+    #[arg(long, env = "CONSENTD_PHONE_REGION")]
+    pub phone_region: Option<String>,
+
     /// Base of the absolute links the server mints (default: http:// + the HTTP address).
     #[arg(long, env = "CONSENTD_PUBLIC_URL")]
     pub public_url: Option<String>,
@@ -169,6 +175,7 @@ impl Config {
             default_purpose: None,
             public_url: None,
             controller_name: None,
+            phone_region: None,
             link_keys: Vec::new(),
             tokens: Vec::new(),
             tokens_file: None,

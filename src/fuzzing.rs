@@ -47,7 +47,11 @@ pub fn import_row(data: &[u8]) {
     let Ok(row) = pb::ImportRequest::decode(data) else {
         return;
     };
-    match crate::grpc::convert::row_from(row, 1_800_000_000_000_000_000, "fuzz") {
+    let addressing = crate::authority::Addressing::new(
+        crate::domain::AddressHasher::new(&[5; 32]),
+        crate::domain::PhoneRegion::parse("PL").expect("a region"),
+    );
+    match crate::grpc::convert::row_from(row, 1_800_000_000_000_000_000, "fuzz", &addressing) {
         Ok(change) => assert!(change.occurred_at.is_some(), "a row without a time"),
         Err(e) => {
             assert!(!e.field.is_empty(), "an error naming no field");

@@ -22,6 +22,7 @@ pub(crate) struct Tally {
     pending_confirmation: u64,
     expired: u64,
     stale_wording: u64,
+    address_withdrawn: u64,
 }
 
 impl Tally {
@@ -35,6 +36,7 @@ impl Tally {
             Verdict::PendingConfirmation => &mut self.pending_confirmation,
             Verdict::Expired => &mut self.expired,
             Verdict::StaleWording => &mut self.stale_wording,
+            Verdict::AddressWithdrawn { .. } => &mut self.address_withdrawn,
         } += 1;
     }
 
@@ -120,6 +122,7 @@ pub(crate) struct Metrics {
     pending_confirmation: AtomicU64,
     expired: AtomicU64,
     stale_wording: AtomicU64,
+    address_withdrawn: AtomicU64,
     /// Grants taken as pending, and confirmation links sent for them.
     pending_grants: AtomicU64,
     confirmation_links: AtomicU64,
@@ -156,6 +159,7 @@ impl Metrics {
             (&self.pending_confirmation, t.pending_confirmation),
             (&self.expired, t.expired),
             (&self.stale_wording, t.stale_wording),
+            (&self.address_withdrawn, t.address_withdrawn),
         ] {
             if n > 0 {
                 counter.fetch_add(n, Relaxed);
@@ -298,6 +302,7 @@ impl Metrics {
             ("pending_confirmation", &self.pending_confirmation),
             ("expired", &self.expired),
             ("stale_wording", &self.stale_wording),
+            ("address_withdrawn", &self.address_withdrawn),
         ] {
             let _ = writeln!(
                 out,

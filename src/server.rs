@@ -186,6 +186,11 @@ impl Server {
             }
             None => Links::open(&config.data_dir, &config.link_keys, &public_url)?,
         };
+        let phone_region = match config.phone_region.as_deref() {
+            None | Some("") => crate::domain::PhoneRegion::NONE,
+            Some(code) => crate::domain::PhoneRegion::parse(code)
+                .map_err(|e| anyhow::anyhow!("--phone-region: {e}"))?,
+        };
         let (authority, report) = Authority::open(
             store,
             links,
@@ -198,6 +203,7 @@ impl Server {
                 confirmation_ttl: config.confirmation_ttl(),
                 confirmation_resend: config.confirmation_resend(),
                 controller_name: config.controller_name.clone().unwrap_or_default(),
+                phone_region,
                 ..Default::default()
             },
         )?;

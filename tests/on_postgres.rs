@@ -11,6 +11,9 @@
 #![allow(clippy::duplicate_mod)]
 
 #[cfg(pg_available)]
+#[path = "addresses.rs"]
+mod addresses;
+#[cfg(pg_available)]
 #[path = "catalog.rs"]
 mod catalog;
 #[cfg(pg_available)]

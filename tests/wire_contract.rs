@@ -56,8 +56,8 @@ fn lint_passes_and_breaking_changes_are_caught() {
     // A new field is what "add fields freely" means: not breaking.
     let added = edited(|t| {
         t.replacen(
-            "  uint64 min_sequence = 6;\n}",
-            "  uint64 min_sequence = 6;\n  string campaign = 7;\n}",
+            "message CanSendRequest {\n",
+            "message CanSendRequest {\n  string campaign = 99;\n",
             1,
         )
     });

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use super::{Answer, Authority, ReadError};
+use super::{Answer, Authority, RawAddress, ReadError};
 use crate::domain::FieldError;
 
 /// One check as a transport received it.
@@ -20,6 +20,8 @@ pub struct Check<'a> {
     pub purpose: &'a str,
     /// Whether an allowed answer carries the List-Unsubscribe URL.
     pub include_unsubscribe: bool,
+    /// The address the message goes to, if the caller names it.
+    pub to: Option<RawAddress<'a>>,
 }
 
 /// The whole answer to one check.
@@ -38,7 +40,7 @@ impl Authority {
     pub async fn check(&self, check: Check<'_>, min_sequence: u64) -> Result<Checked, ReadError> {
         let started = Instant::now();
         self.fresh(min_sequence).await?;
-        let answer = self.can_send(check.contact, check.channel, check.brand, check.purpose)?;
+        let answer = self.can_send(&check)?;
         let checked = self.dress(&check, answer);
         self.observe_check(started.elapsed());
         Ok(checked)
@@ -56,10 +58,7 @@ impl Authority {
         self.fresh(min_sequence).await?;
         // Reading an item's fields is a few pointer copies: done again for
         // the link rather than gathering every item into a vector of its own.
-        let answers = self.can_send_many(items, |item| {
-            let c = fields(item);
-            (c.contact, c.channel, c.brand, c.purpose)
-        });
+        let answers = self.can_send_many(items, &fields);
         let checked = answers
             .into_iter()
             .zip(items)

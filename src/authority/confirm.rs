@@ -92,7 +92,10 @@ impl Authority {
         if !pending.replay {
             self.metrics.pending_grant(pending.link);
         }
-        if !pending.link {
+        // A grant on an address that waits (a system's grant over the
+        // person's own address withdrawal) has no one to mail a link to:
+        // only the person's own word on the address, or `confirmed`, lifts it.
+        if !pending.link || contact.is_address() {
             return String::new();
         }
         self.mint_confirmation(contact, consent, pending.recorded_at)

@@ -15,6 +15,7 @@
 //! share (a consent as shown, a link's contact erased since);
 //! `import.rs` the streamed import pipeline.
 
+mod addresses;
 mod check;
 mod confirm;
 mod import;
@@ -28,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
+pub use self::addresses::{AddressView, Addressing, KindOf, RawAddress};
 pub use self::check::{Check, Checked};
 pub use self::confirm::{CONFIRM_ACTOR, ConfirmPage, Confirmation, Confirmed};
 pub use self::import::{Import, ImportSummary, RowError};
@@ -70,7 +72,11 @@ pub struct Answer {
 /// The whole CanSend decision over a catalog snapshot and the index: what
 /// the server runs per check, and what `benches/decision.rs` measures.
 /// Allocates nothing; reads the clock only when a consent lapses by age or
-/// a grant is pending somewhere.
+/// a grant is pending somewhere. `to` is the key of the address the
+/// message goes to (DESIGN.md §9): a withdrawal recorded on it turns an
+/// allowed answer into ADDRESS_WITHDRAWN; its grants only lift, never
+/// allow, and never lapse (an address's decisions are not consent).
+#[allow(clippy::too_many_arguments)]
 pub fn answer_check(
     catalog: &Catalog,
     index: &Index,
@@ -79,11 +85,18 @@ pub fn answer_check(
     channel: &str,
     brand: &str,
     purpose: &str,
+    to: Option<&str>,
 ) -> Result<Answer, FieldError> {
     check_contact("contact_id", contact)?;
     let cell = catalog.cell(purpose, channel, brand)?;
     let cover = catalog.covering(cell);
-    let verdict = index.verdict(contact, cover, catalog.terms(), || clock.now());
+    let mut verdict = index.verdict(contact, cover, catalog.terms(), || clock.now());
+    if let Some(to) = to
+        && verdict.allowed()
+        && let Verdict::Withdrawn { by, at } = index.verdict(to, cover, &[], || clock.now())
+    {
+        verdict = Verdict::AddressWithdrawn { by, at };
+    }
     let decided_by = verdict
         .decided()
         .map_or("", |(by, _)| catalog.consent_id(by));
@@ -132,6 +145,8 @@ pub struct Authority {
     /// Names a contact to the store's tombstones (pages reached from links
     /// minted before an erasure).
     hasher: ContactHasher,
+    /// Reads addresses and names them to the store (DESIGN.md §9).
+    addressing: Addressing,
 }
 
 /// How long a read waits for its freshness token (`min_sequence`).
@@ -153,6 +168,7 @@ impl Authority {
             catalog,
             start,
             report,
+            addresses,
         } = rebuilt;
         let catalog = Arc::new(ArcSwap::from_pointee(catalog));
         let metrics = Arc::new(Metrics::default());
@@ -169,6 +185,7 @@ impl Authority {
             clock,
             confirmation_ttl,
             controller_name,
+            phone_region,
             ..
         } = options;
         let authority = Authority {
@@ -184,6 +201,7 @@ impl Authority {
             confirmation_ttl: crate::clock::nanos(confirmation_ttl),
             controller: Arc::from(controller_name),
             hasher,
+            addressing: Addressing::new(addresses, phone_region),
         };
         Ok((authority, report))
     }
@@ -257,15 +275,10 @@ impl Authority {
         self.writer.feed_broken()
     }
 
-    /// CanSend (DESIGN.md rule 3). Never touches the disk, never allocates.
-    pub fn can_send(
-        &self,
-        contact: &str,
-        channel: &str,
-        brand: &str,
-        purpose: &str,
-    ) -> Result<Answer, FieldError> {
-        let answer = self.decide(&self.catalog.load(), contact, channel, brand, purpose);
+    /// CanSend (DESIGN.md rule 3). Never touches the disk; allocates only
+    /// to read an address (`to`).
+    pub fn can_send(&self, check: &Check<'_>) -> Result<Answer, FieldError> {
+        let answer = self.decide(&self.catalog.load(), check);
         let mut tally = Tally::default();
         count(&mut tally, &answer);
         self.metrics.decisions(&tally);
@@ -274,39 +287,33 @@ impl Authority {
 
     /// One check over a catalog snapshot, with this node's index and clock.
     #[inline]
-    fn decide(
-        &self,
-        catalog: &Catalog,
-        contact: &str,
-        channel: &str,
-        brand: &str,
-        purpose: &str,
-    ) -> Result<Answer, FieldError> {
+    fn decide(&self, catalog: &Catalog, c: &Check<'_>) -> Result<Answer, FieldError> {
+        let to = self.to_key(catalog, c.channel, c.to)?;
         answer_check(
             catalog,
             &self.index,
             &*self.clock,
-            contact,
-            channel,
-            brand,
-            purpose,
+            c.contact,
+            c.channel,
+            c.brand,
+            c.purpose,
+            to.as_ref().map(ContactId::as_str),
         )
     }
 
     /// Many CanSends over one catalog snapshot, answered in order; `fields`
-    /// gives (contact, channel, brand, purpose) of an item.
+    /// reads an item's check.
     pub fn can_send_many<'a, T: 'a>(
         &self,
         items: &'a [T],
-        fields: impl Fn(&'a T) -> (&'a str, &'a str, &'a str, &'a str),
+        fields: impl Fn(&'a T) -> Check<'a>,
     ) -> Vec<Result<Answer, FieldError>> {
         let catalog = self.catalog.load();
         let mut tally = Tally::default();
         let answers = items
             .iter()
             .map(|item| {
-                let (contact, channel, brand, purpose) = fields(item);
-                let answer = self.decide(&catalog, contact, channel, brand, purpose);
+                let answer = self.decide(&catalog, &fields(item));
                 count(&mut tally, &answer);
                 answer
             })

@@ -64,6 +64,44 @@ impl ContactId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The key an address's own records are kept under (DESIGN.md §9): its
+    /// keyed hash, behind a control character no contact id may hold, so
+    /// an address never meets a contact and no plaintext is stored.
+    pub fn of_address(hash: &[u8; 32]) -> Self {
+        let mut key = CompactString::with_capacity(1 + 64);
+        key.push(ADDRESS_MARK);
+        for b in hash {
+            key.push_str(&format!("{b:02x}"));
+        }
+        Self(key)
+    }
+
+    /// A subject read back from a store: a contact id, or an address's key
+    /// (the mark and 64 hex digits); anything else is an error naming
+    /// `field`.
+    pub fn stored(field: &str, raw: &str) -> Result<Self, FieldError> {
+        match raw.strip_prefix(ADDRESS_MARK) {
+            Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                Ok(Self(CompactString::from(raw)))
+            }
+            Some(_) => Err(FieldError::new(field, "is not an address key")),
+            None => Self::parse(field, raw),
+        }
+    }
+
+    /// Whether this is an address's key rather than a contact.
+    pub fn is_address(&self) -> bool {
+        is_address_key(&self.0)
+    }
+}
+
+/// What starts an address's key (see [`ContactId::of_address`]).
+pub const ADDRESS_MARK: char = '\u{1}';
+
+/// Whether a stored contact key is an address's.
+pub fn is_address_key(key: &str) -> bool {
+    key.starts_with(ADDRESS_MARK)
 }
 
 impl fmt::Display for ContactId {

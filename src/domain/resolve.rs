@@ -75,6 +75,14 @@ pub enum Verdict {
     /// Nothing counts, and a pending grant of the covering set waits for
     /// the person's confirmation.
     PendingConfirmation,
+    /// The contact's decision allows, but a withdrawal recorded on the
+    /// address the message goes to decides against it (DESIGN.md §9).
+    AddressWithdrawn {
+        /// The deciding consent of the address's withdrawal.
+        by: ConsentIdx,
+        /// When it was decided.
+        at: UnixNanos,
+    },
 }
 
 impl Verdict {
@@ -86,7 +94,9 @@ impl Verdict {
     /// The deciding consent and when it was decided, if a state decides.
     pub fn decided(self) -> Option<(ConsentIdx, UnixNanos)> {
         match self {
-            Verdict::Granted { by, at } | Verdict::Withdrawn { by, at } => Some((by, at)),
+            Verdict::Granted { by, at }
+            | Verdict::Withdrawn { by, at }
+            | Verdict::AddressWithdrawn { by, at } => Some((by, at)),
             _ => None,
         }
     }

@@ -63,9 +63,10 @@ fn roles(path: &str) -> Option<&'static [Role]> {
             | "IssuePreferenceLink"
             | "IssueConfirmationLink",
         ) => &[Write],
-        ("consent.v1.ConsentsService", "GetContact" | "GetHistory" | "ExportContact") => {
-            &[Write, Audit]
-        }
+        (
+            "consent.v1.ConsentsService",
+            "GetContact" | "GetHistory" | "ExportContact" | "GetAddress",
+        ) => &[Write, Audit],
         ("consent.v1.ConsentsService", "EraseContact") => &[Admin],
         ("consent.v1.CatalogService", "ApplyCatalog") => &[Admin],
         ("consent.v1.CatalogService", "GetWordings") => &[Write, Audit, Admin],

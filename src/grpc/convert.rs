@@ -6,10 +6,10 @@ use std::collections::HashMap;
 
 use prost_types::Timestamp;
 
-use crate::authority::{Checked, ContactExport, ImportSummary};
+use crate::authority::{Addressing, Checked, ContactExport, ImportSummary, KindOf, RawAddress};
 use crate::domain::{
-    Action, AddressKind, CatalogSpec, Change, ChangeOutcome, ConsentId, ConsentSpec, ContactId,
-    EventRecord, Evidence, FieldError, Source, StateRecord, UnixNanos, Verdict, Wording,
+    Action, Address, AddressKind, CatalogSpec, Change, ChangeOutcome, ConsentId, ConsentSpec,
+    ContactId, EventRecord, Evidence, FieldError, Source, StateRecord, UnixNanos, Verdict, Wording,
     event::MAX_IDEMPOTENCY_KEY_LEN, event::check_evidence, ids::check_opaque,
 };
 use crate::pb;
@@ -54,6 +54,7 @@ pub(crate) fn row_from(
     row: pb::ImportRequest,
     now: UnixNanos,
     actor: &str,
+    addressing: &Addressing,
 ) -> Result<Change, FieldError> {
     let action = action_from("action", row.action)?;
     let change = row
@@ -65,7 +66,7 @@ pub(crate) fn row_from(
             "is required in an imported row: import time is not consent time",
         ));
     }
-    change_from(action, change, now, actor)
+    change_from(action, change, now, actor, addressing)
 }
 
 pub(super) fn action_to(a: Action) -> pb::Action {
@@ -86,15 +87,52 @@ pub(super) fn source_to(s: Source) -> pb::Source {
     pb::Source::try_from(s as i32).unwrap_or(pb::Source::Unspecified)
 }
 
+/// An address as a request carries it, not yet read.
+pub(crate) fn raw_address(a: &pb::Address) -> RawAddress<'_> {
+    let kind = match pb::AddressKind::try_from(a.kind) {
+        Ok(pb::AddressKind::Email) => KindOf::Kind(AddressKind::Email),
+        Ok(pb::AddressKind::Phone) => KindOf::Kind(AddressKind::Phone),
+        Ok(pb::AddressKind::Unspecified) => KindOf::Unspecified,
+        Err(_) => KindOf::Unknown(a.kind),
+    };
+    RawAddress {
+        kind,
+        value: &a.value,
+    }
+}
+
+/// An address on the wire, as normalised.
+pub(super) fn address_to(a: &Address) -> pb::Address {
+    let kind = match a.kind() {
+        AddressKind::Email => pb::AddressKind::Email,
+        AddressKind::Phone => pb::AddressKind::Phone,
+    };
+    pb::Address {
+        kind: kind as i32,
+        value: a.as_str().to_owned(),
+    }
+}
+
 /// Validates a Grant or Withdraw request against the receipt time `now`;
-/// `actor` is who the server authenticated.
-pub(super) fn change_from(
+/// `actor` is who the server authenticated. A change names a contact or,
+/// instead, an address (DESIGN.md §9), which `addressing` reads and names.
+pub(crate) fn change_from(
     action: Action,
     c: pb::ConsentChange,
     now: UnixNanos,
     actor: &str,
+    addressing: &Addressing,
 ) -> Result<Change, FieldError> {
-    let contact = ContactId::parse("contact_id", &c.contact_id)?;
+    let contact = match (&c.address, c.contact_id.is_empty()) {
+        (None, _) => ContactId::parse("contact_id", &c.contact_id)?,
+        (Some(a), true) => addressing.read("address", raw_address(a))?.1,
+        (Some(_), false) => {
+            return Err(FieldError::new(
+                "address",
+                "names the change's subject instead of contact_id: give one of the two, not both",
+            ));
+        }
+    };
     let consent = ConsentId::parse("consent_id", &c.consent_id)?;
     let occurred_at = c
         .occurred_at
@@ -169,7 +207,13 @@ pub(super) fn pending_to(
 
 pub(super) fn event_to(e: EventRecord) -> pb::ConsentEvent {
     pb::ConsentEvent {
-        contact_id: e.contact.to_string(),
+        // An address's key is never shown: GetAddress sets `address`.
+        contact_id: if e.contact.is_address() {
+            String::new()
+        } else {
+            e.contact.to_string()
+        },
+        address: None,
         consent_id: e.consent.to_string(),
         action: action_to(e.action) as i32,
         occurred_at: Some(timestamp(e.occurred_at)),
@@ -288,6 +332,7 @@ pub(super) fn reason(v: Verdict) -> pb::Reason {
         Verdict::PendingConfirmation => pb::Reason::PendingConfirmation,
         Verdict::Expired => pb::Reason::Expired,
         Verdict::StaleWording => pb::Reason::StaleWording,
+        Verdict::AddressWithdrawn { .. } => pb::Reason::AddressWithdrawn,
     }
 }
 
@@ -359,6 +404,7 @@ impl From<pb::GrantRequest> for pb::ConsentChange {
             evidence: r.evidence,
             idempotency_key: r.idempotency_key,
             confirmed: r.confirmed,
+            address: r.address,
         }
     }
 }
@@ -374,6 +420,7 @@ impl From<pb::WithdrawRequest> for pb::ConsentChange {
             evidence: r.evidence,
             idempotency_key: r.idempotency_key,
             confirmed: false,
+            address: r.address,
         }
     }
 }
@@ -389,6 +436,7 @@ impl From<pb::ConsentChange> for pb::GrantRequest {
             evidence: c.evidence,
             idempotency_key: c.idempotency_key,
             confirmed: c.confirmed,
+            address: c.address,
         }
     }
 }
@@ -403,6 +451,7 @@ impl From<pb::ConsentChange> for pb::WithdrawRequest {
             source: c.source,
             evidence: c.evidence,
             idempotency_key: c.idempotency_key,
+            address: c.address,
         }
     }
 }
@@ -480,8 +529,9 @@ mod properties {
                 proptest::collection::hash_map(".{0,70}", ".{0,100}", 0..40),
                 ".{0,300}",
             )),
+            proptest::option::of((-1..4i32, ".{0,80}|[0-9 +]{0,20}")),
         )
-            .prop_map(|(action, change)| pb::ImportRequest {
+            .prop_map(|(action, change, address)| pb::ImportRequest {
                 action,
                 change: change.map(|(contact_id, consent_id, t, source, evidence, key)| {
                     pb::ConsentChange {
@@ -492,6 +542,7 @@ mod properties {
                         evidence,
                         idempotency_key: key,
                         confirmed: false,
+                        address: address.map(|(kind, value)| pb::Address { kind, value }),
                     }
                 }),
             })
@@ -502,8 +553,15 @@ mod properties {
         /// a field, quoting at most 128 bytes of what it got.
         #[test]
         fn import_rows_validate_or_name_the_field(row in arbitrary_row()) {
-            match row_from(row, 1_800_000_000_000_000_000, "crm") {
+            let addressing = Addressing::new(
+                crate::domain::AddressHasher::new(&[3; 32]),
+                crate::domain::PhoneRegion::parse("PL").unwrap(),
+            );
+            let by_address = row.change.as_ref().is_some_and(|c| c.address.is_some());
+            match row_from(row, 1_800_000_000_000_000_000, "crm", &addressing) {
                 Ok(change) => {
+                    // A row on an address is kept under its key, never its text.
+                    prop_assert_eq!(change.contact.is_address(), by_address);
                     prop_assert!(change.occurred_at.is_some());
                     prop_assert!(crate::domain::event::check_evidence(&change.evidence).is_ok());
                     prop_assert_eq!(change.actor, "crm");

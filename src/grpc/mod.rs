@@ -42,6 +42,7 @@ fn check_of(r: &pb::CanSendRequest) -> Check<'_> {
         brand: &r.brand,
         purpose: &r.purpose,
         include_unsubscribe: r.include_unsubscribe,
+        to: r.to.as_ref().map(convert::raw_address),
     }
 }
 
@@ -117,9 +118,14 @@ impl ConsentsApi {
     ) -> Result<crate::authority::Recorded, Status> {
         let actor = actor(&request).to_owned();
         let deadline = deadline(&request);
-        let change =
-            convert::change_from(action, request.into_inner(), self.authority.now(), &actor)
-                .map_err(invalid)?;
+        let change = convert::change_from(
+            action,
+            request.into_inner(),
+            self.authority.now(),
+            &actor,
+            self.authority.addressing(),
+        )
+        .map_err(invalid)?;
         Ok(self.authority.record(change, deadline).await?)
     }
 }
@@ -163,6 +169,32 @@ impl pb::consents_service_server::ConsentsService for ConsentsApi {
             contact_id: view.contact.to_string(),
             states: view.states.into_iter().map(convert::state_to).collect(),
             pending: view.pending.into_iter().map(convert::pending_to).collect(),
+        }))
+    }
+
+    async fn get_address(
+        &self,
+        request: Request<pb::GetAddressRequest>,
+    ) -> Result<Response<pb::GetAddressResponse>, Status> {
+        let r = request.get_ref();
+        let raw = r
+            .address
+            .as_ref()
+            .map(convert::raw_address)
+            .ok_or_else(|| invalid(FieldError::new("address", "is required")))?;
+        let view = self.authority.address(raw, r.min_sequence).await?;
+        let address = convert::address_to(&view.address);
+        Ok(Response::new(pb::GetAddressResponse {
+            states: view.states.into_iter().map(convert::state_to).collect(),
+            events: view
+                .events
+                .into_iter()
+                .map(|e| pb::ConsentEvent {
+                    address: Some(address.clone()),
+                    ..convert::event_to(e)
+                })
+                .collect(),
+            address: Some(address),
         }))
     }
 
@@ -218,7 +250,12 @@ impl pb::consents_service_server::ConsentsService for ConsentsApi {
         let mut import = self.authority.import()?;
         while let Some(row) = rows.message().await? {
             import
-                .row(convert::row_from(row, self.authority.now(), &actor))
+                .row(convert::row_from(
+                    row,
+                    self.authority.now(),
+                    &actor,
+                    self.authority.addressing(),
+                ))
                 .await?;
         }
         Ok(Response::new(convert::summary_to(import.finish().await?)))

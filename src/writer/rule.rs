@@ -132,7 +132,9 @@ impl Committer {
             current: batch.decision(&contact, idx, &self.index),
             holds_state: erased_at.is_some()
                 && (self.index.holds(&contact) || batch.holds(&contact)),
-            double_opt_in: def.spec.double_opt_in,
+            // An address's GRANT only lifts an address withdrawal: it is
+            // not consent, so double opt-in never holds it (DESIGN.md §9).
+            double_opt_in: def.spec.double_opt_in && !change.contact.is_address(),
             person_withdrew_at: if change.action == Action::Grant && change.source.is_a_system() {
                 self.person_withdrew_at(catalog, batch, &contact, idx)
             } else {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::{Applied, WriterStart};
 use crate::clock::{Clock, SystemClock};
-use crate::domain::{Catalog, Erasures, HeldState};
+use crate::domain::{AddressHasher, Catalog, Erasures, HeldState, PhoneRegion};
 use crate::index::Index;
 use crate::store::{Loaded, Store, StoreError, WriteBatch};
 
@@ -32,6 +32,9 @@ pub struct Options {
     /// The controller the pages name beside the brand (`--controller-name`;
     /// empty: none named).
     pub controller_name: String,
+    /// Where phone numbers written without `+` are dialled
+    /// (`--phone-region`; none: such a number is refused).
+    pub phone_region: PhoneRegion,
 }
 
 impl Default for Options {
@@ -44,6 +47,7 @@ impl Default for Options {
             confirmation_ttl: Duration::from_secs(168 * 3600),
             confirmation_resend: Duration::from_secs(24 * 3600),
             controller_name: String::new(),
+            phone_region: PhoneRegion::NONE,
         }
     }
 }
@@ -69,6 +73,8 @@ pub(crate) struct Rebuilt {
     pub(crate) start: WriterStart,
     /// How big and how fast.
     pub(crate) report: LoadReport,
+    /// Names addresses to the store, under its erasure key.
+    pub(crate) addresses: AddressHasher,
 }
 
 /// Rebuilds the catalog and the index from `store`.
@@ -162,5 +168,6 @@ pub(crate) fn rebuild(store: &dyn Store, options: &Options) -> Result<Rebuilt, S
         catalog,
         start,
         report,
+        addresses: AddressHasher::new(&recovered.erasure_key),
     })
 }

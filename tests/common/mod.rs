@@ -371,6 +371,7 @@ pub(crate) fn change(contact: &str, consent: &str, occurred_at: Option<i64>) -> 
         evidence: [("form".to_string(), "signup-2026".to_string())].into(),
         idempotency_key: String::new(),
         confirmed: false,
+        address: None,
     }
 }
 
@@ -382,6 +383,7 @@ pub(crate) fn check(contact: &str, channel: &str, brand: &str) -> pb::CanSendReq
         purpose: String::new(),
         include_unsubscribe: false,
         min_sequence: 0,
+        to: None,
     }
 }
 

@@ -338,6 +338,52 @@ async fn links_opened_on_another_node_right_after_an_erasure_record_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_withdrawal_on_one_node_blocks_the_address_on_the_others() {
+    let (nodes, _dirs, _) = nodes(2).await;
+    let mut a = nodes[0].consents().await;
+    a.grant(change("kim", "marketing", Some(now() - 60)))
+        .await
+        .unwrap();
+    let address = pb::Address {
+        kind: pb::AddressKind::Email as i32,
+        value: "Kim@Example.com".into(),
+    };
+    let mut stop = change("", "marketing", None);
+    stop.address = Some(address.clone());
+    stop.source = pb::Source::UnsubscribeLink as i32;
+    let w = a.withdraw(stop).await.unwrap().into_inner();
+    // Node B, with the token, reads the address's opt-out (its feed
+    // carried it under the address's key, the same on every node).
+    let mut check = fresh_check("kim", w.sequence);
+    check.to = Some(pb::Address {
+        kind: 0,
+        value: "kim@example.com".into(),
+    });
+    let answer = nodes[1]
+        .eligibility()
+        .await
+        .can_send(check)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.reason(), Reason::AddressWithdrawn, "{answer:?}");
+    let view = nodes[1]
+        .consents()
+        .await
+        .get_address(pb::GetAddressRequest {
+            address: Some(address),
+            min_sequence: w.sequence,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(view.events.len(), 1, "{view:?}");
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_key_sent_to_two_nodes_at_once_is_recorded_once() {
     let (nodes, _dirs, _) = nodes(2).await;
     for i in 0..30 {

@@ -55,6 +55,7 @@ fn change(contact: &str, action: pb::Action) -> pb::ConsentChange {
         evidence: [("soak".to_string(), format!("{action:?}"))].into(),
         idempotency_key: String::new(),
         confirmed: false,
+        address: None,
     }
 }
 
@@ -306,6 +307,7 @@ async fn verify(channel: &Channel, acked: &Arc<Mutex<Acknowledged>>) {
                 purpose: String::new(),
                 include_unsubscribe: false,
                 min_sequence: 0,
+                to: None,
             })
             .await
             .unwrap()

@@ -109,6 +109,7 @@ pub(crate) async fn import(
                     evidence: ev,
                     idempotency_key: String::new(),
                     confirmed: confirmed.is_some_and(|i| parse_flag(&field(i))),
+                    address: None,
                 }),
             };
             sent.push(row);

@@ -165,6 +165,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     brand,
                     purpose,
                     include_unsubscribe: true,
+                    to: None,
                 })
                 .await?
                 .into_inner();
@@ -308,6 +309,7 @@ async fn change(
         evidence: a.evidence.into_iter().collect(),
         idempotency_key: a.key.unwrap_or_default(),
         confirmed: a.confirmed,
+        address: None,
     };
     let r = match action {
         pb::Action::Withdraw => {

@@ -88,7 +88,7 @@ pub(super) fn source_of(raw: i16, table: &'static str) -> Result<Source, StoreEr
 }
 
 pub(super) fn contact_of(raw: &str, table: &'static str) -> Result<ContactId, StoreError> {
-    ContactId::parse("contact", raw).map_err(|e| StoreError::corrupt(table, e.to_string()))
+    ContactId::stored("contact", raw).map_err(|e| StoreError::corrupt(table, e.to_string()))
 }
 
 pub(super) fn consent_of(raw: &str, table: &'static str) -> Result<ConsentId, StoreError> {

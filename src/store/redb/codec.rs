@@ -303,7 +303,7 @@ pub(super) fn decode_event(sequence: u64, b: &[u8]) -> Result<EventRecord, Store
     let s = decode_stored_event(b)?;
     let bad = |e: crate::domain::FieldError| StoreError::corrupt("events", e.to_string());
     Ok(EventRecord {
-        contact: ContactId::parse("contact", &s.contact).map_err(bad)?,
+        contact: ContactId::stored("contact", &s.contact).map_err(bad)?,
         consent: ConsentId::parse("consent", &s.consent).map_err(bad)?,
         action: action_from(s.action, "events")?,
         occurred_at: s.occurred_at,

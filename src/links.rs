@@ -173,6 +173,19 @@ impl Links {
         })
     }
 
+    /// The host of the public base (no scheme, port or path): the namespace
+    /// of the List-Id values CanSend answers (RFC 2919).
+    pub fn host(&self) -> &str {
+        let rest = self.base.split_once("://").map_or(&*self.base, |(_, r)| r);
+        let host = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+        let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+        match host.strip_prefix('[') {
+            // An IPv6 literal: the brackets and the port go.
+            Some(v6) => v6.split(']').next().unwrap_or(v6),
+            None => host.split(':').next().unwrap_or(host),
+        }
+    }
+
     /// The absolute URL of the unsubscribe page behind a token.
     pub fn url(&self, token: &str) -> String {
         self.url_of(LinkKind::Unsubscribe, token)
@@ -415,6 +428,26 @@ mod tests {
 
     fn secret(b: u8) -> String {
         URL_SAFE_NO_PAD.encode([b; 32])
+    }
+
+    #[test]
+    fn the_list_id_namespace_is_the_public_host() {
+        let host = |base: &str| {
+            Links::with_keys("test", &[&format!("k1={}", secret(1))], &[], base)
+                .unwrap()
+                .host()
+                .to_owned()
+        };
+        assert_eq!(
+            host("https://consent.acme.example/"),
+            "consent.acme.example"
+        );
+        assert_eq!(host("http://127.0.0.1:8080"), "127.0.0.1");
+        assert_eq!(
+            host("https://u:p@links.example:8443/c?x#y"),
+            "links.example"
+        );
+        assert_eq!(host("http://[::1]:8080/"), "::1");
     }
 
     #[test]

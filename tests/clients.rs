@@ -180,6 +180,7 @@ async fn the_dispatch_loop(client: Client) {
         headers["List-Unsubscribe-Post"], "List-Unsubscribe=One-Click",
         "{d:?}"
     );
+    assert_eq!(headers["List-Id"], "<marketing.acme.127.0.0.1>", "{d:?}");
     let header = headers["List-Unsubscribe"].as_str().unwrap();
     let url = header
         .strip_prefix('<')

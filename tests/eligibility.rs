@@ -253,3 +253,47 @@ async fn reqwest_get(addr: std::net::SocketAddr, path: &str) -> String {
     s.read_to_string(&mut out).await.unwrap();
     out
 }
+
+#[tokio::test]
+async fn an_allowed_answer_names_its_list_stable_per_deciding_consent_and_brand() {
+    let server = TestServer::start().await;
+    let mut cons = server.consents().await;
+    let mut elig = server.eligibility().await;
+    let list_id = |r: pb::CanSendResponse| (r.allowed, r.list_id);
+    cons.grant(change("lia", "marketing", Some(now() - 60)))
+        .await
+        .unwrap();
+    let host = server.http_addr.ip().to_string();
+    let acme = elig
+        .can_send(check("lia", "email", "acme"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list_id(acme), (true, format!("marketing.acme.{host}")));
+    let zenith = elig
+        .can_send(check("lia", "sms", "zenith"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list_id(zenith), (true, format!("marketing.zenith.{host}")));
+    // Another consent decides: another list; nothing decides: none.
+    cons.grant(change("lia", "marketing.acme.email", None))
+        .await
+        .unwrap();
+    let newsletter = elig
+        .can_send(check("lia", "email", "acme"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        list_id(newsletter),
+        (true, format!("marketing.acme.email.acme.{host}"))
+    );
+    let none = elig
+        .can_send(check("nobody", "email", "acme"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list_id(none), (false, String::new()));
+    server.stop().await;
+}

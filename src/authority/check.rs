@@ -32,6 +32,9 @@ pub struct Checked {
     /// The one-click URL, for an allowed answer that asked for it; empty
     /// otherwise.
     pub unsubscribe_url: String,
+    /// The List-Id of an allowed answer (RFC 2919): stable per (deciding
+    /// consent, brand); empty otherwise.
+    pub list_id: String,
 }
 
 impl Authority {
@@ -76,9 +79,20 @@ impl Authority {
             }
             _ => String::new(),
         };
+        let list_id = if answer.verdict.allowed() {
+            format!(
+                "{}.{}.{}",
+                answer.decided_by,
+                check.brand,
+                self.links.host()
+            )
+        } else {
+            String::new()
+        };
         Checked {
             answer,
             unsubscribe_url,
+            list_id,
         }
     }
 }

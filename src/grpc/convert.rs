@@ -341,6 +341,7 @@ pub(super) fn checked_to(checked: Checked) -> pb::CanSendResponse {
     let Checked {
         answer: a,
         unsubscribe_url,
+        list_id,
     } = checked;
     let decided_at = a.verdict.decided().map(|(_, at)| timestamp(at));
     pb::CanSendResponse {
@@ -350,6 +351,7 @@ pub(super) fn checked_to(checked: Checked) -> pb::CanSendResponse {
         decided_at,
         unsubscribe_url,
         error: String::new(),
+        list_id,
     }
 }
 

@@ -58,10 +58,13 @@ def with_retries(call, deadline, log):
         backoff = min(backoff * 2, 1.0)
 
 
-def unsubscribe_headers(url):
-    """RFC 2369 and RFC 8058: the link, and that a POST to it unsubscribes."""
+def list_headers(result):
+    """RFC 2369 and RFC 8058: the link, and that a POST to it unsubscribes;
+    RFC 2919: the list the message belongs to (stable per deciding consent
+    and brand, so mailbox providers can tell one list from another)."""
     return {
-        "List-Unsubscribe": f"<{url}>",
+        "List-Id": f"<{result.list_id}>",
+        "List-Unsubscribe": f"<{result.unsubscribe_url}>",
         "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
     }
 
@@ -120,7 +123,7 @@ def dispatch(channel, send_list, withdrawals, deadline_s, metadata, log):
             decisions.append(dict(r, send=False, reason="NO_ANSWER", headers={}))
             continue
         result = answer.results[i]
-        headers = unsubscribe_headers(result.unsubscribe_url) if result.allowed else {}
+        headers = list_headers(result) if result.allowed else {}
         decisions.append(
             dict(
                 r,

@@ -27,6 +27,7 @@ import * as protoLoader from "@grpc/proto-loader";
 
 import type { ProtoGrpcType } from "../gen/consent";
 import type { CanSendBatchResponse__Output } from "../gen/consent/v1/CanSendBatchResponse";
+import type { CanSendResponse__Output } from "../gen/consent/v1/CanSendResponse";
 import type { ConsentsServiceClient } from "../gen/consent/v1/ConsentsService";
 import type { EligibilityServiceClient } from "../gen/consent/v1/EligibilityService";
 import type { WithdrawRequest } from "../gen/consent/v1/WithdrawRequest";
@@ -95,10 +96,15 @@ function unary<Req, Res>(
   );
 }
 
-/** RFC 2369 and RFC 8058: the link, and that a POST to it unsubscribes. */
-function unsubscribeHeaders(url: string): Record<string, string> {
+/**
+ * RFC 2369 and RFC 8058: the link, and that a POST to it unsubscribes;
+ * RFC 2919: the list the message belongs to (stable per deciding consent
+ * and brand, so mailbox providers can tell one list from another).
+ */
+function listHeaders(result: CanSendResponse__Output): Record<string, string> {
   return {
-    "List-Unsubscribe": `<${url}>`,
+    "List-Id": `<${result.listId}>`,
+    "List-Unsubscribe": `<${result.unsubscribeUrl}>`,
     "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
   };
 }
@@ -171,7 +177,7 @@ export async function dispatch(
       reason: result.reason,
       decided_by: result.decidedBy,
       error: result.error,
-      headers: result.allowed ? unsubscribeHeaders(result.unsubscribeUrl) : {},
+      headers: result.allowed ? listHeaders(result) : {},
     };
   });
 }

@@ -18,6 +18,7 @@
 //! 1. durable Grant/s with `--writers` concurrent writers, and latency;
 //! 2. unary CanSend requests/s and p50/p99/p999 at `--connections` and
 //!    `--inflight`, for consentd and for the baseline, and their ratio;
+//!    then with the List-Unsubscribe URL, then naming the address (`to`);
 //! 3. CanSendBatch decisions/s with 1000-check batches.
 
 #[path = "support/mod.rs"]
@@ -220,16 +221,22 @@ fn main() -> anyhow::Result<()> {
 
         // 2. Unary CanSend: consentd, then the bare baseline.
         let mut rates = Vec::new();
-        // The third run asks for the List-Unsubscribe URL with every answer.
-        for (name, addr, include_unsubscribe) in [
-            ("CanSend (consentd)", target, false),
-            ("CanSend (bare tonic baseline)", baseline, false),
-            ("CanSend + unsubscribe URL", target, true),
+        // The third run asks for the List-Unsubscribe URL with every answer;
+        // the fourth names the address each message goes to (`to`).
+        for (name, addr, include_unsubscribe, with_to) in [
+            ("CanSend (consentd)", target, false, false),
+            ("CanSend (bare tonic baseline)", baseline, false, false),
+            ("CanSend + unsubscribe URL", target, true, false),
+            ("CanSend + to (address)", target, false, true),
         ] {
             let chans = channels(addr, args.connections).await;
             let report = closed_loop(args.inflight, args.seconds, move |t, i| {
                 let mut client = EligibilityServiceClient::new(chans[t % chans.len()].clone());
                 let who = contact((i.wrapping_mul(2654435761) ^ t as u64) % seeded);
+                let to = with_to.then(|| pb::Address {
+                    kind: pb::AddressKind::Unspecified as i32,
+                    value: format!("{who}@Example.com"),
+                });
                 async move {
                     let r = client
                         .can_send(pb::CanSendRequest {
@@ -237,6 +244,7 @@ fn main() -> anyhow::Result<()> {
                             channel: "email".into(),
                             brand: "acme".into(),
                             include_unsubscribe,
+                            to,
                             ..Default::default()
                         })
                         .await?;
@@ -254,6 +262,12 @@ fn main() -> anyhow::Result<()> {
                 println!(
                     "CanSend consentd / baseline: {:.1} %",
                     100.0 * rates[0] / rates[1]
+                );
+            }
+            if rates.len() == 4 {
+                println!(
+                    "CanSend with to / without: {:.1} % of the rate",
+                    100.0 * rates[3] / rates[0]
                 );
             }
         }

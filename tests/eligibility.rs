@@ -260,6 +260,11 @@ async fn an_allowed_answer_names_its_list_stable_per_deciding_consent_and_brand(
     let mut cons = server.consents().await;
     let mut elig = server.eligibility().await;
     let list_id = |r: pb::CanSendResponse| (r.allowed, r.list_id);
+    // Asked with the headers (`include_unsubscribe`), like the link.
+    let check = |who, channel, brand| pb::CanSendRequest {
+        include_unsubscribe: true,
+        ..check(who, channel, brand)
+    };
     cons.grant(change("lia", "marketing", Some(now() - 60)))
         .await
         .unwrap();
@@ -295,5 +300,12 @@ async fn an_allowed_answer_names_its_list_stable_per_deciding_consent_and_brand(
         .unwrap()
         .into_inner();
     assert_eq!(list_id(none), (false, String::new()));
+    // A plain check carries neither.
+    let plain = elig
+        .can_send(common::check("lia", "email", "acme"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(plain.allowed && plain.list_id.is_empty() && plain.unsubscribe_url.is_empty());
     server.stop().await;
 }

@@ -32,8 +32,8 @@ pub struct Checked {
     /// The one-click URL, for an allowed answer that asked for it; empty
     /// otherwise.
     pub unsubscribe_url: String,
-    /// The List-Id of an allowed answer (RFC 2919): stable per (deciding
-    /// consent, brand); empty otherwise.
+    /// The List-Id of an allowed answer that asked for its headers (RFC
+    /// 2919): stable per (deciding consent, brand); empty otherwise.
     pub list_id: String,
 }
 
@@ -79,7 +79,9 @@ impl Authority {
             }
             _ => String::new(),
         };
-        let list_id = if answer.verdict.allowed() {
+        // Like the link, only for a caller building the message's headers:
+        // a plain check stays one small answer.
+        let list_id = if check.include_unsubscribe && answer.verdict.allowed() {
             format!(
                 "{}.{}.{}",
                 answer.decided_by,

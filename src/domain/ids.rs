@@ -69,12 +69,16 @@ impl ContactId {
     /// keyed hash, behind a control character no contact id may hold, so
     /// an address never meets a contact and no plaintext is stored.
     pub fn of_address(hash: &[u8; 32]) -> Self {
-        let mut key = CompactString::with_capacity(1 + 64);
-        key.push(ADDRESS_MARK);
-        for b in hash {
-            key.push_str(&format!("{b:02x}"));
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut key = [0u8; 65];
+        key[0] = ADDRESS_MARK as u8;
+        for (i, b) in hash.iter().enumerate() {
+            key[1 + 2 * i] = HEX[usize::from(b >> 4)];
+            key[2 + 2 * i] = HEX[usize::from(b & 15)];
         }
-        Self(key)
+        Self(CompactString::from(
+            std::str::from_utf8(&key).expect("a mark and hex digits are ASCII"),
+        ))
     }
 
     /// A subject read back from a store: a contact id, or an address's key

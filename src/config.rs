@@ -74,6 +74,11 @@ pub struct Config {
     #[arg(long, env = "CONSENTD_CONTROLLER_NAME")]
     pub controller_name: Option<String>,
 
+    /// Provider webhooks (DESIGN.md §9): a TOML file, one `[[provider]]`
+    /// per `POST /hooks/{name}` endpoint on the public listener.
+    #[arg(long, env = "CONSENTD_PROVIDERS")]
+    pub providers: Option<PathBuf>,
+
     /// Where phone numbers written without `+` are dialled (ISO 3166 code,
     /// e.g. `PL`): addresses are read as E.164; without it such a number is
     /// refused, naming the field.
@@ -176,6 +181,7 @@ impl Config {
             public_url: None,
             controller_name: None,
             phone_region: None,
+            providers: None,
             link_keys: Vec::new(),
             tokens: Vec::new(),
             tokens_file: None,

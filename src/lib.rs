@@ -40,6 +40,7 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod grpc;
+pub mod hooks;
 mod http;
 pub mod index;
 pub mod links;

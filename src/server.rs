@@ -90,6 +90,7 @@ pub struct Server {
     admin: TcpListener,
     http_limits: crate::http::Limits,
     max_calls_in_flight: usize,
+    hooks: Arc<crate::hooks::Hooks>,
 }
 
 /// Reads a TOML catalog file (the same shape as `CatalogSpec`).
@@ -235,6 +236,13 @@ impl Server {
             tracing::warn!(default_purpose = %p, "--default-purpose is not a root consent of the catalog in force; it is ignored until it is");
         }
         warn_about_exposure(config, &auth, tls.is_some(), &public_url);
+        let hooks = match &config.providers {
+            Some(path) => crate::hooks::Hooks::load(path, &public_url)?,
+            None => crate::hooks::Hooks::none(),
+        };
+        if !hooks.is_empty() {
+            tracing::info!(endpoints = hooks.len(), "provider webhooks on /hooks/");
+        }
         Ok(Server {
             auth,
             tls,
@@ -250,6 +258,7 @@ impl Server {
                 ..Default::default()
             },
             max_calls_in_flight: usize::try_from(config.max_calls_in_flight).unwrap_or(usize::MAX),
+            hooks: Arc::new(hooks),
         })
     }
 
@@ -267,6 +276,7 @@ impl Server {
             admin,
             http_limits,
             max_calls_in_flight,
+            hooks,
         } = self;
         let (health, health_service) = tonic_health::server::health_reporter();
         health
@@ -332,14 +342,15 @@ impl Server {
             );
         let grpc_task = tokio::spawn(grpc_server);
 
-        let public = crate::http::public_router(authority.clone(), serving_rx.clone());
+        let public =
+            crate::http::public_router(authority.clone(), serving_rx.clone(), hooks.clone());
         let http_task = tokio::spawn(crate::http::serve(
             http,
             public,
             http_limits,
             stopped(stop_rx.clone()),
         ));
-        let admin_app = crate::http::admin_router(authority.clone(), serving_rx);
+        let admin_app = crate::http::admin_router(authority.clone(), serving_rx, hooks);
         let admin_task = tokio::spawn(crate::http::serve(
             admin,
             admin_app,

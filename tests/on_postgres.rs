@@ -32,6 +32,9 @@ mod erasure;
 #[path = "export.rs"]
 mod export;
 #[cfg(pg_available)]
+#[path = "hooks.rs"]
+mod hooks;
+#[cfg(pg_available)]
 #[path = "http.rs"]
 mod http;
 #[cfg(pg_available)]

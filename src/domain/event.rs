@@ -68,6 +68,12 @@ pub enum Source {
     /// The person clicked the confirmation link of a double opt-in mail
     /// (set by the confirmation page only).
     ConfirmationLink = 7,
+    /// The person texted a keyword (STOP, START) to a sender.
+    SmsKeyword = 8,
+    /// The person reported a message as spam.
+    Complaint = 9,
+    /// The person unsubscribed through the provider (its own link or list).
+    Provider = 10,
 }
 
 impl Source {
@@ -82,6 +88,9 @@ impl Source {
             5 => Self::PreferenceCenter,
             6 => Self::Api,
             7 => Self::ConfirmationLink,
+            8 => Self::SmsKeyword,
+            9 => Self::Complaint,
+            10 => Self::Provider,
             _ => return None,
         })
     }
@@ -91,7 +100,13 @@ impl Source {
     pub fn is_the_person(self) -> bool {
         matches!(
             self,
-            Self::UnsubscribeLink | Self::PreferenceCenter | Self::ConfirmationLink | Self::Form
+            Self::UnsubscribeLink
+                | Self::PreferenceCenter
+                | Self::ConfirmationLink
+                | Self::Form
+                | Self::SmsKeyword
+                | Self::Complaint
+                | Self::Provider
         )
     }
 

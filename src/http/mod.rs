@@ -3,7 +3,8 @@
 //! - the **public** one (`--http-addr`) faces the internet and serves only
 //!   the pages people open from their mail: `GET|POST /u/{token}`
 //!   (unsubscribe), `/c/{token}` (double opt-in confirmation) and
-//!   `/p/{token}` (preference center). Every other path, method and
+//!   `/p/{token}` (preference center), and the provider webhooks
+//!   `POST /hooks/{name}` (`crate::hooks`). Every other path, method and
 //!   malformed token gets the one identical 404;
 //! - the **admin** one (`--admin-addr`, loopback by default) serves
 //!   `/healthz` and `/metrics` for the operator.
@@ -28,7 +29,10 @@ use tokio::sync::watch;
 
 pub(crate) use serve::{Limits, serve};
 
+use std::sync::Arc;
+
 use crate::authority::Authority;
+use crate::hooks::Hooks;
 
 /// Largest request body the public pages read (a form post is tiny).
 const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -38,22 +42,41 @@ struct AppState {
     authority: Authority,
     /// False once shutdown has begun.
     serving: watch::Receiver<bool>,
+    /// The provider webhooks (`/hooks/{name}`).
+    hooks: Arc<Hooks>,
 }
 
-/// The public listener: `/u/{token}` and the identical 404 for all else.
-pub(crate) fn public_router(authority: Authority, serving: watch::Receiver<bool>) -> Router {
+/// The public listener: the pages, the provider webhooks, and the identical
+/// 404 for all else.
+pub(crate) fn public_router(
+    authority: Authority,
+    serving: watch::Receiver<bool>,
+    hooks: Arc<Hooks>,
+) -> Router {
     Router::new()
         .fallback(public)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(AppState { authority, serving })
+        .with_state(AppState {
+            authority,
+            serving,
+            hooks,
+        })
 }
 
 /// The admin listener: health and metrics.
-pub(crate) fn admin_router(authority: Authority, serving: watch::Receiver<bool>) -> Router {
+pub(crate) fn admin_router(
+    authority: Authority,
+    serving: watch::Receiver<bool>,
+    hooks: Arc<Hooks>,
+) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .with_state(AppState { authority, serving })
+        .with_state(AppState {
+            authority,
+            serving,
+            hooks,
+        })
 }
 
 /// Routes by hand, so that no malformed path, percent-encoding or method
@@ -67,6 +90,16 @@ async fn public(
     body: Bytes,
 ) -> Response {
     let path = uri.path();
+    if let Some(name) = path.strip_prefix("/hooks/")
+        && method == Method::POST
+    {
+        let path_and_query = uri.path_and_query().map_or(path, |p| p.as_str());
+        return s
+            .hooks
+            .receive(&s.authority, name, path_and_query, &headers, &body)
+            .await
+            .unwrap_or_else(page::not_found);
+    }
     let Some((kind, token)) = path
         .get(1..3)
         .filter(|p| matches!(*p, "u/" | "c/" | "p/"))
@@ -104,14 +137,18 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        s.authority.metrics().render(
-            s.authority.contacts(),
-            s.authority.writer_queue_depth(),
-            s.authority.applied_sequence(),
-            s.authority.feed_lag(),
-            s.authority
-                .feed_broken()
-                .map_or(0, |(sequence, _)| sequence),
-        ),
+        {
+            let mut text = s.authority.metrics().render(
+                s.authority.contacts(),
+                s.authority.writer_queue_depth(),
+                s.authority.applied_sequence(),
+                s.authority.feed_lag(),
+                s.authority
+                    .feed_broken()
+                    .map_or(0, |(sequence, _)| sequence),
+            );
+            s.hooks.render_metrics(&mut text);
+            text
+        },
     )
 }

@@ -1,0 +1,249 @@
+//! Provider webhooks on the public listener (DESIGN.md §9): `POST
+//! /hooks/{name}`, one per `[[provider]]` of `--providers FILE`. Each
+//! request is verified before anything is read from it (a bad one is 403
+//! and records nothing); what it reports becomes a change on the address it
+//! names, with the provider's event id as the idempotency key, so a retried
+//! delivery records once. Built so far: Twilio (inbound SMS keywords).
+
+mod twilio;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::authority::Authority;
+
+/// The providers file: one `[[provider]]` per endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    provider: Vec<Provider>,
+}
+
+/// Which provider's format and signature an endpoint speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Twilio Programmable Messaging: inbound SMS, `X-Twilio-Signature`.
+    Twilio,
+}
+
+/// One endpoint, as the file declares it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provider {
+    /// `POST /hooks/{name}`: `[a-z0-9-]{1,64}`.
+    pub name: String,
+    /// Its format and signature.
+    pub kind: Kind,
+    /// The brand its messages are sent for (evidence; scopes to come).
+    #[serde(default)]
+    pub brand: String,
+    /// Twilio: the account's Auth Token, the HMAC key of its signatures.
+    #[serde(default)]
+    pub auth_token: Option<String>,
+    /// The URL exactly as the provider calls it (the signature covers it);
+    /// default: `--public-url` + the request's path and query.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The provider's scope → the consent its opt-outs withdraw (`*`: any
+    /// other scope). Twilio: MessagingServiceSid, else the To number.
+    #[serde(default)]
+    pub consents: BTreeMap<String, String>,
+}
+
+impl Provider {
+    /// The consent a scope maps to: the first of `scopes` the file names,
+    /// else `*`.
+    fn consent_for<'a>(&self, scopes: impl IntoIterator<Item = &'a str>) -> Option<&str> {
+        scopes
+            .into_iter()
+            .find_map(|s| self.consents.get(s))
+            .or_else(|| self.consents.get("*"))
+            .map(String::as_str)
+    }
+}
+
+/// What happened to the requests each outcome counts.
+#[derive(Debug, Default)]
+pub struct Counts {
+    recorded: AtomicU64,
+    replayed: AtomicU64,
+    ignored: AtomicU64,
+    refused: AtomicU64,
+}
+
+/// Every endpoint, by name.
+#[derive(Debug, Default)]
+pub struct Hooks {
+    by_name: BTreeMap<String, Provider>,
+    public_url: String,
+    counts: Counts,
+}
+
+impl Hooks {
+    /// No endpoints (no `--providers`).
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Reads `--providers FILE`; every mistake is an error naming it.
+    pub fn load(path: &Path, public_url: &str) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("--providers {}: {e}", path.display()))?;
+        Self::parse(&text, public_url)
+            .map_err(|e| anyhow::anyhow!("--providers {}: {e}", path.display()))
+    }
+
+    /// Parses a providers file.
+    pub fn parse(text: &str, public_url: &str) -> Result<Self, String> {
+        let file: File = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut by_name = BTreeMap::new();
+        for (i, p) in file.provider.into_iter().enumerate() {
+            let at = format!("provider[{i}]");
+            let ok_name = !p.name.is_empty()
+                && p.name.len() <= 64
+                && p.name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !ok_name {
+                return Err(format!(
+                    "{at}.name: {:?} must be 1 to 64 of a-z, 0-9 and -",
+                    p.name
+                ));
+            }
+            match p.kind {
+                Kind::Twilio if p.auth_token.as_deref().is_none_or(str::is_empty) => {
+                    return Err(format!("{at}.auth_token: a twilio endpoint needs one"));
+                }
+                Kind::Twilio => {}
+            }
+            if p.consents.is_empty() {
+                return Err(format!(
+                    "{at}.consents: map at least one scope (or \"*\") to a consent"
+                ));
+            }
+            if by_name.insert(p.name.clone(), p).is_some() {
+                return Err(format!("{at}.name: declared twice"));
+            }
+        }
+        Ok(Self {
+            by_name,
+            public_url: public_url.trim_end_matches('/').to_owned(),
+            counts: Counts::default(),
+        })
+    }
+
+    /// How many endpoints there are.
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    /// Prometheus lines: requests by outcome.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        out.push_str("# HELP consentd_hook_requests_total Provider webhook requests by outcome.\n");
+        out.push_str("# TYPE consentd_hook_requests_total counter\n");
+        let c = &self.counts;
+        for (outcome, n) in [
+            ("recorded", &c.recorded),
+            ("replayed", &c.replayed),
+            ("ignored", &c.ignored),
+            ("refused", &c.refused),
+        ] {
+            let _ = writeln!(
+                out,
+                "consentd_hook_requests_total{{outcome=\"{outcome}\"}} {}",
+                n.load(Relaxed)
+            );
+        }
+    }
+
+    /// `POST /hooks/{name}`: `None` when no endpoint has that name (the
+    /// caller answers the one 404).
+    pub(crate) async fn receive(
+        &self,
+        authority: &Authority,
+        name: &str,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Option<Response> {
+        let provider = self.by_name.get(name)?;
+        let url = provider
+            .url
+            .clone()
+            .unwrap_or_else(|| format!("{}{path_and_query}", self.public_url));
+        let outcome = match provider.kind {
+            Kind::Twilio => twilio::receive(authority, provider, &url, headers, body).await,
+        };
+        let counter = match &outcome {
+            Outcome::Recorded(sequence) => {
+                tracing::debug!(provider = name, sequence, "webhook event recorded");
+                &self.counts.recorded
+            }
+            Outcome::Replayed(sequence) => {
+                tracing::debug!(provider = name, sequence, "webhook event already recorded");
+                &self.counts.replayed
+            }
+            Outcome::Ignored(why) => {
+                tracing::info!(provider = name, why = %why, "webhook event maps to nothing");
+                &self.counts.ignored
+            }
+            Outcome::Refused => {
+                tracing::warn!(provider = name, "webhook refused: bad or missing signature");
+                &self.counts.refused
+            }
+            Outcome::Failed(e) => {
+                tracing::error!(provider = name, error = %e, "webhook event not recorded");
+                return Some((StatusCode::SERVICE_UNAVAILABLE, "try again\n").into_response());
+            }
+        };
+        counter.fetch_add(1, Relaxed);
+        Some(match (provider.kind, outcome) {
+            (_, Outcome::Refused) => (StatusCode::FORBIDDEN, "signature\n").into_response(),
+            (Kind::Twilio, _) => twilio::answer(),
+        })
+    }
+}
+
+/// What one request came to.
+#[derive(Debug)]
+enum Outcome {
+    /// Recorded (the sequence).
+    Recorded(u64),
+    /// Its event id was recorded before: nothing new.
+    Replayed(u64),
+    /// Verified, but it maps to nothing (why); answered 200 so that the
+    /// provider does not retry.
+    Ignored(String),
+    /// Not verified: 403, nothing read further, nothing recorded.
+    Refused,
+    /// Verified and mapped, but the store could not take it: 503, the
+    /// provider retries.
+    Failed(String),
+}
+
+/// The hex SHA-256 of a request body: the evidence that names what came.
+fn digest(body: &[u8]) -> String {
+    Sha256::digest(body)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A plain-text content type, for answers providers only log.
+fn text_xml(body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, "text/xml; charset=utf-8")], body).into_response()
+}

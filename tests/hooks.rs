@@ -1,0 +1,288 @@
+//! Provider webhooks (DESIGN.md §9): requests signed exactly as Twilio
+//! signs them, with the test's own Auth Token; forged, tampered and unsigned
+//! ones change nothing; a STOP on a number two contacts share blocks both, a
+//! retried delivery records once, START lifts it.
+
+mod common;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use common::*;
+use consentd::pb::{self, Reason};
+use hmac::{Hmac, Mac};
+
+const TOKEN: &str = "test-auth-token-0123456789abcdef";
+const SHARED: &str = "+48601234567";
+
+fn providers(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("providers.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[[provider]]
+name = "sms-pl"
+kind = "twilio"
+brand = "zenith"
+auth_token = "{TOKEN}"
+[provider.consents]
+"MG0123" = "marketing.zenith"
+"*" = "marketing"
+"#
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Twilio's signature: base64 HMAC-SHA1 of the URL and the sorted params.
+fn sign(token: &str, url: &str, params: &[(&str, &str)]) -> String {
+    let mut sorted = params.to_vec();
+    sorted.sort();
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(token.as_bytes()).unwrap();
+    mac.update(url.as_bytes());
+    for (k, v) in sorted {
+        mac.update(k.as_bytes());
+        mac.update(v.as_bytes());
+    }
+    STANDARD.encode(mac.finalize().into_bytes())
+}
+
+/// An inbound SMS as Twilio posts it.
+fn sms<'a>(
+    sid: &'a str,
+    from: &'a str,
+    body: &'a str,
+    service: &'a str,
+) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("MessageSid", sid),
+        ("AccountSid", "AC0000"),
+        ("MessagingServiceSid", service),
+        ("From", from),
+        ("To", "+48500000000"),
+        ("Body", body),
+        ("NumMedia", "0"),
+    ]
+}
+
+async fn post(
+    server: &TestServer,
+    params: &[(&str, &str)],
+    signature: Option<&str>,
+) -> (u16, String) {
+    let body = serde_urlencoded::to_string(params).unwrap();
+    let mut headers = vec![("Content-Type", "application/x-www-form-urlencoded")];
+    if let Some(s) = signature {
+        headers.push(("X-Twilio-Signature", s));
+    }
+    let (status, _, page) = http(server.http_addr, "POST", "/hooks/sms-pl", &headers, &body).await;
+    (status, page)
+}
+
+async fn signed(server: &TestServer, params: &[(&str, &str)]) -> (u16, String) {
+    let url = format!("http://{}/hooks/sms-pl", server.http_addr);
+    post(server, params, Some(&sign(TOKEN, &url, params))).await
+}
+
+async fn sms_to(
+    server: &TestServer,
+    contact: &str,
+    brand: &str,
+    number: &str,
+) -> (bool, Reason, String) {
+    let mut c = check(contact, "sms", brand);
+    c.to = Some(pb::Address {
+        kind: 0,
+        value: number.into(),
+    });
+    let r = server
+        .eligibility()
+        .await
+        .can_send(c)
+        .await
+        .unwrap()
+        .into_inner();
+    (r.allowed, r.reason(), r.decided_by)
+}
+
+async fn events_on(server: &TestServer, number: &str) -> Vec<pb::ConsentEvent> {
+    server
+        .consents()
+        .await
+        .get_address(pb::GetAddressRequest {
+            address: Some(pb::Address {
+                kind: pb::AddressKind::Phone as i32,
+                value: number.into(),
+            }),
+            min_sequence: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events
+}
+
+#[tokio::test]
+async fn a_signed_stop_blocks_the_number_for_everyone_and_start_lifts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = consentd::Config::ephemeral(dir.path());
+    config.catalog = Some(example_catalog_path());
+    config.providers = Some(providers(dir.path()));
+    let server = TestServer::start_with(config).await;
+    let mut cons = server.consents().await;
+    for who in ["ewa", "jan"] {
+        cons.grant(change(who, "marketing", Some(now() - 600)))
+            .await
+            .unwrap();
+    }
+
+    // Forged (another token), tampered (signed, then the body changed) and
+    // unsigned requests: 403, nothing recorded.
+    let stop = sms("SM0001", SHARED, " stop ", "MG0123");
+    let url = format!("http://{}/hooks/sms-pl", server.http_addr);
+    let forged = sign("not-the-token", &url, &stop);
+    assert_eq!(post(&server, &stop, Some(&forged)).await.0, 403);
+    let mut tampered = stop.clone();
+    tampered[3].1 = "+48601999999";
+    assert_eq!(
+        post(&server, &tampered, Some(&sign(TOKEN, &url, &stop)))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(post(&server, &stop, None).await.0, 403);
+    let wrong_url = sign(TOKEN, "http://elsewhere.example/hooks/sms-pl", &stop);
+    assert_eq!(post(&server, &stop, Some(&wrong_url)).await.0, 403);
+    assert!(events_on(&server, SHARED).await.is_empty());
+
+    // The signed STOP: TwiML, and both contacts are blocked on that number
+    // for the service's consent only.
+    let (status, twiml) = signed(&server, &stop).await;
+    assert_eq!(status, 200);
+    assert!(twiml.contains("<Response/>"), "{twiml}");
+    for who in ["ewa", "jan"] {
+        assert_eq!(
+            sms_to(&server, who, "zenith", SHARED).await,
+            (false, Reason::AddressWithdrawn, "marketing.zenith".into()),
+            "{who}"
+        );
+        assert!(
+            sms_to(&server, who, "acme", SHARED).await.0,
+            "other brands go on"
+        );
+        assert!(
+            sms_to(&server, who, "zenith", "+48601000000").await.0,
+            "other numbers go on"
+        );
+    }
+    // Twilio retries a delivery: recorded once.
+    assert_eq!(signed(&server, &stop).await.0, 200);
+    let events = events_on(&server, SHARED).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let e = &events[0];
+    assert_eq!(e.source(), pb::Source::SmsKeyword);
+    assert_eq!(e.action(), pb::Action::Withdraw);
+    assert_eq!(e.evidence["provider"], "sms-pl");
+    assert_eq!(e.evidence["event_id"], "SM0001");
+    assert_eq!(e.evidence["body_sha256"].len(), 64);
+    assert_eq!(e.actor, "hook:sms-pl");
+
+    // HELP and chatter record nothing, and are answered 200 (no retries).
+    for (sid, body) in [("SM0002", "HELP"), ("SM0003", "stop it please")] {
+        assert_eq!(
+            signed(&server, &sms(sid, SHARED, body, "MG0123")).await.0,
+            200
+        );
+    }
+    assert_eq!(events_on(&server, SHARED).await.len(), 1);
+
+    // A service the file does not name falls to "*": everything.
+    let other = "+48601111111";
+    assert_eq!(
+        signed(&server, &sms("SM0004", other, "STOPALL", "MG9999"))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        sms_to(&server, "ewa", "acme", other).await,
+        (false, Reason::AddressWithdrawn, "marketing".into())
+    );
+
+    // START lifts the STOP: the person's own word (it sticks no more).
+    assert_eq!(
+        signed(&server, &sms("SM0005", SHARED, "Start", "MG0123"))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        sms_to(&server, "jan", "zenith", SHARED).await.1,
+        Reason::Granted
+    );
+
+    // Unknown endpoints and other methods: the one 404.
+    let (status, _, _) = http(server.http_addr, "POST", "/hooks/nope", &[], "").await;
+    assert_eq!(status, 404);
+    let (status, _, _) = http(server.http_addr, "GET", "/hooks/sms-pl", &[], "").await;
+    assert_eq!(status, 404);
+    let text = metrics(&server).await;
+    assert!(
+        text.contains("consentd_hook_requests_total{outcome=\"refused\"} 4"),
+        "{text}"
+    );
+    assert!(
+        text.contains("consentd_hook_requests_total{outcome=\"recorded\"} 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("consentd_hook_requests_total{outcome=\"replayed\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("consentd_hook_requests_total{outcome=\"ignored\"} 2"),
+        "{text}"
+    );
+
+    // Erasing a contact leaves the number blocked for the other.
+    assert_eq!(
+        signed(&server, &sms("SM0006", SHARED, "STOP", "MG0123"))
+            .await
+            .0,
+        200
+    );
+    cons.erase_contact(pb::EraseContactRequest {
+        contact_id: "ewa".into(),
+        reason: "asked".into(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        sms_to(&server, "jan", "zenith", SHARED).await.1,
+        Reason::AddressWithdrawn
+    );
+    server.stop().await;
+}
+
+#[test]
+fn a_bad_providers_file_is_refused_at_start_naming_the_entry() {
+    for (text, needle) in [
+        (
+            "[[provider]]\nname = \"Bad Name\"\nkind = \"twilio\"\nauth_token = \"t\"\n[provider.consents]\n\"*\" = \"m\"\n",
+            "provider[0].name",
+        ),
+        (
+            "[[provider]]\nname = \"a\"\nkind = \"twilio\"\n[provider.consents]\n\"*\" = \"m\"\n",
+            "provider[0].auth_token",
+        ),
+        (
+            "[[provider]]\nname = \"a\"\nkind = \"twilio\"\nauth_token = \"t\"\n",
+            "provider[0].consents",
+        ),
+        ("[[provider]]\nname = \"a\"\nkind = \"fax\"\n", "fax"),
+    ] {
+        let e = consentd::hooks::Hooks::parse(text, "https://x").unwrap_err();
+        assert!(e.contains(needle), "{needle}: {e}");
+    }
+}

@@ -10,6 +10,7 @@ use base64::engine::general_purpose::STANDARD;
 use common::*;
 use consentd::pb::{self, Reason};
 use hmac::{Hmac, Mac};
+use p256::pkcs8::EncodePublicKey;
 
 const TOKEN: &str = "test-auth-token-0123456789abcdef";
 const SHARED: &str = "+48601234567";
@@ -28,11 +29,50 @@ auth_token = "{TOKEN}"
 [provider.consents]
 "MG0123" = "marketing.zenith"
 "*" = "marketing"
-"#
+
+[[provider]]
+name = "mail-acme"
+kind = "sendgrid"
+brand = "acme"
+public_key = "{}"
+[provider.consents]
+"42" = "marketing.acme.email"
+"*" = "marketing.acme"
+"#,
+            STANDARD.encode(
+                sendgrid_key()
+                    .verifying_key()
+                    .to_public_key_der()
+                    .unwrap()
+                    .as_bytes()
+            )
         ),
     )
     .unwrap();
     path
+}
+
+/// The test's own SendGrid signing key (P-256).
+fn sendgrid_key() -> p256::ecdsa::SigningKey {
+    p256::ecdsa::SigningKey::from_bytes(&[42u8; 32].into()).unwrap()
+}
+
+/// SendGrid's signature: base64 DER ECDSA P-256/SHA-256 of timestamp ‖ body.
+fn sendgrid_sign(key: &p256::ecdsa::SigningKey, timestamp: &str, body: &str) -> String {
+    use p256::ecdsa::signature::Signer;
+    let signature: p256::ecdsa::Signature = key.sign(format!("{timestamp}{body}").as_bytes());
+    STANDARD.encode(signature.to_der().as_bytes())
+}
+
+async fn sendgrid_post(server: &TestServer, body: &str, signature: &str) -> u16 {
+    let headers = [
+        ("Content-Type", "application/json"),
+        ("X-Twilio-Email-Event-Webhook-Timestamp", "1764800000"),
+        ("X-Twilio-Email-Event-Webhook-Signature", signature),
+    ];
+    http(server.http_addr, "POST", "/hooks/mail-acme", &headers, body)
+        .await
+        .0
 }
 
 /// Twilio's signature: base64 HMAC-SHA1 of the URL and the sorted params.
@@ -265,6 +305,124 @@ async fn a_signed_stop_blocks_the_number_for_everyone_and_start_lifts_it() {
     server.stop().await;
 }
 
+#[tokio::test]
+async fn signed_sendgrid_events_withdraw_on_the_address_and_forgeries_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = consentd::Config::ephemeral(dir.path());
+    config.catalog = Some(example_catalog_path());
+    config.providers = Some(providers(dir.path()));
+    let server = TestServer::start_with(config).await;
+    let mut cons = server.consents().await;
+    for who in ["ala", "ben", "cyd", "dot"] {
+        cons.grant(change(who, "marketing", Some(now() - 600)))
+            .await
+            .unwrap();
+    }
+    let body = r#"[
+      {"email":"Ala@Example.com","event":"unsubscribe","sg_event_id":"ev-1","timestamp":1764800000},
+      {"email":"ben@example.com","event":"group_unsubscribe","asm_group_id":42,"sg_event_id":"ev-2"},
+      {"email":"cyd@example.com","event":"spamreport","sg_event_id":"ev-3"},
+      {"email":"dot@example.com","event":"delivered","sg_event_id":"ev-4"}
+    ]"#;
+    let key = sendgrid_key();
+    // Signed by another key, or over another body: 403, nothing recorded.
+    let other = p256::ecdsa::SigningKey::from_bytes(&[43u8; 32].into()).unwrap();
+    assert_eq!(
+        sendgrid_post(&server, body, &sendgrid_sign(&other, "1764800000", body)).await,
+        403
+    );
+    assert_eq!(
+        sendgrid_post(&server, body, &sendgrid_sign(&key, "1764800000", "[]")).await,
+        403
+    );
+    assert_eq!(
+        sendgrid_post(&server, body, &sendgrid_sign(&key, "1764800001", body)).await,
+        403
+    );
+    let email = |who: &str| format!("{who}@example.com");
+    let mail_to = |who: &'static str| {
+        let server = &server;
+        async move {
+            let mut c = check(who, "email", "acme");
+            c.to = Some(pb::Address {
+                kind: 0,
+                value: format!("{who}@example.com"),
+            });
+            let r = server
+                .eligibility()
+                .await
+                .can_send(c)
+                .await
+                .unwrap()
+                .into_inner();
+            (r.allowed, r.reason(), r.decided_by)
+        }
+    };
+    assert!(mail_to("ala").await.0, "nothing recorded yet");
+
+    let signature = sendgrid_sign(&key, "1764800000", body);
+    assert_eq!(sendgrid_post(&server, body, &signature).await, 200);
+    assert_eq!(
+        mail_to("ala").await,
+        (false, Reason::AddressWithdrawn, "marketing.acme".into())
+    );
+    assert_eq!(
+        mail_to("ben").await,
+        (
+            false,
+            Reason::AddressWithdrawn,
+            "marketing.acme.email".into()
+        )
+    );
+    assert_eq!(mail_to("cyd").await.1, Reason::AddressWithdrawn);
+    assert!(mail_to("dot").await.0, "a delivery changes nothing");
+    // Retried whole by SendGrid: recorded once.
+    assert_eq!(sendgrid_post(&server, body, &signature).await, 200);
+    let on = |who: &str| {
+        let server = &server;
+        let address = email(who);
+        async move {
+            server
+                .consents()
+                .await
+                .get_address(pb::GetAddressRequest {
+                    address: Some(pb::Address {
+                        kind: pb::AddressKind::Email as i32,
+                        value: address,
+                    }),
+                    min_sequence: 0,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .events
+        }
+    };
+    let ala = on("ala").await;
+    assert_eq!(ala.len(), 1, "{ala:?}");
+    assert_eq!(ala[0].source(), pb::Source::Provider);
+    assert_eq!(ala[0].evidence["event_id"], "ev-1");
+    assert_eq!(on("cyd").await[0].source(), pb::Source::Complaint);
+    assert!(on("dot").await.is_empty());
+    // A complaint sticks: a later import of the address's grant waits.
+    let mut import = change("", "marketing.acme", None);
+    import.address = Some(pb::Address {
+        kind: pb::AddressKind::Email as i32,
+        value: email("cyd"),
+    });
+    import.source = pb::Source::Import as i32;
+    assert!(cons.grant(import).await.unwrap().into_inner().pending);
+    assert_eq!(mail_to("cyd").await.1, Reason::AddressWithdrawn);
+    // Resubscribing to the group lifts Ben's.
+    let resub = r#"[{"email":"ben@example.com","event":"group_resubscribe","asm_group_id":42,"sg_event_id":"ev-5"}]"#;
+    assert_eq!(
+        sendgrid_post(&server, resub, &sendgrid_sign(&key, "1764800000", resub)).await,
+        200
+    );
+    assert!(mail_to("ben").await.0);
+    server.stop().await;
+}
+
 #[test]
 fn a_bad_providers_file_is_refused_at_start_naming_the_entry() {
     for (text, needle) in [
@@ -281,6 +439,10 @@ fn a_bad_providers_file_is_refused_at_start_naming_the_entry() {
             "provider[0].consents",
         ),
         ("[[provider]]\nname = \"a\"\nkind = \"fax\"\n", "fax"),
+        (
+            "[[provider]]\nname = \"a\"\nkind = \"sendgrid\"\npublic_key = \"bm90IGEga2V5\"\n[provider.consents]\n\"*\" = \"m\"\n",
+            "provider[0].public_key",
+        ),
     ] {
         let e = consentd::hooks::Hooks::parse(text, "https://x").unwrap_err();
         assert!(e.contains(needle), "{needle}: {e}");

@@ -3,8 +3,10 @@
 //! request is verified before anything is read from it (a bad one is 403
 //! and records nothing); what it reports becomes a change on the address it
 //! names, with the provider's event id as the idempotency key, so a retried
-//! delivery records once. Built so far: Twilio (inbound SMS keywords).
+//! delivery records once. Built so far: Twilio (inbound SMS keywords) and
+//! SendGrid (the signed Event Webhook).
 
+mod sendgrid;
 mod twilio;
 
 use std::collections::BTreeMap;
@@ -32,6 +34,8 @@ struct File {
 pub enum Kind {
     /// Twilio Programmable Messaging: inbound SMS, `X-Twilio-Signature`.
     Twilio,
+    /// SendGrid's signed Event Webhook (ECDSA P-256).
+    Sendgrid,
 }
 
 /// One endpoint, as the file declares it.
@@ -48,6 +52,12 @@ pub struct Provider {
     /// Twilio: the account's Auth Token, the HMAC key of its signatures.
     #[serde(default)]
     pub auth_token: Option<String>,
+    /// SendGrid: the verification key, base64 DER, as SendGrid shows it.
+    #[serde(default)]
+    pub public_key: Option<String>,
+    /// SendGrid: that key, read at start.
+    #[serde(skip)]
+    verifying_key: Option<p256::ecdsa::VerifyingKey>,
     /// The URL exactly as the provider calls it (the signature covers it);
     /// default: `--public-url` + the request's path and query.
     #[serde(default)]
@@ -105,7 +115,7 @@ impl Hooks {
     pub fn parse(text: &str, public_url: &str) -> Result<Self, String> {
         let file: File = toml::from_str(text).map_err(|e| e.to_string())?;
         let mut by_name = BTreeMap::new();
-        for (i, p) in file.provider.into_iter().enumerate() {
+        for (i, mut p) in file.provider.into_iter().enumerate() {
             let at = format!("provider[{i}]");
             let ok_name = !p.name.is_empty()
                 && p.name.len() <= 64
@@ -123,6 +133,11 @@ impl Hooks {
                     return Err(format!("{at}.auth_token: a twilio endpoint needs one"));
                 }
                 Kind::Twilio => {}
+                Kind::Sendgrid => {
+                    let key = p.public_key.as_deref().unwrap_or_default();
+                    p.verifying_key =
+                        Some(sendgrid::key(key).map_err(|e| format!("{at}.public_key: {e}"))?);
+                }
             }
             if p.consents.is_empty() {
                 return Err(format!(
@@ -187,6 +202,7 @@ impl Hooks {
             .unwrap_or_else(|| format!("{}{path_and_query}", self.public_url));
         let outcome = match provider.kind {
             Kind::Twilio => twilio::receive(authority, provider, &url, headers, body).await,
+            Kind::Sendgrid => sendgrid::receive(authority, provider, headers, body).await,
         };
         let counter = match &outcome {
             Outcome::Recorded(sequence) => {
@@ -214,6 +230,7 @@ impl Hooks {
         Some(match (provider.kind, outcome) {
             (_, Outcome::Refused) => (StatusCode::FORBIDDEN, "signature\n").into_response(),
             (Kind::Twilio, _) => twilio::answer(),
+            (Kind::Sendgrid, _) => (StatusCode::OK, "").into_response(),
         })
     }
 }
@@ -233,6 +250,20 @@ enum Outcome {
     /// Verified and mapped, but the store could not take it: 503, the
     /// provider retries.
     Failed(String),
+}
+
+/// Records a change a provider reported: (its sequence, whether it was
+/// recorded before — a retried delivery of the same event id). A sequence
+/// at or below what this node had applied before the call existed before
+/// it; a new event always gets a greater one.
+async fn record(
+    authority: &Authority,
+    change: crate::domain::Change,
+) -> Result<(u64, bool), crate::authority::ChangeError> {
+    let before = authority.applied_sequence();
+    let r = authority.record(change, None).await?;
+    let sequence = r.outcome.sequence;
+    Ok((sequence, sequence != 0 && sequence <= before))
 }
 
 /// The hex SHA-256 of a request body: the evidence that names what came.

@@ -117,13 +117,9 @@ pub(super) async fn receive(
         bulk: false,
         by_page: false,
     };
-    match authority.record(change, None).await {
-        Ok(r) if r.outcome.applied || r.outcome.pending.is_some() => {
-            Outcome::Recorded(r.outcome.sequence)
-        }
-        Ok(r) if r.outcome.sequence != 0 => Outcome::Replayed(r.outcome.sequence),
-        // Superseded (a newer decision on the address): recorded too.
-        Ok(r) => Outcome::Recorded(r.outcome.sequence),
+    match super::record(authority, change).await {
+        Ok((sequence, true)) => Outcome::Replayed(sequence),
+        Ok((sequence, false)) => Outcome::Recorded(sequence),
         Err(crate::authority::ChangeError::UnknownConsent(id)) => {
             Outcome::Ignored(format!("consent {id:?} is not in the catalog"))
         }

@@ -252,6 +252,35 @@ enum Outcome {
     Failed(String),
 }
 
+/// A change a provider reported on an address: keyed by the provider's
+/// event id, made by the person (`source`), recorded by `hook:{name}`.
+fn change_on(
+    provider: &Provider,
+    address: crate::domain::ContactId,
+    consent: crate::domain::ConsentId,
+    action: crate::domain::Action,
+    source: crate::domain::Source,
+    event_id: &str,
+    evidence: crate::domain::Evidence,
+) -> crate::domain::Change {
+    crate::domain::Change {
+        contact: address,
+        consent,
+        action,
+        occurred_at: None,
+        source,
+        evidence,
+        // A retried delivery of the same event records once.
+        idempotency_key: Some(format!("{}:{event_id}", provider.name)),
+        issued_at: None,
+        actor: format!("hook:{}", provider.name),
+        confirmed: false,
+        resend: false,
+        bulk: false,
+        by_page: false,
+    }
+}
+
 /// Records a change a provider reported: (its sequence, whether it was
 /// recorded before — a retried delivery of the same event id). A sequence
 /// at or below what this node had applied before the call existed before

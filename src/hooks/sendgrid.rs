@@ -20,7 +20,7 @@ use serde::Deserialize;
 
 use super::{Outcome, Provider, digest};
 use crate::authority::{Authority, KindOf, RawAddress};
-use crate::domain::{Action, AddressKind, Change, ConsentId, Evidence, Source};
+use crate::domain::{Action, AddressKind, ConsentId, Evidence, Source};
 
 /// The verifying key of a `public_key` (base64 DER, as SendGrid shows it).
 pub(super) fn key(public_key: &str) -> Result<VerifyingKey, String> {
@@ -118,21 +118,15 @@ pub(super) async fn receive(
         if let Some(g) = &group {
             evidence.insert("asm_group_id".into(), g.clone());
         }
-        let change = Change {
-            contact: key,
+        let change = super::change_on(
+            provider,
+            key,
             consent,
             action,
-            occurred_at: None,
             source,
+            &e.sg_event_id,
             evidence,
-            idempotency_key: Some(format!("{}:{}", provider.name, e.sg_event_id)),
-            issued_at: None,
-            actor: format!("hook:{}", provider.name),
-            confirmed: false,
-            resend: false,
-            bulk: false,
-            by_page: false,
-        };
+        );
         match super::record(authority, change).await {
             Ok((sequence, true)) => replayed = Some(sequence),
             Ok((sequence, false)) => recorded = Some(sequence),

@@ -16,7 +16,7 @@ use sha1::Sha1;
 
 use super::{Outcome, Provider, digest, text_xml};
 use crate::authority::{Authority, KindOf, RawAddress};
-use crate::domain::{Action, AddressKind, Change, ConsentId, Evidence, Source};
+use crate::domain::{Action, AddressKind, ConsentId, Evidence, Source};
 
 const OPT_OUT: [&str; 6] = ["STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"];
 const OPT_IN: [&str; 3] = ["START", "YES", "UNSTOP"];
@@ -101,22 +101,15 @@ pub(super) async fn receive(
     if !provider.brand.is_empty() {
         evidence.insert("brand".into(), provider.brand.clone());
     }
-    let change = Change {
-        contact: key,
+    let change = super::change_on(
+        provider,
+        key,
         consent,
         action,
-        occurred_at: None,
-        source: Source::SmsKeyword,
+        Source::SmsKeyword,
+        message_sid,
         evidence,
-        // A retried delivery of the same message records once.
-        idempotency_key: Some(format!("{}:{message_sid}", provider.name)),
-        issued_at: None,
-        actor: format!("hook:{}", provider.name),
-        confirmed: false,
-        resend: false,
-        bulk: false,
-        by_page: false,
-    };
+    );
     match super::record(authority, change).await {
         Ok((sequence, true)) => Outcome::Replayed(sequence),
         Ok((sequence, false)) => Outcome::Recorded(sequence),

@@ -413,6 +413,43 @@ async fn signed_sendgrid_events_withdraw_on_the_address_and_forgeries_change_not
     import.source = pb::Source::Import as i32;
     assert!(cons.grant(import).await.unwrap().into_inner().pending);
     assert_eq!(mail_to("cyd").await.1, Reason::AddressWithdrawn);
+    // A batch bigger than a page's 16 KiB is read whole (webhooks have their
+    // own limit): 300 deliveries and one unsubscribe.
+    let mut events: Vec<String> = (0..300)
+        .map(|i| format!(r#"{{"email":"x{i}@example.com","event":"delivered","sg_event_id":"big-{i}","smtp-id":"<{i}@mail.example>"}}"#))
+        .collect();
+    events.push(
+        r#"{"email":"dot@example.com","event":"unsubscribe","sg_event_id":"big-last"}"#.into(),
+    );
+    let big = format!("[{}]", events.join(","));
+    assert!(big.len() > 16 * 1024, "{}", big.len());
+    assert_eq!(
+        sendgrid_post(&server, &big, &sendgrid_sign(&key, "1764800000", &big)).await,
+        200
+    );
+    assert_eq!(mail_to("dot").await.1, Reason::AddressWithdrawn);
+    // The pages keep their own 16 KiB.
+    let form = [("Content-Type", "application/x-www-form-urlencoded")];
+    let (status, _, _) = http(
+        server.http_addr,
+        "POST",
+        "/u/AAAA",
+        &form,
+        &"a".repeat(20 * 1024),
+    )
+    .await;
+    assert_eq!(status, 413);
+    // Other methods and odd paths under /hooks/ are the one 404.
+    for (method, path) in [
+        ("GET", "/hooks/mail-acme"),
+        ("POST", "/hooks/"),
+        ("POST", "/hooks/%FF"),
+        ("POST", "/hooks/mail-acme/x"),
+    ] {
+        let (status, _, _) = http(server.http_addr, method, path, &[], "").await;
+        assert_eq!(status, 404, "{method} {path}");
+    }
+
     // Resubscribing to the group lifts Ben's.
     let resub = r#"[{"email":"ben@example.com","event":"group_resubscribe","asm_group_id":42,"sg_event_id":"ev-5"}]"#;
     assert_eq!(

@@ -20,11 +20,12 @@ pub(crate) mod unsubscribe;
 
 use std::net::SocketAddr;
 
+use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::{Router, routing::get};
+use axum::routing::{any, get};
 use tokio::sync::watch;
 
 pub(crate) use serve::{Limits, serve};
@@ -36,6 +37,8 @@ use crate::hooks::Hooks;
 
 /// Largest request body the public pages read (a form post is tiny).
 const MAX_BODY_BYTES: usize = 16 * 1024;
+/// Largest body a provider webhook may send (a SendGrid batch of events).
+const MAX_HOOK_BODY_BYTES: usize = 1024 * 1024;
 
 #[derive(Clone)]
 struct AppState {
@@ -54,6 +57,12 @@ pub(crate) fn public_router(
     hooks: Arc<Hooks>,
 ) -> Router {
     Router::new()
+        // The webhooks read bigger bodies than the pages: their own limit,
+        // closest to the handler, wins over the pages' one.
+        .route(
+            "/hooks/{name}",
+            any(hook).layer(DefaultBodyLimit::max(MAX_HOOK_BODY_BYTES)),
+        )
         .fallback(public)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(AppState {
@@ -90,16 +99,6 @@ async fn public(
     body: Bytes,
 ) -> Response {
     let path = uri.path();
-    if let Some(name) = path.strip_prefix("/hooks/")
-        && method == Method::POST
-    {
-        let path_and_query = uri.path_and_query().map_or(path, |p| p.as_str());
-        return s
-            .hooks
-            .receive(&s.authority, name, path_and_query, &headers, &body)
-            .await
-            .unwrap_or_else(page::not_found);
-    }
     let Some((kind, token)) = path
         .get(1..3)
         .filter(|p| matches!(*p, "u/" | "c/" | "p/"))
@@ -121,6 +120,31 @@ async fn public(
         ("p", Method::POST) => preferences::post(&s, token, peer, &headers, &body).await,
         _ => page::not_found(),
     }
+}
+
+/// `POST /hooks/{name}`; any other method, or a name no provider has, gets
+/// the one 404.
+async fn hook(
+    State(s): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    // The raw path, not an extractor: no encoding earns another answer.
+    let Some(name) = uri.path().strip_prefix("/hooks/") else {
+        return page::not_found();
+    };
+    if method != Method::POST {
+        return page::not_found();
+    }
+    let path_and_query = uri
+        .path_and_query()
+        .map_or_else(|| uri.path(), |p| p.as_str());
+    s.hooks
+        .receive(&s.authority, name, path_and_query, &headers, &body)
+        .await
+        .unwrap_or_else(page::not_found)
 }
 
 async fn healthz(State(s): State<AppState>) -> impl IntoResponse {

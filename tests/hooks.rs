@@ -146,14 +146,19 @@ async fn sms_to(
     (r.allowed, r.reason(), r.decided_by)
 }
 
-async fn events_on(server: &TestServer, number: &str) -> Vec<pb::ConsentEvent> {
+/// The events recorded on an address (GetAddress).
+async fn events_on_address(
+    server: &TestServer,
+    kind: pb::AddressKind,
+    value: &str,
+) -> Vec<pb::ConsentEvent> {
     server
         .consents()
         .await
         .get_address(pb::GetAddressRequest {
             address: Some(pb::Address {
-                kind: pb::AddressKind::Phone as i32,
-                value: number.into(),
+                kind: kind as i32,
+                value: value.into(),
             }),
             min_sequence: 0,
         })
@@ -161,6 +166,10 @@ async fn events_on(server: &TestServer, number: &str) -> Vec<pb::ConsentEvent> {
         .unwrap()
         .into_inner()
         .events
+}
+
+async fn events_on(server: &TestServer, number: &str) -> Vec<pb::ConsentEvent> {
+    events_on_address(server, pb::AddressKind::Phone, number).await
 }
 
 #[tokio::test]
@@ -378,32 +387,19 @@ async fn signed_sendgrid_events_withdraw_on_the_address_and_forgeries_change_not
     assert!(mail_to("dot").await.0, "a delivery changes nothing");
     // Retried whole by SendGrid: recorded once.
     assert_eq!(sendgrid_post(&server, body, &signature).await, 200);
-    let on = |who: &str| {
-        let server = &server;
-        let address = email(who);
-        async move {
-            server
-                .consents()
-                .await
-                .get_address(pb::GetAddressRequest {
-                    address: Some(pb::Address {
-                        kind: pb::AddressKind::Email as i32,
-                        value: address,
-                    }),
-                    min_sequence: 0,
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .events
-        }
-    };
-    let ala = on("ala").await;
+    let ala = events_on_address(&server, pb::AddressKind::Email, &email("ala")).await;
     assert_eq!(ala.len(), 1, "{ala:?}");
     assert_eq!(ala[0].source(), pb::Source::Provider);
     assert_eq!(ala[0].evidence["event_id"], "ev-1");
-    assert_eq!(on("cyd").await[0].source(), pb::Source::Complaint);
-    assert!(on("dot").await.is_empty());
+    assert_eq!(
+        events_on_address(&server, pb::AddressKind::Email, &email("cyd")).await[0].source(),
+        pb::Source::Complaint
+    );
+    assert!(
+        events_on_address(&server, pb::AddressKind::Email, &email("dot"))
+            .await
+            .is_empty()
+    );
     // A complaint sticks: a later import of the address's grant waits.
     let mut import = change("", "marketing.acme", None);
     import.address = Some(pb::Address {

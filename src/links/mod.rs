@@ -24,18 +24,22 @@
 //! `None`, so a forged, altered or unknown-key token cannot be told apart
 //! from another.
 
-use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::aead::{Aead, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
-use hmac::{Hmac, Mac};
+use hmac::Hmac;
 use sha2::Sha256;
 
 use crate::domain::{ConsentId, ContactId, ids::check_id};
+
+mod keyfile;
+
+use self::keyfile::{KEY_FILE, generate_key_file, parse_key};
+pub use self::keyfile::{generate_key, read_key_file, write_key_file};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -75,7 +79,6 @@ const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
 /// What a configured secret is bound to before it becomes an AEAD key.
 const KEY_LABEL: &[u8] = b"consentd unsubscribe link token v2";
-const KEY_FILE: &str = "link-keys";
 /// Shortest secret accepted from configuration.
 pub const MIN_SECRET_LEN: usize = 32;
 
@@ -120,6 +123,8 @@ pub struct Links {
     /// Oldest first; the last one signs.
     keys: Vec<Key>,
     base: String,
+    /// The host of `base`: the List-Id namespace.
+    host: String,
     /// Random per process: with `nonces`, makes every nonce unique.
     nonce_prefix: [u8; 16],
     nonces: AtomicU64,
@@ -168,22 +173,16 @@ impl Links {
         Ok(Links {
             keys,
             base: public_url.trim_end_matches('/').to_owned(),
+            host: host_of(public_url).to_owned(),
             nonce_prefix,
             nonces: AtomicU64::new(0),
         })
     }
 
     /// The host of the public base (no scheme, port or path): the namespace
-    /// of the List-Id values CanSend answers (RFC 2919).
+    /// of the List-Id values CanSend answers (RFC 2919). Read once.
     pub fn host(&self) -> &str {
-        let rest = self.base.split_once("://").map_or(&*self.base, |(_, r)| r);
-        let host = rest.split(['/', '?', '#']).next().unwrap_or(rest);
-        let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
-        match host.strip_prefix('[') {
-            // An IPv6 literal: the brackets and the port go.
-            Some(v6) => v6.split(']').next().unwrap_or(v6),
-            None => host.split(':').next().unwrap_or(host),
-        }
+        &self.host
     }
 
     /// The absolute URL of the unsubscribe page behind a token.
@@ -291,6 +290,18 @@ impl Links {
     }
 }
 
+/// The host of a public base URL: no scheme, credentials, port or path.
+fn host_of(base: &str) -> &str {
+    let rest = base.split_once("://").map_or(base, |(_, r)| r);
+    let host = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    match host.strip_prefix('[') {
+        // An IPv6 literal: the brackets and the port go.
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => host.split(':').next().unwrap_or(host),
+    }
+}
+
 fn push_short(buf: &mut Vec<u8>, b: &[u8]) {
     // Ids are at most 64 bytes (catalog ids) or 16 (key ids).
     buf.push(b.len() as u8);
@@ -312,102 +323,6 @@ impl<'a> Reader<'a> {
         let n = self.byte()? as usize;
         self.take(n)
     }
-}
-
-/// Parses `ID=BASE64URL_SECRET`.
-fn parse_key(spec: &str) -> Result<Key, LinkError> {
-    let (id, secret) = spec.split_once('=').ok_or_else(|| {
-        LinkError::BadKey(
-            spec.chars().take(8).collect(),
-            "expected ID=BASE64URL_SECRET".into(),
-        )
-    })?;
-    let bad = |why: &str| LinkError::BadKey(id.to_owned(), why.to_owned());
-    if id.is_empty()
-        || id.len() > 16
-        || !id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        return Err(bad("the id must be 1..=16 of [A-Za-z0-9_-]"));
-    }
-    let secret = URL_SAFE_NO_PAD
-        .decode(secret.trim_end_matches('='))
-        .map_err(|_| bad("the secret is not base64url"))?;
-    if secret.len() < MIN_SECRET_LEN {
-        return Err(bad("the secret must be at least 32 bytes"));
-    }
-    let mut mac =
-        <HmacSha256 as Mac>::new_from_slice(&secret).map_err(|_| bad("unusable secret"))?;
-    mac.update(KEY_LABEL);
-    let aead = XChaCha20Poly1305::new_from_slice(&mac.finalize().into_bytes())
-        .map_err(|_| bad("unusable secret"))?;
-    Ok(Key {
-        id: id.to_owned(),
-        aead,
-    })
-}
-
-/// A new random key as an `ID=BASE64URL_SECRET` line (no newline).
-pub fn generate_key() -> Result<String, LinkError> {
-    let mut secret = [0u8; 32];
-    let mut id = [0u8; 4];
-    getrandom::fill(&mut secret)
-        .map_err(|e| LinkError::Io(std::io::Error::other(e.to_string())))?;
-    getrandom::fill(&mut id).map_err(|e| LinkError::Io(std::io::Error::other(e.to_string())))?;
-    let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
-    Ok(format!("{id}={}", URL_SAFE_NO_PAD.encode(secret)))
-}
-
-/// The key lines of a data dir's key file, oldest first; `None` when it
-/// has none.
-pub fn read_key_file(data_dir: &Path) -> Result<Option<Vec<String>>, LinkError> {
-    match std::fs::read_to_string(data_dir.join(KEY_FILE)) {
-        Ok(text) => Ok(Some(
-            text.lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(str::to_owned)
-                .collect(),
-        )),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Writes `lines` as a data dir's key file (mode 0600, fsync'd), for a
-/// store moved into that dir.
-pub fn write_key_file(data_dir: &Path, lines: &[String]) -> Result<(), LinkError> {
-    let text: String = lines.iter().map(|l| format!("{}\n", l.trim())).collect();
-    write_private(&data_dir.join(KEY_FILE), &text)
-}
-
-/// Creates the data-dir key file (mode 0600, fsync'd) and returns its text.
-fn generate_key_file(path: &Path) -> Result<String, LinkError> {
-    let line = format!("{}\n", generate_key()?);
-    let id = line.split('=').next().unwrap_or_default().to_owned();
-    write_private(path, &line)?;
-    tracing::info!(key_id = %id, "generated the unsubscribe link signing key");
-    Ok(line)
-}
-
-/// Writes a file readable by its owner only, durably (temp file, fsync,
-/// rename, fsync of the directory).
-fn write_private(path: &Path, text: &str) -> Result<(), LinkError> {
-    let line = text;
-    let tmp = path.with_extension("tmp");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut f = options.open(&tmp)?;
-    f.write_all(line.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,175 @@
+//! The redb store's own tests: its file, its migration, its purge (the
+//! behaviour every store shares is the conformance suite's).
+
+use std::sync::Arc;
+
+use super::RedbStore;
+use crate::store::Store;
+use crate::store::conformance::{Fixture, conformance_suite};
+
+/// A temp data dir per fresh store; reopen opens the same dir again
+/// (and so also runs the post-erasure rewrite).
+struct Redb(Option<tempfile::TempDir>);
+
+impl Fixture for Redb {
+    fn fresh(&mut self) -> Arc<dyn crate::store::Transfer> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
+        self.0 = Some(dir);
+        Arc::new(store)
+    }
+
+    fn reopen(&mut self) -> Arc<dyn crate::store::Transfer> {
+        let dir = self.0.as_ref().expect("fresh first");
+        Arc::new(RedbStore::open(dir.path()).unwrap())
+    }
+}
+
+conformance_suite!(Redb(None));
+
+#[test]
+fn a_schema_1_file_is_migrated_once_and_keeps_its_history() {
+    use prost::Message;
+
+    use super::{CONTACTS, EVENTS, META};
+    use crate::domain::{Action, ConsentId, ContactId, EventRecord, Source};
+    use crate::store::redb::codec::{ContactRecord, encode_event, state_to};
+
+    let dir = tempfile::tempdir().unwrap();
+    let event = |n: u64| EventRecord {
+        contact: ContactId::parse("c", "anna").unwrap(),
+        consent: ConsentId::parse("c", "marketing").unwrap(),
+        action: Action::Grant,
+        occurred_at: n as i64,
+        recorded_at: n as i64,
+        source: Source::Form,
+        evidence: Default::default(),
+        version: 1,
+        sequence: n,
+        idempotency_key: None,
+        applied: true,
+        actor: String::new(),
+        pending: false,
+        confirmed: false,
+        confirmation_link: false,
+    };
+    // What schema 1 wrote: the event list inside the contact's record.
+    {
+        let db = redb::Database::create(dir.path().join(super::DB_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut meta = txn.open_table(META).unwrap();
+            meta.insert("schema_version", 1u32.to_le_bytes().as_slice())
+                .unwrap();
+            meta.insert("erasure_key", [5u8; 32].as_slice()).unwrap();
+            let mut events = txn.open_table(EVENTS).unwrap();
+            let mut buf = Vec::new();
+            for n in 1..=3 {
+                buf.clear();
+                encode_event(&event(n), &mut buf);
+                events.insert(n, buf.as_slice()).unwrap();
+            }
+            let record = ContactRecord {
+                states: vec![state_to(&event(3))],
+                events: vec![1, 2, 3],
+                pending: Vec::new(),
+            };
+            txn.open_table(CONTACTS)
+                .unwrap()
+                .insert("anna", record.encode_to_vec().as_slice())
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let store = RedbStore::open(dir.path()).unwrap();
+    assert_eq!(
+        store.history("anna").unwrap(),
+        vec![event(1), event(2), event(3)]
+    );
+    assert_eq!(store.history_page("anna", 1, 1).unwrap(), vec![event(2)]);
+    assert_eq!(store.contact_states("anna").unwrap().len(), 1);
+    drop(store);
+    // Opened again: already schema 2, nothing duplicated.
+    let store = RedbStore::open(dir.path()).unwrap();
+    assert_eq!(store.history("anna").unwrap().len(), 3);
+}
+
+#[test]
+fn a_closed_store_answers_closed_and_reopens_cleanly() {
+    use crate::store::{Store, StoreError};
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(dir.path()).unwrap();
+    let next = store.recover().unwrap().next_sequence;
+    store.close().unwrap();
+    assert!(matches!(store.recover(), Err(StoreError::Closed)));
+    store.close().unwrap();
+    // The file was released: another opens it at once, as it was.
+    let again = RedbStore::open(dir.path()).unwrap();
+    assert_eq!(again.recover().unwrap().next_sequence, next);
+}
+
+#[test]
+fn purge_leaves_no_byte_of_an_erased_contact_while_open() {
+    use crate::domain::{Action, ConsentId, ContactId, EventRecord, Source};
+    use crate::store::{Tombstone, WriteBatch};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(dir.path()).unwrap();
+    let event = |who: &str, sequence| EventRecord {
+        contact: ContactId::parse("c", who).unwrap(),
+        consent: ConsentId::parse("c", "marketing").unwrap(),
+        action: Action::Grant,
+        occurred_at: 1,
+        recorded_at: 2,
+        source: Source::Form,
+        evidence: [("ip".to_string(), format!("ip-of-{who}"))].into(),
+        version: 1,
+        sequence,
+        idempotency_key: Some(format!("key-of-{who}")),
+        applied: true,
+        actor: "crm".into(),
+        pending: false,
+        confirmed: false,
+        confirmation_link: false,
+    };
+    store
+        .commit(&WriteBatch {
+            events: vec![event("erin.secret@example.com", 1), event("fred", 2)],
+            next_sequence: 3,
+            ..Default::default()
+        })
+        .unwrap();
+    let tombstone = Tombstone {
+        hash: [7; 32],
+        erased_at: 5,
+        reason: "r".into(),
+    };
+    store.erase("erin.secret@example.com", &tombstone).unwrap();
+    let file = dir.path().join(super::DB_FILE);
+    let holds = |needle: &str| {
+        let bytes = std::fs::read(&file).unwrap();
+        bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+    };
+    assert!(
+        holds("ip-of-erin"),
+        "redb keeps freed pages: the bytes stay until the purge"
+    );
+    assert!(store.purge_erased().unwrap());
+    for needle in ["erin.secret", "ip-of-erin", "key-of-erin"] {
+        assert!(!holds(needle), "{needle} still in the file");
+    }
+    assert!(holds("ip-of-fred"));
+    // The store goes on in the new file: writes land and survive a reopen.
+    store
+        .commit(&WriteBatch {
+            events: vec![event("gina", 3)],
+            next_sequence: 4,
+            ..Default::default()
+        })
+        .unwrap();
+    drop(store);
+    let store = RedbStore::open(dir.path()).unwrap();
+    assert_eq!(store.history("gina").unwrap().len(), 1);
+    assert_eq!(store.history("fred").unwrap().len(), 1);
+    assert!(!holds("erin.secret"));
+}

@@ -16,13 +16,23 @@ use compact_str::CompactString;
 use dashmap::DashMap;
 use smallvec::SmallVec;
 
+use crate::domain::ids::{ADDRESS_KEY_LEN, address_key};
 use crate::domain::resolve::Now;
-use crate::domain::{ConsentIdx, HeldState, PendingRecord, Terms, UnixNanos, Verdict, verdict};
+use crate::domain::{
+    Action, AddressKind, ConsentIdx, HeldState, PendingRecord, Terms, UNDELIVERABLE, UnixNanos,
+    Verdict, verdict,
+};
 
 /// One inline state covers the common contact without a heap allocation.
 type States = SmallVec<[HeldState; 1]>;
 
 type Map<V> = DashMap<CompactString, V, foldhash::fast::RandomState>;
+
+/// An address a contact sends to: its kind and keyed hash (DESIGN.md §9).
+pub type HeldAddress = (AddressKind, [u8; 32]);
+
+/// A contact's addresses; one inline covers the common contact.
+pub type HeldAddresses = SmallVec<[HeldAddress; 1]>;
 
 /// Contact → its states, sharded for concurrent readers.
 pub struct Index {
@@ -33,6 +43,10 @@ pub struct Index {
     pending_contacts: AtomicUsize,
     /// How long a confirmation link works (a pending grant waits as long).
     confirmation_ttl: AtomicI64,
+    /// Contact → the addresses it sends to (`Consents.SetAddresses`).
+    addresses: Map<HeldAddresses>,
+    /// Contacts in `addresses`: 0 lets CanSend skip it.
+    addressed_contacts: AtomicUsize,
 }
 
 impl Default for Index {
@@ -52,6 +66,8 @@ impl Index {
             pending: DashMap::with_hasher(foldhash::fast::RandomState::default()),
             pending_contacts: AtomicUsize::new(0),
             confirmation_ttl: AtomicI64::new(i64::MAX),
+            addresses: DashMap::with_hasher(foldhash::fast::RandomState::default()),
+            addressed_contacts: AtomicUsize::new(0),
         }
     }
 
@@ -85,6 +101,106 @@ impl Index {
             return Verdict::PendingConfirmation;
         }
         v
+    }
+
+    /// What the address under `key` (an address's key) says against a
+    /// message the contact's decision allows over `cover`: a withdrawal
+    /// recorded on it that decides the covering set (its grants only lift,
+    /// never allow, and never lapse), else its undeliverable mark.
+    #[inline]
+    pub fn address_says(&self, key: &str, cover: &[ConsentIdx], now: impl Now) -> Option<Verdict> {
+        let states = self.map.get(key)?;
+        if let Verdict::Withdrawn { by, at } = verdict(&states, cover, &[], &now) {
+            return Some(Verdict::AddressWithdrawn { by, at });
+        }
+        states
+            .iter()
+            .find(|h| h.consent == UNDELIVERABLE && h.action == Action::Withdraw)
+            .map(|h| Verdict::Undeliverable { at: h.occurred_at })
+    }
+
+    /// Whether any contact holds an address (CanSend without `to` then
+    /// reads them).
+    #[inline]
+    pub fn has_addresses(&self) -> bool {
+        self.addressed_contacts.load(Ordering::Relaxed) > 0
+    }
+
+    /// What the contact's addresses of `kind` say against a message its
+    /// decision allows (DESIGN.md §9: without `to`, every address of the
+    /// channel's kind must allow): the first that blocks, in the order
+    /// they were added.
+    pub fn addresses_say(
+        &self,
+        contact: &str,
+        kind: AddressKind,
+        cover: &[ConsentIdx],
+        now: impl Now,
+    ) -> Option<Verdict> {
+        let held = self.addresses.get(contact)?;
+        let mut buf = [0u8; ADDRESS_KEY_LEN];
+        held.iter()
+            .filter(|(k, _)| *k == kind)
+            .find_map(|(_, hash)| {
+                self.address_says(address_key(hash, &mut buf), cover, || now.now())
+            })
+    }
+
+    /// The addresses a contact sends to, in the order they were added.
+    pub fn addresses(&self, contact: &str) -> HeldAddresses {
+        self.addresses
+            .get(contact)
+            .map(|a| a.clone())
+            .unwrap_or_default()
+    }
+
+    /// Adds (`holds`) or removes an address of a contact.
+    pub fn set_address(&self, contact: &str, address: HeldAddress, holds: bool) {
+        if holds {
+            if let Some(mut held) = self.addresses.get_mut(contact) {
+                if !held.contains(&address) {
+                    held.push(address);
+                }
+                return;
+            }
+            let mut held = HeldAddresses::new();
+            held.push(address);
+            if self
+                .addresses
+                .insert(CompactString::from(contact), held)
+                .is_none()
+            {
+                self.addressed_contacts.fetch_add(1, Ordering::Relaxed);
+            }
+        } else {
+            let now_empty = self.addresses.get_mut(contact).is_some_and(|mut held| {
+                held.retain(|a| *a != address);
+                held.is_empty()
+            });
+            if now_empty {
+                self.forget_addresses(contact);
+            }
+        }
+    }
+
+    /// Replaces a contact's addresses (a SetAddresses committed).
+    pub fn replace_addresses(&self, contact: &str, addresses: HeldAddresses) {
+        if addresses.is_empty() {
+            self.forget_addresses(contact);
+        } else if self
+            .addresses
+            .insert(CompactString::from(contact), addresses)
+            .is_none()
+        {
+            self.addressed_contacts.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Forgets every address of a contact (an erasure).
+    pub fn forget_addresses(&self, contact: &str) {
+        if self.addresses.remove(contact).is_some() {
+            self.addressed_contacts.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Whether a pending grant of one of `cover` waits for `contact`.
@@ -195,7 +311,8 @@ impl Index {
     }
 
     /// A contact whose id satisfies `matches`, if any: a full scan of the
-    /// contacts holding states, then of those with only pending grants.
+    /// contacts holding states, then of those with only pending grants or
+    /// addresses.
     pub fn find_contact(&self, mut matches: impl FnMut(&str) -> bool) -> Option<String> {
         self.map
             .iter()
@@ -203,6 +320,12 @@ impl Index {
             .map(|entry| entry.key().to_string())
             .or_else(|| {
                 self.pending
+                    .iter()
+                    .find(|entry| matches(entry.key()))
+                    .map(|entry| entry.key().to_string())
+            })
+            .or_else(|| {
+                self.addresses
                     .iter()
                     .find(|entry| matches(entry.key()))
                     .map(|entry| entry.key().to_string())

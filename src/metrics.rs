@@ -23,6 +23,7 @@ pub(crate) struct Tally {
     expired: u64,
     stale_wording: u64,
     address_withdrawn: u64,
+    undeliverable: u64,
 }
 
 impl Tally {
@@ -37,6 +38,7 @@ impl Tally {
             Verdict::Expired => &mut self.expired,
             Verdict::StaleWording => &mut self.stale_wording,
             Verdict::AddressWithdrawn { .. } => &mut self.address_withdrawn,
+            Verdict::Undeliverable { .. } => &mut self.undeliverable,
         } += 1;
     }
 
@@ -123,6 +125,7 @@ pub(crate) struct Metrics {
     expired: AtomicU64,
     stale_wording: AtomicU64,
     address_withdrawn: AtomicU64,
+    undeliverable: AtomicU64,
     /// Grants taken as pending, and confirmation links sent for them.
     pending_grants: AtomicU64,
     confirmation_links: AtomicU64,
@@ -160,6 +163,7 @@ impl Metrics {
             (&self.expired, t.expired),
             (&self.stale_wording, t.stale_wording),
             (&self.address_withdrawn, t.address_withdrawn),
+            (&self.undeliverable, t.undeliverable),
         ] {
             if n > 0 {
                 counter.fetch_add(n, Relaxed);
@@ -303,6 +307,7 @@ impl Metrics {
             ("expired", &self.expired),
             ("stale_wording", &self.stale_wording),
             ("address_withdrawn", &self.address_withdrawn),
+            ("undeliverable", &self.undeliverable),
         ] {
             let _ = writeln!(
                 out,

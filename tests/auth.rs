@@ -230,6 +230,7 @@ async fn every_event_names_its_actor_and_audit_only_reads() {
         .issue_unsubscribe_link(with(
             Some(CRM),
             pb::IssueUnsubscribeLinkRequest {
+                to: None,
                 contact_id: "anna".into(),
                 channel: "email".into(),
                 brand: "acme".into(),

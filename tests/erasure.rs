@@ -40,6 +40,7 @@ async fn erasure_forgets_refuses_stale_grants_and_leaves_no_plaintext() {
         .unwrap();
     let link = cons
         .issue_unsubscribe_link(pb::IssueUnsubscribeLinkRequest {
+            to: None,
             contact_id: ANNA.into(),
             channel: "sms".into(),
             brand: "zenith".into(),

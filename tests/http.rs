@@ -249,6 +249,7 @@ async fn can_send_carries_the_link_and_uncovered_links_are_refused() {
 
     let err = cons
         .issue_unsubscribe_link(pb::IssueUnsubscribeLinkRequest {
+            to: None,
             contact_id: "carl".into(),
             channel: "sms".into(),
             brand: "acme".into(),
@@ -259,6 +260,7 @@ async fn can_send_carries_the_link_and_uncovered_links_are_refused() {
     assert_eq!(err.code(), Code::FailedPrecondition);
     let err = cons
         .issue_unsubscribe_link(pb::IssueUnsubscribeLinkRequest {
+            to: None,
             contact_id: "carl".into(),
             channel: "fax".into(),
             brand: "acme".into(),

@@ -20,6 +20,9 @@ mod catalog;
 #[path = "consent_flows.rs"]
 mod consent_flows;
 #[cfg(pg_available)]
+#[path = "contact_addresses.rs"]
+mod contact_addresses;
+#[cfg(pg_available)]
 #[path = "crash.rs"]
 mod crash;
 #[cfg(pg_available)]

@@ -7,12 +7,15 @@
 //! ruling (an address GRANT is never pending for double opt-in: it is not
 //! consent) and in CanSend, which reads an address's state only to block.
 
+use std::time::Instant;
+
 use crate::domain::{
-    Address, AddressHasher, AddressKind, Catalog, ContactId, EventRecord, FieldError, PhoneRegion,
-    StateRecord,
+    Action, Address, AddressHasher, AddressKind, Catalog, Change, ChangeOutcome, ContactId,
+    EventRecord, Evidence, FieldError, MAX_ADDRESSES_PER_CONTACT, Mark, PhoneRegion, Source,
+    StateRecord, UNDELIVERABLE, UnixNanos,
 };
 
-use super::{Authority, ReadError};
+use super::{Authority, ChangeError, ReadError};
 
 /// How addresses are read and named: the hasher under the store's key,
 /// and the region of national phone numbers.
@@ -107,6 +110,12 @@ impl Addressing {
         Ok(self.named("to", kind, raw.value)?.1)
     }
 
+    /// The address's key and its keyed hash, for an address already read.
+    pub fn key_of(&self, address: &Address) -> (ContactId, [u8; 32]) {
+        let hash = self.hasher.hash(address);
+        (ContactId::of_address(&hash), hash)
+    }
+
     fn named(
         &self,
         field: &str,
@@ -135,6 +144,37 @@ pub struct AddressView {
     pub states: Vec<StateRecord>,
     /// Every event recorded on it, in recording order.
     pub events: Vec<EventRecord>,
+    /// Since when a hard bounce marks it undeliverable, if one does.
+    pub undeliverable: Option<UnixNanos>,
+}
+
+/// A change of an address's undeliverable mark (DESIGN.md §9): a WITHDRAW
+/// is a hard bounce, a GRANT lifts it; `at` is when (None: now).
+pub fn undeliverable_change(
+    key: ContactId,
+    action: Action,
+    at: Option<UnixNanos>,
+    source: Source,
+    evidence: Evidence,
+    idempotency_key: Option<String>,
+    actor: String,
+) -> Change {
+    Change {
+        contact: key,
+        consent: Mark::Undeliverable.id(),
+        action,
+        occurred_at: at,
+        source,
+        evidence,
+        idempotency_key,
+        issued_at: None,
+        actor,
+        confirmed: false,
+        resend: false,
+        bulk: false,
+        by_page: false,
+        addresses: Vec::new(),
+    }
 }
 
 impl Authority {
@@ -171,10 +211,101 @@ impl Authority {
                 ))
             })
             .await?;
+        let (marks, states): (Vec<_>, Vec<_>) =
+            states.into_iter().partition(|s| s.consent.is_mark());
+        let undeliverable = marks
+            .iter()
+            .find(|s| s.action == Action::Withdraw)
+            .map(|s| s.occurred_at);
         Ok(AddressView {
             address,
             states,
             events,
+            undeliverable,
         })
+    }
+
+    /// SetAddresses: the contact's addresses from now on (read as the
+    /// fields `addresses[i]`, duplicates once, at most
+    /// [`MAX_ADDRESSES_PER_CONTACT`]); the writer records what changed.
+    /// Returns them as normalised, and the sequence of the last event
+    /// recorded (0: nothing changed).
+    pub async fn set_addresses(
+        &self,
+        contact: ContactId,
+        raw: &[RawAddress<'_>],
+        actor: String,
+        deadline: Option<Instant>,
+    ) -> Result<(Vec<Address>, u64), ChangeError> {
+        let mut read: Vec<(Address, [u8; 32])> = Vec::with_capacity(raw.len());
+        for (i, r) in raw.iter().enumerate() {
+            let (address, _) = self.addressing.read(&format!("addresses[{i}]"), *r)?;
+            if !read.iter().any(|(a, _)| *a == address) {
+                let hash = self.addressing.hasher.hash(&address);
+                read.push((address, hash));
+            }
+        }
+        if read.len() > MAX_ADDRESSES_PER_CONTACT {
+            return Err(FieldError::new(
+                "addresses",
+                format!(
+                    "names {} addresses, at most {MAX_ADDRESSES_PER_CONTACT} allowed",
+                    read.len()
+                ),
+            )
+            .into());
+        }
+        let addresses = read.iter().map(|(a, _)| a.clone()).collect();
+        let change = Change {
+            contact,
+            consent: Mark::SetAddresses.id(),
+            action: Action::Grant,
+            occurred_at: None,
+            source: Source::Api,
+            evidence: Evidence::new(),
+            idempotency_key: None,
+            issued_at: None,
+            actor,
+            confirmed: false,
+            resend: false,
+            bulk: false,
+            by_page: false,
+            addresses: read,
+        };
+        let outcome = self.change(change, deadline).await?;
+        Ok((addresses, outcome.sequence))
+    }
+
+    /// ClearUndeliverable: lifts the mark a hard bounce left on the
+    /// address. Records nothing when no bounce marks it.
+    pub async fn clear_undeliverable(
+        &self,
+        raw: RawAddress<'_>,
+        actor: String,
+        deadline: Option<Instant>,
+    ) -> Result<ChangeOutcome, ChangeError> {
+        let (_, key) = self.addressing.read("address", raw)?;
+        let marked = self
+            .index
+            .get(key.as_str(), UNDELIVERABLE)
+            .is_some_and(|h| h.action == Action::Withdraw);
+        if !marked {
+            return Ok(ChangeOutcome {
+                applied: false,
+                state: None,
+                sequence: 0,
+                pending: None,
+            });
+        }
+        let change = undeliverable_change(
+            key,
+            Action::Grant,
+            None,
+            Source::Api,
+            Evidence::new(),
+            None,
+            actor,
+        );
+        self.change(change, deadline).await
     }
 }

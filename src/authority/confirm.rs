@@ -174,6 +174,7 @@ impl Authority {
             resend: true,
             bulk: false,
             by_page: false,
+            addresses: Vec::new(),
         };
         let recorded = self.record(change, None).await?;
         let issued = recorded.outcome.pending.map_or(now, |p| p.recorded_at);
@@ -281,6 +282,7 @@ impl Authority {
             resend: false,
             bulk: false,
             by_page: true,
+            addresses: Vec::new(),
         };
         let outcome = self.writer.change_waiting(change).await?;
         if outcome.sequence == 0 {

@@ -161,6 +161,7 @@ impl Authority {
             resend: false,
             bulk: false,
             by_page: true,
+            addresses: Vec::new(),
         };
         let outcome = self.writer.change_waiting(change).await?;
         self.metrics.unsubscribed();

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
-pub use self::addresses::{AddressView, Addressing, KindOf, RawAddress};
+pub use self::addresses::{AddressView, Addressing, KindOf, RawAddress, undeliverable_change};
 pub use self::check::{Check, Checked};
 pub use self::confirm::{CONFIRM_ACTOR, ConfirmPage, Confirmation, Confirmed};
 pub use self::import::{Import, ImportSummary, RowError};
@@ -74,8 +74,10 @@ pub struct Answer {
 /// Allocates nothing; reads the clock only when a consent lapses by age or
 /// a grant is pending somewhere. `to` is the key of the address the
 /// message goes to (DESIGN.md §9): a withdrawal recorded on it turns an
-/// allowed answer into ADDRESS_WITHDRAWN; its grants only lift, never
-/// allow, and never lapse (an address's decisions are not consent).
+/// allowed answer into ADDRESS_WITHDRAWN, a hard bounce not cleared since
+/// into UNDELIVERABLE; its grants only lift, never allow, and never lapse
+/// (an address's decisions are not consent). Without `to`, each address
+/// of the channel's kind the contact holds is asked the same.
 #[allow(clippy::too_many_arguments)]
 pub fn answer_check(
     catalog: &Catalog,
@@ -91,11 +93,19 @@ pub fn answer_check(
     let cell = catalog.cell(purpose, channel, brand)?;
     let cover = catalog.covering(cell);
     let mut verdict = index.verdict(contact, cover, catalog.terms(), || clock.now());
-    if let Some(to) = to
-        && verdict.allowed()
-        && let Verdict::Withdrawn { by, at } = index.verdict(to, cover, &[], || clock.now())
-    {
-        verdict = Verdict::AddressWithdrawn { by, at };
+    if verdict.allowed() {
+        let blocked = match to {
+            Some(to) => index.address_says(to, cover, || clock.now()),
+            // Without `to`, every address of the channel's kind the contact
+            // holds must allow (fail closed).
+            None if index.has_addresses() => catalog
+                .address_kind(channel)
+                .and_then(|kind| index.addresses_say(contact, kind, cover, || clock.now())),
+            None => None,
+        };
+        if let Some(v) = blocked {
+            verdict = v;
+        }
     }
     let decided_by = verdict
         .decided()

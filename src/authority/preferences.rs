@@ -336,6 +336,7 @@ impl Authority {
                 resend: false,
                 bulk: false,
                 by_page: true,
+                addresses: Vec::new(),
             };
             let outcome = self.writer.change_waiting(change).await?;
             if outcome.sequence == 0 {

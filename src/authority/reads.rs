@@ -9,7 +9,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use super::{Authority, ReadError};
 use crate::domain::{
-    ConsentId, ContactId, EventRecord, FieldError, StateRecord, UnixNanos, Wording,
+    Action, Address, ConsentId, ContactId, EventRecord, FieldError, Mark, StateRecord, UnixNanos,
+    Wording, mark::ADDRESS_EVIDENCE,
 };
 use crate::store::{Store, StoreError};
 
@@ -39,6 +40,8 @@ pub struct ContactView {
     pub states: Vec<StateRecord>,
     /// Its grants waiting for confirmation.
     pub pending: Vec<(String, crate::domain::PendingRecord, bool)>,
+    /// The addresses it sends to, in the order they were added.
+    pub addresses: Vec<Address>,
 }
 
 /// Everything held about one contact.
@@ -54,6 +57,49 @@ pub struct ContactExport {
     pub wordings: Vec<Wording>,
     /// When it was read.
     pub exported_at: UnixNanos,
+    /// The addresses it sends to, in the order they were added.
+    pub addresses: Vec<Address>,
+}
+
+/// Splits a contact's stored states into its consent states and its
+/// addresses (the marks it holds), each address's value read from the
+/// event that added it: `added` finds that event (by its sequence).
+fn split_addresses(
+    states: Vec<StateRecord>,
+    mut added: impl FnMut(u64) -> Result<Option<EventRecord>, StoreError>,
+) -> Result<(Vec<StateRecord>, Vec<Address>), StoreError> {
+    let mut consents = Vec::with_capacity(states.len());
+    let mut held = Vec::new();
+    for s in states {
+        match Mark::of(s.consent.as_str()) {
+            None => consents.push(s),
+            Some(Mark::Holds { kind, .. }) if s.action == Action::Grant => {
+                held.push((s.sequence, kind))
+            }
+            Some(_) => {}
+        }
+    }
+    held.sort_unstable_by_key(|(sequence, _)| *sequence);
+    let mut addresses = Vec::with_capacity(held.len());
+    for (sequence, kind) in held {
+        if let Some(value) = added(sequence)?.and_then(|mut e| e.evidence.remove(ADDRESS_EVIDENCE))
+        {
+            addresses.push(Address::recorded(kind, value));
+        }
+    }
+    Ok((consents, addresses))
+}
+
+/// The event of `contact` recorded under `sequence`, if kept.
+fn event_at(
+    store: &dyn Store,
+    contact: &str,
+    sequence: u64,
+) -> Result<Option<EventRecord>, StoreError> {
+    Ok(store
+        .history_page(contact, sequence.saturating_sub(1), 1)?
+        .into_iter()
+        .find(|e| e.sequence == sequence))
 }
 
 impl Authority {
@@ -78,10 +124,13 @@ impl Authority {
                     (consent, p, waits)
                 })
                 .collect();
+            let (states, addresses) =
+                split_addresses(states, |seq| event_at(store, contact.as_str(), seq))?;
             Ok(ContactView {
                 contact,
                 states,
                 pending,
+                addresses,
             })
         })
         .await
@@ -138,8 +187,12 @@ impl Authority {
                         break (states, events);
                     }
                 };
+                let (states, addresses) = split_addresses(states, |seq| {
+                    Ok(events.iter().find(|e| e.sequence == seq).cloned())
+                })?;
                 let mut wanted: BTreeSet<(&str, u32)> = events
                     .iter()
+                    .filter(|e| !e.consent.is_mark())
                     .map(|e| (e.consent.as_str(), e.version))
                     .collect();
                 wanted.extend(states.iter().map(|s| (s.consent.as_str(), s.version)));
@@ -159,6 +212,7 @@ impl Authority {
                     events,
                     wordings,
                     exported_at: clock.now(),
+                    addresses,
                 })
             })
             .await?;

@@ -99,6 +99,12 @@ impl Address {
         Ok(Address { kind, value })
     }
 
+    /// An address as the server recorded it (the evidence of a contact's
+    /// address): already normalised, not read again.
+    pub fn recorded(kind: AddressKind, value: String) -> Address {
+        Address { kind, value }
+    }
+
     /// Its kind.
     pub fn kind(&self) -> AddressKind {
         self.kind

@@ -197,6 +197,10 @@ pub struct Change {
     /// a change confirms by its source (DESIGN.md §8: a caller confirms
     /// only with `confirmed`, whatever source it names).
     pub by_page: bool,
+    /// A SetAddresses only (its consent is [`crate::domain::Mark::SetAddresses`]):
+    /// the contact's addresses from now on, normalised, each with its
+    /// keyed hash; the writer records the difference with those it holds.
+    pub addresses: Vec<(super::Address, [u8; 32])>,
 }
 
 impl Change {
@@ -438,6 +442,7 @@ mod tests {
             resend: false,
             bulk: false,
             by_page: false,
+            addresses: Vec::new(),
         };
         assert_eq!(c.effective_occurred_at(now), now);
         c.occurred_at = Some(now - 7);

@@ -69,16 +69,8 @@ impl ContactId {
     /// keyed hash, behind a control character no contact id may hold, so
     /// an address never meets a contact and no plaintext is stored.
     pub fn of_address(hash: &[u8; 32]) -> Self {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut key = [0u8; 65];
-        key[0] = ADDRESS_MARK as u8;
-        for (i, b) in hash.iter().enumerate() {
-            key[1 + 2 * i] = HEX[usize::from(b >> 4)];
-            key[2 + 2 * i] = HEX[usize::from(b & 15)];
-        }
-        Self(CompactString::from(
-            std::str::from_utf8(&key).expect("a mark and hex digits are ASCII"),
-        ))
+        let mut buf = [0u8; ADDRESS_KEY_LEN];
+        Self(CompactString::from(address_key(hash, &mut buf)))
     }
 
     /// A subject read back from a store: a contact id, or an address's key
@@ -97,6 +89,26 @@ impl ContactId {
     /// Whether this is an address's key rather than a contact.
     pub fn is_address(&self) -> bool {
         is_address_key(&self.0)
+    }
+}
+
+/// How long an address's key is: the mark and 64 hex digits.
+pub const ADDRESS_KEY_LEN: usize = 65;
+
+/// Writes an address's key ([`ContactId::of_address`]) into `buf`, without
+/// allocating: what CanSend looks up for each address of a contact.
+pub fn address_key<'a>(hash: &[u8; 32], buf: &'a mut [u8; ADDRESS_KEY_LEN]) -> &'a str {
+    buf[0] = ADDRESS_MARK as u8;
+    hex_into(hash, &mut buf[1..]);
+    std::str::from_utf8(buf).expect("a mark and hex digits are ASCII")
+}
+
+/// Lower-case hex of `bytes` into `out` (twice as long).
+pub(crate) fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in bytes.iter().enumerate() {
+        out[2 * i] = HEX[usize::from(b >> 4)];
+        out[2 * i + 1] = HEX[usize::from(b & 15)];
     }
 }
 
@@ -176,6 +188,31 @@ impl ConsentId {
     /// The id as given.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// A mark's id ([`crate::domain::mark`]): made by the server, never
+    /// read from a caller.
+    pub(crate) fn of_mark(raw: String) -> Self {
+        debug_assert!(raw.starts_with(ADDRESS_MARK));
+        Self(raw)
+    }
+
+    /// An id read back from a store: a consent id, or a mark's
+    /// ([`crate::domain::mark::Mark`]); anything else is an error naming
+    /// `field`.
+    pub fn stored(field: &str, raw: &str) -> Result<Self, FieldError> {
+        if raw.starts_with(ADDRESS_MARK) {
+            return match crate::domain::mark::Mark::of(raw) {
+                Some(_) => Ok(Self(raw.to_owned())),
+                None => Err(FieldError::new(field, "is not a mark this build knows")),
+            };
+        }
+        Self::parse(field, raw)
+    }
+
+    /// Whether this is a mark's id rather than a consent's.
+    pub fn is_mark(&self) -> bool {
+        self.0.starts_with(ADDRESS_MARK)
     }
 }
 

@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod erasure;
 pub mod event;
 pub mod ids;
+pub mod mark;
 pub mod pending;
 pub mod resolve;
 pub mod ruling;
@@ -21,6 +22,7 @@ pub use event::{
     UnixNanos,
 };
 pub use ids::{ConsentId, ContactId, FieldError};
+pub use mark::{MAX_ADDRESSES_PER_CONTACT, Mark, UNDELIVERABLE};
 pub use pending::{MAX_PENDING_PER_CONTACT, PendingRecord};
 pub use resolve::{HeldState, Verdict, verdict};
 pub use ruling::{ChangeOutcome, Known, PendingGrant, Ruling, rule};

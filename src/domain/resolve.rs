@@ -83,6 +83,13 @@ pub enum Verdict {
         /// When it was decided.
         at: UnixNanos,
     },
+    /// The contact's decision allows, but the address the message goes to
+    /// hard-bounced and was not cleared since (DESIGN.md §9): not consent,
+    /// and never a withdrawal.
+    Undeliverable {
+        /// When the bounce occurred.
+        at: UnixNanos,
+    },
 }
 
 impl Verdict {

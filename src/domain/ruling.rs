@@ -178,6 +178,7 @@ mod tests {
             resend: false,
             bulk: false,
             by_page: false,
+            addresses: Vec::new(),
         }
     }
 
@@ -285,6 +286,7 @@ mod tests {
         };
         let click = |source| Change {
             by_page: true,
+            addresses: Vec::new(),
             ..from(source, false)
         };
         #[rustfmt::skip]

@@ -61,7 +61,9 @@ fn roles(path: &str) -> Option<&'static [Role]> {
             | "Import"
             | "IssueUnsubscribeLink"
             | "IssuePreferenceLink"
-            | "IssueConfirmationLink",
+            | "IssueConfirmationLink"
+            | "SetAddresses"
+            | "ClearUndeliverable",
         ) => &[Write],
         (
             "consent.v1.ConsentsService",

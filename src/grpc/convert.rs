@@ -2,6 +2,8 @@
 //! Validation happens here, once: a request either becomes domain types or
 //! an error that names the field.
 
+use crate::domain::Mark;
+use crate::domain::mark::ADDRESS_EVIDENCE;
 use std::collections::HashMap;
 
 use prost_types::Timestamp;
@@ -175,6 +177,7 @@ pub(crate) fn change_from(
         resend: false,
         bulk: false,
         by_page: false,
+        addresses: Vec::new(),
     };
     change.check_occurred_at(now)?;
     Ok(change)
@@ -205,16 +208,38 @@ pub(super) fn pending_to(
     }
 }
 
-pub(super) fn event_to(e: EventRecord) -> pb::ConsentEvent {
+pub(super) fn event_to(mut e: EventRecord) -> pb::ConsentEvent {
+    // A mark is shown by its kind, never by its id (DESIGN.md §9).
+    let (kind, address) = match Mark::of(e.consent.as_str()) {
+        None => (pb::EventKind::Unspecified, None),
+        Some(Mark::Holds { kind, .. }) => {
+            let value = e.evidence.remove(ADDRESS_EVIDENCE).unwrap_or_default();
+            let event = match e.action {
+                Action::Grant => pb::EventKind::AddressAdded,
+                Action::Withdraw => pb::EventKind::AddressRemoved,
+            };
+            (event, Some(address_to(&Address::recorded(kind, value))))
+        }
+        Some(Mark::Undeliverable | Mark::SetAddresses) => match e.action {
+            Action::Grant => (pb::EventKind::UndeliverableCleared, None),
+            Action::Withdraw => (pb::EventKind::Undeliverable, None),
+        },
+    };
+    let consent_id = if kind == pb::EventKind::Unspecified {
+        e.consent.to_string()
+    } else {
+        String::new()
+    };
     pb::ConsentEvent {
+        kind: kind as i32,
         // An address's key is never shown: GetAddress sets `address`.
         contact_id: if e.contact.is_address() {
             String::new()
         } else {
             e.contact.to_string()
         },
-        address: None,
-        consent_id: e.consent.to_string(),
+        address,
+        consent_id,
         action: action_to(e.action) as i32,
         occurred_at: Some(timestamp(e.occurred_at)),
         recorded_at: Some(timestamp(e.recorded_at)),
@@ -333,6 +358,7 @@ pub(super) fn reason(v: Verdict) -> pb::Reason {
         Verdict::Expired => pb::Reason::Expired,
         Verdict::StaleWording => pb::Reason::StaleWording,
         Verdict::AddressWithdrawn { .. } => pb::Reason::AddressWithdrawn,
+        Verdict::Undeliverable { .. } => pb::Reason::Undeliverable,
     }
 }
 
@@ -480,6 +506,7 @@ pub(super) fn export_to(e: ContactExport) -> pb::ExportContactResponse {
         events: e.events.into_iter().map(event_to).collect(),
         wordings: e.wordings.into_iter().map(wording_to).collect(),
         exported_at: Some(timestamp(e.exported_at)),
+        addresses: e.addresses.iter().map(address_to).collect(),
     }
 }
 

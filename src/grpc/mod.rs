@@ -169,6 +169,7 @@ impl pb::consents_service_server::ConsentsService for ConsentsApi {
             contact_id: view.contact.to_string(),
             states: view.states.into_iter().map(convert::state_to).collect(),
             pending: view.pending.into_iter().map(convert::pending_to).collect(),
+            addresses: view.addresses.iter().map(convert::address_to).collect(),
         }))
     }
 
@@ -195,6 +196,49 @@ impl pb::consents_service_server::ConsentsService for ConsentsApi {
                 })
                 .collect(),
             address: Some(address),
+            undeliverable: view.undeliverable.is_some(),
+            undeliverable_since: view.undeliverable.map(timestamp),
+        }))
+    }
+
+    async fn set_addresses(
+        &self,
+        request: Request<pb::SetAddressesRequest>,
+    ) -> Result<Response<pb::SetAddressesResponse>, Status> {
+        let actor = actor(&request).to_owned();
+        let deadline = deadline(&request);
+        let r = request.get_ref();
+        let contact = ContactId::parse("contact_id", &r.contact_id).map_err(invalid)?;
+        let raw: Vec<_> = r.addresses.iter().map(convert::raw_address).collect();
+        let (addresses, sequence) = self
+            .authority
+            .set_addresses(contact, &raw, actor, deadline)
+            .await?;
+        Ok(Response::new(pb::SetAddressesResponse {
+            addresses: addresses.iter().map(convert::address_to).collect(),
+            sequence,
+        }))
+    }
+
+    async fn clear_undeliverable(
+        &self,
+        request: Request<pb::ClearUndeliverableRequest>,
+    ) -> Result<Response<pb::ClearUndeliverableResponse>, Status> {
+        let actor = actor(&request).to_owned();
+        let deadline = deadline(&request);
+        let raw = request
+            .get_ref()
+            .address
+            .as_ref()
+            .map(convert::raw_address)
+            .ok_or_else(|| invalid(FieldError::new("address", "is required")))?;
+        let outcome = self
+            .authority
+            .clear_undeliverable(raw, actor, deadline)
+            .await?;
+        Ok(Response::new(pb::ClearUndeliverableResponse {
+            applied: outcome.applied,
+            sequence: outcome.sequence,
         }))
     }
 

@@ -278,6 +278,7 @@ fn change_on(
         resend: false,
         bulk: false,
         by_page: false,
+        addresses: Vec::new(),
     }
 }
 

@@ -11,7 +11,7 @@ use crate::domain::{
     PendingRecord, StateRecord, UnixNanos,
 };
 use crate::error::{ChangeError, WriteError};
-use crate::index::Index;
+use crate::index::{HeldAddresses, Index};
 use crate::store::{Store, StoreError, WriteBatch};
 
 /// An index key: short contact ids stay inline.
@@ -25,6 +25,8 @@ struct Pending {
     /// The pending record of its (contact, consent) after it (`None`: the
     /// wait ended), when it moved.
     pending_update: Option<(ContactKey, ConsentIdx, Option<PendingRecord>)>,
+    /// The contact's addresses after it (a SetAddresses).
+    addresses_update: Option<(ContactKey, HeldAddresses)>,
 }
 
 /// One group commit in the making.
@@ -43,6 +45,8 @@ pub(super) struct GroupBatch {
     waiting: HashMap<(ContactKey, ConsentIdx), Option<PendingRecord>>,
     /// Set by [`GroupBatch::moves_pending`] for the event pushed next.
     moved: Option<Option<PendingRecord>>,
+    /// Addresses this batch set, ahead of the index.
+    addresses: HashMap<ContactKey, HeldAddresses>,
     /// Consents that gained a contact in this batch (the deletion guard).
     new_usage: Vec<ConsentIdx>,
     /// One per recorded event, in order.
@@ -147,6 +151,39 @@ impl GroupBatch {
         self.moved = (prev.is_some() || next.is_some()).then_some(next);
     }
 
+    /// The addresses `contact` holds: this batch's, else the index's.
+    pub(super) fn addresses(&self, contact: &ContactKey, index: &Index) -> HeldAddresses {
+        match self.addresses.get(contact) {
+            Some(a) => a.clone(),
+            None => index.addresses(contact),
+        }
+    }
+
+    /// Adds the events of a SetAddresses, the contact's addresses after
+    /// them, and its answer.
+    pub(super) fn record_addresses(
+        &mut self,
+        contact: ContactKey,
+        events: Vec<EventRecord>,
+        now: HeldAddresses,
+        outcome: ChangeOutcome,
+    ) {
+        self.addresses.insert(contact.clone(), now.clone());
+        for event in events {
+            if self.events == 0 {
+                self.first_sequence = event.sequence;
+            }
+            self.events += 1;
+            self.write.events.push(event);
+        }
+        self.pending.push(Pending {
+            outcome,
+            index_update: None,
+            pending_update: None,
+            addresses_update: Some((contact, now)),
+        });
+    }
+
     /// Whether this batch gave `contact` any state.
     pub(super) fn holds(&self, contact: &ContactKey) -> bool {
         self.touched.contains(contact)
@@ -215,7 +252,7 @@ impl GroupBatch {
         fingerprint: Option<[u8; 32]>,
         was_held: bool,
     ) {
-        if !was_held {
+        if !was_held && super::marks::counted(consent) {
             self.new_usage.push(consent);
         }
         let contact = ContactKey::from(event.contact.as_str());
@@ -284,6 +321,7 @@ impl GroupBatch {
             },
             index_update,
             pending_update,
+            addresses_update: None,
         });
         if self.events == 0 {
             self.first_sequence = event.sequence;
@@ -315,6 +353,7 @@ impl GroupBatch {
             outcome,
             index_update: None,
             pending_update: None,
+            addresses_update: None,
         });
     }
 
@@ -334,6 +373,9 @@ impl GroupBatch {
             }
             if let Some((contact, consent, record)) = p.pending_update {
                 index.set_pending(&contact, consent, record);
+            }
+            if let Some((contact, addresses)) = p.addresses_update {
+                index.replace_addresses(&contact, addresses);
             }
             let _ = reply.send(Ok(p.outcome));
         }

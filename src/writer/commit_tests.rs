@@ -205,6 +205,7 @@ fn change(action: Action, seconds: i64, key: Option<&str>) -> Change {
         resend: false,
         bulk: false,
         by_page: false,
+        addresses: Vec::new(),
     }
 }
 

@@ -26,6 +26,7 @@
 use std::time::{Duration, Instant};
 
 use super::committer::{Committer, Down};
+use super::marks::{Slot, hold_address};
 use crate::domain::{ContactId, HeldState};
 use crate::store::StoreError;
 
@@ -115,12 +116,17 @@ impl Committer {
             };
             self.release(contact.as_str());
             self.index.forget_pending(contact.as_str());
+            self.index.forget_addresses(contact.as_str());
             for s in states {
-                if let Some(idx) = catalog.consent_idx(s.consent.as_str()) {
-                    self.hold(
+                match Slot::of(&catalog, s.consent.as_str()) {
+                    Slot::State(idx) => self.hold(
                         contact.as_str(),
                         HeldState::of(idx, s.decision(), s.version, s.source),
-                    );
+                    ),
+                    Slot::Address(address) => {
+                        hold_address(&self.index, contact.as_str(), address, s.action);
+                    }
+                    Slot::Nowhere => {}
                 }
             }
             for (consent, p) in pending {

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::committer::Committer;
+use super::marks::{Slot, counted, hold_address};
 use crate::domain::{Catalog, ContactId, EventRecord, HeldState, PendingRecord, UnixNanos};
 use crate::store::{CatalogChange, Changes, Tombstone};
 
@@ -70,11 +71,19 @@ impl Committer {
         {
             return;
         }
-        let Some(idx) = catalog.consent_idx(e.consent.as_str()) else {
-            tracing::warn!(consent = %e.consent, sequence = e.sequence, "the feed names a consent this node's catalog lacks");
-            return;
-        };
         let contact = e.contact.as_str();
+        let idx = match Slot::of(catalog, e.consent.as_str()) {
+            Slot::State(idx) => idx,
+            Slot::Address(address) => {
+                // Each record arrives once, in order: the latest wins.
+                hold_address(&self.index, contact, address, e.action);
+                return;
+            }
+            Slot::Nowhere => {
+                tracing::warn!(consent = %e.consent, sequence = e.sequence, "the feed names a consent this node's catalog lacks");
+                return;
+            }
+        };
         if e.pending || self.index.has_pending() {
             let prev = self
                 .index
@@ -129,6 +138,7 @@ impl Committer {
             }
         }
         self.index.forget_pending(contact.as_str());
+        self.index.forget_addresses(contact.as_str());
         if let Some(down) = &mut self.down {
             down.in_doubt.remove(contact);
         }
@@ -138,7 +148,7 @@ impl Committer {
     /// Puts a state in the index; a contact that did not hold the consent
     /// before now counts for the deletion guard.
     pub(super) fn hold(&mut self, contact: &str, state: HeldState) {
-        if self.index.put(contact, state).is_none() {
+        if self.index.put(contact, state).is_none() && counted(state.consent) {
             let i = state.consent as usize;
             if self.usage.len() <= i {
                 self.usage.resize(i + 1, 0);

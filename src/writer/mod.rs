@@ -33,6 +33,7 @@ mod erasure;
 mod faults;
 mod follow;
 mod follower;
+mod marks;
 mod rule;
 #[cfg(test)]
 mod simulation;
@@ -432,6 +433,7 @@ mod tests {
             resend: false,
             bulk: false,
             by_page: false,
+            addresses: Vec::new(),
         }
     }
 

@@ -9,7 +9,7 @@ use super::batch::{ContactKey, GroupBatch};
 use super::committer::Committer;
 use crate::domain::{
     Action, Catalog, Change, ChangeOutcome, ConsentIdx, EventRecord, HeldState, Known,
-    MAX_PENDING_PER_CONTACT, Ruling, UnixNanos, rule,
+    MAX_PENDING_PER_CONTACT, Mark, Ruling, UNDELIVERABLE, UnixNanos, rule,
 };
 use crate::error::{ChangeError, WriteError};
 use crate::store::StoreError;
@@ -56,6 +56,12 @@ impl Committer {
         for (change, reply) in changes {
             if let Some(cause) = &self.failed {
                 let _ = reply.send(Err(WriteError::Stopped(cause.clone()).into()));
+                continue;
+            }
+            if change.consent.is_mark()
+                && Mark::of(change.consent.as_str()) == Some(Mark::SetAddresses)
+            {
+                self.rule_addresses(change, &mut batch, reply);
                 continue;
             }
             match self.rule_into(&catalog, change, &mut batch) {
@@ -110,12 +116,24 @@ impl Committer {
         change: Change,
         batch: &mut GroupBatch,
     ) -> Result<Ruled, Refused> {
-        let idx = catalog
-            .consent_idx(change.consent.as_str())
-            .ok_or_else(|| ChangeError::UnknownConsent(change.consent.to_string()))?;
-        let def = catalog
-            .consent(idx)
-            .expect("consent_idx only names compiled consents");
+        // An address's undeliverable mark is ruled like a decision on it
+        // (rule 2), with nothing of a consent's: no double opt-in, no
+        // stickiness, never retired (DESIGN.md §9).
+        let mark = change.contact.is_address() && change.consent.is_mark();
+        let (idx, version, retired, double_opt_in) = if mark {
+            (UNDELIVERABLE, 0, false, false)
+        } else {
+            let idx = catalog
+                .consent_idx(change.consent.as_str())
+                .ok_or_else(|| ChangeError::UnknownConsent(change.consent.to_string()))?;
+            let def = catalog
+                .consent(idx)
+                .expect("consent_idx only names compiled consents");
+            // An address's GRANT only lifts an address withdrawal: it is
+            // not consent, so double opt-in never holds it (DESIGN.md §9).
+            let double_opt_in = def.spec.double_opt_in && !change.contact.is_address();
+            (idx, def.spec.version, def.spec.retired, double_opt_in)
+        };
         let contact = ContactKey::from(change.contact.as_str());
         let fingerprint = change
             .idempotency_key
@@ -128,14 +146,15 @@ impl Committer {
                 Some(k) => batch.key(k, &*self.store)?,
                 None => None,
             },
-            retired: def.spec.retired,
+            retired,
             current: batch.decision(&contact, idx, &self.index),
             holds_state: erased_at.is_some()
                 && (self.index.holds(&contact) || batch.holds(&contact)),
-            // An address's GRANT only lifts an address withdrawal: it is
-            // not consent, so double opt-in never holds it (DESIGN.md §9).
-            double_opt_in: def.spec.double_opt_in && !change.contact.is_address(),
-            person_withdrew_at: if change.action == Action::Grant && change.source.is_a_system() {
+            double_opt_in,
+            person_withdrew_at: if !mark
+                && change.action == Action::Grant
+                && change.source.is_a_system()
+            {
                 self.person_withdrew_at(catalog, batch, &contact, idx)
             } else {
                 None
@@ -158,7 +177,9 @@ impl Committer {
                     ChangeError::KeyReused(change.idempotency_key.unwrap_or_default()).into(),
                 );
             }
-            Ruling::Retired => return Err(ChangeError::RetiredConsent(def.id.to_string()).into()),
+            Ruling::Retired => {
+                return Err(ChangeError::RetiredConsent(change.consent.to_string()).into());
+            }
             Ruling::Erased => return answer(0),
             Ruling::Replay { sequence } => {
                 // A retried pending grant gets its confirmation link again:
@@ -202,7 +223,7 @@ impl Committer {
             recorded_at,
             source: change.source,
             evidence: change.evidence,
-            version: def.spec.version,
+            version,
             sequence,
             idempotency_key: change.idempotency_key,
             applied,

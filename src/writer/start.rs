@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::marks::{Slot, counted, hold_address};
 use super::{Applied, WriterStart};
 use crate::clock::{Clock, SystemClock};
 use crate::domain::{AddressHasher, Catalog, Erasures, HeldState, PhoneRegion};
@@ -118,22 +119,28 @@ pub(crate) fn rebuild(store: &dyn Store, options: &Options) -> Result<Rebuilt, S
             .unwrap_or(0)
     ];
     let states = store.load_states(&mut |contact, consent, loaded| match (
-        catalog.consent_idx(consent),
+        Slot::of(&catalog, consent),
         loaded,
     ) {
         (
-            Some(idx),
+            Slot::State(idx),
             Loaded::State {
                 decision,
                 version,
                 source,
             },
         ) => {
-            usage[idx as usize] += 1;
+            if counted(idx) {
+                usage[idx as usize] += 1;
+            }
             index.put(contact, HeldState::of(idx, decision, version, source));
         }
-        (Some(idx), Loaded::Pending(p)) => index.set_pending(contact, idx, Some(p)),
-        (None, _) => orphans += 1,
+        (Slot::State(idx), Loaded::Pending(p)) => index.set_pending(contact, idx, Some(p)),
+        (Slot::Address(address), Loaded::State { decision, .. }) => {
+            hold_address(&index, contact, address, decision.action);
+        }
+        (Slot::Address(_), Loaded::Pending(_)) => {}
+        (Slot::Nowhere, _) => orphans += 1,
     })?;
     if orphans > 0 {
         // Deletion of a held consent is refused, so this means a damaged file.

@@ -438,6 +438,7 @@ pub(crate) async fn unsubscribe_link(
 ) -> pb::IssueUnsubscribeLinkResponse {
     let mut cons = server.consents().await;
     cons.issue_unsubscribe_link(pb::IssueUnsubscribeLinkRequest {
+        to: None,
         contact_id: contact.into(),
         channel: channel.into(),
         brand: brand.into(),

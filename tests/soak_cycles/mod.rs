@@ -167,6 +167,7 @@ pub(crate) async fn cycle(
                         // A link click (withdraws acme e-mail only).
                         if let Ok(link) = cons
                             .issue_unsubscribe_link(pb::IssueUnsubscribeLinkRequest {
+                                to: None,
                                 contact_id: who.clone(),
                                 channel: "email".into(),
                                 brand: "acme".into(),

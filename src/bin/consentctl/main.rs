@@ -236,6 +236,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     channel,
                     brand,
                     purpose,
+                    to: None,
                 })
                 .await?
                 .into_inner();

@@ -184,7 +184,12 @@ impl Catalog {
         &self.spec
     }
 
-    /// The interned index of a consent id, if it is defined.
+    /// The kind of address `channel` sends to, if the catalog maps it.
+    #[inline]
+    pub fn address_kind(&self, channel: &str) -> Option<AddressKind> {
+        self.spec.channel_addresses.get(channel).copied()
+    }
+
     /// The latest wording of a consent id ever declared (removed ones too).
     pub fn latest_wording(&self, id: &str) -> Option<&Wording> {
         self.wordings.get(id).map(|w| &**w)

@@ -92,7 +92,7 @@ pub(super) fn contact_of(raw: &str, table: &'static str) -> Result<ContactId, St
 }
 
 pub(super) fn consent_of(raw: &str, table: &'static str) -> Result<ConsentId, StoreError> {
-    ConsentId::parse("consent", raw).map_err(|e| StoreError::corrupt(table, e.to_string()))
+    ConsentId::stored("consent", raw).map_err(|e| StoreError::corrupt(table, e.to_string()))
 }
 
 pub(super) const EVENT_COLUMNS: &str = "sequence, contact, consent, action, occurred_at, recorded_at, \

@@ -158,7 +158,7 @@ pub(super) fn encode_wording(w: &Wording) -> Vec<u8> {
 pub(super) fn decode_wording(consent: &str, version: u32, b: &[u8]) -> Result<Wording, StoreError> {
     let s = StoredWording::decode(b).map_err(|e| StoreError::corrupt("wordings", e.to_string()))?;
     Ok(Wording {
-        consent: ConsentId::parse("consent", consent)
+        consent: ConsentId::stored("consent", consent)
             .map_err(|e| StoreError::corrupt("wordings", e.to_string()))?,
         version,
         title: s.title,
@@ -233,7 +233,7 @@ pub(super) fn loaded_from(s: &StoredState) -> Result<crate::store::Loaded, Store
 
 pub(super) fn state_from(s: &StoredState) -> Result<StateRecord, StoreError> {
     Ok(StateRecord {
-        consent: ConsentId::parse("consent", &s.consent)
+        consent: ConsentId::stored("consent", &s.consent)
             .map_err(|e| StoreError::corrupt("contacts", e.to_string()))?,
         action: action_from(s.action, "contacts")?,
         occurred_at: s.occurred_at,
@@ -304,7 +304,7 @@ pub(super) fn decode_event(sequence: u64, b: &[u8]) -> Result<EventRecord, Store
     let bad = |e: crate::domain::FieldError| StoreError::corrupt("events", e.to_string());
     Ok(EventRecord {
         contact: ContactId::stored("contact", &s.contact).map_err(bad)?,
-        consent: ConsentId::parse("consent", &s.consent).map_err(bad)?,
+        consent: ConsentId::stored("consent", &s.consent).map_err(bad)?,
         action: action_from(s.action, "events")?,
         occurred_at: s.occurred_at,
         recorded_at: s.recorded_at,

@@ -353,6 +353,7 @@ impl World {
             resend: false,
             bulk: !click && rng.chance(10),
             by_page: click,
+            addresses: Vec::new(),
         }
     }
 

@@ -39,6 +39,7 @@ fn change(who: &str, consent: &str, action: Action, source: Source) -> Change {
         resend: false,
         bulk: false,
         by_page: false,
+        addresses: Vec::new(),
     }
 }
 

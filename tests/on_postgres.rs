@@ -38,6 +38,9 @@ mod export;
 #[path = "hooks.rs"]
 mod hooks;
 #[cfg(pg_available)]
+#[path = "hooks_mail.rs"]
+mod hooks_mail;
+#[cfg(pg_available)]
 #[path = "http.rs"]
 mod http;
 #[cfg(pg_available)]

@@ -6,7 +6,11 @@
 //! delivery records once. Built so far: Twilio (inbound SMS keywords) and
 //! SendGrid (the signed Event Webhook).
 
+mod mailgun;
+mod postmark;
 mod sendgrid;
+mod ses;
+mod signal;
 mod twilio;
 
 use std::collections::BTreeMap;
@@ -36,6 +40,12 @@ pub enum Kind {
     Twilio,
     /// SendGrid's signed Event Webhook (ECDSA P-256).
     Sendgrid,
+    /// Mailgun webhooks (HMAC-SHA256, 5-minute window, tokens once).
+    Mailgun,
+    /// Postmark webhooks (basic auth in the URL).
+    Postmark,
+    /// Amazon SES notifications through SNS (RSA, SignatureVersion 1 and 2).
+    Ses,
 }
 
 /// One endpoint, as the file declares it.
@@ -55,6 +65,31 @@ pub struct Provider {
     /// SendGrid: the verification key, base64 DER, as SendGrid shows it.
     #[serde(default)]
     pub public_key: Option<String>,
+    /// Mailgun: the webhook signing key, the HMAC key of its signatures.
+    #[serde(default)]
+    pub signing_key: Option<String>,
+    /// Postmark: the basic-auth username of its webhook URL.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Postmark: the basic-auth password of its webhook URL.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// SES: the SNS topic the notifications must come from.
+    #[serde(default)]
+    pub topic_arn: Option<String>,
+    /// SES: the SNS signing certificate, a PEM file (relative to the
+    /// providers file); absent, it is fetched from the SNS host.
+    #[serde(default)]
+    pub certificate: Option<std::path::PathBuf>,
+    /// SES: the pinned certificate's key, read at start.
+    #[serde(skip)]
+    ses_key: Option<rsa::RsaPublicKey>,
+    /// SES: keys of certificates fetched from SNS, by URL.
+    #[serde(skip)]
+    fetched: std::sync::Arc<ses::Fetched>,
+    /// Mailgun: the tokens seen within the window (replays refused).
+    #[serde(skip)]
+    tokens: std::sync::Arc<mailgun::Tokens>,
     /// SendGrid: that key, read at start.
     #[serde(skip)]
     verifying_key: Option<p256::ecdsa::VerifyingKey>,
@@ -71,7 +106,10 @@ pub struct Provider {
 impl Provider {
     /// The consent a scope maps to: the first of `scopes` the file names,
     /// else `*`.
-    fn consent_for<'a>(&self, scopes: impl IntoIterator<Item = &'a str>) -> Option<&str> {
+    pub(crate) fn consent_for<'a>(
+        &self,
+        scopes: impl IntoIterator<Item = &'a str>,
+    ) -> Option<&str> {
         scopes
             .into_iter()
             .find_map(|s| self.consents.get(s))
@@ -107,12 +145,18 @@ impl Hooks {
     pub fn load(path: &Path, public_url: &str) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("--providers {}: {e}", path.display()))?;
-        Self::parse(&text, public_url)
+        Self::parse_in(&text, public_url, path.parent())
             .map_err(|e| anyhow::anyhow!("--providers {}: {e}", path.display()))
     }
 
     /// Parses a providers file.
     pub fn parse(text: &str, public_url: &str) -> Result<Self, String> {
+        Self::parse_in(text, public_url, None)
+    }
+
+    /// Reads a providers file's text; relative certificate paths are read
+    /// in `base` (the file's directory).
+    pub fn parse_in(text: &str, public_url: &str, base: Option<&Path>) -> Result<Self, String> {
         let file: File = toml::from_str(text).map_err(|e| e.to_string())?;
         let mut by_name = BTreeMap::new();
         for (i, mut p) in file.provider.into_iter().enumerate() {
@@ -137,6 +181,37 @@ impl Hooks {
                     let key = p.public_key.as_deref().unwrap_or_default();
                     p.verifying_key =
                         Some(sendgrid::key(key).map_err(|e| format!("{at}.public_key: {e}"))?);
+                }
+                Kind::Mailgun if p.signing_key.as_deref().is_none_or(str::is_empty) => {
+                    return Err(format!("{at}.signing_key: a mailgun endpoint needs one"));
+                }
+                Kind::Mailgun => {}
+                Kind::Ses => {
+                    if p.topic_arn.as_deref().is_none_or(str::is_empty) {
+                        return Err(format!(
+                            "{at}.topic_arn: an ses endpoint needs the SNS topic it takes"
+                        ));
+                    }
+                    if let Some(file) = &p.certificate {
+                        let file = match base {
+                            Some(dir) if file.is_relative() => dir.join(file),
+                            _ => file.clone(),
+                        };
+                        let pem = std::fs::read(&file)
+                            .map_err(|e| format!("{at}.certificate: {}: {e}", file.display()))?;
+                        p.ses_key = Some(
+                            ses::key_of_pem(&pem).map_err(|e| format!("{at}.certificate: {e}"))?,
+                        );
+                    }
+                }
+                Kind::Postmark => {
+                    for (field, value) in [("username", &p.username), ("password", &p.password)] {
+                        if value.as_deref().is_none_or(str::is_empty) {
+                            return Err(format!(
+                                "{at}.{field}: a postmark endpoint needs one (its webhook URL's basic auth)"
+                            ));
+                        }
+                    }
                 }
             }
             if p.consents.is_empty() {
@@ -203,6 +278,9 @@ impl Hooks {
         let outcome = match provider.kind {
             Kind::Twilio => twilio::receive(authority, provider, &url, headers, body).await,
             Kind::Sendgrid => sendgrid::receive(authority, provider, headers, body).await,
+            Kind::Mailgun => mailgun::receive(authority, provider, body, authority.now()).await,
+            Kind::Postmark => postmark::receive(authority, provider, headers, body).await,
+            Kind::Ses => ses::receive(authority, provider, body).await,
         };
         let counter = match &outcome {
             Outcome::Recorded(sequence) => {
@@ -230,7 +308,7 @@ impl Hooks {
         Some(match (provider.kind, outcome) {
             (_, Outcome::Refused) => (StatusCode::FORBIDDEN, "signature\n").into_response(),
             (Kind::Twilio, _) => twilio::answer(),
-            (Kind::Sendgrid, _) => (StatusCode::OK, "").into_response(),
+            (_, _) => (StatusCode::OK, "").into_response(),
         })
     }
 }
@@ -294,6 +372,17 @@ async fn record(
     let r = authority.record(change, None).await?;
     let sequence = r.outcome.sequence;
     Ok((sequence, sequence != 0 && sequence <= before))
+}
+
+/// The bytes of a hex string (either case), if it is one.
+fn unhex(hex: &str) -> Option<Vec<u8>> {
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// The hex SHA-256 of a request body: the evidence that names what came.

@@ -6,9 +6,9 @@
 //! change on the event's e-mail address, keyed by its `sg_event_id`:
 //! `unsubscribe` withdraws the consent mapped from `*`; `group_unsubscribe`
 //! and `group_resubscribe` withdraw and lift the one mapped from the event's
-//! `asm_group_id`; `spamreport` withdraws `*`'s as a complaint; everything
-//! else (delivery, opens, bounces until undeliverable addresses exist)
-//! records nothing.
+//! `asm_group_id`; `spamreport` withdraws `*`'s as a complaint; a `bounce`
+//! (not `blocked`) marks the address undeliverable; everything else
+//! (delivery, opens, deferrals) records nothing.
 
 use axum::http::HeaderMap;
 use base64::Engine;
@@ -18,9 +18,10 @@ use p256::ecdsa::{Signature, VerifyingKey};
 use p256::pkcs8::DecodePublicKey;
 use serde::Deserialize;
 
-use super::{Outcome, Provider, digest};
-use crate::authority::{Authority, KindOf, RawAddress};
-use crate::domain::{Action, AddressKind, ConsentId, Evidence, Source};
+use super::signal::{Says, Signal, apply};
+use super::{Outcome, Provider};
+use crate::authority::Authority;
+use crate::domain::{AddressKind, Source};
 
 /// The verifying key of a `public_key` (base64 DER, as SendGrid shows it).
 pub(super) fn key(public_key: &str) -> Result<VerifyingKey, String> {
@@ -56,6 +57,12 @@ struct Event {
     sg_event_id: String,
     #[serde(default)]
     asm_group_id: Option<serde_json::Value>,
+    /// Unix seconds.
+    #[serde(default)]
+    timestamp: Option<i64>,
+    /// A bounce's type: `bounce` (hard) or `blocked`.
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
 }
 
 pub(super) async fn receive(
@@ -80,66 +87,34 @@ pub(super) async fn receive(
     let Ok(events) = serde_json::from_slice::<Vec<Event>>(body) else {
         return Outcome::Ignored("a body that is not a JSON array of events".into());
     };
-    let body_digest = digest(body);
-    let (mut recorded, mut replayed) = (None, None);
-    for e in events {
-        let group = e.asm_group_id.as_ref().map(|g| match g {
-            serde_json::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        });
-        let (action, source, scope) = match e.event.as_str() {
-            "unsubscribe" => (Action::Withdraw, Source::Provider, None),
-            "group_unsubscribe" => (Action::Withdraw, Source::Provider, group.as_deref()),
-            "group_resubscribe" => (Action::Grant, Source::Provider, group.as_deref()),
-            "spamreport" => (Action::Withdraw, Source::Complaint, None),
-            _ => continue,
-        };
-        if e.sg_event_id.is_empty() {
-            continue;
-        }
-        let Some(consent) = provider.consent_for(scope) else {
-            continue;
-        };
-        let Ok(consent) = ConsentId::parse("consents", consent) else {
-            continue;
-        };
-        let to = RawAddress {
-            kind: KindOf::Kind(AddressKind::Email),
-            value: &e.email,
-        };
-        let Ok((_, key)) = authority.addressing().read("email", to) else {
-            continue;
-        };
-        let mut evidence = Evidence::new();
-        evidence.insert("provider".into(), provider.name.clone());
-        evidence.insert("event_id".into(), e.sg_event_id.clone());
-        evidence.insert("event".into(), e.event.clone());
-        evidence.insert("body_sha256".into(), body_digest.clone());
-        if let Some(g) = &group {
-            evidence.insert("asm_group_id".into(), g.clone());
-        }
-        let change = super::change_on(
-            provider,
-            key,
-            consent,
-            action,
-            source,
-            &e.sg_event_id,
-            evidence,
-        );
-        match super::record(authority, change).await {
-            Ok((sequence, true)) => replayed = Some(sequence),
-            Ok((sequence, false)) => recorded = Some(sequence),
-            Err(crate::authority::ChangeError::UnknownConsent(_)) => continue,
-            // The batch is retried whole; what was recorded replays.
-            Err(err) => return Outcome::Failed(err.to_string()),
-        }
-    }
-    match (recorded, replayed) {
-        (Some(sequence), _) => Outcome::Recorded(sequence),
-        (None, Some(sequence)) => Outcome::Replayed(sequence),
-        (None, None) => Outcome::Ignored("no event that changes consent".into()),
-    }
+    let signals = events.into_iter().filter_map(signal).collect();
+    apply(authority, provider, signals, body).await
+}
+
+/// What one event says, if anything consentd records.
+fn signal(e: Event) -> Option<Signal> {
+    let group = e.asm_group_id.as_ref().map(|g| match g {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    });
+    let (says, scopes) = match e.event.as_str() {
+        "unsubscribe" => (Says::Withdraw(Source::Provider), vec![]),
+        "group_unsubscribe" => (Says::Withdraw(Source::Provider), Vec::from_iter(group)),
+        "group_resubscribe" => (Says::Lift(Source::Provider), Vec::from_iter(group)),
+        "spamreport" => (Says::Withdraw(Source::Complaint), vec![]),
+        // A `blocked` bounce is temporary: only a `bounce` is hard.
+        "bounce" if e.kind.as_deref() != Some("blocked") => (Says::Bounce, vec![]),
+        _ => return None,
+    };
+    Some(Signal {
+        event_id: e.sg_event_id,
+        kind: AddressKind::Email,
+        address: e.email,
+        says,
+        event: e.event,
+        scopes,
+        occurred_at: e.timestamp.and_then(|t| t.checked_mul(1_000_000_000)),
+    })
 }
 
 #[cfg(test)]

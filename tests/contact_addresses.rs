@@ -299,3 +299,145 @@ async fn bad_address_lists_name_the_field_and_change_nothing() {
     );
     server.stop().await;
 }
+
+async fn one_click(server: &TestServer, url: &str) -> u16 {
+    let form = [("Content-Type", "application/x-www-form-urlencoded")];
+    http(
+        server.http_addr,
+        "POST",
+        &link_path(server, url),
+        &form,
+        "List-Unsubscribe=One-Click",
+    )
+    .await
+    .0
+}
+
+async fn address_states(cons: &mut Consents, value: &str) -> Vec<String> {
+    cons.get_address(pb::GetAddressRequest {
+        address: Some(email(value)),
+        min_sequence: 0,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .states
+    .into_iter()
+    .map(|s| format!("{}:{}", s.consent_id, s.action().as_str_name()))
+    .collect()
+}
+
+#[tokio::test]
+async fn a_link_minted_for_an_address_withdraws_on_the_contact_and_on_the_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(dir.path(), Some(example_catalog_path())).await;
+    let mut cons = server.consents().await;
+    for who in ["kim", "lee", "max"] {
+        cons.grant(change(who, "marketing", Some(now() - 600)))
+            .await
+            .unwrap();
+    }
+    // Kim and Lee share a mailbox; the link is minted for Kim's mail to it.
+    let link = cons
+        .issue_unsubscribe_link(pb::IssueUnsubscribeLinkRequest {
+            contact_id: "kim".into(),
+            channel: "email".into(),
+            brand: "acme".into(),
+            purpose: String::new(),
+            to: Some(pb::Address {
+                kind: 0,
+                value: "Home@Example.com".into(),
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!link.url.contains("home"), "the token shows no address");
+    assert_eq!(one_click(&server, &link.url).await, 200);
+    let kim = can_send(&mut server.eligibility().await, "kim", "email", "acme").await;
+    assert_eq!(kim.1, Reason::Withdrawn);
+    assert_eq!(
+        address_states(&mut cons, "home@example.com").await,
+        vec![format!("{}:ACTION_WITHDRAW", link.consent_id)]
+    );
+    // Lee's own consent stands, but not by mail to that mailbox.
+    let mut c = check("lee", "email", "acme");
+    c.to = Some(email("home@example.com"));
+    let lee = server
+        .eligibility()
+        .await
+        .can_send(c.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(lee.reason(), Reason::AddressWithdrawn);
+    c.to = Some(email("lee@work.example"));
+    assert!(
+        server
+            .eligibility()
+            .await
+            .can_send(c)
+            .await
+            .unwrap()
+            .into_inner()
+            .allowed
+    );
+
+    // A CanSend that asks for the headers with `to` mints such a link too.
+    let mut c = check("max", "email", "acme");
+    c.to = Some(email("max@example.com"));
+    c.include_unsubscribe = true;
+    let r = server
+        .eligibility()
+        .await
+        .can_send(c)
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.allowed && !r.unsubscribe_url.is_empty());
+    // Minted before an erasure of Max: the click records nothing, on the
+    // contact or on the address.
+    cons.erase_contact(pb::EraseContactRequest {
+        contact_id: "max".into(),
+        reason: "request".into(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(one_click(&server, &r.unsubscribe_url).await, 200);
+    assert!(
+        address_states(&mut cons, "max@example.com")
+            .await
+            .is_empty()
+    );
+    // A link without `to` withdraws on the contact only (as before).
+    let plain = cons
+        .issue_unsubscribe_link(pb::IssueUnsubscribeLinkRequest {
+            contact_id: "lee".into(),
+            channel: "email".into(),
+            brand: "acme".into(),
+            purpose: String::new(),
+            to: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(one_click(&server, &plain.url).await, 200);
+    assert!(
+        address_states(&mut cons, "lee@work.example")
+            .await
+            .is_empty()
+    );
+    // A bad `to` names the field.
+    let e = cons
+        .issue_unsubscribe_link(pb::IssueUnsubscribeLinkRequest {
+            contact_id: "lee".into(),
+            channel: "email".into(),
+            brand: "acme".into(),
+            purpose: String::new(),
+            to: Some(email("nope")),
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message().starts_with("to.value"), "{e:?}");
+    server.stop().await;
+}

@@ -81,6 +81,18 @@ impl Addressing {
         channel: &str,
         raw: RawAddress<'_>,
     ) -> Result<ContactId, FieldError> {
+        let (_, hash) = self.read_to_hash(catalog, channel, raw)?;
+        Ok(ContactId::of_address(&hash))
+    }
+
+    /// Reads CanSend's `to` as [`Addressing::read_to`] does, answering its
+    /// kind and keyed hash (what an unsubscribe link carries).
+    pub fn read_to_hash(
+        &self,
+        catalog: &Catalog,
+        channel: &str,
+        raw: RawAddress<'_>,
+    ) -> Result<(AddressKind, [u8; 32]), FieldError> {
         let of_channel = catalog.spec().channel_addresses.get(channel).copied();
         let kind = match (raw.kind, of_channel) {
             (KindOf::Unknown(n), _) => return Err(unknown_kind("to", n)),
@@ -107,7 +119,8 @@ impl Addressing {
                 ));
             }
         };
-        Ok(self.named("to", kind, raw.value)?.1)
+        let address = Address::parse("to.value", kind, raw.value, self.region)?;
+        Ok((kind, self.hasher.hash(&address)))
     }
 
     /// The address's key and its keyed hash, for an address already read.

@@ -75,7 +75,14 @@ impl Authority {
     fn dress(&self, check: &Check<'_>, answer: Answer) -> Checked {
         let unsubscribe_url = match answer.unsubscribe {
             Some(target) if check.include_unsubscribe && answer.verdict.allowed() => {
-                self.unsubscribe_url(check.contact, check.channel, check.brand, target)
+                // Read again only here (the check read it as a key): a
+                // link minted for `to` withdraws on it too.
+                let to = check.to.and_then(|raw| {
+                    self.addressing
+                        .read_to_hash(&self.catalog.load(), check.channel, raw)
+                        .ok()
+                });
+                self.unsubscribe_url(check.contact, check.channel, check.brand, target, to)
             }
             _ => String::new(),
         };

@@ -122,6 +122,7 @@ impl Authority {
             channel: String::new(),
             brand: String::new(),
             issued_at,
+            to: None,
         };
         self.links
             .url_of(LinkKind::Confirm, &self.links.mint(&claim))

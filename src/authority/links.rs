@@ -10,13 +10,13 @@
 //! purpose) is not allowed.
 
 use crate::domain::{
-    Action, Catalog, Change, ChangeOutcome, ConsentId, ConsentIdx, ContactId, Evidence, Source,
-    ids::check_contact,
+    Action, AddressKind, Catalog, Change, ChangeOutcome, ConsentId, ConsentIdx, ContactId,
+    Evidence, Source, ids::check_contact,
 };
 use crate::links::{Claim, LinkKind};
 
 use super::pages::SinceIssue;
-use super::{Authority, ChangeError, LinkError, ReadError};
+use super::{Authority, ChangeError, LinkError, RawAddress, ReadError};
 
 /// The actor of what the unsubscribe page records.
 pub const PAGE_ACTOR: &str = "unsubscribe-page";
@@ -42,12 +42,15 @@ pub struct LinkPage {
 
 impl Authority {
     /// The one-click URL withdrawing `consent` for this contact, channel, brand.
+    /// With `to` (its kind and keyed hash), a click withdraws on that
+    /// address too.
     pub fn unsubscribe_url(
         &self,
         contact: &str,
         channel: &str,
         brand: &str,
         consent: ConsentIdx,
+        to: Option<(AddressKind, [u8; 32])>,
     ) -> String {
         let catalog = self.catalog.load();
         let id = |idx| ConsentId::parse("consent_id", catalog.consent_id(idx));
@@ -61,20 +64,27 @@ impl Authority {
             channel: channel.to_owned(),
             brand: brand.to_owned(),
             issued_at: self.clock.now(),
+            to,
         };
         self.links.url(&self.links.mint(&claim))
     }
 
-    /// IssueUnsubscribeLink: the URL and the consent it withdraws.
+    /// IssueUnsubscribeLink: the URL and the consent it withdraws; with
+    /// `to`, the link withdraws on that address too (its kind may be left
+    /// to the channel's).
     pub fn issue_link(
         &self,
         contact: &str,
         channel: &str,
         brand: &str,
         purpose: &str,
+        to: Option<RawAddress<'_>>,
     ) -> Result<(String, &'static str), LinkError> {
         check_contact("contact_id", contact)?;
         let catalog = self.catalog.load();
+        let to = to
+            .map(|raw| self.addressing.read_to_hash(&catalog, channel, raw))
+            .transpose()?;
         let cell = catalog.cell(purpose, channel, brand)?;
         let &target = catalog
             .covering(cell)
@@ -84,7 +94,7 @@ impl Authority {
                 brand: brand.to_owned(),
             })?;
         Ok((
-            self.unsubscribe_url(contact, channel, brand, target),
+            self.unsubscribe_url(contact, channel, brand, target, to),
             catalog.consent_id(target),
         ))
     }
@@ -163,7 +173,20 @@ impl Authority {
             by_page: true,
             addresses: Vec::new(),
         };
-        let outcome = self.writer.change_waiting(change).await?;
+        let outcome = self.writer.change_waiting(change.clone()).await?;
+        // Minted with `to`: the address is withdrawn too, for every contact
+        // that sends to it (DESIGN.md §9) — unless the click recorded
+        // nothing on the contact (a link from before its erasure).
+        if let Some((_, hash)) = claim.to
+            && outcome.sequence != 0
+        {
+            let on_address = Change {
+                contact: ContactId::of_address(&hash),
+                issued_at: None,
+                ..change
+            };
+            self.writer.change_waiting(on_address).await?;
+        }
         self.metrics.unsubscribed();
         Ok(Some(outcome))
     }

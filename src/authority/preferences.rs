@@ -155,6 +155,7 @@ impl Authority {
             channel: String::new(),
             brand: brand.to_owned(),
             issued_at,
+            to: None,
         };
         Ok(self
             .links

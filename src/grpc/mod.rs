@@ -247,9 +247,10 @@ impl pb::consents_service_server::ConsentsService for ConsentsApi {
         request: Request<pb::IssueUnsubscribeLinkRequest>,
     ) -> Result<Response<pb::IssueUnsubscribeLinkResponse>, Status> {
         let r = request.get_ref();
+        let to = r.to.as_ref().map(convert::raw_address);
         let (url, consent) =
             self.authority
-                .issue_link(&r.contact_id, &r.channel, &r.brand, &r.purpose)?;
+                .issue_link(&r.contact_id, &r.channel, &r.brand, &r.purpose, to)?;
         Ok(Response::new(pb::IssueUnsubscribeLinkResponse {
             url,
             consent_id: consent.to_owned(),

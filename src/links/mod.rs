@@ -34,7 +34,7 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use hmac::Hmac;
 use sha2::Sha256;
 
-use crate::domain::{ConsentId, ContactId, ids::check_id};
+use crate::domain::{AddressKind, ConsentId, ContactId, ids::check_id};
 
 mod keyfile;
 
@@ -111,6 +111,10 @@ pub struct Claim {
     pub brand: String,
     /// Nanoseconds since the epoch.
     pub issued_at: i64,
+    /// The address the message went to (its kind and keyed hash), for an
+    /// unsubscribe link minted with `to`: a click withdraws on it too
+    /// (DESIGN.md §9).
+    pub to: Option<(AddressKind, [u8; 32])>,
 }
 
 struct Key {
@@ -213,6 +217,14 @@ impl Links {
         push_short(&mut plain, claim.channel.as_bytes());
         push_short(&mut plain, claim.brand.as_bytes());
         plain.extend_from_slice(&claim.issued_at.to_be_bytes());
+        // Only when set: a link without one is as it always was.
+        if let Some((kind, hash)) = &claim.to {
+            plain.push(match kind {
+                AddressKind::Email => 1,
+                AddressKind::Phone => 2,
+            });
+            plain.extend_from_slice(hash);
+        }
         // A random prefix per process and a counter: every nonce distinct
         // under a key without a system call per link (this runs on every
         // CanSend that asks for a URL).
@@ -269,9 +281,18 @@ impl Links {
         let channel = std::str::from_utf8(r.short()?).ok()?;
         let brand = std::str::from_utf8(r.short()?).ok()?;
         let issued_at = i64::from_be_bytes(r.take(8)?.try_into().ok()?);
-        if !r.0.is_empty() {
-            return None;
-        }
+        let to = match r.0.len() {
+            0 => None,
+            33 => {
+                let kind = match r.byte()? {
+                    1 => AddressKind::Email,
+                    2 => AddressKind::Phone,
+                    _ => return None,
+                };
+                Some((kind, r.take(32)?.try_into().ok()?))
+            }
+            _ => return None,
+        };
         let id_or_none = |field, v: &str| {
             (kind != LinkKind::Unsubscribe && v.is_empty()) || check_id(field, v).is_ok()
         };
@@ -286,6 +307,7 @@ impl Links {
             channel: channel.to_owned(),
             brand: brand.to_owned(),
             issued_at,
+            to,
         })
     }
 }
@@ -338,6 +360,7 @@ mod tests {
             channel: "email".into(),
             brand: "acme".into(),
             issued_at: 1_790_000_000_123_456_789,
+            to: None,
         }
     }
 
@@ -519,6 +542,7 @@ mod properties {
             channel in "[a-z][a-z0-9]{0,10}",
             brand in "[a-z][a-z0-9]{0,10}",
             issued_at in any::<i64>(),
+            to in proptest::option::of((any::<bool>(), any::<[u8; 32]>())),
         ) {
             let claim = Claim {
                 kind: LinkKind::Unsubscribe,
@@ -528,6 +552,9 @@ mod properties {
                 channel,
                 brand,
                 issued_at,
+                to: to.map(|(email, hash)| {
+                    (if email { AddressKind::Email } else { AddressKind::Phone }, hash)
+                }),
             };
             let l = links();
             let token = l.mint(&claim);

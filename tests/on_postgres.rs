@@ -50,6 +50,9 @@ mod import;
 #[path = "mutations.rs"]
 mod mutations;
 #[cfg(pg_available)]
+#[path = "reconcile.rs"]
+mod reconcile;
+#[cfg(pg_available)]
 #[path = "restart.rs"]
 mod restart;
 #[cfg(pg_available)]

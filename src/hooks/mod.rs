@@ -106,10 +106,7 @@ pub struct Provider {
 impl Provider {
     /// The consent a scope maps to: the first of `scopes` the file names,
     /// else `*`.
-    pub(crate) fn consent_for<'a>(
-        &self,
-        scopes: impl IntoIterator<Item = &'a str>,
-    ) -> Option<&str> {
+    pub fn consent_for<'a>(&self, scopes: impl IntoIterator<Item = &'a str>) -> Option<&str> {
         scopes
             .into_iter()
             .find_map(|s| self.consents.get(s))
@@ -230,7 +227,12 @@ impl Hooks {
         })
     }
 
-    /// How many endpoints there are.
+    /// The endpoint named `name`, if the file declares it.
+    pub fn provider(&self, name: &str) -> Option<&Provider> {
+        self.by_name.get(name)
+    }
+
+    /// How many endpoints the file declares.
     pub fn len(&self) -> usize {
         self.by_name.len()
     }

@@ -75,6 +75,59 @@ pub(crate) enum Command {
         brand: String,
         #[arg(long, default_value = "")]
         purpose: String,
+        /// The address the message goes to: the link withdraws on it too
+        /// (email:VALUE, phone:VALUE, or VALUE).
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Show a contact's addresses, or replace them.
+    Addresses {
+        contact: String,
+        /// An address it sends to (email:VALUE, phone:VALUE, or VALUE);
+        /// repeatable; replaces every address it had.
+        #[arg(long = "set")]
+        set: Vec<String>,
+        /// Replace them with none.
+        #[arg(long, conflicts_with = "set")]
+        none: bool,
+    },
+    /// What is recorded on one address: its withdrawals, its undeliverable
+    /// mark, its events.
+    Address {
+        /// email:VALUE, phone:VALUE, or VALUE.
+        address: String,
+        /// Lift the undeliverable mark a hard bounce left on it first.
+        #[arg(long)]
+        clear_undeliverable: bool,
+    },
+    /// Compare a provider's suppression export (CSV) with consentd: what
+    /// the provider suppresses that consentd would allow (`--apply`
+    /// records them as address withdrawals, never a grant), and, of the
+    /// addresses named by `--addresses`, what consentd withdrew that the
+    /// provider does not list (`--upload` writes them as a CSV to upload).
+    Reconcile {
+        /// The `[[provider]]` whose export it is.
+        #[arg(long)]
+        provider: String,
+        /// The providers file the server runs with.
+        #[arg(long, env = "CONSENTD_PROVIDERS")]
+        providers: PathBuf,
+        /// The provider's suppression export (CSV with an `email` or
+        /// `address` column, e.g. SendGrid's; a `tag`, `group_id` or
+        /// `MessageStream` column names the scope).
+        #[arg(long)]
+        suppressions: PathBuf,
+        /// The addresses you send to (CSV with an address column): consentd
+        /// keeps no address text, so the other way is looked up among these.
+        #[arg(long)]
+        addresses: Option<PathBuf>,
+        /// Write what consentd withdrew and the provider lacks to this CSV.
+        #[arg(long)]
+        upload: Option<PathBuf>,
+        /// Record the provider's suppressions consentd lacks (source
+        /// PROVIDER; the evidence names the file and its SHA-256).
+        #[arg(long)]
+        apply: bool,
     },
     /// Mint a link to the contact's preference center for a purpose.
     PreferenceLink {

@@ -5,6 +5,7 @@
 //! Layout: `args.rs` the commands and value parsers, `render.rs` the output,
 //! `import.rs` the CSV import; this file connects and dispatches.
 
+mod addresses;
 mod args;
 mod import;
 mod migrate;
@@ -228,6 +229,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             channel,
             brand,
             purpose,
+            to,
         } => {
             let r = c
                 .consents
@@ -236,7 +238,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     channel,
                     brand,
                     purpose,
-                    to: None,
+                    to: to.as_deref().map(addresses::parse_address),
                 })
                 .await?
                 .into_inner();
@@ -291,6 +293,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Import { file } => import::import(&mut c.consents, &file, json_mode).await?,
+        Command::Addresses { contact, set, none } => {
+            addresses::addresses(&mut c, contact, set, none, json_mode).await?
+        }
+        Command::Address {
+            address,
+            clear_undeliverable,
+        } => addresses::address(&mut c, address, clear_undeliverable, json_mode).await?,
+        Command::Reconcile {
+            provider,
+            providers,
+            suppressions,
+            addresses: named,
+            upload,
+            apply,
+        } => {
+            let r = addresses::Reconcile {
+                provider,
+                providers,
+                suppressions,
+                addresses: named,
+                upload,
+                apply,
+            };
+            addresses::reconcile(&mut c, r, json_mode).await?
+        }
         Command::Migrate { .. } => unreachable!("handled before connecting"),
     }
     Ok(())

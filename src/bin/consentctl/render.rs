@@ -31,7 +31,7 @@ pub(crate) fn print(json_mode: bool, value: Value, human: impl FnOnce() -> Strin
 /// A wire enum name as DESIGN.md says it, without its type's prefix
 /// (`REASON_GRANTED` is `GRANTED`, `SOURCE_UNSUBSCRIBE_LINK` is
 /// `UNSUBSCRIBE_LINK`): what consentctl prints.
-fn short(name: &'static str) -> &'static str {
+pub(crate) fn short(name: &'static str) -> &'static str {
     name.split_once('_').map_or(name, |(_, rest)| rest)
 }
 
@@ -45,7 +45,9 @@ fn state_json(s: &pb::ConsentState) -> Value {
 
 fn event_json(e: &pb::ConsentEvent) -> Value {
     let evidence: std::collections::BTreeMap<_, _> = e.evidence.iter().collect();
-    json!({"sequence": e.sequence, "consent_id": e.consent_id, "action": short(e.action().as_str_name()),
+    json!({"sequence": e.sequence, "kind": short(e.kind().as_str_name()),
+        "address": e.address.as_ref().map(|a| a.value.clone()).unwrap_or_default(),
+        "consent_id": e.consent_id, "action": short(e.action().as_str_name()),
         "occurred_at": show_time(&e.occurred_at), "recorded_at": show_time(&e.recorded_at),
         "source": short(e.source().as_str_name()), "version": e.version, "applied": e.applied,
         "evidence": evidence, "idempotency_key": e.idempotency_key, "actor": e.actor})
@@ -66,6 +68,7 @@ pub(crate) fn export(e: &pb::ExportContactResponse) -> Value {
         "states": e.states.iter().map(state_json).collect::<Vec<_>>(),
         "events": e.events.iter().map(event_json).collect::<Vec<_>>(),
         "wordings": e.wordings.iter().map(wording_json).collect::<Vec<_>>(),
+        "addresses": e.addresses.iter().map(|a| a.value.clone()).collect::<Vec<_>>(),
     })
 }
 
@@ -217,7 +220,11 @@ pub(crate) fn history(json_mode: bool, contact: &str, events: &[pb::ConsentEvent
                     "\n  #{:<8} {:<8} {:<28} v{} occurred {} via {}{} {}",
                     e.sequence,
                     short(e.action().as_str_name()),
-                    e.consent_id,
+                    match (&e.address, e.consent_id.is_empty()) {
+                        (Some(a), true) => format!("{} {}", short(e.kind().as_str_name()), a.value),
+                        (None, true) => short(e.kind().as_str_name()).to_owned(),
+                        _ => e.consent_id.clone(),
+                    },
                     e.version,
                     show_time(&e.occurred_at),
                     short(e.source().as_str_name()),

@@ -14,6 +14,8 @@ mod process;
 
 use common::*;
 
+#[path = "node_addresses.rs"]
+mod addresses;
 #[path = "node_faults.rs"]
 mod faults;
 

@@ -12,7 +12,9 @@ use std::hint::black_box;
 
 use consentd::authority::{Addressing, KindOf, RawAddress, answer_check};
 use consentd::clock::SystemClock;
-use consentd::domain::{Action, AddressHasher, Catalog, HeldState, PhoneRegion};
+use consentd::domain::{
+    Action, AddressHasher, AddressKind, Catalog, ContactId, HeldState, PhoneRegion,
+};
 use consentd::index::Index;
 use criterion::{Criterion, criterion_group, criterion_main};
 
@@ -71,6 +73,34 @@ fn expiring(cat: &Catalog) -> Catalog {
         c.valid_for_days = 365;
     }
     cat.compile(spec, 0).unwrap().catalog
+}
+
+/// Memory per address state: `n` address withdrawals (what a provider's
+/// STOP or unsubscribe leaves), each under its keyed hash, in an index of
+/// their own.
+fn address_states(cat: &Catalog, n: u64) {
+    let umbrella = cat.consent_idx("marketing").unwrap();
+    let before = support::rss_bytes();
+    let index = Index::with_capacity(0);
+    for j in 0..n {
+        let mut hash = [0u8; 32];
+        hash[..8].copy_from_slice(&j.to_le_bytes());
+        index.put(
+            ContactId::of_address(&hash).as_str(),
+            HeldState {
+                occurred_at: 1_800_000_000_000_000_000 + j as i64,
+                consent: umbrella,
+                action: Action::Withdraw,
+                by_person: true,
+                version: 1,
+            },
+        );
+    }
+    eprintln!(
+        "index: {n} address withdrawals: {:.1} bytes/address state (RSS delta)",
+        support::rss_bytes().saturating_sub(before) as f64 / n as f64
+    );
+    drop(index);
 }
 
 fn bench(c: &mut Criterion) {
@@ -158,6 +188,28 @@ fn bench(c: &mut Criterion) {
                     )
                 })
             });
+            // Every contact given one e-mail address (SetAddresses): a check
+            // without `to` now asks it too (DESIGN.md §9, fail closed).
+            let before = support::rss_bytes();
+            for j in 0..n {
+                let mut hash = [0u8; 32];
+                hash[..8].copy_from_slice(&j.to_le_bytes());
+                index.set_address(&contact(j), (AddressKind::Email, hash), true);
+            }
+            eprintln!(
+                "index: {n} contacts' addresses (one each): {:.1} bytes/address (RSS delta)",
+                support::rss_bytes().saturating_sub(before) as f64 / n as f64
+            );
+            group.bench_function("email/acme+addresses", |b| {
+                b.iter(|| {
+                    i = (i + 1) & ((1 << 16) - 1);
+                    black_box(
+                        answer_check(&cat, &index, &clock, &probes[i], "email", "acme", "", None)
+                            .unwrap(),
+                    )
+                })
+            });
+            address_states(&cat, n);
             let cell = cat.cell("", "email", "acme").unwrap();
             let cover = cat.covering(cell);
             group.bench_function("parts/cell", |b| {

@@ -2,17 +2,17 @@
 //! Validation happens here, once: a request either becomes domain types or
 //! an error that names the field.
 
-use crate::domain::Mark;
-use crate::domain::mark::ADDRESS_EVIDENCE;
-use std::collections::HashMap;
+pub(crate) use super::records::{
+    address_to, event_to, export_to, pending_to, raw_address, state_to, wording_to,
+};
 
 use prost_types::Timestamp;
 
-use crate::authority::{Addressing, Checked, ContactExport, ImportSummary, KindOf, RawAddress};
+use crate::authority::{Addressing, Checked, ImportSummary};
 use crate::domain::{
-    Action, Address, AddressKind, CatalogSpec, Change, ChangeOutcome, ConsentId, ConsentSpec,
-    ContactId, EventRecord, Evidence, FieldError, Source, StateRecord, UnixNanos, Verdict, Wording,
-    event::MAX_IDEMPOTENCY_KEY_LEN, event::check_evidence, ids::check_opaque,
+    Action, AddressKind, CatalogSpec, Change, ChangeOutcome, ConsentId, ConsentSpec, ContactId,
+    Evidence, FieldError, Source, UnixNanos, Verdict, event::MAX_IDEMPOTENCY_KEY_LEN,
+    event::check_evidence, ids::check_opaque,
 };
 use crate::pb;
 
@@ -89,32 +89,6 @@ pub(super) fn source_to(s: Source) -> pb::Source {
     pb::Source::try_from(s as i32).unwrap_or(pb::Source::Unspecified)
 }
 
-/// An address as a request carries it, not yet read.
-pub(crate) fn raw_address(a: &pb::Address) -> RawAddress<'_> {
-    let kind = match pb::AddressKind::try_from(a.kind) {
-        Ok(pb::AddressKind::Email) => KindOf::Kind(AddressKind::Email),
-        Ok(pb::AddressKind::Phone) => KindOf::Kind(AddressKind::Phone),
-        Ok(pb::AddressKind::Unspecified) => KindOf::Unspecified,
-        Err(_) => KindOf::Unknown(a.kind),
-    };
-    RawAddress {
-        kind,
-        value: &a.value,
-    }
-}
-
-/// An address on the wire, as normalised.
-pub(super) fn address_to(a: &Address) -> pb::Address {
-    let kind = match a.kind() {
-        AddressKind::Email => pb::AddressKind::Email,
-        AddressKind::Phone => pb::AddressKind::Phone,
-    };
-    pb::Address {
-        kind: kind as i32,
-        value: a.as_str().to_owned(),
-    }
-}
-
 /// Validates a Grant or Withdraw request against the receipt time `now`;
 /// `actor` is who the server authenticated. A change names a contact or,
 /// instead, an address (DESIGN.md §9), which `addressing` reads and names.
@@ -181,78 +155,6 @@ pub(crate) fn change_from(
     };
     change.check_occurred_at(now)?;
     Ok(change)
-}
-
-pub(super) fn state_to(s: StateRecord) -> pb::ConsentState {
-    pb::ConsentState {
-        consent_id: s.consent.to_string(),
-        action: action_to(s.action) as i32,
-        occurred_at: Some(timestamp(s.occurred_at)),
-        source: source_to(s.source) as i32,
-        version: s.version,
-        recorded_at: Some(timestamp(s.recorded_at)),
-        sequence: s.sequence,
-    }
-}
-
-/// A pending record on the wire, and whether it still waits.
-pub(super) fn pending_to(
-    (consent, p, waiting): (String, crate::domain::PendingRecord, bool),
-) -> pb::PendingGrant {
-    pb::PendingGrant {
-        consent_id: consent,
-        count: p.count,
-        last_recorded_at: Some(timestamp(p.last_at)),
-        link_sent_at: (p.link_at != 0).then(|| timestamp(p.link_at)),
-        waiting,
-    }
-}
-
-pub(super) fn event_to(mut e: EventRecord) -> pb::ConsentEvent {
-    // A mark is shown by its kind, never by its id (DESIGN.md §9).
-    let (kind, address) = match Mark::of(e.consent.as_str()) {
-        None => (pb::EventKind::Unspecified, None),
-        Some(Mark::Holds { kind, .. }) => {
-            let value = e.evidence.remove(ADDRESS_EVIDENCE).unwrap_or_default();
-            let event = match e.action {
-                Action::Grant => pb::EventKind::AddressAdded,
-                Action::Withdraw => pb::EventKind::AddressRemoved,
-            };
-            (event, Some(address_to(&Address::recorded(kind, value))))
-        }
-        Some(Mark::Undeliverable | Mark::SetAddresses) => match e.action {
-            Action::Grant => (pb::EventKind::UndeliverableCleared, None),
-            Action::Withdraw => (pb::EventKind::Undeliverable, None),
-        },
-    };
-    let consent_id = if kind == pb::EventKind::Unspecified {
-        e.consent.to_string()
-    } else {
-        String::new()
-    };
-    pb::ConsentEvent {
-        kind: kind as i32,
-        // An address's key is never shown: GetAddress sets `address`.
-        contact_id: if e.contact.is_address() {
-            String::new()
-        } else {
-            e.contact.to_string()
-        },
-        address,
-        consent_id,
-        action: action_to(e.action) as i32,
-        occurred_at: Some(timestamp(e.occurred_at)),
-        recorded_at: Some(timestamp(e.recorded_at)),
-        source: source_to(e.source) as i32,
-        evidence: e.evidence.into_iter().collect::<HashMap<_, _>>(),
-        version: e.version,
-        sequence: e.sequence,
-        idempotency_key: e.idempotency_key.unwrap_or_default(),
-        applied: e.applied,
-        actor: e.actor,
-        pending: e.pending,
-        confirmed: e.confirmed,
-    }
 }
 
 fn non_empty(s: String) -> Option<String> {
@@ -481,32 +383,6 @@ impl From<pb::ConsentChange> for pb::WithdrawRequest {
             idempotency_key: c.idempotency_key,
             address: c.address,
         }
-    }
-}
-
-/// A wording on the wire.
-pub(super) fn wording_to(w: Wording) -> pb::Wording {
-    pb::Wording {
-        consent_id: w.consent.to_string(),
-        version: w.version,
-        title: w.title,
-        text: w.text,
-        parent: w.parent.unwrap_or_default(),
-        channels: w.channels,
-        brands: w.brands,
-        in_force_from: (w.in_force_from != 0).then(|| timestamp(w.in_force_from)),
-    }
-}
-
-/// Everything held about a contact, on the wire.
-pub(super) fn export_to(e: ContactExport) -> pb::ExportContactResponse {
-    pb::ExportContactResponse {
-        contact_id: e.contact.to_string(),
-        states: e.states.into_iter().map(state_to).collect(),
-        events: e.events.into_iter().map(event_to).collect(),
-        wordings: e.wordings.into_iter().map(wording_to).collect(),
-        exported_at: Some(timestamp(e.exported_at)),
-        addresses: e.addresses.iter().map(address_to).collect(),
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod admission;
 pub(crate) mod convert;
+mod records;
 mod status;
 
 pub(crate) use admission::AdmissionLayer;

@@ -403,11 +403,35 @@ async fn a_link_minted_for_an_address_withdraws_on_the_contact_and_on_the_addres
     })
     .await
     .unwrap();
-    assert_eq!(one_click(&server, &r.unsubscribe_url).await, 200);
+    // Given addresses again since (no consent): still nothing to withdraw.
+    set(&mut cons, "max", vec![email("max@example.com")])
+        .await
+        .unwrap();
+    let form = [("Content-Type", "application/x-www-form-urlencoded")];
+    let path = link_path(&server, &r.unsubscribe_url);
+    let (status, _, page) = http(
+        server.http_addr,
+        "POST",
+        &path,
+        &form,
+        "List-Unsubscribe=One-Click",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(page.contains("expired"), "the expired page: {page}");
+    let (status, _, page) = http(server.http_addr, "GET", &path, &[], "").await;
+    assert_eq!(status, 410, "its page too: {page}");
     assert!(
         address_states(&mut cons, "max@example.com")
             .await
             .is_empty()
+    );
+    assert!(
+        history(&server, "max")
+            .await
+            .iter()
+            .all(|e| e.kind() == pb::EventKind::AddressAdded),
+        "the old link recorded nothing on Max"
     );
     // A link without `to` withdraws on the contact only (as before).
     let plain = cons

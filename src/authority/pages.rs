@@ -106,10 +106,15 @@ impl Authority {
             if issued_at > erased_at {
                 return Ok(SinceIssue::Kept);
             }
-            Ok(if store.contact_states(contact.as_str())?.is_empty() {
-                SinceIssue::Erased
-            } else {
+            // Only a decision counts: addresses set since are no consent.
+            let decided = store
+                .contact_states(contact.as_str())?
+                .iter()
+                .any(|s| !s.consent.is_mark());
+            Ok(if decided {
                 SinceIssue::ErasedThenGranted
+            } else {
+                SinceIssue::Erased
             })
         })
         .await

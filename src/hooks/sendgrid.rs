@@ -125,6 +125,25 @@ mod tests {
 
     use super::*;
 
+    /// SendGrid's own example (the test vector of its Node SDK,
+    /// `packages/eventwebhook/src/eventwebhook.spec.js`): this key,
+    /// timestamp and payload with this signature verify; a changed byte of
+    /// the signature, payload or timestamp does not.
+    #[test]
+    fn the_published_example_verifies() {
+        let key = key("MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEEDr2LjtURuePQzplybdC+u4CwrqDqBaWjcMMsTbhdbcwHBcepxo7yAQGhHPTnlvFYPAZFceEu/1FwCM/QmGUhA==").unwrap();
+        let signature = "MEUCIQCtIHJeH93Y+qpYeWrySphQgpNGNr/U+UyUlBkU6n7RAwIgJTz2C+8a8xonZGi6BpSzoQsbVRamr2nlxFDWYNH2j/0=";
+        let payload =
+            br#"{"category":"example_payload","event":"test_event","message_id":"message_id"}"#;
+        assert!(verify(&key, "1588788367", payload, signature));
+        let changed = "MEUCIQCtIHJeH93Y+qpYeWrySphQgpNGNr/U+UyUlBkU6n7RAwIgJTz2C+8a8xonZGi6BpSzoQsbVRamr2nlxFDWYNH3j/0=";
+        assert!(!verify(&key, "1588788367", payload, changed));
+        assert!(!verify(&key, "1588788367", b"payload", signature));
+        assert!(!verify(&key, "timestamp", payload, signature));
+        let other = super::key("MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEqTxd43gyp8IOEto2LdIfjRQrIbsd4SXZkLW6jDutdhXSJCWHw8REntlo7aNDthvj+y7GjUuFDb/R1NGe1OPzpA==").unwrap();
+        assert!(!verify(&other, "1588788367", payload, signature));
+    }
+
     #[test]
     fn a_signature_over_timestamp_and_body_verifies_and_nothing_else_does() {
         let signing = SigningKey::from_bytes(&[7u8; 32].into()).unwrap();

@@ -96,6 +96,26 @@ async fn without_to_every_address_of_the_channels_kind_must_allow() {
         Reason::AddressWithdrawn
     );
     assert_eq!(reason(&server, "mum", "sms").await, Reason::Granted);
+    // CanSendBatch likewise, item by item.
+    let batch = server
+        .eligibility()
+        .await
+        .can_send_batch(pb::CanSendBatchRequest {
+            checks: vec![
+                check("mum", "email", "acme"),
+                check("mum", "sms", "acme"),
+                check("mum", "email", "zenith"),
+            ],
+            min_sequence: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(
+        batch.iter().map(|r| r.reason()).collect::<Vec<_>>(),
+        vec![Reason::AddressWithdrawn, Reason::Granted, Reason::Granted]
+    );
     // Another contact with no addresses is not touched.
     cons.grant(change("dad", "marketing", Some(now() - 600)))
         .await

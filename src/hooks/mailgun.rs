@@ -8,7 +8,7 @@
 //! `severity` `permanent` marks the recipient undeliverable; keyed by
 //! `event-data.id`.
 
-use std::collections::HashMap;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
 
 use hmac::{Hmac, Mac};
@@ -23,20 +23,42 @@ use crate::domain::{AddressKind, Source, UnixNanos};
 /// How far a request's timestamp may be from now, in seconds.
 pub(super) const WINDOW_SECS: i64 = 300;
 
-/// Tokens seen within the window, with when each may be forgotten.
+/// Most tokens remembered: beyond it the oldest go first (a replay of one
+/// of those still records nothing: its event id is the idempotency key).
+const MAX_TOKENS: usize = 1 << 20;
+
+/// Tokens seen within the window: a set to ask, and a queue in arrival
+/// order (with when each may be forgotten) to forget them cheaply.
 #[derive(Debug, Default)]
-pub(super) struct Tokens(Mutex<HashMap<String, i64>>);
+pub(super) struct Tokens(Mutex<Seen>);
+
+#[derive(Debug, Default)]
+struct Seen {
+    set: HashSet<String>,
+    queue: VecDeque<(i64, String)>,
+}
 
 impl Tokens {
     fn seen(&self, token: &str) -> bool {
-        self.0.lock().expect("tokens lock").contains_key(token)
+        self.0.lock().expect("tokens lock").set.contains(token)
     }
 
-    /// Remembers a token until its window closes; forgets closed ones.
+    /// Remembers a token until its window closes; forgets those whose
+    /// window closed (from the front of the queue: amortised constant).
     fn remember(&self, token: &str, timestamp: i64, now: i64) {
         let mut seen = self.0.lock().expect("tokens lock");
-        seen.retain(|_, until| *until >= now);
-        seen.insert(token.to_owned(), timestamp + WINDOW_SECS);
+        let Seen { set, queue } = &mut *seen;
+        while let Some((until, _)) = queue.front() {
+            if *until >= now && queue.len() < MAX_TOKENS {
+                break;
+            }
+            if let Some((_, old)) = queue.pop_front() {
+                set.remove(&old);
+            }
+        }
+        if set.insert(token.to_owned()) {
+            queue.push_back((timestamp + WINDOW_SECS, token.to_owned()));
+        }
     }
 }
 

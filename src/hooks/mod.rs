@@ -332,50 +332,6 @@ enum Outcome {
     Failed(String),
 }
 
-/// A change a provider reported on an address: keyed by the provider's
-/// event id, made by the person (`source`), recorded by `hook:{name}`.
-fn change_on(
-    provider: &Provider,
-    address: crate::domain::ContactId,
-    consent: crate::domain::ConsentId,
-    action: crate::domain::Action,
-    source: crate::domain::Source,
-    event_id: &str,
-    evidence: crate::domain::Evidence,
-) -> crate::domain::Change {
-    crate::domain::Change {
-        contact: address,
-        consent,
-        action,
-        occurred_at: None,
-        source,
-        evidence,
-        // A retried delivery of the same event records once.
-        idempotency_key: Some(format!("{}:{event_id}", provider.name)),
-        issued_at: None,
-        actor: format!("hook:{}", provider.name),
-        confirmed: false,
-        resend: false,
-        bulk: false,
-        by_page: false,
-        addresses: Vec::new(),
-    }
-}
-
-/// Records a change a provider reported: (its sequence, whether it was
-/// recorded before — a retried delivery of the same event id). A sequence
-/// at or below what this node had applied before the call existed before
-/// it; a new event always gets a greater one.
-async fn record(
-    authority: &Authority,
-    change: crate::domain::Change,
-) -> Result<(u64, bool), crate::authority::ChangeError> {
-    let before = authority.applied_sequence();
-    let r = authority.record(change, None).await?;
-    let sequence = r.outcome.sequence;
-    Ok((sequence, sequence != 0 && sequence <= before))
-}
-
 /// The bytes of a hex string (either case), if it is one.
 fn unhex(hex: &str) -> Option<Vec<u8>> {
     if !hex.len().is_multiple_of(2) {

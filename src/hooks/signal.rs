@@ -5,7 +5,7 @@
 //! keyed by the provider's event id, with evidence naming the provider,
 //! the event and the body's digest.
 
-use super::{Outcome, Provider, change_on, digest, record};
+use super::{Outcome, Provider, digest};
 use crate::authority::{Authority, ChangeError, KindOf, RawAddress, undeliverable_change};
 use crate::domain::{Action, AddressKind, ConsentId, Evidence, Source, UnixNanos};
 
@@ -40,8 +40,8 @@ pub(super) struct Signal {
     pub occurred_at: Option<UnixNanos>,
 }
 
-/// Records every signal of one request; a signal that maps to nothing is
-/// skipped. The request is recorded when one signal is, replayed when all
+/// Records every signal of one request (handed to the writer together, in
+/// order); a signal that maps to nothing is skipped. The request is recorded when one signal is, replayed when all
 /// that map were recorded before, failed (503, the provider retries the
 /// whole request; what was recorded replays) when the store cannot take
 /// one.
@@ -52,11 +52,19 @@ pub(super) async fn apply(
     body: &[u8],
 ) -> Outcome {
     let body_digest = digest(body);
+    // Every event of the request goes to the writer at once, in order (one
+    // group commit for a SendGrid batch rather than one per event).
+    let results = futures_util::future::join_all(
+        signals
+            .iter()
+            .map(|s| one(authority, provider, s, &body_digest)),
+    )
+    .await;
     let (mut recorded, mut replayed, mut skipped) = (None, None, Vec::new());
-    for s in signals {
-        match one(authority, provider, &s, &body_digest).await {
+    for (s, result) in signals.into_iter().zip(results) {
+        match result {
             Ok(Some((sequence, true))) => replayed = Some(sequence),
-            Ok(Some((sequence, false))) => recorded = Some(sequence),
+            Ok(Some((sequence, false))) => recorded = recorded.max(Some(sequence)),
             Ok(None) => skipped.push(s.event),
             Err(e) => return Outcome::Failed(e.to_string()),
         }
@@ -141,4 +149,48 @@ async fn one(
         Err(ChangeError::KeyReused(_)) => Ok(Some((0, true))),
         Err(e) => Err(e),
     }
+}
+
+/// A change a provider reported on an address: keyed by the provider's
+/// event id, made by the person (`source`), recorded by `hook:{name}`.
+fn change_on(
+    provider: &Provider,
+    address: crate::domain::ContactId,
+    consent: crate::domain::ConsentId,
+    action: crate::domain::Action,
+    source: crate::domain::Source,
+    event_id: &str,
+    evidence: crate::domain::Evidence,
+) -> crate::domain::Change {
+    crate::domain::Change {
+        contact: address,
+        consent,
+        action,
+        occurred_at: None,
+        source,
+        evidence,
+        // A retried delivery of the same event records once.
+        idempotency_key: Some(format!("{}:{event_id}", provider.name)),
+        issued_at: None,
+        actor: format!("hook:{}", provider.name),
+        confirmed: false,
+        resend: false,
+        bulk: false,
+        by_page: false,
+        addresses: Vec::new(),
+    }
+}
+
+/// Records a change a provider reported: (its sequence, whether it was
+/// recorded before — a retried delivery of the same event id). A sequence
+/// at or below what this node had applied before the call existed before
+/// it; a new event always gets a greater one.
+async fn record(
+    authority: &Authority,
+    change: crate::domain::Change,
+) -> Result<(u64, bool), crate::authority::ChangeError> {
+    let before = authority.applied_sequence();
+    let r = authority.record(change, None).await?;
+    let sequence = r.outcome.sequence;
+    Ok((sequence, sequence != 0 && sequence <= before))
 }

@@ -14,9 +14,10 @@ use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
 
-use super::{Outcome, Provider, digest, text_xml};
-use crate::authority::{Authority, KindOf, RawAddress};
-use crate::domain::{Action, AddressKind, ConsentId, Evidence, Source};
+use super::signal::{Says, Signal, apply};
+use super::{Outcome, Provider, text_xml};
+use crate::authority::Authority;
+use crate::domain::{Action, AddressKind, Source};
 
 const OPT_OUT: [&str; 6] = ["STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"];
 const OPT_IN: [&str; 3] = ["START", "YES", "UNSTOP"];
@@ -75,49 +76,25 @@ pub(super) async fn receive(
             keyword.len()
         ));
     };
-    let message_sid = param("MessageSid");
-    if message_sid.is_empty() {
-        return Outcome::Ignored("no MessageSid".into());
-    }
-    let Some(consent) = provider.consent_for([param("MessagingServiceSid"), param("To")]) else {
-        return Outcome::Ignored("no consent mapped for its messaging service or number".into());
+    let says = match action {
+        Action::Withdraw => Says::Withdraw(Source::SmsKeyword),
+        Action::Grant => Says::Lift(Source::SmsKeyword),
     };
-    let Ok(consent) = ConsentId::parse("consents", consent) else {
-        return Outcome::Ignored(format!("{consent:?} is not a consent id"));
+    let scopes = [param("MessagingServiceSid"), param("To")]
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let signal = Signal {
+        event_id: param("MessageSid").to_owned(),
+        kind: AddressKind::Phone,
+        address: param("From").to_owned(),
+        says,
+        event: keyword,
+        scopes,
+        occurred_at: None,
     };
-    let from = RawAddress {
-        kind: KindOf::Kind(AddressKind::Phone),
-        value: param("From"),
-    };
-    let key = match authority.addressing().read("From", from) {
-        Ok((_, key)) => key,
-        Err(e) => return Outcome::Ignored(e.to_string()),
-    };
-    let mut evidence = Evidence::new();
-    evidence.insert("provider".into(), provider.name.clone());
-    evidence.insert("event_id".into(), message_sid.to_owned());
-    evidence.insert("body_sha256".into(), digest(body));
-    evidence.insert("keyword".into(), keyword.clone());
-    if !provider.brand.is_empty() {
-        evidence.insert("brand".into(), provider.brand.clone());
-    }
-    let change = super::change_on(
-        provider,
-        key,
-        consent,
-        action,
-        Source::SmsKeyword,
-        message_sid,
-        evidence,
-    );
-    match super::record(authority, change).await {
-        Ok((sequence, true)) => Outcome::Replayed(sequence),
-        Ok((sequence, false)) => Outcome::Recorded(sequence),
-        Err(crate::authority::ChangeError::UnknownConsent(id)) => {
-            Outcome::Ignored(format!("consent {id:?} is not in the catalog"))
-        }
-        Err(e) => Outcome::Failed(e.to_string()),
-    }
+    apply(authority, provider, vec![signal], body).await
 }
 
 /// The empty TwiML answer: no reply message from consentd.

@@ -25,17 +25,13 @@ mod support;
 use std::sync::Arc;
 use std::time::Instant;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use clap::Parser;
-use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use p256::ecdsa::signature::Signer;
-use p256::pkcs8::EncodePublicKey;
+use support::sign;
 use tonic::Status;
 
 #[global_allocator]
@@ -94,48 +90,13 @@ async fn post(
     }
 }
 
-fn twilio_signature(url: &str, params: &[(&str, String)]) -> String {
-    let mut sorted: Vec<_> = params.iter().collect();
-    sorted.sort_by(|a, b| a.0.cmp(b.0));
-    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(TWILIO_TOKEN.as_bytes()).unwrap();
-    mac.update(url.as_bytes());
-    for (k, v) in sorted {
-        mac.update(k.as_bytes());
-        mac.update(v.as_bytes());
-    }
-    STANDARD.encode(mac.finalize().into_bytes())
-}
-
-fn mailgun_body(token: &str, event: &str) -> String {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(MAILGUN_KEY.as_bytes()).unwrap();
-    mac.update(format!("{t}{token}").as_bytes());
-    let signature: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!(
-        r#"{{"signature":{{"timestamp":"{t}","token":"{token}","signature":"{signature}"}},"event-data":{event}}}"#
-    )
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let server_rt = support::runtime("server")?;
     let client_rt = support::runtime("client")?;
     let dir = tempfile::tempdir()?;
     let providers = dir.path().join("providers.toml");
-    let public_key = STANDARD.encode(
-        sendgrid_key()
-            .verifying_key()
-            .to_public_key_der()?
-            .as_bytes(),
-    );
+    let public_key = sign::sendgrid_public_key(&sendgrid_key());
     std::fs::write(
         &providers,
         format!(
@@ -199,7 +160,7 @@ public_key = "{public_key}"
                     ("To", "+48500000000".to_owned()),
                     ("Body", "STOP".to_owned()),
                 ];
-                let signature = twilio_signature(&url, &params);
+                let signature = sign::twilio(TWILIO_TOKEN, &url, &params);
                 let body = serde_urlencoded::to_string(&params).unwrap();
                 let headers = [
                     ("content-type", "application/x-www-form-urlencoded".to_owned()),
@@ -220,7 +181,11 @@ public_key = "{public_key}"
                 let event = format!(
                     r#"{{"event":"unsubscribed","id":"mg-{i}","recipient":"mg{i}@bench.example"}}"#
                 );
-                let body = mailgun_body(&format!("token-{i:044}"), &event);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs() as i64;
+                let body = sign::mailgun(MAILGUN_KEY, now, &format!("token-{i:044}"), &event);
                 let headers = [("content-type", "application/json".to_owned())];
                 post(&c, &url, &headers, body, 200).await.map(|_| 1)
             }
@@ -248,14 +213,12 @@ public_key = "{public_key}"
                     .collect();
                 let body = format!("[{}]", events.join(","));
                 let timestamp = "1764800000";
-                let signature: p256::ecdsa::Signature =
-                    sendgrid_key().sign(format!("{timestamp}{body}").as_bytes());
                 let headers = [
                     ("content-type", "application/json".to_owned()),
                     ("x-twilio-email-event-webhook-timestamp", timestamp.to_owned()),
                     (
                         "x-twilio-email-event-webhook-signature",
-                        STANDARD.encode(signature.to_der().as_bytes()),
+                        sign::sendgrid(&sendgrid_key(), timestamp, &body),
                     ),
                 ];
                 post(&c, &url, &headers, body, 200).await.map(|_| batch as u64)
@@ -278,14 +241,12 @@ public_key = "{public_key}"
                     r#"[{{"email":"x{i}@bench.example","event":"unsubscribe","sg_event_id":"f-{i}"}}]"#
                 );
                 let other = p256::ecdsa::SigningKey::from_bytes(&[78u8; 32].into()).unwrap();
-                let signature: p256::ecdsa::Signature =
-                    other.sign(format!("1764800000{body}").as_bytes());
                 let headers = [
                     ("content-type", "application/json".to_owned()),
                     ("x-twilio-email-event-webhook-timestamp", "1764800000".to_owned()),
                     (
                         "x-twilio-email-event-webhook-signature",
-                        STANDARD.encode(signature.to_der().as_bytes()),
+                        sign::sendgrid(&other, "1764800000", &body),
                     ),
                 ];
                 post(&c, &url, &headers, body, 403).await.map(|_| 1)

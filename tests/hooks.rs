@@ -5,12 +5,8 @@
 
 mod common;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use common::*;
 use consentd::pb::{self, Reason};
-use hmac::{Hmac, Mac};
-use p256::pkcs8::EncodePublicKey;
 
 const TOKEN: &str = "test-auth-token-0123456789abcdef";
 const SHARED: &str = "+48601234567";
@@ -39,13 +35,7 @@ public_key = "{}"
 "42" = "marketing.acme.email"
 "*" = "marketing.acme"
 "#,
-            STANDARD.encode(
-                sendgrid_key()
-                    .verifying_key()
-                    .to_public_key_der()
-                    .unwrap()
-                    .as_bytes()
-            )
+            sign::sendgrid_public_key(&sendgrid_key())
         ),
     )
     .unwrap();
@@ -59,9 +49,7 @@ fn sendgrid_key() -> p256::ecdsa::SigningKey {
 
 /// SendGrid's signature: base64 DER ECDSA P-256/SHA-256 of timestamp ‖ body.
 fn sendgrid_sign(key: &p256::ecdsa::SigningKey, timestamp: &str, body: &str) -> String {
-    use p256::ecdsa::signature::Signer;
-    let signature: p256::ecdsa::Signature = key.sign(format!("{timestamp}{body}").as_bytes());
-    STANDARD.encode(signature.to_der().as_bytes())
+    sign::sendgrid(key, timestamp, body)
 }
 
 async fn sendgrid_post(server: &TestServer, body: &str, signature: &str) -> u16 {
@@ -77,15 +65,7 @@ async fn sendgrid_post(server: &TestServer, body: &str, signature: &str) -> u16 
 
 /// Twilio's signature: base64 HMAC-SHA1 of the URL and the sorted params.
 fn sign(token: &str, url: &str, params: &[(&str, &str)]) -> String {
-    let mut sorted = params.to_vec();
-    sorted.sort();
-    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(token.as_bytes()).unwrap();
-    mac.update(url.as_bytes());
-    for (k, v) in sorted {
-        mac.update(k.as_bytes());
-        mac.update(v.as_bytes());
-    }
-    STANDARD.encode(mac.finalize().into_bytes())
+    sign::twilio(token, url, params)
 }
 
 /// An inbound SMS as Twilio posts it.

@@ -15,8 +15,6 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use common::*;
 use consentd::pb::{self, Reason};
-use hmac::{Hmac, Mac};
-use p256::pkcs8::EncodePublicKey;
 
 const MAILGUN_KEY: &str = "test-mailgun-signing-key-0123456789";
 const TOPIC: &str = "arn:aws:sns:eu-west-1:123456789012:ses-acme";
@@ -83,13 +81,7 @@ public_key = "{}"
 [provider.consents]
 "*" = "marketing.acme"
 "#,
-            STANDARD.encode(
-                sendgrid_key()
-                    .verifying_key()
-                    .to_public_key_der()
-                    .unwrap()
-                    .as_bytes()
-            )
+            sign::sendgrid_public_key(&sendgrid_key())
         ),
     )
     .unwrap();
@@ -161,17 +153,7 @@ async fn grant_all(server: &TestServer, who: &[&str]) {
 
 /// A Mailgun webhook body, signed as Mailgun signs (`timestamp ‖ token`).
 fn mailgun(key: &str, timestamp: i64, token: &str, event: &str) -> String {
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).unwrap();
-    mac.update(format!("{timestamp}{token}").as_bytes());
-    let signature: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!(
-        r#"{{"signature":{{"timestamp":"{timestamp}","token":"{token}","signature":"{signature}"}},"event-data":{event}}}"#
-    )
+    sign::mailgun(key, timestamp, token, event)
 }
 
 fn unix_now() -> i64 {
@@ -375,12 +357,7 @@ async fn a_hard_bounce_is_undeliverable_until_cleared_and_never_a_withdrawal() {
     })
     .await
     .unwrap();
-    let sendgrid = |body: &str| {
-        use p256::ecdsa::signature::Signer;
-        let signature: p256::ecdsa::Signature =
-            sendgrid_key().sign(format!("1764800000{body}").as_bytes());
-        STANDARD.encode(signature.to_der().as_bytes())
-    };
+    let sendgrid = |body: &str| sign::sendgrid(&sendgrid_key(), "1764800000", body);
     let blocked = r#"[{"email":"ida@example.com","event":"bounce","type":"blocked","sg_event_id":"b-0","timestamp":1764800000}]"#;
     let bounce = r#"[{"email":"ida@example.com","event":"bounce","type":"bounce","sg_event_id":"b-1","timestamp":1764800000}]"#;
     for body in [blocked, bounce] {

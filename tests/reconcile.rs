@@ -57,11 +57,7 @@ password = "p"
 
 /// The base64 DER of a P-256 key of the test's own (SendGrid's format).
 fn sendgrid_public_key() -> String {
-    use base64::Engine;
-    use p256::pkcs8::EncodePublicKey;
-    let key = p256::ecdsa::SigningKey::from_bytes(&[9u8; 32].into()).unwrap();
-    base64::engine::general_purpose::STANDARD
-        .encode(key.verifying_key().to_public_key_der().unwrap().as_bytes())
+    sign::sendgrid_public_key(&p256::ecdsa::SigningKey::from_bytes(&[9u8; 32].into()).unwrap())
 }
 
 fn ctl(server: &TestServer, providers: &Path, args: &[&str]) -> (bool, String, String) {

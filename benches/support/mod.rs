@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 /// The throwaway PostgreSQL server of the tests.
+#[path = "../../tests/support/sign.rs"]
+pub(crate) mod sign;
 #[path = "../../tests/support/throwaway.rs"]
 pub(crate) mod throwaway;
 use tonic::Status;

@@ -84,6 +84,9 @@ impl Catalog {
     }
 }
 
+/// Requests signed as each provider signs them.
+#[path = "../support/sign.rs"]
+pub(crate) mod sign;
 /// The throwaway PostgreSQL server the tests start (test support, not part
 /// of the release library).
 #[path = "../support/throwaway.rs"]

@@ -7,7 +7,6 @@
 use std::time::Duration;
 
 use consentd::pb::{self, Reason};
-use hmac::{Hmac, Mac};
 
 use super::common::*;
 use super::{fresh_check, nodes};
@@ -164,18 +163,7 @@ async fn two_nodes_replacing_one_contacts_addresses_at_once_agree_on_one_list() 
 const KEY: &str = "node-test-mailgun-key";
 
 fn mailgun(token: &str, event: &str) -> String {
-    let t = now();
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(KEY.as_bytes()).unwrap();
-    mac.update(format!("{t}{token}").as_bytes());
-    let signature: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!(
-        r#"{{"signature":{{"timestamp":"{t}","token":"{token}","signature":"{signature}"}},"event-data":{event}}}"#
-    )
+    sign::mailgun(KEY, now(), token, event)
 }
 
 async fn hook(server: &TestServer, body: &str) -> u16 {

@@ -180,6 +180,21 @@ async fn consentctl_migrate_moves_a_redb_store_to_postgres_whole() {
     .await
     .unwrap();
     reword(&a, "surveys", "Surveys, second wording").await;
+    // Her addresses (marks in her history), and an opt-out on one of them.
+    let mailbox = pb::Address {
+        kind: pb::AddressKind::Email as i32,
+        value: "anna@example.com".into(),
+    };
+    cons.set_addresses(pb::SetAddressesRequest {
+        contact_id: "anna".into(),
+        addresses: vec![mailbox.clone()],
+    })
+    .await
+    .unwrap();
+    let mut stop = change("", "marketing", None);
+    stop.address = Some(mailbox);
+    stop.source = pb::Source::UnsubscribeLink as i32;
+    cons.withdraw(stop).await.unwrap();
     let mut cat = a.catalog().await;
     let link = unsubscribe_link(&a, "bob", "email", "acme").await;
     let before = (export(&a, "anna").await, export(&a, "bob").await);
@@ -223,6 +238,13 @@ async fn consentctl_migrate_moves_a_redb_store_to_postgres_whole() {
     config.store = url.clone();
     let b = TestServer::start_with(config).await;
     assert_eq!((export(&b, "anna").await, export(&b, "bob").await), before);
+    assert_eq!(before.0.addresses.len(), 1, "the export lists her address");
+    // Her address and its opt-out moved: a check without `to` refuses.
+    let mut elig = b.eligibility().await;
+    assert_eq!(
+        can_send(&mut elig, "anna", "email", "zenith").await.1,
+        pb::Reason::AddressWithdrawn
+    );
     let mut cat = b.catalog().await;
     let wordings_after = cat
         .get_wordings(pb::GetWordingsRequest::default())
@@ -289,6 +311,11 @@ async fn consentctl_migrate_moves_a_redb_store_to_postgres_whole() {
     .await;
     let mut elig = c.eligibility().await;
     assert!(!can_send(&mut elig, "bob", "email", "acme").await.0);
-    assert!(can_send(&mut elig, "anna", "email", "zenith").await.0);
+    // Her consent, her address and its opt-out came back too.
+    assert!(can_send(&mut elig, "anna", "sms", "zenith").await.0);
+    assert_eq!(
+        can_send(&mut elig, "anna", "email", "zenith").await.1,
+        pb::Reason::AddressWithdrawn
+    );
     c.stop().await;
 }

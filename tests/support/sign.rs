@@ -33,7 +33,11 @@ pub(crate) fn sendgrid(key: &p256::ecdsa::SigningKey, timestamp: &str, body: &st
 
 /// Twilio's `X-Twilio-Signature`: base64 HMAC-SHA1 of the URL followed by
 /// every parameter's name and value, sorted by name.
-pub(crate) fn twilio<K: AsRef<str>, V: AsRef<str>>(token: &str, url: &str, params: &[(K, V)]) -> String {
+pub(crate) fn twilio<K: AsRef<str>, V: AsRef<str>>(
+    token: &str,
+    url: &str,
+    params: &[(K, V)],
+) -> String {
     let mut sorted: Vec<(&str, &str)> = params
         .iter()
         .map(|(k, v)| (k.as_ref(), v.as_ref()))

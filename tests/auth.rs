@@ -293,6 +293,7 @@ async fn every_event_names_its_actor_and_audit_only_reads() {
             Some(DPO),
             pb::ExportContactRequest {
                 contact_id: "anna".into(),
+                ..Default::default()
             },
         ))
         .await

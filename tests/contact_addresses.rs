@@ -214,6 +214,7 @@ async fn without_to_every_address_of_the_channels_kind_must_allow() {
     let export = cons
         .export_contact(pb::ExportContactRequest {
             contact_id: "mum".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

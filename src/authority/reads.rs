@@ -30,6 +30,26 @@ fn page_after(token: &str) -> Result<u64, FieldError> {
         .ok_or_else(|| FieldError::new("page_token", "is not a token this server issued"))
 }
 
+/// How many events a page holds: 0 means up to [`MAX_HISTORY_PAGE`], and
+/// so does more.
+fn page_len(page_size: u32) -> usize {
+    match page_size as usize {
+        0 => MAX_HISTORY_PAGE,
+        n => n.min(MAX_HISTORY_PAGE),
+    }
+}
+
+/// Cuts a page read one event long to `size`, and answers the token of the
+/// next page (empty when this one is the last).
+fn next_token(events: &mut Vec<EventRecord>, size: usize, after: u64) -> String {
+    if events.len() <= size {
+        return String::new();
+    }
+    events.truncate(size);
+    let last = events.last().map_or(after, |e| e.sequence);
+    URL_SAFE_NO_PAD.encode(last.to_be_bytes())
+}
+
 /// What GetContact shows: the contact's states and its pending grants
 /// (consent id, record, whether it still waits now).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +79,8 @@ pub struct ContactExport {
     pub exported_at: UnixNanos,
     /// The addresses it sends to, in the order they were added.
     pub addresses: Vec<Address>,
+    /// The token of the next page of events (empty after the last).
+    pub next_page_token: String,
 }
 
 /// Splits a contact's stored states into its consent states and its
@@ -150,26 +172,26 @@ impl Authority {
     ) -> Result<(Vec<EventRecord>, String), ReadError> {
         let after = page_after(page_token)?;
         self.fresh(min_sequence).await?;
-        let size = match page_size as usize {
-            0 => MAX_HISTORY_PAGE,
-            n => n.min(MAX_HISTORY_PAGE),
-        };
+        let size = page_len(page_size);
         let mut events = self
             .read(move |store| store.history_page(contact.as_str(), after, size + 1))
             .await?;
-        let next = if events.len() > size {
-            events.truncate(size);
-            let last = events.last().map_or(after, |e| e.sequence);
-            URL_SAFE_NO_PAD.encode(last.to_be_bytes())
-        } else {
-            String::new()
-        };
+        let next = next_token(&mut events, size, after);
         Ok((events, next))
     }
 
-    /// Everything held about a contact (GDPR Art. 15/20): its states, its
-    /// whole history and every wording those point at, as of one moment.
-    pub async fn export(&self, contact: ContactId) -> Result<ContactExport, ReadError> {
+    /// Everything held about a contact (GDPR Art. 15/20), a page of its
+    /// history at a time (bounded like [`Authority::history`]): its states
+    /// and addresses, the page's events and every wording those point at,
+    /// read together.
+    pub async fn export(
+        &self,
+        contact: ContactId,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<ContactExport, ReadError> {
+        let after = page_after(page_token)?;
+        let size = page_len(page_size);
         let clock = self.clock.clone();
         let export = self
             .read(move |store| {
@@ -178,17 +200,21 @@ impl Authority {
                 // the pair is read again, so the two always agree.
                 // A contact written to without pause gets the last pair read.
                 let mut attempts = 0;
-                let (states, events) = loop {
+                let (states, mut events) = loop {
                     attempts += 1;
                     let states = store.contact_states(contact.as_str())?;
-                    let events = store.history(contact.as_str())?;
+                    let events = store.history_page(contact.as_str(), after, size + 1)?;
                     let newest = states.iter().map(|s| s.sequence).max().unwrap_or(0);
                     if attempts == 8 || events.iter().all(|e| !e.applied || e.sequence <= newest) {
                         break (states, events);
                     }
                 };
+                let next_page_token = next_token(&mut events, size, after);
                 let (states, addresses) = split_addresses(states, |seq| {
-                    Ok(events.iter().find(|e| e.sequence == seq).cloned())
+                    match events.iter().find(|e| e.sequence == seq) {
+                        Some(e) => Ok(Some(e.clone())),
+                        None => event_at(store, contact.as_str(), seq),
+                    }
                 })?;
                 let mut wanted: BTreeSet<(&str, u32)> = events
                     .iter()
@@ -213,6 +239,7 @@ impl Authority {
                     wordings,
                     exported_at: clock.now(),
                     addresses,
+                    next_page_token,
                 })
             })
             .await?;

@@ -324,9 +324,12 @@ impl pb::consents_service_server::ConsentsService for ConsentsApi {
         &self,
         request: Request<pb::ExportContactRequest>,
     ) -> Result<Response<pb::ExportContactResponse>, Status> {
-        let contact =
-            ContactId::parse("contact_id", &request.get_ref().contact_id).map_err(invalid)?;
-        let export = self.authority.export(contact).await?;
+        let r = request.into_inner();
+        let contact = ContactId::parse("contact_id", &r.contact_id).map_err(invalid)?;
+        let export = self
+            .authority
+            .export(contact, r.page_size, &r.page_token)
+            .await?;
         Ok(Response::new(convert::export_to(export)))
     }
 

@@ -131,5 +131,6 @@ pub(crate) fn export_to(e: ContactExport) -> pb::ExportContactResponse {
         wordings: e.wordings.into_iter().map(wording_to).collect(),
         exported_at: Some(timestamp(e.exported_at)),
         addresses: e.addresses.iter().map(address_to).collect(),
+        next_page_token: e.next_page_token,
     }
 }

@@ -135,6 +135,7 @@ async fn export(server: &TestServer, who: &str) -> pb::ExportContactResponse {
     let mut e = c
         .export_contact(pb::ExportContactRequest {
             contact_id: who.into(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -279,6 +279,7 @@ async fn verify(channel: &Channel, acked: &Arc<Mutex<Acknowledged>>) {
         let export = cons
             .export_contact(pb::ExportContactRequest {
                 contact_id: who.clone(),
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -196,13 +196,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             render::history(json_mode, &contact, &events);
         }
         Command::Export { contact, out } => {
-            let export = c
-                .consents
-                .export_contact(pb::ExportContactRequest {
-                    contact_id: contact,
-                })
-                .await?
-                .into_inner();
+            // Page by page (the server bounds each), merged into one
+            // document: the last page's states and addresses, every event,
+            // every wording once.
+            let mut export = pb::ExportContactResponse::default();
+            let mut page_token = String::new();
+            loop {
+                let page = c
+                    .consents
+                    .export_contact(pb::ExportContactRequest {
+                        contact_id: contact.clone(),
+                        page_size: 0,
+                        page_token,
+                    })
+                    .await?
+                    .into_inner();
+                export.contact_id = page.contact_id;
+                export.states = page.states;
+                export.addresses = page.addresses;
+                export.exported_at = page.exported_at;
+                export.events.extend(page.events);
+                for w in page.wordings {
+                    if !export.wordings.contains(&w) {
+                        export.wordings.push(w);
+                    }
+                }
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
             let text = serde_json::to_string_pretty(&render::export(&export))?;
             match out {
                 Some(path) => std::fs::write(&path, text + "\n")

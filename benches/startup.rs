@@ -131,6 +131,7 @@ fn erase_and_purge(store: &dyn Store) -> anyhow::Result<f64> {
             hash: [42; 32],
             erased_at: 1_800_000_000_000_000_000,
             reason: "bench".into(),
+            sequence: 0,
         },
     )?;
     let purge = Instant::now();

@@ -181,6 +181,12 @@ impl Contents {
             tombstone.hash,
             (tombstone.erased_at, tombstone.reason.clone()),
         );
+        if tombstone.sequence > 0 {
+            self.erasure_log.retain(|_, t| t.hash != tombstone.hash);
+            self.erasure_log
+                .insert(tombstone.sequence, tombstone.clone());
+            self.next_sequence = self.next_sequence.max(tombstone.sequence + 1);
+        }
         held.is_some()
     }
 
@@ -267,12 +273,13 @@ impl SharedStore for MemoryStore {
                 }
                 c.apply(&batch)?
             }
-            Write::Erase { contact, tombstone } => {
+            Write::Erase {
+                contact,
+                mut tombstone,
+            } => {
                 let sequence = c.next_sequence;
-                c.next_sequence += 1;
+                tombstone.sequence = sequence;
                 c.erase(&contact, &tombstone);
-                c.erasure_log.retain(|_, t| t.hash != tombstone.hash);
-                c.erasure_log.insert(sequence, tombstone);
                 Committed {
                     first_sequence: sequence,
                     catalog_version: c.catalog_version,
@@ -336,14 +343,18 @@ impl Transfer for MemoryStore {
     }
 
     fn tombstones(&self) -> Result<Vec<Tombstone>, StoreError> {
-        Ok(self
-            .lock()
-            .erasures
+        let c = self.lock();
+        Ok(c.erasures
             .iter()
             .map(|(hash, (erased_at, reason))| Tombstone {
                 hash: *hash,
                 erased_at: *erased_at,
                 reason: reason.clone(),
+                sequence: c
+                    .erasure_log
+                    .iter()
+                    .find(|(_, t)| t.hash == *hash)
+                    .map_or(0, |(s, _)| *s),
             })
             .collect())
     }
@@ -358,6 +369,9 @@ impl Transfer for MemoryStore {
         c.erasure_key = *erasure_key;
         for t in tombstones {
             c.erasures.insert(t.hash, (t.erased_at, t.reason.clone()));
+            if t.sequence > 0 {
+                c.erasure_log.insert(t.sequence, t.clone());
+            }
         }
         if !link_keys.is_empty() {
             c.link_keys = link_keys.to_vec();
@@ -466,6 +480,16 @@ impl Store for MemoryStore {
         let committed = c.apply(batch)?;
         self.tell(&mut c);
         Ok(committed)
+    }
+
+    fn feed(&self, after: u64, limit: usize) -> Result<super::FeedPage, StoreError> {
+        let cursor = Cursor {
+            sequence: after,
+            catalog_version: u64::MAX,
+        };
+        Ok(super::FeedPage::of(
+            self.lock().changes_after(cursor, limit),
+        ))
     }
 
     fn erase(&self, contact: &str, tombstone: &Tombstone) -> Result<bool, StoreError> {

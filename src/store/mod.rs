@@ -202,6 +202,33 @@ pub struct Changes {
     pub catalog: Option<CatalogChange>,
 }
 
+/// One page of the change feed as Watch reads it (DESIGN.md §10), on any
+/// store: events and the erasures numbered among them, in sequence order.
+#[derive(Debug, Default, Clone)]
+pub struct FeedPage {
+    /// Events, in sequence order.
+    pub events: Vec<EventRecord>,
+    /// Erasures numbered among them: (sequence, keyed hash of the contact).
+    pub erasures: Vec<(u64, [u8; 32])>,
+    /// Every record up to this sequence is in this page or before it.
+    pub through: u64,
+}
+
+impl FeedPage {
+    /// A page of what a shared store's feed gave.
+    pub fn of(changes: Changes) -> FeedPage {
+        FeedPage {
+            events: changes.events,
+            erasures: changes
+                .erasures
+                .into_iter()
+                .map(|(s, t)| (s, t.hash))
+                .collect(),
+            through: changes.through,
+        }
+    }
+}
+
 /// What a writer commits under a shared store's commit lock, ruled on the
 /// view the catch-up gave it.
 #[derive(Debug)]
@@ -229,6 +256,9 @@ pub struct Tombstone {
     pub erased_at: UnixNanos,
     /// The operator's reason.
     pub reason: String,
+    /// Where the erasure stands in the change feed (0: none, an erasure
+    /// recorded before erasures were numbered on every store).
+    pub sequence: u64,
 }
 
 /// One atomic, durable unit of writes, built by the single writer.
@@ -331,6 +361,14 @@ pub trait Store: Send + Sync + 'static {
     /// store was unreachable, what a commit in doubt may have taken.
     fn next_sequence(&self) -> Result<u64, StoreError> {
         Ok(self.recover()?.next_sequence)
+    }
+    /// Up to `limit` events committed after `after`, and the erasures
+    /// numbered among them, read in one snapshot: what Watch streams.
+    fn feed(&self, after: u64, limit: usize) -> Result<FeedPage, StoreError> {
+        let _ = (after, limit);
+        Err(StoreError::Backend(
+            "this store keeps no change feed".into(),
+        ))
     }
     /// Deletes everything held for the contact (states, events, the keys its
     /// events used) and keeps only the tombstone, durably. Returns whether

@@ -199,6 +199,7 @@ pub(crate) fn erasures_and_catalogs_reach_the_view_and_the_feed(f: &mut impl Sha
         hash: [7; 32],
         erased_at: 500,
         reason: "asked".into(),
+        sequence: 0,
     };
     let erased = a
         .commit_on_latest(Cursor::default(), &mut |_| Write::Erase {
@@ -218,7 +219,11 @@ pub(crate) fn erasures_and_catalogs_reach_the_view_and_the_feed(f: &mut impl Sha
     .unwrap();
     let view = view.unwrap();
     assert_eq!(sequences(&view), vec![2], "anna's event is gone");
-    assert_eq!(view.erasures, vec![(3, tombstone.clone())]);
+    let numbered = Tombstone {
+        sequence: 3,
+        ..tombstone.clone()
+    };
+    assert_eq!(view.erasures, vec![(3, numbered.clone())]);
     let catalog = view.catalog.expect("the catalog moved past the cursor");
     assert_eq!((catalog.spec, catalog.version), (spec, version));
     // The feed gives the same; a cursor at the version skips the catalog.
@@ -232,7 +237,7 @@ pub(crate) fn erasures_and_catalogs_reach_the_view_and_the_feed(f: &mut impl Sha
         )
         .unwrap();
     assert_eq!(sequences(&page), vec![2]);
-    assert_eq!(page.erasures, vec![(3, tombstone)]);
+    assert_eq!(page.erasures, vec![(3, numbered)]);
     assert!(page.catalog.is_none());
     assert_eq!((page.through, page.head), (3, 3));
 }

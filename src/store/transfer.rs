@@ -283,6 +283,7 @@ mod tests {
                 hash: [3; 32],
                 erased_at: 7,
                 reason: "ticket".into(),
+                sequence: 0,
             },
         )
         .unwrap();

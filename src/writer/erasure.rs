@@ -23,12 +23,18 @@ impl Committer {
             None => {
                 let erased_at = self.receipt_time();
                 stamped = Some(erased_at);
+                // The erasure takes the next sequence, as on a shared store:
+                // Watch streams it in its place among the events.
+                let sequence = self.next_sequence;
                 let tombstone = Tombstone {
                     hash,
                     erased_at,
                     reason,
+                    sequence,
                 };
-                self.store.erase(contact.as_str(), &tombstone).map(|_| None)
+                self.store
+                    .erase(contact.as_str(), &tombstone)
+                    .map(|_| Some(sequence))
             }
             Some(shared) => {
                 let mut reason = Some(reason);
@@ -43,6 +49,8 @@ impl Committer {
                                 hash,
                                 erased_at,
                                 reason: reason.take().unwrap_or_default(),
+                                // The store numbers it under its lock.
+                                sequence: 0,
                             },
                         }
                     })

@@ -45,6 +45,8 @@ macro_rules! conformance_suite {
             history_comes_in_pages,
             everything_can_be_read_out_and_adopted,
             pending_grants_are_kept_from_the_events,
+            the_feed_numbers_erasures_among_events,
+            an_erasure_last_moves_the_counter,
         );
     };
     (@cases $fixture:expr; $($case:ident),* $(,)?) => {$(
@@ -61,7 +63,9 @@ macro_rules! conformance_suite {
 }
 pub(crate) use conformance_suite;
 
+mod feed;
 mod readout;
+pub(crate) use feed::{an_erasure_last_moves_the_counter, the_feed_numbers_erasures_among_events};
 pub(crate) use readout::{
     everything_can_be_read_out_and_adopted, pending_grants_are_kept_from_the_events,
 };
@@ -312,6 +316,7 @@ pub(crate) fn erase_forgets_one_contact_only(f: &mut impl Fixture) {
         hash: [9; 32],
         erased_at: 500,
         reason: "art. 17 request".into(),
+        sequence: 0,
     };
     assert!(store.erase("erin", &tombstone).unwrap());
     // The purge leaves every live record readable, and has nothing left to
@@ -390,6 +395,7 @@ pub(crate) fn wordings_are_kept_for_good(f: &mut impl Fixture) {
         hash: [1; 32],
         erased_at: 300,
         reason: "r".into(),
+        sequence: 0,
     };
     store.erase("anyone", &tombstone).unwrap();
     drop(store);

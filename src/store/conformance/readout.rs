@@ -30,6 +30,9 @@ pub(crate) fn everything_can_be_read_out_and_adopted(f: &mut impl Fixture) {
         hash: [7; 32],
         erased_at: 900,
         reason: "art. 17, ticket 4".into(),
+        // The next number after the 7 events (a shared store numbers it
+        // itself, the same).
+        sequence: 8,
     };
     store.erase("gone-before", &tombstone).unwrap();
 
@@ -155,6 +158,7 @@ pub(crate) fn pending_grants_are_kept_from_the_events(f: &mut impl Fixture) {
                 hash: [3; 32],
                 erased_at: 100,
                 reason: "art. 17".into(),
+                sequence: 0,
             },
         )
         .unwrap();

@@ -179,14 +179,16 @@ pub(super) fn erasure_from(
     row: &tokio_postgres::Row,
 ) -> Result<(u64, crate::store::Tombstone), StoreError> {
     let hash: Vec<u8> = row.try_get(1).map_err(backend)?;
+    let sequence = u64_of(row.try_get(0).map_err(backend)?, "erasures")?;
     Ok((
-        u64_of(row.try_get(0).map_err(backend)?, "erasures")?,
+        sequence,
         crate::store::Tombstone {
             hash: hash
                 .try_into()
                 .map_err(|_| StoreError::corrupt("erasures", "hash length"))?,
             erased_at: row.try_get(2).map_err(backend)?,
             reason: row.try_get(3).map_err(backend)?,
+            sequence,
         },
     ))
 }

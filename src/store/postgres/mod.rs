@@ -421,6 +421,16 @@ impl Store for PgStore {
             .ok_or_else(|| StoreError::corrupt("meta", "the meta row is missing"))
     }
 
+    fn feed(&self, after: u64, limit: usize) -> Result<super::FeedPage, StoreError> {
+        let cursor = super::Cursor {
+            sequence: after,
+            catalog_version: u64::MAX,
+        };
+        Ok(super::FeedPage::of(super::SharedStore::changes_after(
+            self, cursor, limit,
+        )?))
+    }
+
     fn erase(&self, contact: &str, tombstone: &Tombstone) -> Result<bool, StoreError> {
         let mut write = Some(Write::Erase {
             contact: contact.to_owned(),

@@ -58,16 +58,18 @@ impl Transfer for PgStore {
 
     fn tombstones(&self) -> Result<Vec<Tombstone>, StoreError> {
         self.rows(
-            "SELECT hash, erased_at, reason FROM consentd.erasures ORDER BY hash",
+            "SELECT hash, erased_at, reason, sequence FROM consentd.erasures ORDER BY hash",
             Vec::new(),
             |r| {
                 let hash: Vec<u8> = r.try_get(0).map_err(backend)?;
+                let sequence: Option<i64> = r.try_get(3).map_err(backend)?;
                 Ok(Tombstone {
                     hash: hash
                         .try_into()
                         .map_err(|_| StoreError::corrupt("erasures", "hash length"))?,
                     erased_at: r.try_get(1).map_err(backend)?,
                     reason: r.try_get(2).map_err(backend)?,
+                    sequence: sequence.map_or(0, |s| s.max(0) as u64),
                 })
             },
         )
@@ -103,10 +105,16 @@ impl Transfer for PgStore {
                 .map_err(err)?;
             for t in &tombstones {
                 txn.execute(
-                    "INSERT INTO consentd.erasures (hash, erased_at, reason) VALUES ($1, $2, $3)
+                    "INSERT INTO consentd.erasures (hash, erased_at, reason, sequence)
+                     VALUES ($1, $2, $3, $4)
                      ON CONFLICT (hash) DO UPDATE SET erased_at = EXCLUDED.erased_at,
-                         reason = EXCLUDED.reason",
-                    &[&t.hash.as_slice(), &t.erased_at, &t.reason],
+                         reason = EXCLUDED.reason, sequence = EXCLUDED.sequence",
+                    &[
+                        &t.hash.as_slice(),
+                        &t.erased_at,
+                        &t.reason,
+                        &(t.sequence > 0).then_some(t.sequence as i64),
+                    ],
                 )
                 .await
                 .map_err(err)?;

@@ -56,6 +56,22 @@ const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const HISTORY: TableDefinition<(&str, u64), ()> = TableDefinition::new("history");
 const IDEMPOTENCY: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency");
 const ERASURES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("erasures");
+/// A table a read transaction may open, or `None` when no write ever
+/// created it (a file from before it existed).
+pub(super) fn open_if_any<K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &redb::ReadTransaction,
+    def: TableDefinition<K, V>,
+) -> Result<Option<redb::ReadOnlyTable<K, V>>, StoreError> {
+    match txn.open_table(def) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Erasures by their place in the change feed (sequence → keyed hash): what
+/// Watch streams between the events (older erasures have none).
+const ERASURE_FEED: TableDefinition<u64, &[u8; 32]> = TableDefinition::new("erasure_feed");
 /// (recorded_at, key) of every idempotency key, oldest first: for pruning.
 const IDEMPOTENCY_BY_TIME: TableDefinition<(i64, &str), ()> =
     TableDefinition::new("idempotency_by_time");
@@ -376,6 +392,33 @@ impl Store for RedbStore {
                 StoreError::corrupt("events", format!("sequence {sequence} is missing"))
             })?;
             out.push(decode_event(sequence, v.value())?);
+        }
+        Ok(out)
+    }
+
+    fn feed(&self, after: u64, limit: usize) -> Result<super::FeedPage, StoreError> {
+        let txn = self.db()?.begin_read()?;
+        let head = match txn.open_table(META)?.get("next_sequence")? {
+            Some(v) => u64_from(v.value())?.saturating_sub(1),
+            None => 0,
+        };
+        let events = txn.open_table(EVENTS)?;
+        let mut out = super::FeedPage::default();
+        for row in events.range(after.saturating_add(1)..)?.take(limit) {
+            let (k, v) = row?;
+            out.events.push(decode_event(k.value(), v.value())?);
+        }
+        out.through = match out.events.last() {
+            Some(last) if out.events.len() == limit => last.sequence,
+            _ => head.max(after),
+        };
+        if out.through > after
+            && let Some(feed) = open_if_any(&txn, ERASURE_FEED)?
+        {
+            for row in feed.range(after + 1..=out.through)? {
+                let (k, v) = row?;
+                out.erasures.push((k.value(), *v.value()));
+            }
         }
         Ok(out)
     }

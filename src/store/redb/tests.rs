@@ -143,6 +143,7 @@ fn purge_leaves_no_byte_of_an_erased_contact_while_open() {
         hash: [7; 32],
         erased_at: 5,
         reason: "r".into(),
+        sequence: 0,
     };
     store.erase("erin.secret@example.com", &tombstone).unwrap();
     let file = dir.path().join(super::DB_FILE);

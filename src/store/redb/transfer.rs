@@ -4,7 +4,7 @@
 use redb::ReadableDatabase;
 
 use super::codec::{decode_event, decode_idempotency, tombstone_erased_at};
-use super::{ERASURES, EVENTS, IDEMPOTENCY, RedbStore};
+use super::{ERASURE_FEED, ERASURES, EVENTS, IDEMPOTENCY, RedbStore};
 use crate::domain::EventRecord;
 use crate::store::{IdempotencyRecord, StoreError, Tombstone, Transfer};
 
@@ -43,6 +43,13 @@ impl Transfer for RedbStore {
 
     fn tombstones(&self) -> Result<Vec<Tombstone>, StoreError> {
         let txn = self.db()?.begin_read()?;
+        let mut sequences = std::collections::HashMap::new();
+        if let Some(feed) = super::open_if_any(&txn, ERASURE_FEED)? {
+            for row in feed.range::<u64>(..)? {
+                let (k, v) = row?;
+                sequences.insert(*v.value(), k.value());
+            }
+        }
         let mut out = Vec::new();
         for row in txn.open_table(ERASURES)?.range::<&[u8; 32]>(..)? {
             let (k, v) = row?;
@@ -52,6 +59,7 @@ impl Transfer for RedbStore {
                 erased_at: tombstone_erased_at(bytes)?,
                 reason: String::from_utf8(bytes[8..].to_vec())
                     .map_err(|_| StoreError::corrupt("erasures", "reason encoding"))?,
+                sequence: sequences.get(k.value()).copied().unwrap_or(0),
             });
         }
         Ok(out)

@@ -6,8 +6,8 @@ use prost::Message;
 use redb::ReadableTable;
 
 use super::{
-    CONTACTS, ERASURES, EVENTS, HISTORY, IDEMPOTENCY, IDEMPOTENCY_BY_TIME, META, REWRITE_PENDING,
-    RedbStore, WORDINGS, read_contact,
+    CONTACTS, ERASURE_FEED, ERASURES, EVENTS, HISTORY, IDEMPOTENCY, IDEMPOTENCY_BY_TIME, META,
+    REWRITE_PENDING, RedbStore, WORDINGS, read_contact,
 };
 use crate::domain::UnixNanos;
 use crate::store::redb::codec::{
@@ -98,9 +98,13 @@ impl RedbStore {
             txn.open_table(META)?
                 .insert("erasure_key", erasure_key.as_slice())?;
             let mut erasures = txn.open_table(ERASURES)?;
+            let mut feed = txn.open_table(ERASURE_FEED)?;
             for t in tombstones {
                 let value = encode_tombstone(t.erased_at, &t.reason);
                 erasures.insert(&t.hash, value.as_slice())?;
+                if t.sequence > 0 {
+                    feed.insert(t.sequence, &t.hash)?;
+                }
             }
         }
         txn.commit()?;
@@ -172,6 +176,25 @@ impl RedbStore {
             let value = encode_tombstone(tombstone.erased_at, &tombstone.reason);
             txn.open_table(ERASURES)?
                 .insert(&tombstone.hash, value.as_slice())?;
+            if tombstone.sequence > 0 {
+                // Its place in the feed, and the counter past it (an
+                // erasure may be the last record before a restart).
+                txn.open_table(ERASURE_FEED)?
+                    .insert(tombstone.sequence, &tombstone.hash)?;
+                let mut meta = txn.open_table(META)?;
+                let next = match meta.get("next_sequence")? {
+                    Some(v) => u64::from_le_bytes(
+                        v.value()
+                            .try_into()
+                            .map_err(|_| StoreError::corrupt("meta", "next_sequence length"))?,
+                    ),
+                    None => 1,
+                };
+                if next <= tombstone.sequence {
+                    let after = tombstone.sequence + 1;
+                    meta.insert("next_sequence", after.to_le_bytes().as_slice())?;
+                }
+            }
             txn.open_table(META)?
                 .insert(REWRITE_PENDING, [1u8].as_slice())?;
         }

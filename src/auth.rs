@@ -23,6 +23,8 @@ pub(crate) enum Role {
     Write,
     Audit,
     Admin,
+    /// Reads the change feed (ChangesService.Watch).
+    Watch,
 }
 
 impl Role {
@@ -32,6 +34,7 @@ impl Role {
             "write" => Some(Role::Write),
             "audit" => Some(Role::Audit),
             "admin" => Some(Role::Admin),
+            "watch" => Some(Role::Watch),
             _ => None,
         }
     }
@@ -42,6 +45,7 @@ impl Role {
             Role::Write => 2,
             Role::Audit => 8,
             Role::Admin => 4,
+            Role::Watch => 16,
         }
     }
 }

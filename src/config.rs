@@ -94,7 +94,7 @@ pub struct Config {
     #[arg(long = "link-key", env = "CONSENTD_LINK_KEYS", value_delimiter = ',')]
     pub link_keys: Vec<String>,
 
-    /// Bearer tokens, `ROLES:SECRET` with roles check, write, admin joined
+    /// Bearer tokens, `ROLES:SECRET` with roles check, write, audit, admin, watch joined
     /// by `+` (e.g. `check:s3cret-for-dispatch`). None: auth is off.
     #[arg(long = "token", env = "CONSENTD_TOKENS", value_delimiter = ',')]
     pub tokens: Vec<String>,

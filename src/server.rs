@@ -23,10 +23,11 @@ use crate::auth::Auth;
 use crate::authority::{Authority, Options};
 use crate::config::Config;
 use crate::domain::CatalogSpec;
-use crate::grpc::{AdmissionLayer, CatalogApi, ConsentsApi, EligibilityApi};
+use crate::grpc::{AdmissionLayer, CatalogApi, ChangesApi, ConsentsApi, EligibilityApi};
 use crate::links::Links;
 use crate::pb;
 use crate::pb::catalog_service_server::SERVICE_NAME as CATALOG;
+use crate::pb::changes_service_server::SERVICE_NAME as CHANGES;
 use crate::pb::consents_service_server::SERVICE_NAME as CONSENTS;
 use crate::pb::eligibility_service_server::SERVICE_NAME as ELIGIBILITY;
 use crate::store::{Backend, RedbStore, SharedStore, Store};
@@ -336,6 +337,9 @@ impl Server {
                 ))
                 .max_decoding_message_size(MAX_CATALOG_MESSAGE_BYTES),
             )
+            .add_service(pb::changes_service_server::ChangesServiceServer::new(
+                ChangesApi::new(authority.clone(), stop_rx.clone()),
+            ))
             .serve_with_incoming_shutdown(
                 TcpIncoming::from(grpc).with_nodelay(Some(true)),
                 stopped(stop_rx.clone()),
@@ -362,7 +366,7 @@ impl Server {
         ));
 
         health.set_service_status("", ServingStatus::Serving).await;
-        for name in [ELIGIBILITY, CONSENTS, CATALOG] {
+        for name in [ELIGIBILITY, CONSENTS, CATALOG, CHANGES] {
             health
                 .set_service_status(name, ServingStatus::Serving)
                 .await;
@@ -442,7 +446,7 @@ impl Server {
         store_health.abort();
         feed_health.abort();
         let _ = serving_tx.send(false);
-        for name in ["", ELIGIBILITY, CONSENTS, CATALOG] {
+        for name in ["", ELIGIBILITY, CONSENTS, CATALOG, CHANGES] {
             health
                 .set_service_status(name, ServingStatus::NotServing)
                 .await;

@@ -14,6 +14,7 @@ use tonic::{Code, Request};
 const CHECK: &str = "dispatch-0123456789abcdef";
 const WRITE: &str = "crm-0123456789abcdef-wr";
 const ADMIN: &str = "dpo-0123456789abcdef-ad";
+const WATCH: &str = "esp-sync-0123456789abcd";
 
 fn with<T>(token: Option<&str>, msg: T) -> Request<T> {
     let mut r = Request::new(msg);
@@ -40,6 +41,7 @@ async fn each_role_allowed_and_refused() {
         format!("check:{CHECK}"),
         format!("write:{WRITE}"),
         format!("admin:{ADMIN}"),
+        format!("watch:{WATCH}"),
     ];
     let server = TestServer::start_with(config).await;
     let ch = server.channel().await;
@@ -167,6 +169,31 @@ async fn each_role_allowed_and_refused() {
             "{token:?} EraseContact"
         );
     }
+    // Watch: the `watch` role (or `audit`), no other.
+    let mut changes =
+        consentd::pb::changes_service_client::ChangesServiceClient::new(server.channel().await);
+    for (token, expected) in [
+        (Some(WATCH), Code::Ok),
+        (Some(CHECK), Code::PermissionDenied),
+        (Some(WRITE), Code::PermissionDenied),
+        (Some(ADMIN), Code::PermissionDenied),
+        (None, Code::Unauthenticated),
+    ] {
+        let got = code(
+            changes
+                .watch(with(token, pb::WatchRequest::default()))
+                .await,
+        );
+        assert_eq!(got, expected, "{token:?} Watch");
+    }
+    // A watch token reads nothing else.
+    assert_eq!(
+        code(
+            elig.can_send(with(Some(WATCH), check("a", "email", "acme")))
+                .await
+        ),
+        Code::PermissionDenied
+    );
     server.stop().await;
 }
 

@@ -56,6 +56,9 @@ mod reconcile;
 #[path = "restart.rs"]
 mod restart;
 #[cfg(pg_available)]
+#[path = "watch.rs"]
+mod watch;
+#[cfg(pg_available)]
 #[path = "wordings.rs"]
 mod wordings;
 

@@ -23,6 +23,7 @@ mod links;
 mod pages;
 mod preferences;
 mod reads;
+mod watch;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,6 +41,7 @@ pub use self::preferences::{
     PreferenceResult, Reach, Through,
 };
 pub use self::reads::{ContactExport, ContactView, MAX_HISTORY_PAGE};
+pub use self::watch::{CHECKPOINT_EVERY, WATCH_BUFFER, WatchEnd, WatchItem, Watched};
 pub use crate::error::{CatalogError, ChangeError, EraseError, LinkError, ReadError, WriteError};
 
 use crate::clock::Clock;

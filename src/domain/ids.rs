@@ -90,6 +90,20 @@ impl ContactId {
     pub fn is_address(&self) -> bool {
         is_address_key(&self.0)
     }
+
+    /// The keyed hash behind an address's key (`None` for a contact).
+    pub fn address_hash(&self) -> Option<[u8; 32]> {
+        let hex = self.0.strip_prefix(ADDRESS_MARK)?.as_bytes();
+        if hex.len() != 64 {
+            return None;
+        }
+        let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+        let mut out = [0u8; 32];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = (digit(hex[2 * i])? << 4) | digit(hex[2 * i + 1])?;
+        }
+        Some(out)
+    }
 }
 
 /// How long an address's key is: the mark and 64 hex digits.

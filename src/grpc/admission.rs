@@ -70,6 +70,7 @@ fn roles(path: &str) -> Option<&'static [Role]> {
             "GetContact" | "GetHistory" | "ExportContact" | "GetAddress",
         ) => &[Write, Audit],
         ("consent.v1.ConsentsService", "EraseContact") => &[Admin],
+        ("consent.v1.ChangesService", _) => &[Watch, Audit],
         ("consent.v1.CatalogService", "ApplyCatalog") => &[Admin],
         ("consent.v1.CatalogService", "GetWordings") => &[Write, Audit, Admin],
         // GetCatalog, and any method this build does not know: any token.

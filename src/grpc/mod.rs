@@ -6,6 +6,7 @@ mod admission;
 pub(crate) mod convert;
 mod records;
 mod status;
+mod watch;
 
 pub(crate) use admission::AdmissionLayer;
 use admission::{actor, deadline};
@@ -18,6 +19,7 @@ use crate::pb;
 
 pub use convert::{catalog_from, catalog_to, timestamp};
 pub use status::invalid;
+pub(crate) use watch::ChangesApi;
 
 /// Most checks in one CanSendBatch (DESIGN.md §3).
 pub const MAX_BATCH_CHECKS: usize = 10_000;

@@ -18,6 +18,8 @@ use common::*;
 mod addresses;
 #[path = "node_faults.rs"]
 mod faults;
+#[path = "node_watch.rs"]
+mod watch;
 
 /// `n` nodes over one fresh database of the shared test server; the first
 /// applies the example catalog at start, the others load it from the store.

@@ -1,0 +1,203 @@
+//! Watch (DESIGN.md §10): every record this node has applied after a
+//! sequence, in sequence order, read from the store's feed a page at a time
+//! ([`crate::store::Store::feed`]), with a checkpoint whenever the stream has
+//! caught up and at least every 5 s.
+//!
+//! A stream holds at most [`WATCH_BUFFER`] records for its consumer: one
+//! that falls further behind is ended with [`WatchEnd::Behind`] (it resumes
+//! from the last sequence it got), so a slow consumer never holds memory.
+//! The feeding task stops within a wait of the consumer going away.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::Authority;
+use crate::domain::{Catalog, ConsentIdx, EventRecord, FieldError, UnixNanos};
+
+/// Records a stream holds for a consumer that does not read them yet.
+pub const WATCH_BUFFER: usize = 4096;
+
+/// Records read from the store per page.
+const PAGE: usize = 1024;
+
+/// The longest a stream goes without a checkpoint.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
+
+/// One record of a Watch stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Watched {
+    /// An event (a decision, on a contact or an address; or a mark).
+    Event(EventRecord),
+    /// A contact erased: its keyed hash only.
+    Erasure {
+        /// Its place in the feed.
+        sequence: u64,
+        /// HMAC-SHA256 of the contact id under the store's erasure key.
+        hash: [u8; 32],
+    },
+    /// Nothing at or below `sequence` is still to come.
+    Checkpoint {
+        /// How far the stream has come.
+        sequence: u64,
+        /// When it was sent.
+        at: UnixNanos,
+    },
+}
+
+/// Why a stream ended.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WatchEnd {
+    /// The consumer fell behind the stream's buffer.
+    #[error(
+        "the consumer fell more than {WATCH_BUFFER} records behind; resume from the last sequence received"
+    )]
+    Behind,
+    /// The store could not be read.
+    #[error("the change feed cannot be read now: {0}")]
+    Unavailable(String),
+}
+
+/// What a stream's consumer receives.
+pub type WatchItem = Result<Watched, WatchEnd>;
+
+/// The decisions a stream passes: of consents under these purpose roots
+/// (none: every decision).
+#[derive(Debug, Clone, Default)]
+struct Purposes(BTreeSet<String>);
+
+impl Purposes {
+    /// Whether an event passes: marks and every event pass without a
+    /// filter; a decision passes when its consent's purpose is named.
+    fn pass(&self, catalog: &Catalog, e: &EventRecord) -> bool {
+        if self.0.is_empty() || e.consent.is_mark() {
+            return true;
+        }
+        catalog
+            .consent_idx(e.consent.as_str())
+            .and_then(|idx| catalog.consent(idx))
+            .map(|c| catalog.consent_id(c.purpose as ConsentIdx))
+            .is_some_and(|root| self.0.contains(root))
+    }
+}
+
+impl Authority {
+    /// Starts a Watch after `from` (the last sequence the consumer holds),
+    /// passing only decisions of `purposes` (root consent ids; empty: all).
+    /// `from` above what this node has applied, or a purpose that is not a
+    /// root of the catalog, is an error naming the field.
+    pub fn watch(
+        &self,
+        from: u64,
+        purposes: &[String],
+    ) -> Result<mpsc::Receiver<WatchItem>, FieldError> {
+        let head = self.applied_sequence();
+        if from > head {
+            return Err(FieldError::new(
+                "from_sequence",
+                format!("is {from}, above what this node has applied ({head})"),
+            ));
+        }
+        let catalog = self.catalog.load();
+        let mut roots = BTreeSet::new();
+        for (i, p) in purposes.iter().enumerate() {
+            let root = catalog
+                .consent_idx(p)
+                .and_then(|idx| catalog.consent(idx))
+                .filter(|c| c.depth == 0);
+            if root.is_none() {
+                return Err(FieldError::new(
+                    format!("purposes[{i}]"),
+                    format!(
+                        "{} is not a purpose (a root consent) of the catalog",
+                        crate::domain::ids::quote(p)
+                    ),
+                ));
+            }
+            roots.insert(p.clone());
+        }
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER + 1);
+        let authority = self.clone();
+        tokio::spawn(async move { authority.feed_watch(from, Purposes(roots), tx).await });
+        Ok(rx)
+    }
+
+    /// The task behind one stream.
+    async fn feed_watch(&self, mut cursor: u64, purposes: Purposes, tx: mpsc::Sender<WatchItem>) {
+        let mut last_checkpoint = Instant::now();
+        loop {
+            if tx.is_closed() {
+                return;
+            }
+            let applied = self.applied_sequence();
+            if cursor < applied {
+                let page = match self.read(move |store| store.feed(cursor, PAGE)).await {
+                    Ok(page) => page,
+                    Err(e) => {
+                        let _ = tx.try_send(Err(WatchEnd::Unavailable(e.to_string())));
+                        return;
+                    }
+                };
+                // Only what this node has applied: its reads agree.
+                let through = page.through.min(applied).max(cursor);
+                let catalog = self.catalog.load();
+                let mut erasures = page.erasures.into_iter().peekable();
+                for e in page.events.into_iter().filter(|e| e.sequence <= through) {
+                    while let Some(&(sequence, hash)) = erasures.peek() {
+                        if sequence > e.sequence {
+                            break;
+                        }
+                        erasures.next();
+                        if !send(&tx, Watched::Erasure { sequence, hash }) {
+                            return;
+                        }
+                    }
+                    if purposes.pass(&catalog, &e) && !send(&tx, Watched::Event(e)) {
+                        return;
+                    }
+                }
+                for (sequence, hash) in erasures.filter(|(s, _)| *s <= through) {
+                    if !send(&tx, Watched::Erasure { sequence, hash }) {
+                        return;
+                    }
+                }
+                let progressed = through > cursor;
+                cursor = through;
+                if !progressed {
+                    // The store has not shown what was applied yet (a
+                    // replica's view, a moment's lag): look again shortly.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                if cursor < self.applied_sequence() && last_checkpoint.elapsed() < CHECKPOINT_EVERY
+                {
+                    continue;
+                }
+            }
+            let checkpoint = Watched::Checkpoint {
+                sequence: cursor,
+                at: self.clock.now(),
+            };
+            if !send(&tx, checkpoint) {
+                return;
+            }
+            last_checkpoint = Instant::now();
+            if cursor >= self.applied_sequence() {
+                // Caught up: wait for the next commit, at most until the
+                // next checkpoint is due.
+                let _ = self.applied.reach(cursor + 1, CHECKPOINT_EVERY).await;
+            }
+        }
+    }
+}
+
+/// Hands a record to the consumer; ends the stream (false) when the
+/// consumer has gone, or has fallen a whole buffer behind (then the one
+/// slot kept for it carries [`WatchEnd::Behind`]).
+fn send(tx: &mpsc::Sender<WatchItem>, record: Watched) -> bool {
+    if tx.capacity() <= 1 {
+        let _ = tx.try_send(Err(WatchEnd::Behind));
+        return false;
+    }
+    tx.try_send(Ok(record)).is_ok()
+}

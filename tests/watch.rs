@@ -321,3 +321,52 @@ async fn an_idle_stream_checkpoints_and_a_consumer_that_does_not_read_is_ended()
     assert_eq!(rest.len() as u64 + last, ROWS, "the rest, once");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consentctl_watch_prints_json_lines_and_resumes_from_a_sequence() {
+    let server = TestServer::start().await;
+    let mut cons = server.consents().await;
+    let mut sequences = Vec::new();
+    for who in ["ann", "bob", "cat"] {
+        sequences.push(
+            cons.grant(change(who, "marketing", None))
+                .await
+                .unwrap()
+                .into_inner()
+                .sequence,
+        );
+    }
+    let run = |from: u64| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_consentctl"))
+            .args(["watch", "--from", &from.to_string(), "--until-caught-up"])
+            .env("CONSENTD_ADDR", server.grpc_addr.to_string())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let lines = run(0);
+    assert_eq!(lines.len(), 4, "three events and a checkpoint: {lines:?}");
+    assert_eq!(lines[0]["type"], "event");
+    assert_eq!(lines[0]["contact_id"], "ann");
+    assert_eq!(lines[3]["type"], "checkpoint");
+    assert_eq!(lines[3]["sequence"], sequences[2]);
+    // From the first event on: the other two, then the checkpoint.
+    let rest = run(sequences[0]);
+    assert_eq!(
+        rest.iter()
+            .filter(|l| l["type"] == "event")
+            .map(|l| l["sequence"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        sequences[1..].to_vec()
+    );
+    server.stop().await;
+}

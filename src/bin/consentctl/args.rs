@@ -80,6 +80,22 @@ pub(crate) enum Command {
         #[arg(long)]
         to: Option<String>,
     },
+    /// Follow the change feed (ChangesService.Watch) as JSON lines, one
+    /// record each, from a sequence on; resumes by itself from the last
+    /// sequence received when the stream ends (a slow read, a server
+    /// restarting).
+    Watch {
+        /// The last sequence you hold (0: from the beginning).
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Only decisions of this purpose (root consent id); repeatable.
+        #[arg(long = "purpose")]
+        purposes: Vec<String>,
+        /// Stop at the first checkpoint (everything committed when it
+        /// started has been printed), for a batch job.
+        #[arg(long)]
+        until_caught_up: bool,
+    },
     /// Show a contact's addresses, or replace them.
     Addresses {
         contact: String,

@@ -10,6 +10,7 @@ mod args;
 mod import;
 mod migrate;
 mod render;
+mod watch;
 
 use std::time::Duration;
 
@@ -47,6 +48,7 @@ struct Clients {
     eligibility: EligibilityServiceClient<Intercepted>,
     consents: Consents,
     catalog: CatalogServiceClient<Intercepted>,
+    changes: consentd::pb::changes_service_client::ChangesServiceClient<Intercepted>,
 }
 
 async fn connect(cli: &Cli) -> anyhow::Result<Clients> {
@@ -78,7 +80,10 @@ async fn connect(cli: &Cli) -> anyhow::Result<Clients> {
     Ok(Clients {
         eligibility: EligibilityServiceClient::with_interceptor(channel.clone(), bearer.clone()),
         consents: ConsentsServiceClient::with_interceptor(channel.clone(), bearer.clone()),
-        catalog: CatalogServiceClient::with_interceptor(channel, bearer),
+        catalog: CatalogServiceClient::with_interceptor(channel.clone(), bearer.clone()),
+        changes: consentd::pb::changes_service_client::ChangesServiceClient::with_interceptor(
+            channel, bearer,
+        ),
     })
 }
 
@@ -316,6 +321,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Import { file } => import::import(&mut c.consents, &file, json_mode).await?,
+        Command::Watch {
+            from,
+            purposes,
+            until_caught_up,
+        } => watch::watch(&mut c, from, purposes, until_caught_up).await?,
         Command::Addresses { contact, set, none } => {
             addresses::addresses(&mut c, contact, set, none, json_mode).await?
         }

@@ -146,3 +146,19 @@ impl PgStore {
         })
     }
 }
+
+/// What Watch reads ([`crate::store::Store::feed`]): the feed's page after
+/// `after`, without the catalog.
+pub(super) fn watch_page(
+    store: &PgStore,
+    after: u64,
+    limit: usize,
+) -> Result<crate::store::FeedPage, StoreError> {
+    let cursor = crate::store::Cursor {
+        sequence: after,
+        catalog_version: u64::MAX,
+    };
+    Ok(crate::store::FeedPage::of(
+        crate::store::SharedStore::changes_after(store, cursor, limit)?,
+    ))
+}

@@ -422,13 +422,7 @@ impl Store for PgStore {
     }
 
     fn feed(&self, after: u64, limit: usize) -> Result<super::FeedPage, StoreError> {
-        let cursor = super::Cursor {
-            sequence: after,
-            catalog_version: u64::MAX,
-        };
-        Ok(super::FeedPage::of(super::SharedStore::changes_after(
-            self, cursor, limit,
-        )?))
+        feed::watch_page(self, after, limit)
     }
 
     fn erase(&self, contact: &str, tombstone: &Tombstone) -> Result<bool, StoreError> {

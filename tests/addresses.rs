@@ -28,18 +28,7 @@ fn on_address(address: pb::Address, consent: &str, source: pb::Source) -> pb::Co
 
 /// CanSend for `contact` by e-mail to `to` (the kind left to the channel's).
 async fn to(server: &TestServer, contact: &str, brand: &str, to: &str) -> (bool, Reason, String) {
-    let mut c = check(contact, "email", brand);
-    c.to = Some(pb::Address {
-        kind: pb::AddressKind::Unspecified as i32,
-        value: to.into(),
-    });
-    let r = server
-        .eligibility()
-        .await
-        .can_send(c)
-        .await
-        .unwrap()
-        .into_inner();
+    let r = can_send_to(server, contact, "email", brand, to).await;
     (r.allowed, r.reason(), r.decided_by)
 }
 
@@ -325,18 +314,7 @@ async fn phone_numbers_are_one_address_however_written() {
     .await
     .unwrap();
     for written in ["+48 601 234 567", "0048601234567", "601234567"] {
-        let mut c = check("ola", "sms", "zenith");
-        c.to = Some(pb::Address {
-            kind: 0,
-            value: written.into(),
-        });
-        let r = server
-            .eligibility()
-            .await
-            .can_send(c)
-            .await
-            .unwrap()
-            .into_inner();
+        let r = can_send_to(&server, "ola", "sms", "zenith", written).await;
         assert_eq!(r.reason(), Reason::AddressWithdrawn, "{written}");
     }
     let view = cons

@@ -111,18 +111,7 @@ async fn sms_to(
     brand: &str,
     number: &str,
 ) -> (bool, Reason, String) {
-    let mut c = check(contact, "sms", brand);
-    c.to = Some(pb::Address {
-        kind: 0,
-        value: number.into(),
-    });
-    let r = server
-        .eligibility()
-        .await
-        .can_send(c)
-        .await
-        .unwrap()
-        .into_inner();
+    let r = can_send_to(server, contact, "sms", brand, number).await;
     (r.allowed, r.reason(), r.decided_by)
 }
 
@@ -332,18 +321,7 @@ async fn signed_sendgrid_events_withdraw_on_the_address_and_forgeries_change_not
     let mail_to = |who: &'static str| {
         let server = &server;
         async move {
-            let mut c = check(who, "email", "acme");
-            c.to = Some(pb::Address {
-                kind: 0,
-                value: format!("{who}@example.com"),
-            });
-            let r = server
-                .eligibility()
-                .await
-                .can_send(c)
-                .await
-                .unwrap()
-                .into_inner();
+            let r = can_send_to(server, who, "email", "acme", &format!("{who}@example.com")).await;
             (r.allowed, r.reason(), r.decided_by)
         }
     };

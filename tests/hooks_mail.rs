@@ -111,18 +111,8 @@ async fn post(server: &TestServer, name: &str, headers: &[(&str, &str)], body: &
 
 /// CanSend of `who`'s marketing mail for Acme to `who@example.com`.
 async fn mail_to(server: &TestServer, who: &str) -> Reason {
-    let mut c = check(who, "email", "acme");
-    c.to = Some(pb::Address {
-        kind: 0,
-        value: format!("{who}@example.com"),
-    });
-    server
-        .eligibility()
+    can_send_to(server, who, "email", "acme", &format!("{who}@example.com"))
         .await
-        .can_send(c)
-        .await
-        .unwrap()
-        .into_inner()
         .reason()
 }
 

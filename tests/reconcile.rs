@@ -178,18 +178,7 @@ async fn reconcile_reports_both_ways_and_apply_only_withdraws() {
         (bob[0].consent_id.as_str(), bob[0].source()),
         ("marketing.acme", pb::Source::Provider)
     );
-    let mut c = check("bob", "email", "acme");
-    c.to = Some(pb::Address {
-        kind: 0,
-        value: "bob@example.com".into(),
-    });
-    let r = server
-        .eligibility()
-        .await
-        .can_send(c)
-        .await
-        .unwrap()
-        .into_inner();
+    let r = can_send_to(&server, "bob", "email", "acme", "bob@example.com").await;
     assert_eq!(r.reason(), Reason::AddressWithdrawn);
     // Run again: nothing left to record; nothing was ever granted.
     let (ok, out, _) = run(true);

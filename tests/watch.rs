@@ -17,6 +17,21 @@ async fn changes(server: &TestServer) -> ChangesServiceClient<tonic::transport::
     ChangesServiceClient::new(server.channel().await)
 }
 
+/// A Watch of every record after `from`.
+async fn open(
+    watch: &mut ChangesServiceClient<tonic::transport::Channel>,
+    from: u64,
+) -> tonic::Streaming<pb::WatchResponse> {
+    watch
+        .watch(pb::WatchRequest {
+            from_sequence: from,
+            purposes: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// Reads a stream until a checkpoint at or past `until`; returns the
 /// records before it (checkpoints left out) and that checkpoint's sequence.
 async fn read_until(
@@ -64,11 +79,7 @@ async fn every_record_once_in_order_resumable_and_an_erasure_names_no_one() {
     }
     // A stream from the beginning: three events, then a checkpoint.
     let mut watch = changes(&server).await;
-    let mut stream = watch
-        .watch(pb::WatchRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = open(&mut watch, 0).await;
     let (first, at) = read_until(&mut stream, last).await;
     assert_eq!(first.len(), 3);
     assert!(first.iter().all(|c| matches!(c, Change::Event(_))));
@@ -131,14 +142,7 @@ async fn every_record_once_in_order_resumable_and_an_erasure_names_no_one() {
 
     // A consumer starting after the erasure never sees Cat's events; one
     // resuming from the middle gets the rest, each once.
-    let mut stream = watch
-        .watch(pb::WatchRequest {
-            from_sequence: 0,
-            purposes: vec![],
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = open(&mut watch, 0).await;
     let (replay, _) = read_until(&mut stream, after).await;
     for c in &replay {
         if let Change::Event(e) = c {
@@ -146,14 +150,7 @@ async fn every_record_once_in_order_resumable_and_an_erasure_names_no_one() {
         }
     }
     let resumed_from = sequence(&replay[1]);
-    let mut stream = watch
-        .watch(pb::WatchRequest {
-            from_sequence: resumed_from,
-            purposes: vec![],
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = open(&mut watch, resumed_from).await;
     let (rest, _) = read_until(&mut stream, after).await;
     assert_eq!(
         rest.iter().map(sequence).collect::<Vec<_>>(),
@@ -165,14 +162,7 @@ async fn every_record_once_in_order_resumable_and_an_erasure_names_no_one() {
     server.stop().await;
     let server = TestServer::start_in(dir.path(), Some(example_catalog_path())).await;
     let mut watch = changes(&server).await;
-    let mut stream = watch
-        .watch(pb::WatchRequest {
-            from_sequence: resumed_from,
-            purposes: vec![],
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = open(&mut watch, resumed_from).await;
     let (again, _) = read_until(&mut stream, after).await;
     assert_eq!(
         again.iter().map(sequence).collect::<Vec<_>>(),
@@ -249,11 +239,7 @@ async fn an_idle_stream_checkpoints_and_a_consumer_that_does_not_read_is_ended()
     let server = TestServer::start().await;
     let mut watch = changes(&server).await;
     // Idle: checkpoints keep coming, at least every 5 s.
-    let mut stream = watch
-        .watch(pb::WatchRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = open(&mut watch, 0).await;
     let started = std::time::Instant::now();
     let mut checkpoints = 0;
     while checkpoints < 2 {
@@ -276,11 +262,7 @@ async fn an_idle_stream_checkpoints_and_a_consumer_that_does_not_read_is_ended()
     // are committed (more than the stream's buffer and the transport's
     // windows hold) is ended with RESOURCE_EXHAUSTED; it resumes from the
     // last sequence it got.
-    let mut lazy = watch
-        .watch(pb::WatchRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let mut lazy = open(&mut watch, 0).await;
     let mut import = server.consents().await;
     const ROWS: u64 = 30_000;
     let rows = (0..ROWS).map(|i| pb::ImportRequest {
@@ -309,14 +291,7 @@ async fn an_idle_stream_checkpoints_and_a_consumer_that_does_not_read_is_ended()
     };
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(got < ROWS, "it got {got} before it was ended");
-    let mut resumed = watch
-        .watch(pb::WatchRequest {
-            from_sequence: last,
-            purposes: vec![],
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut resumed = open(&mut watch, last).await;
     let (rest, _) = read_until(&mut resumed, ROWS).await;
     assert_eq!(rest.len() as u64 + last, ROWS, "the rest, once");
     server.stop().await;

@@ -73,20 +73,10 @@ impl Addressing {
     }
 
     /// Reads CanSend's `to` for `channel`: its kind may be left to the
-    /// channel's, and must agree with it when the channel has one. What a
-    /// check with `to` costs beyond one without (`benches/decision.rs`).
-    pub fn read_to(
-        &self,
-        catalog: &Catalog,
-        channel: &str,
-        raw: RawAddress<'_>,
-    ) -> Result<ContactId, FieldError> {
-        let (_, hash) = self.read_to_hash(catalog, channel, raw)?;
-        Ok(ContactId::of_address(&hash))
-    }
-
-    /// Reads CanSend's `to` as [`Addressing::read_to`] does, answering its
-    /// kind and keyed hash (what an unsubscribe link carries).
+    /// channel's, and must agree with it when the channel has one. Answers
+    /// its kind and keyed hash (the check looks it up by
+    /// [`crate::domain::ids::address_key`], a link carries it). What a check
+    /// with `to` costs beyond one without: `benches/decision.rs`.
     pub fn read_to_hash(
         &self,
         catalog: &Catalog,
@@ -194,17 +184,6 @@ impl Authority {
     /// How this node reads and names addresses.
     pub fn addressing(&self) -> &Addressing {
         &self.addressing
-    }
-
-    /// The key of CanSend's `to`, read against the catalog in force.
-    pub(super) fn to_key(
-        &self,
-        catalog: &Catalog,
-        channel: &str,
-        to: Option<RawAddress<'_>>,
-    ) -> Result<Option<ContactId>, FieldError> {
-        to.map(|raw| self.addressing.read_to(catalog, channel, raw))
-            .transpose()
     }
 
     /// GetAddress: the states and history recorded on an address, once

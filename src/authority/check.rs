@@ -74,15 +74,9 @@ impl Authority {
     /// An answer with its link, when the check asked and it is allowed.
     fn dress(&self, check: &Check<'_>, answer: Answer) -> Checked {
         let unsubscribe_url = match answer.unsubscribe {
+            // A link minted for `to` withdraws on it too.
             Some(target) if check.include_unsubscribe && answer.verdict.allowed() => {
-                // Read again only here (the check read it as a key): a
-                // link minted for `to` withdraws on it too.
-                let to = check.to.and_then(|raw| {
-                    self.addressing
-                        .read_to_hash(&self.catalog.load(), check.channel, raw)
-                        .ok()
-                });
-                self.unsubscribe_url(check.contact, check.channel, check.brand, target, to)
+                self.unsubscribe_url(check.contact, check.channel, check.brand, target, answer.to)
             }
             _ => String::new(),
         };

@@ -45,9 +45,10 @@ pub use self::watch::{CHECKPOINT_EVERY, WATCH_BUFFER, WatchEnd, WatchItem, Watch
 pub use crate::error::{CatalogError, ChangeError, EraseError, LinkError, ReadError, WriteError};
 
 use crate::clock::Clock;
+use crate::domain::ids::{ADDRESS_KEY_LEN, address_key};
 use crate::domain::{
-    Catalog, CatalogSpec, Change, ChangeOutcome, ConsentIdx, ContactHasher, ContactId, FieldError,
-    UnixNanos, Verdict, ids::check_contact,
+    AddressKind, Catalog, CatalogSpec, Change, ChangeOutcome, ConsentIdx, ContactHasher, ContactId,
+    FieldError, UnixNanos, Verdict, ids::check_contact,
 };
 use crate::index::Index;
 use crate::links::Links;
@@ -69,6 +70,9 @@ pub struct Answer {
     /// The consent an unsubscribe link for this check withdraws: the most
     /// specific of the covering set (DESIGN.md rule 4).
     pub unsubscribe: Option<ConsentIdx>,
+    /// The address the check named (`to`), as read once: its kind and
+    /// keyed hash, which the check's unsubscribe link carries.
+    pub to: Option<(AddressKind, [u8; 32])>,
 }
 
 /// The whole CanSend decision over a catalog snapshot and the index: what
@@ -116,6 +120,7 @@ pub fn answer_check(
         verdict,
         decided_by,
         unsubscribe: cover.first().copied(),
+        to: None,
     })
 }
 
@@ -288,7 +293,7 @@ impl Authority {
     }
 
     /// CanSend (DESIGN.md rule 3). Never touches the disk; allocates only
-    /// to read an address (`to`).
+    /// to normalise an address (`to`).
     pub fn can_send(&self, check: &Check<'_>) -> Result<Answer, FieldError> {
         let answer = self.decide(&self.catalog.load(), check);
         let mut tally = Tally::default();
@@ -300,8 +305,13 @@ impl Authority {
     /// One check over a catalog snapshot, with this node's index and clock.
     #[inline]
     fn decide(&self, catalog: &Catalog, c: &Check<'_>) -> Result<Answer, FieldError> {
-        let to = self.to_key(catalog, c.channel, c.to)?;
-        answer_check(
+        let to =
+            c.to.map(|raw| self.addressing.read_to_hash(catalog, c.channel, raw))
+                .transpose()?;
+        // The address's key, written in place: no allocation per check.
+        let mut buf = [0u8; ADDRESS_KEY_LEN];
+        let key = to.as_ref().map(|(_, hash)| address_key(hash, &mut buf));
+        let mut answer = answer_check(
             catalog,
             &self.index,
             &*self.clock,
@@ -309,8 +319,10 @@ impl Authority {
             c.channel,
             c.brand,
             c.purpose,
-            to.as_ref().map(ContactId::as_str),
-        )
+            key,
+        )?;
+        answer.to = to;
+        Ok(answer)
     }
 
     /// Many CanSends over one catalog snapshot, answered in order; `fields`

@@ -58,9 +58,7 @@ impl Committer {
                 let _ = reply.send(Err(WriteError::Stopped(cause.clone()).into()));
                 continue;
             }
-            if change.consent.is_mark()
-                && Mark::of(change.consent.as_str()) == Some(Mark::SetAddresses)
-            {
+            if Mark::of(change.consent.as_str()) == Some(Mark::SetAddresses) {
                 self.rule_addresses(change, &mut batch, reply);
                 continue;
             }
@@ -119,7 +117,12 @@ impl Committer {
         // An address's undeliverable mark is ruled like a decision on it
         // (rule 2), with nothing of a consent's: no double opt-in, no
         // stickiness, never retired (DESIGN.md §9).
-        let mark = change.contact.is_address() && change.consent.is_mark();
+        let mark = match Mark::of(change.consent.as_str()) {
+            None => false,
+            Some(Mark::Undeliverable) if change.contact.is_address() => true,
+            // No other mark is a change a caller or a page makes.
+            Some(_) => return Err(ChangeError::UnknownConsent(change.consent.to_string()).into()),
+        };
         let (idx, version, retired, double_opt_in) = if mark {
             (UNDELIVERABLE, 0, false, false)
         } else {

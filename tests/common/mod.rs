@@ -432,6 +432,29 @@ pub(crate) async fn http(
     (status, head.to_owned(), body.to_owned())
 }
 
+/// CanSend for (contact, channel, brand) naming the address the message
+/// goes to (`to`, its kind left to the channel's).
+pub(crate) async fn can_send_to(
+    server: &TestServer,
+    contact: &str,
+    channel: &str,
+    brand: &str,
+    to: &str,
+) -> pb::CanSendResponse {
+    let mut c = check(contact, channel, brand);
+    c.to = Some(pb::Address {
+        kind: pb::AddressKind::Unspecified as i32,
+        value: to.into(),
+    });
+    server
+        .eligibility()
+        .await
+        .can_send(c)
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// IssueUnsubscribeLink for (contact, channel, brand) in the default purpose.
 pub(crate) async fn unsubscribe_link(
     server: &TestServer,

@@ -308,6 +308,7 @@ async fn every_event_names_its_actor_and_audit_only_reads() {
         Code::Ok
     );
     let contact = pb::GetContactRequest {
+        as_of: None,
         contact_id: "anna".into(),
         min_sequence: 0,
     };

@@ -179,6 +179,7 @@ async fn bad_changes_name_the_field_and_write_nothing() {
     assert_eq!(err.code(), Code::InvalidArgument);
     let err = cons
         .get_contact(pb::GetContactRequest {
+            as_of: None,
             contact_id: "\n".into(),
             min_sequence: 0,
         })

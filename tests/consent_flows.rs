@@ -551,6 +551,7 @@ async fn a_pending_grant_its_link_and_the_new_catalog_fields_survive_a_restart()
     let mut cons = server.consents().await;
     let waiting = cons
         .get_contact(pb::GetContactRequest {
+            as_of: None,
             contact_id: "ola".into(),
             min_sequence: 0,
         })

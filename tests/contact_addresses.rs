@@ -39,6 +39,7 @@ async fn set(
 
 async fn listed(cons: &mut Consents, contact: &str) -> Vec<(i32, String)> {
     cons.get_contact(pb::GetContactRequest {
+        as_of: None,
         contact_id: contact.into(),
         min_sequence: 0,
     })
@@ -177,6 +178,7 @@ async fn without_to_every_address_of_the_channels_kind_must_allow() {
     // Her consent states are only consents.
     let view = cons
         .get_contact(pb::GetContactRequest {
+            as_of: None,
             contact_id: "mum".into(),
             min_sequence: 0,
         })

@@ -68,6 +68,7 @@ async fn erasure_forgets_refuses_stale_grants_and_leaves_no_plaintext() {
     assert!(history(&server, ANNA).await.is_empty());
     let states = cons
         .get_contact(pb::GetContactRequest {
+            as_of: None,
             contact_id: ANNA.into(),
             min_sequence: 0,
         })

@@ -203,6 +203,7 @@ async fn get_contact_unknown_consent_and_retired_consents() {
 
     let got = cons
         .get_contact(pb::GetContactRequest {
+            as_of: None,
             contact_id: "c".into(),
             min_sequence: 0,
         })
@@ -226,6 +227,7 @@ async fn get_contact_unknown_consent_and_retired_consents() {
     assert_eq!(got.states[0].version, 1);
     let none = cons
         .get_contact(pb::GetContactRequest {
+            as_of: None,
             contact_id: "nobody".into(),
             min_sequence: 0,
         })

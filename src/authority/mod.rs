@@ -16,6 +16,7 @@
 //! `import.rs` the streamed import pipeline.
 
 mod addresses;
+mod asof;
 mod check;
 mod confirm;
 mod import;
@@ -23,6 +24,7 @@ mod links;
 mod pages;
 mod preferences;
 mod reads;
+mod snapshot;
 mod watch;
 
 use std::sync::Arc;
@@ -41,6 +43,7 @@ pub use self::preferences::{
     PreferenceResult, Reach, Through,
 };
 pub use self::reads::{ContactExport, ContactView, MAX_HISTORY_PAGE};
+pub use self::snapshot::{SnapshotItem, StatesRow};
 pub use self::watch::{CHECKPOINT_EVERY, WATCH_BUFFER, WatchEnd, WatchItem, Watched};
 pub use crate::error::{CatalogError, ChangeError, EraseError, LinkError, ReadError, WriteError};
 
@@ -164,6 +167,8 @@ pub struct Authority {
     hasher: ContactHasher,
     /// Reads addresses and names them to the store (DESIGN.md §9).
     addressing: Addressing,
+    /// Catalogs of past times, built for as-of reads.
+    as_of_catalogs: Arc<asof::AsOfCatalogs>,
 }
 
 /// How long a read waits for its freshness token (`min_sequence`).
@@ -219,6 +224,7 @@ impl Authority {
             controller: Arc::from(controller_name),
             hasher,
             addressing: Addressing::new(addresses, phone_region),
+            as_of_catalogs: Arc::default(),
         };
         Ok((authority, report))
     }

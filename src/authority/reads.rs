@@ -86,7 +86,7 @@ pub struct ContactExport {
 /// Splits a contact's stored states into its consent states and its
 /// addresses (the marks it holds), each address's value read from the
 /// event that added it: `added` finds that event (by its sequence).
-fn split_addresses(
+pub(super) fn split_addresses(
     states: Vec<StateRecord>,
     mut added: impl FnMut(u64) -> Result<Option<EventRecord>, StoreError>,
 ) -> Result<(Vec<StateRecord>, Vec<Address>), StoreError> {
@@ -113,7 +113,7 @@ fn split_addresses(
 }
 
 /// The event of `contact` recorded under `sequence`, if kept.
-fn event_at(
+pub(super) fn event_at(
     store: &dyn Store,
     contact: &str,
     sequence: u64,

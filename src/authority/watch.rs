@@ -28,8 +28,10 @@ pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
 /// One record of a Watch stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Watched {
-    /// An event (a decision, on a contact or an address; or a mark).
-    Event(EventRecord),
+    /// An event (a decision, on a contact or an address; or a mark), with
+    /// the keyed hash of its contact (what an erasure of it is named by;
+    /// none for an event recorded on an address).
+    Event(EventRecord, Option<[u8; 32]>),
     /// A contact erased: its keyed hash only.
     Erasure {
         /// Its place in the feed.
@@ -65,17 +67,22 @@ pub type WatchItem = Result<Watched, WatchEnd>;
 /// The decisions a stream passes: of consents under these purpose roots
 /// (none: every decision).
 #[derive(Debug, Clone, Default)]
-struct Purposes(BTreeSet<String>);
+pub(super) struct Purposes(BTreeSet<String>);
 
 impl Purposes {
     /// Whether an event passes: marks and every event pass without a
     /// filter; a decision passes when its consent's purpose is named.
     fn pass(&self, catalog: &Catalog, e: &EventRecord) -> bool {
-        if self.0.is_empty() || e.consent.is_mark() {
+        self.passes(catalog, e.consent.as_str())
+    }
+
+    /// Whether a record of `consent` passes (a mark always does).
+    pub(super) fn passes(&self, catalog: &Catalog, consent: &str) -> bool {
+        if self.0.is_empty() || crate::domain::Mark::of(consent).is_some() {
             return true;
         }
         catalog
-            .consent_idx(e.consent.as_str())
+            .consent_idx(consent)
             .and_then(|idx| catalog.consent(idx))
             .map(|c| catalog.consent_id(c.purpose as ConsentIdx))
             .is_some_and(|root| self.0.contains(root))
@@ -83,22 +90,9 @@ impl Purposes {
 }
 
 impl Authority {
-    /// Starts a Watch after `from` (the last sequence the consumer holds),
-    /// passing only decisions of `purposes` (root consent ids; empty: all).
-    /// `from` above what this node has applied, or a purpose that is not a
-    /// root of the catalog, is an error naming the field.
-    pub fn watch(
-        &self,
-        from: u64,
-        purposes: &[String],
-    ) -> Result<mpsc::Receiver<WatchItem>, FieldError> {
-        let head = self.applied_sequence();
-        if from > head {
-            return Err(FieldError::new(
-                "from_sequence",
-                format!("is {from}, above what this node has applied ({head})"),
-            ));
-        }
+    /// The purpose filter of a Watch or a snapshot: each entry must be a
+    /// root consent of the catalog (the error names `purposes[i]`).
+    pub(super) fn purposes(&self, purposes: &[String]) -> Result<Purposes, FieldError> {
         let catalog = self.catalog.load();
         let mut roots = BTreeSet::new();
         for (i, p) in purposes.iter().enumerate() {
@@ -117,9 +111,29 @@ impl Authority {
             }
             roots.insert(p.clone());
         }
+        Ok(Purposes(roots))
+    }
+
+    /// Starts a Watch after `from` (the last sequence the consumer holds),
+    /// passing only decisions of `purposes` (root consent ids; empty: all).
+    /// `from` above what this node has applied, or a purpose that is not a
+    /// root of the catalog, is an error naming the field.
+    pub fn watch(
+        &self,
+        from: u64,
+        purposes: &[String],
+    ) -> Result<mpsc::Receiver<WatchItem>, FieldError> {
+        let head = self.applied_sequence();
+        if from > head {
+            return Err(FieldError::new(
+                "from_sequence",
+                format!("is {from}, above what this node has applied ({head})"),
+            ));
+        }
+        let roots = self.purposes(purposes)?;
         let (tx, rx) = mpsc::channel(WATCH_BUFFER + 1);
         let authority = self.clone();
-        tokio::spawn(async move { authority.feed_watch(from, Purposes(roots), tx).await });
+        tokio::spawn(async move { authority.feed_watch(from, roots, tx).await });
         Ok(rx)
     }
 
@@ -153,8 +167,12 @@ impl Authority {
                             return;
                         }
                     }
-                    if purposes.pass(&catalog, &e) && !send(&tx, Watched::Event(e)) {
-                        return;
+                    if purposes.pass(&catalog, &e) {
+                        let hash =
+                            (!e.contact.is_address()).then(|| self.hasher.hash(e.contact.as_str()));
+                        if !send(&tx, Watched::Event(e, hash)) {
+                            return;
+                        }
                     }
                 }
                 for (sequence, hash) in erasures.filter(|(s, _)| *s <= through) {

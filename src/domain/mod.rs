@@ -6,6 +6,7 @@ pub mod address;
 pub mod catalog;
 pub mod erasure;
 pub mod event;
+pub mod fold;
 pub mod ids;
 pub mod mark;
 pub mod pending;
@@ -21,6 +22,7 @@ pub use event::{
     Action, Change, Decision, EventRecord, Evidence, IdempotencyRecord, Source, StateRecord,
     UnixNanos,
 };
+pub use fold::{Folded, fold};
 pub use ids::{ConsentId, ContactId, FieldError};
 pub use mark::{MAX_ADDRESSES_PER_CONTACT, Mark, UNDELIVERABLE};
 pub use pending::{MAX_PENDING_PER_CONTACT, PendingRecord};

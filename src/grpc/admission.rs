@@ -70,7 +70,9 @@ fn roles(path: &str) -> Option<&'static [Role]> {
             "GetContact" | "GetHistory" | "ExportContact" | "GetAddress",
         ) => &[Write, Audit],
         ("consent.v1.ConsentsService", "EraseContact") => &[Admin],
-        ("consent.v1.ChangesService", _) => &[Watch, Audit],
+        ("consent.v1.ConsentsService", "ExportStates") | ("consent.v1.ChangesService", _) => {
+            &[Watch, Audit]
+        }
         ("consent.v1.CatalogService", "ApplyCatalog") => &[Admin],
         ("consent.v1.CatalogService", "GetWordings") => &[Write, Audit, Admin],
         // GetCatalog, and any method this build does not know: any token.
@@ -248,6 +250,10 @@ mod tests {
         assert_eq!(
             roles("/consent.v1.ConsentsService/ExportContact"),
             Some(&[Write, Audit][..])
+        );
+        assert_eq!(
+            roles("/consent.v1.ConsentsService/ExportStates"),
+            Some(&[Watch, Audit][..])
         );
         assert_eq!(
             roles("/consent.v1.ConsentsService/EraseContact"),

@@ -17,7 +17,7 @@ use crate::domain::{
 use crate::pb;
 
 /// Nanoseconds since the epoch, within what an i64 holds (years 1678..2262).
-pub(super) fn nanos_from(field: &str, ts: &Timestamp) -> Result<UnixNanos, FieldError> {
+pub(crate) fn nanos_from(field: &str, ts: &Timestamp) -> Result<UnixNanos, FieldError> {
     if !(0..1_000_000_000).contains(&ts.nanos) {
         return Err(FieldError::new(field, "nanos must lie in 0..1e9"));
     }
@@ -280,6 +280,7 @@ pub(super) fn checked_to(checked: Checked) -> pb::CanSendResponse {
         unsubscribe_url,
         error: String::new(),
         list_id,
+        as_of: None,
     }
 }
 

@@ -56,8 +56,19 @@ impl pb::eligibility_service_server::EligibilityService for EligibilityApi {
         request: Request<pb::CanSendRequest>,
     ) -> Result<Response<pb::CanSendResponse>, Status> {
         let r = request.get_ref();
-        let checked = self.authority.check(check_of(r), r.min_sequence).await?;
-        Ok(Response::new(convert::checked_to(checked)))
+        let Some(as_of) = &r.as_of else {
+            let checked = self.authority.check(check_of(r), r.min_sequence).await?;
+            return Ok(Response::new(convert::checked_to(checked)));
+        };
+        let at = convert::nanos_from("as_of", as_of).map_err(invalid)?;
+        let checked = self
+            .authority
+            .check_as_of(check_of(r), at, r.min_sequence)
+            .await?;
+        Ok(Response::new(pb::CanSendResponse {
+            as_of: r.as_of,
+            ..convert::checked_to(checked)
+        }))
     }
 
     async fn can_send_batch(
@@ -72,6 +83,12 @@ impl pb::eligibility_service_server::EligibilityService for EligibilityApi {
                     "has {} items, at most {MAX_BATCH_CHECKS} allowed",
                     r.checks.len()
                 ),
+            )));
+        }
+        if let Some(i) = r.checks.iter().position(|c| c.as_of.is_some()) {
+            return Err(invalid(FieldError::new(
+                format!("checks[{i}].as_of"),
+                "is for CanSend: as-of reads read the history, one check at a time",
             )));
         }
         // DESIGN.md §8: a batch waits for the largest token it names.
@@ -162,13 +179,23 @@ impl pb::consents_service_server::ConsentsService for ConsentsApi {
         &self,
         request: Request<pb::GetContactRequest>,
     ) -> Result<Response<pb::GetContactResponse>, Status> {
-        let contact =
-            ContactId::parse("contact_id", &request.get_ref().contact_id).map_err(invalid)?;
-        let view = self
-            .authority
-            .contact(contact, request.get_ref().min_sequence)
-            .await?;
+        let r = request.get_ref();
+        let contact = ContactId::parse("contact_id", &r.contact_id).map_err(invalid)?;
+        let as_of = r
+            .as_of
+            .as_ref()
+            .map(|t| convert::nanos_from("as_of", t))
+            .transpose()
+            .map_err(invalid)?;
+        let view = match as_of {
+            Some(at) => {
+                self.authority.fresh(r.min_sequence).await?;
+                self.authority.contact_as_of(contact, at).await?
+            }
+            None => self.authority.contact(contact, r.min_sequence).await?,
+        };
         Ok(Response::new(pb::GetContactResponse {
+            as_of: r.as_of,
             contact_id: view.contact.to_string(),
             states: view.states.into_iter().map(convert::state_to).collect(),
             pending: view.pending.into_iter().map(convert::pending_to).collect(),
@@ -320,6 +347,15 @@ impl pb::consents_service_server::ConsentsService for ConsentsApi {
         Ok(Response::new(pb::EraseContactResponse {
             erased_at: Some(timestamp(erased_at)),
         }))
+    }
+
+    type ExportStatesStream = watch::StatesStream;
+
+    async fn export_states(
+        &self,
+        request: Request<pb::ExportStatesRequest>,
+    ) -> Result<Response<Self::ExportStatesStream>, Status> {
+        watch::export_states(&self.authority, request.into_inner())
     }
 
     async fn export_contact(

@@ -105,6 +105,7 @@ pub(crate) fn event_to(mut e: EventRecord) -> pb::ConsentEvent {
         actor: e.actor,
         pending: e.pending,
         confirmed: e.confirmed,
+        contact_hash: Vec::new(),
     }
 }
 

@@ -11,9 +11,9 @@ use tokio::sync::watch;
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
-use super::convert::{address_to, event_to, timestamp};
+use super::convert::{address_to, event_to, state_to, timestamp};
 use super::status::invalid;
-use crate::authority::{Authority, WatchEnd, WatchItem, Watched};
+use crate::authority::{Authority, SnapshotItem, WatchEnd, WatchItem, Watched};
 use crate::domain::{Action, Address, EventRecord, Mark, mark::ADDRESS_EVIDENCE};
 use crate::pb;
 
@@ -62,14 +62,51 @@ impl pb::changes_service_server::ChangesService for ChangesApi {
     }
 }
 
+/// The stream of an ExportStates.
+pub(super) type StatesStream =
+    Pin<Box<dyn Stream<Item = Result<pb::ExportStatesResponse, Status>> + Send>>;
+
+/// `ConsentsService.ExportStates`: the snapshot's rows, each with the
+/// sequence it stands at, then the last message saying it is whole.
+pub(super) fn export_states(
+    authority: &Authority,
+    r: pb::ExportStatesRequest,
+) -> Result<Response<StatesStream>, Status> {
+    let (sequence, rx) = authority.export_states(&r.purposes).map_err(invalid)?;
+    let row = move |item: SnapshotItem| -> Result<pb::ExportStatesResponse, Status> {
+        Ok(match item? {
+            Some(row) => pb::ExportStatesResponse {
+                contact_id: row.contact,
+                states: row.states.into_iter().map(state_to).collect(),
+                sequence,
+                addresses: row.addresses.iter().map(address_to).collect(),
+                contact_hash: row.contact_hash.to_vec(),
+                complete: false,
+            },
+            None => pb::ExportStatesResponse {
+                sequence,
+                complete: true,
+                ..Default::default()
+            },
+        })
+    };
+    Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(row))))
+}
+
 /// One record of the stream on the wire, or the status that ends it.
 fn response(item: WatchItem) -> Result<pb::WatchResponse, Status> {
     use pb::watch_response::Change;
     let change = match item {
-        Ok(Watched::Event(e)) => match address_change(&e) {
-            Some(kind) => Change::Address(address_record(kind, e)),
-            None => Change::Event(event_to(e)),
-        },
+        Ok(Watched::Event(e, hash)) => {
+            let contact_hash = hash.map(|h| h.to_vec()).unwrap_or_default();
+            match address_change(&e) {
+                Some(kind) => Change::Address(address_record(kind, e, contact_hash)),
+                None => Change::Event(pb::ConsentEvent {
+                    contact_hash,
+                    ..event_to(e)
+                }),
+            }
+        }
         Ok(Watched::Erasure { sequence, hash }) => Change::Erasure(pb::Erasure {
             sequence,
             contact_hash: hash.to_vec(),
@@ -101,7 +138,7 @@ fn address_change(e: &EventRecord) -> Option<pb::EventKind> {
     }
 }
 
-fn address_record(kind: pb::EventKind, e: EventRecord) -> pb::AddressChange {
+fn address_record(kind: pb::EventKind, e: EventRecord, contact_hash: Vec<u8>) -> pb::AddressChange {
     let (hash, contact_id, address) = match Mark::of(e.consent.as_str()) {
         Some(Mark::Holds { kind: k, hash }) => {
             let value = match e.action {
@@ -130,6 +167,9 @@ fn address_record(kind: pb::EventKind, e: EventRecord) -> pb::AddressChange {
         address_hash: hash.to_vec(),
         contact_id,
         address,
-        event: Some(event_to(e)),
+        event: Some(pb::ConsentEvent {
+            contact_hash,
+            ..event_to(e)
+        }),
     }
 }

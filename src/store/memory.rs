@@ -18,8 +18,8 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::{
-    CatalogChange, Changes, Committed, Cursor, IdempotencyRecord, Loaded, Recovered, SharedStore,
-    Store, StoreError, Tombstone, Transfer, Write, WriteBatch,
+    CatalogChange, Changes, Committed, ContactStates, Cursor, IdempotencyRecord, Loaded, Recovered,
+    SharedStore, Store, StoreError, Tombstone, Transfer, Write, WriteBatch,
 };
 use crate::domain::{CatalogSpec, EventRecord, PendingRecord, StateRecord, UnixNanos, Wording};
 
@@ -27,6 +27,8 @@ use crate::domain::{CatalogSpec, EventRecord, PendingRecord, StateRecord, UnixNa
 #[derive(Debug)]
 struct Contents {
     catalog: Option<CatalogSpec>,
+    /// Every catalog applied, with when it came into force.
+    catalogs: Vec<(UnixNanos, CatalogSpec)>,
     next_sequence: u64,
     erasure_key: [u8; 32],
     /// Contact → (its states in first-recorded order, its event sequences).
@@ -68,6 +70,7 @@ impl MemoryStore {
         Ok(Self {
             contents: Mutex::new(Contents {
                 catalog: None,
+                catalogs: Vec::new(),
                 next_sequence: 1,
                 erasure_key,
                 contacts: BTreeMap::new(),
@@ -128,6 +131,7 @@ impl Contents {
         }
         self.next_sequence = self.next_sequence.max(batch.next_sequence);
         if let Some(catalog) = &batch.catalog {
+            self.catalogs.push((batch.catalog_at, catalog.clone()));
             self.catalog = Some(catalog.clone());
             self.catalog_version += 1;
         }
@@ -437,6 +441,29 @@ impl Store for MemoryStore {
             .get(contact)
             .map(|(states, _)| states.clone())
             .unwrap_or_default())
+    }
+
+    fn catalog_at(&self, at: UnixNanos) -> Result<Option<(UnixNanos, CatalogSpec)>, StoreError> {
+        let c = self.lock();
+        Ok(c.catalogs
+            .iter()
+            .rev()
+            .find(|(from, _)| *from <= at)
+            .or(c.catalogs.first())
+            .cloned()
+            .or_else(|| c.catalog.clone().map(|spec| (0, spec))))
+    }
+
+    fn states_after(&self, after: &str, limit: usize) -> Result<ContactStates, StoreError> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        Ok(self
+            .lock()
+            .contacts
+            .range::<str, _>((Excluded(after), Unbounded))
+            .filter(|(_, (states, _))| !states.is_empty())
+            .take(limit)
+            .map(|(contact, (states, _))| (contact.clone(), states.clone()))
+            .collect())
     }
 
     fn erased_at(&self, hash: &[u8; 32]) -> Result<Option<UnixNanos>, StoreError> {

@@ -42,6 +42,9 @@ use crate::domain::{
     CatalogSpec, Decision, EventRecord, PendingRecord, Source, StateRecord, UnixNanos, Wording,
 };
 
+/// Contacts with every state each holds, by contact id.
+pub type ContactStates = Vec<(String, Vec<StateRecord>)>;
+
 /// One record [`Store::load_states`] feeds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Loaded {
@@ -274,6 +277,9 @@ pub struct WriteBatch {
     pub idempotency: Vec<(String, IdempotencyRecord)>,
     /// A new catalog to keep, replacing the stored one.
     pub catalog: Option<CatalogSpec>,
+    /// When that catalog comes into force: every catalog is kept with it,
+    /// for as-of reads ([`Store::catalog_at`]).
+    pub catalog_at: UnixNanos,
     /// Wordings that come into force, kept for good.
     pub wordings: Vec<Wording>,
     /// The sequence the next event after this batch gets.
@@ -330,6 +336,15 @@ pub trait Store: Send + Sync + 'static {
     fn contact_pending(&self, contact: &str) -> Result<Vec<(String, PendingRecord)>, StoreError>;
     /// Every state of a contact (empty for an unknown contact).
     fn contact_states(&self, contact: &str) -> Result<Vec<StateRecord>, StoreError>;
+    /// The catalog in force at `at` and when it came into force: the last
+    /// kept at or before `at`, else the earliest kept (a store keeps its
+    /// catalogs since it first kept them), else the one in force now
+    /// (`None`: no catalog was ever applied).
+    fn catalog_at(&self, at: UnixNanos) -> Result<Option<(UnixNanos, CatalogSpec)>, StoreError>;
+    /// Up to `limit` contacts whose id sorts after `after`, in id order,
+    /// each with every state it holds (each contact read whole): one page
+    /// of a snapshot (`Consents.ExportStates`).
+    fn states_after(&self, after: &str, limit: usize) -> Result<ContactStates, StoreError>;
     /// When the contact named by `hash` (its keyed hash, see
     /// [`crate::domain::ContactHasher`]) was last erased, if ever: what a
     /// page reached from a link asks, on any node, whatever its feed has

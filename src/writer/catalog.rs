@@ -88,6 +88,7 @@ impl Committer {
         }
         let batch = WriteBatch {
             catalog: Some(compiled.catalog.spec().clone()),
+            catalog_at: in_force_from,
             wordings: compiled.wordings,
             next_sequence: self.next_sequence,
             ..Default::default()

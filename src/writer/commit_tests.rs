@@ -78,6 +78,23 @@ impl Store for Flaky {
         self.unreachable()?;
         self.inner.erased_at(hash)
     }
+    fn catalog_at(
+        &self,
+        at: crate::domain::UnixNanos,
+    ) -> Result<Option<(crate::domain::UnixNanos, crate::domain::CatalogSpec)>, StoreError> {
+        self.unreachable()?;
+        self.inner.catalog_at(at)
+    }
+
+    fn states_after(
+        &self,
+        after: &str,
+        limit: usize,
+    ) -> Result<crate::store::ContactStates, StoreError> {
+        self.unreachable()?;
+        self.inner.states_after(after, limit)
+    }
+
     fn contact_states(&self, contact: &str) -> Result<Vec<StateRecord>, StoreError> {
         self.unreachable()?;
         self.inner.contact_states(contact)

@@ -380,6 +380,7 @@ pub(crate) fn change(contact: &str, consent: &str, occurred_at: Option<i64>) -> 
 
 pub(crate) fn check(contact: &str, channel: &str, brand: &str) -> pb::CanSendRequest {
     pb::CanSendRequest {
+        as_of: None,
         contact_id: contact.into(),
         channel: channel.into(),
         brand: brand.into(),

@@ -28,6 +28,7 @@ async fn a_double_opt_in_grant_waits_until_the_person_confirms_on_the_page() {
     let events = history(&server, "anna").await;
     assert!(events[0].pending && !events[0].applied, "{:?}", events[0]);
     let contact = |id: &str| pb::GetContactRequest {
+        as_of: None,
         contact_id: id.into(),
         min_sequence: 0,
     };

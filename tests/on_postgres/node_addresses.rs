@@ -76,6 +76,7 @@ async fn addresses_set_on_one_node_decide_checks_on_the_others() {
         .consents()
         .await
         .get_contact(pb::GetContactRequest {
+            as_of: None,
             contact_id: "kim".into(),
             min_sequence: w,
         })
@@ -125,6 +126,7 @@ async fn two_nodes_replacing_one_contacts_addresses_at_once_agree_on_one_list() 
             .consents()
             .await
             .get_contact(pb::GetContactRequest {
+                as_of: None,
                 contact_id: "lou".into(),
                 min_sequence: token,
             })

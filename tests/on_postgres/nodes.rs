@@ -80,6 +80,7 @@ async fn a_write_on_one_node_is_read_on_the_others_with_its_token() {
     let mut c = nodes[2].consents().await;
     let contact = c
         .get_contact(pb::GetContactRequest {
+            as_of: None,
             contact_id: "anna".into(),
             min_sequence: granted.sequence,
         })
@@ -231,6 +232,7 @@ async fn concurrent_writers_on_every_node_converge() {
     for i in 0..CONTACTS {
         let states = cons
             .get_contact(pb::GetContactRequest {
+                as_of: None,
                 contact_id: format!("busy-{i}"),
                 min_sequence: token,
             })

@@ -65,6 +65,7 @@ async fn the_database_going_away_pauses_writes_while_checks_go_on() {
     // Reads that need the store say so.
     let read = cons
         .get_contact(pb::GetContactRequest {
+            as_of: None,
             contact_id: "anna".into(),
             min_sequence: 0,
         })
@@ -257,6 +258,7 @@ async fn consentctl_migrate_moves_a_redb_store_to_postgres_whole() {
     // The pending grant moved with its record.
     let anna = cons
         .get_contact(pb::GetContactRequest {
+            as_of: None,
             contact_id: "anna".into(),
             min_sequence: 0,
         })

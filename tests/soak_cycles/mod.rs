@@ -303,6 +303,7 @@ async fn verify(channel: &Channel, acked: &Arc<Mutex<Acknowledged>>) {
             .is_some_and(|s| s.action() == pb::Action::Grant);
         let answer = elig
             .can_send(pb::CanSendRequest {
+                as_of: None,
                 contact_id: who.clone(),
                 channel: "email".into(),
                 brand: "zenith".into(),

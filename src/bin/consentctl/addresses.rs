@@ -50,6 +50,7 @@ pub(crate) async fn addresses(
     let list = if set.is_empty() && !none {
         c.consents
             .get_contact(pb::GetContactRequest {
+                as_of: None,
                 contact_id: contact.clone(),
                 min_sequence: 0,
             })

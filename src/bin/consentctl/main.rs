@@ -165,6 +165,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let r = c
                 .eligibility
                 .can_send(pb::CanSendRequest {
+                    as_of: None,
                     min_sequence: 0,
                     contact_id: contact,
                     channel,

@@ -18,6 +18,8 @@ pub(super) struct Columns {
     pub(super) key_fingerprints: Vec<Vec<u8>>,
     pub(super) wordings: Vec<crate::domain::Wording>,
     pub(super) catalog: Option<serde_json::Value>,
+    /// When that catalog comes into force.
+    pub(super) catalog_at: i64,
     pub(super) next_sequence: i64,
     /// Pending records the batch adds to (`add`), sets afresh after a
     /// decision ended the wait earlier in the batch (`set`), or ends
@@ -79,6 +81,7 @@ impl Columns {
                 .map(serde_json::to_value)
                 .transpose()
                 .map_err(|e| StoreError::corrupt("meta", format!("catalog: {e}")))?,
+            catalog_at: batch.catalog_at,
             wordings: batch.wordings,
             ..Default::default()
         };

@@ -162,3 +162,33 @@ pub(super) fn watch_page(
         crate::store::SharedStore::changes_after(store, cursor, limit)?,
     ))
 }
+
+/// One page of a snapshot ([`crate::store::Store::states_after`]): the
+/// next `limit` contacts after `after` by id, each with all its states,
+/// read in one statement.
+pub(super) fn states_page(
+    store: &PgStore,
+    after: &str,
+    limit: usize,
+) -> Result<crate::store::ContactStates, StoreError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = store.rows(
+        "SELECT * FROM consentd.states WHERE contact IN (
+             SELECT DISTINCT contact FROM consentd.states WHERE contact > $1
+             ORDER BY contact LIMIT $2)
+         ORDER BY contact, sequence",
+        vec![Box::new(after.to_owned()), Box::new(limit)],
+        |row| {
+            let contact: String = row.try_get("contact").map_err(backend)?;
+            Ok((contact, super::decode::state_from(row)?))
+        },
+    )?;
+    let mut out: crate::store::ContactStates = Vec::new();
+    for (contact, state) in rows {
+        match out.last_mut() {
+            Some((last, states)) if *last == contact => states.push(state),
+            _ => out.push((contact, vec![state])),
+        }
+    }
+    Ok(out)
+}

@@ -32,6 +32,7 @@ mod connect;
 mod decode;
 mod feed;
 mod listen;
+mod load;
 mod open;
 mod shared;
 mod transfer;
@@ -46,17 +47,15 @@ use tokio_postgres::types::ToSql;
 
 pub use self::connect::redact;
 use self::decode::{
-    EVENT_COLUMNS, action_of, backend, event_from, pending_from, pg, pool_error, source_of,
-    state_from, u64_of, wording_from,
+    EVENT_COLUMNS, backend, event_from, pending_from, pg, pool_error, state_from, u64_of,
+    wording_from,
 };
 use self::listen::Ears;
 use super::{
-    Committed, Cursor, IdempotencyRecord, Loaded, Recovered, Store, StoreError, Tombstone, Write,
-    WriteBatch,
+    Committed, ContactStates, Cursor, IdempotencyRecord, Loaded, Recovered, Store, StoreError,
+    Tombstone, Write, WriteBatch,
 };
-use crate::domain::{
-    CatalogSpec, Decision, EventRecord, PendingRecord, StateRecord, UnixNanos, Wording,
-};
+use crate::domain::{CatalogSpec, EventRecord, PendingRecord, StateRecord, UnixNanos, Wording};
 
 /// How long one store operation may wait for PostgreSQL before it is
 /// answered "unavailable" (a call is never held longer than this).
@@ -161,11 +160,6 @@ impl PgStore {
             rows.iter().map(map).collect()
         })
     }
-
-    /// Whether PostgreSQL answers now.
-    pub fn ping(&self) -> Result<(), StoreError> {
-        self.rows("SELECT 1", Vec::new(), |_| Ok(())).map(drop)
-    }
 }
 
 impl Store for PgStore {
@@ -238,79 +232,11 @@ impl Store for PgStore {
     }
 
     fn load_states(&self, sink: &mut dyn FnMut(&str, &str, Loaded)) -> Result<u64, StoreError> {
-        type Chunk = Vec<(String, String, i16, i64, i32, i16)>;
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Chunk, StoreError>>(2);
-        let pool = self.pool.clone();
-        self.handle.spawn(async move {
-            let result: Result<(), StoreError> = async {
-                let mut client = pool.get().await.map_err(pool_error)?;
-                let txn = client.transaction().await.map_err(|e| pg(e, false))?;
-                let portal = txn
-                    .bind(
-                        "SELECT contact, consent, action, occurred_at, version, source
-                         FROM consentd.states ORDER BY contact",
-                        &[],
-                    )
-                    .await
-                    .map_err(|e| pg(e, false))?;
-                loop {
-                    let rows = txn
-                        .query_portal(&portal, LOAD_CHUNK)
-                        .await
-                        .map_err(|e| pg(e, false))?;
-                    if rows.is_empty() {
-                        return Ok(());
-                    }
-                    let chunk = rows
-                        .iter()
-                        .map(|r| {
-                            Ok((
-                                r.try_get(0)?,
-                                r.try_get(1)?,
-                                r.try_get(2)?,
-                                r.try_get(3)?,
-                                r.try_get(4)?,
-                                r.try_get(5)?,
-                            ))
-                        })
-                        .collect::<Result<Chunk, tokio_postgres::Error>>()
-                        .map_err(backend)?;
-                    let sent = tokio::task::block_in_place(|| tx.send(Ok(chunk)));
-                    if sent.is_err() {
-                        return Ok(());
-                    }
-                }
-            }
-            .await;
-            if let Err(e) = result {
-                let _ = tokio::task::block_in_place(|| tx.send(Err(e)));
-            }
-        });
-        let mut n = 0;
-        for chunk in rx {
-            for (contact, consent, action, occurred_at, version, source) in chunk? {
-                let loaded = Loaded::State {
-                    decision: Decision {
-                        occurred_at,
-                        action: action_of(action, "states")?,
-                    },
-                    version: u32::try_from(version)
-                        .map_err(|_| StoreError::corrupt("states", "version"))?,
-                    source: source_of(source, "states")?,
-                };
-                sink(&contact, &consent, loaded);
-                n += 1;
-            }
-        }
-        // Few rows (grants waiting for a click): one query.
-        for (contact, consent, p) in self.rows(
-            "SELECT contact, consent, count, last_at, link_at FROM consentd.pending",
-            Vec::new(),
-            pending_from,
-        )? {
-            sink(&contact, &consent, Loaded::Pending(p));
-        }
-        Ok(n)
+        load::load_states(self, sink)
+    }
+
+    fn catalog_at(&self, at: UnixNanos) -> Result<Option<(UnixNanos, CatalogSpec)>, StoreError> {
+        load::catalog_at(self, at)
     }
 
     fn contact_pending(&self, contact: &str) -> Result<Vec<(String, PendingRecord)>, StoreError> {
@@ -342,6 +268,10 @@ impl Store for PgStore {
             },
         )?;
         Ok(rows.into_iter().next())
+    }
+
+    fn states_after(&self, after: &str, limit: usize) -> Result<ContactStates, StoreError> {
+        feed::states_page(self, after, limit)
     }
 
     fn contact_states(&self, contact: &str) -> Result<Vec<StateRecord>, StoreError> {

@@ -45,9 +45,10 @@ use self::codec::{
     state_from, tombstone_erased_at, u32_from, u64_from,
 };
 use super::{
-    Committed, IdempotencyRecord, Loaded, Recovered, Store, StoreError, Tombstone, WriteBatch,
+    Committed, ContactStates, IdempotencyRecord, Loaded, Recovered, Store, StoreError, Tombstone,
+    WriteBatch,
 };
-use crate::domain::{EventRecord, PendingRecord, StateRecord, UnixNanos, Wording};
+use crate::domain::{CatalogSpec, EventRecord, PendingRecord, StateRecord, UnixNanos, Wording};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const CONTACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("contacts");
@@ -75,6 +76,9 @@ const ERASURE_FEED: TableDefinition<u64, &[u8; 32]> = TableDefinition::new("eras
 /// (recorded_at, key) of every idempotency key, oldest first: for pruning.
 const IDEMPOTENCY_BY_TIME: TableDefinition<(i64, &str), ()> =
     TableDefinition::new("idempotency_by_time");
+/// When a catalog came into force → the catalog (JSON), every one applied
+/// since the file first kept them: what as-of reads decide with. Append-only.
+const CATALOGS: TableDefinition<i64, &[u8]> = TableDefinition::new("catalogs");
 /// (consent, version) → wording. Append-only.
 const WORDINGS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("wordings");
 /// Meta key set by an erasure until the file has been rewritten.
@@ -360,6 +364,52 @@ impl Store for RedbStore {
             return Ok(Vec::new());
         };
         record.states.iter().map(state_from).collect()
+    }
+
+    fn catalog_at(&self, at: UnixNanos) -> Result<Option<(UnixNanos, CatalogSpec)>, StoreError> {
+        let txn = self.db()?.begin_read()?;
+        let mut kept = None;
+        if let Some(t) = open_if_any(&txn, CATALOGS)? {
+            let row = match t.range(..=at)?.next_back() {
+                Some(row) => Some(row?),
+                None => t.first()?,
+            };
+            kept = row.map(|(k, v)| (k.value(), v.value().to_vec()));
+        }
+        let (from, json) = match kept {
+            Some(kept) => kept,
+            None => match txn.open_table(META)?.get("catalog")? {
+                Some(v) => (0, v.value().to_vec()),
+                None => return Ok(None),
+            },
+        };
+        let spec = serde_json::from_slice(&json)
+            .map_err(|e| StoreError::corrupt("catalogs", format!("catalog: {e}")))?;
+        Ok(Some((from, spec)))
+    }
+
+    fn states_after(&self, after: &str, limit: usize) -> Result<ContactStates, StoreError> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let txn = self.db()?.begin_read()?;
+        let table = txn.open_table(CONTACTS)?;
+        let mut out = Vec::new();
+        for row in table.range::<&str>((Excluded(after), Unbounded))? {
+            let (k, v) = row?;
+            let record = decode_contact(v.value())?;
+            if record.states.is_empty() {
+                continue;
+            }
+            let states = record
+                .states
+                .iter()
+                .map(state_from)
+                .collect::<Result<_, _>>()?;
+            out.push((k.value().to_owned(), states));
+            if out.len() == limit {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     fn erased_at(&self, hash: &[u8; 32]) -> Result<Option<UnixNanos>, StoreError> {

@@ -7,8 +7,8 @@ use std::path::Path;
 use redb::{Database, ReadableDatabase, TableDefinition};
 
 use super::{
-    CONTACTS, ERASURE_FEED, ERASURES, EVENTS, HISTORY, IDEMPOTENCY, IDEMPOTENCY_BY_TIME, META,
-    REWRITE_PENDING, WORDINGS,
+    CATALOGS, CONTACTS, ERASURE_FEED, ERASURES, EVENTS, HISTORY, IDEMPOTENCY, IDEMPOTENCY_BY_TIME,
+    META, REWRITE_PENDING, WORDINGS,
 };
 use crate::store::StoreError;
 
@@ -39,6 +39,7 @@ pub(super) fn rewrite(
         copy_table(&src, &dst, ERASURES)?;
         copy_table(&src, &dst, ERASURE_FEED)?;
         copy_table(&src, &dst, WORDINGS)?;
+        copy_table(&src, &dst, CATALOGS)?;
         dst.open_table(META)?.remove(REWRITE_PENDING)?;
         dst.commit()?;
     }

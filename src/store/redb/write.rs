@@ -6,8 +6,8 @@ use prost::Message;
 use redb::ReadableTable;
 
 use super::{
-    CONTACTS, ERASURE_FEED, ERASURES, EVENTS, HISTORY, IDEMPOTENCY, IDEMPOTENCY_BY_TIME, META,
-    REWRITE_PENDING, RedbStore, WORDINGS, read_contact,
+    CATALOGS, CONTACTS, ERASURE_FEED, ERASURES, EVENTS, HISTORY, IDEMPOTENCY, IDEMPOTENCY_BY_TIME,
+    META, REWRITE_PENDING, RedbStore, WORDINGS, read_contact,
 };
 use crate::domain::UnixNanos;
 use crate::store::redb::codec::{
@@ -32,6 +32,8 @@ impl RedbStore {
                     what: format!("catalog: {e}"),
                 })?;
                 meta.insert("catalog", json.as_slice())?;
+                txn.open_table(CATALOGS)?
+                    .insert(batch.catalog_at, json.as_slice())?;
             }
             if !batch.wordings.is_empty() {
                 let mut wordings = txn.open_table(WORDINGS)?;

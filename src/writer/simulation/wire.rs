@@ -93,6 +93,23 @@ impl Store for Wire {
         self.reach()?;
         self.store.erased_at(hash)
     }
+    fn catalog_at(
+        &self,
+        at: crate::domain::UnixNanos,
+    ) -> Result<Option<(crate::domain::UnixNanos, crate::domain::CatalogSpec)>, StoreError> {
+        self.reach()?;
+        self.store.catalog_at(at)
+    }
+
+    fn states_after(
+        &self,
+        after: &str,
+        limit: usize,
+    ) -> Result<crate::store::ContactStates, StoreError> {
+        self.reach()?;
+        self.store.states_after(after, limit)
+    }
+
     fn contact_states(&self, contact: &str) -> Result<Vec<StateRecord>, StoreError> {
         self.reach()?;
         self.store.contact_states(contact)

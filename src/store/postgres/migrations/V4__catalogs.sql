@@ -1,0 +1,13 @@
+-- As-of reads (DESIGN.md §10): every catalog applied is kept with the time
+-- it came into force (its catalog version orders them), so that a CanSend
+-- as of a past time decides with the catalog in force then. The catalog in
+-- force when this migration runs is kept as in force since the beginning.
+CREATE TABLE consentd.catalogs (
+    version       bigint PRIMARY KEY,
+    in_force_from bigint NOT NULL,
+    catalog       jsonb  NOT NULL
+);
+CREATE INDEX catalogs_in_force_from ON consentd.catalogs (in_force_from);
+
+INSERT INTO consentd.catalogs (version, in_force_from, catalog)
+SELECT catalog_version, 0, catalog FROM consentd.meta WHERE catalog IS NOT NULL;

@@ -14,6 +14,9 @@
 #[path = "addresses.rs"]
 mod addresses;
 #[cfg(pg_available)]
+#[path = "as_of.rs"]
+mod as_of;
+#[cfg(pg_available)]
 #[path = "catalog.rs"]
 mod catalog;
 #[cfg(pg_available)]
@@ -58,6 +61,9 @@ mod restart;
 #[cfg(pg_available)]
 #[path = "watch.rs"]
 mod watch;
+#[cfg(pg_available)]
+#[path = "snapshot.rs"]
+mod snapshot;
 #[cfg(pg_available)]
 #[path = "wordings.rs"]
 mod wordings;

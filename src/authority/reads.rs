@@ -88,25 +88,34 @@ pub struct ContactExport {
 /// event that added it: `added` finds that event (by its sequence).
 pub(super) fn split_addresses(
     states: Vec<StateRecord>,
-    mut added: impl FnMut(u64) -> Result<Option<EventRecord>, StoreError>,
+    added: impl FnMut(u64) -> Result<Option<EventRecord>, StoreError>,
 ) -> Result<(Vec<StateRecord>, Vec<Address>), StoreError> {
+    let (states, held) = split_held(states, added)?;
+    Ok((states, held.into_iter().map(|(a, _)| a).collect()))
+}
+
+/// [`split_addresses`], each address with its keyed hash.
+pub(super) fn split_held(
+    states: Vec<StateRecord>,
+    mut added: impl FnMut(u64) -> Result<Option<EventRecord>, StoreError>,
+) -> Result<(Vec<StateRecord>, Vec<(Address, [u8; 32])>), StoreError> {
     let mut consents = Vec::with_capacity(states.len());
     let mut held = Vec::new();
     for s in states {
         match Mark::of(s.consent.as_str()) {
             None => consents.push(s),
-            Some(Mark::Holds { kind, .. }) if s.action == Action::Grant => {
-                held.push((s.sequence, kind))
+            Some(Mark::Holds { kind, hash }) if s.action == Action::Grant => {
+                held.push((s.sequence, kind, hash))
             }
             Some(_) => {}
         }
     }
-    held.sort_unstable_by_key(|(sequence, _)| *sequence);
+    held.sort_unstable_by_key(|(sequence, ..)| *sequence);
     let mut addresses = Vec::with_capacity(held.len());
-    for (sequence, kind) in held {
+    for (sequence, kind, hash) in held {
         if let Some(value) = added(sequence)?.and_then(|mut e| e.evidence.remove(ADDRESS_EVIDENCE))
         {
-            addresses.push(Address::recorded(kind, value));
+            addresses.push((Address::recorded(kind, value), hash));
         }
     }
     Ok((consents, addresses))

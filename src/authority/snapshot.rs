@@ -13,7 +13,7 @@
 
 use tokio::sync::mpsc;
 
-use super::reads::{event_at, split_addresses};
+use super::reads::{event_at, split_held};
 use super::{Authority, ReadError};
 use crate::domain::{Address, FieldError, StateRecord, fold};
 
@@ -27,8 +27,9 @@ pub struct StatesRow {
     pub contact: String,
     /// Its states as of the snapshot's sequence (of the purposes asked).
     pub states: Vec<StateRecord>,
-    /// The addresses it sent to then, in the order they were added.
-    pub addresses: Vec<Address>,
+    /// The addresses it sent to then, in the order they were added, each
+    /// with its keyed hash (what Watch names it by).
+    pub addresses: Vec<(Address, [u8; 32])>,
     /// HMAC-SHA256 of the contact id under the store's erasure key.
     pub contact_hash: [u8; 32],
 }
@@ -105,11 +106,11 @@ impl Authority {
                 let contact = contact.clone();
                 move |store| {
                     if !rebuild {
-                        return split_addresses(states, |seq| event_at(store, &contact, seq));
+                        return split_held(states, |seq| event_at(store, &contact, seq));
                     }
                     let history = store.history(&contact)?;
                     let folded = fold(&history, |e| e.sequence <= at);
-                    split_addresses(folded.states, |seq| {
+                    split_held(folded.states, |seq| {
                         Ok(history.iter().find(|e| e.sequence == seq).cloned())
                     })
                 }

@@ -83,3 +83,47 @@ pub(crate) fn an_erasure_last_moves_the_counter(f: &mut impl Fixture) {
     assert_eq!(store.recover().unwrap().next_sequence, 3);
     assert_eq!(store.feed(0, 10).unwrap().erasures, vec![(2, [6; 32])]);
 }
+
+/// What a snapshot reads ([`Store::states_after`]): contacts in id order,
+/// a page at a time, each with every state it holds; an erased contact is
+/// gone; and each contact's states are its history folded.
+pub(crate) fn states_come_a_page_of_contacts_at_a_time(f: &mut impl Fixture) {
+    let store = f.fresh();
+    let mut superseded = event("bob", "marketing", Action::Grant, 5, 4);
+    superseded.applied = false;
+    store
+        .commit(&batch(vec![
+            event("cat", "marketing", Action::Grant, 10, 1),
+            event("ann", "marketing", Action::Grant, 11, 2),
+            event("bob", "marketing", Action::Withdraw, 12, 3),
+            superseded,
+            event("ann", "marketing.acme", Action::Withdraw, 13, 5),
+            event("dan", "marketing", Action::Grant, 14, 6),
+        ]))
+        .unwrap();
+    let tombstone = Tombstone {
+        hash: [9; 32],
+        erased_at: 20,
+        reason: "art. 17".into(),
+        sequence: 7,
+    };
+    store.erase("dan", &tombstone).unwrap();
+    drop(store);
+    let store = f.reopen();
+    let first = store.states_after("", 2).unwrap();
+    let names: Vec<&str> = first.iter().map(|(c, _)| c.as_str()).collect();
+    assert_eq!(names, ["ann", "bob"]);
+    let rest = store.states_after("bob", 2).unwrap();
+    assert_eq!(rest.len(), 1, "dan was erased");
+    assert_eq!(rest[0].0, "cat");
+    assert!(store.states_after("cat", 2).unwrap().is_empty());
+    for (contact, mut states) in first.into_iter().chain(rest) {
+        states.sort_by_key(|s| s.sequence);
+        let history = store.history(&contact).unwrap();
+        assert_eq!(
+            crate::domain::fold(&history, |_| true).states,
+            states,
+            "{contact}: its history folded is its states"
+        );
+    }
+}

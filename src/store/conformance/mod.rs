@@ -47,6 +47,7 @@ macro_rules! conformance_suite {
             pending_grants_are_kept_from_the_events,
             the_feed_numbers_erasures_among_events,
             an_erasure_last_moves_the_counter,
+            states_come_a_page_of_contacts_at_a_time,
         );
     };
     (@cases $fixture:expr; $($case:ident),* $(,)?) => {$(
@@ -65,7 +66,10 @@ pub(crate) use conformance_suite;
 
 mod feed;
 mod readout;
-pub(crate) use feed::{an_erasure_last_moves_the_counter, the_feed_numbers_erasures_among_events};
+pub(crate) use feed::{
+    an_erasure_last_moves_the_counter, states_come_a_page_of_contacts_at_a_time,
+    the_feed_numbers_erasures_among_events,
+};
 pub(crate) use readout::{
     everything_can_be_read_out_and_adopted, pending_grants_are_kept_from_the_events,
 };
@@ -250,19 +254,31 @@ pub(crate) fn catalog_is_kept_and_replaced(f: &mut impl Fixture) {
         channels: vec![channel.into()],
         ..Default::default()
     };
-    for (channel, next_sequence) in [("email", 1), ("sms", 4)] {
+    assert_eq!(store.catalog_at(500).unwrap(), None, "none was ever applied");
+    for (channel, next_sequence, at) in [("email", 1, 100), ("sms", 4, 200)] {
         store
             .commit(&WriteBatch {
                 catalog: Some(spec(channel)),
+                catalog_at: at,
                 next_sequence,
                 ..Default::default()
             })
             .unwrap();
     }
     drop(store);
-    let r = f.reopen().recover().unwrap();
+    let store = f.reopen();
+    let r = store.recover().unwrap();
     assert_eq!(r.catalog, Some(spec("sms")));
     assert_eq!(r.next_sequence, 4);
+    // Every catalog is kept with when it came into force (as-of reads).
+    assert_eq!(store.catalog_at(150).unwrap(), Some((100, spec("email"))));
+    assert_eq!(store.catalog_at(200).unwrap(), Some((200, spec("sms"))));
+    assert_eq!(store.catalog_at(i64::MAX).unwrap(), Some((200, spec("sms"))));
+    assert_eq!(
+        store.catalog_at(50).unwrap(),
+        Some((100, spec("email"))),
+        "before the first kept: the earliest"
+    );
 }
 
 pub(crate) fn idempotency_retention(f: &mut impl Fixture) {

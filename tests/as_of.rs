@@ -44,7 +44,11 @@ async fn ask(server: &TestServer, t: i64) -> (bool, Reason, String) {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(r.as_of.map(|a| nanos(&a)), Some(t), "the answer names its time");
+    assert_eq!(
+        r.as_of.map(|a| nanos(&a)),
+        Some(t),
+        "the answer names its time"
+    );
     (r.allowed, r.reason(), r.decided_by)
 }
 
@@ -69,7 +73,11 @@ async fn contact(server: &TestServer, t: i64) -> (Vec<(String, i32, u32)>, Vec<(
         .map(|s| (s.consent_id, s.action, s.version))
         .collect();
     states.sort();
-    let pending = r.pending.into_iter().map(|p| (p.consent_id, p.count)).collect();
+    let pending = r
+        .pending
+        .into_iter()
+        .map(|p| (p.consent_id, p.count))
+        .collect();
     (states, pending)
 }
 
@@ -153,10 +161,38 @@ async fn one_contact_asked_at_every_instant_of_its_timeline() {
     let t7 = now_nanos();
 
     use Reason::*;
-    let table: [(&str, i64, bool, Reason, Vec<(String, i32, u32)>, Vec<(String, u32)>); 8] = [
-        ("before anything", before_all, false, NoConsent, vec![], vec![]),
-        ("granted", t1, true, Granted, vec![(ACME.into(), 1, 1)], vec![]),
-        ("withdrawn", t2, false, Withdrawn, vec![(ACME.into(), 2, 1)], vec![]),
+    let table: [(
+        &str,
+        i64,
+        bool,
+        Reason,
+        Vec<(String, i32, u32)>,
+        Vec<(String, u32)>,
+    ); 8] = [
+        (
+            "before anything",
+            before_all,
+            false,
+            NoConsent,
+            vec![],
+            vec![],
+        ),
+        (
+            "granted",
+            t1,
+            true,
+            Granted,
+            vec![(ACME.into(), 1, 1)],
+            vec![],
+        ),
+        (
+            "withdrawn",
+            t2,
+            false,
+            Withdrawn,
+            vec![(ACME.into(), 2, 1)],
+            vec![],
+        ),
         (
             "a grant waits",
             t3,
@@ -165,10 +201,38 @@ async fn one_contact_asked_at_every_instant_of_its_timeline() {
             vec![(ACME.into(), 2, 1)],
             vec![(ACME.into(), 1)],
         ),
-        ("confirmed", t4, true, Granted, vec![(ACME.into(), 1, 1)], vec![]),
-        ("reworded", t5, false, StaleWording, vec![(ACME.into(), 1, 1)], vec![]),
-        ("granted again", t6, true, Granted, vec![(ACME.into(), 1, 2)], vec![]),
-        ("expired", t7, false, Expired, vec![(ACME.into(), 1, 2)], vec![]),
+        (
+            "confirmed",
+            t4,
+            true,
+            Granted,
+            vec![(ACME.into(), 1, 1)],
+            vec![],
+        ),
+        (
+            "reworded",
+            t5,
+            false,
+            StaleWording,
+            vec![(ACME.into(), 1, 1)],
+            vec![],
+        ),
+        (
+            "granted again",
+            t6,
+            true,
+            Granted,
+            vec![(ACME.into(), 1, 2)],
+            vec![],
+        ),
+        (
+            "expired",
+            t7,
+            false,
+            Expired,
+            vec![(ACME.into(), 1, 2)],
+            vec![],
+        ),
     ];
     let mut previous: Option<(bool, Reason, Vec<(String, i32, u32)>)> = None;
     for (step, t, allowed, reason, states, pending) in table {
@@ -177,14 +241,30 @@ async fn one_contact_asked_at_every_instant_of_its_timeline() {
         if matches!(reason, Granted | Withdrawn) {
             assert_eq!(by, ACME, "decided by, at {step}");
         }
-        assert_eq!(contact(&server, t).await, (states.clone(), pending), "GetContact at {step}");
+        assert_eq!(
+            contact(&server, t).await,
+            (states.clone(), pending),
+            "GetContact at {step}"
+        );
         // Just before the instant, the answer of the step before.
         if let Some((a0, r0, states0)) = previous.take()
             && step != "expired"
         {
-            assert_eq!(ask(&server, t - 1).await.0, a0, "CanSend just before {step}");
-            assert_eq!(ask(&server, t - 1).await.1, r0, "CanSend just before {step}");
-            assert_eq!(contact(&server, t - 1).await.0, states0, "GetContact just before {step}");
+            assert_eq!(
+                ask(&server, t - 1).await.0,
+                a0,
+                "CanSend just before {step}"
+            );
+            assert_eq!(
+                ask(&server, t - 1).await.1,
+                r0,
+                "CanSend just before {step}"
+            );
+            assert_eq!(
+                contact(&server, t - 1).await.0,
+                states0,
+                "GetContact just before {step}"
+            );
         }
         previous = Some((allowed, reason, states));
     }
@@ -256,7 +336,11 @@ async fn as_of_survives_a_restart_and_bad_requests_name_the_field() {
         })
         .await
         .unwrap_err();
-    assert!(err.message().contains("include_unsubscribe"), "{}", err.message());
+    assert!(
+        err.message().contains("include_unsubscribe"),
+        "{}",
+        err.message()
+    );
     let err = elig
         .can_send_batch(pb::CanSendBatchRequest {
             checks: vec![pb::CanSendRequest {
@@ -267,6 +351,10 @@ async fn as_of_survives_a_restart_and_bad_requests_name_the_field() {
         })
         .await
         .unwrap_err();
-    assert!(err.message().contains("checks[0].as_of"), "{}", err.message());
+    assert!(
+        err.message().contains("checks[0].as_of"),
+        "{}",
+        err.message()
+    );
     server.finish().await.unwrap();
 }

@@ -59,11 +59,11 @@ mod reconcile;
 #[path = "restart.rs"]
 mod restart;
 #[cfg(pg_available)]
-#[path = "watch.rs"]
-mod watch;
-#[cfg(pg_available)]
 #[path = "snapshot.rs"]
 mod snapshot;
+#[cfg(pg_available)]
+#[path = "watch.rs"]
+mod watch;
 #[cfg(pg_available)]
 #[path = "wordings.rs"]
 mod wordings;

@@ -53,7 +53,11 @@ async fn snapshot(
     let mut at = None;
     let mut last_contact = String::new();
     loop {
-        let m = stream.message().await.unwrap().expect("ends with `complete`");
+        let m = stream
+            .message()
+            .await
+            .unwrap()
+            .expect("ends with `complete`");
         assert_eq!(*at.get_or_insert(m.sequence), m.sequence, "one sequence");
         if m.complete {
             assert!(m.contact_id.is_empty());
@@ -82,7 +86,12 @@ async fn snapshot(
 
 /// Applies a Watch from `from` to the replica until a checkpoint at or
 /// past `until`.
-async fn follow(server: &TestServer, replica: &mut HashMap<String, Replica>, from: u64, until: u64) {
+async fn follow(
+    server: &TestServer,
+    replica: &mut HashMap<String, Replica>,
+    from: u64,
+    until: u64,
+) {
     let mut watch = ChangesServiceClient::new(server.channel().await);
     let mut stream = watch
         .watch(pb::WatchRequest {
@@ -113,9 +122,9 @@ async fn follow(server: &TestServer, replica: &mut HashMap<String, Replica>, fro
                 let r = replica.entry(a.contact_id.clone()).or_default();
                 r.hash = a.event.as_ref().unwrap().contact_hash.clone();
                 match a.kind() {
-                    pb::EventKind::AddressAdded => {
-                        r.addresses.push((a.address.clone().unwrap(), a.address_hash))
-                    }
+                    pb::EventKind::AddressAdded => r
+                        .addresses
+                        .push((a.address.clone().unwrap(), a.address_hash)),
                     pb::EventKind::AddressRemoved => {
                         r.addresses.retain(|(_, h)| *h != a.address_hash)
                     }
@@ -155,7 +164,11 @@ async fn erase(cons: &mut Consents, contact: &str) {
 
 /// Every contact's GetContact (states by consent, addresses) equals the
 /// replica's; contacts the replica lacks hold nothing.
-async fn assert_reproduces(cons: &mut Consents, replica: &HashMap<String, Replica>, all: &[String]) {
+async fn assert_reproduces(
+    cons: &mut Consents,
+    replica: &HashMap<String, Replica>,
+    all: &[String],
+) {
     for contact in all {
         let got = cons
             .get_contact(pb::GetContactRequest {
@@ -189,12 +202,22 @@ async fn a_snapshot_then_watch_reproduces_every_contact_while_writes_go_on() {
     // later pages are still to be read.
     let contacts: Vec<String> = (0..700).map(|i| format!("c-{i:04}")).collect();
     for (i, c) in contacts.iter().enumerate() {
-        let consent = if i % 3 == 0 { "marketing.acme" } else { "marketing" };
-        cons.grant(change(c, consent, Some(now() - 3600))).await.unwrap();
+        let consent = if i % 3 == 0 {
+            "marketing.acme"
+        } else {
+            "marketing"
+        };
+        cons.grant(change(c, consent, Some(now() - 3600)))
+            .await
+            .unwrap();
     }
     for c in &contacts[..20] {
-        cons.withdraw(change(c, "marketing", Some(now() - 1800))).await.unwrap();
-        cons.grant(change(c, "surveys", Some(now() - 1800))).await.unwrap();
+        cons.withdraw(change(c, "marketing", Some(now() - 1800)))
+            .await
+            .unwrap();
+        cons.grant(change(c, "surveys", Some(now() - 1800)))
+            .await
+            .unwrap();
     }
     set_addresses(&mut cons, "c-0001", &["one@example.com", "two@example.com"]).await;
     set_addresses(&mut cons, "c-0690", &["late@example.com"]).await;
@@ -208,13 +231,22 @@ async fn a_snapshot_then_watch_reproduces_every_contact_while_writes_go_on() {
         // states, a new address list, an erasure, a new contact, an older
         // change that does not decide.
         for c in &contacts[680..] {
-            writer.withdraw(change(c, "marketing", Some(now()))).await.unwrap();
+            writer
+                .withdraw(change(c, "marketing", Some(now())))
+                .await
+                .unwrap();
         }
-        writer.grant(change("c-0650", "marketing", Some(now() - 7200))).await.unwrap();
+        writer
+            .grant(change("c-0650", "marketing", Some(now() - 7200)))
+            .await
+            .unwrap();
         set_addresses(&mut writer, "c-0690", &["new@example.com"]).await;
         erase(&mut writer, "c-0600").await;
         erase(&mut writer, "c-0001").await;
-        writer.grant(change("d-new", "marketing", None)).await.unwrap();
+        writer
+            .grant(change("d-new", "marketing", None))
+            .await
+            .unwrap();
     })
     .await;
     assert!(!replica.contains_key("c-0002"), "erased before: not in it");
@@ -223,8 +255,7 @@ async fn a_snapshot_then_watch_reproduces_every_contact_while_writes_go_on() {
     assert_eq!(late.action, pb::Action::Grant as i32);
     assert!(late.sequence <= at);
     assert_eq!(
-        replica["c-0690"].addresses[0].0.value,
-        "late@example.com",
+        replica["c-0690"].addresses[0].0.value, "late@example.com",
         "its addresses as of the snapshot"
     );
     let head = writer
@@ -234,7 +265,10 @@ async fn a_snapshot_then_watch_reproduces_every_contact_while_writes_go_on() {
         .into_inner()
         .sequence;
     follow(&server, &mut replica, at, head).await;
-    assert!(!replica.contains_key("c-0600"), "an erasure after it, by hash");
+    assert!(
+        !replica.contains_key("c-0600"),
+        "an erasure after it, by hash"
+    );
     assert_reproduces(&mut cons, &replica, &all).await;
     server.finish().await.unwrap();
 }
@@ -249,7 +283,9 @@ async fn purposes_filter_states_and_a_bad_purpose_is_named() {
     let mut cons = server.consents().await;
     cons.grant(change("ann", "marketing", None)).await.unwrap();
     cons.grant(change("ann", "surveys", None)).await.unwrap();
-    cons.grant(change("bob", "marketing.acme", None)).await.unwrap();
+    cons.grant(change("bob", "marketing.acme", None))
+        .await
+        .unwrap();
     let (rows, at) = snapshot(&mut cons, &["surveys"], async || {}).await;
     assert!(at >= 3);
     assert_eq!(rows.len(), 1, "bob holds nothing of surveys");
@@ -275,5 +311,59 @@ async fn purposes_filter_states_and_a_bad_purpose_is_named() {
     assert!(rows.is_empty());
     assert_eq!(at, 0);
     empty.finish().await.unwrap();
+    server.finish().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consentctl_export_all_writes_json_lines_or_csv_at_one_sequence() {
+    let server = TestServer::start_in(
+        tempfile::tempdir().unwrap().path(),
+        Some(example_catalog_path()),
+    )
+    .await;
+    let mut cons = server.consents().await;
+    cons.grant(change("ann", "marketing", None)).await.unwrap();
+    cons.grant(change("ann", "surveys", None)).await.unwrap();
+    cons.withdraw(change("bob", "marketing", None))
+        .await
+        .unwrap();
+    let last = set_addresses(&mut cons, "bob", &["Bob@Example.com"]).await;
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_consentctl"))
+            .arg("export")
+            .args(args)
+            .env("CONSENTD_ADDR", server.grpc_addr.to_string())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("sequence {last}")));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let lines: Vec<serde_json::Value> = run(&["--all"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(lines[0]["contact_id"], "ann");
+    assert_eq!(lines[0]["states"].as_array().unwrap().len(), 2);
+    assert_eq!(lines[1]["contact_id"], "bob");
+    assert_eq!(lines[1]["states"][0]["action"], "WITHDRAW");
+    assert_eq!(lines[1]["addresses"][0]["value"], "bob@example.com");
+    assert_eq!(lines[1]["addresses"][0]["hash"].as_str().unwrap().len(), 64);
+    assert_eq!(
+        lines[2],
+        serde_json::json!({"complete": true, "sequence": last})
+    );
+
+    let csv = run(&["--all", "--format", "csv", "--purpose", "surveys"]);
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows.len(), 2, "{csv}");
+    assert!(rows[0].starts_with("contact_id,consent_id,action,"));
+    assert!(rows[1].starts_with("ann,surveys,GRANT,"), "{}", rows[1]);
+    assert!(rows[1].ends_with(&format!(",{last}")), "{}", rows[1]);
     server.finish().await.unwrap();
 }

@@ -224,7 +224,11 @@ impl Authority {
         let Some((from, spec, wordings)) = kept else {
             return Ok(self.catalog.load_full());
         };
-        let mut cache = self.as_of_catalogs.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self
+            .as_of_catalogs
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if let Some((_, c)) = cache.iter().find(|(f, _)| *f == from) {
             return Ok(c.clone());
         }

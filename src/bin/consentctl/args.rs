@@ -55,9 +55,24 @@ pub(crate) enum Command {
     /// Every event of a contact, oldest first.
     History { contact: String },
     /// Everything held about a contact (states, history, the wordings
-    /// behind them) as one JSON document, for an access request (Art. 15).
+    /// behind them) as one JSON document, for an access request (Art. 15);
+    /// or, with --all, a snapshot of every contact's states at one
+    /// sequence (then `consentctl watch --from` that sequence).
     Export {
-        contact: String,
+        /// The contact (not with --all).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        contact: Option<String>,
+        /// Every contact's current states (ExportStates), one sequence.
+        #[arg(long)]
+        all: bool,
+        /// With --all: `jsonl` (a contact per line, then
+        /// {"complete":true,"sequence":N}) or `csv` (a state per row, each
+        /// with the snapshot's sequence).
+        #[arg(long, default_value = "jsonl", requires = "all")]
+        format: SnapshotFormat,
+        /// With --all: only states of this purpose; repeatable.
+        #[arg(long = "purpose", requires = "all")]
+        purposes: Vec<String>,
         /// Write it to this file instead of standard output.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -302,4 +317,14 @@ mod tests {
             pb::Source::ConfirmationLink
         );
     }
+}
+
+/// How `export --all` writes a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum SnapshotFormat {
+    /// One JSON object per contact, then a last line saying it is whole.
+    Jsonl,
+    /// One row per state: contact_id, consent_id, action, occurred_at,
+    /// recorded_at, source, version, sequence, snapshot_sequence.
+    Csv,
 }

@@ -201,7 +201,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             render::history(json_mode, &contact, &events);
         }
-        Command::Export { contact, out } => {
+        Command::Export {
+            all: true,
+            format,
+            purposes,
+            out,
+            ..
+        } => watch::snapshot(&mut c, purposes, format, out).await?,
+        Command::Export {
+            contact: Some(contact),
+            out,
+            ..
+        } => {
             // Page by page (the server bounds each), merged into one
             // document: the last page's states and addresses, every event,
             // every wording once.
@@ -353,6 +364,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             addresses::reconcile(&mut c, r, json_mode).await?
         }
         Command::Migrate { .. } => unreachable!("handled before connecting"),
+        Command::Export { .. } => unreachable!("clap asks for a contact or --all"),
     }
     Ok(())
 }

@@ -35,7 +35,7 @@ pub(crate) fn short(name: &'static str) -> &'static str {
     name.split_once('_').map_or(name, |(_, rest)| rest)
 }
 
-fn state_json(s: &pb::ConsentState) -> Value {
+pub(crate) fn state_json(s: &pb::ConsentState) -> Value {
     json!({
         "consent_id": s.consent_id, "action": short(s.action().as_str_name()),
         "occurred_at": show_time(&s.occurred_at), "recorded_at": show_time(&s.recorded_at),

@@ -1,3 +1,6 @@
+//! `consentctl export --all`: a snapshot of every contact's states at one
+//! sequence, as JSON lines or CSV.
+//!
 //! `consentctl watch`: the change feed as JSON lines, one record each, for
 //! a sync job or a person tailing it. When the stream ends (the consumer
 //! fell behind, the server restarted) it resumes from the last sequence it
@@ -11,7 +14,97 @@ use consentd::pb::{self, watch_response::Change};
 use serde_json::{Value, json};
 
 use crate::Clients;
-use crate::render::{short, show_time};
+use crate::args::SnapshotFormat;
+use crate::render::{short, show_time, state_json};
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `export --all`: the snapshot, written as it streams (nothing is held
+/// but a row); its sequence and size to standard error at the end.
+pub(crate) async fn snapshot(
+    c: &mut Clients,
+    purposes: Vec<String>,
+    format: SnapshotFormat,
+    out: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    let sink: Box<dyn Write> = match &out {
+        Some(path) => Box::new(std::fs::File::create(path)?),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let sink = std::io::BufWriter::new(sink);
+    let (mut csv, mut lines) = match format {
+        SnapshotFormat::Csv => (Some(csv::Writer::from_writer(sink)), None),
+        SnapshotFormat::Jsonl => (None, Some(sink)),
+    };
+    if let Some(w) = csv.as_mut() {
+        w.write_record([
+            "contact_id",
+            "consent_id",
+            "action",
+            "occurred_at",
+            "recorded_at",
+            "source",
+            "version",
+            "sequence",
+            "snapshot_sequence",
+        ])?;
+    }
+    let mut stream = c
+        .consents
+        .export_states(pb::ExportStatesRequest { purposes })
+        .await?
+        .into_inner();
+    let mut contacts = 0u64;
+    while let Some(row) = stream.message().await? {
+        if row.complete {
+            if let Some(w) = lines.as_mut() {
+                writeln!(w, "{}", json!({"complete": true, "sequence": row.sequence}))?;
+                w.flush()?;
+            }
+            if let Some(w) = csv.as_mut() {
+                w.flush()?;
+            }
+            eprintln!(
+                "snapshot at sequence {}: {contacts} contacts; go on with `consentctl watch --from {}`",
+                row.sequence, row.sequence
+            );
+            return Ok(());
+        }
+        contacts += 1;
+        if let Some(w) = csv.as_mut() {
+            for s in &row.states {
+                w.write_record([
+                    row.contact_id.as_str(),
+                    &s.consent_id,
+                    short(s.action().as_str_name()),
+                    &show_time(&s.occurred_at),
+                    &show_time(&s.recorded_at),
+                    short(s.source().as_str_name()),
+                    &s.version.to_string(),
+                    &s.sequence.to_string(),
+                    &row.sequence.to_string(),
+                ])?;
+            }
+        }
+        if let Some(w) = lines.as_mut() {
+            let addresses: Vec<Value> = row
+                .addresses
+                .iter()
+                .zip(&row.address_hashes)
+                .map(|(a, h)| {
+                    json!({"kind": short(a.kind().as_str_name()), "value": a.value, "hash": hex(h)})
+                })
+                .collect();
+            let states: Vec<Value> = row.states.iter().map(state_json).collect();
+            let line = json!({"contact_id": row.contact_id, "contact_hash": hex(&row.contact_hash),
+                "sequence": row.sequence, "states": states, "addresses": addresses});
+            writeln!(w, "{line}")?;
+        }
+    }
+    anyhow::bail!("the snapshot ended before it was whole; run it again")
+}
 
 /// One record as a JSON line; its sequence.
 fn line(change: &Change) -> (Value, u64) {
@@ -25,7 +118,7 @@ fn line(change: &Change) -> (Value, u64) {
             e.sequence,
         ),
         Change::Address(a) => {
-            let hash: String = a.address_hash.iter().map(|b| format!("{b:02x}")).collect();
+            let hash = hex(&a.address_hash);
             let event = a.event.as_ref();
             (
                 json!({"type": "address", "sequence": a.sequence,
@@ -39,7 +132,7 @@ fn line(change: &Change) -> (Value, u64) {
             )
         }
         Change::Erasure(e) => {
-            let hash: String = e.contact_hash.iter().map(|b| format!("{b:02x}")).collect();
+            let hash = hex(&e.contact_hash);
             (
                 json!({"type": "erasure", "sequence": e.sequence, "contact_hash": hash}),
                 e.sequence,

@@ -254,7 +254,11 @@ pub(crate) fn catalog_is_kept_and_replaced(f: &mut impl Fixture) {
         channels: vec![channel.into()],
         ..Default::default()
     };
-    assert_eq!(store.catalog_at(500).unwrap(), None, "none was ever applied");
+    assert_eq!(
+        store.catalog_at(500).unwrap(),
+        None,
+        "none was ever applied"
+    );
     for (channel, next_sequence, at) in [("email", 1, 100), ("sms", 4, 200)] {
         store
             .commit(&WriteBatch {
@@ -273,7 +277,10 @@ pub(crate) fn catalog_is_kept_and_replaced(f: &mut impl Fixture) {
     // Every catalog is kept with when it came into force (as-of reads).
     assert_eq!(store.catalog_at(150).unwrap(), Some((100, spec("email"))));
     assert_eq!(store.catalog_at(200).unwrap(), Some((200, spec("sms"))));
-    assert_eq!(store.catalog_at(i64::MAX).unwrap(), Some((200, spec("sms"))));
+    assert_eq!(
+        store.catalog_at(i64::MAX).unwrap(),
+        Some((200, spec("sms")))
+    );
     assert_eq!(
         store.catalog_at(50).unwrap(),
         Some((100, spec("email"))),

@@ -92,11 +92,8 @@ const ACME: &str = "marketing.acme";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_contact_asked_at_every_instant_of_its_timeline() {
-    let server = TestServer::start_in(
-        tempfile::tempdir().unwrap().path(),
-        Some(example_catalog_path()),
-    )
-    .await;
+    let server_dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(server_dir.path(), Some(example_catalog_path())).await;
     let mut cons = server.consents().await;
     let grant = |c: pb::ConsentChange| {
         let server = &server;

@@ -192,11 +192,8 @@ async fn assert_reproduces(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_then_watch_reproduces_every_contact_while_writes_go_on() {
-    let server = TestServer::start_in(
-        tempfile::tempdir().unwrap().path(),
-        Some(example_catalog_path()),
-    )
-    .await;
+    let server_dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(server_dir.path(), Some(example_catalog_path())).await;
     let mut cons = server.consents().await;
     // More contacts than one page of the snapshot (256): writes land while
     // later pages are still to be read.
@@ -275,11 +272,8 @@ async fn a_snapshot_then_watch_reproduces_every_contact_while_writes_go_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purposes_filter_states_and_a_bad_purpose_is_named() {
-    let server = TestServer::start_in(
-        tempfile::tempdir().unwrap().path(),
-        Some(example_catalog_path()),
-    )
-    .await;
+    let server_dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(server_dir.path(), Some(example_catalog_path())).await;
     let mut cons = server.consents().await;
     cons.grant(change("ann", "marketing", None)).await.unwrap();
     cons.grant(change("ann", "surveys", None)).await.unwrap();
@@ -302,25 +296,19 @@ async fn purposes_filter_states_and_a_bad_purpose_is_named() {
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("purposes[0]"), "{}", err.message());
     // An empty store: no rows, still its sequence and `complete`.
-    let empty = TestServer::start_in(
-        tempfile::tempdir().unwrap().path(),
-        Some(example_catalog_path()),
-    )
-    .await;
+    let empty_dir = tempfile::tempdir().unwrap();
+    let empty = TestServer::start_in(empty_dir.path(), Some(example_catalog_path())).await;
     let (rows, at) = snapshot(&mut empty.consents().await, &[], async || {}).await;
     assert!(rows.is_empty());
-    assert_eq!(at, 0);
+    assert_eq!(at, 1, "the catalog it started with took sequence 1");
     empty.finish().await.unwrap();
     server.finish().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consentctl_export_all_writes_json_lines_or_csv_at_one_sequence() {
-    let server = TestServer::start_in(
-        tempfile::tempdir().unwrap().path(),
-        Some(example_catalog_path()),
-    )
-    .await;
+    let server_dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(server_dir.path(), Some(example_catalog_path())).await;
     let mut cons = server.consents().await;
     cons.grant(change("ann", "marketing", None)).await.unwrap();
     cons.grant(change("ann", "surveys", None)).await.unwrap();

@@ -77,12 +77,14 @@ async fn every_record_once_in_order_resumable_and_an_erasure_names_no_one() {
             .into_inner()
             .sequence;
     }
-    // A stream from the beginning: three events, then a checkpoint.
+    // A stream from the beginning: the catalog the server started with,
+    // three events, then a checkpoint.
     let mut watch = changes(&server).await;
     let mut stream = open(&mut watch, 0).await;
     let (first, at) = read_until(&mut stream, last).await;
-    assert_eq!(first.len(), 3);
-    assert!(first.iter().all(|c| matches!(c, Change::Event(_))));
+    assert_eq!(first.len(), 4);
+    assert!(matches!(&first[0], Change::Catalog(c) if c.sequence == 1 && c.version == 1));
+    assert!(first[1..].iter().all(|c| matches!(c, Change::Event(_))));
     assert_eq!(at, last);
     // Live: a withdrawal, an address record, an erasure arrive in order.
     let w = cons
@@ -206,8 +208,12 @@ async fn purposes_filter_decisions_and_bad_requests_name_the_field() {
         .unwrap()
         .into_inner();
     let (only, _) = read_until(&mut stream, last).await;
-    assert_eq!(only.len(), 1);
-    match &only[0] {
+    assert_eq!(only.len(), 2, "{only:?}");
+    assert!(
+        matches!(only[0], Change::Catalog(_)),
+        "catalogs always come"
+    );
+    match &only[1] {
         Change::Event(e) => assert_eq!(e.consent_id, "surveys"),
         other => panic!("{other:?}"),
     }
@@ -291,9 +297,11 @@ async fn an_idle_stream_checkpoints_and_a_consumer_that_does_not_read_is_ended()
     };
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(got < ROWS, "it got {got} before it was ended");
+    // The catalog the server started with took sequence 1.
+    let head = ROWS + 1;
     let mut resumed = open(&mut watch, last).await;
-    let (rest, _) = read_until(&mut resumed, ROWS).await;
-    assert_eq!(rest.len() as u64 + last, ROWS, "the rest, once");
+    let (rest, _) = read_until(&mut resumed, head).await;
+    assert_eq!(rest.len() as u64 + last, head, "the rest, once");
     server.stop().await;
 }
 
@@ -329,11 +337,16 @@ async fn consentctl_watch_prints_json_lines_and_resumes_from_a_sequence() {
             .collect::<Vec<_>>()
     };
     let lines = run(0);
-    assert_eq!(lines.len(), 4, "three events and a checkpoint: {lines:?}");
-    assert_eq!(lines[0]["type"], "event");
-    assert_eq!(lines[0]["contact_id"], "ann");
-    assert_eq!(lines[3]["type"], "checkpoint");
-    assert_eq!(lines[3]["sequence"], sequences[2]);
+    assert_eq!(
+        lines.len(),
+        5,
+        "the catalog, three events and a checkpoint: {lines:?}"
+    );
+    assert_eq!(lines[0]["type"], "catalog");
+    assert_eq!(lines[1]["type"], "event");
+    assert_eq!(lines[1]["contact_id"], "ann");
+    assert_eq!(lines[4]["type"], "checkpoint");
+    assert_eq!(lines[4]["sequence"], sequences[2]);
     // From the first event on: the other two, then the checkpoint.
     let rest = run(sequences[0]);
     assert_eq!(
@@ -344,4 +357,51 @@ async fn consentctl_watch_prints_json_lines_and_resumes_from_a_sequence() {
         sequences[1..].to_vec()
     );
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_applied_takes_its_place_in_the_feed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(dir.path(), Some(example_catalog_path())).await;
+    let mut cons = server.consents().await;
+    let before = cons
+        .grant(change("ann", "marketing", None))
+        .await
+        .unwrap()
+        .into_inner()
+        .sequence;
+    reword(&server, "marketing.acme", "Acme news, reworded.").await;
+    let after = cons
+        .grant(change("bob", "marketing.acme", None))
+        .await
+        .unwrap()
+        .into_inner()
+        .sequence;
+    assert_eq!(after, before + 2, "the catalog took the sequence between");
+    let mut watch = changes(&server).await;
+    let (all, _) = read_until(&mut open(&mut watch, 0).await, after).await;
+    let catalogs: Vec<&pb::CatalogVersion> = all
+        .iter()
+        .filter_map(|c| match c {
+            Change::Catalog(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    // The catalog file at start, then the rewording.
+    assert_eq!(catalogs.len(), 2, "{all:?}");
+    assert_eq!(catalogs[1].sequence, before + 1);
+    assert_eq!(catalogs[1].version, catalogs[0].version + 1);
+    let order: Vec<u64> = all.iter().map(sequence).collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
+    // Resumed from the catalog's sequence: only what came after it.
+    let (rest, _) = read_until(&mut open(&mut watch, before + 1).await, after).await;
+    assert_eq!(rest.len(), 1);
+    assert_eq!(sequence(&rest[0]), after);
+    // After a restart (the catalog file applied again only if it changed).
+    let dir = server.stop().await.unwrap_or(dir);
+    let server = TestServer::start_in(dir.path(), None).await;
+    let mut watch = changes(&server).await;
+    let (again, _) = read_until(&mut open(&mut watch, 0).await, after).await;
+    assert_eq!(again, all, "the same records, in the same places");
+    server.finish().await.unwrap();
 }

@@ -39,6 +39,13 @@ pub enum Watched {
         /// HMAC-SHA256 of the contact id under the store's erasure key.
         hash: [u8; 32],
     },
+    /// A catalog applied: from this sequence on, its version is in force.
+    Catalog {
+        /// Its place in the feed.
+        sequence: u64,
+        /// The catalog's version (the count of catalogs applied).
+        version: u64,
+    },
     /// Nothing at or below `sequence` is still to come.
     Checkpoint {
         /// How far the stream has come.
@@ -156,27 +163,29 @@ impl Authority {
                 // Only what this node has applied: its reads agree.
                 let through = page.through.min(applied).max(cursor);
                 let catalog = self.catalog.load();
-                let mut erasures = page.erasures.into_iter().peekable();
-                for e in page.events.into_iter().filter(|e| e.sequence <= through) {
-                    while let Some(&(sequence, hash)) = erasures.peek() {
-                        if sequence > e.sequence {
-                            break;
-                        }
-                        erasures.next();
-                        if !send(&tx, Watched::Erasure { sequence, hash }) {
-                            return;
-                        }
-                    }
-                    if purposes.pass(&catalog, &e) {
-                        let hash =
-                            (!e.contact.is_address()).then(|| self.hasher.hash(e.contact.as_str()));
-                        if !send(&tx, Watched::Event(e, hash)) {
-                            return;
-                        }
-                    }
-                }
-                for (sequence, hash) in erasures.filter(|(s, _)| *s <= through) {
-                    if !send(&tx, Watched::Erasure { sequence, hash }) {
+                // The page's records in sequence order: events (those the
+                // purposes pass), and the erasures and catalogs among them.
+                let mut records: Vec<(u64, Watched)> = page
+                    .erasures
+                    .into_iter()
+                    .map(|(sequence, hash)| (sequence, Watched::Erasure { sequence, hash }))
+                    .chain(page.catalogs.into_iter().map(|(sequence, version)| {
+                        (sequence, Watched::Catalog { sequence, version })
+                    }))
+                    .collect();
+                records.extend(
+                    page.events
+                        .into_iter()
+                        .filter(|e| purposes.pass(&catalog, e))
+                        .map(|e| {
+                            let hash = (!e.contact.is_address())
+                                .then(|| self.hasher.hash(e.contact.as_str()));
+                            (e.sequence, Watched::Event(e, hash))
+                        }),
+                );
+                records.sort_unstable_by_key(|(sequence, _)| *sequence);
+                for (_, record) in records.into_iter().filter(|(s, _)| *s <= through) {
+                    if !send(&tx, record) {
                         return;
                     }
                 }

@@ -112,6 +112,9 @@ fn response(item: WatchItem) -> Result<pb::WatchResponse, Status> {
             sequence,
             contact_hash: hash.to_vec(),
         }),
+        Ok(Watched::Catalog { sequence, version }) => {
+            Change::Catalog(pb::CatalogVersion { version, sequence })
+        }
         Ok(Watched::Checkpoint { sequence, at }) => Change::Checkpoint(pb::Checkpoint {
             sequence,
             at: Some(timestamp(at)),

@@ -29,6 +29,8 @@ struct Contents {
     catalog: Option<CatalogSpec>,
     /// Every catalog applied, with when it came into force.
     catalogs: Vec<(UnixNanos, CatalogSpec)>,
+    /// (sequence, catalog version) of every catalog numbered in the feed.
+    catalog_feed: Vec<(u64, u64)>,
     next_sequence: u64,
     erasure_key: [u8; 32],
     /// Contact → (its states in first-recorded order, its event sequences).
@@ -71,6 +73,7 @@ impl MemoryStore {
             contents: Mutex::new(Contents {
                 catalog: None,
                 catalogs: Vec::new(),
+                catalog_feed: Vec::new(),
                 next_sequence: 1,
                 erasure_key,
                 contacts: BTreeMap::new(),
@@ -134,6 +137,10 @@ impl Contents {
             self.catalogs.push((batch.catalog_at, catalog.clone()));
             self.catalog = Some(catalog.clone());
             self.catalog_version += 1;
+            if batch.catalog_sequence > 0 {
+                self.catalog_feed
+                    .push((batch.catalog_sequence, self.catalog_version));
+            }
         }
         for w in &batch.wordings {
             self.wordings
@@ -514,9 +521,15 @@ impl Store for MemoryStore {
             sequence: after,
             catalog_version: u64::MAX,
         };
-        Ok(super::FeedPage::of(
-            self.lock().changes_after(cursor, limit),
-        ))
+        let c = self.lock();
+        let mut page = super::FeedPage::of(c.changes_after(cursor, limit));
+        page.catalogs = c
+            .catalog_feed
+            .iter()
+            .filter(|(s, _)| *s > after && *s <= page.through)
+            .copied()
+            .collect();
+        Ok(page)
     }
 
     fn erase(&self, contact: &str, tombstone: &Tombstone) -> Result<bool, StoreError> {

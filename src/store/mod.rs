@@ -213,6 +213,8 @@ pub struct FeedPage {
     pub events: Vec<EventRecord>,
     /// Erasures numbered among them: (sequence, keyed hash of the contact).
     pub erasures: Vec<(u64, [u8; 32])>,
+    /// Catalogs applied among them: (sequence, catalog version).
+    pub catalogs: Vec<(u64, u64)>,
     /// Every record up to this sequence is in this page or before it.
     pub through: u64,
 }
@@ -227,6 +229,7 @@ impl FeedPage {
                 .into_iter()
                 .map(|(s, t)| (s, t.hash))
                 .collect(),
+            catalogs: Vec::new(),
             through: changes.through,
         }
     }
@@ -280,6 +283,9 @@ pub struct WriteBatch {
     /// When that catalog comes into force: every catalog is kept with it,
     /// for as-of reads ([`Store::catalog_at`]).
     pub catalog_at: UnixNanos,
+    /// The sequence the catalog takes in the change feed, like an event
+    /// (Watch streams it in its place); 0: none (a move between stores).
+    pub catalog_sequence: u64,
     /// Wordings that come into force, kept for good.
     pub wordings: Vec<Wording>,
     /// The sequence the next event after this batch gets.

@@ -17,19 +17,29 @@ impl Committer {
         &mut self,
         spec: CatalogSpec,
     ) -> Result<Arc<Catalog>, CatalogError> {
-        let mut compiled: Option<Result<(Catalog, usize, UnixNanos), CatalogError>> = None;
+        let mut compiled: Option<Result<(Catalog, usize, UnixNanos, u64), CatalogError>> = None;
         let mut spec = Some(spec);
         let result = match self.shared.clone() {
             None => {
                 let (next, batch, at) = self.compile(spec.take().unwrap_or_default())?;
-                compiled = Some(Ok((next, batch.wordings.len(), at)));
+                if self.unchanged(&next, &batch) {
+                    return Ok(self.catalog.load_full());
+                }
+                compiled = Some(Ok((next, batch.wordings.len(), at, batch.catalog_sequence)));
                 self.store.commit(&batch)
             }
             Some(shared) => shared.commit_on_latest(self.cursor(), &mut |latest| {
                 self.apply_changes(latest);
                 match self.compile(spec.take().unwrap_or_default()) {
+                    // The catalog in force (with what other nodes applied)
+                    // already: nothing to write.
+                    Ok((next, batch, at)) if self.unchanged(&next, &batch) => {
+                        compiled = Some(Ok((next, 0, at, 0)));
+                        Write::Nothing
+                    }
                     Ok((next, batch, at)) => {
-                        compiled = Some(Ok((next, batch.wordings.len(), at)));
+                        let sequence = batch.catalog_sequence;
+                        compiled = Some(Ok((next, batch.wordings.len(), at, sequence)));
                         Write::Batch(batch)
                     }
                     Err(e) => {
@@ -53,14 +63,20 @@ impl Committer {
                 return Err(WriteError::OutcomeUnknown(e.to_string()).into());
             }
         };
-        let (next, new_wordings, in_force_from) = match compiled {
+        let (next, new_wordings, in_force_from, sequence) = match compiled {
             Some(c) => c?,
             None => unreachable!("a catalog commit that succeeds was compiled"),
         };
+        if sequence == 0 {
+            return Ok(self.catalog.load_full());
+        }
         self.catalog_version = committed.catalog_version;
         self.last_recorded = self.last_recorded.max(in_force_from);
         let next = Arc::new(next);
         self.catalog.store(next.clone());
+        // Its place in the feed, once the catalog is in force here.
+        self.next_sequence = self.next_sequence.max(sequence + 1);
+        self.applied.advance(sequence);
         tracing::info!(
             consents = next.spec().consents.len(),
             channels = next.spec().channels.len(),
@@ -69,6 +85,13 @@ impl Committer {
             "catalog applied"
         );
         Ok(next)
+    }
+
+    /// Whether a compiled catalog is the one in force already (the same
+    /// file at a restart, the same ApplyCatalog twice): then nothing is
+    /// written, and the feed gets no record of it.
+    fn unchanged(&self, next: &Catalog, batch: &WriteBatch) -> bool {
+        batch.wordings.is_empty() && next.spec() == self.catalog.load().spec()
     }
 
     /// Compiles `spec` as the successor of the catalog in force; refuses
@@ -89,8 +112,11 @@ impl Committer {
         let batch = WriteBatch {
             catalog: Some(compiled.catalog.spec().clone()),
             catalog_at: in_force_from,
+            // The catalog takes a sequence, like an event: Watch streams
+            // it in its place.
+            catalog_sequence: self.next_sequence,
             wordings: compiled.wordings,
-            next_sequence: self.next_sequence,
+            next_sequence: self.next_sequence + 1,
             ..Default::default()
         };
         Ok((compiled.catalog, batch, in_force_from))

@@ -76,7 +76,11 @@ async fn a_consumer_moving_between_nodes_loses_and_repeats_nothing() {
     // The whole stream from A; then half from A and the rest from B.
     let whole = sequences_until(a, 0, last).await;
     assert!(whole.windows(2).all(|w| w[0] < w[1]));
-    assert_eq!(whole.len(), 14, "13 events and the erasure: {whole:?}");
+    assert_eq!(
+        whole.len(),
+        15,
+        "the catalog the nodes started with, 13 events and the erasure: {whole:?}"
+    );
     let half = whole[6];
     // The consumer got up to `half` from A, then moved to B.
     let first: Vec<u64> = sequences_until(a, 0, half)

@@ -20,6 +20,8 @@ pub(super) struct Columns {
     pub(super) catalog: Option<serde_json::Value>,
     /// When that catalog comes into force.
     pub(super) catalog_at: i64,
+    /// Its place in the feed (NULL: none).
+    pub(super) catalog_sequence: Option<i64>,
     pub(super) next_sequence: i64,
     /// Pending records the batch adds to (`add`), sets afresh after a
     /// decision ended the wait earlier in the batch (`set`), or ends
@@ -82,6 +84,10 @@ impl Columns {
                 .transpose()
                 .map_err(|e| StoreError::corrupt("meta", format!("catalog: {e}")))?,
             catalog_at: batch.catalog_at,
+            catalog_sequence: match batch.catalog_sequence {
+                0 => None,
+                s => Some(i64_of(s, "catalog_sequence")?),
+            },
             wordings: batch.wordings,
             ..Default::default()
         };

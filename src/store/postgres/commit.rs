@@ -366,7 +366,12 @@ async fn write_batch(
         // Wakes the other nodes' feeds when this commits; says nothing.
         statements.push(("SELECT pg_notify($1, 'e')", &notify_params, None, "notify"));
     }
-    let meta_params: [Param<'_>; 3] = [&c.next_sequence, &c.catalog, &c.catalog_at];
+    let meta_params: [Param<'_>; 4] = [
+        &c.next_sequence,
+        &c.catalog,
+        &c.catalog_at,
+        &c.catalog_sequence,
+    ];
     // Prepared once per connection and cached: after the first commit,
     // every statement goes out in the one pipelined round trip. A new
     // catalog is also kept, under its version, for as-of reads.
@@ -377,8 +382,8 @@ async fn write_batch(
                  catalog_version = catalog_version + (CASE WHEN $2 IS NULL THEN 0 ELSE 1 END)
              RETURNING catalog_version),
          kept AS (
-             INSERT INTO consentd.catalogs (version, in_force_from, catalog)
-             SELECT catalog_version, $3, $2 FROM meta WHERE $2 IS NOT NULL)
+             INSERT INTO consentd.catalogs (version, in_force_from, catalog, sequence)
+             SELECT catalog_version, $3, $2, $4 FROM meta WHERE $2 IS NOT NULL)
          SELECT catalog_version FROM meta",
     );
     let prepared = futures_util::future::try_join_all(

@@ -158,9 +158,25 @@ pub(super) fn watch_page(
         sequence: after,
         catalog_version: u64::MAX,
     };
-    Ok(crate::store::FeedPage::of(
-        crate::store::SharedStore::changes_after(store, cursor, limit)?,
-    ))
+    let mut page = crate::store::FeedPage::of(crate::store::SharedStore::changes_after(
+        store, cursor, limit,
+    )?);
+    if page.through > after {
+        // Append-only, and numbered at or below what the page saw: read
+        // after it, the catalogs among its records are all there.
+        let range = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        page.catalogs = store.rows(
+            "SELECT sequence, version FROM consentd.catalogs
+             WHERE sequence > $1 AND sequence <= $2 ORDER BY sequence",
+            vec![Box::new(range(after)), Box::new(range(page.through))],
+            |r| {
+                let sequence: i64 = r.try_get(0).map_err(backend)?;
+                let version: i64 = r.try_get(1).map_err(backend)?;
+                Ok((u64_of(sequence, "catalogs")?, u64_of(version, "catalogs")?))
+            },
+        )?;
+    }
+    Ok(page)
 }
 
 /// One page of a snapshot ([`crate::store::Store::states_after`]): the

@@ -79,6 +79,9 @@ const IDEMPOTENCY_BY_TIME: TableDefinition<(i64, &str), ()> =
 /// When a catalog came into force → the catalog (JSON), every one applied
 /// since the file first kept them: what as-of reads decide with. Append-only.
 const CATALOGS: TableDefinition<i64, &[u8]> = TableDefinition::new("catalogs");
+/// Catalogs by their place in the change feed (sequence → the catalog's
+/// ordinal): what Watch streams between the events. Append-only.
+const CATALOG_FEED: TableDefinition<u64, u64> = TableDefinition::new("catalog_feed");
 /// (consent, version) → wording. Append-only.
 const WORDINGS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("wordings");
 /// Meta key set by an erasure until the file has been rewritten.
@@ -468,6 +471,14 @@ impl Store for RedbStore {
             for row in feed.range(after + 1..=out.through)? {
                 let (k, v) = row?;
                 out.erasures.push((k.value(), *v.value()));
+            }
+        }
+        if out.through > after
+            && let Some(feed) = open_if_any(&txn, CATALOG_FEED)?
+        {
+            for row in feed.range(after + 1..=out.through)? {
+                let (k, v) = row?;
+                out.catalogs.push((k.value(), v.value()));
             }
         }
         Ok(out)

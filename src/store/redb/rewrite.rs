@@ -7,8 +7,8 @@ use std::path::Path;
 use redb::{Database, ReadableDatabase, TableDefinition};
 
 use super::{
-    CATALOGS, CONTACTS, ERASURE_FEED, ERASURES, EVENTS, HISTORY, IDEMPOTENCY, IDEMPOTENCY_BY_TIME,
-    META, REWRITE_PENDING, WORDINGS,
+    CATALOG_FEED, CATALOGS, CONTACTS, ERASURE_FEED, ERASURES, EVENTS, HISTORY, IDEMPOTENCY,
+    IDEMPOTENCY_BY_TIME, META, REWRITE_PENDING, WORDINGS,
 };
 use crate::store::StoreError;
 
@@ -40,6 +40,7 @@ pub(super) fn rewrite(
         copy_table(&src, &dst, ERASURE_FEED)?;
         copy_table(&src, &dst, WORDINGS)?;
         copy_table(&src, &dst, CATALOGS)?;
+        copy_table(&src, &dst, CATALOG_FEED)?;
         dst.open_table(META)?.remove(REWRITE_PENDING)?;
         dst.commit()?;
     }

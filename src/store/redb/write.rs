@@ -3,11 +3,11 @@
 //! returns); only the writer thread calls them.
 
 use prost::Message;
-use redb::ReadableTable;
+use redb::{ReadableTable, ReadableTableMetadata};
 
 use super::{
-    CATALOGS, CONTACTS, ERASURE_FEED, ERASURES, EVENTS, HISTORY, IDEMPOTENCY, IDEMPOTENCY_BY_TIME,
-    META, REWRITE_PENDING, RedbStore, WORDINGS, read_contact,
+    CATALOG_FEED, CATALOGS, CONTACTS, ERASURE_FEED, ERASURES, EVENTS, HISTORY, IDEMPOTENCY,
+    IDEMPOTENCY_BY_TIME, META, REWRITE_PENDING, RedbStore, WORDINGS, read_contact,
 };
 use crate::domain::UnixNanos;
 use crate::store::redb::codec::{
@@ -34,6 +34,11 @@ impl RedbStore {
                 meta.insert("catalog", json.as_slice())?;
                 txn.open_table(CATALOGS)?
                     .insert(batch.catalog_at, json.as_slice())?;
+                if batch.catalog_sequence > 0 {
+                    let mut feed = txn.open_table(CATALOG_FEED)?;
+                    let ordinal = feed.len()? + 1;
+                    feed.insert(batch.catalog_sequence, ordinal)?;
+                }
             }
             if !batch.wordings.is_empty() {
                 let mut wordings = txn.open_table(WORDINGS)?;

@@ -90,6 +90,20 @@ async fn recorded(server: &TestServer, sequence: u64) -> i64 {
 
 const ACME: &str = "marketing.acme";
 
+/// (consent, action, version) of each state.
+type States = Vec<(String, i32, u32)>;
+
+/// One instant of the timeline and what the server answered then.
+#[derive(Clone)]
+struct Step {
+    name: &'static str,
+    t: i64,
+    allowed: bool,
+    reason: Reason,
+    states: States,
+    pending: Vec<(String, u32)>,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_contact_asked_at_every_instant_of_its_timeline() {
     let server_dir = tempfile::tempdir().unwrap();
@@ -158,112 +172,68 @@ async fn one_contact_asked_at_every_instant_of_its_timeline() {
     let t7 = now_nanos();
 
     use Reason::*;
-    let table: [(
-        &str,
-        i64,
-        bool,
-        Reason,
-        Vec<(String, i32, u32)>,
-        Vec<(String, u32)>,
-    ); 8] = [
-        (
-            "before anything",
-            before_all,
-            false,
-            NoConsent,
-            vec![],
-            vec![],
-        ),
-        (
-            "granted",
-            t1,
-            true,
-            Granted,
-            vec![(ACME.into(), 1, 1)],
-            vec![],
-        ),
-        (
-            "withdrawn",
-            t2,
-            false,
-            Withdrawn,
-            vec![(ACME.into(), 2, 1)],
-            vec![],
-        ),
-        (
+    // (step, time, allowed, reason, ACME's (action, version), pending grants)
+    let step = |name, t, allowed, reason, state: Option<(i32, u32)>, pending: u32| Step {
+        name,
+        t,
+        allowed,
+        reason,
+        states: state.map_or(vec![], |(a, v)| vec![(ACME.to_owned(), a, v)]),
+        pending: if pending == 0 {
+            vec![]
+        } else {
+            vec![(ACME.to_owned(), pending)]
+        },
+    };
+    let (grant_, withdraw_) = (pb::Action::Grant as i32, pb::Action::Withdraw as i32);
+    let table = [
+        step("before anything", before_all, false, NoConsent, None, 0),
+        step("granted", t1, true, Granted, Some((grant_, 1)), 0),
+        step("withdrawn", t2, false, Withdrawn, Some((withdraw_, 1)), 0),
+        step(
             "a grant waits",
             t3,
             false,
             Withdrawn,
-            vec![(ACME.into(), 2, 1)],
-            vec![(ACME.into(), 1)],
+            Some((withdraw_, 1)),
+            1,
         ),
-        (
-            "confirmed",
-            t4,
-            true,
-            Granted,
-            vec![(ACME.into(), 1, 1)],
-            vec![],
-        ),
-        (
-            "reworded",
-            t5,
-            false,
-            StaleWording,
-            vec![(ACME.into(), 1, 1)],
-            vec![],
-        ),
-        (
-            "granted again",
-            t6,
-            true,
-            Granted,
-            vec![(ACME.into(), 1, 2)],
-            vec![],
-        ),
-        (
-            "expired",
-            t7,
-            false,
-            Expired,
-            vec![(ACME.into(), 1, 2)],
-            vec![],
-        ),
+        step("confirmed", t4, true, Granted, Some((grant_, 1)), 0),
+        step("reworded", t5, false, StaleWording, Some((grant_, 1)), 0),
+        step("granted again", t6, true, Granted, Some((grant_, 2)), 0),
+        step("expired", t7, false, Expired, Some((grant_, 2)), 0),
     ];
-    let mut previous: Option<(bool, Reason, Vec<(String, i32, u32)>)> = None;
-    for (step, t, allowed, reason, states, pending) in table {
+    let mut previous: Option<Step> = None;
+    for now in table {
+        let (step, t) = (now.name, now.t);
         let (a, r, by) = ask(&server, t).await;
-        assert_eq!((a, r), (allowed, reason), "CanSend at {step}");
-        if matches!(reason, Granted | Withdrawn) {
+        assert_eq!((a, r), (now.allowed, now.reason), "CanSend at {step}");
+        if matches!(now.reason, Granted | Withdrawn) {
             assert_eq!(by, ACME, "decided by, at {step}");
         }
         assert_eq!(
             contact(&server, t).await,
-            (states.clone(), pending),
+            (now.states.clone(), now.pending.clone()),
             "GetContact at {step}"
         );
-        // Just before the instant, the answer of the step before.
-        if let Some((a0, r0, states0)) = previous.take()
+        // Just before the instant, the answer of the step before (the
+        // expiry has no instant of its own: it happens in between).
+        if let Some(before) = previous.take()
             && step != "expired"
         {
+            let (a0, r0, _) = ask(&server, t - 1).await;
             assert_eq!(
-                ask(&server, t - 1).await.0,
-                a0,
+                (a0, r0),
+                (before.allowed, before.reason),
                 "CanSend just before {step}"
             );
             assert_eq!(
-                ask(&server, t - 1).await.1,
-                r0,
-                "CanSend just before {step}"
-            );
-            assert_eq!(
-                contact(&server, t - 1).await.0,
-                states0,
+                contact(&server, t - 1).await,
+                (before.states, before.pending),
                 "GetContact just before {step}"
             );
         }
-        previous = Some((allowed, reason, states));
+        previous = Some(now);
     }
     // Now, as of now and from memory agree.
     let live = can_send(&mut server.eligibility().await, "ann", "email", "acme").await;

@@ -94,11 +94,14 @@ pub(super) fn split_addresses(
     Ok((states, held.into_iter().map(|(a, _)| a).collect()))
 }
 
+/// Addresses a contact holds, each with its keyed hash.
+pub(super) type HeldWithHash = Vec<(Address, [u8; 32])>;
+
 /// [`split_addresses`], each address with its keyed hash.
 pub(super) fn split_held(
     states: Vec<StateRecord>,
     mut added: impl FnMut(u64) -> Result<Option<EventRecord>, StoreError>,
-) -> Result<(Vec<StateRecord>, Vec<(Address, [u8; 32])>), StoreError> {
+) -> Result<(Vec<StateRecord>, HeldWithHash), StoreError> {
     let mut consents = Vec::with_capacity(states.len());
     let mut held = Vec::new();
     for s in states {

@@ -12,9 +12,10 @@
 //!    `--seconds`; for each event, the time from its `recorded_at` (taken
 //!    by the writer before the group commit) to its arrival at the
 //!    consumer: p50/p99 (it includes the commit's fsync);
-//! 4. memory per slow consumer: `--slow` streams from 0 that never read,
-//!    the server's resident memory before and after they fill their
-//!    buffers (and are ended), divided by their number;
+//! 4. memory per slow consumer: `--slow` streams from 0 that never read:
+//!    the resident memory (server and client: one process) before and
+//!    while they wait with full buffers, divided by their number; then,
+//!    past the stall limit, each is ended (RESOURCE_EXHAUSTED once read);
 //! 5. ExportStates of every state (the snapshot): seconds and states/s;
 //! 6. as-of: CanSend and GetContact `as_of` for a contact with 100 events,
 //!    one call at a time: p50/p99.
@@ -219,8 +220,13 @@ fn main() -> anyhow::Result<()> {
             hist.len()
         );
 
-        // 4. Slow consumers: streams that never read.
-        let before = support::rss_bytes();
+        // 4. Slow consumers: streams that never read. Live heap (jemalloc's
+        // count of allocated bytes), not RSS: freed memory stays resident.
+        let allocated = || {
+            let _ = tikv_jemalloc_ctl::epoch::advance();
+            tikv_jemalloc_ctl::stats::allocated::read().unwrap_or(0) as f64
+        };
+        let before = allocated();
         let slow_channels = support::channels(addr, args.slow.min(50)).await;
         let mut slow = Vec::new();
         for i in 0..args.slow {
@@ -235,14 +241,16 @@ fn main() -> anyhow::Result<()> {
                 .into_inner(),
             );
         }
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let during = support::rss_bytes();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let during = allocated();
+        // Past the stall limit: each is ended, its buffer freed.
+        tokio::time::sleep(consentd::authority::STALL + Duration::from_secs(2)).await;
         println!(
-            "{} slow consumers (never read):     {:.0} KiB each while they wait (RSS {:.0} → {:.0} MiB, server and client in one process)",
+            "{} slow consumers (never read):     {:.0} KiB each while they wait (heap {:.0} → {:.0} MiB, server and client in one process)",
             args.slow,
-            during.saturating_sub(before) as f64 / 1024.0 / args.slow as f64,
-            before as f64 / 1048576.0,
-            during as f64 / 1048576.0
+            (during - before) / 1024.0 / args.slow as f64,
+            before / 1048576.0,
+            during / 1048576.0
         );
         let mut ended = 0;
         for mut s in slow {
@@ -259,9 +267,10 @@ fn main() -> anyhow::Result<()> {
                 }
             }
         }
+        drop(slow_channels);
         println!(
-            "  of which ended with RESOURCE_EXHAUSTED once read: {ended}; RSS after: {:.0} MiB",
-            support::rss_bytes() as f64 / 1048576.0
+            "  of which ended with RESOURCE_EXHAUSTED once read: {ended}; heap after: {:.0} MiB",
+            allocated() / 1048576.0
         );
 
         // 5. The snapshot.

@@ -9,17 +9,7 @@ use common::*;
 const TOKEN: &str = "ops-token-0123456789abcdef";
 
 fn ctl(server: &TestServer, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_consentctl"))
-        .args(args)
-        .env("CONSENTD_ADDR", server.grpc_addr.to_string())
-        .env("CONSENTD_TOKEN", TOKEN)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
+    consentctl(server, args, &[("CONSENTD_TOKEN", TOKEN.as_ref())])
 }
 
 fn json(s: &str) -> serde_json::Value {

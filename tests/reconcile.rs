@@ -9,7 +9,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::*;
 use consentd::pb::{self, Reason};
@@ -61,16 +60,10 @@ fn sendgrid_public_key() -> String {
 }
 
 fn ctl(server: &TestServer, providers: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_consentctl"))
-        .args(args)
-        .env("CONSENTD_ADDR", server.grpc_addr.to_string())
-        .env("CONSENTD_PROVIDERS", providers)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
+    consentctl(
+        server,
+        args,
+        &[("CONSENTD_PROVIDERS", providers.as_os_str())],
     )
 }
 

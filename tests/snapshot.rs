@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use common::*;
-use consentd::pb::{self, changes_service_client::ChangesServiceClient, watch_response::Change};
+use consentd::pb::{self, watch_response::Change};
 use tonic::Code;
 
 /// What a consumer keeps of one contact.
@@ -92,15 +92,7 @@ async fn follow(
     from: u64,
     until: u64,
 ) {
-    let mut watch = ChangesServiceClient::new(server.channel().await);
-    let mut stream = watch
-        .watch(pb::WatchRequest {
-            from_sequence: from,
-            purposes: vec![],
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = watch_from(server, from).await;
     loop {
         let next = tokio::time::timeout(Duration::from_secs(10), stream.message())
             .await
@@ -317,19 +309,11 @@ async fn consentctl_export_all_writes_json_lines_or_csv_at_one_sequence() {
         .unwrap();
     let last = set_addresses(&mut cons, "bob", &["Bob@Example.com"]).await;
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_consentctl"))
-            .arg("export")
-            .args(args)
-            .env("CONSENTD_ADDR", server.grpc_addr.to_string())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("sequence {last}")));
-        String::from_utf8(out.stdout).unwrap()
+        let args: Vec<&str> = ["export"].iter().chain(args).copied().collect();
+        let (ok, out, err) = consentctl(&server, &args, &[]);
+        assert!(ok, "{err}");
+        assert!(err.contains(&format!("sequence {last}")), "{err}");
+        out
     };
     let lines: Vec<serde_json::Value> = run(&["--all"])
         .lines()

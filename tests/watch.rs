@@ -17,21 +17,6 @@ async fn changes(server: &TestServer) -> ChangesServiceClient<tonic::transport::
     ChangesServiceClient::new(server.channel().await)
 }
 
-/// A Watch of every record after `from`.
-async fn open(
-    watch: &mut ChangesServiceClient<tonic::transport::Channel>,
-    from: u64,
-) -> tonic::Streaming<pb::WatchResponse> {
-    watch
-        .watch(pb::WatchRequest {
-            from_sequence: from,
-            purposes: vec![],
-        })
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 /// Reads a stream until a checkpoint at or past `until`; returns the
 /// records before it (checkpoints left out) and that checkpoint's sequence.
 async fn read_until(
@@ -80,7 +65,7 @@ async fn every_record_once_in_order_resumable_and_an_erasure_names_no_one() {
     // A stream from the beginning: the catalog the server started with,
     // three events, then a checkpoint.
     let mut watch = changes(&server).await;
-    let mut stream = open(&mut watch, 0).await;
+    let mut stream = watch_from(&server, 0).await;
     let (first, at) = read_until(&mut stream, last).await;
     assert_eq!(first.len(), 4);
     assert!(matches!(&first[0], Change::Catalog(c) if c.sequence == 1 && c.version == 1));
@@ -144,7 +129,7 @@ async fn every_record_once_in_order_resumable_and_an_erasure_names_no_one() {
 
     // A consumer starting after the erasure never sees Cat's events; one
     // resuming from the middle gets the rest, each once.
-    let mut stream = open(&mut watch, 0).await;
+    let mut stream = watch_from(&server, 0).await;
     let (replay, _) = read_until(&mut stream, after).await;
     for c in &replay {
         if let Change::Event(e) = c {
@@ -152,7 +137,7 @@ async fn every_record_once_in_order_resumable_and_an_erasure_names_no_one() {
         }
     }
     let resumed_from = sequence(&replay[1]);
-    let mut stream = open(&mut watch, resumed_from).await;
+    let mut stream = watch_from(&server, resumed_from).await;
     let (rest, _) = read_until(&mut stream, after).await;
     assert_eq!(
         rest.iter().map(sequence).collect::<Vec<_>>(),
@@ -164,7 +149,7 @@ async fn every_record_once_in_order_resumable_and_an_erasure_names_no_one() {
     server.stop().await;
     let server = TestServer::start_in(dir.path(), Some(example_catalog_path())).await;
     let mut watch = changes(&server).await;
-    let mut stream = open(&mut watch, resumed_from).await;
+    let mut stream = watch_from(&server, resumed_from).await;
     let (again, _) = read_until(&mut stream, after).await;
     assert_eq!(
         again.iter().map(sequence).collect::<Vec<_>>(),
@@ -245,7 +230,7 @@ async fn an_idle_stream_checkpoints_and_a_consumer_that_does_not_read_is_ended()
     let server = TestServer::start().await;
     let mut watch = changes(&server).await;
     // Idle: checkpoints keep coming, at least every 5 s.
-    let mut stream = open(&mut watch, 0).await;
+    let mut stream = watch_from(&server, 0).await;
     let started = std::time::Instant::now();
     let mut checkpoints = 0;
     while checkpoints < 2 {
@@ -268,7 +253,7 @@ async fn an_idle_stream_checkpoints_and_a_consumer_that_does_not_read_is_ended()
     // are committed (more than the stream's buffer and the transport's
     // windows hold) is ended with RESOURCE_EXHAUSTED; it resumes from the
     // last sequence it got.
-    let mut lazy = open(&mut watch, 0).await;
+    let mut lazy = watch_from(&server, 0).await;
     let mut import = server.consents().await;
     const ROWS: u64 = 30_000;
     let rows = (0..ROWS).map(|i| pb::ImportRequest {
@@ -276,7 +261,8 @@ async fn an_idle_stream_checkpoints_and_a_consumer_that_does_not_read_is_ended()
         change: Some(change(&format!("bulk-{i}"), "marketing", Some(now() - 60))),
     });
     import.import(tokio_stream::iter(rows)).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // A stream waits 5 s for a consumer that takes nothing.
+    tokio::time::sleep(Duration::from_secs(7)).await;
     let mut got = 0u64;
     let mut last = 0;
     let status = loop {
@@ -299,9 +285,30 @@ async fn an_idle_stream_checkpoints_and_a_consumer_that_does_not_read_is_ended()
     assert!(got < ROWS, "it got {got} before it was ended");
     // The catalog the server started with took sequence 1.
     let head = ROWS + 1;
-    let mut resumed = open(&mut watch, last).await;
+    let mut resumed = watch_from(&server, last).await;
     let (rest, _) = read_until(&mut resumed, head).await;
     assert_eq!(rest.len() as u64 + last, head, "the rest, once");
+
+    // A consumer that reads slowly (a pause of 300 ms every 3,000 records,
+    // as a sync job writing batches) is waited for, never cut off.
+    let mut slow = watch_from(&server, 0).await;
+    let mut got = 0u64;
+    loop {
+        let r = tokio::time::timeout(Duration::from_secs(10), slow.message())
+            .await
+            .expect("a record within 10 s")
+            .expect("never ended")
+            .expect("the stream goes on");
+        match r.change {
+            Some(Change::Checkpoint(c)) if c.sequence >= head => break,
+            Some(Change::Checkpoint(_)) | None => {}
+            Some(_) => got += 1,
+        }
+        if got % 3_000 == 0 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    assert_eq!(got, head, "every record, the catalog's too");
     server.stop().await;
 }
 
@@ -320,19 +327,14 @@ async fn consentctl_watch_prints_json_lines_and_resumes_from_a_sequence() {
         );
     }
     let run = |from: u64| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_consentctl"))
-            .args(["watch", "--from", &from.to_string(), "--until-caught-up"])
-            .env("CONSENTD_ADDR", server.grpc_addr.to_string())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let from = from.to_string();
+        let (ok, out, err) = consentctl(
+            &server,
+            &["watch", "--from", &from, "--until-caught-up"],
+            &[],
         );
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
+        assert!(ok, "{err}");
+        out.lines()
             .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
             .collect::<Vec<_>>()
     };
@@ -379,7 +381,7 @@ async fn a_catalog_applied_takes_its_place_in_the_feed() {
         .sequence;
     assert_eq!(after, before + 2, "the catalog took the sequence between");
     let mut watch = changes(&server).await;
-    let (all, _) = read_until(&mut open(&mut watch, 0).await, after).await;
+    let (all, _) = read_until(&mut watch_from(&server, 0).await, after).await;
     let catalogs: Vec<&pb::CatalogVersion> = all
         .iter()
         .filter_map(|c| match c {
@@ -394,14 +396,14 @@ async fn a_catalog_applied_takes_its_place_in_the_feed() {
     let order: Vec<u64> = all.iter().map(sequence).collect();
     assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
     // Resumed from the catalog's sequence: only what came after it.
-    let (rest, _) = read_until(&mut open(&mut watch, before + 1).await, after).await;
+    let (rest, _) = read_until(&mut watch_from(&server, before + 1).await, after).await;
     assert_eq!(rest.len(), 1);
     assert_eq!(sequence(&rest[0]), after);
     // After a restart (the catalog file applied again only if it changed).
     let dir = server.stop().await.unwrap_or(dir);
     let server = TestServer::start_in(dir.path(), None).await;
     let mut watch = changes(&server).await;
-    let (again, _) = read_until(&mut open(&mut watch, 0).await, after).await;
+    let (again, _) = read_until(&mut watch_from(&server, 0).await, after).await;
     assert_eq!(again, all, "the same records, in the same places");
     server.finish().await.unwrap();
 }

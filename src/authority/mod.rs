@@ -44,7 +44,7 @@ pub use self::preferences::{
 };
 pub use self::reads::{ContactExport, ContactView, MAX_HISTORY_PAGE};
 pub use self::snapshot::{SnapshotItem, StatesRow};
-pub use self::watch::{CHECKPOINT_EVERY, WATCH_BUFFER, WatchEnd, WatchItem, Watched};
+pub use self::watch::{CHECKPOINT_EVERY, STALL, WATCH_BUFFER, WatchEnd, WatchItem, Watched};
 pub use crate::error::{CatalogError, ChangeError, EraseError, LinkError, ReadError, WriteError};
 
 use crate::clock::Clock;

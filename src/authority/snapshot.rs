@@ -13,9 +13,10 @@
 
 use tokio::sync::mpsc;
 
-use super::reads::{event_at, split_held};
+use super::reads::{HeldWithHash, event_at, split_held};
 use super::{Authority, ReadError};
 use crate::domain::{Address, FieldError, StateRecord, fold};
+use crate::store::{Store, StoreError};
 
 /// Contacts read from the store per page.
 const PAGE: usize = 256;
@@ -53,33 +54,52 @@ impl Authority {
         tokio::spawn(async move {
             let mut after = String::new();
             loop {
+                // One blocking read per page: the contacts, and the history
+                // of those that moved past `at`.
                 let page = {
                     let after = after.clone();
                     authority
-                        .read(move |store| store.states_after(&after, PAGE))
+                        .read(move |store| {
+                            let page = store.states_after(&after, PAGE)?;
+                            let last = page.last().map(|(c, _)| c.clone());
+                            let rows = page
+                                .into_iter()
+                                .map(|(contact, states)| {
+                                    let (states, held) = at_sequence(store, &contact, states, at)?;
+                                    Ok((contact, states, held))
+                                })
+                                .collect::<Result<Vec<_>, StoreError>>()?;
+                            Ok((last, rows))
+                        })
                         .await
                 };
-                let page = match page {
+                let (last, rows) = match page {
                     Ok(page) => page,
                     Err(e) => {
                         let _ = tx.send(Err(e)).await;
                         return;
                     }
                 };
-                let Some((last, _)) = page.last() else {
+                let Some(last) = last else {
                     let _ = tx.send(Ok(None)).await;
                     return;
                 };
-                after = last.clone();
-                for (contact, states) in page {
-                    let row = authority.row_at(contact, states, at, &purposes).await;
-                    let row = match row {
-                        Ok(Some(row)) => row,
-                        Ok(None) => continue,
-                        Err(e) => {
-                            let _ = tx.send(Err(e)).await;
-                            return;
-                        }
+                after = last;
+                let catalog = authority.catalog.load();
+                for (contact, states, addresses) in rows {
+                    let states: Vec<StateRecord> = states
+                        .into_iter()
+                        .filter(|s| purposes.passes(&catalog, s.consent.as_str()))
+                        .collect();
+                    if states.is_empty() && addresses.is_empty() {
+                        continue;
+                    }
+                    let contact_hash = authority.hasher.hash(&contact);
+                    let row = StatesRow {
+                        contact,
+                        states,
+                        addresses,
+                        contact_hash,
                     };
                     if tx.send(Ok(Some(row))).await.is_err() {
                         return;
@@ -89,47 +109,22 @@ impl Authority {
         });
         Ok((at, rx))
     }
+}
 
-    /// One contact's row as of sequence `at`: its stored states when none
-    /// is newer, else rebuilt from its history up to `at` (`None` when it
-    /// held nothing then).
-    async fn row_at(
-        &self,
-        contact: String,
-        states: Vec<StateRecord>,
-        at: u64,
-        purposes: &super::watch::Purposes,
-    ) -> Result<Option<StatesRow>, ReadError> {
-        let rebuild = states.iter().any(|s| s.sequence > at);
-        let (states, addresses) = self
-            .read({
-                let contact = contact.clone();
-                move |store| {
-                    if !rebuild {
-                        return split_held(states, |seq| event_at(store, &contact, seq));
-                    }
-                    let history = store.history(&contact)?;
-                    let folded = fold(&history, |e| e.sequence <= at);
-                    split_held(folded.states, |seq| {
-                        Ok(history.iter().find(|e| e.sequence == seq).cloned())
-                    })
-                }
-            })
-            .await?;
-        let catalog = self.catalog.load();
-        let states: Vec<StateRecord> = states
-            .into_iter()
-            .filter(|s| purposes.passes(&catalog, s.consent.as_str()))
-            .collect();
-        if states.is_empty() && addresses.is_empty() {
-            return Ok(None);
-        }
-        let contact_hash = self.hasher.hash(&contact);
-        Ok(Some(StatesRow {
-            contact,
-            states,
-            addresses,
-            contact_hash,
-        }))
+/// One contact's states and addresses as of sequence `at`: its stored
+/// states when none is newer, else rebuilt from its history up to `at`.
+fn at_sequence(
+    store: &dyn Store,
+    contact: &str,
+    states: Vec<StateRecord>,
+    at: u64,
+) -> Result<(Vec<StateRecord>, HeldWithHash), StoreError> {
+    if states.iter().all(|s| s.sequence <= at) {
+        return split_held(states, |seq| event_at(store, contact, seq));
     }
+    let history = store.history(contact)?;
+    let folded = fold(&history, |e| e.sequence <= at);
+    split_held(folded.states, |seq| {
+        Ok(history.iter().find(|e| e.sequence == seq).cloned())
+    })
 }

@@ -3,10 +3,13 @@
 //! ([`crate::store::Store::feed`]), with a checkpoint whenever the stream has
 //! caught up and at least every 5 s.
 //!
-//! A stream holds at most [`WATCH_BUFFER`] records for its consumer: one
-//! that falls further behind is ended with [`WatchEnd::Behind`] (it resumes
-//! from the last sequence it got), so a slow consumer never holds memory.
-//! The feeding task stops within a wait of the consumer going away.
+//! A stream holds at most [`WATCH_BUFFER`] records for its consumer. The
+//! feed is pulled from the store, so while the buffer is full the feeding
+//! task simply waits: a consumer that reads, however slowly, is never cut
+//! off and never makes the server hold more. One that takes nothing for
+//! [`STALL`] while its buffer is full is ended with [`WatchEnd::Behind`] (it
+//! resumes from the last sequence it got), freeing its buffer. The feeding
+//! task stops within a wait of the consumer going away.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -17,10 +20,14 @@ use super::Authority;
 use crate::domain::{Catalog, ConsentIdx, EventRecord, FieldError, UnixNanos};
 
 /// Records a stream holds for a consumer that does not read them yet.
-pub const WATCH_BUFFER: usize = 4096;
+pub const WATCH_BUFFER: usize = 1024;
+
+/// How long a full buffer waits for its consumer to take a record before
+/// the stream is ended.
+pub const STALL: Duration = Duration::from_secs(5);
 
 /// Records read from the store per page.
-const PAGE: usize = 1024;
+const PAGE: usize = 256;
 
 /// The longest a stream goes without a checkpoint.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
@@ -58,9 +65,9 @@ pub enum Watched {
 /// Why a stream ended.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WatchEnd {
-    /// The consumer fell behind the stream's buffer.
+    /// The consumer took nothing for [`STALL`] with its buffer full.
     #[error(
-        "the consumer fell more than {WATCH_BUFFER} records behind; resume from the last sequence received"
+        "the consumer took no record for 5 s with {WATCH_BUFFER} waiting; resume from the last sequence received"
     )]
     Behind,
     /// The store could not be read.
@@ -185,7 +192,7 @@ impl Authority {
                 );
                 records.sort_unstable_by_key(|(sequence, _)| *sequence);
                 for (_, record) in records.into_iter().filter(|(s, _)| *s <= through) {
-                    if !send(&tx, record) {
+                    if !send(&tx, record).await {
                         return;
                     }
                 }
@@ -205,7 +212,7 @@ impl Authority {
                 sequence: cursor,
                 at: self.clock.now(),
             };
-            if !send(&tx, checkpoint) {
+            if !send(&tx, checkpoint).await {
                 return;
             }
             last_checkpoint = Instant::now();
@@ -218,13 +225,26 @@ impl Authority {
     }
 }
 
-/// Hands a record to the consumer; ends the stream (false) when the
-/// consumer has gone, or has fallen a whole buffer behind (then the one
-/// slot kept for it carries [`WatchEnd::Behind`]).
-fn send(tx: &mpsc::Sender<WatchItem>, record: Watched) -> bool {
-    if tx.capacity() <= 1 {
-        let _ = tx.try_send(Err(WatchEnd::Behind));
-        return false;
+/// Hands a record to the consumer, waiting while its buffer is full; ends
+/// the stream (false) when the consumer has gone, or has taken nothing for
+/// [`STALL`] (then the one slot kept for it carries [`WatchEnd::Behind`]).
+async fn send(tx: &mpsc::Sender<WatchItem>, record: Watched) -> bool {
+    if tx.capacity() > 1 {
+        return tx.try_send(Ok(record)).is_ok();
     }
-    tx.try_send(Ok(record)).is_ok()
+    // Two free slots: one for the record, one still kept for the end.
+    match tokio::time::timeout(STALL, tx.reserve_many(2)).await {
+        Ok(Ok(mut permits)) => match permits.next() {
+            Some(permit) => {
+                permit.send(Ok(record));
+                true
+            }
+            None => false,
+        },
+        Ok(Err(_)) => false,
+        Err(_) => {
+            let _ = tx.try_send(Err(WatchEnd::Behind));
+            false
+        }
+    }
 }

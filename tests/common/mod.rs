@@ -495,3 +495,38 @@ pub(crate) async fn history(server: &TestServer, contact: &str) -> Vec<pb::Conse
     .into_inner()
     .events
 }
+
+/// Runs consentctl against `server` with `args` and extra environment:
+/// (succeeded, standard output, standard error).
+pub(crate) fn consentctl(
+    server: &TestServer,
+    args: &[&str],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_consentctl"))
+        .args(args)
+        .env("CONSENTD_ADDR", server.grpc_addr.to_string())
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// A Watch of every record after `from` on `server`.
+pub(crate) async fn watch_from(
+    server: &TestServer,
+    from: u64,
+) -> tonic::Streaming<pb::WatchResponse> {
+    pb::changes_service_client::ChangesServiceClient::new(server.channel().await)
+        .watch(pb::WatchRequest {
+            from_sequence: from,
+            purposes: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}

@@ -4,22 +4,14 @@
 
 use std::time::Duration;
 
-use consentd::pb::{self, changes_service_client::ChangesServiceClient, watch_response::Change};
+use consentd::pb::{self, watch_response::Change};
 
 use super::common::*;
 use super::nodes;
 
 /// The sequences of a stream's records up to a checkpoint at `until`.
 async fn sequences_until(server: &TestServer, from: u64, until: u64) -> Vec<u64> {
-    let mut client = ChangesServiceClient::new(server.channel().await);
-    let mut stream = client
-        .watch(pb::WatchRequest {
-            from_sequence: from,
-            purposes: vec![],
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = watch_from(server, from).await;
     let mut out = Vec::new();
     loop {
         let r = tokio::time::timeout(Duration::from_secs(10), stream.message())

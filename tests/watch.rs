@@ -64,7 +64,6 @@ async fn every_record_once_in_order_resumable_and_an_erasure_names_no_one() {
     }
     // A stream from the beginning: the catalog the server started with,
     // three events, then a checkpoint.
-    let mut watch = changes(&server).await;
     let mut stream = watch_from(&server, 0).await;
     let (first, at) = read_until(&mut stream, last).await;
     assert_eq!(first.len(), 4);
@@ -148,7 +147,6 @@ async fn every_record_once_in_order_resumable_and_an_erasure_names_no_one() {
     // After a restart the sequences stand: resuming loses and repeats nothing.
     server.stop().await;
     let server = TestServer::start_in(dir.path(), Some(example_catalog_path())).await;
-    let mut watch = changes(&server).await;
     let mut stream = watch_from(&server, resumed_from).await;
     let (again, _) = read_until(&mut stream, after).await;
     assert_eq!(
@@ -228,7 +226,6 @@ async fn purposes_filter_decisions_and_bad_requests_name_the_field() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_stream_checkpoints_and_a_consumer_that_does_not_read_is_ended() {
     let server = TestServer::start().await;
-    let mut watch = changes(&server).await;
     // Idle: checkpoints keep coming, at least every 5 s.
     let mut stream = watch_from(&server, 0).await;
     let started = std::time::Instant::now();
@@ -304,7 +301,7 @@ async fn an_idle_stream_checkpoints_and_a_consumer_that_does_not_read_is_ended()
             Some(Change::Checkpoint(_)) | None => {}
             Some(_) => got += 1,
         }
-        if got % 3_000 == 0 {
+        if got.is_multiple_of(3_000) {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
     }
@@ -380,7 +377,6 @@ async fn a_catalog_applied_takes_its_place_in_the_feed() {
         .into_inner()
         .sequence;
     assert_eq!(after, before + 2, "the catalog took the sequence between");
-    let mut watch = changes(&server).await;
     let (all, _) = read_until(&mut watch_from(&server, 0).await, after).await;
     let catalogs: Vec<&pb::CatalogVersion> = all
         .iter()
@@ -402,7 +398,6 @@ async fn a_catalog_applied_takes_its_place_in_the_feed() {
     // After a restart (the catalog file applied again only if it changed).
     let dir = server.stop().await.unwrap_or(dir);
     let server = TestServer::start_in(dir.path(), None).await;
-    let mut watch = changes(&server).await;
     let (again, _) = read_until(&mut watch_from(&server, 0).await, after).await;
     assert_eq!(again, all, "the same records, in the same places");
     server.finish().await.unwrap();

@@ -2,6 +2,8 @@
 //! data dir, and clients connected to it.
 #![allow(dead_code)]
 
+pub(crate) mod replica;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 

@@ -127,12 +127,7 @@ public_key = "{public_key}"
     let mut config = consentd::Config::ephemeral(dir.path());
     config.catalog = Some(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/catalog.toml").into());
     config.providers = Some(providers);
-    let http = server_rt.block_on(async {
-        let bound = consentd::server::Server::bind(&config).await?;
-        let http = bound.http_addr;
-        tokio::spawn(bound.serve(std::future::pending()));
-        anyhow::Ok(http)
-    })?;
+    let http = support::serve(&server_rt, &config)?.1;
     println!(
         "consentd hooks: {http}, {} s/phase, {} in flight, SendGrid batches of {}, {} cores",
         args.seconds,

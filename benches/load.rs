@@ -140,12 +140,7 @@ fn main() -> anyhow::Result<()> {
                     }
                     other => other.to_owned(),
                 };
-                let addr = server_rt.block_on(async {
-                    let bound = consentd::server::Server::bind(&config).await?;
-                    let addr = bound.grpc_addr;
-                    tokio::spawn(bound.serve(std::future::pending()));
-                    anyhow::Ok(addr)
-                })?;
+                let addr = support::serve(&server_rt, &config)?.0;
                 let label = if store.starts_with("postgres") {
                     "postgres"
                 } else {

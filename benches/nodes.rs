@@ -93,12 +93,7 @@ fn main() -> anyhow::Result<()> {
             config.catalog =
                 Some(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/catalog.toml").into());
         }
-        addrs.push(server_rt.block_on(async {
-            let bound = consentd::server::Server::bind(&config).await?;
-            let addr = bound.grpc_addr;
-            tokio::spawn(bound.serve(std::future::pending()));
-            anyhow::Ok(addr)
-        })?);
+        addrs.push(support::serve(&server_rt, &config)?.0);
         dirs.push(dir);
     }
     println!(

@@ -104,12 +104,7 @@ fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut config = consentd::Config::ephemeral(dir.path());
     config.catalog = Some(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/catalog.toml").into());
-    let addr = server_rt.block_on(async {
-        let bound = consentd::server::Server::bind(&config).await?;
-        let addr = bound.grpc_addr;
-        tokio::spawn(bound.serve(std::future::pending()));
-        anyhow::Ok(addr)
-    })?;
+    let addr = support::serve(&server_rt, &config)?.0;
     println!(
         "consentd watch: {addr}, {} contacts, {} cores",
         args.contacts,

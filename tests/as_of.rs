@@ -325,3 +325,65 @@ async fn as_of_survives_a_restart_and_bad_requests_name_the_field() {
     );
     server.finish().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as_of_reads_the_addresses_and_what_was_recorded_on_them_then() {
+    use common::replica::set_addresses;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(dir.path(), Some(example_catalog_path())).await;
+    let mut cons = server.consents().await;
+    cons.grant(change("ann", "marketing", Some(now() - 60)))
+        .await
+        .unwrap();
+    let granted = now_nanos();
+    set_addresses(&mut cons, "ann", &["ann@example.com"]).await;
+    let addressed = now_nanos();
+    // A STOP recorded on the address itself, for every contact using it.
+    let mut stop = change("", "marketing", None);
+    stop.address = Some(pb::Address {
+        kind: pb::AddressKind::Email as i32,
+        value: "Ann@Example.com".into(),
+    });
+    cons.withdraw(stop).await.unwrap();
+    let stopped = now_nanos();
+    let ask_to = |t: i64, to: Option<&str>| {
+        let server = &server;
+        let to = to.map(|v| pb::Address {
+            kind: pb::AddressKind::Unspecified as i32,
+            value: v.into(),
+        });
+        async move {
+            server
+                .eligibility()
+                .await
+                .can_send(pb::CanSendRequest {
+                    as_of: Some(at(t)),
+                    to,
+                    ..check("ann", "email", "acme")
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .reason()
+        }
+    };
+    let to = Some("ann@example.com");
+    assert_eq!(ask_to(addressed, to).await, Reason::Granted);
+    assert_eq!(ask_to(stopped, to).await, Reason::AddressWithdrawn);
+    // Without `to`: the addresses the contact held then.
+    assert_eq!(ask_to(granted, None).await, Reason::Granted, "none yet");
+    assert_eq!(ask_to(addressed, None).await, Reason::Granted);
+    assert_eq!(ask_to(stopped, None).await, Reason::AddressWithdrawn);
+    // Live and as of now agree; the address's opt-out outlives an erasure.
+    let live = can_send_to(&server, "ann", "email", "acme", "ann@example.com").await;
+    assert_eq!(ask_to(now_nanos(), to).await, live.reason());
+    cons.erase_contact(pb::EraseContactRequest {
+        contact_id: "ann".into(),
+        reason: "art. 17".into(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(ask_to(addressed, to).await, Reason::NoConsent, "erased: unknown");
+    assert_eq!(ask_to(stopped, None).await, Reason::NoConsent);
+    server.finish().await.unwrap();
+}

@@ -142,3 +142,17 @@ where
     report.seconds = started.elapsed().as_secs_f64();
     report
 }
+
+/// Starts consentd with `config` on `rt`, serving until the process ends;
+/// its (gRPC, HTTP) addresses.
+pub(crate) fn serve(
+    rt: &tokio::runtime::Runtime,
+    config: &consentd::Config,
+) -> anyhow::Result<(SocketAddr, SocketAddr)> {
+    rt.block_on(async {
+        let bound = consentd::server::Server::bind(config).await?;
+        let addrs = (bound.grpc_addr, bound.http_addr);
+        tokio::spawn(bound.serve(std::future::pending()));
+        Ok(addrs)
+    })
+}

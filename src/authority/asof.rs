@@ -17,10 +17,11 @@ use super::{Answer, Authority, Check, Checked, ReadError};
 use crate::clock::ManualClock;
 use crate::domain::ids::{ADDRESS_KEY_LEN, address_key};
 use crate::domain::{
-    Action, Catalog, ContactId, EventRecord, FieldError, Folded, HeldState, Mark, UNDELIVERABLE,
-    UnixNanos, Wording, fold,
+    Catalog, ContactId, EventRecord, FieldError, Folded, UnixNanos, Wording, fold,
 };
-use crate::index::{HeldAddresses, Index};
+use crate::index::Index;
+use crate::store::Loaded;
+use crate::writer::place;
 
 /// A contact's history and what it held at a time.
 pub(super) struct AsOf {
@@ -78,22 +79,15 @@ pub(super) struct AsOfCatalogs(std::sync::Mutex<Vec<(UnixNanos, Arc<Catalog>)>>)
 /// As-of catalogs kept built.
 const KEPT_CATALOGS: usize = 8;
 
-/// The states one subject (a contact, or an address's key) held at a time,
-/// as the index would hold them under `catalog`: decisions on consents the
-/// catalog knows, and an address's undeliverable mark.
-fn held(catalog: &Catalog, folded: &Folded) -> Vec<HeldState> {
-    folded
-        .states
-        .iter()
-        .filter_map(|s| {
-            let idx = match Mark::of(s.consent.as_str()) {
-                Some(Mark::Undeliverable) => UNDELIVERABLE,
-                Some(_) => return None,
-                None => catalog.consent_idx(s.consent.as_str())?,
-            };
-            Some(HeldState::of(idx, s.decision(), s.version, s.source))
-        })
-        .collect()
+/// Puts what one subject (a contact, or an address's key) held at a time
+/// into `index`, each record where start-up would put it.
+fn load(index: &Index, catalog: &Catalog, subject: &str, folded: &Folded) {
+    for s in &folded.states {
+        place(index, catalog, subject, s.consent.as_str(), Loaded::of(s));
+    }
+    for (consent, p) in &folded.pending {
+        place(index, catalog, subject, consent, Loaded::Pending(*p));
+    }
 }
 
 /// A check's fields, owned: what an as-of read carries to the store.
@@ -145,41 +139,27 @@ impl Authority {
                 let index = Index::default();
                 index.set_confirmation_ttl(ttl);
                 let contact = AsOf::of(store.history(&asked.contact)?, at).folded;
-                for h in held(catalog, &contact) {
-                    index.put(&asked.contact, h);
-                }
-                for (consent, p) in &contact.pending {
-                    if let Some(idx) = catalog.consent_idx(consent) {
-                        index.set_pending(&asked.contact, idx, Some(*p));
-                    }
-                }
+                load(&index, catalog, &asked.contact, &contact);
                 // The addresses whose records the decision reads: `to`, or
                 // every address of the channel's kind the contact held then.
-                let holds: HeldAddresses = contact
-                    .states
-                    .iter()
-                    .filter(|s| s.action == Action::Grant)
-                    .filter_map(|s| match Mark::of(s.consent.as_str()) {
-                        Some(Mark::Holds { kind, hash }) => Some((kind, hash)),
-                        _ => None,
-                    })
-                    .collect();
                 let asked_addresses: Vec<[u8; 32]> = match to {
                     Some((_, hash)) => vec![hash],
-                    None => holds
+                    None => index
+                        .addresses(&asked.contact)
                         .iter()
                         .filter(|(k, _)| Some(*k) == kind)
                         .map(|(_, hash)| *hash)
                         .collect(),
                 };
-                index.replace_addresses(&asked.contact, holds);
                 let mut buf = [0u8; ADDRESS_KEY_LEN];
                 for hash in &asked_addresses {
                     let key = address_key(hash, &mut buf);
-                    let folded = AsOf::of(store.history(key)?, at).folded;
-                    for h in held(catalog, &folded) {
-                        index.put(key, h);
-                    }
+                    load(
+                        &index,
+                        catalog,
+                        key,
+                        &AsOf::of(store.history(key)?, at).folded,
+                    );
                 }
                 let key = to.map(|(_, hash)| address_key(&hash, &mut buf).to_owned());
                 let clock = ManualClock::new(at);

@@ -6,16 +6,18 @@
 use super::Reply;
 use super::batch::{ContactKey, GroupBatch};
 use super::committer::Committer;
+use crate::domain::HeldState;
 use crate::domain::{
     Action, Catalog, Change, ChangeOutcome, ConsentIdx, EventRecord, Mark, UNDELIVERABLE,
     mark::ADDRESS_EVIDENCE,
 };
 use crate::error::ChangeError;
 use crate::index::{HeldAddress, HeldAddresses, Index};
+use crate::store::Loaded;
 
 /// Where a stored record of (contact, id) goes in the index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Slot {
+pub(crate) enum Slot {
     /// A state, under this interned index (a consent's, or
     /// [`UNDELIVERABLE`] on an address).
     State(ConsentIdx),
@@ -35,6 +37,37 @@ impl Slot {
             Some(Mark::SetAddresses) => Slot::Nowhere,
         }
     }
+}
+
+/// Puts one stored record of (contact, id) where it goes in `index` under
+/// `catalog` (what start-up does with every record, and an as-of read with
+/// what a contact held at a time); answers its slot.
+pub(crate) fn place(
+    index: &Index,
+    catalog: &Catalog,
+    contact: &str,
+    id: &str,
+    loaded: Loaded,
+) -> Slot {
+    let slot = Slot::of(catalog, id);
+    match (slot, loaded) {
+        (
+            Slot::State(idx),
+            Loaded::State {
+                decision,
+                version,
+                source,
+            },
+        ) => {
+            index.put(contact, HeldState::of(idx, decision, version, source));
+        }
+        (Slot::State(idx), Loaded::Pending(p)) => index.set_pending(contact, idx, Some(p)),
+        (Slot::Address(address), Loaded::State { decision, .. }) => {
+            hold_address(index, contact, address, decision.action);
+        }
+        (Slot::Address(_), Loaded::Pending(_)) | (Slot::Nowhere, _) => {}
+    }
+    slot
 }
 
 /// Whether the deletion guard counts holders of `consent` (marks are not

@@ -42,6 +42,7 @@ mod upkeep;
 
 pub(crate) use applied::Applied;
 pub(crate) use follower::Lag;
+pub(crate) use marks::place;
 pub use start::{LoadReport, Options};
 pub(crate) use start::{Rebuilt, rebuild};
 

@@ -6,10 +6,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::marks::{Slot, counted, hold_address};
+use super::marks::{Slot, counted, place};
 use super::{Applied, WriterStart};
 use crate::clock::{Clock, SystemClock};
-use crate::domain::{AddressHasher, Catalog, Erasures, HeldState, PhoneRegion};
+use crate::domain::{AddressHasher, Catalog, Erasures, PhoneRegion};
 use crate::index::Index;
 use crate::store::{Loaded, Store, StoreError, WriteBatch};
 
@@ -118,29 +118,13 @@ pub(crate) fn rebuild(store: &dyn Store, options: &Options) -> Result<Rebuilt, S
             .max()
             .unwrap_or(0)
     ];
-    let states = store.load_states(&mut |contact, consent, loaded| match (
-        Slot::of(&catalog, consent),
-        loaded,
-    ) {
-        (
-            Slot::State(idx),
-            Loaded::State {
-                decision,
-                version,
-                source,
-            },
-        ) => {
-            if counted(idx) {
-                usage[idx as usize] += 1;
-            }
-            index.put(contact, HeldState::of(idx, decision, version, source));
+    let states = store.load_states(&mut |contact, consent, loaded| {
+        let state = matches!(loaded, Loaded::State { .. });
+        match place(&index, &catalog, contact, consent, loaded) {
+            Slot::State(idx) if state && counted(idx) => usage[idx as usize] += 1,
+            Slot::Nowhere => orphans += 1,
+            _ => {}
         }
-        (Slot::State(idx), Loaded::Pending(p)) => index.set_pending(contact, idx, Some(p)),
-        (Slot::Address(address), Loaded::State { decision, .. }) => {
-            hold_address(&index, contact, address, decision.action);
-        }
-        (Slot::Address(_), Loaded::Pending(_)) => {}
-        (Slot::Nowhere, _) => orphans += 1,
     })?;
     if orphans > 0 {
         // Deletion of a held consent is refused, so this means a damaged file.

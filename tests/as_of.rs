@@ -383,7 +383,11 @@ async fn as_of_reads_the_addresses_and_what_was_recorded_on_them_then() {
     })
     .await
     .unwrap();
-    assert_eq!(ask_to(addressed, to).await, Reason::NoConsent, "erased: unknown");
+    assert_eq!(
+        ask_to(addressed, to).await,
+        Reason::NoConsent,
+        "erased: unknown"
+    );
     assert_eq!(ask_to(stopped, None).await, Reason::NoConsent);
     server.finish().await.unwrap();
 }

@@ -152,6 +152,29 @@ pub struct Config {
     /// Allow binding a non-loopback address with auth off.
     #[arg(long, env = "CONSENTD_ALLOW_UNAUTHENTICATED")]
     pub allow_unauthenticated: bool,
+
+    /// The Ed25519 key that signs checkpoints and receipts (PKCS#8 PEM),
+    /// created 0600 at first start; default `signing.key` in the data dir.
+    /// Every node of a cluster is given the same file. Never kept in the
+    /// store.
+    #[arg(long, env = "CONSENTD_SIGNING_KEY")]
+    pub signing_key: Option<PathBuf>,
+
+    /// The origin line of signed checkpoints (and the key's name): names
+    /// this log, e.g. `consent.example.com/eu` (no spaces).
+    #[arg(long, env = "CONSENTD_CHECKPOINT_ORIGIN", default_value = "consentd",
+          value_parser = origin)]
+    pub checkpoint_origin: String,
+
+    /// A signed checkpoint at least every this many records...
+    #[arg(long, env = "CONSENTD_CHECKPOINT_RECORDS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub checkpoint_records: u64,
+
+    /// ...or every this many seconds when anything was committed.
+    #[arg(long, env = "CONSENTD_CHECKPOINT_SECONDS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub checkpoint_seconds: u64,
 }
 
 impl Config {
@@ -194,8 +217,30 @@ impl Config {
             log_format: "text".into(),
             tls_cert: None,
             tls_key: None,
+            signing_key: None,
+            checkpoint_origin: "consentd".into(),
+            checkpoint_records: 10_000,
+            checkpoint_seconds: 60,
         }
     }
+
+    /// The signing key's file: `--signing-key`, or `signing.key` in the
+    /// data dir.
+    pub fn signing_key_path(&self) -> PathBuf {
+        self.signing_key
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("signing.key"))
+    }
+}
+
+/// A checkpoint origin (a C2SP key name): printable, no spaces or `+`.
+fn origin(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control() || c == '+') {
+        return Err(format!(
+            "{s:?} must be non-empty, without spaces, control characters or '+'"
+        ));
+    }
+    Ok(s.to_owned())
 }
 
 /// A number of hours: finite, not negative, at most ten years.

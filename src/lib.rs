@@ -31,6 +31,7 @@
 #![forbid(unsafe_code)]
 
 mod auth;
+pub mod audit;
 pub mod authority;
 pub mod clock;
 pub mod config;

@@ -92,6 +92,7 @@ pub struct Server {
     http_limits: crate::http::Limits,
     max_calls_in_flight: usize,
     hooks: Arc<crate::hooks::Hooks>,
+    checkpointer: crate::audit::Checkpointer,
 }
 
 /// Reads a TOML catalog file (the same shape as `CatalogSpec`).
@@ -170,6 +171,15 @@ impl Server {
         };
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating {}", config.data_dir.display()))?;
+        let signer = crate::audit::note::Signer::load_or_create(
+            &config.signing_key_path(),
+            &config.checkpoint_origin,
+        )?;
+        tracing::info!(
+            public_key = %signer.public_key_base64(),
+            origin = %signer.origin(),
+            "checkpoints and receipts are signed with this Ed25519 key"
+        );
         let fresh_key = crate::links::generate_key()?;
         let links = match store
             .shared()
@@ -244,6 +254,12 @@ impl Server {
         if !hooks.is_empty() {
             tracing::info!(endpoints = hooks.len(), "provider webhooks on /hooks/");
         }
+        let checkpointer = crate::audit::Checkpointer::new(
+            authority.store(),
+            signer,
+            config.checkpoint_records,
+            Duration::from_secs(config.checkpoint_seconds),
+        );
         Ok(Server {
             auth,
             tls,
@@ -260,6 +276,7 @@ impl Server {
             },
             max_calls_in_flight: usize::try_from(config.max_calls_in_flight).unwrap_or(usize::MAX),
             hooks: Arc::new(hooks),
+            checkpointer,
         })
     }
 
@@ -278,7 +295,10 @@ impl Server {
             http_limits,
             max_calls_in_flight,
             hooks,
+            checkpointer,
         } = self;
+        let checkpoints_stop = Arc::new(tokio::sync::Notify::new());
+        let checkpoint_task = tokio::spawn(checkpointer.run(checkpoints_stop.clone()));
         let (health, health_service) = tonic_health::server::health_reporter();
         health
             .set_service_status("", ServingStatus::NotServing)
@@ -467,8 +487,11 @@ impl Server {
         grpc_task.await?.context("gRPC server")?;
         http_task.await?.context("HTTP server")?;
         admin_task.await?.context("admin HTTP server")?;
-        // No call is in flight any more: the writer finishes what is queued
-        // and stops, its feed and ticker are joined, the store is closed.
+        // No call is in flight any more: the last records get their
+        // checkpoint; the writer finishes what is queued and stops, its
+        // feed and ticker are joined, the store is closed.
+        checkpoints_stop.notify_one();
+        let _ = checkpoint_task.await;
         authority.close().await.context("closing the writer")?;
         Ok(())
     }

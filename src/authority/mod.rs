@@ -258,6 +258,11 @@ impl Authority {
         self.writer.failed().await
     }
 
+    /// The store, for the tasks beside the writer (the checkpointer).
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
     /// Whether the store takes writes, as it changes: false while it cannot
     /// be reached (PostgreSQL down or restarting; CanSend answers on from
     /// memory), true again once it answers.

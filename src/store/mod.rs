@@ -38,6 +38,7 @@ pub use self::postgres::PgStore;
 pub use self::redb::{DEFAULT_CACHE_BYTES, RedbStore};
 
 pub use crate::domain::IdempotencyRecord;
+use crate::audit::{Held, Link};
 use crate::domain::{
     CatalogSpec, Decision, EventRecord, PendingRecord, Source, StateRecord, UnixNanos, Wording,
 };
@@ -403,6 +404,18 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets up to `max` idempotency keys recorded before `before`,
     /// durably; returns how many.
     fn prune_idempotency(&self, before: UnixNanos, max: usize) -> Result<usize, StoreError>;
+    /// Where the chain stands (DESIGN.md §11): the sequence of the last
+    /// record linked and the chain through it; `None` before the first.
+    fn chain_head(&self) -> Result<Option<(u64, [u8; 32])>, StoreError>;
+    /// Up to `limit` links with a sequence above `after`, in order, each
+    /// with its record as the store holds it now: what `consentctl audit
+    /// verify` recomputes.
+    fn links_after(&self, after: u64, limit: usize) -> Result<Vec<(Link, Held)>, StoreError>;
+    /// Keeps a signed checkpoint of the chain through `sequence` (a
+    /// checkpoint kept there already stays).
+    fn keep_checkpoint(&self, sequence: u64, note: &str) -> Result<(), StoreError>;
+    /// Up to `limit` checkpoints with a sequence above `after`, in order.
+    fn checkpoints(&self, after: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError>;
     /// Closes the store, explicitly, once nothing writes to it any more:
     /// files are closed cleanly, connections released. Every later call
     /// answers [`StoreError::Closed`] (or, for a store with nothing to

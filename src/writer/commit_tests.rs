@@ -55,6 +55,22 @@ impl Flaky {
 }
 
 impl Store for Flaky {
+    fn chain_head(&self) -> Result<Option<(u64, [u8; 32])>, StoreError> {
+        self.inner.chain_head()
+    }
+    fn links_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(crate::audit::Link, crate::audit::Held)>, StoreError> {
+        self.inner.links_after(after, limit)
+    }
+    fn keep_checkpoint(&self, sequence: u64, note: &str) -> Result<(), StoreError> {
+        self.inner.keep_checkpoint(sequence, note)
+    }
+    fn checkpoints(&self, after: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError> {
+        self.inner.checkpoints(after, limit)
+    }
     fn recover(&self) -> Result<Recovered, StoreError> {
         self.inner.recover()
     }

@@ -48,6 +48,7 @@ macro_rules! conformance_suite {
             the_feed_numbers_erasures_among_events,
             an_erasure_last_moves_the_counter,
             states_come_a_page_of_contacts_at_a_time,
+            the_chain_links_every_record_and_verifies,
         );
     };
     (@cases $fixture:expr; $($case:ident),* $(,)?) => {$(
@@ -64,8 +65,10 @@ macro_rules! conformance_suite {
 }
 pub(crate) use conformance_suite;
 
+mod chain;
 mod feed;
 mod readout;
+pub(crate) use chain::the_chain_links_every_record_and_verifies;
 pub(crate) use feed::{
     an_erasure_last_moves_the_counter, states_come_a_page_of_contacts_at_a_time,
     the_feed_numbers_erasures_among_events,

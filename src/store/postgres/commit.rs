@@ -26,6 +26,7 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use tokio_postgres::types::ToSql;
 
+use super::chain::{Digests, INSERT_LINKS, LinkColumns, MOVE_HEAD, head_of, link, link_erasure};
 use super::columns::Columns;
 use super::decode::{i64_of, pg, pool_error, u64_of};
 use super::feed::read_changes;
@@ -49,9 +50,13 @@ impl PgStore {
         let pool = self.pool.clone();
         let timeout = self.timeout;
         let vacuum_due = self.vacuum_due.clone();
+        let digests = self.digests.clone();
         self.handle.spawn(async move {
             let mut view = Some(view_tx);
-            let result = transaction(pool, cursor, timeout, &mut view, write_rx, vacuum_due).await;
+            let result = transaction(
+                pool, cursor, timeout, &mut view, write_rx, vacuum_due, digests,
+            )
+            .await;
             match (view, result) {
                 // Failed before the writer had its view: it waits there.
                 (Some(view), Err(e)) => {
@@ -100,6 +105,7 @@ async fn transaction(
     view: &mut Option<ViewSender>,
     write: tokio::sync::oneshot::Receiver<Write>,
     vacuum_due: Arc<AtomicBool>,
+    digests: Digests,
 ) -> Result<(Committed, bool), StoreError> {
     let before = |e| pg(e, false);
     let sent = AtomicBool::new(false);
@@ -123,6 +129,7 @@ async fn transaction(
     // The writer rules meanwhile; a writer that ends sends nothing.
     let write = write.await.map_err(|_| gave_up())?;
     let next = head.next_sequence;
+    let chain_head = head_of(head.chain)?;
     let (committed, held) = match write {
         Write::Nothing => {
             let _ = txn.rollback().await;
@@ -145,7 +152,9 @@ async fn transaction(
                     ),
                 ));
             }
-            let catalog_version = within(timeout, &sent, write_batch(&txn, batch)).await?;
+            let links = within(timeout, &sent, link(&txn, &digests, chain_head, &batch)).await?;
+            let catalog_version =
+                within(timeout, &sent, write_batch(&txn, batch, &links)).await?;
             (
                 Committed {
                     first_sequence: first,
@@ -155,7 +164,12 @@ async fn transaction(
             )
         }
         Write::Erase { contact, tombstone } => {
-            let held = within(timeout, &sent, erase(&txn, &contact, &tombstone, next)).await?;
+            let held = within(
+                timeout,
+                &sent,
+                erase(&txn, &contact, &tombstone, next, chain_head),
+            )
+            .await?;
             (
                 Committed {
                     first_sequence: u64_of(next, "meta")?,
@@ -183,15 +197,21 @@ fn gave_up() -> StoreError {
     }
 }
 
-/// Writes a batch's rows; returns the catalog version after it.
+type Param<'a> = &'a (dyn ToSql + Sync);
+
+/// Writes a batch's rows and links; returns the catalog version after it.
 async fn write_batch(
     txn: &deadpool_postgres::Transaction<'_>,
     batch: WriteBatch,
+    links: &[crate::audit::Link],
 ) -> Result<i64, StoreError> {
     let before = |e| pg(e, false);
     let c = Columns::of(batch)?;
+    let l = LinkColumns::of(links);
+    let link_params: [Param<'_>; 6] = [&l.sequence, &l.kind, &l.salt, &l.leaf, &l.chain, &l.body];
+    let head = l.head.clone().unwrap_or_default();
+    let head_params: [Param<'_>; 2] = [&head.0, &head.1];
     let e = &c.events;
-    type Param<'a> = &'a (dyn ToSql + Sync);
     let event_params: [Param<'_>; 15] = [
         &e.sequence,
         &e.contact,
@@ -362,6 +382,10 @@ async fn write_batch(
             "wordings: one version would name a second text (ruled on a stale catalog)",
         ));
     }
+    if l.head.is_some() {
+        statements.push((INSERT_LINKS, &link_params, None, "chain"));
+        statements.push((MOVE_HEAD, &head_params, Some(1), "meta: the chain's head"));
+    }
     if !e.sequence.is_empty() || c.catalog.is_some() {
         // Wakes the other nodes' feeds when this commits; says nothing.
         statements.push(("SELECT pg_notify($1, 'e')", &notify_params, None, "notify"));
@@ -416,6 +440,7 @@ async fn erase(
     contact: &str,
     t: &Tombstone,
     sequence: i64,
+    chain_head: [u8; 32],
 ) -> Result<bool, StoreError> {
     let before = |e| pg(e, false);
     txn.execute(
@@ -439,8 +464,8 @@ async fn erase(
             "DELETE FROM consentd.pending WHERE contact = $1",
             &by_contact
         ),
-        txn.execute(
-            "DELETE FROM consentd.events WHERE contact = $1",
+        txn.query(
+            "DELETE FROM consentd.events WHERE contact = $1 RETURNING sequence",
             &by_contact
         ),
         txn.execute(
@@ -458,9 +483,15 @@ async fn erase(
         // hash from the feed.
         txn.execute("SELECT pg_notify($1, 'e')", &channel),
     );
-    let held = states.map_err(before)? + pending.map_err(before)? + events.map_err(before)? > 0;
+    let erased = events
+        .map_err(before)?
+        .iter()
+        .map(|r| r.try_get::<_, i64>(0).map_err(super::decode::backend))
+        .collect::<Result<Vec<_>, _>>()?;
+    let held = states.map_err(before)? + pending.map_err(before)? + erased.len() as u64 > 0;
     meta.map_err(before)?;
     tombstone.map_err(before)?;
     notify.map_err(before)?;
+    link_erasure(txn, chain_head, t, sequence, erased).await?;
     Ok(held)
 }

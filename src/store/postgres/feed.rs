@@ -18,6 +18,8 @@ use crate::store::{CatalogChange, Changes, Cursor, StoreError};
 pub(super) struct Head {
     pub(super) next_sequence: i64,
     pub(super) catalog_version: i64,
+    /// The chain through the last record linked (none before the first).
+    pub(super) chain: Option<Vec<u8>>,
 }
 
 /// Everything committed after `cursor` (at most `limit` events): events,
@@ -41,9 +43,9 @@ pub(super) async fn read_changes(
     );
     let (meta, events, erasures) = tokio::try_join!(
         txn.prepare_cached(if lock {
-            "SELECT next_sequence, catalog_version FROM consentd.meta FOR UPDATE"
+            "SELECT next_sequence, catalog_version, chain_head FROM consentd.meta FOR UPDATE"
         } else {
-            "SELECT next_sequence, catalog_version FROM consentd.meta"
+            "SELECT next_sequence, catalog_version, chain_head FROM consentd.meta"
         }),
         txn.prepare_cached(&events_sql),
         txn.prepare_cached(
@@ -63,6 +65,7 @@ pub(super) async fn read_changes(
     let head = Head {
         next_sequence: meta.try_get(0).map_err(backend)?,
         catalog_version: meta.try_get(1).map_err(backend)?,
+        chain: meta.try_get(2).map_err(backend)?,
     };
     let last = u64_of(head.next_sequence - 1, "meta")?.max(cursor.sequence);
     let events = events

@@ -26,6 +26,7 @@
 //! decoded in `decode.rs`, batches become column arrays in `columns.rs`,
 //! and `connect.rs` holds TLS and URL redaction.
 
+mod chain;
 mod columns;
 mod commit;
 mod connect;
@@ -83,6 +84,8 @@ pub struct PgStore {
     vacuum_due: Arc<AtomicBool>,
     /// Woken by the feed's listening connection.
     ears: Arc<Ears>,
+    /// Digests of the wordings events name (the chain's leaves).
+    digests: chain::Digests,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -279,6 +282,43 @@ impl Store for PgStore {
             "SELECT * FROM consentd.states WHERE contact = $1 ORDER BY sequence",
             vec![Box::new(contact.to_owned())],
             state_from,
+        )
+    }
+
+    fn chain_head(&self) -> Result<Option<(u64, [u8; 32])>, StoreError> {
+        let rows = self.rows(
+            "SELECT chain_sequence, chain_head FROM consentd.meta WHERE chain_head IS NOT NULL",
+            Vec::new(),
+            |r| {
+                let sequence = u64_of(r.try_get(0).map_err(backend)?, "meta")?;
+                Ok((sequence, chain::head_of(r.try_get(1).map_err(backend)?)?))
+            },
+        )?;
+        Ok(rows.into_iter().next())
+    }
+
+    fn links_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(crate::audit::Link, crate::audit::Held)>, StoreError> {
+        self.links_page(after, limit)
+    }
+
+    fn keep_checkpoint(&self, sequence: u64, note: &str) -> Result<(), StoreError> {
+        self.keep_note(sequence, note)
+    }
+
+    fn checkpoints(&self, after: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError> {
+        let at = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.rows(
+            "SELECT sequence, note FROM consentd.checkpoints WHERE sequence > $1
+             ORDER BY sequence LIMIT $2",
+            vec![Box::new(at(after)), Box::new(at(limit as u64))],
+            |r| {
+                let sequence = u64_of(r.try_get(0).map_err(backend)?, "checkpoints")?;
+                Ok((sequence, r.try_get(1).map_err(backend)?))
+            },
         )
     }
 

@@ -68,6 +68,7 @@ impl PgStore {
             timeout,
             vacuum_due: Arc::new(AtomicBool::new(false)),
             ears: Arc::default(),
+            digests: Arc::default(),
         };
         store.run_unbounded(async move {
             let (mut client, connection) = migrate_config
@@ -116,6 +117,11 @@ impl PgStore {
                 .await
                 .map_err(|e| pg(e, false))?;
             Ok(())
+        })?;
+        let pool = store.pool.clone();
+        store.run_unbounded(async move {
+            let mut client = pool.get().await.map_err(pool_error)?;
+            super::chain::backfill(&mut client).await
         })?;
         // Listening before anything is read: a node that loads the states
         // and then follows the feed hears every erasure after its load.

@@ -28,6 +28,7 @@
 //! contact's record: one leaf fewer, but O(n) per change for a busy
 //! contact; opening a schema-1 file migrates it once.)
 
+mod chain;
 mod codec;
 mod migrate;
 mod rewrite;
@@ -87,8 +88,9 @@ const WORDINGS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("word
 /// Meta key set by an erasure until the file has been rewritten.
 const REWRITE_PENDING: &str = "rewrite_pending";
 
-/// Bumped on any incompatible change of the layout above (2: `history`).
-pub(super) const SCHEMA_VERSION: u32 = 2;
+/// Bumped on any incompatible change of the layout above (2: `history`;
+/// 3: the hash chain, `chain.rs`).
+pub(super) const SCHEMA_VERSION: u32 = 3;
 const DB_FILE: &str = "consentd.redb";
 /// The page cache when none is configured: enough for the hot pages of
 /// millions of contacts, small beside the index.
@@ -195,8 +197,19 @@ impl RedbStore {
                 .transpose()?;
             match found {
                 Some(SCHEMA_VERSION) => {}
-                Some(1) => {
-                    migrate::migrate_1_to_2(&txn)?;
+                Some(v @ (1 | 2)) => {
+                    if v == 1 {
+                        migrate::migrate_1_to_2(&txn)?;
+                    }
+                    txn.open_table(EVENTS)?;
+                    txn.open_table(WORDINGS)?;
+                    txn.open_table(ERASURES)?;
+                    txn.open_table(ERASURE_FEED)?;
+                    txn.open_table(CATALOGS)?;
+                    txn.open_table(CATALOG_FEED)?;
+                    if let Some((sequence, head)) = chain::migrate_2_to_3(&txn)? {
+                        chain::set_head(&mut meta, sequence, &head)?;
+                    }
                     meta.insert("schema_version", SCHEMA_VERSION.to_le_bytes().as_slice())?;
                 }
                 Some(v) => {
@@ -216,6 +229,8 @@ impl RedbStore {
             txn.open_table(IDEMPOTENCY_BY_TIME)?;
             txn.open_table(ERASURES)?;
             txn.open_table(WORDINGS)?;
+            txn.open_table(chain::CHAIN)?;
+            txn.open_table(chain::CHECKPOINTS)?;
             if meta.get("erasure_key")?.is_none() {
                 let mut key = [0u8; 32];
                 getrandom::fill(&mut key)
@@ -413,6 +428,35 @@ impl Store for RedbStore {
             }
         }
         Ok(out)
+    }
+
+    fn chain_head(&self) -> Result<Option<(u64, [u8; 32])>, StoreError> {
+        let txn = self.db()?.begin_read()?;
+        chain::head(&txn.open_table(META)?)
+    }
+
+    fn links_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(crate::audit::Link, crate::audit::Held)>, StoreError> {
+        chain::links_after(&self.db()?.begin_read()?, after, limit)
+    }
+
+    fn keep_checkpoint(&self, sequence: u64, note: &str) -> Result<(), StoreError> {
+        let txn = self.db()?.begin_write()?;
+        {
+            let mut t = txn.open_table(chain::CHECKPOINTS)?;
+            if t.get(sequence)?.is_none() {
+                t.insert(sequence, note)?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn checkpoints(&self, after: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError> {
+        chain::checkpoints(&self.db()?.begin_read()?, after, limit)
     }
 
     fn erased_at(&self, hash: &[u8; 32]) -> Result<Option<UnixNanos>, StoreError> {

@@ -41,6 +41,8 @@ pub(super) fn rewrite(
         copy_table(&src, &dst, WORDINGS)?;
         copy_table(&src, &dst, CATALOGS)?;
         copy_table(&src, &dst, CATALOG_FEED)?;
+        copy_table(&src, &dst, super::chain::CHAIN)?;
+        copy_table(&src, &dst, super::chain::CHECKPOINTS)?;
         dst.open_table(META)?.remove(REWRITE_PENDING)?;
         dst.commit()?;
     }

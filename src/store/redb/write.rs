@@ -91,6 +91,7 @@ impl RedbStore {
                 by_time.insert((r.recorded_at, key.as_str()), ())?;
             }
         }
+        super::chain::link_batch_in(&txn, batch)?;
         txn.commit()?;
         Ok(())
     }
@@ -150,6 +151,7 @@ impl RedbStore {
     ) -> Result<bool, StoreError> {
         let txn = self.db()?.begin_write()?;
         let held;
+        let erased;
         {
             let mut contacts = txn.open_table(CONTACTS)?;
             held = contacts.remove(contact)?.is_some();
@@ -158,6 +160,7 @@ impl RedbStore {
                 .range((contact, 0)..=(contact, u64::MAX))?
                 .map(|row| row.map(|(k, _)| k.value().1))
                 .collect::<Result<_, _>>()?;
+            erased = sequences.clone();
             {
                 let mut events = txn.open_table(EVENTS)?;
                 let mut idem = txn.open_table(IDEMPOTENCY)?;
@@ -204,6 +207,9 @@ impl RedbStore {
             }
             txn.open_table(META)?
                 .insert(REWRITE_PENDING, [1u8].as_slice())?;
+        }
+        if tombstone.sequence > 0 {
+            super::chain::link_erasure_in(&txn, tombstone, &erased)?;
         }
         txn.commit()?;
         Ok(held)

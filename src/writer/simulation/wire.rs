@@ -73,6 +73,26 @@ impl SharedStore for Wire {
 }
 
 impl Store for Wire {
+    fn chain_head(&self) -> Result<Option<(u64, [u8; 32])>, StoreError> {
+        self.reach()?;
+        self.store.chain_head()
+    }
+    fn links_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(crate::audit::Link, crate::audit::Held)>, StoreError> {
+        self.reach()?;
+        self.store.links_after(after, limit)
+    }
+    fn keep_checkpoint(&self, sequence: u64, note: &str) -> Result<(), StoreError> {
+        self.reach()?;
+        self.store.keep_checkpoint(sequence, note)
+    }
+    fn checkpoints(&self, after: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError> {
+        self.reach()?;
+        self.store.checkpoints(after, limit)
+    }
     fn recover(&self) -> Result<Recovered, StoreError> {
         self.reach()?;
         self.store.recover()

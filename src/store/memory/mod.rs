@@ -51,6 +51,10 @@ struct Contents {
     link_keys: Vec<String>,
     /// Commits so far: what a feed waiting for changes watches.
     commits: u64,
+    /// The chain: every record's link, by sequence.
+    chain: BTreeMap<u64, crate::audit::Link>,
+    /// Signed checkpoints, by sequence.
+    checkpoints: BTreeMap<u64, String>,
 }
 
 /// The in-memory store. Cheap to create; share it with `Arc`.
@@ -87,6 +91,8 @@ impl MemoryStore {
                 catalog_version: 0,
                 link_keys: Vec::new(),
                 commits: 0,
+                chain: BTreeMap::new(),
+                checkpoints: BTreeMap::new(),
             }),
             commit_lock: Mutex::new(()),
             committed: Condvar::new(),
@@ -132,6 +138,8 @@ impl Contents {
                 ));
             }
         }
+        let links = self.links_of(batch)?;
+        self.chain.extend(links.into_iter().map(|l| (l.sequence, l)));
         self.next_sequence = self.next_sequence.max(batch.next_sequence);
         if let Some(catalog) = &batch.catalog {
             self.catalogs.push((batch.catalog_at, catalog.clone()));
@@ -176,7 +184,8 @@ impl Contents {
     }
 
     /// Forgets a contact, keeps its tombstone; whether anything was held.
-    fn erase(&mut self, contact: &str, tombstone: &Tombstone) -> bool {
+    fn erase(&mut self, contact: &str, tombstone: &Tombstone) -> Result<bool, StoreError> {
+        let salt = chain::salt()?;
         let held = self.contacts.remove(contact);
         self.pending.retain(|(k, _), _| k != contact);
         if let Some((_, sequences)) = &held {
@@ -193,12 +202,15 @@ impl Contents {
             (tombstone.erased_at, tombstone.reason.clone()),
         );
         if tombstone.sequence > 0 {
+            let mut erased = held.as_ref().map(|(_, s)| s.clone()).unwrap_or_default();
+            erased.sort_unstable();
+            self.link_erasure(tombstone, &erased, salt);
             self.erasure_log.retain(|_, t| t.hash != tombstone.hash);
             self.erasure_log
                 .insert(tombstone.sequence, tombstone.clone());
             self.next_sequence = self.next_sequence.max(tombstone.sequence + 1);
         }
-        held.is_some()
+        Ok(held.is_some())
     }
 
     /// What was committed after `cursor`: at most `limit` events, the
@@ -290,7 +302,7 @@ impl SharedStore for MemoryStore {
             } => {
                 let sequence = c.next_sequence;
                 tombstone.sequence = sequence;
-                c.erase(&contact, &tombstone);
+                c.erase(&contact, &tombstone)?;
                 Committed {
                     first_sequence: sequence,
                     catalog_version: c.catalog_version,
@@ -473,6 +485,35 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    fn chain_head(&self) -> Result<Option<(u64, [u8; 32])>, StoreError> {
+        Ok(self.lock().head())
+    }
+
+    fn links_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(crate::audit::Link, crate::audit::Held)>, StoreError> {
+        Ok(self.lock().links_after(after, limit))
+    }
+
+    fn keep_checkpoint(&self, sequence: u64, note: &str) -> Result<(), StoreError> {
+        self.lock()
+            .checkpoints
+            .entry(sequence)
+            .or_insert_with(|| note.to_owned());
+        Ok(())
+    }
+
+    fn checkpoints(&self, after: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError> {
+        let c = self.lock();
+        Ok(c.checkpoints
+            .range(after.saturating_add(1)..)
+            .take(limit)
+            .map(|(s, n)| (*s, n.clone()))
+            .collect())
+    }
+
     fn erased_at(&self, hash: &[u8; 32]) -> Result<Option<UnixNanos>, StoreError> {
         Ok(self.lock().erasures.get(hash).map(|(at, _)| *at))
     }
@@ -534,7 +575,7 @@ impl Store for MemoryStore {
 
     fn erase(&self, contact: &str, tombstone: &Tombstone) -> Result<bool, StoreError> {
         let mut c = self.lock();
-        let held = c.erase(contact, tombstone);
+        let held = c.erase(contact, tombstone)?;
         self.tell(&mut c);
         Ok(held)
     }
@@ -562,5 +603,6 @@ impl Store for MemoryStore {
 }
 
 #[cfg(test)]
-#[path = "memory_tests.rs"]
 mod tests;
+
+mod chain;

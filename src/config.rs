@@ -235,7 +235,10 @@ impl Config {
 
 /// A checkpoint origin (a C2SP key name): printable, no spaces or `+`.
 fn origin(s: &str) -> Result<String, String> {
-    if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control() || c == '+') {
+    if s.is_empty()
+        || s.chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '+')
+    {
         return Err(format!(
             "{s:?} must be non-empty, without spaces, control characters or '+'"
         ));

@@ -30,8 +30,8 @@
 //! - [`config`]: flags and `CONSENTD_*` variables.
 #![forbid(unsafe_code)]
 
-mod auth;
 pub mod audit;
+mod auth;
 pub mod authority;
 pub mod clock;
 pub mod config;

@@ -17,6 +17,9 @@ mod addresses;
 #[path = "as_of.rs"]
 mod as_of;
 #[cfg(pg_available)]
+#[path = "audit.rs"]
+mod audit;
+#[cfg(pg_available)]
 #[path = "catalog.rs"]
 mod catalog;
 #[cfg(pg_available)]

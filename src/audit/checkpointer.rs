@@ -69,7 +69,8 @@ impl Checkpointer {
     pub async fn run(self, stop: Arc<tokio::sync::Notify>) {
         let mut last = 0u64;
         let mut since = Instant::now() - self.interval;
-        let mut tick = tokio::time::interval(TICK.min(self.interval.max(Duration::from_millis(10))));
+        let mut tick =
+            tokio::time::interval(TICK.min(self.interval.max(Duration::from_millis(10))));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let stopping = tokio::select! {
@@ -81,7 +82,11 @@ impl Checkpointer {
             let result = tokio::task::spawn_blocking(move || {
                 let head = me.store.chain_head()?.map_or(0, |(s, _)| s);
                 let due = head > last && (stopping || due_by_time || head >= last + me.records);
-                if due { me.checkpoint(last).map(Some) } else { Ok(None) }
+                if due {
+                    me.checkpoint(last).map(Some)
+                } else {
+                    Ok(None)
+                }
             })
             .await;
             match result {

@@ -225,7 +225,9 @@ pub fn verify(note: &str, key: &VerifyingKey) -> Result<Checkpoint, String> {
         let rest = line
             .strip_prefix(SIG_LEAD)
             .ok_or("a signature line does not start with an em dash")?;
-        let (name, blob) = rest.split_once(' ').ok_or("a signature line has no key name")?;
+        let (name, blob) = rest
+            .split_once(' ')
+            .ok_or("a signature line has no key name")?;
         let blob = B64.decode(blob).map_err(|_| "a signature is not base64")?;
         if blob.len() != 68 || blob[..4] != key_id(name, key) {
             continue; // another key's signature (a witness, a cosigner)

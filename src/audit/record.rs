@@ -316,7 +316,10 @@ impl Linker {
         erased: &[u64],
         salt: [u8; 16],
     ) {
-        let body = self.canonical.erasure(hash, erased_at, reason, erased).to_vec();
+        let body = self
+            .canonical
+            .erasure(hash, erased_at, reason, erased)
+            .to_vec();
         self.push(sequence, Kind::Erasure, salt, body);
     }
 
@@ -356,7 +359,12 @@ pub fn link_batch(
     for e in &batch.events {
         if !catalog_done && batch.catalog_sequence < e.sequence {
             let spec = catalog.expect("not done");
-            linker.catalog(batch.catalog_sequence, batch.catalog_at, spec, salts.next().expect("n"));
+            linker.catalog(
+                batch.catalog_sequence,
+                batch.catalog_at,
+                spec,
+                salts.next().expect("n"),
+            );
             catalog_done = true;
         }
         let digest = wording(e.consent.as_str(), e.version);
@@ -364,7 +372,12 @@ pub fn link_batch(
     }
     if !catalog_done {
         let spec = catalog.expect("not done");
-        linker.catalog(batch.catalog_sequence, batch.catalog_at, spec, salts.next().expect("n"));
+        linker.catalog(
+            batch.catalog_sequence,
+            batch.catalog_at,
+            spec,
+            salts.next().expect("n"),
+        );
     }
     let head = linker.head();
     Ok((linker.finish(), head))
@@ -448,7 +461,10 @@ mod tests {
         a.evidence = [("ab".to_string(), "c".to_string())].into();
         let mut b = base.clone();
         b.evidence = [("a".to_string(), "bc".to_string())].into();
-        assert_ne!(c.event(&a, &[0; 32]).to_vec(), c.event(&b, &[0; 32]).to_vec());
+        assert_ne!(
+            c.event(&a, &[0; 32]).to_vec(),
+            c.event(&b, &[0; 32]).to_vec()
+        );
     }
 
     #[test]

@@ -97,7 +97,12 @@ pub fn verify(
     let digests: HashMap<(String, u32), [u8; 32]> = store
         .wordings(None)?
         .iter()
-        .map(|w| ((w.consent.as_str().to_owned(), w.version), wording_digest(w)))
+        .map(|w| {
+            (
+                (w.consent.as_str().to_owned(), w.version),
+                wording_digest(w),
+            )
+        })
         .collect();
     // Every checkpoint, each signature checked first.
     let mut checkpoints: BTreeMap<u64, Vec<(String, Checkpoint)>> = BTreeMap::new();
@@ -148,7 +153,14 @@ pub fn verify(
             break;
         };
         for (l, held) in &page {
-            check_one(l, held, &digests, &mut canonical, &mut unaccounted, &mut out)?;
+            check_one(
+                l,
+                held,
+                &digests,
+                &mut canonical,
+                &mut unaccounted,
+                &mut out,
+            )?;
             let before = prev.map_or(GENESIS, |(_, c)| c);
             if link(&before, l.sequence, &l.leaf) != l.chain {
                 let what = match prev {
@@ -188,11 +200,7 @@ pub fn verify(
             "the record is gone, its salt cleared, and no erasure lists it",
         ));
     }
-    if let Some((s, (label, _))) = checkpoints
-        .iter()
-        .next()
-        .map(|(s, v)| (*s, v[0].clone()))
-    {
+    if let Some((s, (label, _))) = checkpoints.iter().next().map(|(s, v)| (*s, v[0].clone())) {
         return Err(failed(
             s,
             format!("the signed checkpoint {label} names a record the chain does not hold"),
@@ -270,7 +278,10 @@ fn check_one(
         (_, kind) => {
             return Err(failed(
                 s,
-                format!("the link is of an {} but another record is held", kind.name()),
+                format!(
+                    "the link is of an {} but another record is held",
+                    kind.name()
+                ),
             ));
         }
     };

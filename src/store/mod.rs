@@ -37,8 +37,8 @@ pub use self::memory::MemoryStore;
 pub use self::postgres::PgStore;
 pub use self::redb::{DEFAULT_CACHE_BYTES, RedbStore};
 
-pub use crate::domain::IdempotencyRecord;
 use crate::audit::{Held, Link};
+pub use crate::domain::IdempotencyRecord;
 use crate::domain::{
     CatalogSpec, Decision, EventRecord, PendingRecord, Source, StateRecord, UnixNanos, Wording,
 };

@@ -187,6 +187,51 @@ pub(crate) enum Command {
         #[arg(long, hide_env_values = true)]
         to: String,
     },
+    /// Evidence an outsider can check: the checkpoint signing key, the
+    /// latest signed checkpoint, and the verification of a store's hash
+    /// chain. Runs on the store itself, no server needed.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Print the public key of a signing key file (base64 of the raw 32
+    /// bytes; --pem for `openssl pkeyutl -verify -pubin`).
+    Key {
+        /// The key file consentd signs with.
+        #[arg(
+            long,
+            env = "CONSENTD_SIGNING_KEY",
+            default_value = "./data/signing.key"
+        )]
+        signing_key: PathBuf,
+        /// As a PEM public key.
+        #[arg(long)]
+        pem: bool,
+    },
+    /// Print the latest signed checkpoint kept in a store (publish it
+    /// outside: a WORM bucket, an auditor's mailbox).
+    Checkpoint {
+        /// `redb:DATA_DIR` or a `postgres://` URL.
+        #[arg(long, hide_env_values = true)]
+        store: String,
+    },
+    /// Recompute the hash chain and every checkpoint signature; exit 1
+    /// naming the first sequence that does not verify.
+    Verify {
+        /// `redb:DATA_DIR` or a `postgres://` URL.
+        #[arg(long, hide_env_values = true)]
+        store: String,
+        /// The public key (base64 of 32 bytes, PEM, or a file holding either).
+        #[arg(long)]
+        key: String,
+        /// A checkpoint kept outside the store (a note file); repeatable.
+        #[arg(long = "checkpoint")]
+        checkpoints: Vec<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]

@@ -7,6 +7,7 @@
 
 mod addresses;
 mod args;
+mod audit;
 mod import;
 mod migrate;
 mod render;
@@ -25,7 +26,7 @@ use serde_json::json;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
-use args::{CatalogCommand, ChangeArgs, Cli, Command, parse_source, parse_time};
+use args::{AuditCommand, CatalogCommand, ChangeArgs, Cli, Command, parse_source, parse_time};
 
 /// Attaches the bearer token to every call.
 #[derive(Clone)]
@@ -105,6 +106,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let (from, to, json_mode) = (from.clone(), to.clone(), cli.json);
         return tokio::task::spawn_blocking(move || migrate::migrate(&from, &to, json_mode))
             .await?;
+    }
+    if let Command::Audit { command } = cli.command {
+        let json_mode = cli.json;
+        return tokio::task::spawn_blocking(move || match command {
+            AuditCommand::Key { signing_key, pem } => audit::key(&signing_key, pem, json_mode),
+            AuditCommand::Checkpoint { store } => audit::checkpoint(&store, json_mode),
+            AuditCommand::Verify {
+                store,
+                key,
+                checkpoints,
+            } => audit::verify_store(&store, &key, &checkpoints, json_mode),
+        })
+        .await?;
     }
     let mut c = connect(&cli).await?;
     let json_mode = cli.json;
@@ -363,7 +377,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             addresses::reconcile(&mut c, r, json_mode).await?
         }
-        Command::Migrate { .. } => unreachable!("handled before connecting"),
+        Command::Migrate { .. } | Command::Audit { .. } => {
+            unreachable!("handled before connecting")
+        }
         Command::Export { .. } => unreachable!("clap asks for a contact or --all"),
     }
     Ok(())

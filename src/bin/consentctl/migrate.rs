@@ -12,19 +12,19 @@ use serde_json::json;
 
 /// A store opened for the move: read out or filled through [`Transfer`];
 /// PostgreSQL also shares link keys ([`SharedStore`]).
-struct Opened {
-    transfer: Arc<dyn Transfer>,
+pub(crate) struct Opened {
+    pub(crate) transfer: Arc<dyn Transfer>,
     shared: Option<Arc<dyn SharedStore>>,
 }
 
 /// Where a store lives, as the command line names it.
-enum Place {
+pub(crate) enum Place {
     Redb(PathBuf),
     Postgres(String),
 }
 
 impl Place {
-    fn parse(s: &str) -> anyhow::Result<Place> {
+    pub(crate) fn parse(s: &str) -> anyhow::Result<Place> {
         if let Some(dir) = s.strip_prefix("redb:") {
             return Ok(Place::Redb(PathBuf::from(dir)));
         }
@@ -37,14 +37,14 @@ impl Place {
         )
     }
 
-    fn shown(&self) -> String {
+    pub(crate) fn shown(&self) -> String {
         match self {
             Place::Redb(dir) => format!("redb:{}", dir.display()),
             Place::Postgres(url) => redact(url),
         }
     }
 
-    fn open(&self, must_exist: bool) -> anyhow::Result<Opened> {
+    pub(crate) fn open(&self, must_exist: bool) -> anyhow::Result<Opened> {
         Ok(match self {
             Place::Redb(dir) => {
                 if must_exist && !dir.join("consentd.redb").exists() {

@@ -38,7 +38,13 @@ pub(crate) fn the_chain_links_every_record_and_verifies(f: &mut impl Fixture) {
     };
     store.erase("anna", &tombstone).unwrap();
     store
-        .commit(&batch(vec![event("anna", "marketing", Action::Grant, 30, 6)]))
+        .commit(&batch(vec![event(
+            "anna",
+            "marketing",
+            Action::Grant,
+            30,
+            6,
+        )]))
         .unwrap();
 
     let links = store.links_after(0, 100).unwrap();

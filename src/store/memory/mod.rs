@@ -139,7 +139,8 @@ impl Contents {
             }
         }
         let links = self.links_of(batch)?;
-        self.chain.extend(links.into_iter().map(|l| (l.sequence, l)));
+        self.chain
+            .extend(links.into_iter().map(|l| (l.sequence, l)));
         self.next_sequence = self.next_sequence.max(batch.next_sequence);
         if let Some(catalog) = &batch.catalog {
             self.catalogs.push((batch.catalog_at, catalog.clone()));

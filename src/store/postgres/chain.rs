@@ -110,20 +110,18 @@ impl LinkColumns {
             c.chain.push(l.chain.to_vec());
             c.body.push(l.body.clone());
         }
-        c.head = links
-            .last()
-            .map(|l| (l.sequence as i64, l.chain.to_vec()));
+        c.head = links.last().map(|l| (l.sequence as i64, l.chain.to_vec()));
         c
     }
 }
 
 /// The SQL that writes [`LinkColumns`] and moves the head (two statements,
 /// sent in the commit's pipelined round trip).
-pub(super) const INSERT_LINKS: &str = "INSERT INTO consentd.chain (sequence, kind, salt, leaf, chain, body)
+pub(super) const INSERT_LINKS: &str =
+    "INSERT INTO consentd.chain (sequence, kind, salt, leaf, chain, body)
      SELECT * FROM UNNEST($1::bigint[], $2::smallint[], $3::bytea[], $4::bytea[], $5::bytea[],
          $6::bytea[])";
-pub(super) const MOVE_HEAD: &str =
-    "UPDATE consentd.meta SET chain_sequence = $1, chain_head = $2";
+pub(super) const MOVE_HEAD: &str = "UPDATE consentd.meta SET chain_sequence = $1, chain_head = $2";
 
 /// Links an erasure that deleted the records `erased`: their links stay,
 /// their salts go.
@@ -139,7 +137,14 @@ pub(super) async fn link_erasure(
     let list: Vec<u64> = erased.iter().map(|s| *s as u64).collect();
     let salt = salts(1).map_err(no_salt)?[0];
     let mut linker = Linker::from(head);
-    linker.erasure(sequence as u64, &t.hash, t.erased_at, &t.reason, &list, salt);
+    linker.erasure(
+        sequence as u64,
+        &t.hash,
+        t.erased_at,
+        &t.reason,
+        &list,
+        salt,
+    );
     let c = LinkColumns::of(&linker.finish());
     let (seq, chain) = c.head.clone().expect("one link");
     let params: [&(dyn ToSql + Sync); 6] =
@@ -209,7 +214,11 @@ fn held_from(link: &Link, row: &tokio_postgres::Row) -> Result<Held, StoreError>
 }
 
 impl PgStore {
-    pub(super) fn links_page(&self, after: u64, limit: usize) -> Result<Vec<(Link, Held)>, StoreError> {
+    pub(super) fn links_page(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(Link, Held)>, StoreError> {
         let after = i64::try_from(after).unwrap_or(i64::MAX);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let sql = format!(
@@ -272,7 +281,10 @@ pub(super) async fn backfill(client: &mut deadpool_postgres::Object) -> Result<(
         .map_err(err)?
     {
         let w = wording_from(&row)?;
-        digests.insert((w.consent.as_str().to_owned(), w.version), wording_digest(&w));
+        digests.insert(
+            (w.consent.as_str().to_owned(), w.version),
+            wording_digest(&w),
+        );
     }
     // Erasures and catalogs are few: read whole. Events come in pages.
     let mut others: std::collections::BTreeMap<i64, Other> = Default::default();
@@ -291,7 +303,11 @@ pub(super) async fn backfill(client: &mut deadpool_postgres::Object) -> Result<(
             .map_err(|_| StoreError::corrupt("erasures", "hash length"))?;
         others.insert(
             row.try_get(0).map_err(backend)?,
-            Other::Erasure(hash, row.try_get(2).map_err(backend)?, row.try_get(3).map_err(backend)?),
+            Other::Erasure(
+                hash,
+                row.try_get(2).map_err(backend)?,
+                row.try_get(3).map_err(backend)?,
+            ),
         );
     }
     for row in txn

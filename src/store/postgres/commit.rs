@@ -153,8 +153,7 @@ async fn transaction(
                 ));
             }
             let links = within(timeout, &sent, link(&txn, &digests, chain_head, &batch)).await?;
-            let catalog_version =
-                within(timeout, &sent, write_batch(&txn, batch, &links)).await?;
+            let catalog_version = within(timeout, &sent, write_batch(&txn, batch, &links)).await?;
             (
                 Committed {
                     first_sequence: first,

@@ -114,7 +114,10 @@ fn head_in(txn: &redb::WriteTransaction) -> Result<[u8; 32], StoreError> {
 }
 
 /// Links a batch's records (its wordings already written in `txn`).
-pub(super) fn link_batch_in(txn: &redb::WriteTransaction, batch: &WriteBatch) -> Result<(), StoreError> {
+pub(super) fn link_batch_in(
+    txn: &redb::WriteTransaction,
+    batch: &WriteBatch,
+) -> Result<(), StoreError> {
     if batch.events.is_empty() && (batch.catalog.is_none() || batch.catalog_sequence == 0) {
         return Ok(());
     }
@@ -283,7 +286,9 @@ pub(super) fn migrate_2_to_3(
         loop {
             let next_event = match rows.peek() {
                 Some(Ok((k, _))) => Some(k.value()),
-                Some(Err(_)) => return Err(rows.next().expect("peeked").err().expect("err").into()),
+                Some(Err(_)) => {
+                    return Err(rows.next().expect("peeked").err().expect("err").into());
+                }
                 None => None,
             };
             let next_other = others.first_key_value().map(|(s, _)| *s);

@@ -166,6 +166,7 @@ fn write_contacts(store: &dyn Store, spec: &CatalogSpec, contacts: u64) -> anyho
                 pending: false,
                 confirmed: false,
                 confirmation_link: false,
+                chain: None,
             })
             .collect();
         store.commit(&WriteBatch {

@@ -87,7 +87,7 @@ impl From<ReadError> for ChangeError {
         match e {
             ReadError::Invalid(f) => ChangeError::Invalid(f),
             ReadError::NeverDeclared(c) => ChangeError::UnknownConsent(c),
-            other @ ReadError::NotFresh { .. } => {
+            other @ (ReadError::NotFresh { .. } | ReadError::NotFound(_)) => {
                 ChangeError::Write(WriteError::Unavailable(other.to_string()))
             }
             ReadError::Unavailable(c) | ReadError::Failed(c) => {
@@ -148,6 +148,9 @@ pub enum ReadError {
     /// The store failed; the details are for the log.
     #[error("the store failed: {0}")]
     Failed(String),
+    /// What was asked for is not held (the message names it).
+    #[error("{0}")]
+    NotFound(String),
 }
 
 impl From<StoreError> for ReadError {

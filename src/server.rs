@@ -92,7 +92,6 @@ pub struct Server {
     http_limits: crate::http::Limits,
     max_calls_in_flight: usize,
     hooks: Arc<crate::hooks::Hooks>,
-    checkpointer: crate::audit::Checkpointer,
 }
 
 /// Reads a TOML catalog file (the same shape as `CatalogSpec`).
@@ -216,6 +215,9 @@ impl Server {
                 confirmation_resend: config.confirmation_resend(),
                 controller_name: config.controller_name.clone().unwrap_or_default(),
                 phone_region,
+                signer: Some(signer),
+                checkpoint_records: config.checkpoint_records,
+                checkpoint_interval: Duration::from_secs(config.checkpoint_seconds),
                 ..Default::default()
             },
         )?;
@@ -254,12 +256,7 @@ impl Server {
         if !hooks.is_empty() {
             tracing::info!(endpoints = hooks.len(), "provider webhooks on /hooks/");
         }
-        let checkpointer = crate::audit::Checkpointer::new(
-            authority.store(),
-            signer,
-            config.checkpoint_records,
-            Duration::from_secs(config.checkpoint_seconds),
-        );
+
         Ok(Server {
             auth,
             tls,
@@ -276,7 +273,6 @@ impl Server {
             },
             max_calls_in_flight: usize::try_from(config.max_calls_in_flight).unwrap_or(usize::MAX),
             hooks: Arc::new(hooks),
-            checkpointer,
         })
     }
 
@@ -295,10 +291,7 @@ impl Server {
             http_limits,
             max_calls_in_flight,
             hooks,
-            checkpointer,
         } = self;
-        let checkpoints_stop = Arc::new(tokio::sync::Notify::new());
-        let checkpoint_task = tokio::spawn(checkpointer.run(checkpoints_stop.clone()));
         let (health, health_service) = tonic_health::server::health_reporter();
         health
             .set_service_status("", ServingStatus::NotServing)
@@ -487,11 +480,9 @@ impl Server {
         grpc_task.await?.context("gRPC server")?;
         http_task.await?.context("HTTP server")?;
         admin_task.await?.context("admin HTTP server")?;
-        // No call is in flight any more: the last records get their
-        // checkpoint; the writer finishes what is queued and stops, its
-        // feed and ticker are joined, the store is closed.
-        checkpoints_stop.notify_one();
-        let _ = checkpoint_task.await;
+        // No call is in flight any more: the writer finishes what is queued
+        // (and signs a last checkpoint) and stops, its feed and ticker are
+        // joined, the store is closed.
         authority.close().await.context("closing the writer")?;
         Ok(())
     }

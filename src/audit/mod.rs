@@ -8,7 +8,7 @@ pub mod note;
 mod record;
 mod verify;
 
-pub use checkpointer::Checkpointer;
+pub use checkpointer::Checkpoints;
 pub use verify::{Verified, VerifyError, verify};
 
 pub use record::{

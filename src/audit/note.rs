@@ -119,16 +119,12 @@ impl Signer {
         format!("{body}\n{SIG_LEAD}{} {}\n", self.origin, B64.encode(blob))
     }
 
-    /// A detached signature of `message`, base64, and the key id (hex).
-    pub fn sign_detached(&self, message: &[u8]) -> (String, String) {
+    /// A detached signature of `message` (64 bytes) and the key id (4).
+    pub fn sign_raw(&self, message: &[u8]) -> (Vec<u8>, Vec<u8>) {
         let sig = self.key.sign(message);
         let id = key_id(&self.origin, &self.key.verifying_key());
-        (B64.encode(sig.to_bytes()), hex(&id))
+        (sig.to_bytes().to_vec(), id.to_vec())
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn create(path: &Path) -> std::io::Result<SigningKey> {

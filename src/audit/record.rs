@@ -420,6 +420,7 @@ mod tests {
             pending: false,
             confirmed: false,
             confirmation_link: false,
+            chain: None,
         }
     }
 

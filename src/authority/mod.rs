@@ -24,6 +24,7 @@ mod links;
 mod pages;
 mod preferences;
 mod reads;
+mod receipt;
 mod snapshot;
 mod watch;
 
@@ -43,6 +44,7 @@ pub use self::preferences::{
     PreferenceResult, Reach, Through,
 };
 pub use self::reads::{ContactExport, ContactView, MAX_HISTORY_PAGE};
+pub use self::receipt::{RECEIPT_VERSION, Receipt};
 pub use self::snapshot::{SnapshotItem, StatesRow};
 pub use self::watch::{CHECKPOINT_EVERY, STALL, WATCH_BUFFER, WatchEnd, WatchItem, Watched};
 pub use crate::error::{CatalogError, ChangeError, EraseError, LinkError, ReadError, WriteError};
@@ -169,6 +171,8 @@ pub struct Authority {
     addressing: Addressing,
     /// Catalogs of past times, built for as-of reads.
     as_of_catalogs: Arc<asof::AsOfCatalogs>,
+    /// Signs receipts (the checkpoint key).
+    signer: Option<Arc<crate::audit::note::Signer>>,
 }
 
 /// How long a read waits for its freshness token (`min_sequence`).
@@ -208,6 +212,7 @@ impl Authority {
             confirmation_ttl,
             controller_name,
             phone_region,
+            signer,
             ..
         } = options;
         let authority = Authority {
@@ -225,6 +230,7 @@ impl Authority {
             hasher,
             addressing: Addressing::new(addresses, phone_region),
             as_of_catalogs: Arc::default(),
+            signer: signer.map(Arc::new),
         };
         Ok((authority, report))
     }
@@ -256,11 +262,6 @@ impl Authority {
     /// server then turns NOT_SERVING and exits. Never resolves otherwise.
     pub async fn failed(&self) -> String {
         self.writer.failed().await
-    }
-
-    /// The store, for the tasks beside the writer (the checkpointer).
-    pub fn store(&self) -> Arc<dyn Store> {
-        self.store.clone()
     }
 
     /// Whether the store takes writes, as it changes: false while it cannot

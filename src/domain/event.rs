@@ -345,6 +345,10 @@ pub struct EventRecord {
     /// A pending grant for which a confirmation link was minted (none
     /// inside the re-send window of an earlier one).
     pub confirmation_link: bool,
+    /// The chain through this event (DESIGN.md §11) as the store read it;
+    /// `None` before it is committed (the chain is computed in the commit)
+    /// or where a read does not carry it. Never part of the record itself.
+    pub chain: Option<[u8; 32]>,
 }
 
 impl EventRecord {

@@ -85,6 +85,7 @@ mod tests {
             pending,
             confirmed: false,
             confirmation_link: false,
+            chain: None,
         }
     }
 

@@ -75,6 +75,7 @@ mod tests {
             pending,
             confirmed: false,
             confirmation_link: link,
+            chain: None,
         }
     }
 

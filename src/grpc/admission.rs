@@ -67,7 +67,7 @@ fn roles(path: &str) -> Option<&'static [Role]> {
         ) => &[Write],
         (
             "consent.v1.ConsentsService",
-            "GetContact" | "GetHistory" | "ExportContact" | "GetAddress",
+            "GetContact" | "GetHistory" | "ExportContact" | "GetAddress" | "GetReceipt",
         ) => &[Write, Audit],
         ("consent.v1.ConsentsService", "EraseContact") => &[Admin],
         ("consent.v1.ConsentsService", "ExportStates") | ("consent.v1.ChangesService", _) => {

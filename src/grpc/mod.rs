@@ -386,6 +386,20 @@ impl pb::consents_service_server::ConsentsService for ConsentsApi {
             next_page_token,
         }))
     }
+
+    async fn get_receipt(
+        &self,
+        request: Request<pb::GetReceiptRequest>,
+    ) -> Result<Response<pb::GetReceiptResponse>, Status> {
+        let r = request.into_inner();
+        let contact = ContactId::parse("contact_id", &r.contact_id).map_err(invalid)?;
+        let receipt = self.authority.receipt(contact, r.sequence).await?;
+        Ok(Response::new(pb::GetReceiptResponse {
+            receipt_json: receipt.json,
+            signature: receipt.signature,
+            key_id: receipt.key_id,
+        }))
+    }
 }
 
 // ------------------------------------------------------------- CatalogService

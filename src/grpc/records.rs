@@ -106,6 +106,7 @@ pub(crate) fn event_to(mut e: EventRecord) -> pb::ConsentEvent {
         pending: e.pending,
         confirmed: e.confirmed,
         contact_hash: Vec::new(),
+        chain: e.chain.map(|c| c.to_vec()).unwrap_or_default(),
     }
 }
 

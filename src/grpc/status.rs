@@ -82,6 +82,7 @@ impl From<ReadError> for Status {
             ReadError::Invalid(f) => invalid(f),
             e @ ReadError::NeverDeclared(_) => Status::not_found(format!("consent_id: {e}")),
             e @ ReadError::NotFresh { .. } => Status::unavailable(e.to_string()),
+            ReadError::NotFound(what) => Status::not_found(what),
             ReadError::Unavailable(_) => {
                 Status::unavailable("the store cannot be reached now; nothing was changed; retry")
             }

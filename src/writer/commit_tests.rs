@@ -209,6 +209,7 @@ fn setup_with_clock() -> Setup {
             idempotency_retention: Duration::from_secs(24 * 3600),
             erasures: Erasures::new(&[0; 32], []),
             purge_after: Duration::ZERO,
+            checkpoints: None,
             clock: clock.clone(),
             confirmation_ttl: Duration::from_secs(3600),
             confirmation_resend: Duration::from_secs(60),

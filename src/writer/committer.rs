@@ -74,6 +74,8 @@ pub(super) struct Committer {
     pub(super) purge_after: Duration,
     /// When the oldest erasure not yet purged from the store's files was made.
     pub(super) purge_pending_since: Option<Instant>,
+    /// When to sign checkpoints of the chain.
+    pub(super) checkpoints: Option<crate::audit::Checkpoints>,
     pub(super) clock: Arc<dyn Clock>,
     /// Set once the store failed: every later write is refused.
     pub(super) failed: Option<String>,
@@ -122,6 +124,7 @@ impl Committer {
             keys_since_prune: 0,
             purge_after: start.purge_after,
             purge_pending_since: None,
+            checkpoints: start.checkpoints,
             failed: None,
             failure,
             clock: start.clock,
@@ -221,11 +224,16 @@ impl Committer {
             if self.failed.is_none() && self.down.is_none() {
                 self.prune_if_due();
                 self.purge_if_due();
+                self.checkpoint_if_due(false);
             }
         }
         // Nothing erased may stay in the files because the server stopped.
         if self.purge_pending_since.is_some() && self.failed.is_none() && self.down.is_none() {
             self.purge();
+        }
+        // The last records get their checkpoint.
+        if self.failed.is_none() && self.down.is_none() {
+            self.checkpoint_if_due(true);
         }
         tracing::info!("writer stopped: queue drained");
         for done in closers {

@@ -143,6 +143,7 @@ impl Committer {
                 pending: false,
                 confirmed: false,
                 confirmation_link: false,
+                chain: None,
             });
         }
         let outcome = ChangeOutcome {

@@ -101,6 +101,8 @@ pub(crate) struct WriterStart {
     /// How long after an erasure the store purges what it deleted (so
     /// that several erasures share one purge).
     pub(crate) purge_after: std::time::Duration,
+    /// When to sign checkpoints of the chain (none: no signing key).
+    pub(crate) checkpoints: Option<crate::audit::Checkpoints>,
     /// Where receipt times and pruning cutoffs come from.
     pub(crate) clock: Arc<dyn crate::clock::Clock>,
     /// How long a confirmation link works (a pending grant waits as long).
@@ -399,6 +401,7 @@ mod tests {
                 idempotency_retention: std::time::Duration::from_secs(24 * 3600),
                 erasures: Erasures::new(&[0; 32], []),
                 purge_after: std::time::Duration::ZERO,
+                checkpoints: None,
                 clock: Arc::new(crate::clock::SystemClock),
                 confirmation_ttl: std::time::Duration::from_secs(3600),
                 confirmation_resend: std::time::Duration::from_secs(60),

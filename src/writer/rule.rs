@@ -234,6 +234,7 @@ impl Committer {
             pending,
             confirmed: change.confirmed,
             confirmation_link,
+            chain: None,
         };
         batch.moves_pending(&event, idx, &self.index);
         if applied {

@@ -36,6 +36,13 @@ pub struct Options {
     /// Where phone numbers written without `+` are dialled
     /// (`--phone-region`; none: such a number is refused).
     pub phone_region: PhoneRegion,
+    /// The key receipts and checkpoints are signed with (`--signing-key`;
+    /// none: no receipts, no checkpoints).
+    pub signer: Option<crate::audit::note::Signer>,
+    /// A signed checkpoint at least every this many records...
+    pub checkpoint_records: u64,
+    /// ...or this often, when anything was committed.
+    pub checkpoint_interval: Duration,
 }
 
 impl Default for Options {
@@ -49,6 +56,9 @@ impl Default for Options {
             confirmation_resend: Duration::from_secs(24 * 3600),
             controller_name: String::new(),
             phone_region: PhoneRegion::NONE,
+            signer: None,
+            checkpoint_records: 10_000,
+            checkpoint_interval: Duration::from_secs(60),
         }
     }
 }
@@ -149,6 +159,13 @@ pub(crate) fn rebuild(store: &dyn Store, options: &Options) -> Result<Rebuilt, S
         usage,
         idempotency_retention: options.idempotency_retention,
         purge_after: options.erasure_purge_after,
+        checkpoints: options.signer.clone().map(|s| {
+            crate::audit::Checkpoints::new(
+                s,
+                options.checkpoint_records,
+                options.checkpoint_interval,
+            )
+        }),
         clock: options.clock.clone(),
         erasures: Erasures::new(&recovered.erasure_key, recovered.erasures),
         confirmation_ttl: options.confirmation_ttl,

@@ -56,4 +56,19 @@ impl Committer {
             Err(e) => self.fail_stop(&e, "purging erased contacts"),
         }
     }
+
+    /// Signs and keeps a checkpoint of the chain when one is due (or,
+    /// `finally`, when anything was committed since the last).
+    pub(super) fn checkpoint_if_due(&mut self, finally: bool) {
+        let head = self.next_sequence.saturating_sub(1);
+        let Some(checkpoints) = &mut self.checkpoints else {
+            return;
+        };
+        if !(checkpoints.due(head) || finally) {
+            return;
+        }
+        if let Err(e) = checkpoints.keep(&*self.store) {
+            self.fail_stop(&e, "keeping a signed checkpoint");
+        }
+    }
 }

@@ -119,7 +119,7 @@ pub(crate) fn states_come_a_page_of_contacts_at_a_time(f: &mut impl Fixture) {
     assert!(store.states_after("cat", 2).unwrap().is_empty());
     for (contact, mut states) in first.into_iter().chain(rest) {
         states.sort_by_key(|s| s.sequence);
-        let history = store.history(&contact).unwrap();
+        let history = plain(store.history(&contact).unwrap());
         assert_eq!(
             crate::domain::fold(&history, |_| true).states,
             states,

@@ -139,6 +139,7 @@ impl Contents {
             }
         }
         let links = self.links_of(batch)?;
+        let chains: HashMap<u64, [u8; 32]> = links.iter().map(|l| (l.sequence, l.chain)).collect();
         self.chain
             .extend(links.into_iter().map(|l| (l.sequence, l)));
         self.next_sequence = self.next_sequence.max(batch.next_sequence);
@@ -166,7 +167,9 @@ impl Contents {
                     None => states.push(state),
                 }
             }
-            self.events.insert(e.sequence, e.clone());
+            let mut kept = e.clone();
+            kept.chain = chains.get(&e.sequence).copied();
+            self.events.insert(e.sequence, kept);
             let key = (e.contact.to_string(), e.consent.to_string());
             match PendingRecord::after(self.pending.get(&key).copied(), e) {
                 Some(p) => self.pending.insert(key, p),

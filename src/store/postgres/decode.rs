@@ -99,6 +99,10 @@ pub(super) const EVENT_COLUMNS: &str = "sequence, contact, consent, action, occu
                              source, evidence, version, idempotency_key, applied, actor, \
                              pending, confirmed, confirmation_link";
 
+/// The chain value of an event row, for the reads that carry it.
+pub(super) const EVENT_CHAIN: &str = ", (SELECT c.chain FROM consentd.chain c \
+                             WHERE c.sequence = events.sequence) AS chain_value";
+
 /// An event row; an undecodable one is an error naming its sequence.
 pub(super) fn event_from(row: &tokio_postgres::Row) -> Result<EventRecord, StoreError> {
     event_fields(row).map_err(|e| match row.try_get::<_, i64>("sequence") {
@@ -129,6 +133,13 @@ fn event_fields(row: &tokio_postgres::Row) -> Result<EventRecord, StoreError> {
         pending: row.try_get("pending").map_err(backend)?,
         confirmed: row.try_get("confirmed").map_err(backend)?,
         confirmation_link: row.try_get("confirmation_link").map_err(backend)?,
+        chain: match row.columns().iter().any(|c| c.name() == "chain_value") {
+            true => row
+                .try_get::<_, Option<Vec<u8>>>("chain_value")
+                .map_err(backend)?
+                .and_then(|v| v.try_into().ok()),
+            false => None,
+        },
     })
 }
 

@@ -7,7 +7,8 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::types::ToSql;
 
 use super::decode::{
-    EVENT_COLUMNS, backend, erasure_from, event_from, pg, pool_error, u64_of, wording_from,
+    EVENT_CHAIN, EVENT_COLUMNS, backend, erasure_from, event_from, pg, pool_error, u64_of,
+    wording_from,
 };
 use super::{LATEST_WORDINGS, PgStore};
 use crate::domain::CatalogSpec;
@@ -38,7 +39,7 @@ pub(super) async fn read_changes(
     let after = i64::try_from(cursor.sequence).unwrap_or(i64::MAX);
     let limit_i = limit.map_or(i64::MAX, |l| i64::try_from(l).unwrap_or(i64::MAX));
     let events_sql = format!(
-        "SELECT {EVENT_COLUMNS} FROM consentd.events
+        "SELECT {EVENT_COLUMNS}{EVENT_CHAIN} FROM consentd.events
          WHERE sequence > $1 ORDER BY sequence LIMIT $2"
     );
     let (meta, events, erasures) = tokio::try_join!(

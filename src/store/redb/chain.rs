@@ -64,6 +64,23 @@ fn decode(sequence: u64, b: &[u8]) -> Result<Link, StoreError> {
     })
 }
 
+/// Fills in the chain value of events read in `txn` (from the `chain`
+/// table; none in a file without one).
+pub(super) fn fill(
+    txn: &redb::ReadTransaction,
+    events: &mut [crate::domain::EventRecord],
+) -> Result<(), StoreError> {
+    let Some(chain) = open_if_any(txn, CHAIN)? else {
+        return Ok(());
+    };
+    for e in events {
+        if let Some(v) = chain.get(e.sequence)? {
+            e.chain = Some(decode(e.sequence, v.value())?.chain);
+        }
+    }
+    Ok(())
+}
+
 /// The chain's head as `meta` keeps it.
 pub(super) fn head(
     meta: &impl ReadableTable<&'static str, &'static [u8]>,

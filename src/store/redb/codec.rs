@@ -318,6 +318,7 @@ pub(super) fn decode_event(sequence: u64, b: &[u8]) -> Result<EventRecord, Store
         pending: s.pending,
         confirmed: s.confirmed,
         confirmation_link: s.confirmation_link,
+        chain: None,
     })
 }
 
@@ -343,6 +344,7 @@ mod tests {
             pending: false,
             confirmed: false,
             confirmation_link: false,
+            chain: None,
         };
         let mut buf = Vec::new();
         encode_event(&event, &mut buf);

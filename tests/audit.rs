@@ -501,3 +501,67 @@ async fn a_receipt_is_signed_and_matches_the_history_and_a_checkpoint_covers_it(
     );
     server.stop().await;
 }
+
+/// The page after an unsubscribe links to the receipt of what was just
+/// recorded; its download is the signed receipt; a forged link and one to
+/// an erased contact's receipt get the one 404.
+#[tokio::test]
+async fn the_unsubscribe_page_links_its_receipt_and_an_erasure_takes_it() {
+    let server = TestServer::start().await;
+    let mut c = server.consents().await;
+    c.grant(change("ola", "marketing", None)).await.unwrap();
+    let link = unsubscribe_link(&server, "ola", "email", "acme").await;
+    let path = link_path(&server, &link.url);
+    let (status, _, page) = http(server.http_addr, "POST", &path, &[], "").await;
+    assert_eq!(status, 200, "{page}");
+    let needle = "class=\"receipt-link\" href=\"";
+    let at = page.find(needle).expect(&page) + needle.len();
+    let receipt_url = &page[at..at + page[at..].find('"').unwrap()];
+    let receipt_path = link_path(&server, receipt_url);
+    assert!(receipt_path.starts_with("/r/"), "{receipt_path}");
+    let (status, _, html) = http(server.http_addr, "GET", &receipt_path, &[], "").await;
+    assert_eq!(status, 200);
+    assert!(html.contains("You withdrew your consent"), "{html}");
+    let (status, head, json) = http(
+        server.http_addr,
+        "GET",
+        &format!("{receipt_path}?format=json"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(head.to_lowercase().contains("application/json"), "{head}");
+    let d: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let receipt = d["receipt"].as_str().unwrap();
+    let v: serde_json::Value = serde_json::from_str(receipt).unwrap();
+    assert_eq!(
+        (v["action"].as_str(), v["source"].as_str()),
+        (Some("WITHDRAW"), Some("UnsubscribeLink"))
+    );
+    let withdrawal = history(&server, "ola").await.pop().unwrap();
+    assert_eq!(v["chain"]["sequence"], withdrawal.sequence);
+    let key = consentd::audit::note::parse_public_key(v["public_key"].as_str().unwrap()).unwrap();
+    let sig = B64.decode(d["signature"].as_str().unwrap()).unwrap();
+    let sig = ed25519_dalek::Signature::from_slice(&sig).unwrap();
+    key.verify_strict(receipt.as_bytes(), &sig).unwrap();
+
+    // A token altered by one character: the one 404.
+    let mut forged = receipt_path.clone().into_bytes();
+    let last = forged.len() - 2;
+    forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    let (status, _, _) = http(server.http_addr, "GET", &forged, &[], "").await;
+    assert_eq!(status, 404);
+    // Erased: the link minted before is dead.
+    c.erase_contact(pb::EraseContactRequest {
+        contact_id: "ola".into(),
+        reason: "art. 17".into(),
+    })
+    .await
+    .unwrap();
+    let (status, _, body) = http(server.http_addr, "GET", &receipt_path, &[], "").await;
+    assert_eq!(status, 404);
+    assert!(!body.contains("ola"));
+    server.stop().await;
+}

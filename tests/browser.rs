@@ -44,8 +44,9 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Starts ChromeDriver and a headless Chromium session at phone size.
-async fn browser(profile: &Path) -> (Driver, Client) {
+/// Starts ChromeDriver and a headless Chromium session at phone size,
+/// asking for pages in `lang` (an Accept-Language value).
+async fn browser(profile: &Path, lang: &str) -> (Driver, Client) {
     let port = free_port();
     let driver = Driver(
         Command::new(CHROMEDRIVER)
@@ -71,7 +72,9 @@ async fn browser(profile: &Path) -> (Driver, Client) {
                 "--disable-quic", "--no-first-run", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync",
                 format!("--user-data-dir={}", profile.display()),
+                format!("--lang={lang}"),
             ],
+            "prefs": {"intl.accept_languages": lang},
             "mobileEmulation": {
                 "deviceMetrics": {"width": PHONE.0, "height": PHONE.1, "pixelRatio": 2.0},
                 "userAgent": "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0 Mobile Safari/537.36"
@@ -165,7 +168,7 @@ async fn a_person_uses_the_pages_on_a_phone() {
     cat.apply_catalog(spec).await.unwrap();
     let mut cons = server.consents().await;
     let profile = tempfile::tempdir().unwrap();
-    let (_driver, client) = browser(profile.path()).await;
+    let (_driver, client) = browser(profile.path(), "en-GB,en").await;
 
     // 1. The preference center: tick the Acme newsletter, save.
     let url = cons
@@ -210,6 +213,21 @@ async fn a_person_uses_the_pages_on_a_phone() {
     click(&client, "form button").await;
     wait_for(&client, "You are unsubscribed from").await;
     snap(&client, "4-unsubscribed").await;
+    // The receipt of what she just did, one tap away.
+    let receipt_url = client
+        .find(Locator::Css("a.receipt-link"))
+        .await
+        .unwrap()
+        .attr("href")
+        .await
+        .unwrap()
+        .expect("a link to the receipt");
+    click(&client, "a.receipt-link").await;
+    let page = wait_for(&client, "You withdrew your consent").await;
+    assert!(page.contains("The Acme newsletter"), "{page}");
+    assert!(page.contains("an unsubscribe link"), "{page}");
+    fits_the_phone(&client).await;
+    snap(&client, "4b-receipt").await;
     let (allowed, why, _) = can_send(&mut server.eligibility().await, "pia", "email", "acme").await;
     assert_eq!((allowed, why), (false, Reason::Withdrawn));
 
@@ -231,6 +249,9 @@ async fn a_person_uses_the_pages_on_a_phone() {
     click(&client, "form button").await;
     wait_for(&client, "You have confirmed").await;
     snap(&client, "6-confirmed").await;
+    click(&client, "a.receipt-link").await;
+    let page = wait_for(&client, "You gave your consent").await;
+    assert!(page.contains("a confirmation link"), "{page}");
     let (allowed, why, by) =
         can_send(&mut server.eligibility().await, "pia", "push", "orbit").await;
     assert_eq!(
@@ -295,6 +316,17 @@ async fn a_person_uses_the_pages_on_a_phone() {
     let (allowed, _, _) = can_send(&mut server.eligibility().await, "pia", "sms", "acme").await;
     assert!(allowed, "the rest of the umbrella still goes out");
 
+    client.close().await.unwrap();
+
+    // 5. The same receipt, in Polish, on her phone.
+    let profile = tempfile::tempdir().unwrap();
+    let (_driver, client) = browser(profile.path(), "pl-PL,pl").await;
+    client.goto(&receipt_url).await.unwrap();
+    let page = wait_for(&client, "Twoje potwierdzenie").await;
+    assert!(page.contains("Wycofano zgodę"), "{page}");
+    assert!(page.contains("link do wypisania"), "{page}");
+    fits_the_phone(&client).await;
+    snap(&client, "9-receipt-pl").await;
     client.close().await.unwrap();
     server.stop().await;
 }

@@ -53,6 +53,8 @@ pub enum Confirmed {
         not_me: bool,
         /// The consent as the page showed it.
         consent: Option<Shown>,
+        /// The link to the receipt of what was recorded.
+        receipt: Option<String>,
     },
     /// Nothing recorded, and why.
     Nothing(Confirmation),
@@ -123,6 +125,7 @@ impl Authority {
             brand: String::new(),
             issued_at,
             to: None,
+            sequence: 0,
         };
         self.links
             .url_of(LinkKind::Confirm, &self.links.mint(&claim))
@@ -292,6 +295,11 @@ impl Authority {
             return Ok(Confirmed::Nothing(Confirmation::Expired));
         }
         self.metrics.confirmation_click(not_me);
-        Ok(Confirmed::Recorded { not_me, consent })
+        let receipt = self.receipt_url(&claim.contact, &claim.consent, outcome.sequence);
+        Ok(Confirmed::Recorded {
+            not_me,
+            consent,
+            receipt,
+        })
     }
 }

@@ -65,6 +65,7 @@ impl Authority {
             brand: brand.to_owned(),
             issued_at: self.clock.now(),
             to,
+            sequence: 0,
         };
         self.links.url(&self.links.mint(&claim))
     }

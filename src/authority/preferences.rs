@@ -111,6 +111,8 @@ pub struct PreferenceResult {
     /// Changes refused because the contact was erased after the link was
     /// issued (nothing of them was recorded).
     pub erased: bool,
+    /// The link to the receipt of each change recorded: (consent, URL).
+    pub receipts: Vec<(String, String)>,
 }
 
 impl Authority {
@@ -156,6 +158,7 @@ impl Authority {
             brand: brand.to_owned(),
             issued_at,
             to: None,
+            sequence: 0,
         };
         Ok(self
             .links
@@ -344,6 +347,9 @@ impl Authority {
                 // From before an erasure of the contact: not recorded.
                 result.erased = true;
                 continue;
+            }
+            if let Some(url) = self.receipt_url(&claim.contact, &consent, outcome.sequence) {
+                result.receipts.push((consent.to_string(), url));
             }
             match action {
                 Action::Grant => result.granted.push(consent.to_string()),

@@ -14,8 +14,9 @@ use serde_json::json;
 
 use super::Authority;
 use crate::audit::{Canonical, Held, Kind, wording_digest};
-use crate::domain::{Action, ContactId, Mark, UnixNanos};
+use crate::domain::{Action, ConsentId, ContactId, Mark, UnixNanos};
 use crate::error::ReadError;
+use crate::links::{Claim, LinkKind};
 
 /// A signed receipt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +43,42 @@ fn rfc3339(t: UnixNanos) -> String {
 }
 
 impl Authority {
+    /// The link to the receipt page of the event `sequence` (of `contact`,
+    /// on `consent`), shown to the person after they act; none without a
+    /// signing key or for nothing recorded.
+    pub fn receipt_url(
+        &self,
+        contact: &ContactId,
+        consent: &ConsentId,
+        sequence: u64,
+    ) -> Option<String> {
+        if sequence == 0 || self.signer.is_none() {
+            return None;
+        }
+        let claim = Claim {
+            kind: LinkKind::Receipt,
+            contact: contact.clone(),
+            consent: consent.clone(),
+            purpose: consent.clone(),
+            channel: String::new(),
+            brand: String::new(),
+            issued_at: self.clock.now(),
+            to: None,
+            sequence,
+        };
+        Some(
+            self.links
+                .url_of(LinkKind::Receipt, &self.links.mint(&claim)),
+        )
+    }
+
+    /// The claim of an authentic receipt link.
+    pub fn receipt_claim(&self, token: &str) -> Option<Claim> {
+        self.links
+            .verify(token)
+            .filter(|c| c.kind == LinkKind::Receipt)
+    }
+
     /// The signed receipt of the event `sequence` of `contact`; not found
     /// when the contact holds no such consent decision (never recorded,
     /// another contact's, an address mark, or erased).

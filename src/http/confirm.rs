@@ -161,6 +161,7 @@ pub(super) async fn post(
         Ok(Confirmed::Recorded {
             not_me: false,
             consent,
+            receipt,
         }) => {
             let what = consent.map(|c| escape(&c.title)).unwrap_or_default();
             page(
@@ -168,22 +169,31 @@ pub(super) async fn post(
                 lang,
                 lang.pick("Thank you", "Dziękujemy"),
                 &format!(
-                    "<p>{} <strong>{what}</strong>.</p><p>{}</p>",
+                    "<p>{} <strong>{what}</strong>.</p><p>{}</p>{}",
                     lang.pick("You have confirmed:", "Potwierdziłeś:"),
                     lang.pick(
                         "You can withdraw at any time with the unsubscribe link in every message.",
                         "Możesz w każdej chwili wycofać zgodę linkiem do wypisania w każdej wiadomości."
-                    )
+                    ),
+                    super::receipt::link(lang, receipt.as_deref())
                 ),
             )
         }
-        Ok(Confirmed::Recorded { not_me: true, .. }) => page(
+        Ok(Confirmed::Recorded {
+            not_me: true,
+            receipt,
+            ..
+        }) => page(
             StatusCode::OK,
             lang,
             lang.pick("Thank you", "Dziękujemy"),
-            lang.pick(
-                "<p>We have recorded that this wasn't you. You will not receive these messages.</p>",
-                "<p>Zapisaliśmy, że to nie Ty. Nie otrzymasz tych wiadomości.</p>",
+            &format!(
+                "{}{}",
+                lang.pick(
+                    "<p>We have recorded that this wasn't you. You will not receive these messages.</p>",
+                    "<p>Zapisaliśmy, że to nie Ty. Nie otrzymasz tych wiadomości.</p>",
+                ),
+                super::receipt::link(lang, receipt.as_deref())
             ),
         ),
         Ok(Confirmed::WordingChanged) => {

@@ -2,8 +2,9 @@
 //!
 //! - the **public** one (`--http-addr`) faces the internet and serves only
 //!   the pages people open from their mail: `GET|POST /u/{token}`
-//!   (unsubscribe), `/c/{token}` (double opt-in confirmation) and
-//!   `/p/{token}` (preference center), and the provider webhooks
+//!   (unsubscribe), `/c/{token}` (double opt-in confirmation),
+//!   `/p/{token}` (preference center) and `GET /r/{token}` (the signed
+//!   receipt of what the person did there), and the provider webhooks
 //!   `POST /hooks/{name}` (`crate::hooks`). Every other path, method and
 //!   malformed token gets the one identical 404;
 //! - the **admin** one (`--admin-addr`, loopback by default) serves
@@ -15,6 +16,7 @@
 mod confirm;
 mod page;
 mod preferences;
+mod receipt;
 mod serve;
 pub(crate) mod unsubscribe;
 
@@ -101,7 +103,7 @@ async fn public(
     let path = uri.path();
     let Some((kind, token)) = path
         .get(1..3)
-        .filter(|p| matches!(*p, "u/" | "c/" | "p/"))
+        .filter(|p| matches!(*p, "u/" | "c/" | "p/" | "r/"))
         .map(|p| (&p[..1], &path[3..]))
         .filter(|(_, t)| {
             !t.is_empty()
@@ -118,6 +120,7 @@ async fn public(
         ("c", Method::POST) => confirm::post(&s, token, peer, &headers, &body).await,
         ("p", Method::GET | Method::HEAD) => preferences::show(&s, token, &headers).await,
         ("p", Method::POST) => preferences::post(&s, token, peer, &headers, &body).await,
+        ("r", Method::GET | Method::HEAD) => receipt::show(&s, token, uri.query(), &headers).await,
         _ => page::not_found(),
     }
 }

@@ -91,7 +91,10 @@ label.choice input{{width:1.6rem;height:1.6rem;flex:none}}\
 .state,.through{{font-size:.95rem;color:#333}}\
 .notice{{border:2px solid #b58900;padding:.5rem .8rem}}\
 .ok{{border:2px solid #2e7d32;padding:.5rem .8rem}}\
-.error{{border:2px solid #c00;padding:.5rem .8rem}}</style></head>\
+.error{{border:2px solid #c00;padding:.5rem .8rem}}\
+table.receipt{{border-collapse:collapse;margin:.8rem 0;width:100%}}\
+table.receipt th,table.receipt td{{text-align:left;vertical-align:top;padding:.3rem .4rem;border-bottom:1px solid #ddd}}\
+table.receipt th{{white-space:nowrap}}table.receipt td{{overflow-wrap:anywhere}}</style></head>\
 <body><main><h1>{title}</h1>{body}</main></body></html>\n"
     );
     let mut r = (status, html).into_response();

@@ -187,6 +187,24 @@ fn saved(lang: Lang, p: &PreferencePage, r: &PreferenceResult) -> String {
         }
         out.push_str("</p>");
     }
+    if !r.receipts.is_empty() {
+        let links: Vec<String> = r
+            .receipts
+            .iter()
+            .map(|(id, url)| {
+                format!(
+                    "<li><a class=\"receipt-link\" href=\"{}\">{}</a></li>",
+                    escape(url),
+                    name(id)
+                )
+            })
+            .collect();
+        out.push_str(&format!(
+            "<p>{}</p><ul>{}</ul>",
+            lang.pick("Your receipts:", "Twoje potwierdzenia:"),
+            links.concat()
+        ));
+    }
     if !r.reworded.is_empty() {
         out.push_str(&format!(
             "<p class=\"notice\">{} {}</p>",

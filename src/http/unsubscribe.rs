@@ -156,8 +156,16 @@ pub(super) async fn confirm(
             r
         }
         Ok(Some(outcome)) if outcome.sequence == 0 => expired(lang, t.title),
-        Ok(_) => {
-            let prefs = preferences_link(t, info.preferences_url.as_deref());
+        Ok(outcome) => {
+            let receipt_url = outcome.and_then(|o| {
+                s.authority
+                    .receipt_url(&info.claim.contact, &info.claim.consent, o.sequence)
+            });
+            let prefs = format!(
+                "{}{}",
+                super::receipt::link(lang, receipt_url.as_deref()),
+                preferences_link(t, info.preferences_url.as_deref())
+            );
             let body = if everything {
                 format!(
                     "<p>{} <strong>{}</strong>.</p><p>{}</p>{prefs}",

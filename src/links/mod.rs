@@ -54,6 +54,8 @@ pub enum LinkKind {
     Confirm = 3,
     /// `/p/{token}`: the preference center of one purpose.
     Preferences = 4,
+    /// `/r/{token}`: the signed receipt of one decision (DESIGN.md §11).
+    Receipt = 5,
 }
 
 impl LinkKind {
@@ -62,6 +64,7 @@ impl LinkKind {
             2 => Some(Self::Unsubscribe),
             3 => Some(Self::Confirm),
             4 => Some(Self::Preferences),
+            5 => Some(Self::Receipt),
             _ => None,
         }
     }
@@ -72,6 +75,7 @@ impl LinkKind {
             Self::Unsubscribe => "u",
             Self::Confirm => "c",
             Self::Preferences => "p",
+            Self::Receipt => "r",
         }
     }
 }
@@ -115,6 +119,8 @@ pub struct Claim {
     /// unsubscribe link minted with `to`: a click withdraws on it too
     /// (DESIGN.md §9).
     pub to: Option<(AddressKind, [u8; 32])>,
+    /// A receipt link: the sequence of the event it shows (0 otherwise).
+    pub sequence: u64,
 }
 
 struct Key {
@@ -217,6 +223,9 @@ impl Links {
         push_short(&mut plain, claim.channel.as_bytes());
         push_short(&mut plain, claim.brand.as_bytes());
         plain.extend_from_slice(&claim.issued_at.to_be_bytes());
+        if claim.kind == LinkKind::Receipt {
+            plain.extend_from_slice(&claim.sequence.to_be_bytes());
+        }
         // Only when set: a link without one is as it always was.
         if let Some((kind, hash)) = &claim.to {
             plain.push(match kind {
@@ -281,6 +290,10 @@ impl Links {
         let channel = std::str::from_utf8(r.short()?).ok()?;
         let brand = std::str::from_utf8(r.short()?).ok()?;
         let issued_at = i64::from_be_bytes(r.take(8)?.try_into().ok()?);
+        let sequence = match kind {
+            LinkKind::Receipt => u64::from_be_bytes(r.take(8)?.try_into().ok()?),
+            _ => 0,
+        };
         let to = match r.0.len() {
             0 => None,
             33 => {
@@ -308,6 +321,7 @@ impl Links {
             brand: brand.to_owned(),
             issued_at,
             to,
+            sequence,
         })
     }
 }
@@ -361,6 +375,7 @@ mod tests {
             brand: "acme".into(),
             issued_at: 1_790_000_000_123_456_789,
             to: None,
+            sequence: 0,
         }
     }
 
@@ -555,6 +570,7 @@ mod properties {
                 to: to.map(|(email, hash)| {
                     (if email { AddressKind::Email } else { AddressKind::Phone }, hash)
                 }),
+                sequence: 0,
             };
             let l = links();
             let token = l.mint(&claim);

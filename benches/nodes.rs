@@ -89,6 +89,12 @@ fn main() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let mut config = consentd::Config::ephemeral(dir.path());
         config.store = url.clone();
+        // One cluster, one checkpoint key (DESIGN.md §11).
+        config.signing_key = Some(
+            dirs.first()
+                .map_or(dir.path(), |d: &tempfile::TempDir| d.path())
+                .join("signing.key"),
+        );
         if i == 0 {
             config.catalog =
                 Some(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/catalog.toml").into());

@@ -179,6 +179,22 @@ impl Server {
             origin = %signer.origin(),
             "checkpoints and receipts are signed with this Ed25519 key"
         );
+        // One log, one key: checkpoints already kept in the store must be
+        // this key's, or a node with another key would sign a second,
+        // unverifiable series (several nodes are given the same file).
+        let first = store
+            .store()
+            .checkpoints(0, 1)
+            .context("reading the store's checkpoints")?
+            .pop();
+        if let Some((sequence, note)) = first
+            && let Err(why) = crate::audit::note::verify(&note, &signer.verifying_key())
+        {
+            anyhow::bail!(
+                "the store's checkpoints (the first at sequence {sequence}) are not signed by the key in {} ({why}): give every node the same --signing-key file (a lost key cannot be replaced without breaking the evidence: see docs/audit.md)",
+                config.signing_key_path().display()
+            );
+        }
         let fresh_key = crate::links::generate_key()?;
         let links = match store
             .shared()

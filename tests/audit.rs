@@ -565,3 +565,44 @@ async fn the_unsubscribe_page_links_its_receipt_and_an_erasure_takes_it() {
     assert!(!body.contains("ola"));
     server.stop().await;
 }
+
+/// A PostgreSQL database from before the chain (its records, no links) is
+/// linked once by the first node that opens it, and verifies.
+#[tokio::test]
+async fn a_database_from_before_the_chain_is_linked_once_at_open() {
+    if !on_postgres() {
+        return;
+    }
+    let (dir, head) = a_store_with_records().await;
+    let url = database_for(dir.path());
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(
+            "DELETE FROM consentd.chain; DELETE FROM consentd.checkpoints;
+             UPDATE consentd.meta SET chain_head = NULL, chain_sequence = NULL",
+        )
+        .await
+        .unwrap();
+    let server = TestServer::start_in(dir.path(), Some(example_catalog_path())).await;
+    let salts: Vec<Option<Vec<u8>>> = client
+        .query("SELECT salt FROM consentd.chain ORDER BY sequence", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(salts.len(), 6, "the catalog, four events, the erasure");
+    assert!(salts.iter().all(|s| s.as_deref() == Some(&[0u8; 16][..])));
+    let mut c = server.consents().await;
+    c.grant(change("dora", "marketing", None)).await.unwrap();
+    server.stop().await;
+    let v = verify(dir.path(), &[]);
+    assert_eq!(v["verified"], true, "{v}");
+    assert_eq!(
+        (v["records"].as_u64(), v["head"].as_u64()),
+        (Some(7), Some(head + 1))
+    );
+}

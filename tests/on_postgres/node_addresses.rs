@@ -210,6 +210,12 @@ async fn a_webhook_on_one_node_blocks_on_every_node_and_records_once() {
         .unwrap();
         let mut config = consentd::Config::ephemeral(dir.path());
         config.store = url.clone();
+        // One cluster, one checkpoint key (DESIGN.md §11).
+        config.signing_key = Some(
+            dirs.first()
+                .map_or(dir.path(), |d: &tempfile::TempDir| d.path())
+                .join("signing.key"),
+        );
         config.providers = Some(providers);
         if i == 0 {
             config.catalog = Some(example_catalog_path());

@@ -16,6 +16,8 @@ use common::*;
 
 #[path = "node_addresses.rs"]
 mod addresses;
+#[path = "node_audit.rs"]
+mod audit;
 #[path = "node_faults.rs"]
 mod faults;
 #[path = "node_watch.rs"]
@@ -44,6 +46,12 @@ async fn nodes_on(
         let dir = tempfile::tempdir().unwrap();
         let mut config = consentd::Config::ephemeral(dir.path());
         config.store = url.to_owned();
+        // One cluster, one checkpoint key (DESIGN.md §11).
+        config.signing_key = Some(
+            dirs.first()
+                .map_or(dir.path(), |d: &tempfile::TempDir| d.path())
+                .join("signing.key"),
+        );
         config.store_timeout_ms = store_timeout_ms;
         if i == 0 {
             config.catalog = Some(example_catalog_path());

@@ -50,7 +50,7 @@ impl PgStore {
         let pool = self.pool.clone();
         let timeout = self.timeout;
         let vacuum_due = self.vacuum_due.clone();
-        let digests = self.digests.clone();
+        let digests = self.chained.then(|| self.digests.clone());
         self.handle.spawn(async move {
             let mut view = Some(view_tx);
             let result = transaction(
@@ -105,7 +105,7 @@ async fn transaction(
     view: &mut Option<ViewSender>,
     write: tokio::sync::oneshot::Receiver<Write>,
     vacuum_due: Arc<AtomicBool>,
-    digests: Digests,
+    digests: Option<Digests>,
 ) -> Result<(Committed, bool), StoreError> {
     let before = |e| pg(e, false);
     let sent = AtomicBool::new(false);
@@ -152,7 +152,12 @@ async fn transaction(
                     ),
                 ));
             }
-            let links = within(timeout, &sent, link(&txn, &digests, chain_head, &batch)).await?;
+            let links = match &digests {
+                Some(digests) => {
+                    within(timeout, &sent, link(&txn, digests, chain_head, &batch)).await?
+                }
+                None => Vec::new(),
+            };
             let catalog_version = within(timeout, &sent, write_batch(&txn, batch, &links)).await?;
             (
                 Committed {

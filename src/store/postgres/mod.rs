@@ -86,6 +86,9 @@ pub struct PgStore {
     ears: Arc<Ears>,
     /// Digests of the wordings events name (the chain's leaves).
     digests: chain::Digests,
+    /// Whether commits are linked into the chain (always, but for the
+    /// benchmark that measures what the chain costs).
+    chained: bool,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -110,6 +113,15 @@ impl Drop for PgStore {
 }
 
 impl PgStore {
+    /// The same store committing batches without the hash chain: only for
+    /// the benchmark that measures what the chain costs
+    /// (`benches/audit.rs`). Such a store does not verify.
+    #[doc(hidden)]
+    pub fn without_chain_for_bench(mut self) -> Self {
+        self.chained = false;
+        self
+    }
+
     /// Runs `fut` on the store's runtime and waits for it, at most the
     /// store's timeout (then [`StoreError::Unavailable`], not in doubt).
     fn run<T: Send + 'static>(

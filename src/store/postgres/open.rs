@@ -69,6 +69,7 @@ impl PgStore {
             vacuum_due: Arc::new(AtomicBool::new(false)),
             ears: Arc::default(),
             digests: Arc::default(),
+            chained: true,
         };
         store.run_unbounded(async move {
             let (mut client, connection) = migrate_config

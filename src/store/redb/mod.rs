@@ -150,6 +150,9 @@ pub struct RedbStore {
     /// The file, when the store owns one (a caller's backend has none, and
     /// is not rewritten after erasures).
     path: Option<PathBuf>,
+    /// Whether commits are linked into the chain (always, but for the
+    /// benchmark that measures what the chain costs).
+    chained: bool,
 }
 
 impl RedbStore {
@@ -243,7 +246,17 @@ impl RedbStore {
             db: ArcSwapOption::from_pointee(db),
             cache_bytes,
             path,
+            chained: true,
         })
+    }
+
+    /// The same store committing without the hash chain: only for the
+    /// benchmark that measures what the chain costs (`benches/audit.rs`).
+    /// Such a store does not verify; consentd never opens one this way.
+    #[doc(hidden)]
+    pub fn without_chain_for_bench(mut self) -> Self {
+        self.chained = false;
+        self
     }
 
     /// The database in use, unless the store was closed.

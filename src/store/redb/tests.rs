@@ -92,8 +92,12 @@ fn a_schema_1_file_is_migrated_once_and_keeps_its_history() {
         vec![event(2)]
     );
     assert_eq!(store.contact_states("anna").unwrap().len(), 1);
+    // Linked into the chain on the way (schema 3), and it verifies.
+    let key = ed25519_dalek::SigningKey::from_bytes(&[1; 32]).verifying_key();
+    let v = crate::audit::verify(&store, &key, &[], &mut |_| {}).unwrap();
+    assert_eq!(v.records, 3);
     drop(store);
-    // Opened again: already schema 2, nothing duplicated.
+    // Opened again: already migrated, nothing duplicated.
     let store = RedbStore::open(dir.path()).unwrap();
     assert_eq!(plain(store.history("anna").unwrap()).len(), 3);
 }
@@ -178,4 +182,98 @@ fn purge_leaves_no_byte_of_an_erased_contact_while_open() {
     assert_eq!(plain(store.history("gina").unwrap()).len(), 1);
     assert_eq!(plain(store.history("fred").unwrap()).len(), 1);
     assert!(!holds("erin.secret"));
+}
+
+/// A file of schema 2 (before the chain) is linked once when opened: every
+/// record on file, in sequence order, with no salt (events, the catalog's
+/// record, an erasure), and the chain goes on from there and verifies.
+#[test]
+fn a_schema_2_file_is_linked_once_and_verifies() {
+    use super::{META, chain};
+    use crate::audit::{Kind, NO_SALT};
+    use crate::domain::{Action, CatalogSpec, ConsentId, ContactId, EventRecord, Source};
+    use crate::store::{Tombstone, WriteBatch};
+
+    let event = |who: &str, n: u64| EventRecord {
+        contact: ContactId::parse("c", who).unwrap(),
+        consent: ConsentId::parse("c", "marketing").unwrap(),
+        action: Action::Grant,
+        occurred_at: n as i64,
+        recorded_at: n as i64,
+        source: Source::Form,
+        evidence: Default::default(),
+        version: 1,
+        sequence: n,
+        idempotency_key: None,
+        applied: true,
+        actor: String::new(),
+        pending: false,
+        confirmed: false,
+        confirmation_link: false,
+        chain: None,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = RedbStore::open(dir.path()).unwrap();
+        store
+            .commit(&WriteBatch {
+                catalog: Some(CatalogSpec::default()),
+                catalog_at: 1,
+                catalog_sequence: 1,
+                events: vec![event("anna", 2), event("bob", 3)],
+                next_sequence: 4,
+                ..Default::default()
+            })
+            .unwrap();
+        let t = Tombstone {
+            hash: [1; 32],
+            erased_at: 9,
+            reason: "r".into(),
+            sequence: 4,
+        };
+        store.erase("bob", &t).unwrap();
+    }
+    // Back to what schema 2 wrote: no chain, no head.
+    {
+        let db = redb::Database::open(dir.path().join("consentd.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.delete_table(chain::CHAIN).unwrap();
+        txn.delete_table(chain::CHECKPOINTS).unwrap();
+        {
+            let mut meta = txn.open_table(META).unwrap();
+            meta.remove("chain_head").unwrap();
+            meta.insert("schema_version", 2u32.to_le_bytes().as_slice())
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let store = RedbStore::open(dir.path()).unwrap();
+    let links = store.links_after(0, 10).unwrap();
+    let shape: Vec<(u64, Kind, Option<[u8; 16]>)> = links
+        .iter()
+        .map(|(l, _)| (l.sequence, l.kind, l.salt))
+        .collect();
+    assert_eq!(
+        shape,
+        vec![
+            (1, Kind::Catalog, Some(NO_SALT)),
+            (2, Kind::Event, Some(NO_SALT)),
+            (4, Kind::Erasure, Some(NO_SALT)),
+        ],
+        "what is on file, linked without salts (bob's event went before)"
+    );
+    store
+        .commit(&WriteBatch {
+            events: vec![event("cleo", 5)],
+            next_sequence: 6,
+            ..Default::default()
+        })
+        .unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&[1; 32]).verifying_key();
+    let v = crate::audit::verify(&store, &key, &[], &mut |_| {}).unwrap();
+    assert_eq!((v.records, v.head.map(|h| h.0)), (4, Some(5)));
+    drop(store);
+    // Opened again: linked once, not twice.
+    let store = RedbStore::open(dir.path()).unwrap();
+    assert_eq!(store.links_after(0, 10).unwrap().len(), 4);
 }

@@ -91,7 +91,9 @@ impl RedbStore {
                 by_time.insert((r.recorded_at, key.as_str()), ())?;
             }
         }
-        super::chain::link_batch_in(&txn, batch)?;
+        if self.chained {
+            super::chain::link_batch_in(&txn, batch)?;
+        }
         txn.commit()?;
         Ok(())
     }

@@ -158,6 +158,23 @@ fn main() -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
 
+    // 0. The hashing alone: canonical form, leaf and link of 1M events.
+    let events: Vec<EventRecord> = (1..=1_000_000).map(event).collect();
+    let started = Instant::now();
+    let mut linker = consentd::audit::Linker::from(consentd::audit::GENESIS);
+    for e in &events {
+        linker.event(e, &[0; 32], consentd::audit::NO_SALT);
+        if e.sequence % 1000 == 0 {
+            linker.take();
+        }
+    }
+    let s = started.elapsed().as_secs_f64();
+    println!(
+        "linking in memory (canonical form, leaf, link): {:.0} ns per event",
+        s * 1e9 / events.len() as f64
+    );
+    drop(events);
+
     // 1. Grant with the chain and without, alternating.
     let (mut with, mut without) = (Vec::new(), Vec::new());
     for round in 0..args.rounds {

@@ -218,14 +218,18 @@ async fn tampered(dir: &Path, contact: &str, sql: &str) -> (u64, serde_json::Val
                 .into_iter()
                 .find(|(_, v)| v.windows(contact.len()).any(|w| w == contact.as_bytes()))
                 .unwrap();
-            let mut changed = found.1.clone();
-            // One byte of the evidence value ("signup-2026" → "signup-2027").
-            let at = changed
-                .windows(4)
-                .position(|w| w == b"2026")
-                .expect("the evidence");
-            changed[at + 3] = b'7';
-            t.insert(found.0, changed.as_slice()).unwrap();
+            if sql == "delete" {
+                t.remove(found.0).unwrap();
+            } else {
+                let mut changed = found.1.clone();
+                // One byte of the evidence value ("signup-2026" → "signup-2027").
+                let at = changed
+                    .windows(4)
+                    .position(|w| w == b"2026")
+                    .expect("the evidence");
+                changed[at + 3] = b'7';
+                t.insert(found.0, changed.as_slice()).unwrap();
+            }
         }
         txn.commit().unwrap();
         found
@@ -264,7 +268,7 @@ async fn a_changed_record_is_found_and_named() {
              UPDATE consentd.chain SET salt = NULL WHERE sequence = $S",
         ]
     } else {
-        &["evidence byte"]
+        &["evidence byte", "delete"]
     };
     for sql in cases {
         let (dir, _) = a_store_with_records().await;

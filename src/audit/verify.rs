@@ -163,14 +163,24 @@ pub fn verify(
             )?;
             let before = prev.map_or(GENESIS, |(_, c)| c);
             if link(&before, l.sequence, &l.leaf) != l.chain {
-                let what = match prev {
-                    Some((s, _)) => format!(
-                        "its link does not follow from the one at {s}: a record between them \
-                         was deleted, or a link rewritten"
+                // Sequences are given without gaps: a link that does not
+                // follow after a gap names the first record missing.
+                let first_missing = prev.map_or(1, |(s, _)| s + 1);
+                return Err(match prev {
+                    _ if first_missing < l.sequence => failed(
+                        first_missing,
+                        format!(
+                            "the record and its link are gone (deleted by hand): the link at {} \
+                             does not follow from the one before the gap",
+                            l.sequence
+                        ),
                     ),
-                    None => "the first link does not start the chain".to_string(),
-                };
-                return Err(failed(l.sequence, what));
+                    Some((s, _)) => failed(
+                        l.sequence,
+                        format!("its link does not follow from the one at {s}: rewritten"),
+                    ),
+                    None => failed(l.sequence, "the first link does not start the chain"),
+                });
             }
             prev = Some((l.sequence, l.chain));
             if let Some(cps) = checkpoints.remove(&l.sequence) {

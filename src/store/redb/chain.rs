@@ -2,8 +2,12 @@
 //! transaction of the commit or erasure it covers (one writer: the
 //! transaction is the commit lock):
 //!
-//! - `chain`: sequence → kind (1 byte), salt flag (1 byte), the salt (16
-//!   bytes, when the flag is 1), leaf (32), chain (32), body (the rest);
+//! - an event's link is kept in the event's own record (`events`: salt,
+//!   leaf, chain), so linking costs an event no second B-tree insert;
+//! - `chain`: the links of everything else, by sequence: catalog applies,
+//!   erasures, and the events an erasure deleted (their salts gone): kind
+//!   (1 byte), salt flag (1 byte), the salt (16 bytes, when the flag is 1),
+//!   leaf (32), chain (32), body (the rest);
 //! - `checkpoints`: sequence → the signed note;
 //! - `meta` `chain_head`: the last sequence linked (u64 LE) ‖ its chain.
 
@@ -11,10 +15,12 @@ use std::collections::HashMap;
 
 use redb::{ReadableTable, TableDefinition};
 
-use super::codec::{decode_event, decode_wording, tombstone_erased_at};
+use super::codec::{
+    decode_event, decode_linked_event, decode_wording, encode_event, tombstone_erased_at,
+};
 use super::{CATALOG_FEED, CATALOGS, ERASURE_FEED, ERASURES, EVENTS, META, WORDINGS, open_if_any};
 use crate::audit::{GENESIS, Held, Kind, Link, Linker, NO_SALT, link_batch, salts, wording_digest};
-use crate::domain::CatalogSpec;
+use crate::domain::{CatalogSpec, EventRecord};
 use crate::store::{StoreError, Tombstone, WriteBatch};
 
 pub(super) const CHAIN: TableDefinition<u64, &[u8]> = TableDefinition::new("chain");
@@ -62,23 +68,6 @@ fn decode(sequence: u64, b: &[u8]) -> Result<Link, StoreError> {
         chain,
         body: rest[64..].to_vec(),
     })
-}
-
-/// Fills in the chain value of events read in `txn` (from the `chain`
-/// table; none in a file without one).
-pub(super) fn fill(
-    txn: &redb::ReadTransaction,
-    events: &mut [crate::domain::EventRecord],
-) -> Result<(), StoreError> {
-    let Some(chain) = open_if_any(txn, CHAIN)? else {
-        return Ok(());
-    };
-    for e in events {
-        if let Some(v) = chain.get(e.sequence)? {
-            e.chain = Some(decode(e.sequence, v.value())?.chain);
-        }
-    }
-    Ok(())
 }
 
 /// The chain's head as `meta` keeps it.
@@ -130,15 +119,17 @@ fn head_in(txn: &redb::WriteTransaction) -> Result<[u8; 32], StoreError> {
     Ok(head(&txn.open_table(META)?)?.map_or(GENESIS, |(_, c)| c))
 }
 
-/// Links a batch's records (its wordings already written in `txn`).
-pub(super) fn link_batch_in(
+/// The links of a batch's records, from the head `meta` holds (its
+/// wordings already written in `txn`); nothing is written yet.
+pub(super) fn links_for(
     txn: &redb::WriteTransaction,
+    meta: &redb::Table<&'static str, &'static [u8]>,
     batch: &WriteBatch,
-) -> Result<(), StoreError> {
+) -> Result<Vec<Link>, StoreError> {
     if batch.events.is_empty() && (batch.catalog.is_none() || batch.catalog_sequence == 0) {
-        return Ok(());
+        return Ok(Vec::new());
     }
-    let prev = head_in(txn)?;
+    let prev = head(meta)?.map_or(GENESIS, |(_, c)| c);
     let wordings = txn.open_table(WORDINGS)?;
     let mut digests: HashMap<(String, u32), [u8; 32]> = HashMap::new();
     let mut failed = None;
@@ -164,34 +155,59 @@ pub(super) fn link_batch_in(
         d
     })
     .map_err(no_salt)?;
-    if let Some(e) = failed {
-        return Err(e);
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(links),
     }
-    drop(wordings);
-    append(txn, &links)
 }
 
-/// Links an erasure that deleted the records `erased` (their links stay,
-/// without their salts).
+/// Keeps the links that are not an event's own (a catalog apply) and
+/// moves the head past the last.
+pub(super) fn finish(
+    txn: &redb::WriteTransaction,
+    meta: &mut redb::Table<&'static str, &'static [u8]>,
+    links: &[Link],
+) -> Result<(), StoreError> {
+    let Some(last) = links.last() else {
+        return Ok(());
+    };
+    let others: Vec<Link> = links
+        .iter()
+        .filter(|l| l.kind != Kind::Event)
+        .cloned()
+        .collect();
+    put_links(txn, &others)?;
+    set_head(meta, last.sequence, &last.chain)
+}
+
+/// Keeps the links of the events an erasure deleted, without their
+/// salts, and links the erasure (when it takes a sequence).
 pub(super) fn link_erasure_in(
     txn: &redb::WriteTransaction,
     t: &Tombstone,
-    erased: &[u64],
+    erased: Vec<(u64, Option<Link>)>,
 ) -> Result<(), StoreError> {
+    let sequences: Vec<u64> = erased.iter().map(|(s, _)| *s).collect();
+    let kept: Vec<Link> = erased
+        .into_iter()
+        .filter_map(|(_, l)| l)
+        .map(|l| Link { salt: None, ..l })
+        .collect();
+    put_links(txn, &kept)?;
+    if t.sequence == 0 {
+        return Ok(());
+    }
     let salt = salts(1).map_err(no_salt)?[0];
     let prev = head_in(txn)?;
-    {
-        let mut chain = txn.open_table(CHAIN)?;
-        for &s in erased {
-            let link = match chain.get(s)? {
-                Some(v) => decode(s, v.value())?,
-                None => continue,
-            };
-            chain.insert(s, encode(&Link { salt: None, ..link }).as_slice())?;
-        }
-    }
     let mut linker = Linker::from(prev);
-    linker.erasure(t.sequence, &t.hash, t.erased_at, &t.reason, erased, salt);
+    linker.erasure(
+        t.sequence,
+        &t.hash,
+        t.erased_at,
+        &t.reason,
+        &sequences,
+        salt,
+    );
     append(txn, &linker.finish())
 }
 
@@ -208,44 +224,91 @@ fn catalog_at(
         .transpose()
 }
 
-/// Up to `limit` links after `after`, each with its record as held.
+/// Up to `limit` links after `after`, each with its record as held: the
+/// events' own links and the `chain` table's, merged by sequence.
 pub(super) fn links_after(
     txn: &redb::ReadTransaction,
     after: u64,
     limit: usize,
 ) -> Result<Vec<(Link, Held)>, StoreError> {
-    let Some(chain) = open_if_any(txn, CHAIN)? else {
-        return Ok(Vec::new());
-    };
     let events = txn.open_table(EVENTS)?;
+    let chain = open_if_any(txn, CHAIN)?;
     let catalogs = open_if_any(txn, CATALOGS)?;
+    let from = after.saturating_add(1);
+    let mut rows = events.range(from..)?.peekable();
+    let mut others = match &chain {
+        Some(c) => Some(c.range(from..)?.peekable()),
+        None => None,
+    };
     let mut out = Vec::new();
-    for row in chain.range(after.saturating_add(1)..)?.take(limit) {
-        let (k, v) = row?;
-        let link = decode(k.value(), v.value())?;
-        let held = match link.kind {
-            Kind::Event => match events.get(link.sequence)? {
-                Some(v) => match decode_event(link.sequence, v.value()) {
-                    Ok(e) => Held::Event(Box::new(e)),
-                    Err(e) => Held::Unreadable(e.to_string()),
-                },
-                None => Held::Missing,
-            },
-            Kind::Erasure => Held::Erasure,
-            Kind::Catalog => {
-                let at = link.body.as_slice().try_into().map(i64::from_be_bytes);
-                match (&catalogs, at) {
-                    (Some(t), Ok(at)) => match catalog_at(t, at) {
-                        Ok(c) => c.map_or(Held::Missing, |c| Held::Catalog(at, Box::new(c))),
-                        Err(e) => Held::Unreadable(e.to_string()),
-                    },
-                    _ => Held::Missing,
-                }
+    while out.len() < limit {
+        let next_event = match rows.peek() {
+            Some(Ok((k, _))) => Some(k.value()),
+            Some(Err(_)) => {
+                return Err(rows.next().expect("peeked").err().expect("an error").into());
             }
+            None => None,
         };
-        out.push((link, held));
+        let next_other = match others.as_mut().and_then(|o| o.peek()) {
+            Some(Ok((k, _))) => Some(k.value()),
+            Some(Err(_)) => {
+                let o = others.as_mut().expect("peeked");
+                return Err(o.next().expect("peeked").err().expect("an error").into());
+            }
+            None => None,
+        };
+        let event_first = match (next_event, next_other) {
+            (None, None) => break,
+            (Some(e), Some(o)) => e < o,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+        };
+        if event_first {
+            let (k, v) = rows.next().expect("peeked")?;
+            let sequence = k.value();
+            out.push(match decode_linked_event(sequence, v.value()) {
+                Ok((e, Some(link))) => (link, Held::Event(Box::new(e))),
+                Ok((_, None)) => (
+                    unlinked(sequence),
+                    Held::Unreadable("the event's link is missing from its record".into()),
+                ),
+                Err(e) => (unlinked(sequence), Held::Unreadable(e.to_string())),
+            });
+        } else {
+            let o = others.as_mut().expect("peeked");
+            let (k, v) = o.next().expect("peeked")?;
+            let link = decode(k.value(), v.value())?;
+            let held = match link.kind {
+                // An event's link in this table: the event was erased.
+                Kind::Event => Held::Missing,
+                Kind::Erasure => Held::Erasure,
+                Kind::Catalog => {
+                    let at = link.body.as_slice().try_into().map(i64::from_be_bytes);
+                    match (&catalogs, at) {
+                        (Some(t), Ok(at)) => match catalog_at(t, at) {
+                            Ok(c) => c.map_or(Held::Missing, |c| Held::Catalog(at, Box::new(c))),
+                            Err(e) => Held::Unreadable(e.to_string()),
+                        },
+                        _ => Held::Missing,
+                    }
+                }
+            };
+            out.push((link, held));
+        }
     }
     Ok(out)
+}
+
+/// The link shown for an event whose own link cannot be read.
+fn unlinked(sequence: u64) -> Link {
+    Link {
+        sequence,
+        kind: Kind::Event,
+        salt: None,
+        leaf: [0; 32],
+        chain: [0; 32],
+        body: Vec::new(),
+    }
 }
 
 /// Schema 2 → 3: links every record on file, in sequence order, with no
@@ -296,49 +359,60 @@ pub(super) fn migrate_2_to_3(
         }
     }
     let mut linker = Linker::from(GENESIS);
-    let mut n = 0u64;
-    {
-        let events = txn.open_table(EVENTS)?;
-        let mut rows = events.range::<u64>(..)?.peekable();
-        loop {
-            let next_event = match rows.peek() {
-                Some(Ok((k, _))) => Some(k.value()),
-                Some(Err(_)) => {
-                    return Err(rows.next().expect("peeked").err().expect("err").into());
-                }
-                None => None,
-            };
-            let next_other = others.first_key_value().map(|(s, _)| *s);
-            match (next_event, next_other) {
-                (Some(e), o) if o.is_none_or(|o| e < o) => {
-                    let (k, v) = rows.next().expect("peeked")?;
-                    let event = decode_event(k.value(), v.value())?;
-                    let d = digests
-                        .get(&(event.consent.as_str().to_owned(), event.version))
-                        .copied()
-                        .unwrap_or([0; 32]);
-                    linker.event(&event, &d, NO_SALT);
-                }
-                (Some(_), None) => unreachable!("taken by the first arm"),
-                (_, Some(_)) => {
-                    let (sequence, other) = others.pop_first().expect("peeked");
-                    match other {
-                        Other::Erasure(hash, at, reason) => {
-                            linker.erasure(sequence, &hash, at, &reason, &[], NO_SALT)
-                        }
-                        Other::Catalog(at, spec) => linker.catalog(sequence, at, &spec, NO_SALT),
-                    }
-                }
-                (None, None) => break,
+    let (mut n, mut after) = (0u64, 0u64);
+    loop {
+        let page: Vec<EventRecord> = txn
+            .open_table(EVENTS)?
+            .range(after.saturating_add(1)..)?
+            .take(10_000)
+            .map(|r| {
+                let (k, v) = r?;
+                decode_event(k.value(), v.value())
+            })
+            .collect::<Result<_, StoreError>>()?;
+        let last_page = page.is_empty();
+        for e in &page {
+            while let Some(entry) = others.first_entry().filter(|o| *o.key() < e.sequence) {
+                let (sequence, other) = entry.remove_entry();
+                other.link(&mut linker, sequence);
+                n += 1;
             }
+            let d = digests
+                .get(&(e.consent.as_str().to_owned(), e.version))
+                .copied()
+                .unwrap_or([0; 32]);
+            linker.event(e, &d, NO_SALT);
+            after = e.sequence;
             n += 1;
-            if n % 10_000 == 0 {
-                put_links(txn, &linker.take())?;
+        }
+        if last_page {
+            while let Some((sequence, other)) = others.pop_first() {
+                other.link(&mut linker, sequence);
+                n += 1;
             }
+        }
+        let links = linker.take();
+        {
+            let mut events = txn.open_table(EVENTS)?;
+            let mut buf = Vec::new();
+            let mut page = page.iter();
+            for l in links.iter().filter(|l| l.kind == Kind::Event) {
+                let e = page.next().expect("one link per event, in order");
+                buf.clear();
+                encode_event(e, Some(l), &mut buf);
+                events.insert(e.sequence, buf.as_slice())?;
+            }
+        }
+        let others: Vec<Link> = links
+            .into_iter()
+            .filter(|l| l.kind != Kind::Event)
+            .collect();
+        put_links(txn, &others)?;
+        if last_page {
+            break;
         }
     }
     let last = linker.last();
-    put_links(txn, &linker.finish())?;
     tracing::info!(
         records = n,
         seconds = started.elapsed().as_secs_f64(),
@@ -350,6 +424,17 @@ pub(super) fn migrate_2_to_3(
 enum Other {
     Erasure([u8; 32], i64, String),
     Catalog(i64, Box<CatalogSpec>),
+}
+
+impl Other {
+    fn link(self, linker: &mut Linker, sequence: u64) {
+        match self {
+            Other::Erasure(hash, at, reason) => {
+                linker.erasure(sequence, &hash, at, &reason, &[], NO_SALT)
+            }
+            Other::Catalog(at, spec) => linker.catalog(sequence, at, &spec, NO_SALT),
+        }
+    }
 }
 
 /// Up to `limit` checkpoints after `after`.

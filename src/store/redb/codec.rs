@@ -124,6 +124,10 @@ pub(super) struct StoredEvent {
     confirmed: bool,
     #[prost(bool, tag = "14")]
     confirmation_link: bool,
+    /// Its link in the chain: salt (16) ‖ leaf (32) ‖ chain (32); empty in
+    /// a file from before the chain (migrated at open).
+    #[prost(bytes = "vec", tag = "15")]
+    link: Vec<u8>,
 }
 
 /// A wording as stored; (consent, version) is the key.
@@ -278,7 +282,15 @@ pub(super) fn tombstone_erased_at(b: &[u8]) -> Result<i64, StoreError> {
     Ok(i64::from_le_bytes(at.try_into().expect("8 bytes")))
 }
 
-pub(super) fn encode_event(e: &EventRecord, buf: &mut Vec<u8>) {
+/// Encodes an event with its link in the chain (none: not linked).
+pub(super) fn encode_event(e: &EventRecord, link: Option<&crate::audit::Link>, buf: &mut Vec<u8>) {
+    let link = link.map_or_else(Vec::new, |l| {
+        let mut v = Vec::with_capacity(80);
+        v.extend_from_slice(&l.salt.unwrap_or(crate::audit::NO_SALT));
+        v.extend_from_slice(&l.leaf);
+        v.extend_from_slice(&l.chain);
+        v
+    });
     StoredEvent {
         contact: e.contact.as_str().to_owned(),
         consent: e.consent.as_str().to_owned(),
@@ -294,15 +306,32 @@ pub(super) fn encode_event(e: &EventRecord, buf: &mut Vec<u8>) {
         pending: e.pending,
         confirmed: e.confirmed,
         confirmation_link: e.confirmation_link,
+        link,
     }
     .encode(buf)
     .expect("a Vec grows as needed");
 }
 
 pub(super) fn decode_event(sequence: u64, b: &[u8]) -> Result<EventRecord, StoreError> {
+    decode_linked_event(sequence, b).map(|(e, _)| e)
+}
+
+/// An event and its link in the chain (none in a record without one).
+pub(super) fn decode_linked_event(
+    sequence: u64,
+    b: &[u8],
+) -> Result<(EventRecord, Option<crate::audit::Link>), StoreError> {
     let s = decode_stored_event(b)?;
+    let link = (s.link.len() == 80).then(|| crate::audit::Link {
+        sequence,
+        kind: crate::audit::Kind::Event,
+        salt: Some(s.link[..16].try_into().expect("16")),
+        leaf: s.link[16..48].try_into().expect("32"),
+        chain: s.link[48..].try_into().expect("32"),
+        body: Vec::new(),
+    });
     let bad = |e: crate::domain::FieldError| StoreError::corrupt("events", e.to_string());
-    Ok(EventRecord {
+    let event = EventRecord {
         contact: ContactId::stored("contact", &s.contact).map_err(bad)?,
         consent: ConsentId::stored("consent", &s.consent).map_err(bad)?,
         action: action_from(s.action, "events")?,
@@ -318,8 +347,9 @@ pub(super) fn decode_event(sequence: u64, b: &[u8]) -> Result<EventRecord, Store
         pending: s.pending,
         confirmed: s.confirmed,
         confirmation_link: s.confirmation_link,
-        chain: None,
-    })
+        chain: link.as_ref().map(|l| l.chain),
+    };
+    Ok((event, link))
 }
 
 #[cfg(test)]
@@ -347,7 +377,7 @@ mod tests {
             chain: None,
         };
         let mut buf = Vec::new();
-        encode_event(&event, &mut buf);
+        encode_event(&event, None, &mut buf);
         assert_eq!(decode_event(42, &buf).unwrap(), event);
         let state = state_from(&state_to(&event)).unwrap();
         assert_eq!(

@@ -503,7 +503,6 @@ impl Store for RedbStore {
             })?;
             out.push(decode_event(sequence, v.value())?);
         }
-        chain::fill(&txn, &mut out)?;
         Ok(out)
     }
 
@@ -519,7 +518,6 @@ impl Store for RedbStore {
             let (k, v) = row?;
             out.events.push(decode_event(k.value(), v.value())?);
         }
-        chain::fill(&txn, &mut out.events)?;
         out.through = match out.events.last() {
             Some(last) if out.events.len() == limit => last.sequence,
             _ => head.max(after),

@@ -67,7 +67,7 @@ fn a_schema_1_file_is_migrated_once_and_keeps_its_history() {
             let mut buf = Vec::new();
             for n in 1..=3 {
                 buf.clear();
-                encode_event(&event(n), &mut buf);
+                encode_event(&event(n), None, &mut buf);
                 events.insert(n, buf.as_slice()).unwrap();
             }
             let record = ContactRecord {

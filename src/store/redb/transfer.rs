@@ -17,7 +17,6 @@ impl Transfer for RedbStore {
             let (k, v) = row?;
             out.push(decode_event(k.value(), v.value())?);
         }
-        super::chain::fill(&txn, &mut out)?;
         Ok(out)
     }
 
@@ -78,13 +77,9 @@ impl Transfer for RedbStore {
     fn event_at(&self, sequence: u64) -> Result<Option<EventRecord>, StoreError> {
         let txn = self.db()?.begin_read()?;
         let events = txn.open_table(EVENTS)?;
-        let mut event: Vec<EventRecord> = events
+        events
             .get(sequence)?
             .map(|v| decode_event(sequence, v.value()))
-            .transpose()?
-            .into_iter()
-            .collect();
-        super::chain::fill(&txn, &mut event)?;
-        Ok(event.pop())
+            .transpose()
     }
 }

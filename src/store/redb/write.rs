@@ -11,7 +11,7 @@ use super::{
 };
 use crate::domain::UnixNanos;
 use crate::store::redb::codec::{
-    ContactRecord, decode_idempotency, decode_stored_event, encode_event, encode_idempotency,
+    ContactRecord, decode_idempotency, decode_linked_event, encode_event, encode_idempotency,
     encode_tombstone, encode_wording, state_to,
 };
 use crate::store::{StoreError, Tombstone, WriteBatch};
@@ -47,6 +47,13 @@ impl RedbStore {
                     wordings.insert(key, encode_wording(w).as_slice())?;
                 }
             }
+            // The links, before the events: an event's link is kept in its
+            // own record (one B-tree insert per event, not two).
+            let links = match self.chained {
+                true => super::chain::links_for(&txn, &meta, batch)?,
+                false => Vec::new(),
+            };
+            let mut event_links = links.iter().filter(|l| l.kind == crate::audit::Kind::Event);
             let mut events = txn.open_table(EVENTS)?;
             let mut contacts = txn.open_table(CONTACTS)?;
             let mut history = txn.open_table(HISTORY)?;
@@ -56,7 +63,7 @@ impl RedbStore {
             let mut open: Option<(&str, ContactRecord)> = None;
             for e in &batch.events {
                 buf.clear();
-                encode_event(e, &mut buf);
+                encode_event(e, event_links.next(), &mut buf);
                 events.insert(e.sequence, buf.as_slice())?;
                 let contact = e.contact.as_str();
                 history.insert((contact, e.sequence), ())?;
@@ -90,9 +97,7 @@ impl RedbStore {
                 idem.insert(key.as_str(), encode_idempotency(r).as_slice())?;
                 by_time.insert((r.recorded_at, key.as_str()), ())?;
             }
-        }
-        if self.chained {
-            super::chain::link_batch_in(&txn, batch)?;
+            super::chain::finish(&txn, &mut meta, &links)?;
         }
         txn.commit()?;
         Ok(())
@@ -153,7 +158,7 @@ impl RedbStore {
     ) -> Result<bool, StoreError> {
         let txn = self.db()?.begin_write()?;
         let held;
-        let erased;
+        let mut erased = Vec::new();
         {
             let mut contacts = txn.open_table(CONTACTS)?;
             held = contacts.remove(contact)?.is_some();
@@ -162,14 +167,18 @@ impl RedbStore {
                 .range((contact, 0)..=(contact, u64::MAX))?
                 .map(|row| row.map(|(k, _)| k.value().1))
                 .collect::<Result<_, _>>()?;
-            erased = sequences.clone();
             {
                 let mut events = txn.open_table(EVENTS)?;
                 let mut idem = txn.open_table(IDEMPOTENCY)?;
                 for &sequence in &sequences {
                     history.remove((contact, sequence))?;
                     let key = match events.remove(sequence)? {
-                        Some(v) => decode_stored_event(v.value())?.idempotency_key,
+                        Some(v) => {
+                            // Its link stays, without its salt.
+                            let (event, link) = decode_linked_event(sequence, v.value())?;
+                            erased.push((sequence, link));
+                            event.idempotency_key
+                        }
                         None => None,
                     };
                     if let Some(key) = key {
@@ -210,9 +219,7 @@ impl RedbStore {
             txn.open_table(META)?
                 .insert(REWRITE_PENDING, [1u8].as_slice())?;
         }
-        if tombstone.sequence > 0 {
-            super::chain::link_erasure_in(&txn, tombstone, &erased)?;
-        }
+        super::chain::link_erasure_in(&txn, tombstone, erased)?;
         txn.commit()?;
         Ok(held)
     }

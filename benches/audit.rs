@@ -241,7 +241,7 @@ fn main() -> anyhow::Result<()> {
         let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
         let signer = consentd::audit::note::Signer::from_key(key, "bench");
         let (head, chain) = chained.chain_head()?.expect("linked");
-        chained.keep_checkpoint(head, &signer.checkpoint(head, &chain))?;
+        chained.keep_checkpoint(head, &signer.checkpoint(head, &chain), true)?;
         let started = Instant::now();
         let v = consentd::audit::verify(&chained, &signer.verifying_key(), &[], &mut |_| {})?;
         let s = started.elapsed().as_secs_f64();

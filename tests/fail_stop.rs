@@ -114,7 +114,12 @@ impl redb::StorageBackend for Disk {
 
 /// A server over `disk`, the example catalog applied.
 async fn serve_on(disk: &Disk) -> (TestServer, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
+    serve_in(disk, tempfile::tempdir().unwrap()).await
+}
+
+/// A server over `disk` with `dir` as its data dir (its signing key: the
+/// same machine after a power cut).
+async fn serve_in(disk: &Disk, dir: tempfile::TempDir) -> (TestServer, tempfile::TempDir) {
     let mut config = consentd::Config::ephemeral(dir.path());
     config.catalog = Some(example_catalog_path());
     let store = Arc::new(RedbStore::open_with_backend(disk.clone()).unwrap());
@@ -336,7 +341,7 @@ fn commit(
 #[tokio::test]
 async fn the_acknowledged_grant_is_read_back_after_power_loss_through_the_server() {
     let disk = Disk::default();
-    let (server, _dir) = serve_on(&disk).await;
+    let (server, dir) = serve_on(&disk).await;
     let mut cons = server.consents().await;
     for who in ["anna", "bob", "carl"] {
         cons.grant(change(who, "marketing", None)).await.unwrap();
@@ -349,7 +354,7 @@ async fn the_acknowledged_grant_is_read_back_after_power_loss_through_the_server
     let _ = cons.withdraw(change("anna", "marketing", None)).await;
     let _ = server.finish().await;
 
-    let (server, _dir) = serve_on(&disk.after_power_loss()).await;
+    let (server, _dir) = serve_in(&disk.after_power_loss(), dir).await;
     let mut elig = server.eligibility().await;
     for who in ["bob", "carl"] {
         assert!(can_send(&mut elig, who, "email", "acme").await.0, "{who}");

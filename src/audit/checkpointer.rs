@@ -58,13 +58,14 @@ impl Checkpoints {
     }
 
     /// Signs and keeps a checkpoint of the store's head, unless this node
-    /// kept one there already.
-    pub fn keep(&mut self, store: &dyn Store) -> Result<(), StoreError> {
+    /// kept one there already; with `sync`, durable before it returns
+    /// (else with the next commit: no fsync of its own between commits).
+    pub fn keep(&mut self, store: &dyn Store, sync: bool) -> Result<(), StoreError> {
         let Some((sequence, chain)) = store.chain_head()? else {
             return Ok(());
         };
         if sequence != self.last {
-            store.keep_checkpoint(sequence, &self.signer.checkpoint(sequence, &chain))?;
+            store.keep_checkpoint(sequence, &self.signer.checkpoint(sequence, &chain), sync)?;
             self.last = sequence;
         }
         self.since = Some(Instant::now());

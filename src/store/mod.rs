@@ -412,8 +412,10 @@ pub trait Store: Send + Sync + 'static {
     /// verify` recomputes.
     fn links_after(&self, after: u64, limit: usize) -> Result<Vec<(Link, Held)>, StoreError>;
     /// Keeps a signed checkpoint of the chain through `sequence` (a
-    /// checkpoint kept there already stays).
-    fn keep_checkpoint(&self, sequence: u64, note: &str) -> Result<(), StoreError>;
+    /// checkpoint kept there already stays). With `sync`, durable when it
+    /// returns; without, durable with the next commit (a crash before it
+    /// loses only this checkpoint, which the next one supersedes).
+    fn keep_checkpoint(&self, sequence: u64, note: &str, sync: bool) -> Result<(), StoreError>;
     /// Up to `limit` checkpoints with a sequence above `after`, in order.
     fn checkpoints(&self, after: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError>;
     /// Closes the store, explicitly, once nothing writes to it any more:

@@ -65,8 +65,8 @@ impl Store for Flaky {
     ) -> Result<Vec<(crate::audit::Link, crate::audit::Held)>, StoreError> {
         self.inner.links_after(after, limit)
     }
-    fn keep_checkpoint(&self, sequence: u64, note: &str) -> Result<(), StoreError> {
-        self.inner.keep_checkpoint(sequence, note)
+    fn keep_checkpoint(&self, sequence: u64, note: &str, sync: bool) -> Result<(), StoreError> {
+        self.inner.keep_checkpoint(sequence, note, sync)
     }
     fn checkpoints(&self, after: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError> {
         self.inner.checkpoints(after, limit)

@@ -67,7 +67,7 @@ impl Committer {
         if !(checkpoints.due(head) || finally) {
             return;
         }
-        if let Err(e) = checkpoints.keep(&*self.store) {
+        if let Err(e) = checkpoints.keep(&*self.store, finally) {
             self.fail_stop(&e, "keeping a signed checkpoint");
         }
     }

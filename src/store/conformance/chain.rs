@@ -73,8 +73,8 @@ pub(crate) fn the_chain_links_every_record_and_verifies(f: &mut impl Fixture) {
     );
     let signer = Signer::from_key(ed25519_dalek::SigningKey::from_bytes(&[3; 32]), "test");
     let note = signer.checkpoint(6, &links[5].0.chain);
-    store.keep_checkpoint(6, &note).unwrap();
-    store.keep_checkpoint(6, "another note").unwrap();
+    store.keep_checkpoint(6, &note, true).unwrap();
+    store.keep_checkpoint(6, "another note", false).unwrap();
     assert_eq!(store.checkpoints(0, 10).unwrap(), vec![(6, note.clone())]);
     drop(store);
 

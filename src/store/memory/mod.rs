@@ -501,7 +501,7 @@ impl Store for MemoryStore {
         Ok(self.lock().links_after(after, limit))
     }
 
-    fn keep_checkpoint(&self, sequence: u64, note: &str) -> Result<(), StoreError> {
+    fn keep_checkpoint(&self, sequence: u64, note: &str, _sync: bool) -> Result<(), StoreError> {
         self.lock()
             .checkpoints
             .entry(sequence)

@@ -398,19 +398,32 @@ impl Other {
 
 /// Checkpoint reads and writes.
 impl PgStore {
-    pub(super) fn keep_note(&self, sequence: u64, note: &str) -> Result<(), StoreError> {
+    pub(super) fn keep_note(
+        &self,
+        sequence: u64,
+        note: &str,
+        sync: bool,
+    ) -> Result<(), StoreError> {
         let pool = self.pool.clone();
         let (sequence, note) = (sequence as i64, note.to_owned());
         self.run(async move {
-            let client = pool.get().await.map_err(pool_error)?;
-            client
-                .execute(
-                    "INSERT INTO consentd.checkpoints (sequence, note) VALUES ($1, $2)
+            let mut client = pool.get().await.map_err(pool_error)?;
+            let txn = client.transaction().await.map_err(|e| pg(e, false))?;
+            if !sync {
+                // Durable with the next WAL flush (any commit, or the WAL
+                // writer within its delay): no wait for a flush of its own.
+                txn.batch_execute("SET LOCAL synchronous_commit = off")
+                    .await
+                    .map_err(|e| pg(e, false))?;
+            }
+            txn.execute(
+                "INSERT INTO consentd.checkpoints (sequence, note) VALUES ($1, $2)
                      ON CONFLICT (sequence) DO NOTHING",
-                    &[&sequence, &note],
-                )
-                .await
-                .map_err(|e| pg(e, false))?;
+                &[&sequence, &note],
+            )
+            .await
+            .map_err(|e| pg(e, false))?;
+            txn.commit().await.map_err(|e| pg(e, true))?;
             Ok(())
         })
     }

@@ -317,8 +317,8 @@ impl Store for PgStore {
         self.links_page(after, limit)
     }
 
-    fn keep_checkpoint(&self, sequence: u64, note: &str) -> Result<(), StoreError> {
-        self.keep_note(sequence, note)
+    fn keep_checkpoint(&self, sequence: u64, note: &str, sync: bool) -> Result<(), StoreError> {
+        self.keep_note(sequence, note, sync)
     }
 
     fn checkpoints(&self, after: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError> {

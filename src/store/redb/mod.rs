@@ -456,8 +456,13 @@ impl Store for RedbStore {
         chain::links_after(&self.db()?.begin_read()?, after, limit)
     }
 
-    fn keep_checkpoint(&self, sequence: u64, note: &str) -> Result<(), StoreError> {
-        let txn = self.db()?.begin_write()?;
+    fn keep_checkpoint(&self, sequence: u64, note: &str, sync: bool) -> Result<(), StoreError> {
+        let mut txn = self.db()?.begin_write()?;
+        if !sync {
+            // No fsync of its own: durable with the next group commit.
+            txn.set_durability(redb::Durability::None)
+                .map_err(|e| StoreError::Backend(Box::new(e)))?;
+        }
         {
             let mut t = txn.open_table(chain::CHECKPOINTS)?;
             if t.get(sequence)?.is_none() {

@@ -85,9 +85,9 @@ impl Store for Wire {
         self.reach()?;
         self.store.links_after(after, limit)
     }
-    fn keep_checkpoint(&self, sequence: u64, note: &str) -> Result<(), StoreError> {
+    fn keep_checkpoint(&self, sequence: u64, note: &str, sync: bool) -> Result<(), StoreError> {
         self.reach()?;
-        self.store.keep_checkpoint(sequence, note)
+        self.store.keep_checkpoint(sequence, note, sync)
     }
     fn checkpoints(&self, after: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError> {
         self.reach()?;

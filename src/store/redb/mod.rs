@@ -250,6 +250,17 @@ impl RedbStore {
         })
     }
 
+    /// Bytes of records stored in the file (redb's own count, without free
+    /// or preallocated space): what the size benchmarks compare.
+    #[doc(hidden)]
+    pub fn stored_bytes(&self) -> Result<u64, StoreError> {
+        let txn = self.db()?.begin_write()?;
+        let stats = txn.stats()?;
+        let bytes = stats.stored_bytes() + stats.metadata_bytes();
+        txn.abort()?;
+        Ok(bytes)
+    }
+
     /// The same store committing without the hash chain: only for the
     /// benchmark that measures what the chain costs (`benches/audit.rs`).
     /// Such a store does not verify; consentd never opens one this way.

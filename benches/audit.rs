@@ -276,11 +276,10 @@ fn main() -> anyhow::Result<()> {
             v.records as f64 / s
         );
     }
-    let size =
-        |d: &std::path::Path| std::fs::metadata(d.join("consentd.redb")).map_or(0, |m| m.len());
-    let (a, b) = (size(chained_dir.path()), size(plain_dir.path()));
+    let a = RedbStore::open(chained_dir.path())?.stored_bytes()?;
+    let b = RedbStore::open(plain_dir.path())?.stored_bytes()?;
     println!(
-        "redb file: {:.1} MB with the chain, {:.1} MB without: {:.0} bytes per record for the chain ({:.0} per record in all)",
+        "redb stored bytes: {:.1} MB with the chain, {:.1} MB without: {:.0} bytes per record for the chain ({:.0} per record in all)",
         a as f64 / 1e6,
         b as f64 / 1e6,
         (a as f64 - b as f64) / args.records as f64,

@@ -26,7 +26,7 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use tokio_postgres::types::ToSql;
 
-use super::chain::{Digests, INSERT_LINKS, LinkColumns, MOVE_HEAD, head_of, link, link_erasure};
+use super::chain::{Digests, INSERT_LINKS, LinkColumns, head_of, link, link_erasure};
 use super::columns::Columns;
 use super::decode::{i64_of, pg, pool_error, u64_of};
 use super::feed::read_changes;
@@ -119,7 +119,12 @@ async fn transaction(
     .await?;
     // 1. The lock; 2. the view: sent together, run in order (the reads
     // start once the lock is held, so they see every commit before).
-    let (head, changes) = within(timeout, &sent, read_changes(&txn, cursor, None, true)).await?;
+    let (head, changes) = within(
+        timeout,
+        &sent,
+        read_changes(&txn, cursor, None, true, false),
+    )
+    .await?;
     let Some(view) = view.take() else {
         unreachable!("the view is sent once")
     };
@@ -213,8 +218,7 @@ async fn write_batch(
     let c = Columns::of(batch)?;
     let l = LinkColumns::of(links);
     let link_params: [Param<'_>; 6] = [&l.sequence, &l.kind, &l.salt, &l.leaf, &l.chain, &l.body];
-    let head = l.head.clone().unwrap_or_default();
-    let head_params: [Param<'_>; 2] = [&head.0, &head.1];
+    let (head_sequence, head_chain) = l.head.clone().unzip();
     let e = &c.events;
     let event_params: [Param<'_>; 15] = [
         &e.sequence,
@@ -388,17 +392,18 @@ async fn write_batch(
     }
     if l.head.is_some() {
         statements.push((INSERT_LINKS, &link_params, None, "chain"));
-        statements.push((MOVE_HEAD, &head_params, Some(1), "meta: the chain's head"));
     }
     if !e.sequence.is_empty() || c.catalog.is_some() {
         // Wakes the other nodes' feeds when this commits; says nothing.
         statements.push(("SELECT pg_notify($1, 'e')", &notify_params, None, "notify"));
     }
-    let meta_params: [Param<'_>; 4] = [
+    let meta_params: [Param<'_>; 6] = [
         &c.next_sequence,
         &c.catalog,
         &c.catalog_at,
         &c.catalog_sequence,
+        &head_sequence,
+        &head_chain,
     ];
     // Prepared once per connection and cached: after the first commit,
     // every statement goes out in the one pipelined round trip. A new
@@ -407,6 +412,8 @@ async fn write_batch(
         "WITH meta AS (
              UPDATE consentd.meta SET next_sequence = GREATEST(next_sequence, $1),
                  catalog = COALESCE($2, catalog),
+                 chain_sequence = COALESCE($5, chain_sequence),
+                 chain_head = COALESCE($6, chain_head),
                  catalog_version = catalog_version + (CASE WHEN $2 IS NULL THEN 0 ELSE 1 END)
              RETURNING catalog_version),
          kept AS (

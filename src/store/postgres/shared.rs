@@ -19,7 +19,7 @@ impl SharedStore for PgStore {
     }
 
     fn changes_after(&self, cursor: Cursor, limit: usize) -> Result<Changes, StoreError> {
-        self.feed_page(cursor, limit)
+        self.feed_page(cursor, limit, false)
     }
 
     fn wait_for_changes(&self, timeout: Duration) {

@@ -56,6 +56,9 @@ mod import;
 #[path = "mutations.rs"]
 mod mutations;
 #[cfg(pg_available)]
+#[path = "receipts.rs"]
+mod receipts;
+#[cfg(pg_available)]
 #[path = "reconcile.rs"]
 mod reconcile;
 #[cfg(pg_available)]

@@ -433,7 +433,8 @@ mod tests {
             leaf(&NO_SALT, c.event(e, w))
         };
         let original = leaf_of(&base, &[0; 32]);
-        let changes: Vec<Box<dyn Fn(&mut EventRecord)>> = vec![
+        type Edit = Box<dyn Fn(&mut EventRecord)>;
+        let changes: Vec<Edit> = vec![
             Box::new(|e| e.contact = ContactId::parse("c", "annb").unwrap()),
             Box::new(|e| e.consent = ConsentId::parse("c", "marketinh").unwrap()),
             Box::new(|e| e.action = Action::Withdraw),

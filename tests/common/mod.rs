@@ -498,6 +498,20 @@ pub(crate) async fn history(server: &TestServer, contact: &str) -> Vec<pb::Conse
     .events
 }
 
+/// Runs consentctl with no server (`audit` works on the store itself):
+/// (succeeded, standard output, standard error).
+pub(crate) fn consentctl_alone(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_consentctl"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
 /// Runs consentctl against `server` with `args` and extra environment:
 /// (succeeded, standard output, standard error).
 pub(crate) fn consentctl(

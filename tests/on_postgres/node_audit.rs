@@ -9,18 +9,6 @@ use consentd::pb;
 use super::common::*;
 use super::nodes;
 
-fn ctl(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_consentctl"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_writing_at_once_extend_one_chain_that_verifies() {
     let (nodes, dirs, url) = nodes(2).await;
@@ -88,8 +76,9 @@ async fn two_nodes_writing_at_once_extend_one_chain_that_verifies() {
     for node in nodes {
         node.stop().await;
     }
-    let (_, public, _) = ctl(&["audit", "key", "--signing-key", key.to_str().unwrap()]);
-    let (ok, out, err) = ctl(&[
+    let (_, public, _) =
+        consentctl_alone(&["audit", "key", "--signing-key", key.to_str().unwrap()]);
+    let (ok, out, err) = consentctl_alone(&[
         "--json",
         "audit",
         "verify",

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use super::{
     CatalogChange, Changes, Committed, ContactStates, Cursor, IdempotencyRecord, Loaded, Recovered,
-    SharedStore, Store, StoreError, Tombstone, Transfer, Write, WriteBatch,
+    SharedStore, Store, StoreError, Tombstone, Write, WriteBatch,
 };
 use crate::domain::{CatalogSpec, EventRecord, PendingRecord, StateRecord, UnixNanos, Wording};
 
@@ -338,75 +338,6 @@ impl SharedStore for MemoryStore {
     }
 }
 
-impl Transfer for MemoryStore {
-    fn events_after(&self, after: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
-        let c = self.lock();
-        Ok(c.events
-            .range(after.saturating_add(1)..)
-            .take(limit)
-            .map(|(_, e)| e.clone())
-            .collect())
-    }
-
-    fn idempotency_keys(
-        &self,
-        after: &str,
-        limit: usize,
-    ) -> Result<Vec<(String, IdempotencyRecord)>, StoreError> {
-        let c = self.lock();
-        let mut keys: Vec<(String, IdempotencyRecord)> = c
-            .idempotency
-            .iter()
-            .filter(|(k, _)| k.as_str() > after)
-            .map(|(k, r)| (k.clone(), *r))
-            .collect();
-        keys.sort_by(|a, b| a.0.cmp(&b.0));
-        keys.truncate(limit);
-        Ok(keys)
-    }
-
-    fn event_at(&self, sequence: u64) -> Result<Option<EventRecord>, StoreError> {
-        Ok(self.lock().events.get(&sequence).cloned())
-    }
-
-    fn tombstones(&self) -> Result<Vec<Tombstone>, StoreError> {
-        let c = self.lock();
-        Ok(c.erasures
-            .iter()
-            .map(|(hash, (erased_at, reason))| Tombstone {
-                hash: *hash,
-                erased_at: *erased_at,
-                reason: reason.clone(),
-                sequence: c
-                    .erasure_log
-                    .iter()
-                    .find(|(_, t)| t.hash == *hash)
-                    .map_or(0, |(s, _)| *s),
-            })
-            .collect())
-    }
-
-    fn adopt(
-        &self,
-        erasure_key: &[u8; 32],
-        tombstones: &[Tombstone],
-        link_keys: &[String],
-    ) -> Result<(), StoreError> {
-        let mut c = self.lock();
-        c.erasure_key = *erasure_key;
-        for t in tombstones {
-            c.erasures.insert(t.hash, (t.erased_at, t.reason.clone()));
-            if t.sequence > 0 {
-                c.erasure_log.insert(t.sequence, t.clone());
-            }
-        }
-        if !link_keys.is_empty() {
-            c.link_keys = link_keys.to_vec();
-        }
-        Ok(())
-    }
-}
-
 impl Store for MemoryStore {
     fn recover(&self) -> Result<Recovered, StoreError> {
         let c = self.lock();
@@ -610,3 +541,4 @@ impl Store for MemoryStore {
 mod tests;
 
 mod chain;
+mod transfer;

@@ -454,3 +454,49 @@ pub(super) fn checkpoints(
         })
         .collect()
 }
+
+/// Keeps a checkpoint (the first kept at a sequence stays); without
+/// `sync`, no fsync of its own: durable with the next group commit.
+pub(super) fn keep_checkpoint(
+    db: &redb::Database,
+    sequence: u64,
+    note: &str,
+    sync: bool,
+) -> Result<(), StoreError> {
+    let mut txn = db.begin_write()?;
+    if !sync {
+        txn.set_durability(redb::Durability::None)
+            .map_err(|e| StoreError::Backend(Box::new(e)))?;
+    }
+    {
+        let mut t = txn.open_table(CHECKPOINTS)?;
+        if t.get(sequence)?.is_none() {
+            t.insert(sequence, note)?;
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+/// What only the benchmarks ask of the store.
+impl super::RedbStore {
+    /// Bytes of records stored in the file (redb's own count, without free
+    /// or preallocated space): what the size benchmarks compare.
+    #[doc(hidden)]
+    pub fn stored_bytes(&self) -> Result<u64, StoreError> {
+        let txn = self.db()?.begin_write()?;
+        let stats = txn.stats()?;
+        let bytes = stats.stored_bytes() + stats.metadata_bytes();
+        txn.abort()?;
+        Ok(bytes)
+    }
+
+    /// The same store committing without the hash chain: only for the
+    /// benchmark that measures what the chain costs (`benches/audit.rs`).
+    /// Such a store does not verify; consentd never opens one this way.
+    #[doc(hidden)]
+    pub fn without_chain_for_bench(mut self) -> Self {
+        self.chained = false;
+        self
+    }
+}

@@ -250,26 +250,6 @@ impl RedbStore {
         })
     }
 
-    /// Bytes of records stored in the file (redb's own count, without free
-    /// or preallocated space): what the size benchmarks compare.
-    #[doc(hidden)]
-    pub fn stored_bytes(&self) -> Result<u64, StoreError> {
-        let txn = self.db()?.begin_write()?;
-        let stats = txn.stats()?;
-        let bytes = stats.stored_bytes() + stats.metadata_bytes();
-        txn.abort()?;
-        Ok(bytes)
-    }
-
-    /// The same store committing without the hash chain: only for the
-    /// benchmark that measures what the chain costs (`benches/audit.rs`).
-    /// Such a store does not verify; consentd never opens one this way.
-    #[doc(hidden)]
-    pub fn without_chain_for_bench(mut self) -> Self {
-        self.chained = false;
-        self
-    }
-
     /// The database in use, unless the store was closed.
     fn db(&self) -> Result<Arc<Database>, StoreError> {
         self.db.load_full().ok_or(StoreError::Closed)
@@ -468,20 +448,7 @@ impl Store for RedbStore {
     }
 
     fn keep_checkpoint(&self, sequence: u64, note: &str, sync: bool) -> Result<(), StoreError> {
-        let mut txn = self.db()?.begin_write()?;
-        if !sync {
-            // No fsync of its own: durable with the next group commit.
-            txn.set_durability(redb::Durability::None)
-                .map_err(|e| StoreError::Backend(Box::new(e)))?;
-        }
-        {
-            let mut t = txn.open_table(chain::CHECKPOINTS)?;
-            if t.get(sequence)?.is_none() {
-                t.insert(sequence, note)?;
-            }
-        }
-        txn.commit()?;
-        Ok(())
+        chain::keep_checkpoint(&*self.db()?, sequence, note, sync)
     }
 
     fn checkpoints(&self, after: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError> {

@@ -156,17 +156,13 @@ async fn a_store_verifies_across_restarts_and_erasures_and_openssl_checks_its_ch
 }
 
 /// Changes the first event of `contact` behind consentd's back (redb: one
-/// byte of its stored record; PostgreSQL: `sql` on its row), runs the
+/// byte of its stored record; PostgreSQL: `change`, SQL on its row), runs the
 /// verifier, then puts it back. Returns (the sequence changed, the
 /// verifier's answer while it was changed).
-async fn tampered(dir: &Path, contact: &str, sql: &str) -> (u64, serde_json::Value) {
+async fn tampered(dir: &Path, contact: &str, change: &str) -> (u64, serde_json::Value) {
     let sequence;
     if on_postgres() {
-        let url = database_for(dir);
-        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
+        let client = sql(dir).await;
         client.batch_execute("BEGIN").await.unwrap();
         let row = client
             .query_one(
@@ -178,7 +174,7 @@ async fn tampered(dir: &Path, contact: &str, sql: &str) -> (u64, serde_json::Val
         let s: i64 = row.get(0);
         sequence = s as u64;
         client
-            .batch_execute(&sql.replace("$S", &s.to_string()))
+            .batch_execute(&change.replace("$S", &s.to_string()))
             .await
             .unwrap();
         client.batch_execute("COMMIT").await.unwrap();
@@ -207,7 +203,7 @@ async fn tampered(dir: &Path, contact: &str, sql: &str) -> (u64, serde_json::Val
                 .into_iter()
                 .find(|(_, v)| v.windows(contact.len()).any(|w| w == contact.as_bytes()))
                 .unwrap();
-            if sql == "delete" {
+            if change == "delete" {
                 t.remove(found.0).unwrap();
             } else {
                 let mut changed = found.1.clone();
@@ -235,6 +231,15 @@ async fn tampered(dir: &Path, contact: &str, sql: &str) -> (u64, serde_json::Val
     (sequence, found)
 }
 
+/// A connection to the database that stands for `dir` (PostgreSQL run).
+async fn sql(dir: &Path) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(&database_for(dir), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
 async fn a_store_with_records() -> (tempfile::TempDir, u64) {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start_in(dir.path(), Some(example_catalog_path())).await;
@@ -259,11 +264,11 @@ async fn a_changed_record_is_found_and_named() {
     } else {
         &["evidence byte", "delete"]
     };
-    for sql in cases {
+    for change in cases {
         let (dir, _) = a_store_with_records().await;
-        let (sequence, found) = tampered(dir.path(), "carl", sql).await;
-        assert_eq!(found["verified"], false, "{sql}: {found}");
-        assert_eq!(found["sequence"], sequence, "{sql}: {found}");
+        let (sequence, found) = tampered(dir.path(), "carl", change).await;
+        assert_eq!(found["verified"], false, "{change}: {found}");
+        assert_eq!(found["sequence"], sequence, "{change}: {found}");
         if !on_postgres() {
             let v = verify(dir.path(), &[]);
             assert_eq!(v["verified"], true, "put back, it verifies again: {v}");
@@ -277,11 +282,7 @@ async fn a_changed_wording_names_the_first_event_given_under_it() {
         return;
     }
     let (dir, _) = a_store_with_records().await;
-    let url = database_for(dir.path());
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = sql(dir.path()).await;
     client
         .execute(
             "UPDATE consentd.wordings SET text = text || ' ' WHERE consent = 'marketing.acme'",
@@ -314,11 +315,7 @@ async fn a_rewritten_chain_is_caught_by_its_signed_checkpoint() {
         return;
     }
     let (dir, head) = a_store_with_records().await;
-    let url = database_for(dir.path());
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = sql(dir.path()).await;
     let first: i64 = client
         .query_one(
             "UPDATE consentd.events SET action = 3 - action WHERE sequence =
@@ -329,6 +326,7 @@ async fn a_rewritten_chain_is_caught_by_its_signed_checkpoint() {
         .await
         .unwrap()
         .get(0);
+    let url = database_for(dir.path());
     let store = tokio::task::spawn_blocking(move || consentd::store::PgStore::open(&url).unwrap())
         .await
         .unwrap();
@@ -389,11 +387,7 @@ async fn a_database_from_before_the_chain_is_linked_once_at_open() {
         return;
     }
     let (dir, head) = a_store_with_records().await;
-    let url = database_for(dir.path());
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = sql(dir.path()).await;
     client
         .batch_execute(
             "DELETE FROM consentd.chain; DELETE FROM consentd.checkpoints;

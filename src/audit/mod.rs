@@ -12,6 +12,6 @@ pub use checkpointer::Checkpoints;
 pub use verify::{Verified, VerifyError, verify};
 
 pub use record::{
-    CANONICAL_VERSION, CHAIN_DOMAIN, Canonical, GENESIS, Held, Kind, Link, Linker, NO_SALT, leaf,
-    link, link_batch, salts, wording_digest,
+    CANONICAL_VERSION, CHAIN_DOMAIN, Canonical, GENESIS, Held, Kind, Link, Linker, NO_SALT, Prior,
+    leaf, link, link_batch, salts, wording_digest,
 };

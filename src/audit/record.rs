@@ -383,6 +383,29 @@ pub fn link_batch(
     Ok((linker.finish(), head))
 }
 
+/// A record committed before the chain existed, other than an event, as a
+/// store's one-time linking finds it (with no salt, and an erasure with no
+/// list: its records were gone before).
+#[derive(Debug)]
+pub enum Prior {
+    /// An erasure: the keyed hash, erased_at, the reason.
+    Erasure([u8; 32], UnixNanos, String),
+    /// A catalog apply: in_force_from, the catalog.
+    Catalog(UnixNanos, Box<CatalogSpec>),
+}
+
+impl Prior {
+    /// Links it under `sequence`, unsalted.
+    pub fn link(self, linker: &mut Linker, sequence: u64) {
+        match self {
+            Prior::Erasure(hash, at, reason) => {
+                linker.erasure(sequence, &hash, at, &reason, &[], NO_SALT)
+            }
+            Prior::Catalog(at, spec) => linker.catalog(sequence, at, &spec, NO_SALT),
+        }
+    }
+}
+
 /// A link's record as the store holds it now, for verification.
 #[derive(Debug, Clone)]
 pub enum Held {

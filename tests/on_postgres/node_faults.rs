@@ -123,9 +123,15 @@ async fn the_database_restarted_under_check_traffic_on_two_nodes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_mid_writes_loses_nothing_and_the_others_carry_on() {
-    let (nodes, _dirs, url) = nodes(1).await;
-    // A second node as a real process, killed with SIGKILL mid-writes.
+    let (nodes, dirs, url) = nodes(1).await;
+    // A second node as a real process, killed with SIGKILL mid-writes; it
+    // signs with the cluster's key, as every node must.
     let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        dirs[0].path().join("signing.key"),
+        dir.path().join("signing.key"),
+    )
+    .unwrap();
     let binary = std::path::Path::new(env!("CARGO_BIN_EXE_consentd"));
     let victim = process::start_on(binary, dir.path(), None, Some(&url));
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", victim.grpc))

@@ -12,7 +12,9 @@ use tokio_postgres::types::{Json, ToSql};
 
 use super::PgStore;
 use super::decode::{EVENT_COLUMNS, backend, event_from, pg, pool_error, u64_of, wording_from};
-use crate::audit::{GENESIS, Held, Kind, Link, Linker, NO_SALT, link_batch, salts, wording_digest};
+use crate::audit::{
+    GENESIS, Held, Kind, Link, Linker, NO_SALT, Prior, link_batch, salts, wording_digest,
+};
 use crate::domain::CatalogSpec;
 use crate::store::{StoreError, Tombstone, WriteBatch};
 
@@ -287,7 +289,7 @@ pub(super) async fn backfill(client: &mut deadpool_postgres::Object) -> Result<(
         );
     }
     // Erasures and catalogs are few: read whole. Events come in pages.
-    let mut others: std::collections::BTreeMap<i64, Other> = Default::default();
+    let mut others: std::collections::BTreeMap<i64, Prior> = Default::default();
     for row in txn
         .query(
             "SELECT sequence, hash, erased_at, reason FROM consentd.erasures
@@ -303,7 +305,7 @@ pub(super) async fn backfill(client: &mut deadpool_postgres::Object) -> Result<(
             .map_err(|_| StoreError::corrupt("erasures", "hash length"))?;
         others.insert(
             row.try_get(0).map_err(backend)?,
-            Other::Erasure(
+            Prior::Erasure(
                 hash,
                 row.try_get(2).map_err(backend)?,
                 row.try_get(3).map_err(backend)?,
@@ -322,7 +324,7 @@ pub(super) async fn backfill(client: &mut deadpool_postgres::Object) -> Result<(
         let Json(spec): Json<CatalogSpec> = row.try_get(2).map_err(backend)?;
         others.insert(
             row.try_get(0).map_err(backend)?,
-            Other::Catalog(row.try_get(1).map_err(backend)?, Box::new(spec)),
+            Prior::Catalog(row.try_get(1).map_err(backend)?, Box::new(spec)),
         );
     }
     let events_sql = format!(
@@ -378,22 +380,6 @@ pub(super) async fn backfill(client: &mut deadpool_postgres::Object) -> Result<(
         "PostgreSQL store linked into a hash chain (records from before it have no salt)"
     );
     Ok(())
-}
-
-enum Other {
-    Erasure([u8; 32], i64, String),
-    Catalog(i64, Box<CatalogSpec>),
-}
-
-impl Other {
-    fn link(self, linker: &mut Linker, sequence: u64) {
-        match self {
-            Other::Erasure(hash, at, reason) => {
-                linker.erasure(sequence, &hash, at, &reason, &[], NO_SALT)
-            }
-            Other::Catalog(at, spec) => linker.catalog(sequence, at, &spec, NO_SALT),
-        }
-    }
 }
 
 /// Checkpoint reads and writes.

@@ -19,7 +19,9 @@ use super::codec::{
     decode_event, decode_linked_event, decode_wording, encode_event, tombstone_erased_at,
 };
 use super::{CATALOG_FEED, CATALOGS, ERASURE_FEED, ERASURES, EVENTS, META, WORDINGS, open_if_any};
-use crate::audit::{GENESIS, Held, Kind, Link, Linker, NO_SALT, link_batch, salts, wording_digest};
+use crate::audit::{
+    GENESIS, Held, Kind, Link, Linker, NO_SALT, Prior, link_batch, salts, wording_digest,
+};
 use crate::domain::{CatalogSpec, EventRecord};
 use crate::store::{StoreError, Tombstone, WriteBatch};
 
@@ -327,7 +329,7 @@ pub(super) fn migrate_2_to_3(
         digests.insert((consent.to_owned(), version), wording_digest(&w));
     }
     // Records other than events, by sequence.
-    let mut others: std::collections::BTreeMap<u64, Other> = Default::default();
+    let mut others: std::collections::BTreeMap<u64, Prior> = Default::default();
     {
         let erasures = txn.open_table(ERASURES)?;
         for row in txn.open_table(ERASURE_FEED)?.range::<u64>(..)? {
@@ -337,7 +339,7 @@ pub(super) fn migrate_2_to_3(
                 let reason = String::from_utf8_lossy(&b[8..]).into_owned();
                 others.insert(
                     k.value(),
-                    Other::Erasure(*v.value(), tombstone_erased_at(b)?, reason),
+                    Prior::Erasure(*v.value(), tombstone_erased_at(b)?, reason),
                 );
             }
         }
@@ -355,7 +357,7 @@ pub(super) fn migrate_2_to_3(
         for (sequence, (at, json)) in feed.iter().rev().zip(kept.iter().rev()) {
             let spec: CatalogSpec = serde_json::from_slice(json)
                 .map_err(|e| StoreError::corrupt("catalogs", format!("catalog: {e}")))?;
-            others.insert(*sequence, Other::Catalog(*at, Box::new(spec)));
+            others.insert(*sequence, Prior::Catalog(*at, Box::new(spec)));
         }
     }
     let mut linker = Linker::from(GENESIS);
@@ -419,22 +421,6 @@ pub(super) fn migrate_2_to_3(
         "data file migrated to schema 3 (hash chain over every record)"
     );
     Ok(last)
-}
-
-enum Other {
-    Erasure([u8; 32], i64, String),
-    Catalog(i64, Box<CatalogSpec>),
-}
-
-impl Other {
-    fn link(self, linker: &mut Linker, sequence: u64) {
-        match self {
-            Other::Erasure(hash, at, reason) => {
-                linker.erasure(sequence, &hash, at, &reason, &[], NO_SALT)
-            }
-            Other::Catalog(at, spec) => linker.catalog(sequence, at, &spec, NO_SALT),
-        }
-    }
 }
 
 /// Up to `limit` checkpoints after `after`.

@@ -133,12 +133,14 @@ async fn a_store_verifies_across_restarts_and_erasures_and_openssl_checks_its_ch
     let server = TestServer::start_in(dir.path(), Some(example_catalog_path())).await;
     let mut c = server.consents().await;
     c.grant(change("dora", "marketing", None)).await.unwrap();
+    // An address change is a record like any other (a mark: no wording).
+    replica::set_addresses(&mut c, "dora", &["dora@example.com"]).await;
     server.stop().await;
     let v = verify(dir.path(), &[kept.to_str().unwrap()]);
     assert_eq!(v["verified"], true, "{v}");
     assert_eq!(
         (v["records"].as_u64(), v["head"].as_u64()),
-        (Some(7), Some(9))
+        (Some(8), Some(10))
     );
 
     // The wrong key: every checkpoint is refused.

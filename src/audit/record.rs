@@ -341,7 +341,7 @@ impl Linker {
 
 /// Links a write batch's records (its events and its catalog, in sequence
 /// order) onto `head`, with fresh salts; `wording` gives the digest of a
-/// (consent, version) as the store holds it. Returns the links and the new
+/// (consent, version ≥ 1) as the store holds it. Returns the links and the new
 /// head.
 pub fn link_batch(
     head: [u8; 32],
@@ -367,7 +367,12 @@ pub fn link_batch(
             );
             catalog_done = true;
         }
-        let digest = wording(e.consent.as_str(), e.version);
+        // Version 0: a mark (an address, a bounce), never a wording. Not
+        // looked up: each address is an id of its own.
+        let digest = match e.version {
+            0 => [0; 32],
+            v => wording(e.consent.as_str(), v),
+        };
         linker.event(e, &digest, salts.next().expect("n"));
     }
     if !catalog_done {

@@ -49,6 +49,7 @@ pub(super) async fn link(
         let mut m: Vec<(String, u32)> = batch
             .events
             .iter()
+            .filter(|e| e.version > 0)
             .map(|e| (e.consent.as_str().to_owned(), e.version))
             .filter(|k| !known.contains_key(k))
             .collect();

@@ -89,6 +89,40 @@ async fn a_receipt_is_signed_and_matches_the_history_and_a_checkpoint_covers_it(
     changed[at..at + 5].copy_from_slice(b"GRANX");
     assert!(key.verify_strict(&changed, &sig).is_err());
 
+    // Withdrawals stick: her own withdrawal, then a system's grant over it
+    // waits for her (double opt-in): its receipt says so, and the
+    // withdrawal's says she withdrew.
+    let withdrawn = c
+        .withdraw(change("anna", "marketing.acme", None))
+        .await
+        .unwrap()
+        .into_inner()
+        .sequence;
+    let mut over = change("anna", "marketing.acme", None);
+    over.source = pb::Source::Api as i32;
+    let waiting = c.grant(over).await.unwrap().into_inner();
+    assert!(waiting.pending);
+    let state = |json: &str| {
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        (
+            v["action"].as_str().unwrap().to_owned(),
+            v["state"].as_str().unwrap().to_owned(),
+        )
+    };
+    let r = receipt(&mut c, "anna", withdrawn)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        state(&r.receipt_json),
+        ("WITHDRAW".into(), "withdrawn".into())
+    );
+    let r = receipt(&mut c, "anna", waiting.sequence)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(state(&r.receipt_json), ("GRANT".into(), "pending".into()));
+
     // Bad and unknown requests.
     let err = receipt(&mut c, "anna", 0).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);

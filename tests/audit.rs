@@ -260,8 +260,12 @@ async fn a_changed_record_is_found_and_named() {
             "UPDATE consentd.events SET occurred_at = occurred_at + 1 WHERE sequence = $S",
             "UPDATE consentd.events SET evidence = '{\"form\": \"signup-2027\"}' WHERE sequence = $S",
             "DELETE FROM consentd.events WHERE sequence = $S",
-            "DELETE FROM consentd.events WHERE sequence = $S;
-             UPDATE consentd.chain SET salt = NULL WHERE sequence = $S",
+            // Made to look erased: its link kept without its salt.
+            "INSERT INTO consentd.chain (sequence, kind, salt, leaf, chain, body)
+                 SELECT sequence, 1, NULL, link_leaf, link_chain, ''::bytea
+                 FROM consentd.events WHERE sequence = $S;
+             DELETE FROM consentd.events WHERE sequence = $S",
+            "UPDATE consentd.events SET link_chain = NULL WHERE sequence = $S",
         ]
     } else {
         &["evidence byte", "delete"]
@@ -358,13 +362,20 @@ async fn a_rewritten_chain_is_caught_by_its_signed_checkpoint() {
             new_leaf = leaf(&l.salt.unwrap(), c.event(e, &w));
         }
         let chain = link(&prev, l.sequence, &new_leaf);
-        client
-            .execute(
-                "UPDATE consentd.chain SET leaf = $1, chain = $2 WHERE sequence = $3",
-                &[&new_leaf.to_vec(), &chain.to_vec(), &(l.sequence as i64)],
-            )
-            .await
-            .unwrap();
+        // Events keep their links in their rows, other records in the
+        // chain table: one of the two statements touches a row.
+        for table in [
+            "UPDATE consentd.events SET link_leaf = $1, link_chain = $2 WHERE sequence = $3",
+            "UPDATE consentd.chain SET leaf = $1, chain = $2 WHERE sequence = $3",
+        ] {
+            client
+                .execute(
+                    table,
+                    &[&new_leaf.to_vec(), &chain.to_vec(), &(l.sequence as i64)],
+                )
+                .await
+                .unwrap();
+        }
         prev = chain;
     }
     client
@@ -381,6 +392,54 @@ async fn a_rewritten_chain_is_caught_by_its_signed_checkpoint() {
     assert!(error.contains("signed checkpoint"), "{error}");
 }
 
+/// A database linked under migration V5 (every link in the chain table)
+/// gets its event links moved into their rows by V6, once: the same chain,
+/// its signed checkpoints still verify, and it goes on from there.
+#[tokio::test]
+async fn a_database_linked_under_v5_moves_its_event_links_into_their_rows() {
+    if !on_postgres() {
+        return;
+    }
+    let (dir, head) = a_store_with_records().await;
+    let client = sql(dir.path()).await;
+    client
+        .batch_execute(
+            "INSERT INTO consentd.chain (sequence, kind, salt, leaf, chain, body)
+                 SELECT sequence, 1, link_salt, link_leaf, link_chain, ''::bytea
+                 FROM consentd.events;
+             ALTER TABLE consentd.events DROP COLUMN link_salt, DROP COLUMN link_leaf,
+                 DROP COLUMN link_chain;
+             DELETE FROM consentd.schema_history WHERE version = 6",
+        )
+        .await
+        .unwrap();
+    let server = TestServer::start_in(dir.path(), Some(example_catalog_path())).await;
+    let row = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM consentd.chain c JOIN consentd.events e
+                         ON e.sequence = c.sequence),
+                    (SELECT count(*) FROM consentd.events WHERE link_chain IS NULL),
+                    (SELECT count(*) FROM consentd.events)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (left, unlinked, events): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(
+        (left, unlinked),
+        (0, 0),
+        "every event link moved, none twice"
+    );
+    assert_eq!(events, 4, "six events, bob's two erased");
+    let mut c = server.consents().await;
+    c.grant(change("dora", "marketing", None)).await.unwrap();
+    server.stop().await;
+    let v = verify(dir.path(), &[]);
+    assert_eq!(v["verified"], true, "{v}");
+    assert_eq!(v["head"].as_u64(), Some(head + 1), "{v}");
+    assert!(v["checkpoints"].as_u64().unwrap() >= 2, "old and new: {v}");
+}
+
 /// A PostgreSQL database from before the chain (its records, no links) is
 /// linked once by the first node that opens it, and verifies.
 #[tokio::test]
@@ -393,13 +452,18 @@ async fn a_database_from_before_the_chain_is_linked_once_at_open() {
     client
         .batch_execute(
             "DELETE FROM consentd.chain; DELETE FROM consentd.checkpoints;
+             UPDATE consentd.events SET link_salt = NULL, link_leaf = NULL, link_chain = NULL;
              UPDATE consentd.meta SET chain_head = NULL, chain_sequence = NULL",
         )
         .await
         .unwrap();
     let server = TestServer::start_in(dir.path(), Some(example_catalog_path())).await;
     let salts: Vec<Option<Vec<u8>>> = client
-        .query("SELECT salt FROM consentd.chain ORDER BY sequence", &[])
+        .query(
+            "SELECT salt FROM consentd.chain
+             UNION ALL SELECT link_salt FROM consentd.events",
+            &[],
+        )
         .await
         .unwrap()
         .iter()

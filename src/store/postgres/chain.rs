@@ -1,8 +1,10 @@
 //! The PostgreSQL store's chain (DESIGN.md §11): linked inside the commit's
 //! transaction, under the `meta` row's lock, so several nodes extend one
-//! chain in sequence order. `consentd.chain` keeps (sequence, kind, salt,
-//! leaf, chain, body), `meta.chain_sequence`/`meta.chain_head` the head,
-//! `consentd.checkpoints` the signed notes.
+//! chain in sequence order. An event's link (salt, leaf, chain) is kept in
+//! its own row (`events.link_*`: no second insert per event);
+//! `consentd.chain` keeps (sequence, kind, salt, leaf, chain, body) of
+//! catalog applies, erasures and erased events; `meta.chain_sequence` /
+//! `meta.chain_head` the head, `consentd.checkpoints` the signed notes.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -89,6 +91,32 @@ pub(super) async fn link(
     Ok(links)
 }
 
+/// The links of a batch's events, aligned with its event rows (none: the
+/// chain is off, or the row came before it).
+#[derive(Default)]
+pub(super) struct EventLinks<'a> {
+    pub(super) salt: Vec<Option<&'a [u8]>>,
+    pub(super) leaf: Vec<Option<&'a [u8]>>,
+    pub(super) chain: Vec<Option<&'a [u8]>>,
+}
+
+impl<'a> EventLinks<'a> {
+    /// The links of the events numbered `sequences` (ascending), out of
+    /// `links` (ascending).
+    pub(super) fn of(sequences: &[i64], links: &'a [Link]) -> EventLinks<'a> {
+        let mut events = links.iter().filter(|l| l.kind == Kind::Event).peekable();
+        let mut c = EventLinks::default();
+        for &s in sequences {
+            while events.next_if(|l| (l.sequence as i64) < s).is_some() {}
+            let l = events.next_if(|l| l.sequence as i64 == s);
+            c.salt.push(l.and_then(|l| l.salt.as_ref().map(|s| &s[..])));
+            c.leaf.push(l.map(|l| &l.leaf[..]));
+            c.chain.push(l.map(|l| &l.chain[..]));
+        }
+        c
+    }
+}
+
 /// Links as column arrays, for one `INSERT ... SELECT FROM UNNEST`.
 #[derive(Default)]
 pub(super) struct LinkColumns {
@@ -103,9 +131,11 @@ pub(super) struct LinkColumns {
 }
 
 impl LinkColumns {
-    pub(super) fn of(links: &[Link]) -> LinkColumns {
+    pub(super) fn of<'a>(links: impl IntoIterator<Item = &'a Link>) -> LinkColumns {
         let mut c = LinkColumns::default();
+        let mut last = None;
         for l in links {
+            last = Some(l);
             c.sequence.push(l.sequence as i64);
             c.kind.push(l.kind as i16);
             c.salt.push(l.salt.map(|s| s.to_vec()));
@@ -113,7 +143,7 @@ impl LinkColumns {
             c.chain.push(l.chain.to_vec());
             c.body.push(l.body.clone());
         }
-        c.head = links.last().map(|l| (l.sequence as i64, l.chain.to_vec()));
+        c.head = last.map(|l| (l.sequence as i64, l.chain.to_vec()));
         c
     }
 }
@@ -126,18 +156,22 @@ pub(super) const INSERT_LINKS: &str =
          $6::bytea[])";
 pub(super) const MOVE_HEAD: &str = "UPDATE consentd.meta SET chain_sequence = $1, chain_head = $2";
 
-/// Links an erasure that deleted the records `erased`: their links stay,
-/// their salts go.
+/// An event an erasure deleted: its sequence and the link its row kept
+/// (none: a row from before the chain, or with the chain off).
+pub(super) type Erased = (i64, Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// Links an erasure that deleted the events `erased`: their links move
+/// into `consentd.chain` without their salts, then the erasure's own.
 pub(super) async fn link_erasure(
     txn: &deadpool_postgres::Transaction<'_>,
     head: [u8; 32],
     t: &Tombstone,
     sequence: i64,
-    mut erased: Vec<i64>,
+    mut erased: Vec<Erased>,
 ) -> Result<(), StoreError> {
     let before = |e| pg(e, false);
-    erased.sort_unstable();
-    let list: Vec<u64> = erased.iter().map(|s| *s as u64).collect();
+    erased.sort_unstable_by_key(|e| e.0);
+    let list: Vec<u64> = erased.iter().map(|e| e.0 as u64).collect();
     let salt = salts(1).map_err(no_salt)?[0];
     let mut linker = Linker::from(head);
     linker.erasure(
@@ -148,21 +182,33 @@ pub(super) async fn link_erasure(
         &list,
         salt,
     );
-    let c = LinkColumns::of(&linker.finish());
-    let (seq, chain) = c.head.clone().expect("one link");
+    let own = linker.finish();
+    let mut c = LinkColumns::default();
+    for (s, leaf, chain) in erased {
+        if let (Some(leaf), Some(chain)) = (leaf, chain) {
+            c.sequence.push(s);
+            c.kind.push(Kind::Event as i16);
+            c.salt.push(None);
+            c.leaf.push(leaf);
+            c.chain.push(chain);
+            c.body.push(Vec::new());
+        }
+    }
+    let mine = LinkColumns::of(&own);
+    let (seq, chain) = mine.head.clone().expect("one link");
+    c.sequence.extend(mine.sequence);
+    c.kind.extend(mine.kind);
+    c.salt.extend(mine.salt);
+    c.leaf.extend(mine.leaf);
+    c.chain.extend(mine.chain);
+    c.body.extend(mine.body);
     let params: [&(dyn ToSql + Sync); 6] =
         [&c.sequence, &c.kind, &c.salt, &c.leaf, &c.chain, &c.body];
-    let unsalt_params: [&(dyn ToSql + Sync); 1] = [&erased];
     let head_params: [&(dyn ToSql + Sync); 2] = [&seq, &chain];
-    let (unsalt, insert, head) = tokio::join!(
-        txn.execute(
-            "UPDATE consentd.chain SET salt = NULL WHERE sequence = ANY($1)",
-            &unsalt_params
-        ),
+    let (insert, head) = tokio::join!(
         txn.execute(INSERT_LINKS, &params),
         txn.execute(MOVE_HEAD, &head_params),
     );
-    unsalt.map_err(before)?;
     insert.map_err(before)?;
     head.map_err(before)?;
     Ok(())
@@ -225,14 +271,24 @@ impl PgStore {
         let after = i64::try_from(after).unwrap_or(i64::MAX);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let sql = format!(
+            // Events keep their links in their rows; every other link (and
+            // an erased event's) is in `consentd.chain`. A row without its
+            // link, or a link without its row, is a gap the verifier names.
             "SELECT c.sequence AS link_sequence, c.kind AS link_kind, c.salt AS link_salt,
                     c.leaf AS link_leaf, c.chain AS link_chain, c.body AS link_body,
                     k.catalog AS catalog_spec, k.in_force_from AS catalog_at,
                     {}
-             FROM consentd.chain c
+             FROM (SELECT * FROM (
+                     SELECT sequence, 1::smallint AS kind, link_salt AS salt,
+                            link_leaf AS leaf, link_chain AS chain, ''::bytea AS body
+                     FROM consentd.events WHERE sequence > $1 AND link_chain IS NOT NULL
+                     UNION ALL
+                     SELECT sequence, kind, salt, leaf, chain, body
+                     FROM consentd.chain WHERE sequence > $1) l
+                   ORDER BY sequence LIMIT $2) c
              LEFT JOIN consentd.events e ON e.sequence = c.sequence
              LEFT JOIN consentd.catalogs k ON k.sequence = c.sequence
-             WHERE c.sequence > $1 ORDER BY c.sequence LIMIT $2",
+             ORDER BY c.sequence",
             EVENT_COLUMNS
                 .split(", ")
                 .map(|c| format!("e.{}", c.trim()))
@@ -359,11 +415,31 @@ pub(super) async fn backfill(client: &mut deadpool_postgres::Object) -> Result<(
             }
         }
         let last = linker.last();
-        let c = LinkColumns::of(&linker.take());
+        let links = linker.take();
+        let c = LinkColumns::of(links.iter().filter(|l| l.kind != Kind::Event));
         if !c.sequence.is_empty() {
             let params: [&(dyn ToSql + Sync); 6] =
                 [&c.sequence, &c.kind, &c.salt, &c.leaf, &c.chain, &c.body];
             txn.execute(INSERT_LINKS, &params).await.map_err(err)?;
+        }
+        let events: Vec<i64> = links
+            .iter()
+            .filter(|l| l.kind == Kind::Event)
+            .map(|l| l.sequence as i64)
+            .collect();
+        if !events.is_empty() {
+            let e = EventLinks::of(&events, &links);
+            let params: [&(dyn ToSql + Sync); 4] = [&events, &e.salt, &e.leaf, &e.chain];
+            txn.execute(
+                "UPDATE consentd.events e SET link_salt = l.salt, link_leaf = l.leaf,
+                     link_chain = l.chain
+                 FROM UNNEST($1::bigint[], $2::bytea[], $3::bytea[], $4::bytea[])
+                     AS l(sequence, salt, leaf, chain)
+                 WHERE e.sequence = l.sequence",
+                &params,
+            )
+            .await
+            .map_err(err)?;
         }
         if last_page {
             if let Some((seq, chain)) = last {

@@ -26,11 +26,14 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use tokio_postgres::types::ToSql;
 
-use super::chain::{Digests, INSERT_LINKS, LinkColumns, head_of, link, link_erasure};
+use super::chain::{
+    Digests, Erased, EventLinks, INSERT_LINKS, LinkColumns, head_of, link, link_erasure,
+};
 use super::columns::Columns;
 use super::decode::{i64_of, pg, pool_error, u64_of};
 use super::feed::read_changes;
 use super::{FEED_CHANNEL, PgStore};
+use crate::audit::Kind;
 use crate::store::{Changes, Committed, Cursor, StoreError, Tombstone, Write, WriteBatch};
 
 /// Where the view goes once read, and the writer's answer comes from.
@@ -216,11 +219,17 @@ async fn write_batch(
 ) -> Result<i64, StoreError> {
     let before = |e| pg(e, false);
     let c = Columns::of(batch)?;
-    let l = LinkColumns::of(links);
+    // Events carry their links in their rows; a catalog apply's goes to
+    // `consentd.chain`.
+    let l = LinkColumns::of(links.iter().filter(|l| l.kind != Kind::Event));
     let link_params: [Param<'_>; 6] = [&l.sequence, &l.kind, &l.salt, &l.leaf, &l.chain, &l.body];
-    let (head_sequence, head_chain) = l.head.clone().unzip();
+    let (head_sequence, head_chain) = links
+        .last()
+        .map(|l| (l.sequence as i64, l.chain.to_vec()))
+        .unzip();
     let e = &c.events;
-    let event_params: [Param<'_>; 15] = [
+    let el = EventLinks::of(&e.sequence, links);
+    let event_params: [Param<'_>; 18] = [
         &e.sequence,
         &e.contact,
         &e.consent,
@@ -236,6 +245,9 @@ async fn write_batch(
         &e.pending,
         &e.confirmed,
         &e.confirmation_link,
+        &el.salt,
+        &el.leaf,
+        &el.chain,
     ];
     let s = &c.states;
     let state_params: [Param<'_>; 8] = [
@@ -293,11 +305,11 @@ async fn write_batch(
         statements.push((
             "INSERT INTO consentd.events (sequence, contact, consent, action, occurred_at,
                      recorded_at, source, evidence, version, idempotency_key, applied, actor,
-                     pending, confirmed, confirmation_link)
+                     pending, confirmed, confirmation_link, link_salt, link_leaf, link_chain)
                  SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::smallint[],
                      $5::bigint[], $6::bigint[], $7::smallint[], $8::jsonb[], $9::int[],
                      $10::text[], $11::bool[], $12::text[], $13::bool[], $14::bool[],
-                     $15::bool[])",
+                     $15::bool[], $16::bytea[], $17::bytea[], $18::bytea[])",
             &event_params,
             None,
             "events",
@@ -390,7 +402,7 @@ async fn write_batch(
             "wordings: one version would name a second text (ruled on a stale catalog)",
         ));
     }
-    if l.head.is_some() {
+    if !l.sequence.is_empty() {
         statements.push((INSERT_LINKS, &link_params, None, "chain"));
     }
     if !e.sequence.is_empty() || c.catalog.is_some() {
@@ -476,7 +488,8 @@ async fn erase(
             &by_contact
         ),
         txn.query(
-            "DELETE FROM consentd.events WHERE contact = $1 RETURNING sequence",
+            "DELETE FROM consentd.events WHERE contact = $1
+             RETURNING sequence, link_leaf, link_chain",
             &by_contact
         ),
         txn.execute(
@@ -497,7 +510,14 @@ async fn erase(
     let erased = events
         .map_err(before)?
         .iter()
-        .map(|r| r.try_get::<_, i64>(0).map_err(super::decode::backend))
+        .map(|r| -> Result<Erased, StoreError> {
+            let get = super::decode::backend;
+            Ok((
+                r.try_get(0).map_err(get)?,
+                r.try_get(1).map_err(get)?,
+                r.try_get(2).map_err(get)?,
+            ))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let held = states.map_err(before)? + pending.map_err(before)? + erased.len() as u64 > 0;
     meta.map_err(before)?;

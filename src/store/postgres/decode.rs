@@ -100,8 +100,7 @@ pub(super) const EVENT_COLUMNS: &str = "sequence, contact, consent, action, occu
                              pending, confirmed, confirmation_link";
 
 /// The chain value of an event row, for the reads that carry it.
-pub(super) const EVENT_CHAIN: &str = ", (SELECT c.chain FROM consentd.chain c \
-                             WHERE c.sequence = events.sequence) AS chain_value";
+pub(super) const EVENT_CHAIN: &str = ", link_chain AS chain_value";
 
 /// An event row; an undecodable one is an error naming its sequence.
 pub(super) fn event_from(row: &tokio_postgres::Row) -> Result<EventRecord, StoreError> {

@@ -62,6 +62,9 @@ impl Checkpoints {
     /// (else with the next commit: no fsync of its own between commits).
     pub fn keep(&mut self, store: &dyn Store, sync: bool) -> Result<(), StoreError> {
         let Some((sequence, chain)) = store.chain_head()? else {
+            // Nothing linked (a store with the chain off): not asked again
+            // before the next interval.
+            self.since = Some(Instant::now());
             return Ok(());
         };
         if sequence != self.last {

@@ -104,6 +104,60 @@ fn address_states(cat: &Catalog, n: u64) {
     drop(index);
 }
 
+/// The List-Unsubscribe URL of an allowed CanSend, on its own: the claim
+/// borrowed from the request and sealed into the URL (what CanSend does),
+/// against an owned claim minted and then formatted into a URL.
+fn unsubscribe_url(c: &mut Criterion) {
+    use base64::Engine;
+    use consentd::domain::ConsentId;
+    use consentd::links::{Claim, ClaimRef, LinkKind, Links};
+    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([7u8; 32]);
+    let links = Links::with_keys(
+        "bench",
+        &[&format!("k1={secret}")],
+        &[],
+        "https://consent.acme.example",
+    )
+    .unwrap();
+    let contacts: Vec<String> = (0..1024).map(contact).collect();
+    let mut group = c.benchmark_group("unsubscribe_url");
+    let mut i = 0usize;
+    group.bench_function("sealed into the URL", |b| {
+        b.iter(|| {
+            i = (i + 1) & 1023;
+            black_box(links.url_for(&ClaimRef {
+                kind: LinkKind::Unsubscribe,
+                contact: &contacts[i],
+                consent: "marketing.acme.email",
+                purpose: "marketing",
+                channel: "email",
+                brand: "acme",
+                issued_at: 1_790_000_000_123_456_789,
+                to: None,
+                sequence: 0,
+            }))
+        })
+    });
+    group.bench_function("owned claim, minted, formatted", |b| {
+        b.iter(|| {
+            i = (i + 1) & 1023;
+            let claim = Claim {
+                kind: LinkKind::Unsubscribe,
+                contact: ContactId::parse("contact_id", &contacts[i]).unwrap(),
+                consent: ConsentId::parse("consent_id", "marketing.acme.email").unwrap(),
+                purpose: ConsentId::parse("consent_id", "marketing").unwrap(),
+                channel: "email".to_owned(),
+                brand: "acme".to_owned(),
+                issued_at: 1_790_000_000_123_456_789,
+                to: None,
+                sequence: 0,
+            };
+            black_box(links.url(&links.mint(&claim)))
+        })
+    });
+    group.finish();
+}
+
 fn bench(c: &mut Criterion) {
     let cat = catalog();
     let lapsing = expiring(&cat);
@@ -239,6 +293,6 @@ fn bench(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30).measurement_time(std::time::Duration::from_secs(4));
-    targets = bench
+    targets = unsubscribe_url, bench
 }
 criterion_main!(benches);

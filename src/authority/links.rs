@@ -13,7 +13,7 @@ use crate::domain::{
     Action, AddressKind, Catalog, Change, ChangeOutcome, ConsentId, ConsentIdx, ContactId,
     Evidence, Source, ids::check_contact,
 };
-use crate::links::{Claim, LinkKind};
+use crate::links::{Claim, ClaimRef, LinkKind};
 
 use super::pages::SinceIssue;
 use super::{Authority, ChangeError, LinkError, RawAddress, ReadError};
@@ -53,21 +53,20 @@ impl Authority {
         to: Option<(AddressKind, [u8; 32])>,
     ) -> String {
         let catalog = self.catalog.load();
-        let id = |idx| ConsentId::parse("consent_id", catalog.consent_id(idx));
         let purpose = catalog.consent(consent).map_or(consent, |c| c.purpose);
-        let claim = Claim {
+        // Borrowed as they are: the contact was validated by the check
+        // that chose this consent, the ids are the catalog's.
+        self.links.url_for(&ClaimRef {
             kind: LinkKind::Unsubscribe,
-            contact: ContactId::parse("contact_id", contact)
-                .expect("validated by the check that chose this consent"),
-            consent: id(consent).expect("catalog ids are valid"),
-            purpose: id(purpose).expect("catalog ids are valid"),
-            channel: channel.to_owned(),
-            brand: brand.to_owned(),
+            contact,
+            consent: catalog.consent_id(consent),
+            purpose: catalog.consent_id(purpose),
+            channel,
+            brand,
             issued_at: self.clock.now(),
             to,
             sequence: 0,
-        };
-        self.links.url(&self.links.mint(&claim))
+        })
     }
 
     /// IssueUnsubscribeLink: the URL and the consent it withdraws; with

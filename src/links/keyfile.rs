@@ -43,11 +43,12 @@ pub(super) fn parse_key(spec: &str) -> Result<Key, LinkError> {
     let mut mac =
         <HmacSha256 as Mac>::new_from_slice(&secret).map_err(|_| bad("unusable secret"))?;
     mac.update(KEY_LABEL);
-    let aead = XChaCha20Poly1305::new_from_slice(&mac.finalize().into_bytes())
-        .map_err(|_| bad("unusable secret"))?;
+    let raw = mac.finalize().into_bytes();
+    let aead = XChaCha20Poly1305::new_from_slice(&raw).map_err(|_| bad("unusable secret"))?;
     Ok(Key {
         id: id.to_owned(),
         aead,
+        raw,
     })
 }
 

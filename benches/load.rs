@@ -259,6 +259,12 @@ fn main() -> anyhow::Result<()> {
                     100.0 * rates[0] / rates[1]
                 );
             }
+            if rates.len() == 3 {
+                println!(
+                    "CanSend with the unsubscribe URL / without: {:.1} % of the rate",
+                    100.0 * rates[2] / rates[0]
+                );
+            }
             if rates.len() == 4 {
                 println!(
                     "CanSend with to / without: {:.1} % of the rate",

@@ -330,7 +330,7 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
 
-    fn claim() -> Claim {
+    pub(super) fn claim() -> Claim {
         Claim {
             kind: LinkKind::Unsubscribe,
             contact: ContactId::parse("c", "anna@example.com").unwrap(),

@@ -161,7 +161,6 @@ mod tests {
     use chacha20poly1305::aead::{Aead, Payload};
 
     use super::*;
-    use crate::domain::{ConsentId, ContactId};
 
     fn links() -> Links {
         let secret = URL_SAFE_NO_PAD.encode([7u8; 32]);
@@ -178,15 +177,8 @@ mod tests {
     fn a_sealed_token_is_what_xchacha20_poly1305_gives_for_its_nonce() {
         let links = links();
         let claim = Claim {
-            kind: LinkKind::Unsubscribe,
-            contact: ContactId::parse("c", "anna@example.com").unwrap(),
-            consent: ConsentId::parse("c", "marketing.acme.email").unwrap(),
-            purpose: ConsentId::parse("c", "marketing").unwrap(),
-            channel: "email".into(),
-            brand: "acme".into(),
-            issued_at: 1_790_000_000_123_456_789,
             to: Some((AddressKind::Email, [5; 32])),
-            sequence: 0,
+            ..super::super::tests::claim()
         };
         let url = links.url_for(&claim.borrowed());
         let token = url.strip_prefix("https://links.example/u/").unwrap();

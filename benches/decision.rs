@@ -152,7 +152,7 @@ fn unsubscribe_url(c: &mut Criterion) {
                 to: None,
                 sequence: 0,
             };
-            black_box(links.url(&links.mint(&claim)))
+            black_box(links.url_of(LinkKind::Unsubscribe, &links.mint(&claim)))
         })
     });
     group.finish();

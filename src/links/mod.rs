@@ -204,11 +204,6 @@ impl Links {
         &self.host
     }
 
-    /// The absolute URL of the unsubscribe page behind a token.
-    pub fn url(&self, token: &str) -> String {
-        self.url_of(LinkKind::Unsubscribe, token)
-    }
-
     /// The absolute URL of the page of a `kind` of link.
     pub fn url_of(&self, kind: LinkKind, token: &str) -> String {
         format!("{}/{}/{token}", self.base, kind.path())
@@ -399,7 +394,10 @@ mod tests {
         let old = Links::open(dir.path(), &[], "https://example.com/").unwrap();
         let token = old.mint(&claim());
         assert_eq!(old.verify(&token), Some(claim()));
-        assert!(old.url(&token).starts_with("https://example.com/u/"));
+        assert!(
+            old.url_of(LinkKind::Unsubscribe, &token)
+                .starts_with("https://example.com/u/")
+        );
 
         // Same data dir: the generated key is reused, so old links verify.
         let rotated = Links::open(dir.path(), &[format!("k2={}", secret(7))], "http://x").unwrap();

@@ -86,16 +86,34 @@ impl Links {
     /// with the newest key.
     pub fn url_for(&self, claim: &ClaimRef<'_>) -> String {
         let path = claim.kind.path();
-        // The token: header (≤ 18), nonce, claim (ids ≤ 64 bytes each, a
-        // contact up to its limit), tag; four characters per three bytes.
-        let raw = 18 + NONCE_LEN + 2 + claim.contact.len() + 4 + 64 * 4 + 8 + 8 + 33 + TAG_LEN;
-        let mut url = String::with_capacity(self.base.len() + 2 + path.len() + raw.div_ceil(3) * 4);
+        let mut url = String::with_capacity(
+            self.base.len() + 2 + path.len() + (self.token_len(claim) * 4).div_ceil(3),
+        );
         url.push_str(&self.base);
         url.push('/');
         url.push_str(path);
         url.push('/');
         self.seal_into(claim, &mut url);
         url
+    }
+
+    /// The bytes of `claim`'s token before base64url: what `seal_into`
+    /// writes, so that the URL is allocated once, at its size.
+    fn token_len(&self, claim: &ClaimRef<'_>) -> usize {
+        let key = self.keys.last().map_or(0, |k| k.id.len());
+        let ids = [claim.consent, claim.purpose, claim.channel, claim.brand];
+        let header = 2 + key;
+        let plain = 2
+            + claim.contact.len()
+            + ids.iter().map(|id| 1 + id.len()).sum::<usize>()
+            + 8
+            + if claim.kind == LinkKind::Receipt {
+                8
+            } else {
+                0
+            }
+            + if claim.to.is_some() { 33 } else { 0 };
+        header + NONCE_LEN + plain + TAG_LEN
     }
 
     /// Seals `claim` and appends its token (base64url) to `out`.
@@ -150,6 +168,7 @@ impl Links {
                 )
                 .expect("ChaCha20-Poly1305 seals any message below 256 GiB");
             buf.extend_from_slice(tag.as_ref());
+            debug_assert_eq!(buf.len(), self.token_len(claim));
             URL_SAFE_NO_PAD.encode_string(buf.as_slice(), out);
         });
     }

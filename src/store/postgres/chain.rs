@@ -182,26 +182,20 @@ pub(super) async fn link_erasure(
         &list,
         salt,
     );
-    let own = linker.finish();
-    let mut c = LinkColumns::default();
-    for (s, leaf, chain) in erased {
-        if let (Some(leaf), Some(chain)) = (leaf, chain) {
-            c.sequence.push(s);
-            c.kind.push(Kind::Event as i16);
-            c.salt.push(None);
-            c.leaf.push(leaf);
-            c.chain.push(chain);
-            c.body.push(Vec::new());
-        }
-    }
-    let mine = LinkColumns::of(&own);
-    let (seq, chain) = mine.head.clone().expect("one link");
-    c.sequence.extend(mine.sequence);
-    c.kind.extend(mine.kind);
-    c.salt.extend(mine.salt);
-    c.leaf.extend(mine.leaf);
-    c.chain.extend(mine.chain);
-    c.body.extend(mine.body);
+    // The deleted events' links, unsalted, then the erasure's own (the head).
+    let moved = erased.into_iter().filter_map(|(s, leaf, chain)| {
+        Some(Link {
+            sequence: s as u64,
+            kind: Kind::Event,
+            salt: None,
+            leaf: leaf?.try_into().ok()?,
+            chain: chain?.try_into().ok()?,
+            body: Vec::new(),
+        })
+    });
+    let links: Vec<Link> = moved.chain(linker.finish()).collect();
+    let c = LinkColumns::of(&links);
+    let (seq, chain) = c.head.clone().expect("the erasure's link");
     let params: [&(dyn ToSql + Sync); 6] =
         [&c.sequence, &c.kind, &c.salt, &c.leaf, &c.chain, &c.body];
     let head_params: [&(dyn ToSql + Sync); 2] = [&seq, &chain];

@@ -122,12 +122,7 @@ async fn transaction(
     .await?;
     // 1. The lock; 2. the view: sent together, run in order (the reads
     // start once the lock is held, so they see every commit before).
-    let (head, changes) = within(
-        timeout,
-        &sent,
-        read_changes(&txn, cursor, None, true, false),
-    )
-    .await?;
+    let (head, changes) = within(timeout, &sent, read_changes(&txn, cursor, None, true)).await?;
     let Some(view) = view.take() else {
         unreachable!("the view is sent once")
     };

@@ -95,12 +95,10 @@ pub(super) fn consent_of(raw: &str, table: &'static str) -> Result<ConsentId, St
     ConsentId::stored("consent", raw).map_err(|e| StoreError::corrupt(table, e.to_string()))
 }
 
+/// An event row's columns, its chain value included (kept in the row).
 pub(super) const EVENT_COLUMNS: &str = "sequence, contact, consent, action, occurred_at, recorded_at, \
                              source, evidence, version, idempotency_key, applied, actor, \
-                             pending, confirmed, confirmation_link";
-
-/// The chain value of an event row, for the reads that carry it.
-pub(super) const EVENT_CHAIN: &str = ", link_chain AS chain_value";
+                             pending, confirmed, confirmation_link, link_chain AS chain_value";
 
 /// An event row; an undecodable one is an error naming its sequence.
 pub(super) fn event_from(row: &tokio_postgres::Row) -> Result<EventRecord, StoreError> {

@@ -7,8 +7,7 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::types::ToSql;
 
 use super::decode::{
-    EVENT_CHAIN, EVENT_COLUMNS, backend, erasure_from, event_from, pg, pool_error, u64_of,
-    wording_from,
+    EVENT_COLUMNS, backend, erasure_from, event_from, pg, pool_error, u64_of, wording_from,
 };
 use super::{LATEST_WORDINGS, PgStore};
 use crate::domain::CatalogSpec;
@@ -34,16 +33,12 @@ pub(super) async fn read_changes(
     cursor: Cursor,
     limit: Option<usize>,
     lock: bool,
-    chains: bool,
 ) -> Result<(Head, Changes), StoreError> {
     let err = |e| pg(e, false);
     let after = i64::try_from(cursor.sequence).unwrap_or(i64::MAX);
     let limit_i = limit.map_or(i64::MAX, |l| i64::try_from(l).unwrap_or(i64::MAX));
-    // Each event's chain value only for a reader that shows it (Watch):
-    // the writer's catch-up and the follower apply events without it.
-    let chain = if chains { EVENT_CHAIN } else { "" };
     let events_sql = format!(
-        "SELECT {EVENT_COLUMNS}{chain} FROM consentd.events
+        "SELECT {EVENT_COLUMNS} FROM consentd.events
          WHERE sequence > $1 ORDER BY sequence LIMIT $2"
     );
     let (meta, events, erasures) = tokio::try_join!(
@@ -136,12 +131,7 @@ pub(super) async fn read_catalog(
 
 impl PgStore {
     /// One page of the feed, read in one read-only snapshot.
-    pub(super) fn feed_page(
-        &self,
-        cursor: Cursor,
-        limit: usize,
-        chains: bool,
-    ) -> Result<Changes, StoreError> {
+    pub(super) fn feed_page(&self, cursor: Cursor, limit: usize) -> Result<Changes, StoreError> {
         let pool = self.pool.clone();
         self.run(async move {
             let err = |e| pg(e, false);
@@ -153,7 +143,7 @@ impl PgStore {
                 .start()
                 .await
                 .map_err(err)?;
-            let (_, changes) = read_changes(&txn, cursor, Some(limit), false, chains).await?;
+            let (_, changes) = read_changes(&txn, cursor, Some(limit), false).await?;
             txn.commit().await.map_err(err)?;
             Ok(changes)
         })
@@ -171,7 +161,7 @@ pub(super) fn watch_page(
         sequence: after,
         catalog_version: u64::MAX,
     };
-    let mut page = crate::store::FeedPage::of(store.feed_page(cursor, limit, true)?);
+    let mut page = crate::store::FeedPage::of(store.feed_page(cursor, limit)?);
     if page.through > after {
         // Append-only, and numbered at or below what the page saw: read
         // after it, the catalogs among its records are all there.

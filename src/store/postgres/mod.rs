@@ -48,8 +48,8 @@ use tokio_postgres::types::ToSql;
 
 pub use self::connect::redact;
 use self::decode::{
-    EVENT_CHAIN, EVENT_COLUMNS, backend, event_from, pending_from, pg, pool_error, state_from,
-    u64_of, wording_from,
+    EVENT_COLUMNS, backend, event_from, pending_from, pg, pool_error, state_from, u64_of,
+    wording_from,
 };
 use self::listen::Ears;
 use super::{
@@ -356,7 +356,7 @@ impl Store for PgStore {
         self.run(async move {
             let client = pool.get().await.map_err(pool_error)?;
             let sql = format!(
-                "SELECT {EVENT_COLUMNS}{EVENT_CHAIN} FROM consentd.events
+                "SELECT {EVENT_COLUMNS} FROM consentd.events
                  WHERE contact = $1 AND sequence > $2 ORDER BY sequence LIMIT $3"
             );
             client

@@ -19,7 +19,7 @@ impl SharedStore for PgStore {
     }
 
     fn changes_after(&self, cursor: Cursor, limit: usize) -> Result<Changes, StoreError> {
-        self.feed_page(cursor, limit, false)
+        self.feed_page(cursor, limit)
     }
 
     fn wait_for_changes(&self, timeout: Duration) {

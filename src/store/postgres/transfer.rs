@@ -3,7 +3,7 @@
 //! migrate` needs.
 
 use super::PgStore;
-use super::decode::{EVENT_CHAIN, EVENT_COLUMNS, backend, event_from, pg, pool_error, u64_of};
+use super::decode::{EVENT_COLUMNS, backend, event_from, pg, pool_error, u64_of};
 use crate::domain::EventRecord;
 use crate::store::{IdempotencyRecord, StoreError, Tombstone, Transfer};
 
@@ -15,7 +15,7 @@ impl Transfer for PgStore {
         self.run(async move {
             let client = pool.get().await.map_err(pool_error)?;
             let sql = format!(
-                "SELECT {EVENT_COLUMNS}{EVENT_CHAIN} FROM consentd.events
+                "SELECT {EVENT_COLUMNS} FROM consentd.events
                  WHERE sequence > $1 ORDER BY sequence LIMIT $2"
             );
             client
@@ -143,9 +143,7 @@ impl Transfer for PgStore {
         let pool = self.pool.clone();
         self.run(async move {
             let client = pool.get().await.map_err(pool_error)?;
-            let sql = format!(
-                "SELECT {EVENT_COLUMNS}{EVENT_CHAIN} FROM consentd.events WHERE sequence = $1"
-            );
+            let sql = format!("SELECT {EVENT_COLUMNS} FROM consentd.events WHERE sequence = $1");
             client
                 .query_opt(&sql, &[&sequence])
                 .await

@@ -11,15 +11,26 @@
 //! the durable phases (Grant, Import) run on each, the CanSend phases on the
 //! first (CanSend never touches the store).
 //!
+//! `--contacts N` starts consentd on a redb store of N contacts written
+//! straight through it (`crm-00000001`…, one state each, every tenth
+//! withdrawn) and gives the bare server the same N; the CanSend phases
+//! then pick uniformly among them (memory-bound lookups, as at 10M).
+//! Without it they use the contacts the Grant phase wrote.
+//!
 //! Without `--addr` it starts consentd (temp data dir, examples/catalog.toml)
-//! and a bare tonic server that answers CanSend from a DashMap, each on its
-//! own 2-thread runtime, so client and servers share the machine's cores as
-//! they would on one box. Reports, in order:
+//! and a bare tonic server that answers CanSend and CanSendBatch from a
+//! DashMap, both on one 2-thread runtime ("server"), the client on another,
+//! so client and servers share the machine's cores as they would on one
+//! box. Reports, in order:
 //! 1. durable Grant/s with `--writers` concurrent writers, and latency;
-//! 2. unary CanSend requests/s and p50/p99/p999 at `--connections` and
-//!    `--inflight`, for consentd and for the baseline, and their ratio;
-//!    then with the List-Unsubscribe URL, then naming the address (`to`);
-//! 3. CanSendBatch decisions/s with 1000-check batches.
+//! 2. for the first `--hot` contacts ("cached keys"), then for all of them:
+//!    unary CanSend and 1000-check CanSendBatch, consentd then the bare
+//!    server, each with its rate, latency and the server threads' CPU time
+//!    per call, and the ratios of the two (the bare server is measured in
+//!    the same run, so the ratios repeat where the absolute rates do not);
+//! 3. CanSend with the List-Unsubscribe URL, then naming the address
+//!    (`to`), as a share of plain CanSend's rate;
+//! 4. one streamed import per store.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -67,6 +78,13 @@ struct Args {
     /// Batches in flight at once.
     #[arg(long, default_value_t = 4)]
     batch_inflight: usize,
+    /// Contacts consentd starts with (written straight to its redb store)
+    /// and the bare server holds; 0: those the Grant phase writes.
+    #[arg(long, default_value_t = 0)]
+    contacts: u64,
+    /// Contacts of the "cached keys" phases.
+    #[arg(long, default_value_t = 1000)]
+    hot: u64,
     /// Rows in the import phase.
     #[arg(long, default_value_t = 200_000)]
     import_rows: u64,
@@ -84,14 +102,10 @@ struct Bare {
     map: DashMap<String, bool>,
 }
 
-#[tonic::async_trait]
-impl EligibilityService for Bare {
-    async fn can_send(
-        &self,
-        r: Request<pb::CanSendRequest>,
-    ) -> Result<Response<pb::CanSendResponse>, Status> {
-        let allowed = self.map.get(&r.get_ref().contact_id).is_some_and(|v| *v);
-        Ok(Response::new(pb::CanSendResponse {
+impl Bare {
+    fn answer(&self, contact_id: &str) -> pb::CanSendResponse {
+        let allowed = self.map.get(contact_id).is_some_and(|v| *v);
+        pb::CanSendResponse {
             allowed,
             reason: if allowed {
                 pb::Reason::Granted
@@ -99,19 +113,197 @@ impl EligibilityService for Bare {
                 pb::Reason::NoConsent
             } as i32,
             ..Default::default()
-        }))
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl EligibilityService for Bare {
+    async fn can_send(
+        &self,
+        r: Request<pb::CanSendRequest>,
+    ) -> Result<Response<pb::CanSendResponse>, Status> {
+        Ok(Response::new(self.answer(&r.get_ref().contact_id)))
     }
 
     async fn can_send_batch(
         &self,
-        _: Request<pb::CanSendBatchRequest>,
+        r: Request<pb::CanSendBatchRequest>,
     ) -> Result<Response<pb::CanSendBatchResponse>, Status> {
-        Err(Status::unimplemented("baseline"))
+        let results = r
+            .get_ref()
+            .checks
+            .iter()
+            .map(|c| self.answer(&c.contact_id))
+            .collect();
+        Ok(Response::new(pb::CanSendBatchResponse { results }))
     }
 }
 
 fn contact(i: u64) -> String {
     format!("load-{i:09}")
+}
+
+/// The contacts a CanSend phase asks about: `n` of them, picked uniformly.
+#[derive(Clone, Copy)]
+struct Keys {
+    n: u64,
+    /// Written by `--contacts` (`crm-…`, every tenth withdrawn), or by the
+    /// Grant phase (`load-…`, all granted).
+    crm: bool,
+}
+
+impl Keys {
+    /// The `i`th request's contact (a multiplicative hash spreads them).
+    fn pick(self, i: u64) -> u64 {
+        i.wrapping_mul(2654435761) % self.n
+    }
+
+    fn id(self, k: u64) -> String {
+        if self.crm {
+            support::crm_contact(k + 1)
+        } else {
+            contact(k)
+        }
+    }
+
+    fn allowed(self, k: u64) -> bool {
+        !self.crm || !(k + 1).is_multiple_of(10)
+    }
+}
+
+/// A phase's report and the server threads' CPU time per operation.
+struct Phase {
+    report: support::Report,
+    cpu_micros_per_call: f64,
+}
+
+impl Phase {
+    fn rate(&self) -> f64 {
+        self.report.ops as f64 / self.report.seconds
+    }
+}
+
+/// Runs `work`, timing the server threads' CPU over it.
+async fn measured<F: std::future::Future<Output = support::Report>>(
+    name: &str,
+    unit: &str,
+    calls_per_op: f64,
+    work: F,
+) -> Phase {
+    let (cpu, client) = (
+        support::cpu_seconds("server"),
+        support::cpu_seconds("client"),
+    );
+    let report = work.await;
+    let calls = report.ops as f64 / calls_per_op;
+    let cpu_micros_per_call = (support::cpu_seconds("server") - cpu) * 1e6 / calls.max(1.0);
+    let client_micros = (support::cpu_seconds("client") - client) * 1e6 / calls.max(1.0);
+    println!(
+        "{}  CPU per call: server {cpu_micros_per_call:.2} µs, client {client_micros:.2} µs",
+        report.line(name, unit)
+    );
+    Phase {
+        report,
+        cpu_micros_per_call,
+    }
+}
+
+/// Unary CanSend for `seconds` at `inflight`; the answer must be the
+/// contact's (and carry a URL when asked and allowed).
+async fn unary(
+    addr: SocketAddr,
+    args: &Args,
+    keys: Keys,
+    include_unsubscribe: bool,
+    with_to: bool,
+) -> support::Report {
+    let chans = channels(addr, args.connections).await;
+    closed_loop(args.inflight, args.seconds, move |t, i| {
+        let mut client = EligibilityServiceClient::new(chans[t % chans.len()].clone());
+        let k = keys.pick(i ^ ((t as u64) << 40));
+        let who = keys.id(k);
+        let to = with_to.then(|| pb::Address {
+            kind: pb::AddressKind::Unspecified as i32,
+            value: format!("{who}@Example.com"),
+        });
+        async move {
+            let r = client
+                .can_send(pb::CanSendRequest {
+                    contact_id: who,
+                    channel: "email".into(),
+                    brand: "acme".into(),
+                    include_unsubscribe,
+                    to,
+                    ..Default::default()
+                })
+                .await?;
+            let r = r.get_ref();
+            if r.allowed != keys.allowed(k)
+                || (include_unsubscribe && r.allowed) == r.unsubscribe_url.is_empty()
+            {
+                return Err(Status::internal("not the contact's answer, or no URL"));
+            }
+            Ok(1)
+        }
+    })
+    .await
+}
+
+/// CanSendBatch of `--batch` checks for `seconds`; every answer must be
+/// its contact's.
+async fn batches(addr: SocketAddr, args: &Args, keys: Keys) -> support::Report {
+    let chans = channels(addr, args.connections).await;
+    let batch = args.batch as u64;
+    // Built once: the client's cost per batch is then a clone, not 1000 format!s.
+    let batches: Arc<Vec<(pb::CanSendBatchRequest, Vec<bool>)>> = Arc::new(
+        (0..16u64)
+            .map(|b| {
+                let picked: Vec<u64> = (0..batch).map(|k| keys.pick(b * batch + k)).collect();
+                let request = pb::CanSendBatchRequest {
+                    checks: picked
+                        .iter()
+                        .map(|&k| pb::CanSendRequest {
+                            contact_id: keys.id(k),
+                            channel: "email".into(),
+                            brand: "acme".into(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    min_sequence: 0,
+                };
+                (request, picked.iter().map(|&k| keys.allowed(k)).collect())
+            })
+            .collect(),
+    );
+    closed_loop(args.batch_inflight, args.seconds, move |t, i| {
+        let mut client = EligibilityServiceClient::new(chans[t % chans.len()].clone());
+        let which = (i as usize + t) % batches.len();
+        let batches = batches.clone();
+        async move {
+            let (request, expected) = &batches[which];
+            let r = client.can_send_batch(request.clone()).await?;
+            let results = &r.get_ref().results;
+            if results.len() != expected.len()
+                || results.iter().zip(expected).any(|(r, &a)| r.allowed != a)
+            {
+                return Err(Status::internal("not the contacts' answers"));
+            }
+            Ok(results.len() as u64)
+        }
+    })
+    .await
+}
+
+/// Prints consentd's figures as ratios to the bare server's.
+fn ratio(what: &str, consentd: &Phase, bare: &Phase) {
+    println!(
+        "  {what}: consentd / bare = {:.2}× the rate; server CPU per call {:.2} vs {:.2} µs = {:.2}× less work",
+        consentd.rate() / bare.rate(),
+        consentd.cpu_micros_per_call,
+        bare.cpu_micros_per_call,
+        bare.cpu_micros_per_call / consentd.cpu_micros_per_call
+    );
 }
 
 fn main() -> anyhow::Result<()> {
@@ -126,11 +318,23 @@ fn main() -> anyhow::Result<()> {
     match args.addr {
         Some(a) => targets.push(("running".into(), a)),
         None => {
-            for store in &args.store {
+            for (i, store) in args.store.iter().enumerate() {
                 let dir = tempfile::tempdir()?;
                 let mut config = consentd::Config::ephemeral(dir.path());
-                config.catalog =
-                    Some(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/catalog.toml").into());
+                let catalog = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/catalog.toml");
+                config.catalog = Some(catalog.into());
+                if i == 0 && args.contacts > 0 {
+                    anyhow::ensure!(store == "redb", "--contacts writes a redb store");
+                    let started = Instant::now();
+                    let spec = consentd::server::read_catalog(std::path::Path::new(catalog))?;
+                    let redb = consentd::store::RedbStore::open(dir.path())?;
+                    support::write_contacts(&redb, &spec, args.contacts)?;
+                    println!(
+                        "wrote {} contacts in {:.1} s",
+                        args.contacts,
+                        started.elapsed().as_secs_f64()
+                    );
+                }
                 config.store = match store.as_str() {
                     "postgres" => {
                         let pg: &support::throwaway::Throwaway = postgres.get_or_insert(
@@ -140,7 +344,14 @@ fn main() -> anyhow::Result<()> {
                     }
                     other => other.to_owned(),
                 };
+                let started = Instant::now();
                 let addr = support::serve(&server_rt, &config)?.0;
+                if i == 0 && args.contacts > 0 {
+                    println!(
+                        "consentd started on them in {:.1} s",
+                        started.elapsed().as_secs_f64()
+                    );
+                }
                 let label = if store.starts_with("postgres") {
                     "postgres"
                 } else {
@@ -158,7 +369,8 @@ fn main() -> anyhow::Result<()> {
     let baseline = server_rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let svc = EligibilityServiceServer::from_arc(bare.clone());
+        let svc = EligibilityServiceServer::from_arc(bare.clone())
+            .max_decoding_message_size(8 * 1024 * 1024);
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(svc)
@@ -180,8 +392,7 @@ fn main() -> anyhow::Result<()> {
 
     let targets_for_import = targets.clone();
     client_rt.block_on(async move {
-        // 1. Durable grants, on each store; the first one's contacts are
-        // the ones CanSend asks about.
+        // 1. Durable grants, on each store.
         let mut seeded = 0;
         for (i, (label, addr)) in targets.iter().enumerate() {
             let chans = channels(*addr, args.connections).await;
@@ -210,103 +421,82 @@ fn main() -> anyhow::Result<()> {
                 seeded = next.load(Ordering::Relaxed).max(1);
             }
         }
-        for i in 0..seeded {
-            bare.map.insert(contact(i), true);
+        let all = if args.contacts > 0 {
+            Keys {
+                n: args.contacts,
+                crm: true,
+            }
+        } else {
+            Keys {
+                n: seeded,
+                crm: false,
+            }
+        };
+        for k in 0..all.n {
+            bare.map.insert(all.id(k), all.allowed(k));
         }
 
-        // 2. Unary CanSend: consentd, then the bare baseline.
-        let mut rates = Vec::new();
-        // The third run asks for the List-Unsubscribe URL with every answer;
-        // the fourth names the address each message goes to (`to`).
-        for (name, addr, include_unsubscribe, with_to) in [
-            ("CanSend (consentd)", target, false, false),
-            ("CanSend (bare tonic baseline)", baseline, false, false),
-            ("CanSend + unsubscribe URL", target, true, false),
-            ("CanSend + to (address)", target, false, true),
+        // 2. Cached keys, then all of them: consentd, then the bare server.
+        let hot = Keys {
+            n: args.hot.min(all.n),
+            ..all
+        };
+        let mut plain = None;
+        for (label, keys) in [
+            (format!("{} cached keys", hot.n), hot),
+            (format!("{} random contacts", all.n), all),
         ] {
-            let chans = channels(addr, args.connections).await;
-            let report = closed_loop(args.inflight, args.seconds, move |t, i| {
-                let mut client = EligibilityServiceClient::new(chans[t % chans.len()].clone());
-                let who = contact((i.wrapping_mul(2654435761) ^ t as u64) % seeded);
-                let to = with_to.then(|| pb::Address {
-                    kind: pb::AddressKind::Unspecified as i32,
-                    value: format!("{who}@Example.com"),
-                });
-                async move {
-                    let r = client
-                        .can_send(pb::CanSendRequest {
-                            contact_id: who,
-                            channel: "email".into(),
-                            brand: "acme".into(),
-                            include_unsubscribe,
-                            to,
-                            ..Default::default()
-                        })
-                        .await?;
-                    let r = r.get_ref();
-                    if !r.allowed || include_unsubscribe == r.unsubscribe_url.is_empty() {
-                        return Err(Status::internal("seeded contact not allowed, or no URL"));
-                    }
-                    Ok(1)
-                }
-            })
+            println!("-- {label}");
+            let ours = measured(
+                "CanSend (consentd)",
+                "req",
+                1.0,
+                unary(target, &args, keys, false, false),
+            )
             .await;
-            println!("{}", report.line(name, "req"));
-            rates.push(report.ops as f64 / report.seconds);
-            if rates.len() == 2 {
-                println!(
-                    "CanSend consentd / baseline: {:.1} %",
-                    100.0 * rates[0] / rates[1]
-                );
-            }
-            if rates.len() == 3 {
-                println!(
-                    "CanSend with the unsubscribe URL / without: {:.1} % of the rate",
-                    100.0 * rates[2] / rates[0]
-                );
-            }
-            if rates.len() == 4 {
-                println!(
-                    "CanSend with to / without: {:.1} % of the rate",
-                    100.0 * rates[3] / rates[0]
-                );
-            }
+            let theirs = measured(
+                "CanSend (bare tonic)",
+                "req",
+                1.0,
+                unary(baseline, &args, keys, false, false),
+            )
+            .await;
+            let batch = args.batch as f64;
+            let ours_b = measured(
+                "CanSendBatch (consentd)",
+                "decisions",
+                batch,
+                batches(target, &args, keys),
+            )
+            .await;
+            let theirs_b = measured(
+                "CanSendBatch (bare tonic)",
+                "decisions",
+                batch,
+                batches(baseline, &args, keys),
+            )
+            .await;
+            ratio(&format!("unary, {label}"), &ours, &theirs);
+            ratio(
+                &format!("batch of {}, {label}", args.batch),
+                &ours_b,
+                &theirs_b,
+            );
+            plain.get_or_insert(ours.rate());
         }
 
-        // 3. Batches.
-        let chans = channels(target, args.connections).await;
-        let batch = args.batch;
-        // Built once: the client's cost per batch is then a clone, not 1000 format!s.
-        let batches: Arc<Vec<pb::CanSendBatchRequest>> = Arc::new(
-            (0..16u64)
-                .map(|b| pb::CanSendBatchRequest {
-                    checks: (0..batch as u64)
-                        .map(|k| pb::CanSendRequest {
-                            contact_id: contact(
-                                (b * batch as u64 + k).wrapping_mul(2654435761) % seeded,
-                            ),
-                            channel: "sms".into(),
-                            brand: "zenith".into(),
-                            ..Default::default()
-                        })
-                        .collect(),
-                    min_sequence: 0,
-                })
-                .collect(),
-        );
-        let report = closed_loop(args.batch_inflight, args.seconds, move |t, i| {
-            let mut client = EligibilityServiceClient::new(chans[t % chans.len()].clone());
-            let request = batches[(i as usize + t) % batches.len()].clone();
-            async move {
-                let r = client.can_send_batch(request).await?;
-                Ok(r.get_ref().results.len() as u64)
-            }
-        })
-        .await;
-        println!(
-            "{}",
-            report.line(&format!("CanSendBatch ({batch} checks)"), "decisions")
-        );
+        // 3. What a marketing mail asks: the List-Unsubscribe URL, the address.
+        let plain = plain.unwrap_or(1.0);
+        for (name, url, to) in [
+            ("CanSend + unsubscribe URL", true, false),
+            ("CanSend + to (address)", false, true),
+        ] {
+            let p = measured(name, "req", 1.0, unary(target, &args, hot, url, to)).await;
+            println!(
+                "  {name} / plain CanSend: {:.1} % of the rate",
+                100.0 * p.rate() / plain
+            );
+        }
 
         // 4. One streamed import of `--import-rows` rows, durable, per store.
         for (label, addr) in targets_for_import {

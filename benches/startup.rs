@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use consentd::authority::{Authority, Options};
-use consentd::domain::{Action, CatalogSpec, ConsentId, ContactId, EventRecord, Source};
-use consentd::store::{RedbStore, Store, Tombstone, WriteBatch};
+use consentd::domain::CatalogSpec;
+use consentd::store::{RedbStore, Store, Tombstone};
 
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -69,7 +69,7 @@ fn main() -> anyhow::Result<()> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/catalog.toml");
     let spec: CatalogSpec = consentd::server::read_catalog(std::path::Path::new(path))?;
     let written = Instant::now();
-    write_contacts(&store, &spec, contacts)?;
+    support::write_contacts(&store, &spec, contacts)?;
     println!(
         "wrote {contacts} contacts in {:.1} s; data file {} MB",
         written.elapsed().as_secs_f64(),
@@ -89,7 +89,7 @@ fn postgres(dir: &std::path::Path, contacts: u64) -> anyhow::Result<()> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/catalog.toml");
     let spec: CatalogSpec = consentd::server::read_catalog(std::path::Path::new(path))?;
     let written = Instant::now();
-    write_contacts(&store, &spec, contacts)?;
+    support::write_contacts(&store, &spec, contacts)?;
     println!(
         "wrote {contacts} contacts to PostgreSQL in {:.1} s",
         written.elapsed().as_secs_f64()
@@ -137,47 +137,6 @@ fn erase_and_purge(store: &dyn Store) -> anyhow::Result<f64> {
     let purge = Instant::now();
     assert!(store.purge_erased()?);
     Ok(purge.elapsed().as_secs_f64())
-}
-
-/// `contacts` contacts with one state each, in 10,000-event commits.
-fn write_contacts(store: &dyn Store, spec: &CatalogSpec, contacts: u64) -> anyhow::Result<()> {
-    let consent = ConsentId::parse("consent", "marketing.acme")?;
-    let mut seq = 1u64;
-    while seq <= contacts {
-        let end = (seq + 10_000).min(contacts + 1);
-        let events = (seq..end)
-            .map(|i| EventRecord {
-                contact: ContactId::parse("contact", &format!("crm-{i:08}")).expect("valid id"),
-                consent: consent.clone(),
-                action: if i % 10 == 0 {
-                    Action::Withdraw
-                } else {
-                    Action::Grant
-                },
-                occurred_at: 1_700_000_000_000_000_000 + i as i64,
-                recorded_at: 1_700_000_000_000_000_000 + i as i64,
-                source: Source::Import,
-                evidence: [("batch".to_string(), "2026-11".to_string())].into(),
-                version: 1,
-                sequence: i,
-                idempotency_key: None,
-                applied: true,
-                actor: "crm-import".into(),
-                pending: false,
-                confirmed: false,
-                confirmation_link: false,
-                chain: None,
-            })
-            .collect();
-        store.commit(&WriteBatch {
-            events,
-            catalog: (seq == 1).then(|| spec.clone()),
-            next_sequence: end,
-            ..Default::default()
-        })?;
-        seq = end;
-    }
-    Ok(())
 }
 
 /// Memory of a fresh process, then the redb purge.

@@ -9,8 +9,9 @@
 //!   shutdown (explicit: stop serving, drain, close the writer).
 //! - [`grpc`] and `http`: thin transports. A handler validates the request
 //!   into domain types, calls the [`authority`], and maps the answer (gRPC
-//!   maps each error family in one place, `grpc/status.rs`). `auth`: bearer
-//!   roles.
+//!   maps each error family in one place, `grpc/status.rs`; CanSend and
+//!   CanSendBatch are read and written in place, `grpc/eligibility.rs`).
+//!   `auth`: bearer roles.
 //! - [`authority`]: the façade, the one set of operations every transport
 //!   calls (CanSend, changes, import, erasure, links, the confirmation and
 //!   preference pages, reads, catalog).

@@ -23,7 +23,7 @@ use crate::auth::Auth;
 use crate::authority::{Authority, Options};
 use crate::config::Config;
 use crate::domain::CatalogSpec;
-use crate::grpc::{AdmissionLayer, CatalogApi, ChangesApi, ConsentsApi, EligibilityApi};
+use crate::grpc::{AdmissionLayer, CatalogApi, ChangesApi, ConsentsApi, Eligibility};
 use crate::links::Links;
 use crate::pb;
 use crate::pb::catalog_service_server::SERVICE_NAME as CATALOG;
@@ -32,9 +32,6 @@ use crate::pb::consents_service_server::SERVICE_NAME as CONSENTS;
 use crate::pb::eligibility_service_server::SERVICE_NAME as ELIGIBILITY;
 use crate::store::{Backend, RedbStore, SharedStore, Store};
 
-/// Largest Eligibility message: a full 10,000-check batch of the longest
-/// ids (a check is at most ~470 bytes) fits.
-const MAX_CHECKS_MESSAGE_BYTES: usize = 5 * 1024 * 1024;
 /// Largest Consents message (a change, an import row, a read): the longest
 /// ids, a full evidence map (32 × 2 KiB) and a key fit.
 const MAX_CHANGE_MESSAGE_BYTES: usize = 128 * 1024;
@@ -48,6 +45,12 @@ const FEED_BOUND: Duration = Duration::from_secs(10);
 const FAIL_STOP_GRACE: Duration = Duration::from_secs(5);
 /// Concurrent HTTP/2 streams per gRPC connection.
 const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+/// A silent gRPC connection is probed after this long, every
+/// `KEEPALIVE_PROBE`, and closed after `KEEPALIVE_PROBES` unanswered
+/// probes: a vanished peer's connection goes within a minute.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+const KEEPALIVE_PROBE: Duration = Duration::from_secs(10);
+const KEEPALIVE_PROBES: u32 = 3;
 
 /// Opens the store `--store` names: redb in the data dir, or PostgreSQL.
 fn open_store(config: &Config) -> anyhow::Result<Backend> {
@@ -335,25 +338,22 @@ impl Server {
                 .context("configuring TLS")?;
         }
         let grpc_server = builder
+            // A connection's calls are bounded by its streams (HTTP/2
+            // refuses one more); no per-connection semaphore on top.
             .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
-            .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION as usize)
-            // Over a limit: RESOURCE_EXHAUSTED at once, never an unbounded queue.
+            // Over the global limit: RESOURCE_EXHAUSTED at once, never an
+            // unbounded queue.
             .load_shed(true)
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
                 max_calls_in_flight,
             ))
-            .layer(AdmissionLayer::new(auth))
+            .layer(AdmissionLayer::new(
+                auth,
+                Eligibility::new(authority.clone()),
+            ))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(
-                pb::eligibility_service_server::EligibilityServiceServer::new(EligibilityApi::new(
-                    authority.clone(),
-                ))
-                .max_decoding_message_size(MAX_CHECKS_MESSAGE_BYTES),
-            )
             .add_service(
                 pb::consents_service_server::ConsentsServiceServer::new(ConsentsApi::new(
                     authority.clone(),
@@ -370,7 +370,15 @@ impl Server {
                 ChangesApi::new(authority.clone(), stop_rx.clone()),
             ))
             .serve_with_incoming_shutdown(
-                TcpIncoming::from(grpc).with_nodelay(Some(true)),
+                TcpIncoming::from(grpc)
+                    .with_nodelay(Some(true))
+                    // Dead peers are found by TCP keepalive, which costs
+                    // nothing while a connection talks; HTTP/2 keepalive
+                    // pings lock a mutex and read the clock on every frame
+                    // received (hyper's ping recorder).
+                    .with_keepalive(Some(KEEPALIVE_IDLE))
+                    .with_keepalive_interval(Some(KEEPALIVE_PROBE))
+                    .with_keepalive_retries(Some(KEEPALIVE_PROBES)),
                 stopped(stop_rx.clone()),
             );
         let grpc_task = tokio::spawn(grpc_server);

@@ -309,3 +309,180 @@ async fn an_allowed_answer_names_its_list_stable_per_deciding_consent_and_brand(
     assert!(plain.allowed && plain.list_id.is_empty() && plain.unsubscribe_url.is_empty());
     server.stop().await;
 }
+
+/// Sends any bytes as a gRPC message and reads the answer's bytes: what a
+/// client built from another protobuf library (or a broken one) sends.
+#[derive(Clone, Copy, Default)]
+struct Raw;
+
+impl tonic::codec::Codec for Raw {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = Raw;
+    type Decoder = Raw;
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+impl tonic::codec::Encoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf;
+        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+    }
+}
+
+async fn raw_call(
+    server: &TestServer,
+    method: &str,
+    body: Vec<u8>,
+    headers: &[(&'static str, &'static str)],
+) -> Result<Vec<u8>, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(server.channel().await);
+    grpc.ready().await.unwrap();
+    let mut request = tonic::Request::new(body);
+    for (name, value) in headers {
+        request.metadata_mut().insert(*name, value.parse().unwrap());
+    }
+    let path = format!("/consent.v1.EligibilityService/{method}")
+        .parse()
+        .unwrap();
+    grpc.unary(request, path, Raw).await.map(|r| r.into_inner())
+}
+
+/// CanSend is answered without tonic's codec (the hot path): the same
+/// bytes as prost writes, and a clear status for what is not a check.
+#[tokio::test]
+async fn any_bytes_get_the_answer_prost_would_give_or_a_status_naming_the_request() {
+    use prost::Message;
+    let server = TestServer::start().await;
+    let mut cons = server.consents().await;
+    cons.grant(change("anna", "marketing.acme", Some(now() - 100)))
+        .await
+        .unwrap();
+    let mut elig = server.eligibility().await;
+    let with_url = pb::CanSendRequest {
+        include_unsubscribe: true,
+        ..check("anna", "email", "acme")
+    };
+    let typed = elig.can_send(with_url.clone()).await.unwrap().into_inner();
+    assert!(typed.allowed && !typed.unsubscribe_url.is_empty() && !typed.list_id.is_empty());
+
+    // Field by field as the generated client reads it; the URL differs
+    // (a fresh nonce per link) and nothing else.
+    let raw = raw_call(&server, "CanSend", with_url.encode_to_vec(), &[])
+        .await
+        .unwrap();
+    let read = pb::CanSendResponse::decode(&raw[..]).unwrap();
+    assert_eq!(
+        pb::CanSendResponse {
+            unsubscribe_url: typed.unsubscribe_url.clone(),
+            ..read.clone()
+        },
+        typed
+    );
+    assert_ne!(read.unsubscribe_url, typed.unsubscribe_url);
+    assert_eq!(
+        read.encode_to_vec(),
+        raw,
+        "prost's bytes, field order and all"
+    );
+
+    // Not a CanSendRequest: INVALID_ARGUMENT naming the request.
+    for junk in [
+        vec![0xff, 0xff, 0xff],
+        vec![0x0a, 0x05, b'a'],
+        vec![0x0a, 0x02, 0xc3, 0x28],
+    ] {
+        let status = raw_call(&server, "CanSend", junk.clone(), &[])
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{junk:?}: {status:?}"
+        );
+        assert!(
+            status
+                .message()
+                .starts_with("request: is not a CanSendRequest"),
+            "{status:?}"
+        );
+    }
+    let status = raw_call(&server, "CanSendBatch", vec![0x0a, 0x09], &[])
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status
+            .message()
+            .starts_with("request: is not a CanSendBatchRequest"),
+        "{status:?}"
+    );
+
+    // A compressed message this server cannot read: UNIMPLEMENTED, saying so.
+    let status = raw_call(
+        &server,
+        "CanSend",
+        with_url.encode_to_vec(),
+        &[("grpc-encoding", "gzip")],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+    assert!(status.message().contains("compressed (gzip)"), "{status:?}");
+
+    // An empty message is a check of nothing: each field named in turn.
+    let status = raw_call(&server, "CanSend", Vec::new(), &[])
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().starts_with("contact"), "{status:?}");
+
+    // A method the service does not have is tonic's UNIMPLEMENTED.
+    let status = raw_call(&server, "CanSendAll", with_url.encode_to_vec(), &[])
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+
+    // A batch answers item by item, as prost encodes it.
+    let batch = pb::CanSendBatchRequest {
+        checks: vec![check("anna", "email", "acme"), check("", "email", "acme")],
+        min_sequence: 0,
+    };
+    let raw = raw_call(&server, "CanSendBatch", batch.encode_to_vec(), &[])
+        .await
+        .unwrap();
+    let read = pb::CanSendBatchResponse::decode(&raw[..]).unwrap();
+    let typed = elig.can_send_batch(batch).await.unwrap().into_inner();
+    assert_eq!(read, typed);
+    assert_eq!(read.results[1].reason(), Reason::Invalid);
+    assert!(
+        read.results[1].error.starts_with("contact"),
+        "{:?}",
+        read.results[1]
+    );
+    server.stop().await;
+}

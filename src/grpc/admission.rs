@@ -3,7 +3,9 @@
 //! bearer token for its roles, and answers UNAUTHENTICATED or
 //! PERMISSION_DENIED from the headers alone, so a caller without a valid
 //! token cannot make the server buffer or decode a single message. An
-//! admitted call carries its [`Actor`] to the handler.
+//! admitted call carries its [`Actor`] to the handler. An admitted
+//! EligibilityService call is answered here, by [`Eligibility`], without
+//! tonic's router and codec (the hot path; see its module).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,6 +16,7 @@ use tonic::body::Body;
 use tonic::codegen::http;
 use tower::{Layer, Service};
 
+use super::eligibility::{Eligibility, Method};
 use crate::auth::{Auth, Role};
 
 /// Who is calling: the name of the token (empty when auth is off).
@@ -84,11 +87,12 @@ fn roles(path: &str) -> Option<&'static [Role]> {
 #[derive(Clone)]
 pub(crate) struct AdmissionLayer {
     auth: Auth,
+    eligibility: Eligibility,
 }
 
 impl AdmissionLayer {
-    pub(crate) fn new(auth: Auth) -> Self {
-        Self { auth }
+    pub(crate) fn new(auth: Auth, eligibility: Eligibility) -> Self {
+        Self { auth, eligibility }
     }
 }
 
@@ -99,6 +103,7 @@ impl<S> Layer<S> for AdmissionLayer {
         Admission {
             inner,
             auth: self.auth.clone(),
+            eligibility: self.eligibility.clone(),
         }
     }
 }
@@ -108,14 +113,10 @@ impl<S> Layer<S> for AdmissionLayer {
 pub(crate) struct Admission<S> {
     inner: S,
     auth: Auth,
+    eligibility: Eligibility,
 }
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
-
-/// The most bytes a single CanSend request may send (a check is at most
-/// ~470 bytes): its service allows a 10,000-check batch, this method does
-/// not need to.
-const MAX_CAN_SEND_BODY: usize = 8 * 1024;
 
 impl<S> Service<http::Request<Body>> for Admission<S>
 where
@@ -132,20 +133,20 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
-        let actor = match roles(request.uri().path()) {
+        let path = request.uri().path();
+        let actor = match roles(path) {
             None => String::new(),
             Some(roles) => match self.auth.admit(request.headers(), roles) {
                 Ok(actor) => actor.to_owned(),
                 Err(status) => return Box::pin(async move { Ok(status.into_http()) }),
             },
         };
-        // Only writes use a deadline, only a named token an actor: the
-        // hot path (CanSend, auth off or on) inserts nothing.
-        if request
-            .uri()
-            .path()
-            .starts_with("/consent.v1.ConsentsService/")
-        {
+        if let Some(method) = Method::of(path) {
+            let eligibility = self.eligibility.clone();
+            return Box::pin(async move { Ok(eligibility.call(method, request).await) });
+        }
+        // Only writes use a deadline, only a named token an actor.
+        if path.starts_with("/consent.v1.ConsentsService/") {
             let deadline = request
                 .headers()
                 .get("grpc-timeout")
@@ -158,22 +159,6 @@ where
         }
         if !actor.is_empty() {
             request.extensions_mut().insert(Actor(actor));
-        }
-        if request.uri().path() == "/consent.v1.EligibilityService/CanSend" {
-            request = request.map(|body| {
-                use http_body_util::BodyExt;
-                let limited = http_body_util::Limited::new(body, MAX_CAN_SEND_BODY).map_err(|e| {
-                    if e.is::<http_body_util::LengthLimitError>() {
-                        tonic::Status::resource_exhausted(format!(
-                            "request: is larger than {MAX_CAN_SEND_BODY} bytes, the most a \
-                             CanSend sends (use CanSendBatch for many checks)"
-                        ))
-                    } else {
-                        tonic::Status::from_error(e)
-                    }
-                });
-                Body::new(limited)
-            });
         }
         let call = self.inner.call(request);
         Box::pin(async move { call.await.map(too_large_is_resource_exhausted) })

@@ -8,7 +8,7 @@ pub(crate) use super::records::{
 
 use prost_types::Timestamp;
 
-use crate::authority::{Addressing, Checked, ImportSummary};
+use crate::authority::{Addressing, ImportSummary};
 use crate::domain::{
     Action, AddressKind, CatalogSpec, Change, ChangeOutcome, ConsentId, ConsentSpec, ContactId,
     Evidence, FieldError, Source, UnixNanos, Verdict, event::MAX_IDEMPOTENCY_KEY_LEN,
@@ -261,26 +261,6 @@ pub(super) fn reason(v: Verdict) -> pb::Reason {
         Verdict::StaleWording => pb::Reason::StaleWording,
         Verdict::AddressWithdrawn { .. } => pb::Reason::AddressWithdrawn,
         Verdict::Undeliverable { .. } => pb::Reason::Undeliverable,
-    }
-}
-
-/// A CanSend answer, with its List-Unsubscribe URL (empty for none).
-pub(super) fn checked_to(checked: Checked) -> pb::CanSendResponse {
-    let Checked {
-        answer: a,
-        unsubscribe_url,
-        list_id,
-    } = checked;
-    let decided_at = a.verdict.decided().map(|(_, at)| timestamp(at));
-    pb::CanSendResponse {
-        allowed: a.verdict.allowed(),
-        reason: reason(a.verdict) as i32,
-        decided_by: a.decided_by.to_owned(),
-        decided_at,
-        unsubscribe_url,
-        error: String::new(),
-        list_id,
-        as_of: None,
     }
 }
 

@@ -4,118 +4,26 @@
 
 mod admission;
 pub(crate) mod convert;
+mod eligibility;
 mod records;
 mod status;
 mod watch;
+mod wire;
 
 pub(crate) use admission::AdmissionLayer;
 use admission::{actor, deadline};
 
 use tonic::{Request, Response, Status};
 
-use crate::authority::{Authority, Check};
+use crate::authority::Authority;
 use crate::domain::{Action, ConsentId, ContactId, FieldError};
 use crate::pb;
 
 pub use convert::{catalog_from, catalog_to, timestamp};
+pub(crate) use eligibility::Eligibility;
+pub use eligibility::MAX_BATCH_CHECKS;
 pub use status::invalid;
 pub(crate) use watch::ChangesApi;
-
-/// Most checks in one CanSendBatch (DESIGN.md §3).
-pub const MAX_BATCH_CHECKS: usize = 10_000;
-
-// ---------------------------------------------------------- EligibilityService
-
-/// `consent.v1.EligibilityService`: CanSend (role `check`).
-pub(crate) struct EligibilityApi {
-    authority: Authority,
-}
-
-impl EligibilityApi {
-    pub(crate) fn new(authority: Authority) -> Self {
-        Self { authority }
-    }
-}
-
-/// A check as the authority takes it.
-fn check_of(r: &pb::CanSendRequest) -> Check<'_> {
-    Check {
-        contact: &r.contact_id,
-        channel: &r.channel,
-        brand: &r.brand,
-        purpose: &r.purpose,
-        include_unsubscribe: r.include_unsubscribe,
-        to: r.to.as_ref().map(convert::raw_address),
-    }
-}
-
-#[tonic::async_trait]
-impl pb::eligibility_service_server::EligibilityService for EligibilityApi {
-    async fn can_send(
-        &self,
-        request: Request<pb::CanSendRequest>,
-    ) -> Result<Response<pb::CanSendResponse>, Status> {
-        let r = request.get_ref();
-        let Some(as_of) = &r.as_of else {
-            let checked = self.authority.check(check_of(r), r.min_sequence).await?;
-            return Ok(Response::new(convert::checked_to(checked)));
-        };
-        let at = convert::nanos_from("as_of", as_of).map_err(invalid)?;
-        let checked = self
-            .authority
-            .check_as_of(check_of(r), at, r.min_sequence)
-            .await?;
-        Ok(Response::new(pb::CanSendResponse {
-            as_of: r.as_of,
-            ..convert::checked_to(checked)
-        }))
-    }
-
-    async fn can_send_batch(
-        &self,
-        request: Request<pb::CanSendBatchRequest>,
-    ) -> Result<Response<pb::CanSendBatchResponse>, Status> {
-        let r = request.get_ref();
-        if r.checks.len() > MAX_BATCH_CHECKS {
-            return Err(invalid(FieldError::new(
-                "checks",
-                format!(
-                    "has {} items, at most {MAX_BATCH_CHECKS} allowed",
-                    r.checks.len()
-                ),
-            )));
-        }
-        if let Some(i) = r.checks.iter().position(|c| c.as_of.is_some()) {
-            return Err(invalid(FieldError::new(
-                format!("checks[{i}].as_of"),
-                "is for CanSend: as-of reads read the history, one check at a time",
-            )));
-        }
-        // DESIGN.md §8: a batch waits for the largest token it names.
-        let min_sequence = r
-            .checks
-            .iter()
-            .map(|c| c.min_sequence)
-            .chain([r.min_sequence])
-            .max()
-            .unwrap_or(0);
-        let results = self
-            .authority
-            .check_batch(&r.checks, min_sequence, check_of)
-            .await?
-            .into_iter()
-            .map(|checked| match checked {
-                Ok(c) => convert::checked_to(c),
-                Err(e) => pb::CanSendResponse {
-                    reason: pb::Reason::Invalid as i32,
-                    error: e.to_string(),
-                    ..Default::default()
-                },
-            })
-            .collect();
-        Ok(Response::new(pb::CanSendBatchResponse { results }))
-    }
-}
 
 // ------------------------------------------------------------ ConsentsService
 

@@ -5,21 +5,15 @@
 use std::collections::HashMap;
 
 use super::convert::{action_to, source_to, timestamp};
-use crate::authority::{ContactExport, KindOf, RawAddress};
+use crate::authority::{ContactExport, RawAddress};
 use crate::domain::mark::ADDRESS_EVIDENCE;
 use crate::domain::{Action, Address, AddressKind, EventRecord, Mark, StateRecord, Wording};
 use crate::pb;
 
 /// An address as a request carries it, not yet read.
 pub(crate) fn raw_address(a: &pb::Address) -> RawAddress<'_> {
-    let kind = match pb::AddressKind::try_from(a.kind) {
-        Ok(pb::AddressKind::Email) => KindOf::Kind(AddressKind::Email),
-        Ok(pb::AddressKind::Phone) => KindOf::Kind(AddressKind::Phone),
-        Ok(pb::AddressKind::Unspecified) => KindOf::Unspecified,
-        Err(_) => KindOf::Unknown(a.kind),
-    };
     RawAddress {
-        kind,
+        kind: super::wire::kind_of(a.kind),
         value: &a.value,
     }
 }

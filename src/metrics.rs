@@ -46,6 +46,62 @@ impl Tally {
     pub(crate) fn invalid(&mut self) {
         self.invalid += 1;
     }
+
+    /// The counts in [`REASONS`] order.
+    fn counts(&self) -> [u64; REASONS.len()] {
+        [
+            self.granted,
+            self.withdrawn,
+            self.no_consent,
+            self.not_covered,
+            self.invalid,
+            self.pending_confirmation,
+            self.expired,
+            self.stale_wording,
+            self.address_withdrawn,
+            self.undeliverable,
+        ]
+    }
+}
+
+/// The `reason` label of `consentd_decisions_total`, in [`Tally::counts`]
+/// order.
+const REASONS: [&str; 10] = [
+    "granted",
+    "withdrawn",
+    "no_consent",
+    "not_covered",
+    "invalid",
+    "pending_confirmation",
+    "expired",
+    "stale_wording",
+    "address_withdrawn",
+    "undeliverable",
+];
+
+/// Stripes of the CanSend counters. Every CanSend counts its answer and
+/// its time: one counter shared by every core would move its cache line
+/// from core to core on every call. Each thread adds to a stripe of its
+/// own instead (threads take stripes in turn as they first count; more
+/// threads than stripes share, still correctly), and a scrape sums them.
+const STRIPES: usize = 16;
+
+/// One stripe: a thread's CanSend answers by reason and handler times, on
+/// cache lines of their own.
+#[derive(Default)]
+#[repr(align(128))]
+struct CheckStripe {
+    decisions: [AtomicU64; REASONS.len()],
+    seconds: Histogram,
+}
+
+/// This thread's stripe.
+fn stripe() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: usize = NEXT.fetch_add(1, Relaxed) % STRIPES;
+    }
+    STRIPE.with(|s| *s)
 }
 
 /// Why a call was refused to keep the server within bounds.
@@ -85,11 +141,40 @@ impl Histogram {
         self.sum_micros.fetch_add(micros, Relaxed);
     }
 
+    /// Bucket counts (not cumulative) and the sum, in microseconds.
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            buckets: std::array::from_fn(|i| self.buckets[i].load(Relaxed)),
+            sum_micros: self.sum_micros.load(Relaxed),
+        }
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        self.snapshot().render(out, name, help);
+    }
+}
+
+/// What a [`Histogram`] held when read; adds up over stripes.
+#[derive(Default)]
+struct Snapshot {
+    buckets: [u64; BUCKETS_MICROS.len() + 1],
+    sum_micros: u64,
+}
+
+impl Snapshot {
+    fn add(mut self, other: Snapshot) -> Snapshot {
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets) {
+            *a += b;
+        }
+        self.sum_micros += other.sum_micros;
+        self
+    }
+
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         let mut cumulative = 0;
         for (i, bucket) in self.buckets.iter().enumerate() {
-            cumulative += bucket.load(Relaxed);
+            cumulative += bucket;
             match BUCKETS_MICROS.get(i) {
                 Some(&b) => {
                     let le = b as f64 / 1e6;
@@ -100,15 +185,16 @@ impl Histogram {
                 }
             }
         }
-        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
+        let sum = self.sum_micros as f64 / 1e6;
         let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
     }
 }
 
 #[derive(Default)]
 pub(crate) struct Metrics {
-    /// CanSend and CanSendBatch calls, as the handler sees them.
-    pub(crate) can_send_seconds: Histogram,
+    /// CanSend answers by reason, and CanSend and CanSendBatch handler
+    /// times, striped by thread.
+    checks: Box<[CheckStripe; STRIPES]>,
     /// Grant and Withdraw calls: queue, ruling, commit, reply.
     pub(crate) write_seconds: Histogram,
     /// One group commit: ruling and the store transaction.
@@ -116,16 +202,6 @@ pub(crate) struct Metrics {
     /// A shared store's change feed: from an event's recording (on any
     /// node) to this node applying it.
     pub(crate) feed_delay_seconds: Histogram,
-    granted: AtomicU64,
-    withdrawn: AtomicU64,
-    no_consent: AtomicU64,
-    not_covered: AtomicU64,
-    invalid: AtomicU64,
-    pending_confirmation: AtomicU64,
-    expired: AtomicU64,
-    stale_wording: AtomicU64,
-    address_withdrawn: AtomicU64,
-    undeliverable: AtomicU64,
     /// Grants taken as pending, and confirmation links sent for them.
     pending_grants: AtomicU64,
     confirmation_links: AtomicU64,
@@ -151,24 +227,20 @@ pub(crate) struct Metrics {
 }
 
 impl Metrics {
-    /// Adds a tally of answers: one atomic add per reason, not per check.
+    /// Adds a tally of answers: one add per reason, not per check, on
+    /// this thread's stripe.
     pub(crate) fn decisions(&self, t: &Tally) {
-        for (counter, n) in [
-            (&self.granted, t.granted),
-            (&self.withdrawn, t.withdrawn),
-            (&self.no_consent, t.no_consent),
-            (&self.not_covered, t.not_covered),
-            (&self.invalid, t.invalid),
-            (&self.pending_confirmation, t.pending_confirmation),
-            (&self.expired, t.expired),
-            (&self.stale_wording, t.stale_wording),
-            (&self.address_withdrawn, t.address_withdrawn),
-            (&self.undeliverable, t.undeliverable),
-        ] {
+        let stripe = &self.checks[stripe()].decisions;
+        for (counter, n) in stripe.iter().zip(t.counts()) {
             if n > 0 {
                 counter.fetch_add(n, Relaxed);
             }
         }
+    }
+
+    /// Counts the handler time of one CanSend or CanSendBatch call.
+    pub(crate) fn check_took(&self, took: Duration) {
+        self.checks[stripe()].seconds.observe(took);
     }
 
     pub(crate) fn commit(&self, changes: usize, took: Duration) {
@@ -256,7 +328,11 @@ impl Metrics {
         unreadable: u64,
     ) -> String {
         let mut out = String::with_capacity(4096);
-        self.can_send_seconds.render(
+        let checks = self
+            .checks
+            .iter()
+            .fold(Snapshot::default(), |sum, s| sum.add(s.seconds.snapshot()));
+        checks.render(
             &mut out,
             "consentd_can_send_seconds",
             "CanSend and CanSendBatch calls, handler time.",
@@ -297,23 +373,13 @@ impl Metrics {
         let get = |c: &AtomicU64| c.load(Relaxed);
         out.push_str("# HELP consentd_decisions_total CanSend answers by reason.\n");
         out.push_str("# TYPE consentd_decisions_total counter\n");
-        for (reason, c) in [
-            ("granted", &self.granted),
-            ("withdrawn", &self.withdrawn),
-            ("no_consent", &self.no_consent),
-            ("not_covered", &self.not_covered),
-            ("invalid", &self.invalid),
-            ("pending_confirmation", &self.pending_confirmation),
-            ("expired", &self.expired),
-            ("stale_wording", &self.stale_wording),
-            ("address_withdrawn", &self.address_withdrawn),
-            ("undeliverable", &self.undeliverable),
-        ] {
-            let _ = writeln!(
-                out,
-                "consentd_decisions_total{{reason=\"{reason}\"}} {}",
-                get(c)
-            );
+        for (i, reason) in REASONS.iter().enumerate() {
+            let n: u64 = self
+                .checks
+                .iter()
+                .map(|s| s.decisions[i].load(Relaxed))
+                .sum();
+            let _ = writeln!(out, "consentd_decisions_total{{reason=\"{reason}\"}} {n}");
         }
         let _ = writeln!(
             out,
@@ -421,5 +487,63 @@ impl Metrics {
             get(&self.commit_micros) as f64 / 1e6
         );
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line<'a>(text: &'a str, series: &str) -> &'a str {
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .unwrap_or_else(|| panic!("{series} in {text}"))
+    }
+
+    /// Counts made on many threads (more than there are stripes) all show
+    /// in one scrape, each once.
+    #[test]
+    fn counts_from_every_thread_add_up() {
+        let metrics = std::sync::Arc::new(Metrics::default());
+        let threads: Vec<_> = (0..STRIPES as u64 + 5)
+            .map(|t| {
+                let metrics = metrics.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        let mut tally = Tally::default();
+                        tally.verdict(Verdict::NoConsent);
+                        tally.invalid();
+                        metrics.decisions(&tally);
+                        metrics.check_took(Duration::from_micros(10 + t));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let text = metrics.render(0, 0, 0, (0, Duration::ZERO), 0);
+        let n = 1000 * (STRIPES as u64 + 5);
+        assert_eq!(
+            line(&text, "consentd_decisions_total{reason=\"no_consent\"}"),
+            format!("consentd_decisions_total{{reason=\"no_consent\"}} {n}")
+        );
+        assert_eq!(
+            line(&text, "consentd_decisions_total{reason=\"invalid\"}"),
+            format!("consentd_decisions_total{{reason=\"invalid\"}} {n}")
+        );
+        assert_eq!(
+            line(&text, "consentd_decisions_total{reason=\"granted\"}"),
+            "consentd_decisions_total{reason=\"granted\"} 0"
+        );
+        assert_eq!(
+            line(&text, "consentd_can_send_seconds_count"),
+            format!("consentd_can_send_seconds_count {n}")
+        );
+        assert_eq!(
+            line(&text, "consentd_can_send_seconds_bucket{le=\"0.00005\"}"),
+            format!("consentd_can_send_seconds_bucket{{le=\"0.00005\"}} {n}"),
+            "every time was under 50 µs"
+        );
     }
 }

@@ -446,7 +446,7 @@ impl Authority {
 
     /// Counts the handler time of one CanSend or CanSendBatch call.
     fn observe_check(&self, took: Duration) {
-        self.metrics.can_send_seconds.observe(took);
+        self.metrics.check_took(took);
     }
 
     /// Commands waiting for the writer.

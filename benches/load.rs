@@ -22,7 +22,9 @@
 //! DashMap, both on one 2-thread runtime ("server"), the client on another,
 //! so client and servers share the machine's cores as they would on one
 //! box. Reports, in order:
-//! 1. durable Grant/s with `--writers` concurrent writers, and latency;
+//! 1. durable Grant/s with `--writers` concurrent writers, and latency; on
+//!    redb, as a multiple of raw redb's single-commit rate (one insert per
+//!    fsync'd transaction) measured right after, same disk;
 //! 2. for the first `--hot` contacts ("cached keys"), then for all of them:
 //!    unary CanSend and 1000-check CanSendBatch, consentd then the bare
 //!    server, each with its rate, latency and the server threads' CPU time
@@ -82,6 +84,13 @@ struct Args {
     /// and the bare server holds; 0: those the Grant phase writes.
     #[arg(long, default_value_t = 0)]
     contacts: u64,
+    /// The redb page cache of the consentd it starts, MiB (the server's
+    /// `--store-cache-mb`).
+    #[arg(long)]
+    store_cache_mb: Option<u64>,
+    /// Only the durable phases (Grant, raw redb, Import): no CanSend.
+    #[arg(long)]
+    writes_only: bool,
     /// Contacts of the "cached keys" phases.
     #[arg(long, default_value_t = 1000)]
     hot: u64,
@@ -295,6 +304,45 @@ async fn batches(addr: SocketAddr, args: &Args, keys: Keys) -> support::Report {
     .await
 }
 
+/// Raw redb, the floor a store without group commit stands on: one small
+/// insert per durable (fsync'd) transaction, back to back, for `seconds`,
+/// on a fresh file in `dir`; commits per second.
+fn raw_redb_commits(dir: &std::path::Path, seconds: u64) -> anyhow::Result<f64> {
+    const RAW: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("raw");
+    let db = redb::Database::create(dir.join("raw.redb"))?;
+    let started = Instant::now();
+    let mut n = 0u64;
+    while started.elapsed().as_secs() < seconds {
+        let txn = db.begin_write()?;
+        txn.open_table(RAW)?.insert(n, &[7u8; 100][..])?;
+        txn.commit()?;
+        n += 1;
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Where a durable Grant's time went, from the server's own counters over
+/// the phase: how many group commits, how many changes each, how long the
+/// store transaction took (the ruling, the writes, the fsync or COMMIT),
+/// and the rest of a Grant's mean latency (waiting for the writer, reply).
+fn commit_breakdown(
+    before: &std::collections::HashMap<String, f64>,
+    after: &std::collections::HashMap<String, f64>,
+    grants: &support::Report,
+) {
+    let delta = |name: &str| after.get(name).unwrap_or(&0.0) - before.get(name).unwrap_or(&0.0);
+    let commits = delta("consentd_commits_total").max(1.0);
+    let changes = delta("consentd_committed_changes_total");
+    let commit_ms = delta("consentd_group_commit_seconds_sum") * 1e3 / commits;
+    let mean_ms = grants.hist.mean() / 1e6;
+    println!(
+        "  {:.0} group commits/s of {:.1} changes each; a commit (ruling + store transaction) {commit_ms:.2} ms; a Grant's mean {mean_ms:.2} ms = {:.2} ms waiting for its commit to start, plus its commit",
+        commits / grants.seconds,
+        changes / commits,
+        (mean_ms - commit_ms).max(0.0)
+    );
+}
+
 /// Prints consentd's figures as ratios to the bare server's.
 fn ratio(what: &str, consentd: &Phase, bare: &Phase) {
     println!(
@@ -315,6 +363,8 @@ fn main() -> anyhow::Result<()> {
     let mut dirs = Vec::new();
     let mut postgres = None;
     let mut targets: Vec<(String, SocketAddr)> = Vec::new();
+    // Each started consentd's admin address, by label.
+    let mut admins: std::collections::HashMap<String, SocketAddr> = Default::default();
     match args.addr {
         Some(a) => targets.push(("running".into(), a)),
         None => {
@@ -323,6 +373,9 @@ fn main() -> anyhow::Result<()> {
                 let mut config = consentd::Config::ephemeral(dir.path());
                 let catalog = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/catalog.toml");
                 config.catalog = Some(catalog.into());
+                if let Some(mb) = args.store_cache_mb {
+                    config.store_cache_mb = mb;
+                }
                 if i == 0 && args.contacts > 0 {
                     anyhow::ensure!(store == "redb", "--contacts writes a redb store");
                     let started = Instant::now();
@@ -345,7 +398,7 @@ fn main() -> anyhow::Result<()> {
                     other => other.to_owned(),
                 };
                 let started = Instant::now();
-                let addr = support::serve(&server_rt, &config)?.0;
+                let (addr, _, admin) = support::serve_with_admin(&server_rt, &config)?;
                 if i == 0 && args.contacts > 0 {
                     println!(
                         "consentd started on them in {:.1} s",
@@ -358,6 +411,7 @@ fn main() -> anyhow::Result<()> {
                     store.as_str()
                 };
                 targets.push((label.to_owned(), addr));
+                admins.insert(label.to_owned(), admin);
                 dirs.push(dir);
             }
         }
@@ -398,6 +452,7 @@ fn main() -> anyhow::Result<()> {
             let chans = channels(*addr, args.connections).await;
             let next = Arc::new(AtomicU64::new(0));
             let (c2, n2) = (chans.clone(), next.clone());
+            let before = admins.get(label).map(|a| support::scrape(*a));
             let grants = closed_loop(args.writers, args.seconds, move |t, _| {
                 let mut client = ConsentsServiceClient::new(c2[t % c2.len()].clone());
                 let id = n2.fetch_add(1, Ordering::Relaxed);
@@ -417,6 +472,20 @@ fn main() -> anyhow::Result<()> {
                 "{}",
                 grants.line(&format!("Grant (durable, {label})"), "grants")
             );
+            if let (Some(before), Some(admin)) = (before, admins.get(label)) {
+                commit_breakdown(&before, &support::scrape(*admin), &grants);
+            }
+            if label == "redb" {
+                let raw_dir = tempfile::tempdir().expect("a temp dir");
+                let raw = raw_redb_commits(raw_dir.path(), args.seconds.min(5))
+                    .expect("raw redb commits");
+                println!(
+                    "{:<34} {raw:>10.0} commits/s (one insert per fsync'd transaction)\n  Grant on redb / raw redb single commits: {:.1}×, p99 {:.2} ms",
+                    "raw redb, single commits",
+                    grants.ops as f64 / grants.seconds / raw,
+                    grants.hist.value_at_quantile(0.99) as f64 / 1e6
+                );
+            }
             if i == 0 {
                 seeded = next.load(Ordering::Relaxed).max(1);
             }
@@ -432,8 +501,10 @@ fn main() -> anyhow::Result<()> {
                 crm: false,
             }
         };
-        for k in 0..all.n {
-            bare.map.insert(all.id(k), all.allowed(k));
+        if !args.writes_only {
+            for k in 0..all.n {
+                bare.map.insert(all.id(k), all.allowed(k));
+            }
         }
 
         // 2. Cached keys, then all of them: consentd, then the bare server.
@@ -442,10 +513,15 @@ fn main() -> anyhow::Result<()> {
             ..all
         };
         let mut plain = None;
-        for (label, keys) in [
-            (format!("{} cached keys", hot.n), hot),
-            (format!("{} random contacts", all.n), all),
-        ] {
+        let reads = if args.writes_only {
+            Vec::new()
+        } else {
+            vec![
+                (format!("{} cached keys", hot.n), hot),
+                (format!("{} random contacts", all.n), all),
+            ]
+        };
+        for (label, keys) in reads {
             println!("-- {label}");
             let ours = measured(
                 "CanSend (consentd)",
@@ -487,10 +563,15 @@ fn main() -> anyhow::Result<()> {
 
         // 3. What a marketing mail asks: the List-Unsubscribe URL, the address.
         let plain = plain.unwrap_or(1.0);
-        for (name, url, to) in [
-            ("CanSend + unsubscribe URL", true, false),
-            ("CanSend + to (address)", false, true),
-        ] {
+        let extras = if args.writes_only {
+            Vec::new()
+        } else {
+            vec![
+                ("CanSend + unsubscribe URL", true, false),
+                ("CanSend + to (address)", false, true),
+            ]
+        };
+        for (name, url, to) in extras {
             let p = measured(name, "req", 1.0, unary(target, &args, hot, url, to)).await;
             println!(
                 "  {name} / plain CanSend: {:.1} % of the rate",

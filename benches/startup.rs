@@ -1,7 +1,7 @@
 //! Start-up: how fast the index is rebuilt from redb, and how long the
 //! post-erasure rewrite pauses writes.
 //!
-//! `cargo bench --bench startup [-- --contacts N]` writes N contacts with one
+//! `cargo bench --bench startup [-- --contacts N] [--store-cache-mb M]` writes N contacts with one
 //! state each straight through the store (in 10,000-event transactions),
 //! then times `Authority::open`, which loads the catalog and rebuilds the
 //! index, and reports states/s; then erases one contact and times the
@@ -26,14 +26,14 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// In a fresh process: open the store in `dir` as the server does, rebuild
 /// the index, and print the whole process's resident memory.
-fn open_only(dir: &std::path::Path) -> anyhow::Result<()> {
-    let store = RedbStore::open(dir)?;
+fn open_only(dir: &std::path::Path, cache_mb: usize) -> anyhow::Result<()> {
+    let store = RedbStore::open_with_cache(dir, cache_mb * 1024 * 1024)?;
     let links = consentd::links::Links::open(dir, &[], "http://127.0.0.1:8080")?;
     let store: Arc<dyn Store> = Arc::new(store);
     let (authority, report) = Authority::open(store, links, Options::default())?;
     let rss = support::rss_bytes();
     println!(
-        "memory: a fresh process serving {} contacts is {} MB resident = {:.0} B per contact (index, catalog, store cache, allocator)",
+        "memory: a fresh process serving {} contacts, store cache {cache_mb} MiB, is {} MB resident = {:.0} B per contact (index, catalog, store cache, allocator)",
         report.contacts,
         rss / 1_000_000,
         rss as f64 / report.contacts.max(1) as f64
@@ -45,6 +45,8 @@ fn open_only(dir: &std::path::Path) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     let mut contacts: u64 = 1_000_000;
     let mut on_postgres = false;
+    // As the server's --store-cache-mb.
+    let mut cache_mb = consentd::store::DEFAULT_CACHE_BYTES / (1024 * 1024);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         if a == "--store" {
@@ -56,9 +58,15 @@ fn main() -> anyhow::Result<()> {
                 .and_then(|n| n.parse().ok())
                 .expect("--contacts N");
         }
+        if a == "--store-cache-mb" {
+            cache_mb = args
+                .next()
+                .and_then(|n| n.parse().ok())
+                .expect("--store-cache-mb N");
+        }
         if a == "--open-only" {
             let dir = args.next().expect("--open-only DIR");
-            return open_only(std::path::Path::new(&dir));
+            return open_only(std::path::Path::new(&dir), cache_mb);
         }
     }
     let dir = tempfile::tempdir()?;
@@ -78,7 +86,7 @@ fn main() -> anyhow::Result<()> {
     drop(store);
 
     rebuild(Arc::new(RedbStore::open(dir.path())?), dir.path(), "redb")?;
-    after_start(dir.path(), contacts)
+    after_start(dir.path(), contacts, cache_mb)
 }
 
 /// The same on PostgreSQL: write, rebuild, purge (a VACUUM).
@@ -140,9 +148,11 @@ fn erase_and_purge(store: &dyn Store) -> anyhow::Result<f64> {
 }
 
 /// Memory of a fresh process, then the redb purge.
-fn after_start(dir: &std::path::Path, contacts: u64) -> anyhow::Result<()> {
+fn after_start(dir: &std::path::Path, contacts: u64, cache_mb: usize) -> anyhow::Result<()> {
     // Whole-process memory, measured where nothing else was ever loaded.
     let child = std::process::Command::new(std::env::current_exe()?)
+        .arg("--store-cache-mb")
+        .arg(cache_mb.to_string())
         .arg("--open-only")
         .arg(dir)
         .output()?;

@@ -140,7 +140,7 @@ pub struct Config {
 
     /// Page cache of the embedded store, in MiB: memory beyond the index
     /// that the store may keep (hot pages of contacts, history, keys).
-    #[arg(long, env = "CONSENTD_STORE_CACHE_MB", default_value_t = 256,
+    #[arg(long, env = "CONSENTD_STORE_CACHE_MB", default_value_t = 64,
           value_parser = clap::value_parser!(u64).range(16..=1_048_576))]
     pub store_cache_mb: u64,
 
@@ -213,7 +213,7 @@ impl Config {
             erasure_purge_seconds: 10,
             confirmation_ttl_hours: 168.0,
             confirmation_resend_hours: 24.0,
-            store_cache_mb: 256,
+            store_cache_mb: 64,
             log_format: "text".into(),
             tls_cert: None,
             tls_key: None,

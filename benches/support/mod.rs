@@ -149,9 +149,17 @@ pub(crate) fn serve(
     rt: &tokio::runtime::Runtime,
     config: &consentd::Config,
 ) -> anyhow::Result<(SocketAddr, SocketAddr)> {
+    serve_with_admin(rt, config).map(|(grpc, http, _)| (grpc, http))
+}
+
+/// As [`serve`], with the admin address (`/metrics`) too.
+pub(crate) fn serve_with_admin(
+    rt: &tokio::runtime::Runtime,
+    config: &consentd::Config,
+) -> anyhow::Result<(SocketAddr, SocketAddr, SocketAddr)> {
     rt.block_on(async {
         let bound = consentd::server::Server::bind(config).await?;
-        let addrs = (bound.grpc_addr, bound.http_addr);
+        let addrs = (bound.grpc_addr, bound.http_addr, bound.admin_addr);
         tokio::spawn(bound.serve(std::future::pending()));
         Ok(addrs)
     })
@@ -242,4 +250,25 @@ pub(crate) fn cpu_seconds(prefix: &str) -> f64 {
         }
     }
     ticks as f64 / TICKS
+}
+
+/// The unlabelled series of a consentd's `/metrics` (name → value), read
+/// with one plain HTTP/1.1 GET.
+pub(crate) fn scrape(admin: SocketAddr) -> std::collections::HashMap<String, f64> {
+    use std::io::{Read, Write};
+    let mut text = String::new();
+    if let Ok(mut conn) = std::net::TcpStream::connect(admin) {
+        let _ = write!(
+            conn,
+            "GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+        );
+        let _ = conn.read_to_string(&mut text);
+    }
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect()
 }

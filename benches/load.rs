@@ -345,6 +345,14 @@ fn commit_breakdown(
 
 /// Prints consentd's figures as ratios to the bare server's.
 fn ratio(what: &str, consentd: &Phase, bare: &Phase) {
+    if consentd.cpu_micros_per_call == 0.0 {
+        // `--addr`: consentd is another process, its CPU not seen here.
+        println!(
+            "  {what}: consentd / bare = {:.2}× the rate",
+            consentd.rate() / bare.rate()
+        );
+        return;
+    }
     println!(
         "  {what}: consentd / bare = {:.2}× the rate; server CPU per call {:.2} vs {:.2} µs = {:.2}× less work",
         consentd.rate() / bare.rate(),

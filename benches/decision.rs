@@ -281,7 +281,13 @@ fn bench(c: &mut Criterion) {
             group.bench_function("parts/index", |b| {
                 b.iter(|| {
                     i = (i + 1) & ((1 << 16) - 1);
-                    black_box(index.verdict(&probes[i], cover, cat.terms(), clock_now))
+                    black_box(index.verdict(
+                        consentd::index::Held::Lookup,
+                        &probes[i],
+                        cover,
+                        cat.terms(),
+                        clock_now,
+                    ))
                 })
             });
         }

@@ -55,7 +55,7 @@ use crate::domain::{
     AddressKind, Catalog, CatalogSpec, Change, ChangeOutcome, ConsentIdx, ContactHasher, ContactId,
     FieldError, UnixNanos, Verdict, ids::check_contact,
 };
-use crate::index::Index;
+use crate::index::{Held, Index};
 use crate::links::Links;
 use crate::metrics::{Metrics, Shed, Tally};
 use crate::store::{Backend, Store, StoreError};
@@ -100,10 +100,37 @@ pub fn answer_check(
     purpose: &str,
     to: Option<&str>,
 ) -> Result<Answer, FieldError> {
+    answer_held(
+        catalog,
+        index,
+        clock,
+        Held::Lookup,
+        contact,
+        channel,
+        brand,
+        purpose,
+        to,
+    )
+}
+
+/// [`answer_check`] over states already gathered for a batch, or looked
+/// up here.
+#[allow(clippy::too_many_arguments)]
+fn answer_held(
+    catalog: &Catalog,
+    index: &Index,
+    clock: &dyn Clock,
+    held: Held<'_>,
+    contact: &str,
+    channel: &str,
+    brand: &str,
+    purpose: &str,
+    to: Option<&str>,
+) -> Result<Answer, FieldError> {
     check_contact("contact_id", contact)?;
     let cell = catalog.cell(purpose, channel, brand)?;
     let cover = catalog.covering(cell);
-    let mut verdict = index.verdict(contact, cover, catalog.terms(), || clock.now());
+    let mut verdict = index.verdict(held, contact, cover, catalog.terms(), || clock.now());
     if verdict.allowed() {
         let blocked = match to {
             Some(to) => index.address_says(to, cover, || clock.now()),
@@ -307,7 +334,7 @@ impl Authority {
     /// CanSend (DESIGN.md rule 3). Never touches the disk; allocates only
     /// to normalise an address (`to`).
     pub fn can_send(&self, check: &Check<'_>) -> Result<Answer, FieldError> {
-        let answer = self.decide(&self.catalog.load(), check);
+        let answer = self.decide(&self.catalog.load(), check, Held::Lookup);
         let mut tally = Tally::default();
         count(&mut tally, &answer);
         self.metrics.decisions(&tally);
@@ -316,17 +343,23 @@ impl Authority {
 
     /// One check over a catalog snapshot, with this node's index and clock.
     #[inline]
-    fn decide(&self, catalog: &Catalog, c: &Check<'_>) -> Result<Answer, FieldError> {
+    fn decide(
+        &self,
+        catalog: &Catalog,
+        c: &Check<'_>,
+        held: Held<'_>,
+    ) -> Result<Answer, FieldError> {
         let to =
             c.to.map(|raw| self.addressing.read_to_hash(catalog, c.channel, raw))
                 .transpose()?;
         // The address's key, written in place: no allocation per check.
         let mut buf = [0u8; ADDRESS_KEY_LEN];
         let key = to.as_ref().map(|(_, hash)| address_key(hash, &mut buf));
-        let mut answer = answer_check(
+        let mut answer = answer_held(
             catalog,
             &self.index,
             &*self.clock,
+            held,
             c.contact,
             c.channel,
             c.brand,
@@ -346,10 +379,15 @@ impl Authority {
     ) -> Vec<Result<Answer, FieldError>> {
         let catalog = self.catalog.load();
         let mut tally = Tally::default();
+        let held = self
+            .index
+            .gather(items.iter().map(|item| fields(item).contact));
         let answers = items
             .iter()
-            .map(|item| {
-                let answer = self.decide(&catalog, &fields(item));
+            .zip(&held)
+            .map(|(item, states)| {
+                let answer =
+                    self.decide(&catalog, &fields(item), Held::Gathered(states.as_deref()));
                 count(&mut tally, &answer);
                 answer
             })

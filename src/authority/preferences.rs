@@ -7,6 +7,7 @@ use crate::domain::{
     Action, Change, ConsentId, ConsentIdx, ContactId, Evidence, Source, UnixNanos,
     ids::check_contact,
 };
+use crate::index::Held;
 use crate::links::{Claim, LinkKind};
 
 use super::pages::{Shown, SinceIssue, shown, title_of};
@@ -213,9 +214,13 @@ impl Authority {
                 let (mut allowed, mut stopped) = (0usize, 0usize);
                 let mut through: Vec<(ConsentIdx, bool)> = Vec::new();
                 for cell in catalog.cells_of(c) {
-                    let verdict =
-                        self.index
-                            .verdict(contact, catalog.covering(cell), catalog.terms(), now);
+                    let verdict = self.index.verdict(
+                        Held::Lookup,
+                        contact,
+                        catalog.covering(cell),
+                        catalog.terms(),
+                        now,
+                    );
                     if verdict.allowed() {
                         allowed += 1;
                     } else {

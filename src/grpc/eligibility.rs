@@ -194,17 +194,24 @@ impl Eligibility {
             .filter_map(|r| r.as_ref().err().map(ToString::to_string))
             .collect();
         let mut errors = errors.iter();
-        let answers: Vec<AnswerOut<'_>> = results
+        // Each answer with its length, measured once: the frame's length
+        // first, then the items.
+        let mut len = 0;
+        let answers: Vec<(AnswerOut<'_>, usize)> = results
             .iter()
-            .map(|r| match r {
-                Ok(checked) => AnswerOut::of(checked),
-                Err(_) => AnswerOut::invalid(errors.next().map_or("", String::as_str)),
+            .map(|r| {
+                let answer = match r {
+                    Ok(checked) => AnswerOut::of(checked),
+                    Err(_) => AnswerOut::invalid(errors.next().map_or("", String::as_str)),
+                };
+                let n = wire::answer_len(&answer);
+                len += wire::batch_item_len(n);
+                (answer, n)
             })
             .collect();
-        let len = answers.iter().map(wire::batch_item_len).sum();
         let mut buf = framed(len);
-        for answer in &answers {
-            wire::batch_item_out(answer, &mut buf);
+        for (answer, n) in &answers {
+            wire::batch_item_out(answer, *n, &mut buf);
         }
         debug_assert_eq!(buf.len(), 5 + len);
         Ok(buf.freeze())

@@ -486,3 +486,84 @@ async fn any_bytes_get_the_answer_prost_would_give_or_a_status_naming_the_reques
     );
     server.stop().await;
 }
+
+/// A batch answers each check as CanSend does one by one — granted,
+/// withdrawn, waiting for a confirmation, erased, never known, repeated —
+/// for contacts spread over every shard of the index (a batch's states are
+/// gathered by shard, a single check's looked up alone).
+#[tokio::test]
+async fn a_batch_answers_each_check_as_can_send_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = consentd::Config::ephemeral(dir.path());
+    config.catalog = Some(example_catalog_path());
+    let server = TestServer::start_with(config).await;
+    edit_catalog(&server, |spec| {
+        consent_mut(spec, "marketing.orbit").double_opt_in = true;
+    })
+    .await
+    .unwrap();
+    let mut cons = server.consents().await;
+    let t = now() - 3_600;
+    let rows: Vec<pb::ImportRequest> = (0..300)
+        .map(|i| {
+            let consent = if i % 3 == 0 {
+                "marketing.orbit"
+            } else {
+                "marketing"
+            };
+            let mut c = change(&format!("b{i}"), consent, Some(t + i));
+            c.source = pb::Source::Import as i32;
+            // Unconfirmed rows of a double opt-in consent wait.
+            c.confirmed = i % 6 != 0;
+            pb::ImportRequest {
+                action: pb::Action::Grant as i32,
+                change: Some(c),
+            }
+        })
+        .collect();
+    cons.import(tokio_stream::iter(rows)).await.unwrap();
+    for i in (0..300).step_by(7) {
+        cons.withdraw(change(&format!("b{i}"), "marketing", Some(t + 1_000)))
+            .await
+            .unwrap();
+    }
+    cons.erase_contact(pb::EraseContactRequest {
+        contact_id: "b10".into(),
+        reason: "test".into(),
+    })
+    .await
+    .unwrap();
+
+    let mut elig = server.eligibility().await;
+    let checks: Vec<pb::CanSendRequest> = (0..400)
+        .flat_map(|i| {
+            let who = format!("b{}", (i * 37) % 330);
+            ["orbit", "acme"].map(|brand| check(&who, "email", brand))
+        })
+        .collect();
+    let batch = elig
+        .can_send_batch(pb::CanSendBatchRequest {
+            checks: checks.clone(),
+            min_sequence: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(batch.len(), checks.len());
+    let mut reasons = std::collections::HashSet::new();
+    for (c, got) in checks.iter().zip(&batch) {
+        let one = elig.can_send(c.clone()).await.unwrap().into_inner();
+        assert_eq!(got, &one, "{c:?}");
+        reasons.insert(one.reason());
+    }
+    for r in [
+        Reason::Granted,
+        Reason::Withdrawn,
+        Reason::PendingConfirmation,
+        Reason::NoConsent,
+    ] {
+        assert!(reasons.contains(&r), "{r:?} among {reasons:?}");
+    }
+    server.stop().await;
+}

@@ -34,6 +34,8 @@
 //!    (`to`), as a share of plain CanSend's rate;
 //! 4. one streamed import per store.
 
+#[path = "support/bare.rs"]
+mod bare;
 #[path = "support/mod.rs"]
 mod support;
 
@@ -44,15 +46,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 use support::{channels, closed_loop};
 
+use bare::Bare;
 use clap::Parser;
 use consentd::pb::{
-    self,
-    consents_service_client::ConsentsServiceClient,
+    self, consents_service_client::ConsentsServiceClient,
     eligibility_service_client::EligibilityServiceClient,
-    eligibility_service_server::{EligibilityService, EligibilityServiceServer},
+    eligibility_service_server::EligibilityServiceServer,
 };
 use dashmap::DashMap;
-use tonic::{Request, Response, Status};
+use tonic::Status;
 
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -104,49 +106,6 @@ struct Args {
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
-}
-
-/// The baseline: the least a tonic server can do for a CanSend.
-struct Bare {
-    map: DashMap<String, bool>,
-}
-
-impl Bare {
-    fn answer(&self, contact_id: &str) -> pb::CanSendResponse {
-        let allowed = self.map.get(contact_id).is_some_and(|v| *v);
-        pb::CanSendResponse {
-            allowed,
-            reason: if allowed {
-                pb::Reason::Granted
-            } else {
-                pb::Reason::NoConsent
-            } as i32,
-            ..Default::default()
-        }
-    }
-}
-
-#[tonic::async_trait]
-impl EligibilityService for Bare {
-    async fn can_send(
-        &self,
-        r: Request<pb::CanSendRequest>,
-    ) -> Result<Response<pb::CanSendResponse>, Status> {
-        Ok(Response::new(self.answer(&r.get_ref().contact_id)))
-    }
-
-    async fn can_send_batch(
-        &self,
-        r: Request<pb::CanSendBatchRequest>,
-    ) -> Result<Response<pb::CanSendBatchResponse>, Status> {
-        let results = r
-            .get_ref()
-            .checks
-            .iter()
-            .map(|c| self.answer(&c.contact_id))
-            .collect();
-        Ok(Response::new(pb::CanSendBatchResponse { results }))
-    }
 }
 
 fn contact(i: u64) -> String {

@@ -406,18 +406,23 @@ mod tests {
     use super::*;
     use crate::domain::{Action, PendingRecord};
 
-    /// A batch's gathered states are each contact's, in the batch's order,
-    /// whatever shards they fall in: absent ones, repeats, two states.
-    #[test]
-    fn gathered_states_are_each_contacts_own() {
-        let index = Index::default();
-        let held = |consent, at| HeldState {
+    /// A grant of `consent` at `at`, as the index holds it.
+    fn grant(consent: ConsentIdx, at: UnixNanos) -> HeldState {
+        HeldState {
             occurred_at: at,
             consent,
             action: Action::Grant,
             by_person: false,
             version: 1,
-        };
+        }
+    }
+
+    /// A batch's gathered states are each contact's, in the batch's order,
+    /// whatever shards they fall in: absent ones, repeats, two states.
+    #[test]
+    fn gathered_states_are_each_contacts_own() {
+        let index = Index::default();
+        let held = grant;
         for i in 0..500i64 {
             index.put(&format!("c{i}"), held(0, i));
         }
@@ -444,13 +449,7 @@ mod tests {
     #[test]
     fn put_replaces_per_consent_and_decide_reads_it() {
         let index = Index::default();
-        let g = |consent, at| HeldState {
-            occurred_at: at,
-            consent,
-            action: Action::Grant,
-            by_person: false,
-            version: 1,
-        };
+        let g = grant;
         assert_eq!(
             index.verdict(Held::Lookup, "x", &[0], &[], 0),
             Verdict::NoConsent

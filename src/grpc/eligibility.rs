@@ -162,15 +162,16 @@ impl Eligibility {
     }
 
     async fn can_send_batch(&self, message: &[u8]) -> Result<Bytes, Status> {
-        let (checks, own_min_sequence) =
-            wire::batch_in(message).map_err(|m| not_a("CanSendBatchRequest", m))?;
-        if checks.len() > MAX_BATCH_CHECKS {
+        let wire::BatchIn {
+            checks,
+            count,
+            min_sequence: own_min_sequence,
+        } = wire::batch_in(message, MAX_BATCH_CHECKS)
+            .map_err(|m| not_a("CanSendBatchRequest", m))?;
+        if count > MAX_BATCH_CHECKS {
             return Err(invalid(FieldError::new(
                 "checks",
-                format!(
-                    "has {} items, at most {MAX_BATCH_CHECKS} allowed",
-                    checks.len()
-                ),
+                format!("has {count} items, at most {MAX_BATCH_CHECKS} allowed"),
             )));
         }
         if let Some(i) = checks.iter().position(|c| c.as_of.is_some()) {

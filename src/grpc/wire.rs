@@ -177,17 +177,33 @@ pub(crate) fn check_in(mut buf: &[u8]) -> Read<CheckIn<'_>> {
     Ok(c)
 }
 
-/// Reads a `CanSendBatchRequest`: its checks, in order, and its own
-/// `min_sequence`.
-pub(crate) fn batch_in(mut buf: &[u8]) -> Read<(Vec<CheckIn<'_>>, u64)> {
+/// A `CanSendBatchRequest` as read.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct BatchIn<'a> {
+    /// Its first checks, in order: at most the `keep` asked for.
+    pub(crate) checks: Vec<CheckIn<'a>>,
+    /// How many checks it carries in all.
+    pub(crate) count: usize,
+    pub(crate) min_sequence: u64,
+}
+
+/// Reads a `CanSendBatchRequest`, keeping at most `keep` checks: a batch
+/// over the limit is refused by its count, and a body of millions of
+/// two-byte checks never becomes millions of them in memory.
+pub(crate) fn batch_in(mut buf: &[u8], keep: usize) -> Read<BatchIn<'_>> {
     // A check is at least a few bytes: a guess that saves the regrowing.
-    let mut checks = Vec::with_capacity(buf.len() / 24);
+    let mut checks = Vec::with_capacity((buf.len() / 24).min(keep));
+    let mut count = 0;
     let mut min_sequence = 0;
     while let Some((tag, wire)) = next_key(&mut buf)? {
         match tag {
             1 => {
                 expect(tag, wire, WireType::LengthDelimited)?;
-                checks.push(check_in(delimited(&mut buf)?)?);
+                let check = delimited(&mut buf)?;
+                count += 1;
+                if count <= keep {
+                    checks.push(check_in(check)?);
+                }
             }
             2 => {
                 expect(tag, wire, WireType::Varint)?;
@@ -196,7 +212,11 @@ pub(crate) fn batch_in(mut buf: &[u8]) -> Read<(Vec<CheckIn<'_>>, u64)> {
             _ => skip(tag, wire, &mut buf)?,
         }
     }
-    Ok((checks, min_sequence))
+    Ok(BatchIn {
+        checks,
+        count,
+        min_sequence,
+    })
 }
 
 /// A `CanSendResponse` to write, borrowed from the answer.

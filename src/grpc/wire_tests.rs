@@ -132,9 +132,10 @@ proptest! {
     ) {
         let r = pb::CanSendBatchRequest { checks, min_sequence };
         let bytes = r.encode_to_vec();
-        let (read, seq) = batch_in(&bytes).unwrap();
-        prop_assert_eq!(seq, min_sequence);
-        prop_assert_eq!(read, r.checks.iter().map(as_read).collect::<Vec<_>>());
+        let read = batch_in(&bytes, usize::MAX).unwrap();
+        prop_assert_eq!(read.min_sequence, min_sequence);
+        prop_assert_eq!(read.count, r.checks.len());
+        prop_assert_eq!(read.checks, r.checks.iter().map(as_read).collect::<Vec<_>>());
     }
 
     /// An answer is written byte for byte as prost writes it, alone and
@@ -203,4 +204,17 @@ fn repeated_messages_merge() {
             nanos: 7
         })
     );
+}
+
+/// A batch keeps at most the checks asked for, and counts them all: a
+/// body of a million empty checks is read without holding them.
+#[test]
+fn a_batch_keeps_at_most_what_it_may_answer() {
+    let bytes: Vec<u8> = std::iter::repeat_n([0x0a, 0x00], 1_000_000)
+        .flatten()
+        .collect();
+    let read = batch_in(&bytes, 3).unwrap();
+    assert_eq!(read.count, 1_000_000);
+    assert_eq!(read.checks.len(), 3);
+    assert!(read.checks.capacity() <= 3);
 }

@@ -19,7 +19,8 @@
 //!
 //! Without `--addr` it starts consentd (temp data dir, examples/catalog.toml)
 //! and a bare tonic server that answers CanSend and CanSendBatch from a
-//! DashMap, both on one 2-thread runtime ("server"), the client on another,
+//! DashMap (`--bare-full`: with the deciding consent and time consentd's
+//! answers carry), both on one 2-thread runtime ("server"), the client on another,
 //! so client and servers share the machine's cores as they would on one
 //! box. Reports, in order:
 //! 1. durable Grant/s with `--writers` concurrent writers, and latency; on
@@ -90,6 +91,10 @@ struct Args {
     /// `--store-cache-mb`).
     #[arg(long)]
     store_cache_mb: Option<u64>,
+    /// The bare server's answers carry the deciding consent and its time,
+    /// as consentd's do (the client's CPU per call grows with the answer).
+    #[arg(long)]
+    bare_full: bool,
     /// Only the durable phases (Grant, raw redb, Import): no CanSend.
     #[arg(long)]
     writes_only: bool,
@@ -386,6 +391,7 @@ fn main() -> anyhow::Result<()> {
     let target = targets[0].1;
     let bare = Arc::new(Bare {
         map: DashMap::new(),
+        full: args.bare_full,
     });
     let baseline = server_rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -403,7 +409,8 @@ fn main() -> anyhow::Result<()> {
     })?;
 
     println!(
-        "consentd load: target {target}, baseline {baseline}, {} s/phase, {} connections, {} in flight, {} writers, {} cores",
+        "consentd load: target {target}, baseline {baseline} ({} answers), {} s/phase, {} connections, {} in flight, {} writers, {} cores",
+        if args.bare_full { "full" } else { "minimal" },
         args.seconds,
         args.connections,
         args.inflight,

@@ -37,6 +37,8 @@
 
 #[path = "support/bare.rs"]
 mod bare;
+#[path = "support/commits.rs"]
+mod commits;
 #[path = "support/mod.rs"]
 mod support;
 
@@ -268,45 +270,6 @@ async fn batches(addr: SocketAddr, args: &Args, keys: Keys) -> support::Report {
     .await
 }
 
-/// Raw redb, the floor a store without group commit stands on: one small
-/// insert per durable (fsync'd) transaction, back to back, for `seconds`,
-/// on a fresh file in `dir`; commits per second.
-fn raw_redb_commits(dir: &std::path::Path, seconds: u64) -> anyhow::Result<f64> {
-    const RAW: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("raw");
-    let db = redb::Database::create(dir.join("raw.redb"))?;
-    let started = Instant::now();
-    let mut n = 0u64;
-    while started.elapsed().as_secs() < seconds {
-        let txn = db.begin_write()?;
-        txn.open_table(RAW)?.insert(n, &[7u8; 100][..])?;
-        txn.commit()?;
-        n += 1;
-    }
-    Ok(n as f64 / started.elapsed().as_secs_f64())
-}
-
-/// Where a durable Grant's time went, from the server's own counters over
-/// the phase: how many group commits, how many changes each, how long the
-/// store transaction took (the ruling, the writes, the fsync or COMMIT),
-/// and the rest of a Grant's mean latency (waiting for the writer, reply).
-fn commit_breakdown(
-    before: &std::collections::HashMap<String, f64>,
-    after: &std::collections::HashMap<String, f64>,
-    grants: &support::Report,
-) {
-    let delta = |name: &str| after.get(name).unwrap_or(&0.0) - before.get(name).unwrap_or(&0.0);
-    let commits = delta("consentd_commits_total").max(1.0);
-    let changes = delta("consentd_committed_changes_total");
-    let commit_ms = delta("consentd_group_commit_seconds_sum") * 1e3 / commits;
-    let mean_ms = grants.hist.mean() / 1e6;
-    println!(
-        "  {:.0} group commits/s of {:.1} changes each; a commit (ruling + store transaction) {commit_ms:.2} ms; a Grant's mean {mean_ms:.2} ms = {:.2} ms waiting for its commit to start, plus its commit",
-        commits / grants.seconds,
-        changes / commits,
-        (mean_ms - commit_ms).max(0.0)
-    );
-}
-
 /// Prints consentd's figures as ratios to the bare server's.
 fn ratio(what: &str, consentd: &Phase, bare: &Phase) {
     if consentd.cpu_micros_per_call == 0.0 {
@@ -337,6 +300,8 @@ fn main() -> anyhow::Result<()> {
     let mut targets: Vec<(String, SocketAddr)> = Vec::new();
     // Each started consentd's admin address, by label.
     let mut admins: std::collections::HashMap<String, SocketAddr> = Default::default();
+    // Each PostgreSQL store's URL, by label (for its WAL counters).
+    let mut pg_urls: std::collections::HashMap<String, String> = Default::default();
     match args.addr {
         Some(a) => targets.push(("running".into(), a)),
         None => {
@@ -382,6 +347,9 @@ fn main() -> anyhow::Result<()> {
                 } else {
                     store.as_str()
                 };
+                if store.starts_with("postgres") {
+                    pg_urls.insert(label.to_owned(), config.store.clone());
+                }
                 targets.push((label.to_owned(), addr));
                 admins.insert(label.to_owned(), admin);
                 dirs.push(dir);
@@ -427,6 +395,10 @@ fn main() -> anyhow::Result<()> {
             let next = Arc::new(AtomicU64::new(0));
             let (c2, n2) = (chans.clone(), next.clone());
             let before = admins.get(label).map(|a| support::scrape(*a));
+            let wal_before = match pg_urls.get(label) {
+                Some(url) => commits::Wal::read(url).await,
+                None => None,
+            };
             let grants = closed_loop(args.writers, args.seconds, move |t, _| {
                 let mut client = ConsentsServiceClient::new(c2[t % c2.len()].clone());
                 let id = n2.fetch_add(1, Ordering::Relaxed);
@@ -447,11 +419,22 @@ fn main() -> anyhow::Result<()> {
                 grants.line(&format!("Grant (durable, {label})"), "grants")
             );
             if let (Some(before), Some(admin)) = (before, admins.get(label)) {
-                commit_breakdown(&before, &support::scrape(*admin), &grants);
+                let after = support::scrape(*admin);
+                commits::breakdown(&before, &after, &grants);
+                commits::steps(&before, &after);
+                let wal_after = match pg_urls.get(label) {
+                    Some(url) => commits::Wal::read(url).await,
+                    None => None,
+                };
+                if let (Some(b), Some(a)) = (wal_before, wal_after) {
+                    let n = after.get("consentd_commits_total").unwrap_or(&0.0)
+                        - before.get("consentd_commits_total").unwrap_or(&0.0);
+                    b.since(&a, n);
+                }
             }
             if label == "redb" {
                 let raw_dir = tempfile::tempdir().expect("a temp dir");
-                let raw = raw_redb_commits(raw_dir.path(), args.seconds.min(5))
+                let raw = commits::raw_redb_commits(raw_dir.path(), args.seconds.min(5))
                     .expect("raw redb commits");
                 println!(
                     "{:<34} {raw:>10.0} commits/s (one insert per fsync'd transaction)\n  Grant on redb / raw redb single commits: {:.1}×, p99 {:.2} ms",

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use crate::domain::Verdict;
+use crate::store::CommitPhases;
 
 /// CanSend answers counted locally (over a batch) before touching the
 /// shared counters.
@@ -172,21 +173,35 @@ impl Snapshot {
 
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        self.render_series(out, name, "");
+    }
+
+    /// One series of a histogram, its labels (`key="value",`) first.
+    fn render_series(&self, out: &mut String, name: &str, labels: &str) {
         let mut cumulative = 0;
         for (i, bucket) in self.buckets.iter().enumerate() {
             cumulative += bucket;
             match BUCKETS_MICROS.get(i) {
                 Some(&b) => {
                     let le = b as f64 / 1e6;
-                    let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+                    let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{le}\"}} {cumulative}");
                 }
                 None => {
-                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+                    let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {cumulative}");
                 }
             }
         }
         let sum = self.sum_micros as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
+        let braced = labels.trim_end_matches(',');
+        let braced = if braced.is_empty() {
+            String::new()
+        } else {
+            format!("{{{braced}}}")
+        };
+        let _ = writeln!(
+            out,
+            "{name}_sum{braced} {sum}\n{name}_count{braced} {cumulative}"
+        );
     }
 }
 
@@ -199,6 +214,8 @@ pub(crate) struct Metrics {
     pub(crate) write_seconds: Histogram,
     /// One group commit: ruling and the store transaction.
     pub(crate) commit_seconds: Histogram,
+    /// A shared store's commit, step by step ([`CommitPhases::steps`]).
+    commit_phase_seconds: [Histogram; 6],
     /// A shared store's change feed: from an event's recording (on any
     /// node) to this node applying it.
     pub(crate) feed_delay_seconds: Histogram,
@@ -249,6 +266,13 @@ impl Metrics {
         self.committed_changes.fetch_add(changes as u64, Relaxed);
         self.commit_micros
             .fetch_add(took.as_micros() as u64, Relaxed);
+    }
+
+    /// Counts where a shared store's commit spent its time.
+    pub(crate) fn commit_phases(&self, phases: &CommitPhases) {
+        for (h, (_, took)) in self.commit_phase_seconds.iter().zip(phases.steps()) {
+            h.observe(took);
+        }
     }
 
     pub(crate) fn commit_failed(&self) {
@@ -347,6 +371,21 @@ impl Metrics {
             "consentd_group_commit_seconds",
             "Group commits: ruling a batch and its store transaction.",
         );
+        let _ = writeln!(
+            out,
+            "# HELP consentd_store_commit_phase_seconds A shared store's group commit, by step: begin (connection, BEGIN), lock (the commit lock, waiting included), view (what the others committed), rule (the writer), write (the rows), commit (COMMIT and its WAL flush).\n# TYPE consentd_store_commit_phase_seconds histogram"
+        );
+        for (h, (phase, _)) in self
+            .commit_phase_seconds
+            .iter()
+            .zip(CommitPhases::default().steps())
+        {
+            h.snapshot().render_series(
+                &mut out,
+                "consentd_store_commit_phase_seconds",
+                &format!("phase=\"{phase}\","),
+            );
+        }
         self.feed_delay_seconds.render(
             &mut out,
             "consentd_feed_delay_seconds",
@@ -544,6 +583,53 @@ mod tests {
             line(&text, "consentd_can_send_seconds_bucket{le=\"0.00005\"}"),
             format!("consentd_can_send_seconds_bucket{{le=\"0.00005\"}} {n}"),
             "every time was under 50 µs"
+        );
+    }
+
+    /// A commit's steps are one histogram, one series per step, each with
+    /// its own buckets, sum and count under its `phase` label.
+    #[test]
+    fn commit_steps_render_as_one_labelled_histogram() {
+        let metrics = Metrics::default();
+        let ms = Duration::from_millis;
+        let phases = CommitPhases {
+            begin: ms(1),
+            lock: ms(2),
+            view: Duration::ZERO,
+            rule: ms(3),
+            write: ms(4),
+            commit: ms(30),
+        };
+        metrics.commit_phases(&phases);
+        metrics.commit_phases(&phases);
+        let text = metrics.render(0, 0, 0, (0, Duration::ZERO), 0);
+        let name = "consentd_store_commit_phase_seconds";
+        assert_eq!(text.matches(&format!("# TYPE {name} histogram")).count(), 1);
+        for (phase, took) in phases.steps() {
+            let sum = 2.0 * took.as_secs_f64();
+            assert_eq!(
+                line(&text, &format!("{name}_sum{{phase=\"{phase}\"}}")),
+                format!("{name}_sum{{phase=\"{phase}\"}} {sum}")
+            );
+            assert_eq!(
+                line(&text, &format!("{name}_count{{phase=\"{phase}\"}}")),
+                format!("{name}_count{{phase=\"{phase}\"}} 2")
+            );
+        }
+        assert_eq!(
+            line(
+                &text,
+                &format!("{name}_bucket{{phase=\"commit\",le=\"0.025\"}}")
+            ),
+            format!("{name}_bucket{{phase=\"commit\",le=\"0.025\"}} 0"),
+            "30 ms is above the 25 ms bucket"
+        );
+        assert_eq!(
+            line(
+                &text,
+                &format!("{name}_bucket{{phase=\"commit\",le=\"0.05\"}}")
+            ),
+            format!("{name}_bucket{{phase=\"commit\",le=\"0.05\"}} 2")
         );
     }
 }

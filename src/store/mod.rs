@@ -480,6 +480,45 @@ pub trait SharedStore: Store {
     /// The link keys the nodes share, as `ID=SECRET` lines, oldest first;
     /// `fresh` is stored first when there is none.
     fn link_keys(&self, fresh: &str) -> Result<Vec<String>, StoreError>;
+    /// Where the last [`SharedStore::commit_on_latest`] that wrote spent
+    /// its time, taken once (for `/metrics`); `None` where not measured.
+    fn take_commit_phases(&self) -> Option<CommitPhases> {
+        None
+    }
+}
+
+/// Where a shared store's commit spent its time, step by step as the
+/// writer's transaction goes; each step but `rule` is one round trip to
+/// the database (its statements pipelined) plus what the database did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitPhases {
+    /// A pooled connection and BEGIN.
+    pub begin: std::time::Duration,
+    /// The commit lock (the meta row, `FOR UPDATE`): includes waiting for
+    /// another node's commit to end.
+    pub lock: std::time::Duration,
+    /// The rest of the view: what the others committed after the cursor.
+    pub view: std::time::Duration,
+    /// The writer ruling the group on that view (no round trip).
+    pub rule: std::time::Duration,
+    /// The rows: events, states, keys, links.
+    pub write: std::time::Duration,
+    /// COMMIT: includes the WAL flush to disk.
+    pub commit: std::time::Duration,
+}
+
+impl CommitPhases {
+    /// The steps' names and times, in the order a commit takes them.
+    pub fn steps(&self) -> [(&'static str, std::time::Duration); 6] {
+        [
+            ("begin", self.begin),
+            ("lock", self.lock),
+            ("view", self.view),
+            ("rule", self.rule),
+            ("write", self.write),
+            ("commit", self.commit),
+        ]
+    }
 }
 
 /// The store a node runs on, as the wiring opened it: only the wiring knows

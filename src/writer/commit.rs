@@ -83,6 +83,9 @@ impl Committer {
             }
             return;
         }
+        if let Some(phases) = shared.take_commit_phases() {
+            self.metrics.commit_phases(&phases);
+        }
         if let Some(batch) = ruled {
             // No contacts in doubt to keep: what a commit in doubt did comes
             // back through the feed, in order, if it landed.

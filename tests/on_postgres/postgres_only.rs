@@ -372,3 +372,46 @@ async fn the_commit_lock_row_stays_on_one_page_through_many_commits() {
     );
     server.stop().await;
 }
+
+/// `/metrics` says where a PostgreSQL commit's time goes, step by step:
+/// every group commit that wrote counts once in each step, and the steps
+/// with a round trip took time.
+#[tokio::test]
+async fn metrics_time_each_step_of_a_commit() {
+    let server = TestServer::start().await;
+    let mut cons = server.consents().await;
+    for i in 0..5 {
+        cons.grant(change(&format!("steps-{i}"), "marketing", None))
+            .await
+            .unwrap();
+    }
+    let text = metrics(&server).await;
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    };
+    let commits = value("consentd_commits_total");
+    assert!(commits >= 5.0, "one commit per grant, sent one at a time");
+    for phase in ["begin", "lock", "view", "rule", "write", "commit"] {
+        let count = value(&format!(
+            "consentd_store_commit_phase_seconds_count{{phase=\"{phase}\"}}"
+        ));
+        // The catalog's apply at start-up commits too, untimed.
+        assert!(
+            count >= 5.0 && count <= commits,
+            "{phase}: {count} of {commits} commits"
+        );
+        let inf = value(&format!(
+            "consentd_store_commit_phase_seconds_bucket{{phase=\"{phase}\",le=\"+Inf\"}}"
+        ));
+        assert_eq!(inf, count, "{phase}: the +Inf bucket holds every one");
+    }
+    for phase in ["begin", "lock", "write", "commit"] {
+        let sum = value(&format!(
+            "consentd_store_commit_phase_seconds_sum{{phase=\"{phase}\"}}"
+        ));
+        assert!(sum > 0.0, "{phase}: a round trip takes time");
+    }
+    server.stop().await;
+}

@@ -21,7 +21,7 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use tokio_postgres::types::ToSql;
@@ -34,7 +34,9 @@ use super::decode::{i64_of, pg, pool_error, u64_of};
 use super::feed::read_changes;
 use super::{FEED_CHANNEL, PgStore};
 use crate::audit::Kind;
-use crate::store::{Changes, Committed, Cursor, StoreError, Tombstone, Write, WriteBatch};
+use crate::store::{
+    Changes, CommitPhases, Committed, Cursor, StoreError, Tombstone, Write, WriteBatch,
+};
 
 /// Where the view goes once read, and the writer's answer comes from.
 type ViewSender = std::sync::mpsc::SyncSender<Result<Changes, StoreError>>;
@@ -81,7 +83,14 @@ impl PgStore {
             Ok(Err(e)) => return Err(e),
             Err(_) => return Err(stopped()),
         }
-        done_rx.recv().unwrap_or_else(|_| Err(stopped()))
+        let (committed, held, phases) = done_rx.recv().unwrap_or_else(|_| Err(stopped()))?;
+        if phases.is_some() {
+            *self
+                .last_phases
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = phases;
+        }
+        Ok((committed, held))
     }
 }
 
@@ -109,9 +118,10 @@ async fn transaction(
     write: tokio::sync::oneshot::Receiver<Write>,
     vacuum_due: Arc<AtomicBool>,
     digests: Option<Digests>,
-) -> Result<(Committed, bool), StoreError> {
+) -> Result<(Committed, bool, Option<CommitPhases>), StoreError> {
     let before = |e| pg(e, false);
     let sent = AtomicBool::new(false);
+    let started = Instant::now();
     let mut client = within(timeout, &sent, async {
         pool.get().await.map_err(pool_error)
     })
@@ -120,9 +130,11 @@ async fn transaction(
         client.transaction().await.map_err(before)
     })
     .await?;
+    let begun = Instant::now();
     // 1. The lock; 2. the view: sent together, run in order (the reads
     // start once the lock is held, so they see every commit before).
     let (head, changes) = within(timeout, &sent, read_changes(&txn, cursor, None, true)).await?;
+    let viewed = Instant::now();
     let Some(view) = view.take() else {
         unreachable!("the view is sent once")
     };
@@ -131,6 +143,7 @@ async fn transaction(
     }
     // The writer rules meanwhile; a writer that ends sends nothing.
     let write = write.await.map_err(|_| gave_up())?;
+    let ruled = Instant::now();
     let next = head.next_sequence;
     let chain_head = head_of(head.chain)?;
     let (committed, held) = match write {
@@ -142,6 +155,7 @@ async fn transaction(
                     catalog_version: u64_of(head.catalog_version, "meta")?,
                 },
                 false,
+                None,
             ));
         }
         Write::Batch(batch) => {
@@ -186,6 +200,7 @@ async fn transaction(
             )
         }
     };
+    let written = Instant::now();
     within(timeout, &sent, async {
         sent.store(true, Ordering::SeqCst);
         txn.commit().await.map_err(|e| pg(e, true))
@@ -194,7 +209,15 @@ async fn transaction(
     if held {
         vacuum_due.store(true, Ordering::SeqCst);
     }
-    Ok((committed, held))
+    let phases = CommitPhases {
+        begin: begun - started,
+        lock: head.locked_at.saturating_duration_since(begun),
+        view: viewed.saturating_duration_since(head.locked_at),
+        rule: ruled - viewed,
+        write: written - ruled,
+        commit: written.elapsed(),
+    };
+    Ok((committed, held, Some(phases)))
 }
 
 fn gave_up() -> StoreError {

@@ -20,6 +20,9 @@ pub(super) struct Head {
     pub(super) catalog_version: i64,
     /// The chain through the last record linked (none before the first).
     pub(super) chain: Option<Vec<u8>>,
+    /// When the meta row came back: with `lock`, the commit lock was held
+    /// from then.
+    pub(super) locked_at: std::time::Instant,
 }
 
 /// Everything committed after `cursor` (at most `limit` events): events,
@@ -57,12 +60,17 @@ pub(super) async fn read_changes(
     let page: [&(dyn ToSql + Sync); 2] = [&after, &limit_i];
     let from: [&(dyn ToSql + Sync); 1] = [&after];
     let (meta, events, erasures) = tokio::join!(
-        txn.query_one(&meta, &[]),
+        async {
+            let meta = txn.query_one(&meta, &[]).await;
+            (meta, std::time::Instant::now())
+        },
         txn.query(&events, &page),
         txn.query(&erasures, &from),
     );
+    let (meta, locked_at) = meta;
     let meta = meta.map_err(err)?;
     let head = Head {
+        locked_at,
         next_sequence: meta.try_get(0).map_err(backend)?,
         catalog_version: meta.try_get(1).map_err(backend)?,
         chain: meta.try_get(2).map_err(backend)?,

@@ -89,6 +89,9 @@ pub struct PgStore {
     /// Whether commits are linked into the chain (always, but for the
     /// benchmark that measures what the chain costs).
     chained: bool,
+    /// Where the last commit that wrote spent its time, until `/metrics`
+    /// takes it.
+    last_phases: std::sync::Mutex<Option<crate::store::CommitPhases>>,
 }
 
 impl std::fmt::Debug for PgStore {

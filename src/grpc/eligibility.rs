@@ -25,7 +25,7 @@ use tonic::codegen::http;
 
 use super::status::invalid;
 use super::wire::{self, AnswerOut, Stamp};
-use crate::authority::Authority;
+use crate::authority::{Authority, Checked};
 use crate::domain::FieldError;
 
 /// Most checks in one CanSendBatch (DESIGN.md §3).
@@ -189,33 +189,43 @@ impl Eligibility {
             .authority
             .check_batch(&checks, min_sequence, wire::CheckIn::check)
             .await?;
-        // Only a malformed item has text of its own to write.
+        // Only a malformed item has text of its own to write (none
+        // allocated when every item reads).
         let errors: Vec<String> = results
             .iter()
             .filter_map(|r| r.as_ref().err().map(ToString::to_string))
             .collect();
-        let mut errors = errors.iter();
-        // Each answer with its length, measured once: the frame's length
-        // first, then the items.
+        // Each answer's length, measured once: the frame's length is
+        // written first, then the items, each read again from its result
+        // (a few pointer copies) rather than kept in a vector of answers.
         let mut len = 0;
-        let answers: Vec<(AnswerOut<'_>, usize)> = results
+        let mut pending = errors.iter();
+        let lengths: Vec<usize> = results
             .iter()
             .map(|r| {
-                let answer = match r {
-                    Ok(checked) => AnswerOut::of(checked),
-                    Err(_) => AnswerOut::invalid(errors.next().map_or("", String::as_str)),
-                };
-                let n = wire::answer_len(&answer);
+                let n = wire::answer_len(&item_answer(r.as_ref(), &mut pending));
                 len += wire::batch_item_len(n);
-                (answer, n)
+                n
             })
             .collect();
         let mut buf = framed(len);
-        for (answer, n) in &answers {
-            wire::batch_item_out(answer, *n, &mut buf);
+        let mut pending = errors.iter();
+        for (r, n) in results.iter().zip(lengths) {
+            wire::batch_item_out(&item_answer(r.as_ref(), &mut pending), n, &mut buf);
         }
         debug_assert_eq!(buf.len(), 5 + len);
         Ok(buf.freeze())
+    }
+}
+
+/// A batch item's answer; a malformed item's text is the next of `errors`.
+fn item_answer<'a, E>(
+    result: Result<&'a Checked, E>,
+    errors: &mut std::slice::Iter<'a, String>,
+) -> AnswerOut<'a> {
+    match result {
+        Ok(checked) => AnswerOut::of(checked),
+        Err(_) => AnswerOut::invalid(errors.next().map_or("", String::as_str)),
     }
 }
 

@@ -39,6 +39,8 @@
 mod bare;
 #[path = "support/commits.rs"]
 mod commits;
+#[path = "support/h2load.rs"]
+mod h2load;
 #[path = "support/mod.rs"]
 mod support;
 
@@ -516,6 +518,18 @@ fn main() -> anyhow::Result<()> {
                 &theirs_b,
             );
             plain.get_or_insert(ours.rate());
+        }
+
+        // 2b. Unary CanSend from an outside client (h2load), one contact.
+        if !args.writes_only {
+            let request = pb::CanSendRequest {
+                contact_id: hot.id(0),
+                channel: "email".into(),
+                brand: "acme".into(),
+                ..Default::default()
+            };
+            let streams = args.inflight.div_ceil(args.connections);
+            h2load::compare(target, baseline, &request, args.seconds, args.connections, streams);
         }
 
         // 3. What a marketing mail asks: the List-Unsubscribe URL, the address.

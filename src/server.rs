@@ -23,7 +23,7 @@ use crate::auth::Auth;
 use crate::authority::{Authority, Options};
 use crate::config::Config;
 use crate::domain::CatalogSpec;
-use crate::grpc::{AdmissionLayer, CatalogApi, ChangesApi, ConsentsApi, Eligibility};
+use crate::grpc::{AdmissionLayer, CatalogApi, ChangesApi, ConsentsApi, Eligibility, listen};
 use crate::links::Links;
 use crate::pb;
 use crate::pb::catalog_service_server::SERVICE_NAME as CATALOG;
@@ -81,7 +81,7 @@ fn open_store(config: &Config) -> anyhow::Result<Backend> {
 /// A server whose listeners are bound and whose index is loaded.
 pub struct Server {
     auth: Auth,
-    tls: Option<tonic::transport::Identity>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     /// Where gRPC listens (the bound port when 0 was asked for).
     pub grpc_addr: SocketAddr,
     /// Where HTTP listens.
@@ -128,10 +128,7 @@ impl Server {
                 let read = |p: &std::path::Path| {
                     std::fs::read(p).with_context(|| format!("reading {}", p.display()))
                 };
-                Some(tonic::transport::Identity::from_pem(
-                    read(cert)?,
-                    read(key)?,
-                ))
+                Some(tls_acceptor(&read(cert)?, &read(key)?)?)
             }
             (None, None) => None,
             _ => anyhow::bail!("--tls-cert and --tls-key go together"),
@@ -331,27 +328,7 @@ impl Server {
             let _ = rx.wait_for(|stop| *stop).await;
         };
 
-        let mut builder = tonic::transport::Server::builder();
-        if let Some(identity) = tls {
-            builder = builder
-                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
-                .context("configuring TLS")?;
-        }
-        let grpc_server = builder
-            // A connection's calls are bounded by its streams (HTTP/2
-            // refuses one more); no per-connection semaphore on top.
-            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
-            // Over the global limit: RESOURCE_EXHAUSTED at once, never an
-            // unbounded queue.
-            .load_shed(true)
-            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-                max_calls_in_flight,
-            ))
-            .layer(AdmissionLayer::new(
-                auth,
-                Eligibility::new(authority.clone()),
-            ))
-            .add_service(health_service)
+        let routes = tonic::service::Routes::new(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(
@@ -369,18 +346,35 @@ impl Server {
             .add_service(pb::changes_service_server::ChangesServiceServer::new(
                 ChangesApi::new(authority.clone(), stop_rx.clone()),
             ))
-            .serve_with_incoming_shutdown(
-                TcpIncoming::from(grpc)
-                    .with_nodelay(Some(true))
-                    // Dead peers are found by TCP keepalive, which costs
-                    // nothing while a connection talks; HTTP/2 keepalive
-                    // pings lock a mutex and read the clock on every frame
-                    // received (hyper's ping recorder).
-                    .with_keepalive(Some(KEEPALIVE_IDLE))
-                    .with_keepalive_interval(Some(KEEPALIVE_PROBE))
-                    .with_keepalive_retries(Some(KEEPALIVE_PROBES)),
-                stopped(stop_rx.clone()),
-            );
+            .prepare();
+        let grpc_service = tower::ServiceBuilder::new()
+            // Over the global limit: RESOURCE_EXHAUSTED at once, never an
+            // unbounded queue.
+            .load_shed()
+            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+                max_calls_in_flight,
+            ))
+            .layer(AdmissionLayer::new(
+                auth,
+                Eligibility::new(authority.clone()),
+            ))
+            .service(routes);
+        let listener = listen::Listener {
+            incoming: TcpIncoming::from(grpc)
+                .with_nodelay(Some(true))
+                // Dead peers are found by TCP keepalive, which costs
+                // nothing while a connection talks; HTTP/2 keepalive
+                // pings lock a mutex and read the clock on every frame
+                // received (hyper's ping recorder).
+                .with_keepalive(Some(KEEPALIVE_IDLE))
+                .with_keepalive_interval(Some(KEEPALIVE_PROBE))
+                .with_keepalive_retries(Some(KEEPALIVE_PROBES)),
+            tls,
+            // A connection's calls are bounded by its streams (HTTP/2
+            // refuses one more); no per-connection semaphore on top.
+            max_streams_per_connection: MAX_STREAMS_PER_CONNECTION,
+        };
+        let grpc_server = listen::serve(listener, grpc_service, stopped(stop_rx.clone()));
         let grpc_task = tokio::spawn(grpc_server);
 
         let public =
@@ -501,7 +495,7 @@ impl Server {
             let _ = tokio::time::timeout(FAIL_STOP_GRACE, drain).await;
             anyhow::bail!("fail-stop after a storage failure: {cause}");
         }
-        grpc_task.await?.context("gRPC server")?;
+        grpc_task.await.context("gRPC server")?;
         http_task.await?.context("HTTP server")?;
         admin_task.await?.context("admin HTTP server")?;
         // No call is in flight any more: the writer finishes what is queued
@@ -544,6 +538,27 @@ pub async fn shutdown_signal() {
 /// Warns where the configuration exposes people or secrets: links that are
 /// not https (RFC 8058 senders require it), bearer tokens in plaintext on a
 /// non-loopback address, metrics on a public one.
+/// The TLS side of the gRPC listener from a PEM certificate chain and key;
+/// it offers HTTP/2 only (ALPN `h2`), as gRPC needs.
+fn tls_acceptor(cert: &[u8], key: &[u8]) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_slice_iter(cert)
+        .collect::<Result<Vec<_>, _>>()
+        .context("reading the --tls-cert PEM")?;
+    anyhow::ensure!(!chain.is_empty(), "--tls-cert holds no certificate");
+    let key = PrivateKeyDer::from_pem_slice(key).context("reading the --tls-key PEM")?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("--tls-cert and --tls-key do not make a TLS identity")?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
 fn warn_about_exposure(config: &Config, auth: &Auth, tls: bool, public_url: &str) {
     if !public_url.starts_with("https://") {
         tracing::warn!(

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http_body::{Frame, SizeHint};
+use http_body::Frame;
 use http_body_util::BodyExt;
 use tonic::Status;
 use tonic::body::Body;
@@ -303,9 +303,9 @@ impl http_body::Body for Unary {
         self.done
     }
 
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.message.as_ref().map_or(0, |m| m.len() as u64))
-    }
+    // No exact size hint: hyper would send it as a `content-length`
+    // header, which tonic's answers do not carry and every client would
+    // decode and check (gRPC frames its messages itself).
 }
 
 #[cfg(test)]

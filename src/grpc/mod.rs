@@ -5,6 +5,7 @@
 mod admission;
 pub(crate) mod convert;
 mod eligibility;
+pub(crate) mod listen;
 mod records;
 mod status;
 mod watch;

@@ -1,0 +1,122 @@
+//! An outside load client for unary CanSend: `h2load` (nghttp2's, `apt-get
+//! install nghttp2-client`) when it is installed, sending one framed
+//! CanSendRequest over and over on a few connections. Its CPU per call is
+//! a fraction of a tonic client's and does not depend on the answer's
+//! fields, so the rate ratio shows the servers' own costs more nearly.
+
+use std::net::SocketAddr;
+use std::process::Command;
+
+use prost::Message;
+
+use super::support;
+
+/// Unary CanSend from h2load against consentd, then the bare server, on
+/// one contact (`request`'s): rates, the server threads' CPU per call, ratios.
+pub(crate) fn compare(
+    target: SocketAddr,
+    baseline: SocketAddr,
+    request: &consentd::pb::CanSendRequest,
+    seconds: u64,
+    connections: usize,
+    streams: usize,
+) {
+    let mut phases = Vec::new();
+    for (name, addr) in [("consentd", target), ("bare tonic", baseline)] {
+        let cpu = support::cpu_seconds("server");
+        match can_send(addr, request, seconds, connections, streams) {
+            Ok(Some(run)) => {
+                let calls = run.rate * seconds as f64;
+                let per_call = (support::cpu_seconds("server") - cpu) * 1e6 / calls.max(1.0);
+                println!(
+                    "{:<34} {:>10.0} req/s  ({} succeeded, {} failed)  CPU per call: server {per_call:.2} µs",
+                    format!("CanSend, h2load ({name})"),
+                    run.rate,
+                    run.succeeded,
+                    run.failed
+                );
+                phases.push((run.rate, per_call));
+            }
+            Ok(None) => {
+                println!(
+                    "-- h2load is not installed (apt-get install nghttp2-client): no outside-client phase"
+                );
+                return;
+            }
+            Err(e) => {
+                println!("-- h2load failed: {e}");
+                return;
+            }
+        }
+    }
+    if let [(ours, ours_cpu), (theirs, theirs_cpu)] = phases[..] {
+        println!(
+            "  unary from h2load, 1 contact: consentd / bare = {:.2}× the rate; server CPU per call {ours_cpu:.2} vs {theirs_cpu:.2} µs = {:.2}× less work",
+            ours / theirs,
+            theirs_cpu / ours_cpu
+        );
+    }
+}
+
+/// What one h2load run reported.
+pub(crate) struct Run {
+    pub(crate) rate: f64,
+    pub(crate) succeeded: u64,
+    pub(crate) failed: u64,
+}
+
+/// Runs h2load for `seconds` against `addr`'s CanSend with `request`;
+/// `None` when h2load is not installed.
+pub(crate) fn can_send(
+    addr: SocketAddr,
+    request: &consentd::pb::CanSendRequest,
+    seconds: u64,
+    connections: usize,
+    streams: usize,
+) -> anyhow::Result<Option<Run>> {
+    let message = request.encode_to_vec();
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&u32::try_from(message.len())?.to_be_bytes());
+    framed.extend_from_slice(&message);
+    let body = tempfile::NamedTempFile::new()?;
+    std::fs::write(body.path(), &framed)?;
+    let output = match Command::new("h2load")
+        .arg(format!("--duration={seconds}"))
+        .arg(format!("--clients={connections}"))
+        .arg(format!("--max-concurrent-streams={streams}"))
+        .arg("--threads=1")
+        .arg("--data")
+        .arg(body.path())
+        .args(["--header", "content-type: application/grpc"])
+        .args(["--header", "te: trailers"])
+        .arg(format!(
+            "http://{addr}/consent.v1.EligibilityService/CanSend"
+        ))
+        .output()
+    {
+        Ok(o) => o,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let text = String::from_utf8_lossy(&output.stdout);
+    let field = |line: &str, after: &str, before: &str| -> Option<f64> {
+        let (_, rest) = line.split_once(after)?;
+        rest.split(before).next()?.trim().parse().ok()
+    };
+    let mut run = Run {
+        rate: 0.0,
+        succeeded: 0,
+        failed: 0,
+    };
+    for line in text.lines() {
+        if line.starts_with("finished in") {
+            run.rate = field(line, ",", "req/s").unwrap_or(0.0);
+        }
+        if line.starts_with("requests:") {
+            run.succeeded = field(line, "done,", "succeeded").unwrap_or(0.0) as u64;
+            run.failed = field(line, "succeeded,", "failed").unwrap_or(0.0) as u64;
+        }
+    }
+    anyhow::ensure!(run.rate > 0.0, "h2load said:\n{text}");
+    Ok(Some(run))
+}

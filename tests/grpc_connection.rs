@@ -13,6 +13,19 @@ use common::*;
 use consentd::pb::consents_service_client::ConsentsServiceClient;
 use consentd::pb::{self, Reason};
 
+/// A grant of `marketing` to `who`, answered within 10 s (a call on the
+/// connection's task that is never woken fails here, not by hanging).
+async fn grant_within(cons: &mut Consents, who: &str) -> pb::GrantResponse {
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        cons.grant(change(who, "marketing", None)),
+    )
+    .await
+    .expect("a grant on the connection is answered")
+    .unwrap()
+    .into_inner()
+}
+
 /// A check waiting for its token on a connection does not hold up that
 /// connection's other checks, and is answered, from the write it waited
 /// for, once a Grant on the same connection commits.
@@ -22,14 +35,7 @@ async fn a_check_waiting_for_its_token_lets_the_connection_go_on_and_is_answered
     let channel = server.channel().await;
     let mut cons = Consents(ConsentsServiceClient::new(channel.clone()));
     let mut elig = EligibilityServiceClient::new(channel.clone());
-    let first = tokio::time::timeout(
-        Duration::from_secs(10),
-        cons.grant(change("wait-0", "marketing", None)),
-    )
-    .await
-    .expect("a grant on the connection is answered")
-    .unwrap()
-    .into_inner();
+    let first = grant_within(&mut cons, "wait-0").await;
 
     // Asks about wait-1 once the next change is applied: none yet.
     let mut waiting = check("wait-1", "email", "acme");
@@ -49,14 +55,7 @@ async fn a_check_waiting_for_its_token_lets_the_connection_go_on_and_is_answered
     }
     assert!(!waiter.is_finished(), "its token is not reached yet");
 
-    let second = tokio::time::timeout(
-        Duration::from_secs(10),
-        cons.grant(change("wait-1", "marketing", None)),
-    )
-    .await
-    .expect("a grant on the connection is answered")
-    .unwrap()
-    .into_inner();
+    let second = grant_within(&mut cons, "wait-1").await;
     assert_eq!(second.sequence, first.sequence + 1);
     let answer = tokio::time::timeout(Duration::from_secs(5), waiter)
         .await

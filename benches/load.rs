@@ -41,6 +41,8 @@ mod bare;
 mod commits;
 #[path = "support/h2load.rs"]
 mod h2load;
+#[path = "support/rawh2.rs"]
+mod rawh2;
 #[path = "support/mod.rs"]
 mod support;
 
@@ -238,15 +240,7 @@ async fn batches(addr: SocketAddr, args: &Args, keys: Keys) -> support::Report {
             .map(|b| {
                 let picked: Vec<u64> = (0..batch).map(|k| keys.pick(b * batch + k)).collect();
                 let request = pb::CanSendBatchRequest {
-                    checks: picked
-                        .iter()
-                        .map(|&k| pb::CanSendRequest {
-                            contact_id: keys.id(k),
-                            channel: "email".into(),
-                            brand: "acme".into(),
-                            ..Default::default()
-                        })
-                        .collect(),
+                    checks: picked.iter().map(|&k| check_of(keys, k)).collect(),
                     min_sequence: 0,
                 };
                 (request, picked.iter().map(|&k| keys.allowed(k)).collect())
@@ -270,6 +264,16 @@ async fn batches(addr: SocketAddr, args: &Args, keys: Keys) -> support::Report {
         }
     })
     .await
+}
+
+/// The check a load phase sends about contact `k`.
+fn check_of(keys: Keys, k: u64) -> pb::CanSendRequest {
+    pb::CanSendRequest {
+        contact_id: keys.id(k),
+        channel: "email".into(),
+        brand: "acme".into(),
+        ..Default::default()
+    }
 }
 
 /// Prints consentd's figures as ratios to the bare server's.
@@ -518,6 +522,24 @@ fn main() -> anyhow::Result<()> {
                 &theirs_b,
             );
             plain.get_or_insert(ours.rate());
+            // The same from a lean client, over 256 distinct batches.
+            let bodies = (0..256u64)
+                .map(|b| {
+                    rawh2::framed(&pb::CanSendBatchRequest {
+                        checks: (0..args.batch as u64)
+                            .map(|k| check_of(keys, keys.pick(b * args.batch as u64 + k)))
+                            .collect(),
+                        min_sequence: 0,
+                    })
+                })
+                .collect();
+            let load = rawh2::Load {
+                connections: args.connections,
+                inflight: args.batch_inflight,
+                seconds: args.seconds,
+            };
+            let bodies = Arc::new(bodies);
+            rawh2::compare(target, baseline, &label, bodies, args.batch, load).await;
         }
 
         // 2b. Unary CanSend from an outside client (h2load), one contact.

@@ -1,0 +1,166 @@
+//! A lean CanSendBatch client: HTTP/2 straight from the `h2` crate, every
+//! batch encoded once beforehand, each answer checked for its gRPC status
+//! and read to its end but not decoded. Its CPU per batch is a small part
+//! of the tonic client's, so on these 2 shared cores the rates show more
+//! of the servers' own costs.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use prost::Message;
+
+use super::support;
+
+/// Each request's body, framed for gRPC (a flag byte, a 4-byte length).
+pub(crate) fn framed(request: &impl Message) -> Bytes {
+    let message = request.encode_to_vec();
+    let mut framed = Vec::with_capacity(5 + message.len());
+    framed.push(0);
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&message);
+    framed.into()
+}
+
+/// What one run did: calls answered OK, answer bytes, seconds.
+pub(crate) struct Run {
+    pub(crate) calls: u64,
+    pub(crate) failed: u64,
+    pub(crate) seconds: f64,
+}
+
+/// Sends `bodies` round-robin to `path` on `connections` connections with
+/// `inflight` calls outstanding in all, for `seconds`.
+pub(crate) async fn run(
+    addr: SocketAddr,
+    path: &'static str,
+    bodies: Arc<Vec<Bytes>>,
+    connections: usize,
+    inflight: usize,
+    seconds: u64,
+) -> anyhow::Result<Run> {
+    let calls = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let mut workers = Vec::new();
+    for c in 0..connections {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let (send, conn) = h2::client::handshake(tcp).await?;
+        tokio::spawn(conn);
+        for w in (c..inflight).step_by(connections) {
+            let (send, bodies) = (send.clone(), bodies.clone());
+            let (calls, failed) = (calls.clone(), failed.clone());
+            workers.push(tokio::spawn(async move {
+                let mut i = w;
+                while Instant::now() < deadline {
+                    let body = bodies[i % bodies.len()].clone();
+                    i += inflight;
+                    match call(send.clone(), addr, path, body).await {
+                        Ok(()) => calls.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            }));
+        }
+    }
+    for w in workers {
+        w.await?;
+    }
+    Ok(Run {
+        calls: calls.load(Ordering::Relaxed),
+        failed: failed.load(Ordering::Relaxed),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// One call: the request, its body, the answer read to its trailers,
+/// which must say `grpc-status: 0`.
+async fn call(
+    send: h2::client::SendRequest<Bytes>,
+    addr: SocketAddr,
+    path: &str,
+    body: Bytes,
+) -> anyhow::Result<()> {
+    let mut send = send.ready().await?;
+    let request = http::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())?;
+    let (response, mut stream) = send.send_request(request, false)?;
+    stream.send_data(body, true)?;
+    let mut answer = response.await?.into_body();
+    while let Some(chunk) = answer.data().await {
+        let chunk = chunk?;
+        answer.flow_control().release_capacity(chunk.len())?;
+    }
+    let trailers = answer.trailers().await?;
+    let ok = trailers
+        .as_ref()
+        .and_then(|t| t.get("grpc-status"))
+        .is_some_and(|s| s == "0");
+    anyhow::ensure!(ok, "grpc-status {trailers:?}");
+    Ok(())
+}
+
+/// How hard a run pushes: connections, calls in flight over them, seconds.
+#[derive(Clone, Copy)]
+pub(crate) struct Load {
+    pub(crate) connections: usize,
+    pub(crate) inflight: usize,
+    pub(crate) seconds: u64,
+}
+
+/// CanSendBatch with `bodies` against consentd, then the bare server:
+/// rates, the server and client threads' CPU per batch, the ratios.
+pub(crate) async fn compare(
+    target: SocketAddr,
+    baseline: SocketAddr,
+    label: &str,
+    bodies: Arc<Vec<Bytes>>,
+    checks: usize,
+    load: Load,
+) {
+    let Load {
+        connections,
+        inflight,
+        seconds,
+    } = load;
+    const PATH: &str = "/consent.v1.EligibilityService/CanSendBatch";
+    let mut runs = Vec::new();
+    for (name, addr) in [("consentd", target), ("bare tonic", baseline)] {
+        let (server, client) = (
+            support::cpu_seconds("server"),
+            support::cpu_seconds("client"),
+        );
+        match run(addr, PATH, bodies.clone(), connections, inflight, seconds).await {
+            Ok(r) => {
+                let calls = r.calls.max(1) as f64;
+                let server = (support::cpu_seconds("server") - server) * 1e6 / calls;
+                let client = (support::cpu_seconds("client") - client) * 1e6 / calls;
+                let rate = r.calls as f64 * checks as f64 / r.seconds;
+                println!(
+                    "{:<34} {rate:>10.0} decisions/s  ({} batches, {} failed)  CPU per call: server {server:.2} µs, client {client:.2} µs",
+                    format!("CanSendBatch, lean client ({name})"),
+                    r.calls,
+                    r.failed
+                );
+                runs.push((rate, server));
+            }
+            Err(e) => {
+                println!("-- the lean client failed: {e}");
+                return;
+            }
+        }
+    }
+    if let [(ours, ours_cpu), (theirs, theirs_cpu)] = runs[..] {
+        println!(
+            "  batch of {checks} from the lean client, {label}: consentd / bare = {:.2}× the rate; server CPU per call {ours_cpu:.2} vs {theirs_cpu:.2} µs = {:.2}× less work",
+            ours / theirs,
+            theirs_cpu / ours_cpu
+        );
+    }
+}

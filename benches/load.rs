@@ -31,6 +31,10 @@
 //!    server, each with its rate, latency and the server threads' CPU time
 //!    per call, and the ratios of the two (the bare server is measured in
 //!    the same run, so the ratios repeat where the absolute rates do not);
+//!    then the batches again from a lean client (`h2` directly, bodies
+//!    encoded beforehand, answers not decoded), whose small CPU per batch
+//!    leaves the cores to the servers; and unary CanSend from `h2load`
+//!    (nghttp2's, when installed) on one contact, consentd then bare;
 //! 3. CanSend with the List-Unsubscribe URL, then naming the address
 //!    (`to`), as a share of plain CanSend's rate;
 //! 4. one streamed import per store.
@@ -41,6 +45,8 @@ mod bare;
 mod commits;
 #[path = "support/h2load.rs"]
 mod h2load;
+#[path = "support/phase.rs"]
+mod phase;
 #[path = "support/rawh2.rs"]
 mod rawh2;
 #[path = "support/mod.rs"]
@@ -48,6 +54,7 @@ mod support;
 
 use std::net::SocketAddr;
 
+use phase::{measured, ratio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -86,9 +93,12 @@ struct Args {
     /// Checks per CanSendBatch.
     #[arg(long, default_value_t = 1000)]
     batch: usize,
-    /// Batches in flight at once.
+    /// Batches in flight at once (tonic client).
     #[arg(long, default_value_t = 4)]
     batch_inflight: usize,
+    /// Batches the lean client keeps in flight (it leaves cores free).
+    #[arg(long, default_value_t = 16)]
+    lean_inflight: usize,
     /// Contacts consentd starts with (written straight to its redb store)
     /// and the bare server holds; 0: those the Grant phase writes.
     #[arg(long, default_value_t = 0)]
@@ -148,43 +158,6 @@ impl Keys {
 
     fn allowed(self, k: u64) -> bool {
         !self.crm || !(k + 1).is_multiple_of(10)
-    }
-}
-
-/// A phase's report and the server threads' CPU time per operation.
-struct Phase {
-    report: support::Report,
-    cpu_micros_per_call: f64,
-}
-
-impl Phase {
-    fn rate(&self) -> f64 {
-        self.report.ops as f64 / self.report.seconds
-    }
-}
-
-/// Runs `work`, timing the server threads' CPU over it.
-async fn measured<F: std::future::Future<Output = support::Report>>(
-    name: &str,
-    unit: &str,
-    calls_per_op: f64,
-    work: F,
-) -> Phase {
-    let (cpu, client) = (
-        support::cpu_seconds("server"),
-        support::cpu_seconds("client"),
-    );
-    let report = work.await;
-    let calls = report.ops as f64 / calls_per_op;
-    let cpu_micros_per_call = (support::cpu_seconds("server") - cpu) * 1e6 / calls.max(1.0);
-    let client_micros = (support::cpu_seconds("client") - client) * 1e6 / calls.max(1.0);
-    println!(
-        "{}  CPU per call: server {cpu_micros_per_call:.2} µs, client {client_micros:.2} µs",
-        report.line(name, unit)
-    );
-    Phase {
-        report,
-        cpu_micros_per_call,
     }
 }
 
@@ -274,25 +247,6 @@ fn check_of(keys: Keys, k: u64) -> pb::CanSendRequest {
         brand: "acme".into(),
         ..Default::default()
     }
-}
-
-/// Prints consentd's figures as ratios to the bare server's.
-fn ratio(what: &str, consentd: &Phase, bare: &Phase) {
-    if consentd.cpu_micros_per_call == 0.0 {
-        // `--addr`: consentd is another process, its CPU not seen here.
-        println!(
-            "  {what}: consentd / bare = {:.2}× the rate",
-            consentd.rate() / bare.rate()
-        );
-        return;
-    }
-    println!(
-        "  {what}: consentd / bare = {:.2}× the rate; server CPU per call {:.2} vs {:.2} µs = {:.2}× less work",
-        consentd.rate() / bare.rate(),
-        consentd.cpu_micros_per_call,
-        bare.cpu_micros_per_call,
-        bare.cpu_micros_per_call / consentd.cpu_micros_per_call
-    );
 }
 
 fn main() -> anyhow::Result<()> {
@@ -535,7 +489,7 @@ fn main() -> anyhow::Result<()> {
                 .collect();
             let load = rawh2::Load {
                 connections: args.connections,
-                inflight: args.batch_inflight,
+                inflight: args.lean_inflight,
                 seconds: args.seconds,
             };
             let bodies = Arc::new(bodies);

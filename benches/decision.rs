@@ -186,6 +186,15 @@ fn bench(c: &mut Criterion) {
                 )
             })
         });
+        // A CanSendBatch's lookups: 1,000 random contacts gathered at once
+        // (`Index::gather`), the window moving through the probes.
+        let mut k = 0usize;
+        group.bench_function("gather 1000", |b| {
+            b.iter(|| {
+                k = (k + 1000) % ((1 << 16) - 1000);
+                black_box(index.gather(probes[k..k + 1000].iter().map(String::as_str)))
+            })
+        });
         if n == 1_000_000 {
             group.bench_function("email/acme+expiry", |b| {
                 b.iter(|| {

@@ -29,7 +29,7 @@
 //!   CanSend (lapsed grants included) and the write rules, pending grants,
 //!   all pure (DESIGN.md §2, §7). No tokio, tonic or redb.
 //! - [`config`]: flags and `CONSENTD_*` variables.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod audit;
 mod auth;

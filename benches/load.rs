@@ -25,7 +25,9 @@
 //! box. Reports, in order:
 //! 1. durable Grant/s with `--writers` concurrent writers, and latency; on
 //!    redb, as a multiple of raw redb's single-commit rate (one insert per
-//!    fsync'd transaction) measured right after, same disk;
+//!    fsync'd transaction) measured right after, same disk, then the same
+//!    writes from the lean client (below), which leaves the cores to the
+//!    server;
 //! 2. for the first `--hot` contacts ("cached keys"), then for all of them:
 //!    unary CanSend and 1000-check CanSendBatch, consentd then the bare
 //!    server, each with its rate, latency and the server threads' CPU time
@@ -34,7 +36,8 @@
 //!    then the batches again from a lean client (`h2` directly, bodies
 //!    encoded beforehand, answers not decoded), whose small CPU per batch
 //!    leaves the cores to the servers; and unary CanSend from `h2load`
-//!    (nghttp2's, when installed) on one contact, consentd then bare;
+//!    (nghttp2's, when installed) on one contact, consentd then bare, then
+//!    consentd with the List-Unsubscribe URL;
 //! 3. CanSend with the List-Unsubscribe URL, then naming the address
 //!    (`to`), as a share of plain CanSend's rate;
 //! 4. one streamed import per store.
@@ -402,6 +405,19 @@ fn main() -> anyhow::Result<()> {
                     grants.ops as f64 / grants.seconds / raw,
                     grants.hist.value_at_quantile(0.99) as f64 / 1e6
                 );
+                // The same writes from the lean client (each a new
+                // contact's), which leaves the cores to the server.
+                let load = rawh2::Load {
+                    connections: args.connections,
+                    inflight: args.writers,
+                    seconds: args.seconds,
+                };
+                if let Some((rate, p99)) = rawh2::grants(*addr, label, load).await {
+                    println!(
+                        "  Grant from the lean client / raw redb single commits: {:.1}×, p99 {p99:.2} ms",
+                        rate / raw
+                    );
+                }
             }
             if i == 0 {
                 seeded = next.load(Ordering::Relaxed).max(1);
@@ -504,8 +520,29 @@ fn main() -> anyhow::Result<()> {
                 brand: "acme".into(),
                 ..Default::default()
             };
-            let streams = args.inflight.div_ceil(args.connections);
-            h2load::compare(target, baseline, &request, args.seconds, args.connections, streams);
+            let load = h2load::Load {
+                seconds: args.seconds,
+                connections: args.connections,
+                streams: args.inflight.div_ceil(args.connections),
+            };
+            // The same check asking for its List-Unsubscribe URL: the
+            // server's own cost of the link, from a client whose cost per
+            // call does not grow with the answer.
+            if let Some((plain_rate, plain_cpu)) =
+                h2load::compare(target, baseline, &request, load)
+            {
+                let with_url = pb::CanSendRequest {
+                    include_unsubscribe: true,
+                    ..request
+                };
+                let name = "CanSend + unsubscribe URL, h2load";
+                if let Some((rate, cpu)) = h2load::phase(name, target, &with_url, load) {
+                    println!(
+                        "  {name} / plain: {:.1} % of the rate; server CPU per call {cpu:.2} vs {plain_cpu:.2} µs",
+                        100.0 * rate / plain_rate
+                    );
+                }
+            }
         }
 
         // 3. What a marketing mail asks: the List-Unsubscribe URL, the address.

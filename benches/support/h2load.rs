@@ -12,49 +12,64 @@ use prost::Message;
 use super::support;
 
 /// Unary CanSend from h2load against consentd, then the bare server, on
-/// one contact (`request`'s): rates, the server threads' CPU per call, ratios.
+/// one contact (`request`'s): rates, the server threads' CPU per call,
+/// ratios. Returns consentd's (rate, CPU per call), if h2load ran.
 pub(crate) fn compare(
     target: SocketAddr,
     baseline: SocketAddr,
     request: &consentd::pb::CanSendRequest,
-    seconds: u64,
-    connections: usize,
-    streams: usize,
-) {
-    let mut phases = Vec::new();
-    for (name, addr) in [("consentd", target), ("bare tonic", baseline)] {
-        let cpu = support::cpu_seconds("server");
-        match can_send(addr, request, seconds, connections, streams) {
-            Ok(Some(run)) => {
-                let calls = run.rate * seconds as f64;
-                let per_call = (support::cpu_seconds("server") - cpu) * 1e6 / calls.max(1.0);
-                println!(
-                    "{:<34} {:>10.0} req/s  ({} succeeded, {} failed)  CPU per call: server {per_call:.2} µs",
-                    format!("CanSend, h2load ({name})"),
-                    run.rate,
-                    run.succeeded,
-                    run.failed
-                );
-                phases.push((run.rate, per_call));
-            }
-            Ok(None) => {
-                println!(
-                    "-- h2load is not installed (apt-get install nghttp2-client): no outside-client phase"
-                );
-                return;
-            }
-            Err(e) => {
-                println!("-- h2load failed: {e}");
-                return;
-            }
+    load: Load,
+) -> Option<(f64, f64)> {
+    let ours = phase("CanSend, h2load (consentd)", target, request, load)?;
+    let theirs = phase("CanSend, h2load (bare tonic)", baseline, request, load)?;
+    println!(
+        "  unary from h2load, 1 contact: consentd / bare = {:.2}× the rate; server CPU per call {:.2} vs {:.2} µs = {:.2}× less work",
+        ours.0 / theirs.0,
+        ours.1,
+        theirs.1,
+        theirs.1 / ours.1
+    );
+    Some(ours)
+}
+
+/// How h2load drives a server.
+#[derive(Clone, Copy)]
+pub(crate) struct Load {
+    pub(crate) seconds: u64,
+    pub(crate) connections: usize,
+    pub(crate) streams: usize,
+}
+
+/// One h2load phase against `addr`, printed as `name`: its rate and the
+/// server threads' CPU per call; `None` (said once) when h2load is not
+/// installed or failed.
+pub(crate) fn phase(
+    name: &str,
+    addr: SocketAddr,
+    request: &consentd::pb::CanSendRequest,
+    load: Load,
+) -> Option<(f64, f64)> {
+    let cpu = support::cpu_seconds("server");
+    match can_send(addr, request, load.seconds, load.connections, load.streams) {
+        Ok(Some(run)) => {
+            let calls = run.rate * load.seconds as f64;
+            let per_call = (support::cpu_seconds("server") - cpu) * 1e6 / calls.max(1.0);
+            println!(
+                "{name:<34} {:>10.0} req/s  ({} succeeded, {} failed)  CPU per call: server {per_call:.2} µs",
+                run.rate, run.succeeded, run.failed
+            );
+            Some((run.rate, per_call))
         }
-    }
-    if let [(ours, ours_cpu), (theirs, theirs_cpu)] = phases[..] {
-        println!(
-            "  unary from h2load, 1 contact: consentd / bare = {:.2}× the rate; server CPU per call {ours_cpu:.2} vs {theirs_cpu:.2} µs = {:.2}× less work",
-            ours / theirs,
-            theirs_cpu / ours_cpu
-        );
+        Ok(None) => {
+            println!(
+                "-- h2load is not installed (apt-get install nghttp2-client): no outside-client phase"
+            );
+            None
+        }
+        Err(e) => {
+            println!("-- h2load failed: {e}");
+            None
+        }
     }
 }
 

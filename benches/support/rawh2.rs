@@ -1,8 +1,8 @@
-//! A lean CanSendBatch client: HTTP/2 straight from the `h2` crate, every
-//! batch encoded once beforehand, each answer checked for its gRPC status
-//! and read to its end but not decoded. Its CPU per batch is a small part
-//! of the tonic client's, so on these 2 shared cores the rates show more
-//! of the servers' own costs.
+//! A lean gRPC client for CanSendBatch and Grant: HTTP/2 straight from the
+//! `h2` crate, every request encoded once beforehand, each answer checked
+//! for its gRPC status and read to its end but not decoded. Its CPU per
+//! call is a small part of the tonic client's, so on these 2 shared cores
+//! the rates show more of the servers' own costs.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,11 +24,13 @@ pub(crate) fn framed(request: &impl Message) -> Bytes {
     framed.into()
 }
 
-/// What one run did: calls answered OK, answer bytes, seconds.
+/// What one run did: calls answered OK, calls failed, seconds, and each
+/// answered call's latency (ns).
 pub(crate) struct Run {
     pub(crate) calls: u64,
     pub(crate) failed: u64,
     pub(crate) seconds: f64,
+    pub(crate) latency: hdrhistogram::Histogram<u64>,
 }
 
 /// Sends `bodies` round-robin to `path` on `connections` connections with
@@ -55,25 +57,41 @@ pub(crate) async fn run(
             let (send, bodies) = (send.clone(), bodies.clone());
             let (calls, failed) = (calls.clone(), failed.clone());
             workers.push(tokio::spawn(async move {
+                let mut latency = hdrhistogram::Histogram::<u64>::new(3).expect("3 digits");
                 let mut i = w;
-                while Instant::now() < deadline {
+                loop {
+                    let sent = Instant::now();
+                    if sent >= deadline {
+                        break;
+                    }
                     let body = bodies[i % bodies.len()].clone();
                     i += inflight;
                     match call(send.clone(), addr, path, body).await {
-                        Ok(()) => calls.fetch_add(1, Ordering::Relaxed),
-                        Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                        Ok(()) => {
+                            calls.fetch_add(1, Ordering::Relaxed);
+                            // `record` grows the histogram as needed
+                            // (`saturating_record` would clamp to its
+                            // first, tiny range).
+                            let _ = latency.record(sent.elapsed().as_nanos() as u64);
+                        }
+                        Err(_) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
                     };
                 }
+                latency
             }));
         }
     }
+    let mut latency = hdrhistogram::Histogram::<u64>::new(3)?;
     for w in workers {
-        w.await?;
+        latency.add(w.await?)?;
     }
     Ok(Run {
         calls: calls.load(Ordering::Relaxed),
         failed: failed.load(Ordering::Relaxed),
         seconds: started.elapsed().as_secs_f64(),
+        latency,
     })
 }
 
@@ -163,4 +181,58 @@ pub(crate) async fn compare(
             theirs_cpu / ours_cpu
         );
     }
+}
+
+/// Durable Grants from the lean client, `load.inflight` in flight, each a
+/// new contact's, against `target`. Prints the rate, its latency and both
+/// sides' CPU per grant; returns the rate and its p99 (ms).
+pub(crate) async fn grants(target: SocketAddr, label: &str, load: Load) -> Option<(f64, f64)> {
+    const PATH: &str = "/consent.v1.ConsentsService/Grant";
+    // 80,000 a second: more than one consentd takes on this machine, so
+    // no contact is granted twice.
+    let bodies: Vec<Bytes> = (0..load.seconds * 80_000)
+        .map(|i| {
+            framed(&consentd::pb::GrantRequest {
+                contact_id: format!("lean-{i:09}"),
+                consent_id: "marketing".into(),
+                source: consentd::pb::Source::Api as i32,
+                ..Default::default()
+            })
+        })
+        .collect();
+    let bodies = Arc::new(bodies);
+    let (server, client) = (
+        support::cpu_seconds("server"),
+        support::cpu_seconds("client"),
+    );
+    let r = match run(
+        target,
+        PATH,
+        bodies,
+        load.connections,
+        load.inflight,
+        load.seconds,
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            println!("-- the lean client failed: {e}");
+            return None;
+        }
+    };
+    let calls = r.calls.max(1) as f64;
+    let server = (support::cpu_seconds("server") - server) * 1e6 / calls;
+    let client = (support::cpu_seconds("client") - client) * 1e6 / calls;
+    let rate = r.calls as f64 / r.seconds;
+    let ms = |q: f64| r.latency.value_at_quantile(q) as f64 / 1e6;
+    println!(
+        "{:<34} {rate:>10.0} grants/s  p50 {:>6.2} ms  p99 {:>6.2} ms  ({} grants, {} failed)  CPU per grant: server {server:.2} µs, client {client:.2} µs",
+        format!("Grant, lean client ({label})"),
+        ms(0.5),
+        ms(0.99),
+        r.calls,
+        r.failed
+    );
+    Some((rate, ms(0.99)))
 }

@@ -52,8 +52,8 @@ pub use crate::error::{CatalogError, ChangeError, EraseError, LinkError, ReadErr
 use crate::clock::Clock;
 use crate::domain::ids::{ADDRESS_KEY_LEN, address_key};
 use crate::domain::{
-    AddressKind, Catalog, CatalogSpec, Change, ChangeOutcome, ConsentIdx, ContactHasher, ContactId,
-    FieldError, UnixNanos, Verdict, ids::check_contact,
+    AddressKind, Catalog, CatalogSpec, Cell, Change, ChangeOutcome, ConsentIdx, ContactHasher,
+    ContactId, FieldError, UnixNanos, Verdict, ids::check_contact,
 };
 use crate::index::{Held, Index};
 use crate::links::Links;
@@ -100,6 +100,7 @@ pub fn answer_check(
     purpose: &str,
     to: Option<&str>,
 ) -> Result<Answer, FieldError> {
+    let cell = catalog.cell(purpose, channel, brand);
     answer_held(
         catalog,
         index,
@@ -107,14 +108,14 @@ pub fn answer_check(
         Held::Lookup,
         contact,
         channel,
-        brand,
-        purpose,
+        cell,
         to,
     )
 }
 
 /// [`answer_check`] over states already gathered for a batch, or looked
-/// up here.
+/// up here, and the check's cell already looked up (its error, if any, is
+/// answered after the contact's, as `answer_check` orders them).
 #[allow(clippy::too_many_arguments)]
 fn answer_held(
     catalog: &Catalog,
@@ -123,12 +124,11 @@ fn answer_held(
     held: Held<'_>,
     contact: &str,
     channel: &str,
-    brand: &str,
-    purpose: &str,
+    cell: Result<Cell, FieldError>,
     to: Option<&str>,
 ) -> Result<Answer, FieldError> {
     check_contact("contact_id", contact)?;
-    let cell = catalog.cell(purpose, channel, brand)?;
+    let cell = cell?;
     let cover = catalog.covering(cell);
     let mut verdict = index.verdict(held, contact, cover, catalog.terms(), || clock.now());
     if verdict.allowed() {
@@ -334,7 +334,9 @@ impl Authority {
     /// CanSend (DESIGN.md rule 3). Never touches the disk; allocates only
     /// to normalise an address (`to`).
     pub fn can_send(&self, check: &Check<'_>) -> Result<Answer, FieldError> {
-        let answer = self.decide(&self.catalog.load(), check, Held::Lookup);
+        let catalog = self.catalog.load();
+        let cell = catalog.cell(check.purpose, check.channel, check.brand);
+        let answer = self.decide(&catalog, check, cell, Held::Lookup);
         let mut tally = Tally::default();
         count(&mut tally, &answer);
         self.metrics.decisions(&tally);
@@ -347,6 +349,7 @@ impl Authority {
         &self,
         catalog: &Catalog,
         c: &Check<'_>,
+        cell: Result<Cell, FieldError>,
         held: Held<'_>,
     ) -> Result<Answer, FieldError> {
         let to =
@@ -362,38 +365,41 @@ impl Authority {
             held,
             c.contact,
             c.channel,
-            c.brand,
-            c.purpose,
+            cell,
             key,
         )?;
         answer.to = to;
         Ok(answer)
     }
 
-    /// Many CanSends over one catalog snapshot, answered in order; `fields`
-    /// reads an item's check.
+    /// Many CanSends over one catalog snapshot, answered in order, each
+    /// with its link when it asked (see [`Authority::check_batch`]);
+    /// `fields` reads an item's check.
     pub fn can_send_many<'a, T: 'a>(
         &self,
         items: &'a [T],
         fields: impl Fn(&'a T) -> Check<'a>,
-    ) -> Vec<Result<Answer, FieldError>> {
+    ) -> Vec<Result<Checked, FieldError>> {
         let catalog = self.catalog.load();
         let mut tally = Tally::default();
         let held = self
             .index
             .gather(items.iter().map(|item| fields(item).contact));
-        let answers = items
+        // Each answer is dressed where it is decided: no second vector of
+        // answers (a profile found them moved twice).
+        let checked = items
             .iter()
             .zip(&held)
             .map(|(item, states)| {
-                let answer =
-                    self.decide(&catalog, &fields(item), Held::Gathered(states.as_deref()));
+                let c = fields(item);
+                let cell = catalog.cell(c.purpose, c.channel, c.brand);
+                let answer = self.decide(&catalog, &c, cell, Held::Gathered(states.as_deref()));
                 count(&mut tally, &answer);
-                answer
+                answer.map(|a| self.dress(&c, a))
             })
             .collect();
         self.metrics.decisions(&tally);
-        answers
+        checked
     }
 
     /// Grant or Withdraw; returns once durable and visible to CanSend.

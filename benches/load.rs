@@ -514,12 +514,7 @@ fn main() -> anyhow::Result<()> {
 
         // 2b. Unary CanSend from an outside client (h2load), one contact.
         if !args.writes_only {
-            let request = pb::CanSendRequest {
-                contact_id: hot.id(0),
-                channel: "email".into(),
-                brand: "acme".into(),
-                ..Default::default()
-            };
+            let request = check_of(hot, 0);
             let load = h2load::Load {
                 seconds: args.seconds,
                 connections: args.connections,

@@ -535,9 +535,6 @@ pub async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-/// Warns where the configuration exposes people or secrets: links that are
-/// not https (RFC 8058 senders require it), bearer tokens in plaintext on a
-/// non-loopback address, metrics on a public one.
 /// The TLS side of the gRPC listener from a PEM certificate chain and key;
 /// it offers HTTP/2 only (ALPN `h2`), as gRPC needs.
 fn tls_acceptor(cert: &[u8], key: &[u8]) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
@@ -559,6 +556,9 @@ fn tls_acceptor(cert: &[u8], key: &[u8]) -> anyhow::Result<tokio_rustls::TlsAcce
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
+/// Warns where the configuration exposes people or secrets: links that are
+/// not https (RFC 8058 senders require it), bearer tokens in plaintext on a
+/// non-loopback address, metrics on a public one.
 fn warn_about_exposure(config: &Config, auth: &Auth, tls: bool, public_url: &str) {
     if !public_url.starts_with("https://") {
         tracing::warn!(

@@ -187,3 +187,74 @@ async fn a_stop_answers_the_writes_in_flight_on_a_connection_and_keeps_the_ackno
     server.stop().await;
     drop(dir);
 }
+
+/// The same stop with each writer granting, then withdrawing, contact
+/// after contact on one connection (Withdraw runs on the connection's
+/// task too): every withdrawal acknowledged before the stop still holds
+/// after a restart — a lost one would be a message to someone who said no.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_keeps_every_withdrawal_acknowledged_on_a_connection() {
+    let server = TestServer::start().await;
+    let data_dir = server.data_dir.clone();
+    let channel = server.channel().await;
+    let mut writers = Vec::new();
+    for w in 0..16 {
+        let channel = channel.clone();
+        writers.push(tokio::spawn(async move {
+            let mut cons = Consents(ConsentsServiceClient::new(channel));
+            let mut withdrawn = Vec::new();
+            for n in 0.. {
+                let who = format!("unsub-{w}-{n}");
+                if cons.grant(change(&who, "marketing", None)).await.is_err()
+                    || cons
+                        .withdraw(change(&who, "marketing", None))
+                        .await
+                        .is_err()
+                {
+                    return withdrawn;
+                }
+                withdrawn.push(who);
+            }
+            unreachable!()
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let dir = tokio::time::timeout(Duration::from_secs(30), server.stop())
+        .await
+        .expect("the stop ends once the calls in flight are answered");
+    let mut withdrawn = Vec::new();
+    for w in writers {
+        let mine = tokio::time::timeout(Duration::from_secs(10), w)
+            .await
+            .expect("every write in flight is answered once the server stops")
+            .unwrap();
+        withdrawn.extend(mine);
+    }
+    assert!(
+        withdrawn.len() > 16,
+        "withdrawals went through before the stop"
+    );
+
+    let server = TestServer::start_in(&data_dir, Some(example_catalog_path())).await;
+    let mut elig = server.eligibility().await;
+    for chunk in withdrawn.chunks(consentd::grpc::MAX_BATCH_CHECKS) {
+        let batch = elig
+            .can_send_batch(pb::CanSendBatchRequest {
+                checks: chunk
+                    .iter()
+                    .map(|who| check(who, "email", "acme"))
+                    .collect(),
+                min_sequence: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(batch.results.len(), chunk.len());
+        for (who, answer) in chunk.iter().zip(&batch.results) {
+            assert!(!answer.allowed, "{who} withdrew before the stop");
+            assert_eq!(answer.reason(), Reason::Withdrawn, "{who}");
+        }
+    }
+    server.stop().await;
+    drop(dir);
+}

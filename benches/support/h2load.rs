@@ -7,8 +7,6 @@
 use std::net::SocketAddr;
 use std::process::Command;
 
-use prost::Message;
-
 use super::support;
 
 /// Unary CanSend from h2load against consentd, then the bare server, on
@@ -89,12 +87,8 @@ pub(crate) fn can_send(
     connections: usize,
     streams: usize,
 ) -> anyhow::Result<Option<Run>> {
-    let message = request.encode_to_vec();
-    let mut framed = vec![0u8];
-    framed.extend_from_slice(&u32::try_from(message.len())?.to_be_bytes());
-    framed.extend_from_slice(&message);
     let body = tempfile::NamedTempFile::new()?;
-    std::fs::write(body.path(), &framed)?;
+    std::fs::write(body.path(), super::rawh2::framed(request))?;
     let output = match Command::new("h2load")
         .arg(format!("--duration={seconds}"))
         .arg(format!("--clients={connections}"))

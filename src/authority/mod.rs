@@ -52,8 +52,8 @@ pub use crate::error::{CatalogError, ChangeError, EraseError, LinkError, ReadErr
 use crate::clock::Clock;
 use crate::domain::ids::{ADDRESS_KEY_LEN, address_key};
 use crate::domain::{
-    AddressKind, Catalog, CatalogSpec, Cell, Change, ChangeOutcome, ConsentIdx, ContactHasher,
-    ContactId, FieldError, UnixNanos, Verdict, ids::check_contact,
+    AddressKind, Catalog, CatalogSpec, Change, ChangeOutcome, ConsentIdx, ContactHasher, ContactId,
+    FieldError, UnixNanos, Verdict, ids::check_contact,
 };
 use crate::index::{Held, Index};
 use crate::links::Links;
@@ -100,7 +100,6 @@ pub fn answer_check(
     purpose: &str,
     to: Option<&str>,
 ) -> Result<Answer, FieldError> {
-    let cell = catalog.cell(purpose, channel, brand);
     answer_held(
         catalog,
         index,
@@ -108,14 +107,14 @@ pub fn answer_check(
         Held::Lookup,
         contact,
         channel,
-        cell,
+        brand,
+        purpose,
         to,
     )
 }
 
 /// [`answer_check`] over states already gathered for a batch, or looked
-/// up here, and the check's cell already looked up (its error, if any, is
-/// answered after the contact's, as `answer_check` orders them).
+/// up here.
 #[allow(clippy::too_many_arguments)]
 fn answer_held(
     catalog: &Catalog,
@@ -124,11 +123,12 @@ fn answer_held(
     held: Held<'_>,
     contact: &str,
     channel: &str,
-    cell: Result<Cell, FieldError>,
+    brand: &str,
+    purpose: &str,
     to: Option<&str>,
 ) -> Result<Answer, FieldError> {
     check_contact("contact_id", contact)?;
-    let cell = cell?;
+    let cell = catalog.cell(purpose, channel, brand)?;
     let cover = catalog.covering(cell);
     let mut verdict = index.verdict(held, contact, cover, catalog.terms(), || clock.now());
     if verdict.allowed() {
@@ -334,9 +334,7 @@ impl Authority {
     /// CanSend (DESIGN.md rule 3). Never touches the disk; allocates only
     /// to normalise an address (`to`).
     pub fn can_send(&self, check: &Check<'_>) -> Result<Answer, FieldError> {
-        let catalog = self.catalog.load();
-        let cell = catalog.cell(check.purpose, check.channel, check.brand);
-        let answer = self.decide(&catalog, check, cell, Held::Lookup);
+        let answer = self.decide(&self.catalog.load(), check, Held::Lookup);
         let mut tally = Tally::default();
         count(&mut tally, &answer);
         self.metrics.decisions(&tally);
@@ -349,7 +347,6 @@ impl Authority {
         &self,
         catalog: &Catalog,
         c: &Check<'_>,
-        cell: Result<Cell, FieldError>,
         held: Held<'_>,
     ) -> Result<Answer, FieldError> {
         let to =
@@ -365,7 +362,8 @@ impl Authority {
             held,
             c.contact,
             c.channel,
-            cell,
+            c.brand,
+            c.purpose,
             key,
         )?;
         answer.to = to;
@@ -392,8 +390,7 @@ impl Authority {
             .zip(&held)
             .map(|(item, states)| {
                 let c = fields(item);
-                let cell = catalog.cell(c.purpose, c.channel, c.brand);
-                let answer = self.decide(&catalog, &c, cell, Held::Gathered(states.as_deref()));
+                let answer = self.decide(&catalog, &c, Held::Gathered(states.as_deref()));
                 count(&mut tally, &answer);
                 answer.map(|a| self.dress(&c, a))
             })

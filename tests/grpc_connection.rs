@@ -258,3 +258,65 @@ async fn a_stop_keeps_every_withdrawal_acknowledged_on_a_connection() {
     server.stop().await;
     drop(dir);
 }
+
+/// A Grant sent straight over HTTP/2 with its `grpc-timeout`, as any
+/// client may send it, on the path that runs on the connection's task.
+/// Returns the call's `grpc-status`.
+async fn grant_with_timeout(addr: std::net::SocketAddr, who: &str, timeout: &str) -> String {
+    use prost::Message;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    let request = http::Request::post(format!("http://{addr}/consent.v1.ConsentsService/Grant"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", timeout)
+        .body(())
+        .unwrap();
+    let message = change(who, "marketing", None).encode_to_vec();
+    let mut body = vec![0u8];
+    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    body.extend_from_slice(&message);
+    let (response, mut stream) = send.send_request(request, false).unwrap();
+    stream.send_data(body.into(), true).unwrap();
+    let response = response.await.unwrap();
+    // A refusal comes trailers-only (the status in the headers).
+    if let Some(status) = response.headers().get("grpc-status") {
+        return status.to_str().unwrap().to_owned();
+    }
+    let mut answer = response.into_body();
+    while let Some(chunk) = answer.data().await {
+        let chunk = chunk.unwrap();
+        answer.flow_control().release_capacity(chunk.len()).unwrap();
+    }
+    let trailers = answer.trailers().await.unwrap().expect("trailers");
+    trailers["grpc-status"].to_str().unwrap().to_owned()
+}
+
+/// DESIGN.md rule 9 over this listener: a write whose caller's deadline
+/// (`grpc-timeout`) has passed by the time the writer would take it
+/// answers DEADLINE_EXCEEDED and records nothing; one with time to spare
+/// is recorded. (The server cuts no call at the deadline itself: the
+/// writes honour it, and a client that gives up resets its stream.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_past_its_grpc_timeout_records_nothing_and_one_in_time_is_recorded() {
+    let server = TestServer::start().await;
+    let status = grant_with_timeout(server.grpc_addr, "late", "1n").await;
+    assert_eq!(status, "4", "DEADLINE_EXCEEDED");
+    let status = grant_with_timeout(server.grpc_addr, "in-time", "10S").await;
+    assert_eq!(status, "0");
+
+    // The write in time was recorded after the late one would have been.
+    let mut elig = server.eligibility().await;
+    assert_eq!(
+        can_send(&mut elig, "in-time", "email", "acme").await.1,
+        Reason::Granted
+    );
+    assert_eq!(
+        can_send(&mut elig, "late", "email", "acme").await.1,
+        Reason::NoConsent,
+        "a write past its deadline records nothing"
+    );
+    server.stop().await;
+}

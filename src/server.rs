@@ -23,7 +23,10 @@ use crate::auth::Auth;
 use crate::authority::{Authority, Options};
 use crate::config::Config;
 use crate::domain::CatalogSpec;
-use crate::grpc::{AdmissionLayer, CatalogApi, ChangesApi, ConsentsApi, Eligibility, listen};
+use crate::grpc::{
+    AdmissionLayer, CatalogApi, ChangesApi, ConsentsApi, Eligibility, MAX_CHANGE_MESSAGE_BYTES,
+    Writes, listen,
+};
 use crate::links::Links;
 use crate::pb;
 use crate::pb::catalog_service_server::SERVICE_NAME as CATALOG;
@@ -32,9 +35,6 @@ use crate::pb::consents_service_server::SERVICE_NAME as CONSENTS;
 use crate::pb::eligibility_service_server::SERVICE_NAME as ELIGIBILITY;
 use crate::store::{Backend, RedbStore, SharedStore, Store};
 
-/// Largest Consents message (a change, an import row, a read): the longest
-/// ids, a full evidence map (32 × 2 KiB) and a key fit.
-const MAX_CHANGE_MESSAGE_BYTES: usize = 128 * 1024;
 /// Largest catalog on the wire.
 const MAX_CATALOG_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// How long a shared store's feed may stay behind (unable to keep up with
@@ -357,6 +357,7 @@ impl Server {
             .layer(AdmissionLayer::new(
                 auth,
                 Eligibility::new(authority.clone()),
+                Writes::new(authority.clone()),
             ))
             .service(routes);
         let listener = listen::Listener {

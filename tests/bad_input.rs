@@ -400,3 +400,52 @@ async fn bad_link_requests_and_catalog_fields_name_the_field_and_change_nothing(
     assert_eq!(after, before, "the catalog is unchanged");
     server.stop().await;
 }
+
+/// Grant and Withdraw are read straight from the HTTP/2 request (not by
+/// tonic's codec): what is not their message gets a status that says so,
+/// a compression this server does not read is refused unread, and none of
+/// it records anything.
+#[tokio::test]
+async fn a_write_that_is_not_its_message_is_refused_and_records_nothing() {
+    use prost::Message;
+    let server = TestServer::start().await;
+    let addr = server.grpc_addr;
+    let grant = "/consent.v1.ConsentsService/Grant";
+    let withdraw = "/consent.v1.ConsentsService/Withdraw";
+    // A field 1 (contact_id) that claims more bytes than follow.
+    let garbage = grpc_framed(&[0x0a, 0x7f, b'a']);
+    for (path, what) in [(grant, "GrantRequest"), (withdraw, "WithdrawRequest")] {
+        let (status, message) = raw_call(addr, path, &[], garbage.clone()).await;
+        assert_eq!(status, "3", "INVALID_ARGUMENT: {message}");
+        assert!(
+            message.contains(&format!("is%20not%20a%20{what}"))
+                || message.contains(&format!("is not a {what}")),
+            "{message}"
+        );
+    }
+    let anna = pb::GrantRequest::from(change("anna", "marketing", None)).encode_to_vec();
+    let cases: [(&[(&str, &str)], Vec<u8>, &str); 4] = [
+        // Compressed with a codec this server does not read.
+        (&[("grpc-encoding", "gzip")], grpc_framed(&anna), "12"),
+        // Marked compressed without saying how.
+        (&[], [&[1u8][..], &grpc_framed(&anna)[1..]].concat(), "13"),
+        // Two messages where the method takes one.
+        (&[], [grpc_framed(&anna), grpc_framed(&anna)].concat(), "13"),
+        // No message at all.
+        (&[], Vec::new(), "13"),
+    ];
+    for (headers, body, code) in cases {
+        let (status, message) = raw_call(addr, grant, headers, body).await;
+        assert_eq!(status, code, "{headers:?}: {message}");
+        assert!(message.starts_with("request"), "{message}");
+    }
+    assert!(
+        history(&server, "anna").await.is_empty(),
+        "nothing recorded"
+    );
+    // The same bytes, framed as they should be, are a Grant.
+    let (status, message) = raw_call(addr, grant, &[], grpc_framed(&anna)).await;
+    assert_eq!(status, "0", "{message}");
+    assert_eq!(history(&server, "anna").await.len(), 1);
+    server.stop().await;
+}

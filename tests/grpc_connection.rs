@@ -264,34 +264,15 @@ async fn a_stop_keeps_every_withdrawal_acknowledged_on_a_connection() {
 /// Returns the call's `grpc-status`.
 async fn grant_with_timeout(addr: std::net::SocketAddr, who: &str, timeout: &str) -> String {
     use prost::Message;
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(conn);
-    let mut send = send.ready().await.unwrap();
-    let request = http::Request::post(format!("http://{addr}/consent.v1.ConsentsService/Grant"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .header("grpc-timeout", timeout)
-        .body(())
-        .unwrap();
-    let message = change(who, "marketing", None).encode_to_vec();
-    let mut body = vec![0u8];
-    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    body.extend_from_slice(&message);
-    let (response, mut stream) = send.send_request(request, false).unwrap();
-    stream.send_data(body.into(), true).unwrap();
-    let response = response.await.unwrap();
-    // A refusal comes trailers-only (the status in the headers).
-    if let Some(status) = response.headers().get("grpc-status") {
-        return status.to_str().unwrap().to_owned();
-    }
-    let mut answer = response.into_body();
-    while let Some(chunk) = answer.data().await {
-        let chunk = chunk.unwrap();
-        answer.flow_control().release_capacity(chunk.len()).unwrap();
-    }
-    let trailers = answer.trailers().await.unwrap().expect("trailers");
-    trailers["grpc-status"].to_str().unwrap().to_owned()
+    let message = pb::GrantRequest::from(change(who, "marketing", None)).encode_to_vec();
+    raw_call(
+        addr,
+        "/consent.v1.ConsentsService/Grant",
+        &[("grpc-timeout", timeout)],
+        grpc_framed(&message),
+    )
+    .await
+    .0
 }
 
 /// DESIGN.md rule 9 over this listener: a write whose caller's deadline

@@ -4,8 +4,9 @@
 //! PERMISSION_DENIED from the headers alone, so a caller without a valid
 //! token cannot make the server buffer or decode a single message. An
 //! admitted call carries its [`Actor`] to the handler. An admitted
-//! EligibilityService call is answered here, by [`Eligibility`], without
-//! tonic's router and codec (the hot path; see its module).
+//! EligibilityService call is answered here, by [`Eligibility`], and an
+//! admitted Grant or Withdraw by [`Writes`], without tonic's router and
+//! codec (the hot paths; see their modules).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,6 +18,7 @@ use tonic::codegen::http;
 use tower::{Layer, Service};
 
 use super::eligibility::{Eligibility, Method};
+use super::writes::{TOO_LARGE, Write, Writes};
 use crate::auth::{Auth, Role};
 
 /// Who is calling: the name of the token (empty when auth is off).
@@ -88,11 +90,16 @@ fn roles(path: &str) -> Option<&'static [Role]> {
 pub(crate) struct AdmissionLayer {
     auth: Auth,
     eligibility: Eligibility,
+    writes: Writes,
 }
 
 impl AdmissionLayer {
-    pub(crate) fn new(auth: Auth, eligibility: Eligibility) -> Self {
-        Self { auth, eligibility }
+    pub(crate) fn new(auth: Auth, eligibility: Eligibility, writes: Writes) -> Self {
+        Self {
+            auth,
+            eligibility,
+            writes,
+        }
     }
 }
 
@@ -104,6 +111,7 @@ impl<S> Layer<S> for AdmissionLayer {
             inner,
             auth: self.auth.clone(),
             eligibility: self.eligibility.clone(),
+            writes: self.writes.clone(),
         }
     }
 }
@@ -114,6 +122,7 @@ pub(crate) struct Admission<S> {
     inner: S,
     auth: Auth,
     eligibility: Eligibility,
+    writes: Writes,
 }
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
@@ -153,6 +162,12 @@ where
                 .and_then(|v| v.to_str().ok())
                 .and_then(grpc_timeout)
                 .and_then(|t| Instant::now().checked_add(t));
+            if let Some(method) = Write::of(path) {
+                let writes = self.writes.clone();
+                return Box::pin(
+                    async move { Ok(writes.call(method, request, actor, deadline).await) },
+                );
+            }
             if let Some(d) = deadline {
                 request.extensions_mut().insert(Deadline(d));
             }
@@ -179,13 +194,14 @@ fn too_large_is_resource_exhausted(mut response: http::Response<Body>) -> http::
         .is_some_and(|s| s.as_bytes() == OUT_OF_RANGE.as_bytes())
     {
         headers.insert("grpc-status", http::HeaderValue::from_static("8"));
-        headers.insert(
-            "grpc-message",
-            http::HeaderValue::from_static(
-                "request:%20a%20message%20is%20larger%20than%20this%20method%20takes",
-            ),
-        );
         headers.remove("grpc-status-details-bin");
+        if let Some(message) = tonic::Status::resource_exhausted(TOO_LARGE)
+            .into_http::<Body>()
+            .headers()
+            .get("grpc-message")
+        {
+            headers.insert("grpc-message", message.clone());
+        }
     }
     response
 }

@@ -11,19 +11,15 @@
 //! buffer with its gRPC frame header. What a caller sees is the same
 //! gRPC: the same bytes, the same statuses as trailers.
 
-use std::convert::Infallible;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use bytes::{BufMut, Bytes, BytesMut};
-use http_body::Frame;
-use http_body_util::BodyExt;
+use bytes::Bytes;
 use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::http;
 
 use super::status::invalid;
+use super::unary;
 use super::wire::{self, AnswerOut, Stamp};
 use crate::authority::{Authority, Checked};
 use crate::domain::FieldError;
@@ -91,48 +87,17 @@ impl Eligibility {
         method: Method,
         request: http::Request<Body>,
     ) -> http::Response<Body> {
-        match self.reply(method, request).await {
-            Ok(message) => {
-                let mut response = http::Response::new(Body::new(Unary {
-                    message: Some(message),
-                    done: false,
-                }));
-                response.headers_mut().insert(
-                    http::header::CONTENT_TYPE,
-                    http::HeaderValue::from_static("application/grpc"),
-                );
-                response
-            }
-            Err(status) => status.into_http(),
-        }
+        unary::respond(self.reply(method, request).await)
     }
 
     /// The framed answer message.
     async fn reply(&self, method: Method, request: http::Request<Body>) -> Result<Bytes, Status> {
-        if let Some(encoding) = request.headers().get("grpc-encoding")
-            && encoding.as_bytes() != b"identity"
-        {
-            return Err(Status::unimplemented(format!(
-                "request: is compressed ({}); this server reads uncompressed messages only",
-                String::from_utf8_lossy(&encoding.as_bytes()[..encoding.len().min(32)])
-            )));
-        }
         let limit = match method {
             Method::CanSend => MAX_CAN_SEND_BODY,
             Method::CanSendBatch => MAX_BATCH_BODY,
         };
-        let body = http_body_util::Limited::new(request.into_body(), limit)
-            .collect()
-            .await
-            .map_err(|e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    method.too_large()
-                } else {
-                    Status::from_error(e)
-                }
-            })?
-            .to_bytes();
-        let message = one_message(&body)?;
+        let body = unary::read(request, limit, || method.too_large()).await?;
+        let message = unary::one_message(&body)?;
         match method {
             Method::CanSend => self.can_send(message).await,
             Method::CanSendBatch => self.can_send_batch(message).await,
@@ -155,7 +120,7 @@ impl Eligibility {
             ..AnswerOut::of(&checked)
         };
         let len = wire::answer_len(&answer);
-        let mut buf = framed(len);
+        let mut buf = unary::framed(len);
         wire::answer_out(&answer, &mut buf);
         debug_assert_eq!(buf.len(), 5 + len);
         Ok(buf.freeze())
@@ -208,7 +173,7 @@ impl Eligibility {
                 n
             })
             .collect();
-        let mut buf = framed(len);
+        let mut buf = unary::framed(len);
         let mut pending = errors.iter();
         for (r, n) in results.iter().zip(lengths) {
             wire::batch_item_out(&item_answer(r.as_ref(), &mut pending), n, &mut buf);
@@ -240,74 +205,6 @@ fn not_a(what: &str, m: wire::Malformed) -> Status {
     Status::invalid_argument(format!("request: is not a {what}: {}", m.0))
 }
 
-/// The one message of a unary request's body (gRPC over HTTP/2:
-/// a compressed flag, a 4-byte big-endian length, the message).
-fn one_message(body: &[u8]) -> Result<&[u8], Status> {
-    let Some((&[flag, a, b, c, d], rest)) = body.split_first_chunk::<5>() else {
-        return Err(Status::internal(if body.is_empty() {
-            "request: carries no message"
-        } else {
-            "request: ends inside its message header"
-        }));
-    };
-    if flag != 0 {
-        return Err(Status::internal(
-            "request: is marked compressed, and no grpc-encoding names how",
-        ));
-    }
-    let len = u32::from_be_bytes([a, b, c, d]) as usize;
-    match rest.len().cmp(&len) {
-        std::cmp::Ordering::Less => Err(Status::internal("request: ends inside its message")),
-        std::cmp::Ordering::Greater => Err(Status::internal(
-            "request: carries more than the one message this method takes",
-        )),
-        std::cmp::Ordering::Equal => Ok(rest),
-    }
-}
-
-/// A buffer for an answer of `len` bytes, its gRPC frame header written.
-fn framed(len: usize) -> BytesMut {
-    let mut buf = BytesMut::with_capacity(5 + len);
-    buf.put_u8(0);
-    buf.put_u32(u32::try_from(len).expect("an answer is far below 4 GiB"));
-    buf
-}
-
-/// A unary gRPC answer's body: the one message, then `grpc-status: 0`.
-struct Unary {
-    message: Option<Bytes>,
-    done: bool,
-}
-
-impl http_body::Body for Unary {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        if let Some(message) = self.message.take() {
-            return Poll::Ready(Some(Ok(Frame::data(message))));
-        }
-        if self.done {
-            return Poll::Ready(None);
-        }
-        self.done = true;
-        let mut trailers = http::HeaderMap::with_capacity(1);
-        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-        Poll::Ready(Some(Ok(Frame::trailers(trailers))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.done
-    }
-
-    // No exact size hint: hyper would send it as a `content-length`
-    // header, which tonic's answers do not carry and every client would
-    // decode and check (gRPC frames its messages itself).
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,23 +221,5 @@ mod tests {
         );
         assert_eq!(Method::of("/consent.v1.EligibilityService/Nope"), None);
         assert_eq!(Method::of("/consent.v1.ConsentsService/CanSend"), None);
-    }
-
-    #[test]
-    fn a_body_carries_exactly_one_message() {
-        assert_eq!(one_message(&[0, 0, 0, 0, 2, 8, 1]).unwrap(), &[8, 1]);
-        assert_eq!(one_message(&[0, 0, 0, 0, 0]).unwrap(), &[] as &[u8]);
-        for (bad, why) in [
-            (&[][..], "no message"),
-            (&[0, 0, 0][..], "header"),
-            (&[1, 0, 0, 0, 0][..], "compressed"),
-            (&[0, 0, 0, 0, 3, 8, 1][..], "ends inside"),
-            (&[0, 0, 0, 0, 1, 8, 1][..], "more than"),
-        ] {
-            let status = one_message(bad).unwrap_err();
-            assert_eq!(status.code(), tonic::Code::Internal);
-            assert!(status.message().starts_with("request: "), "{status:?}");
-            assert!(status.message().contains(why), "{status:?}");
-        }
     }
 }

@@ -8,8 +8,10 @@ mod eligibility;
 pub(crate) mod listen;
 mod records;
 mod status;
+mod unary;
 mod watch;
 mod wire;
+mod writes;
 
 pub(crate) use admission::AdmissionLayer;
 use admission::{actor, deadline};
@@ -25,6 +27,7 @@ pub(crate) use eligibility::Eligibility;
 pub use eligibility::MAX_BATCH_CHECKS;
 pub use status::invalid;
 pub(crate) use watch::ChangesApi;
+pub(crate) use writes::{MAX_CHANGE_MESSAGE_BYTES, Writes};
 
 // ------------------------------------------------------------ ConsentsService
 
@@ -39,7 +42,9 @@ impl ConsentsApi {
         Self { authority }
     }
 
-    /// Records a Grant or Withdraw (as a change an import row would carry).
+    /// Records a Grant or Withdraw sent through tonic's codec (the
+    /// server answers both in [`writes`] before they get here; a router
+    /// without the admission layer would not).
     async fn change(
         &self,
         action: Action,
@@ -47,16 +52,36 @@ impl ConsentsApi {
     ) -> Result<crate::authority::Recorded, Status> {
         let actor = actor(&request).to_owned();
         let deadline = deadline(&request);
-        let change = convert::change_from(
+        record(
+            &self.authority,
             action,
             request.into_inner(),
-            self.authority.now(),
             &actor,
-            self.authority.addressing(),
+            deadline,
         )
-        .map_err(invalid)?;
-        Ok(self.authority.record(change, deadline).await?)
+        .await
     }
+}
+
+/// Records a Grant or Withdraw (as a change an import row would carry):
+/// the request validated into a change (INVALID_ARGUMENT naming the
+/// field), then recorded by the writer.
+async fn record(
+    authority: &Authority,
+    action: Action,
+    change: pb::ConsentChange,
+    actor: &str,
+    deadline: Option<std::time::Instant>,
+) -> Result<crate::authority::Recorded, Status> {
+    let change = convert::change_from(
+        action,
+        change,
+        authority.now(),
+        actor,
+        authority.addressing(),
+    )
+    .map_err(invalid)?;
+    Ok(authority.record(change, deadline).await?)
 }
 
 #[tonic::async_trait]

@@ -424,7 +424,8 @@ async fn a_write_that_is_not_its_message_is_refused_and_records_nothing() {
         );
     }
     let anna = pb::GrantRequest::from(change("anna", "marketing", None)).encode_to_vec();
-    let cases: [(&[(&str, &str)], Vec<u8>, &str); 4] = [
+    type Headers<'a> = &'a [(&'a str, &'a str)];
+    let cases: [(Headers, Vec<u8>, &str); 4] = [
         // Compressed with a codec this server does not read.
         (&[("grpc-encoding", "gzip")], grpc_framed(&anna), "12"),
         // Marked compressed without saying how.

@@ -245,6 +245,19 @@ async fn health_and_reflection_list_every_service() {
     assert!(value("consentd_can_send_seconds_count") >= 3.0);
     assert!(value("consentd_write_seconds_count") >= 1.0);
     assert!(value("consentd_group_commit_seconds_count") >= 1.0);
+    // Where the commit's time went: every store times its ruling, its
+    // writes and its commit; only a shared one has a BEGIN and a lock.
+    let step = |phase: &str| {
+        value(&format!(
+            "consentd_store_commit_phase_seconds_count{{phase=\"{phase}\"}}"
+        ))
+    };
+    for phase in ["rule", "write", "commit"] {
+        assert!(step(phase) >= 1.0, "{phase}");
+    }
+    if !on_postgres() {
+        assert_eq!(step("begin"), 0.0, "redb has no BEGIN");
+    }
     assert_eq!(value("consentd_writer_queue_depth"), 0.0);
     assert_eq!(value("consentd_store_failures_total"), 0.0);
     assert_eq!(value("consentd_shed_total{reason=\"queue_full\"}"), 0.0);

@@ -46,8 +46,8 @@ pub(crate) fn breakdown(
     );
 }
 
-/// The steps of a shared store's commit, mean milliseconds each, from the
-/// server's `consentd_store_commit_phase_seconds` over the phase.
+/// The steps of a group commit, mean milliseconds each, from the server's
+/// `consentd_store_commit_phase_seconds` over the phase.
 pub(crate) fn steps(before: &HashMap<String, f64>, after: &HashMap<String, f64>) {
     let delta = |name: &str| after.get(name).unwrap_or(&0.0) - before.get(name).unwrap_or(&0.0);
     let steps: Vec<String> = ["begin", "lock", "view", "rule", "write", "commit"]
@@ -61,7 +61,7 @@ pub(crate) fn steps(before: &HashMap<String, f64>, after: &HashMap<String, f64>)
         .collect();
     if !steps.is_empty() {
         println!(
-            "  a commit's steps, mean ms (each but rule is one round trip and what the database did): {}",
+            "  a commit's steps, mean ms (PostgreSQL: each but rule is one round trip and what the database did; redb: write is the inserts in memory, commit the pages written and fsync'd): {}",
             steps.join(", ")
         );
     }

@@ -379,6 +379,12 @@ pub trait Store: Send + Sync + 'static {
     /// see [`SharedStore::commit_on_latest`]). A batch without events
     /// returns its `next_sequence`.
     fn commit(&self, batch: &WriteBatch) -> Result<Committed, StoreError>;
+    /// Where the last commit that wrote ([`Store::commit`], or a shared
+    /// store's [`SharedStore::commit_on_latest`]) spent its time in the
+    /// store, taken once (for `/metrics`); `None` where not measured.
+    fn take_commit_phases(&self) -> Option<CommitPhases> {
+        None
+    }
     /// The sequence the next event gets, read from the store: after the
     /// store was unreachable, what a commit in doubt may have taken.
     fn next_sequence(&self) -> Result<u64, StoreError> {
@@ -480,16 +486,13 @@ pub trait SharedStore: Store {
     /// The link keys the nodes share, as `ID=SECRET` lines, oldest first;
     /// `fresh` is stored first when there is none.
     fn link_keys(&self, fresh: &str) -> Result<Vec<String>, StoreError>;
-    /// Where the last [`SharedStore::commit_on_latest`] that wrote spent
-    /// its time, taken once (for `/metrics`); `None` where not measured.
-    fn take_commit_phases(&self) -> Option<CommitPhases> {
-        None
-    }
 }
 
-/// Where a shared store's commit spent its time, step by step as the
-/// writer's transaction goes; each step but `rule` is one round trip to
-/// the database (its statements pipelined) plus what the database did.
+/// Where a group commit spent its time, step by step as the writer's
+/// transaction goes. On a shared store each step but `rule` is one round
+/// trip to the database (its statements pipelined) plus what the database
+/// did; on redb only `rule`, `write` (the B-tree inserts, in memory) and
+/// `commit` (the pages written, then fsync) are taken, the rest is zero.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CommitPhases {
     /// A pooled connection and BEGIN.
@@ -503,7 +506,8 @@ pub struct CommitPhases {
     pub rule: std::time::Duration,
     /// The rows: events, states, keys, links.
     pub write: std::time::Duration,
-    /// COMMIT: includes the WAL flush to disk.
+    /// COMMIT: includes the WAL flush to disk (on redb: the pages written
+    /// and fsync'd).
     pub commit: std::time::Duration,
 }
 

@@ -33,7 +33,14 @@ impl Committer {
             None => {
                 let started = Instant::now();
                 if let Some(batch) = self.rule_group(changes) {
+                    let ruled = started.elapsed();
                     let result = self.store.commit(&batch.write);
+                    if let Some(phases) = self.store.take_commit_phases() {
+                        self.metrics.commit_phases(&crate::store::CommitPhases {
+                            rule: ruled,
+                            ..phases
+                        });
+                    }
                     let contacts = || batch.contacts().collect();
                     let in_doubt =
                         matches!(result, Err(StoreError::Unavailable { in_doubt: true, .. }))

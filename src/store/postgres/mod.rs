@@ -181,6 +181,13 @@ impl PgStore {
 }
 
 impl Store for PgStore {
+    fn take_commit_phases(&self) -> Option<crate::store::CommitPhases> {
+        self.last_phases
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+
     fn recover(&self) -> Result<Recovered, StoreError> {
         let pool = self.pool.clone();
         self.run(async move {

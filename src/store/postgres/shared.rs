@@ -22,13 +22,6 @@ impl SharedStore for PgStore {
         self.feed_page(cursor, limit)
     }
 
-    fn take_commit_phases(&self) -> Option<crate::store::CommitPhases> {
-        self.last_phases
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
-    }
-
     fn wait_for_changes(&self, timeout: Duration) {
         self.ears.wait(timeout);
     }

@@ -25,7 +25,7 @@ pub(super) fn rewrite(
     let started = std::time::Instant::now();
     let tmp = path.with_extension("rewrite");
     let _ = std::fs::remove_file(&tmp);
-    let new = super::builder(cache_bytes).create(&tmp)?;
+    let new = super::create(&tmp, cache_bytes)?;
     super::owner_only(&tmp)?;
     {
         let src = old.begin_read()?;

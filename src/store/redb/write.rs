@@ -14,10 +14,13 @@ use crate::store::redb::codec::{
     ContactRecord, decode_idempotency, decode_linked_event, encode_event, encode_idempotency,
     encode_tombstone, encode_wording, state_to,
 };
-use crate::store::{StoreError, Tombstone, WriteBatch};
+use crate::store::{CommitPhases, StoreError, Tombstone, WriteBatch};
 
 impl RedbStore {
-    pub(super) fn commit_in(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+    /// Writes `batch` in one durable transaction; returns how long its
+    /// inserts and its commit (pages written, fsync) took.
+    pub(super) fn commit_in(&self, batch: &WriteBatch) -> Result<CommitPhases, StoreError> {
+        let started = std::time::Instant::now();
         // Durability::Immediate is redb's default: commit() returns after fsync.
         let txn = self.db()?.begin_write()?;
         {
@@ -99,8 +102,13 @@ impl RedbStore {
             }
             super::chain::finish(&txn, &mut meta, &links)?;
         }
+        let written = std::time::Instant::now();
         txn.commit()?;
-        Ok(())
+        Ok(CommitPhases {
+            write: written - started,
+            commit: written.elapsed(),
+            ..CommitPhases::default()
+        })
     }
 
     pub(super) fn adopt_in(

@@ -72,14 +72,24 @@ pub(crate) fn kind_of(kind: i32) -> KindOf {
     }
 }
 
-/// One field's key, or `None` at the end of the message.
+/// One field's key, or `None` at the end of the message. A key of one
+/// byte (every field of these messages: tags 1–15) is read here; a longer
+/// one by prost.
+#[inline]
 fn next_key(buf: &mut &[u8]) -> Read<Option<(u32, WireType)>> {
-    if buf.is_empty() {
+    let Some(&first) = buf.first() else {
         return Ok(None);
+    };
+    if (8..0x80).contains(&first)
+        && let Ok(wire) = WireType::try_from(u64::from(first & 7))
+    {
+        *buf = &buf[1..];
+        return Ok(Some((u32::from(first >> 3), wire)));
     }
     decode_key(buf).map(Some).map_err(malformed)
 }
 
+#[inline]
 fn expect(tag: u32, got: WireType, want: WireType) -> Read<()> {
     if got == want {
         Ok(())
@@ -90,11 +100,21 @@ fn expect(tag: u32, got: WireType, want: WireType) -> Read<()> {
     }
 }
 
+/// A varint: one byte (a string's length, a flag, a small number) read
+/// here, a longer one by prost.
+#[inline]
 fn varint(buf: &mut &[u8]) -> Read<u64> {
+    if let Some(&first) = buf.first()
+        && first < 0x80
+    {
+        *buf = &buf[1..];
+        return Ok(u64::from(first));
+    }
     decode_varint(buf).map_err(malformed)
 }
 
 /// A length-delimited field's bytes, borrowed.
+#[inline]
 fn delimited<'a>(buf: &mut &'a [u8]) -> Read<&'a [u8]> {
     let len = varint(buf)?;
     if len > buf.len() as u64 {
@@ -105,6 +125,7 @@ fn delimited<'a>(buf: &mut &'a [u8]) -> Read<&'a [u8]> {
     Ok(field)
 }
 
+#[inline]
 fn string<'a>(tag: u32, wire: WireType, buf: &mut &'a [u8]) -> Read<&'a str> {
     expect(tag, wire, WireType::LengthDelimited)?;
     std::str::from_utf8(delimited(buf)?)

@@ -17,6 +17,7 @@ use consentd::domain::{
     Action, AddressHasher, AddressKind, Catalog, ContactId, HeldState, PhoneRegion,
 };
 use consentd::index::Index;
+use consentd::pb;
 use criterion::{Criterion, criterion_group, criterion_main};
 
 #[global_allocator]
@@ -305,9 +306,31 @@ fn bench(c: &mut Criterion) {
     }
 }
 
+/// Reading a CanSendBatch of 1,000 checks from its bytes, as the server
+/// does before deciding any (in place: the strings borrowed, UTF-8 checked).
+fn read_batch(c: &mut Criterion) {
+    use prost::Message;
+    let request = pb::CanSendBatchRequest {
+        checks: (0..1000)
+            .map(|i| pb::CanSendRequest {
+                contact_id: contact(i * 7919),
+                channel: "email".into(),
+                brand: "acme".into(),
+                purpose: "marketing".into(),
+                ..Default::default()
+            })
+            .collect(),
+        min_sequence: 0,
+    }
+    .encode_to_vec();
+    c.bench_function("read_batch/1000 checks", |b| {
+        b.iter(|| black_box(consentd::grpc::read_batch(black_box(&request))))
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30).measurement_time(std::time::Duration::from_secs(4));
-    targets = unsubscribe_url, bench
+    targets = unsubscribe_url, read_batch, bench
 }
 criterion_main!(benches);

@@ -29,6 +29,13 @@ pub use status::invalid;
 pub(crate) use watch::ChangesApi;
 pub(crate) use writes::{MAX_CHANGE_MESSAGE_BYTES, Writes};
 
+/// Reads a CanSendBatchRequest as the server does, in place; how many
+/// checks it holds (`benches/decision.rs` times this).
+#[doc(hidden)]
+pub fn read_batch(message: &[u8]) -> usize {
+    wire::batch_in(message, MAX_BATCH_CHECKS).map_or(0, |b| b.checks.len())
+}
+
 // ------------------------------------------------------------ ConsentsService
 
 /// `consent.v1.ConsentsService`: grants, withdrawals, imports, reads,

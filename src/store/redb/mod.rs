@@ -30,6 +30,7 @@
 
 mod chain;
 mod codec;
+mod file;
 mod migrate;
 mod rewrite;
 mod transfer;
@@ -102,26 +103,6 @@ const DB_FILE: &str = "consentd.redb";
 /// process at 2M contacts was 301 MB against 388 MB resident.
 pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
-/// A redb builder with the page cache bounded.
-fn builder(cache_bytes: usize) -> redb::Builder {
-    let mut b = redb::Builder::new();
-    b.set_cache_size(cache_bytes);
-    b
-}
-
-/// Opens (creating if missing) the data file at `path` as redb's `create`
-/// does, over redb's file backend with its growth zeroed ahead of the
-/// writes (`zeroed.rs`).
-fn create(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)?;
-    Ok(builder(cache_bytes).create_with_backend(zeroed::ZeroAhead::new(file)?)?)
-}
-
 impl From<redb::Error> for StoreError {
     fn from(e: redb::Error) -> Self {
         match e {
@@ -190,8 +171,8 @@ impl RedbStore {
     pub fn open_with_cache(data_dir: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir)?;
         let path = data_dir.join(DB_FILE);
-        let db = create(&path, cache_bytes)?;
-        owner_only(&path)?;
+        let db = file::create(&path, cache_bytes)?;
+        file::owner_only(&path)?;
         let pending = Self::rewrite_pending(&db)?;
         let db = if pending {
             rewrite::rewrite(&db, &path, cache_bytes)?
@@ -207,7 +188,7 @@ impl RedbStore {
     /// in-memory one, or one that injects faults (the fail-stop and
     /// power-loss tests). Erasures are not rewritten out of such a backend.
     pub fn open_with_backend(backend: impl redb::StorageBackend) -> Result<Self, StoreError> {
-        let db = builder(DEFAULT_CACHE_BYTES).create_with_backend(backend)?;
+        let db = file::builder(DEFAULT_CACHE_BYTES).create_with_backend(backend)?;
         Self::init(db, None, DEFAULT_CACHE_BYTES)
     }
 
@@ -287,17 +268,6 @@ impl RedbStore {
             Err(e) => Err(e.into()),
         }
     }
-}
-
-/// Makes a data file readable and writable by its owner only (0600): it
-/// holds contact ids and evidence.
-pub(super) fn owner_only(path: &Path) -> Result<(), StoreError> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    }
-    Ok(())
 }
 
 impl Store for RedbStore {

@@ -25,8 +25,8 @@ pub(super) fn rewrite(
     let started = std::time::Instant::now();
     let tmp = path.with_extension("rewrite");
     let _ = std::fs::remove_file(&tmp);
-    let new = super::create(&tmp, cache_bytes)?;
-    super::owner_only(&tmp)?;
+    let new = super::file::create(&tmp, cache_bytes)?;
+    super::file::owner_only(&tmp)?;
     {
         let src = old.begin_read()?;
         let dst = new.begin_write()?;

@@ -186,22 +186,14 @@ where
 /// of a refused call travels in the response's headers (trailers-only), for
 /// a unary call and for a stream alike (an import row over the limit ends
 /// the stream before any answer).
-fn too_large_is_resource_exhausted(mut response: http::Response<Body>) -> http::Response<Body> {
+fn too_large_is_resource_exhausted(response: http::Response<Body>) -> http::Response<Body> {
     const OUT_OF_RANGE: &str = "11";
-    let headers = response.headers_mut();
-    if headers
+    if response
+        .headers()
         .get("grpc-status")
         .is_some_and(|s| s.as_bytes() == OUT_OF_RANGE.as_bytes())
     {
-        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
-        headers.remove("grpc-status-details-bin");
-        if let Some(message) = tonic::Status::resource_exhausted(TOO_LARGE)
-            .into_http::<Body>()
-            .headers()
-            .get("grpc-message")
-        {
-            headers.insert("grpc-message", message.clone());
-        }
+        return tonic::Status::resource_exhausted(TOO_LARGE).into_http();
     }
     response
 }

@@ -93,10 +93,9 @@ impl Writes {
             Status::resource_exhausted(TOO_LARGE)
         })
         .await?;
+        // The body's limit bounds the message: `one_message` takes exactly
+        // the length its header gives, and nothing past it.
         let message = unary::one_message(&body)?;
-        if message.len() > MAX_CHANGE_MESSAGE_BYTES {
-            return Err(Status::resource_exhausted(TOO_LARGE));
-        }
         let authority = &*self.authority;
         match method {
             Write::Grant => {

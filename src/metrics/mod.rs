@@ -130,7 +130,7 @@ pub(crate) struct Metrics {
     pub(crate) write_seconds: Histogram,
     /// One group commit: ruling and the store transaction.
     pub(crate) commit_seconds: Histogram,
-    /// A shared store's commit, step by step ([`CommitPhases::steps`]).
+    /// A group commit, step by step ([`CommitPhases::steps`]).
     commit_phase_seconds: [Histogram; 6],
     /// A shared store's change feed: from an event's recording (on any
     /// node) to this node applying it.

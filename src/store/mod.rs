@@ -301,6 +301,9 @@ pub struct Committed {
     /// The catalog version after the commit (a shared store counts catalog
     /// changes; 0 for a store of one node).
     pub catalog_version: u64,
+    /// Where the commit spent its time, where the store measures it (for
+    /// `/metrics`); `None` when it wrote nothing or does not measure.
+    pub phases: Option<CommitPhases>,
 }
 
 impl WriteBatch {
@@ -317,6 +320,7 @@ impl WriteBatch {
         Committed {
             first_sequence: self.first_sequence(),
             catalog_version: 0,
+            phases: None,
         }
     }
 }
@@ -379,12 +383,6 @@ pub trait Store: Send + Sync + 'static {
     /// see [`SharedStore::commit_on_latest`]). A batch without events
     /// returns its `next_sequence`.
     fn commit(&self, batch: &WriteBatch) -> Result<Committed, StoreError>;
-    /// Where the last commit that wrote ([`Store::commit`], or a shared
-    /// store's [`SharedStore::commit_on_latest`]) spent its time in the
-    /// store, taken once (for `/metrics`); `None` where not measured.
-    fn take_commit_phases(&self) -> Option<CommitPhases> {
-        None
-    }
     /// The sequence the next event gets, read from the store: after the
     /// store was unreachable, what a commit in doubt may have taken.
     fn next_sequence(&self) -> Result<u64, StoreError> {

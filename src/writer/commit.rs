@@ -34,13 +34,13 @@ impl Committer {
                 let started = Instant::now();
                 if let Some(batch) = self.rule_group(changes) {
                     let ruled = started.elapsed();
-                    let result = self.store.commit(&batch.write);
-                    if let Some(phases) = self.store.take_commit_phases() {
-                        self.metrics.commit_phases(&crate::store::CommitPhases {
-                            rule: ruled,
-                            ..phases
-                        });
-                    }
+                    // The store times its own steps; the ruling is the writer's.
+                    let result = self.store.commit(&batch.write).map(|mut c| {
+                        if let Some(p) = &mut c.phases {
+                            p.rule = ruled;
+                        }
+                        c
+                    });
                     let contacts = || batch.contacts().collect();
                     let in_doubt =
                         matches!(result, Err(StoreError::Unavailable { in_doubt: true, .. }))
@@ -90,9 +90,6 @@ impl Committer {
             }
             return;
         }
-        if let Some(phases) = shared.take_commit_phases() {
-            self.metrics.commit_phases(&phases);
-        }
         if let Some(batch) = ruled {
             // No contacts in doubt to keep: what a commit in doubt did comes
             // back through the feed, in order, if it landed.
@@ -117,10 +114,13 @@ impl Committer {
         let first_sequence = batch.first_sequence();
         self.keys_since_prune += batch.keys();
         match result {
-            Ok(_) => {
+            Ok(committed) => {
                 // Counted before anyone is answered: a caller that reads the
                 // metrics after its answer sees its commit.
                 self.metrics.commit(n, started.elapsed());
+                if let Some(phases) = &committed.phases {
+                    self.metrics.commit_phases(phases);
+                }
                 let events = batch.events() as u64;
                 batch.acknowledge(&self.index, &mut self.usage);
                 if events > 0 {

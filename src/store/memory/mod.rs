@@ -184,6 +184,7 @@ impl Contents {
         Ok(Committed {
             first_sequence: batch.first_sequence(),
             catalog_version: self.catalog_version,
+            phases: None,
         })
     }
 
@@ -284,6 +285,7 @@ impl SharedStore for MemoryStore {
                 return Ok(Committed {
                     first_sequence: next_sequence,
                     catalog_version: c.catalog_version,
+                    phases: None,
                 });
             }
             Write::Batch(batch) => {
@@ -310,6 +312,7 @@ impl SharedStore for MemoryStore {
                 Committed {
                     first_sequence: sequence,
                     catalog_version: c.catalog_version,
+                    phases: None,
                 }
             }
         };

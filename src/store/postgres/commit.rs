@@ -83,14 +83,7 @@ impl PgStore {
             Ok(Err(e)) => return Err(e),
             Err(_) => return Err(stopped()),
         }
-        let (committed, held, phases) = done_rx.recv().unwrap_or_else(|_| Err(stopped()))?;
-        if phases.is_some() {
-            *self
-                .last_phases
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = phases;
-        }
-        Ok((committed, held))
+        done_rx.recv().unwrap_or_else(|_| Err(stopped()))
     }
 }
 
@@ -118,7 +111,7 @@ async fn transaction(
     write: tokio::sync::oneshot::Receiver<Write>,
     vacuum_due: Arc<AtomicBool>,
     digests: Option<Digests>,
-) -> Result<(Committed, bool, Option<CommitPhases>), StoreError> {
+) -> Result<(Committed, bool), StoreError> {
     let before = |e| pg(e, false);
     let sent = AtomicBool::new(false);
     let started = Instant::now();
@@ -153,9 +146,9 @@ async fn transaction(
                 Committed {
                     first_sequence: u64_of(next, "meta")?,
                     catalog_version: u64_of(head.catalog_version, "meta")?,
+                    phases: None,
                 },
                 false,
-                None,
             ));
         }
         Write::Batch(batch) => {
@@ -180,6 +173,7 @@ async fn transaction(
                 Committed {
                     first_sequence: first,
                     catalog_version: u64_of(catalog_version, "meta")?,
+                    phases: None,
                 },
                 false,
             )
@@ -195,6 +189,7 @@ async fn transaction(
                 Committed {
                     first_sequence: u64_of(next, "meta")?,
                     catalog_version: u64_of(head.catalog_version, "meta")?,
+                    phases: None,
                 },
                 held,
             )
@@ -217,7 +212,13 @@ async fn transaction(
         write: written - ruled,
         commit: written.elapsed(),
     };
-    Ok((committed, held, Some(phases)))
+    Ok((
+        Committed {
+            phases: Some(phases),
+            ..committed
+        },
+        held,
+    ))
 }
 
 fn gave_up() -> StoreError {

@@ -89,9 +89,6 @@ pub struct PgStore {
     /// Whether commits are linked into the chain (always, but for the
     /// benchmark that measures what the chain costs).
     chained: bool,
-    /// Where the last commit that wrote spent its time, until `/metrics`
-    /// takes it.
-    last_phases: std::sync::Mutex<Option<crate::store::CommitPhases>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -181,13 +178,6 @@ impl PgStore {
 }
 
 impl Store for PgStore {
-    fn take_commit_phases(&self) -> Option<crate::store::CommitPhases> {
-        self.last_phases
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
-    }
-
     fn recover(&self) -> Result<Recovered, StoreError> {
         let pool = self.pool.clone();
         self.run(async move {

@@ -70,7 +70,6 @@ impl PgStore {
             ears: Arc::default(),
             digests: Arc::default(),
             chained: true,
-            last_phases: std::sync::Mutex::new(None),
         };
         store.run_unbounded(async move {
             let (mut client, connection) = migrate_config

@@ -153,9 +153,6 @@ pub struct RedbStore {
     /// Whether commits are linked into the chain (always, but for the
     /// benchmark that measures what the chain costs).
     chained: bool,
-    /// Where the last commit spent its time (its inserts, its fsync), until
-    /// the writer takes it for `/metrics`.
-    last_phases: std::sync::Mutex<Option<crate::store::CommitPhases>>,
 }
 
 impl RedbStore {
@@ -250,7 +247,6 @@ impl RedbStore {
             cache_bytes,
             path,
             chained: true,
-            last_phases: std::sync::Mutex::new(None),
         })
     }
 
@@ -564,18 +560,10 @@ impl Store for RedbStore {
     fn commit(&self, batch: &WriteBatch) -> Result<Committed, StoreError> {
         // One process owns the file: the writer's numbering is the store's.
         let phases = self.commit_in(batch)?;
-        *self
-            .last_phases
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(phases);
-        Ok(batch.as_numbered())
-    }
-
-    fn take_commit_phases(&self) -> Option<crate::store::CommitPhases> {
-        self.last_phases
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
+        Ok(Committed {
+            phases: Some(phases),
+            ..batch.as_numbered()
+        })
     }
 }
 

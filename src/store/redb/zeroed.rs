@@ -19,7 +19,7 @@
 //!
 //! Writing zeros never changes what the file holds: redb's contract is
 //! that space it grows by reads as zeros, and zeros are written only where
-//! redb has written nothing since the file grew there ([`State`]).
+//! redb has written nothing since the file grew there (`zeroed_to`).
 
 use std::fs::File;
 use std::io;
@@ -41,29 +41,27 @@ static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 #[derive(Debug)]
 pub(super) struct ZeroAhead {
     inner: FileBackend,
-    state: Mutex<State>,
-}
-
-/// Where the zeroed part of the file ends: at and past `zeroed_to` redb
-/// has written nothing since the file grew there, so zeros may be written
-/// there. `None` when that is not known: after opening (the file may end in
-/// a hole whose start is unknown), after a write past [`REACH`], after a
-/// failed write; the next growth makes it known again (the old end).
-#[derive(Debug, Default)]
-struct State {
-    zeroed_to: Option<u64>,
+    /// Where the zeroed part of the file ends: at and past it redb has
+    /// written nothing since the file grew there, so zeros may be written
+    /// there. `None` when that is not known: after opening (the file may
+    /// end in a hole whose start is unknown), after a write past [`REACH`],
+    /// after a failed write; the next growth makes it known again (the old
+    /// end). Held while writing: no other write lands where zeros are going.
+    zeroed_to: Mutex<Option<u64>>,
 }
 
 impl ZeroAhead {
     pub(super) fn new(file: File) -> Result<Self, redb::DatabaseError> {
         Ok(Self {
             inner: FileBackend::new(file)?,
-            state: Mutex::new(State::default()),
+            zeroed_to: Mutex::new(None),
         })
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    fn zeroed_to(&self) -> std::sync::MutexGuard<'_, Option<u64>> {
+        self.zeroed_to
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn zero(&self, from: u64, to: u64) -> io::Result<()> {
@@ -86,7 +84,7 @@ impl ZeroAhead {
         data: &[u8],
     ) -> io::Result<Option<u64>> {
         let end = offset + data.len() as u64;
-        let Some(z) = zeroed_to.filter(|&z| end > z && std::env::var_os("NOZ").is_none()) else {
+        let Some(z) = zeroed_to.filter(|&z| end > z) else {
             self.inner.write(offset, data)?;
             return Ok(zeroed_to);
         };
@@ -112,10 +110,10 @@ impl StorageBackend for ZeroAhead {
     }
 
     fn set_len(&self, len: u64) -> Result<(), io::Error> {
-        let mut state = self.state();
+        let mut zeroed_to = self.zeroed_to();
         let old = self.inner.len()?;
         let result = self.inner.set_len(len);
-        state.zeroed_to = match (&result, state.zeroed_to) {
+        *zeroed_to = match (&result, *zeroed_to) {
             (Err(_), _) => None,
             // Nothing was written past the old end.
             (Ok(()), z) if len > old => Some(z.map_or(old, |z| z.min(old))),
@@ -129,19 +127,12 @@ impl StorageBackend for ZeroAhead {
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
-        // Held while writing: no other write lands where zeros are going.
-        let mut state = self.state();
-        match self.write_zeroing(state.zeroed_to, offset, data) {
-            Ok(zeroed_to) => {
-                state.zeroed_to = zeroed_to;
-                Ok(())
-            }
-            Err(e) => {
-                // Part of `data` may be on the file past the zeroed part.
-                state.zeroed_to = None;
-                Err(e)
-            }
-        }
+        let mut zeroed_to = self.zeroed_to();
+        let written = self.write_zeroing(*zeroed_to, offset, data);
+        // After a failure part of `data` may be on the file past the
+        // zeroed part: where that is is no longer known.
+        *zeroed_to = written.as_ref().map_or(None, |z| *z);
+        written.map(|_| ())
     }
 
     fn close(&self) -> Result<(), io::Error> {

@@ -81,7 +81,15 @@ fn contact(s: &str) -> ContactId {
     ContactId::parse("contact", s).unwrap()
 }
 
-fn event(who: &str, consent: &str, action: Action, at: i64, sequence: u64) -> EventRecord {
+/// A recorded event of `who` on `consent` at `at` (the suite's, and the
+/// stores' own tests').
+pub(crate) fn event(
+    who: &str,
+    consent: &str,
+    action: Action,
+    at: i64,
+    sequence: u64,
+) -> EventRecord {
     EventRecord {
         contact: contact(who),
         consent: ConsentId::parse("consent", consent).unwrap(),

@@ -285,27 +285,20 @@ fn a_schema_2_file_is_linked_once_and_verifies() {
 /// each commit says where its time went.
 #[test]
 fn a_file_grown_while_zeroed_ahead_reads_back_whole_after_reopening() {
-    use crate::domain::{Action, ConsentId, ContactId, EventRecord, Source};
+    use crate::domain::{Action, EventRecord};
     use crate::store::WriteBatch;
+    use crate::store::conformance::event as recorded;
 
     let dir = tempfile::tempdir().unwrap();
     let event = |n: u64| EventRecord {
-        contact: ContactId::parse("c", &format!("c-{n:06}")).unwrap(),
-        consent: ConsentId::parse("c", "marketing").unwrap(),
-        action: Action::Grant,
-        occurred_at: n as i64,
-        recorded_at: n as i64,
-        source: Source::Form,
         evidence: [("form".to_string(), format!("{n:0>300}"))].into(),
-        version: 1,
-        sequence: n,
-        idempotency_key: None,
-        applied: true,
-        actor: "crm".into(),
-        pending: false,
-        confirmed: false,
-        confirmation_link: false,
-        chain: None,
+        ..recorded(
+            &format!("c-{n:06}"),
+            "marketing",
+            Action::Grant,
+            n as i64,
+            n,
+        )
     };
     let commit_groups = |store: &RedbStore, from: u64, groups: u64| {
         for g in 0..groups {

@@ -328,9 +328,53 @@ fn read_batch(c: &mut Criterion) {
     });
 }
 
+/// A whole CanSendBatch of 1,000 checks on cached keys as the server
+/// answers it once the body is read: read in place, decided over the
+/// index, the answer written (`consentd::grpc::answer_batch`); what the
+/// load bench's cached-key batches cost the server beside HTTP/2 and TCP.
+fn answer_batch(c: &mut Criterion) {
+    use prost::Message;
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let store = consentd::store::RedbStore::open(dir.path()).unwrap();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/catalog.toml");
+    let spec = consentd::server::read_catalog(std::path::Path::new(path)).unwrap();
+    support::write_contacts(&store, &spec, 1000).unwrap();
+    let links = consentd::links::Links::open(dir.path(), &[], "http://127.0.0.1:8080").unwrap();
+    let store: Arc<dyn consentd::store::Store> = Arc::new(store);
+    let (authority, _) =
+        consentd::authority::Authority::open(store, links, Default::default()).unwrap();
+    // As the load bench's lean client asks: 1,000 of the cached contacts.
+    let request = pb::CanSendBatchRequest {
+        checks: (0..1000u64)
+            .map(|i| pb::CanSendRequest {
+                contact_id: support::crm_contact(1 + (i * 7919) % 1000),
+                channel: "email".into(),
+                brand: "acme".into(),
+                ..Default::default()
+            })
+            .collect(),
+        min_sequence: 0,
+    }
+    .encode_to_vec();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    assert!(rt.block_on(consentd::grpc::answer_batch(&authority, &request)).unwrap() > 1000);
+    c.bench_function("answer_batch/1000 cached checks", |b| {
+        b.iter(|| {
+            black_box(
+                rt.block_on(consentd::grpc::answer_batch(&authority, black_box(&request)))
+                    .unwrap(),
+            )
+        })
+    });
+    rt.block_on(authority.close()).unwrap();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30).measurement_time(std::time::Duration::from_secs(4));
-    targets = unsubscribe_url, read_batch, bench
+    targets = unsubscribe_url, read_batch, answer_batch, bench
 }
 criterion_main!(benches);

@@ -126,7 +126,7 @@ impl Eligibility {
         Ok(buf.freeze())
     }
 
-    async fn can_send_batch(&self, message: &[u8]) -> Result<Bytes, Status> {
+    pub(super) async fn can_send_batch(&self, message: &[u8]) -> Result<Bytes, Status> {
         let wire::BatchIn {
             checks,
             count,

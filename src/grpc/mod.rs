@@ -36,6 +36,17 @@ pub fn read_batch(message: &[u8]) -> usize {
     wire::batch_in(message, MAX_BATCH_CHECKS).map_or(0, |b| b.checks.len())
 }
 
+/// Answers a CanSendBatchRequest as the server does once its body is read
+/// (read, decide, write the framed answer); the answer's length in bytes
+/// (`benches/decision.rs` times this on cached keys).
+#[doc(hidden)]
+pub async fn answer_batch(authority: &Authority, message: &[u8]) -> Result<usize, tonic::Status> {
+    Eligibility::new(authority.clone())
+        .can_send_batch(message)
+        .await
+        .map(|b| b.len())
+}
+
 // ------------------------------------------------------------ ConsentsService
 
 /// `consent.v1.ConsentsService`: grants, withdrawals, imports, reads,

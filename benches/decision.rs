@@ -360,12 +360,19 @@ fn answer_batch(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    assert!(rt.block_on(consentd::grpc::answer_batch(&authority, &request)).unwrap() > 1000);
+    assert!(
+        rt.block_on(consentd::grpc::answer_batch(&authority, &request))
+            .unwrap()
+            > 1000
+    );
     c.bench_function("answer_batch/1000 cached checks", |b| {
         b.iter(|| {
             black_box(
-                rt.block_on(consentd::grpc::answer_batch(&authority, black_box(&request)))
-                    .unwrap(),
+                rt.block_on(consentd::grpc::answer_batch(
+                    &authority,
+                    black_box(&request),
+                ))
+                .unwrap(),
             )
         })
     });

@@ -125,10 +125,30 @@ fn delimited<'a>(buf: &mut &'a [u8]) -> Read<&'a [u8]> {
     Ok(field)
 }
 
+/// A string field, borrowed. `text` is the message it is read from, as
+/// text when the whole of it is UTF-8 (a check of ASCII ids with small
+/// numbers is): its strings are then cut out of it, where checking each
+/// on its own called `from_utf8` four times a check (10% of a batch's
+/// server time with the reading around it). A cut that is not on a
+/// character boundary falls back to the field's own check, which then
+/// fails as it would have anyway: a field is UTF-8 on its own exactly
+/// when it starts and ends on boundaries of UTF-8 text around it.
 #[inline]
-fn string<'a>(tag: u32, wire: WireType, buf: &mut &'a [u8]) -> Read<&'a str> {
+fn string<'a>(
+    tag: u32,
+    wire: WireType,
+    buf: &mut &'a [u8],
+    text: Option<&'a str>,
+) -> Read<&'a str> {
     expect(tag, wire, WireType::LengthDelimited)?;
-    std::str::from_utf8(delimited(buf)?)
+    let field = delimited(buf)?;
+    if let Some(text) = text
+        && let Some(start) = (field.as_ptr() as usize).checked_sub(text.as_ptr() as usize)
+        && let Some(cut) = text.get(start..start + field.len())
+    {
+        return Ok(cut);
+    }
+    std::str::from_utf8(field)
         .map_err(|_| malformed(format_args!("field {tag}: a string that is not UTF-8")))
 }
 
@@ -156,14 +176,21 @@ fn stamp(mut buf: &[u8], into: &mut Stamp) -> Read<()> {
 }
 
 /// Reads a `CanSendRequest`.
-pub(crate) fn check_in(mut buf: &[u8]) -> Read<CheckIn<'_>> {
+pub(crate) fn check_in(buf: &[u8]) -> Read<CheckIn<'_>> {
+    check_in_text(buf, std::str::from_utf8(buf).ok())
+}
+
+/// Reads a `CanSendRequest` out of `buf`, which is `text` or a part of it
+/// when `text` is some (see [`string`]).
+#[inline]
+fn check_in_text<'a>(mut buf: &'a [u8], text: Option<&'a str>) -> Read<CheckIn<'a>> {
     let mut c = CheckIn::default();
     while let Some((tag, wire)) = next_key(&mut buf)? {
         match tag {
-            1 => c.contact_id = string(tag, wire, &mut buf)?,
-            2 => c.channel = string(tag, wire, &mut buf)?,
-            3 => c.brand = string(tag, wire, &mut buf)?,
-            4 => c.purpose = string(tag, wire, &mut buf)?,
+            1 => c.contact_id = string(tag, wire, &mut buf, text)?,
+            2 => c.channel = string(tag, wire, &mut buf, text)?,
+            3 => c.brand = string(tag, wire, &mut buf, text)?,
+            4 => c.purpose = string(tag, wire, &mut buf, text)?,
             5 => {
                 expect(tag, wire, WireType::Varint)?;
                 c.include_unsubscribe = varint(&mut buf)? != 0;
@@ -182,7 +209,7 @@ pub(crate) fn check_in(mut buf: &[u8]) -> Read<CheckIn<'_>> {
                             expect(tag, wire, WireType::Varint)?;
                             *kind = varint(&mut inner)? as i32;
                         }
-                        2 => *value = string(tag, wire, &mut inner)?,
+                        2 => *value = string(tag, wire, &mut inner, text)?,
                         _ => skip(tag, wire, &mut inner)?,
                     }
                 }
@@ -212,6 +239,9 @@ pub(crate) struct BatchIn<'a> {
 /// over the limit is refused by its count, and a body of millions of
 /// two-byte checks never becomes millions of them in memory.
 pub(crate) fn batch_in(mut buf: &[u8], keep: usize) -> Read<BatchIn<'_>> {
+    // The whole body checked as UTF-8 once; where it is not (a long id's
+    // length, a token), each check is checked on its own.
+    let whole = std::str::from_utf8(buf).ok();
     // A check is at least a few bytes: a guess that saves the regrowing.
     let mut checks = Vec::with_capacity((buf.len() / 24).min(keep));
     let mut count = 0;
@@ -223,7 +253,8 @@ pub(crate) fn batch_in(mut buf: &[u8], keep: usize) -> Read<BatchIn<'_>> {
                 let check = delimited(&mut buf)?;
                 count += 1;
                 if count <= keep {
-                    checks.push(check_in(check)?);
+                    let text = whole.or_else(|| std::str::from_utf8(check).ok());
+                    checks.push(check_in_text(check, text)?);
                 }
             }
             2 => {
@@ -330,8 +361,17 @@ pub(crate) fn answer_len(a: &AnswerOut<'_>) -> usize {
 /// A varint, written with one copy (prost's `encode_varint` writes byte
 /// by byte through `BufMut`, each with its capacity check, and was 7% of
 /// a batch's server time).
+///
+/// Where the buffer has room, all ten bytes are copied (a copy of known
+/// length is two stores; one of the varint's own length was a call to
+/// `memmove`, 4% of a batch's server time) and the buffer cut back to
+/// the varint's end.
 #[inline]
 fn put_varint(mut v: u64, buf: &mut BytesMut) {
+    if v < 0x80 {
+        buf.put_u8(v as u8);
+        return;
+    }
     let mut bytes = [0u8; 10];
     let mut n = 0;
     while v >= 0x80 {
@@ -340,7 +380,13 @@ fn put_varint(mut v: u64, buf: &mut BytesMut) {
         n += 1;
     }
     bytes[n] = v as u8;
-    buf.extend_from_slice(&bytes[..=n]);
+    if buf.capacity() - buf.len() >= bytes.len() {
+        let end = buf.len() + n + 1;
+        buf.extend_from_slice(&bytes);
+        buf.truncate(end);
+    } else {
+        buf.extend_from_slice(&bytes[..=n]);
+    }
 }
 
 /// A field's key: every field here has a number below 16, one byte.

@@ -124,6 +124,36 @@ proptest! {
         }
     }
 
+    /// A batch's bytes, whole or flipped or cut short: read where prost
+    /// reads them, to the same checks, refused where prost refuses them
+    /// (the body is checked as UTF-8 whole, then check by check).
+    #[test]
+    fn any_batch_bytes_read_or_are_refused_as_prost_does(
+        checks in proptest::collection::vec(arbitrary_check(), 0..6),
+        min_sequence in any::<u64>(),
+        flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+        cut in proptest::option::of(any::<prop::sample::Index>()),
+    ) {
+        let mut bytes = pb::CanSendBatchRequest { checks, min_sequence }.encode_to_vec();
+        if !bytes.is_empty() {
+            for (at, b) in flips {
+                let i = at.index(bytes.len());
+                bytes[i] = b;
+            }
+            if let Some(at) = cut {
+                bytes.truncate(at.index(bytes.len()));
+            }
+        }
+        match (pb::CanSendBatchRequest::decode(&bytes[..]), batch_in(&bytes, usize::MAX)) {
+            (Ok(r), Ok(b)) => {
+                prop_assert_eq!(b.min_sequence, r.min_sequence);
+                prop_assert_eq!(b.checks, r.checks.iter().map(as_read).collect::<Vec<_>>());
+            }
+            (Err(_), Err(_)) => {}
+            (p, b) => prop_assert!(false, "prost {:?}, in place {:?}", p, b),
+        }
+    }
+
     /// A batch reads as prost reads it, checks in order.
     #[test]
     fn a_batch_reads_as_prost_reads_it(
@@ -146,10 +176,13 @@ proptest! {
         answers in proptest::collection::vec(arbitrary_answer(), 1..5),
     ) {
         let one = out_of(&answers[0]);
-        let mut buf = BytesMut::new();
-        answer_out(&one, &mut buf);
-        prop_assert_eq!(buf.len(), answer_len(&one));
-        prop_assert_eq!(&buf[..], &answers[0].encode_to_vec()[..]);
+        // Without room (each varint written by its length) and with it
+        // (ten bytes written, the rest cut off).
+        for mut buf in [BytesMut::new(), BytesMut::with_capacity(1024)] {
+            answer_out(&one, &mut buf);
+            prop_assert_eq!(buf.len(), answer_len(&one));
+            prop_assert_eq!(&buf[..], &answers[0].encode_to_vec()[..]);
+        }
 
         let mut buf = BytesMut::new();
         let mut len = 0;
@@ -162,6 +195,32 @@ proptest! {
         let batch = pb::CanSendBatchResponse { results: answers };
         prop_assert_eq!(&buf[..], &batch.encode_to_vec()[..]);
     }
+}
+
+/// A string that ends inside a character of the text around it is not
+/// UTF-8 on its own: refused, though the message as a whole is UTF-8 (an
+/// unknown field's key of two bytes, `0xA9 0x01`, completes the `0xC3`
+/// the contact id ends with into "é").
+#[test]
+fn a_string_cut_inside_a_character_is_not_utf8() {
+    // contact_id = "a\xC3", then field 21 (fixed64): 0xA9 0x01 + 8 bytes.
+    let mut check = vec![0x0a, 2, b'a', 0xC3, 0xA9, 0x01];
+    check.extend_from_slice(b"12345678");
+    assert!(std::str::from_utf8(&check).is_ok());
+    assert!(pb::CanSendRequest::decode(&check[..]).is_err());
+    let err = check_in(&check).unwrap_err();
+    assert!(
+        err.0.contains("field 1: a string that is not UTF-8"),
+        "{err:?}"
+    );
+    let mut batch = vec![0x0a, check.len() as u8];
+    batch.extend_from_slice(&check);
+    assert!(std::str::from_utf8(&batch).is_ok());
+    assert!(batch_in(&batch, usize::MAX).is_err());
+    // The same id whole reads, and the unknown field is skipped.
+    let mut whole = vec![0x0a, 3, b'a', 0xC3, 0xA9, 0xA9, 0x01];
+    whole.extend_from_slice(b"12345678");
+    assert_eq!(check_in(&whole).unwrap().contact_id, "a\u{e9}");
 }
 
 /// A repeated `to` or `as_of` merges, as protobuf's embedded messages do.

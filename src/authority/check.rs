@@ -50,21 +50,24 @@ impl Authority {
     }
 
     /// CanSendBatch: waits for `min_sequence`, then answers every item in
-    /// order over one catalog snapshot; a bad item gets its own error.
+    /// order over one catalog snapshot, handing each answer to `each` as
+    /// it is decided; a bad item gets its own error.
     pub async fn check_batch<'a, T: 'a>(
         &self,
         items: &'a [T],
         min_sequence: u64,
         fields: impl Fn(&'a T) -> Check<'a>,
-    ) -> Result<Vec<Result<Checked, FieldError>>, ReadError> {
+        each: impl FnMut(Result<Checked, FieldError>),
+    ) -> Result<(), ReadError> {
         let started = Instant::now();
         self.fresh(min_sequence).await?;
-        let checked = self.can_send_many(items, fields);
+        self.can_send_each(items, fields, each);
         self.observe_check(started.elapsed());
-        Ok(checked)
+        Ok(())
     }
 
     /// An answer with its link, when the check asked and it is allowed.
+    #[inline]
     pub(super) fn dress(&self, check: &Check<'_>, answer: Answer) -> Checked {
         let unsubscribe_url = match answer.unsubscribe {
             // A link minted for `to` withdraws on it too.

@@ -115,6 +115,7 @@ pub fn answer_check(
 
 /// [`answer_check`] over states already gathered for a batch, or looked
 /// up here.
+#[inline]
 #[allow(clippy::too_many_arguments)]
 fn answer_held(
     catalog: &Catalog,
@@ -371,32 +372,28 @@ impl Authority {
     }
 
     /// Many CanSends over one catalog snapshot, answered in order, each
-    /// with its link when it asked (see [`Authority::check_batch`]);
-    /// `fields` reads an item's check.
-    pub fn can_send_many<'a, T: 'a>(
+    /// with its link when it asked, handed to `each` as it is decided (see
+    /// [`Authority::check_batch`]); `fields` reads an item's check.
+    fn can_send_each<'a, T: 'a>(
         &self,
         items: &'a [T],
         fields: impl Fn(&'a T) -> Check<'a>,
-    ) -> Vec<Result<Checked, FieldError>> {
+        mut each: impl FnMut(Result<Checked, FieldError>),
+    ) {
         let catalog = self.catalog.load();
         let mut tally = Tally::default();
         let held = self
             .index
             .gather(items.iter().map(|item| fields(item).contact));
-        // Each answer is dressed where it is decided: no second vector of
-        // answers (a profile found them moved twice).
-        let checked = items
-            .iter()
-            .zip(&held)
-            .map(|(item, states)| {
-                let c = fields(item);
-                let answer = self.decide(&catalog, &c, Held::Gathered(states.as_deref()));
-                count(&mut tally, &answer);
-                answer.map(|a| self.dress(&c, a))
-            })
-            .collect();
+        // Each answer is dressed where it is decided and handed on: no
+        // vector of answers (a profile found them moved twice).
+        for (item, states) in items.iter().zip(&held) {
+            let c = fields(item);
+            let answer = self.decide(&catalog, &c, Held::Gathered(states.as_deref()));
+            count(&mut tally, &answer);
+            each(answer.map(|a| self.dress(&c, a)));
+        }
         self.metrics.decisions(&tally);
-        checked
     }
 
     /// Grant or Withdraw; returns once durable and visible to CanSend.

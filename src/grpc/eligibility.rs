@@ -21,7 +21,7 @@ use tonic::codegen::http;
 use super::status::invalid;
 use super::unary;
 use super::wire::{self, AnswerOut, Stamp};
-use crate::authority::{Authority, Checked};
+use crate::authority::Authority;
 use crate::domain::FieldError;
 
 /// Most checks in one CanSendBatch (DESIGN.md §3).
@@ -34,6 +34,11 @@ const MAX_CAN_SEND_BODY: usize = 8 * 1024;
 
 /// Largest CanSendBatch: a full 10,000-check batch of the longest ids fits.
 const MAX_BATCH_BODY: usize = 5 * 1024 * 1024;
+
+/// Room made for each answer of a batch before it is written: an allowed
+/// answer with its deciding consent and time is ~40 bytes; one with its
+/// link and List-Id, several times that, grows the buffer as it goes.
+const ANSWER_GUESS: usize = 48;
 
 /// The two methods, by path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,47 +155,26 @@ impl Eligibility {
             .iter()
             .map(|c| c.min_sequence)
             .fold(own_min_sequence, u64::max);
-        let results = self
-            .authority
-            .check_batch(&checks, min_sequence, wire::CheckIn::check)
-            .await?;
-        // Only a malformed item has text of its own to write (none
-        // allocated when every item reads).
-        let errors: Vec<String> = results
-            .iter()
-            .filter_map(|r| r.as_ref().err().map(ToString::to_string))
-            .collect();
-        // Each answer's length, measured once: the frame's length is
-        // written first, then the items, each read again from its result
-        // (a few pointer copies) rather than kept in a vector of answers.
-        let mut len = 0;
-        let mut pending = errors.iter();
-        let lengths: Vec<usize> = results
-            .iter()
-            .map(|r| {
-                let n = wire::answer_len(&item_answer(r.as_ref(), &mut pending));
-                len += wire::batch_item_len(n);
-                n
+        // Each answer is written as it is decided, straight after the
+        // one before (a vector of the answers, then their lengths, then
+        // the bytes was three passes); the frame's length last.
+        let mut buf = unary::open_frame(checks.len() * ANSWER_GUESS);
+        self.authority
+            .check_batch(&checks, min_sequence, wire::CheckIn::check, |result| {
+                let error;
+                let answer = match &result {
+                    Ok(checked) => AnswerOut::of(checked),
+                    Err(e) => {
+                        error = e.to_string();
+                        AnswerOut::invalid(&error)
+                    }
+                };
+                let n = wire::answer_len(&answer);
+                wire::batch_item_out(&answer, n, &mut buf);
             })
-            .collect();
-        let mut buf = unary::framed(len);
-        let mut pending = errors.iter();
-        for (r, n) in results.iter().zip(lengths) {
-            wire::batch_item_out(&item_answer(r.as_ref(), &mut pending), n, &mut buf);
-        }
-        debug_assert_eq!(buf.len(), 5 + len);
+            .await?;
+        unary::close_frame(&mut buf);
         Ok(buf.freeze())
-    }
-}
-
-/// A batch item's answer; a malformed item's text is the next of `errors`.
-fn item_answer<'a, E>(
-    result: Result<&'a Checked, E>,
-    errors: &mut std::slice::Iter<'a, String>,
-) -> AnswerOut<'a> {
-    match result {
-        Ok(checked) => AnswerOut::of(checked),
-        Err(_) => AnswerOut::invalid(errors.next().map_or("", String::as_str)),
     }
 }
 

@@ -98,6 +98,22 @@ pub(super) fn framed(len: usize) -> BytesMut {
     buf
 }
 
+/// A buffer for an answer whose length is known once it is written (room
+/// for `guess` bytes): the frame header's length is left zero until
+/// [`close_frame`] writes it.
+pub(super) fn open_frame(guess: usize) -> BytesMut {
+    let mut buf = BytesMut::with_capacity(5 + guess);
+    buf.put_u8(0);
+    buf.put_u32(0);
+    buf
+}
+
+/// Writes the length of the answer written after [`open_frame`]'s header.
+pub(super) fn close_frame(buf: &mut BytesMut) {
+    let len = u32::try_from(buf.len() - 5).expect("an answer is far below 4 GiB");
+    buf[1..5].copy_from_slice(&len.to_be_bytes());
+}
+
 /// A unary gRPC answer's body: the one message, then `grpc-status: 0`.
 struct Unary {
     message: Option<Bytes>,

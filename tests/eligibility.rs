@@ -512,7 +512,10 @@ async fn any_bytes_get_the_answer_prost_would_give_or_a_status_naming_the_reques
 /// A batch answers each check as CanSend does one by one — granted,
 /// withdrawn, waiting for a confirmation, erased, never known, repeated —
 /// for contacts spread over every shard of the index (a batch's states are
-/// gathered by shard, a single check's looked up alone).
+/// gathered by shard, a single check's looked up alone), in runs of the
+/// same (purpose, channel, brand) and with one of the three changed at a
+/// time, an unknown one between them (a batch keeps the cell of the
+/// check before).
 #[tokio::test]
 async fn a_batch_answers_each_check_as_can_send_does() {
     let dir = tempfile::tempdir().unwrap();
@@ -560,7 +563,21 @@ async fn a_batch_answers_each_check_as_can_send_does() {
     let checks: Vec<pb::CanSendRequest> = (0..400)
         .flat_map(|i| {
             let who = format!("b{}", (i * 37) % 330);
-            ["orbit", "acme"].map(|brand| check(&who, "email", brand))
+            let acme = check(&who, "email", "acme");
+            let last = match i % 4 {
+                0 => check(&who, "sms", "acme"),
+                1 => pb::CanSendRequest {
+                    purpose: "marketing".into(),
+                    ..acme.clone()
+                },
+                // Surveys are by email only.
+                2 => pb::CanSendRequest {
+                    purpose: "surveys".into(),
+                    ..check(&who, "sms", "acme")
+                },
+                _ => check(&who, "emails", "acme"),
+            };
+            [check(&who, "email", "orbit"), acme.clone(), acme, last]
         })
         .collect();
     let batch = elig
@@ -575,15 +592,26 @@ async fn a_batch_answers_each_check_as_can_send_does() {
     assert_eq!(batch.len(), checks.len());
     let mut reasons = std::collections::HashSet::new();
     for (c, got) in checks.iter().zip(&batch) {
-        let one = elig.can_send(c.clone()).await.unwrap().into_inner();
-        assert_eq!(got, &one, "{c:?}");
-        reasons.insert(one.reason());
+        match elig.can_send(c.clone()).await {
+            Ok(one) => {
+                let one = one.into_inner();
+                assert_eq!(got, &one, "{c:?}");
+                reasons.insert(one.reason());
+            }
+            Err(status) => {
+                assert_eq!(got.reason(), Reason::Invalid, "{c:?}");
+                assert!(status.message().contains(&got.error), "{status:?} {got:?}");
+                reasons.insert(Reason::Invalid);
+            }
+        }
     }
     for r in [
         Reason::Granted,
         Reason::Withdrawn,
         Reason::PendingConfirmation,
         Reason::NoConsent,
+        Reason::NotCovered,
+        Reason::Invalid,
     ] {
         assert!(reasons.contains(&r), "{r:?} among {reasons:?}");
     }

@@ -53,7 +53,7 @@ use crate::clock::Clock;
 use crate::domain::ids::{ADDRESS_KEY_LEN, address_key};
 use crate::domain::{
     AddressKind, Catalog, CatalogSpec, Change, ChangeOutcome, ConsentIdx, ContactHasher, ContactId,
-    FieldError, UnixNanos, Verdict, ids::check_contact,
+    FieldError, LastCell, UnixNanos, Verdict, ids::check_contact,
 };
 use crate::index::{Held, Index};
 use crate::links::Links;
@@ -102,6 +102,7 @@ pub fn answer_check(
 ) -> Result<Answer, FieldError> {
     answer_held(
         catalog,
+        &mut LastCell::default(),
         index,
         clock,
         Held::Lookup,
@@ -117,19 +118,20 @@ pub fn answer_check(
 /// up here.
 #[inline]
 #[allow(clippy::too_many_arguments)]
-fn answer_held(
+fn answer_held<'a>(
     catalog: &Catalog,
+    last: &mut LastCell<'a>,
     index: &Index,
     clock: &dyn Clock,
     held: Held<'_>,
     contact: &str,
-    channel: &str,
-    brand: &str,
-    purpose: &str,
+    channel: &'a str,
+    brand: &'a str,
+    purpose: &'a str,
     to: Option<&str>,
 ) -> Result<Answer, FieldError> {
     check_contact("contact_id", contact)?;
-    let cell = catalog.cell(purpose, channel, brand)?;
+    let cell = last.cell(catalog, purpose, channel, brand)?;
     let cover = catalog.covering(cell);
     let mut verdict = index.verdict(held, contact, cover, catalog.terms(), || clock.now());
     if verdict.allowed() {
@@ -335,7 +337,12 @@ impl Authority {
     /// CanSend (DESIGN.md rule 3). Never touches the disk; allocates only
     /// to normalise an address (`to`).
     pub fn can_send(&self, check: &Check<'_>) -> Result<Answer, FieldError> {
-        let answer = self.decide(&self.catalog.load(), check, Held::Lookup);
+        let answer = self.decide(
+            &self.catalog.load(),
+            &mut LastCell::default(),
+            check,
+            Held::Lookup,
+        );
         let mut tally = Tally::default();
         count(&mut tally, &answer);
         self.metrics.decisions(&tally);
@@ -344,10 +351,11 @@ impl Authority {
 
     /// One check over a catalog snapshot, with this node's index and clock.
     #[inline]
-    fn decide(
+    fn decide<'a>(
         &self,
         catalog: &Catalog,
-        c: &Check<'_>,
+        last: &mut LastCell<'a>,
+        c: &Check<'a>,
         held: Held<'_>,
     ) -> Result<Answer, FieldError> {
         let to =
@@ -358,6 +366,7 @@ impl Authority {
         let key = to.as_ref().map(|(_, hash)| address_key(hash, &mut buf));
         let mut answer = answer_held(
             catalog,
+            last,
             &self.index,
             &*self.clock,
             held,
@@ -382,6 +391,7 @@ impl Authority {
     ) {
         let catalog = self.catalog.load();
         let mut tally = Tally::default();
+        let mut last = LastCell::default();
         let held = self
             .index
             .gather(items.iter().map(|item| fields(item).contact));
@@ -389,7 +399,7 @@ impl Authority {
         // vector of answers (a profile found them moved twice).
         for (item, states) in items.iter().zip(&held) {
             let c = fields(item);
-            let answer = self.decide(&catalog, &c, Held::Gathered(states.as_deref()));
+            let answer = self.decide(&catalog, &mut last, &c, Held::Gathered(states.as_deref()));
             count(&mut tally, &answer);
             each(answer.map(|a| self.dress(&c, a)));
         }

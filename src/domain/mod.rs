@@ -16,7 +16,9 @@ pub mod terms;
 pub mod wording;
 
 pub use address::{Address, AddressHasher, AddressKind, PhoneRegion};
-pub use catalog::{Catalog, CatalogSpec, Cell, Compiled, Consent, ConsentIdx, ConsentSpec};
+pub use catalog::{
+    Catalog, CatalogSpec, Cell, Compiled, Consent, ConsentIdx, ConsentSpec, LastCell,
+};
 pub use erasure::{ContactHasher, Erasures};
 pub use event::{
     Action, Change, Decision, EventRecord, Evidence, IdempotencyRecord, Source, StateRecord,

@@ -170,6 +170,44 @@ pub struct Cell {
     pub brand: u32,
 }
 
+/// The cell the check before named, for the next check of a batch, which
+/// mostly names the same (purpose, channel, brand): compared byte for
+/// byte it is found without the two or three hash lookups of
+/// [`Catalog::cell`] (a tenth of a cached batch's decision time). Only
+/// for one catalog: a batch decides over one snapshot.
+#[derive(Debug, Default)]
+pub struct LastCell<'a>(Option<([&'a str; 3], Cell)>);
+
+impl<'a> LastCell<'a> {
+    /// [`Catalog::cell`] of `catalog`, the one every call passes.
+    #[inline]
+    pub fn cell(
+        &mut self,
+        catalog: &Catalog,
+        purpose: &'a str,
+        channel: &'a str,
+        brand: &'a str,
+    ) -> Result<Cell, FieldError> {
+        if let Some(([p, c, b], cell)) = self.0
+            && same(p, purpose)
+            && same(c, channel)
+            && same(b, brand)
+        {
+            return Ok(cell);
+        }
+        let cell = catalog.cell(purpose, channel, brand)?;
+        self.0 = Some(([purpose, channel, brand], cell));
+        Ok(cell)
+    }
+}
+
+/// Equal strings, compared in line: an id is a few bytes, where a call to
+/// `memcmp` for each of the three costs more than the comparison.
+#[inline]
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| x == y)
+}
+
 impl Catalog {
     /// An empty catalog; `fallback_default` is the configured default purpose.
     pub fn empty(fallback_default: Option<String>) -> Self {

@@ -371,27 +371,38 @@ fn put_varint(v: u64, buf: &mut BytesMut) {
     }
 }
 
-/// A varint of two bytes or more (see [`put_varint`]). Where the buffer
-/// has room all ten bytes are copied (a copy of known length is two
-/// stores; one of the varint's own length was a call to `memmove`, 4% of
-/// a batch's server time) and the buffer cut back to the varint's end.
+/// A varint of two bytes or more (see [`put_varint`]). One of at most
+/// eight bytes (a number below 2^56: every length, a timestamp's seconds
+/// and nanos) is built in a register and, where the buffer has room,
+/// written with one eight-byte store, the buffer then cut back to the
+/// varint's end. Built byte by byte in an array and copied out, each
+/// varint stalled the copy's load on the byte stores before it (`perf
+/// annotate`: 8% of a cached batch's server time, most of it there).
 #[inline(never)]
-fn put_long_varint(mut v: u64, buf: &mut BytesMut) {
+fn put_long_varint(v: u64, buf: &mut BytesMut) {
+    if v < 1 << 56 && buf.capacity() - buf.len() >= 8 {
+        let (mut rest, mut bytes, mut n) = (v, 0u64, 0);
+        while rest >= 0x80 {
+            bytes |= ((rest & 0x7f) | 0x80) << (8 * n);
+            rest >>= 7;
+            n += 1;
+        }
+        bytes |= rest << (8 * n);
+        let end = buf.len() + n + 1;
+        buf.put_u64_le(bytes);
+        buf.truncate(end);
+        return;
+    }
     let mut bytes = [0u8; 10];
     let mut n = 0;
-    while v >= 0x80 {
-        bytes[n] = (v as u8) | 0x80;
-        v >>= 7;
+    let mut rest = v;
+    while rest >= 0x80 {
+        bytes[n] = (rest as u8) | 0x80;
+        rest >>= 7;
         n += 1;
     }
-    bytes[n] = v as u8;
-    if buf.capacity() - buf.len() >= bytes.len() {
-        let end = buf.len() + n + 1;
-        buf.extend_from_slice(&bytes);
-        buf.truncate(end);
-    } else {
-        buf.extend_from_slice(&bytes[..=n]);
-    }
+    bytes[n] = rest as u8;
+    buf.extend_from_slice(&bytes[..=n]);
 }
 
 /// A field's key: every field here has a number below 16, one byte.

@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::raw::{grpc_framed, raw_call};
 use common::*;
 use consentd::pb::{self, Reason};
 use tonic::Code;

@@ -2,6 +2,7 @@
 
 mod common;
 
+use common::raw::raw_eligibility;
 use common::*;
 use consentd::pb::{self, Reason};
 
@@ -332,68 +333,6 @@ async fn an_allowed_answer_names_its_list_stable_per_deciding_consent_and_brand(
     server.stop().await;
 }
 
-/// Sends any bytes as a gRPC message and reads the answer's bytes: what a
-/// client built from another protobuf library (or a broken one) sends.
-#[derive(Clone, Copy, Default)]
-struct Raw;
-
-impl tonic::codec::Codec for Raw {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = Raw;
-    type Decoder = Raw;
-    fn encoder(&mut self) -> Raw {
-        Raw
-    }
-    fn decoder(&mut self) -> Raw {
-        Raw
-    }
-}
-
-impl tonic::codec::Encoder for Raw {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn encode(
-        &mut self,
-        item: Vec<u8>,
-        dst: &mut tonic::codec::EncodeBuf<'_>,
-    ) -> Result<(), tonic::Status> {
-        use bytes::BufMut;
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl tonic::codec::Decoder for Raw {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn decode(
-        &mut self,
-        src: &mut tonic::codec::DecodeBuf<'_>,
-    ) -> Result<Option<Vec<u8>>, tonic::Status> {
-        use bytes::Buf;
-        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
-    }
-}
-
-async fn raw_call(
-    server: &TestServer,
-    method: &str,
-    body: Vec<u8>,
-    headers: &[(&'static str, &'static str)],
-) -> Result<Vec<u8>, tonic::Status> {
-    let mut grpc = tonic::client::Grpc::new(server.channel().await);
-    grpc.ready().await.unwrap();
-    let mut request = tonic::Request::new(body);
-    for (name, value) in headers {
-        request.metadata_mut().insert(*name, value.parse().unwrap());
-    }
-    let path = format!("/consent.v1.EligibilityService/{method}")
-        .parse()
-        .unwrap();
-    grpc.unary(request, path, Raw).await.map(|r| r.into_inner())
-}
-
 /// CanSend is answered without tonic's codec (the hot path): the same
 /// bytes as prost writes, and a clear status for what is not a check.
 #[tokio::test]
@@ -414,7 +353,7 @@ async fn any_bytes_get_the_answer_prost_would_give_or_a_status_naming_the_reques
 
     // Field by field as the generated client reads it; the URL differs
     // (a fresh nonce per link) and nothing else.
-    let raw = raw_call(&server, "CanSend", with_url.encode_to_vec(), &[])
+    let raw = raw_eligibility(&server, "CanSend", with_url.encode_to_vec(), &[])
         .await
         .unwrap();
     let read = pb::CanSendResponse::decode(&raw[..]).unwrap();
@@ -438,7 +377,7 @@ async fn any_bytes_get_the_answer_prost_would_give_or_a_status_naming_the_reques
         vec![0x0a, 0x05, b'a'],
         vec![0x0a, 0x02, 0xc3, 0x28],
     ] {
-        let status = raw_call(&server, "CanSend", junk.clone(), &[])
+        let status = raw_eligibility(&server, "CanSend", junk.clone(), &[])
             .await
             .unwrap_err();
         assert_eq!(
@@ -453,7 +392,7 @@ async fn any_bytes_get_the_answer_prost_would_give_or_a_status_naming_the_reques
             "{status:?}"
         );
     }
-    let status = raw_call(&server, "CanSendBatch", vec![0x0a, 0x09], &[])
+    let status = raw_eligibility(&server, "CanSendBatch", vec![0x0a, 0x09], &[])
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
@@ -465,7 +404,7 @@ async fn any_bytes_get_the_answer_prost_would_give_or_a_status_naming_the_reques
     );
 
     // A compressed message this server cannot read: UNIMPLEMENTED, saying so.
-    let status = raw_call(
+    let status = raw_eligibility(
         &server,
         "CanSend",
         with_url.encode_to_vec(),
@@ -477,14 +416,14 @@ async fn any_bytes_get_the_answer_prost_would_give_or_a_status_naming_the_reques
     assert!(status.message().contains("compressed (gzip)"), "{status:?}");
 
     // An empty message is a check of nothing: each field named in turn.
-    let status = raw_call(&server, "CanSend", Vec::new(), &[])
+    let status = raw_eligibility(&server, "CanSend", Vec::new(), &[])
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     assert!(status.message().starts_with("contact"), "{status:?}");
 
     // A method the service does not have is tonic's UNIMPLEMENTED.
-    let status = raw_call(&server, "CanSendAll", with_url.encode_to_vec(), &[])
+    let status = raw_eligibility(&server, "CanSendAll", with_url.encode_to_vec(), &[])
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
@@ -494,7 +433,7 @@ async fn any_bytes_get_the_answer_prost_would_give_or_a_status_naming_the_reques
         checks: vec![check("anna", "email", "acme"), check("", "email", "acme")],
         min_sequence: 0,
     };
-    let raw = raw_call(&server, "CanSendBatch", batch.encode_to_vec(), &[])
+    let raw = raw_eligibility(&server, "CanSendBatch", batch.encode_to_vec(), &[])
         .await
         .unwrap();
     let read = pb::CanSendBatchResponse::decode(&raw[..]).unwrap();

@@ -9,6 +9,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::raw::{grpc_framed, raw_call};
 use common::*;
 use consentd::pb::consents_service_client::ConsentsServiceClient;
 use consentd::pb::{self, Reason};

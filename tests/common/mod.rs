@@ -2,6 +2,7 @@
 //! data dir, and clients connected to it.
 #![allow(dead_code)]
 
+pub(crate) mod raw;
 pub(crate) mod replica;
 
 use std::net::SocketAddr;
@@ -545,54 +546,4 @@ pub(crate) async fn watch_from(
         .await
         .unwrap()
         .into_inner()
-}
-
-/// A unary gRPC call sent straight over HTTP/2, as any client may send it:
-/// `body` as it goes on the wire (gRPC framing included), `headers` on top
-/// of the content type. Returns the call's `grpc-status` and
-/// `grpc-message` (a refusal comes trailers-only: in the headers).
-pub(crate) async fn raw_call(
-    addr: SocketAddr,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Vec<u8>,
-) -> (String, String) {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(conn);
-    let mut send = send.ready().await.unwrap();
-    let mut request = http::Request::post(format!("http://{addr}{path}"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers");
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let (response, mut stream) = send.send_request(request.body(()).unwrap(), false).unwrap();
-    stream.send_data(body.into(), true).unwrap();
-    let response = response.await.unwrap();
-    let status_of = |h: &http::HeaderMap| {
-        let text = |name: &str| {
-            h.get(name)
-                .map(|v| v.to_str().unwrap().to_owned())
-                .unwrap_or_default()
-        };
-        (text("grpc-status"), text("grpc-message"))
-    };
-    if response.headers().contains_key("grpc-status") {
-        return status_of(response.headers());
-    }
-    let mut answer = response.into_body();
-    while let Some(chunk) = answer.data().await {
-        let chunk = chunk.unwrap();
-        answer.flow_control().release_capacity(chunk.len()).unwrap();
-    }
-    status_of(&answer.trailers().await.unwrap().expect("trailers"))
-}
-
-/// `message` framed for gRPC: uncompressed, its 4-byte length, itself.
-pub(crate) fn grpc_framed(message: &[u8]) -> Vec<u8> {
-    let mut body = vec![0u8];
-    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    body.extend_from_slice(message);
-    body
 }

@@ -1,9 +1,12 @@
 //! The in-process decision path at 1M and 10M contacts: validate the check,
 //! resolve (purpose, channel, brand) to its covering set, look the contact up
 //! in the index and decide — exactly `authority::answer_check`, which every
-//! CanSend runs. Also prints the index's memory per contact.
+//! CanSend runs. Also prints the index's memory per contact. And a batch
+//! of 1,000 checks: read from its bytes (`read_batch`), and answered whole
+//! on cached keys as the server does once the body is read
+//! (`answer_batch`: read, decided, the answer written).
 //!
-//! `cargo bench --bench decision`
+//! `cargo bench --bench decision [-- answer_batch]`
 
 #[path = "support/mod.rs"]
 mod support;

@@ -14,11 +14,19 @@ async fn two_nodes_writing_at_once_extend_one_chain_that_verifies() {
     let (nodes, dirs, url) = nodes(2).await;
     let (a, b) = (&nodes[0], &nodes[1]);
     // 2 × 8 writers at once, on both nodes, then an erasure on one while
-    // the other writes.
+    // the other writes: of a contact the other node has granted by then
+    // (erased before its grant, the grant would stand, rightly).
+    let (granted, first_granted) = tokio::sync::oneshot::channel::<()>();
+    let mut granted = Some(granted);
     let mut tasks = Vec::new();
     for (n, node) in [a, b].into_iter().enumerate() {
         for w in 0..8 {
             let mut c = node.consents().await;
+            let mut tell = if (n, w) == (1, 0) {
+                granted.take()
+            } else {
+                None
+            };
             tasks.push(tokio::spawn(async move {
                 let mut last = 0;
                 for i in 0..25 {
@@ -29,6 +37,9 @@ async fn two_nodes_writing_at_once_extend_one_chain_that_verifies() {
                         .unwrap()
                         .into_inner()
                         .sequence;
+                    if let Some(tell) = tell.take() {
+                        let _ = tell.send(());
+                    }
                 }
                 last
             }));
@@ -36,6 +47,7 @@ async fn two_nodes_writing_at_once_extend_one_chain_that_verifies() {
     }
     let mut erase = a.consents().await;
     let erased = tokio::spawn(async move {
+        first_granted.await.unwrap();
         erase
             .erase_contact(pb::EraseContactRequest {
                 contact_id: "n1-w0-0".into(),

@@ -16,9 +16,8 @@ pub mod terms;
 pub mod wording;
 
 pub use address::{Address, AddressHasher, AddressKind, PhoneRegion};
-pub use catalog::{
-    Catalog, CatalogSpec, Cell, Compiled, Consent, ConsentIdx, ConsentSpec, LastCell,
-};
+pub(crate) use catalog::LastCell;
+pub use catalog::{Catalog, CatalogSpec, Cell, Compiled, Consent, ConsentIdx, ConsentSpec};
 pub use erasure::{ContactHasher, Erasures};
 pub use event::{
     Action, Change, Decision, EventRecord, Evidence, IdempotencyRecord, Source, StateRecord,

@@ -146,6 +146,8 @@ fn string<'a>(
         && let Some(start) = (field.as_ptr() as usize).checked_sub(text.as_ptr() as usize)
         && let Some(cut) = text.get(start..start + field.len())
     {
+        // The same bytes: `field` lies inside `text`'s.
+        debug_assert_eq!(cut.as_bytes(), field);
         return Ok(cut);
     }
     std::str::from_utf8(field)

@@ -176,12 +176,12 @@ pub struct Cell {
 /// [`Catalog::cell`] (a tenth of a cached batch's decision time). Only
 /// for one catalog: a batch decides over one snapshot.
 #[derive(Debug, Default)]
-pub struct LastCell<'a>(Option<([&'a str; 3], Cell)>);
+pub(crate) struct LastCell<'a>(Option<([&'a str; 3], Cell)>);
 
 impl<'a> LastCell<'a> {
     /// [`Catalog::cell`] of `catalog`, the one every call passes.
     #[inline]
-    pub fn cell(
+    pub(crate) fn cell(
         &mut self,
         catalog: &Catalog,
         purpose: &'a str,

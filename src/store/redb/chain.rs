@@ -33,7 +33,7 @@ fn no_salt(e: getrandom::Error) -> StoreError {
     StoreError::Io(std::io::Error::other(format!("no random salt: {e}")))
 }
 
-fn encode(l: &Link) -> Vec<u8> {
+pub(super) fn encode(l: &Link) -> Vec<u8> {
     let mut v = Vec::with_capacity(82 + l.body.len());
     v.push(l.kind as u8);
     match l.salt {
@@ -49,7 +49,7 @@ fn encode(l: &Link) -> Vec<u8> {
     v
 }
 
-fn decode(sequence: u64, b: &[u8]) -> Result<Link, StoreError> {
+pub(super) fn decode(sequence: u64, b: &[u8]) -> Result<Link, StoreError> {
     let bad = || StoreError::corrupt("chain", format!("the link at {sequence}"));
     let kind = Kind::from_u8(*b.first().ok_or_else(bad)?).ok_or_else(bad)?;
     let (salt, rest) = match b.get(1) {
@@ -441,16 +441,28 @@ pub(super) fn checkpoints(
         .collect()
 }
 
-/// Keeps a checkpoint (the first kept at a sequence stays); without
-/// `sync`, no fsync of its own: durable with the next group commit.
+/// How a checkpoint is kept.
+pub(super) enum Keep<'a> {
+    /// Durable before it returns.
+    Durable,
+    /// No fsync of its own: durable with the next durable commit.
+    WithNextCommit,
+    /// Its log record (this payload) appended without an fsync: durable
+    /// with the next record's.
+    Logged(&'a mut super::log::Log, &'a [u8]),
+    /// Replaying log record `n` (made durable by the replay's end).
+    Replay(u64),
+}
+
+/// Keeps a checkpoint (the first kept at a sequence stays).
 pub(super) fn keep_checkpoint(
     db: &redb::Database,
     sequence: u64,
     note: &str,
-    sync: bool,
+    keep: Keep<'_>,
 ) -> Result<(), StoreError> {
     let mut txn = db.begin_write()?;
-    if !sync {
+    if !matches!(keep, Keep::Durable) {
         txn.set_durability(redb::Durability::None)
             .map_err(|e| StoreError::Backend(Box::new(e)))?;
     }
@@ -459,6 +471,18 @@ pub(super) fn keep_checkpoint(
         if t.get(sequence)?.is_none() {
             t.insert(sequence, note)?;
         }
+        let number = match &keep {
+            Keep::Logged(log, _) => Some(log.next_number()),
+            Keep::Replay(n) => Some(*n),
+            _ => None,
+        };
+        if let Some(n) = number {
+            txn.open_table(META)?
+                .insert(super::LOG_KEY, n.to_le_bytes().as_slice())?;
+        }
+    }
+    if let Keep::Logged(log, payload) = keep {
+        log.append(payload, false)?;
     }
     txn.commit()?;
     Ok(())

@@ -31,6 +31,8 @@
 mod chain;
 mod codec;
 mod file;
+mod log;
+mod logged;
 mod migrate;
 mod rewrite;
 mod transfer;
@@ -38,7 +40,7 @@ mod write;
 mod zeroed;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use arc_swap::ArcSwapOption;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -94,6 +96,10 @@ const REWRITE_PENDING: &str = "rewrite_pending";
 /// 3: the hash chain, `chain.rs`).
 pub(super) const SCHEMA_VERSION: u32 = 3;
 const DB_FILE: &str = "consentd.redb";
+/// The log next to it (`log.rs`).
+const LOG_FILE: &str = "consentd.log";
+/// `meta`: the number of the last log record the state holds (u64 LE).
+const LOG_KEY: &str = "log";
 /// The page cache when none is configured: the B-trees' inner pages of
 /// millions of contacts and the pages being written. A page it does not
 /// hold is read from the OS's page cache (a copy, no disk), so a larger
@@ -153,6 +159,9 @@ pub struct RedbStore {
     /// Whether commits are linked into the chain (always, but for the
     /// benchmark that measures what the chain costs).
     chained: bool,
+    /// The log that makes group commits durable (`log.rs`), when the store
+    /// owns a data dir; only the writer takes it.
+    log: Option<Mutex<log::Log>>,
 }
 
 impl RedbStore {
@@ -178,7 +187,9 @@ impl RedbStore {
             let _ = std::fs::remove_file(path.with_extension("rewrite"));
             db
         };
-        Self::init(db, Some(path), cache_bytes)
+        let mut store = Self::init(db, Some(path), cache_bytes)?;
+        store.log = Some(Mutex::new(store.replay_log(&data_dir.join(LOG_FILE))?));
+        Ok(store)
     }
 
     /// Opens (creating if empty) a store over any redb storage backend: an
@@ -247,12 +258,20 @@ impl RedbStore {
             cache_bytes,
             path,
             chained: true,
+            log: None,
         })
     }
 
     /// The database in use, unless the store was closed.
     fn db(&self) -> Result<Arc<Database>, StoreError> {
         self.db.load_full().ok_or(StoreError::Closed)
+    }
+
+    /// The log, when the store keeps one.
+    fn log(&self) -> Option<MutexGuard<'_, log::Log>> {
+        self.log
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Whether an erasure happened since the last rewrite.
@@ -437,7 +456,28 @@ impl Store for RedbStore {
     }
 
     fn keep_checkpoint(&self, sequence: u64, note: &str, sync: bool) -> Result<(), StoreError> {
-        chain::keep_checkpoint(&*self.db()?, sequence, note, sync)
+        let db = self.db()?;
+        let mut log = self.log();
+        match log.as_deref_mut() {
+            // Durable with the next commit, as without the log: its record
+            // goes in unsynced, and the next record's fsync covers it.
+            Some(log) if !sync && log.fits(note.len() + 16) => {
+                let payload = logged::encode_checkpoint(sequence, note);
+                chain::keep_checkpoint(&db, sequence, note, chain::Keep::Logged(log, &payload))
+            }
+            Some(log) => {
+                chain::keep_checkpoint(&db, sequence, note, chain::Keep::Durable)?;
+                log.checkpointed();
+                Ok(())
+            }
+            None => {
+                let keep = match sync {
+                    true => chain::Keep::Durable,
+                    false => chain::Keep::WithNextCommit,
+                };
+                chain::keep_checkpoint(&db, sequence, note, keep)
+            }
+        }
     }
 
     fn checkpoints(&self, after: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError> {
@@ -525,14 +565,23 @@ impl Store for RedbStore {
         if !Self::rewrite_pending(&old)? {
             return Ok(false);
         }
+        let mut log = self.log();
         let new = rewrite::rewrite(&old, path, self.cache_bytes)?;
         self.db.store(Some(Arc::new(new)));
+        // The new file holds every record so far, durably.
+        if let Some(log) = log.as_deref_mut() {
+            log.checkpointed();
+        }
         Ok(true)
     }
 
-    /// Drops the database (once the reads in flight end): redb closes the
-    /// file cleanly, so the next open needs no repair.
+    /// Makes every logged commit durable in the file, then drops the
+    /// database (once the reads in flight end): redb closes the file
+    /// cleanly, so the next open needs no repair.
     fn close(&self) -> Result<(), StoreError> {
+        if let (Some(mut log), Some(db)) = (self.log(), self.db.load_full()) {
+            self.checkpoint(&db, &mut log)?;
+        }
         self.db.store(None);
         Ok(())
     }
@@ -567,5 +616,7 @@ impl Store for RedbStore {
     }
 }
 
+#[cfg(test)]
+mod log_tests;
 #[cfg(test)]
 mod tests;

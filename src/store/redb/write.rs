@@ -5,10 +5,13 @@
 use prost::Message;
 use redb::{ReadableTable, ReadableTableMetadata};
 
+use super::log::Log;
+use super::logged;
 use super::{
-    CATALOG_FEED, CATALOGS, CONTACTS, ERASURE_FEED, ERASURES, EVENTS, HISTORY, IDEMPOTENCY,
+    CATALOG_FEED, LOG_KEY, CATALOGS, CONTACTS, ERASURE_FEED, ERASURES, EVENTS, HISTORY, IDEMPOTENCY,
     IDEMPOTENCY_BY_TIME, META, REWRITE_PENDING, RedbStore, WORDINGS, read_contact,
 };
+use crate::audit::Link;
 use crate::domain::UnixNanos;
 use crate::store::redb::codec::{
     ContactRecord, decode_idempotency, decode_linked_event, encode_event, encode_idempotency,
@@ -16,19 +19,50 @@ use crate::store::redb::codec::{
 };
 use crate::store::{CommitPhases, StoreError, Tombstone, WriteBatch};
 
+/// How a commit is made durable.
+pub(super) enum Logging<'a> {
+    /// A durable redb commit (a store without a log).
+    Off,
+    /// Its record appended to the log and fsync'd, then a redb commit
+    /// without fsync; a durable redb commit when the record does not fit.
+    On(&'a mut Log),
+    /// Replaying log record `n`: a redb commit without fsync (the caller
+    /// makes the replay durable at its end).
+    Replay(u64),
+}
+
 impl RedbStore {
-    /// Writes `batch` in one durable transaction; returns how long its
-    /// inserts and its commit (pages written, fsync) took.
+    /// Writes `batch` durably (its log record fsync'd, or a durable redb
+    /// commit: `log.rs`); returns how long its inserts and its commit
+    /// (record or pages written, fsync) took.
     pub(super) fn commit_in(&self, batch: &WriteBatch) -> Result<CommitPhases, StoreError> {
+        let mut log = self.log();
+        let logging = match log.as_deref_mut() {
+            Some(log) => Logging::On(log),
+            None => Logging::Off,
+        };
+        self.commit_batch(batch, None, logging)
+    }
+
+    /// Writes `batch` in one transaction, with `links` as a log record
+    /// holds them (else linked here), durable as `logging` says.
+    pub(super) fn commit_batch(
+        &self,
+        batch: &WriteBatch,
+        links: Option<Vec<Link>>,
+        logging: Logging<'_>,
+    ) -> Result<CommitPhases, StoreError> {
         let started = std::time::Instant::now();
         // Durability::Immediate is redb's default: commit() returns after fsync.
-        let txn = self.db()?.begin_write()?;
+        let mut txn = self.db()?.begin_write()?;
+        let record;
         {
             let mut meta = txn.open_table(META)?;
             meta.insert(
                 "next_sequence",
                 batch.next_sequence.to_le_bytes().as_slice(),
             )?;
+            let mut catalog_json = None;
             if let Some(catalog) = &batch.catalog {
                 let json = serde_json::to_vec(catalog).map_err(|e| StoreError::Corrupt {
                     table: "meta",
@@ -42,6 +76,7 @@ impl RedbStore {
                     let ordinal = feed.len()? + 1;
                     feed.insert(batch.catalog_sequence, ordinal)?;
                 }
+                catalog_json = Some(json);
             }
             if !batch.wordings.is_empty() {
                 let mut wordings = txn.open_table(WORDINGS)?;
@@ -52,10 +87,26 @@ impl RedbStore {
             }
             // The links, before the events: an event's link is kept in its
             // own record (one B-tree insert per event, not two).
-            let links = match self.chained {
-                true => super::chain::links_for(&txn, &meta, batch)?,
-                false => Vec::new(),
+            let links = match (links, self.chained) {
+                (Some(links), _) => links,
+                (None, true) => super::chain::links_for(&txn, &meta, batch)?,
+                (None, false) => Vec::new(),
             };
+            record = match &logging {
+                Logging::On(log) => {
+                    let payload = logged::encode_batch(batch, catalog_json.as_deref(), &links);
+                    log.fits(payload.len()).then_some(payload)
+                }
+                _ => None,
+            };
+            let number = match (&logging, &record) {
+                (Logging::On(log), Some(_)) => Some(log.next_number()),
+                (Logging::Replay(n), _) => Some(*n),
+                _ => None,
+            };
+            if let Some(n) = number {
+                meta.insert(LOG_KEY, n.to_le_bytes().as_slice())?;
+            }
             let mut event_links = links.iter().filter(|l| l.kind == crate::audit::Kind::Event);
             let mut events = txn.open_table(EVENTS)?;
             let mut contacts = txn.open_table(CONTACTS)?;
@@ -103,7 +154,26 @@ impl RedbStore {
             super::chain::finish(&txn, &mut meta, &links)?;
         }
         let written = std::time::Instant::now();
-        txn.commit()?;
+        match (logging, record) {
+            (Logging::On(log), Some(payload)) => {
+                txn.set_durability(redb::Durability::None)
+                    .map_err(|e| StoreError::Backend(Box::new(e)))?;
+                // The record first: nothing is seen before it is durable
+                // (a failed append drops the transaction).
+                log.append(&payload, true)?;
+                txn.commit()?;
+            }
+            (Logging::On(log), None) => {
+                txn.commit()?;
+                log.checkpointed();
+            }
+            (Logging::Replay(_), _) => {
+                txn.set_durability(redb::Durability::None)
+                    .map_err(|e| StoreError::Backend(Box::new(e)))?;
+                txn.commit()?;
+            }
+            (Logging::Off, _) => txn.commit()?,
+        }
         Ok(CommitPhases {
             write: written - started,
             commit: written.elapsed(),
@@ -116,6 +186,7 @@ impl RedbStore {
         erasure_key: &[u8; 32],
         tombstones: &[Tombstone],
     ) -> Result<(), StoreError> {
+        let mut log = self.log();
         let txn = self.db()?.begin_write()?;
         {
             txn.open_table(META)?
@@ -131,10 +202,14 @@ impl RedbStore {
             }
         }
         txn.commit()?;
+        if let Some(log) = log.as_deref_mut() {
+            log.checkpointed();
+        }
         Ok(())
     }
 
     pub(super) fn prune_in(&self, before: UnixNanos, max: usize) -> Result<usize, StoreError> {
+        let mut log = self.log();
         let txn = self.db()?.begin_write()?;
         let n;
         {
@@ -153,6 +228,9 @@ impl RedbStore {
         }
         if n > 0 {
             txn.commit()?;
+            if let Some(log) = log.as_deref_mut() {
+                log.checkpointed();
+            }
         } else {
             txn.abort()?;
         }
@@ -164,6 +242,7 @@ impl RedbStore {
         contact: &str,
         tombstone: &Tombstone,
     ) -> Result<bool, StoreError> {
+        let mut log = self.log();
         let txn = self.db()?.begin_write()?;
         let held;
         let mut erased = Vec::new();
@@ -229,6 +308,11 @@ impl RedbStore {
         }
         super::chain::link_erasure_in(&txn, tombstone, erased)?;
         txn.commit()?;
+        // Every record so far is durable in the file now, and the erased
+        // contact's must not stay in the log.
+        if let Some(log) = log.as_deref_mut() {
+            log.scrub()?;
+        }
         Ok(held)
     }
 }

@@ -1,0 +1,219 @@
+//! The log under a crash: the whole conformance suite again, where every
+//! reopen is of the files as a `kill -9` leaves them (copied while the
+//! store is open: redb's last durable commit, and the log), and what a
+//! replay must give back exactly.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::{DB_FILE, LOG_FILE, RedbStore};
+use crate::domain::Action;
+use crate::store::conformance::{Fixture, conformance_suite, event};
+use crate::store::{Store, Tombstone, Transfer, WriteBatch};
+
+/// The files of the data dir `from`, as they are now, into `to`: what the
+/// disk holds after a `kill -9` (the page cache is the file).
+fn crash_copy(from: &Path, to: &Path) {
+    for name in [DB_FILE, LOG_FILE] {
+        if from.join(name).exists() {
+            std::fs::copy(from.join(name), to.join(name)).unwrap();
+        }
+    }
+}
+
+/// Stores that are never closed: a reopen is of a crash copy.
+#[derive(Default)]
+struct Crashed {
+    dir: Option<tempfile::TempDir>,
+    live: Vec<Arc<RedbStore>>,
+}
+
+impl Crashed {
+    fn keep(&mut self, store: RedbStore) -> Arc<dyn Transfer> {
+        let store = Arc::new(store);
+        self.live.push(store.clone());
+        store
+    }
+}
+
+impl Fixture for Crashed {
+    fn fresh(&mut self) -> Arc<dyn Transfer> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
+        self.dir = Some(dir);
+        self.keep(store)
+    }
+
+    fn reopen(&mut self) -> Arc<dyn Transfer> {
+        let to = tempfile::tempdir().unwrap();
+        crash_copy(self.dir.as_ref().expect("fresh first").path(), to.path());
+        let store = RedbStore::open(to.path()).unwrap();
+        self.dir = Some(to);
+        self.keep(store)
+    }
+}
+
+conformance_suite!(Crashed::default());
+
+fn grants(from: u64, n: u64) -> WriteBatch {
+    let events: Vec<_> = (from..from + n)
+        .map(|s| event(&format!("c{}", s % 7), "marketing", Action::Grant, s as i64, s))
+        .collect();
+    WriteBatch {
+        events,
+        next_sequence: from + n,
+        ..Default::default()
+    }
+}
+
+/// Everything a reader gets: the chain's links (salts included: the
+/// receipts given out), the events, the states, the checkpoints.
+fn everything(s: &RedbStore) -> String {
+    let links = s.links_after(0, usize::MAX).unwrap();
+    let events = s.events_after(0, usize::MAX).unwrap();
+    let states = s.states_after("", usize::MAX).unwrap();
+    let checkpoints = s.checkpoints(0, usize::MAX).unwrap();
+    format!("{links:?}\n{events:?}\n{states:?}\n{checkpoints:?}")
+}
+
+#[test]
+fn a_crash_gives_back_every_logged_commit_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(dir.path()).unwrap();
+    store.commit(&grants(1, 5)).unwrap();
+    store.keep_checkpoint(5, "signed note at 5", false).unwrap();
+    store.commit(&grants(6, 3)).unwrap();
+    store.keep_checkpoint(8, "signed note at 8", false).unwrap();
+    let before = everything(&store);
+    assert!(before.contains("signed note at 8"));
+    let crashed = tempfile::tempdir().unwrap();
+    crash_copy(dir.path(), crashed.path());
+    let log = std::fs::metadata(crashed.path().join(LOG_FILE)).unwrap().len();
+    assert!(log > 0, "the commits are in the log, not yet in the file");
+    // Without the log, the file alone lacks them: the replay is what
+    // gives them back.
+    let file_only = tempfile::tempdir().unwrap();
+    std::fs::copy(crashed.path().join(DB_FILE), file_only.path().join(DB_FILE)).unwrap();
+    let alone = RedbStore::open(file_only.path()).unwrap();
+    assert!(alone.events_after(0, usize::MAX).unwrap().is_empty());
+    let after = RedbStore::open(crashed.path()).unwrap();
+    assert_eq!(everything(&after), before);
+    // The replay is durable, the log empty, and numbering goes on: a
+    // second crash after more commits gives back both.
+    assert_eq!(std::fs::metadata(crashed.path().join(LOG_FILE)).unwrap().len(), 0);
+    after.commit(&grants(9, 2)).unwrap();
+    let before = everything(&after);
+    let again = tempfile::tempdir().unwrap();
+    crash_copy(crashed.path(), again.path());
+    assert_eq!(everything(&RedbStore::open(again.path()).unwrap()), before);
+}
+
+#[test]
+fn a_torn_last_record_loses_that_commit_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(dir.path()).unwrap();
+    store.commit(&grants(1, 4)).unwrap();
+    let first = everything(&store);
+    store.commit(&grants(5, 4)).unwrap();
+    let crashed = tempfile::tempdir().unwrap();
+    crash_copy(dir.path(), crashed.path());
+    // Power lost inside the second record's write: its last bytes never
+    // reached the disk (so its fsync never returned: not acknowledged).
+    let log = crashed.path().join(LOG_FILE);
+    let bytes = std::fs::read(&log).unwrap();
+    let end = bytes.iter().rposition(|b| *b != 0).unwrap();
+    let file = std::fs::OpenOptions::new().write(true).open(&log).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &[0; 8], end as u64 - 7).unwrap();
+    let after = RedbStore::open(crashed.path()).unwrap();
+    assert_eq!(everything(&after), first);
+    // The sequence goes on from the first commit's.
+    after.commit(&grants(5, 1)).unwrap();
+    assert_eq!(after.events_after(0, usize::MAX).unwrap().len(), 5);
+}
+
+#[test]
+fn a_missing_record_is_refused_not_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(dir.path()).unwrap();
+    store.commit(&grants(1, 2)).unwrap();
+    store.commit(&grants(3, 2)).unwrap();
+    let crashed = tempfile::tempdir().unwrap();
+    crash_copy(dir.path(), crashed.path());
+    // The log's first record replaced by zeros: the second follows a gap.
+    let log = crashed.path().join(LOG_FILE);
+    let bytes = std::fs::read(&log).unwrap();
+    let first_len = u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize + 16;
+    let mut cut = bytes[first_len..].to_vec();
+    cut.resize(bytes.len(), 0);
+    std::fs::write(&log, cut).unwrap();
+    let err = match RedbStore::open(crashed.path()) {
+        Ok(_) => panic!("opened over a gap in the log"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("missing"), "{err}");
+}
+
+#[test]
+fn an_erasure_leaves_nothing_of_the_contact_in_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(dir.path()).unwrap();
+    let mut erin = event("erin.secret", "marketing", Action::Grant, 1, 1);
+    erin.evidence = [("ip".to_string(), "ip-of-erin".to_string())].into();
+    let fred = event("fred", "marketing", Action::Grant, 2, 2);
+    store
+        .commit(&WriteBatch {
+            events: vec![erin, fred],
+            next_sequence: 3,
+            ..Default::default()
+        })
+        .unwrap();
+    let log = dir.path().join(LOG_FILE);
+    let holds = |needle: &str| {
+        let bytes = std::fs::read(&log).unwrap();
+        bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+    };
+    assert!(holds("ip-of-erin"));
+    let tombstone = Tombstone {
+        hash: [7; 32],
+        erased_at: 5,
+        reason: "r".into(),
+        sequence: 3,
+    };
+    assert!(store.erase("erin.secret", &tombstone).unwrap());
+    assert!(!holds("ip-of-erin") && !holds("erin.secret"));
+    // A crash now loses nothing: the erasure and what came before are
+    // durable in the file.
+    store.commit(&grants(4, 1)).unwrap();
+    let before = everything(&store);
+    let crashed = tempfile::tempdir().unwrap();
+    crash_copy(dir.path(), crashed.path());
+    assert_eq!(everything(&RedbStore::open(crashed.path()).unwrap()), before);
+}
+
+#[test]
+fn a_clean_close_leaves_nothing_to_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(dir.path()).unwrap();
+    store.commit(&grants(1, 3)).unwrap();
+    let before = everything(&store);
+    store.close().unwrap();
+    drop(store);
+    // The log is not needed: the file alone holds everything.
+    std::fs::remove_file(dir.path().join(LOG_FILE)).unwrap();
+    assert_eq!(everything(&RedbStore::open(dir.path()).unwrap()), before);
+}
+
+#[test]
+fn a_batch_too_big_for_the_log_is_a_durable_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(dir.path()).unwrap();
+    let mut big = grants(1, 2);
+    big.events[0].evidence = [("blob".to_string(), "x".repeat(super::log::LIMIT as usize))].into();
+    store.commit(&big).unwrap();
+    store.commit(&grants(3, 1)).unwrap();
+    let before = everything(&store);
+    let crashed = tempfile::tempdir().unwrap();
+    crash_copy(dir.path(), crashed.path());
+    assert!(std::fs::metadata(crashed.path().join(LOG_FILE)).unwrap().len() < super::log::LIMIT);
+    assert_eq!(everything(&RedbStore::open(crashed.path()).unwrap()), before);
+}

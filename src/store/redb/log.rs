@@ -27,7 +27,10 @@
 //! - **Order**: the record is durable before the redb transaction commits,
 //!   so a write is never acknowledged, nor seen by a reader, before it
 //!   would survive a crash. A failed append aborts the transaction, and
-//!   every later append fails (fail-stop: the file's tail is unknown).
+//!   every later write of the store fails until a restart (fail-stop): the
+//!   record may be whole on disk all the same, and a restart replays it
+//!   (a write reported failed that lands, as after a timeout), which is
+//!   only right if nothing was committed after it.
 //! - **Erasure**: an erasure is a durable redb commit, after which the log
 //!   is truncated: no record of the erased contact stays in it.
 //!
@@ -61,6 +64,10 @@ pub(super) struct Log {
     next: u64,
     /// An append failed: what the file's tail holds is unknown.
     broken: bool,
+    /// Tests: the next append writes its record, then fails as a failed
+    /// fsync does.
+    #[cfg(test)]
+    pub(super) fail_next: bool,
     /// A record appended without an fsync of its own (a checkpoint note),
     /// made durable by the next synced append or durable commit.
     unsynced: bool,
@@ -92,6 +99,8 @@ impl Log {
             next,
             broken: false,
             unsynced: false,
+            #[cfg(test)]
+            fail_next: false,
         };
         Ok((log, records))
     }
@@ -110,7 +119,12 @@ impl Log {
     /// Whether a payload of `len` bytes goes into the log (else the commit
     /// is a durable redb commit).
     pub(super) fn fits(&self, len: usize) -> bool {
-        !self.broken && self.at + (HEAD + len) as u64 <= LIMIT
+        self.at + (HEAD + len) as u64 <= LIMIT
+    }
+
+    /// Whether an append failed (the file's tail is unknown).
+    pub(super) fn broken(&self) -> bool {
+        self.broken
     }
 
     /// Appends a record, fdatasync'd before it returns when `sync`;
@@ -144,6 +158,10 @@ impl Log {
             self.len = grown;
         }
         self.file.write_all_at(&record, self.at)?;
+        #[cfg(test)]
+        if std::mem::take(&mut self.fail_next) {
+            return Err(io::Error::other("fsync failed (injected)"));
+        }
         if sync {
             self.file.sync_data()?;
             self.unsynced = false;

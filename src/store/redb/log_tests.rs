@@ -217,3 +217,32 @@ fn a_batch_too_big_for_the_log_is_a_durable_commit() {
     assert!(std::fs::metadata(crashed.path().join(LOG_FILE)).unwrap().len() < super::log::LIMIT);
     assert_eq!(everything(&RedbStore::open(crashed.path()).unwrap()), before);
 }
+
+#[test]
+fn after_a_failed_append_nothing_lands_until_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(dir.path()).unwrap();
+    store.commit(&grants(1, 2)).unwrap();
+    store.log.as_ref().unwrap().lock().unwrap().fail_next = true;
+    // The record is written, its fsync fails: the commit is refused and
+    // nothing of it is seen.
+    assert!(store.commit(&grants(3, 2)).is_err());
+    assert_eq!(store.events_after(0, usize::MAX).unwrap().len(), 2);
+    // Nothing else lands either: the record may be whole on disk.
+    assert!(store.commit(&grants(3, 1)).is_err());
+    let tombstone = Tombstone {
+        hash: [7; 32],
+        erased_at: 5,
+        reason: "r".into(),
+        sequence: 0,
+    };
+    assert!(store.erase("c1", &tombstone).is_err());
+    assert!(store.keep_checkpoint(2, "note", true).is_err());
+    // A restart replays it: a write reported failed that lands, as after a
+    // timeout, on the state it was ruled on.
+    let crashed = tempfile::tempdir().unwrap();
+    crash_copy(dir.path(), crashed.path());
+    let after = RedbStore::open(crashed.path()).unwrap();
+    assert_eq!(after.events_after(0, usize::MAX).unwrap().len(), 4);
+    after.commit(&grants(5, 1)).unwrap();
+}

@@ -267,11 +267,20 @@ impl RedbStore {
         self.db.load_full().ok_or(StoreError::Closed)
     }
 
-    /// The log, when the store keeps one.
-    fn log(&self) -> Option<MutexGuard<'_, log::Log>> {
-        self.log
-            .as_ref()
-            .map(|m| m.lock().unwrap_or_else(PoisonError::into_inner))
+    /// The log, when the store keeps one; refused once an append failed:
+    /// the record it left may be whole on disk, so no later commit may
+    /// land before a restart replays or drops it (fail-stop).
+    fn log(&self) -> Result<Option<MutexGuard<'_, log::Log>>, StoreError> {
+        let Some(m) = &self.log else {
+            return Ok(None);
+        };
+        let log = m.lock().unwrap_or_else(PoisonError::into_inner);
+        match log.broken() {
+            true => Err(StoreError::Io(std::io::Error::other(
+                "an append to the log failed: no write lands until a restart replays the log",
+            ))),
+            false => Ok(Some(log)),
+        }
     }
 
     /// Whether an erasure happened since the last rewrite.
@@ -457,7 +466,7 @@ impl Store for RedbStore {
 
     fn keep_checkpoint(&self, sequence: u64, note: &str, sync: bool) -> Result<(), StoreError> {
         let db = self.db()?;
-        let mut log = self.log();
+        let mut log = self.log()?;
         match log.as_deref_mut() {
             // Durable with the next commit, as without the log: its record
             // goes in unsynced, and the next record's fsync covers it.
@@ -565,7 +574,7 @@ impl Store for RedbStore {
         if !Self::rewrite_pending(&old)? {
             return Ok(false);
         }
-        let mut log = self.log();
+        let mut log = self.log()?;
         let new = rewrite::rewrite(&old, path, self.cache_bytes)?;
         self.db.store(Some(Arc::new(new)));
         // The new file holds every record so far, durably.
@@ -579,7 +588,7 @@ impl Store for RedbStore {
     /// database (once the reads in flight end): redb closes the file
     /// cleanly, so the next open needs no repair.
     fn close(&self) -> Result<(), StoreError> {
-        if let (Some(mut log), Some(db)) = (self.log(), self.db.load_full()) {
+        if let (Some(mut log), Some(db)) = (self.log()?, self.db.load_full()) {
             self.checkpoint(&db, &mut log)?;
         }
         self.db.store(None);

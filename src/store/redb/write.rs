@@ -36,7 +36,7 @@ impl RedbStore {
     /// commit: `log.rs`); returns how long its inserts and its commit
     /// (record or pages written, fsync) took.
     pub(super) fn commit_in(&self, batch: &WriteBatch) -> Result<CommitPhases, StoreError> {
-        let mut log = self.log();
+        let mut log = self.log()?;
         let logging = match log.as_deref_mut() {
             Some(log) => Logging::On(log),
             None => Logging::Off,
@@ -186,7 +186,7 @@ impl RedbStore {
         erasure_key: &[u8; 32],
         tombstones: &[Tombstone],
     ) -> Result<(), StoreError> {
-        let mut log = self.log();
+        let mut log = self.log()?;
         let txn = self.db()?.begin_write()?;
         {
             txn.open_table(META)?
@@ -209,7 +209,7 @@ impl RedbStore {
     }
 
     pub(super) fn prune_in(&self, before: UnixNanos, max: usize) -> Result<usize, StoreError> {
-        let mut log = self.log();
+        let mut log = self.log()?;
         let txn = self.db()?.begin_write()?;
         let n;
         {
@@ -242,7 +242,7 @@ impl RedbStore {
         contact: &str,
         tombstone: &Tombstone,
     ) -> Result<bool, StoreError> {
-        let mut log = self.log();
+        let mut log = self.log()?;
         let txn = self.db()?.begin_write()?;
         let held;
         let mut erased = Vec::new();

@@ -57,7 +57,15 @@ conformance_suite!(Crashed::default());
 
 fn grants(from: u64, n: u64) -> WriteBatch {
     let events: Vec<_> = (from..from + n)
-        .map(|s| event(&format!("c{}", s % 7), "marketing", Action::Grant, s as i64, s))
+        .map(|s| {
+            event(
+                &format!("c{}", s % 7),
+                "marketing",
+                Action::Grant,
+                s as i64,
+                s,
+            )
+        })
         .collect();
     WriteBatch {
         events,
@@ -88,7 +96,9 @@ fn a_crash_gives_back_every_logged_commit_exactly() {
     assert!(before.contains("signed note at 8"));
     let crashed = tempfile::tempdir().unwrap();
     crash_copy(dir.path(), crashed.path());
-    let log = std::fs::metadata(crashed.path().join(LOG_FILE)).unwrap().len();
+    let log = std::fs::metadata(crashed.path().join(LOG_FILE))
+        .unwrap()
+        .len();
     assert!(log > 0, "the commits are in the log, not yet in the file");
     // Without the log, the file alone lacks them: the replay is what
     // gives them back.
@@ -100,7 +110,12 @@ fn a_crash_gives_back_every_logged_commit_exactly() {
     assert_eq!(everything(&after), before);
     // The replay is durable, the log empty, and numbering goes on: a
     // second crash after more commits gives back both.
-    assert_eq!(std::fs::metadata(crashed.path().join(LOG_FILE)).unwrap().len(), 0);
+    assert_eq!(
+        std::fs::metadata(crashed.path().join(LOG_FILE))
+            .unwrap()
+            .len(),
+        0
+    );
     after.commit(&grants(9, 2)).unwrap();
     let before = everything(&after);
     let again = tempfile::tempdir().unwrap();
@@ -187,7 +202,10 @@ fn an_erasure_leaves_nothing_of_the_contact_in_the_log() {
     let before = everything(&store);
     let crashed = tempfile::tempdir().unwrap();
     crash_copy(dir.path(), crashed.path());
-    assert_eq!(everything(&RedbStore::open(crashed.path()).unwrap()), before);
+    assert_eq!(
+        everything(&RedbStore::open(crashed.path()).unwrap()),
+        before
+    );
 }
 
 #[test]
@@ -214,8 +232,16 @@ fn a_batch_too_big_for_the_log_is_a_durable_commit() {
     let before = everything(&store);
     let crashed = tempfile::tempdir().unwrap();
     crash_copy(dir.path(), crashed.path());
-    assert!(std::fs::metadata(crashed.path().join(LOG_FILE)).unwrap().len() < super::log::LIMIT);
-    assert_eq!(everything(&RedbStore::open(crashed.path()).unwrap()), before);
+    assert!(
+        std::fs::metadata(crashed.path().join(LOG_FILE))
+            .unwrap()
+            .len()
+            < super::log::LIMIT
+    );
+    assert_eq!(
+        everything(&RedbStore::open(crashed.path()).unwrap()),
+        before
+    );
 }
 
 #[test]

@@ -13,9 +13,9 @@
 //!   length and the bytes.
 //! - `2`, a signed checkpoint: its sequence and note.
 
+use super::chain::Keep;
 use super::codec::{decode_event, decode_idempotency, decode_wording, encode_event};
 use super::codec::{encode_idempotency, encode_wording};
-use super::chain::Keep;
 use super::log::Log;
 use super::write::Logging;
 use crate::audit::Link;
@@ -43,7 +43,11 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
 }
 
 /// The record of a group commit.
-pub(super) fn encode_batch(batch: &WriteBatch, catalog_json: Option<&[u8]>, links: &[Link]) -> Vec<u8> {
+pub(super) fn encode_batch(
+    batch: &WriteBatch,
+    catalog_json: Option<&[u8]>,
+    links: &[Link],
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + batch.events.len() * 160 + links.len() * 100);
     out.push(BATCH);
     put_u64(&mut out, batch.next_sequence);
@@ -117,11 +121,15 @@ impl<'a> Reader<'a> {
     }
 
     fn u32(&mut self, what: &str) -> Result<u32, StoreError> {
-        Ok(u32::from_le_bytes(self.take(4, what)?.try_into().expect("4")))
+        Ok(u32::from_le_bytes(
+            self.take(4, what)?.try_into().expect("4"),
+        ))
     }
 
     fn u64(&mut self, what: &str) -> Result<u64, StoreError> {
-        Ok(u64::from_le_bytes(self.take(8, what)?.try_into().expect("8")))
+        Ok(u64::from_le_bytes(
+            self.take(8, what)?.try_into().expect("8"),
+        ))
     }
 
     fn bytes(&mut self, what: &str) -> Result<&'a [u8], StoreError> {
@@ -176,7 +184,9 @@ pub(super) fn decode(number: u64, b: &[u8]) -> Result<Entry, StoreError> {
     }
     for _ in 0..r.count("events")? {
         let sequence = r.u64("event sequence")?;
-        batch.events.push(decode_event(sequence, r.bytes("event")?)?);
+        batch
+            .events
+            .push(decode_event(sequence, r.bytes("event")?)?);
     }
     for _ in 0..r.count("idempotency")? {
         let key = r.string("idempotency key")?;

@@ -8,8 +8,8 @@ use redb::{ReadableTable, ReadableTableMetadata};
 use super::log::Log;
 use super::logged;
 use super::{
-    CATALOG_FEED, LOG_KEY, CATALOGS, CONTACTS, ERASURE_FEED, ERASURES, EVENTS, HISTORY, IDEMPOTENCY,
-    IDEMPOTENCY_BY_TIME, META, REWRITE_PENDING, RedbStore, WORDINGS, read_contact,
+    CATALOG_FEED, CATALOGS, CONTACTS, ERASURE_FEED, ERASURES, EVENTS, HISTORY, IDEMPOTENCY,
+    IDEMPOTENCY_BY_TIME, LOG_KEY, META, REWRITE_PENDING, RedbStore, WORDINGS, read_contact,
 };
 use crate::audit::Link;
 use crate::domain::UnixNanos;

@@ -13,6 +13,8 @@
 //!   length and the bytes.
 //! - `2`, a signed checkpoint: its sequence and note.
 
+use std::sync::{MutexGuard, PoisonError};
+
 use super::chain::Keep;
 use super::codec::{decode_event, decode_idempotency, decode_wording, encode_event};
 use super::codec::{encode_idempotency, encode_wording};
@@ -205,6 +207,55 @@ pub(super) fn decode(number: u64, b: &[u8]) -> Result<Entry, StoreError> {
 }
 
 impl super::RedbStore {
+    /// The log, when the store keeps one; refused once an append failed:
+    /// the record it left may be whole on disk, so no later commit may
+    /// land before a restart replays or drops it (fail-stop).
+    pub(super) fn log(&self) -> Result<Option<MutexGuard<'_, Log>>, StoreError> {
+        let Some(m) = &self.log else {
+            return Ok(None);
+        };
+        let log = m.lock().unwrap_or_else(PoisonError::into_inner);
+        match log.broken() {
+            true => Err(StoreError::Io(std::io::Error::other(
+                "an append to the log failed: no write lands until a restart replays the log",
+            ))),
+            false => Ok(Some(log)),
+        }
+    }
+
+    /// Keeps a signed checkpoint; without `sync`, durable with the next
+    /// commit (with the log: its record, unsynced, rides on the next
+    /// record's fsync).
+    pub(super) fn keep_checkpoint_in(
+        &self,
+        sequence: u64,
+        note: &str,
+        sync: bool,
+    ) -> Result<(), StoreError> {
+        let db = self.db()?;
+        let mut log = self.log()?;
+        match log.as_deref_mut() {
+            // Durable with the next commit, as without the log: its record
+            // goes in unsynced, and the next record's fsync covers it.
+            Some(log) if !sync && log.fits(note.len() + 16) => {
+                let payload = encode_checkpoint(sequence, note);
+                super::chain::keep_checkpoint(&db, sequence, note, Keep::Logged(log, &payload))
+            }
+            Some(log) => {
+                super::chain::keep_checkpoint(&db, sequence, note, Keep::Durable)?;
+                log.checkpointed();
+                Ok(())
+            }
+            None => {
+                let keep = match sync {
+                    true => Keep::Durable,
+                    false => Keep::WithNextCommit,
+                };
+                super::chain::keep_checkpoint(&db, sequence, note, keep)
+            }
+        }
+    }
+
     /// Opens the log at `path` and commits again what its records hold
     /// past the state's own (`meta` `log`), then makes that durable and
     /// empties the file; returns the log, numbering on.

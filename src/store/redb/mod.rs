@@ -40,7 +40,7 @@ mod write;
 mod zeroed;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwapOption;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -267,22 +267,6 @@ impl RedbStore {
         self.db.load_full().ok_or(StoreError::Closed)
     }
 
-    /// The log, when the store keeps one; refused once an append failed:
-    /// the record it left may be whole on disk, so no later commit may
-    /// land before a restart replays or drops it (fail-stop).
-    fn log(&self) -> Result<Option<MutexGuard<'_, log::Log>>, StoreError> {
-        let Some(m) = &self.log else {
-            return Ok(None);
-        };
-        let log = m.lock().unwrap_or_else(PoisonError::into_inner);
-        match log.broken() {
-            true => Err(StoreError::Io(std::io::Error::other(
-                "an append to the log failed: no write lands until a restart replays the log",
-            ))),
-            false => Ok(Some(log)),
-        }
-    }
-
     /// Whether an erasure happened since the last rewrite.
     fn rewrite_pending(db: &Database) -> Result<bool, StoreError> {
         let txn = db.begin_read()?;
@@ -465,28 +449,7 @@ impl Store for RedbStore {
     }
 
     fn keep_checkpoint(&self, sequence: u64, note: &str, sync: bool) -> Result<(), StoreError> {
-        let db = self.db()?;
-        let mut log = self.log()?;
-        match log.as_deref_mut() {
-            // Durable with the next commit, as without the log: its record
-            // goes in unsynced, and the next record's fsync covers it.
-            Some(log) if !sync && log.fits(note.len() + 16) => {
-                let payload = logged::encode_checkpoint(sequence, note);
-                chain::keep_checkpoint(&db, sequence, note, chain::Keep::Logged(log, &payload))
-            }
-            Some(log) => {
-                chain::keep_checkpoint(&db, sequence, note, chain::Keep::Durable)?;
-                log.checkpointed();
-                Ok(())
-            }
-            None => {
-                let keep = match sync {
-                    true => chain::Keep::Durable,
-                    false => chain::Keep::WithNextCommit,
-                };
-                chain::keep_checkpoint(&db, sequence, note, keep)
-            }
-        }
+        self.keep_checkpoint_in(sequence, note, sync)
     }
 
     fn checkpoints(&self, after: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError> {

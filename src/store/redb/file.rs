@@ -19,13 +19,19 @@ pub(super) fn builder(cache_bytes: usize) -> redb::Builder {
 /// does, over redb's file backend with its growth zeroed ahead of the
 /// writes (`zeroed.rs`).
 pub(super) fn create(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
-    let file = std::fs::OpenOptions::new()
+    let file = read_write(path)?;
+    Ok(builder(cache_bytes).create_with_backend(super::zeroed::ZeroAhead::new(file)?)?)
+}
+
+/// Opens `path` to read and write, creating it if missing, keeping what it
+/// holds.
+pub(super) fn read_write(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
-        .open(path)?;
-    Ok(builder(cache_bytes).create_with_backend(super::zeroed::ZeroAhead::new(file)?)?)
+        .open(path)
 }
 
 /// Makes a data file readable and writable by its owner only (0600): it

@@ -80,12 +80,7 @@ impl Log {
     /// Opens (creating if missing) the log at `path`; returns it and the
     /// run of whole, consecutively numbered records from offset 0.
     pub(super) fn open(path: &Path) -> io::Result<(Log, Vec<Record>)> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)?;
+        let file = super::file::read_write(path)?;
         super::file::owner_only(path).map_err(io::Error::other)?;
         let len = file.metadata()?.len();
         let mut bytes = vec![0; len as usize];

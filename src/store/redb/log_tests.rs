@@ -21,6 +21,15 @@ fn crash_copy(from: &Path, to: &Path) {
     }
 }
 
+/// The store a `kill -9` of the one in `dir` leaves (its files copied
+/// while it is open), opened: the replay done.
+fn reopened_after_crash(dir: &Path) -> (tempfile::TempDir, RedbStore) {
+    let to = tempfile::tempdir().unwrap();
+    crash_copy(dir, to.path());
+    let store = RedbStore::open(to.path()).unwrap();
+    (to, store)
+}
+
 /// Stores that are never closed: a reopen is of a crash copy.
 #[derive(Default)]
 struct Crashed {
@@ -200,12 +209,7 @@ fn an_erasure_leaves_nothing_of_the_contact_in_the_log() {
     // durable in the file.
     store.commit(&grants(4, 1)).unwrap();
     let before = everything(&store);
-    let crashed = tempfile::tempdir().unwrap();
-    crash_copy(dir.path(), crashed.path());
-    assert_eq!(
-        everything(&RedbStore::open(crashed.path()).unwrap()),
-        before
-    );
+    assert_eq!(everything(&reopened_after_crash(dir.path()).1), before);
 }
 
 #[test]
@@ -266,9 +270,7 @@ fn after_a_failed_append_nothing_lands_until_a_restart() {
     assert!(store.keep_checkpoint(2, "note", true).is_err());
     // A restart replays it: a write reported failed that lands, as after a
     // timeout, on the state it was ruled on.
-    let crashed = tempfile::tempdir().unwrap();
-    crash_copy(dir.path(), crashed.path());
-    let after = RedbStore::open(crashed.path()).unwrap();
+    let (_crashed, after) = reopened_after_crash(dir.path());
     assert_eq!(after.events_after(0, usize::MAX).unwrap().len(), 4);
     after.commit(&grants(5, 1)).unwrap();
 }

@@ -483,6 +483,11 @@ pub(super) fn keep_checkpoint(
     }
     if let Keep::Logged(log, payload) = keep {
         log.append(payload, false)?;
+        if let Err(e) = txn.commit() {
+            log.poison();
+            return Err(e.into());
+        }
+        return Ok(());
     }
     txn.commit()?;
     Ok(())

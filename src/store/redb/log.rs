@@ -178,11 +178,22 @@ impl Log {
     /// Every record so far is in a durable redb commit, and none may stay
     /// in the file (an erasure): the file is truncated and synced.
     pub(super) fn scrub(&mut self) -> io::Result<()> {
-        self.file.set_len(0)?;
-        self.file.sync_all()?;
-        self.len = 0;
-        self.checkpointed();
-        Ok(())
+        let r = self.file.set_len(0).and_then(|()| self.file.sync_all());
+        match r {
+            Ok(()) => {
+                self.len = 0;
+                self.checkpointed();
+            }
+            Err(_) => self.broken = true,
+        }
+        r
+    }
+
+    /// A record was appended but the redb commit after it failed: the
+    /// record is durable and the state lacks it, so nothing more may be
+    /// committed before a restart replays it.
+    pub(super) fn poison(&mut self) {
+        self.broken = true;
     }
 }
 

@@ -161,7 +161,10 @@ impl RedbStore {
                 // The record first: nothing is seen before it is durable
                 // (a failed append drops the transaction).
                 log.append(&payload, true)?;
-                txn.commit()?;
+                if let Err(e) = txn.commit() {
+                    log.poison();
+                    return Err(e.into());
+                }
             }
             (Logging::On(log), None) => {
                 txn.commit()?;

@@ -260,6 +260,7 @@ impl super::RedbStore {
     /// past the state's own (`meta` `log`), then makes that durable and
     /// empties the file; returns the log, numbering on.
     pub(super) fn replay_log(&self, path: &std::path::Path) -> Result<Log, StoreError> {
+        let started = std::time::Instant::now();
         let (mut log, records) = Log::open(path)?;
         let db = self.db()?;
         let held = stored_number(&db)?;
@@ -285,10 +286,14 @@ impl super::RedbStore {
             last = n;
         }
         log.number_from(last + 1);
-        if last > held {
-            tracing::info!(records = last - held, "log replayed");
-        }
         self.checkpoint(&db, &mut log)?;
+        if last > held {
+            tracing::info!(
+                records = last - held,
+                seconds = started.elapsed().as_secs_f64(),
+                "log replayed"
+            );
+        }
         // Nothing in the file is needed now, and nothing may stay of a
         // contact erased since it was written.
         log.scrub()?;

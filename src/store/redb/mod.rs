@@ -1,5 +1,8 @@
 //! The embedded redb store: one file in the data dir, every commit durable
-//! (`Durability::Immediate`, fsync) before it returns.
+//! before it returns — a group commit through its record in the log next
+//! to the file (`log.rs`: one append and fdatasync, then the redb commit
+//! without fsync), everything else by a durable redb commit
+//! (`Durability::Immediate`).
 //!
 //! Layout (schema version [`SCHEMA_VERSION`]), encodings in `codec.rs`:
 //! - `meta`: `schema_version`, `next_sequence`, `catalog` (JSON spec),

@@ -26,9 +26,7 @@
 //!   next number) is corruption: the store refuses to open.
 //! - **Order**: the record is durable before the redb transaction commits,
 //!   so a write is never acknowledged, nor seen by a reader, before it
-//!   would survive a crash. The record is written as soon as the commit's
-//!   links are known, and fdatasync'd on the log's own thread while the
-//!   writer makes the commit's inserts; the commit waits for it. A failed append aborts the transaction, and
+//!   would survive a crash. A failed append aborts the transaction, and
 //!   every later write of the store fails until a restart (fail-stop): the
 //!   record may be whole on disk all the same, and a restart replays it
 //!   (a write reported failed that lands, as after a timeout), which is
@@ -44,7 +42,6 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::mpsc;
 
 /// Past this many bytes of records, the next commit is a durable redb
 /// commit, and the log starts again.
@@ -74,39 +71,6 @@ pub(super) struct Log {
     /// A record appended without an fsync of its own (a checkpoint note),
     /// made durable by the next synced append or durable commit.
     unsynced: bool,
-    /// The thread that fdatasyncs the file for [`Log::begin`].
-    flusher: Flusher,
-    /// An fdatasync begun and not yet waited for: a commit that returned
-    /// in between failed, and the log is not used again.
-    syncing: bool,
-}
-
-/// A thread of the log's own that fdatasyncs the file on request, so that
-/// a group commit's record is flushed while the writer makes the same
-/// commit's redb inserts (~0.1 ms of CPU beside ~0.15 ms of waiting).
-#[derive(Debug)]
-struct Flusher {
-    start: mpsc::Sender<()>,
-    done: mpsc::Receiver<io::Result<()>>,
-}
-
-impl Flusher {
-    /// Starts the thread over `file` (a handle of the log's file); it ends
-    /// when the log is dropped.
-    fn spawn(file: File) -> io::Result<Flusher> {
-        let (start, jobs) = mpsc::channel::<()>();
-        let (finished, done) = mpsc::channel();
-        std::thread::Builder::new()
-            .name("consentd-log".into())
-            .spawn(move || {
-                while jobs.recv().is_ok() {
-                    if finished.send(file.sync_data()).is_err() {
-                        break;
-                    }
-                }
-            })?;
-        Ok(Flusher { start, done })
-    }
 }
 
 /// A record as read back: its number and payload.
@@ -123,11 +87,8 @@ impl Log {
         file.read_exact_at(&mut bytes, 0)?;
         let records = run(&bytes);
         let next = records.last().map_or(1, |(n, _)| n + 1);
-        let flusher = Flusher::spawn(file.try_clone()?)?;
         let log = Log {
             file,
-            flusher,
-            syncing: false,
             at: 0,
             len,
             next,
@@ -156,37 +117,9 @@ impl Log {
         self.at + (HEAD + len) as u64 <= LIMIT
     }
 
-    /// Whether an append failed (the file's tail is unknown), or a commit
-    /// returned between [`Log::begin`] and [`Log::synced`].
+    /// Whether an append failed (the file's tail is unknown).
     pub(super) fn broken(&self) -> bool {
-        self.broken || self.syncing
-    }
-
-    /// Appends a record and starts its fdatasync on the log's thread;
-    /// returns its number. [`Log::synced`] waits for it.
-    pub(super) fn begin(&mut self, payload: &[u8]) -> io::Result<u64> {
-        let number = self.append(payload, false)?;
-        if self.flusher.start.send(()).is_err() {
-            self.broken = true;
-            return Err(io::Error::other("the log's flushing thread is gone"));
-        }
-        self.syncing = true;
-        Ok(number)
-    }
-
-    /// Waits for the fdatasync [`Log::begin`] started: the record (and
-    /// every one before it) is durable when this returns `Ok`.
-    pub(super) fn synced(&mut self) -> io::Result<()> {
-        let r = match self.flusher.done.recv() {
-            Ok(r) => r,
-            Err(_) => Err(io::Error::other("the log's flushing thread is gone")),
-        };
-        self.syncing = false;
-        match &r {
-            Ok(()) => self.unsynced = false,
-            Err(_) => self.broken = true,
-        }
-        r
+        self.broken
     }
 
     /// Appends a record, fdatasync'd before it returns when `sync`;
@@ -360,23 +293,6 @@ mod tests {
         let (log, records) = Log::open(&p).unwrap();
         assert_eq!(records, vec![(6, b"six".to_vec())]);
         assert_eq!(log.next_number(), 7);
-    }
-
-    #[test]
-    fn a_record_flushed_on_the_logs_thread_reads_back() {
-        let (_d, p) = path();
-        let (mut log, _) = Log::open(&p).unwrap();
-        assert_eq!(log.begin(b"one").unwrap(), 1);
-        assert!(
-            log.broken(),
-            "not used again before its flush is waited for"
-        );
-        log.synced().unwrap();
-        assert!(!log.broken());
-        assert_eq!(log.begin(b"two").unwrap(), 2);
-        log.synced().unwrap();
-        let (_, records) = Log::open(&p).unwrap();
-        assert_eq!(records, vec![(1, b"one".to_vec()), (2, b"two".to_vec())]);
     }
 
     #[test]

@@ -50,7 +50,7 @@ impl RedbStore {
         &self,
         batch: &WriteBatch,
         links: Option<Vec<Link>>,
-        mut logging: Logging<'_>,
+        logging: Logging<'_>,
     ) -> Result<CommitPhases, StoreError> {
         let started = std::time::Instant::now();
         // Durability::Immediate is redb's default: commit() returns after fsync.
@@ -107,12 +107,6 @@ impl RedbStore {
             if let Some(n) = number {
                 meta.insert(LOG_KEY, n.to_le_bytes().as_slice())?;
             }
-            // The record goes out now, and its fdatasync runs on the log's
-            // thread while the inserts below are made; the transaction
-            // commits only once it is done.
-            if let (Logging::On(log), Some(payload)) = (&mut logging, &record) {
-                log.begin(payload)?;
-            }
             let mut event_links = links.iter().filter(|l| l.kind == crate::audit::Kind::Event);
             let mut events = txn.open_table(EVENTS)?;
             let mut contacts = txn.open_table(CONTACTS)?;
@@ -161,13 +155,12 @@ impl RedbStore {
         }
         let written = std::time::Instant::now();
         match (logging, record) {
-            (Logging::On(log), Some(_)) => {
+            (Logging::On(log), Some(payload)) => {
                 txn.set_durability(redb::Durability::None)
                     .map_err(|e| StoreError::Backend(Box::new(e)))?;
                 // The record first: nothing is seen before it is durable
-                // (a failed flush drops the transaction; a return before
-                // this point leaves the log unusable: `Log::broken`).
-                log.synced()?;
+                // (a failed append drops the transaction).
+                log.append(&payload, true)?;
                 if let Err(e) = txn.commit() {
                     log.poison();
                     return Err(e.into());

@@ -61,7 +61,7 @@ pub(crate) fn steps(before: &HashMap<String, f64>, after: &HashMap<String, f64>)
         .collect();
     if !steps.is_empty() {
         println!(
-            "  a commit's steps, mean ms (PostgreSQL: each but rule is one round trip and what the database did; redb: write is the inserts in memory, commit the pages written and fsync'd): {}",
+            "  a commit's steps, mean ms (PostgreSQL: each but rule is one round trip and what the database did; redb: write is the inserts in memory, commit the log record written and fsync'd then redb's commit without fsync, or at a checkpoint the pages and their fsync): {}",
             steps.join(", ")
         );
     }

@@ -441,56 +441,22 @@ pub(super) fn checkpoints(
         .collect()
 }
 
-/// How a checkpoint is kept.
-pub(super) enum Keep<'a> {
-    /// Durable before it returns.
-    Durable,
-    /// No fsync of its own: durable with the next durable commit.
-    WithNextCommit,
-    /// Its log record (this payload) appended without an fsync: durable
-    /// with the next record's.
-    Logged(&'a mut super::log::Log, &'a [u8]),
-    /// Replaying log record `n` (made durable by the replay's end).
-    Replay(u64),
-}
-
-/// Keeps a checkpoint (the first kept at a sequence stays).
+/// Keeps a checkpoint (the first kept at a sequence stays), durable as
+/// `how` says.
 pub(super) fn keep_checkpoint(
     db: &redb::Database,
     sequence: u64,
     note: &str,
-    keep: Keep<'_>,
+    how: super::logged::Durable<'_>,
 ) -> Result<(), StoreError> {
-    let mut txn = db.begin_write()?;
-    if !matches!(keep, Keep::Durable) {
-        txn.set_durability(redb::Durability::None)
-            .map_err(|e| StoreError::Backend(Box::new(e)))?;
-    }
+    let txn = db.begin_write()?;
     {
         let mut t = txn.open_table(CHECKPOINTS)?;
         if t.get(sequence)?.is_none() {
             t.insert(sequence, note)?;
         }
-        let number = match &keep {
-            Keep::Logged(log, _) => Some(log.next_number()),
-            Keep::Replay(n) => Some(*n),
-            _ => None,
-        };
-        if let Some(n) = number {
-            txn.open_table(META)?
-                .insert(super::LOG_KEY, n.to_le_bytes().as_slice())?;
-        }
     }
-    if let Keep::Logged(log, payload) = keep {
-        log.append(payload, false)?;
-        if let Err(e) = txn.commit() {
-            log.poison();
-            return Err(e.into());
-        }
-        return Ok(());
-    }
-    txn.commit()?;
-    Ok(())
+    super::logged::commit(txn, how)
 }
 
 /// What only the benchmarks ask of the store.

@@ -68,9 +68,6 @@ pub(super) struct Log {
     /// fsync does.
     #[cfg(test)]
     pub(super) fail_next: bool,
-    /// A record appended without an fsync of its own (a checkpoint note),
-    /// made durable by the next synced append or durable commit.
-    unsynced: bool,
 }
 
 /// A record as read back: its number and payload.
@@ -93,7 +90,6 @@ impl Log {
             len,
             next,
             broken: false,
-            unsynced: false,
             #[cfg(test)]
             fail_next: false,
         };
@@ -149,7 +145,9 @@ impl Log {
             // Grow with zeros first: the record's fsync then seldom
             // changes the file's size or allocation.
             let grown = end.next_multiple_of(AHEAD);
-            zero(&self.file, self.len, grown)?;
+            super::zeroed::write_zeros(self.len, grown, |at, zeros| {
+                self.file.write_all_at(zeros, at)
+            })?;
             self.len = grown;
         }
         self.file.write_all_at(&record, self.at)?;
@@ -159,9 +157,6 @@ impl Log {
         }
         if sync {
             self.file.sync_data()?;
-            self.unsynced = false;
-        } else {
-            self.unsynced = true;
         }
         self.at = end;
         self.next = number + 1;
@@ -172,7 +167,6 @@ impl Log {
     /// again at offset 0.
     pub(super) fn checkpointed(&mut self) {
         self.at = 0;
-        self.unsynced = false;
     }
 
     /// Every record so far is in a durable redb commit, and none may stay
@@ -202,17 +196,6 @@ fn crc(number: u64, payload: &[u8]) -> u32 {
     h.update(&number.to_le_bytes());
     h.update(payload);
     h.finalize()
-}
-
-fn zero(file: &File, from: u64, to: u64) -> io::Result<()> {
-    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
-    let mut at = from;
-    while at < to {
-        let n = (to - at).min(ZEROS.len() as u64) as usize;
-        file.write_all_at(&ZEROS[..n], at)?;
-        at += n as u64;
-    }
-    Ok(())
 }
 
 /// The whole, consecutively numbered records from the start of `bytes`.

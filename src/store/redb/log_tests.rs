@@ -83,6 +83,16 @@ fn grants(from: u64, n: u64) -> WriteBatch {
     }
 }
 
+/// An erasure's tombstone, at `sequence` in the feed (0: none).
+fn tombstone(sequence: u64) -> Tombstone {
+    Tombstone {
+        hash: [7; 32],
+        erased_at: 5,
+        reason: "r".into(),
+        sequence,
+    }
+}
+
 /// Everything a reader gets: the chain's links (salts included: the
 /// receipts given out), the events, the states, the checkpoints.
 fn everything(s: &RedbStore) -> String {
@@ -197,13 +207,7 @@ fn an_erasure_leaves_nothing_of_the_contact_in_the_log() {
         bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
     };
     assert!(holds("ip-of-erin"));
-    let tombstone = Tombstone {
-        hash: [7; 32],
-        erased_at: 5,
-        reason: "r".into(),
-        sequence: 3,
-    };
-    assert!(store.erase("erin.secret", &tombstone).unwrap());
+    assert!(store.erase("erin.secret", &tombstone(3)).unwrap());
     assert!(!holds("ip-of-erin") && !holds("erin.secret"));
     // A crash now loses nothing: the erasure and what came before are
     // durable in the file.
@@ -260,13 +264,7 @@ fn after_a_failed_append_nothing_lands_until_a_restart() {
     assert_eq!(store.events_after(0, usize::MAX).unwrap().len(), 2);
     // Nothing else lands either: the record may be whole on disk.
     assert!(store.commit(&grants(3, 1)).is_err());
-    let tombstone = Tombstone {
-        hash: [7; 32],
-        erased_at: 5,
-        reason: "r".into(),
-        sequence: 0,
-    };
-    assert!(store.erase("c1", &tombstone).is_err());
+    assert!(store.erase("c1", &tombstone(0)).is_err());
     assert!(store.keep_checkpoint(2, "note", true).is_err());
     // A restart replays it: a write reported failed that lands, as after a
     // timeout, on the state it was ruled on.

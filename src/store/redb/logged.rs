@@ -15,11 +15,9 @@
 
 use std::sync::{MutexGuard, PoisonError};
 
-use super::chain::Keep;
 use super::codec::{decode_event, decode_idempotency, decode_wording, encode_event};
 use super::codec::{encode_idempotency, encode_wording};
 use super::log::Log;
-use super::write::Logging;
 use crate::audit::Link;
 use crate::store::{StoreError, WriteBatch};
 
@@ -206,6 +204,66 @@ pub(super) fn decode(number: u64, b: &[u8]) -> Result<Entry, StoreError> {
     Ok(Entry::Batch(Box::new(batch), links))
 }
 
+/// How a write transaction of the store is made durable: the one place
+/// that keeps the log's order (the record durable first, then redb's
+/// commit) and writes the number of the last record the state holds.
+pub(super) enum Durable<'a> {
+    /// A durable redb commit (fsync). With the log: it holds every record
+    /// so far, and the log starts again.
+    Fsync(Option<&'a mut Log>),
+    /// No fsync: durable with the next durable commit (a checkpoint note
+    /// in a store without a log).
+    Later,
+    /// `record` appended to the log, fdatasync'd when `sync` (else the
+    /// next record's fsync covers it), then a redb commit without fsync.
+    Logged {
+        log: &'a mut Log,
+        record: Vec<u8>,
+        sync: bool,
+    },
+    /// Replaying log record `n`: a redb commit without fsync (the replay
+    /// ends with a durable one).
+    Replay(u64),
+}
+
+/// Commits `txn` as `how` says, with `meta`'s `log` set to the last
+/// record the state then holds.
+pub(super) fn commit(txn: redb::WriteTransaction, how: Durable<'_>) -> Result<(), StoreError> {
+    let held = match &how {
+        Durable::Fsync(Some(log)) => Some(log.next_number() - 1),
+        Durable::Logged { log, .. } => Some(log.next_number()),
+        Durable::Replay(n) => Some(*n),
+        Durable::Fsync(None) | Durable::Later => None,
+    };
+    if let Some(n) = held {
+        txn.open_table(super::META)?
+            .insert(super::LOG_KEY, n.to_le_bytes().as_slice())?;
+    }
+    let mut txn = txn;
+    if !matches!(how, Durable::Fsync(_)) {
+        txn.set_durability(redb::Durability::None)
+            .map_err(|e| StoreError::Backend(Box::new(e)))?;
+    }
+    match how {
+        Durable::Logged { log, record, sync } => {
+            // A failed append drops the transaction; a failed commit after
+            // it leaves a durable record the state lacks: no later write
+            // until a restart replays it.
+            log.append(&record, sync)?;
+            if let Err(e) = txn.commit() {
+                log.poison();
+                return Err(e.into());
+            }
+        }
+        Durable::Fsync(Some(log)) => {
+            txn.commit()?;
+            log.checkpointed();
+        }
+        Durable::Fsync(None) | Durable::Later | Durable::Replay(_) => txn.commit()?,
+    }
+    Ok(())
+}
+
 impl super::RedbStore {
     /// The log, when the store keeps one; refused once an append failed:
     /// the record it left may be whole on disk, so no later commit may
@@ -224,8 +282,8 @@ impl super::RedbStore {
     }
 
     /// Keeps a signed checkpoint; without `sync`, durable with the next
-    /// commit (with the log: its record, unsynced, rides on the next
-    /// record's fsync).
+    /// commit (with the log: its record goes in without an fsync, and the
+    /// next record's covers it).
     pub(super) fn keep_checkpoint_in(
         &self,
         sequence: u64,
@@ -234,26 +292,22 @@ impl super::RedbStore {
     ) -> Result<(), StoreError> {
         let db = self.db()?;
         let mut log = self.log()?;
-        match log.as_deref_mut() {
-            // Durable with the next commit, as without the log: its record
-            // goes in unsynced, and the next record's fsync covers it.
-            Some(log) if !sync && log.fits(note.len() + 16) => {
-                let payload = encode_checkpoint(sequence, note);
-                super::chain::keep_checkpoint(&db, sequence, note, Keep::Logged(log, &payload))
-            }
+        let how = match log.as_deref_mut() {
             Some(log) => {
-                super::chain::keep_checkpoint(&db, sequence, note, Keep::Durable)?;
-                log.checkpointed();
-                Ok(())
+                let record = encode_checkpoint(sequence, note);
+                match !sync && log.fits(record.len()) {
+                    true => Durable::Logged {
+                        log,
+                        record,
+                        sync: false,
+                    },
+                    false => Durable::Fsync(Some(log)),
+                }
             }
-            None => {
-                let keep = match sync {
-                    true => Keep::Durable,
-                    false => Keep::WithNextCommit,
-                };
-                super::chain::keep_checkpoint(&db, sequence, note, keep)
-            }
-        }
+            None if sync => Durable::Fsync(None),
+            None => Durable::Later,
+        };
+        super::chain::keep_checkpoint(&db, sequence, note, how)
     }
 
     /// Opens the log at `path` and commits again what its records hold
@@ -277,10 +331,10 @@ impl super::RedbStore {
             }
             match decode(n, &payload)? {
                 Entry::Batch(batch, links) => {
-                    self.commit_batch(&batch, Some(links), Logging::Replay(n))?;
+                    self.commit_batch(&batch, None, Some((n, links)))?;
                 }
                 Entry::Checkpoint(sequence, note) => {
-                    super::chain::keep_checkpoint(&db, sequence, &note, Keep::Replay(n))?;
+                    super::chain::keep_checkpoint(&db, sequence, &note, Durable::Replay(n))?;
                 }
             }
             last = n;
@@ -303,13 +357,7 @@ impl super::RedbStore {
     /// A durable redb commit: every logged commit so far is in the file,
     /// and the log starts again.
     pub(super) fn checkpoint(&self, db: &redb::Database, log: &mut Log) -> Result<(), StoreError> {
-        let txn = db.begin_write()?;
-        let last = log.next_number() - 1;
-        txn.open_table(super::META)?
-            .insert(super::LOG_KEY, last.to_le_bytes().as_slice())?;
-        txn.commit()?;
-        log.checkpointed();
-        Ok(())
+        commit(db.begin_write()?, Durable::Fsync(Some(log)))
     }
 }
 

@@ -1,15 +1,15 @@
 //! The write side of the redb store: a group commit, an erasure, pruning
-//! idempotency keys. Each is one durable transaction (fsync before it
-//! returns); only the writer thread calls them.
+//! idempotency keys. Each is one transaction, durable before it returns
+//! (`logged::commit`); only the writer thread calls them.
 
 use prost::Message;
 use redb::{ReadableTable, ReadableTableMetadata};
 
 use super::log::Log;
-use super::logged;
+use super::logged::{self, Durable};
 use super::{
     CATALOG_FEED, CATALOGS, CONTACTS, ERASURE_FEED, ERASURES, EVENTS, HISTORY, IDEMPOTENCY,
-    IDEMPOTENCY_BY_TIME, LOG_KEY, META, REWRITE_PENDING, RedbStore, WORDINGS, read_contact,
+    IDEMPOTENCY_BY_TIME, META, REWRITE_PENDING, RedbStore, WORDINGS, read_contact,
 };
 use crate::audit::Link;
 use crate::domain::UnixNanos;
@@ -19,43 +19,28 @@ use crate::store::redb::codec::{
 };
 use crate::store::{CommitPhases, StoreError, Tombstone, WriteBatch};
 
-/// How a commit is made durable.
-pub(super) enum Logging<'a> {
-    /// A durable redb commit (a store without a log).
-    Off,
-    /// Its record appended to the log and fsync'd, then a redb commit
-    /// without fsync; a durable redb commit when the record does not fit.
-    On(&'a mut Log),
-    /// Replaying log record `n`: a redb commit without fsync (the caller
-    /// makes the replay durable at its end).
-    Replay(u64),
-}
-
 impl RedbStore {
     /// Writes `batch` durably (its log record fsync'd, or a durable redb
     /// commit: `log.rs`); returns how long its inserts and its commit
     /// (record or pages written, fsync) took.
     pub(super) fn commit_in(&self, batch: &WriteBatch) -> Result<CommitPhases, StoreError> {
         let mut log = self.log()?;
-        let logging = match log.as_deref_mut() {
-            Some(log) => Logging::On(log),
-            None => Logging::Off,
-        };
-        self.commit_batch(batch, None, logging)
+        self.commit_batch(batch, log.as_deref_mut(), None)
     }
 
-    /// Writes `batch` in one transaction, with `links` as a log record
-    /// holds them (else linked here), durable as `logging` says.
+    /// Writes `batch` in one transaction: through `log` when there is one
+    /// and its record fits (else a durable redb commit); or, replaying log
+    /// record `n`, with the links it holds and without fsync.
     pub(super) fn commit_batch(
         &self,
         batch: &WriteBatch,
-        links: Option<Vec<Link>>,
-        logging: Logging<'_>,
+        log: Option<&mut Log>,
+        replay: Option<(u64, Vec<Link>)>,
     ) -> Result<CommitPhases, StoreError> {
         let started = std::time::Instant::now();
         // Durability::Immediate is redb's default: commit() returns after fsync.
-        let mut txn = self.db()?.begin_write()?;
-        let record;
+        let txn = self.db()?.begin_write()?;
+        let how;
         {
             let mut meta = txn.open_table(META)?;
             meta.insert(
@@ -87,26 +72,26 @@ impl RedbStore {
             }
             // The links, before the events: an event's link is kept in its
             // own record (one B-tree insert per event, not two).
-            let links = match (links, self.chained) {
-                (Some(links), _) => links,
-                (None, true) => super::chain::links_for(&txn, &meta, batch)?,
-                (None, false) => Vec::new(),
+            let (links, replayed) = match replay {
+                Some((n, links)) => (links, Some(n)),
+                None if self.chained => (super::chain::links_for(&txn, &meta, batch)?, None),
+                None => (Vec::new(), None),
             };
-            record = match &logging {
-                Logging::On(log) => {
-                    let payload = logged::encode_batch(batch, catalog_json.as_deref(), &links);
-                    log.fits(payload.len()).then_some(payload)
+            how = match (replayed, log) {
+                (Some(n), _) => Durable::Replay(n),
+                (None, Some(log)) => {
+                    let record = logged::encode_batch(batch, catalog_json.as_deref(), &links);
+                    match log.fits(record.len()) {
+                        true => Durable::Logged {
+                            log,
+                            record,
+                            sync: true,
+                        },
+                        false => Durable::Fsync(Some(log)),
+                    }
                 }
-                _ => None,
+                (None, None) => Durable::Fsync(None),
             };
-            let number = match (&logging, &record) {
-                (Logging::On(log), Some(_)) => Some(log.next_number()),
-                (Logging::Replay(n), _) => Some(*n),
-                _ => None,
-            };
-            if let Some(n) = number {
-                meta.insert(LOG_KEY, n.to_le_bytes().as_slice())?;
-            }
             let mut event_links = links.iter().filter(|l| l.kind == crate::audit::Kind::Event);
             let mut events = txn.open_table(EVENTS)?;
             let mut contacts = txn.open_table(CONTACTS)?;
@@ -154,29 +139,7 @@ impl RedbStore {
             super::chain::finish(&txn, &mut meta, &links)?;
         }
         let written = std::time::Instant::now();
-        match (logging, record) {
-            (Logging::On(log), Some(payload)) => {
-                txn.set_durability(redb::Durability::None)
-                    .map_err(|e| StoreError::Backend(Box::new(e)))?;
-                // The record first: nothing is seen before it is durable
-                // (a failed append drops the transaction).
-                log.append(&payload, true)?;
-                if let Err(e) = txn.commit() {
-                    log.poison();
-                    return Err(e.into());
-                }
-            }
-            (Logging::On(log), None) => {
-                txn.commit()?;
-                log.checkpointed();
-            }
-            (Logging::Replay(_), _) => {
-                txn.set_durability(redb::Durability::None)
-                    .map_err(|e| StoreError::Backend(Box::new(e)))?;
-                txn.commit()?;
-            }
-            (Logging::Off, _) => txn.commit()?,
-        }
+        logged::commit(txn, how)?;
         Ok(CommitPhases {
             write: written - started,
             commit: written.elapsed(),
@@ -204,11 +167,7 @@ impl RedbStore {
                 }
             }
         }
-        txn.commit()?;
-        if let Some(log) = log.as_deref_mut() {
-            log.checkpointed();
-        }
-        Ok(())
+        logged::commit(txn, Durable::Fsync(log.as_deref_mut()))
     }
 
     pub(super) fn prune_in(&self, before: UnixNanos, max: usize) -> Result<usize, StoreError> {
@@ -230,10 +189,7 @@ impl RedbStore {
             }
         }
         if n > 0 {
-            txn.commit()?;
-            if let Some(log) = log.as_deref_mut() {
-                log.checkpointed();
-            }
+            logged::commit(txn, Durable::Fsync(log.as_deref_mut()))?;
         } else {
             txn.abort()?;
         }
@@ -310,7 +266,7 @@ impl RedbStore {
                 .insert(REWRITE_PENDING, [1u8].as_slice())?;
         }
         super::chain::link_erasure_in(&txn, tombstone, erased)?;
-        txn.commit()?;
+        logged::commit(txn, Durable::Fsync(log.as_deref_mut()))?;
         // Every record so far is durable in the file now, and the erased
         // contact's must not stay in the log.
         if let Some(log) = log.as_deref_mut() {

@@ -37,6 +37,22 @@ const REACH: u64 = 8 * 1024 * 1024;
 
 static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
+/// Writes zeros over `from..to` through `write` (offset, bytes), a
+/// buffer's worth at a time: here, and for the log's growth (`log.rs`).
+pub(super) fn write_zeros(
+    from: u64,
+    to: u64,
+    mut write: impl FnMut(u64, &[u8]) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(ZEROS.len() as u64) as usize;
+        write(at, &ZEROS[..n])?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
 /// redb's file backend, its growth zeroed ahead of redb's writes.
 #[derive(Debug)]
 pub(super) struct ZeroAhead {
@@ -65,13 +81,7 @@ impl ZeroAhead {
     }
 
     fn zero(&self, from: u64, to: u64) -> io::Result<()> {
-        let mut at = from;
-        while at < to {
-            let n = (to - at).min(ZEROS.len() as u64) as usize;
-            self.inner.write(at, &ZEROS[..n])?;
-            at += n as u64;
-        }
-        Ok(())
+        write_zeros(from, to, |at, zeros| self.inner.write(at, zeros))
     }
 
     /// Writes `data` at `offset`, zeroing up to it and [`AHEAD`] past it

@@ -340,7 +340,8 @@ impl super::RedbStore {
             last = n;
         }
         log.number_from(last + 1);
-        self.checkpoint(&db, &mut log)?;
+        // From here on the log may hold what the file lacks.
+        self.checkpoint(&db, &mut log, super::LOGGING_SCHEMA)?;
         if last > held {
             tracing::info!(
                 records = last - held,
@@ -355,9 +356,19 @@ impl super::RedbStore {
     }
 
     /// A durable redb commit: every logged commit so far is in the file,
-    /// and the log starts again.
-    pub(super) fn checkpoint(&self, db: &redb::Database, log: &mut Log) -> Result<(), StoreError> {
-        commit(db.begin_write()?, Durable::Fsync(Some(log)))
+    /// and the log starts again. `schema` says whether the log may hold
+    /// commits the file lacks after it ([`super::LOGGING_SCHEMA`]: the
+    /// store stays open) or not ([`super::SCHEMA_VERSION`]: a clean close).
+    pub(super) fn checkpoint(
+        &self,
+        db: &redb::Database,
+        log: &mut Log,
+        schema: u32,
+    ) -> Result<(), StoreError> {
+        let txn = db.begin_write()?;
+        txn.open_table(super::META)?
+            .insert("schema_version", schema.to_le_bytes().as_slice())?;
+        commit(txn, Durable::Fsync(Some(log)))
     }
 }
 

@@ -98,6 +98,11 @@ const REWRITE_PENDING: &str = "rewrite_pending";
 /// Bumped on any incompatible change of the layout above (2: `history`;
 /// 3: the hash chain, `chain.rs`).
 pub(super) const SCHEMA_VERSION: u32 = 3;
+/// The same layout while the store is open, or after a crash: the log may
+/// hold commits the file lacks, so a build that does not replay it (one of
+/// schema 3 only) refuses the file rather than miss them. A clean close
+/// makes the file whole and writes [`SCHEMA_VERSION`] again.
+pub(super) const LOGGING_SCHEMA: u32 = 4;
 const DB_FILE: &str = "consentd.redb";
 /// The log next to it (`log.rs`).
 const LOG_FILE: &str = "consentd.log";
@@ -213,7 +218,7 @@ impl RedbStore {
                 .map(|v| u32_from(v.value()))
                 .transpose()?;
             match found {
-                Some(SCHEMA_VERSION) => {}
+                Some(SCHEMA_VERSION | LOGGING_SCHEMA) => {}
                 Some(v @ (1 | 2)) => {
                     if v == 1 {
                         migrate::migrate_1_to_2(&txn)?;
@@ -555,7 +560,7 @@ impl Store for RedbStore {
     /// cleanly, so the next open needs no repair.
     fn close(&self) -> Result<(), StoreError> {
         if let (Some(mut log), Some(db)) = (self.log()?, self.db.load_full()) {
-            self.checkpoint(&db, &mut log)?;
+            self.checkpoint(&db, &mut log, SCHEMA_VERSION)?;
         }
         self.db.store(None);
         Ok(())

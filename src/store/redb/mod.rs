@@ -98,10 +98,8 @@ const REWRITE_PENDING: &str = "rewrite_pending";
 /// Bumped on any incompatible change of the layout above (2: `history`;
 /// 3: the hash chain, `chain.rs`).
 pub(super) const SCHEMA_VERSION: u32 = 3;
-/// The same layout while the store is open, or after a crash: the log may
-/// hold commits the file lacks, so a build that does not replay it (one of
-/// schema 3 only) refuses the file rather than miss them. A clean close
-/// makes the file whole and writes [`SCHEMA_VERSION`] again.
+/// The same layout while open or after a crash: the log may hold commits
+/// the file lacks, which a build of schema 3 only would miss (it refuses).
 pub(super) const LOGGING_SCHEMA: u32 = 4;
 const DB_FILE: &str = "consentd.redb";
 /// The log next to it (`log.rs`).
@@ -237,7 +235,7 @@ impl RedbStore {
                 Some(v) => {
                     return Err(StoreError::Schema {
                         found: v,
-                        supported: SCHEMA_VERSION,
+                        supported: LOGGING_SCHEMA,
                     });
                 }
                 None => {

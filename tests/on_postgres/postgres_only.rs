@@ -312,6 +312,18 @@ async fn consentctl_migrate_moves_a_redb_store_to_postgres_whole() {
     assert_eq!(report["verified"], true);
     assert_eq!(report["tombstones"], 1);
     assert_eq!(report["link_keys"], 1);
+    // Closed cleanly: the redb file alone holds every commit (what follows
+    // is read without the log), and it says schema 3, which any build of
+    // that layout opens (4 would say its log may hold commits).
+    let _ = std::fs::remove_file(back.path().join("consentd.log"));
+    {
+        use redb::ReadableDatabase;
+        const META: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
+        let db = redb::Database::open(back.path().join("consentd.redb")).unwrap();
+        let txn = db.begin_read().unwrap();
+        let schema = txn.open_table(META).unwrap().get("schema_version").unwrap();
+        assert_eq!(schema.unwrap().value(), 3u32.to_le_bytes());
+    }
     let c = TestServer::start_with_store(
         consentd::Config::ephemeral(back.path()),
         std::sync::Arc::new(consentd::store::RedbStore::open(back.path()).unwrap()),

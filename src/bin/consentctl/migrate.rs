@@ -110,6 +110,16 @@ pub(crate) fn migrate(from: &str, to: &str, json_mode: bool) -> anyhow::Result<(
     if !keys.is_empty() && to.link_keys(&target)? != keys {
         bail!("the link keys differ after the copy");
     }
+    // Closed cleanly: a redb target's log checkpointed into its file (which
+    // then says schema 3 again, openable by any build of it).
+    target
+        .transfer
+        .close()
+        .context("closing the target store")?;
+    source
+        .transfer
+        .close()
+        .context("closing the source store")?;
     let seconds = started.elapsed().as_secs_f64();
     if json_mode {
         println!(

@@ -185,8 +185,9 @@ pub(crate) async fn compare(
 
 /// Durable Grants from the lean client, `load.inflight` in flight, each a
 /// new contact's, against `target`. Prints the rate, its latency and both
-/// sides' CPU per grant (the server's call path: its runtime's threads, not
-/// the writer thread); returns the rate and its p99 (ms).
+/// sides' CPU per grant (the server's call path: its runtime's threads;
+/// the writer thread apart: ruling, the store's transaction, the log's
+/// fsync, answering); returns the rate and its p99 (ms).
 pub(crate) async fn grants(target: SocketAddr, label: &str, load: Load) -> Option<(f64, f64)> {
     const PATH: &str = "/consent.v1.ConsentsService/Grant";
     // 80,000 a second: more than one consentd takes on this machine, so
@@ -202,8 +203,9 @@ pub(crate) async fn grants(target: SocketAddr, label: &str, load: Load) -> Optio
         })
         .collect();
     let bodies = Arc::new(bodies);
-    let (server, client) = (
+    let (server, writer, client) = (
         support::cpu_seconds("server"),
+        support::cpu_seconds("consentd-writer"),
         support::cpu_seconds("client"),
     );
     let r = match run(
@@ -224,11 +226,12 @@ pub(crate) async fn grants(target: SocketAddr, label: &str, load: Load) -> Optio
     };
     let calls = r.calls.max(1) as f64;
     let server = (support::cpu_seconds("server") - server) * 1e6 / calls;
+    let writer = (support::cpu_seconds("consentd-writer") - writer) * 1e6 / calls;
     let client = (support::cpu_seconds("client") - client) * 1e6 / calls;
     let rate = r.calls as f64 / r.seconds;
     let ms = |q: f64| r.latency.value_at_quantile(q) as f64 / 1e6;
     println!(
-        "{:<34} {rate:>10.0} grants/s  p50 {:>6.2} ms  p99 {:>6.2} ms  ({} grants, {} failed)  CPU per grant: server call path {server:.2} µs, client {client:.2} µs",
+        "{:<34} {rate:>10.0} grants/s  p50 {:>6.2} ms  p99 {:>6.2} ms  ({} grants, {} failed)  CPU per grant: server call path {server:.2} µs, writer {writer:.2} µs, client {client:.2} µs",
         format!("Grant, lean client ({label})"),
         ms(0.5),
         ms(0.99),

@@ -186,8 +186,9 @@ pub(crate) async fn compare(
 /// Durable Grants from the lean client, `load.inflight` in flight, each a
 /// new contact's, against `target`. Prints the rate, its latency and both
 /// sides' CPU per grant (the server's call path: its runtime's threads;
-/// the writer thread apart: ruling, the store's transaction, the log's
-/// fsync, answering); returns the rate and its p99 (ms).
+/// the writer thread apart, with its mostly idle ticker, whose name it
+/// starts: ruling, the store's transaction, the log's fsync, answering);
+/// returns the rate and its p99 (ms).
 pub(crate) async fn grants(target: SocketAddr, label: &str, load: Load) -> Option<(f64, f64)> {
     const PATH: &str = "/consent.v1.ConsentsService/Grant";
     // 80,000 a second: more than one consentd takes on this machine, so

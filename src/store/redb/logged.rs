@@ -228,7 +228,7 @@ pub(super) enum Durable<'a> {
 
 /// Commits `txn` as `how` says, with `meta`'s `log` set to the last
 /// record the state then holds.
-pub(super) fn commit(txn: redb::WriteTransaction, how: Durable<'_>) -> Result<(), StoreError> {
+pub(super) fn commit(mut txn: redb::WriteTransaction, how: Durable<'_>) -> Result<(), StoreError> {
     let held = match &how {
         Durable::Fsync(Some(log)) => Some(log.next_number() - 1),
         Durable::Logged { log, .. } => Some(log.next_number()),
@@ -239,7 +239,6 @@ pub(super) fn commit(txn: redb::WriteTransaction, how: Durable<'_>) -> Result<()
         txn.open_table(super::META)?
             .insert(super::LOG_KEY, n.to_le_bytes().as_slice())?;
     }
-    let mut txn = txn;
     if !matches!(how, Durable::Fsync(_)) {
         txn.set_durability(redb::Durability::None)
             .map_err(|e| StoreError::Backend(Box::new(e)))?;

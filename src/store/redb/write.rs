@@ -38,8 +38,8 @@ impl RedbStore {
         replay: Option<(u64, Vec<Link>)>,
     ) -> Result<CommitPhases, StoreError> {
         let started = std::time::Instant::now();
-        // Durability::Immediate is redb's default: commit() returns after fsync.
         let txn = self.db()?.begin_write()?;
+        // How it is made durable, decided once the record is known.
         let how;
         {
             let mut meta = txn.open_table(META)?;

@@ -417,6 +417,15 @@ fn main() -> anyhow::Result<()> {
                         "  Grant from the lean client / raw redb single commits: {:.1}×, p99 {p99:.2} ms",
                         rate / raw
                     );
+                    // What no unary write can pass on these cores: the
+                    // bare server, nothing written, from the same client.
+                    if let Some(ceiling) = rawh2::bare_unary(baseline, load).await {
+                        println!(
+                            "  the ceiling here: the bare server writing nothing = {:.1}× raw redb single commits; Grant reaches {:.0}% of it",
+                            ceiling / raw,
+                            100.0 * rate / ceiling
+                        );
+                    }
                 }
             }
             if i == 0 {

@@ -241,3 +241,54 @@ pub(crate) async fn grants(target: SocketAddr, label: &str, load: Load) -> Optio
     );
     Some((rate, ms(0.99)))
 }
+
+/// The ceiling for any unary write on these cores: unary CanSend from the
+/// same lean client, with the same load, against the bare tonic server,
+/// which writes nothing and answers from an empty map. Prints its rate and
+/// both sides' CPU per call; returns the rate.
+pub(crate) async fn bare_unary(baseline: SocketAddr, load: Load) -> Option<f64> {
+    const PATH: &str = "/consent.v1.EligibilityService/CanSend";
+    let bodies: Vec<Bytes> = (0..4096)
+        .map(|i| {
+            framed(&consentd::pb::CanSendRequest {
+                contact_id: format!("lean-{i:09}"),
+                channel: "email".into(),
+                brand: "acme".into(),
+                ..Default::default()
+            })
+        })
+        .collect();
+    let (server, client) = (
+        support::cpu_seconds("server"),
+        support::cpu_seconds("client"),
+    );
+    let r = match run(
+        baseline,
+        PATH,
+        Arc::new(bodies),
+        load.connections,
+        load.inflight,
+        load.seconds,
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            println!("-- the lean client failed against the bare server: {e}");
+            return None;
+        }
+    };
+    let calls = r.calls.max(1) as f64;
+    let server = (support::cpu_seconds("server") - server) * 1e6 / calls;
+    let client = (support::cpu_seconds("client") - client) * 1e6 / calls;
+    let rate = r.calls as f64 / r.seconds;
+    println!(
+        "{:<34} {rate:>10.0} calls/s   p50 {:>6.2} ms  p99 {:>6.2} ms  ({} calls, {} failed)  CPU per call: server {server:.2} µs, client {client:.2} µs",
+        "unary CanSend, lean client (bare)",
+        r.latency.value_at_quantile(0.5) as f64 / 1e6,
+        r.latency.value_at_quantile(0.99) as f64 / 1e6,
+        r.calls,
+        r.failed
+    );
+    Some(rate)
+}

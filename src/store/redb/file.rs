@@ -1,12 +1,40 @@
 //! Opening the data file: redb's builder with the page cache bounded, over
 //! redb's file backend with the file's growth zeroed ahead (`zeroed.rs`),
-//! readable by its owner only.
+//! readable by its owner only; redb's errors as the store's.
 
 use std::path::Path;
 
 use redb::Database;
 
 use crate::store::StoreError;
+
+// redb's errors as the store's: the OS error itself where there is one,
+// so that callers can tell a disk fault.
+impl From<redb::Error> for StoreError {
+    fn from(e: redb::Error) -> Self {
+        match e {
+            redb::Error::Io(io) => StoreError::Io(io),
+            other => StoreError::Backend(Box::new(other)),
+        }
+    }
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                redb::Error::from(e).into()
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
 
 /// A redb builder with the page cache bounded.
 pub(super) fn builder(cache_bytes: usize) -> redb::Builder {

@@ -259,7 +259,9 @@ fn after_a_failed_append_nothing_lands_until_a_restart() {
     store.commit(&grants(1, 2)).unwrap();
     store.log.as_ref().unwrap().lock().unwrap().fail_next = true;
     // The record is written, its fsync fails: the commit is refused and
-    // nothing of it is seen.
+    // nothing of it is seen. The group before it, held in the writer's
+    // open transaction (`held.rs`), which the failure drops, is seen.
+    assert!(store.held.holding());
     assert!(store.commit(&grants(3, 2)).is_err());
     assert_eq!(store.events_after(0, usize::MAX).unwrap().len(), 2);
     // Nothing else lands either: the record may be whole on disk.
@@ -311,4 +313,82 @@ fn a_build_that_does_not_replay_the_log_refuses_a_crashed_file() {
     let again = tempfile::tempdir().unwrap();
     crash_copy(dir.path(), again.path());
     assert_eq!(schema_on_file(again.path()), super::LOGGING_SCHEMA);
+}
+
+#[test]
+fn the_writer_holds_its_transaction_for_a_few_groups_then_commits_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(dir.path()).unwrap();
+    for g in 0..super::held::HELD_GROUPS as u64 - 1 {
+        store.commit(&grants(1 + 2 * g, 2)).unwrap();
+        assert!(store.held.holding(), "group {g} is held");
+    }
+    // The last group it takes commits it (without fsync).
+    let n = super::held::HELD_GROUPS as u64;
+    store.commit(&grants(2 * n - 1, 2)).unwrap();
+    assert!(!store.held.holding());
+    store.commit(&grants(2 * n + 1, 2)).unwrap();
+    assert!(store.held.holding());
+    // A crash (the file as its last durable commit left it, the log)
+    // gives back the committed groups and the held one.
+    let crashed = tempfile::tempdir().unwrap();
+    crash_copy(dir.path(), crashed.path());
+    let before = everything(&store);
+    assert_eq!(
+        everything(&RedbStore::open(crashed.path()).unwrap()),
+        before
+    );
+}
+
+#[test]
+fn a_read_on_another_thread_sees_every_group_acknowledged_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(RedbStore::open(dir.path()).unwrap());
+    let (ask, asked) = std::sync::mpsc::sync_channel::<u64>(0);
+    let (tell, told) = std::sync::mpsc::sync_channel::<u64>(0);
+    let reader = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            for _ in asked {
+                let n = store.events_after(0, usize::MAX).unwrap().len() as u64;
+                let contact = store.contact_states("c0").unwrap().len() as u64;
+                tell.send(n * 10 + contact).unwrap();
+            }
+        })
+    };
+    let mut held = 0;
+    for g in 0..40u64 {
+        store.commit(&grants(1 + 3 * g, 3)).unwrap();
+        held += u64::from(store.held.holding());
+        // Every third group, a read from the other thread: it waits for
+        // nothing and commits what the writer holds.
+        if g % 3 == 2 {
+            ask.send(g).unwrap();
+            let answer = told.recv().unwrap();
+            assert_eq!(answer / 10, 3 * (g + 1), "events after group {g}");
+            assert_eq!(answer % 10, 1, "c0's state after group {g}");
+            assert!(!store.held.holding());
+        }
+    }
+    assert!(held > 20, "groups were held: {held}");
+    drop(ask);
+    reader.join().unwrap();
+}
+
+#[test]
+fn an_erasure_commits_the_held_groups_first_and_a_crash_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(dir.path()).unwrap();
+    store.commit(&grants(1, 7)).unwrap();
+    store.commit(&grants(8, 7)).unwrap();
+    assert!(store.held.holding());
+    assert!(store.erase("c1", &tombstone(15)).unwrap());
+    assert!(!store.held.holding());
+    store.commit(&grants(16, 2)).unwrap();
+    let before = everything(&store);
+    assert!(!before.contains("\"c1\""), "{before}");
+    let (_crashed, after) = reopened_after_crash(dir.path());
+    assert_eq!(everything(&after), before);
+    let log = std::fs::read(dir.path().join(LOG_FILE)).unwrap();
+    assert!(!log.windows(2).any(|w| w == b"c1"));
 }

@@ -231,9 +231,9 @@ pub(super) enum Durable<'a> {
 pub(super) fn commit(mut txn: redb::WriteTransaction, how: Durable<'_>) -> Result<(), StoreError> {
     let held = match &how {
         Durable::Fsync(Some(log)) => Some(log.next_number() - 1),
-        Durable::Logged { log, .. } => Some(log.next_number()),
         Durable::Replay(n) => Some(*n),
-        Durable::Fsync(None) | Durable::Later => None,
+        // `log_group` sets it.
+        Durable::Logged { .. } | Durable::Fsync(None) | Durable::Later => None,
     };
     if let Some(n) = held {
         txn.open_table(super::META)?
@@ -248,7 +248,7 @@ pub(super) fn commit(mut txn: redb::WriteTransaction, how: Durable<'_>) -> Resul
             // A failed append drops the transaction; a failed commit after
             // it leaves a durable record the state lacks: no later write
             // until a restart replays it.
-            log.append(&record, sync)?;
+            log_group(&txn, log, &record, sync)?;
             if let Err(e) = txn.commit() {
                 log.poison();
                 return Err(e.into());
@@ -263,18 +263,34 @@ pub(super) fn commit(mut txn: redb::WriteTransaction, how: Durable<'_>) -> Resul
     Ok(())
 }
 
+/// Logs a group held in `txn`: `meta`'s `log` set to the number its
+/// `record` gets, then the record appended (fdatasync'd when `sync`). The
+/// group is durable once this returns; `txn` is not committed.
+pub(super) fn log_group(
+    txn: &redb::WriteTransaction,
+    log: &mut Log,
+    record: &[u8],
+    sync: bool,
+) -> Result<(), StoreError> {
+    txn.open_table(super::META)?
+        .insert(super::LOG_KEY, log.next_number().to_le_bytes().as_slice())?;
+    log.append(record, sync)?;
+    Ok(())
+}
+
 impl super::RedbStore {
-    /// The log, when the store keeps one; refused once an append failed:
-    /// the record it left may be whole on disk, so no later commit may
-    /// land before a restart replays or drops it (fail-stop).
+    /// The log, when the store keeps one; refused once an append failed
+    /// (the record it left may be whole on disk) or a commit after its
+    /// records were logged did: no later commit may land before a restart
+    /// replays or drops them (fail-stop).
     pub(super) fn log(&self) -> Result<Option<MutexGuard<'_, Log>>, StoreError> {
         let Some(m) = &self.log else {
             return Ok(None);
         };
         let log = m.lock().unwrap_or_else(PoisonError::into_inner);
-        match log.broken() {
+        match log.broken() || self.held.failed() {
             true => Err(StoreError::Io(std::io::Error::other(
-                "an append to the log failed: no write lands until a restart replays the log",
+                "an append to the log, or the commit after it, failed: no write lands until a restart replays the log",
             ))),
             false => Ok(Some(log)),
         }

@@ -34,6 +34,7 @@
 mod chain;
 mod codec;
 mod file;
+mod held;
 mod log;
 mod logged;
 mod migrate;
@@ -115,33 +116,6 @@ const LOG_KEY: &str = "log";
 /// process at 2M contacts was 301 MB against 388 MB resident.
 pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
-impl From<redb::Error> for StoreError {
-    fn from(e: redb::Error) -> Self {
-        match e {
-            // The OS error itself, so that callers can tell a disk fault.
-            redb::Error::Io(io) => StoreError::Io(io),
-            other => StoreError::Backend(Box::new(other)),
-        }
-    }
-}
-
-macro_rules! from_redb {
-    ($($t:ty),*) => {$(
-        impl From<$t> for StoreError {
-            fn from(e: $t) -> Self {
-                redb::Error::from(e).into()
-            }
-        }
-    )*};
-}
-from_redb!(
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
-
 fn read_contact(
     table: &impl ReadableTable<&'static str, &'static [u8]>,
     contact: &str,
@@ -168,6 +142,9 @@ pub struct RedbStore {
     /// The log that makes group commits durable (`log.rs`), when the store
     /// owns a data dir; only the writer takes it.
     log: Option<Mutex<log::Log>>,
+    /// The writer's transaction, held open across group commits
+    /// (`held.rs`); `db()` commits it before anything else opens the file.
+    held: held::Held,
 }
 
 impl RedbStore {
@@ -265,11 +242,21 @@ impl RedbStore {
             path,
             chained: true,
             log: None,
+            held: held::Held::default(),
         })
     }
 
-    /// The database in use, unless the store was closed.
+    /// The database in use, unless the store was closed, with every
+    /// acknowledged group in it: the writer's held transaction committed
+    /// first (`held.rs`).
     fn db(&self) -> Result<Arc<Database>, StoreError> {
+        self.held.settle()?;
+        self.file()
+    }
+
+    /// The database in use, as it is (the writer's group, which holds the
+    /// held transaction's slot).
+    fn file(&self) -> Result<Arc<Database>, StoreError> {
         self.db.load_full().ok_or(StoreError::Closed)
     }
 
@@ -557,6 +544,7 @@ impl Store for RedbStore {
     /// database (once the reads in flight end): redb closes the file
     /// cleanly, so the next open needs no repair.
     fn close(&self) -> Result<(), StoreError> {
+        self.held.settle()?;
         if let (Some(mut log), Some(db)) = (self.log()?, self.db.load_full()) {
             self.checkpoint(&db, &mut log, SCHEMA_VERSION)?;
         }

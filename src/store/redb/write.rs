@@ -5,6 +5,7 @@
 use prost::Message;
 use redb::{ReadableTable, ReadableTableMetadata};
 
+use super::held::{self, HELD_GROUPS, Open};
 use super::log::Log;
 use super::logged::{self, Durable};
 use super::{
@@ -28,17 +29,41 @@ impl RedbStore {
         self.commit_batch(batch, log.as_deref_mut(), None)
     }
 
-    /// Writes `batch` in one transaction: through `log` when there is one
-    /// and its record fits (else a durable redb commit); or, replaying log
-    /// record `n`, with the links it holds and without fsync.
+    /// Writes `batch` in the writer's transaction: through `log` when there
+    /// is one and its record fits, the transaction then held open for the
+    /// next groups (`held.rs`), else a durable redb commit of all it holds;
+    /// or, replaying log record `n`, with the links it holds and without
+    /// fsync.
     pub(super) fn commit_batch(
         &self,
         batch: &WriteBatch,
         log: Option<&mut Log>,
         replay: Option<(u64, Vec<Link>)>,
     ) -> Result<CommitPhases, StoreError> {
+        // Taken for the whole group: a reader waits for it, then commits.
+        let mut slot = self.held.lock();
+        let r = self.commit_held(&mut slot, batch, log, replay);
+        if slot.is_none() {
+            // Committed, or dropped (a failed append or commit poisons
+            // the store; a restart replays what the log holds).
+            self.held.released();
+        }
+        r
+    }
+
+    /// `commit_batch` in the held transaction's `slot`.
+    fn commit_held(
+        &self,
+        slot: &mut Option<Open>,
+        batch: &WriteBatch,
+        log: Option<&mut Log>,
+        replay: Option<(u64, Vec<Link>)>,
+    ) -> Result<CommitPhases, StoreError> {
         let started = std::time::Instant::now();
-        let txn = self.db()?.begin_write()?;
+        let (txn, records) = match slot.take() {
+            Some(open) => (open.txn, open.records),
+            None => (self.file()?.begin_write()?, Vec::new()),
+        };
         // How it is made durable, decided once the record is known.
         let how;
         {
@@ -139,12 +164,50 @@ impl RedbStore {
             super::chain::finish(&txn, &mut meta, &links)?;
         }
         let written = std::time::Instant::now();
-        logged::commit(txn, how)?;
+        match how {
+            Durable::Logged { log, record, sync } => {
+                self.hold(slot, txn, records, log, record, sync)?;
+            }
+            how => logged::commit(txn, how)?,
+        }
         Ok(CommitPhases {
             write: written - started,
             commit: written.elapsed(),
             ..CommitPhases::default()
         })
+    }
+
+    /// Logs the group `txn` holds after the groups of `records`; keeps
+    /// `txn` open in `slot` for the next, or commits it, without fsync,
+    /// once it holds [`HELD_GROUPS`].
+    fn hold(
+        &self,
+        slot: &mut Option<Open>,
+        txn: redb::WriteTransaction,
+        mut records: Vec<(u64, Vec<u8>)>,
+        log: &mut Log,
+        record: Vec<u8>,
+        sync: bool,
+    ) -> Result<(), StoreError> {
+        let number = log.next_number();
+        if let Err(e) = logged::log_group(&txn, log, &record, sync) {
+            drop(txn);
+            // The groups held before this one were acknowledged: they go
+            // into the file again from their records (the log, refused
+            // from now on, holds them too).
+            for (n, payload) in records {
+                if let logged::Entry::Batch(batch, links) = logged::decode(n, &payload)? {
+                    self.commit_held(slot, &batch, None, Some((n, links)))?;
+                }
+            }
+            return Err(e);
+        }
+        if records.len() + 1 < HELD_GROUPS {
+            records.push((number, record));
+            self.held.keep(slot, Open { txn, records });
+            return Ok(());
+        }
+        held::commit(txn).inspect_err(|_| log.poison())
     }
 
     pub(super) fn adopt_in(

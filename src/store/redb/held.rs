@@ -1,0 +1,106 @@
+//! The writer's redb transaction, held open across group commits.
+//!
+//! With the log, a group commit is durable once its record is fsync'd
+//! (`logged.rs`); redb's own commit only makes the group readable from the
+//! file. That commit is a fixed cost (the tables' roots updated, the dirty
+//! pages checksummed and handed to the file, the next group copying the
+//! same tail pages again), about a third of the writer's CPU at 24 grants a
+//! group. So the writer keeps its transaction open for up to
+//! [`HELD_GROUPS`] groups, each durable by its record, and commits it once.
+//!
+//! Nothing may read the file past an acknowledged group, so whoever opens
+//! the database (a read, any other write, a close: `RedbStore::db`) first
+//! commits the held transaction ([`Held::settle`]). A read that comes
+//! while groups are held waits for the group in hand (a fraction of a
+//! millisecond) and that commit; otherwise it does not wait.
+//!
+//! A crash loses only what the log replays: the file's `meta` `log` names
+//! the last record its committed state holds.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use crate::store::StoreError;
+
+/// Groups a held transaction takes before the writer commits it.
+pub(super) const HELD_GROUPS: usize = 8;
+
+/// The transaction the writer keeps open, and the log records (number,
+/// payload) of the groups it holds: should the next group's append fail,
+/// the transaction is dropped and they go into the file again.
+pub(super) struct Open {
+    pub(super) txn: redb::WriteTransaction,
+    pub(super) records: Vec<(u64, Vec<u8>)>,
+}
+
+/// The slot for the writer's open transaction.
+#[derive(Default)]
+pub(super) struct Held {
+    slot: Mutex<Option<Open>>,
+    /// Whether a transaction holding acknowledged groups is open (in the
+    /// slot, or in the writer's hands): a reader that sees `false` reads
+    /// the file without waiting.
+    pending: AtomicBool,
+    /// A held transaction failed to commit: the log holds groups the
+    /// file lacks, so no write may land before a restart replays them.
+    failed: AtomicBool,
+}
+
+impl Held {
+    /// The slot, for the writer's group: taken for the whole group, so a
+    /// reader waits for the group in hand.
+    pub(super) fn lock(&self) -> MutexGuard<'_, Option<Open>> {
+        self.slot.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Puts `open` back into `slot`: its groups are acknowledged once the
+    /// writer answers, and a reader must commit them first.
+    pub(super) fn keep(&self, slot: &mut Option<Open>, open: Open) {
+        *slot = Some(open);
+        self.pending.store(true, Ordering::Release);
+    }
+
+    /// The writer committed (or dropped, its append failed) what it held.
+    pub(super) fn released(&self) {
+        self.pending.store(false, Ordering::Release);
+    }
+
+    /// Commits the held transaction, if any, without an fsync (its records
+    /// are durable in the log): every acknowledged group is then in the
+    /// file.
+    pub(super) fn settle(&self) -> Result<(), StoreError> {
+        if !self.pending.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut slot = self.lock();
+        let Some(open) = slot.take() else {
+            return Ok(());
+        };
+        let r = commit(open.txn);
+        if r.is_err() {
+            self.failed.store(true, Ordering::Release);
+        }
+        self.pending.store(false, Ordering::Release);
+        r
+    }
+
+    /// Whether a transaction holding acknowledged groups is open.
+    #[cfg(test)]
+    pub(super) fn holding(&self) -> bool {
+        self.pending.load(Ordering::Acquire)
+    }
+
+    /// Whether a held transaction failed to commit (writes are refused
+    /// until a restart replays the log).
+    pub(super) fn failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+}
+
+/// A redb commit without fsync: the groups' records are durable already,
+/// and `meta` `log` (set by each group) names the last.
+pub(super) fn commit(mut txn: redb::WriteTransaction) -> Result<(), StoreError> {
+    txn.set_durability(redb::Durability::None)
+        .map_err(|e| StoreError::Backend(Box::new(e)))?;
+    Ok(txn.commit()?)
+}

@@ -65,6 +65,18 @@ impl Held {
         self.pending.store(false, Ordering::Release);
     }
 
+    /// `f` over the held transaction, if one is open (it sees the groups
+    /// it holds); `None` when none is.
+    pub(super) fn read<T>(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<T, StoreError>,
+    ) -> Option<Result<T, StoreError>> {
+        if !self.pending.load(Ordering::Acquire) {
+            return None;
+        }
+        self.lock().as_ref().map(|open| f(&open.txn))
+    }
+
     /// Commits the held transaction, if any, without an fsync (its records
     /// are durable in the log): every acknowledged group is then in the
     /// file.

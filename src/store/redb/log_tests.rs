@@ -392,3 +392,31 @@ fn an_erasure_commits_the_held_groups_first_and_a_crash_keeps_it() {
     let log = std::fs::read(dir.path().join(LOG_FILE)).unwrap();
     assert!(!log.windows(2).any(|w| w == b"c1"));
 }
+
+#[test]
+fn a_key_is_found_in_the_held_transaction_without_committing_it() {
+    use crate::store::IdempotencyRecord;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(RedbStore::open(dir.path()).unwrap());
+    let record = IdempotencyRecord {
+        sequence: 1,
+        recorded_at: 1,
+        fingerprint: [9; 32],
+    };
+    let mut keyed = grants(1, 1);
+    keyed.idempotency = vec![("form-42".into(), record)];
+    store.commit(&keyed).unwrap();
+    store.commit(&grants(2, 1)).unwrap();
+    assert!(store.held.holding());
+    // The writer, ruling a retry, finds the key: the held transaction
+    // sees it, and stays open.
+    assert_eq!(store.idempotency("form-42").unwrap(), Some(record));
+    assert_eq!(store.idempotency("form-43").unwrap(), None);
+    assert!(store.held.holding());
+    // So does a reader on another thread, and a crash loses nothing.
+    let other = store.clone();
+    let found = std::thread::spawn(move || other.idempotency("form-42").unwrap());
+    assert_eq!(found.join().unwrap(), Some(record));
+    let (_crashed, after) = reopened_after_crash(dir.path());
+    assert_eq!(after.idempotency("form-42").unwrap(), Some(record));
+}

@@ -352,12 +352,23 @@ impl Store for RedbStore {
     }
 
     fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
-        let txn = self.db()?.begin_read()?;
-        let table = txn.open_table(IDEMPOTENCY)?;
-        table
-            .get(key)?
-            .map(|v| decode_idempotency(v.value()))
-            .transpose()
+        // Asked by the writer for every keyed change: read in its held
+        // transaction, which sees the groups it holds, rather than commit it.
+        fn get(
+            t: &impl ReadableTable<&'static str, &'static [u8]>,
+            key: &str,
+        ) -> Result<Option<IdempotencyRecord>, StoreError> {
+            t.get(key)?
+                .map(|v| decode_idempotency(v.value()))
+                .transpose()
+        }
+        if let Some(found) = self
+            .held
+            .read(|txn| get(&txn.open_table(IDEMPOTENCY)?, key))
+        {
+            return found;
+        }
+        get(&self.db()?.begin_read()?.open_table(IDEMPOTENCY)?, key)
     }
 
     fn contact_pending(&self, contact: &str) -> Result<Vec<(String, PendingRecord)>, StoreError> {

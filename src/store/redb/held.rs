@@ -102,6 +102,12 @@ impl Held {
         self.pending.load(Ordering::Acquire)
     }
 
+    /// Acknowledged groups are missing from the file: writes are refused
+    /// until a restart replays the log.
+    pub(super) fn fail(&self) {
+        self.failed.store(true, Ordering::Release);
+    }
+
     /// Whether a held transaction failed to commit (writes are refused
     /// until a restart replays the log).
     pub(super) fn failed(&self) -> bool {

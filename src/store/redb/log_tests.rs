@@ -420,3 +420,41 @@ fn a_key_is_found_in_the_held_transaction_without_committing_it() {
     let (_crashed, after) = reopened_after_crash(dir.path());
     assert_eq!(after.idempotency("form-42").unwrap(), Some(record));
 }
+
+#[test]
+fn a_group_that_fails_gives_back_the_held_groups_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(dir.path()).unwrap();
+    // A contact record the store cannot read: the group that touches it
+    // fails in its inserts, before its record is logged.
+    {
+        let txn = store.db().unwrap().begin_write().unwrap();
+        txn.open_table(super::CONTACTS)
+            .unwrap()
+            .insert("c5", [0xff_u8; 3].as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    store.commit(&grants(1, 2)).unwrap();
+    store.commit(&grants(3, 1)).unwrap();
+    assert!(store.held.holding());
+    assert!(store.commit(&grants(5, 1)).is_err());
+    // The acknowledged groups the failure dropped with the transaction
+    // are in the file again, and writes go on.
+    assert!(!store.held.holding());
+    assert_eq!(store.events_after(0, usize::MAX).unwrap().len(), 3);
+    {
+        let txn = store.db().unwrap().begin_write().unwrap();
+        txn.open_table(super::CONTACTS)
+            .unwrap()
+            .remove("c5")
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    store.commit(&grants(4, 1)).unwrap();
+    let before = everything(&store);
+    assert_eq!(store.events_after(0, usize::MAX).unwrap().len(), 4);
+    // A crash after it gives back exactly the same: no record is skipped.
+    let (_crashed, after) = reopened_after_crash(dir.path());
+    assert_eq!(everything(&after), before);
+}

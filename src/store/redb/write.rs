@@ -59,11 +59,51 @@ impl RedbStore {
         log: Option<&mut Log>,
         replay: Option<(u64, Vec<Link>)>,
     ) -> Result<CommitPhases, StoreError> {
-        let started = std::time::Instant::now();
-        let (txn, records) = match slot.take() {
+        let (txn, mut records) = match slot.take() {
             Some(open) => (open.txn, open.records),
             None => (self.file()?.begin_write()?, Vec::new()),
         };
+        let r = self.group(slot, txn, &mut records, batch, log, replay);
+        if r.is_err() && !records.is_empty() {
+            // The failure dropped the transaction, and with it the groups
+            // held before this one, which were acknowledged: they go into
+            // the file again from their records (the log holds them too).
+            self.restore(slot, std::mem::take(&mut records));
+        }
+        r
+    }
+
+    /// Commits again, from their log records, the groups a failure
+    /// dropped; should that fail too, no write lands until a restart
+    /// replays the log.
+    fn restore(&self, slot: &mut Option<Open>, records: Vec<(u64, Vec<u8>)>) {
+        for (n, payload) in records {
+            let r = match logged::decode(n, &payload) {
+                Ok(logged::Entry::Batch(batch, links)) => self
+                    .commit_held(slot, &batch, None, Some((n, links)))
+                    .map(drop),
+                Ok(logged::Entry::Checkpoint(..)) => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = r {
+                tracing::error!(error = %e, record = n, "acknowledged groups could not be committed again: no write lands until a restart replays the log");
+                self.held.fail();
+                return;
+            }
+        }
+    }
+
+    /// One group in `txn`, after the groups of `records` it holds.
+    fn group(
+        &self,
+        slot: &mut Option<Open>,
+        txn: redb::WriteTransaction,
+        records: &mut Vec<(u64, Vec<u8>)>,
+        batch: &WriteBatch,
+        log: Option<&mut Log>,
+        replay: Option<(u64, Vec<Link>)>,
+    ) -> Result<CommitPhases, StoreError> {
+        let started = std::time::Instant::now();
         // How it is made durable, decided once the record is known.
         let how;
         {
@@ -179,35 +219,30 @@ impl RedbStore {
 
     /// Logs the group `txn` holds after the groups of `records`; keeps
     /// `txn` open in `slot` for the next, or commits it, without fsync,
-    /// once it holds [`HELD_GROUPS`].
+    /// once it holds [`HELD_GROUPS`]. On failure `records` holds the
+    /// groups before this one, which the caller commits again.
     fn hold(
         &self,
         slot: &mut Option<Open>,
         txn: redb::WriteTransaction,
-        mut records: Vec<(u64, Vec<u8>)>,
+        records: &mut Vec<(u64, Vec<u8>)>,
         log: &mut Log,
         record: Vec<u8>,
         sync: bool,
     ) -> Result<(), StoreError> {
         let number = log.next_number();
-        if let Err(e) = logged::log_group(&txn, log, &record, sync) {
-            drop(txn);
-            // The groups held before this one were acknowledged: they go
-            // into the file again from their records (the log, refused
-            // from now on, holds them too).
-            for (n, payload) in records {
-                if let logged::Entry::Batch(batch, links) = logged::decode(n, &payload)? {
-                    self.commit_held(slot, &batch, None, Some((n, links)))?;
-                }
-            }
-            return Err(e);
-        }
+        logged::log_group(&txn, log, &record, sync)?;
         if records.len() + 1 < HELD_GROUPS {
             records.push((number, record));
+            let records = std::mem::take(records);
             self.held.keep(slot, Open { txn, records });
             return Ok(());
         }
-        held::commit(txn).inspect_err(|_| log.poison())
+        // This group's record is durable and the file lacks it: no later
+        // write until a restart replays it.
+        held::commit(txn).inspect_err(|_| log.poison())?;
+        records.clear();
+        Ok(())
     }
 
     pub(super) fn adopt_in(

@@ -1,8 +1,9 @@
 //! The embedded redb store: one file in the data dir, every commit durable
 //! before it returns — a group commit through its record in the log next
-//! to the file (`log.rs`: one append and fdatasync, then the redb commit
-//! without fsync), everything else by a durable redb commit
-//! (`Durability::Immediate`).
+//! to the file (`log.rs`: one append and fdatasync; the redb transaction
+//! held open for the next groups and committed without fsync every few, or
+//! before anything else opens the file: `held.rs`), everything else by a
+//! durable redb commit (`Durability::Immediate`).
 //!
 //! Layout (schema version [`SCHEMA_VERSION`]), encodings in `codec.rs`:
 //! - `meta`: `schema_version`, `next_sequence`, `catalog` (JSON spec),

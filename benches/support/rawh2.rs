@@ -203,32 +203,15 @@ pub(crate) async fn grants(target: SocketAddr, label: &str, load: Load) -> Optio
             })
         })
         .collect();
-    let bodies = Arc::new(bodies);
-    let (server, writer, client) = (
-        support::cpu_seconds("server"),
-        support::cpu_seconds("consentd-writer"),
-        support::cpu_seconds("client"),
-    );
-    let r = match run(
+    let (r, cpu) = measured(
         target,
         PATH,
         bodies,
-        load.connections,
-        load.inflight,
-        load.seconds,
+        load,
+        ["server", "consentd-writer", "client"],
     )
-    .await
-    {
-        Ok(r) => r,
-        Err(e) => {
-            println!("-- the lean client failed: {e}");
-            return None;
-        }
-    };
-    let calls = r.calls.max(1) as f64;
-    let server = (support::cpu_seconds("server") - server) * 1e6 / calls;
-    let writer = (support::cpu_seconds("consentd-writer") - writer) * 1e6 / calls;
-    let client = (support::cpu_seconds("client") - client) * 1e6 / calls;
+    .await?;
+    let [server, writer, client] = cpu;
     let rate = r.calls as f64 / r.seconds;
     let ms = |q: f64| r.latency.value_at_quantile(q) as f64 / 1e6;
     println!(
@@ -240,6 +223,37 @@ pub(crate) async fn grants(target: SocketAddr, label: &str, load: Load) -> Optio
         r.failed
     );
     Some((rate, ms(0.99)))
+}
+
+/// `run` with `load`, and the CPU per call of the threads whose names
+/// start with each of `threads` (µs); `None`, said, if it failed.
+async fn measured<const N: usize>(
+    addr: SocketAddr,
+    path: &'static str,
+    bodies: Vec<Bytes>,
+    load: Load,
+    threads: [&str; N],
+) -> Option<(Run, [f64; N])> {
+    let before = threads.map(support::cpu_seconds);
+    let r = run(
+        addr,
+        path,
+        Arc::new(bodies),
+        load.connections,
+        load.inflight,
+        load.seconds,
+    )
+    .await
+    .inspect_err(|e| println!("-- the lean client failed against {addr}: {e}"))
+    .ok()?;
+    let calls = r.calls.max(1) as f64;
+    let mut i = 0;
+    let cpu = threads.map(|t| {
+        let used = (support::cpu_seconds(t) - before[i]) * 1e6 / calls;
+        i += 1;
+        used
+    });
+    Some((r, cpu))
 }
 
 /// The ceiling for any unary write on these cores: unary CanSend from the
@@ -258,29 +272,8 @@ pub(crate) async fn bare_unary(baseline: SocketAddr, load: Load) -> Option<f64> 
             })
         })
         .collect();
-    let (server, client) = (
-        support::cpu_seconds("server"),
-        support::cpu_seconds("client"),
-    );
-    let r = match run(
-        baseline,
-        PATH,
-        Arc::new(bodies),
-        load.connections,
-        load.inflight,
-        load.seconds,
-    )
-    .await
-    {
-        Ok(r) => r,
-        Err(e) => {
-            println!("-- the lean client failed against the bare server: {e}");
-            return None;
-        }
-    };
-    let calls = r.calls.max(1) as f64;
-    let server = (support::cpu_seconds("server") - server) * 1e6 / calls;
-    let client = (support::cpu_seconds("client") - client) * 1e6 / calls;
+    let (r, [server, client]) =
+        measured(baseline, PATH, bodies, load, ["server", "client"]).await?;
     let rate = r.calls as f64 / r.seconds;
     println!(
         "{:<34} {rate:>10.0} calls/s   p50 {:>6.2} ms  p99 {:>6.2} ms  ({} calls, {} failed)  CPU per call: server {server:.2} µs, client {client:.2} µs",

@@ -191,9 +191,9 @@ pub(crate) async fn compare(
 /// returns the rate and its p99 (ms).
 pub(crate) async fn grants(target: SocketAddr, label: &str, load: Load) -> Option<(f64, f64)> {
     const PATH: &str = "/consent.v1.ConsentsService/Grant";
-    // 80,000 a second: more than one consentd takes on this machine, so
+    // 120,000 a second: more than one consentd takes on these machines, so
     // no contact is granted twice.
-    let bodies: Vec<Bytes> = (0..load.seconds * 80_000)
+    let bodies: Vec<Bytes> = (0..load.seconds * 120_000)
         .map(|i| {
             framed(&consentd::pb::GrantRequest {
                 contact_id: format!("lean-{i:09}"),

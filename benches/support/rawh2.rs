@@ -247,12 +247,7 @@ async fn measured<const N: usize>(
     .inspect_err(|e| println!("-- the lean client failed against {addr}: {e}"))
     .ok()?;
     let calls = r.calls.max(1) as f64;
-    let mut i = 0;
-    let cpu = threads.map(|t| {
-        let used = (support::cpu_seconds(t) - before[i]) * 1e6 / calls;
-        i += 1;
-        used
-    });
+    let cpu = std::array::from_fn(|i| (support::cpu_seconds(threads[i]) - before[i]) * 1e6 / calls);
     Some((r, cpu))
 }
 

@@ -53,16 +53,10 @@ impl Held {
         self.slot.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Puts `open` back into `slot`: its groups are acknowledged once the
-    /// writer answers, and a reader must commit them first.
-    pub(super) fn keep(&self, slot: &mut Option<Open>, open: Open) {
-        *slot = Some(open);
-        self.pending.store(true, Ordering::Release);
-    }
-
-    /// The writer committed (or dropped, its append failed) what it held.
-    pub(super) fn released(&self) {
-        self.pending.store(false, Ordering::Release);
+    /// After the writer's group, before its answers: whether `slot` now
+    /// holds acknowledged groups, which a reader must commit first.
+    pub(super) fn mark(&self, slot: &Option<Open>) {
+        self.pending.store(slot.is_some(), Ordering::Release);
     }
 
     /// `f` over the held transaction, if one is open (it sees the groups
@@ -88,7 +82,7 @@ impl Held {
         let Some(open) = slot.take() else {
             return Ok(());
         };
-        let r = commit(open.txn);
+        let r = super::logged::commit(open.txn, super::logged::Durable::Later);
         if r.is_err() {
             self.failed.store(true, Ordering::Release);
         }
@@ -113,12 +107,4 @@ impl Held {
     pub(super) fn failed(&self) -> bool {
         self.failed.load(Ordering::Acquire)
     }
-}
-
-/// A redb commit without fsync: the groups' records are durable already,
-/// and `meta` `log` (set by each group) names the last.
-pub(super) fn commit(mut txn: redb::WriteTransaction) -> Result<(), StoreError> {
-    txn.set_durability(redb::Durability::None)
-        .map_err(|e| StoreError::Backend(Box::new(e)))?;
-    Ok(txn.commit()?)
 }

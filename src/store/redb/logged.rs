@@ -212,7 +212,8 @@ pub(super) enum Durable<'a> {
     /// so far, and the log starts again.
     Fsync(Option<&'a mut Log>),
     /// No fsync: durable with the next durable commit (a checkpoint note
-    /// in a store without a log).
+    /// in a store without a log), or already, by the log records of the
+    /// groups it holds (the writer's held transaction, `held.rs`).
     Later,
     /// `record` appended to the log, fdatasync'd when `sync` (else the
     /// next record's fsync covers it), then a redb commit without fsync.
@@ -344,14 +345,7 @@ impl super::RedbStore {
                     format!("record {n} follows {last}: records are missing"),
                 ));
             }
-            match decode(n, &payload)? {
-                Entry::Batch(batch, links) => {
-                    self.commit_batch(&batch, None, Some((n, links)))?;
-                }
-                Entry::Checkpoint(sequence, note) => {
-                    super::chain::keep_checkpoint(&db, sequence, &note, Durable::Replay(n))?;
-                }
-            }
+            self.apply_record(&mut self.held.lock(), n, &payload)?;
             last = n;
         }
         log.number_from(last + 1);
@@ -368,6 +362,25 @@ impl super::RedbStore {
         // contact erased since it was written.
         log.scrub()?;
         Ok(log)
+    }
+
+    /// Commits again what log record `n` holds, without fsync: at open, or
+    /// for the groups a failed group dropped with the writer's held
+    /// transaction (`slot`, taken by the caller).
+    pub(super) fn apply_record(
+        &self,
+        slot: &mut Option<super::held::Open>,
+        n: u64,
+        payload: &[u8],
+    ) -> Result<(), StoreError> {
+        match decode(n, payload)? {
+            Entry::Batch(batch, links) => self
+                .commit_held(slot, &batch, None, Some((n, links)))
+                .map(drop),
+            Entry::Checkpoint(sequence, note) => {
+                super::chain::keep_checkpoint(&*self.file()?, sequence, &note, Durable::Replay(n))
+            }
+        }
     }
 
     /// A durable redb commit: every logged commit so far is in the file,

@@ -5,7 +5,7 @@
 use prost::Message;
 use redb::{ReadableTable, ReadableTableMetadata};
 
-use super::held::{self, HELD_GROUPS, Open};
+use super::held::{HELD_GROUPS, Open};
 use super::log::Log;
 use super::logged::{self, Durable};
 use super::{
@@ -43,16 +43,12 @@ impl RedbStore {
         // Taken for the whole group: a reader waits for it, then commits.
         let mut slot = self.held.lock();
         let r = self.commit_held(&mut slot, batch, log, replay);
-        if slot.is_none() {
-            // Committed, or dropped (a failed append or commit poisons
-            // the store; a restart replays what the log holds).
-            self.held.released();
-        }
+        self.held.mark(&slot);
         r
     }
 
     /// `commit_batch` in the held transaction's `slot`.
-    fn commit_held(
+    pub(super) fn commit_held(
         &self,
         slot: &mut Option<Open>,
         batch: &WriteBatch,
@@ -78,14 +74,7 @@ impl RedbStore {
     /// replays the log.
     fn restore(&self, slot: &mut Option<Open>, records: Vec<(u64, Vec<u8>)>) {
         for (n, payload) in records {
-            let r = match logged::decode(n, &payload) {
-                Ok(logged::Entry::Batch(batch, links)) => self
-                    .commit_held(slot, &batch, None, Some((n, links)))
-                    .map(drop),
-                Ok(logged::Entry::Checkpoint(..)) => Ok(()),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = r {
+            if let Err(e) = self.apply_record(slot, n, &payload) {
                 tracing::error!(error = %e, record = n, "acknowledged groups could not be committed again: no write lands until a restart replays the log");
                 self.held.fail();
                 return;
@@ -235,12 +224,13 @@ impl RedbStore {
         if records.len() + 1 < HELD_GROUPS {
             records.push((number, record));
             let records = std::mem::take(records);
-            self.held.keep(slot, Open { txn, records });
+            *slot = Some(Open { txn, records });
             return Ok(());
         }
-        // This group's record is durable and the file lacks it: no later
-        // write until a restart replays it.
-        held::commit(txn).inspect_err(|_| log.poison())?;
+        // Without fsync: the records are durable. Should it fail, this
+        // group's record is durable and the file lacks it: no later write
+        // until a restart replays it.
+        logged::commit(txn, Durable::Later).inspect_err(|_| log.poison())?;
         records.clear();
         Ok(())
     }

@@ -189,7 +189,7 @@ pub(crate) async fn compare(
 /// the writer thread apart, with its mostly idle ticker, whose name it
 /// starts: ruling, the store's transaction, the log's fsync, answering);
 /// returns the rate and its p99 (ms).
-pub(crate) async fn grants(target: SocketAddr, label: &str, load: Load) -> Option<(f64, f64)> {
+pub(crate) async fn grants(target: SocketAddr, label: &str, load: Load) -> Option<Grants> {
     const PATH: &str = "/consent.v1.ConsentsService/Grant";
     // 120,000 a second: more than one consentd takes on these machines, so
     // no contact is granted twice.
@@ -222,7 +222,31 @@ pub(crate) async fn grants(target: SocketAddr, label: &str, load: Load) -> Optio
         r.calls,
         r.failed
     );
-    Some((rate, ms(0.99)))
+    Some(Grants {
+        rate,
+        p99: ms(0.99),
+        cpu,
+    })
+}
+
+/// The lean client's Grant phase: grants a second, p99 (ms), and the CPU
+/// per grant (µs) of the server's call path, the writer and the client.
+pub(crate) struct Grants {
+    pub(crate) rate: f64,
+    pub(crate) p99: f64,
+    pub(crate) cpu: [f64; 3],
+}
+
+impl Grants {
+    /// What bounds the rate on these cores: at the CPU the three used, a
+    /// writer costing nothing would give (grants/s), and the most the
+    /// writer may spend a grant (µs) for `target` grants/s.
+    pub(crate) fn budget(&self, target: f64) -> (f64, f64) {
+        let [server, writer, client] = self.cpu;
+        let cores = self.rate * (server + writer + client) / 1e6;
+        let others = (server + client).max(f64::MIN_POSITIVE);
+        (cores * 1e6 / others, cores * 1e6 / target - others)
+    }
 }
 
 /// `run` with `load`, and the CPU per call of the threads whose names

@@ -412,32 +412,7 @@ fn main() -> anyhow::Result<()> {
                     inflight: args.writers,
                     seconds: args.seconds,
                 };
-                if let Some(lean) = rawh2::grants(*addr, label, load).await {
-                    let rate = lean.rate;
-                    println!(
-                        "  Grant from the lean client / raw redb single commits: {:.1}×, p99 {:.2} ms",
-                        rate / raw,
-                        lean.p99
-                    );
-                    // The call path and the client are HTTP/2 on these
-                    // same cores: what is left for the writer at 10×.
-                    let (free, budget) = lean.budget(10.0 * raw);
-                    println!(
-                        "  at the CPU these threads used, a writer costing nothing would give {:.1}× raw redb; 10× leaves the writer {:.2} µs a grant (it spent {:.2})",
-                        free / raw,
-                        budget,
-                        lean.cpu[1]
-                    );
-                    // What no unary write can pass on these cores: the
-                    // bare server, nothing written, from the same client.
-                    if let Some(ceiling) = rawh2::bare_unary(baseline, load).await {
-                        println!(
-                            "  the ceiling here: the bare server writing nothing = {:.1}× raw redb single commits; Grant reaches {:.0}% of it",
-                            ceiling / raw,
-                            100.0 * rate / ceiling
-                        );
-                    }
-                }
+                rawh2::against_raw(*addr, baseline, label, load, raw).await;
             }
             if i == 0 {
                 seeded = next.load(Ordering::Relaxed).max(1);

@@ -189,7 +189,7 @@ pub(crate) async fn compare(
 /// the writer thread apart, with its mostly idle ticker, whose name it
 /// starts: ruling, the store's transaction, the log's fsync, answering);
 /// returns the rate and its p99 (ms).
-pub(crate) async fn grants(target: SocketAddr, label: &str, load: Load) -> Option<Grants> {
+async fn grants(target: SocketAddr, label: &str, load: Load) -> Option<Grants> {
     const PATH: &str = "/consent.v1.ConsentsService/Grant";
     // 120,000 a second: more than one consentd takes on these machines, so
     // no contact is granted twice.
@@ -229,19 +229,54 @@ pub(crate) async fn grants(target: SocketAddr, label: &str, load: Load) -> Optio
     })
 }
 
+/// The lean client's Grant phase against `raw` redb single commits a
+/// second: its ratio, what a writer costing nothing would give at the CPU
+/// the threads used (the call path and the client are HTTP/2 on these
+/// same cores), and the ceiling: the bare server at `baseline`, nothing
+/// written, from the same client, which no unary write can pass here.
+pub(crate) async fn against_raw(
+    target: SocketAddr,
+    baseline: SocketAddr,
+    label: &str,
+    load: Load,
+    raw: f64,
+) {
+    let Some(lean) = grants(target, label, load).await else {
+        return;
+    };
+    println!(
+        "  Grant from the lean client / raw redb single commits: {:.1}×, p99 {:.2} ms",
+        lean.rate / raw,
+        lean.p99
+    );
+    let (free, budget) = lean.budget(10.0 * raw);
+    println!(
+        "  at the CPU these threads used, a writer costing nothing would give {:.1}× raw redb; 10× leaves the writer {budget:.2} µs a grant (it spent {:.2})",
+        free / raw,
+        lean.cpu[1]
+    );
+    if let Some(ceiling) = bare_unary(baseline, load).await {
+        println!(
+            "  the ceiling here: the bare server writing nothing = {:.1}× raw redb single commits; Grant reaches {:.0}% of it",
+            ceiling / raw,
+            100.0 * lean.rate / ceiling
+        );
+    }
+}
+
 /// The lean client's Grant phase: grants a second, p99 (ms), and the CPU
 /// per grant (µs) of the server's call path, the writer and the client.
-pub(crate) struct Grants {
-    pub(crate) rate: f64,
-    pub(crate) p99: f64,
-    pub(crate) cpu: [f64; 3],
+struct Grants {
+    rate: f64,
+    p99: f64,
+    cpu: [f64; 3],
 }
 
 impl Grants {
     /// What bounds the rate on these cores: at the CPU the three used, a
     /// writer costing nothing would give (grants/s), and the most the
     /// writer may spend a grant (µs) for `target` grants/s.
-    pub(crate) fn budget(&self, target: f64) -> (f64, f64) {
+    fn budget(&self, target: f64) -> (f64, f64) {
         let [server, writer, client] = self.cpu;
         let cores = self.rate * (server + writer + client) / 1e6;
         let others = (server + client).max(f64::MIN_POSITIVE);
@@ -279,7 +314,7 @@ async fn measured<const N: usize>(
 /// same lean client, with the same load, against the bare tonic server,
 /// which writes nothing and answers from an empty map. Prints its rate and
 /// both sides' CPU per call; returns the rate.
-pub(crate) async fn bare_unary(baseline: SocketAddr, load: Load) -> Option<f64> {
+async fn bare_unary(baseline: SocketAddr, load: Load) -> Option<f64> {
     const PATH: &str = "/consent.v1.EligibilityService/CanSend";
     let bodies: Vec<Bytes> = (0..4096)
         .map(|i| {

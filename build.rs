@@ -1,11 +1,10 @@
-//! Sets `cfg(pg_available)` where the PostgreSQL tests can run (server
+//! Compiles `proto/` with protox (pure Rust: no system `protoc` needed),
+//! and sets `cfg(pg_available)` where the PostgreSQL tests can run (server
 //! binaries installed, or `CONSENTD_TEST_DATABASE_URL` set).
-//!
-//! The protos are not compiled here: their generated code is checked in
-//! (`src/pb/`), so a first build compiles no proto compiler;
-//! `tests/protos.rs` checks it against `proto/`.
 
 use std::{env, path::PathBuf};
+
+use prost::Message;
 
 /// Whether a PostgreSQL server can be started (or is named) for tests.
 fn postgres_for_tests() -> bool {
@@ -29,8 +28,19 @@ fn postgres_for_tests() -> bool {
         })
 }
 
-fn main() {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     if postgres_for_tests() {
         println!("cargo:rustc-cfg=pg_available");
     }
+    let proto = "proto/consent/v1/consent.proto";
+    println!("cargo:rerun-if-changed={proto}");
+    let fds = protox::compile([proto], ["proto"])?;
+    let out = PathBuf::from(env::var("OUT_DIR")?);
+    // Served by gRPC reflection, so grpcurl works without the .proto file.
+    std::fs::write(out.join("consent_descriptor.bin"), fds.encode_to_vec())?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    Ok(())
 }

@@ -51,15 +51,14 @@ pub mod server;
 pub mod store;
 mod writer;
 
-/// Generated protobuf and gRPC code for `consent.v1` (checked in, so that
-/// a build compiles no proto compiler; `tests/protos.rs` checks it against
-/// `proto/` and rewrites it with `CONSENTD_UPDATE_PROTOS=1`).
+/// Generated protobuf and gRPC code for `consent.v1`.
 pub mod pb {
     #![allow(clippy::all, missing_docs)]
-    include!("pb/consent.v1.rs");
+    tonic::include_proto!("consent.v1");
 
     /// Encoded descriptors, served by gRPC reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("pb/consent_descriptor.bin");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("consent_descriptor");
 }
 
 pub use authority::{

@@ -427,3 +427,59 @@ async fn metrics_time_each_step_of_a_commit() {
     }
     server.stop().await;
 }
+
+/// Run only as the child of the test below: starts a throwaway server,
+/// prints its temp dir and port, and ends without dropping it, as a
+/// server kept in a static ends with its test binary.
+#[test]
+#[ignore = "run by a_throwaway_server_leaves_nothing_behind_its_process"]
+fn throwaway_child() {
+    if std::env::var_os("CONSENTD_THROWAWAY_CHILD").is_none() {
+        return;
+    }
+    let pg = Throwaway::start().expect("a PostgreSQL server");
+    let dir = pg.data_dir().expect("a server of its own").to_path_buf();
+    println!("THROWAWAY {} {}", pg.port(), dir.display());
+    std::mem::forget(pg);
+}
+
+#[test]
+fn a_throwaway_server_leaves_nothing_behind_its_process() {
+    if common::throwaway::test_database_url().is_some() {
+        println!("SKIPPED: with CONSENTD_TEST_DATABASE_URL the tests start no server");
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "postgres_only::throwaway_child",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("CONSENTD_THROWAWAY_CHILD", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "the child failed: {stdout}");
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("THROWAWAY "))
+        .unwrap_or_else(|| panic!("the child said where its server is: {stdout}"));
+    let (port, dir) = line.split_once(' ').unwrap();
+    let dir = std::path::PathBuf::from(dir);
+    assert!(dir.starts_with(std::env::temp_dir()), "{dir:?}");
+    // The child is gone: its watchdog stops the server (a fast shutdown)
+    // and removes the temp dir, data and log with it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while dir.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !dir.exists(),
+        "{dir:?} is still there 30 s after its process ended"
+    );
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())).is_err(),
+        "the server on port {port} still takes connections"
+    );
+}

@@ -1,6 +1,7 @@
 //! A throwaway PostgreSQL server for tests and benchmarks: `initdb` and
 //! `postgres` from the installed server binaries, in a temp dir, on a free
-//! loopback port, gone when the process that started it is. PostgreSQL
+//! loopback port, gone with its temp dir when the process that started
+//! it is. PostgreSQL
 //! refuses to run as root, so as root it runs as the `postgres` user (or
 //! `nobody`). With `CONSENTD_TEST_DATABASE_URL` set, that server is used
 //! instead and nothing is started.
@@ -35,7 +36,8 @@ pub struct Throwaway {
     /// The running server (none for an external one).
     process: Mutex<Option<Child>>,
     start: Option<StartCommand>,
-    _dir: Option<tempfile::TempDir>,
+    /// Its temp dir: the data dir and the log.
+    dir: Option<tempfile::TempDir>,
 }
 
 #[derive(Debug)]
@@ -161,7 +163,7 @@ impl Throwaway {
                 port: 0,
                 process: Mutex::new(None),
                 start: None,
-                _dir: None,
+                dir: None,
             });
         }
         let bin = binaries().ok_or(
@@ -173,10 +175,11 @@ impl Throwaway {
         let data = dir.path().join("pgdata");
         std::fs::create_dir(&data).map_err(|e| e.to_string())?;
         if let Some((uid, gid)) = user {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
-                .map_err(|e| e.to_string())?;
-            std::os::unix::fs::chown(&data, Some(uid), Some(gid)).map_err(|e| e.to_string())?;
+            // The server's user owns the whole dir: its watchdog removes
+            // it once this process is gone (see `start_server`).
+            for d in [dir.path(), data.as_path()] {
+                std::os::unix::fs::chown(d, Some(uid), Some(gid)).map_err(|e| e.to_string())?;
+            }
         }
         let log = dir.path().join("postgres.log");
         let mut initdb = Command::new(bin.join("initdb"));
@@ -224,7 +227,7 @@ impl Throwaway {
                 user,
                 settings,
             }),
-            _dir: Some(dir),
+            dir: Some(dir),
         };
         t.start_server()?;
         Ok(t)
@@ -242,14 +245,19 @@ impl Throwaway {
             .open(&s.log)
             .map_err(|e| e.to_string())?;
         // The shell stops the server when this process is gone, however it
-        // ends (statics are never dropped), or on SIGTERM from `stop_server`.
+        // ends, or on SIGTERM from `stop_server`. Once this process is gone
+        // it also removes the temp dir: a server in a static (`shared`) is
+        // never dropped, and each one left its data dir behind (~110 MB,
+        // 25 of them per `cargo test`).
         let watchdog = format!(
             r#""$0" "$@" & pg=$!
 trap 'kill -INT $pg 2>/dev/null; wait $pg; exit 0' INT TERM
 while [ -d /proc/{parent} ] && kill -0 $pg 2>/dev/null; do sleep 0.2; done
-kill -INT $pg 2>/dev/null; wait $pg"#,
+kill -INT $pg 2>/dev/null; wait $pg
+[ -d /proc/{parent} ] || rm -rf "${{CONSENTD_THROWAWAY_DIR:?}}""#,
             parent = std::process::id()
         );
+        let dir = s.data.parent().ok_or("the data dir has no parent")?;
         let mut command = Command::new("sh");
         command
             .arg("-c")
@@ -262,6 +270,7 @@ kill -INT $pg 2>/dev/null; wait $pg"#,
             .args(["-c", "unix_socket_directories="])
             .args(["-c", "max_connections=400"])
             .args(s.settings.iter().flat_map(|kv| ["-c", kv.as_str()]))
+            .env("CONSENTD_THROWAWAY_DIR", dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log);
@@ -301,6 +310,17 @@ kill -INT $pg 2>/dev/null; wait $pg"#,
                 .status();
             let _ = child.wait();
         }
+    }
+
+    /// The port it listens on (0 for an external server).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Its temp dir, holding the data dir and the log (none for an
+    /// external server).
+    pub fn data_dir(&self) -> Option<&Path> {
+        self.dir.as_ref().map(|d| d.path())
     }
 
     /// Whether the tests can stop and start this server.

@@ -250,10 +250,10 @@ pub(crate) async fn against_raw(
         lean.p99
     );
     let (free, budget) = lean.budget(10.0 * raw);
+    let [_, writer, _] = lean.cpu;
     println!(
-        "  at the CPU these threads used, a writer costing nothing would give {:.1}× raw redb; 10× leaves the writer {budget:.2} µs a grant (it spent {:.2})",
+        "  at the CPU these threads used, a writer costing nothing would give {:.1}× raw redb; 10× leaves the writer {budget:.2} µs a grant (it spent {writer:.2})",
         free / raw,
-        lean.cpu[1]
     );
     if let Some(ceiling) = bare_unary(baseline, load).await {
         println!(

@@ -438,7 +438,7 @@ fn throwaway_child() {
         return;
     }
     let pg = Throwaway::start().expect("a PostgreSQL server");
-    let dir = pg.data_dir().expect("a server of its own").to_path_buf();
+    let dir = pg.temp_dir().expect("a server of its own").to_path_buf();
     println!("THROWAWAY {} {}", pg.port(), dir.display());
     std::mem::forget(pg);
 }

@@ -1,9 +1,8 @@
 //! A throwaway PostgreSQL server for tests and benchmarks: `initdb` and
 //! `postgres` from the installed server binaries, in a temp dir, on a free
 //! loopback port, gone with its temp dir when the process that started
-//! it is. PostgreSQL
-//! refuses to run as root, so as root it runs as the `postgres` user (or
-//! `nobody`). With `CONSENTD_TEST_DATABASE_URL` set, that server is used
+//! it is. PostgreSQL refuses to run as root, so as root it runs as the
+//! `postgres` user (or `nobody`). With `CONSENTD_TEST_DATABASE_URL` set, that server is used
 //! instead and nothing is started.
 //!
 //! Test support, not part of the release library: the library's unit tests,
@@ -19,6 +18,10 @@ use std::time::{Duration, Instant};
 
 /// The variable naming a server the tests may use instead of their own.
 const TEST_DATABASE_URL: &str = "CONSENTD_TEST_DATABASE_URL";
+
+/// The variable that gives a server's watchdog shell the temp dir to
+/// remove once the test process is gone.
+const WATCHDOG_DIR: &str = "CONSENTD_THROWAWAY_DIR";
 
 /// `CONSENTD_TEST_DATABASE_URL`, if set.
 pub fn test_database_url() -> Option<String> {
@@ -254,7 +257,7 @@ impl Throwaway {
 trap 'kill -INT $pg 2>/dev/null; wait $pg; exit 0' INT TERM
 while [ -d /proc/{parent} ] && kill -0 $pg 2>/dev/null; do sleep 0.2; done
 kill -INT $pg 2>/dev/null; wait $pg
-[ -d /proc/{parent} ] || rm -rf "${{CONSENTD_THROWAWAY_DIR:?}}""#,
+[ -d /proc/{parent} ] || rm -rf "${{{WATCHDOG_DIR}:?}}""#,
             parent = std::process::id()
         );
         let dir = s.data.parent().ok_or("the data dir has no parent")?;
@@ -270,7 +273,7 @@ kill -INT $pg 2>/dev/null; wait $pg
             .args(["-c", "unix_socket_directories="])
             .args(["-c", "max_connections=400"])
             .args(s.settings.iter().flat_map(|kv| ["-c", kv.as_str()]))
-            .env("CONSENTD_THROWAWAY_DIR", dir)
+            .env(WATCHDOG_DIR, dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log);
@@ -319,7 +322,7 @@ kill -INT $pg 2>/dev/null; wait $pg
 
     /// Its temp dir, holding the data dir and the log (none for an
     /// external server).
-    pub fn data_dir(&self) -> Option<&Path> {
+    pub fn temp_dir(&self) -> Option<&Path> {
         self.dir.as_ref().map(|d| d.path())
     }
 
